@@ -1,0 +1,117 @@
+//! A native test harness: feed events to a plugin as plain Rust, read the
+//! views back. It applies the same [`rules`](crate::rules) as the host
+//! (versions, population, invalidation), so what a unit test shows is what
+//! the runtime will store; only Wasm, sled and the sources are left out.
+
+use crate::rules::{self, CallError, Status, Verdict, Versions, View};
+use crate::{apply_run, decode_state, encode_state, Error, Event, Info, Json, Projection};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::LogLevel;
+use std::collections::BTreeMap;
+
+/// A plugin driven natively, with its views in memory.
+pub struct Harness<P: Projection> {
+    plugin: P,
+    info: Info,
+    views: BTreeMap<String, View>,
+}
+
+/// A view as a test reads it: status, versions and decoded state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewOf<S> {
+    pub status: Status,
+    pub versions: Versions,
+    /// `None` once the view is Invalid.
+    pub state: Option<S>,
+}
+
+impl<P: Projection> Harness<P> {
+    /// Configure the plugin with `settings` (a JSON object).
+    pub fn new(settings: Json) -> Result<Self, Error> {
+        let plugin = P::configure(&settings)?;
+        let info = plugin.info();
+        Ok(Harness { plugin, info, views: BTreeMap::new() })
+    }
+
+    /// Override the plugin's population policy (as the host config can).
+    pub fn with_population(mut self, population: crate::Population) -> Self {
+        self.info.population = population;
+        self
+    }
+
+    pub fn plugin(&self) -> &P {
+        &self.plugin
+    }
+
+    /// Feed one event; returns each touched key with what happened to it.
+    pub fn feed(&mut self, event: &Event) -> Result<Vec<(String, Verdict<Error>)>, Error> {
+        let keys = self.plugin.keys(event)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let view = self.views.remove(&key);
+            let plugin = &self.plugin;
+            let (view, mut verdicts) = rules::fold_key(
+                view,
+                self.info.population,
+                self.info.stale_policy,
+                std::slice::from_ref(event),
+                |state, _run| Ok::<_, Error>(apply_run(plugin, &key, state, std::slice::from_ref(event))),
+            );
+            if let Some(view) = view {
+                self.views.insert(key.clone(), view);
+            }
+            let verdict = match verdicts.pop() {
+                Some(Verdict::Failed(CallError::Plugin(e) | CallError::Host(e))) => Verdict::Failed(e),
+                Some(Verdict::Applied) => Verdict::Applied,
+                Some(Verdict::Invalidated) => Verdict::Invalidated,
+                Some(Verdict::Skipped(d)) => Verdict::Skipped(d),
+                None => return Err(Error::internal("fold_key returned no verdict")),
+            };
+            out.push((key, verdict));
+        }
+        Ok(out)
+    }
+
+    /// Feed events in order, stopping at the first the plugin cannot route.
+    pub fn feed_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Result<(), Error> {
+        for e in events {
+            self.feed(e)?;
+        }
+        Ok(())
+    }
+
+    /// Store a snapshot built by the plugin from a source-of-truth answer.
+    pub fn snapshot(&mut self, key: &str, answer: &Json) -> Result<(), Error> {
+        let (state, versions) = self.plugin.from_snapshot(key, answer)?;
+        let view = View::from_snapshot(encode_state(&state)?, Versions::from_pairs(versions));
+        self.views.insert(key.to_string(), view);
+        Ok(())
+    }
+
+    /// The view of `key`, decoded; `None` when absent.
+    pub fn view(&self, key: &str) -> Result<Option<ViewOf<P::State>>, Error> {
+        let Some(v) = self.views.get(key) else { return Ok(None) };
+        let state = v.state.as_deref().map(decode_state::<P::State>).transpose()?;
+        Ok(Some(ViewOf { status: v.status, versions: v.versions.clone(), state }))
+    }
+
+    /// The rendered answer for `key` at `now_ms`; `None` unless Valid.
+    pub fn render(&self, key: &str, now_ms: i64) -> Result<Option<Json>, Error> {
+        match self.view(key)? {
+            Some(ViewOf { status: Status::Valid, state: Some(s), .. }) => self.plugin.render(key, &s, now_ms).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// All keys that have a view (Valid or Invalid).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.views.keys().map(String::as_str)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn log(level: LogLevel, message: &str) {
+    if level >= LogLevel::Warn {
+        eprintln!("[plugin {level:?}] {message}");
+    }
+}

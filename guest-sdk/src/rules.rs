@@ -1,0 +1,334 @@
+//! The version rules of a view (seed 000, challenge 4), in one place.
+//!
+//! Each view carries a version per event source (a version vector) and a
+//! floor: the versions of the snapshot it was built from. For every event
+//! touching the view, [`decide`] says whether it is applied, skipped as a
+//! duplicate or as already reflected in the snapshot, dismissed (absent key
+//! under lazy population), ignored (Invalid view, or stale under the ignore
+//! policy), or whether it invalidates the view. [`fold_key`] runs a key's
+//! events through those decisions and a plugin's `apply`, isolating failing
+//! events. The host's engine and the native harness both call these, so a
+//! plugin behaves the same in a unit test and in production.
+
+use crate::{ApplyResult, Error, Outcome, Population, StalePolicy};
+use serde::{Deserialize, Serialize};
+
+/// Whether a stored view is maintained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Maintained by events.
+    Valid,
+    /// Suspected out of sync: no longer maintained, repaired on read.
+    Invalid,
+}
+
+/// One version per source, kept sorted by source name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions(pub Vec<(String, u64)>);
+
+impl Versions {
+    pub fn get(&self, source: &str) -> Option<u64> {
+        self.0
+            .binary_search_by(|(s, _)| s.as_str().cmp(source))
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+
+    pub fn set(&mut self, source: &str, version: u64) {
+        match self.0.binary_search_by(|(s, _)| s.as_str().cmp(source)) {
+            Ok(i) => self.0[i].1 = version,
+            Err(i) => self.0.insert(i, (source.to_string(), version)),
+        }
+    }
+
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, u64)>) -> Self {
+        let mut v = Versions::default();
+        for (s, n) in pairs {
+            if v.get(&s).is_none_or(|old| n > old) {
+                v.set(&s, n);
+            }
+        }
+        v
+    }
+}
+
+/// A view as the rules see it: status, versions, snapshot floor, state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub status: Status,
+    /// Highest applied version per source.
+    pub versions: Versions,
+    /// Versions of the snapshot the view was built from: events at or
+    /// below them are already reflected in the state.
+    pub floor: Versions,
+    /// The plugin's encoded state; `None` once the view is Invalid.
+    pub state: Option<Vec<u8>>,
+}
+
+impl View {
+    /// A view built from a source-of-truth snapshot.
+    pub fn from_snapshot(state: Vec<u8>, versions: Versions) -> Self {
+        View { status: Status::Valid, floor: versions.clone(), versions, state: Some(state) }
+    }
+}
+
+/// What the rules decide for one event against one view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Apply,
+    /// Same version as the last applied one from this source.
+    Duplicate,
+    /// At or below the snapshot the view was built from.
+    BelowSnapshot,
+    /// Older than the view, under the ignore policy.
+    Stale,
+    /// No view, under lazy population.
+    Dismissed,
+    /// The view is Invalid and not maintained.
+    Ignored,
+    /// Older than the view, under the invalidate policy.
+    Invalidate,
+}
+
+/// Decide what one event (`source`, `version`) does to `view`.
+pub fn decide(view: Option<&View>, population: Population, policy: StalePolicy, source: &str, version: u64) -> Decision {
+    let Some(view) = view else {
+        return match population {
+            Population::Lazy => Decision::Dismissed,
+            Population::Eager => Decision::Apply,
+        };
+    };
+    if view.status == Status::Invalid {
+        return Decision::Ignored;
+    }
+    if view.floor.get(source).is_some_and(|floor| version <= floor) {
+        return Decision::BelowSnapshot;
+    }
+    match view.versions.get(source) {
+        Some(v) if v == version => Decision::Duplicate,
+        Some(v) if v > version => match policy {
+            StalePolicy::Invalidate => Decision::Invalidate,
+            StalePolicy::Ignore => Decision::Stale,
+        },
+        _ => Decision::Apply,
+    }
+}
+
+/// What happened to one event of a key's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<E> {
+    Applied,
+    Skipped(Decision),
+    /// This event made the view Invalid (stale, or the plugin said so).
+    Invalidated,
+    /// The plugin failed this event: it goes to retry or dead letter.
+    Failed(E),
+}
+
+/// The part of an event the rules read.
+pub trait Versioned {
+    fn source(&self) -> &str;
+    fn version(&self) -> u64;
+}
+
+impl Versioned for crate::Event {
+    fn source(&self) -> &str {
+        &self.source
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl<T: Versioned + ?Sized> Versioned for &T {
+    fn source(&self) -> &str {
+        (**self).source()
+    }
+    fn version(&self) -> u64 {
+        (**self).version()
+    }
+}
+
+/// A failure while calling the plugin, as `fold_key` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError<E> {
+    /// The plugin reported an error for one event.
+    Plugin(Error),
+    /// The call itself failed (trap, deadline, memory limit, bad output).
+    Host(E),
+}
+
+/// Fold `events` (one key's, in order) into `view`.
+///
+/// `apply(state, indexes)` runs the plugin over the events at `indexes`.
+/// When a call fails as a whole (a trap), the run is retried one event at a
+/// time so that only the failing event fails. Returns the new view (`None`:
+/// absent) and a verdict per event.
+pub fn fold_key<T: Versioned, E>(
+    mut view: Option<View>,
+    population: Population,
+    policy: StalePolicy,
+    events: &[T],
+    mut apply: impl FnMut(Option<&[u8]>, &[usize]) -> Result<ApplyResult, E>,
+) -> (Option<View>, Vec<Verdict<CallError<E>>>) {
+    let mut verdicts: Vec<Option<Verdict<CallError<E>>>> = events.iter().map(|_| None).collect();
+    let mut next = 0;
+    let mut one_at_a_time = false;
+    'outer: while next < events.len() {
+        // Plan a run from `next` on against provisional versions.
+        let mut provisional = view.clone();
+        let mut run = Vec::new();
+        let mut invalidate_at = None;
+        let mut j = next;
+        while j < events.len() {
+            let e = &events[j];
+            match decide(provisional.as_ref(), population, policy, e.source(), e.version()) {
+                Decision::Apply => {
+                    let p = provisional.get_or_insert_with(empty_view);
+                    p.versions.set(e.source(), e.version());
+                    run.push(j);
+                    if one_at_a_time {
+                        j += 1;
+                        break;
+                    }
+                }
+                Decision::Invalidate => {
+                    invalidate_at = Some(j);
+                    break;
+                }
+                skip => verdicts[j] = Some(Verdict::Skipped(skip)),
+            }
+            j += 1;
+        }
+        if !run.is_empty() {
+            let state = view.as_ref().and_then(|v| v.state.as_deref());
+            let result = match apply(state, &run) {
+                Ok(r) => r,
+                Err(e) if run.len() == 1 => {
+                    verdicts[run[0]] = Some(Verdict::Failed(CallError::Host(e)));
+                    next = run[0] + 1;
+                    continue;
+                }
+                Err(_) => {
+                    one_at_a_time = true;
+                    continue;
+                }
+            };
+            let applied = (result.applied as usize).min(run.len());
+            for &i in &run[..applied] {
+                verdicts[i] = Some(Verdict::Applied);
+            }
+            let mut v = view.take().unwrap_or_else(empty_view);
+            for &i in &run[..applied] {
+                v.versions.set(events[i].source(), events[i].version());
+            }
+            view = match result.outcome {
+                Outcome::Put(state) => Some(View { state: Some(state), ..v }),
+                // A view with no state yet (eager, nothing changed) stays absent.
+                Outcome::Skip if v.state.is_some() => Some(v),
+                Outcome::Skip | Outcome::Delete => None,
+                Outcome::Invalidate => {
+                    if let Some(&last) = run[..applied].last() {
+                        verdicts[last] = Some(Verdict::Invalidated);
+                    }
+                    view = Some(View { status: Status::Invalid, state: None, ..v });
+                    break 'outer;
+                }
+            };
+            if applied < run.len() {
+                let failed = run[applied];
+                let error = result
+                    .error
+                    .unwrap_or_else(|| Error::internal("apply stopped early without an error"));
+                verdicts[failed] = Some(Verdict::Failed(CallError::Plugin(error)));
+                next = failed + 1;
+                continue;
+            }
+        }
+        match invalidate_at {
+            Some(j) => {
+                verdicts[j] = Some(Verdict::Invalidated);
+                let v = view.take().unwrap_or_else(empty_view);
+                view = Some(View { status: Status::Invalid, state: None, ..v });
+                break;
+            }
+            None => next = j,
+        }
+    }
+    let verdicts = verdicts
+        .into_iter()
+        .map(|v| v.unwrap_or(Verdict::Skipped(Decision::Ignored)))
+        .collect();
+    (view, verdicts)
+}
+
+fn empty_view() -> View {
+    View { status: Status::Valid, versions: Versions::default(), floor: Versions::default(), state: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ev(&'static str, u64);
+    impl Versioned for Ev {
+        fn source(&self) -> &str {
+            self.0
+        }
+        fn version(&self) -> u64 {
+            self.1
+        }
+    }
+
+    fn put_all(_: Option<&[u8]>, run: &[usize]) -> Result<ApplyResult, ()> {
+        Ok(ApplyResult { outcome: Outcome::Put(vec![run.len() as u8]), applied: run.len() as u32, error: None })
+    }
+
+    #[test]
+    fn duplicate_and_stale_follow_the_policy() {
+        let events = [Ev("a", 1), Ev("a", 1), Ev("b", 7), Ev("a", 3), Ev("a", 2)];
+        let (view, verdicts) = fold_key(None, Population::Eager, StalePolicy::Ignore, &events, put_all);
+        let view = view.expect("eager creates the view");
+        assert_eq!(view.versions.get("a"), Some(3));
+        assert_eq!(view.versions.get("b"), Some(7));
+        assert_eq!(verdicts[1], Verdict::Skipped(Decision::Duplicate));
+        assert_eq!(verdicts[4], Verdict::Skipped(Decision::Stale));
+
+        let (view, verdicts) = fold_key(None, Population::Eager, StalePolicy::Invalidate, &events, put_all);
+        let view = view.expect("view");
+        assert_eq!(view.status, Status::Invalid);
+        assert_eq!(view.state, None);
+        assert_eq!(verdicts[4], Verdict::Invalidated);
+    }
+
+    #[test]
+    fn lazy_dismisses_and_snapshot_floor_skips() {
+        let events = [Ev("a", 5)];
+        let (view, verdicts) = fold_key(None, Population::Lazy, StalePolicy::Invalidate, &events, put_all);
+        assert_eq!(view, None);
+        assert_eq!(verdicts[0], Verdict::Skipped(Decision::Dismissed));
+
+        let snap = View::from_snapshot(vec![9], Versions::from_pairs([("a".to_string(), 10)]));
+        let (view, verdicts) = fold_key(Some(snap.clone()), Population::Lazy, StalePolicy::Invalidate, &events, put_all);
+        assert_eq!(view, Some(snap));
+        assert_eq!(verdicts[0], Verdict::Skipped(Decision::BelowSnapshot));
+    }
+
+    #[test]
+    fn a_failing_call_is_isolated_to_its_event() {
+        let events = [Ev("a", 1), Ev("a", 2), Ev("a", 3)];
+        let calls = std::cell::Cell::new(0);
+        let (view, verdicts) = fold_key(None, Population::Eager, StalePolicy::Invalidate, &events, |_, run| {
+            calls.set(calls.get() + 1);
+            if run.contains(&1) {
+                Err("trap")
+            } else {
+                put_all(None, run).map_err(|_| "never")
+            }
+        });
+        assert_eq!(verdicts[0], Verdict::Applied);
+        assert_eq!(verdicts[1], Verdict::Failed(CallError::Host("trap")));
+        assert_eq!(verdicts[2], Verdict::Applied);
+        assert_eq!(view.expect("view").versions.get("a"), Some(3));
+    }
+}

@@ -1,0 +1,183 @@
+//! The Wasm side of the SDK: generated bindings and the adapter that turns
+//! a [`Projection`] into the WIT exports. Only built for `wasm32`.
+
+use crate::{apply_run, encode_state, Error, ErrorKind, Json, LogLevel, Outcome, Population, Projection, StalePolicy};
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+
+#[allow(unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "projector_guest::wasm::bindings",
+    });
+}
+
+use bindings::exports::projector::plugin::{comparison, projection};
+use bindings::projector::plugin::types as wit;
+
+/// The one plugin instance of this component, built by `configure`.
+static INSTANCE: OnceLock<Box<dyn std::any::Any + Send + Sync>> = OnceLock::new();
+
+/// Connects a [`Projection`] to the generated export traits.
+pub struct Adapter<P>(PhantomData<P>);
+
+impl<P: Projection> Adapter<P> {
+    fn plugin() -> Result<&'static P, wit::PluginError> {
+        if INSTANCE.get().is_none() {
+            let p = P::configure(&Json::Object(Default::default())).map_err(to_wit_error)?;
+            let _ = INSTANCE.set(Box::new(p));
+        }
+        INSTANCE
+            .get()
+            .and_then(|b| b.downcast_ref::<P>())
+            .ok_or_else(|| to_wit_error(Error::internal("plugin instance has another type")))
+    }
+}
+
+fn to_wit_error(e: Error) -> wit::PluginError {
+    wit::PluginError {
+        kind: match e.kind {
+            ErrorKind::BadInput => wit::ErrorKind::BadInput,
+            ErrorKind::Transient => wit::ErrorKind::Transient,
+            ErrorKind::Internal => wit::ErrorKind::Internal,
+        },
+        message: e.message,
+    }
+}
+
+fn from_wit_event(e: wit::Event) -> crate::Event {
+    crate::Event {
+        id: e.id,
+        event_type: e.event_type,
+        source: e.source,
+        key: e.key,
+        version: e.version,
+        time_ms: e.time_ms,
+        payload: e.payload,
+    }
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Json, wit::PluginError> {
+    serde_json::from_str(text).map_err(|e| to_wit_error(Error::bad_input(format!("{what}: {e}"))))
+}
+
+impl<P: Projection> projection::Guest for Adapter<P> {
+    fn configure(settings: String) -> Result<wit::PluginInfo, wit::PluginError> {
+        let settings = parse_json("settings", &settings)?;
+        if INSTANCE.get().is_none() {
+            let p = P::configure(&settings).map_err(to_wit_error)?;
+            let _ = INSTANCE.set(Box::new(p));
+        }
+        let info = Self::plugin()?.info();
+        Ok(wit::PluginInfo {
+            name: info.name,
+            version: info.version,
+            population: match info.population {
+                Population::Lazy => wit::Population::Lazy,
+                Population::Eager => wit::Population::Eager,
+            },
+            stale_policy: match info.stale_policy {
+                StalePolicy::Invalidate => wit::StalePolicy::Invalidate,
+                StalePolicy::Ignore => wit::StalePolicy::Ignore,
+            },
+        })
+    }
+
+    fn keys(events: Vec<wit::Event>) -> Vec<Result<Vec<String>, wit::PluginError>> {
+        let plugin = match Self::plugin() {
+            Ok(p) => p,
+            Err(e) => return events.iter().map(|_| Err(e.clone())).collect(),
+        };
+        events
+            .into_iter()
+            .map(|e| plugin.keys(&from_wit_event(e)).map_err(to_wit_error))
+            .collect()
+    }
+
+    fn apply(key: String, state: Option<Vec<u8>>, events: Vec<wit::Event>) -> wit::ApplyResult {
+        let plugin = match Self::plugin() {
+            Ok(p) => p,
+            Err(e) => return wit::ApplyResult { outcome: wit::Outcome::Skip, applied: 0, error: Some(e) },
+        };
+        let events: Vec<crate::Event> = events.into_iter().map(from_wit_event).collect();
+        let r = apply_run(plugin, &key, state.as_deref(), &events);
+        wit::ApplyResult {
+            outcome: match r.outcome {
+                Outcome::Put(s) => wit::Outcome::Put(s),
+                Outcome::Delete => wit::Outcome::Delete,
+                Outcome::Invalidate => wit::Outcome::Invalidate,
+                Outcome::Skip => wit::Outcome::Skip,
+            },
+            applied: r.applied,
+            error: r.error.map(to_wit_error),
+        }
+    }
+
+    fn render(key: String, state: Vec<u8>, now_ms: i64) -> Result<String, wit::PluginError> {
+        let plugin = Self::plugin()?;
+        let state = crate::decode_state::<P::State>(&state).map_err(to_wit_error)?;
+        let json = plugin.render(&key, &state, now_ms).map_err(to_wit_error)?;
+        Ok(json.to_string())
+    }
+
+    fn from_snapshot(key: String, answer: String) -> Result<wit::Snapshot, wit::PluginError> {
+        let plugin = Self::plugin()?;
+        let answer = parse_json("snapshot answer", &answer)?;
+        let (state, versions) = plugin.from_snapshot(&key, &answer).map_err(to_wit_error)?;
+        Ok(wit::Snapshot { state: encode_state(&state).map_err(to_wit_error)?, versions })
+    }
+
+    fn migrate(key: String, state: Vec<u8>, from_version: String) -> Result<Option<Vec<u8>>, wit::PluginError> {
+        let plugin = Self::plugin()?;
+        match plugin.migrate(&key, &state, &from_version).map_err(to_wit_error)? {
+            Some(s) => Ok(Some(encode_state(&s).map_err(to_wit_error)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<P: Projection> comparison::Guest for Adapter<P> {
+    fn compare(key: String, projection: String, source: String) -> wit::Verdict {
+        let parsed = Self::plugin().and_then(|p| {
+            Ok((p, parse_json("projection answer", &projection)?, parse_json("source answer", &source)?))
+        });
+        let (plugin, a, b) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                return wit::Verdict::Different(vec![wit::Difference {
+                    path: "/".into(),
+                    reason: "unreadable".into(),
+                    projection: None,
+                    source: Some(e.message),
+                }])
+            }
+        };
+        let diffs = plugin.compare(&key, &a, &b);
+        if diffs.is_empty() {
+            wit::Verdict::Equal
+        } else {
+            wit::Verdict::Different(
+                diffs
+                    .into_iter()
+                    .map(|d| wit::Difference { path: d.path, reason: d.reason, projection: d.projection, source: d.source })
+                    .collect(),
+            )
+        }
+    }
+}
+
+pub(crate) fn log(level: LogLevel, message: &str) {
+    use bindings::projector::plugin::host;
+    let level = match level {
+        LogLevel::Trace => wit::LogLevel::Trace,
+        LogLevel::Debug => wit::LogLevel::Debug,
+        LogLevel::Info => wit::LogLevel::Info,
+        LogLevel::Warn => wit::LogLevel::Warn,
+        LogLevel::Error => wit::LogLevel::Error,
+    };
+    host::log(level, message);
+}

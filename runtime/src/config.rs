@@ -1,0 +1,196 @@
+//! The TOML configuration of `projector run` and friends.
+//!
+//! Every table denies unknown keys; every limit carries its unit in its
+//! name. An error names the file, and the key and what was expected (as
+//! the TOML parser reports them, with line and column). Relative paths are
+//! resolved against the directory of the config file.
+//!
+//! ```toml
+//! data_dir = "data"            # sled store: views, offsets, the embedded log
+//! plugins_dir = "plugins"      # every *.wasm here is loaded; name = file stem
+//! format = "auto"              # auto | envelope | cloudevents | debezium
+//!
+//! [engine]
+//! batch_size = 4096            # records per batch (and per atomic commit)
+//! workers = 1                  # threads folding keys of one batch
+//!
+//! [log]
+//! partitions = 4               # fixed when the log is created
+//!
+//! [limits]                     # defaults for every plugin
+//! epoch_deadline_ms = 10
+//! max_memory_bytes = 67108864
+//!
+//! [plugins.inbox-unread]
+//! population = "eager"         # override the plugin's own choice
+//! settings = { max_unread = 1000 }
+//! limits = { epoch_deadline_ms = 20 }
+//! ```
+
+use crate::envelope::Format;
+use crate::plugin::Limits;
+use projector_guest::Population;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct Error {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: PathBuf,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub limits: LimitsPatch,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+
+fn default_plugins_dir() -> PathBuf {
+    "plugins".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub batch_size: usize,
+    pub workers: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { batch_size: 4096, workers: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub partitions: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { partitions: 4 }
+    }
+}
+
+/// Limits given in a config table; what is left out keeps its default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    pub epoch_deadline_ms: Option<u64>,
+    pub max_memory_bytes: Option<usize>,
+    pub max_state_bytes: Option<usize>,
+    pub max_render_bytes: Option<usize>,
+    pub max_keys_per_event: Option<usize>,
+    pub max_key_bytes: Option<usize>,
+}
+
+impl LimitsPatch {
+    pub fn apply(&self, mut to: Limits) -> Limits {
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        if let Some(v) = self.epoch_deadline_ms {
+            to.epoch_deadline_ms = v;
+        }
+        set(&mut to.max_memory_bytes, self.max_memory_bytes);
+        set(&mut to.max_state_bytes, self.max_state_bytes);
+        set(&mut to.max_render_bytes, self.max_render_bytes);
+        set(&mut to.max_keys_per_event, self.max_keys_per_event);
+        set(&mut to.max_key_bytes, self.max_key_bytes);
+        to
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub population: Option<Population>,
+    #[serde(default)]
+    pub settings: Option<toml::Table>,
+    #[serde(default)]
+    pub limits: LimitsPatch,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty config is valid")
+    }
+}
+
+impl Config {
+    /// Parse `text` as if read from `file`, resolving relative paths
+    /// against `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, Error> {
+        let mut c: Config = toml::from_str(text).map_err(|e| Error { file: file.into(), message: e.to_string().trim_end().into() })?;
+        let bad = |message: String| Error { file: file.into(), message };
+        if c.engine.batch_size == 0 {
+            return Err(bad("engine.batch_size: expected at least 1, got 0".into()));
+        }
+        if !(1..=256).contains(&c.engine.workers) {
+            return Err(bad(format!("engine.workers: expected 1 to 256, got {}", c.engine.workers)));
+        }
+        if !(1..=4096).contains(&c.log.partitions) {
+            return Err(bad(format!("log.partitions: expected 1 to 4096, got {}", c.log.partitions)));
+        }
+        for (name, p) in std::iter::once(("limits", &c.limits)).chain(c.plugins.iter().map(|(n, p)| (n.as_str(), &p.limits))) {
+            if p.epoch_deadline_ms == Some(0) {
+                return Err(bad(format!("{name}: epoch_deadline_ms: expected at least 1, got 0")));
+            }
+            if p.max_memory_bytes.is_some_and(|m| m < 1 << 16) {
+                return Err(bad(format!("{name}: max_memory_bytes: expected at least 65536 (one Wasm page)")));
+            }
+        }
+        c.data_dir = base.join(&c.data_dir);
+        c.plugins_dir = base.join(&c.plugins_dir);
+        Ok(c)
+    }
+
+    /// Read a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error { file: file.clone(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &file, base)
+    }
+
+    /// The limits of plugin `name`: defaults, then `[limits]`, then its own.
+    pub fn limits_of(&self, name: &str) -> Limits {
+        let global = self.limits.apply(Limits::default());
+        match self.plugins.get(name) {
+            Some(p) => p.limits.apply(global),
+            None => global,
+        }
+    }
+
+    /// The settings of plugin `name` as JSON (`{}` when none).
+    pub fn settings_of(&self, name: &str) -> serde_json::Value {
+        self.plugins
+            .get(name)
+            .and_then(|p| p.settings.as_ref())
+            .and_then(|t| serde_json::to_value(t).ok())
+            .unwrap_or_else(|| serde_json::json!({}))
+    }
+}

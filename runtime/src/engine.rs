@@ -1,0 +1,509 @@
+//! The projection engine: one batch of records in, one atomic store
+//! commit out.
+//!
+//! For each batch the engine decodes every record once, then for each
+//! loaded projection: asks the plugin which view keys each event touches
+//! (one call for the batch), groups the events by key keeping their order,
+//! folds each key's events through the version rules and the plugin's
+//! `apply` (one call per key and batch; keys spread over worker threads),
+//! and writes the new views, the dead letters, the counters and the next
+//! offset of every projection into one [`Writer`]. The commit is atomic,
+//! so on restart each projection resumes exactly after what it stored.
+//!
+//! Called by the pipelines in [`crate::pipeline`] and by readers
+//! ([`Engine::read`], [`Engine::snapshot`]). It never reads a source
+//! itself.
+
+use crate::envelope::{self, DecodeError, Format};
+use crate::plugin::{self, Session, SharedCode};
+use crate::store::{Counters, DeadLetter, Store, ViewRecord, Writer};
+use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
+use projector_guest::{ApplyResult, Event, Outcome, Population};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("unknown plugin {0:?}")]
+    UnknownPlugin(String),
+    #[error("plugin {0:?} is already loaded")]
+    Duplicate(String),
+    #[error("bad view key {key:?}: {reason}")]
+    BadKey { key: String, reason: String },
+    #[error(transparent)]
+    Plugin(#[from] plugin::Error),
+    #[error("plugin {plugin}: {message}")]
+    Guest { plugin: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One record from a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: u32,
+    pub offset: u64,
+    /// The transport's key (a Kafka key), if any.
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// A loaded projection: its code and where its views live.
+pub struct Projection {
+    code: SharedCode,
+    /// Namespace of its views, offsets and counters.
+    ns: String,
+    population: Population,
+    counters: Mutex<Counters>,
+}
+
+impl Projection {
+    pub fn name(&self) -> &str {
+        self.code.name()
+    }
+    pub fn code(&self) -> &SharedCode {
+        &self.code
+    }
+    pub fn population(&self) -> Population {
+        self.population
+    }
+    pub fn counters(&self) -> Counters {
+        *self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub records: u64,
+    pub decode_errors: u64,
+    /// Per projection name.
+    pub counters: Vec<(String, Counters)>,
+}
+
+impl BatchSummary {
+    /// Counts summed over every projection.
+    pub fn total(&self) -> Counters {
+        let mut t = Counters::default();
+        for (_, c) in &self.counters {
+            t.add(c);
+        }
+        t
+    }
+}
+
+/// A view as a reader gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadView {
+    pub status: Status,
+    pub versions: Versions,
+    pub updated_ms: i64,
+    /// The plugin's rendered answer; `None` unless Valid.
+    pub body: Option<serde_json::Value>,
+}
+
+/// Namespace that tracks which records were already decoded (so a decode
+/// error is dead-lettered once, whatever projections are loaded).
+const DECODE_NS: &str = "@decode";
+
+pub struct Engine {
+    store: Store,
+    format: Format,
+    workers: usize,
+    projections: RwLock<Vec<Arc<Projection>>>,
+    /// Serializes read-modify-write of views: batches and snapshots.
+    write: Mutex<()>,
+}
+
+impl Engine {
+    pub fn new(store: Store, format: Format, workers: usize) -> Self {
+        Engine { store, format, workers: workers.max(1), projections: RwLock::new(Vec::new()), write: Mutex::new(()) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Load a projection; `population` overrides what the plugin declares.
+    pub fn add(&self, code: SharedCode, population: Option<Population>) -> Result<()> {
+        let ns = code.name().to_string();
+        let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
+        if list.iter().any(|p| p.ns == ns) {
+            return Err(Error::Duplicate(ns));
+        }
+        let counters = self.store.counters(&ns)?;
+        let population = population.unwrap_or(code.info().population);
+        list.push(Arc::new(Projection { code, ns, population, counters: Mutex::new(counters) }));
+        Ok(())
+    }
+
+    pub fn projections(&self) -> Vec<Arc<Projection>> {
+        self.projections.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn projection(&self, name: &str) -> Result<Arc<Projection>> {
+        self.projections()
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::UnknownPlugin(name.to_string()))
+    }
+
+    /// Where a source should resume for `partition`: the lowest next
+    /// offset over the loaded projections.
+    pub fn resume_offset(&self, source: &str, partition: u32) -> Result<u64> {
+        let mut min = self.store.offset(DECODE_NS, source, partition)?.unwrap_or(0);
+        for p in self.projections() {
+            min = min.min(self.store.offset(&p.ns, source, partition)?.unwrap_or(0));
+        }
+        Ok(min)
+    }
+
+    /// Process one batch of records of one partition, in offset order.
+    pub fn process(&self, source: &str, partition: u32, records: &[Record]) -> Result<BatchSummary> {
+        let Some(last) = records.last() else { return Ok(BatchSummary::default()) };
+        let next = last.offset + 1;
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let decoded: Vec<Result<Event, DecodeError>> = records
+            .iter()
+            .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
+            .collect();
+        let mut writer = self.store.writer();
+        let mut summary = BatchSummary { records: records.len() as u64, ..Default::default() };
+
+        let decoded_from = self.store.offset(DECODE_NS, source, partition)?.unwrap_or(0);
+        for (r, d) in records.iter().zip(&decoded) {
+            if let (Err(e), true) = (d, r.offset >= decoded_from) {
+                summary.decode_errors += 1;
+                writer.dead_letter(DeadLetter {
+                    seq: 0,
+                    plugin: None,
+                    stage: "decode".into(),
+                    reason: "decode".into(),
+                    error: e.to_string(),
+                    source: source.into(),
+                    partition,
+                    offset: r.offset,
+                    key: None,
+                    event: None,
+                    raw: Some(String::from_utf8_lossy(&r.value).into_owned()),
+                    at_ms: now_ms(),
+                })?;
+            }
+        }
+        writer.set_offset(DECODE_NS, source, partition, next);
+
+        for p in self.projections() {
+            let from = self.store.offset(&p.ns, source, partition)?.unwrap_or(0);
+            let events: Vec<(u64, &Event)> = records
+                .iter()
+                .zip(&decoded)
+                .filter(|(r, _)| r.offset >= from)
+                .filter_map(|(r, d)| d.as_ref().ok().map(|e| (r.offset, e)))
+                .collect();
+            let mut delta = Counters::default();
+            if !events.is_empty() {
+                let ctx = BatchCtx { projection: &p, store: &self.store, source, partition };
+                delta = ctx.run(&events, self.workers, &mut writer)?;
+            }
+            if next > from {
+                writer.set_offset(&p.ns, source, partition, next);
+            }
+            let total = {
+                let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
+                c.add(&delta);
+                *c
+            };
+            writer.set_counters(&p.ns, &total);
+            summary.counters.push((p.name().to_string(), delta));
+        }
+        self.store.commit(writer)?;
+        Ok(summary)
+    }
+
+    /// The view of `key` in `plugin`, rendered at `now_ms` when Valid.
+    pub fn read(&self, plugin: &str, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
+        let p = self.projection(plugin)?;
+        let Some(record) = self.store.view(&p.ns, key)? else { return Ok(None) };
+        let body = match (&record.view.status, &record.view.state) {
+            (Status::Valid, Some(state)) => {
+                let text = p
+                    .code
+                    .session()
+                    .render(key, state, now_ms)?
+                    .map_err(|e| Error::Guest { plugin: plugin.into(), message: format!("render: {e}") })?;
+                let limit = p.code.limits().max_render_bytes;
+                if text.len() > limit {
+                    return Err(plugin::Error::BadOutput {
+                        plugin: plugin.into(),
+                        message: format!("render gave {} bytes, over the {limit}-byte limit", text.len()),
+                    }
+                    .into());
+                }
+                Some(serde_json::from_str(&text).map_err(|e| plugin::Error::BadOutput {
+                    plugin: plugin.into(),
+                    message: format!("render gave invalid JSON: {e}"),
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Some(ReadView { status: record.view.status, versions: record.view.versions, updated_ms: record.updated_ms, body }))
+    }
+
+    /// Store a view of `key` built by the plugin from the source of
+    /// truth's `answer` (lazy population). Events at or below the
+    /// answer's versions will not disturb it.
+    pub fn snapshot(&self, plugin: &str, key: &str, answer: &str) -> Result<()> {
+        let p = self.projection(plugin)?;
+        check_key(key, p.code.limits())?;
+        let (state, versions) = p
+            .code
+            .session()
+            .from_snapshot(key, answer)?
+            .map_err(|e| Error::Guest { plugin: plugin.into(), message: format!("from-snapshot: {e}") })?;
+        check_state(&p.code, &state)?;
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.store.writer();
+        let view = View::from_snapshot(state, Versions::from_pairs(versions));
+        writer.put_view(&p.ns, key, &ViewRecord { view, updated_ms: now_ms() });
+        self.store.commit(writer)?;
+        Ok(())
+    }
+}
+
+/// Check a view key a plugin produced or a reader gave.
+pub fn check_key(key: &str, limits: &plugin::Limits) -> Result<()> {
+    let bad = |reason: String| Err(Error::BadKey { key: key.chars().take(80).collect(), reason });
+    if key.is_empty() {
+        return bad("empty".into());
+    }
+    if key.len() > limits.max_key_bytes {
+        return bad(format!("{} bytes, over the {}-byte limit", key.len(), limits.max_key_bytes));
+    }
+    if key.chars().any(char::is_control) {
+        return bad("contains a control character".into());
+    }
+    Ok(())
+}
+
+fn check_state(code: &SharedCode, state: &[u8]) -> Result<(), plugin::Error> {
+    let limit = code.limits().max_state_bytes;
+    if state.len() > limit {
+        return Err(plugin::Error::BadOutput {
+            plugin: code.name().into(),
+            message: format!("state of {} bytes, over the {limit}-byte limit", state.len()),
+        });
+    }
+    Ok(())
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One projection's share of one batch.
+struct BatchCtx<'a> {
+    projection: &'a Projection,
+    store: &'a Store,
+    source: &'a str,
+    partition: u32,
+}
+
+/// One key's result: its new view (if it changed) and its failures.
+struct KeyResult<'e> {
+    key: String,
+    change: Option<Option<ViewRecord>>,
+    counters: Counters,
+    failures: Vec<(&'e Event, u64, plugin::Error)>,
+}
+
+impl<'a> BatchCtx<'a> {
+    fn run(&self, events: &[(u64, &Event)], workers: usize, writer: &mut Writer) -> Result<Counters> {
+        let code = &self.projection.code;
+        let mut counters = Counters::default();
+        let mut session = code.session();
+        let refs: Vec<&Event> = events.iter().map(|(_, e)| *e).collect();
+        let routed = self.route(session.as_mut(), &refs);
+
+        // Group by key, keeping each key's events in offset order.
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, keys) in routed.into_iter().enumerate() {
+            match keys {
+                Ok(keys) => {
+                    for k in keys {
+                        groups.entry(k).or_insert_with_key(|k| {
+                            order.push(k.clone());
+                            Vec::new()
+                        }).push(i);
+                    }
+                }
+                Err(e) => {
+                    counters.received += 1;
+                    counters.dead_lettered += 1;
+                    self.dead_letter(writer, "keys", None, events[i].1, events[i].0, &e)?;
+                }
+            }
+        }
+
+        let fold_all = |keys: &[String], session: &mut dyn Session| self.fold_keys(session, keys, &groups, events);
+        let results: Vec<KeyResult> = if workers == 1 || order.len() < 64 {
+            fold_all(&order, session.as_mut())?
+        } else {
+            drop(session);
+            let chunk = order.len().div_ceil(workers);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = order
+                    .chunks(chunk)
+                    .map(|keys| scope.spawn(|| fold_all(keys, code.session().as_mut())))
+                    .collect();
+                let mut all = Vec::with_capacity(order.len());
+                for h in handles {
+                    all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+                }
+                Ok::<_, Error>(all)
+            })?
+        };
+
+        let ns = &self.projection.ns;
+        for r in results {
+            counters.add(&r.counters);
+            match r.change {
+                Some(Some(record)) => writer.put_view(ns, &r.key, &record),
+                Some(None) => writer.remove_view(ns, &r.key),
+                None => {}
+            }
+            for (event, offset, error) in r.failures {
+                self.dead_letter(writer, "apply", Some(&r.key), event, offset, &error)?;
+            }
+        }
+        Ok(counters)
+    }
+
+    /// The keys of every event; a failed batch call is retried event by
+    /// event so only the failing event fails.
+    fn route(&self, session: &mut dyn Session, events: &[&Event]) -> Vec<Result<Vec<String>, plugin::Error>> {
+        let code = &self.projection.code;
+        let check = |r: Result<Vec<String>, plugin::GuestError>| -> Result<Vec<String>, plugin::Error> {
+            let mut keys = r.map_err(|e| plugin::Error::Guest { plugin: code.name().into(), message: format!("keys: {e}") })?;
+            let limits = code.limits();
+            if keys.len() > limits.max_keys_per_event {
+                return Err(plugin::Error::BadOutput {
+                    plugin: code.name().into(),
+                    message: format!("{} keys for one event, over the limit of {}", keys.len(), limits.max_keys_per_event),
+                });
+            }
+            for k in &keys {
+                check_key(k, limits).map_err(|e| plugin::Error::BadOutput { plugin: code.name().into(), message: e.to_string() })?;
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            Ok(keys)
+        };
+        const CHUNK: usize = 1024;
+        let mut out = Vec::with_capacity(events.len());
+        for chunk in events.chunks(CHUNK) {
+            match session.keys(chunk) {
+                Ok(answers) => out.extend(answers.into_iter().map(check)),
+                Err(_) => {
+                    for e in chunk {
+                        out.push(match session.keys(std::slice::from_ref(e)) {
+                            Ok(mut one) => check(one.pop().unwrap_or_else(|| Ok(Vec::new()))),
+                            Err(err) => Err(err),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn fold_keys<'e>(
+        &self,
+        session: &mut dyn Session,
+        keys: &[String],
+        groups: &HashMap<String, Vec<usize>>,
+        events: &[(u64, &'e Event)],
+    ) -> Result<Vec<KeyResult<'e>>> {
+        keys.iter().map(|k| self.fold(session, k, &groups[k], events)).collect()
+    }
+
+    fn fold<'e>(&self, session: &mut dyn Session, key: &str, indexes: &[usize], events: &[(u64, &'e Event)]) -> Result<KeyResult<'e>> {
+        let p = self.projection;
+        let code = &p.code;
+        let before = self.store.view(&p.ns, key)?;
+        let mine: Vec<&Event> = indexes.iter().map(|&i| events[i].1).collect();
+        let (view, verdicts) = rules::fold_key(
+            before.as_ref().map(|r| r.view.clone()),
+            p.population,
+            code.info().stale_policy,
+            &mine,
+            |state, run| -> Result<ApplyResult, plugin::Error> {
+                let batch: Vec<&Event> = run.iter().map(|&i| mine[i]).collect();
+                let r = session.apply(key, state, &batch)?;
+                if let Outcome::Put(s) = &r.outcome {
+                    check_state(code, s)?;
+                }
+                Ok(r)
+            },
+        );
+        let mut counters = Counters { received: mine.len() as u64, ..Default::default() };
+        let mut failures = Vec::new();
+        let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
+        let mut changed = false;
+        for (&i, verdict) in indexes.iter().zip(verdicts) {
+            let (offset, event) = events[i];
+            match verdict {
+                Verdict::Applied => {
+                    counters.applied += 1;
+                    latest = latest.max(event.time_ms);
+                    changed = true;
+                }
+                Verdict::Invalidated => {
+                    counters.invalidated += 1;
+                    changed = true;
+                }
+                Verdict::Skipped(Decision::Apply | Decision::Invalidate) => {
+                    unreachable!("fold_key never skips with an apply or invalidate decision")
+                }
+                Verdict::Skipped(_) => counters.skipped += 1,
+                Verdict::Failed(e) => {
+                    counters.dead_lettered += 1;
+                    let error = match e {
+                        CallError::Host(e) => e,
+                        CallError::Plugin(e) => plugin::Error::Guest { plugin: code.name().into(), message: e.to_string() },
+                    };
+                    failures.push((event, offset, error));
+                }
+            }
+        }
+        let change = match (changed, view) {
+            (false, _) => None,
+            (true, Some(view)) => Some(Some(ViewRecord { view, updated_ms: latest })),
+            (true, None) => before.is_some().then_some(None),
+        };
+        Ok(KeyResult { key: key.to_string(), change, counters, failures })
+    }
+
+    fn dead_letter(&self, writer: &mut Writer, stage: &str, key: Option<&str>, event: &Event, offset: u64, error: &plugin::Error) -> Result<()> {
+        tracing::warn!(plugin = self.projection.name(), stage, offset, key, reason = error.reason(), "{error}");
+        writer.dead_letter(DeadLetter {
+            seq: 0,
+            plugin: Some(self.projection.name().to_string()),
+            stage: stage.into(),
+            reason: error.reason().into(),
+            error: error.to_string(),
+            source: self.source.into(),
+            partition: self.partition,
+            offset,
+            key: key.map(str::to_string),
+            event: Some(event.clone()),
+            raw: None,
+            at_ms: now_ms(),
+        })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! The `projector` command line.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use projector::app::App;
+use projector::config::Config;
+use projector::pipeline::{self, Totals};
+use projector::source::log::EmbeddedLog;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "projector", version, about = "A WebAssembly-pluggable event processor: read-optimized views in sled")]
+struct Cli {
+    /// Config file (TOML). Default: ./projector.toml if present, else built-in defaults.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the runtime on the embedded log with the plugins loaded.
+    Run {
+        /// NDJSON files appended to the embedded log at start (`-` for stdin).
+        #[arg(long)]
+        ingest: Vec<PathBuf>,
+        /// Stop once every partition is caught up, instead of following the log.
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Replay an NDJSON events file (or `-` for stdin) into the views; resumes where it stopped.
+    Replay { file: PathBuf },
+    /// Print a view: its state, versions and the plugin's rendered answer.
+    Get {
+        plugin: String,
+        key: String,
+        /// Read time in ms since the epoch (default: now).
+        #[arg(long)]
+        at_ms: Option<i64>,
+    },
+    /// Store a view built from a source-of-truth answer (a JSON file, or `-`).
+    Snapshot { plugin: String, key: String, answer: PathBuf },
+    /// List dead letters as JSON lines, oldest first.
+    DeadLetters {
+        #[arg(long)]
+        plugin: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PROJECTOR_LOG").unwrap_or_else(|_| "info,sled=warn,wasmtime=warn,cranelift=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None if Path::new("projector.toml").exists() => Ok(Config::load(Path::new("projector.toml"))?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run { ingest, exit_when_idle } => {
+            let app = App::open(config)?;
+            let log = EmbeddedLog::open(app.engine.store(), app.config.log.partitions, app.config.format)?;
+            for file in &ingest {
+                let n = ingest_file(&log, file)?;
+                eprintln!("ingested {n} events from {}", file.display());
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(stop.clone())?;
+            let names: Vec<String> = app.engine.projections().iter().map(|p| p.name().to_string()).collect();
+            eprintln!("running on the embedded log ({} partitions) with plugins: {}", log.partitions(), names.join(", "));
+            let mut last_report = std::time::Instant::now();
+            let totals = pipeline::run_log(&app.engine, &log, app.config.engine.batch_size, &stop, exit_when_idle, |p| {
+                if last_report.elapsed().as_secs() >= 5 {
+                    last_report = std::time::Instant::now();
+                    tracing::info!(events = p.totals.records, applied = p.totals.counters.applied, "progress");
+                }
+            })?;
+            app.engine.store().flush()?;
+            print_summary(&totals);
+        }
+        Command::Replay { file } => {
+            let app = App::open(config)?;
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let totals = pipeline::replay_file(&app.engine, &file, app.config.engine.batch_size, |p| {
+                if let Some(size) = p.size {
+                    bar.set_length(size);
+                }
+                bar.set_position(p.bytes_read);
+                bar.set_message(format!("{} events, {:.0}/s", p.totals.records, p.totals.records_per_second()));
+            })?;
+            bar.finish_and_clear();
+            app.engine.store().flush()?;
+            print_summary(&totals);
+        }
+        Command::Get { plugin, key, at_ms } => {
+            let app = App::open(config)?;
+            let now = at_ms.unwrap_or_else(projector::engine::now_ms);
+            match app.engine.read(&plugin, &key, now)? {
+                Some(v) => {
+                    let versions: serde_json::Map<String, serde_json::Value> =
+                        v.versions.0.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
+                    let out = serde_json::json!({
+                        "plugin": plugin, "key": key, "status": format!("{:?}", v.status).to_lowercase(),
+                        "versions": versions, "updated_ms": v.updated_ms, "view": v.body,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                None => {
+                    eprintln!("no view for {key:?} in {plugin}");
+                    return Ok(std::process::ExitCode::from(1));
+                }
+            }
+        }
+        Command::Snapshot { plugin, key, answer } => {
+            let app = App::open(config)?;
+            let text = read_input(&answer)?;
+            app.engine.snapshot(&plugin, &key, &text)?;
+            app.engine.store().flush()?;
+            eprintln!("stored a snapshot of {key:?} in {plugin}");
+        }
+        Command::DeadLetters { plugin, limit } => {
+            if !config.data_dir.exists() {
+                bail!("no data in {}", config.data_dir.display());
+            }
+            let store = projector::store::Store::open(&config.data_dir)?;
+            let mut shown = 0;
+            for letter in store.dead_letters() {
+                let letter = letter?;
+                if plugin.as_deref().is_some_and(|p| letter.plugin.as_deref() != Some(p)) {
+                    continue;
+                }
+                println!("{}", serde_json::to_string(&letter)?);
+                shown += 1;
+                if shown == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        return std::io::read_to_string(std::io::stdin()).context("reading stdin");
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<usize> {
+    let text = read_input(path)?;
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let mut n = 0;
+    for chunk in lines.chunks(4096) {
+        let values: Vec<&[u8]> = chunk.iter().map(|(_, l)| l.as_bytes()).collect();
+        log.append(&values).map_err(|e| match e {
+            projector::source::log::Error::Decode { index, error } => {
+                anyhow::anyhow!("{} line {}: {error}", path.display(), chunk[index].0 + 1)
+            }
+            other => other.into(),
+        })?;
+        n += values.len();
+    }
+    Ok(n)
+}
+
+fn spawn_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("projector-signals".into()).spawn(move || {
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        eprintln!("stopping after the current batch");
+        stop.store(true, Ordering::Relaxed);
+    })?;
+    Ok(())
+}
+
+fn print_summary(t: &Totals) {
+    let c = &t.counters;
+    println!(
+        "events {}, applied {}, skipped {}, invalidated {}, dead-lettered {}, decode errors {}, {:.0} events/s",
+        t.records,
+        c.applied,
+        c.skipped,
+        c.invalidated,
+        c.dead_lettered,
+        t.decode_errors,
+        t.records_per_second()
+    );
+}

@@ -1,0 +1,105 @@
+//! Native projections behind the same [`Code`] trait as Wasm: the plugin
+//! crate linked into the host as Rust. Used by benchmarks (Wasm against
+//! native, same logic) and by tests that need no sandbox.
+
+use super::{Code, Error, GuestError, Limits, PluginLogs, Session};
+use projector_guest::{apply_run, decode_state, encode_state, ApplyResult, Difference, Event, Info, Json, Projection};
+
+pub struct NativePlugin<P: Projection> {
+    name: String,
+    id: String,
+    info: Info,
+    limits: Limits,
+    plugin: P,
+    logs: PluginLogs,
+}
+
+impl<P: Projection> NativePlugin<P> {
+    pub fn new(name: &str, settings: &Json, limits: Limits) -> Result<Self, Error> {
+        let plugin = P::configure(settings).map_err(|e| Error::Load { plugin: name.into(), message: e.to_string() })?;
+        Ok(NativePlugin {
+            name: name.to_string(),
+            id: format!("native:{name}"),
+            info: plugin.info(),
+            limits,
+            plugin,
+            logs: PluginLogs::default(),
+        })
+    }
+
+    /// Override the population policy the plugin declared.
+    pub fn set_population(&mut self, population: projector_guest::Population) {
+        self.info.population = population;
+    }
+}
+
+impl<P: Projection> Code for NativePlugin<P> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn info(&self) -> &Info {
+        &self.info
+    }
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    fn session(&self) -> Box<dyn Session + '_> {
+        Box::new(NativeSession { plugin: &self.plugin })
+    }
+    fn logs(&self) -> &PluginLogs {
+        &self.logs
+    }
+}
+
+struct NativeSession<'a, P> {
+    plugin: &'a P,
+}
+
+fn parse(text: &str) -> Result<Json, GuestError> {
+    serde_json::from_str(text).map_err(|e| GuestError::bad_input(e.to_string()))
+}
+
+impl<P: Projection> Session for NativeSession<'_, P> {
+    fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error> {
+        Ok(events.iter().map(|e| self.plugin.keys(e)).collect())
+    }
+
+    fn apply(&mut self, key: &str, state: Option<&[u8]>, events: &[&Event]) -> Result<ApplyResult, Error> {
+        let owned: Vec<Event> = events.iter().map(|e| (*e).clone()).collect();
+        Ok(apply_run(self.plugin, key, state, &owned))
+    }
+
+    fn render(&mut self, key: &str, state: &[u8], now_ms: i64) -> Result<Result<String, GuestError>, Error> {
+        Ok(decode_state::<P::State>(state)
+            .and_then(|s| self.plugin.render(key, &s, now_ms))
+            .map(|j| j.to_string()))
+    }
+
+    fn from_snapshot(&mut self, key: &str, answer: &str) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error> {
+        Ok(parse(answer)
+            .and_then(|a| self.plugin.from_snapshot(key, &a))
+            .and_then(|(s, v)| Ok((encode_state(&s)?, v))))
+    }
+
+    fn migrate(&mut self, key: &str, state: &[u8], from: &str) -> Result<Result<Option<Vec<u8>>, GuestError>, Error> {
+        Ok(self
+            .plugin
+            .migrate(key, state, from)
+            .and_then(|s| s.map(|s| encode_state(&s)).transpose()))
+    }
+
+    fn compare(&mut self, key: &str, projection: &str, source: &str) -> Result<Vec<Difference>, Error> {
+        match (parse(projection), parse(source)) {
+            (Ok(a), Ok(b)) => Ok(self.plugin.compare(key, &a, &b)),
+            (a, b) => Ok(vec![Difference {
+                path: "/".into(),
+                reason: "unreadable".into(),
+                projection: a.err().map(|e| e.message),
+                source: b.err().map(|e| e.message),
+            }]),
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Wasm components under limits.
+//!
+//! One [`WasmHost`] per process holds the engine, the linker and the
+//! epoch ticker. A [`WasmPlugin`] is compiled once (Cranelift) and
+//! pre-instantiated; each [`Session`] instantiates it into a fresh store,
+//! reuses that store for every call of its batch, and throws it away after
+//! a trap so the next call starts clean. Every call runs under an epoch
+//! deadline and a memory cap whose refusal is reported as a typed
+//! [`Error::MemoryLimit`], not a bare trap. The WASI interfaces a
+//! `wasm32-wasip2` guest imports are linked with nothing granted: no
+//! directories, environment, network, or clock (it reads a frozen epoch);
+//! stdout and stderr land in the plugin's log.
+
+use super::{Code, Error, GuestError, Limits, PluginLogs, Session};
+use projector_guest::{ApplyResult, Difference, ErrorKind, Event, Info, Outcome, Population, StalePolicy};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+#[allow(missing_docs, clippy::all)]
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../guest-sdk/wit", world: "plugin" });
+}
+
+use bindings::projector::plugin::{enrichment, host, types as wit};
+
+/// One epoch tick: the resolution of every deadline.
+const TICK: Duration = Duration::from_millis(1);
+/// What a guest may write to stdout and stderr per session.
+const STDIO_CAPACITY: usize = 64 << 10;
+
+/// The engine, linker and epoch ticker shared by every Wasm plugin.
+pub struct WasmHost {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl WasmHost {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        // The ticker lives as long as the engine: it holds only a weak handle.
+        let weak = engine.weak();
+        std::thread::Builder::new().name("projector-epoch".into()).spawn(move || loop {
+            std::thread::sleep(TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+        })?;
+        Ok(WasmHost { engine, linker: Arc::new(linker) })
+    }
+
+    /// Compile and pre-instantiate `bytes` as plugin `name`, configure it
+    /// once with `settings` to learn its info, and check it implements the
+    /// `projector:plugin/plugin` world.
+    pub fn load(&self, name: &str, bytes: &[u8], limits: Limits, settings: &serde_json::Value) -> Result<WasmPlugin, Error> {
+        let load_error = |message: String| Error::Load { plugin: name.to_string(), message };
+        let id = hex::encode(Sha256::digest(bytes));
+        let component = Component::new(&self.engine, bytes).map_err(|e| load_error(format!("compile: {e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_error(format!("link: {e:#}")))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| load_error(format!("exports: {e:#}")))?;
+        let mut plugin = WasmPlugin {
+            name: name.to_string(),
+            id,
+            info: Info {
+                name: name.to_string(),
+                version: String::new(),
+                population: Population::Lazy,
+                stale_policy: StalePolicy::Invalidate,
+            },
+            limits,
+            settings: settings.to_string(),
+            pre,
+            logs: Arc::new(PluginLogs::default()),
+        };
+        let info = WasmSession::new(&plugin).configure()?;
+        plugin.info = info;
+        Ok(plugin)
+    }
+}
+
+/// Compiled, pre-instantiated plugin code.
+pub struct WasmPlugin {
+    name: String,
+    id: String,
+    info: Info,
+    limits: Limits,
+    settings: String,
+    pre: bindings::PluginPre<HostState>,
+    logs: Arc<PluginLogs>,
+}
+
+impl Code for WasmPlugin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn info(&self) -> &Info {
+        &self.info
+    }
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    fn session(&self) -> Box<dyn Session + '_> {
+        Box::new(WasmSession::new(self))
+    }
+    fn logs(&self) -> &PluginLogs {
+        &self.logs
+    }
+}
+
+/// Per-store host state: WASI with nothing granted, the memory limiter,
+/// and where the guest's logs go.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    plugin: Arc<str>,
+    logs: Arc<PluginLogs>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory and remembers the refused grow, so the trap that
+/// follows is reported as [`Error::MemoryLimit`].
+struct MemoryLimiter {
+    max: usize,
+    refused: Option<(usize, usize)>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.refused = Some((current, desired));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The guest's wall and monotonic clocks: frozen at zero. Plugins get the
+/// read time as an argument instead, so replays are deterministic.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl wit::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: wit::LogLevel, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            wit::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            wit::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            wit::LogLevel::Info => tracing::info!(plugin, "{message}"),
+            wit::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            wit::LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+        self.logs.push(format!("{level:?}: {message}"));
+    }
+}
+
+impl enrichment::Host for HostState {
+    /// No service is on this plugin's allow-list: refuse without connecting.
+    fn fetch(&mut self, service: String, _path: String) -> Result<wit::Fetched, wit::FetchError> {
+        Err(wit::FetchError::NotAllowed(service))
+    }
+}
+
+struct WasmSession<'a> {
+    plugin: &'a WasmPlugin,
+    live: Option<(Store<HostState>, bindings::Plugin)>,
+}
+
+impl<'a> WasmSession<'a> {
+    fn new(plugin: &'a WasmPlugin) -> Self {
+        WasmSession { plugin, live: None }
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Guest { plugin: self.plugin.name.clone(), message }
+    }
+
+    /// Instantiate into a fresh store and configure the plugin.
+    fn start(&mut self) -> Result<wit::PluginInfo, Error> {
+        let p = self.plugin;
+        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { max: p.limits.max_memory_bytes, refused: None },
+            plugin: Arc::from(p.name.as_str()),
+            logs: p.logs.clone(),
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(p.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(p.limits.epoch_deadline_ms.max(1) * 10);
+        let started = p
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                let info = instance.projector_plugin_projection().call_configure(&mut store, &p.settings)?;
+                Ok((instance, info))
+            });
+        match started {
+            Ok((instance, info)) => {
+                let info = info.map_err(|e| self.error(format!("configure: {}", e.message)))?;
+                self.live = Some((store, instance));
+                Ok(info)
+            }
+            Err(e) => Err(classify(&p.name, e, &mut store, p.limits.epoch_deadline_ms * 10)),
+        }
+    }
+
+    fn configure(&mut self) -> Result<Info, Error> {
+        let info = self.start()?;
+        Ok(Info {
+            name: info.name,
+            version: info.version,
+            population: match info.population {
+                wit::Population::Lazy => Population::Lazy,
+                wit::Population::Eager => Population::Eager,
+            },
+            stale_policy: match info.stale_policy {
+                wit::StalePolicy::Invalidate => StalePolicy::Invalidate,
+                wit::StalePolicy::Ignore => StalePolicy::Ignore,
+            },
+        })
+    }
+
+    /// Run `f` in the live store with a deadline for `events` events; on
+    /// failure, drop the store so the next call starts clean.
+    fn call<R>(
+        &mut self,
+        events: usize,
+        f: impl FnOnce(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+    ) -> Result<R, Error> {
+        if self.live.is_none() {
+            self.start()?;
+        }
+        let Some((store, instance)) = self.live.as_mut() else {
+            unreachable!("start() leaves a live store or fails");
+        };
+        let deadline_ms = self.plugin.limits.epoch_deadline_ms.max(1) * events.max(1) as u64;
+        store.set_epoch_deadline(deadline_ms);
+        match f(store, instance) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let error = classify(&self.plugin.name, e, store, deadline_ms);
+                if let Some((store, _)) = self.live.take() {
+                    drain_stdio(store.data());
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for WasmSession<'_> {
+    fn drop(&mut self) {
+        if let Some((store, _)) = self.live.take() {
+            drain_stdio(store.data());
+        }
+    }
+}
+
+fn drain_stdio(state: &HostState) {
+    for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+        let bytes = pipe.contents();
+        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.is_empty()) {
+            tracing::info!(plugin = &*state.plugin, stream, "{line}");
+            state.logs.push(format!("{stream}: {line}"));
+        }
+    }
+}
+
+fn classify(plugin: &str, e: wasmtime::Error, store: &mut Store<HostState>, deadline_ms: u64) -> Error {
+    let plugin = plugin.to_string();
+    if let Some((current, requested)) = store.data_mut().limiter.refused.take() {
+        let max = store.data().limiter.max;
+        return Error::MemoryLimit { plugin, current, requested, max };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Error::OutOfTime { plugin, deadline_ms },
+        _ => Error::Trap { plugin, message: format!("{e:#}") },
+    }
+}
+
+fn to_wit(e: &Event) -> wit::Event {
+    wit::Event {
+        id: e.id.clone(),
+        event_type: e.event_type.clone(),
+        source: e.source.clone(),
+        key: e.key.clone(),
+        version: e.version,
+        time_ms: e.time_ms,
+        payload: e.payload.clone(),
+    }
+}
+
+fn from_wit_error(e: wit::PluginError) -> GuestError {
+    GuestError {
+        kind: match e.kind {
+            wit::ErrorKind::BadInput => ErrorKind::BadInput,
+            wit::ErrorKind::Transient => ErrorKind::Transient,
+            wit::ErrorKind::Internal => ErrorKind::Internal,
+        },
+        message: e.message,
+    }
+}
+
+impl Session for WasmSession<'_> {
+    fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error> {
+        let list: Vec<wit::Event> = events.iter().map(|e| to_wit(e)).collect();
+        let out = self.call(events.len(), |s, i| i.projector_plugin_projection().call_keys(s, &list))?;
+        if out.len() != events.len() {
+            return Err(Error::BadOutput {
+                plugin: self.plugin.name.clone(),
+                message: format!("keys returned {} answers for {} events", out.len(), events.len()),
+            });
+        }
+        Ok(out.into_iter().map(|r| r.map_err(from_wit_error)).collect())
+    }
+
+    fn apply(&mut self, key: &str, state: Option<&[u8]>, events: &[&Event]) -> Result<ApplyResult, Error> {
+        let list: Vec<wit::Event> = events.iter().map(|e| to_wit(e)).collect();
+        let r = self.call(events.len(), |s, i| i.projector_plugin_projection().call_apply(s, key, state, &list))?;
+        Ok(ApplyResult {
+            outcome: match r.outcome {
+                wit::Outcome::Put(s) => Outcome::Put(s),
+                wit::Outcome::Delete => Outcome::Delete,
+                wit::Outcome::Invalidate => Outcome::Invalidate,
+                wit::Outcome::Skip => Outcome::Skip,
+            },
+            applied: r.applied,
+            error: r.error.map(from_wit_error),
+        })
+    }
+
+    fn render(&mut self, key: &str, state: &[u8], now_ms: i64) -> Result<Result<String, GuestError>, Error> {
+        let r = self.call(1, |s, i| i.projector_plugin_projection().call_render(s, key, state, now_ms))?;
+        Ok(r.map_err(from_wit_error))
+    }
+
+    fn from_snapshot(&mut self, key: &str, answer: &str) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error> {
+        let r = self.call(1, |s, i| i.projector_plugin_projection().call_from_snapshot(s, key, answer))?;
+        Ok(r.map(|s| (s.state, s.versions)).map_err(from_wit_error))
+    }
+
+    fn migrate(&mut self, key: &str, state: &[u8], from: &str) -> Result<Result<Option<Vec<u8>>, GuestError>, Error> {
+        let r = self.call(1, |s, i| i.projector_plugin_projection().call_migrate(s, key, state, from))?;
+        Ok(r.map_err(from_wit_error))
+    }
+
+    fn compare(&mut self, key: &str, projection: &str, source: &str) -> Result<Vec<Difference>, Error> {
+        let r = self.call(1, |s, i| i.projector_plugin_comparison().call_compare(s, key, projection, source))?;
+        Ok(match r {
+            wit::Verdict::Equal => Vec::new(),
+            wit::Verdict::Different(d) => d
+                .into_iter()
+                .map(|d| Difference { path: d.path, reason: d.reason, projection: d.projection, source: d.source })
+                .collect(),
+        })
+    }
+}

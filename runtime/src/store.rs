@@ -1,0 +1,240 @@
+//! Durable state in sled, behind one small API so the engine never sees
+//! sled itself.
+//!
+//! One tree, `state`, holds everything that must change together: views,
+//! applied offsets, counters and dead letters. A [`Writer`] gathers one
+//! batch's changes and [`Store::commit`] applies them atomically, so after
+//! a crash the views and the offsets they came from always agree: nothing
+//! is lost and nothing is applied twice. Other trees (the embedded log)
+//! are opened by their owners through [`Store::tree`].
+//!
+//! Keys in `state` (`ns` is a view namespace, e.g. a plugin name):
+//! `v 0 ns 0 key` view · `o 0 ns 0 source 0 partition` next offset ·
+//! `c 0 ns` counters · `d 0 seq` dead letter.
+
+use projector_guest::rules::View;
+use projector_guest::Event;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A stored view: the rules' view plus when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    pub view: View,
+    /// Time of the last applied event (ms), for staleness.
+    pub updated_ms: i64,
+}
+
+/// Per-namespace event counts, persisted with the views they describe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Event deliveries to this namespace (one per event and view key).
+    pub received: u64,
+    pub applied: u64,
+    pub skipped: u64,
+    pub invalidated: u64,
+    pub dead_lettered: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.received += other.received;
+        self.applied += other.applied;
+        self.skipped += other.skipped;
+        self.invalidated += other.invalidated;
+        self.dead_lettered += other.dead_lettered;
+    }
+}
+
+/// An event the runtime could not process, with why and where from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub seq: u64,
+    /// The plugin that failed it; `None` for decode errors.
+    pub plugin: Option<String>,
+    /// `decode`, `keys` or `apply`.
+    pub stage: String,
+    /// Short, stable reason (`trap`, `out-of-time`, `memory-limit`, ...).
+    pub reason: String,
+    pub error: String,
+    pub source: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// The view key, where the failure belongs to one.
+    pub key: Option<String>,
+    pub event: Option<Event>,
+    /// The raw record, for decode errors.
+    pub raw: Option<String>,
+    pub at_ms: i64,
+}
+
+/// The durable store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    state: sled::Tree,
+}
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.push(0);
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn view_prefix(ns: &str) -> Vec<u8> {
+    let mut k = key(b'v', &[ns.as_bytes()]);
+    k.push(0);
+    k
+}
+
+fn offset_key(ns: &str, source: &str, partition: u32) -> Vec<u8> {
+    key(b'o', &[ns.as_bytes(), source.as_bytes(), &partition.to_be_bytes()])
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt { what: what.to_string(), reason: e.to_string() })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("postcard encodes every store type into a Vec")
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 << 20)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|source| Error::Open { path: dir.display().to_string(), source })?;
+        let state = db.open_tree("state")?;
+        Ok(Store { db, state })
+    }
+
+    /// Another tree of the same database (e.g. the embedded log).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    pub fn view(&self, ns: &str, view_key: &str) -> Result<Option<ViewRecord>> {
+        let mut k = view_prefix(ns);
+        k.extend_from_slice(view_key.as_bytes());
+        self.state.get(k)?.map(|b| decode("view", &b)).transpose()
+    }
+
+    /// Every view of a namespace, in key order.
+    pub fn views(&self, ns: &str) -> impl Iterator<Item = Result<(String, ViewRecord)>> {
+        let prefix = view_prefix(ns);
+        let skip = prefix.len();
+        self.state.scan_prefix(prefix).map(move |item| {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k[skip..]).into_owned();
+            Ok((key, decode("view", &v)?))
+        })
+    }
+
+    /// The next offset to process for (namespace, source, partition).
+    pub fn offset(&self, ns: &str, source: &str, partition: u32) -> Result<Option<u64>> {
+        match self.state.get(offset_key(ns, source, partition))? {
+            Some(b) => {
+                let arr: [u8; 8] = b.as_ref().try_into().map_err(|_| Error::Corrupt {
+                    what: format!("offset of {ns}/{source}/{partition}"),
+                    reason: format!("{} bytes, expected 8", b.len()),
+                })?;
+                Ok(Some(u64::from_be_bytes(arr)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn counters(&self, ns: &str) -> Result<Counters> {
+        match self.state.get(key(b'c', &[ns.as_bytes()]))? {
+            Some(b) => decode("counters", &b),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    /// Dead letters, oldest first.
+    pub fn dead_letters(&self) -> impl Iterator<Item = Result<DeadLetter>> {
+        self.state.scan_prefix(key(b'd', &[])).map(|item| {
+            let (_, v) = item?;
+            serde_json::from_slice(&v).map_err(|e| Error::Corrupt { what: "dead letter".into(), reason: e.to_string() })
+        })
+    }
+
+    /// A new batch of changes.
+    pub fn writer(&self) -> Writer {
+        Writer { batch: sled::Batch::default(), db: self.db.clone(), dead_letters: 0 }
+    }
+
+    /// Apply a batch atomically.
+    pub fn commit(&self, writer: Writer) -> Result<()> {
+        self.state.apply_batch(writer.batch)?;
+        Ok(())
+    }
+
+    /// Make everything committed so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// One batch of changes to the store, applied by [`Store::commit`].
+pub struct Writer {
+    batch: sled::Batch,
+    db: sled::Db,
+    dead_letters: usize,
+}
+
+impl Writer {
+    pub fn put_view(&mut self, ns: &str, view_key: &str, record: &ViewRecord) {
+        let mut k = view_prefix(ns);
+        k.extend_from_slice(view_key.as_bytes());
+        self.batch.insert(k, encode(record));
+    }
+
+    pub fn remove_view(&mut self, ns: &str, view_key: &str) {
+        let mut k = view_prefix(ns);
+        k.extend_from_slice(view_key.as_bytes());
+        self.batch.remove(k);
+    }
+
+    pub fn set_offset(&mut self, ns: &str, source: &str, partition: u32, next: u64) {
+        self.batch.insert(offset_key(ns, source, partition), &next.to_be_bytes());
+    }
+
+    pub fn set_counters(&mut self, ns: &str, counters: &Counters) {
+        self.batch.insert(key(b'c', &[ns.as_bytes()]), encode(counters));
+    }
+
+    /// Record a dead letter; its `seq` is assigned here.
+    pub fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
+        letter.seq = self.db.generate_id()?;
+        let bytes = serde_json::to_vec(&letter).map_err(|e| Error::Corrupt { what: "dead letter".into(), reason: e.to_string() })?;
+        self.batch.insert(key(b'd', &[&letter.seq.to_be_bytes()]), bytes);
+        self.dead_letters += 1;
+        Ok(())
+    }
+
+    pub fn dead_letters(&self) -> usize {
+        self.dead_letters
+    }
+}

@@ -1,0 +1,211 @@
+//! Shared helpers of the end-to-end tests and benchmarks: where the built
+//! plugins are, a generator of realistic inbox traffic, and an independent
+//! model of what the inbox views must hold after a stream of events.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A built plugin component, `target/plugins/<name>.wasm`.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let p = root().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run scripts/build-plugins.sh first", p.display());
+    p
+}
+
+/// The `projector` binary next to the running test.
+pub fn projector_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = dir.join("projector");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p projector` first", bin.display());
+    bin
+}
+
+/// A plugins directory holding copies of the named built plugins.
+pub fn plugins_dir(into: &Path, names: &[&str]) -> PathBuf {
+    let dir = into.join("plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir plugins");
+    for n in names {
+        std::fs::copy(plugin_wasm(n), dir.join(format!("{n}.wasm"))).expect("copy plugin");
+    }
+    dir
+}
+
+/// Shape of generated inbox traffic.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxShape {
+    pub sites: u32,
+    pub users: u32,
+    pub events: usize,
+    pub seed: u64,
+}
+
+impl Default for InboxShape {
+    fn default() -> Self {
+        InboxShape { sites: 10_000, users: 100_000, events: 1_000_000, seed: 7 }
+    }
+}
+
+/// Skewed pick in 0..n: low ids are much busier (roughly Zipf-like).
+fn skewed(rng: &mut StdRng, n: u32) -> u32 {
+    let x: f64 = rng.gen();
+    ((x * x * x) * f64::from(n)) as u32 % n.max(1)
+}
+
+/// Inbox events in the own envelope, one JSON line each, keyed by site so
+/// one site's events stay in order. Versions increase strictly over the
+/// stream (a CDC position), and times with them.
+pub fn inbox_events(shape: InboxShape) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(shape.seed);
+    let mut convs: BTreeMap<u32, Vec<(String, Vec<String>)>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(shape.events);
+    let base_ms = 1_767_225_600_000i64;
+    for seq in 0..shape.events as u64 {
+        let site = skewed(&mut rng, shape.sites);
+        let owner = format!("u{}", site % shape.users);
+        let site_id = format!("s{site}");
+        let list = convs.entry(site).or_default();
+        let roll: u32 = rng.gen_range(0..100);
+        let (ty, payload) = if list.is_empty() || roll < 55 {
+            // A new or existing conversation gets a message.
+            let (conv, participants) = if list.is_empty() || rng.gen_bool(0.3) {
+                let visitor = format!("u{}", skewed(&mut rng, shape.users));
+                let conv = format!("c{site}-{}", list.len());
+                let mut participants = vec![owner.clone()];
+                if visitor != owner {
+                    participants.push(visitor);
+                }
+                list.push((conv.clone(), participants.clone()));
+                (conv, participants)
+            } else {
+                list[rng.gen_range(0..list.len())].clone()
+            };
+            let sender = participants[rng.gen_range(0..participants.len())].clone();
+            ("MessageSent", json!({"site_id": site_id, "conversation_id": conv, "sender_id": sender, "participants": participants}))
+        } else {
+            let i = rng.gen_range(0..list.len());
+            let (conv, participants) = list[i].clone();
+            let user = participants[rng.gen_range(0..participants.len())].clone();
+            match roll {
+                55..=79 => ("ConversationRead", json!({"site_id": site_id, "conversation_id": conv, "user_id": user})),
+                80..=86 => ("ConversationArchived", json!({"site_id": site_id, "conversation_id": conv, "participants": participants})),
+                87..=91 => ("ConversationUnarchived", json!({"site_id": site_id, "conversation_id": conv, "participants": participants})),
+                92..=93 => {
+                    list.swap_remove(i);
+                    ("ConversationDeleted", json!({"site_id": site_id, "conversation_id": conv, "participants": participants}))
+                }
+                94..=96 => {
+                    let newcomer = format!("u{}", skewed(&mut rng, shape.users));
+                    if !participants.contains(&newcomer) {
+                        list[i].1.push(newcomer.clone());
+                    }
+                    let unread = rng.gen_bool(0.5);
+                    ("ParticipantAdded", json!({"site_id": site_id, "conversation_id": conv, "user_id": newcomer, "unread": unread}))
+                }
+                _ => {
+                    if participants.len() > 1 && user != owner {
+                        list[i].1.retain(|p| *p != user);
+                    }
+                    ("ParticipantRemoved", json!({"site_id": site_id, "conversation_id": conv, "user_id": user}))
+                }
+            }
+        };
+        let line = json!({
+            "id": format!("e{seq}"), "type": ty, "source": "inbox", "key": site_id,
+            "version": seq + 1, "time": base_ms + seq as i64 * 10, "payload": payload,
+        });
+        out.push(line.to_string());
+    }
+    out
+}
+
+/// One unread conversation: id, last message time, archived.
+pub type Unread = BTreeMap<String, (i64, bool)>;
+
+/// The inbox views after `events` under eager population, computed from
+/// the events alone (no plugin, no rules crate): key → unread entries.
+/// Every key ever touched is present, possibly empty. Unbounded: use it
+/// with views smaller than the plugin's bound.
+pub fn fold_inbox(events: &[String]) -> BTreeMap<String, Unread> {
+    let mut views: BTreeMap<String, Unread> = BTreeMap::new();
+    for line in events {
+        let e: serde_json::Value = serde_json::from_str(line).expect("generated JSON");
+        let p = &e["payload"];
+        let time = e["time"].as_i64().expect("time");
+        let site = p["site_id"].as_str().expect("site");
+        let conv = p["conversation_id"].as_str().expect("conv").to_string();
+        let key = |user: &serde_json::Value| format!("{}:{site}", user.as_str().expect("user"));
+        let all = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+        match e["type"].as_str().expect("type") {
+            "MessageSent" => {
+                let sender = &p["sender_id"];
+                views.entry(key(sender)).or_default().remove(&conv);
+                for u in all(&p["participants"]).iter().filter(|u| *u != sender) {
+                    let v = views.entry(key(u)).or_default();
+                    let t = v.get(&conv).map_or(time, |(t, _)| (*t).max(time));
+                    v.insert(conv.clone(), (t, false));
+                }
+            }
+            "ConversationRead" | "ParticipantRemoved" => {
+                views.entry(key(&p["user_id"])).or_default().remove(&conv);
+            }
+            "ParticipantAdded" => {
+                let v = views.entry(key(&p["user_id"])).or_default();
+                if p["unread"].as_bool() == Some(true) {
+                    let t = v.get(&conv).map_or(time, |(t, _)| (*t).max(time));
+                    v.insert(conv, (t, false));
+                }
+            }
+            ty @ ("ConversationArchived" | "ConversationUnarchived" | "ConversationDeleted") => {
+                for u in all(&p["participants"]) {
+                    let v = views.entry(key(&u)).or_default();
+                    match ty {
+                        "ConversationDeleted" => {
+                            v.remove(&conv);
+                        }
+                        _ => {
+                            if let Some(entry) = v.get_mut(&conv) {
+                                entry.1 = ty == "ConversationArchived";
+                            }
+                        }
+                    }
+                }
+            }
+            other => panic!("generator made an unknown type {other}"),
+        }
+    }
+    views
+}
+
+/// What a rendered inbox view shows: (id, last_message_at), newest first
+/// with ties by id descending, as the plugin orders them.
+pub fn shown(unread: &Unread) -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> = unread.iter().filter(|(_, (_, a))| !a).map(|(id, (t, _))| (id.clone(), *t)).collect();
+    v.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
+    v
+}
+
+/// The (id, last_message_at) list of a rendered inbox answer.
+pub fn rendered(view: &serde_json::Value) -> Vec<(String, i64)> {
+    view["conversations"]
+        .as_array()
+        .expect("conversations")
+        .iter()
+        .map(|c| (c["id"].as_str().expect("id").to_string(), c["last_message_at"].as_i64().expect("ts")))
+        .collect()
+}
+
+/// Write `lines` as an NDJSON file.
+pub fn write_ndjson(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).expect("write ndjson");
+}
