@@ -258,6 +258,9 @@ pub fn apply_run<P: Projection>(plugin: &P, key: &str, state: Option<&[u8]>, eve
         }
         applied += 1;
     }
+    // Creating a view is a change even when the events left the empty
+    // state as it was: the view's versions must be kept from now on.
+    dirty |= !existed && applied > 0;
     let outcome = match (dirty, current) {
         (false, _) => Outcome::Skip,
         (true, None) if existed => Outcome::Delete,

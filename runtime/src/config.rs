@@ -103,6 +103,7 @@ pub struct LimitsPatch {
     pub max_render_bytes: Option<usize>,
     pub max_keys_per_event: Option<usize>,
     pub max_key_bytes: Option<usize>,
+    pub timeout_retries: Option<u32>,
 }
 
 impl LimitsPatch {
@@ -120,6 +121,9 @@ impl LimitsPatch {
         set(&mut to.max_render_bytes, self.max_render_bytes);
         set(&mut to.max_keys_per_event, self.max_keys_per_event);
         set(&mut to.max_key_bytes, self.max_key_bytes);
+        if let Some(v) = self.timeout_retries {
+            to.timeout_retries = v;
+        }
         to
     }
 }

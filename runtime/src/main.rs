@@ -44,6 +44,8 @@ enum Command {
     },
     /// Store a view built from a source-of-truth answer (a JSON file, or `-`).
     Snapshot { plugin: String, key: String, answer: PathBuf },
+    /// Show each loaded plugin with its event counts (JSON).
+    Status,
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         #[arg(long)]
@@ -144,6 +146,24 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             app.engine.snapshot(&plugin, &key, &text)?;
             app.engine.store().flush()?;
             eprintln!("stored a snapshot of {key:?} in {plugin}");
+        }
+        Command::Status => {
+            let app = App::open(config)?;
+            let plugins: Vec<serde_json::Value> = app
+                .engine
+                .projections()
+                .iter()
+                .map(|p| {
+                    let c = p.counters();
+                    serde_json::json!({
+                        "plugin": p.name(), "id": p.code().id(), "version": p.code().info().version,
+                        "population": format!("{:?}", p.population()).to_lowercase(),
+                        "received": c.received, "applied": c.applied, "skipped": c.skipped,
+                        "invalidated": c.invalidated, "dead_lettered": c.dead_lettered,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plugins": plugins }))?);
         }
         Command::DeadLetters { plugin, limit } => {
             if !config.data_dir.exists() {

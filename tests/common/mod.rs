@@ -209,3 +209,28 @@ pub fn write_ndjson(path: &Path, lines: &[String]) {
     text.push('\n');
     std::fs::write(path, text).expect("write ndjson");
 }
+
+/// A runtime on a fresh store in `dir`, with the named built plugins and
+/// `extra` TOML appended to the config (e.g. `[plugins.x]` tables).
+pub fn open_app(dir: &Path, plugins: &[&str], extra: &str) -> projector::app::App {
+    plugins_dir(dir, plugins);
+    let text = format!("data_dir = \"data\"\nplugins_dir = \"plugins\"\n{extra}");
+    let config = projector::config::Config::parse(&text, "test.toml", dir).expect("test config parses");
+    projector::app::App::open(config).expect("runtime opens")
+}
+
+/// One event in the own envelope, as bytes for a record.
+pub fn envelope(id: &str, ty: &str, key: &str, version: u64, time_ms: i64, payload: serde_json::Value) -> Vec<u8> {
+    json!({"id": id, "type": ty, "source": "inbox", "key": key, "version": version, "time": time_ms, "payload": payload})
+        .to_string()
+        .into_bytes()
+}
+
+/// Records with offsets from `first` on, in partition 0.
+pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector::engine::Record> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| projector::engine::Record { partition: 0, offset: first + i as u64, key: None, value })
+        .collect()
+}

@@ -63,6 +63,9 @@ pub struct Limits {
     pub max_keys_per_event: usize,
     /// Length of one view key.
     pub max_key_bytes: usize,
+    /// Times a call that ran out of time is retried before it fails
+    /// (deadlines are wall-clock: a preempted call may overrun).
+    pub timeout_retries: u32,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
             max_render_bytes: 4 << 20,
             max_keys_per_event: 256,
             max_key_bytes: 512,
+            timeout_retries: 2,
         }
     }
 }

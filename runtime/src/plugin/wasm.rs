@@ -281,28 +281,39 @@ impl<'a> WasmSession<'a> {
     }
 
     /// Run `f` in the live store with a deadline for `events` events; on
-    /// failure, drop the store so the next call starts clean.
+    /// failure, drop the store so the next call starts clean. Deadlines are
+    /// wall-clock epochs, so a call the OS preempted can run out of time
+    /// through no fault of its own: out-of-time calls are retried
+    /// (`timeout_retries`) before they fail. Calls are pure functions of
+    /// their arguments, so a retry is safe.
     fn call<R>(
         &mut self,
         events: usize,
-        f: impl FnOnce(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+        mut f: impl FnMut(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
-        if self.live.is_none() {
-            self.start()?;
-        }
-        let Some((store, instance)) = self.live.as_mut() else {
-            unreachable!("start() leaves a live store or fails");
-        };
         let deadline_ms = self.plugin.limits.epoch_deadline_ms.max(1) * events.max(1) as u64;
-        store.set_epoch_deadline(deadline_ms);
-        match f(store, instance) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                let error = classify(&self.plugin.name, e, store, deadline_ms);
-                if let Some((store, _)) = self.live.take() {
-                    drain_stdio(store.data());
+        let mut retries = self.plugin.limits.timeout_retries;
+        loop {
+            if self.live.is_none() {
+                self.start()?;
+            }
+            let Some((store, instance)) = self.live.as_mut() else {
+                unreachable!("start() leaves a live store or fails");
+            };
+            store.set_epoch_deadline(deadline_ms);
+            let e = match f(store, instance) {
+                Ok(r) => return Ok(r),
+                Err(e) => classify(&self.plugin.name, e, store, deadline_ms),
+            };
+            if let Some((store, _)) = self.live.take() {
+                drain_stdio(store.data());
+            }
+            match e {
+                Error::OutOfTime { .. } if retries > 0 => {
+                    retries -= 1;
+                    tracing::warn!(plugin = self.plugin.name, deadline_ms, "call ran out of time; retrying");
                 }
-                Err(error)
+                e => return Err(e),
             }
         }
     }

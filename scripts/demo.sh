@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Build everything and run the main job: the runtime on its embedded log,
+# with the reference plugins loaded and a sample inbox stream replayed.
+# Idempotent: a second run resumes where the first stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/build-plugins.sh
+cargo build --quiet --release -p projector -p projector-tests
+mkdir -p target/demo
+[ -s target/demo/inbox-sample.ndjson ] || target/release/gen-inbox 20000 50 500 > target/demo/inbox-sample.ndjson
+target/release/projector --config examples/projector.toml run \
+  --ingest target/demo/inbox-sample.ndjson --exit-when-idle
+echo
+echo "Views are in target/demo-data. Query one:"
+echo "  target/release/projector --config examples/projector.toml get inbox-unread u0:s0"
+target/release/projector --config examples/projector.toml get inbox-unread u0:s0 2>/dev/null | head -20
+echo "  ..."
+echo "Keep it running and following the log: target/release/projector --config examples/projector.toml run"

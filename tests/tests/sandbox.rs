@@ -1,0 +1,107 @@
+//! Hostile guests: each misbehaviour fails its own event, which is
+//! dead-lettered with a reason, while the other events keep flowing.
+
+use projector::store::DeadLetter;
+use projector_tests::{envelope, open_app, records};
+use serde_json::json;
+use std::time::Instant;
+
+fn ev(id: &str, ty: &str, key: &str, version: u64) -> Vec<u8> {
+    envelope(id, ty, key, version, 0, json!({}))
+}
+
+fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
+    app.engine.store().dead_letters().collect::<Result<_, _>>().expect("dead letters")
+}
+
+fn count(app: &projector::app::App, key: &str) -> Option<u64> {
+    let v = app.engine.read("hostile", key, 0).expect("read")?;
+    v.body.and_then(|b| b["count"].as_u64())
+}
+
+#[test]
+fn each_misbehaviour_fails_only_its_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[plugins.hostile]\nlimits = { epoch_deadline_ms = 50, max_memory_bytes = 16777216 }\n",
+    );
+    // Good events around each bad one, on the same key and on others.
+    let batch = vec![
+        ev("1", "ok", "a", 1),
+        ev("2", "loop", "a", 2),
+        ev("3", "ok", "a", 3),
+        ev("4", "grow", "b", 1),
+        ev("5", "ok", "b", 2),
+        ev("6", "trap", "c", 1),
+        ev("7", "ok", "c", 2),
+        ev("8", "fail", "d", 1),
+        ev("9", "ok", "d", 2),
+        ev("10", "bad-key", "e", 1),
+        ev("11", "many-keys", "e", 2),
+        ev("12", "ok", "e", 3),
+    ];
+    let started = Instant::now();
+    let c = app.engine.process("test", 0, &records(0, batch)).expect("the batch itself succeeds").total();
+    let elapsed = started.elapsed();
+    assert_eq!(c.applied, 6, "every good event is applied");
+    assert_eq!(c.dead_lettered, 6);
+    for key in ["a", "b", "c", "d", "e"] {
+        let expected = if key == "a" { 2 } else { 1 };
+        assert_eq!(count(&app, key), Some(expected), "key {key}");
+    }
+
+    let letters = letters(&app);
+    let by_offset = |o: u64| letters.iter().find(|l| l.offset == o).unwrap_or_else(|| panic!("no dead letter at offset {o}"));
+    assert_eq!(by_offset(1).reason, "out-of-time");
+    assert_eq!(by_offset(3).reason, "memory-limit");
+    assert!(by_offset(3).error.contains("max 16777216"), "{}", by_offset(3).error);
+    assert_eq!(by_offset(5).reason, "trap");
+    assert_eq!(by_offset(7).reason, "plugin-error");
+    assert!(by_offset(7).error.contains("asked to fail"));
+    assert_eq!((by_offset(9).reason.as_str(), by_offset(9).stage.as_str()), ("bad-output", "keys"));
+    assert_eq!((by_offset(10).reason.as_str(), by_offset(10).stage.as_str()), ("bad-output", "keys"));
+    for l in &letters {
+        assert_eq!(l.plugin.as_deref(), Some("hostile"));
+        assert!(l.event.is_some(), "the event is kept for a replay");
+    }
+    // The loop was stopped by its deadline, not left running.
+    assert!(elapsed.as_secs() < 20, "took {elapsed:?}");
+}
+
+#[test]
+fn guest_output_reaches_the_plugin_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &["hostile"], "");
+    app.engine.process("test", 0, &records(0, vec![ev("1", "print", "a", 1)])).expect("batch");
+    let p = app.engine.projection("hostile").expect("loaded");
+    let logs = p.code().logs().recent();
+    assert!(logs.iter().any(|l| l.contains("hello from the log import")), "{logs:?}");
+    assert!(logs.iter().any(|l| l.contains("stdout: hello from stdout")), "{logs:?}");
+}
+
+#[test]
+fn modules_that_are_not_plugins_are_rejected_with_a_reason() {
+    let host = projector::plugin::wasm::WasmHost::new().expect("host");
+    let limits = projector::plugin::Limits::default();
+    let settings = json!({});
+    let reject = |bytes: &[u8]| match host.load("bad", bytes, limits.clone(), &settings) {
+        Ok(_) => panic!("loaded a module that is not a plugin"),
+        Err(e) => e.to_string(),
+    };
+    let garbage = reject(b"not wasm at all");
+    assert!(garbage.contains("plugin bad: cannot load: compile"), "{garbage}");
+    // A core module, not a component.
+    let core = wat_module("(module (func (export \"apply\")))");
+    let e = reject(&core);
+    assert!(e.contains("cannot load"), "{e}");
+    // A component that implements nothing of the world.
+    let empty = wat_module("(component)");
+    let e = reject(&empty);
+    assert!(e.contains("exports"), "{e}");
+}
+
+fn wat_module(text: &str) -> Vec<u8> {
+    wat::parse_str(text).expect("valid WAT")
+}
