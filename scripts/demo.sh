@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 cargo build --quiet --release -p projector -p projector-tests
 mkdir -p target/demo
 [ -s target/demo/inbox-sample.ndjson ] || target/release/gen-inbox 20000 50 500 > target/demo/inbox-sample.ndjson
-target/release/projector --config examples/projector.toml run \
-  --ingest target/demo/inbox-sample.ndjson --exit-when-idle
+# The sample goes into the embedded log once; later runs resume from the log.
+ingest=()
+[ -d target/demo-data ] || ingest=(--ingest target/demo/inbox-sample.ndjson)
+target/release/projector --config examples/projector.toml run "${ingest[@]}" --exit-when-idle
 echo
 echo "Views are in target/demo-data. Query one:"
 echo "  target/release/projector --config examples/projector.toml get inbox-unread u0:s0"

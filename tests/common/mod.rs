@@ -13,11 +13,12 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// A built plugin component, `target/plugins/<name>.wasm`.
+/// A built plugin component: `target/plugins/<name>.wasm` (reference
+/// plugins) or `target/test-plugins/<name>.wasm` (fixtures).
 pub fn plugin_wasm(name: &str) -> PathBuf {
-    let p = root().join("target/plugins").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: run scripts/build-plugins.sh first", p.display());
-    p
+    let file = format!("{name}.wasm");
+    let found = ["target/plugins", "target/test-plugins"].iter().map(|d| root().join(d).join(&file)).find(|p| p.exists());
+    found.unwrap_or_else(|| panic!("{file} is missing: run scripts/build-plugins.sh first"))
 }
 
 /// The `projector` binary next to the running test.

@@ -1,0 +1,69 @@
+//! Inbox projection throughput: embedded log → plugin → sled, with the
+//! plugin as a Wasm component and as native Rust, in one run, on one
+//! worker thread. Prints events/s for each and the Wasm ÷ native ratio.
+//!
+//! `BENCH_EVENTS` sets the stream length (default 1 000 000: 10k sites,
+//! 100k users, skewed activity). Run with `./scripts/bench.sh`.
+
+use projector::engine::Engine;
+use projector::envelope::Format;
+use projector::pipeline::{run_log, Totals};
+use projector::plugin::native::NativePlugin;
+use projector::plugin::wasm::WasmHost;
+use projector::plugin::{Limits, SharedCode};
+use projector::source::log::EmbeddedLog;
+use projector::store::Store;
+use projector_guest::Population;
+use projector_tests::{inbox_events, plugin_wasm, InboxShape};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Totals> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let log = EmbeddedLog::open(&store, 4, Format::Auto)?;
+    let started = Instant::now();
+    for chunk in events.chunks(20_000) {
+        log.append(chunk)?;
+    }
+    eprintln!("{label}: ingested {} events into the embedded log in {:.1?}", events.len(), started.elapsed());
+    let engine = Engine::new(store, Format::Auto, 1);
+    engine.add(code, Some(Population::Eager))?;
+    let totals = run_log(&engine, &log, 4096, &AtomicBool::new(false), true, |_| {})?;
+    engine.store().flush()?;
+    let c = totals.counters;
+    println!(
+        "{label:>6}: {:>9.0} events/s  ({} events, {} view updates applied, {} skipped, {:.2?})",
+        totals.records_per_second(),
+        totals.records,
+        c.applied,
+        c.skipped,
+        totals.elapsed
+    );
+    Ok(totals)
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    let n: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let started = Instant::now();
+    let events = inbox_events(InboxShape { events: n, ..InboxShape::default() });
+    eprintln!("generated {n} events in {:.1?}", started.elapsed());
+
+    let settings = serde_json::json!({});
+    let native: SharedCode = Arc::new(NativePlugin::<inbox_unread::InboxUnread>::new("inbox-unread", &settings, Limits::default())?);
+    let host = WasmHost::new()?;
+    let bytes = std::fs::read(plugin_wasm("inbox-unread"))?;
+    let wasm: SharedCode = Arc::new(host.load("inbox-unread", &bytes, Limits::default(), &settings)?);
+
+    println!("inbox projection, {n} events, embedded log → plugin → sled, 1 worker");
+    let native = run("native", native, &events)?;
+    let wasm = run("wasm", wasm, &events)?;
+    assert_eq!(native.counters, wasm.counters, "Wasm and native must produce the same outcome");
+    println!(
+        " ratio: wasm ÷ native = {:.2}  (targets: wasm ≥ 300000 events/s, ratio ≥ 0.8)",
+        wasm.records_per_second() / native.records_per_second()
+    );
+    Ok(())
+}
