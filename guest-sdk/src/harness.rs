@@ -4,9 +4,9 @@
 //! the runtime will store; only Wasm, sled and the sources are left out.
 
 use crate::rules::{self, CallError, Status, Verdict, Versions, View};
-use crate::{apply_run, decode_state, encode_state, Error, Event, Info, Json, Projection};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::LogLevel;
+use crate::{apply_run, decode_state, encode_state, Error, Event, Info, Json, Projection};
 use std::collections::BTreeMap;
 
 /// A plugin driven natively, with its views in memory.
@@ -30,7 +30,11 @@ impl<P: Projection> Harness<P> {
     pub fn new(settings: Json) -> Result<Self, Error> {
         let plugin = P::configure(&settings)?;
         let info = plugin.info();
-        Ok(Harness { plugin, info, views: BTreeMap::new() })
+        Ok(Harness {
+            plugin,
+            info,
+            views: BTreeMap::new(),
+        })
     }
 
     /// Override the plugin's population policy (as the host config can).
@@ -55,13 +59,17 @@ impl<P: Projection> Harness<P> {
                 self.info.population,
                 self.info.stale_policy,
                 std::slice::from_ref(event),
-                |state, _run| Ok::<_, Error>(apply_run(plugin, &key, state, std::slice::from_ref(event))),
+                |state, _run| {
+                    Ok::<_, Error>(apply_run(plugin, &key, state, std::slice::from_ref(event)))
+                },
             );
             if let Some(view) = view {
                 self.views.insert(key.clone(), view);
             }
             let verdict = match verdicts.pop() {
-                Some(Verdict::Failed(CallError::Plugin(e) | CallError::Host(e))) => Verdict::Failed(e),
+                Some(Verdict::Failed(CallError::Plugin(e) | CallError::Host(e))) => {
+                    Verdict::Failed(e)
+                }
                 Some(Verdict::Applied) => Verdict::Applied,
                 Some(Verdict::Invalidated) => Verdict::Invalidated,
                 Some(Verdict::Skipped(d)) => Verdict::Skipped(d),
@@ -73,7 +81,10 @@ impl<P: Projection> Harness<P> {
     }
 
     /// Feed events in order, stopping at the first the plugin cannot route.
-    pub fn feed_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Result<(), Error> {
+    pub fn feed_all<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<(), Error> {
         for e in events {
             self.feed(e)?;
         }
@@ -82,7 +93,7 @@ impl<P: Projection> Harness<P> {
 
     /// Store a snapshot built by the plugin from a source-of-truth answer.
     pub fn snapshot(&mut self, key: &str, answer: &Json) -> Result<(), Error> {
-        let (state, versions) = self.plugin.from_snapshot(key, answer)?;
+        let (state, versions) = self.plugin.snapshot(key, answer)?;
         let view = View::from_snapshot(encode_state(&state)?, Versions::from_pairs(versions));
         self.views.insert(key.to_string(), view);
         Ok(())
@@ -90,15 +101,29 @@ impl<P: Projection> Harness<P> {
 
     /// The view of `key`, decoded; `None` when absent.
     pub fn view(&self, key: &str) -> Result<Option<ViewOf<P::State>>, Error> {
-        let Some(v) = self.views.get(key) else { return Ok(None) };
-        let state = v.state.as_deref().map(decode_state::<P::State>).transpose()?;
-        Ok(Some(ViewOf { status: v.status, versions: v.versions.clone(), state }))
+        let Some(v) = self.views.get(key) else {
+            return Ok(None);
+        };
+        let state = v
+            .state
+            .as_deref()
+            .map(decode_state::<P::State>)
+            .transpose()?;
+        Ok(Some(ViewOf {
+            status: v.status,
+            versions: v.versions.clone(),
+            state,
+        }))
     }
 
     /// The rendered answer for `key` at `now_ms`; `None` unless Valid.
     pub fn render(&self, key: &str, now_ms: i64) -> Result<Option<Json>, Error> {
         match self.view(key)? {
-            Some(ViewOf { status: Status::Valid, state: Some(s), .. }) => self.plugin.render(key, &s, now_ms).map(Some),
+            Some(ViewOf {
+                status: Status::Valid,
+                state: Some(s),
+                ..
+            }) => self.plugin.render(key, &s, now_ms).map(Some),
             _ => Ok(None),
         }
     }

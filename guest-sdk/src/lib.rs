@@ -47,11 +47,12 @@ pub struct Event {
 }
 
 impl Event {
-    /// The payload parsed into `T`; a parse failure is a [`Error::bad_input`].
-    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(&self.payload).map_err(|e| {
-            Error::bad_input(format!("{} {}: payload: {e}", self.event_type, self.id))
-        })
+    /// The payload parsed into `T`, which may borrow from the event (use
+    /// `Cow<str>` fields to avoid copying strings); a parse failure is a
+    /// [`Error::bad_input`].
+    pub fn payload<'a, T: Deserialize<'a>>(&'a self) -> Result<T, Error> {
+        serde_json::from_str(&self.payload)
+            .map_err(|e| Error::bad_input(format!("{} {}: payload: {e}", self.event_type, self.id)))
     }
 }
 
@@ -75,13 +76,22 @@ pub struct Error {
 
 impl Error {
     pub fn bad_input(message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::BadInput, message: message.into() }
+        Error {
+            kind: ErrorKind::BadInput,
+            message: message.into(),
+        }
     }
     pub fn transient(message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Transient, message: message.into() }
+        Error {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Internal, message: message.into() }
+        Error {
+            kind: ErrorKind::Internal,
+            message: message.into(),
+        }
     }
 }
 
@@ -112,6 +122,9 @@ pub enum StalePolicy {
     /// The event is ignored; the view stays as it is.
     Ignore,
 }
+
+/// The source versions a snapshot reflects: (source, version) pairs.
+pub type SourceVersions = Vec<(String, u64)>;
 
 /// What a plugin declares about itself (the WIT `plugin-info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,12 +214,17 @@ pub trait Projection: Sized + Send + Sync + 'static {
 
     /// A state, and the source versions it reflects, from the source of
     /// truth's answer for `key`.
-    fn from_snapshot(&self, key: &str, answer: &Json) -> Result<(Self::State, Vec<(String, u64)>), Error>;
+    fn snapshot(&self, key: &str, answer: &Json) -> Result<(Self::State, SourceVersions), Error>;
 
     /// Convert a state written by an earlier version of this plugin.
     /// The default decodes it as the current `State`; `None` means the key
     /// cannot be migrated and will be populated again from the source.
-    fn migrate(&self, _key: &str, old: &[u8], _from_version: &str) -> Result<Option<Self::State>, Error> {
+    fn migrate(
+        &self,
+        _key: &str,
+        old: &[u8],
+        _from_version: &str,
+    ) -> Result<Option<Self::State>, Error> {
         Ok(decode_state::<Self::State>(old).ok())
     }
 
@@ -230,10 +248,21 @@ pub fn decode_state<S: DeserializeOwned>(bytes: &[u8]) -> Result<S, Error> {
 /// Fold a run of events into one outcome: the state is decoded once at
 /// the start and encoded once at the end. Stops at the first failing event
 /// and reports how many were folded before it.
-pub fn apply_run<P: Projection>(plugin: &P, key: &str, state: Option<&[u8]>, events: &[Event]) -> ApplyResult {
+pub fn apply_run<P: Projection>(
+    plugin: &P,
+    key: &str,
+    state: Option<&[u8]>,
+    events: &[Event],
+) -> ApplyResult {
     let mut current: Option<P::State> = match state.map(decode_state::<P::State>).transpose() {
         Ok(s) => s,
-        Err(error) => return ApplyResult { outcome: Outcome::Skip, applied: 0, error: Some(error) },
+        Err(error) => {
+            return ApplyResult {
+                outcome: Outcome::Skip,
+                applied: 0,
+                error: Some(error),
+            }
+        }
     };
     let existed = current.is_some();
     let mut dirty = false;
@@ -249,7 +278,11 @@ pub fn apply_run<P: Projection>(plugin: &P, key: &str, state: Option<&[u8]>, eve
                 dirty = true;
             }
             Ok(Change::Invalidate) => {
-                return ApplyResult { outcome: Outcome::Invalidate, applied: applied + 1, error: None };
+                return ApplyResult {
+                    outcome: Outcome::Invalidate,
+                    applied: applied + 1,
+                    error: None,
+                };
             }
             Err(e) => {
                 error = Some(e);
@@ -267,10 +300,20 @@ pub fn apply_run<P: Projection>(plugin: &P, key: &str, state: Option<&[u8]>, eve
         (true, None) => Outcome::Skip,
         (true, Some(s)) => match encode_state(&s) {
             Ok(bytes) => Outcome::Put(bytes),
-            Err(e) => return ApplyResult { outcome: Outcome::Skip, applied: 0, error: Some(e) },
+            Err(e) => {
+                return ApplyResult {
+                    outcome: Outcome::Skip,
+                    applied: 0,
+                    error: Some(e),
+                }
+            }
         },
     };
-    ApplyResult { outcome, applied, error }
+    ApplyResult {
+        outcome,
+        applied,
+        error,
+    }
 }
 
 /// Structural differences between two JSON values, with JSON-pointer-like
@@ -310,7 +353,12 @@ fn diff_into(path: String, a: &Json, b: &Json, out: &mut Vec<Difference>) {
                     (Some(va), Some(vb)) => diff_into(format!("{path}/{i}"), va, vb, out),
                     (va, vb) => out.push(Difference {
                         path: format!("{path}/{i}"),
-                        reason: if va.is_some() { "only-in-projection" } else { "only-in-source" }.into(),
+                        reason: if va.is_some() {
+                            "only-in-projection"
+                        } else {
+                            "only-in-source"
+                        }
+                        .into(),
                         projection: va.map(Json::to_string),
                         source: vb.map(Json::to_string),
                     }),
@@ -364,7 +412,10 @@ mod tests {
         let a = json!({"ids": [1, 2], "n": 2, "x": true});
         let b = json!({"ids": [1, 3, 4], "n": 2, "y": 1});
         let d = json_differences(&a, &b);
-        let got: Vec<(&str, &str)> = d.iter().map(|d| (d.path.as_str(), d.reason.as_str())).collect();
+        let got: Vec<(&str, &str)> = d
+            .iter()
+            .map(|d| (d.path.as_str(), d.reason.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -68,7 +68,12 @@ pub struct View {
 impl View {
     /// A view built from a source-of-truth snapshot.
     pub fn from_snapshot(state: Vec<u8>, versions: Versions) -> Self {
-        View { status: Status::Valid, floor: versions.clone(), versions, state: Some(state) }
+        View {
+            status: Status::Valid,
+            floor: versions.clone(),
+            versions,
+            state: Some(state),
+        }
     }
 }
 
@@ -91,7 +96,13 @@ pub enum Decision {
 }
 
 /// Decide what one event (`source`, `version`) does to `view`.
-pub fn decide(view: Option<&View>, population: Population, policy: StalePolicy, source: &str, version: u64) -> Decision {
+pub fn decide(
+    view: Option<&View>,
+    population: Population,
+    policy: StalePolicy,
+    source: &str,
+    version: u64,
+) -> Decision {
     let Some(view) = view else {
         return match population {
             Population::Lazy => Decision::Dismissed,
@@ -182,7 +193,13 @@ pub fn fold_key<T: Versioned, E>(
         let mut j = next;
         while j < events.len() {
             let e = &events[j];
-            match decide(provisional.as_ref(), population, policy, e.source(), e.version()) {
+            match decide(
+                provisional.as_ref(),
+                population,
+                policy,
+                e.source(),
+                e.version(),
+            ) {
                 Decision::Apply => {
                     let p = provisional.get_or_insert_with(empty_view);
                     p.versions.set(e.source(), e.version());
@@ -223,7 +240,10 @@ pub fn fold_key<T: Versioned, E>(
                 v.versions.set(events[i].source(), events[i].version());
             }
             view = match result.outcome {
-                Outcome::Put(state) => Some(View { state: Some(state), ..v }),
+                Outcome::Put(state) => Some(View {
+                    state: Some(state),
+                    ..v
+                }),
                 // A view with no state yet (eager, nothing changed) stays absent.
                 Outcome::Skip if v.state.is_some() => Some(v),
                 Outcome::Skip | Outcome::Delete => None,
@@ -231,7 +251,11 @@ pub fn fold_key<T: Versioned, E>(
                     if let Some(&last) = run[..applied].last() {
                         verdicts[last] = Some(Verdict::Invalidated);
                     }
-                    view = Some(View { status: Status::Invalid, state: None, ..v });
+                    view = Some(View {
+                        status: Status::Invalid,
+                        state: None,
+                        ..v
+                    });
                     break 'outer;
                 }
             };
@@ -249,7 +273,11 @@ pub fn fold_key<T: Versioned, E>(
             Some(j) => {
                 verdicts[j] = Some(Verdict::Invalidated);
                 let v = view.take().unwrap_or_else(empty_view);
-                view = Some(View { status: Status::Invalid, state: None, ..v });
+                view = Some(View {
+                    status: Status::Invalid,
+                    state: None,
+                    ..v
+                });
                 break;
             }
             None => next = j,
@@ -263,7 +291,12 @@ pub fn fold_key<T: Versioned, E>(
 }
 
 fn empty_view() -> View {
-    View { status: Status::Valid, versions: Versions::default(), floor: Versions::default(), state: None }
+    View {
+        status: Status::Valid,
+        versions: Versions::default(),
+        floor: Versions::default(),
+        state: None,
+    }
 }
 
 #[cfg(test)]
@@ -281,20 +314,36 @@ mod tests {
     }
 
     fn put_all(_: Option<&[u8]>, run: &[usize]) -> Result<ApplyResult, ()> {
-        Ok(ApplyResult { outcome: Outcome::Put(vec![run.len() as u8]), applied: run.len() as u32, error: None })
+        Ok(ApplyResult {
+            outcome: Outcome::Put(vec![run.len() as u8]),
+            applied: run.len() as u32,
+            error: None,
+        })
     }
 
     #[test]
     fn duplicate_and_stale_follow_the_policy() {
         let events = [Ev("a", 1), Ev("a", 1), Ev("b", 7), Ev("a", 3), Ev("a", 2)];
-        let (view, verdicts) = fold_key(None, Population::Eager, StalePolicy::Ignore, &events, put_all);
+        let (view, verdicts) = fold_key(
+            None,
+            Population::Eager,
+            StalePolicy::Ignore,
+            &events,
+            put_all,
+        );
         let view = view.expect("eager creates the view");
         assert_eq!(view.versions.get("a"), Some(3));
         assert_eq!(view.versions.get("b"), Some(7));
         assert_eq!(verdicts[1], Verdict::Skipped(Decision::Duplicate));
         assert_eq!(verdicts[4], Verdict::Skipped(Decision::Stale));
 
-        let (view, verdicts) = fold_key(None, Population::Eager, StalePolicy::Invalidate, &events, put_all);
+        let (view, verdicts) = fold_key(
+            None,
+            Population::Eager,
+            StalePolicy::Invalidate,
+            &events,
+            put_all,
+        );
         let view = view.expect("view");
         assert_eq!(view.status, Status::Invalid);
         assert_eq!(view.state, None);
@@ -304,12 +353,24 @@ mod tests {
     #[test]
     fn lazy_dismisses_and_snapshot_floor_skips() {
         let events = [Ev("a", 5)];
-        let (view, verdicts) = fold_key(None, Population::Lazy, StalePolicy::Invalidate, &events, put_all);
+        let (view, verdicts) = fold_key(
+            None,
+            Population::Lazy,
+            StalePolicy::Invalidate,
+            &events,
+            put_all,
+        );
         assert_eq!(view, None);
         assert_eq!(verdicts[0], Verdict::Skipped(Decision::Dismissed));
 
         let snap = View::from_snapshot(vec![9], Versions::from_pairs([("a".to_string(), 10)]));
-        let (view, verdicts) = fold_key(Some(snap.clone()), Population::Lazy, StalePolicy::Invalidate, &events, put_all);
+        let (view, verdicts) = fold_key(
+            Some(snap.clone()),
+            Population::Lazy,
+            StalePolicy::Invalidate,
+            &events,
+            put_all,
+        );
         assert_eq!(view, Some(snap));
         assert_eq!(verdicts[0], Verdict::Skipped(Decision::BelowSnapshot));
     }
@@ -318,14 +379,20 @@ mod tests {
     fn a_failing_call_is_isolated_to_its_event() {
         let events = [Ev("a", 1), Ev("a", 2), Ev("a", 3)];
         let calls = std::cell::Cell::new(0);
-        let (view, verdicts) = fold_key(None, Population::Eager, StalePolicy::Invalidate, &events, |_, run| {
-            calls.set(calls.get() + 1);
-            if run.contains(&1) {
-                Err("trap")
-            } else {
-                put_all(None, run).map_err(|_| "never")
-            }
-        });
+        let (view, verdicts) = fold_key(
+            None,
+            Population::Eager,
+            StalePolicy::Invalidate,
+            &events,
+            |_, run| {
+                calls.set(calls.get() + 1);
+                if run.contains(&1) {
+                    Err("trap")
+                } else {
+                    put_all(None, run).map_err(|_| "never")
+                }
+            },
+        );
         assert_eq!(verdicts[0], Verdict::Applied);
         assert_eq!(verdicts[1], Verdict::Failed(CallError::Host("trap")));
         assert_eq!(verdicts[2], Verdict::Applied);

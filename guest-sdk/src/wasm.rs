@@ -1,7 +1,10 @@
 //! The Wasm side of the SDK: generated bindings and the adapter that turns
 //! a [`Projection`] into the WIT exports. Only built for `wasm32`.
 
-use crate::{apply_run, encode_state, Error, ErrorKind, Json, LogLevel, Outcome, Population, Projection, StalePolicy};
+use crate::{
+    apply_run, encode_state, Error, ErrorKind, Json, LogLevel, Outcome, Population, Projection,
+    StalePolicy,
+};
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
@@ -101,7 +104,13 @@ impl<P: Projection> projection::Guest for Adapter<P> {
     fn apply(key: String, state: Option<Vec<u8>>, events: Vec<wit::Event>) -> wit::ApplyResult {
         let plugin = match Self::plugin() {
             Ok(p) => p,
-            Err(e) => return wit::ApplyResult { outcome: wit::Outcome::Skip, applied: 0, error: Some(e) },
+            Err(e) => {
+                return wit::ApplyResult {
+                    outcome: wit::Outcome::Skip,
+                    applied: 0,
+                    error: Some(e),
+                }
+            }
         };
         let events: Vec<crate::Event> = events.into_iter().map(from_wit_event).collect();
         let r = apply_run(plugin, &key, state.as_deref(), &events);
@@ -127,13 +136,23 @@ impl<P: Projection> projection::Guest for Adapter<P> {
     fn from_snapshot(key: String, answer: String) -> Result<wit::Snapshot, wit::PluginError> {
         let plugin = Self::plugin()?;
         let answer = parse_json("snapshot answer", &answer)?;
-        let (state, versions) = plugin.from_snapshot(&key, &answer).map_err(to_wit_error)?;
-        Ok(wit::Snapshot { state: encode_state(&state).map_err(to_wit_error)?, versions })
+        let (state, versions) = plugin.snapshot(&key, &answer).map_err(to_wit_error)?;
+        Ok(wit::Snapshot {
+            state: encode_state(&state).map_err(to_wit_error)?,
+            versions,
+        })
     }
 
-    fn migrate(key: String, state: Vec<u8>, from_version: String) -> Result<Option<Vec<u8>>, wit::PluginError> {
+    fn migrate(
+        key: String,
+        state: Vec<u8>,
+        from_version: String,
+    ) -> Result<Option<Vec<u8>>, wit::PluginError> {
         let plugin = Self::plugin()?;
-        match plugin.migrate(&key, &state, &from_version).map_err(to_wit_error)? {
+        match plugin
+            .migrate(&key, &state, &from_version)
+            .map_err(to_wit_error)?
+        {
             Some(s) => Ok(Some(encode_state(&s).map_err(to_wit_error)?)),
             None => Ok(None),
         }
@@ -143,7 +162,11 @@ impl<P: Projection> projection::Guest for Adapter<P> {
 impl<P: Projection> comparison::Guest for Adapter<P> {
     fn compare(key: String, projection: String, source: String) -> wit::Verdict {
         let parsed = Self::plugin().and_then(|p| {
-            Ok((p, parse_json("projection answer", &projection)?, parse_json("source answer", &source)?))
+            Ok((
+                p,
+                parse_json("projection answer", &projection)?,
+                parse_json("source answer", &source)?,
+            ))
         });
         let (plugin, a, b) = match parsed {
             Ok(x) => x,
@@ -163,7 +186,12 @@ impl<P: Projection> comparison::Guest for Adapter<P> {
             wit::Verdict::Different(
                 diffs
                     .into_iter()
-                    .map(|d| wit::Difference { path: d.path, reason: d.reason, projection: d.projection, source: d.source })
+                    .map(|d| wit::Difference {
+                        path: d.path,
+                        reason: d.reason,
+                        projection: d.projection,
+                        source: d.source,
+                    })
                     .collect(),
             )
         }

@@ -23,7 +23,11 @@ impl App {
         let store = Store::open(&config.data_dir)?;
         let engine = Engine::new(store, config.format, config.engine.workers);
         let host = WasmHost::new()?;
-        let app = App { config, engine, host };
+        let app = App {
+            config,
+            engine,
+            host,
+        };
         app.load_plugins()?;
         Ok(app)
     }
@@ -37,16 +41,29 @@ impl App {
             .collect();
         files.sort();
         for name in self.config.plugins.keys() {
-            if !files.iter().any(|f| f.file_stem().is_some_and(|s| s == name.as_str())) {
-                anyhow::bail!("config: [plugins.{name}] is set but there is no {name}.wasm in {}", dir.display());
+            if !files
+                .iter()
+                .any(|f| f.file_stem().is_some_and(|s| s == name.as_str()))
+            {
+                anyhow::bail!(
+                    "config: [plugins.{name}] is set but there is no {name}.wasm in {}",
+                    dir.display()
+                );
             }
         }
         for path in files {
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let code = self
-                .host
-                .load(&name, &bytes, self.config.limits_of(&name), &self.config.settings_of(&name))?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let code = self.host.load(
+                &name,
+                &bytes,
+                self.config.limits_of(&name),
+                &self.config.settings_of(&name),
+            )?;
             let population = self.config.plugins.get(&name).and_then(|p| p.population);
             tracing::info!(plugin = name, id = code_id(&code), "loaded");
             let code: SharedCode = Arc::new(code);

@@ -77,7 +77,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { batch_size: 4096, workers: 1 }
+        EngineConfig {
+            batch_size: 4096,
+            workers: 1,
+        }
     }
 }
 
@@ -148,23 +151,41 @@ impl Config {
     /// Parse `text` as if read from `file`, resolving relative paths
     /// against `base`.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, Error> {
-        let mut c: Config = toml::from_str(text).map_err(|e| Error { file: file.into(), message: e.to_string().trim_end().into() })?;
-        let bad = |message: String| Error { file: file.into(), message };
+        let mut c: Config = toml::from_str(text).map_err(|e| Error {
+            file: file.into(),
+            message: e.to_string().trim_end().into(),
+        })?;
+        let bad = |message: String| Error {
+            file: file.into(),
+            message,
+        };
         if c.engine.batch_size == 0 {
             return Err(bad("engine.batch_size: expected at least 1, got 0".into()));
         }
         if !(1..=256).contains(&c.engine.workers) {
-            return Err(bad(format!("engine.workers: expected 1 to 256, got {}", c.engine.workers)));
+            return Err(bad(format!(
+                "engine.workers: expected 1 to 256, got {}",
+                c.engine.workers
+            )));
         }
         if !(1..=4096).contains(&c.log.partitions) {
-            return Err(bad(format!("log.partitions: expected 1 to 4096, got {}", c.log.partitions)));
+            return Err(bad(format!(
+                "log.partitions: expected 1 to 4096, got {}",
+                c.log.partitions
+            )));
         }
-        for (name, p) in std::iter::once(("limits", &c.limits)).chain(c.plugins.iter().map(|(n, p)| (n.as_str(), &p.limits))) {
+        for (name, p) in std::iter::once(("limits", &c.limits))
+            .chain(c.plugins.iter().map(|(n, p)| (n.as_str(), &p.limits)))
+        {
             if p.epoch_deadline_ms == Some(0) {
-                return Err(bad(format!("{name}: epoch_deadline_ms: expected at least 1, got 0")));
+                return Err(bad(format!(
+                    "{name}: epoch_deadline_ms: expected at least 1, got 0"
+                )));
             }
             if p.max_memory_bytes.is_some_and(|m| m < 1 << 16) {
-                return Err(bad(format!("{name}: max_memory_bytes: expected at least 65536 (one Wasm page)")));
+                return Err(bad(format!(
+                    "{name}: max_memory_bytes: expected at least 65536 (one Wasm page)"
+                )));
             }
         }
         c.data_dir = base.join(&c.data_dir);
@@ -175,7 +196,10 @@ impl Config {
     /// Read a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error { file: file.clone(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, &file, base)
     }

@@ -119,7 +119,13 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Store, format: Format, workers: usize) -> Self {
-        Engine { store, format, workers: workers.max(1), projections: RwLock::new(Vec::new()), write: Mutex::new(()) }
+        Engine {
+            store,
+            format,
+            workers: workers.max(1),
+            projections: RwLock::new(Vec::new()),
+            write: Mutex::new(()),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -135,12 +141,20 @@ impl Engine {
         }
         let counters = self.store.counters(&ns)?;
         let population = population.unwrap_or(code.info().population);
-        list.push(Arc::new(Projection { code, ns, population, counters: Mutex::new(counters) }));
+        list.push(Arc::new(Projection {
+            code,
+            ns,
+            population,
+            counters: Mutex::new(counters),
+        }));
         Ok(())
     }
 
     pub fn projections(&self) -> Vec<Arc<Projection>> {
-        self.projections.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.projections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn projection(&self, name: &str) -> Result<Arc<Projection>> {
@@ -153,7 +167,10 @@ impl Engine {
     /// Where a source should resume for `partition`: the lowest next
     /// offset over the loaded projections.
     pub fn resume_offset(&self, source: &str, partition: u32) -> Result<u64> {
-        let mut min = self.store.offset(DECODE_NS, source, partition)?.unwrap_or(0);
+        let mut min = self
+            .store
+            .offset(DECODE_NS, source, partition)?
+            .unwrap_or(0);
         for p in self.projections() {
             min = min.min(self.store.offset(&p.ns, source, partition)?.unwrap_or(0));
         }
@@ -161,8 +178,15 @@ impl Engine {
     }
 
     /// Process one batch of records of one partition, in offset order.
-    pub fn process(&self, source: &str, partition: u32, records: &[Record]) -> Result<BatchSummary> {
-        let Some(last) = records.last() else { return Ok(BatchSummary::default()) };
+    pub fn process(
+        &self,
+        source: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<BatchSummary> {
+        let Some(last) = records.last() else {
+            return Ok(BatchSummary::default());
+        };
         let next = last.offset + 1;
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let decoded: Vec<Result<Event, DecodeError>> = records
@@ -170,9 +194,15 @@ impl Engine {
             .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
             .collect();
         let mut writer = self.store.writer();
-        let mut summary = BatchSummary { records: records.len() as u64, ..Default::default() };
+        let mut summary = BatchSummary {
+            records: records.len() as u64,
+            ..Default::default()
+        };
 
-        let decoded_from = self.store.offset(DECODE_NS, source, partition)?.unwrap_or(0);
+        let decoded_from = self
+            .store
+            .offset(DECODE_NS, source, partition)?
+            .unwrap_or(0);
         for (r, d) in records.iter().zip(&decoded) {
             if let (Err(e), true) = (d, r.offset >= decoded_from) {
                 summary.decode_errors += 1;
@@ -204,7 +234,12 @@ impl Engine {
                 .collect();
             let mut delta = Counters::default();
             if !events.is_empty() {
-                let ctx = BatchCtx { projection: &p, store: &self.store, source, partition };
+                let ctx = BatchCtx {
+                    projection: &p,
+                    store: &self.store,
+                    source,
+                    partition,
+                };
                 delta = ctx.run(&events, self.workers, &mut writer)?;
             }
             if next > from {
@@ -225,30 +260,45 @@ impl Engine {
     /// The view of `key` in `plugin`, rendered at `now_ms` when Valid.
     pub fn read(&self, plugin: &str, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
         let p = self.projection(plugin)?;
-        let Some(record) = self.store.view(&p.ns, key)? else { return Ok(None) };
+        let Some(record) = self.store.view(&p.ns, key)? else {
+            return Ok(None);
+        };
         let body = match (&record.view.status, &record.view.state) {
             (Status::Valid, Some(state)) => {
-                let text = p
-                    .code
-                    .session()
-                    .render(key, state, now_ms)?
-                    .map_err(|e| Error::Guest { plugin: plugin.into(), message: format!("render: {e}") })?;
+                let text =
+                    p.code
+                        .session()
+                        .render(key, state, now_ms)?
+                        .map_err(|e| Error::Guest {
+                            plugin: plugin.into(),
+                            message: format!("render: {e}"),
+                        })?;
                 let limit = p.code.limits().max_render_bytes;
                 if text.len() > limit {
                     return Err(plugin::Error::BadOutput {
                         plugin: plugin.into(),
-                        message: format!("render gave {} bytes, over the {limit}-byte limit", text.len()),
+                        message: format!(
+                            "render gave {} bytes, over the {limit}-byte limit",
+                            text.len()
+                        ),
                     }
                     .into());
                 }
-                Some(serde_json::from_str(&text).map_err(|e| plugin::Error::BadOutput {
-                    plugin: plugin.into(),
-                    message: format!("render gave invalid JSON: {e}"),
-                })?)
+                Some(
+                    serde_json::from_str(&text).map_err(|e| plugin::Error::BadOutput {
+                        plugin: plugin.into(),
+                        message: format!("render gave invalid JSON: {e}"),
+                    })?,
+                )
             }
             _ => None,
         };
-        Ok(Some(ReadView { status: record.view.status, versions: record.view.versions, updated_ms: record.updated_ms, body }))
+        Ok(Some(ReadView {
+            status: record.view.status,
+            versions: record.view.versions,
+            updated_ms: record.updated_ms,
+            body,
+        }))
     }
 
     /// Store a view of `key` built by the plugin from the source of
@@ -257,16 +307,26 @@ impl Engine {
     pub fn snapshot(&self, plugin: &str, key: &str, answer: &str) -> Result<()> {
         let p = self.projection(plugin)?;
         check_key(key, p.code.limits())?;
-        let (state, versions) = p
-            .code
-            .session()
-            .from_snapshot(key, answer)?
-            .map_err(|e| Error::Guest { plugin: plugin.into(), message: format!("from-snapshot: {e}") })?;
+        let (state, versions) =
+            p.code
+                .session()
+                .snapshot(key, answer)?
+                .map_err(|e| Error::Guest {
+                    plugin: plugin.into(),
+                    message: format!("from-snapshot: {e}"),
+                })?;
         check_state(&p.code, &state)?;
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut writer = self.store.writer();
         let view = View::from_snapshot(state, Versions::from_pairs(versions));
-        writer.put_view(&p.ns, key, &ViewRecord { view, updated_ms: now_ms() });
+        writer.put_view(
+            &p.ns,
+            key,
+            &ViewRecord {
+                view,
+                updated_ms: now_ms(),
+            },
+        );
         self.store.commit(writer)?;
         Ok(())
     }
@@ -274,12 +334,21 @@ impl Engine {
 
 /// Check a view key a plugin produced or a reader gave.
 pub fn check_key(key: &str, limits: &plugin::Limits) -> Result<()> {
-    let bad = |reason: String| Err(Error::BadKey { key: key.chars().take(80).collect(), reason });
+    let bad = |reason: String| {
+        Err(Error::BadKey {
+            key: key.chars().take(80).collect(),
+            reason,
+        })
+    };
     if key.is_empty() {
         return bad("empty".into());
     }
     if key.len() > limits.max_key_bytes {
-        return bad(format!("{} bytes, over the {}-byte limit", key.len(), limits.max_key_bytes));
+        return bad(format!(
+            "{} bytes, over the {}-byte limit",
+            key.len(),
+            limits.max_key_bytes
+        ));
     }
     if key.chars().any(char::is_control) {
         return bad("contains a control character".into());
@@ -292,7 +361,10 @@ fn check_state(code: &SharedCode, state: &[u8]) -> Result<(), plugin::Error> {
     if state.len() > limit {
         return Err(plugin::Error::BadOutput {
             plugin: code.name().into(),
-            message: format!("state of {} bytes, over the {limit}-byte limit", state.len()),
+            message: format!(
+                "state of {} bytes, over the {limit}-byte limit",
+                state.len()
+            ),
         });
     }
     Ok(())
@@ -321,7 +393,12 @@ struct KeyResult<'e> {
 }
 
 impl<'a> BatchCtx<'a> {
-    fn run(&self, events: &[(u64, &Event)], workers: usize, writer: &mut Writer) -> Result<Counters> {
+    fn run(
+        &self,
+        events: &[(u64, &Event)],
+        workers: usize,
+        writer: &mut Writer,
+    ) -> Result<Counters> {
         let code = &self.projection.code;
         let mut counters = Counters::default();
         let mut session = code.session();
@@ -335,10 +412,13 @@ impl<'a> BatchCtx<'a> {
             match keys {
                 Ok(keys) => {
                     for k in keys {
-                        groups.entry(k).or_insert_with_key(|k| {
-                            order.push(k.clone());
-                            Vec::new()
-                        }).push(i);
+                        groups
+                            .entry(k)
+                            .or_insert_with_key(|k| {
+                                order.push(k.clone());
+                                Vec::new()
+                            })
+                            .push(i);
                     }
                 }
                 Err(e) => {
@@ -349,7 +429,9 @@ impl<'a> BatchCtx<'a> {
             }
         }
 
-        let fold_all = |keys: &[String], session: &mut dyn Session| self.fold_keys(session, keys, &groups, events);
+        let fold_all = |keys: &[String], session: &mut dyn Session| {
+            self.fold_keys(session, keys, &groups, events)
+        };
         let results: Vec<KeyResult> = if workers == 1 || order.len() < 64 {
             fold_all(&order, session.as_mut())?
         } else {
@@ -385,24 +467,39 @@ impl<'a> BatchCtx<'a> {
 
     /// The keys of every event; a failed batch call is retried event by
     /// event so only the failing event fails.
-    fn route(&self, session: &mut dyn Session, events: &[&Event]) -> Vec<Result<Vec<String>, plugin::Error>> {
+    fn route(
+        &self,
+        session: &mut dyn Session,
+        events: &[&Event],
+    ) -> Vec<Result<Vec<String>, plugin::Error>> {
         let code = &self.projection.code;
-        let check = |r: Result<Vec<String>, plugin::GuestError>| -> Result<Vec<String>, plugin::Error> {
-            let mut keys = r.map_err(|e| plugin::Error::Guest { plugin: code.name().into(), message: format!("keys: {e}") })?;
-            let limits = code.limits();
-            if keys.len() > limits.max_keys_per_event {
-                return Err(plugin::Error::BadOutput {
+        let check =
+            |r: Result<Vec<String>, plugin::GuestError>| -> Result<Vec<String>, plugin::Error> {
+                let mut keys = r.map_err(|e| plugin::Error::Guest {
                     plugin: code.name().into(),
-                    message: format!("{} keys for one event, over the limit of {}", keys.len(), limits.max_keys_per_event),
-                });
-            }
-            for k in &keys {
-                check_key(k, limits).map_err(|e| plugin::Error::BadOutput { plugin: code.name().into(), message: e.to_string() })?;
-            }
-            keys.sort_unstable();
-            keys.dedup();
-            Ok(keys)
-        };
+                    message: format!("keys: {e}"),
+                })?;
+                let limits = code.limits();
+                if keys.len() > limits.max_keys_per_event {
+                    return Err(plugin::Error::BadOutput {
+                        plugin: code.name().into(),
+                        message: format!(
+                            "{} keys for one event, over the limit of {}",
+                            keys.len(),
+                            limits.max_keys_per_event
+                        ),
+                    });
+                }
+                for k in &keys {
+                    check_key(k, limits).map_err(|e| plugin::Error::BadOutput {
+                        plugin: code.name().into(),
+                        message: e.to_string(),
+                    })?;
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                Ok(keys)
+            };
         const CHUNK: usize = 1024;
         let mut out = Vec::with_capacity(events.len());
         for chunk in events.chunks(CHUNK) {
@@ -428,10 +525,18 @@ impl<'a> BatchCtx<'a> {
         groups: &HashMap<String, Vec<usize>>,
         events: &[(u64, &'e Event)],
     ) -> Result<Vec<KeyResult<'e>>> {
-        keys.iter().map(|k| self.fold(session, k, &groups[k], events)).collect()
+        keys.iter()
+            .map(|k| self.fold(session, k, &groups[k], events))
+            .collect()
     }
 
-    fn fold<'e>(&self, session: &mut dyn Session, key: &str, indexes: &[usize], events: &[(u64, &'e Event)]) -> Result<KeyResult<'e>> {
+    fn fold<'e>(
+        &self,
+        session: &mut dyn Session,
+        key: &str,
+        indexes: &[usize],
+        events: &[(u64, &'e Event)],
+    ) -> Result<KeyResult<'e>> {
         let p = self.projection;
         let code = &p.code;
         let before = self.store.view(&p.ns, key)?;
@@ -450,7 +555,10 @@ impl<'a> BatchCtx<'a> {
                 Ok(r)
             },
         );
-        let mut counters = Counters { received: mine.len() as u64, ..Default::default() };
+        let mut counters = Counters {
+            received: mine.len() as u64,
+            ..Default::default()
+        };
         let mut failures = Vec::new();
         let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
         let mut changed = false;
@@ -474,7 +582,10 @@ impl<'a> BatchCtx<'a> {
                     counters.dead_lettered += 1;
                     let error = match e {
                         CallError::Host(e) => e,
-                        CallError::Plugin(e) => plugin::Error::Guest { plugin: code.name().into(), message: e.to_string() },
+                        CallError::Plugin(e) => plugin::Error::Guest {
+                            plugin: code.name().into(),
+                            message: e.to_string(),
+                        },
                     };
                     failures.push((event, offset, error));
                 }
@@ -482,14 +593,37 @@ impl<'a> BatchCtx<'a> {
         }
         let change = match (changed, view) {
             (false, _) => None,
-            (true, Some(view)) => Some(Some(ViewRecord { view, updated_ms: latest })),
+            (true, Some(view)) => Some(Some(ViewRecord {
+                view,
+                updated_ms: latest,
+            })),
             (true, None) => before.is_some().then_some(None),
         };
-        Ok(KeyResult { key: key.to_string(), change, counters, failures })
+        Ok(KeyResult {
+            key: key.to_string(),
+            change,
+            counters,
+            failures,
+        })
     }
 
-    fn dead_letter(&self, writer: &mut Writer, stage: &str, key: Option<&str>, event: &Event, offset: u64, error: &plugin::Error) -> Result<()> {
-        tracing::warn!(plugin = self.projection.name(), stage, offset, key, reason = error.reason(), "{error}");
+    fn dead_letter(
+        &self,
+        writer: &mut Writer,
+        stage: &str,
+        key: Option<&str>,
+        event: &Event,
+        offset: u64,
+        error: &plugin::Error,
+    ) -> Result<()> {
+        tracing::warn!(
+            plugin = self.projection.name(),
+            stage,
+            offset,
+            key,
+            reason = error.reason(),
+            "{error}"
+        );
         writer.dead_letter(DeadLetter {
             seq: 0,
             plugin: Some(self.projection.name().to_string()),

@@ -40,7 +40,10 @@ pub struct DecodeError {
 }
 
 fn bad(format: &'static str, reason: impl Into<String>) -> DecodeError {
-    DecodeError { format, reason: reason.into() }
+    DecodeError {
+        format,
+        reason: reason.into(),
+    }
 }
 
 /// Decode one record. `key` is the transport's record key (a Kafka key),
@@ -51,7 +54,8 @@ pub fn decode(format: Format, key: Option<&[u8]>, value: &[u8]) -> Result<Event,
         Format::CloudEvents => decode_cloudevent(value),
         Format::Debezium => decode_debezium(key, value),
         Format::Auto => {
-            let probe: Probe = serde_json::from_slice(value).map_err(|e| bad("json", e.to_string()))?;
+            let probe: Probe =
+                serde_json::from_slice(value).map_err(|e| bad("json", e.to_string()))?;
             if probe.specversion.is_some() {
                 decode_cloudevent(value)
             } else if probe.op.is_some() || probe.payload_op() {
@@ -114,9 +118,16 @@ fn decode_envelope(value: &[u8]) -> Result<Event, DecodeError> {
     require(F, "key", &e.key)?;
     let time_ms = match &e.time {
         None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| bad(F, format!("time: {n} is not whole milliseconds")))?,
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| bad(F, format!("time: {n} is not whole milliseconds")))?,
         Some(Value::String(s)) => rfc3339_ms(s).map_err(|r| bad(F, format!("time: {r}")))?,
-        Some(other) => return Err(bad(F, format!("time: expected RFC 3339 text or milliseconds, got {other}"))),
+        Some(other) => {
+            return Err(bad(
+                F,
+                format!("time: expected RFC 3339 text or milliseconds, got {other}"),
+            ))
+        }
     };
     Ok(Event {
         id: e.id,
@@ -171,14 +182,27 @@ fn decode_cloudevent(value: &[u8]) -> Result<Event, DecodeError> {
     const F: &str = "cloudevents";
     let ce: CloudEvent = serde_json::from_slice(value).map_err(|e| bad(F, e.to_string()))?;
     if ce.specversion != "1.0" {
-        return Err(bad(F, format!("specversion {:?} is not 1.0", ce.specversion)));
+        return Err(bad(
+            F,
+            format!("specversion {:?} is not 1.0", ce.specversion),
+        ));
     }
     require(F, "id", &ce.id)?;
     require(F, "source", &ce.source)?;
     require(F, "type", &ce.event_type)?;
-    let time_ms = ce.time.as_deref().map(rfc3339_ms).transpose().map_err(|r| bad(F, format!("time: {r}")))?;
+    let time_ms = ce
+        .time
+        .as_deref()
+        .map(rfc3339_ms)
+        .transpose()
+        .map_err(|r| bad(F, format!("time: {r}")))?;
     let version = match ce.sequence.as_ref().or(ce.version.as_ref()) {
-        Some(v) => number(v).ok_or_else(|| bad(F, format!("sequence/version {v} is not an unsigned integer")))?,
+        Some(v) => number(v).ok_or_else(|| {
+            bad(
+                F,
+                format!("sequence/version {v} is not an unsigned integer"),
+            )
+        })?,
         None => match time_ms {
             Some(ms) if ms >= 0 => ms as u64,
             _ => return Err(bad(F, "no sequence, version or time to order the event by")),
@@ -194,7 +218,12 @@ fn decode_cloudevent(value: &[u8]) -> Result<Event, DecodeError> {
     }
     let payload = match (ce.data, ce.data_base64) {
         (Some(d), _) => d.get().to_string(),
-        (None, Some(_)) => return Err(bad(F, "data_base64 is not supported: plugins take JSON payloads")),
+        (None, Some(_)) => {
+            return Err(bad(
+                F,
+                "data_base64 is not supported: plugins take JSON payloads",
+            ))
+        }
         (None, None) => "null".to_string(),
     };
     Ok(Event {
@@ -281,16 +310,29 @@ fn decode_debezium(key: Option<&[u8]>, value: &[u8]) -> Result<Event, DecodeErro
         .clone()
         .or(d.source.collection.clone())
         .ok_or_else(|| bad(F, "source has no table or collection"))?;
-    let source = [d.source.db.as_deref(), d.source.schema.as_deref(), Some(table.as_str())]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(".");
+    let source = [
+        d.source.db.as_deref(),
+        d.source.schema.as_deref(),
+        Some(table.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(".");
     let time_ms = d.source.ts_ms.or(d.ts_ms).unwrap_or(0);
     let version = debezium_position(&d.source)
         .or_else(|| u64::try_from(time_ms).ok().filter(|t| *t > 0))
-        .ok_or_else(|| bad(F, "no source position (lsn, binlog file/pos, scn) or ts_ms to order the change by"))?;
-    let row = d.after.as_ref().filter(|a| !a.is_null()).or(d.before.as_ref().filter(|b| !b.is_null()));
+        .ok_or_else(|| {
+            bad(
+                F,
+                "no source position (lsn, binlog file/pos, scn) or ts_ms to order the change by",
+            )
+        })?;
+    let row = d
+        .after
+        .as_ref()
+        .filter(|a| !a.is_null())
+        .or(d.before.as_ref().filter(|b| !b.is_null()));
     let entity = match key.filter(|k| !k.is_empty()) {
         Some(k) => Some(record_key(k)),
         None => row.and_then(|r| r.get("id")).map(scalar_text),
@@ -299,7 +341,15 @@ fn decode_debezium(key: Option<&[u8]>, value: &[u8]) -> Result<Event, DecodeErro
     .ok_or_else(|| bad(F, "no record key and no `id` column to key the change by"))?;
     let id = format!("{source}:{version}:{entity}");
     let payload = serde_json::json!({"op": op, "before": d.before, "after": d.after}).to_string();
-    Ok(Event { id, event_type: format!("{table}.{op}"), source, key: entity, version, time_ms, payload })
+    Ok(Event {
+        id,
+        event_type: format!("{table}.{op}"),
+        source,
+        key: entity,
+        version,
+        time_ms,
+        payload,
+    })
 }
 
 /// A monotonic position from the connector's source block.
@@ -312,7 +362,10 @@ fn debezium_position(s: &DebeziumSource) -> Option<u64> {
         let index: u64 = file.rsplit('.').next()?.parse().ok()?;
         return Some(index << 32 | (pos & 0xffff_ffff));
     }
-    s.scn.as_deref().or(s.change_lsn.as_deref()).and_then(|t| t.replace(':', "").parse().ok())
+    s.scn
+        .as_deref()
+        .or(s.change_lsn.as_deref())
+        .and_then(|t| t.replace(':', "").parse().ok())
 }
 
 /// The entity key from a Debezium record key: `{"id": 7}`, with or
@@ -356,8 +409,14 @@ mod tests {
         let e = decode(Format::Auto, None, raw).expect("decodes");
         assert_eq!(e.time_ms, 1_767_225_601_000);
         assert_eq!(e.payload, r#"{"a":1}"#);
-        let raw = br#"{"id":"1","type":"T","source":"s","key":"k","version":3,"time":5,"payload":null}"#;
-        assert_eq!(decode(Format::Envelope, None, raw).expect("decodes").time_ms, 5);
+        let raw =
+            br#"{"id":"1","type":"T","source":"s","key":"k","version":3,"time":5,"payload":null}"#;
+        assert_eq!(
+            decode(Format::Envelope, None, raw)
+                .expect("decodes")
+                .time_ms,
+            5
+        );
     }
 
     #[test]

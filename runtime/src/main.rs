@@ -11,8 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+// sled allocates heavily; mimalloc roughly doubles throughput over glibc malloc.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "projector", version, about = "A WebAssembly-pluggable event processor: read-optimized views in sled")]
+#[command(
+    name = "projector",
+    version,
+    about = "A WebAssembly-pluggable event processor: read-optimized views in sled"
+)]
 struct Cli {
     /// Config file (TOML). Default: ./projector.toml if present, else built-in defaults.
     #[arg(long, short, global = true)]
@@ -43,7 +51,11 @@ enum Command {
         at_ms: Option<i64>,
     },
     /// Store a view built from a source-of-truth answer (a JSON file, or `-`).
-    Snapshot { plugin: String, key: String, answer: PathBuf },
+    Snapshot {
+        plugin: String,
+        key: String,
+        answer: PathBuf,
+    },
     /// Show each loaded plugin with its event counts (JSON).
     Status,
     /// List dead letters as JSON lines, oldest first.
@@ -58,7 +70,8 @@ enum Command {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PROJECTOR_LOG").unwrap_or_else(|_| "info,sled=warn,wasmtime=warn,cranelift=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PROJECTOR_LOG")
+                .unwrap_or_else(|_| "info,sled=warn,wasmtime=warn,cranelift=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -74,7 +87,9 @@ fn main() -> std::process::ExitCode {
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
-        None if Path::new("projector.toml").exists() => Ok(Config::load(Path::new("projector.toml"))?),
+        None if Path::new("projector.toml").exists() => {
+            Ok(Config::load(Path::new("projector.toml"))?)
+        }
         None => Ok(Config::default()),
     }
 }
@@ -82,24 +97,51 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Run { ingest, exit_when_idle } => {
+        Command::Run {
+            ingest,
+            exit_when_idle,
+        } => {
             let app = App::open(config)?;
-            let log = EmbeddedLog::open(app.engine.store(), app.config.log.partitions, app.config.format)?;
+            let log = EmbeddedLog::open(
+                app.engine.store(),
+                app.config.log.partitions,
+                app.config.format,
+            )?;
             for file in &ingest {
                 let n = ingest_file(&log, file)?;
                 eprintln!("ingested {n} events from {}", file.display());
             }
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(stop.clone())?;
-            let names: Vec<String> = app.engine.projections().iter().map(|p| p.name().to_string()).collect();
-            eprintln!("running on the embedded log ({} partitions) with plugins: {}", log.partitions(), names.join(", "));
+            let names: Vec<String> = app
+                .engine
+                .projections()
+                .iter()
+                .map(|p| p.name().to_string())
+                .collect();
+            eprintln!(
+                "running on the embedded log ({} partitions) with plugins: {}",
+                log.partitions(),
+                names.join(", ")
+            );
             let mut last_report = std::time::Instant::now();
-            let totals = pipeline::run_log(&app.engine, &log, app.config.engine.batch_size, &stop, exit_when_idle, |p| {
-                if last_report.elapsed().as_secs() >= 5 {
-                    last_report = std::time::Instant::now();
-                    tracing::info!(events = p.totals.records, applied = p.totals.counters.applied, "progress");
-                }
-            })?;
+            let totals = pipeline::run_log(
+                &app.engine,
+                &log,
+                app.config.engine.batch_size,
+                &stop,
+                exit_when_idle,
+                |p| {
+                    if last_report.elapsed().as_secs() >= 5 {
+                        last_report = std::time::Instant::now();
+                        tracing::info!(
+                            events = p.totals.records,
+                            applied = p.totals.counters.applied,
+                            "progress"
+                        );
+                    }
+                },
+            )?;
             app.engine.store().flush()?;
             print_summary(&totals);
         }
@@ -107,16 +149,23 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let app = App::open(config)?;
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            let totals = pipeline::replay_file(&app.engine, &file, app.config.engine.batch_size, |p| {
-                if let Some(size) = p.size {
-                    bar.set_length(size);
-                }
-                bar.set_position(p.bytes_read);
-                bar.set_message(format!("{} events, {:.0}/s", p.totals.records, p.totals.records_per_second()));
-            })?;
+            let totals =
+                pipeline::replay_file(&app.engine, &file, app.config.engine.batch_size, |p| {
+                    if let Some(size) = p.size {
+                        bar.set_length(size);
+                    }
+                    bar.set_position(p.bytes_read);
+                    bar.set_message(format!(
+                        "{} events, {:.0}/s",
+                        p.totals.records,
+                        p.totals.records_per_second()
+                    ));
+                })?;
             bar.finish_and_clear();
             app.engine.store().flush()?;
             print_summary(&totals);
@@ -126,8 +175,12 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let now = at_ms.unwrap_or_else(projector::engine::now_ms);
             match app.engine.read(&plugin, &key, now)? {
                 Some(v) => {
-                    let versions: serde_json::Map<String, serde_json::Value> =
-                        v.versions.0.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
+                    let versions: serde_json::Map<String, serde_json::Value> = v
+                        .versions
+                        .0
+                        .iter()
+                        .map(|(s, n)| (s.clone(), (*n).into()))
+                        .collect();
                     let out = serde_json::json!({
                         "plugin": plugin, "key": key, "status": format!("{:?}", v.status).to_lowercase(),
                         "versions": versions, "updated_ms": v.updated_ms, "view": v.body,
@@ -140,7 +193,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
-        Command::Snapshot { plugin, key, answer } => {
+        Command::Snapshot {
+            plugin,
+            key,
+            answer,
+        } => {
             let app = App::open(config)?;
             let text = read_input(&answer)?;
             app.engine.snapshot(&plugin, &key, &text)?;
@@ -163,7 +220,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plugins": plugins }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "plugins": plugins }))?
+            );
         }
         Command::DeadLetters { plugin, limit } => {
             if !config.data_dir.exists() {
@@ -173,7 +233,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let mut shown = 0;
             for letter in store.dead_letters() {
                 let letter = letter?;
-                if plugin.as_deref().is_some_and(|p| letter.plugin.as_deref() != Some(p)) {
+                if plugin
+                    .as_deref()
+                    .is_some_and(|p| letter.plugin.as_deref() != Some(p))
+                {
                     continue;
                 }
                 println!("{}", serde_json::to_string(&letter)?);
@@ -196,7 +259,11 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
 
 fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<usize> {
     let text = read_input(path)?;
-    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
     let mut n = 0;
     for chunk in lines.chunks(4096) {
         let values: Vec<&[u8]> = chunk.iter().map(|(_, l)| l.as_bytes()).collect();
@@ -212,14 +279,18 @@ fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<usize> {
 }
 
 fn spawn_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("projector-signals".into()).spawn(move || {
-        rt.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
-        eprintln!("stopping after the current batch");
-        stop.store(true, Ordering::Relaxed);
-    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("projector-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            eprintln!("stopping after the current batch");
+            stop.store(true, Ordering::Relaxed);
+        })?;
     Ok(())
 }
 

@@ -52,10 +52,16 @@ pub fn file_source_id(path: &Path) -> String {
 }
 
 /// Replay an NDJSON file (or `-` for stdin) into the engine.
-pub fn replay_file(engine: &Engine, path: &Path, batch_size: usize, mut progress: impl FnMut(Progress)) -> anyhow::Result<Totals> {
+pub fn replay_file(
+    engine: &Engine,
+    path: &Path,
+    batch_size: usize,
+    mut progress: impl FnMut(Progress),
+) -> anyhow::Result<Totals> {
     let source = file_source_id(path);
     let from = engine.resume_offset(&source, 0)?;
-    let mut input = LineSource::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut input =
+        LineSource::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let started = Instant::now();
     let mut totals = Totals::default();
     loop {
@@ -66,7 +72,11 @@ pub fn replay_file(engine: &Engine, path: &Path, batch_size: usize, mut progress
         let summary = engine.process(&source, 0, &batch)?;
         totals.add(&summary);
         totals.elapsed = started.elapsed();
-        progress(Progress { totals: &totals, bytes_read: input.bytes_read(), size: input.size });
+        progress(Progress {
+            totals: &totals,
+            bytes_read: input.bytes_read(),
+            size: input.size,
+        });
     }
     totals.elapsed = started.elapsed();
     Ok(totals)
@@ -99,7 +109,11 @@ pub fn run_log(
             let summary = engine.process(LOG_SOURCE, p, &batch)?;
             totals.add(&summary);
             totals.elapsed = started.elapsed();
-            progress(Progress { totals: &totals, bytes_read: 0, size: None });
+            progress(Progress {
+                totals: &totals,
+                bytes_read: 0,
+                size: None,
+            });
             busy = true;
         }
         if !busy {

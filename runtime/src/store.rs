@@ -104,11 +104,17 @@ fn view_prefix(ns: &str) -> Vec<u8> {
 }
 
 fn offset_key(ns: &str, source: &str, partition: u32) -> Vec<u8> {
-    key(b'o', &[ns.as_bytes(), source.as_bytes(), &partition.to_be_bytes()])
+    key(
+        b'o',
+        &[ns.as_bytes(), source.as_bytes(), &partition.to_be_bytes()],
+    )
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt { what: what.to_string(), reason: e.to_string() })
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -123,7 +129,10 @@ impl Store {
             .cache_capacity(256 << 20)
             .flush_every_ms(Some(200))
             .open()
-            .map_err(|source| Error::Open { path: dir.display().to_string(), source })?;
+            .map_err(|source| Error::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
         let state = db.open_tree("state")?;
         Ok(Store { db, state })
     }
@@ -175,13 +184,20 @@ impl Store {
     pub fn dead_letters(&self) -> impl Iterator<Item = Result<DeadLetter>> {
         self.state.scan_prefix(key(b'd', &[])).map(|item| {
             let (_, v) = item?;
-            serde_json::from_slice(&v).map_err(|e| Error::Corrupt { what: "dead letter".into(), reason: e.to_string() })
+            serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                what: "dead letter".into(),
+                reason: e.to_string(),
+            })
         })
     }
 
     /// A new batch of changes.
     pub fn writer(&self) -> Writer {
-        Writer { batch: sled::Batch::default(), db: self.db.clone(), dead_letters: 0 }
+        Writer {
+            batch: sled::Batch::default(),
+            db: self.db.clone(),
+            dead_letters: 0,
+        }
     }
 
     /// Apply a batch atomically.
@@ -218,18 +234,24 @@ impl Writer {
     }
 
     pub fn set_offset(&mut self, ns: &str, source: &str, partition: u32, next: u64) {
-        self.batch.insert(offset_key(ns, source, partition), &next.to_be_bytes());
+        self.batch
+            .insert(offset_key(ns, source, partition), &next.to_be_bytes());
     }
 
     pub fn set_counters(&mut self, ns: &str, counters: &Counters) {
-        self.batch.insert(key(b'c', &[ns.as_bytes()]), encode(counters));
+        self.batch
+            .insert(key(b'c', &[ns.as_bytes()]), encode(counters));
     }
 
     /// Record a dead letter; its `seq` is assigned here.
     pub fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
         letter.seq = self.db.generate_id()?;
-        let bytes = serde_json::to_vec(&letter).map_err(|e| Error::Corrupt { what: "dead letter".into(), reason: e.to_string() })?;
-        self.batch.insert(key(b'd', &[&letter.seq.to_be_bytes()]), bytes);
+        let bytes = serde_json::to_vec(&letter).map_err(|e| Error::Corrupt {
+            what: "dead letter".into(),
+            reason: e.to_string(),
+        })?;
+        self.batch
+            .insert(key(b'd', &[&letter.seq.to_be_bytes()]), bytes);
         self.dead_letters += 1;
         Ok(())
     }

@@ -19,6 +19,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Totals> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
@@ -27,7 +30,11 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
     for chunk in events.chunks(20_000) {
         log.append(chunk)?;
     }
-    eprintln!("{label}: ingested {} events into the embedded log in {:.1?}", events.len(), started.elapsed());
+    eprintln!(
+        "{label}: ingested {} events into the embedded log in {:.1?}",
+        events.len(),
+        started.elapsed()
+    );
     let engine = Engine::new(store, Format::Auto, 1);
     engine.add(code, Some(Population::Eager))?;
     let totals = run_log(&engine, &log, 4096, &AtomicBool::new(false), true, |_| {})?;
@@ -46,21 +53,39 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is taken.
-    let n: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let started = Instant::now();
-    let events = inbox_events(InboxShape { events: n, ..InboxShape::default() });
+    let events = inbox_events(InboxShape {
+        events: n,
+        ..InboxShape::default()
+    });
     eprintln!("generated {n} events in {:.1?}", started.elapsed());
 
     let settings = serde_json::json!({});
-    let native: SharedCode = Arc::new(NativePlugin::<inbox_unread::InboxUnread>::new("inbox-unread", &settings, Limits::default())?);
+    let native: SharedCode = Arc::new(NativePlugin::<inbox_unread::InboxUnread>::new(
+        "inbox-unread",
+        &settings,
+        Limits::default(),
+    )?);
     let host = WasmHost::new()?;
     let bytes = std::fs::read(plugin_wasm("inbox-unread"))?;
-    let wasm: SharedCode = Arc::new(host.load("inbox-unread", &bytes, Limits::default(), &settings)?);
+    let wasm: SharedCode =
+        Arc::new(host.load("inbox-unread", &bytes, Limits::default(), &settings)?);
 
     println!("inbox projection, {n} events, embedded log → plugin → sled, 1 worker");
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "wasm") {
+        run("wasm", wasm, &events)?;
+        return Ok(());
+    }
     let native = run("native", native, &events)?;
     let wasm = run("wasm", wasm, &events)?;
-    assert_eq!(native.counters, wasm.counters, "Wasm and native must produce the same outcome");
+    assert_eq!(
+        native.counters, wasm.counters,
+        "Wasm and native must produce the same outcome"
+    );
     println!(
         " ratio: wasm ÷ native = {:.2}  (targets: wasm ≥ 300000 events/s, ratio ≥ 0.8)",
         wasm.records_per_second() / native.records_per_second()

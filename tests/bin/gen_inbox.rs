@@ -6,7 +6,10 @@ use std::io::Write;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: u64| -> anyhow::Result<u64> {
-        args.get(i).map_or(Ok(default), |a| a.parse().map_err(|e| anyhow::anyhow!("argument {}: {a:?}: {e}", i + 1)))
+        args.get(i).map_or(Ok(default), |a| {
+            a.parse()
+                .map_err(|e| anyhow::anyhow!("argument {}: {a:?}: {e}", i + 1))
+        })
     };
     let shape = InboxShape {
         events: num(0, 10_000)? as usize,

@@ -10,23 +10,36 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// A built plugin component: `target/plugins/<name>.wasm` (reference
 /// plugins) or `target/test-plugins/<name>.wasm` (fixtures).
 pub fn plugin_wasm(name: &str) -> PathBuf {
     let file = format!("{name}.wasm");
-    let found = ["target/plugins", "target/test-plugins"].iter().map(|d| root().join(d).join(&file)).find(|p| p.exists());
+    let found = ["target/plugins", "target/test-plugins"]
+        .iter()
+        .map(|d| root().join(d).join(&file))
+        .find(|p| p.exists());
     found.unwrap_or_else(|| panic!("{file} is missing: run scripts/build-plugins.sh first"))
 }
 
 /// The `projector` binary next to the running test.
 pub fn projector_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = dir.join("projector");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p projector` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p projector` first",
+        bin.display()
+    );
     bin
 }
 
@@ -51,7 +64,12 @@ pub struct InboxShape {
 
 impl Default for InboxShape {
     fn default() -> Self {
-        InboxShape { sites: 10_000, users: 100_000, events: 1_000_000, seed: 7 }
+        InboxShape {
+            sites: 10_000,
+            users: 100_000,
+            events: 1_000_000,
+            seed: 7,
+        }
     }
 }
 
@@ -90,18 +108,33 @@ pub fn inbox_events(shape: InboxShape) -> Vec<String> {
                 list[rng.gen_range(0..list.len())].clone()
             };
             let sender = participants[rng.gen_range(0..participants.len())].clone();
-            ("MessageSent", json!({"site_id": site_id, "conversation_id": conv, "sender_id": sender, "participants": participants}))
+            (
+                "MessageSent",
+                json!({"site_id": site_id, "conversation_id": conv, "sender_id": sender, "participants": participants}),
+            )
         } else {
             let i = rng.gen_range(0..list.len());
             let (conv, participants) = list[i].clone();
             let user = participants[rng.gen_range(0..participants.len())].clone();
             match roll {
-                55..=79 => ("ConversationRead", json!({"site_id": site_id, "conversation_id": conv, "user_id": user})),
-                80..=86 => ("ConversationArchived", json!({"site_id": site_id, "conversation_id": conv, "participants": participants})),
-                87..=91 => ("ConversationUnarchived", json!({"site_id": site_id, "conversation_id": conv, "participants": participants})),
+                55..=79 => (
+                    "ConversationRead",
+                    json!({"site_id": site_id, "conversation_id": conv, "user_id": user}),
+                ),
+                80..=86 => (
+                    "ConversationArchived",
+                    json!({"site_id": site_id, "conversation_id": conv, "participants": participants}),
+                ),
+                87..=91 => (
+                    "ConversationUnarchived",
+                    json!({"site_id": site_id, "conversation_id": conv, "participants": participants}),
+                ),
                 92..=93 => {
                     list.swap_remove(i);
-                    ("ConversationDeleted", json!({"site_id": site_id, "conversation_id": conv, "participants": participants}))
+                    (
+                        "ConversationDeleted",
+                        json!({"site_id": site_id, "conversation_id": conv, "participants": participants}),
+                    )
                 }
                 94..=96 => {
                     let newcomer = format!("u{}", skewed(&mut rng, shape.users));
@@ -109,13 +142,19 @@ pub fn inbox_events(shape: InboxShape) -> Vec<String> {
                         list[i].1.push(newcomer.clone());
                     }
                     let unread = rng.gen_bool(0.5);
-                    ("ParticipantAdded", json!({"site_id": site_id, "conversation_id": conv, "user_id": newcomer, "unread": unread}))
+                    (
+                        "ParticipantAdded",
+                        json!({"site_id": site_id, "conversation_id": conv, "user_id": newcomer, "unread": unread}),
+                    )
                 }
                 _ => {
                     if participants.len() > 1 && user != owner {
                         list[i].1.retain(|p| *p != user);
                     }
-                    ("ParticipantRemoved", json!({"site_id": site_id, "conversation_id": conv, "user_id": user}))
+                    (
+                        "ParticipantRemoved",
+                        json!({"site_id": site_id, "conversation_id": conv, "user_id": user}),
+                    )
                 }
             }
         };
@@ -189,7 +228,11 @@ pub fn fold_inbox(events: &[String]) -> BTreeMap<String, Unread> {
 /// What a rendered inbox view shows: (id, last_message_at), newest first
 /// with ties by id descending, as the plugin orders them.
 pub fn shown(unread: &Unread) -> Vec<(String, i64)> {
-    let mut v: Vec<(String, i64)> = unread.iter().filter(|(_, (_, a))| !a).map(|(id, (t, _))| (id.clone(), *t)).collect();
+    let mut v: Vec<(String, i64)> = unread
+        .iter()
+        .filter(|(_, (_, a))| !a)
+        .map(|(id, (t, _))| (id.clone(), *t))
+        .collect();
     v.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
     v
 }
@@ -200,7 +243,12 @@ pub fn rendered(view: &serde_json::Value) -> Vec<(String, i64)> {
         .as_array()
         .expect("conversations")
         .iter()
-        .map(|c| (c["id"].as_str().expect("id").to_string(), c["last_message_at"].as_i64().expect("ts")))
+        .map(|c| {
+            (
+                c["id"].as_str().expect("id").to_string(),
+                c["last_message_at"].as_i64().expect("ts"),
+            )
+        })
         .collect()
 }
 
@@ -216,12 +264,20 @@ pub fn write_ndjson(path: &Path, lines: &[String]) {
 pub fn open_app(dir: &Path, plugins: &[&str], extra: &str) -> projector::app::App {
     plugins_dir(dir, plugins);
     let text = format!("data_dir = \"data\"\nplugins_dir = \"plugins\"\n{extra}");
-    let config = projector::config::Config::parse(&text, "test.toml", dir).expect("test config parses");
+    let config =
+        projector::config::Config::parse(&text, "test.toml", dir).expect("test config parses");
     projector::app::App::open(config).expect("runtime opens")
 }
 
 /// One event in the own envelope, as bytes for a record.
-pub fn envelope(id: &str, ty: &str, key: &str, version: u64, time_ms: i64, payload: serde_json::Value) -> Vec<u8> {
+pub fn envelope(
+    id: &str,
+    ty: &str,
+    key: &str,
+    version: u64,
+    time_ms: i64,
+    payload: serde_json::Value,
+) -> Vec<u8> {
     json!({"id": id, "type": ty, "source": "inbox", "key": key, "version": version, "time": time_ms, "payload": payload})
         .to_string()
         .into_bytes()
@@ -232,6 +288,11 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector::engine::Recor
     values
         .into_iter()
         .enumerate()
-        .map(|(i, value)| projector::engine::Record { partition: 0, offset: first + i as u64, key: None, value })
+        .map(|(i, value)| projector::engine::Record {
+            partition: 0,
+            offset: first + i as u64,
+            key: None,
+            value,
+        })
         .collect()
 }

@@ -7,7 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn projector(dir: &Path, args: &[&str]) -> Output {
-    Command::new(projector_bin()).current_dir(dir).args(args).output().expect("run projector")
+    Command::new(projector_bin())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run projector")
 }
 
 fn stdout(o: &Output) -> String {
@@ -25,21 +29,40 @@ fn run_on_the_embedded_log_then_read_views() {
     let dir = tempfile::tempdir().expect("tempdir");
     plugins_dir(dir.path(), &["inbox-unread"]);
     std::fs::write(dir.path().join("projector.toml"), CONFIG).expect("config");
-    let mut events = inbox_events(InboxShape { sites: 5, users: 20, events: 500, seed: 3 });
+    let mut events = inbox_events(InboxShape {
+        sites: 5,
+        users: 20,
+        events: 500,
+        seed: 3,
+    });
     let good = events.len();
     events.push(r#"{"id":"broken""#.to_string());
     write_ndjson(&dir.path().join("events.ndjson"), &events);
 
     // A bad line refuses the whole ingest, naming the line.
-    let o = projector(dir.path(), &["run", "--ingest", "events.ndjson", "--exit-when-idle"]);
+    let o = projector(
+        dir.path(),
+        &["run", "--ingest", "events.ndjson", "--exit-when-idle"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains(&format!("events.ndjson line {}", good + 1)), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("events.ndjson line {}", good + 1)),
+        "{}",
+        stderr(&o)
+    );
 
     events.pop();
     write_ndjson(&dir.path().join("events.ndjson"), &events);
-    let o = projector(dir.path(), &["run", "--ingest", "events.ndjson", "--exit-when-idle"]);
+    let o = projector(
+        dir.path(),
+        &["run", "--ingest", "events.ndjson", "--exit-when-idle"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with(&format!("events {good}, applied ")), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with(&format!("events {good}, applied ")),
+        "{}",
+        stdout(&o)
+    );
 
     let o = projector(dir.path(), &["get", "inbox-unread", "u0:s0"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -53,7 +76,11 @@ fn run_on_the_embedded_log_then_read_views() {
 
     let o = projector(dir.path(), &["get", "no-such-plugin", "k"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown plugin \"no-such-plugin\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown plugin \"no-such-plugin\""),
+        "{}",
+        stderr(&o)
+    );
 
     let o = projector(dir.path(), &["status"]);
     let status: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("status JSON");
@@ -66,28 +93,63 @@ fn replay_dead_letters_a_malformed_line_with_its_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     plugins_dir(dir.path(), &["inbox-unread"]);
     std::fs::write(dir.path().join("projector.toml"), CONFIG).expect("config");
-    let mut events = inbox_events(InboxShape { sites: 5, users: 20, events: 50, seed: 3 });
+    let mut events = inbox_events(InboxShape {
+        sites: 5,
+        users: 20,
+        events: 50,
+        seed: 3,
+    });
     events.insert(10, r#"{"id":"e-bad","type":"MessageSent""#.to_string());
     write_ndjson(&dir.path().join("events.ndjson"), &events);
     let o = projector(dir.path(), &["replay", "events.ndjson"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("decode errors 1"), "{}", stdout(&o));
     let o = projector(dir.path(), &["dead-letters"]);
-    let letters: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let letters: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
     assert_eq!(letters.len(), 1);
-    assert_eq!((letters[0]["stage"].as_str(), letters[0]["offset"].as_u64()), (Some("decode"), Some(10)));
-    assert!(letters[0]["error"].as_str().expect("error").contains("EOF"), "{}", letters[0]);
+    assert_eq!(
+        (letters[0]["stage"].as_str(), letters[0]["offset"].as_u64()),
+        (Some("decode"), Some(10))
+    );
+    assert!(
+        letters[0]["error"].as_str().expect("error").contains("EOF"),
+        "{}",
+        letters[0]
+    );
 }
 
 #[test]
 fn config_errors_name_the_file_and_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [
-        ("bad-key.toml", "data_dir = \"d\"\nflush = true\n", "unknown field `flush`"),
-        ("bad-limit.toml", "[limits]\nepoch_deadline = 5\n", "unknown field `epoch_deadline`, expected one of"),
-        ("bad-type.toml", "[engine]\nbatch_size = \"big\"\n", "invalid type: string \"big\", expected usize"),
-        ("bad-value.toml", "[engine]\nworkers = 0\n", "engine.workers: expected 1 to 256, got 0"),
-        ("bad-pop.toml", "[plugins.x]\npopulation = \"sometimes\"\n", "unknown variant `sometimes`, expected `lazy` or `eager`"),
+        (
+            "bad-key.toml",
+            "data_dir = \"d\"\nflush = true\n",
+            "unknown field `flush`",
+        ),
+        (
+            "bad-limit.toml",
+            "[limits]\nepoch_deadline = 5\n",
+            "unknown field `epoch_deadline`, expected one of",
+        ),
+        (
+            "bad-type.toml",
+            "[engine]\nbatch_size = \"big\"\n",
+            "invalid type: string \"big\", expected usize",
+        ),
+        (
+            "bad-value.toml",
+            "[engine]\nworkers = 0\n",
+            "engine.workers: expected 1 to 256, got 0",
+        ),
+        (
+            "bad-pop.toml",
+            "[plugins.x]\npopulation = \"sometimes\"\n",
+            "unknown variant `sometimes`, expected `lazy` or `eager`",
+        ),
     ];
     for (file, text, expected) in cases {
         std::fs::write(dir.path().join(file), text).expect("write");
@@ -99,7 +161,15 @@ fn config_errors_name_the_file_and_the_key() {
     }
     // A configured plugin with no module is an error, not silence.
     std::fs::create_dir_all(dir.path().join("plugins")).expect("mkdir");
-    std::fs::write(dir.path().join("ghost.toml"), "plugins_dir = \"plugins\"\ndata_dir = \"data\"\n[plugins.ghost]\n").expect("write");
+    std::fs::write(
+        dir.path().join("ghost.toml"),
+        "plugins_dir = \"plugins\"\ndata_dir = \"data\"\n[plugins.ghost]\n",
+    )
+    .expect("write");
     let o = projector(dir.path(), &["--config", "ghost.toml", "status"]);
-    assert!(stderr(&o).contains("[plugins.ghost] is set but there is no ghost.wasm"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("[plugins.ghost] is set but there is no ghost.wasm"),
+        "{}",
+        stderr(&o)
+    );
 }

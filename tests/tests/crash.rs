@@ -2,7 +2,9 @@
 //! final views equal an independent fold of the events, and the persisted
 //! counters show every delivery applied exactly once.
 
-use projector_tests::{fold_inbox, inbox_events, open_app, projector_bin, rendered, shown, write_ndjson, InboxShape};
+use projector_tests::{
+    fold_inbox, inbox_events, open_app, projector_bin, rendered, shown, write_ndjson, InboxShape,
+};
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -23,8 +25,15 @@ fn deliveries(events: &[String]) -> u64 {
                     .filter_map(|u| u.as_str())
                     .chain(p["sender_id"].as_str())
                     .collect(),
-                "ConversationRead" | "ParticipantAdded" | "ParticipantRemoved" => p["user_id"].as_str().into_iter().collect(),
-                _ => p["participants"].as_array().expect("participants").iter().filter_map(|u| u.as_str()).collect(),
+                "ConversationRead" | "ParticipantAdded" | "ParticipantRemoved" => {
+                    p["user_id"].as_str().into_iter().collect()
+                }
+                _ => p["participants"]
+                    .as_array()
+                    .expect("participants")
+                    .iter()
+                    .filter_map(|u| u.as_str())
+                    .collect(),
             };
             users.len() as u64
         })
@@ -34,7 +43,12 @@ fn deliveries(events: &[String]) -> u64 {
 #[test]
 fn sigkill_mid_replay_then_restart_loses_nothing_and_applies_nothing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = inbox_events(InboxShape { sites: 200, users: 2000, events: 120_000, seed: 11 });
+    let events = inbox_events(InboxShape {
+        sites: 200,
+        users: 2000,
+        events: 120_000,
+        seed: 11,
+    });
     let file = dir.path().join("events.ndjson");
     write_ndjson(&file, &events);
     projector_tests::plugins_dir(dir.path(), &["inbox-unread"]);
@@ -56,20 +70,30 @@ fn sigkill_mid_replay_then_restart_loses_nothing_and_applies_nothing_twice() {
     for wait_ms in [1500, 900] {
         let mut child = replay().spawn().expect("spawn projector");
         std::thread::sleep(Duration::from_millis(wait_ms));
-        assert!(child.try_wait().expect("try_wait").is_none(), "replay finished before it could be killed");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "replay finished before it could be killed"
+        );
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
     }
     let out = replay().output().expect("final replay");
     assert!(out.status.success(), "final replay failed: {out:?}");
 
-    let app = open_app(dir.path(), &["inbox-unread"], "[plugins.inbox-unread]\nsettings = { max_unread = 1000000 }\n");
+    let app = open_app(
+        dir.path(),
+        &["inbox-unread"],
+        "[plugins.inbox-unread]\nsettings = { max_unread = 1000000 }\n",
+    );
     let p = app.engine.projection("inbox-unread").expect("loaded");
     let c = p.counters();
     let expected = deliveries(&events);
     let letters: Vec<_> = app.engine.store().dead_letters().collect();
     assert!(letters.is_empty(), "dead letters: {letters:?}");
-    assert_eq!(c.received, expected, "each delivery counted once across the crashes");
+    assert_eq!(
+        c.received, expected,
+        "each delivery counted once across the crashes"
+    );
     assert_eq!(c.applied, expected, "each delivery applied exactly once");
     assert_eq!((c.skipped, c.invalidated, c.dead_lettered), (0, 0, 0));
 
@@ -80,9 +104,17 @@ fn sigkill_mid_replay_then_restart_loses_nothing_and_applies_nothing_twice() {
         .views("inbox-unread")
         .map(|r| r.expect("view").0)
         .collect();
-    assert_eq!(stored.len(), model.len(), "one view per key the events touched");
+    assert_eq!(
+        stored.len(),
+        model.len(),
+        "one view per key the events touched"
+    );
     for (key, unread) in &model {
-        let v = app.engine.read("inbox-unread", key, 0).expect("read").unwrap_or_else(|| panic!("no view for {key}"));
+        let v = app
+            .engine
+            .read("inbox-unread", key, 0)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no view for {key}"));
         let body = v.body.expect("valid view renders");
         assert_eq!(rendered(&body), shown(unread), "view {key}");
     }

@@ -20,11 +20,21 @@ fn message(id: &str, version: u64, conv: &str, sender: &str, to: &str) -> Vec<u8
 }
 
 fn read(id: &str, version: u64, conv: &str, user: &str) -> Vec<u8> {
-    envelope(id, "ConversationRead", "s1", version, 1000 + version as i64, json!({"site_id": "s1", "conversation_id": conv, "user_id": user}))
+    envelope(
+        id,
+        "ConversationRead",
+        "s1",
+        version,
+        1000 + version as i64,
+        json!({"site_id": "s1", "conversation_id": conv, "user_id": user}),
+    )
 }
 
 fn snapshot_answer(version: u64, convs: &[(&str, i64)]) -> String {
-    let list: Vec<_> = convs.iter().map(|(id, t)| json!({"id": id, "last_message_at": t})).collect();
+    let list: Vec<_> = convs
+        .iter()
+        .map(|(id, t)| json!({"id": id, "last_message_at": t}))
+        .collect();
     json!({"conversations": list, "version": version}).to_string()
 }
 
@@ -34,52 +44,104 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
     let app = open_app(dir.path(), &["inbox-unread"], "");
     let engine = &app.engine;
     // The owner's view exists (a snapshot at version 0, nothing unread).
-    engine.snapshot("inbox-unread", "owner:s1", &snapshot_answer(0, &[])).expect("snapshot");
+    engine
+        .snapshot("inbox-unread", "owner:s1", &snapshot_answer(0, &[]))
+        .expect("snapshot");
 
     // Seed 000, challenge 4: MessageSent (1) failed and went to retry;
     // ConversationRead (2) is applied first; then MessageSent (1) is back.
-    engine.process(SOURCE, 0, &records(0, vec![read("e2", 2, "c1", "owner")])).expect("batch");
-    let v = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
+    engine
+        .process(SOURCE, 0, &records(0, vec![read("e2", 2, "c1", "owner")]))
+        .expect("batch");
+    let v = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(v.status, Status::Valid);
     assert_eq!(v.versions.get("inbox"), Some(2));
 
-    let summary = engine.process(SOURCE, 0, &records(1, vec![message("e1", 1, "c1", "visitor", "owner")])).expect("batch");
+    let summary = engine
+        .process(
+            SOURCE,
+            0,
+            &records(1, vec![message("e1", 1, "c1", "visitor", "owner")]),
+        )
+        .expect("batch");
     assert_eq!(summary.total().invalidated, 1);
-    let v = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
+    let v = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(v.status, Status::Invalid);
     assert_eq!(v.body, None, "an Invalid view is not served");
 
     // Events for an Invalid view are ignored, however new.
-    let summary = engine.process(SOURCE, 0, &records(2, vec![message("e3", 3, "c2", "visitor", "owner")])).expect("batch");
+    let summary = engine
+        .process(
+            SOURCE,
+            0,
+            &records(2, vec![message("e3", 3, "c2", "visitor", "owner")]),
+        )
+        .expect("batch");
     // One key is Invalid (ignored), the other absent (dismissed: lazy).
     let c = summary.total();
     assert_eq!((c.applied, c.skipped), (0, 2));
-    let v = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
+    let v = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(v.status, Status::Invalid);
     assert_eq!(v.versions.get("inbox"), Some(2));
 
     // The next snapshot (the read path's repair) makes it Valid again.
-    engine.snapshot("inbox-unread", "owner:s1", &snapshot_answer(3, &[("c2", 1003)])).expect("snapshot");
-    let v = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
+    engine
+        .snapshot(
+            "inbox-unread",
+            "owner:s1",
+            &snapshot_answer(3, &[("c2", 1003)]),
+        )
+        .expect("snapshot");
+    let v = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(v.status, Status::Valid);
-    assert_eq!(v.body, Some(json!({"count": 1, "conversations": [{"id": "c2", "last_message_at": 1003}]})));
+    assert_eq!(
+        v.body,
+        Some(json!({"count": 1, "conversations": [{"id": "c2", "last_message_at": 1003}]}))
+    );
 }
 
 #[test]
 fn duplicates_are_skipped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = open_app(dir.path(), &["inbox-unread"], "[plugins.inbox-unread]\npopulation = \"eager\"\n");
+    let app = open_app(
+        dir.path(),
+        &["inbox-unread"],
+        "[plugins.inbox-unread]\npopulation = \"eager\"\n",
+    );
     let engine = &app.engine;
     let m = message("e1", 1, "c1", "visitor", "owner");
-    let summary = engine.process(SOURCE, 0, &records(0, vec![m.clone(), m.clone()])).expect("batch");
+    let summary = engine
+        .process(SOURCE, 0, &records(0, vec![m.clone(), m.clone()]))
+        .expect("batch");
     // Two view keys (sender and recipient), each applied once and skipped once.
     let c = summary.total();
     assert_eq!((c.applied, c.skipped), (2, 2));
     // The same event again in a later batch (a redelivery) is skipped too.
-    let c = engine.process(SOURCE, 0, &records(2, vec![m])).expect("batch").total();
+    let c = engine
+        .process(SOURCE, 0, &records(2, vec![m]))
+        .expect("batch")
+        .total();
     assert_eq!((c.applied, c.skipped), (0, 2));
-    let v = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
-    assert_eq!(v.body, Some(json!({"count": 1, "conversations": [{"id": "c1", "last_message_at": 1001}]})));
+    let v = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
+    assert_eq!(
+        v.body,
+        Some(json!({"count": 1, "conversations": [{"id": "c1", "last_message_at": 1001}]}))
+    );
 }
 
 #[test]
@@ -88,12 +150,22 @@ fn lazy_population_dismisses_events_for_absent_keys() {
     let app = open_app(dir.path(), &["inbox-unread"], "");
     let engine = &app.engine;
     let c = engine
-        .process(SOURCE, 0, &records(0, vec![message("e1", 1, "c1", "visitor", "owner")]))
+        .process(
+            SOURCE,
+            0,
+            &records(0, vec![message("e1", 1, "c1", "visitor", "owner")]),
+        )
         .expect("batch")
         .total();
     assert_eq!((c.received, c.applied, c.skipped), (2, 0, 2));
-    assert!(engine.read("inbox-unread", "owner:s1", 0).expect("read").is_none());
-    assert!(engine.read("inbox-unread", "visitor:s1", 0).expect("read").is_none());
+    assert!(engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .is_none());
+    assert!(engine
+        .read("inbox-unread", "visitor:s1", 0)
+        .expect("read")
+        .is_none());
 }
 
 #[test]
@@ -102,21 +174,46 @@ fn a_snapshot_is_not_disturbed_by_older_events_and_follows_newer_ones() {
     let app = open_app(dir.path(), &["inbox-unread"], "");
     let engine = &app.engine;
     engine
-        .snapshot("inbox-unread", "owner:s1", &snapshot_answer(10, &[("c1", 1005)]))
+        .snapshot(
+            "inbox-unread",
+            "owner:s1",
+            &snapshot_answer(10, &[("c1", 1005)]),
+        )
         .expect("snapshot");
-    let before = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
+    let before = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
 
     // Events at or below the snapshot's version are already in it.
-    let older = vec![read("e5", 5, "c1", "owner"), message("e10", 10, "c9", "visitor", "owner")];
-    let c = engine.process(SOURCE, 0, &records(0, older)).expect("batch").total();
+    let older = vec![
+        read("e5", 5, "c1", "owner"),
+        message("e10", 10, "c9", "visitor", "owner"),
+    ];
+    let c = engine
+        .process(SOURCE, 0, &records(0, older))
+        .expect("batch")
+        .total();
     assert_eq!(c.invalidated, 0);
-    let after = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
+    let after = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(after, before);
     assert_eq!(after.status, Status::Valid);
 
     // A newer event is applied on top of the snapshot.
-    engine.process(SOURCE, 0, &records(2, vec![message("e11", 11, "c2", "visitor", "owner")])).expect("batch");
-    let v = engine.read("inbox-unread", "owner:s1", 0).expect("read").expect("view");
+    engine
+        .process(
+            SOURCE,
+            0,
+            &records(2, vec![message("e11", 11, "c2", "visitor", "owner")]),
+        )
+        .expect("batch");
+    let v = engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(
         v.body,
         Some(json!({"count": 2, "conversations": [
@@ -127,9 +224,19 @@ fn a_snapshot_is_not_disturbed_by_older_events_and_follows_newer_ones() {
 #[test]
 fn a_replayed_batch_is_not_applied_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = open_app(dir.path(), &["inbox-unread"], "[plugins.inbox-unread]\npopulation = \"eager\"\n");
+    let app = open_app(
+        dir.path(),
+        &["inbox-unread"],
+        "[plugins.inbox-unread]\npopulation = \"eager\"\n",
+    );
     let engine = &app.engine;
-    let batch = records(0, vec![message("e1", 1, "c1", "visitor", "owner"), read("e2", 2, "c1", "owner")]);
+    let batch = records(
+        0,
+        vec![
+            message("e1", 1, "c1", "visitor", "owner"),
+            read("e2", 2, "c1", "owner"),
+        ],
+    );
     let first = engine.process(SOURCE, 0, &batch).expect("batch").total();
     assert_eq!(first.received, 3);
     // The source redelivers the same offsets (e.g. after a crash): nothing happens.

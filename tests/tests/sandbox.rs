@@ -11,7 +11,11 @@ fn ev(id: &str, ty: &str, key: &str, version: u64) -> Vec<u8> {
 }
 
 fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
-    app.engine.store().dead_letters().collect::<Result<_, _>>().expect("dead letters")
+    app.engine
+        .store()
+        .dead_letters()
+        .collect::<Result<_, _>>()
+        .expect("dead letters")
 }
 
 fn count(app: &projector::app::App, key: &str) -> Option<u64> {
@@ -43,7 +47,11 @@ fn each_misbehaviour_fails_only_its_event() {
         ev("12", "ok", "e", 3),
     ];
     let started = Instant::now();
-    let c = app.engine.process("test", 0, &records(0, batch)).expect("the batch itself succeeds").total();
+    let c = app
+        .engine
+        .process("test", 0, &records(0, batch))
+        .expect("the batch itself succeeds")
+        .total();
     let elapsed = started.elapsed();
     assert_eq!(c.applied, 6, "every good event is applied");
     assert_eq!(c.dead_lettered, 6);
@@ -53,15 +61,30 @@ fn each_misbehaviour_fails_only_its_event() {
     }
 
     let letters = letters(&app);
-    let by_offset = |o: u64| letters.iter().find(|l| l.offset == o).unwrap_or_else(|| panic!("no dead letter at offset {o}"));
+    let by_offset = |o: u64| {
+        letters
+            .iter()
+            .find(|l| l.offset == o)
+            .unwrap_or_else(|| panic!("no dead letter at offset {o}"))
+    };
     assert_eq!(by_offset(1).reason, "out-of-time");
     assert_eq!(by_offset(3).reason, "memory-limit");
-    assert!(by_offset(3).error.contains("max 16777216"), "{}", by_offset(3).error);
+    assert!(
+        by_offset(3).error.contains("max 16777216"),
+        "{}",
+        by_offset(3).error
+    );
     assert_eq!(by_offset(5).reason, "trap");
     assert_eq!(by_offset(7).reason, "plugin-error");
     assert!(by_offset(7).error.contains("asked to fail"));
-    assert_eq!((by_offset(9).reason.as_str(), by_offset(9).stage.as_str()), ("bad-output", "keys"));
-    assert_eq!((by_offset(10).reason.as_str(), by_offset(10).stage.as_str()), ("bad-output", "keys"));
+    assert_eq!(
+        (by_offset(9).reason.as_str(), by_offset(9).stage.as_str()),
+        ("bad-output", "keys")
+    );
+    assert_eq!(
+        (by_offset(10).reason.as_str(), by_offset(10).stage.as_str()),
+        ("bad-output", "keys")
+    );
     for l in &letters {
         assert_eq!(l.plugin.as_deref(), Some("hostile"));
         assert!(l.event.is_some(), "the event is kept for a replay");
@@ -74,11 +97,19 @@ fn each_misbehaviour_fails_only_its_event() {
 fn guest_output_reaches_the_plugin_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = open_app(dir.path(), &["hostile"], "");
-    app.engine.process("test", 0, &records(0, vec![ev("1", "print", "a", 1)])).expect("batch");
+    app.engine
+        .process("test", 0, &records(0, vec![ev("1", "print", "a", 1)]))
+        .expect("batch");
     let p = app.engine.projection("hostile").expect("loaded");
     let logs = p.code().logs().recent();
-    assert!(logs.iter().any(|l| l.contains("hello from the log import")), "{logs:?}");
-    assert!(logs.iter().any(|l| l.contains("stdout: hello from stdout")), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("hello from the log import")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("stdout: hello from stdout")),
+        "{logs:?}"
+    );
 }
 
 #[test]
@@ -91,7 +122,10 @@ fn modules_that_are_not_plugins_are_rejected_with_a_reason() {
         Err(e) => e.to_string(),
     };
     let garbage = reject(b"not wasm at all");
-    assert!(garbage.contains("plugin bad: cannot load: compile"), "{garbage}");
+    assert!(
+        garbage.contains("plugin bad: cannot load: compile"),
+        "{garbage}"
+    );
     // A core module, not a component.
     let core = wat_module("(module (func (export \"apply\")))");
     let e = reject(&core);

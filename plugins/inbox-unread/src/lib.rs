@@ -21,6 +21,7 @@ use projector_guest::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::borrow::Cow;
 
 /// The plugin, configured.
 pub struct InboxUnread {
@@ -70,7 +71,14 @@ impl Unread {
             .iter()
             .position(|e| (e.updated, e.id.as_str()) < (updated, id))
             .unwrap_or(self.entries.len());
-        self.entries.insert(at, Entry { id: id.to_string(), updated, archived: false });
+        self.entries.insert(
+            at,
+            Entry {
+                id: id.to_string(),
+                updated,
+                archived: false,
+            },
+        );
         self.entries.truncate(max);
     }
 
@@ -101,34 +109,48 @@ fn default_source() -> String {
     "inbox".to_string()
 }
 
+// Payloads borrow their strings from the event where they can.
+
 #[derive(Deserialize)]
-struct Message {
-    site_id: String,
-    conversation_id: String,
-    sender_id: String,
-    participants: Vec<String>,
+struct Message<'a> {
+    #[serde(borrow)]
+    site_id: Cow<'a, str>,
+    #[serde(borrow)]
+    conversation_id: Cow<'a, str>,
+    #[serde(borrow)]
+    sender_id: Cow<'a, str>,
+    #[serde(borrow)]
+    participants: Vec<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct ForUser {
-    site_id: String,
-    conversation_id: String,
-    user_id: String,
+struct ForUser<'a> {
+    #[serde(borrow)]
+    site_id: Cow<'a, str>,
+    #[serde(borrow)]
+    conversation_id: Cow<'a, str>,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
     #[serde(default)]
     unread: bool,
 }
 
 #[derive(Deserialize)]
-struct ForConversation {
-    site_id: String,
-    conversation_id: String,
-    participants: Vec<String>,
+struct ForConversation<'a> {
+    #[serde(borrow)]
+    site_id: Cow<'a, str>,
+    #[serde(borrow)]
+    conversation_id: Cow<'a, str>,
+    #[serde(borrow)]
+    participants: Vec<Cow<'a, str>>,
 }
 
 /// The view key for a user on a site.
 pub fn view_key(user_id: &str, site_id: &str) -> Result<String, Error> {
     if user_id.is_empty() || site_id.is_empty() || user_id.contains(':') || site_id.contains(':') {
-        return Err(Error::bad_input(format!("bad user or site id: {user_id:?}, {site_id:?}")));
+        return Err(Error::bad_input(format!(
+            "bad user or site id: {user_id:?}, {site_id:?}"
+        )));
     }
     Ok(format!("{user_id}:{site_id}"))
 }
@@ -160,9 +182,14 @@ impl Projection for InboxUnread {
         let s: Settings = serde_json::from_value(settings.clone())
             .map_err(|e| Error::bad_input(format!("inbox-unread settings: {e}")))?;
         if s.max_unread == 0 {
-            return Err(Error::bad_input("inbox-unread settings: max_unread must be at least 1"));
+            return Err(Error::bad_input(
+                "inbox-unread settings: max_unread must be at least 1",
+            ));
         }
-        Ok(InboxUnread { max_unread: s.max_unread, source: s.source })
+        Ok(InboxUnread {
+            max_unread: s.max_unread,
+            source: s.source,
+        })
     }
 
     fn info(&self) -> Info {
@@ -191,7 +218,10 @@ impl Projection for InboxUnread {
             }
             "ConversationArchived" | "ConversationUnarchived" | "ConversationDeleted" => {
                 let c: ForConversation = event.payload()?;
-                c.participants.iter().map(|p| view_key(p, &c.site_id)).collect()
+                c.participants
+                    .iter()
+                    .map(|p| view_key(p, &c.site_id))
+                    .collect()
             }
             _ => Ok(Vec::new()),
         }
@@ -233,7 +263,11 @@ impl Projection for InboxUnread {
             }
             _ => false,
         };
-        Ok(if changed { Change::Updated } else { Change::Unchanged })
+        Ok(if changed {
+            Change::Updated
+        } else {
+            Change::Unchanged
+        })
     }
 
     fn render(&self, _key: &str, state: &Unread, _now_ms: i64) -> Result<Json, Error> {
@@ -246,7 +280,7 @@ impl Projection for InboxUnread {
         Ok(json!({"count": shown.len(), "conversations": shown}))
     }
 
-    fn from_snapshot(&self, key: &str, answer: &Json) -> Result<(Unread, Vec<(String, u64)>), Error> {
+    fn snapshot(&self, key: &str, answer: &Json) -> Result<(Unread, Vec<(String, u64)>), Error> {
         let a: Answer = serde_json::from_value(answer.clone())
             .map_err(|e| Error::bad_input(format!("legacy answer for {key}: {e}")))?;
         let mut state = Unread::default();
@@ -276,20 +310,35 @@ impl Projection for InboxUnread {
         };
         let mut diffs = Vec::new();
         let by_id = |list: &[Shown]| -> std::collections::BTreeMap<String, i64> {
-            list.iter().map(|s| (s.id.clone(), s.last_message_at)).collect()
+            list.iter()
+                .map(|s| (s.id.clone(), s.last_message_at))
+                .collect()
         };
         let (ma, mb) = (by_id(&a), by_id(&b));
         for (id, ta) in &ma {
             match mb.get(id) {
-                None => diffs.push(diff(format!("/conversations/{id}"), "extra", Some(ta), None)),
-                Some(tb) if tb != ta => {
-                    diffs.push(diff(format!("/conversations/{id}/last_message_at"), "timestamp", Some(ta), Some(tb)))
-                }
+                None => diffs.push(diff(
+                    format!("/conversations/{id}"),
+                    "extra",
+                    Some(ta),
+                    None,
+                )),
+                Some(tb) if tb != ta => diffs.push(diff(
+                    format!("/conversations/{id}/last_message_at"),
+                    "timestamp",
+                    Some(ta),
+                    Some(tb),
+                )),
                 _ => {}
             }
         }
         for (id, tb) in mb.iter().filter(|(id, _)| !ma.contains_key(*id)) {
-            diffs.push(diff(format!("/conversations/{id}"), "missing", None, Some(tb)));
+            diffs.push(diff(
+                format!("/conversations/{id}"),
+                "missing",
+                None,
+                Some(tb),
+            ));
         }
         if diffs.is_empty() {
             let order = |list: &[Shown]| list.iter().map(|s| s.last_message_at).collect::<Vec<_>>();
@@ -308,7 +357,10 @@ impl Projection for InboxUnread {
 }
 
 fn shown_of(answer: &Json) -> Result<Vec<Shown>, String> {
-    let list = answer.get("conversations").cloned().ok_or("no `conversations` field")?;
+    let list = answer
+        .get("conversations")
+        .cloned()
+        .ok_or("no `conversations` field")?;
     serde_json::from_value(list).map_err(|e| e.to_string())
 }
 

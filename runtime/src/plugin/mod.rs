@@ -22,7 +22,12 @@ pub enum Error {
     #[error("plugin {plugin}: out of time: the call ran past its {deadline_ms} ms deadline")]
     OutOfTime { plugin: String, deadline_ms: u64 },
     #[error("plugin {plugin}: memory limit: growing from {current} to {requested} bytes refused (max {max})")]
-    MemoryLimit { plugin: String, current: usize, requested: usize, max: usize },
+    MemoryLimit {
+        plugin: String,
+        current: usize,
+        requested: usize,
+        max: usize,
+    },
     #[error("plugin {plugin}: trap: {message}")]
     Trap { plugin: String, message: String },
     #[error("plugin {plugin}: bad output: {message}")]
@@ -103,16 +108,36 @@ pub trait Code: Send + Sync {
 /// its store across calls and starts a fresh one after a failure.
 pub trait Session {
     fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error>;
-    fn apply(&mut self, key: &str, state: Option<&[u8]>, events: &[&Event]) -> Result<ApplyResult, Error>;
-    fn render(&mut self, key: &str, state: &[u8], now_ms: i64) -> Result<Result<String, GuestError>, Error>;
+    fn apply(
+        &mut self,
+        key: &str,
+        state: Option<&[u8]>,
+        events: &[&Event],
+    ) -> Result<ApplyResult, Error>;
+    fn render(
+        &mut self,
+        key: &str,
+        state: &[u8],
+        now_ms: i64,
+    ) -> Result<Result<String, GuestError>, Error>;
     #[allow(clippy::type_complexity)]
-    fn from_snapshot(
+    fn snapshot(
         &mut self,
         key: &str,
         answer: &str,
     ) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error>;
-    fn migrate(&mut self, key: &str, state: &[u8], from: &str) -> Result<Result<Option<Vec<u8>>, GuestError>, Error>;
-    fn compare(&mut self, key: &str, projection: &str, source: &str) -> Result<Vec<Difference>, Error>;
+    fn migrate(
+        &mut self,
+        key: &str,
+        state: &[u8],
+        from: &str,
+    ) -> Result<Result<Option<Vec<u8>>, GuestError>, Error>;
+    fn compare(
+        &mut self,
+        key: &str,
+        projection: &str,
+        source: &str,
+    ) -> Result<Vec<Difference>, Error>;
 }
 
 /// A bounded ring of a plugin's recent log lines.
@@ -133,7 +158,12 @@ impl PluginLogs {
     }
 
     pub fn recent(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 

@@ -3,7 +3,9 @@
 //! native, same logic) and by tests that need no sandbox.
 
 use super::{Code, Error, GuestError, Limits, PluginLogs, Session};
-use projector_guest::{apply_run, decode_state, encode_state, ApplyResult, Difference, Event, Info, Json, Projection};
+use projector_guest::{
+    apply_run, decode_state, encode_state, ApplyResult, Difference, Event, Info, Json, Projection,
+};
 
 pub struct NativePlugin<P: Projection> {
     name: String,
@@ -16,7 +18,10 @@ pub struct NativePlugin<P: Projection> {
 
 impl<P: Projection> NativePlugin<P> {
     pub fn new(name: &str, settings: &Json, limits: Limits) -> Result<Self, Error> {
-        let plugin = P::configure(settings).map_err(|e| Error::Load { plugin: name.into(), message: e.to_string() })?;
+        let plugin = P::configure(settings).map_err(|e| Error::Load {
+            plugin: name.into(),
+            message: e.to_string(),
+        })?;
         Ok(NativePlugin {
             name: name.to_string(),
             id: format!("native:{name}"),
@@ -47,7 +52,9 @@ impl<P: Projection> Code for NativePlugin<P> {
         &self.limits
     }
     fn session(&self) -> Box<dyn Session + '_> {
-        Box::new(NativeSession { plugin: &self.plugin })
+        Box::new(NativeSession {
+            plugin: &self.plugin,
+        })
     }
     fn logs(&self) -> &PluginLogs {
         &self.logs
@@ -67,31 +74,55 @@ impl<P: Projection> Session for NativeSession<'_, P> {
         Ok(events.iter().map(|e| self.plugin.keys(e)).collect())
     }
 
-    fn apply(&mut self, key: &str, state: Option<&[u8]>, events: &[&Event]) -> Result<ApplyResult, Error> {
+    fn apply(
+        &mut self,
+        key: &str,
+        state: Option<&[u8]>,
+        events: &[&Event],
+    ) -> Result<ApplyResult, Error> {
         let owned: Vec<Event> = events.iter().map(|e| (*e).clone()).collect();
         Ok(apply_run(self.plugin, key, state, &owned))
     }
 
-    fn render(&mut self, key: &str, state: &[u8], now_ms: i64) -> Result<Result<String, GuestError>, Error> {
+    fn render(
+        &mut self,
+        key: &str,
+        state: &[u8],
+        now_ms: i64,
+    ) -> Result<Result<String, GuestError>, Error> {
         Ok(decode_state::<P::State>(state)
             .and_then(|s| self.plugin.render(key, &s, now_ms))
             .map(|j| j.to_string()))
     }
 
-    fn from_snapshot(&mut self, key: &str, answer: &str) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error> {
+    fn snapshot(
+        &mut self,
+        key: &str,
+        answer: &str,
+    ) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error> {
         Ok(parse(answer)
-            .and_then(|a| self.plugin.from_snapshot(key, &a))
+            .and_then(|a| self.plugin.snapshot(key, &a))
             .and_then(|(s, v)| Ok((encode_state(&s)?, v))))
     }
 
-    fn migrate(&mut self, key: &str, state: &[u8], from: &str) -> Result<Result<Option<Vec<u8>>, GuestError>, Error> {
+    fn migrate(
+        &mut self,
+        key: &str,
+        state: &[u8],
+        from: &str,
+    ) -> Result<Result<Option<Vec<u8>>, GuestError>, Error> {
         Ok(self
             .plugin
             .migrate(key, state, from)
             .and_then(|s| s.map(|s| encode_state(&s)).transpose()))
     }
 
-    fn compare(&mut self, key: &str, projection: &str, source: &str) -> Result<Vec<Difference>, Error> {
+    fn compare(
+        &mut self,
+        key: &str,
+        projection: &str,
+        source: &str,
+    ) -> Result<Vec<Difference>, Error> {
         match (parse(projection), parse(source)) {
             (Ok(a), Ok(b)) => Ok(self.plugin.compare(key, &a, &b)),
             (a, b) => Ok(vec![Difference {

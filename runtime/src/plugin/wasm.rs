@@ -12,14 +12,18 @@
 //! stdout and stderr land in the plugin's log.
 
 use super::{Code, Error, GuestError, Limits, PluginLogs, Session};
-use projector_guest::{ApplyResult, Difference, ErrorKind, Event, Info, Outcome, Population, StalePolicy};
+use projector_guest::{
+    ApplyResult, Difference, ErrorKind, Event, Info, Outcome, Population, StalePolicy,
+};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 #[allow(missing_docs, clippy::all)]
 mod bindings {
@@ -45,34 +49,54 @@ impl WasmHost {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `PROJECTOR_PERFMAP=1` lets `perf` name the functions of guests.
+        if std::env::var_os("PROJECTOR_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         // The ticker lives as long as the engine: it holds only a weak handle.
         let weak = engine.weak();
-        std::thread::Builder::new().name("projector-epoch".into()).spawn(move || loop {
-            std::thread::sleep(TICK);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => break,
-            }
-        })?;
-        Ok(WasmHost { engine, linker: Arc::new(linker) })
+        std::thread::Builder::new()
+            .name("projector-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            })?;
+        Ok(WasmHost {
+            engine,
+            linker: Arc::new(linker),
+        })
     }
 
     /// Compile and pre-instantiate `bytes` as plugin `name`, configure it
     /// once with `settings` to learn its info, and check it implements the
     /// `projector:plugin/plugin` world.
-    pub fn load(&self, name: &str, bytes: &[u8], limits: Limits, settings: &serde_json::Value) -> Result<WasmPlugin, Error> {
-        let load_error = |message: String| Error::Load { plugin: name.to_string(), message };
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: Limits,
+        settings: &serde_json::Value,
+    ) -> Result<WasmPlugin, Error> {
+        let load_error = |message: String| Error::Load {
+            plugin: name.to_string(),
+            message,
+        };
         let id = hex::encode(Sha256::digest(bytes));
-        let component = Component::new(&self.engine, bytes).map_err(|e| load_error(format!("compile: {e:#}")))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| load_error(format!("compile: {e:#}")))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_error(format!("link: {e:#}")))?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| load_error(format!("exports: {e:#}")))?;
+        let pre =
+            bindings::PluginPre::new(pre).map_err(|e| load_error(format!("exports: {e:#}")))?;
         let mut plugin = WasmPlugin {
             name: name.to_string(),
             id,
@@ -86,6 +110,7 @@ impl WasmHost {
             settings: settings.to_string(),
             pre,
             logs: Arc::new(PluginLogs::default()),
+            idle: std::sync::Mutex::new(Vec::new()),
         };
         let info = WasmSession::new(&plugin).configure()?;
         plugin.info = info;
@@ -102,7 +127,18 @@ pub struct WasmPlugin {
     settings: String,
     pre: bindings::PluginPre<HostState>,
     logs: Arc<PluginLogs>,
+    /// Healthy stores handed back by finished sessions, reused by the next
+    /// ones so a batch does not pay for instantiation and fresh pages.
+    idle: std::sync::Mutex<Vec<Live>>,
 }
+
+/// A configured instance in its store.
+type Live = (Store<HostState>, bindings::Plugin);
+
+/// A store is reused until its memory passes this share of the cap (the
+/// guest heap does not shrink) or it has served this many calls.
+const RECYCLE_MEMORY_SHARE: usize = 2;
+const RECYCLE_CALLS: u64 = 100_000;
 
 impl Code for WasmPlugin {
     fn name(&self) -> &str {
@@ -135,11 +171,17 @@ pub struct HostState {
     logs: Arc<PluginLogs>,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+    /// Bytes of stdout and stderr already copied to the plugin's log.
+    drained: [usize; 2],
+    calls: u64,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -147,19 +189,32 @@ impl WasiView for HostState {
 /// follows is reported as [`Error::MemoryLimit`].
 struct MemoryLimiter {
     max: usize,
+    /// Linear memory granted so far.
+    current: usize,
     refused: Option<(usize, usize)>,
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.refused = Some((current, desired));
             return Ok(false);
         }
+        self.current = desired;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -211,16 +266,20 @@ impl enrichment::Host for HostState {
 
 struct WasmSession<'a> {
     plugin: &'a WasmPlugin,
-    live: Option<(Store<HostState>, bindings::Plugin)>,
+    live: Option<Live>,
 }
 
 impl<'a> WasmSession<'a> {
     fn new(plugin: &'a WasmPlugin) -> Self {
-        WasmSession { plugin, live: None }
+        let live = plugin.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        WasmSession { plugin, live }
     }
 
     fn error(&self, message: String) -> Error {
-        Error::Guest { plugin: self.plugin.name.clone(), message }
+        Error::Guest {
+            plugin: self.plugin.name.clone(),
+            message,
+        }
     }
 
     /// Instantiate into a fresh store and configure the plugin.
@@ -237,30 +296,40 @@ impl<'a> WasmSession<'a> {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max: p.limits.max_memory_bytes, refused: None },
+            limiter: MemoryLimiter {
+                max: p.limits.max_memory_bytes,
+                current: 0,
+                refused: None,
+            },
             plugin: Arc::from(p.name.as_str()),
             logs: p.logs.clone(),
             stdout,
             stderr,
+            drained: [0, 0],
+            calls: 0,
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(p.limits.epoch_deadline_ms.max(1) * 10);
-        let started = p
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| {
-                let info = instance.projector_plugin_projection().call_configure(&mut store, &p.settings)?;
-                Ok((instance, info))
-            });
+        let started = p.pre.instantiate(&mut store).and_then(|instance| {
+            let info = instance
+                .projector_plugin_projection()
+                .call_configure(&mut store, &p.settings)?;
+            Ok((instance, info))
+        });
         match started {
             Ok((instance, info)) => {
                 let info = info.map_err(|e| self.error(format!("configure: {}", e.message)))?;
                 self.live = Some((store, instance));
                 Ok(info)
             }
-            Err(e) => Err(classify(&p.name, e, &mut store, p.limits.epoch_deadline_ms * 10)),
+            Err(e) => Err(classify(
+                &p.name,
+                e,
+                &mut store,
+                p.limits.epoch_deadline_ms * 10,
+            )),
         }
     }
 
@@ -301,17 +370,22 @@ impl<'a> WasmSession<'a> {
                 unreachable!("start() leaves a live store or fails");
             };
             store.set_epoch_deadline(deadline_ms);
+            store.data_mut().calls += 1;
             let e = match f(store, instance) {
                 Ok(r) => return Ok(r),
                 Err(e) => classify(&self.plugin.name, e, store, deadline_ms),
             };
-            if let Some((store, _)) = self.live.take() {
-                drain_stdio(store.data());
+            if let Some((mut store, _)) = self.live.take() {
+                drain_stdio(store.data_mut());
             }
             match e {
                 Error::OutOfTime { .. } if retries > 0 => {
                     retries -= 1;
-                    tracing::warn!(plugin = self.plugin.name, deadline_ms, "call ran out of time; retrying");
+                    tracing::warn!(
+                        plugin = self.plugin.name,
+                        deadline_ms,
+                        "call ran out of time; retrying"
+                    );
                 }
                 e => return Err(e),
             }
@@ -320,32 +394,69 @@ impl<'a> WasmSession<'a> {
 }
 
 impl Drop for WasmSession<'_> {
+    /// Hand a healthy store back for the next session; retire the others.
     fn drop(&mut self) {
-        if let Some((store, _)) = self.live.take() {
-            drain_stdio(store.data());
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        let state = live.0.data_mut();
+        drain_stdio(state);
+        let worn = state.limiter.current > state.limiter.max / RECYCLE_MEMORY_SHARE
+            || state.calls > RECYCLE_CALLS
+            || state.drained.iter().any(|n| *n > STDIO_CAPACITY / 2);
+        if !worn {
+            self.plugin
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(live);
         }
     }
 }
 
-fn drain_stdio(state: &HostState) {
-    for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+/// Copy what the guest wrote to stdout and stderr since the last drain
+/// into the plugin's log.
+fn drain_stdio(state: &mut HostState) {
+    for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
+        let pipe = if i == 0 { &state.stdout } else { &state.stderr };
         let bytes = pipe.contents();
-        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.is_empty()) {
+        let fresh = &bytes[state.drained[i].min(bytes.len())..];
+        state.drained[i] = bytes.len();
+        for line in String::from_utf8_lossy(fresh)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
             tracing::info!(plugin = &*state.plugin, stream, "{line}");
             state.logs.push(format!("{stream}: {line}"));
         }
     }
 }
 
-fn classify(plugin: &str, e: wasmtime::Error, store: &mut Store<HostState>, deadline_ms: u64) -> Error {
+fn classify(
+    plugin: &str,
+    e: wasmtime::Error,
+    store: &mut Store<HostState>,
+    deadline_ms: u64,
+) -> Error {
     let plugin = plugin.to_string();
     if let Some((current, requested)) = store.data_mut().limiter.refused.take() {
         let max = store.data().limiter.max;
-        return Error::MemoryLimit { plugin, current, requested, max };
+        return Error::MemoryLimit {
+            plugin,
+            current,
+            requested,
+            max,
+        };
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Error::OutOfTime { plugin, deadline_ms },
-        _ => Error::Trap { plugin, message: format!("{e:#}") },
+        Some(Trap::Interrupt) => Error::OutOfTime {
+            plugin,
+            deadline_ms,
+        },
+        _ => Error::Trap {
+            plugin,
+            message: format!("{e:#}"),
+        },
     }
 }
 
@@ -375,19 +486,33 @@ fn from_wit_error(e: wit::PluginError) -> GuestError {
 impl Session for WasmSession<'_> {
     fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error> {
         let list: Vec<wit::Event> = events.iter().map(|e| to_wit(e)).collect();
-        let out = self.call(events.len(), |s, i| i.projector_plugin_projection().call_keys(s, &list))?;
+        let out = self.call(events.len(), |s, i| {
+            i.projector_plugin_projection().call_keys(s, &list)
+        })?;
         if out.len() != events.len() {
             return Err(Error::BadOutput {
                 plugin: self.plugin.name.clone(),
-                message: format!("keys returned {} answers for {} events", out.len(), events.len()),
+                message: format!(
+                    "keys returned {} answers for {} events",
+                    out.len(),
+                    events.len()
+                ),
             });
         }
         Ok(out.into_iter().map(|r| r.map_err(from_wit_error)).collect())
     }
 
-    fn apply(&mut self, key: &str, state: Option<&[u8]>, events: &[&Event]) -> Result<ApplyResult, Error> {
+    fn apply(
+        &mut self,
+        key: &str,
+        state: Option<&[u8]>,
+        events: &[&Event],
+    ) -> Result<ApplyResult, Error> {
         let list: Vec<wit::Event> = events.iter().map(|e| to_wit(e)).collect();
-        let r = self.call(events.len(), |s, i| i.projector_plugin_projection().call_apply(s, key, state, &list))?;
+        let r = self.call(events.len(), |s, i| {
+            i.projector_plugin_projection()
+                .call_apply(s, key, state, &list)
+        })?;
         Ok(ApplyResult {
             outcome: match r.outcome {
                 wit::Outcome::Put(s) => Outcome::Put(s),
@@ -400,28 +525,64 @@ impl Session for WasmSession<'_> {
         })
     }
 
-    fn render(&mut self, key: &str, state: &[u8], now_ms: i64) -> Result<Result<String, GuestError>, Error> {
-        let r = self.call(1, |s, i| i.projector_plugin_projection().call_render(s, key, state, now_ms))?;
+    fn render(
+        &mut self,
+        key: &str,
+        state: &[u8],
+        now_ms: i64,
+    ) -> Result<Result<String, GuestError>, Error> {
+        let r = self.call(1, |s, i| {
+            i.projector_plugin_projection()
+                .call_render(s, key, state, now_ms)
+        })?;
         Ok(r.map_err(from_wit_error))
     }
 
-    fn from_snapshot(&mut self, key: &str, answer: &str) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error> {
-        let r = self.call(1, |s, i| i.projector_plugin_projection().call_from_snapshot(s, key, answer))?;
+    fn snapshot(
+        &mut self,
+        key: &str,
+        answer: &str,
+    ) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error> {
+        let r = self.call(1, |s, i| {
+            i.projector_plugin_projection()
+                .call_from_snapshot(s, key, answer)
+        })?;
         Ok(r.map(|s| (s.state, s.versions)).map_err(from_wit_error))
     }
 
-    fn migrate(&mut self, key: &str, state: &[u8], from: &str) -> Result<Result<Option<Vec<u8>>, GuestError>, Error> {
-        let r = self.call(1, |s, i| i.projector_plugin_projection().call_migrate(s, key, state, from))?;
+    fn migrate(
+        &mut self,
+        key: &str,
+        state: &[u8],
+        from: &str,
+    ) -> Result<Result<Option<Vec<u8>>, GuestError>, Error> {
+        let r = self.call(1, |s, i| {
+            i.projector_plugin_projection()
+                .call_migrate(s, key, state, from)
+        })?;
         Ok(r.map_err(from_wit_error))
     }
 
-    fn compare(&mut self, key: &str, projection: &str, source: &str) -> Result<Vec<Difference>, Error> {
-        let r = self.call(1, |s, i| i.projector_plugin_comparison().call_compare(s, key, projection, source))?;
+    fn compare(
+        &mut self,
+        key: &str,
+        projection: &str,
+        source: &str,
+    ) -> Result<Vec<Difference>, Error> {
+        let r = self.call(1, |s, i| {
+            i.projector_plugin_comparison()
+                .call_compare(s, key, projection, source)
+        })?;
         Ok(match r {
             wit::Verdict::Equal => Vec::new(),
             wit::Verdict::Different(d) => d
                 .into_iter()
-                .map(|d| Difference { path: d.path, reason: d.reason, projection: d.projection, source: d.source })
+                .map(|d| Difference {
+                    path: d.path,
+                    reason: d.reason,
+                    projection: d.projection,
+                    source: d.source,
+                })
                 .collect(),
         })
     }

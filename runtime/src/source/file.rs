@@ -25,7 +25,12 @@ impl LineSource {
             let size = f.metadata()?.len();
             (Box::new(f), Some(size))
         };
-        Ok(LineSource { reader: Box::new(BufReader::with_capacity(1 << 20, reader)), line: 0, bytes_read: 0, size })
+        Ok(LineSource {
+            reader: Box::new(BufReader::with_capacity(1 << 20, reader)),
+            line: 0,
+            bytes_read: 0,
+            size,
+        })
     }
 
     pub fn bytes_read(&self) -> u64 {
@@ -52,7 +57,12 @@ impl LineSource {
             if offset < from || buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            out.push(Record { partition: 0, offset, key: None, value: std::mem::take(&mut buf) });
+            out.push(Record {
+                partition: 0,
+                offset,
+                key: None,
+                value: std::mem::take(&mut buf),
+            });
         }
         Ok(out)
     }

@@ -73,7 +73,10 @@ impl EmbeddedLog {
             Some(v) => {
                 let stored = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
                 if stored != partitions {
-                    return Err(Error::Partitions { stored, configured: partitions });
+                    return Err(Error::Partitions {
+                        stored,
+                        configured: partitions,
+                    });
                 }
             }
             None => {
@@ -82,13 +85,22 @@ impl EmbeddedLog {
         }
         let mut ends = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            let last = tree.range(record_key(p, 0)..=record_key(p, u64::MAX)).next_back().transpose()?;
+            let last = tree
+                .range(record_key(p, 0)..=record_key(p, u64::MAX))
+                .next_back()
+                .transpose()?;
             ends.push(match last {
                 Some((k, _)) => u64::from_be_bytes(k[5..13].try_into().unwrap_or([0; 8])) + 1,
                 None => 0,
             });
         }
-        Ok(EmbeddedLog { tree, partitions, format, ends: Mutex::new(ends), appended: Condvar::new() })
+        Ok(EmbeddedLog {
+            tree,
+            partitions,
+            format,
+            ends: Mutex::new(ends),
+            appended: Condvar::new(),
+        })
     }
 
     pub fn partitions(&self) -> u32 {
@@ -100,7 +112,8 @@ impl EmbeddedLog {
     pub fn append<V: AsRef<[u8]>>(&self, values: &[V]) -> Result<Vec<Position>, Error> {
         let mut parts = Vec::with_capacity(values.len());
         for (index, v) in values.iter().enumerate() {
-            let event = envelope::decode(self.format, None, v.as_ref()).map_err(|error| Error::Decode { index, error })?;
+            let event = envelope::decode(self.format, None, v.as_ref())
+                .map_err(|error| Error::Decode { index, error })?;
             parts.push(partition_of(&event.key, self.partitions));
         }
         let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
@@ -111,7 +124,10 @@ impl EmbeddedLog {
             let offset = next[p as usize];
             next[p as usize] += 1;
             batch.insert(&record_key(p, offset), v.as_ref());
-            positions.push(Position { partition: p, offset });
+            positions.push(Position {
+                partition: p,
+                offset,
+            });
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
@@ -124,7 +140,11 @@ impl EmbeddedLog {
     /// Up to `max` records of `partition` from offset `from` on.
     pub fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Record>, Error> {
         let mut out = Vec::with_capacity(max.min(4096));
-        for item in self.tree.range(record_key(partition, from)..=record_key(partition, u64::MAX)).take(max) {
+        for item in self
+            .tree
+            .range(record_key(partition, from)..=record_key(partition, u64::MAX))
+            .take(max)
+        {
             let (k, v) = item?;
             out.push(Record {
                 partition,
