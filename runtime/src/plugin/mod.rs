@@ -90,18 +90,41 @@ impl Default for Limits {
 /// A guest's own error for one event or one call.
 pub type GuestError = projector_guest::Error;
 
+/// What every kind of loaded code carries: identity, declared info,
+/// limits and log.
+#[derive(Debug)]
+pub struct Meta {
+    /// The plugin's name (its file stem, or the native registration).
+    pub name: String,
+    /// Content id: SHA-256 of the `.wasm`, or `native:<name>`.
+    pub id: String,
+    pub info: Info,
+    pub limits: Limits,
+    /// Guest `log` calls and stdout/stderr.
+    pub logs: Arc<PluginLogs>,
+}
+
 /// Loaded plugin code: Wasm or native.
 pub trait Code: Send + Sync {
-    /// The plugin's name (its file stem, or the native registration).
-    fn name(&self) -> &str;
-    /// Content id: SHA-256 of the `.wasm`, or `native:<name>`.
-    fn id(&self) -> &str;
-    fn info(&self) -> &Info;
-    fn limits(&self) -> &Limits;
+    fn meta(&self) -> &Meta;
     /// A session for one batch of calls.
     fn session(&self) -> Box<dyn Session + '_>;
-    /// The plugin's log lines (guest `log` calls and stdout/stderr).
-    fn logs(&self) -> &PluginLogs;
+
+    fn name(&self) -> &str {
+        &self.meta().name
+    }
+    fn id(&self) -> &str {
+        &self.meta().id
+    }
+    fn info(&self) -> &Info {
+        &self.meta().info
+    }
+    fn limits(&self) -> &Limits {
+        &self.meta().limits
+    }
+    fn logs(&self) -> &PluginLogs {
+        &self.meta().logs
+    }
 }
 
 /// Calls into one plugin for the length of a batch. A Wasm session keeps

@@ -2,18 +2,15 @@
 //! crate linked into the host as Rust. Used by benchmarks (Wasm against
 //! native, same logic) and by tests that need no sandbox.
 
-use super::{Code, Error, GuestError, Limits, PluginLogs, Session};
+use super::{Code, Error, GuestError, Limits, Meta, PluginLogs, Session};
 use projector_guest::{
-    apply_run, decode_state, encode_state, ApplyResult, Difference, Event, Info, Json, Projection,
+    apply_run, decode_state, encode_state, ApplyResult, Difference, Event, Json, Projection,
 };
+use std::sync::Arc;
 
 pub struct NativePlugin<P: Projection> {
-    name: String,
-    id: String,
-    info: Info,
-    limits: Limits,
+    meta: Meta,
     plugin: P,
-    logs: PluginLogs,
 }
 
 impl<P: Projection> NativePlugin<P> {
@@ -22,42 +19,25 @@ impl<P: Projection> NativePlugin<P> {
             plugin: name.into(),
             message: e.to_string(),
         })?;
-        Ok(NativePlugin {
+        let meta = Meta {
             name: name.to_string(),
             id: format!("native:{name}"),
             info: plugin.info(),
             limits,
-            plugin,
-            logs: PluginLogs::default(),
-        })
-    }
-
-    /// Override the population policy the plugin declared.
-    pub fn set_population(&mut self, population: projector_guest::Population) {
-        self.info.population = population;
+            logs: Arc::new(PluginLogs::default()),
+        };
+        Ok(NativePlugin { meta, plugin })
     }
 }
 
 impl<P: Projection> Code for NativePlugin<P> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn info(&self) -> &Info {
-        &self.info
-    }
-    fn limits(&self) -> &Limits {
-        &self.limits
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
     fn session(&self) -> Box<dyn Session + '_> {
         Box::new(NativeSession {
             plugin: &self.plugin,
         })
-    }
-    fn logs(&self) -> &PluginLogs {
-        &self.logs
     }
 }
 

@@ -11,7 +11,7 @@
 //! directories, environment, network, or clock (it reads a frozen epoch);
 //! stdout and stderr land in the plugin's log.
 
-use super::{Code, Error, GuestError, Limits, PluginLogs, Session};
+use super::{Code, Error, GuestError, Limits, Meta, PluginLogs, Session};
 use projector_guest::{
     ApplyResult, Difference, ErrorKind, Event, Info, Outcome, Population, StalePolicy,
 };
@@ -98,35 +98,33 @@ impl WasmHost {
         let pre =
             bindings::PluginPre::new(pre).map_err(|e| load_error(format!("exports: {e:#}")))?;
         let mut plugin = WasmPlugin {
-            name: name.to_string(),
-            id,
-            info: Info {
+            meta: Meta {
                 name: name.to_string(),
-                version: String::new(),
-                population: Population::Lazy,
-                stale_policy: StalePolicy::Invalidate,
+                id,
+                info: Info {
+                    name: name.to_string(),
+                    version: String::new(),
+                    population: Population::Lazy,
+                    stale_policy: StalePolicy::Invalidate,
+                },
+                limits,
+                logs: Arc::new(PluginLogs::default()),
             },
-            limits,
             settings: settings.to_string(),
             pre,
-            logs: Arc::new(PluginLogs::default()),
             idle: std::sync::Mutex::new(Vec::new()),
         };
         let info = WasmSession::new(&plugin).configure()?;
-        plugin.info = info;
+        plugin.meta.info = info;
         Ok(plugin)
     }
 }
 
 /// Compiled, pre-instantiated plugin code.
 pub struct WasmPlugin {
-    name: String,
-    id: String,
-    info: Info,
-    limits: Limits,
+    meta: Meta,
     settings: String,
     pre: bindings::PluginPre<HostState>,
-    logs: Arc<PluginLogs>,
     /// Healthy stores handed back by finished sessions, reused by the next
     /// ones so a batch does not pay for instantiation and fresh pages.
     idle: std::sync::Mutex<Vec<Live>>,
@@ -141,23 +139,11 @@ const RECYCLE_MEMORY_SHARE: usize = 2;
 const RECYCLE_CALLS: u64 = 100_000;
 
 impl Code for WasmPlugin {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn info(&self) -> &Info {
-        &self.info
-    }
-    fn limits(&self) -> &Limits {
-        &self.limits
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
     fn session(&self) -> Box<dyn Session + '_> {
         Box::new(WasmSession::new(self))
-    }
-    fn logs(&self) -> &PluginLogs {
-        &self.logs
     }
 }
 
@@ -277,7 +263,7 @@ impl<'a> WasmSession<'a> {
 
     fn error(&self, message: String) -> Error {
         Error::Guest {
-            plugin: self.plugin.name.clone(),
+            plugin: self.plugin.meta.name.clone(),
             message,
         }
     }
@@ -297,12 +283,12 @@ impl<'a> WasmSession<'a> {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
-                max: p.limits.max_memory_bytes,
+                max: p.meta.limits.max_memory_bytes,
                 current: 0,
                 refused: None,
             },
-            plugin: Arc::from(p.name.as_str()),
-            logs: p.logs.clone(),
+            plugin: Arc::from(p.meta.name.as_str()),
+            logs: p.meta.logs.clone(),
             stdout,
             stderr,
             drained: [0, 0],
@@ -311,7 +297,7 @@ impl<'a> WasmSession<'a> {
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(p.limits.epoch_deadline_ms.max(1) * 10);
+        store.set_epoch_deadline(p.meta.limits.epoch_deadline_ms.max(1) * 10);
         let started = p.pre.instantiate(&mut store).and_then(|instance| {
             let info = instance
                 .projector_plugin_projection()
@@ -325,10 +311,10 @@ impl<'a> WasmSession<'a> {
                 Ok(info)
             }
             Err(e) => Err(classify(
-                &p.name,
+                &p.meta.name,
                 e,
                 &mut store,
-                p.limits.epoch_deadline_ms * 10,
+                p.meta.limits.epoch_deadline_ms * 10,
             )),
         }
     }
@@ -360,8 +346,8 @@ impl<'a> WasmSession<'a> {
         events: usize,
         mut f: impl FnMut(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
-        let deadline_ms = self.plugin.limits.epoch_deadline_ms.max(1) * events.max(1) as u64;
-        let mut retries = self.plugin.limits.timeout_retries;
+        let deadline_ms = self.plugin.meta.limits.epoch_deadline_ms.max(1) * events.max(1) as u64;
+        let mut retries = self.plugin.meta.limits.timeout_retries;
         loop {
             if self.live.is_none() {
                 self.start()?;
@@ -373,7 +359,7 @@ impl<'a> WasmSession<'a> {
             store.data_mut().calls += 1;
             let e = match f(store, instance) {
                 Ok(r) => return Ok(r),
-                Err(e) => classify(&self.plugin.name, e, store, deadline_ms),
+                Err(e) => classify(&self.plugin.meta.name, e, store, deadline_ms),
             };
             if let Some((mut store, _)) = self.live.take() {
                 drain_stdio(store.data_mut());
@@ -382,7 +368,7 @@ impl<'a> WasmSession<'a> {
                 Error::OutOfTime { .. } if retries > 0 => {
                     retries -= 1;
                     tracing::warn!(
-                        plugin = self.plugin.name,
+                        plugin = self.plugin.meta.name,
                         deadline_ms,
                         "call ran out of time; retrying"
                     );
@@ -491,7 +477,7 @@ impl Session for WasmSession<'_> {
         })?;
         if out.len() != events.len() {
             return Err(Error::BadOutput {
-                plugin: self.plugin.name.clone(),
+                plugin: self.plugin.meta.name.clone(),
                 message: format!(
                     "keys returned {} answers for {} events",
                     out.len(),
