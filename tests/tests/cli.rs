@@ -173,3 +173,76 @@ fn config_errors_name_the_file_and_the_key() {
         stderr(&o)
     );
 }
+
+/// The events count of a run's closing summary.
+fn summary_events(out: &str) -> u64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("events "))
+        .unwrap_or_else(|| panic!("no summary in {out:?}"));
+    line["events ".len()..]
+        .split(',')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count")
+}
+
+#[test]
+fn sigterm_stops_run_after_its_batch_and_a_restart_finishes_the_log() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins_dir(dir.path(), &["inbox-unread"]);
+    std::fs::write(
+        dir.path().join("projector.toml"),
+        format!("{CONFIG}[engine]\nbatch_size = 64\n"),
+    )
+    .expect("config");
+    let events = inbox_events(InboxShape {
+        sites: 20,
+        users: 200,
+        events: 3000,
+        seed: 9,
+    });
+    write_ndjson(&dir.path().join("events.ndjson"), &events);
+
+    let mut child = Command::new(projector_bin())
+        .current_dir(dir.path())
+        .args(["run", "--ingest", "events.ndjson"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let err = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(err).lines();
+    // Readiness: the runtime says it is following the log.
+    for line in lines.by_ref() {
+        if line
+            .expect("stderr line")
+            .contains("running on the embedded log")
+        {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "a stop on SIGTERM is clean: {:?}",
+        out.status
+    );
+    let first = summary_events(&stdout(&out));
+
+    let o = projector(dir.path(), &["run", "--exit-when-idle"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = summary_events(&stdout(&o));
+    assert_eq!(
+        first + second,
+        events.len() as u64,
+        "nothing lost or repeated across the stop"
+    );
+}
