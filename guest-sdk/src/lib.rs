@@ -248,11 +248,11 @@ pub fn decode_state<S: DeserializeOwned>(bytes: &[u8]) -> Result<S, Error> {
 /// Fold a run of events into one outcome: the state is decoded once at
 /// the start and encoded once at the end. Stops at the first failing event
 /// and reports how many were folded before it.
-pub fn apply_run<P: Projection>(
+pub fn apply_run<P: Projection, E: std::borrow::Borrow<Event>>(
     plugin: &P,
     key: &str,
     state: Option<&[u8]>,
-    events: &[Event],
+    events: &[E],
 ) -> ApplyResult {
     let mut current: Option<P::State> = match state.map(decode_state::<P::State>).transpose() {
         Ok(s) => s,
@@ -270,7 +270,7 @@ pub fn apply_run<P: Projection>(
     let mut error = None;
     for event in events {
         let s = current.get_or_insert_with(P::State::default);
-        match plugin.apply(key, s, event) {
+        match plugin.apply(key, s, event.borrow()) {
             Ok(Change::Updated) => dirty = true,
             Ok(Change::Unchanged) => {}
             Ok(Change::Delete) => {

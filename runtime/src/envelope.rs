@@ -54,6 +54,12 @@ pub fn decode(format: Format, key: Option<&[u8]>, value: &[u8]) -> Result<Event,
         Format::CloudEvents => decode_cloudevent(value),
         Format::Debezium => decode_debezium(key, value),
         Format::Auto => {
+            // The own envelope is the common case: try it first, so a record
+            // is scanned once; probe the shape only when it does not fit.
+            let envelope_error = match decode_envelope(value) {
+                Ok(event) => return Ok(event),
+                Err(e) => e,
+            };
             let probe: Probe =
                 serde_json::from_slice(value).map_err(|e| bad("json", e.to_string()))?;
             if probe.specversion.is_some() {
@@ -61,7 +67,7 @@ pub fn decode(format: Format, key: Option<&[u8]>, value: &[u8]) -> Result<Event,
             } else if probe.op.is_some() || probe.payload_op() {
                 decode_debezium(key, value)
             } else {
-                decode_envelope(value)
+                Err(envelope_error)
             }
         }
     }

@@ -60,8 +60,7 @@ impl<P: Projection> Session for NativeSession<'_, P> {
         state: Option<&[u8]>,
         events: &[&Event],
     ) -> Result<ApplyResult, Error> {
-        let owned: Vec<Event> = events.iter().map(|e| (*e).clone()).collect();
-        Ok(apply_run(self.plugin, key, state, &owned))
+        Ok(apply_run(self.plugin, key, state, events))
     }
 
     fn render(
