@@ -21,7 +21,12 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir)?;
-        let engine = Engine::new(store, config.format, config.engine.workers);
+        let engine = Engine::new(
+            store,
+            config.format,
+            config.engine.workers,
+            std::time::Duration::from_millis(config.engine.commit_interval_ms),
+        );
         let host = WasmHost::new()?;
         let app = App {
             config,

@@ -13,6 +13,7 @@
 //! [engine]
 //! batch_size = 4096            # records per batch (and per atomic commit)
 //! workers = 1                  # threads folding keys of one batch
+//! commit_interval_ms = 1000    # commit views + offsets at most this often
 //!
 //! [log]
 //! partitions = 4               # fixed when the log is created
@@ -73,6 +74,9 @@ fn default_plugins_dir() -> PathBuf {
 pub struct EngineConfig {
     pub batch_size: usize,
     pub workers: usize,
+    /// Views, offsets and dead letters are committed at most this often
+    /// (0: after every batch); a crash redoes what was not committed.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
         EngineConfig {
             batch_size: 4096,
             workers: 1,
+            commit_interval_ms: 1000,
         }
     }
 }

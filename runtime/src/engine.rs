@@ -19,8 +19,9 @@ use crate::plugin::{self, Session, SharedCode};
 use crate::store::{Counters, DeadLetter, Store, ViewRecord, Writer};
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,9 +58,43 @@ pub struct Projection {
     ns: String,
     population: Population,
     counters: Mutex<Counters>,
+    /// Views as the engine last wrote them, ahead of the store until the
+    /// next commit (`None`: known absent). Cleared once committed when it
+    /// grows past the cache bound.
+    views: RwLock<HashMap<String, Option<ViewRecord>>>,
+    /// Keys changed since the last commit.
+    dirty: Mutex<HashSet<String>>,
 }
 
+/// Views kept in memory per projection between commits, at most.
+const VIEW_CACHE_ENTRIES: usize = 200_000;
+
 impl Projection {
+    /// The current view of `key`: in memory if changed or read lately,
+    /// else from the store.
+    fn view(&self, store: &Store, key: &str) -> Result<Option<ViewRecord>> {
+        if let Some(v) = self
+            .views
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(v.clone());
+        }
+        Ok(store.view(&self.ns, key)?)
+    }
+
+    fn set_view(&self, key: &str, record: Option<ViewRecord>) {
+        self.views
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), record);
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string());
+    }
+
     pub fn name(&self) -> &str {
         self.code.name()
     }
@@ -112,20 +147,86 @@ pub struct Engine {
     store: Store,
     format: Format,
     workers: usize,
+    commit_interval: Duration,
     projections: RwLock<Vec<Arc<Projection>>>,
-    /// Serializes read-modify-write of views: batches and snapshots.
-    write: Mutex<()>,
+    /// Serializes read-modify-write of views (batches and snapshots) and
+    /// holds what is not committed yet.
+    write: Mutex<Pending>,
+}
+
+/// Work applied in memory but not yet committed to the store.
+#[derive(Default)]
+struct Pending {
+    writer: Option<Writer>,
+    /// Next offset per (namespace, source, partition), ahead of the store.
+    offsets: HashMap<(String, String, u32), u64>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn offset(&mut self, store: &Store, ns: &str, source: &str, partition: u32) -> Result<u64> {
+        let k = (ns.to_string(), source.to_string(), partition);
+        if let Some(o) = self.offsets.get(&k) {
+            return Ok(*o);
+        }
+        let o = store.offset(ns, source, partition)?.unwrap_or(0);
+        self.offsets.insert(k, o);
+        Ok(o)
+    }
 }
 
 impl Engine {
-    pub fn new(store: Store, format: Format, workers: usize) -> Self {
+    /// An engine that commits to `store` at most every `commit_interval`
+    /// (zero: after every batch). Work applied since the last commit is
+    /// redone after a crash, from the offsets committed with the views.
+    pub fn new(store: Store, format: Format, workers: usize, commit_interval: Duration) -> Self {
         Engine {
             store,
             format,
             workers: workers.max(1),
+            commit_interval,
             projections: RwLock::new(Vec::new()),
-            write: Mutex::new(()),
+            write: Mutex::new(Pending::default()),
         }
+    }
+
+    /// Commit everything applied so far: views, offsets, counters and dead
+    /// letters, in one atomic batch.
+    pub fn commit(&self) -> Result<()> {
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_locked(&mut pending)
+    }
+
+    fn commit_locked(&self, pending: &mut Pending) -> Result<()> {
+        let Some(mut writer) = pending.writer.take() else {
+            return Ok(());
+        };
+        let projections = self.projections();
+        for p in &projections {
+            let dirty: Vec<String> = p
+                .dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .collect();
+            let views = p.views.read().unwrap_or_else(|e| e.into_inner());
+            for key in dirty {
+                match views.get(&key) {
+                    Some(Some(record)) => writer.put_view(&p.ns, &key, record),
+                    Some(None) => writer.remove_view(&p.ns, &key),
+                    None => unreachable!("a dirty key stays in the view cache until committed"),
+                }
+            }
+        }
+        self.store.commit(writer)?;
+        pending.since = None;
+        for p in &projections {
+            let mut views = p.views.write().unwrap_or_else(|e| e.into_inner());
+            if views.len() > VIEW_CACHE_ENTRIES {
+                views.clear();
+            }
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -146,6 +247,8 @@ impl Engine {
             ns,
             population,
             counters: Mutex::new(counters),
+            views: RwLock::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
         }));
         Ok(())
     }
@@ -167,12 +270,10 @@ impl Engine {
     /// Where a source should resume for `partition`: the lowest next
     /// offset over the loaded projections.
     pub fn resume_offset(&self, source: &str, partition: u32) -> Result<u64> {
-        let mut min = self
-            .store
-            .offset(DECODE_NS, source, partition)?
-            .unwrap_or(0);
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut min = pending.offset(&self.store, DECODE_NS, source, partition)?;
         for p in self.projections() {
-            min = min.min(self.store.offset(&p.ns, source, partition)?.unwrap_or(0));
+            min = min.min(pending.offset(&self.store, &p.ns, source, partition)?);
         }
         Ok(min)
     }
@@ -188,21 +289,19 @@ impl Engine {
             return Ok(BatchSummary::default());
         };
         let next = last.offset + 1;
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = &mut *pending;
         let decoded: Vec<Result<Event, DecodeError>> = records
             .iter()
             .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
             .collect();
-        let mut writer = self.store.writer();
+        let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
         let mut summary = BatchSummary {
             records: records.len() as u64,
             ..Default::default()
         };
 
-        let decoded_from = self
-            .store
-            .offset(DECODE_NS, source, partition)?
-            .unwrap_or(0);
+        let decoded_from = pending.offset(&self.store, DECODE_NS, source, partition)?;
         for (r, d) in records.iter().zip(&decoded) {
             if let (Err(e), true) = (d, r.offset >= decoded_from) {
                 summary.decode_errors += 1;
@@ -223,9 +322,12 @@ impl Engine {
             }
         }
         writer.set_offset(DECODE_NS, source, partition, next);
+        pending
+            .offsets
+            .insert((DECODE_NS.to_string(), source.to_string(), partition), next);
 
         for p in self.projections() {
-            let from = self.store.offset(&p.ns, source, partition)?.unwrap_or(0);
+            let from = pending.offset(&self.store, &p.ns, source, partition)?;
             let events: Vec<(u64, &Event)> = records
                 .iter()
                 .zip(&decoded)
@@ -244,6 +346,9 @@ impl Engine {
             }
             if next > from {
                 writer.set_offset(&p.ns, source, partition, next);
+                pending
+                    .offsets
+                    .insert((p.ns.clone(), source.to_string(), partition), next);
             }
             let total = {
                 let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,14 +358,18 @@ impl Engine {
             writer.set_counters(&p.ns, &total);
             summary.counters.push((p.name().to_string(), delta));
         }
-        self.store.commit(writer)?;
+        pending.writer = Some(writer);
+        let since = *pending.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.commit_interval {
+            self.commit_locked(pending)?;
+        }
         Ok(summary)
     }
 
     /// The view of `key` in `plugin`, rendered at `now_ms` when Valid.
     pub fn read(&self, plugin: &str, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
         let p = self.projection(plugin)?;
-        let Some(record) = self.store.view(&p.ns, key)? else {
+        let Some(record) = p.view(&self.store, key)? else {
             return Ok(None);
         };
         let body = match (&record.view.status, &record.view.state) {
@@ -316,19 +425,28 @@ impl Engine {
                     message: format!("from-snapshot: {e}"),
                 })?;
         check_state(&p.code, &state)?;
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut writer = self.store.writer();
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let view = View::from_snapshot(state, Versions::from_pairs(versions));
-        writer.put_view(
-            &p.ns,
+        p.set_view(
             key,
-            &ViewRecord {
+            Some(ViewRecord {
                 view,
                 updated_ms: now_ms(),
-            },
+            }),
         );
-        self.store.commit(writer)?;
+        // A snapshot is durable at once, with whatever was pending.
+        pending.writer.get_or_insert_with(|| self.store.writer());
+        self.commit_locked(&mut pending)?;
         Ok(())
+    }
+}
+
+impl Drop for Engine {
+    /// Commit what was applied, so a clean shutdown redoes nothing.
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::warn!("final commit failed; the uncommitted work will be redone: {e}");
+        }
     }
 }
 
@@ -450,12 +568,10 @@ impl<'a> BatchCtx<'a> {
             })?
         };
 
-        let ns = &self.projection.ns;
         for r in results {
             counters.add(&r.counters);
             match r.change {
-                Some(Some(record)) => writer.put_view(ns, &r.key, &record),
-                Some(None) => writer.remove_view(ns, &r.key),
+                Some(change) => self.projection.set_view(&r.key, change),
                 None => {}
             }
             for (event, offset, error) in r.failures {
@@ -539,7 +655,7 @@ impl<'a> BatchCtx<'a> {
     ) -> Result<KeyResult<'e>> {
         let p = self.projection;
         let code = &p.code;
-        let before = self.store.view(&p.ns, key)?;
+        let before = p.view(self.store, key)?;
         let mine: Vec<&Event> = indexes.iter().map(|&i| events[i].1).collect();
         let (view, verdicts) = rules::fold_key(
             before.as_ref().map(|r| r.view.clone()),

@@ -78,6 +78,7 @@ pub fn replay_file(
             size: input.size,
         });
     }
+    engine.commit()?;
     totals.elapsed = started.elapsed();
     Ok(totals)
 }
@@ -117,12 +118,15 @@ pub fn run_log(
             busy = true;
         }
         if !busy {
+            // Caught up: make what was applied durable before waiting.
+            engine.commit()?;
             if exit_when_idle {
                 break;
             }
             log.wait(Duration::from_millis(100));
         }
     }
+    engine.commit()?;
     totals.elapsed = started.elapsed();
     Ok(totals)
 }

@@ -35,7 +35,12 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
         events.len(),
         started.elapsed()
     );
-    let engine = Engine::new(store, Format::Auto, 1);
+    let engine = Engine::new(
+        store,
+        Format::Auto,
+        1,
+        std::time::Duration::from_millis(1000),
+    );
     engine.add(code, Some(Population::Eager))?;
     let totals = run_log(&engine, &log, 4096, &AtomicBool::new(false), true, |_| {})?;
     engine.store().flush()?;

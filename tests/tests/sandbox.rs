@@ -11,6 +11,7 @@ fn ev(id: &str, ty: &str, key: &str, version: u64) -> Vec<u8> {
 }
 
 fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
+    app.engine.commit().expect("commit");
     app.engine
         .store()
         .dead_letters()
