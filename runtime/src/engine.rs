@@ -1,4 +1,4 @@
-//! The projection engine: one batch of records in, one atomic store
+//! The projection engine: batches of records in, atomic store commits
 //! commit out.
 //!
 //! For each batch the engine decodes every record once, then for each
@@ -6,9 +6,11 @@
 //! (one call for the batch), groups the events by key keeping their order,
 //! folds each key's events through the version rules and the plugin's
 //! `apply` (one call per key and batch; keys spread over worker threads),
-//! and writes the new views, the dead letters, the counters and the next
-//! offset of every projection into one [`Writer`]. The commit is atomic,
-//! so on restart each projection resumes exactly after what it stored.
+//! and keeps the new views in memory while the dead letters, counters and
+//! next offsets go into the pending [`Writer`]. At most every commit
+//! interval (and on [`Engine::commit`]) the changed views join that writer
+//! and everything is committed atomically, so on restart each projection
+//! resumes exactly after what it stored, redoing only uncommitted work.
 //!
 //! Called by the pipelines in [`crate::pipeline`] and by readers
 //! ([`Engine::read`], [`Engine::snapshot`]). It never reads a source

@@ -2,8 +2,8 @@
 //! sled itself.
 //!
 //! One tree, `state`, holds everything that must change together: views,
-//! applied offsets, counters and dead letters. A [`Writer`] gathers one
-//! batch's changes and [`Store::commit`] applies them atomically, so after
+//! applied offsets, counters and dead letters. A [`Writer`] gathers the
+//! changes of one commit and [`Store::commit`] applies them atomically, so after
 //! a crash the views and the offsets they came from always agree: nothing
 //! is lost and nothing is applied twice. Other trees (the embedded log)
 //! are opened by their owners through [`Store::tree`].
