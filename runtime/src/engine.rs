@@ -1,5 +1,5 @@
 //! The projection engine: batches of records in, atomic store commits
-//! commit out.
+//! out.
 //!
 //! For each batch the engine decodes every record once, then for each
 //! loaded projection: asks the plugin which view keys each event touches
@@ -572,9 +572,8 @@ impl<'a> BatchCtx<'a> {
 
         for r in results {
             counters.add(&r.counters);
-            match r.change {
-                Some(change) => self.projection.set_view(&r.key, change),
-                None => {}
+            if let Some(change) = r.change {
+                self.projection.set_view(&r.key, change);
             }
             for (event, offset, error) in r.failures {
                 self.dead_letter(writer, "apply", Some(&r.key), event, offset, &error)?;
