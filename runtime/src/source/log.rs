@@ -31,6 +31,8 @@ pub enum Error {
     BadPartitions(u32),
     #[error("log: corrupt segment: {0}")]
     Corrupt(String),
+    #[error("log: {0}")]
+    Format(String),
 }
 
 fn first_offset(key: &[u8]) -> u64 {
@@ -77,6 +79,9 @@ pub struct EmbeddedLog {
 }
 
 const META_PARTITIONS: &[u8] = b"meta/partitions";
+/// Layout version of the records: 2 is segments.
+const META_FORMAT: &[u8] = b"meta/format";
+const FORMAT: u32 = 2;
 
 fn segment_key(partition: u32, offset: u64) -> [u8; 13] {
     let mut k = [0u8; 13];
@@ -115,6 +120,23 @@ impl EmbeddedLog {
             }
             None => {
                 tree.insert(META_PARTITIONS, &partitions.to_be_bytes())?;
+            }
+        }
+        match tree.get(META_FORMAT)? {
+            Some(v) if v.as_ref() == FORMAT.to_be_bytes() => {}
+            Some(v) => {
+                return Err(Error::Corrupt(format!(
+                    "unknown log format {v:?}; expected {FORMAT}"
+                )))
+            }
+            None if tree.scan_prefix(b"r").next().is_some() => {
+                return Err(Error::Corrupt(
+                    "the log was written in an older format; re-ingest it into a new data_dir"
+                        .into(),
+                ));
+            }
+            None => {
+                tree.insert(META_FORMAT, &FORMAT.to_be_bytes())?;
             }
         }
         let mut ends = Vec::with_capacity(partitions as usize);
