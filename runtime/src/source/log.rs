@@ -130,7 +130,7 @@ impl EmbeddedLog {
                 )))
             }
             None if tree.scan_prefix(b"r").next().is_some() => {
-                return Err(Error::Corrupt(
+                return Err(Error::Format(
                     "the log was written in an older format; re-ingest it into a new data_dir"
                         .into(),
                 ));
