@@ -7,6 +7,7 @@ use projector::app::App;
 use projector::config::Config;
 use projector::pipeline::{self, Totals};
 use projector::source::log::EmbeddedLog;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,13 @@ fn main() -> std::process::ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
+        // A reader that stops early (`| head`) is not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
@@ -185,7 +193,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         "plugin": plugin, "key": key, "status": format!("{:?}", v.status).to_lowercase(),
                         "versions": versions, "updated_ms": v.updated_ms, "view": v.body,
                     });
-                    println!("{}", serde_json::to_string_pretty(&out)?);
+                    writeln!(
+                        std::io::stdout().lock(),
+                        "{}",
+                        serde_json::to_string_pretty(&out)?
+                    )?;
                 }
                 None => {
                     eprintln!("no view for {key:?} in {plugin}");
@@ -220,10 +232,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     })
                 })
                 .collect();
-            println!(
+            writeln!(
+                std::io::stdout().lock(),
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({ "plugins": plugins }))?
-            );
+            )?;
         }
         Command::DeadLetters { plugin, limit } => {
             if !config.data_dir.exists() {
@@ -239,7 +252,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 {
                     continue;
                 }
-                println!("{}", serde_json::to_string(&letter)?);
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::to_string(&letter)?
+                )?;
                 shown += 1;
                 if shown == limit {
                     break;
