@@ -30,6 +30,14 @@ fn read(id: &str, version: u64, conv: &str, user: &str) -> Vec<u8> {
     )
 }
 
+/// The owner's view on site s1; it must exist.
+fn owner_view(engine: &projector::engine::Engine) -> projector::engine::ReadView {
+    engine
+        .read("inbox-unread", "owner:s1", 0)
+        .expect("read")
+        .expect("view")
+}
+
 fn snapshot_answer(version: u64, convs: &[(&str, i64)]) -> String {
     let list: Vec<_> = convs
         .iter()
@@ -53,10 +61,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
     engine
         .process(SOURCE, 0, &records(0, vec![read("e2", 2, "c1", "owner")]))
         .expect("batch");
-    let v = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let v = owner_view(engine);
     assert_eq!(v.status, Status::Valid);
     assert_eq!(v.versions.get("inbox"), Some(2));
 
@@ -68,10 +73,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
         )
         .expect("batch");
     assert_eq!(summary.total().invalidated, 1);
-    let v = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let v = owner_view(engine);
     assert_eq!(v.status, Status::Invalid);
     assert_eq!(v.body, None, "an Invalid view is not served");
 
@@ -86,10 +88,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
     // One key is Invalid (ignored), the other absent (dismissed: lazy).
     let c = summary.total();
     assert_eq!((c.applied, c.skipped), (0, 2));
-    let v = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let v = owner_view(engine);
     assert_eq!(v.status, Status::Invalid);
     assert_eq!(v.versions.get("inbox"), Some(2));
 
@@ -101,10 +100,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
             &snapshot_answer(3, &[("c2", 1003)]),
         )
         .expect("snapshot");
-    let v = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let v = owner_view(engine);
     assert_eq!(v.status, Status::Valid);
     assert_eq!(
         v.body,
@@ -134,10 +130,7 @@ fn duplicates_are_skipped() {
         .expect("batch")
         .total();
     assert_eq!((c.applied, c.skipped), (0, 2));
-    let v = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let v = owner_view(engine);
     assert_eq!(
         v.body,
         Some(json!({"count": 1, "conversations": [{"id": "c1", "last_message_at": 1001}]}))
@@ -180,10 +173,7 @@ fn a_snapshot_is_not_disturbed_by_older_events_and_follows_newer_ones() {
             &snapshot_answer(10, &[("c1", 1005)]),
         )
         .expect("snapshot");
-    let before = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let before = owner_view(engine);
 
     // Events at or below the snapshot's version are already in it.
     let older = vec![
@@ -195,10 +185,7 @@ fn a_snapshot_is_not_disturbed_by_older_events_and_follows_newer_ones() {
         .expect("batch")
         .total();
     assert_eq!(c.invalidated, 0);
-    let after = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let after = owner_view(engine);
     assert_eq!(after, before);
     assert_eq!(after.status, Status::Valid);
 
@@ -210,10 +197,7 @@ fn a_snapshot_is_not_disturbed_by_older_events_and_follows_newer_ones() {
             &records(2, vec![message("e11", 11, "c2", "visitor", "owner")]),
         )
         .expect("batch");
-    let v = engine
-        .read("inbox-unread", "owner:s1", 0)
-        .expect("read")
-        .expect("view");
+    let v = owner_view(engine);
     assert_eq!(
         v.body,
         Some(json!({"count": 2, "conversations": [
