@@ -657,9 +657,11 @@ impl<'a> BatchCtx<'a> {
         let p = self.projection;
         let code = &p.code;
         let before = p.view(self.store, key)?;
+        let existed = before.is_some();
+        let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
         let mine: Vec<&Event> = indexes.iter().map(|&i| events[i].1).collect();
         let (view, verdicts) = rules::fold_key(
-            before.as_ref().map(|r| r.view.clone()),
+            before.map(|r| r.view),
             p.population,
             code.info().stale_policy,
             &mine,
@@ -677,7 +679,6 @@ impl<'a> BatchCtx<'a> {
             ..Default::default()
         };
         let mut failures = Vec::new();
-        let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
         let mut changed = false;
         for (&i, verdict) in indexes.iter().zip(verdicts) {
             let (offset, event) = events[i];
@@ -714,7 +715,7 @@ impl<'a> BatchCtx<'a> {
                 view,
                 updated_ms: latest,
             })),
-            (true, None) => before.is_some().then_some(None),
+            (true, None) => existed.then_some(None),
         };
         Ok(KeyResult {
             key: key.to_string(),

@@ -196,7 +196,6 @@ impl Store {
         Writer {
             batch: sled::Batch::default(),
             db: self.db.clone(),
-            dead_letters: 0,
         }
     }
 
@@ -217,7 +216,6 @@ impl Store {
 pub struct Writer {
     batch: sled::Batch,
     db: sled::Db,
-    dead_letters: usize,
 }
 
 impl Writer {
@@ -252,11 +250,6 @@ impl Writer {
         })?;
         self.batch
             .insert(key(b'd', &[&letter.seq.to_be_bytes()]), bytes);
-        self.dead_letters += 1;
         Ok(())
-    }
-
-    pub fn dead_letters(&self) -> usize {
-        self.dead_letters
     }
 }

@@ -38,6 +38,13 @@ fn owner_view(engine: &projector::engine::Engine) -> projector::engine::ReadView
         .expect("view")
 }
 
+/// Store the owner's view on s1 from a legacy answer at `version`.
+fn snapshot_owner(engine: &projector::engine::Engine, version: u64, convs: &[(&str, i64)]) {
+    engine
+        .snapshot("inbox-unread", "owner:s1", &snapshot_answer(version, convs))
+        .expect("snapshot");
+}
+
 fn snapshot_answer(version: u64, convs: &[(&str, i64)]) -> String {
     let list: Vec<_> = convs
         .iter()
@@ -52,9 +59,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
     let app = open_app(dir.path(), &["inbox-unread"], "");
     let engine = &app.engine;
     // The owner's view exists (a snapshot at version 0, nothing unread).
-    engine
-        .snapshot("inbox-unread", "owner:s1", &snapshot_answer(0, &[]))
-        .expect("snapshot");
+    snapshot_owner(engine, 0, &[]);
 
     // Seed 000, challenge 4: MessageSent (1) failed and went to retry;
     // ConversationRead (2) is applied first; then MessageSent (1) is back.
@@ -93,13 +98,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
     assert_eq!(v.versions.get("inbox"), Some(2));
 
     // The next snapshot (the read path's repair) makes it Valid again.
-    engine
-        .snapshot(
-            "inbox-unread",
-            "owner:s1",
-            &snapshot_answer(3, &[("c2", 1003)]),
-        )
-        .expect("snapshot");
+    snapshot_owner(engine, 3, &[("c2", 1003)]);
     let v = owner_view(engine);
     assert_eq!(v.status, Status::Valid);
     assert_eq!(
@@ -166,13 +165,7 @@ fn a_snapshot_is_not_disturbed_by_older_events_and_follows_newer_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = open_app(dir.path(), &["inbox-unread"], "");
     let engine = &app.engine;
-    engine
-        .snapshot(
-            "inbox-unread",
-            "owner:s1",
-            &snapshot_answer(10, &[("c1", 1005)]),
-        )
-        .expect("snapshot");
+    snapshot_owner(engine, 10, &[("c1", 1005)]);
     let before = owner_view(engine);
 
     // Events at or below the snapshot's version are already in it.
