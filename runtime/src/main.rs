@@ -295,37 +295,62 @@ fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// Listen for SIGINT and SIGTERM, and set `stop` when one arrives. The
+/// handlers are installed before this returns, so a signal sent once the
+/// runtime reports it is running always stops it cleanly.
 fn spawn_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let signals = {
+        let _entered = rt.enter();
+        StopSignals::install()?
+    };
     std::thread::Builder::new()
         .name("projector-signals".into())
         .spawn(move || {
-            rt.block_on(wait_for_stop_signal());
+            rt.block_on(signals.recv());
             eprintln!("stopping after the current batch");
             stop.store(true, Ordering::Relaxed);
         })?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
-async fn wait_for_stop_signal() {
+/// SIGINT and, on Unix, SIGTERM, registered up front.
+struct StopSignals {
     #[cfg(unix)]
-    {
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
-            }
-            Err(e) => tracing::warn!("cannot listen for SIGTERM ({e}); stop with Ctrl-C"),
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> std::io::Result<Self> {
+        Ok(StopSignals {})
+    }
+
+    #[cfg(unix)]
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    #[cfg(not(unix))]
+    async fn recv(self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn print_summary(t: &Totals) {
