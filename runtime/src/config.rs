@@ -106,6 +106,7 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
     pub epoch_deadline_ms: Option<u64>,
+    pub start_deadline_ms: Option<u64>,
     pub max_memory_bytes: Option<usize>,
     pub max_state_bytes: Option<usize>,
     pub max_render_bytes: Option<usize>,
@@ -123,6 +124,9 @@ impl LimitsPatch {
         };
         if let Some(v) = self.epoch_deadline_ms {
             to.epoch_deadline_ms = v;
+        }
+        if let Some(v) = self.start_deadline_ms {
+            to.start_deadline_ms = v;
         }
         set(&mut to.max_memory_bytes, self.max_memory_bytes);
         set(&mut to.max_state_bytes, self.max_state_bytes);
@@ -182,10 +186,13 @@ impl Config {
         for (name, p) in std::iter::once(("limits", &c.limits))
             .chain(c.plugins.iter().map(|(n, p)| (n.as_str(), &p.limits)))
         {
-            if p.epoch_deadline_ms == Some(0) {
-                return Err(bad(format!(
-                    "{name}: epoch_deadline_ms: expected at least 1, got 0"
-                )));
+            for (field, v) in [
+                ("epoch_deadline_ms", p.epoch_deadline_ms),
+                ("start_deadline_ms", p.start_deadline_ms),
+            ] {
+                if v == Some(0) {
+                    return Err(bad(format!("{name}: {field}: expected at least 1, got 0")));
+                }
             }
             if p.max_memory_bytes.is_some_and(|m| m < 1 << 16) {
                 return Err(bad(format!(

@@ -58,6 +58,8 @@ impl Error {
 pub struct Limits {
     /// Guest time per event: a call carrying n events may run n times this.
     pub epoch_deadline_ms: u64,
+    /// Guest time to instantiate a plugin and run its `configure`.
+    pub start_deadline_ms: u64,
     /// Linear memory of one instance.
     pub max_memory_bytes: usize,
     /// Encoded state of one view.
@@ -77,6 +79,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             epoch_deadline_ms: 10,
+            start_deadline_ms: 1000,
             max_memory_bytes: 64 << 20,
             max_state_bytes: 1 << 20,
             max_render_bytes: 4 << 20,

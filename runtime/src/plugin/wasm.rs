@@ -297,7 +297,8 @@ impl<'a> WasmSession<'a> {
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(p.meta.limits.epoch_deadline_ms.max(1) * 10);
+        let deadline_ms = p.meta.limits.start_deadline_ms.max(1);
+        store.set_epoch_deadline(deadline_ms);
         let started = p.pre.instantiate(&mut store).and_then(|instance| {
             let info = instance
                 .projector_plugin_projection()
@@ -310,17 +311,36 @@ impl<'a> WasmSession<'a> {
                 self.live = Some((store, instance));
                 Ok(info)
             }
-            Err(e) => Err(classify(
-                &p.meta.name,
-                e,
-                &mut store,
-                p.meta.limits.epoch_deadline_ms * 10,
-            )),
+            Err(e) => Err(classify(&p.meta.name, e, &mut store, deadline_ms)),
+        }
+    }
+
+    /// Run `attempt` again while it runs out of time, up to
+    /// `timeout_retries` times. Deadlines are wall-clock epochs, so a call
+    /// the OS preempted can run out of time through no fault of its own.
+    /// Calls are pure functions of their arguments, so a retry is safe.
+    fn retrying<R>(
+        &mut self,
+        mut attempt: impl FnMut(&mut Self) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut retries = self.plugin.meta.limits.timeout_retries;
+        loop {
+            match attempt(self) {
+                Err(Error::OutOfTime { deadline_ms, .. }) if retries > 0 => {
+                    retries -= 1;
+                    tracing::warn!(
+                        plugin = self.plugin.meta.name,
+                        deadline_ms,
+                        "call ran out of time; retrying"
+                    );
+                }
+                done => return done,
+            }
         }
     }
 
     fn configure(&mut self) -> Result<Info, Error> {
-        let info = self.start()?;
+        let info = self.retrying(Self::start)?;
         Ok(Info {
             name: info.name,
             version: info.version,
@@ -335,47 +355,33 @@ impl<'a> WasmSession<'a> {
         })
     }
 
-    /// Run `f` in the live store with a deadline for `events` events; on
-    /// failure, drop the store so the next call starts clean. Deadlines are
-    /// wall-clock epochs, so a call the OS preempted can run out of time
-    /// through no fault of its own: out-of-time calls are retried
-    /// (`timeout_retries`) before they fail. Calls are pure functions of
-    /// their arguments, so a retry is safe.
+    /// Run `f` in the live store with a deadline for `events` events,
+    /// retried while it runs out of time; on failure, drop the store so
+    /// the next call starts clean.
     fn call<R>(
         &mut self,
         events: usize,
         mut f: impl FnMut(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
         let deadline_ms = self.plugin.meta.limits.epoch_deadline_ms.max(1) * events.max(1) as u64;
-        let mut retries = self.plugin.meta.limits.timeout_retries;
-        loop {
-            if self.live.is_none() {
-                self.start()?;
+        self.retrying(|session| {
+            if session.live.is_none() {
+                session.start()?;
             }
-            let Some((store, instance)) = self.live.as_mut() else {
+            let Some((store, instance)) = session.live.as_mut() else {
                 unreachable!("start() leaves a live store or fails");
             };
             store.set_epoch_deadline(deadline_ms);
             store.data_mut().calls += 1;
             let e = match f(store, instance) {
                 Ok(r) => return Ok(r),
-                Err(e) => classify(&self.plugin.meta.name, e, store, deadline_ms),
+                Err(e) => classify(&session.plugin.meta.name, e, store, deadline_ms),
             };
-            if let Some((mut store, _)) = self.live.take() {
+            if let Some((mut store, _)) = session.live.take() {
                 drain_stdio(store.data_mut());
             }
-            match e {
-                Error::OutOfTime { .. } if retries > 0 => {
-                    retries -= 1;
-                    tracing::warn!(
-                        plugin = self.plugin.meta.name,
-                        deadline_ms,
-                        "call ran out of time; retrying"
-                    );
-                }
-                e => return Err(e),
-            }
-        }
+            Err(e)
+        })
     }
 }
 
