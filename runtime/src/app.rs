@@ -4,16 +4,49 @@
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::pipeline::{self, Totals};
 use crate::plugin::wasm::WasmHost;
 use crate::plugin::SharedCode;
+use crate::serve::{ServeState, Serving};
+use crate::source::log::EmbeddedLog;
 use crate::store::Store;
 use anyhow::Context;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub struct App {
     pub config: Config,
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     pub host: WasmHost,
+}
+
+/// A runtime at work: the embedded log followed into the engine on its
+/// own thread, and the HTTP API.
+pub struct Running {
+    pub state: Arc<ServeState>,
+    serving: Option<Serving>,
+    pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
+}
+
+impl Running {
+    /// Where the API listens (`None` when it is off).
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.serving.as_ref().map(Serving::addr)
+    }
+
+    /// Wait for the pipeline to end (on `stop`, or idle with
+    /// `exit_when_idle`), then stop the API.
+    pub fn wait(mut self) -> anyhow::Result<Totals> {
+        let totals = self
+            .pipeline
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"));
+        self.state.set_ready(false);
+        if let Some(serving) = self.serving.take() {
+            serving.stop();
+        }
+        totals?
+    }
 }
 
 impl App {
@@ -21,12 +54,12 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir)?;
-        let engine = Engine::new(
+        let engine = Arc::new(Engine::new(
             store,
             config.format,
             config.engine.workers,
             std::time::Duration::from_millis(config.engine.commit_interval_ms),
-        );
+        ));
         let host = WasmHost::new()?;
         let app = App {
             config,
@@ -35,6 +68,52 @@ impl App {
         };
         app.load_plugins()?;
         Ok(app)
+    }
+
+    /// Follow `log` into the engine on a thread until `stop` is set (or,
+    /// with `exit_when_idle`, until caught up), and serve the API on
+    /// `listen` (`None`: the config's `http.listen`; "off": no API).
+    pub fn start(
+        &self,
+        log: Arc<EmbeddedLog>,
+        listen: Option<&str>,
+        stop: Arc<AtomicBool>,
+        exit_when_idle: bool,
+    ) -> anyhow::Result<Running> {
+        let state = Arc::new(ServeState::new(
+            &self.config,
+            self.engine.clone(),
+            Some(log.clone()),
+        )?);
+        let listen = listen.unwrap_or(&self.config.http.listen);
+        let serving = match listen {
+            "off" => None,
+            addr => Some(Serving::start(state.clone(), addr)?),
+        };
+        let engine = self.engine.clone();
+        let batch_size = self.config.engine.batch_size;
+        let ready = state.clone();
+        let pipeline = std::thread::Builder::new()
+            .name("projector-pipeline".into())
+            .spawn(move || {
+                let mut last_report = std::time::Instant::now();
+                ready.set_ready(true);
+                pipeline::run_log(&engine, &log, batch_size, &stop, exit_when_idle, |p| {
+                    if last_report.elapsed().as_secs() >= 5 {
+                        last_report = std::time::Instant::now();
+                        tracing::info!(
+                            events = p.totals.records,
+                            applied = p.totals.counters.applied,
+                            "progress"
+                        );
+                    }
+                })
+            })?;
+        Ok(Running {
+            state,
+            serving,
+            pipeline,
+        })
     }
 
     fn load_plugins(&self) -> anyhow::Result<()> {

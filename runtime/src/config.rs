@@ -22,14 +22,33 @@
 //! epoch_deadline_ms = 10
 //! max_memory_bytes = 67108864
 //!
+//! [http]
+//! listen = "127.0.0.1:8080"    # the read API; "off" to run without it
+//! consistency_timeout_ms = 2000 # longest a token read waits by default
+//! mismatches_kept = 100        # recent mismatches kept per plugin
+//! user_header = "x-user-id"    # the request's user, for rollout rules
+//! groups_header = "x-groups"   # the request's groups (comma-separated)
+//!
 //! [plugins.inbox-unread]
 //! population = "eager"         # override the plugin's own choice
 //! settings = { max_unread = 1000 }
 //! limits = { epoch_deadline_ms = 20 }
+//!
+//! [plugins.inbox-unread.source] # the source of truth (see serve::source)
+//! url = "http://legacy/unread?user={user}&site={site}"
+//! key = "{user}:{site}"
+//!
+//! [plugins.inbox-unread.rollout] # read modes per request (see serve::rollout)
+//! default = "source"
+//! keep_comparing_percent = 5
+//! rules = [{ users = ["u1"], mode = "projection" },
+//!          { percent = 20, mode = "compare-return-source" }]
 //! ```
 
 use crate::envelope::Format;
 use crate::plugin::Limits;
+use crate::serve::rollout::Rollout;
+use crate::serve::source::{Source, SourceConfig};
 use projector_guest::Population;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -58,7 +77,36 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsPatch,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the read API, or "off".
+    pub listen: String,
+    /// How long a read carrying a position token waits by default.
+    pub consistency_timeout_ms: u64,
+    /// Recent mismatches kept per plugin for `/v1/admin/mismatches`.
+    pub mismatches_kept: usize,
+    /// Request header naming the user (rollout rules).
+    pub user_header: String,
+    /// Request header listing the user's groups, comma-separated.
+    pub groups_header: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            consistency_timeout_ms: 2000,
+            mismatches_kept: 100,
+            user_header: "x-user-id".into(),
+            groups_header: "x-groups".into(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -148,6 +196,10 @@ pub struct PluginConfig {
     pub settings: Option<toml::Table>,
     #[serde(default)]
     pub limits: LimitsPatch,
+    /// The source of truth reads fall back to.
+    pub source: Option<SourceConfig>,
+    /// The read modes per request; changeable at runtime.
+    pub rollout: Option<Rollout>,
 }
 
 impl Default for Config {
@@ -199,6 +251,22 @@ impl Config {
                     "{name}: max_memory_bytes: expected at least 65536 (one Wasm page)"
                 )));
             }
+        }
+        for (name, p) in &c.plugins {
+            if let Some(source) = &p.source {
+                Source::new(source).map_err(|e| bad(format!("plugins.{name}.source.{e}")))?;
+            }
+            if let Some(rollout) = &p.rollout {
+                rollout
+                    .validate()
+                    .map_err(|e| bad(format!("plugins.{name}.rollout.{e}")))?;
+            }
+        }
+        if c.http.listen != "off" && c.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(format!(
+                "http.listen: expected an address like 127.0.0.1:8080, or \"off\"; got {:?}",
+                c.http.listen
+            )));
         }
         c.data_dir = base.join(&c.data_dir);
         c.plugins_dir = base.join(&c.plugins_dir);

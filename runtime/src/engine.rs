@@ -154,6 +154,11 @@ pub struct Engine {
     /// Serializes read-modify-write of views (batches and snapshots) and
     /// holds what is not committed yet.
     write: Mutex<Pending>,
+    /// Next offset per (namespace, source, partition) applied in memory,
+    /// for readers: kept apart from `write` so reads never wait on a batch.
+    applied: RwLock<HashMap<(String, String, u32), u64>>,
+    /// Counts batches; changes after each one (read-your-writes waits on it).
+    progress: tokio::sync::watch::Sender<u64>,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -189,6 +194,8 @@ impl Engine {
             commit_interval,
             projections: RwLock::new(Vec::new()),
             write: Mutex::new(Pending::default()),
+            applied: RwLock::new(HashMap::new()),
+            progress: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -280,6 +287,27 @@ impl Engine {
         Ok(min)
     }
 
+    /// The next offset `plugin` will apply from (source, partition):
+    /// every record before it is in its views (committed or not).
+    pub fn applied(&self, plugin: &str, source: &str, partition: u32) -> Result<u64> {
+        let p = self.projection(plugin)?;
+        let k = (p.ns.clone(), source.to_string(), partition);
+        if let Some(o) = self
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&k)
+        {
+            return Ok(*o);
+        }
+        Ok(self.store.offset(&p.ns, source, partition)?.unwrap_or(0))
+    }
+
+    /// A receiver that sees a change after every processed batch.
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
     /// Process one batch of records of one partition, in offset order.
     pub fn process(
         &self,
@@ -365,6 +393,16 @@ impl Engine {
         if since.elapsed() >= self.commit_interval {
             self.commit_locked(pending)?;
         }
+        {
+            let mut applied = self.applied.write().unwrap_or_else(|e| e.into_inner());
+            for p in self.projections() {
+                let k = (p.ns.clone(), source.to_string(), partition);
+                if let Some(o) = pending.offsets.get(&k) {
+                    applied.insert(k, *o);
+                }
+            }
+        }
+        self.progress.send_modify(|n| *n += 1);
         Ok(summary)
     }
 

@@ -19,6 +19,8 @@
 //!   letters);
 //! - [`pipeline`]: sources driven into the engine, resumable;
 //! - [`config`]: the TOML configuration;
+//! - [`serve`]: the HTTP read API (read modes, rollout, lazy population,
+//!   comparison, tokens, metrics);
 //! - [`app`]: assembling a runtime from a config (used by the CLI).
 //!
 //! The version rules themselves live in `projector_guest::rules`, shared
@@ -30,5 +32,6 @@ pub mod engine;
 pub mod envelope;
 pub mod pipeline;
 pub mod plugin;
+pub mod serve;
 pub mod source;
 pub mod store;

@@ -40,6 +40,9 @@ enum Command {
         /// Stop once every partition is caught up, instead of following the log.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Address of the read API (overrides `http.listen`; "off" for none).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Replay an NDJSON events file (or `-` for stdin) into the views; resumes where it stopped.
     Replay { file: PathBuf },
@@ -108,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run {
             ingest,
             exit_when_idle,
+            listen,
         } => {
             let app = App::open(config)?;
             let log = EmbeddedLog::open(
@@ -132,24 +136,12 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 log.partitions(),
                 names.join(", ")
             );
-            let mut last_report = std::time::Instant::now();
-            let totals = pipeline::run_log(
-                &app.engine,
-                &log,
-                app.config.engine.batch_size,
-                &stop,
-                exit_when_idle,
-                |p| {
-                    if last_report.elapsed().as_secs() >= 5 {
-                        last_report = std::time::Instant::now();
-                        tracing::info!(
-                            events = p.totals.records,
-                            applied = p.totals.counters.applied,
-                            "progress"
-                        );
-                    }
-                },
-            )?;
+            let log = Arc::new(log);
+            let running = app.start(log, listen.as_deref(), stop, exit_when_idle)?;
+            if let Some(addr) = running.addr() {
+                eprintln!("read API on http://{addr} (see /openapi.json)");
+            }
+            let totals = running.wait()?;
             app.engine.store().flush()?;
             print_summary(&totals);
         }

@@ -191,6 +191,25 @@ impl Store {
         })
     }
 
+    /// An operator setting stored by name (e.g. a rollout set at runtime).
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .state
+            .get(key(b's', &[name.as_bytes()]))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Store an operator setting durably (`None` removes it).
+    pub fn set_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        let k = key(b's', &[name.as_bytes()]);
+        match value {
+            Some(v) => self.state.insert(k, v)?,
+            None => self.state.remove(k)?,
+        };
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// A new batch of changes.
     pub fn writer(&self) -> Writer {
         Writer {

@@ -1,0 +1,86 @@
+//! Position tokens for read-your-writes (seed 004).
+//!
+//! A token names, per partition of a source, the offset of the last
+//! record a writer produced: `log@0:15,3:44`. A read that carries it waits
+//! until the plugin has applied those records. Ingest returns one; a
+//! Kafka producer can build one from the offsets its sends reported.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub source: String,
+    /// Partition → offset of the last record written there.
+    pub offsets: BTreeMap<u32, u64>,
+}
+
+impl Token {
+    pub fn parse(text: &str) -> Result<Token, String> {
+        let bad = |why: &str| {
+            format!("bad token {text:?}: {why}; expected <source>@<partition>:<offset>[,...]")
+        };
+        let (source, list) = text.split_once('@').ok_or_else(|| bad("no `@`"))?;
+        if source.is_empty() {
+            return Err(bad("empty source"));
+        }
+        let mut offsets = BTreeMap::new();
+        for item in list.split(',') {
+            let (p, o) = item
+                .split_once(':')
+                .ok_or_else(|| bad(&format!("{item:?} has no `:`")))?;
+            let p: u32 = p
+                .parse()
+                .map_err(|_| bad(&format!("partition {p:?} is not a number")))?;
+            let o: u64 = o
+                .parse()
+                .map_err(|_| bad(&format!("offset {o:?} is not a number")))?;
+            let slot = offsets.entry(p).or_insert(o);
+            *slot = (*slot).max(o);
+        }
+        Ok(Token {
+            source: source.to_string(),
+            offsets,
+        })
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@", self.source)?;
+        for (i, (p, o)) in self.offsets.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{p}:{o}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_keep_the_highest_offset() {
+        let t = Token::parse("log@3:44,0:15,3:40").expect("valid");
+        assert_eq!(t.to_string(), "log@0:15,3:44");
+        assert_eq!(Token::parse(&t.to_string()), Ok(t));
+    }
+
+    #[test]
+    fn bad_tokens_say_why() {
+        for (text, why) in [
+            ("log", "no `@`"),
+            ("@0:1", "empty source"),
+            ("log@0", "has no `:`"),
+            ("log@x:1", "partition \"x\""),
+            ("log@0:-1", "offset \"-1\""),
+            ("log@", "has no `:`"),
+        ] {
+            let e = Token::parse(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+}
