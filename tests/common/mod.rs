@@ -296,3 +296,133 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector::engine::Recor
         })
         .collect()
 }
+
+pub mod legacy;
+
+/// A runtime following its embedded log and serving the read API on
+/// `127.0.0.1:0`, for the HTTP tests. Stops on drop.
+pub struct Served {
+    pub app: projector::app::App,
+    pub base: String,
+    pub client: reqwest::blocking::Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    running: Option<projector::app::Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// The named plugins with `extra` TOML appended to the config.
+    pub fn start(plugins: &[&str], extra: &str) -> Served {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = open_app(
+            dir.path(),
+            plugins,
+            &format!("[engine]\ncommit_interval_ms = 100\n{extra}"),
+        );
+        let log = projector::source::log::EmbeddedLog::open(
+            app.engine.store(),
+            app.config.log.partitions,
+            app.config.format,
+        )
+        .expect("embedded log");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let running = app
+            .start(
+                std::sync::Arc::new(log),
+                Some("127.0.0.1:0"),
+                stop.clone(),
+                false,
+            )
+            .expect("runtime starts");
+        let base = format!("http://{}", running.addr().expect("listening"));
+        Served {
+            app,
+            base,
+            client: reqwest::blocking::Client::new(),
+            stop,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    fn answer(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::answer(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .expect("GET"),
+        )
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .and_then(|r| r.text())
+            .expect("GET text")
+    }
+
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        Self::answer(
+            self.client
+                .request(method, format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .expect("request"),
+        )
+    }
+
+    /// Ingest events (NDJSON); the position token.
+    pub fn ingest(&self, events: &[String]) -> String {
+        let (status, body) = self.send(reqwest::Method::POST, "/v1/events", &events.join("\n"));
+        assert_eq!(status, 200, "ingest: {body}");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// Set a plugin's rollout.
+    pub fn rollout(&self, plugin: &str, rollout: serde_json::Value) {
+        let (status, body) = self.send(
+            reqwest::Method::PUT,
+            &format!("/v1/admin/rollout/{plugin}"),
+            &rollout.to_string(),
+        );
+        assert_eq!(status, 200, "rollout: {body}");
+    }
+
+    /// A sample of a metric from `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self.get_text("/metrics");
+        let prefix = if labels.is_empty() {
+            format!("{name} ")
+        } else {
+            format!("{name}{{{labels}}} ")
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim().parse().expect("metric value"))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(running) = self.running.take() {
+            if let Err(e) = running.wait() {
+                eprintln!("runtime stopped with an error: {e:#}");
+            }
+        }
+    }
+}

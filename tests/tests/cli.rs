@@ -22,7 +22,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const CONFIG: &str = "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[plugins.inbox-unread]\npopulation = \"eager\"\n";
+const CONFIG: &str = "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[http]\nlisten = \"127.0.0.1:0\"\n[plugins.inbox-unread]\npopulation = \"eager\"\n";
 
 #[test]
 fn run_on_the_embedded_log_then_read_views() {
@@ -150,6 +150,26 @@ fn config_errors_name_the_file_and_the_key() {
             "[plugins.x]\npopulation = \"sometimes\"\n",
             "unknown variant `sometimes`, expected `lazy` or `eager`",
         ),
+        (
+            "bad-listen.toml",
+            "[http]\nlisten = \"everywhere\"\n",
+            "http.listen: expected an address like 127.0.0.1:8080",
+        ),
+        (
+            "bad-source.toml",
+            "[plugins.x.source]\nurl = \"http://legacy/{team}\"\nkey = \"{user}:{site}\"\n",
+            "plugins.x.source.url: field {team} is neither {key} nor a field of the key pattern",
+        ),
+        (
+            "bad-rollout.toml",
+            "[plugins.x.rollout]\nrules = [{ percent = 101, mode = \"projection\" }]\n",
+            "plugins.x.rollout.rules[0].percent: expected 0 to 100, got 101",
+        ),
+        (
+            "bad-mode.toml",
+            "[plugins.x.rollout]\ndefault = \"mysql\"\n",
+            "unknown variant `mysql`",
+        ),
     ];
     for (file, text, expected) in cases {
         std::fs::write(dir.path().join(file), text).expect("write");
@@ -215,15 +235,18 @@ fn sigterm_stops_run_after_its_batch_and_a_restart_finishes_the_log() {
         .expect("spawn");
     let err = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(err).lines();
-    // Readiness: the runtime says it is following the log.
+    // Readiness: the runtime says where its read API listens.
+    let mut addr = String::new();
     for line in lines.by_ref() {
-        if line
-            .expect("stderr line")
-            .contains("running on the embedded log")
-        {
+        let line = line.expect("stderr line");
+        if let Some(rest) = line.split("read API on http://").nth(1) {
+            addr = rest.split_whitespace().next().expect("address").to_string();
             break;
         }
     }
+    assert!(!addr.is_empty(), "run reports its read API");
+    let ready = reqwest::blocking::get(format!("http://{addr}/readyz")).expect("GET /readyz");
+    assert_eq!(ready.status().as_u16(), 200);
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

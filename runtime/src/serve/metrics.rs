@@ -99,10 +99,9 @@ impl Metrics {
     pub fn new(engine: Arc<Engine>, log: Option<Arc<EmbeddedLog>>) -> Self {
         let mut registry = Registry::default();
         let reads = Family::<ReadLabels, Counter>::default();
-        let read_seconds =
-            Family::<ModeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
+        let read_seconds = Family::<ModeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let lookups = Family::<ResultLabels, Counter>::default();
         let fallbacks = Family::<ReasonLabels, Counter>::default();
         let snapshots = Family::<PluginLabel, Counter>::default();

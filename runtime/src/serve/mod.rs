@@ -401,8 +401,14 @@ struct ReadParams {
 
 /// What the projection had for a key.
 enum Lookup {
-    Hit { view: ReadView, answer: Value },
-    Miss { reason: &'static str, view: Option<ReadView> },
+    Hit {
+        view: ReadView,
+        answer: Value,
+    },
+    Miss {
+        reason: &'static str,
+        view: Option<ReadView>,
+    },
 }
 
 fn status_name(status: &Status) -> &'static str {
@@ -717,7 +723,11 @@ async fn read_view(
     let token = params
         .token
         .as_deref()
-        .or_else(|| headers.get("x-projector-token").and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            headers
+                .get("x-projector-token")
+                .and_then(|v| v.to_str().ok())
+        })
         .map(Token::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("bad_token", e))?;
@@ -725,7 +735,10 @@ async fn read_view(
         if t.source != source {
             return Err(ApiError::bad_request(
                 "bad_token",
-                format!("token is for source {:?}; views here follow {source:?}", t.source),
+                format!(
+                    "token is for source {:?}; views here follow {source:?}",
+                    t.source
+                ),
             ));
         }
         if let Some(p) = t.offsets.keys().find(|p| **p as usize >= ends.len()) {
@@ -749,7 +762,12 @@ async fn read_view(
             let groups: Vec<&str> = headers
                 .get(s.http.groups_header.as_str())
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(',').map(str::trim).filter(|g| !g.is_empty()).collect())
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default();
             let request = rollout::Request {
                 user: request_user(&headers, &s.http, own, &key),
@@ -867,11 +885,20 @@ async fn ingest(State(s): State<Arc<ServeState>>, body: Bytes) -> ApiResult<Json
     let count = events.len();
     let appended = tokio::task::spawn_blocking(move || log.append(&events))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", e.to_string()))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "runtime_error",
+                e.to_string(),
+            )
+        })?;
     let positions = appended.map_err(|e| match e {
         crate::source::log::Error::Decode { index, error } => ApiError::bad_request(
             "bad_event",
-            format!("event {} (of {count}): {error}; nothing was appended", index + 1),
+            format!(
+                "event {} (of {count}): {error}; nothing was appended",
+                index + 1
+            ),
         ),
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -893,7 +920,11 @@ async fn ingest(State(s): State<Arc<ServeState>>, body: Bytes) -> ApiResult<Json
 }
 
 fn rollout_json(plugin: &str, own: &PluginServe) -> Value {
-    let rollout = own.rollout.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let rollout = own
+        .rollout
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let from = if own.overridden.load(Ordering::Relaxed) {
         "runtime"
     } else {
@@ -920,14 +951,20 @@ async fn put_rollout(
     rollout
         .validate()
         .map_err(|e| ApiError::bad_request("bad_rollout", e))?;
-    if own.source.is_none() && (rollout.default.needs_source() || rollout.rules.iter().any(|r| r.mode.needs_source())) {
+    if own.source.is_none()
+        && (rollout.default.needs_source() || rollout.rules.iter().any(|r| r.mode.needs_source()))
+    {
         return Err(ApiError::bad_request(
             "bad_rollout",
             format!("plugin {plugin:?} has no source of truth; every mode must be projection"),
         ));
     }
     let bytes = serde_json::to_vec(&rollout).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", e.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "runtime_error",
+            e.to_string(),
+        )
     })?;
     s.engine
         .store()
@@ -979,7 +1016,9 @@ async fn mismatches(
                    "differences": differences_json(&m.differences)})
         })
         .collect();
-    Ok(Json(json!({"plugin": plugin, "kept": recent.len(), "mismatches": list})))
+    Ok(Json(
+        json!({"plugin": plugin, "kept": recent.len(), "mismatches": list}),
+    ))
 }
 
 /// The API listening on its own runtime threads until stopped.
@@ -1037,7 +1076,8 @@ impl Serving {
         }
         if let Some(rt) = self.runtime.take() {
             if let Some(task) = self.task.take() {
-                let drained = rt.block_on(tokio::time::timeout(Duration::from_secs(5), task));
+                let drained =
+                    rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
                 if drained.is_err() {
                     tracing::warn!("requests still in flight after 5 s; stopping anyway");
                 }

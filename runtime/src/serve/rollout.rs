@@ -47,7 +47,10 @@ impl Mode {
             .find(|m| m.as_str() == text)
             .ok_or_else(|| {
                 let names: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-                format!("unknown mode {text:?}: expected one of {}", names.join(", "))
+                format!(
+                    "unknown mode {text:?}: expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 
@@ -179,7 +182,10 @@ impl Rule {
             return self.users.iter().any(|u| u == request.user);
         }
         if !self.groups.is_empty() {
-            return request.groups.iter().any(|g| self.groups.iter().any(|r| r == g));
+            return request
+                .groups
+                .iter()
+                .any(|g| self.groups.iter().any(|r| r == g));
         }
         let attribute = match self.by {
             Attribute::User => request.user,
@@ -260,7 +266,10 @@ mod tests {
                 let again = rollout.choose(req(u, &[]), 0.9);
                 assert_eq!(first, again, "{u} moved between two reads at {p}%");
                 let now = first == Mode::CompareReturnSource;
-                assert!(now || !before[i], "{u} left the rollout when it grew to {p}%");
+                assert!(
+                    now || !before[i],
+                    "{u} left the rollout when it grew to {p}%"
+                );
                 before[i] = now;
             }
         }
@@ -289,7 +298,10 @@ mod tests {
             ],
             keep_comparing_percent: 0.0,
         };
-        assert_eq!(rollout.choose(req("alice", &["beta"]), 0.0), Mode::Projection);
+        assert_eq!(
+            rollout.choose(req("alice", &["beta"]), 0.0),
+            Mode::Projection
+        );
         assert_eq!(
             rollout.choose(req("bob", &["staff", "beta"]), 0.0),
             Mode::CompareReturnProjection
@@ -316,16 +328,19 @@ mod tests {
     fn bad_rules_are_named() {
         let mut r = percent(150.0, Mode::Projection);
         assert_eq!(
-            r.validate().unwrap_err(),
+            r.validate().expect_err("rejected"),
             "rules[0].percent: expected 0 to 100, got 150"
         );
         r.rules[0].percent = None;
-        assert!(r.validate().unwrap_err().contains("exactly one"));
+        assert!(r.validate().expect_err("rejected").contains("exactly one"));
         r.rules[0].users = vec!["a".into()];
         r.rules[0].groups = vec!["g".into()];
-        assert!(r.validate().unwrap_err().contains("got 2"));
+        assert!(r.validate().expect_err("rejected").contains("got 2"));
         r.rules[0].groups.clear();
         r.keep_comparing_percent = -1.0;
-        assert!(r.validate().unwrap_err().starts_with("keep_comparing_percent"));
+        assert!(r
+            .validate()
+            .expect_err("rejected")
+            .starts_with("keep_comparing_percent"));
     }
 }

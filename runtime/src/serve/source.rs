@@ -167,7 +167,10 @@ impl Source {
         let url = parse_template(&config.url).map_err(|e| format!("url: {e}"))?;
         let key = KeyPattern::parse(&config.key).map_err(|e| format!("key: {e}"))?;
         if !config.url.starts_with("http://") && !config.url.starts_with("https://") {
-            return Err(format!("url: expected http:// or https://, got {:?}", config.url));
+            return Err(format!(
+                "url: expected http:// or https://, got {:?}",
+                config.url
+            ));
         }
         for part in &url {
             if let Part::Field(f) = part {
@@ -295,8 +298,11 @@ mod tests {
 
     #[test]
     fn keys_fill_the_url_encoded() {
-        let s = source("http://legacy/unread?user={user}&site={site}", "{user}:{site}")
-            .expect("valid");
+        let s = source(
+            "http://legacy/unread?user={user}&site={site}",
+            "{user}:{site}",
+        )
+        .expect("valid");
         assert_eq!(
             s.url("u 1:s/2").expect("fits"),
             "http://legacy/unread?user=u%201&site=s%2F2"
@@ -311,10 +317,14 @@ mod tests {
         assert!(matches!(s.url("nosep"), Err(SourceError::BadKey(_))));
         assert!(matches!(s.url(":s"), Err(SourceError::BadKey(_))));
         assert!(source("http://x/{team}", "{user}:{site}")
-            .unwrap_err()
+            .expect_err("rejected")
             .contains("{team}"));
-        assert!(source("ftp://x/{key}", "{key}").unwrap_err().contains("http://"));
-        assert!(source("http://x/{key", "{key}").unwrap_err().contains("unclosed"));
+        assert!(source("ftp://x/{key}", "{key}")
+            .expect_err("rejected")
+            .contains("http://"));
+        assert!(source("http://x/{key", "{key}")
+            .expect_err("rejected")
+            .contains("unclosed"));
         assert!(KeyPattern::parse("{a}{b}").is_err());
     }
 }

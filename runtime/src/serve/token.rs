@@ -79,7 +79,7 @@ mod tests {
             ("log@0:-1", "offset \"-1\""),
             ("log@", "has no `:`"),
         ] {
-            let e = Token::parse(text).unwrap_err();
+            let e = Token::parse(text).expect_err("rejected");
             assert!(e.contains(why), "{text}: {e}");
         }
     }
