@@ -37,16 +37,16 @@ fn history(legacy: &Legacy, users: usize, round: usize) -> Vec<String> {
         let friend = format!("u{}", (u + 1) % users);
         let conv = format!("c{u}-{}", round % 3);
         events.push(legacy.send(&site, &conv, &friend, &[&user, &friend]));
-        if (u + round) % 3 == 0 {
+        if (u + round).is_multiple_of(3) {
             events.push(legacy.read(&conv, &user));
         }
-        if (u + round) % 5 == 0 {
+        if (u + round).is_multiple_of(5) {
             events.push(legacy.send(&site, &conv, &user, &[&user, &friend]));
         }
-        if (u + round) % 7 == 0 {
+        if (u + round).is_multiple_of(7) {
             events.push(legacy.archive(&conv, true));
         }
-        if (u + round) % 11 == 0 {
+        if (u + round).is_multiple_of(11) {
             events.push(legacy.archive(&conv, false));
         }
     }
