@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# Benchmarks: inbox projection over ~1M events, Wasm against native, in one
-# run. BENCH_EVENTS=N changes the stream length.
+# Benchmarks, each printing ratios measured in one run:
+#   inbox  projection throughput over ~1M events, Wasm against native
+#          (BENCH_EVENTS=N changes the stream length);
+#   read   the legacy SQL query against the projection read, and HTTP read
+#          latency under a fixed request rate (BENCH_CONVERSATIONS, BENCH_RPS,
+#          BENCH_SECONDS).
+# Usage: ./scripts/bench.sh [inbox|read]   (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
-cargo bench -p projector-tests --bench inbox
+case "${1:-all}" in
+  inbox) cargo bench -p projector-tests --bench inbox ;;
+  read) cargo bench -p projector-tests --bench read ;;
+  all)
+    cargo bench -p projector-tests --bench inbox
+    cargo bench -p projector-tests --bench read
+    ;;
+  *) echo "usage: $0 [inbox|read]" >&2; exit 2 ;;
+esac

@@ -133,6 +133,9 @@ pub struct Info {
     pub version: String,
     pub population: Population,
     pub stale_policy: StalePolicy,
+    /// Whether `render` reads its `now_ms`: when false the host keeps a
+    /// rendered answer until the view changes.
+    pub render_uses_time: bool,
 }
 
 /// What one event did to a key's state.

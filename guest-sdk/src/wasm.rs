@@ -87,6 +87,7 @@ impl<P: Projection> projection::Guest for Adapter<P> {
                 StalePolicy::Invalidate => wit::StalePolicy::Invalidate,
                 StalePolicy::Ignore => wit::StalePolicy::Ignore,
             },
+            render_uses_time: info.render_uses_time,
         })
     }
 

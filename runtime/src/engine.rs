@@ -21,6 +21,7 @@ use crate::plugin::{self, Session, SharedCode};
 use crate::store::{Counters, DeadLetter, Store, ViewRecord, Writer};
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
+use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -66,7 +67,22 @@ pub struct Projection {
     views: RwLock<HashMap<String, Option<ViewRecord>>>,
     /// Keys changed since the last commit.
     dirty: Mutex<HashSet<String>>,
+    /// Rendered answers, when the plugin's render ignores the read time.
+    rendered: RwLock<RenderCache>,
 }
+
+/// Rendered answers by key, each with the state it was rendered from: an
+/// entry serves a read only while the view still holds that state, so a
+/// view change (or a render racing one) can never serve a stale answer.
+#[derive(Default)]
+struct RenderCache {
+    entries: HashMap<String, (Vec<u8>, Arc<RawValue>)>,
+    bytes: usize,
+}
+
+/// Bytes of rendered answers (and their states) kept per projection; the
+/// cache starts over when full.
+const RENDER_CACHE_BYTES: usize = 256 << 20;
 
 /// Views kept in memory per projection between commits, at most.
 const VIEW_CACHE_ENTRIES: usize = 200_000;
@@ -95,6 +111,61 @@ impl Projection {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.to_string());
+    }
+
+    /// The plugin's answer for `state`, from the render cache when the
+    /// plugin allows it. The answer is checked (size, JSON) before use.
+    fn render(&self, key: &str, state: &[u8], now_ms: i64) -> Result<Arc<RawValue>> {
+        let cacheable = !self.code.info().render_uses_time;
+        if cacheable {
+            let cache = self.rendered.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((from, answer)) = cache.entries.get(key) {
+                if from.as_slice() == state {
+                    return Ok(answer.clone());
+                }
+            }
+        }
+        let plugin = self.code.name();
+        let text = self
+            .code
+            .session()
+            .render(key, state, now_ms)?
+            .map_err(|e| Error::Guest {
+                plugin: plugin.into(),
+                message: format!("render: {e}"),
+            })?;
+        let limit = self.code.limits().max_render_bytes;
+        if text.len() > limit {
+            return Err(plugin::Error::BadOutput {
+                plugin: plugin.into(),
+                message: format!(
+                    "render gave {} bytes, over the {limit}-byte limit",
+                    text.len()
+                ),
+            }
+            .into());
+        }
+        let answer: Arc<RawValue> = RawValue::from_string(text)
+            .map_err(|e| plugin::Error::BadOutput {
+                plugin: plugin.into(),
+                message: format!("render gave invalid JSON: {e}"),
+            })?
+            .into();
+        if cacheable {
+            let mut cache = self.rendered.write().unwrap_or_else(|p| p.into_inner());
+            let size = key.len() + state.len() + answer.get().len();
+            if cache.bytes + size > RENDER_CACHE_BYTES {
+                *cache = RenderCache::default();
+            }
+            cache.bytes += size;
+            if let Some((old, a)) = cache
+                .entries
+                .insert(key.to_string(), (state.to_vec(), answer.clone()))
+            {
+                cache.bytes -= key.len() + old.len() + a.get().len();
+            }
+        }
+        Ok(answer)
     }
 
     pub fn name(&self) -> &str {
@@ -132,13 +203,31 @@ impl BatchSummary {
 }
 
 /// A view as a reader gets it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ReadView {
     pub status: Status,
     pub versions: Versions,
     pub updated_ms: i64,
-    /// The plugin's rendered answer; `None` unless Valid.
-    pub body: Option<serde_json::Value>,
+    /// The plugin's rendered answer (checked JSON); `None` unless Valid.
+    pub body: Option<Arc<RawValue>>,
+}
+
+impl PartialEq for ReadView {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status
+            && self.versions == other.versions
+            && self.updated_ms == other.updated_ms
+            && self.body.as_ref().map(|b| b.get()) == other.body.as_ref().map(|b| b.get())
+    }
+}
+
+impl ReadView {
+    /// The rendered answer as a JSON value.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        self.body
+            .as_ref()
+            .and_then(|b| serde_json::from_str(b.get()).ok())
+    }
 }
 
 /// Namespace that tracks which records were already decoded (so a decode
@@ -258,6 +347,7 @@ impl Engine {
             counters: Mutex::new(counters),
             views: RwLock::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
+            rendered: RwLock::new(RenderCache::default()),
         }));
         Ok(())
     }
@@ -413,33 +503,7 @@ impl Engine {
             return Ok(None);
         };
         let body = match (&record.view.status, &record.view.state) {
-            (Status::Valid, Some(state)) => {
-                let text =
-                    p.code
-                        .session()
-                        .render(key, state, now_ms)?
-                        .map_err(|e| Error::Guest {
-                            plugin: plugin.into(),
-                            message: format!("render: {e}"),
-                        })?;
-                let limit = p.code.limits().max_render_bytes;
-                if text.len() > limit {
-                    return Err(plugin::Error::BadOutput {
-                        plugin: plugin.into(),
-                        message: format!(
-                            "render gave {} bytes, over the {limit}-byte limit",
-                            text.len()
-                        ),
-                    }
-                    .into());
-                }
-                Some(
-                    serde_json::from_str(&text).map_err(|e| plugin::Error::BadOutput {
-                        plugin: plugin.into(),
-                        message: format!("render gave invalid JSON: {e}"),
-                    })?,
-                )
-            }
+            (Status::Valid, Some(state)) => Some(p.render(key, state, now_ms)?),
             _ => None,
         };
         Ok(Some(ReadView {

@@ -183,7 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         .collect();
                     let out = serde_json::json!({
                         "plugin": plugin, "key": key, "status": format!("{:?}", v.status).to_lowercase(),
-                        "versions": versions, "updated_ms": v.updated_ms, "view": v.body,
+                        "versions": versions, "updated_ms": v.updated_ms, "view": v.json(),
                     });
                     writeln!(
                         std::io::stdout().lock(),

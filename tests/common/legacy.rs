@@ -68,6 +68,87 @@ impl Model {
         out.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
         out
     }
+
+    fn event(&mut self, ty: &str, payload: Value) -> String {
+        self.seq += 1;
+        let seq = self.seq;
+        json!({
+            "id": format!("e{seq}"), "type": ty, "source": "inbox",
+            "key": payload["site_id"], "version": seq,
+            "time": 1_767_225_600_000i64 + seq as i64 * 1000, "payload": payload,
+        })
+        .to_string()
+    }
+
+    /// `sender` writes in `conv` (created on `site` with `participants` if
+    /// new). Returns the event.
+    pub fn send(&mut self, site: &str, conv: &str, sender: &str, participants: &[&str]) -> String {
+        let m = self;
+        let at = 1_767_225_600_000i64 + (m.seq as i64 + 1) * 1000;
+        let c = m
+            .conversations
+            .entry(conv.to_string())
+            .or_insert_with(|| Conversation {
+                site: site.to_string(),
+                ..Default::default()
+            });
+        c.archived = false;
+        c.messages.push((sender.to_string(), at));
+        let everyone: BTreeSet<&str> = participants
+            .iter()
+            .copied()
+            .chain(std::iter::once(sender))
+            .collect();
+        for p in &everyone {
+            m.participants
+                .entry((conv.to_string(), p.to_string()))
+                .or_insert(i64::MIN);
+        }
+        m.participants
+            .insert((conv.to_string(), sender.to_string()), at);
+        let participants: Vec<&str> = everyone.into_iter().collect();
+        m.event(
+            "MessageSent",
+            json!({"site_id": site, "conversation_id": conv, "sender_id": sender,
+                   "participants": participants}),
+        )
+    }
+
+    /// `user` reads `conv`. Returns the event.
+    pub fn read(&mut self, conv: &str, user: &str) -> String {
+        let m = self;
+        let at = 1_767_225_600_000i64 + (m.seq as i64 + 1) * 1000;
+        let site = m.conversations[conv].site.clone();
+        m.participants
+            .insert((conv.to_string(), user.to_string()), at);
+        m.event(
+            "ConversationRead",
+            json!({"site_id": site, "conversation_id": conv, "user_id": user}),
+        )
+    }
+
+    /// `conv` is archived (or unarchived) for everyone. Returns the event.
+    pub fn archive(&mut self, conv: &str, archived: bool) -> String {
+        let m = self;
+        let c = m.conversations.get_mut(conv).expect("conversation");
+        c.archived = archived;
+        let site = c.site.clone();
+        let participants: Vec<String> = m
+            .participants
+            .keys()
+            .filter(|(c, _)| c == conv)
+            .map(|(_, u)| u.clone())
+            .collect();
+        let ty = if archived {
+            "ConversationArchived"
+        } else {
+            "ConversationUnarchived"
+        };
+        m.event(
+            ty,
+            json!({"site_id": site, "conversation_id": conv, "participants": participants}),
+        )
+    }
 }
 
 /// The running service.
@@ -159,87 +240,19 @@ impl Legacy {
         self.model.lock().expect("model").unread(user, site)
     }
 
-    fn event(model: &mut Model, ty: &str, payload: Value) -> String {
-        model.seq += 1;
-        let seq = model.seq;
-        json!({
-            "id": format!("e{seq}"), "type": ty, "source": "inbox",
-            "key": payload["site_id"], "version": seq,
-            "time": 1_767_225_600_000i64 + seq as i64 * 1000, "payload": payload,
-        })
-        .to_string()
-    }
-
-    /// `sender` writes in `conv` (created on `site` with `participants` if
-    /// new). Returns the event.
+    /// `sender` writes in `conv`; see [`Model::send`].
     pub fn send(&self, site: &str, conv: &str, sender: &str, participants: &[&str]) -> String {
         let mut m = self.model.lock().expect("model");
-        let at = 1_767_225_600_000i64 + (m.seq as i64 + 1) * 1000;
-        let c = m
-            .conversations
-            .entry(conv.to_string())
-            .or_insert_with(|| Conversation {
-                site: site.to_string(),
-                ..Default::default()
-            });
-        c.archived = false;
-        c.messages.push((sender.to_string(), at));
-        let everyone: BTreeSet<&str> = participants
-            .iter()
-            .copied()
-            .chain(std::iter::once(sender))
-            .collect();
-        for p in &everyone {
-            m.participants
-                .entry((conv.to_string(), p.to_string()))
-                .or_insert(i64::MIN);
-        }
-        m.participants
-            .insert((conv.to_string(), sender.to_string()), at);
-        let participants: Vec<&str> = everyone.into_iter().collect();
-        Self::event(
-            &mut m,
-            "MessageSent",
-            json!({"site_id": site, "conversation_id": conv, "sender_id": sender,
-                   "participants": participants}),
-        )
+        m.send(site, conv, sender, participants)
     }
 
-    /// `user` reads `conv`. Returns the event.
+    /// `user` reads `conv`; see [`Model::read`].
     pub fn read(&self, conv: &str, user: &str) -> String {
-        let mut m = self.model.lock().expect("model");
-        let at = 1_767_225_600_000i64 + (m.seq as i64 + 1) * 1000;
-        let site = m.conversations[conv].site.clone();
-        m.participants
-            .insert((conv.to_string(), user.to_string()), at);
-        Self::event(
-            &mut m,
-            "ConversationRead",
-            json!({"site_id": site, "conversation_id": conv, "user_id": user}),
-        )
+        self.model.lock().expect("model").read(conv, user)
     }
 
-    /// `conv` is archived (or unarchived) for everyone. Returns the event.
+    /// `conv` is archived or unarchived; see [`Model::archive`].
     pub fn archive(&self, conv: &str, archived: bool) -> String {
-        let mut m = self.model.lock().expect("model");
-        let c = m.conversations.get_mut(conv).expect("conversation");
-        c.archived = archived;
-        let site = c.site.clone();
-        let participants: Vec<String> = m
-            .participants
-            .keys()
-            .filter(|(c, _)| c == conv)
-            .map(|(_, u)| u.clone())
-            .collect();
-        let ty = if archived {
-            "ConversationArchived"
-        } else {
-            "ConversationUnarchived"
-        };
-        Self::event(
-            &mut m,
-            ty,
-            json!({"site_id": site, "conversation_id": conv, "participants": participants}),
-        )
+        self.model.lock().expect("model").archive(conv, archived)
     }
 }

@@ -115,7 +115,7 @@ fn sigkill_mid_replay_then_restart_loses_nothing_and_applies_nothing_twice() {
             .read("inbox-unread", key, 0)
             .expect("read")
             .unwrap_or_else(|| panic!("no view for {key}"));
-        let body = v.body.expect("valid view renders");
+        let body = v.json().expect("valid view renders");
         assert_eq!(rendered(&body), shown(unread), "view {key}");
     }
 }

@@ -80,7 +80,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
     assert_eq!(summary.total().invalidated, 1);
     let v = owner_view(engine);
     assert_eq!(v.status, Status::Invalid);
-    assert_eq!(v.body, None, "an Invalid view is not served");
+    assert_eq!(v.json(), None, "an Invalid view is not served");
 
     // Events for an Invalid view are ignored, however new.
     let summary = engine
@@ -102,7 +102,7 @@ fn message_after_a_newer_read_invalidates_the_view_and_later_events_are_ignored(
     let v = owner_view(engine);
     assert_eq!(v.status, Status::Valid);
     assert_eq!(
-        v.body,
+        v.json(),
         Some(json!({"count": 1, "conversations": [{"id": "c2", "last_message_at": 1003}]}))
     );
 }
@@ -131,7 +131,7 @@ fn duplicates_are_skipped() {
     assert_eq!((c.applied, c.skipped), (0, 2));
     let v = owner_view(engine);
     assert_eq!(
-        v.body,
+        v.json(),
         Some(json!({"count": 1, "conversations": [{"id": "c1", "last_message_at": 1001}]}))
     );
 }
@@ -192,7 +192,7 @@ fn a_snapshot_is_not_disturbed_by_older_events_and_follows_newer_ones() {
         .expect("batch");
     let v = owner_view(engine);
     assert_eq!(
-        v.body,
+        v.json(),
         Some(json!({"count": 2, "conversations": [
             {"id": "c2", "last_message_at": 1011}, {"id": "c1", "last_message_at": 1005}]}))
     );
@@ -220,4 +220,41 @@ fn a_replayed_batch_is_not_applied_twice() {
     let again = engine.process(SOURCE, 0, &batch).expect("batch").total();
     assert_eq!(again.received, 0);
     assert_eq!(engine.resume_offset(SOURCE, 0).expect("offset"), 2);
+}
+
+#[test]
+fn a_rendered_answer_is_reused_until_its_view_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["inbox-unread"],
+        "[plugins.inbox-unread]\npopulation = \"eager\"\n",
+    );
+    let engine = &app.engine;
+    let first = message("e1", 1, "c1", "visitor", "owner");
+    engine
+        .process(SOURCE, 0, &records(0, vec![first]))
+        .expect("batch");
+    // The inbox's render ignores the read time: one render serves both.
+    let a = owner_view(engine).body.expect("valid");
+    let b = engine
+        .read("inbox-unread", "owner:s1", 999_999)
+        .expect("read")
+        .and_then(|v| v.body)
+        .expect("valid");
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "the second read renders again"
+    );
+    // A change to the view is seen by the very next read.
+    let second = message("e2", 2, "c2", "visitor", "owner");
+    engine
+        .process(SOURCE, 0, &records(1, vec![second]))
+        .expect("batch");
+    let c = owner_view(engine);
+    assert_eq!(
+        c.json(),
+        Some(json!({"count": 2, "conversations": [
+            {"id": "c2", "last_message_at": 1002}, {"id": "c1", "last_message_at": 1001}]}))
+    );
 }

@@ -39,7 +39,7 @@ fn four_workers_match_an_independent_fold() {
             .expect("read")
             .expect("view");
         assert_eq!(
-            rendered(&v.body.expect("valid")),
+            rendered(&v.json().expect("valid")),
             shown(unread),
             "view {key}"
         );

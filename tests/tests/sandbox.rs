@@ -21,7 +21,7 @@ fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
 
 fn count(app: &projector::app::App, key: &str) -> Option<u64> {
     let v = app.engine.read("hostile", key, 0).expect("read")?;
-    v.body.and_then(|b| b["count"].as_u64())
+    v.json().and_then(|b| b["count"].as_u64())
 }
 
 #[test]
@@ -139,4 +139,22 @@ fn modules_that_are_not_plugins_are_rejected_with_a_reason() {
 
 fn wat_module(text: &str) -> Vec<u8> {
     wat::parse_str(text).expect("valid WAT")
+}
+
+#[test]
+fn a_render_that_reads_the_time_is_rendered_at_each_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &["hostile"], "");
+    app.engine
+        .process("t", 0, &records(0, vec![ev("1", "ok", "a", 1)]))
+        .expect("batch");
+    let at = |now: i64| {
+        app.engine
+            .read("hostile", "a", now)
+            .expect("read")
+            .and_then(|v| v.json())
+            .map(|b| b["read_at"].clone())
+    };
+    assert_eq!(at(1), Some(json!(1)));
+    assert_eq!(at(2), Some(json!(2)));
 }

@@ -198,6 +198,9 @@ impl Projection for InboxUnread {
             version: env!("CARGO_PKG_VERSION").into(),
             population: Population::Lazy,
             stale_policy: StalePolicy::Invalidate,
+            // Unread conversations do not age: a rendered inbox stays
+            // right until the view changes.
+            render_uses_time: false,
         }
     }
 

@@ -106,6 +106,7 @@ impl WasmHost {
                     version: String::new(),
                     population: Population::Lazy,
                     stale_policy: StalePolicy::Invalidate,
+                    render_uses_time: true,
                 },
                 limits,
                 logs: Arc::new(PluginLogs::default()),
@@ -352,6 +353,7 @@ impl<'a> WasmSession<'a> {
                 wit::StalePolicy::Invalidate => StalePolicy::Invalidate,
                 wit::StalePolicy::Ignore => StalePolicy::Ignore,
             },
+            render_uses_time: info.render_uses_time,
         })
     }
 

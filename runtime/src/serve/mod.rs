@@ -28,6 +28,7 @@ use projector_guest::rules::Status;
 use projector_guest::Difference;
 use rollout::{Mode, Rollout};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use source::{Source, SourceError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -403,7 +404,7 @@ struct ReadParams {
 enum Lookup {
     Hit {
         view: ReadView,
-        answer: Value,
+        answer: Arc<RawValue>,
     },
     Miss {
         reason: &'static str,
@@ -463,7 +464,7 @@ impl Read<'_> {
         };
         let (result, lookup) = match found {
             Some(view) if view.status == Status::Valid && view.body.is_some() => {
-                let answer = view.body.clone().unwrap_or(Value::Null);
+                let answer = view.body.clone().expect("checked just above");
                 ("hit", Lookup::Hit { view, answer })
             }
             Some(view) => (
@@ -589,12 +590,12 @@ impl Read<'_> {
     }
 
     /// Compare both answers with the plugin's rule and record the result.
-    fn compare(&mut self, projection: &Value, source: &Value) -> ApiResult<()> {
+    fn compare(&mut self, projection: &RawValue, source: &Value) -> ApiResult<()> {
         let p = self.s.engine.projection(self.plugin)?;
         let differences = p
             .code()
             .session()
-            .compare(self.key, &projection.to_string(), &source.to_string())
+            .compare(self.key, projection.get(), &source.to_string())
             .map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -639,7 +640,7 @@ impl Read<'_> {
                 key: self.key.into(),
                 at_ms: self.now,
                 mode: self.mode,
-                projection: projection.clone(),
+                projection: serde_json::from_str(projection.get()).unwrap_or(Value::Null),
                 source: source.clone(),
                 differences,
             });
@@ -648,15 +649,17 @@ impl Read<'_> {
     }
 
     /// Answer in the chosen mode; the view as it was read (or populated).
-    async fn answer(&mut self) -> ApiResult<(Value, Option<ReadView>)> {
+    async fn answer(&mut self) -> ApiResult<(Answer, Option<ReadView>)> {
         match self.mode {
             Mode::Source => {
                 self.served_by = "source";
-                Ok((self.fetch().await?, None))
+                Ok((Answer::Source(self.fetch().await?), None))
             }
             Mode::Projection => match self.lookup()? {
-                Lookup::Hit { view, answer } => Ok((answer, Some(view))),
-                Lookup::Miss { reason, .. } => Ok((self.fall_back(reason).await?, None)),
+                Lookup::Hit { view, answer } => Ok((Answer::View(answer), Some(view))),
+                Lookup::Miss { reason, .. } => {
+                    Ok((Answer::Source(self.fall_back(reason).await?), None))
+                }
             },
             Mode::CompareReturnSource => {
                 let source = self.fetch().await?;
@@ -664,11 +667,11 @@ impl Read<'_> {
                 match self.lookup()? {
                     Lookup::Hit { view, answer } => {
                         self.compare(&answer, &source)?;
-                        Ok((source, Some(view)))
+                        Ok((Answer::Source(source), Some(view)))
                     }
                     Lookup::Miss { view, .. } => {
                         self.populate(&source).await;
-                        Ok((source, view))
+                        Ok((Answer::Source(source), view))
                     }
                 }
             }
@@ -680,9 +683,11 @@ impl Read<'_> {
                             self.comparison = Some(json!({"skipped": e.message}));
                         }
                     }
-                    Ok((answer, Some(view)))
+                    Ok((Answer::View(answer), Some(view)))
                 }
-                Lookup::Miss { reason, .. } => Ok((self.fall_back(reason).await?, None)),
+                Lookup::Miss { reason, .. } => {
+                    Ok((Answer::Source(self.fall_back(reason).await?), None))
+                }
             },
         }
     }
@@ -813,24 +818,19 @@ async fn read_view(
     if read.populated.is_some() {
         view = s.engine.read(&plugin, &key, now).ok().flatten();
     }
-    let mut body = json!({
-        "plugin": plugin,
-        "key": key,
-        "mode": mode.as_str(),
-        "served_by": read.served_by,
-        "answer": answer,
-        "view": view_json(view.as_ref()),
-        "staleness": s.staleness(&plugin, view.as_ref(), engine::now_ms()),
-    });
-    if let Some(obj) = body.as_object_mut() {
-        if let Some(p) = read.populated.take() {
-            obj.insert("populated".into(), p);
-        }
-        if let Some(c) = read.comparison.take() {
-            obj.insert("comparison".into(), c);
-        }
-    }
     let served_by = read.served_by;
+    let body = ReadAnswer {
+        plugin: &plugin,
+        key: &key,
+        mode: mode.as_str(),
+        served_by,
+        answer: &answer,
+        view: view_json(view.as_ref()),
+        staleness: s.staleness(&plugin, view.as_ref(), engine::now_ms()),
+        populated: read.populated.take(),
+        comparison: read.comparison.take(),
+    };
+    let response = Json(body).into_response();
     s.metrics
         .reads
         .get_or_create(&ReadLabels {
@@ -846,7 +846,39 @@ async fn read_view(
             mode: mode.as_str().into(),
         })
         .observe(started.elapsed().as_secs_f64());
-    Ok(Json(body).into_response())
+    Ok(response)
+}
+
+/// Who answered a read: the plugin's rendered view (kept as checked raw
+/// JSON, never re-parsed) or the source of truth.
+enum Answer {
+    View(Arc<RawValue>),
+    Source(Value),
+}
+
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Answer::View(raw) => raw.serialize(s),
+            Answer::Source(value) => value.serialize(s),
+        }
+    }
+}
+
+/// The body of a view read.
+#[derive(serde::Serialize)]
+struct ReadAnswer<'a> {
+    plugin: &'a str,
+    key: &'a str,
+    mode: &'static str,
+    served_by: &'static str,
+    answer: &'a Answer,
+    view: Value,
+    staleness: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    populated: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comparison: Option<Value>,
 }
 
 /// Split an ingest body into events: a JSON object, a JSON array of

@@ -1,0 +1,317 @@
+//! Read benchmarks of the inbox (seed 000), in one run:
+//!
+//! (a) the legacy query against the projection. A normalized inbox
+//!     (conversations, participants, messages; ~100k conversations) lives
+//!     in SQLite, indexed for the query; the same history feeds the
+//!     inbox-unread plugin. For the same (user, site) keys — site owners,
+//!     whose inboxes are the big ones, and visitors — it times the unread
+//!     join against `Engine::read` (view lookup + Wasm render) and prints
+//!     median, p99 and their ratios. Every answer is checked equal first.
+//! (b) read latency under load: `GET /v1/views` at a fixed rate (default
+//!     10k requests/s for 10 s) from a loopback load generator in this
+//!     process. Latency is measured from each request's scheduled time, so
+//!     a stall counts against every request it delays.
+//!
+//! Knobs: `BENCH_CONVERSATIONS` (100000), `BENCH_RPS` (10000),
+//! `BENCH_SECONDS` (10). Run with `./scripts/bench.sh read`.
+
+use projector::config::Config;
+use projector::engine::{Engine, Record};
+use projector::envelope::Format;
+use projector::plugin::wasm::WasmHost;
+use projector::plugin::{Limits, SharedCode};
+use projector::serve::{ServeState, Serving};
+use projector::store::Store;
+use projector_guest::Population;
+use projector_tests::legacy::Model;
+use projector_tests::{plugin_wasm, rendered};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PLUGIN: &str = "inbox-unread";
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A skewed pick in 0..n: low numbers are far more likely.
+fn skewed(rng: &mut StdRng, n: u64) -> u64 {
+    let x: f64 = rng.gen();
+    ((x * x * x) * n as f64) as u64
+}
+
+/// An inbox history of `conversations` conversations over skewed sites:
+/// each site's owner is in every conversation of the site with one
+/// visitor; messages, reads and archives follow. Returns the events.
+fn history(model: &mut Model, conversations: u64, rng: &mut StdRng) -> Vec<String> {
+    let sites = (conversations / 50).max(1);
+    let visitors = conversations / 2;
+    let mut events = Vec::new();
+    let mut convs: Vec<(String, String, String, String)> = Vec::new();
+    for c in 0..conversations {
+        let site = skewed(rng, sites);
+        let (site_id, owner) = (format!("s{site}"), format!("o{site}"));
+        let visitor = format!("v{}", rng.gen_range(0..visitors));
+        let conv = format!("c{c}");
+        events.push(model.send(&site_id, &conv, &visitor, &[&owner, &visitor]));
+        convs.push((conv, site_id, owner, visitor));
+        // Some traffic on an earlier conversation of the same kind.
+        for _ in 0..rng.gen_range(0..4) {
+            let (conv, site_id, owner, visitor) = &convs[rng.gen_range(0..convs.len())];
+            let event = match rng.gen_range(0..10) {
+                0..=4 => model.send(site_id, conv, visitor, &[owner, visitor]),
+                5..=6 => model.send(site_id, conv, owner, &[owner, visitor]),
+                7..=8 => model.read(conv, owner),
+                _ => model.archive(conv, rng.gen_bool(0.7)),
+            };
+            events.push(event);
+        }
+    }
+    events
+}
+
+fn sqlite(model: &Model) -> anyhow::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open_in_memory()?;
+    db.execute_batch(
+        "CREATE TABLE conversations (id TEXT PRIMARY KEY, site_id TEXT NOT NULL,
+                                     archived INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE INDEX conversations_site ON conversations(site_id, id);
+         CREATE TABLE participants (user_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
+                                    last_read_at INTEGER NOT NULL,
+                                    PRIMARY KEY (user_id, conversation_id)) WITHOUT ROWID;
+         CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id TEXT NOT NULL,
+                                sender_id TEXT NOT NULL, created_at INTEGER NOT NULL);
+         CREATE INDEX messages_conversation ON messages(conversation_id, created_at);",
+    )?;
+    let tx = db.unchecked_transaction()?;
+    {
+        let mut conv = tx.prepare("INSERT INTO conversations VALUES (?1, ?2, ?3)")?;
+        let mut msg = tx.prepare(
+            "INSERT INTO messages (conversation_id, sender_id, created_at) VALUES (?1, ?2, ?3)",
+        )?;
+        for (id, c) in &model.conversations {
+            conv.execute(rusqlite::params![id, c.site, c.archived])?;
+            for (sender, at) in &c.messages {
+                msg.execute(rusqlite::params![id, sender, at])?;
+            }
+        }
+        let mut part = tx.prepare("INSERT INTO participants VALUES (?1, ?2, ?3)")?;
+        for ((conv, user), read_at) in &model.participants {
+            part.execute(rusqlite::params![user, conv, read_at])?;
+        }
+    }
+    tx.commit()?;
+    db.execute_batch("ANALYZE;")?;
+    Ok(db)
+}
+
+/// The legacy unread query.
+const UNREAD: &str = "
+    SELECT c.id, MAX(m.created_at) AS last
+    FROM participants p
+    JOIN conversations c ON c.id = p.conversation_id
+    JOIN messages m ON m.conversation_id = c.id
+    WHERE p.user_id = ?1 AND c.site_id = ?2 AND c.archived = 0
+      AND m.sender_id <> p.user_id
+    GROUP BY c.id, p.last_read_at
+    HAVING MAX(m.created_at) > p.last_read_at
+    ORDER BY last DESC, c.id DESC";
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() -> anyhow::Result<()> {
+    let conversations = knob("BENCH_CONVERSATIONS", 100_000);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut model = Model::default();
+    let started = Instant::now();
+    let events = history(&mut model, conversations, &mut rng);
+    let messages: usize = model.conversations.values().map(|c| c.messages.len()).sum();
+    eprintln!(
+        "history: {} conversations, {} messages, {} participants, {} events ({:.1?})",
+        model.conversations.len(),
+        messages,
+        model.participants.len(),
+        events.len(),
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let db = sqlite(&model)?;
+    eprintln!("sqlite: loaded and analyzed in {:.1?}", started.elapsed());
+
+    // The projection: the same events through the Wasm plugin.
+    let dir = tempfile::tempdir()?;
+    let engine = Arc::new(Engine::new(
+        Store::open(dir.path())?,
+        Format::Auto,
+        1,
+        Duration::from_millis(1000),
+    ));
+    let host = WasmHost::new()?;
+    let code: SharedCode = Arc::new(host.load(
+        PLUGIN,
+        &std::fs::read(plugin_wasm(PLUGIN))?,
+        Limits::default(),
+        &serde_json::json!({"max_unread": 1_000_000}),
+    )?);
+    engine.add(code, Some(Population::Eager))?;
+    let started = Instant::now();
+    for (i, chunk) in events.chunks(4096).enumerate() {
+        let records: Vec<Record> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, e)| Record {
+                partition: 0,
+                offset: (i * 4096 + j) as u64,
+                key: None,
+                value: e.as_bytes().to_vec(),
+            })
+            .collect();
+        engine.process("bench", 0, &records)?;
+    }
+    engine.commit()?;
+    eprintln!(
+        "projection: {} events applied in {:.1?}",
+        events.len(),
+        started.elapsed()
+    );
+
+    // Keys: the owners of 1000 sites (drawn as traffic is: busy sites
+    // more often) and 1000 visitors.
+    let mut keys: Vec<(String, String)> = Vec::new();
+    let sites = (conversations / 50).max(1);
+    for _ in 0..1000 {
+        let site = skewed(&mut rng, sites);
+        keys.push((format!("o{site}"), format!("s{site}")));
+    }
+    let participants: Vec<&(String, String)> = model.participants.keys().collect();
+    for _ in 0..1000 {
+        let (conv, user) = participants[rng.gen_range(0..participants.len())];
+        if user.starts_with('v') {
+            keys.push((user.clone(), model.conversations[conv].site.clone()));
+        }
+    }
+
+    let mut query = db.prepare(UNREAD)?;
+    let mut run_sql = |user: &str, site: &str| -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = query.query_map(rusqlite::params![user, site], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let now = projector::engine::now_ms();
+    let mut unread_total = 0usize;
+    for (user, site) in &keys {
+        let key = format!("{user}:{site}");
+        let sql = run_sql(user, site)?;
+        let view = engine.read(PLUGIN, &key, now)?;
+        let projected = view
+            .and_then(|v| v.json())
+            .map(|b| rendered(&b))
+            .unwrap_or_default();
+        anyhow::ensure!(sql == projected, "answers differ for {key}");
+        unread_total += sql.len();
+    }
+    eprintln!(
+        "checked: {} keys answer the same from SQLite and the projection ({} unread in all)",
+        keys.len(),
+        unread_total
+    );
+
+    let (mut sql_times, mut view_times) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (user, site) in &keys {
+            let t = Instant::now();
+            std::hint::black_box(run_sql(user, site)?);
+            sql_times.push(t.elapsed());
+            let key = format!("{user}:{site}");
+            let t = Instant::now();
+            std::hint::black_box(engine.read(PLUGIN, &key, now)?);
+            view_times.push(t.elapsed());
+        }
+    }
+    sql_times.sort();
+    view_times.sort();
+    let (sql50, sql99) = (percentile(&sql_times, 0.5), percentile(&sql_times, 0.99));
+    let (view50, view99) = (percentile(&view_times, 0.5), percentile(&view_times, 0.99));
+    println!(
+        "(a) unread query, {} reads each: SQLite join median {:.1} µs, p99 {:.1} µs; projection median {:.1} µs, p99 {:.1} µs",
+        sql_times.len(),
+        micros(sql50),
+        micros(sql99),
+        micros(view50),
+        micros(view99)
+    );
+    println!(
+        "(a) projection vs source query: {:.1}x faster at the median, {:.1}x at p99 (target >= 50x)",
+        sql50.as_secs_f64() / view50.as_secs_f64(),
+        sql99.as_secs_f64() / view99.as_secs_f64()
+    );
+
+    // (b) GET /v1/views under a fixed request rate.
+    let rps = knob("BENCH_RPS", 10_000);
+    let seconds = knob("BENCH_SECONDS", 10);
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".into();
+    let state = Arc::new(ServeState::new(&config, engine.clone(), None)?);
+    state.set_ready(true);
+    let serving = Serving::start(state, &config.http.listen)?;
+    let base = format!("http://{}/v1/views/{PLUGIN}/", serving.addr());
+    let paths: Vec<String> = keys.iter().map(|(u, s)| format!("{base}{u}:{s}")).collect();
+    let load = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut latencies, errors) = load.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()
+            .expect("client");
+        let total = rps * seconds;
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let due = start + Duration::from_nanos(i * 1_000_000_000 / rps);
+            tokio::time::sleep_until(due).await;
+            let url = paths[(i as usize * 7919) % paths.len()].clone();
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let ok = match client.get(&url).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                (due.elapsed(), ok)
+            }));
+        }
+        let mut latencies = Vec::with_capacity(tasks.len());
+        let mut errors = 0u64;
+        for t in tasks {
+            let (d, ok) = t.await.expect("request task");
+            latencies.push(d);
+            errors += u64::from(!ok);
+        }
+        (latencies, errors)
+    });
+    serving.stop();
+    latencies.sort();
+    println!(
+        "(b) GET /v1/views at {rps} requests/s for {seconds} s: p50 {:.0} µs, p99 {:.0} µs, max {:.1} ms, {errors} errors (target p99 < 1 ms)",
+        micros(percentile(&latencies, 0.5)),
+        micros(percentile(&latencies, 0.99)),
+        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    );
+    Ok(())
+}
