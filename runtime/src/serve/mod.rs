@@ -1075,6 +1075,12 @@ impl Serving {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(state);
+        // Answers are small and latency matters: no Nagle delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        });
         let task = runtime.spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
