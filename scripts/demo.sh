@@ -2,6 +2,8 @@
 # Build everything and run the main job: the runtime on its embedded log,
 # with the reference plugins loaded and a sample inbox stream replayed.
 # Idempotent: a second run resumes where the first stopped.
+# With --serve it then keeps running: following the log and serving the read
+# API on 127.0.0.1:8080 until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
@@ -17,4 +19,12 @@ echo "Views are in target/demo-data. Query one:"
 echo "  target/release/projector --config examples/projector.toml get inbox-unread u0:s0"
 target/release/projector --config examples/projector.toml get inbox-unread u0:s0 2>/dev/null | head -20
 echo "  ..."
-echo "Keep it running and following the log: target/release/projector --config examples/projector.toml run"
+if [ "${1:-}" = "--serve" ]; then
+  echo
+  echo "Serving the read API on http://127.0.0.1:8080 (Ctrl-C stops). Try:"
+  echo "  curl -s http://127.0.0.1:8080/v1/views/inbox-unread/u0:s0"
+  echo "  curl -s http://127.0.0.1:8080/metrics"
+  exec target/release/projector --config examples/projector.toml run
+fi
+echo "Keep it running, following the log and serving the read API on 127.0.0.1:8080:"
+echo "  ./scripts/demo.sh --serve"

@@ -135,9 +135,9 @@ impl Model {
         let site = c.site.clone();
         let participants: Vec<String> = m
             .participants
-            .keys()
-            .filter(|(c, _)| c == conv)
-            .map(|(_, u)| u.clone())
+            .range((conv.to_string(), String::new())..)
+            .take_while(|((c, _), _)| c == conv)
+            .map(|((_, u), _)| u.clone())
             .collect();
         let ty = if archived {
             "ConversationArchived"

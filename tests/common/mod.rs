@@ -317,7 +317,10 @@ impl Served {
         let app = open_app(
             dir.path(),
             plugins,
-            &format!("[engine]\ncommit_interval_ms = 100\n{extra}"),
+            // Token reads wait long: a loaded CI machine is slow, not wrong.
+            &format!(
+                "[engine]\ncommit_interval_ms = 100\n[http]\nconsistency_timeout_ms = 30000\n{extra}"
+            ),
         );
         let log = projector::source::log::EmbeddedLog::open(
             app.engine.store(),
