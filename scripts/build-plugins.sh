@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-cargo build --quiet --target wasm32-wasip2 --profile plugin -p inbox-unread -p hostile-plugin
+cargo build --quiet --target wasm32-wasip2 --profile plugin -p inbox-unread -p subscriptions -p hostile-plugin
 mkdir -p target/plugins target/test-plugins
 cp target/wasm32-wasip2/plugin/inbox_unread.wasm target/plugins/inbox-unread.wasm
+cp target/wasm32-wasip2/plugin/subscriptions.wasm target/plugins/subscriptions.wasm
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile.wasm

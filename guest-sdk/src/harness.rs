@@ -134,6 +134,31 @@ impl<P: Projection> Harness<P> {
     }
 }
 
+/// What answers [`crate::fetch`] when a plugin runs natively.
+pub type FetchFn =
+    dyn Fn(&str, &str) -> Result<crate::Fetched, crate::FetchError> + Send + Sync + 'static;
+
+#[cfg(not(target_arch = "wasm32"))]
+static FETCH: std::sync::RwLock<Option<std::sync::Arc<FetchFn>>> = std::sync::RwLock::new(None);
+
+/// Answer the plugin's fetches with `f` (service, path) in native tests.
+/// Without it every service is refused, as on a host with no services.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn set_fetch(
+    f: impl Fn(&str, &str) -> Result<crate::Fetched, crate::FetchError> + Send + Sync + 'static,
+) {
+    *FETCH.write().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::new(f));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn fetch(service: &str, path: &str) -> Result<crate::Fetched, crate::FetchError> {
+    let f = FETCH.read().unwrap_or_else(|p| p.into_inner()).clone();
+    match f {
+        Some(f) => f(service, path),
+        None => Err(crate::FetchError::NotAllowed(service.to_string())),
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn log(level: LogLevel, message: &str) {
     if level >= LogLevel::Warn {

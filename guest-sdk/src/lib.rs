@@ -378,6 +378,68 @@ fn diff_into(path: String, a: &Json, b: &Json, out: &mut Vec<Difference>) {
     }
 }
 
+/// Why a [`fetch`] gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The service is not on this plugin's allow-list (or the path would
+    /// leave it): no connection was made.
+    NotAllowed(String),
+    Timeout,
+    Unavailable(String),
+    /// The answer was over this many bytes.
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::NotAllowed(s) => write!(f, "not allowed: {s}"),
+            FetchError::Timeout => f.write_str("timed out"),
+            FetchError::Unavailable(s) => write!(f, "unavailable: {s}"),
+            FetchError::TooLarge(n) => write!(f, "answer over {n} bytes"),
+        }
+    }
+}
+
+impl From<FetchError> for Error {
+    /// A failed fetch fails the event as transient: it is worth retrying.
+    fn from(e: FetchError) -> Self {
+        Error {
+            kind: ErrorKind::Transient,
+            message: format!("fetch: {e}"),
+        }
+    }
+}
+
+/// A service's answer to a [`fetch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// Served from the host's cache past its time to live (the service is
+    /// down).
+    pub stale: bool,
+}
+
+impl Fetched {
+    /// The body as JSON of type `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::bad_input(format!("fetched answer: {e}")))
+    }
+}
+
+/// GET `path` from `service`, one of the services the runtime's config
+/// allows this plugin (enrichment, seed 002). On Wasm the host makes the
+/// request, with its timeout, retries and cache; natively the harness
+/// answers (see [`harness::set_fetch`]).
+pub fn fetch(service: &str, path: &str) -> Result<Fetched, FetchError> {
+    #[cfg(target_arch = "wasm32")]
+    return wasm::fetch(service, path);
+    #[cfg(not(target_arch = "wasm32"))]
+    return harness::fetch(service, path);
+}
+
 /// Write to the host's log (on Wasm), or to stderr when run natively.
 pub fn log(level: LogLevel, message: &str) {
     #[cfg(target_arch = "wasm32")]

@@ -199,6 +199,21 @@ impl<P: Projection> comparison::Guest for Adapter<P> {
     }
 }
 
+pub(crate) fn fetch(service: &str, path: &str) -> Result<crate::Fetched, crate::FetchError> {
+    use bindings::projector::plugin::enrichment;
+    match enrichment::fetch(service, path) {
+        Ok(f) => Ok(crate::Fetched {
+            status: f.status,
+            body: f.body,
+            stale: f.stale,
+        }),
+        Err(wit::FetchError::NotAllowed(s)) => Err(crate::FetchError::NotAllowed(s)),
+        Err(wit::FetchError::Timeout) => Err(crate::FetchError::Timeout),
+        Err(wit::FetchError::Unavailable(s)) => Err(crate::FetchError::Unavailable(s)),
+        Err(wit::FetchError::TooLarge(n)) => Err(crate::FetchError::TooLarge(n)),
+    }
+}
+
 pub(crate) fn log(level: LogLevel, message: &str) {
     use bindings::projector::plugin::host;
     let level = match level {

@@ -135,6 +135,10 @@ impl App {
                 );
             }
         }
+        let fetcher = Arc::new(
+            crate::fetch::Fetcher::new(&self.config.services)
+                .map_err(|e| anyhow::anyhow!("config: {e}"))?,
+        );
         for path in files {
             let name = path
                 .file_stem()
@@ -148,6 +152,16 @@ impl App {
                 self.config.limits_of(&name),
                 &self.config.settings_of(&name),
             )?;
+            let allowed = self
+                .config
+                .plugins
+                .get(&name)
+                .map(|p| p.services.clone())
+                .unwrap_or_default();
+            let code = code.allow(crate::plugin::wasm::Services {
+                fetcher: fetcher.clone(),
+                allowed,
+            });
             let population = self.config.plugins.get(&name).and_then(|p| p.population);
             tracing::info!(plugin = name, id = code_id(&code), "loaded");
             let code: SharedCode = Arc::new(code);

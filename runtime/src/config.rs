@@ -29,8 +29,13 @@
 //! user_header = "x-user-id"    # the request's user, for rollout rules
 //! groups_header = "x-groups"   # the request's groups (comma-separated)
 //!
+//! [services.billing]           # a service plugins may fetch from (see fetch)
+//! url = "http://billing.internal:8080"
+//! cache_ttl_ms = 60000
+//!
 //! [plugins.inbox-unread]
 //! population = "eager"         # override the plugin's own choice
+//! services = []                # the services it may fetch from
 //! settings = { max_unread = 1000 }
 //! limits = { epoch_deadline_ms = 20 }
 //!
@@ -46,6 +51,7 @@
 //! ```
 
 use crate::envelope::Format;
+use crate::fetch::ServiceConfig;
 use crate::plugin::Limits;
 use crate::serve::rollout::Rollout;
 use crate::serve::source::{Source, SourceConfig};
@@ -78,6 +84,9 @@ pub struct Config {
     pub limits: LimitsPatch,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Services plugins may fetch from (enrichment), by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
 }
@@ -198,6 +207,9 @@ pub struct PluginConfig {
     pub limits: LimitsPatch,
     /// The source of truth reads fall back to.
     pub source: Option<SourceConfig>,
+    /// The services this plugin may fetch from (its allow-list).
+    #[serde(default)]
+    pub services: Vec<String>,
     /// The read modes per request; changeable at runtime.
     pub rollout: Option<Rollout>,
 }
@@ -252,7 +264,16 @@ impl Config {
                 )));
             }
         }
+        for (name, s) in &c.services {
+            s.validate()
+                .map_err(|e| bad(format!("services.{name}.{e}")))?;
+        }
         for (name, p) in &c.plugins {
+            if let Some(unknown) = p.services.iter().find(|s| !c.services.contains_key(*s)) {
+                return Err(bad(format!(
+                    "plugins.{name}.services: {unknown:?} is not a configured service ([services.{unknown}])"
+                )));
+            }
             if let Some(source) = &p.source {
                 Source::new(source).map_err(|e| bad(format!("plugins.{name}.source.{e}")))?;
             }

@@ -19,6 +19,7 @@
 //!   letters);
 //! - [`pipeline`]: sources driven into the engine, resumable;
 //! - [`config`]: the TOML configuration;
+//! - [`fetch`]: enrichment, the host side of the plugins' `fetch`;
 //! - [`serve`]: the HTTP read API (read modes, rollout, lazy population,
 //!   comparison, tokens, metrics);
 //! - [`app`]: assembling a runtime from a config (used by the CLI).
@@ -30,6 +31,7 @@ pub mod app;
 pub mod config;
 pub mod engine;
 pub mod envelope;
+pub mod fetch;
 pub mod pipeline;
 pub mod plugin;
 pub mod serve;

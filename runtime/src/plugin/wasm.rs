@@ -112,6 +112,7 @@ impl WasmHost {
                 logs: Arc::new(PluginLogs::default()),
             },
             settings: settings.to_string(),
+            services: None,
             pre,
             idle: std::sync::Mutex::new(Vec::new()),
         };
@@ -121,10 +122,18 @@ impl WasmHost {
     }
 }
 
+/// The services one plugin may fetch from.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub fetcher: Arc<crate::fetch::Fetcher>,
+    pub allowed: Vec<String>,
+}
+
 /// Compiled, pre-instantiated plugin code.
 pub struct WasmPlugin {
     meta: Meta,
     settings: String,
+    services: Option<Arc<Services>>,
     pre: bindings::PluginPre<HostState>,
     /// Healthy stores handed back by finished sessions, reused by the next
     /// ones so a batch does not pay for instantiation and fresh pages.
@@ -138,6 +147,14 @@ type Live = (Store<HostState>, bindings::Plugin);
 /// guest heap does not shrink) or it has served this many calls.
 const RECYCLE_MEMORY_SHARE: usize = 2;
 const RECYCLE_CALLS: u64 = 100_000;
+
+impl WasmPlugin {
+    /// Let this plugin fetch from `services` (its allow-list).
+    pub fn allow(mut self, services: Services) -> Self {
+        self.services = Some(Arc::new(services));
+        self
+    }
+}
 
 impl Code for WasmPlugin {
     fn meta(&self) -> &Meta {
@@ -161,6 +178,10 @@ pub struct HostState {
     /// Bytes of stdout and stderr already copied to the plugin's log.
     drained: [usize; 2],
     calls: u64,
+    services: Option<Arc<Services>>,
+    /// Epoch ticks spent waiting on fetches in the current call: added to
+    /// its deadline, which counts guest time only.
+    waited_ticks: u64,
 }
 
 impl WasiView for HostState {
@@ -245,9 +266,32 @@ impl host::Host for HostState {
 }
 
 impl enrichment::Host for HostState {
-    /// No service is on this plugin's allow-list: refuse without connecting.
-    fn fetch(&mut self, service: String, _path: String) -> Result<wit::Fetched, wit::FetchError> {
-        Err(wit::FetchError::NotAllowed(service))
+    /// Fetch from an allow-listed service; anything else is refused
+    /// without connecting.
+    fn fetch(&mut self, service: String, path: String) -> Result<wit::Fetched, wit::FetchError> {
+        let Some(services) = self.services.clone() else {
+            return Err(wit::FetchError::NotAllowed(service));
+        };
+        let started = std::time::Instant::now();
+        let answer = services.fetcher.fetch(&services.allowed, &service, &path);
+        self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
+        use crate::fetch::FetchError as E;
+        match answer {
+            Ok(f) => Ok(wit::Fetched {
+                status: f.status,
+                body: f.body,
+                stale: f.stale,
+            }),
+            Err(e) => {
+                tracing::debug!(plugin = &*self.plugin, service, path, "fetch failed: {e:?}");
+                Err(match e {
+                    E::NotAllowed(s) => wit::FetchError::NotAllowed(s),
+                    E::Timeout => wit::FetchError::Timeout,
+                    E::Unavailable(s) => wit::FetchError::Unavailable(s),
+                    E::TooLarge(n) => wit::FetchError::TooLarge(n),
+                })
+            }
+        }
     }
 }
 
@@ -258,7 +302,10 @@ struct WasmSession<'a> {
 
 impl<'a> WasmSession<'a> {
     fn new(plugin: &'a WasmPlugin) -> Self {
-        let live = plugin.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut live = plugin.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some((store, _)) = live.as_mut() {
+            store.data_mut().services = plugin.services.clone();
+        }
         WasmSession { plugin, live }
     }
 
@@ -294,10 +341,21 @@ impl<'a> WasmSession<'a> {
             stderr,
             drained: [0, 0],
             calls: 0,
+            services: p.services.clone(),
+            waited_ticks: 0,
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        // At the deadline, credit the time spent waiting on fetches (host
+        // time, not guest time); with none left to credit, interrupt.
+        store.epoch_deadline_callback(|mut ctx| {
+            let credit = std::mem::take(&mut ctx.data_mut().waited_ticks);
+            if credit > 0 {
+                Ok(wasmtime::UpdateDeadline::Continue(credit))
+            } else {
+                Err(Trap::Interrupt.into())
+            }
+        });
         let deadline_ms = p.meta.limits.start_deadline_ms.max(1);
         store.set_epoch_deadline(deadline_ms);
         let started = p.pre.instantiate(&mut store).and_then(|instance| {
@@ -375,6 +433,7 @@ impl<'a> WasmSession<'a> {
             };
             store.set_epoch_deadline(deadline_ms);
             store.data_mut().calls += 1;
+            store.data_mut().waited_ticks = 0;
             let e = match f(store, instance) {
                 Ok(r) => return Ok(r),
                 Err(e) => classify(&session.plugin.meta.name, e, store, deadline_ms),

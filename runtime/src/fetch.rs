@@ -1,0 +1,406 @@
+//! Enrichment: the host side of the WIT `fetch` import (seed 002).
+//!
+//! A plugin names a service and a path; the config maps service names to
+//! base URLs, and a plugin reaches only the services on its allow-list.
+//! Anything else is refused with `not-allowed` before a connection is
+//! made. Each fetch has a timeout, bounded retries with backoff (on
+//! refused connections, timeouts and 5xx answers), and a cap on the
+//! answer's size. A read-through cache per service keeps answers for
+//! `cache_ttl_ms`; past that, while the service fails, an answer up to
+//! `stale_ms` older is served marked stale (seed 002's always-refreshed
+//! in-memory cache, seed 003's resilient cache).
+//!
+//! ```toml
+//! [services.billing]
+//! url = "http://billing.internal:8080"
+//! timeout_ms = 500
+//! retries = 2
+//! backoff_ms = 20
+//! max_response_bytes = 1048576
+//! cache_ttl_ms = 0       # 0: every fetch asks the service
+//! stale_ms = 0           # how long past its TTL an answer may stand in
+//!
+//! [plugins.subscriptions]
+//! services = ["billing", "domains"]   # the allow-list
+//! ```
+//!
+//! Calls are blocking (plugins run on the engine's threads); the time a
+//! guest spends waiting on a fetch does not count against its deadline.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub url: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+    #[serde(default)]
+    pub cache_ttl_ms: u64,
+    #[serde(default)]
+    pub stale_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_backoff_ms() -> u64 {
+    20
+}
+fn default_max_response_bytes() -> u64 {
+    1 << 20
+}
+
+impl ServiceConfig {
+    /// Check the values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+            return Err(format!(
+                "url: expected http:// or https://, got {:?}",
+                self.url
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err("timeout_ms: expected at least 1, got 0".into());
+        }
+        if self.max_response_bytes == 0 {
+            return Err("max_response_bytes: expected at least 1, got 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a fetch gave no answer (the WIT `fetch-error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    NotAllowed(String),
+    Timeout,
+    Unavailable(String),
+    TooLarge(u64),
+}
+
+/// An answer (the WIT `fetched`): any status below 500.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// Served from the cache past its time to live.
+    pub stale: bool,
+}
+
+/// Counts of one service, since start.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Fetches asked of this service by plugins.
+    pub fetches: AtomicU64,
+    /// Answered from the cache within its TTL.
+    pub cache_hits: AtomicU64,
+    /// Answered from the cache past its TTL because the service failed.
+    pub stale_served: AtomicU64,
+    /// HTTP requests sent (attempts, retries included).
+    pub requests: AtomicU64,
+    /// Fetches that failed after their retries.
+    pub errors: AtomicU64,
+    /// Attempts that ran past the timeout.
+    pub timeouts: AtomicU64,
+    /// Total time of the requests sent, in microseconds.
+    pub request_micros: AtomicU64,
+}
+
+struct Cached {
+    at: Instant,
+    fetched: Fetched,
+}
+
+struct Service {
+    base: String,
+    config: ServiceConfig,
+    agent: ureq::Agent,
+    cache: Mutex<HashMap<String, Cached>>,
+    stats: Arc<ServiceStats>,
+}
+
+/// Cached answers kept per service, at most (the cache starts over when
+/// full).
+const CACHE_ENTRIES: usize = 100_000;
+
+/// The configured services.
+pub struct Fetcher {
+    services: BTreeMap<String, Service>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Check a plugin's path: relative to the service's base, no way out.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.starts_with("//") {
+        return Err(format!("path {path:?} must start with a single `/`"));
+    }
+    if path.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "path {path:?} contains a space or control character"
+        ));
+    }
+    let route = path.split(['?', '#']).next().unwrap_or(path);
+    if route.split('/').any(|segment| segment == "..") || path.contains('@') {
+        return Err(format!("path {path:?} may not leave the service"));
+    }
+    Ok(())
+}
+
+impl Fetcher {
+    pub fn new(services: &BTreeMap<String, ServiceConfig>) -> Result<Self, String> {
+        let mut out = BTreeMap::new();
+        for (name, config) in services {
+            config
+                .validate()
+                .map_err(|e| format!("services.{name}.{e}"))?;
+            let timeout = Duration::from_millis(config.timeout_ms);
+            let agent = ureq::AgentBuilder::new()
+                .timeout_connect(timeout)
+                .timeout(timeout)
+                .max_idle_connections_per_host(16)
+                .redirects(0)
+                .build();
+            out.insert(
+                name.clone(),
+                Service {
+                    base: config.url.trim_end_matches('/').to_string(),
+                    config: config.clone(),
+                    agent,
+                    cache: Mutex::new(HashMap::new()),
+                    stats: Arc::default(),
+                },
+            );
+        }
+        Ok(Fetcher { services: out })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    pub fn has(&self, service: &str) -> bool {
+        self.services.contains_key(service)
+    }
+
+    /// Counts per service.
+    pub fn stats(&self) -> Vec<(&str, Arc<ServiceStats>)> {
+        self.services
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.stats.clone()))
+            .collect()
+    }
+
+    /// Fetch `path` from `service` for a plugin allowed `allowed`.
+    pub fn fetch(
+        &self,
+        allowed: &[String],
+        service: &str,
+        path: &str,
+    ) -> Result<Fetched, FetchError> {
+        let Some(s) = self
+            .services
+            .get(service)
+            .filter(|_| allowed.iter().any(|a| a == service))
+        else {
+            return Err(FetchError::NotAllowed(service.to_string()));
+        };
+        check_path(path).map_err(|why| FetchError::NotAllowed(format!("{service}: {why}")))?;
+        s.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        let ttl = Duration::from_millis(s.config.cache_ttl_ms);
+        let keep = Duration::from_millis(s.config.cache_ttl_ms + s.config.stale_ms);
+        if !ttl.is_zero() {
+            let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < ttl) {
+                s.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(c.fetched.clone());
+            }
+        }
+        match s.request(path) {
+            Ok(fetched) => {
+                if !keep.is_zero() {
+                    let mut cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() >= CACHE_ENTRIES {
+                        cache.clear();
+                    }
+                    cache.insert(
+                        path.to_string(),
+                        Cached {
+                            at: Instant::now(),
+                            fetched: fetched.clone(),
+                        },
+                    );
+                }
+                Ok(fetched)
+            }
+            Err(e @ FetchError::TooLarge(_)) => {
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+            Err(e) => {
+                let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < keep) {
+                    s.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Fetched {
+                        stale: true,
+                        ..c.fetched.clone()
+                    });
+                }
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Service {
+    /// Ask the service, with retries and backoff.
+    fn request(&self, path: &str) -> Result<Fetched, FetchError> {
+        let url = format!("{}{path}", self.base);
+        let mut backoff = Duration::from_millis(self.config.backoff_ms);
+        let mut last = FetchError::Unavailable(String::new());
+        for attempt in 0..=self.config.retries {
+            if attempt > 0 {
+                std::thread::sleep(backoff);
+                backoff *= 2;
+            }
+            match self.attempt(&url) {
+                Ok(f) => return Ok(f),
+                Err(e @ FetchError::TooLarge(_)) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn attempt(&self, url: &str) -> Result<Fetched, FetchError> {
+        let started = Instant::now();
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.agent.get(url).call();
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) if code < 500 => r,
+            Err(ureq::Error::Status(code, _)) => {
+                self.took(started);
+                return Err(FetchError::Unavailable(format!("{url} answered {code}")));
+            }
+            Err(ureq::Error::Transport(t)) => {
+                self.took(started);
+                if started.elapsed() + Duration::from_millis(5) >= timeout {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(FetchError::Timeout);
+                }
+                return Err(FetchError::Unavailable(format!("{url}: {t}")));
+            }
+        };
+        let status = response.status();
+        let limit = self.config.max_response_bytes;
+        let mut body = Vec::new();
+        let read = response
+            .into_reader()
+            .take(limit + 1)
+            .read_to_end(&mut body);
+        self.took(started);
+        if let Err(e) = read {
+            if started.elapsed() + Duration::from_millis(5) >= timeout {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(FetchError::Timeout);
+            }
+            return Err(FetchError::Unavailable(format!("{url}: reading: {e}")));
+        }
+        if body.len() as u64 > limit {
+            return Err(FetchError::TooLarge(limit));
+        }
+        Ok(Fetched {
+            status,
+            body,
+            stale: false,
+        })
+    }
+
+    fn took(&self, started: Instant) {
+        self.stats
+            .request_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_service() {
+        for ok in ["/users/1", "/a/b?x=1&y=2", "/"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "users",
+            "//evil.example/x",
+            "/a/../b",
+            "/a b",
+            "/x@evil",
+            "/a\n",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unlisted_services_are_refused_without_a_connection() {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "billing".to_string(),
+            ServiceConfig {
+                // Nothing listens here: any connection attempt would fail
+                // with `unavailable`, not `not-allowed`.
+                url: "http://127.0.0.1:9".into(),
+                timeout_ms: 100,
+                retries: 0,
+                backoff_ms: 1,
+                max_response_bytes: 10,
+                cache_ttl_ms: 0,
+                stale_ms: 0,
+            },
+        );
+        let f = Fetcher::new(&services).expect("valid");
+        let allowed = vec!["domains".to_string()];
+        assert_eq!(
+            f.fetch(&allowed, "billing", "/x"),
+            Err(FetchError::NotAllowed("billing".into()))
+        );
+        assert_eq!(
+            f.fetch(&["billing".into()], "nowhere", "/x"),
+            Err(FetchError::NotAllowed("nowhere".into()))
+        );
+        let stats = &f.stats()[0].1;
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 0);
+        assert!(matches!(
+            f.fetch(&["billing".into()], "billing", "/x"),
+            Err(FetchError::Unavailable(_))
+        ));
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
+    }
+}
