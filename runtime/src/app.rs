@@ -18,6 +18,8 @@ pub struct App {
     pub config: Config,
     pub engine: Arc<Engine>,
     pub host: WasmHost,
+    /// The services plugins fetch from.
+    pub fetcher: Arc<crate::fetch::Fetcher>,
 }
 
 /// A runtime at work: the embedded log followed into the engine on its
@@ -61,10 +63,15 @@ impl App {
             std::time::Duration::from_millis(config.engine.commit_interval_ms),
         ));
         let host = WasmHost::new()?;
+        let fetcher = Arc::new(
+            crate::fetch::Fetcher::new(&config.services)
+                .map_err(|e| anyhow::anyhow!("config: {e}"))?,
+        );
         let app = App {
             config,
             engine,
             host,
+            fetcher,
         };
         app.load_plugins()?;
         Ok(app)
@@ -84,6 +91,7 @@ impl App {
             &self.config,
             self.engine.clone(),
             Some(log.clone()),
+            Some(self.fetcher.clone()),
         )?);
         let listen = listen.unwrap_or(&self.config.http.listen);
         let serving = match listen {
@@ -135,10 +143,6 @@ impl App {
                 );
             }
         }
-        let fetcher = Arc::new(
-            crate::fetch::Fetcher::new(&self.config.services)
-                .map_err(|e| anyhow::anyhow!("config: {e}"))?,
-        );
         for path in files {
             let name = path
                 .file_stem()
@@ -159,7 +163,7 @@ impl App {
                 .map(|p| p.services.clone())
                 .unwrap_or_default();
             let code = code.allow(crate::plugin::wasm::Services {
-                fetcher: fetcher.clone(),
+                fetcher: self.fetcher.clone(),
                 allowed,
             });
             let population = self.config.plugins.get(&name).and_then(|p| p.population);

@@ -298,6 +298,7 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector::engine::Recor
 }
 
 pub mod legacy;
+pub mod services;
 
 /// A runtime following its embedded log and serving the read API on
 /// `127.0.0.1:0`, for the HTTP tests. Stops on drop.

@@ -423,7 +423,14 @@ fn every_bad_request_gets_a_4xx_that_names_the_problem() {
 #[test]
 fn health_metrics_and_the_openapi_document_are_served() {
     let legacy = Legacy::start();
-    let s = served(&legacy);
+    // A service configured for enrichment, so its metrics show too.
+    let s = Served::start(
+        &[PLUGIN],
+        &format!(
+            "{}[services.legacy]\nurl = \"http://127.0.0.1:9\"\n",
+            legacy.source_config()
+        ),
+    );
     assert_eq!(s.get("/healthz"), (200, json!({"status": "live"})));
     let (status, ready) = s.get("/readyz");
     assert_eq!((status, &ready["status"]), (200, &json!("ready")));

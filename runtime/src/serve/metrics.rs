@@ -16,6 +16,13 @@
 //! | `projector_ingested_total` | counter | | events appended through `POST /v1/events` |
 //! | `projector_events_total` | counter | plugin, outcome | event deliveries: `received`, `applied`, `skipped`, `invalidated`, `dead_lettered` |
 //! | `projector_lag_records` | gauge | plugin, source, partition | records in the log not yet applied by the plugin |
+//! | `projector_fetches_total` | counter | service | fetches plugins asked of a service (enrichment) |
+//! | `projector_fetch_cache_hits_total` | counter | service | fetches answered from the cache within its TTL |
+//! | `projector_fetch_stale_total` | counter | service | fetches answered from the cache past its TTL while the service failed |
+//! | `projector_fetch_errors_total` | counter | service | fetches that failed after their retries |
+//! | `projector_fetch_timeouts_total` | counter | service | requests that ran past their timeout |
+//! | `projector_fetch_requests_total` | counter | service | HTTP requests sent to a service, retries included |
+//! | `projector_fetch_request_seconds_total` | counter | service | time spent in those requests (÷ requests: mean latency) |
 //!
 //! Engine-side values (events, lag) are read from the engine at scrape
 //! time; the rest is counted by the HTTP layer as requests go.
@@ -68,6 +75,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LagLabels {
     plugin: String,
     source: String,
@@ -96,7 +108,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(engine: Arc<Engine>, log: Option<Arc<EmbeddedLog>>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        log: Option<Arc<EmbeddedLog>>,
+        fetcher: Option<Arc<crate::fetch::Fetcher>>,
+    ) -> Self {
         let mut registry = Registry::default();
         let reads = Family::<ReadLabels, Counter>::default();
         let read_seconds = Family::<ModeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -163,6 +179,7 @@ impl Metrics {
         registry.register_collector(Box::new(EngineCollector {
             engine,
             log,
+            fetcher,
             lookups: lookups.clone(),
         }));
         Metrics {
@@ -217,6 +234,7 @@ fn hit_ratio(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> Option<f6
 struct EngineCollector {
     engine: Arc<Engine>,
     log: Option<Arc<EmbeddedLog>>,
+    fetcher: Option<Arc<crate::fetch::Fetcher>>,
     lookups: Family<ResultLabels, Counter>,
 }
 
@@ -290,6 +308,62 @@ impl Collector for EngineCollector {
                     };
                     ConstGauge::new(end.saturating_sub(applied) as i64)
                         .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        if let Some(fetcher) = self.fetcher.as_ref().filter(|f| !f.is_empty()) {
+            use std::sync::atomic::Ordering::Relaxed;
+            type Read = fn(&crate::fetch::ServiceStats) -> f64;
+            let families: [(&str, &str, Read); 7] = [
+                (
+                    "projector_fetches",
+                    "Fetches plugins asked of a service",
+                    |s| s.fetches.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_cache_hits",
+                    "Fetches answered from the cache within its TTL",
+                    |s| s.cache_hits.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_stale",
+                    "Fetches answered from the cache past its TTL while the service failed",
+                    |s| s.stale_served.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_errors",
+                    "Fetches that failed after their retries",
+                    |s| s.errors.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_timeouts",
+                    "Requests that ran past their timeout",
+                    |s| s.timeouts.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_requests",
+                    "HTTP requests sent to a service, retries included",
+                    |s| s.requests.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_request_seconds",
+                    "Time spent in requests to a service",
+                    |s| s.request_micros.load(Relaxed) as f64 / 1e6,
+                ),
+            ];
+            let stats = fetcher.stats();
+            for (name, help, read) in families {
+                let mut family = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for (service, s) in &stats {
+                    let labels = ServiceLabel {
+                        service: service.to_string(),
+                    };
+                    ConstCounter::new(read(s)).encode(family.encode_family(&labels)?)?;
                 }
             }
         }

@@ -159,6 +159,7 @@ impl ServeState {
         config: &Config,
         engine: Arc<Engine>,
         log: Option<Arc<EmbeddedLog>>,
+        fetcher: Option<Arc<crate::fetch::Fetcher>>,
     ) -> anyhow::Result<Self> {
         let mut plugins = HashMap::new();
         for p in engine.projections() {
@@ -186,7 +187,7 @@ impl ServeState {
                 },
             );
         }
-        let metrics = Metrics::new(engine.clone(), log.clone());
+        let metrics = Metrics::new(engine.clone(), log.clone(), fetcher);
         Ok(ServeState {
             engine,
             log,

@@ -1,0 +1,313 @@
+//! Enrichment against real source services on 127.0.0.1:0, with the
+//! subscriptions plugin (seed 002): id-only events fetched and aggregated
+//! across four sources, stale and duplicate data, a lagging replica, a
+//! source that is down or slow, the allow-list, and read-time rendering.
+
+use projector::store::DeadLetter;
+use projector_tests::services::Services;
+use projector_tests::{open_app, records};
+use serde_json::{json, Value};
+
+const PLUGIN: &str = "subscriptions";
+const DAY: i64 = 24 * 60 * 60 * 1000;
+const SOURCES: [&str; 4] = ["subscriptions", "billing", "domains", "sites"];
+
+fn type_of(source: &str) -> &'static str {
+    match source {
+        "subscriptions" => "SubscriptionChanged",
+        "billing" => "BillingChanged",
+        "domains" => "DomainChanged",
+        _ => "SiteChanged",
+    }
+}
+
+/// An event of `source` about `user`'s `asset`; with `entity`, the data
+/// itself, else only the ids.
+fn ev(source: &str, version: u64, user: &str, asset: &str, entity: Option<Value>) -> Vec<u8> {
+    let mut payload = json!({"user_id": user, "asset_id": asset});
+    if let Some(e) = entity {
+        payload["entity"] = e;
+    }
+    json!({"id": format!("{source}-{asset}-{version}"), "type": type_of(source),
+           "source": source, "key": asset, "version": version, "time": 0, "payload": payload})
+    .to_string()
+    .into_bytes()
+}
+
+fn entity(source: &str, version: u64, asset: &str) -> Value {
+    match source {
+        "subscriptions" => json!({"version": version, "product": "site-plan",
+            "plan": format!("plan-v{version}"), "trial_end_ms": null, "expires_ms": 500 * DAY}),
+        "billing" => json!({"version": version, "payment_status": "paid",
+            "next_charge_ms": 40 * DAY, "amount_cents": 100 * version, "currency": "EUR"}),
+        "domains" => json!({"version": version, "name": format!("{asset}-v{version}.example.com"),
+            "expires_ms": 300 * DAY}),
+        _ => json!({"version": version, "name": format!("site {asset} v{version}"),
+            "url": format!("https://{asset}.example.com")}),
+    }
+}
+
+fn config(services: &Services, allowed: &[&str], extra: &[(&str, &str)]) -> String {
+    let list: Vec<String> = allowed.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "{}[plugins.subscriptions]\nservices = [{}]\n",
+        services.config(extra),
+        list.join(", ")
+    )
+}
+
+fn row(app: &projector::app::App, key: &str, now: i64) -> Value {
+    app.engine
+        .read(PLUGIN, key, now)
+        .expect("read")
+        .and_then(|v| v.json())
+        .unwrap_or_else(|| panic!("no valid view of {key}"))
+}
+
+fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
+    app.engine.commit().expect("commit");
+    app.engine
+        .store()
+        .dead_letters()
+        .collect::<Result<_, _>>()
+        .expect("dead letters")
+}
+
+#[test]
+fn id_only_events_are_enriched_across_four_sources() {
+    let services = Services::start(&SOURCES);
+    for source in SOURCES {
+        for asset in ["a1", "a2"] {
+            services
+                .get(source)
+                .set(asset, vec![entity(source, 3, asset)]);
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &[PLUGIN], &config(&services, &SOURCES, &[]));
+    let mut batch = Vec::new();
+    for (user, asset) in [("u1", "a1"), ("u2", "a2")] {
+        for source in SOURCES {
+            batch.push(ev(source, 3, user, asset, None));
+        }
+    }
+    let summary = app
+        .engine
+        .process("t", 0, &records(0, batch))
+        .expect("batch")
+        .total();
+    assert_eq!((summary.applied, summary.dead_lettered), (8, 0));
+    let r = row(&app, "u2:a2", 0);
+    assert_eq!(r["plan"], "plan-v3");
+    assert_eq!(r["amount"], json!({"cents": 300, "currency": "EUR"}));
+    assert_eq!(r["domain"], "a2-v3.example.com");
+    assert_eq!(r["site"]["name"], "site a2 v3");
+    assert_eq!(r["status"], "active");
+    for source in SOURCES {
+        assert_eq!(
+            services.get(source).requests(),
+            2,
+            "{source}: one fetch per event"
+        );
+    }
+}
+
+#[test]
+fn out_of_order_and_duplicate_events_give_the_right_row() {
+    let services = Services::start(&SOURCES);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &[PLUGIN], &config(&services, &SOURCES, &[]));
+    // Each source's versions 1..=4 arrive shuffled, some twice.
+    let mut batch = Vec::new();
+    for source in SOURCES {
+        for v in [2, 4, 1, 4, 3, 2] {
+            batch.push(ev(source, v, "u1", "a1", Some(entity(source, v, "a1"))));
+        }
+    }
+    app.engine
+        .process("t", 0, &records(0, batch))
+        .expect("batch");
+    let r = row(&app, "u1:a1", 0);
+    assert_eq!(r["plan"], "plan-v4");
+    assert_eq!(r["amount"]["cents"], 400);
+    assert_eq!(r["domain"], "a1-v4.example.com");
+    assert_eq!(r["site"]["name"], "site a1 v4");
+    assert!(letters(&app).is_empty());
+    for source in SOURCES {
+        assert_eq!(
+            services.get(source).requests(),
+            0,
+            "entity events need no fetch"
+        );
+    }
+}
+
+#[test]
+fn a_lagging_source_is_fetched_again_until_it_is_newer() {
+    let services = Services::start(&SOURCES);
+    // The first answer comes from a replica one version behind.
+    services.get("billing").set(
+        "a1",
+        vec![entity("billing", 3, "a1"), entity("billing", 4, "a1")],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &[PLUGIN], &config(&services, &SOURCES, &[]));
+    app.engine
+        .process(
+            "t",
+            0,
+            &records(0, vec![ev("billing", 4, "u1", "a1", None)]),
+        )
+        .expect("batch");
+    assert_eq!(row(&app, "u1:a1", 0)["amount"]["cents"], 400);
+    assert_eq!(services.get("billing").requests(), 2);
+    assert!(letters(&app).is_empty());
+}
+
+#[test]
+fn a_source_down_is_served_from_cache_where_allowed_and_elsewhere_fails_the_event() {
+    let services = Services::start(&SOURCES);
+    for source in SOURCES {
+        services
+            .get(source)
+            .set("a1", vec![entity(source, 5, "a1")]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cached = "cache_ttl_ms = 1\nstale_ms = 600000";
+    let app = open_app(
+        dir.path(),
+        &[PLUGIN],
+        &config(&services, &SOURCES, &[("billing", cached)]),
+    );
+    let first: Vec<Vec<u8>> = ["billing", "domains"]
+        .iter()
+        .map(|s| ev(s, 5, "u1", "a1", None))
+        .collect();
+    app.engine
+        .process("t", 0, &records(0, first))
+        .expect("batch");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    services.get("billing").set_down(true);
+    services.get("domains").set_down(true);
+    let second = vec![
+        ev("billing", 6, "u1", "a1", None),
+        ev("domains", 6, "u1", "a1", None),
+    ];
+    let c = app
+        .engine
+        .process("t", 0, &records(2, second))
+        .expect("batch")
+        .total();
+    // billing: the stale cached entity stands in; domains: no cache, fails.
+    assert_eq!(c.dead_lettered, 1, "{c:?}");
+    let r = row(&app, "u1:a1", 0);
+    assert_eq!(r["amount"]["cents"], 500);
+    assert_eq!(r["domain"], "a1-v5.example.com");
+    let stats: std::collections::HashMap<&str, _> = app.fetcher.stats().into_iter().collect();
+    let count =
+        |service: &str, f: fn(&projector::fetch::ServiceStats) -> &std::sync::atomic::AtomicU64| {
+            f(&stats[service]).load(std::sync::atomic::Ordering::Relaxed)
+        };
+    assert_eq!(count("billing", |s| &s.fetches), 2);
+    assert_eq!(count("billing", |s| &s.stale_served), 1);
+    assert_eq!(count("domains", |s| &s.errors), 1);
+    assert_eq!(
+        count("domains", |s| &s.requests),
+        3,
+        "one, then two attempts"
+    );
+    let dead = letters(&app);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].offset, 3);
+    assert!(dead[0].error.contains("unavailable"), "{}", dead[0].error);
+    assert!(dead[0].error.contains("503"), "{}", dead[0].error);
+}
+
+#[test]
+fn a_source_slower_than_its_timeout_fails_its_event_while_other_keys_flow() {
+    let services = Services::start(&SOURCES);
+    for source in SOURCES {
+        for asset in ["a1", "a2"] {
+            services
+                .get(source)
+                .set(asset, vec![entity(source, 1, asset)]);
+        }
+    }
+    // Twice the timeout: each attempt times out.
+    services.get("sites").set_delay_ms(600);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &[PLUGIN], &config(&services, &SOURCES, &[]));
+    let batch = vec![
+        ev("sites", 1, "u1", "a1", None),
+        ev("subscriptions", 1, "u2", "a2", None),
+        ev("billing", 1, "u2", "a2", None),
+    ];
+    let c = app
+        .engine
+        .process("t", 0, &records(0, batch))
+        .expect("batch")
+        .total();
+    assert_eq!((c.applied, c.dead_lettered), (2, 1), "{c:?}");
+    assert_eq!(row(&app, "u2:a2", 0)["plan"], "plan-v1");
+    let dead = letters(&app);
+    // The fetch timed out: waiting on it did not count as guest time.
+    assert!(dead[0].error.contains("timed out"), "{}", dead[0].error);
+    assert!(!dead[0].error.contains("out of time"), "{}", dead[0].error);
+}
+
+#[test]
+fn a_service_off_the_allow_list_is_refused_without_a_connection() {
+    let services = Services::start(&SOURCES);
+    for source in SOURCES {
+        services
+            .get(source)
+            .set("a1", vec![entity(source, 1, "a1")]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let allowed = ["subscriptions", "billing", "domains"];
+    let app = open_app(dir.path(), &[PLUGIN], &config(&services, &allowed, &[]));
+    let batch = vec![
+        ev("sites", 1, "u1", "a1", None),
+        ev("billing", 1, "u1", "a1", None),
+    ];
+    let c = app
+        .engine
+        .process("t", 0, &records(0, batch))
+        .expect("batch")
+        .total();
+    assert_eq!((c.applied, c.dead_lettered), (1, 1));
+    let dead = letters(&app);
+    assert!(
+        dead[0].error.contains("not allowed: sites"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(
+        services.get("sites").requests(),
+        0,
+        "no connection was made"
+    );
+}
+
+#[test]
+fn trial_days_left_change_with_the_read_time_alone() {
+    let services = Services::start(&SOURCES);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &[PLUGIN], &config(&services, &SOURCES, &[]));
+    let trial = json!({"version": 1, "product": "site-plan", "plan": "premium",
+                       "trial_end_ms": 14 * DAY, "expires_ms": 365 * DAY});
+    app.engine
+        .process(
+            "t",
+            0,
+            &records(0, vec![ev("subscriptions", 1, "u1", "a1", Some(trial))]),
+        )
+        .expect("batch");
+    let at = |now| row(&app, "u1:a1", now);
+    assert_eq!(at(0)["trial_days_left"], 14);
+    assert_eq!(at(0)["status"], "trial");
+    assert_eq!(at(10 * DAY)["trial_days_left"], 4);
+    assert_eq!(at(20 * DAY)["status"], "active");
+    assert_eq!(at(20 * DAY)["trial_days_left"], Value::Null);
+    assert_eq!(at(400 * DAY)["status"], "expired");
+}
