@@ -4,17 +4,22 @@
 #          (BENCH_EVENTS=N changes the stream length);
 #   read   the legacy SQL query against the projection read, and HTTP read
 #          latency under a fixed request rate (BENCH_CONVERSATIONS, BENCH_RPS,
-#          BENCH_SECONDS).
-# Usage: ./scripts/bench.sh [inbox|read]   (default: both)
+#          BENCH_SECONDS);
+#   enrich aggregation with enrichment from four local services: events/s,
+#          cache hit ratio, fetch latency (BENCH_ASSETS, BENCH_EVENTS,
+#          BENCH_WORKERS).
+# Usage: ./scripts/bench.sh [inbox|read|enrich]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
 case "${1:-all}" in
   inbox) cargo bench -p projector-tests --bench inbox ;;
   read) cargo bench -p projector-tests --bench read ;;
+  enrich) cargo bench -p projector-tests --bench enrich ;;
   all)
     cargo bench -p projector-tests --bench inbox
     cargo bench -p projector-tests --bench read
+    cargo bench -p projector-tests --bench enrich
     ;;
-  *) echo "usage: $0 [inbox|read]" >&2; exit 2 ;;
+  *) echo "usage: $0 [inbox|read|enrich]" >&2; exit 2 ;;
 esac

@@ -26,6 +26,8 @@
 //!
 //! Calls are blocking (plugins run on the engine's threads); the time a
 //! guest spends waiting on a fetch does not count against its deadline.
+//! A plugin that fetches the same path again within one call (its answer
+//! was older than the event announcing it, seed 002) bypasses the cache.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -212,12 +214,15 @@ impl Fetcher {
             .collect()
     }
 
-    /// Fetch `path` from `service` for a plugin allowed `allowed`.
+    /// Fetch `path` from `service` for a plugin allowed `allowed`. With
+    /// `fresh`, the cache is not read (a plugin asking again because the
+    /// answer was too old must reach the service), but still refreshed.
     pub fn fetch(
         &self,
         allowed: &[String],
         service: &str,
         path: &str,
+        fresh: bool,
     ) -> Result<Fetched, FetchError> {
         let Some(s) = self
             .services
@@ -230,7 +235,7 @@ impl Fetcher {
         s.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let ttl = Duration::from_millis(s.config.cache_ttl_ms);
         let keep = Duration::from_millis(s.config.cache_ttl_ms + s.config.stale_ms);
-        if !ttl.is_zero() {
+        if !ttl.is_zero() && !fresh {
             let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < ttl) {
                 s.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -388,17 +393,17 @@ mod tests {
         let f = Fetcher::new(&services).expect("valid");
         let allowed = vec!["domains".to_string()];
         assert_eq!(
-            f.fetch(&allowed, "billing", "/x"),
+            f.fetch(&allowed, "billing", "/x", false),
             Err(FetchError::NotAllowed("billing".into()))
         );
         assert_eq!(
-            f.fetch(&["billing".into()], "nowhere", "/x"),
+            f.fetch(&["billing".into()], "nowhere", "/x", false),
             Err(FetchError::NotAllowed("nowhere".into()))
         );
         let stats = &f.stats()[0].1;
         assert_eq!(stats.requests.load(Ordering::Relaxed), 0);
         assert!(matches!(
-            f.fetch(&["billing".into()], "billing", "/x"),
+            f.fetch(&["billing".into()], "billing", "/x", false),
             Err(FetchError::Unavailable(_))
         ));
         assert_eq!(stats.requests.load(Ordering::Relaxed), 1);

@@ -162,6 +162,28 @@ fn a_lagging_source_is_fetched_again_until_it_is_newer() {
     assert_eq!(row(&app, "u1:a1", 0)["amount"]["cents"], 400);
     assert_eq!(services.get("billing").requests(), 2);
     assert!(letters(&app).is_empty());
+
+    // Behind a cache: asking again goes past the cached old answer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cached = "cache_ttl_ms = 600000";
+    services.get("domains").set(
+        "a1",
+        vec![entity("domains", 6, "a1"), entity("domains", 7, "a1")],
+    );
+    let app = open_app(
+        dir.path(),
+        &[PLUGIN],
+        &config(&services, &SOURCES, &[("domains", cached)]),
+    );
+    app.engine
+        .process(
+            "t",
+            0,
+            &records(0, vec![ev("domains", 7, "u1", "a1", None)]),
+        )
+        .expect("batch");
+    assert_eq!(row(&app, "u1:a1", 0)["domain"], "a1-v7.example.com");
+    assert_eq!(services.get("domains").requests(), 2);
 }
 
 #[test]

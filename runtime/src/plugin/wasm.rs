@@ -182,6 +182,9 @@ pub struct HostState {
     /// Epoch ticks spent waiting on fetches in the current call: added to
     /// its deadline, which counts guest time only.
     waited_ticks: u64,
+    /// (service, path) fetched in the current call: asking again bypasses
+    /// the cache.
+    fetched: std::collections::HashSet<(String, String)>,
 }
 
 impl WasiView for HostState {
@@ -273,7 +276,10 @@ impl enrichment::Host for HostState {
             return Err(wit::FetchError::NotAllowed(service));
         };
         let started = std::time::Instant::now();
-        let answer = services.fetcher.fetch(&services.allowed, &service, &path);
+        let fresh = !self.fetched.insert((service.clone(), path.clone()));
+        let answer = services
+            .fetcher
+            .fetch(&services.allowed, &service, &path, fresh);
         self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
         use crate::fetch::FetchError as E;
         match answer {
@@ -343,6 +349,7 @@ impl<'a> WasmSession<'a> {
             calls: 0,
             services: p.services.clone(),
             waited_ticks: 0,
+            fetched: Default::default(),
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -434,6 +441,7 @@ impl<'a> WasmSession<'a> {
             store.set_epoch_deadline(deadline_ms);
             store.data_mut().calls += 1;
             store.data_mut().waited_ticks = 0;
+            store.data_mut().fetched.clear();
             let e = match f(store, instance) {
                 Ok(r) => return Ok(r),
                 Err(e) => classify(&session.plugin.meta.name, e, store, deadline_ms),
