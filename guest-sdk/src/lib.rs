@@ -378,6 +378,12 @@ fn diff_into(path: String, a: &Json, b: &Json, out: &mut Vec<Difference>) {
     }
 }
 
+/// Type of the event `projector recollect` hands to `apply`, once per key,
+/// with an empty payload: rebuild the view from the sources (seed 002's
+/// recollection after a source model changes). A plugin that does not
+/// recollect leaves it unchanged.
+pub const RECOLLECT: &str = "projector.recollect";
+
 /// Why a [`fetch`] gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {

@@ -60,6 +60,8 @@ enum Command {
         key: String,
         answer: PathBuf,
     },
+    /// Rebuild views from the plugin's sources (all stored views, or the keys given), with progress.
+    Recollect { plugin: String, keys: Vec<String> },
     /// Show each loaded plugin with its event counts (JSON).
     Status,
     /// List dead letters as JSON lines, oldest first.
@@ -207,6 +209,37 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             app.engine.snapshot(&plugin, &key, &text)?;
             app.engine.store().flush()?;
             eprintln!("stored a snapshot of {key:?} in {plugin}");
+        }
+        Command::Recollect { plugin, keys } => {
+            let app = App::open(config)?;
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} keys ({per_sec}, {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let keys = (!keys.is_empty()).then_some(keys);
+            let summary = app.engine.recollect(&plugin, keys, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            app.engine.store().flush()?;
+            for (key, error) in summary.failed.iter().take(20) {
+                eprintln!("{key}: {error}");
+            }
+            println!(
+                "keys {}, rebuilt {}, unchanged {}, deleted {}, failed {}",
+                summary.keys,
+                summary.rebuilt,
+                summary.unchanged,
+                summary.deleted,
+                summary.failed.len()
+            );
+            if !summary.failed.is_empty() {
+                return Ok(std::process::ExitCode::from(1));
+            }
         }
         Command::Status => {
             let app = App::open(config)?;

@@ -333,3 +333,58 @@ fn trial_days_left_change_with_the_read_time_alone() {
     assert_eq!(at(20 * DAY)["trial_days_left"], Value::Null);
     assert_eq!(at(400 * DAY)["status"], "expired");
 }
+
+#[test]
+fn recollect_rebuilds_rows_from_the_sources() {
+    let services = Services::start(&SOURCES);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &[PLUGIN], &config(&services, &SOURCES, &[]));
+    let mut batch = Vec::new();
+    for (user, asset) in [("u1", "a1"), ("u2", "a2"), ("u3", "a3")] {
+        for source in SOURCES {
+            batch.push(ev(source, 1, user, asset, Some(entity(source, 1, asset))));
+        }
+    }
+    app.engine
+        .process("t", 0, &records(0, batch))
+        .expect("batch");
+    // The sources moved on without events (a source model change).
+    for source in SOURCES {
+        for asset in ["a1", "a2", "a3"] {
+            services
+                .get(source)
+                .set(asset, vec![entity(source, 9, asset)]);
+        }
+    }
+    services.get("domains").set("a3", vec![]);
+    let mut seen = Vec::new();
+    let summary = app
+        .engine
+        .recollect(PLUGIN, None, |done, total| seen.push((done, total)))
+        .expect("recollect");
+    assert_eq!((summary.keys, summary.rebuilt), (3, 3), "{summary:?}");
+    assert_eq!(seen.last(), Some(&(3, 3)), "progress reaches the end");
+    let r = row(&app, "u1:a1", 0);
+    assert_eq!(r["plan"], "plan-v9");
+    assert_eq!(r["domain"], "a1-v9.example.com");
+    assert_eq!(
+        row(&app, "u3:a3", 0)["domain"],
+        Value::Null,
+        "a 404 drops the part"
+    );
+
+    // Only the keys given; a source down fails the key and leaves its row.
+    services.get("billing").set_down(true);
+    for source in SOURCES {
+        services
+            .get(source)
+            .set("a2", vec![entity(source, 10, "a2")]);
+    }
+    let summary = app
+        .engine
+        .recollect(PLUGIN, Some(vec!["u2:a2".into()]), |_, _| {})
+        .expect("recollect");
+    assert_eq!((summary.keys, summary.rebuilt), (1, 0));
+    assert!(summary.failed[0].1.contains("billing"), "{summary:?}");
+    assert_eq!(row(&app, "u2:a2", 0)["plan"], "plan-v9");
+}

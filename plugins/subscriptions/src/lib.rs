@@ -21,10 +21,12 @@
 //! as transient so it is retried later.
 //!
 //! Render computes the read-time fields — status and trial days left — at
-//! the read's time, never storing them.
+//! the read's time, never storing them. `projector recollect` rebuilds
+//! rows from all four sources (after a source model changes, seed 002).
 
 use projector_guest::{
     fetch, Change, Difference, Error, Event, Info, Json, Population, Projection, StalePolicy,
+    RECOLLECT,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -172,22 +174,57 @@ impl Subscriptions {
     }
 }
 
+impl Subscriptions {
+    /// Rebuild the row from all four sources, trusting what they say now.
+    fn recollect(&self, key: &str, row: &mut Row) -> Result<Change, Error> {
+        let (_, asset) = key
+            .split_once(':')
+            .ok_or_else(|| Error::bad_input(format!("key {key:?} is not user:asset")))?;
+        let get = |source: &str| -> Result<Option<Json>, Error> {
+            let answer = fetch(source, &format!("/{source}/{asset}"))?;
+            match answer.status {
+                200 => Ok(Some(answer.json()?)),
+                404 => Ok(None),
+                status => Err(Error::transient(format!(
+                    "{source}/{asset} answered {status}"
+                ))),
+            }
+        };
+        let fresh = Row {
+            subscription: part(get("subscriptions")?)?,
+            billing: part(get("billing")?)?,
+            domain: part(get("domains")?)?,
+            site: part(get("sites")?)?,
+        };
+        if fresh == *row {
+            return Ok(Change::Unchanged);
+        }
+        *row = fresh;
+        Ok(Change::Updated)
+    }
+}
+
+/// An entity as a row part.
+fn part<T: for<'de> Deserialize<'de>>(entity: Option<Json>) -> Result<Option<T>, Error> {
+    entity
+        .map(|e| serde_json::from_value(e).map_err(|e| Error::bad_input(format!("entity: {e}"))))
+        .transpose()
+}
+
 /// Replace `part` with `entity` unless it is not newer; whether it changed.
 fn set_part<T: for<'de> Deserialize<'de> + PartialEq>(
-    part: &mut Option<T>,
+    slot: &mut Option<T>,
     stored_version: Option<u64>,
     entity: Option<Json>,
 ) -> Result<bool, Error> {
     let Some(entity) = entity else {
-        return Ok(part.take().is_some());
+        return Ok(slot.take().is_some());
     };
     let version = version_of(&entity)?;
     if stored_version.is_some_and(|v| version <= v) {
         return Ok(false);
     }
-    let value: T =
-        serde_json::from_value(entity).map_err(|e| Error::bad_input(format!("entity: {e}")))?;
-    *part = Some(value);
+    *slot = part(Some(entity))?;
     Ok(true)
 }
 
@@ -221,7 +258,10 @@ impl Projection for Subscriptions {
         Ok(vec![view_key(&ids.user_id, &ids.asset_id)?])
     }
 
-    fn apply(&self, _key: &str, row: &mut Row, event: &Event) -> Result<Change, Error> {
+    fn apply(&self, key: &str, row: &mut Row, event: &Event) -> Result<Change, Error> {
+        if event.event_type == RECOLLECT {
+            return self.recollect(key, row);
+        }
         let Some(source) = source_of(&event.event_type) else {
             return Ok(Change::Unchanged);
         };
