@@ -408,10 +408,17 @@ impl std::fmt::Display for FetchError {
 }
 
 impl From<FetchError> for Error {
-    /// A failed fetch fails the event as transient: it is worth retrying.
+    /// A service that timed out or is down fails the event as transient
+    /// (retried later); a refused service or an oversized answer will not
+    /// get better by retrying.
     fn from(e: FetchError) -> Self {
+        let kind = match e {
+            FetchError::Timeout | FetchError::Unavailable(_) => ErrorKind::Transient,
+            FetchError::TooLarge(_) => ErrorKind::BadInput,
+            FetchError::NotAllowed(_) => ErrorKind::Internal,
+        };
         Error {
-            kind: ErrorKind::Transient,
+            kind,
             message: format!("fetch: {e}"),
         }
     }

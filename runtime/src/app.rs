@@ -56,12 +56,14 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir)?;
-        let engine = Arc::new(Engine::new(
+        let mut engine = Engine::new(
             store,
             config.format,
             config.engine.workers,
             std::time::Duration::from_millis(config.engine.commit_interval_ms),
-        ));
+        );
+        engine.set_retry(config.retry);
+        let engine = Arc::new(engine);
         let host = WasmHost::new()?;
         let fetcher = Arc::new(
             crate::fetch::Fetcher::new(&config.services)

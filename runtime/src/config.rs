@@ -18,6 +18,11 @@
 //! [log]
 //! partitions = 4               # fixed when the log is created
 //!
+//! [retry]                      # events a plugin failed with a transient error
+//! attempts = 5                 # delayed retries before the dead letter
+//! delay_ms = 1000              # doubled per attempt
+//! max_delay_ms = 60000
+//!
 //! [limits]                     # defaults for every plugin
 //! epoch_deadline_ms = 10
 //! max_memory_bytes = 67108864
@@ -84,11 +89,43 @@ pub struct Config {
     pub limits: LimitsPatch,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
     /// Services plugins may fetch from (enrichment), by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// Delayed retries of events a plugin failed with a transient error (a
+/// source down, a fetched entity older than its event): each waits
+/// `delay_ms`, doubled per attempt up to `max_delay_ms`, while its
+/// partition keeps flowing; after `attempts` retries it is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 5,
+            delay_ms: 1000,
+            max_delay_ms: 60_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Delay before retry number `attempt` (1 for the first retry).
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64 << attempt.saturating_sub(1).min(30);
+        self.delay_ms.saturating_mul(factor).min(self.max_delay_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

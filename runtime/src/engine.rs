@@ -16,13 +16,15 @@
 //! ([`Engine::read`], [`Engine::snapshot`]). It never reads a source
 //! itself.
 
+use crate::config::RetryConfig;
 use crate::envelope::{self, DecodeError, Format};
 use crate::plugin::{self, Session, SharedCode};
-use crate::store::{Counters, DeadLetter, Store, ViewRecord, Writer};
+use crate::store::{Counters, DeadLetter, RetryEntry, Store, ViewRecord, Writer};
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -69,6 +71,8 @@ pub struct Projection {
     dirty: Mutex<HashSet<String>>,
     /// Rendered answers, when the plugin's render ignores the read time.
     rendered: RwLock<RenderCache>,
+    /// Events queued for a delayed retry since start.
+    retried: AtomicU64,
 }
 
 /// Rendered answers by key, each with the state it was rendered from: an
@@ -180,6 +184,10 @@ impl Projection {
     pub fn counters(&self) -> Counters {
         *self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// Events queued for a delayed retry since start.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
 }
 
 /// What one batch did.
@@ -248,6 +256,7 @@ pub struct Engine {
     applied: RwLock<HashMap<(String, String, u32), u64>>,
     /// Counts batches; changes after each one (read-your-writes waits on it).
     progress: tokio::sync::watch::Sender<u64>,
+    retry: RetryConfig,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -285,6 +294,7 @@ impl Engine {
             write: Mutex::new(Pending::default()),
             applied: RwLock::new(HashMap::new()),
             progress: tokio::sync::watch::Sender::new(0),
+            retry: RetryConfig::default(),
         }
     }
 
@@ -331,6 +341,67 @@ impl Engine {
         &self.store
     }
 
+    /// Set how transient failures are retried (before any batch).
+    pub fn set_retry(&mut self, retry: RetryConfig) {
+        self.retry = retry;
+    }
+
+    /// Retry the queued events that are due at `now_ms` (a batch of at
+    /// most 256); how many were taken off the queue. Each goes through its
+    /// plugin again, for its key only; the version rules decide as for any
+    /// late event. Committed at once.
+    pub fn retry_due(&self, now_ms: i64) -> Result<usize> {
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let due = self.store.due_retries(now_ms, 256)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
+        for entry in &due {
+            writer.remove_retry(entry);
+            let p = match self.projection(&entry.plugin) {
+                Ok(p) => p,
+                Err(_) => {
+                    writer.dead_letter(DeadLetter {
+                        seq: 0,
+                        plugin: Some(entry.plugin.clone()),
+                        stage: "retry".into(),
+                        reason: "unloaded".into(),
+                        error: format!("plugin {} is no longer loaded", entry.plugin),
+                        source: entry.source.clone(),
+                        partition: entry.partition,
+                        offset: entry.offset,
+                        key: Some(entry.key.clone()),
+                        event: Some(entry.event.clone()),
+                        raw: None,
+                        at_ms: now_ms,
+                    })?;
+                    continue;
+                }
+            };
+            let ctx = BatchCtx {
+                projection: &p,
+                store: &self.store,
+                source: &entry.source,
+                partition: entry.partition,
+                attempt: entry.attempt,
+                only_key: Some(&entry.key),
+                retry: &self.retry,
+            };
+            let delta = ctx.run(&[(entry.offset, &entry.event)], 1, &mut writer)?;
+            let total = {
+                let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
+                c.add(&delta);
+                *c
+            };
+            writer.set_counters(&p.ns, &total);
+        }
+        pending.writer = Some(writer);
+        self.commit_locked(&mut pending)?;
+        self.progress.send_modify(|n| *n += 1);
+        Ok(due.len())
+    }
+
     /// Load a projection; `population` overrides what the plugin declares.
     pub fn add(&self, code: SharedCode, population: Option<Population>) -> Result<()> {
         let ns = code.name().to_string();
@@ -348,6 +419,7 @@ impl Engine {
             views: RwLock::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             rendered: RwLock::new(RenderCache::default()),
+            retried: AtomicU64::new(0),
         }));
         Ok(())
     }
@@ -461,6 +533,9 @@ impl Engine {
                     store: &self.store,
                     source,
                     partition,
+                    attempt: 1,
+                    only_key: None,
+                    retry: &self.retry,
                 };
                 delta = ctx.run(&events, self.workers, &mut writer)?;
             }
@@ -721,6 +796,11 @@ struct BatchCtx<'a> {
     store: &'a Store,
     source: &'a str,
     partition: u32,
+    /// Which delivery of these events this is (1: the first).
+    attempt: u32,
+    /// A retry runs its event for the key that failed only.
+    only_key: Option<&'a str>,
+    retry: &'a RetryConfig,
 }
 
 /// One key's result: its new view (if it changed) and its failures.
@@ -728,7 +808,8 @@ struct KeyResult<'e> {
     key: String,
     change: Option<Option<ViewRecord>>,
     counters: Counters,
-    failures: Vec<(&'e Event, u64, plugin::Error)>,
+    /// (event, offset, error, transient).
+    failures: Vec<(&'e Event, u64, plugin::Error, bool)>,
 }
 
 impl<'a> BatchCtx<'a> {
@@ -750,7 +831,10 @@ impl<'a> BatchCtx<'a> {
         for (i, keys) in routed.into_iter().enumerate() {
             match keys {
                 Ok(keys) => {
-                    for k in keys {
+                    for k in keys
+                        .into_iter()
+                        .filter(|k| self.only_key.is_none_or(|only| only == k))
+                    {
                         groups
                             .entry(k)
                             .or_insert_with_key(|k| {
@@ -794,7 +878,40 @@ impl<'a> BatchCtx<'a> {
             if let Some(change) = r.change {
                 self.projection.set_view(&r.key, change);
             }
-            for (event, offset, error) in r.failures {
+            for (event, offset, error, transient) in r.failures {
+                if transient && self.attempt <= self.retry.attempts {
+                    counters.dead_lettered -= 1;
+                    self.projection.retried.fetch_add(1, Ordering::Relaxed);
+                    let delay = self.retry.delay_ms(self.attempt);
+                    tracing::info!(
+                        plugin = self.projection.name(),
+                        offset,
+                        key = r.key,
+                        attempt = self.attempt,
+                        delay_ms = delay,
+                        "{error}; retrying later"
+                    );
+                    writer.retry(RetryEntry {
+                        seq: 0,
+                        plugin: self.projection.name().into(),
+                        key: r.key.clone(),
+                        attempt: self.attempt + 1,
+                        error: error.to_string(),
+                        source: self.source.into(),
+                        partition: self.partition,
+                        offset,
+                        event: event.clone(),
+                        not_before_ms: now_ms() + delay as i64,
+                    })?;
+                    continue;
+                }
+                let error = match self.attempt {
+                    1 => error,
+                    n => plugin::Error::Guest {
+                        plugin: self.projection.name().into(),
+                        message: format!("after {n} attempts: {error}"),
+                    },
+                };
                 self.dead_letter(writer, "apply", Some(&r.key), event, offset, &error)?;
             }
         }
@@ -917,14 +1034,17 @@ impl<'a> BatchCtx<'a> {
                 Verdict::Skipped(_) => counters.skipped += 1,
                 Verdict::Failed(e) => {
                     counters.dead_lettered += 1;
-                    let error = match e {
-                        CallError::Host(e) => e,
-                        CallError::Plugin(e) => plugin::Error::Guest {
-                            plugin: code.name().into(),
-                            message: e.to_string(),
-                        },
+                    let (error, transient) = match e {
+                        CallError::Host(e) => (e, false),
+                        CallError::Plugin(e) => (
+                            plugin::Error::Guest {
+                                plugin: code.name().into(),
+                                message: e.to_string(),
+                            },
+                            e.kind == projector_guest::ErrorKind::Transient,
+                        ),
                     };
-                    failures.push((event, offset, error));
+                    failures.push((event, offset, error, transient));
                 }
             }
         }

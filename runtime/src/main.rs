@@ -260,7 +260,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             writeln!(
                 std::io::stdout().lock(),
                 "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "plugins": plugins }))?
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "plugins": plugins,
+                    "retry_queue": app.engine.store().retry_count(),
+                }))?
             )?;
         }
         Command::DeadLetters { plugin, limit } => {

@@ -83,6 +83,9 @@ pub fn replay_file(
     Ok(totals)
 }
 
+/// How often the log's pipeline looks for due retries.
+const RETRY_POLL: Duration = Duration::from_millis(100);
+
 /// The source id of the embedded log.
 pub const LOG_SOURCE: &str = "log";
 
@@ -101,8 +104,14 @@ pub fn run_log(
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let mut totals = Totals::default();
+    let mut retried_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let mut busy = false;
+        // Delayed retries, between batches so their partitions never wait.
+        if retried_at.elapsed() >= RETRY_POLL {
+            retried_at = Instant::now();
+            busy |= engine.retry_due(crate::engine::now_ms())? > 0;
+        }
         for p in 0..log.partitions() {
             let batch = log.read(p, next[p as usize], batch_size)?;
             let Some(last) = batch.last() else { continue };

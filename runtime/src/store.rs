@@ -80,6 +80,36 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
+/// An event waiting for a delayed retry in one plugin (seed 000's retry
+/// topic, kept locally): a transient failure does not stall its partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryEntry {
+    pub seq: u64,
+    pub plugin: String,
+    /// The view key that failed.
+    pub key: String,
+    /// Attempts made so far, the first delivery included.
+    pub attempt: u32,
+    /// The last attempt's error.
+    pub error: String,
+    pub source: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub event: Event,
+    /// Not retried before this time (ms since the epoch).
+    pub not_before_ms: i64,
+}
+
+fn retry_key(not_before_ms: i64, seq: u64) -> Vec<u8> {
+    key(
+        b'q',
+        &[
+            &(not_before_ms.max(0) as u64).to_be_bytes(),
+            &seq.to_be_bytes(),
+        ],
+    )
+}
+
 /// The durable store.
 #[derive(Clone)]
 pub struct Store {
@@ -210,6 +240,25 @@ impl Store {
         Ok(())
     }
 
+    /// Retries due at `now_ms`, soonest first, at most `max`.
+    pub fn due_retries(&self, now_ms: i64, max: usize) -> Result<Vec<RetryEntry>> {
+        let end = retry_key(now_ms, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.state.range(key(b'q', &[])..=end).take(max) {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                what: "retry".into(),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Events waiting for a retry.
+    pub fn retry_count(&self) -> usize {
+        self.state.scan_prefix(key(b'q', &[])).count()
+    }
+
     /// A new batch of changes.
     pub fn writer(&self) -> Writer {
         Writer {
@@ -258,6 +307,23 @@ impl Writer {
     pub fn set_counters(&mut self, ns: &str, counters: &Counters) {
         self.batch
             .insert(key(b'c', &[ns.as_bytes()]), encode(counters));
+    }
+
+    /// Queue a retry; its `seq` is assigned here.
+    pub fn retry(&mut self, mut entry: RetryEntry) -> Result<()> {
+        entry.seq = self.db.generate_id()?;
+        let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt {
+            what: "retry".into(),
+            reason: e.to_string(),
+        })?;
+        self.batch
+            .insert(retry_key(entry.not_before_ms, entry.seq), bytes);
+        Ok(())
+    }
+
+    /// Take a retry off the queue.
+    pub fn remove_retry(&mut self, entry: &RetryEntry) {
+        self.batch.remove(retry_key(entry.not_before_ms, entry.seq));
     }
 
     /// Record a dead letter; its `seq` is assigned here.

@@ -163,6 +163,45 @@ fn a_lagging_source_is_fetched_again_until_it_is_newer() {
     assert_eq!(services.get("billing").requests(), 2);
     assert!(letters(&app).is_empty());
 
+    // A replica that lags longer than the plugin's refetches: the event
+    // waits for a delayed retry while the other keys flow, then converges.
+    services.get("sites").set(
+        "a1",
+        vec![
+            entity("sites", 1, "a1"),
+            entity("sites", 1, "a1"),
+            entity("sites", 1, "a1"),
+            entity("sites", 2, "a1"),
+        ],
+    );
+    services
+        .get("sites")
+        .set("a2", vec![entity("sites", 2, "a2")]);
+    let c = app
+        .engine
+        .process(
+            "t",
+            0,
+            &records(
+                1,
+                vec![
+                    ev("sites", 2, "u1", "a1", None),
+                    ev("sites", 2, "u2", "a2", None),
+                ],
+            ),
+        )
+        .expect("batch")
+        .total();
+    assert_eq!((c.applied, c.dead_lettered), (1, 0), "{c:?}");
+    assert_eq!(row(&app, "u2:a2", 0)["site"]["name"], "site a2 v2");
+    app.engine.commit().expect("commit");
+    assert_eq!(app.engine.store().retry_count(), 1);
+    let later = projector::engine::now_ms() + 60_000;
+    assert_eq!(app.engine.retry_due(later).expect("retry"), 1);
+    assert_eq!(row(&app, "u1:a1", 0)["site"]["name"], "site a1 v2");
+    assert_eq!(app.engine.store().retry_count(), 0);
+    assert!(letters(&app).is_empty());
+
     // Behind a cache: asking again goes past the cached old answer.
     let dir = tempfile::tempdir().expect("tempdir");
     let cached = "cache_ttl_ms = 600000";
@@ -199,7 +238,10 @@ fn a_source_down_is_served_from_cache_where_allowed_and_elsewhere_fails_the_even
     let app = open_app(
         dir.path(),
         &[PLUGIN],
-        &config(&services, &SOURCES, &[("billing", cached)]),
+        &format!(
+            "{}[retry]\nattempts = 1\n",
+            config(&services, &SOURCES, &[("billing", cached)])
+        ),
     );
     let first: Vec<Vec<u8>> = ["billing", "domains"]
         .iter()
@@ -220,8 +262,14 @@ fn a_source_down_is_served_from_cache_where_allowed_and_elsewhere_fails_the_even
         .process("t", 0, &records(2, second))
         .expect("batch")
         .total();
-    // billing: the stale cached entity stands in; domains: no cache, fails.
-    assert_eq!(c.dead_lettered, 1, "{c:?}");
+    // billing: the stale cached entity stands in; domains: no cache, so
+    // the event waits for a retry, which fails too: dead letter.
+    assert_eq!((c.applied, c.dead_lettered), (1, 0), "{c:?}");
+    app.engine.commit().expect("commit");
+    assert_eq!(app.engine.store().retry_count(), 1);
+    let later = projector::engine::now_ms() + 60_000;
+    assert_eq!(app.engine.retry_due(later).expect("retry"), 1);
+    assert_eq!(app.engine.store().retry_count(), 0);
     let r = row(&app, "u1:a1", 0);
     assert_eq!(r["amount"]["cents"], 500);
     assert_eq!(r["domain"], "a1-v5.example.com");
@@ -232,16 +280,21 @@ fn a_source_down_is_served_from_cache_where_allowed_and_elsewhere_fails_the_even
         };
     assert_eq!(count("billing", |s| &s.fetches), 2);
     assert_eq!(count("billing", |s| &s.stale_served), 1);
-    assert_eq!(count("domains", |s| &s.errors), 1);
+    assert_eq!(count("domains", |s| &s.errors), 2);
     assert_eq!(
         count("domains", |s| &s.requests),
-        3,
-        "one, then two attempts"
+        5,
+        "one, then two attempts, twice"
     );
     let dead = letters(&app);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].offset, 3);
     assert!(dead[0].error.contains("unavailable"), "{}", dead[0].error);
+    assert!(
+        dead[0].error.contains("after 2 attempts"),
+        "{}",
+        dead[0].error
+    );
     assert!(dead[0].error.contains("503"), "{}", dead[0].error);
 }
 
@@ -269,12 +322,25 @@ fn a_source_slower_than_its_timeout_fails_its_event_while_other_keys_flow() {
         .process("t", 0, &records(0, batch))
         .expect("batch")
         .total();
-    assert_eq!((c.applied, c.dead_lettered), (2, 1), "{c:?}");
+    assert_eq!((c.applied, c.dead_lettered), (2, 0), "{c:?}");
     assert_eq!(row(&app, "u2:a2", 0)["plan"], "plan-v1");
-    let dead = letters(&app);
-    // The fetch timed out: waiting on it did not count as guest time.
-    assert!(dead[0].error.contains("timed out"), "{}", dead[0].error);
-    assert!(!dead[0].error.contains("out of time"), "{}", dead[0].error);
+    // The slow key's event waits for a retry, for the fetch timing out:
+    // waiting on it did not count as guest time ("out of time").
+    app.engine.commit().expect("commit");
+    let queued = app
+        .engine
+        .store()
+        .due_retries(i64::MAX, 10)
+        .expect("retries");
+    assert_eq!(queued.len(), 1);
+    assert_eq!((queued[0].key.as_str(), queued[0].attempt), ("u1:a1", 2));
+    assert!(queued[0].error.contains("timed out"), "{}", queued[0].error);
+    assert!(
+        !queued[0].error.contains("out of time"),
+        "{}",
+        queued[0].error
+    );
+    assert!(letters(&app).is_empty());
 }
 
 #[test]
@@ -387,4 +453,42 @@ fn recollect_rebuilds_rows_from_the_sources() {
     assert_eq!((summary.keys, summary.rebuilt), (1, 0));
     assert!(summary.failed[0].1.contains("billing"), "{summary:?}");
     assert_eq!(row(&app, "u2:a2", 0)["plan"], "plan-v9");
+}
+
+#[test]
+fn a_running_pipeline_retries_by_itself_and_converges() {
+    let services = Services::start(&SOURCES);
+    services.get("billing").set(
+        "a1",
+        vec![
+            entity("billing", 1, "a1"),
+            entity("billing", 1, "a1"),
+            entity("billing", 1, "a1"),
+            entity("billing", 1, "a1"),
+            entity("billing", 2, "a1"),
+        ],
+    );
+    let s = projector_tests::Served::start(
+        &[PLUGIN],
+        &format!(
+            "{}[retry]\ndelay_ms = 20\n",
+            config(&services, &SOURCES, &[])
+        ),
+    );
+    let event = String::from_utf8(ev("billing", 2, "u1", "a1", None)).expect("utf-8");
+    s.ingest(&[event]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body) = s.get(&format!("/v1/views/{PLUGIN}/u1:a1"));
+        if status == 200 && body["answer"]["amount"]["cents"] == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence: {status} {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(s.metric("projector_retries_total", &format!("plugin=\"{PLUGIN}\"")) >= 1.0);
+    assert_eq!(s.metric("projector_retry_queue", ""), 0.0);
 }

@@ -16,6 +16,8 @@
 //! | `projector_ingested_total` | counter | | events appended through `POST /v1/events` |
 //! | `projector_events_total` | counter | plugin, outcome | event deliveries: `received`, `applied`, `skipped`, `invalidated`, `dead_lettered` |
 //! | `projector_lag_records` | gauge | plugin, source, partition | records in the log not yet applied by the plugin |
+//! | `projector_retries_total` | counter | plugin | events queued for a delayed retry after a transient failure |
+//! | `projector_retry_queue` | gauge | | events waiting for their retry |
 //! | `projector_fetches_total` | counter | service | fetches plugins asked of a service (enrichment) |
 //! | `projector_fetch_cache_hits_total` | counter | service | fetches answered from the cache within its TTL |
 //! | `projector_fetch_stale_total` | counter | service | fetches answered from the cache past its TTL while the service failed |
@@ -270,6 +272,30 @@ impl Collector for EngineCollector {
                     ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
                 }
             }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "projector_retries",
+                "Events queued for a delayed retry after a transient failure",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for p in &projections {
+                let labels = PluginLabel {
+                    plugin: p.name().into(),
+                };
+                ConstCounter::new(p.retried()).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let queued = self.engine.store().retry_count() as i64;
+            let family = encoder.encode_descriptor(
+                "projector_retry_queue",
+                "Events waiting for their retry",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(queued).encode(family)?;
         }
         {
             let mut family = encoder.encode_descriptor(
