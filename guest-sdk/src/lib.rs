@@ -448,7 +448,16 @@ impl Fetched {
 /// answers (see [`harness::set_fetch`]).
 pub fn fetch(service: &str, path: &str) -> Result<Fetched, FetchError> {
     #[cfg(target_arch = "wasm32")]
-    return wasm::fetch(service, path);
+    return wasm::fetch(service, path, false);
+    #[cfg(not(target_arch = "wasm32"))]
+    return harness::fetch(service, path);
+}
+
+/// [`fetch`], past the host's cache: for an answer newer than the one the
+/// plugin got (a lagging replica, seed 002).
+pub fn fetch_fresh(service: &str, path: &str) -> Result<Fetched, FetchError> {
+    #[cfg(target_arch = "wasm32")]
+    return wasm::fetch(service, path, true);
     #[cfg(not(target_arch = "wasm32"))]
     return harness::fetch(service, path);
 }

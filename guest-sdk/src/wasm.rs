@@ -199,9 +199,13 @@ impl<P: Projection> comparison::Guest for Adapter<P> {
     }
 }
 
-pub(crate) fn fetch(service: &str, path: &str) -> Result<crate::Fetched, crate::FetchError> {
+pub(crate) fn fetch(
+    service: &str,
+    path: &str,
+    fresh: bool,
+) -> Result<crate::Fetched, crate::FetchError> {
     use bindings::projector::plugin::enrichment;
-    match enrichment::fetch(service, path) {
+    match enrichment::fetch(service, path, fresh) {
         Ok(f) => Ok(crate::Fetched {
             status: f.status,
             body: f.body,

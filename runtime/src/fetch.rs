@@ -26,8 +26,8 @@
 //!
 //! Calls are blocking (plugins run on the engine's threads); the time a
 //! guest spends waiting on a fetch does not count against its deadline.
-//! A plugin that fetches the same path again within one call (its answer
-//! was older than the event announcing it, seed 002) bypasses the cache.
+//! A plugin that asks for a fresh answer (the one it got was older than
+//! the event announcing it, seed 002) bypasses the cache.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};

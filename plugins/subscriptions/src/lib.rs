@@ -25,8 +25,8 @@
 //! rows from all four sources (after a source model changes, seed 002).
 
 use projector_guest::{
-    fetch, Change, Difference, Error, Event, Info, Json, Population, Projection, StalePolicy,
-    RECOLLECT,
+    fetch, fetch_fresh, Change, Difference, Error, Event, Info, Json, Population, Projection,
+    StalePolicy, RECOLLECT,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -145,7 +145,11 @@ impl Subscriptions {
         let path = format!("/{source}/{}", ids.asset_id);
         let mut attempt = 0;
         loop {
-            let answer = fetch(source, &path)?;
+            let answer = if attempt == 0 {
+                fetch(source, &path)?
+            } else {
+                fetch_fresh(source, &path)?
+            };
             if answer.status == 404 {
                 // The source no longer knows the entity: the part goes.
                 return Ok(None);

@@ -182,9 +182,6 @@ pub struct HostState {
     /// Epoch ticks spent waiting on fetches in the current call: added to
     /// its deadline, which counts guest time only.
     waited_ticks: u64,
-    /// (service, path) fetched in the current call: asking again bypasses
-    /// the cache.
-    fetched: std::collections::HashSet<(String, String)>,
 }
 
 impl WasiView for HostState {
@@ -271,12 +268,16 @@ impl host::Host for HostState {
 impl enrichment::Host for HostState {
     /// Fetch from an allow-listed service; anything else is refused
     /// without connecting.
-    fn fetch(&mut self, service: String, path: String) -> Result<wit::Fetched, wit::FetchError> {
+    fn fetch(
+        &mut self,
+        service: String,
+        path: String,
+        fresh: bool,
+    ) -> Result<wit::Fetched, wit::FetchError> {
         let Some(services) = self.services.clone() else {
             return Err(wit::FetchError::NotAllowed(service));
         };
         let started = std::time::Instant::now();
-        let fresh = !self.fetched.insert((service.clone(), path.clone()));
         let answer = services
             .fetcher
             .fetch(&services.allowed, &service, &path, fresh);
@@ -349,7 +350,6 @@ impl<'a> WasmSession<'a> {
             calls: 0,
             services: p.services.clone(),
             waited_ticks: 0,
-            fetched: Default::default(),
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -441,7 +441,6 @@ impl<'a> WasmSession<'a> {
             store.set_epoch_deadline(deadline_ms);
             store.data_mut().calls += 1;
             store.data_mut().waited_ticks = 0;
-            store.data_mut().fetched.clear();
             let e = match f(store, instance) {
                 Ok(r) => return Ok(r),
                 Err(e) => classify(&session.plugin.meta.name, e, store, deadline_ms),
