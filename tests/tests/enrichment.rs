@@ -492,3 +492,49 @@ fn a_running_pipeline_retries_by_itself_and_converges() {
     assert!(s.metric("projector_retries_total", &format!("plugin=\"{PLUGIN}\"")) >= 1.0);
     assert_eq!(s.metric("projector_retry_queue", ""), 0.0);
 }
+
+#[test]
+fn the_recollect_command_reports_what_it_rebuilt() {
+    let services = Services::start(&SOURCES);
+    for source in SOURCES {
+        services
+            .get(source)
+            .set("a1", vec![entity(source, 4, "a1")]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    projector_tests::plugins_dir(dir.path(), &[PLUGIN]);
+    let config = format!(
+        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[http]\nlisten = \"off\"\n{}",
+        config(&services, &SOURCES, &[])
+    );
+    std::fs::write(dir.path().join("projector.toml"), config).expect("config");
+    let events: Vec<String> = SOURCES
+        .iter()
+        .map(|s| String::from_utf8(ev(s, 1, "u1", "a1", Some(entity(s, 1, "a1")))).expect("utf-8"))
+        .collect();
+    projector_tests::write_ndjson(&dir.path().join("events.ndjson"), &events);
+    let projector = |args: &[&str]| {
+        std::process::Command::new(projector_tests::projector_bin())
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .expect("run projector")
+    };
+    let o = projector(&["run", "--ingest", "events.ndjson", "--exit-when-idle"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = projector(&["recollect", PLUGIN]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("keys 1, rebuilt 1, unchanged 0, deleted 0, failed 0"),
+        "{out}"
+    );
+    let o = projector(&["get", PLUGIN, "u1:a1"]);
+    let view: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(view["view"]["plan"], "plan-v4");
+    // A key whose source fails: reported, and a failing exit status.
+    services.get("sites").set_down(true);
+    let o = projector(&["recollect", PLUGIN, "u1:a1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("u1:a1: "));
+}
