@@ -9,7 +9,8 @@
 //!     median, p99 and their ratios. Every answer is checked equal first.
 //! (b) read latency under load: `GET /v1/views` at a fixed rate (default
 //!     10k requests/s for 10 s) from a loopback load generator in this
-//!     process, 64 connections taking the scheduled requests in turn.
+//!     process: 64 HTTP/1 connections (hyper, no pooling layer) taking the
+//!     scheduled requests in turn.
 //!     Latency is from send to the last byte of the answer; the report
 //!     also gives how late the latest request started against its
 //!     schedule (timer granularity is 1 ms), which would show the
@@ -283,14 +284,10 @@ fn main() -> anyhow::Result<()> {
     let state = Arc::new(ServeState::new(&config, engine.clone(), None, None)?);
     state.set_ready(true);
     let serving = Serving::start(state, &config.http.listen)?;
-    let base = format!("http://{}/v1/views/{PLUGIN}/", serving.addr());
+    let base = format!("/v1/views/{PLUGIN}/");
     let paths: Vec<String> = keys.iter().map(|(u, s)| format!("{base}{u}:{s}")).collect();
-    let floor = drive(
-        vec![format!("http://{}/healthz", serving.addr())],
-        rps,
-        seconds,
-    )?;
-    let views = drive(paths, rps, seconds)?;
+    let floor = drive(serving.addr(), vec!["/healthz".into()], rps, seconds)?;
+    let views = drive(serving.addr(), paths, rps, seconds)?;
     serving.stop();
     println!(
         "(b) GET /healthz (this machine's HTTP floor) at {rps}/s for {seconds} s: {}",
@@ -331,23 +328,31 @@ impl Load {
 }
 
 /// GET `paths` in turn at `rps` for `seconds`, open loop: each request
-/// has a scheduled time; `CONNECTIONS` workers take them in order.
-fn drive(paths: Vec<String>, rps: u64, seconds: u64) -> anyhow::Result<Load> {
+/// has a scheduled time; `CONNECTIONS` workers, each on its own HTTP/1
+/// connection (hyper, no pool), take them in order.
+fn drive(
+    addr: std::net::SocketAddr,
+    paths: Vec<String>,
+    rps: u64,
+    seconds: u64,
+) -> anyhow::Result<Load> {
+    use http_body_util::BodyExt;
     let load = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let paths = Arc::new(paths);
     let mut result = load.block_on(async {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(CONNECTIONS)
-            .build()
-            .expect("client");
         let total = rps * seconds;
         let start = tokio::time::Instant::now();
         let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut workers = Vec::new();
         for _ in 0..CONNECTIONS {
-            let (client, next, paths) = (client.clone(), next.clone(), paths.clone());
+            let (next, paths) = (next.clone(), paths.clone());
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
             workers.push(tokio::spawn(async move {
                 let mut run = Load {
                     latencies: Vec::new(),
@@ -364,11 +369,18 @@ fn drive(paths: Vec<String>, rps: u64, seconds: u64) -> anyhow::Result<Load> {
                     tokio::time::sleep_until(due).await;
                     let sent = tokio::time::Instant::now();
                     run.lag = run.lag.max(sent - due);
-                    let url = &paths[(i as usize * 7919) % paths.len()];
-                    let outcome = match client.get(url).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            r.bytes().await.map(drop).map_err(|e| e.to_string())
-                        }
+                    let path = &paths[(i as usize * 7919) % paths.len()];
+                    let request = hyper::Request::get(path.as_str())
+                        .header("host", "127.0.0.1")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .expect("request");
+                    let outcome = match sender.send_request(request).await {
+                        Ok(r) if r.status().is_success() => r
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string()),
                         Ok(r) => Err(format!("status {}", r.status())),
                         Err(e) => Err(e.to_string()),
                     };
@@ -394,8 +406,8 @@ fn drive(paths: Vec<String>, rps: u64, seconds: u64) -> anyhow::Result<Load> {
             all.first_error = all.first_error.or(run.first_error);
             all.lag = all.lag.max(run.lag);
         }
-        all
-    });
+        Ok::<_, anyhow::Error>(all)
+    })?;
     result.latencies.sort();
     Ok(result)
 }
