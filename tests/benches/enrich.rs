@@ -139,13 +139,19 @@ fn main() -> anyhow::Result<()> {
         let requests = s.requests.load(Relaxed);
         fetches += s.fetches.load(Relaxed);
         hits += s.cache_hits.load(Relaxed);
+        let bucket = |q| {
+            s.latency_quantile_micros(q)
+                .map_or("-".to_string(), |b| format!("<= {b} µs"))
+        };
         println!(
-            "  {service:<13} fetches {:>6}, cache hits {:>6}, requests {:>6}, errors {}, mean request {:.0} µs",
+            "  {service:<13} fetches {:>6}, cache hits {:>6}, requests {:>6}, errors {}, mean request {:.0} µs, p50 {}, p99 {}",
             s.fetches.load(Relaxed),
             s.cache_hits.load(Relaxed),
             requests,
             s.errors.load(Relaxed),
-            s.request_micros.load(Relaxed) as f64 / requests.max(1) as f64
+            s.request_micros.load(Relaxed) as f64 / requests.max(1) as f64,
+            bucket(0.5),
+            bucket(0.99),
         );
     }
     println!(

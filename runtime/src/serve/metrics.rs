@@ -24,7 +24,7 @@
 //! | `projector_fetch_errors_total` | counter | service | fetches that failed after their retries |
 //! | `projector_fetch_timeouts_total` | counter | service | requests that ran past their timeout |
 //! | `projector_fetch_requests_total` | counter | service | HTTP requests sent to a service, retries included |
-//! | `projector_fetch_request_seconds_total` | counter | service | time spent in those requests (÷ requests: mean latency) |
+//! | `projector_fetch_request_seconds` | histogram | service | duration of those requests |
 //!
 //! Engine-side values (events, lag) are read from the engine at scrape
 //! time; the rest is counted by the HTTP layer as requests go.
@@ -340,7 +340,7 @@ impl Collector for EngineCollector {
         if let Some(fetcher) = self.fetcher.as_ref().filter(|f| !f.is_empty()) {
             use std::sync::atomic::Ordering::Relaxed;
             type Read = fn(&crate::fetch::ServiceStats) -> f64;
-            let families: [(&str, &str, Read); 7] = [
+            let families: [(&str, &str, Read); 6] = [
                 (
                     "projector_fetches",
                     "Fetches plugins asked of a service",
@@ -371,11 +371,6 @@ impl Collector for EngineCollector {
                     "HTTP requests sent to a service, retries included",
                     |s| s.requests.load(Relaxed) as f64,
                 ),
-                (
-                    "projector_fetch_request_seconds",
-                    "Time spent in requests to a service",
-                    |s| s.request_micros.load(Relaxed) as f64 / 1e6,
-                ),
             ];
             let stats = fetcher.stats();
             for (name, help, read) in families {
@@ -391,6 +386,23 @@ impl Collector for EngineCollector {
                     };
                     ConstCounter::new(read(s)).encode(family.encode_family(&labels)?)?;
                 }
+            }
+            let mut family = encoder.encode_descriptor(
+                "projector_fetch_request_seconds",
+                "Duration of requests to a service",
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            for (service, s) in &stats {
+                let labels = ServiceLabel {
+                    service: service.to_string(),
+                };
+                let buckets = s.latency_buckets();
+                let count = buckets.iter().map(|(_, n)| n).sum();
+                let sum = s.request_micros.load(Relaxed) as f64 / 1e6;
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<ServiceLabel>(sum, count, &buckets, None)?;
             }
         }
         Ok(())
