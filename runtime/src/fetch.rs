@@ -422,7 +422,11 @@ mod tests {
         assert_eq!(stats.latency_quantile_micros(0.5), Some(100));
         assert_eq!(stats.latency_quantile_micros(0.6), Some(500));
         assert_eq!(stats.latency_quantile_micros(0.8), Some(25_000));
-        assert_eq!(stats.latency_quantile_micros(1.0), None, "past the last bound");
+        assert_eq!(
+            stats.latency_quantile_micros(1.0),
+            None,
+            "past the last bound"
+        );
         let buckets = stats.latency_buckets();
         assert_eq!(buckets[0], (0.000_05, 1));
         assert_eq!(buckets.last(), Some(&(f64::MAX, 1)));

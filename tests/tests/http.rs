@@ -296,6 +296,23 @@ fn a_token_read_sees_its_write_and_times_out_on_a_position_not_reached() {
             "result=\"reached\""
         ) >= 20.0
     );
+    // Staleness: every partition applied up to the end of the log, and the
+    // age of the view's last change: its snapshot, taken in this test (the
+    // later events carry older event times).
+    let body = read(&s, "alice:s1", &t0, Some("projection"));
+    let st = &body["staleness"];
+    assert_eq!(
+        (st["source"].as_str(), st["lag"].as_u64()),
+        (Some("log"), Some(0))
+    );
+    assert_eq!(st["partitions"].as_array().map(Vec::len), Some(4));
+    let p = st["partitions"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["end"].as_u64() > Some(0)))
+        .expect("a written partition");
+    assert_eq!(p["applied"], p["end"]);
+    let age = st["last_event_age_ms"].as_i64().expect("age");
+    assert!((0..60_000).contains(&age), "{age}");
 
     let started = std::time::Instant::now();
     let (status, body) = s.get(&format!(

@@ -239,7 +239,7 @@ impl ServeState {
             "source": source,
             "partitions": partitions,
             "lag": lag,
-            "view_age_ms": view.map(|v| (now - v.updated_ms).max(0)),
+            "last_event_age_ms": view.map(|v| (now - v.updated_ms).max(0)),
         })
     }
 
