@@ -64,7 +64,11 @@ impl App {
         );
         engine.set_retry(config.retry);
         let engine = Arc::new(engine);
-        let host = WasmHost::new()?;
+        let host = match config.engine.compile_cache_dir.as_deref() {
+            Some(dir) if dir.as_os_str() != "off" => WasmHost::with_compile_cache(dir)
+                .with_context(|| format!("compile cache in {}", dir.display()))?,
+            _ => WasmHost::new()?,
+        };
         let fetcher = Arc::new(
             crate::fetch::Fetcher::new(&config.services)
                 .map_err(|e| anyhow::anyhow!("config: {e}"))?,

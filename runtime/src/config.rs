@@ -14,6 +14,7 @@
 //! batch_size = 4096            # records per batch (and per atomic commit)
 //! workers = 1                  # threads folding keys of one batch
 //! commit_interval_ms = 1000    # commit views + offsets at most this often
+//! compile_cache_dir = "data/compiled" # compiled plugins kept across restarts; "off"
 //!
 //! [log]
 //! partitions = 4               # fixed when the log is created
@@ -171,6 +172,9 @@ pub struct EngineConfig {
     /// Views, offsets and dead letters are committed at most this often
     /// (0: after every batch); a crash redoes what was not committed.
     pub commit_interval_ms: u64,
+    /// Where compiled plugins are kept across restarts (default:
+    /// `<data_dir>/compiled`; "off": compile at every start).
+    pub compile_cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -179,6 +183,7 @@ impl Default for EngineConfig {
             batch_size: 4096,
             workers: 1,
             commit_interval_ms: 1000,
+            compile_cache_dir: None,
         }
     }
 }
@@ -326,6 +331,11 @@ impl Config {
                 c.http.listen
             )));
         }
+        c.engine.compile_cache_dir = match c.engine.compile_cache_dir.take() {
+            Some(dir) if dir.as_os_str() == "off" => Some(dir),
+            Some(dir) => Some(base.join(dir)),
+            None => Some(base.join(&c.data_dir).join("compiled")),
+        };
         c.data_dir = base.join(&c.data_dir);
         c.plugins_dir = base.join(&c.plugins_dir);
         Ok(c)

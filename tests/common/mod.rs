@@ -260,12 +260,17 @@ pub fn write_ndjson(path: &Path, lines: &[String]) {
 }
 
 /// A runtime on a fresh store in `dir`, with the named built plugins and
-/// `extra` TOML appended to the config (e.g. `[plugins.x]` tables).
+/// `extra` TOML appended to the config (e.g. `[plugins.x]` tables). The
+/// tests share one compile cache (`target/test-compile-cache`), so each
+/// plugin is compiled once per build, not once per test.
 pub fn open_app(dir: &Path, plugins: &[&str], extra: &str) -> projector::app::App {
     plugins_dir(dir, plugins);
     let text = format!("data_dir = \"data\"\nplugins_dir = \"plugins\"\n{extra}");
-    let config =
+    let mut config =
         projector::config::Config::parse(&text, "test.toml", dir).expect("test config parses");
+    if !extra.contains("compile_cache_dir") {
+        config.engine.compile_cache_dir = Some(root().join("target/test-compile-cache"));
+    }
     projector::app::App::open(config).expect("runtime opens")
 }
 

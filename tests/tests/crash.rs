@@ -119,3 +119,19 @@ fn sigkill_mid_replay_then_restart_loses_nothing_and_applies_nothing_twice() {
         assert_eq!(rendered(&body), shown(unread), "view {key}");
     }
 }
+
+#[test]
+fn a_restart_loads_compiled_plugins_without_compiling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[engine]\ncompile_cache_dir = \"compiled\"\n";
+    let first = open_app(dir.path(), &["inbox-unread"], extra);
+    assert_eq!(first.host.compile_cache_hits(), 0, "a fresh cache compiles");
+    drop(first);
+    let again = open_app(dir.path(), &["inbox-unread"], extra);
+    assert_eq!(
+        again.host.compile_cache_hits(),
+        1,
+        "the restart loads the compiled code"
+    );
+    assert!(again.engine.projection("inbox-unread").is_ok());
+}

@@ -41,11 +41,34 @@ const STDIO_CAPACITY: usize = 64 << 10;
 pub struct WasmHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    cache: Option<wasmtime::Cache>,
 }
 
 impl WasmHost {
+    /// A host that compiles every plugin it loads.
     pub fn new() -> anyhow::Result<Self> {
+        Self::build(None)
+    }
+
+    /// A host that keeps compiled plugins in `dir`, keyed by the code's
+    /// hash and the engine's settings: a restart, or another runtime
+    /// sharing the directory, loads them without compiling. Only code this
+    /// host's engine wrote there is ever loaded back.
+    pub fn with_compile_cache(dir: &std::path::Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut config = wasmtime::CacheConfig::new();
+        config.with_directory(std::path::absolute(dir)?);
+        Self::build(Some(wasmtime::Cache::new(config)?))
+    }
+
+    /// Plugins loaded from the compile cache so far.
+    pub fn compile_cache_hits(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.cache_hits())
+    }
+
+    fn build(cache: Option<wasmtime::Cache>) -> anyhow::Result<Self> {
         let mut config = Config::new();
+        config.cache(cache.clone());
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
@@ -71,6 +94,7 @@ impl WasmHost {
         Ok(WasmHost {
             engine,
             linker: Arc::new(linker),
+            cache,
         })
     }
 
