@@ -19,8 +19,17 @@
 //! [log]
 //! partitions = 4               # fixed when the log is created
 //!
+//! [source.kafka]               # consume Kafka instead of the embedded log
+//! bootstrap_servers = "127.0.0.1:9092"
+//! group_id = "projector"
+//! topics = ["inbox"]
+//! max_buffered_records = 16384 # per partition; a fuller one is paused
+//! properties = { "session.timeout.ms" = "10000" } # any librdkafka property
+//!
 //! [retry]                      # events a plugin failed with a transient error
-//! attempts = 5                 # delayed retries before the dead letter
+//! blocking = 2                 # immediate retries (the key waits) ...
+//! blocking_delay_ms = 50       # ... this long apart, doubled each time
+//! attempts = 5                 # then delayed retries before the dead letter
 //! delay_ms = 1000              # doubled per attempt
 //! max_delay_ms = 60000
 //!
@@ -61,6 +70,7 @@ use crate::fetch::ServiceConfig;
 use crate::plugin::Limits;
 use crate::serve::rollout::Rollout;
 use crate::serve::source::{Source, SourceConfig};
+pub use crate::source::kafka::KafkaConfig;
 use projector_guest::Population;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -92,6 +102,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Where events come from when not from the embedded log.
+    #[serde(default)]
+    pub source: SourceSection,
     /// Services plugins may fetch from (enrichment), by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -99,13 +112,25 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
 }
 
-/// Delayed retries of events a plugin failed with a transient error (a
-/// source down, a fetched entity older than its event): each waits
-/// `delay_ms`, doubled per attempt up to `max_delay_ms`, while its
-/// partition keeps flowing; after `attempts` retries it is dead-lettered.
+/// `[source]`: the Kafka source, when set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// Retries of events a plugin failed with a transient error (a source
+/// down, a fetched entity older than its event). First `blocking`
+/// immediate retries, `blocking_delay_ms` apart (doubled each time),
+/// while the key waits; then delayed retries, each waiting `delay_ms`,
+/// doubled per attempt up to `max_delay_ms`, while its partition keeps
+/// flowing (locally, or through the retry topic with Kafka); after
+/// `attempts` delayed retries it is dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
+    pub blocking: u32,
+    pub blocking_delay_ms: u64,
     pub attempts: u32,
     pub delay_ms: u64,
     pub max_delay_ms: u64,
@@ -114,6 +139,8 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
+            blocking: 2,
+            blocking_delay_ms: 50,
             attempts: 5,
             delay_ms: 1000,
             max_delay_ms: 60_000,
@@ -122,6 +149,12 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
+    /// Pause before blocking retry number `n` (1 for the first).
+    pub fn blocking_delay(&self, n: u32) -> std::time::Duration {
+        let factor = 1u64 << n.saturating_sub(1).min(16);
+        std::time::Duration::from_millis(self.blocking_delay_ms.saturating_mul(factor).min(10_000))
+    }
+
     /// Delay before retry number `attempt` (1 for the first retry).
     pub fn delay_ms(&self, attempt: u32) -> u64 {
         let factor = 1u64 << attempt.saturating_sub(1).min(30);
@@ -324,6 +357,9 @@ impl Config {
                     .validate()
                     .map_err(|e| bad(format!("plugins.{name}.rollout.{e}")))?;
             }
+        }
+        if let Some(k) = &c.source.kafka {
+            k.validate().map_err(|e| bad(format!("source.kafka.{e}")))?;
         }
         if c.http.listen != "off" && c.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(format!(

@@ -19,7 +19,7 @@
 use crate::config::RetryConfig;
 use crate::envelope::{self, DecodeError, Format};
 use crate::plugin::{self, Session, SharedCode};
-use crate::store::{Counters, DeadLetter, RetryEntry, Store, ViewRecord, Writer};
+use crate::store::{Counters, DeadLetter, OutboxRecord, RetryEntry, Store, ViewRecord, Writer};
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
 use serde_json::value::RawValue;
@@ -238,6 +238,42 @@ impl ReadView {
     }
 }
 
+/// Where delayed retries and dead letters go besides the store: a Kafka
+/// source sends them to its retry and dead-letter topics through the
+/// spool, in the same atomic batch as the offsets.
+pub trait FailureRoute: Send + Sync {
+    /// The record that carries a delayed retry, or `None` to keep it in
+    /// the local retry queue.
+    fn retry(&self, entry: &RetryEntry) -> Option<OutboxRecord>;
+    /// The record that carries a dead letter, if its source has a
+    /// dead-letter topic (the letter is kept in the store either way).
+    fn dead_letter(&self, letter: &DeadLetter) -> Option<OutboxRecord>;
+}
+
+type Route<'a> = Option<&'a dyn FailureRoute>;
+
+/// Queue a delayed retry where its source's route sends it.
+fn queue_retry(writer: &mut Writer, route: Route, entry: RetryEntry) -> Result<()> {
+    match route.and_then(|r| r.retry(&entry)) {
+        Some(record) => writer.outbox(record)?,
+        None => writer.retry(entry)?,
+    }
+    Ok(())
+}
+
+/// Keep a dead letter, and send it where its source's route says.
+fn record_dead_letter(writer: &mut Writer, route: Route, letter: DeadLetter) -> Result<()> {
+    if let Some(record) = route.and_then(|r| r.dead_letter(&letter)) {
+        writer.outbox(record)?;
+    }
+    writer.dead_letter(letter)?;
+    Ok(())
+}
+
+/// Namespace of the offsets of retry topics (records moved to the local
+/// retry queue).
+const RETRY_NS: &str = "@retry";
+
 /// Namespace that tracks which records were already decoded (so a decode
 /// error is dead-lettered once, whatever projections are loaded).
 const DECODE_NS: &str = "@decode";
@@ -257,6 +293,7 @@ pub struct Engine {
     /// Counts batches; changes after each one (read-your-writes waits on it).
     progress: tokio::sync::watch::Sender<u64>,
     retry: RetryConfig,
+    route: RwLock<Option<Arc<dyn FailureRoute>>>,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -295,7 +332,65 @@ impl Engine {
             applied: RwLock::new(HashMap::new()),
             progress: tokio::sync::watch::Sender::new(0),
             retry: RetryConfig::default(),
+            route: RwLock::new(None),
         }
+    }
+
+    /// Send delayed retries and dead letters along `route` from now on.
+    pub fn set_failure_route(&self, route: Option<Arc<dyn FailureRoute>>) {
+        *self.route.write().unwrap_or_else(|p| p.into_inner()) = route;
+    }
+
+    fn route(&self) -> Option<Arc<dyn FailureRoute>> {
+        self.route.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Move records of a retry topic into the local retry queue, in order
+    /// (`None`: a record that is not a retry, dead-lettered as such), with
+    /// the topic's next offset in the same batch.
+    pub fn enqueue_retries(
+        &self,
+        source: &str,
+        partition: u32,
+        records: Vec<(u64, Result<RetryEntry, String>)>,
+    ) -> Result<()> {
+        let Some(next) = records.last().map(|(o, _)| o + 1) else {
+            return Ok(());
+        };
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let from = pending.offset(&self.store, RETRY_NS, source, partition)?;
+        let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
+        for (offset, entry) in records.into_iter().filter(|(o, _)| *o >= from) {
+            match entry {
+                Ok(entry) => writer.retry(entry)?,
+                Err(error) => writer.dead_letter(DeadLetter {
+                    seq: 0,
+                    plugin: None,
+                    stage: "retry".into(),
+                    reason: "decode".into(),
+                    error,
+                    source: source.into(),
+                    partition,
+                    offset,
+                    key: None,
+                    event: None,
+                    raw: None,
+                    at_ms: now_ms(),
+                })?,
+            }
+        }
+        writer.set_offset(RETRY_NS, source, partition, next);
+        pending
+            .offsets
+            .insert((RETRY_NS.to_string(), source.to_string(), partition), next);
+        pending.writer = Some(writer);
+        Ok(())
+    }
+
+    /// Where a retry topic's partition resumes.
+    pub fn retry_resume_offset(&self, source: &str, partition: u32) -> Result<u64> {
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        pending.offset(&self.store, RETRY_NS, source, partition)
     }
 
     /// Commit everything applied so far: views, offsets, counters and dead
@@ -357,25 +452,30 @@ impl Engine {
             return Ok(0);
         }
         let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
+        let route = self.route();
         for entry in &due {
             writer.remove_retry(entry);
             let p = match self.projection(&entry.plugin) {
                 Ok(p) => p,
                 Err(_) => {
-                    writer.dead_letter(DeadLetter {
-                        seq: 0,
-                        plugin: Some(entry.plugin.clone()),
-                        stage: "retry".into(),
-                        reason: "unloaded".into(),
-                        error: format!("plugin {} is no longer loaded", entry.plugin),
-                        source: entry.source.clone(),
-                        partition: entry.partition,
-                        offset: entry.offset,
-                        key: Some(entry.key.clone()),
-                        event: Some(entry.event.clone()),
-                        raw: None,
-                        at_ms: now_ms,
-                    })?;
+                    record_dead_letter(
+                        &mut writer,
+                        route.as_deref(),
+                        DeadLetter {
+                            seq: 0,
+                            plugin: Some(entry.plugin.clone()),
+                            stage: "retry".into(),
+                            reason: "unloaded".into(),
+                            error: format!("plugin {} is no longer loaded", entry.plugin),
+                            source: entry.source.clone(),
+                            partition: entry.partition,
+                            offset: entry.offset,
+                            key: Some(entry.key.clone()),
+                            event: Some(entry.event.clone()),
+                            raw: None,
+                            at_ms: now_ms,
+                        },
+                    )?;
                     continue;
                 }
             };
@@ -387,6 +487,7 @@ impl Engine {
                 attempt: entry.attempt,
                 only_key: Some(&entry.key),
                 retry: &self.retry,
+                route: route.as_deref(),
             };
             let delta = ctx.run(&[(entry.offset, &entry.event)], 1, &mut writer)?;
             let total = {
@@ -493,24 +594,29 @@ impl Engine {
             ..Default::default()
         };
 
+        let route = self.route();
         let decoded_from = pending.offset(&self.store, DECODE_NS, source, partition)?;
         for (r, d) in records.iter().zip(&decoded) {
             if let (Err(e), true) = (d, r.offset >= decoded_from) {
                 summary.decode_errors += 1;
-                writer.dead_letter(DeadLetter {
-                    seq: 0,
-                    plugin: None,
-                    stage: "decode".into(),
-                    reason: "decode".into(),
-                    error: e.to_string(),
-                    source: source.into(),
-                    partition,
-                    offset: r.offset,
-                    key: None,
-                    event: None,
-                    raw: Some(String::from_utf8_lossy(&r.value).into_owned()),
-                    at_ms: now_ms(),
-                })?;
+                record_dead_letter(
+                    &mut writer,
+                    route.as_deref(),
+                    DeadLetter {
+                        seq: 0,
+                        plugin: None,
+                        stage: "decode".into(),
+                        reason: "decode".into(),
+                        error: e.to_string(),
+                        source: source.into(),
+                        partition,
+                        offset: r.offset,
+                        key: None,
+                        event: None,
+                        raw: Some(String::from_utf8_lossy(&r.value).into_owned()),
+                        at_ms: now_ms(),
+                    },
+                )?;
             }
         }
         writer.set_offset(DECODE_NS, source, partition, next);
@@ -536,6 +642,7 @@ impl Engine {
                     attempt: 1,
                     only_key: None,
                     retry: &self.retry,
+                    route: route.as_deref(),
                 };
                 delta = ctx.run(&events, self.workers, &mut writer)?;
             }
@@ -801,6 +908,7 @@ struct BatchCtx<'a> {
     /// A retry runs its event for the key that failed only.
     only_key: Option<&'a str>,
     retry: &'a RetryConfig,
+    route: Route<'a>,
 }
 
 /// One key's result: its new view (if it changed) and its failures.
@@ -891,18 +999,22 @@ impl<'a> BatchCtx<'a> {
                         delay_ms = delay,
                         "{error}; retrying later"
                     );
-                    writer.retry(RetryEntry {
-                        seq: 0,
-                        plugin: self.projection.name().into(),
-                        key: r.key.clone(),
-                        attempt: self.attempt + 1,
-                        error: error.to_string(),
-                        source: self.source.into(),
-                        partition: self.partition,
-                        offset,
-                        event: event.clone(),
-                        not_before_ms: now_ms() + delay as i64,
-                    })?;
+                    queue_retry(
+                        writer,
+                        self.route,
+                        RetryEntry {
+                            seq: 0,
+                            plugin: self.projection.name().into(),
+                            key: r.key.clone(),
+                            attempt: self.attempt + 1,
+                            error: error.to_string(),
+                            source: self.source.into(),
+                            partition: self.partition,
+                            offset,
+                            event: event.clone(),
+                            not_before_ms: now_ms() + delay as i64,
+                        },
+                    )?;
                     continue;
                 }
                 let error = match self.attempt {
@@ -1003,7 +1115,21 @@ impl<'a> BatchCtx<'a> {
             &mine,
             |state, run| -> Result<ApplyResult, plugin::Error> {
                 let batch: Vec<&Event> = run.iter().map(|&i| mine[i]).collect();
-                let r = session.apply(key, state, &batch)?;
+                let mut r = session.apply(key, state, &batch)?;
+                // Blocking retries: a transient failure of the run's first
+                // event is tried again at once, a few times, before it
+                // goes to the delayed retries.
+                let mut n = 0;
+                while r.applied == 0
+                    && n < self.retry.blocking
+                    && r.error
+                        .as_ref()
+                        .is_some_and(|e| e.kind == projector_guest::ErrorKind::Transient)
+                {
+                    n += 1;
+                    std::thread::sleep(self.retry.blocking_delay(n));
+                    r = session.apply(key, state, &batch)?;
+                }
                 if let Outcome::Put(s) = &r.outcome {
                     check_state(code, s)?;
                 }
@@ -1081,20 +1207,24 @@ impl<'a> BatchCtx<'a> {
             reason = error.reason(),
             "{error}"
         );
-        writer.dead_letter(DeadLetter {
-            seq: 0,
-            plugin: Some(self.projection.name().to_string()),
-            stage: stage.into(),
-            reason: error.reason().into(),
-            error: error.to_string(),
-            source: self.source.into(),
-            partition: self.partition,
-            offset,
-            key: key.map(str::to_string),
-            event: Some(event.clone()),
-            raw: None,
-            at_ms: now_ms(),
-        })?;
+        record_dead_letter(
+            writer,
+            self.route,
+            DeadLetter {
+                seq: 0,
+                plugin: Some(self.projection.name().to_string()),
+                stage: stage.into(),
+                reason: error.reason().into(),
+                error: error.to_string(),
+                source: self.source.into(),
+                partition: self.partition,
+                offset,
+                key: key.map(str::to_string),
+                event: Some(event.clone()),
+                raw: None,
+                at_ms: now_ms(),
+            },
+        )?;
         Ok(())
     }
 }

@@ -100,6 +100,24 @@ pub struct RetryEntry {
     pub not_before_ms: i64,
 }
 
+/// A record waiting in the spool to be produced (seed 003's resilient
+/// producer): written in the same batch as the work that made it, removed
+/// once the broker acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub seq: u64,
+    pub topic: String,
+    /// `None`: the producer's partitioner chooses (by key).
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+fn outbox_key(seq: u64) -> Vec<u8> {
+    key(b'x', &[&seq.to_be_bytes()])
+}
+
 fn retry_key(not_before_ms: i64, seq: u64) -> Vec<u8> {
     key(
         b'q',
@@ -259,6 +277,41 @@ impl Store {
         self.state.scan_prefix(key(b'q', &[])).count()
     }
 
+    /// Spooled records, oldest first, skipping `skip`, at most `max`.
+    pub fn outbox(
+        &self,
+        skip: &std::collections::HashSet<u64>,
+        max: usize,
+    ) -> Result<Vec<OutboxRecord>> {
+        let mut out = Vec::new();
+        for item in self.state.scan_prefix(key(b'x', &[])) {
+            let (_, v) = item?;
+            let record: OutboxRecord = decode("spooled record", &v)?;
+            if !skip.contains(&record.seq) {
+                out.push(record);
+                if out.len() == max {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records in the spool.
+    pub fn outbox_count(&self) -> usize {
+        self.state.scan_prefix(key(b'x', &[])).count()
+    }
+
+    /// Remove acknowledged records from the spool.
+    pub fn remove_outbox(&self, seqs: &[u64]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for s in seqs {
+            batch.remove(outbox_key(*s));
+        }
+        self.state.apply_batch(batch)?;
+        Ok(())
+    }
+
     /// A new batch of changes.
     pub fn writer(&self) -> Writer {
         Writer {
@@ -318,6 +371,13 @@ impl Writer {
         })?;
         self.batch
             .insert(retry_key(entry.not_before_ms, entry.seq), bytes);
+        Ok(())
+    }
+
+    /// Spool a record to produce; its `seq` is assigned here.
+    pub fn outbox(&mut self, mut record: OutboxRecord) -> Result<()> {
+        record.seq = self.db.generate_id()?;
+        self.batch.insert(outbox_key(record.seq), encode(&record));
         Ok(())
     }
 

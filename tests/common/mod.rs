@@ -302,6 +302,7 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector::engine::Recor
         .collect()
 }
 
+pub mod kafka;
 pub mod legacy;
 pub mod services;
 

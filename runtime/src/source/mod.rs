@@ -4,4 +4,5 @@
 //! pipelines decide what to do with them.
 
 pub mod file;
+pub mod kafka;
 pub mod log;

@@ -1,0 +1,153 @@
+//! Kafka test helpers: librdkafka's mock cluster started by the test,
+//! a producer of events keyed like the embedded log, readers of whole
+//! topics, and a waiter for a runtime to catch up.
+
+use projector::engine::Engine;
+use projector::source::kafka::source_id;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// A one-broker mock cluster with `topic` of `partitions` partitions,
+/// and its retry and dead-letter topics for group `views` (the mock
+/// cluster does not serve CreateTopics).
+pub fn cluster(topic: &str, partitions: i32) -> Cluster {
+    let c = MockCluster::new(1).expect("mock cluster");
+    for t in [
+        topic.to_string(),
+        format!("{topic}.views.retry"),
+        format!("{topic}.views.dlq"),
+    ] {
+        c.create_topic(&t, partitions, 1).expect("create topic");
+    }
+    c
+}
+
+/// Produce `values` to `topic`, each to the partition of its event key
+/// (as the embedded log routes), and wait for every acknowledgement.
+pub fn produce(bootstrap: &str, topic: &str, partitions: u32, values: &[String]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    for v in values {
+        let e: serde_json::Value = serde_json::from_str(v).expect("event json");
+        let key = e["key"].as_str().expect("event key").to_string();
+        let p = projector::source::log::partition_of(&key, partitions) as i32;
+        loop {
+            match producer.send(
+                BaseRecord::<String, String>::to(topic)
+                    .partition(p)
+                    .key(&key)
+                    .payload(v),
+            ) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// The end offset of each partition of `topic`.
+pub fn ends(bootstrap: &str, topic: &str, partitions: u32) -> Vec<u64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    (0..partitions as i32)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1 as u64
+        })
+        .collect()
+}
+
+/// Wait until `engine` has applied every record up to `ends`.
+pub fn wait_caught_up(engine: &Engine, topic: &str, ends: &[u64], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let source = source_id(topic);
+    loop {
+        let at: Vec<u64> = (0..ends.len() as u32)
+            .map(|p| engine.resume_offset(&source, p).expect("offset"))
+            .collect();
+        if at.iter().zip(ends).all(|(a, e)| a >= e) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not caught up after {timeout:?}: at {at:?}, ends {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One record read back, with its headers.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every record of `topic` (all partitions) present now.
+pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Read> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut want = 0;
+    for p in 0..partitions {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        want += hi - lo;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                headers,
+            });
+        }
+    }
+    out
+}
