@@ -8,6 +8,7 @@ use crate::pipeline::{self, Totals};
 use crate::plugin::wasm::WasmHost;
 use crate::plugin::SharedCode;
 use crate::serve::{ServeState, Serving};
+use crate::source::kafka::KafkaRun;
 use crate::source::log::EmbeddedLog;
 use crate::store::Store;
 use anyhow::Context;
@@ -93,17 +94,7 @@ impl App {
         stop: Arc<AtomicBool>,
         exit_when_idle: bool,
     ) -> anyhow::Result<Running> {
-        let state = Arc::new(ServeState::new(
-            &self.config,
-            self.engine.clone(),
-            Some(log.clone()),
-            Some(self.fetcher.clone()),
-        )?);
-        let listen = listen.unwrap_or(&self.config.http.listen);
-        let serving = match listen {
-            "off" => None,
-            addr => Some(Serving::start(state.clone(), addr)?),
-        };
+        let (state, serving) = self.serve(Some(log.clone()), listen)?;
         let engine = self.engine.clone();
         let batch_size = self.config.engine.batch_size;
         let ready = state.clone();
@@ -128,6 +119,82 @@ impl App {
             serving,
             pipeline,
         })
+    }
+
+    /// Consume `[source.kafka]` into the engine until `stop` is set, and
+    /// serve the API on `listen` (as [`App::start`]).
+    pub fn start_kafka(
+        &self,
+        listen: Option<&str>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Running> {
+        let config = self
+            .config
+            .source
+            .kafka
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("config: no [source.kafka]"))?;
+        let (state, serving) = self.serve(None, listen)?;
+        let run = KafkaRun::start(
+            self.engine.clone(),
+            config,
+            self.config.engine.batch_size,
+            std::time::Duration::from_millis(self.config.engine.commit_interval_ms),
+        )?;
+        let ready = state.clone();
+        let pipeline = std::thread::Builder::new()
+            .name("projector-pipeline".into())
+            .spawn(move || {
+                ready.set_ready(true);
+                let stats = run.stats.clone();
+                let mut last_report = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if last_report.elapsed().as_secs() >= 5 {
+                        last_report = std::time::Instant::now();
+                        let lag: i64 = stats.lag().iter().map(|(_, l)| l).sum();
+                        tracing::info!(
+                            consumed = stats.consumed.load(std::sync::atomic::Ordering::Relaxed),
+                            lag,
+                            paused = stats.paused.load(std::sync::atomic::Ordering::Relaxed),
+                            "progress"
+                        );
+                    }
+                }
+                let t = run.join()?;
+                let mut totals = Totals {
+                    records: t.records,
+                    elapsed: t.elapsed,
+                    ..Default::default()
+                };
+                totals.counters.applied = t.applied;
+                Ok(totals)
+            })?;
+        Ok(Running {
+            state,
+            serving,
+            pipeline,
+        })
+    }
+
+    /// The API's state, and the server when `listen` is not "off".
+    fn serve(
+        &self,
+        log: Option<Arc<EmbeddedLog>>,
+        listen: Option<&str>,
+    ) -> anyhow::Result<(Arc<ServeState>, Option<Serving>)> {
+        let state = Arc::new(ServeState::new(
+            &self.config,
+            self.engine.clone(),
+            log,
+            Some(self.fetcher.clone()),
+        )?);
+        let listen = listen.unwrap_or(&self.config.http.listen);
+        let serving = match listen {
+            "off" => None,
+            addr => Some(Serving::start(state.clone(), addr)?),
+        };
+        Ok((state, serving))
     }
 
     fn load_plugins(&self) -> anyhow::Result<()> {

@@ -64,6 +64,19 @@ enum Command {
     Recollect { plugin: String, keys: Vec<String> },
     /// Show each loaded plugin with its event counts (JSON).
     Status,
+    /// Start librdkafka's mock Kafka cluster in this process and print its
+    /// bootstrap address, for local work with kcat-like tools and
+    /// `[source.kafka]`; runs until interrupted.
+    KafkaDev {
+        /// Topics to create, as name or name:partitions.
+        #[arg(long, value_delimiter = ',', default_value = "events:4")]
+        topics: Vec<String>,
+        /// Also create `<topic>.<group>.retry` and `.dlq` for this group.
+        #[arg(long, default_value = "projector")]
+        group: String,
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         #[arg(long)]
@@ -107,6 +120,14 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
+fn plugin_names(app: &App) -> Vec<String> {
+    app.engine
+        .projections()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect()
+}
+
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
@@ -116,6 +137,30 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             listen,
         } => {
             let app = App::open(config)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            if let Some(kafka) = app.config.source.kafka.clone() {
+                if !ingest.is_empty() || exit_when_idle {
+                    anyhow::bail!(
+                        "--ingest and --exit-when-idle work on the embedded log; this config reads Kafka ([source.kafka])"
+                    );
+                }
+                spawn_signal_handler(stop.clone())?;
+                eprintln!(
+                    "consuming {} from {} as group {:?} with plugins: {}",
+                    kafka.topics.join(", "),
+                    kafka.bootstrap_servers,
+                    kafka.group_id,
+                    plugin_names(&app).join(", ")
+                );
+                let running = app.start_kafka(listen.as_deref(), stop)?;
+                if let Some(addr) = running.addr() {
+                    eprintln!("read API on http://{addr} (see /openapi.json)");
+                }
+                let totals = running.wait()?;
+                app.engine.store().flush()?;
+                print_summary(&totals);
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
             let log = EmbeddedLog::open(
                 app.engine.store(),
                 app.config.log.partitions,
@@ -125,18 +170,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 let n = ingest_file(&log, file)?;
                 eprintln!("ingested {n} events from {}", file.display());
             }
-            let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(stop.clone())?;
-            let names: Vec<String> = app
-                .engine
-                .projections()
-                .iter()
-                .map(|p| p.name().to_string())
-                .collect();
             eprintln!(
                 "running on the embedded log ({} partitions) with plugins: {}",
                 log.partitions(),
-                names.join(", ")
+                plugin_names(&app).join(", ")
             );
             let log = Arc::new(log);
             let running = app.start(log, listen.as_deref(), stop, exit_when_idle)?;
@@ -265,6 +303,49 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     "retry_queue": app.engine.store().retry_count(),
                 }))?
             )?;
+        }
+        Command::KafkaDev {
+            topics,
+            group,
+            brokers,
+        } => {
+            let cluster = rdkafka::mocking::MockCluster::new(brokers)
+                .map_err(|e| anyhow::anyhow!("starting the mock cluster: {e}"))?;
+            for spec in &topics {
+                let (name, partitions) = match spec.split_once(':') {
+                    Some((n, p)) => (
+                        n,
+                        p.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                            anyhow::anyhow!("--topics {spec}: expected name:partitions")
+                        })?,
+                    ),
+                    None => (spec.as_str(), 4),
+                };
+                for t in [
+                    name.to_string(),
+                    format!("{name}.{group}.retry"),
+                    format!("{name}.{group}.dlq"),
+                ] {
+                    cluster
+                        .create_topic(&t, partitions, 1)
+                        .map_err(|e| anyhow::anyhow!("creating {t}: {e}"))?;
+                }
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(stop.clone())?;
+            println!("{}", cluster.bootstrap_servers());
+            eprintln!(
+                "mock Kafka cluster up (in memory, {brokers} broker(s)); topics: {}; group {group:?}\n\
+                 [source.kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n\
+                 Ctrl-C stops it (and loses its data).",
+                topics.join(", "),
+                cluster.bootstrap_servers()
+            );
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
         Command::DeadLetters { plugin, limit } => {
             if !config.data_dir.exists() {

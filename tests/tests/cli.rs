@@ -269,3 +269,96 @@ fn sigterm_stops_run_after_its_batch_and_a_restart_finishes_the_log() {
         "nothing lost or repeated across the stop"
     );
 }
+
+/// Wait for a line of `lines` containing `marker`; the rest of that line.
+fn line_after(lines: &mut impl Iterator<Item = std::io::Result<String>>, marker: &str) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if let Some(rest) = line.split(marker).nth(1) {
+            return rest.to_string();
+        }
+    }
+    panic!("no line with {marker:?}");
+}
+
+#[test]
+fn kafka_dev_serves_a_run_on_kafka() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins_dir(dir.path(), &["inbox-unread"]);
+    let mut broker = Command::new(projector_bin())
+        .current_dir(dir.path())
+        .args(["kafka-dev", "--topics", "inbox:2", "--group", "views"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kafka-dev");
+    let mut out = BufReader::new(broker.stdout.take().expect("stdout")).lines();
+    let bootstrap = out.next().expect("a line").expect("bootstrap address");
+    assert!(bootstrap.contains(':'), "{bootstrap}");
+
+    let events = inbox_events(InboxShape {
+        sites: 20,
+        users: 200,
+        events: 2000,
+        seed: 4,
+    });
+    projector_tests::kafka::produce(&bootstrap, "inbox", 2, &events);
+    std::fs::write(
+        dir.path().join("projector.toml"),
+        format!(
+            "{CONFIG}[source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n"
+        ),
+    )
+    .expect("config");
+    let mut run = Command::new(projector_bin())
+        .current_dir(dir.path())
+        .args(["run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let mut err = BufReader::new(run.stderr.take().expect("stderr")).lines();
+    let addr = line_after(&mut err, "read API on http://");
+    let addr = addr.split_whitespace().next().expect("address").to_string();
+    std::thread::spawn(move || err.for_each(drop));
+
+    // The busiest view of the model, read through the API once applied.
+    let model = projector_tests::fold_inbox(&events);
+    let (key, unread) = model.iter().max_by_key(|(_, u)| u.len()).expect("a view");
+    let url = format!("http://{addr}/v1/views/inbox-unread/{key}?mode=projection");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let body: serde_json::Value = reqwest::blocking::get(&url)
+            .and_then(|r| r.text())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if body["served_by"] == "projection"
+            && projector_tests::rendered(&body["answer"]) == projector_tests::shown(unread)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "view {key} never matched: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for child in [&run, &broker] {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+    }
+    let out = run.wait_with_output().expect("wait run");
+    assert!(
+        out.status.success(),
+        "run stops cleanly on SIGTERM: {:?}",
+        out.status
+    );
+    let summary = stdout(&out);
+    assert_eq!(summary_events(&summary), events.len() as u64, "{summary}");
+    broker.wait().expect("wait kafka-dev");
+}

@@ -384,3 +384,241 @@ fn a_failing_event_goes_through_the_retry_topic_and_a_poison_one_to_the_dead_let
     assert!(stats.produced.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     assert_eq!(engine.store().outbox_count(), 0);
 }
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("rss pages");
+    pages * 4096
+}
+
+#[test]
+fn a_slow_plugin_under_a_fast_producer_pauses_partitions_and_memory_stays_flat() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cluster("fast", 4);
+    let bootstrap = c.bootstrap_servers();
+    // 4 KiB payloads: 16 000 records, 64 MiB over 4 partitions (the mock
+    // keeps 5 MiB per partition, so about 5 000 records are readable).
+    let pad = "x".repeat(4096);
+    let events: Vec<String> = (0..16_000u64)
+        .map(|i| {
+            json!({"id": format!("f{i}"), "type": "counted", "source": "test",
+                   "key": format!("k{}", i % 64), "version": i + 1, "time": 1_000 + i,
+                   "payload": {"pad": pad}})
+            .to_string()
+        })
+        .collect();
+    produce(&bootstrap, "fast", 4, &events);
+    let engine = counting_engine(dir.path(), json!({"instance": "slow", "slow_us": 2000}), "");
+    let mut config = config(&bootstrap, "fast");
+    config.max_buffered_records = 200;
+    let before = rss();
+    let run =
+        KafkaRun::start(engine.clone(), config, 50, Duration::from_millis(200)).expect("start");
+    let mut peak = before;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        peak = peak.max(rss());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = run.stats.clone();
+    let applied_while_slow = routed("slow").len();
+    run.join().expect("run");
+
+    assert!(stats.pauses.load(Relaxed) >= 4, "no partition was paused");
+    let max = stats.max_buffered.load(Relaxed);
+    assert!(
+        max <= 200,
+        "a queue held {max} records, over its bound of 200"
+    );
+    assert!(applied_while_slow > 0, "nothing was applied");
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "memory grew by {} MiB under backpressure",
+        grown >> 20
+    );
+}
+
+#[test]
+fn a_broker_down_for_ten_seconds_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cluster("outage", 4);
+    let bootstrap = c.bootstrap_servers();
+    let engine = counting_engine(dir.path(), json!({"instance": "outage"}), "");
+    produce(
+        &bootstrap,
+        "outage",
+        4,
+        &counted_events("o", 0, 10_000, 100),
+    );
+    let run = KafkaRun::start(
+        engine.clone(),
+        config(&bootstrap, "outage"),
+        500,
+        Duration::from_millis(100),
+    )
+    .expect("start");
+    wait_caught_up(
+        &engine,
+        "outage",
+        &ends(&bootstrap, "outage", 4),
+        Duration::from_secs(60),
+    );
+    c.broker_down(1).expect("down");
+    std::thread::sleep(Duration::from_secs(10));
+    c.broker_up(1).expect("up");
+    produce(
+        &bootstrap,
+        "outage",
+        4,
+        &counted_events("o", 10_000, 10_000, 100),
+    );
+    wait_caught_up(
+        &engine,
+        "outage",
+        &ends(&bootstrap, "outage", 4),
+        Duration::from_secs(90),
+    );
+    run.join().expect("run");
+    for k in 0..100 {
+        assert_eq!(count_of(&engine, &format!("k{k}")), 200, "k{k}");
+    }
+    let routed = routed("outage");
+    assert_eq!(routed.len(), 20_000);
+    assert!(routed.values().all(|n| *n == 1));
+}
+
+#[test]
+fn errors_on_fetch_produce_and_offset_commit_lose_or_double_nothing() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cluster("flaky", 4);
+    let bootstrap = c.bootstrap_servers();
+    let engine = counting_engine(dir.path(), json!({"instance": "inject"}), "");
+    let mut events = counted_events("i", 0, 5_000, 50);
+    let poison: Vec<String> = (0..20)
+        .map(|i| {
+            json!({"id": format!("poison-{i}"), "type": "poison", "source": "test",
+                   "key": format!("pk{i}"), "version": 1, "time": 1, "payload": {}})
+            .to_string()
+        })
+        .collect();
+    events.extend(poison.iter().cloned());
+    events.extend(counted_events("i", 5_000, 5_000, 50));
+    let run = KafkaRun::start(
+        engine.clone(),
+        config(&bootstrap, "flaky"),
+        200,
+        Duration::from_millis(100),
+    )
+    .expect("start");
+    let errors = [
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+    ];
+    c.request_errors(RDKafkaApiKey::Fetch, &errors);
+    c.request_errors(RDKafkaApiKey::Produce, &errors);
+    c.request_errors(RDKafkaApiKey::OffsetCommit, &errors);
+    produce(&bootstrap, "flaky", 4, &events);
+    let end = ends(&bootstrap, "flaky", 4);
+    wait_caught_up(&engine, "flaky", &end, Duration::from_secs(90));
+    // The dead letters are committed with their offsets, then sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run
+        .stats
+        .produced
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 20
+    {
+        assert!(Instant::now() < deadline, "the dead letters were not sent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.join().expect("run");
+    assert_eq!(engine.store().outbox_count(), 0);
+    for k in 0..50 {
+        assert_eq!(count_of(&engine, &format!("k{k}")), 200, "k{k}");
+    }
+    let routed = routed("inject");
+    assert_eq!(routed.len(), 10_020);
+    assert!(routed.values().all(|n| *n == 1));
+    let dlq = read_all(&bootstrap, "flaky.views.dlq", 4);
+    let mut ids: Vec<String> = dlq
+        .iter()
+        .map(|r| serde_json::from_str::<Json>(&r.payload).expect("event")["id"].to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(dlq.len(), 20, "dead letters doubled or lost");
+    assert_eq!(ids.len(), 20);
+}
+
+#[test]
+fn records_left_in_the_spool_are_sent_after_a_restart() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cluster("spooled", 2);
+    let bootstrap = c.bootstrap_servers();
+    let poison: Vec<String> = (0..10)
+        .map(|i| {
+            json!({"id": format!("sp-{i}"), "type": "poison", "source": "test",
+                   "key": format!("sk{i}"), "version": 1, "time": 1, "payload": {}})
+            .to_string()
+        })
+        .collect();
+    produce(&bootstrap, "spooled", 2, &poison);
+    // The broker refuses every produce request while the events are
+    // dead-lettered: the records wait in the spool.
+    c.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
+    );
+    {
+        let engine = counting_engine(dir.path(), json!({"instance": "spool"}), "");
+        let run = KafkaRun::start(
+            engine.clone(),
+            config(&bootstrap, "spooled"),
+            100,
+            Duration::from_millis(100),
+        )
+        .expect("start");
+        wait_caught_up(
+            &engine,
+            "spooled",
+            &ends(&bootstrap, "spooled", 2),
+            Duration::from_secs(60),
+        );
+        run.join().expect("run");
+        assert_eq!(
+            engine.store().outbox_count(),
+            10,
+            "the spool holds the dead letters"
+        );
+    }
+    assert!(read_all(&bootstrap, "spooled.views.dlq", 2).is_empty());
+    c.clear_request_errors(RDKafkaApiKey::Produce);
+
+    let engine = counting_engine(dir.path(), json!({"instance": "spool-2"}), "");
+    let run = KafkaRun::start(
+        engine.clone(),
+        config(&bootstrap, "spooled"),
+        100,
+        Duration::from_millis(100),
+    )
+    .expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.store().outbox_count() > 0 {
+        assert!(Instant::now() < deadline, "the spool was not drained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.join().expect("run");
+    assert_eq!(read_all(&bootstrap, "spooled.views.dlq", 2).len(), 10);
+    // Nothing was consumed twice after the restart.
+    assert!(routed("spool-2").is_empty());
+}

@@ -745,9 +745,12 @@ fn consume(
                         break;
                     }
                     Some(Ok(m)) => {
-                        enqueue(&shared, &m);
+                        let queued = enqueue(&shared, &m);
                         burst += 1;
                         timeout = Duration::ZERO;
+                        if queued >= high {
+                            backpressure(&consumer, &shared, high, low);
+                        }
                     }
                 }
             }
@@ -780,20 +783,21 @@ fn consume(
     Ok(totals)
 }
 
-fn enqueue<M: Message>(shared: &Shared, m: &M) {
+/// Queue a polled record; how many its partition's queue holds now.
+fn enqueue<M: Message>(shared: &Shared, m: &M) -> usize {
     let k = (m.topic().to_string(), m.partition());
     let mut q = shared.lock();
     // A record of a partition no longer assigned is dropped: its owner
     // reads it again from its own offset.
     let Some(part) = q.parts.get_mut(&k) else {
-        return;
+        return 0;
     };
     if part
         .records
         .back()
         .is_some_and(|r| r.offset() as i64 >= m.offset())
     {
-        return;
+        return part.records.len();
     }
     part.records
         .push_back(if shared.retry_topics.contains(m.topic()) {
@@ -821,6 +825,7 @@ fn enqueue<M: Message>(shared: &Shared, m: &M) {
     }
     drop(q);
     shared.changed.notify_all();
+    len as usize
 }
 
 /// Pause partitions whose queue is full; resume those drained to `low`.
