@@ -7,8 +7,10 @@
 #          BENCH_SECONDS);
 #   enrich aggregation with enrichment from four local services: events/s,
 #          cache hit ratio, fetch latency (BENCH_ASSETS, BENCH_EVENTS,
-#          BENCH_WORKERS).
-# Usage: ./scripts/bench.sh [inbox|read|enrich]   (default: all)
+#          BENCH_WORKERS);
+#   kafka  mock Kafka cluster → Wasm inbox projection → sled against a raw
+#          rdkafka consume of the same topic (BENCH_EVENTS).
+# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
@@ -16,10 +18,12 @@ case "${1:-all}" in
   inbox) cargo bench -p projector-tests --bench inbox ;;
   read) cargo bench -p projector-tests --bench read ;;
   enrich) cargo bench -p projector-tests --bench enrich ;;
+  kafka) cargo bench -p projector-tests --bench kafka ;;
   all)
     cargo bench -p projector-tests --bench inbox
     cargo bench -p projector-tests --bench read
     cargo bench -p projector-tests --bench enrich
+    cargo bench -p projector-tests --bench kafka
     ;;
-  *) echo "usage: $0 [inbox|read|enrich]" >&2; exit 2 ;;
+  *) echo "usage: $0 [inbox|read|enrich|kafka]" >&2; exit 2 ;;
 esac

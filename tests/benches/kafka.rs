@@ -1,0 +1,114 @@
+//! Kafka path throughput: librdkafka's mock cluster → Wasm inbox
+//! projection → sled, against a raw rdkafka consume of the same topic,
+//! in one run. Prints both rates and the ratio (target ≥ 0.8).
+//!
+//! Rates are taken from the first record received to the last, so the
+//! group join (about 3 s on the mock cluster) is not counted. The mock
+//! cluster keeps at most 5 MiB per partition, hence 16 partitions for
+//! the default 200 000 events (`BENCH_EVENTS`). Run with
+//! `./scripts/bench.sh kafka`.
+
+use projector::engine::Engine;
+use projector::envelope::Format;
+use projector::plugin::wasm::WasmHost;
+use projector::plugin::{Limits, SharedCode};
+use projector::source::kafka::{KafkaConfig, KafkaRun};
+use projector::store::Store;
+use projector_guest::Population;
+use projector_tests::kafka::{cluster, ends, produce, wait_caught_up};
+use projector_tests::{inbox_events, plugin_wasm, InboxShape};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PARTITIONS: u32 = 16;
+
+/// Records/s of a plain consumer reading every partition from the start.
+fn raw_consume(bootstrap: &str, total: u64) -> anyhow::Result<f64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "raw")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        tpl.add_partition_offset("inbox", p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    let mut first = None;
+    while n < total {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m?;
+            first.get_or_insert_with(Instant::now);
+            bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    let secs = first.map_or(1e-9, |f| f.elapsed().as_secs_f64());
+    std::hint::black_box(bytes);
+    Ok(n as f64 / secs)
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let events = inbox_events(InboxShape {
+        events: n,
+        sites: 5_000,
+        users: 50_000,
+        seed: 3,
+    });
+    let c = cluster("inbox", PARTITIONS as i32);
+    let bootstrap = c.bootstrap_servers();
+    let started = Instant::now();
+    produce(&bootstrap, "inbox", PARTITIONS, &events);
+    eprintln!("produced {n} events in {:.1?}", started.elapsed());
+    let end = ends(&bootstrap, "inbox", PARTITIONS);
+    let total: u64 = end.iter().sum();
+    anyhow::ensure!(
+        total == n as u64,
+        "the mock cluster kept {total} of {n} events (5 MiB per partition): lower BENCH_EVENTS"
+    );
+
+    let raw = raw_consume(&bootstrap, total)?;
+
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let engine = Engine::new(store, Format::Auto, 1, Duration::from_millis(1000));
+    let host = WasmHost::new()?;
+    let bytes = std::fs::read(plugin_wasm("inbox-unread"))?;
+    let settings = serde_json::json!({});
+    let wasm: SharedCode =
+        Arc::new(host.load("inbox-unread", &bytes, Limits::default(), &settings)?);
+    engine.add(wasm, Some(Population::Eager))?;
+    let engine = Arc::new(engine);
+    let mut config = KafkaConfig::new(&bootstrap, "bench", &["inbox"]);
+    config.max_buffered_records = 32_768;
+    let run = KafkaRun::start(engine.clone(), config, 4096, Duration::from_millis(1000))?;
+    while run.stats.consumed.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let first = Instant::now();
+    wait_caught_up(&engine, "inbox", &end, Duration::from_secs(600));
+    let secs = first.elapsed().as_secs_f64();
+    run.join()?;
+    let projected = total as f64 / secs;
+
+    println!("kafka path, {n} events over {PARTITIONS} partitions of the mock cluster");
+    println!("   raw rdkafka consume: {raw:>9.0} records/s");
+    println!(" projector (wasm→sled): {projected:>9.0} records/s");
+    println!(
+        "                 ratio: {:.2}  (target ≥ 0.8)",
+        projected / raw
+    );
+    Ok(())
+}
