@@ -27,7 +27,7 @@
 //! properties = { "session.timeout.ms" = "10000" } # any librdkafka property
 //!
 //! [retry]                      # events a plugin failed with a transient error
-//! blocking = 2                 # immediate retries (the key waits) ...
+//! blocking = 0                 # immediate retries (the key waits) ...
 //! blocking_delay_ms = 50       # ... this long apart, doubled each time
 //! attempts = 5                 # then delayed retries before the dead letter
 //! delay_ms = 1000              # doubled per attempt
@@ -139,7 +139,7 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            blocking: 2,
+            blocking: 0,
             blocking_delay_ms: 50,
             attempts: 5,
             delay_ms: 1000,
