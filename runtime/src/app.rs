@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::pipeline::{self, Totals};
 use crate::plugin::wasm::WasmHost;
 use crate::plugin::SharedCode;
-use crate::serve::{ServeState, Serving};
+use crate::serve::{Feed, ServeState, Serving};
 use crate::source::kafka::KafkaRun;
 use crate::source::log::EmbeddedLog;
 use crate::store::Store;
@@ -94,7 +94,7 @@ impl App {
         stop: Arc<AtomicBool>,
         exit_when_idle: bool,
     ) -> anyhow::Result<Running> {
-        let (state, serving) = self.serve(Some(log.clone()), listen)?;
+        let (state, serving) = self.serve(Feed::Log(log.clone()), listen)?;
         let engine = self.engine.clone();
         let batch_size = self.config.engine.batch_size;
         let ready = state.clone();
@@ -134,13 +134,13 @@ impl App {
             .kafka
             .clone()
             .ok_or_else(|| anyhow::anyhow!("config: no [source.kafka]"))?;
-        let (state, serving) = self.serve(None, listen)?;
         let run = KafkaRun::start(
             self.engine.clone(),
             config,
             self.config.engine.batch_size,
             std::time::Duration::from_millis(self.config.engine.commit_interval_ms),
         )?;
+        let (state, serving) = self.serve(Feed::Kafka(run.stats.clone()), listen)?;
         let ready = state.clone();
         let pipeline = std::thread::Builder::new()
             .name("projector-pipeline".into())
@@ -180,13 +180,13 @@ impl App {
     /// The API's state, and the server when `listen` is not "off".
     fn serve(
         &self,
-        log: Option<Arc<EmbeddedLog>>,
+        feed: Feed,
         listen: Option<&str>,
     ) -> anyhow::Result<(Arc<ServeState>, Option<Serving>)> {
         let state = Arc::new(ServeState::new(
             &self.config,
             self.engine.clone(),
-            log,
+            feed,
             Some(self.fetcher.clone()),
         )?);
         let listen = listen.unwrap_or(&self.config.http.listen);

@@ -338,6 +338,13 @@ fn kafka_dev_serves_a_run_on_kafka() {
         if body["served_by"] == "projection"
             && projector_tests::rendered(&body["answer"]) == projector_tests::shown(unread)
         {
+            // Staleness names the topic and its owned partitions.
+            assert_eq!(body["staleness"]["source"], "kafka:inbox", "{body}");
+            assert_eq!(
+                body["staleness"]["partitions"].as_array().map(Vec::len),
+                Some(2),
+                "{body}"
+            );
             break;
         }
         assert!(
@@ -346,6 +353,26 @@ fn kafka_dev_serves_a_run_on_kafka() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // Every Kafka metric documented in serve/metrics.rs is exposed.
+    let doc = std::fs::read_to_string(projector_tests::root().join("runtime/src/serve/metrics.rs"))
+        .expect("metrics.rs");
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    let names: Vec<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | (kafka) `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {base} ")),
+            "{name} is documented but not exposed:\n{text}"
+        );
+    }
+    assert!(text.contains("projector_lag_records{plugin=\"inbox-unread\",source=\"kafka:inbox\""), "{text}");
     for child in [&run, &broker] {
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -26,11 +26,28 @@
 //! | `projector_fetch_requests_total` | counter | service | HTTP requests sent to a service, retries included |
 //! | `projector_fetch_request_seconds` | histogram | service | duration of those requests |
 //!
+//! With a Kafka source, also (events/s: the rate of `projector_kafka_consumed_total`):
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | (kafka) `projector_kafka_consumed_total` | counter | | records polled from Kafka |
+//! | (kafka) `projector_kafka_batches_total` | counter | | batches handed to the engine |
+//! | (kafka) `projector_kafka_lag_records` | gauge | topic, partition | records of an owned partition not yet applied |
+//! | (kafka) `projector_kafka_buffered_records` | gauge | | records waiting in the partition queues |
+//! | (kafka) `projector_kafka_paused_partitions` | gauge | | partitions paused by backpressure now |
+//! | (kafka) `projector_kafka_pauses_total` | counter | | times a partition was paused because its queue was full |
+//! | (kafka) `projector_kafka_rebalances_total` | counter | | assignments and revocations |
+//! | (kafka) `projector_kafka_consumer_errors_total` | counter | | errors the consumer reported |
+//! | (kafka) `projector_kafka_produced_total` | counter | | spooled records the broker acknowledged (retries, dead letters) |
+//! | (kafka) `projector_kafka_produce_errors_total` | counter | | failed deliveries (the record stays spooled) |
+//! | (kafka) `projector_kafka_spooled_records` | gauge | | records in the spool, not yet acknowledged |
+//!
 //! Engine-side values (events, lag) are read from the engine at scrape
 //! time; the rest is counted by the HTTP layer as requests go.
 
 use crate::engine::Engine;
-use crate::source::log::EmbeddedLog;
+use super::Feed;
+use crate::source::kafka::KafkaStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -112,7 +129,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(
         engine: Arc<Engine>,
-        log: Option<Arc<EmbeddedLog>>,
+        feed: Feed,
         fetcher: Option<Arc<crate::fetch::Fetcher>>,
     ) -> Self {
         let mut registry = Registry::default();
@@ -180,7 +197,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(EngineCollector {
             engine,
-            log,
+            feed,
             fetcher,
             lookups: lookups.clone(),
         }));
@@ -235,7 +252,7 @@ fn hit_ratio(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> Option<f6
 /// Values the engine owns, read at scrape time.
 struct EngineCollector {
     engine: Arc<Engine>,
-    log: Option<Arc<EmbeddedLog>>,
+    feed: Feed,
     fetcher: Option<Arc<crate::fetch::Fetcher>>,
     lookups: Family<ResultLabels, Counter>,
 }
@@ -313,29 +330,34 @@ impl Collector for EngineCollector {
                 }
             }
         }
-        if let Some(log) = &self.log {
+        let feeds = self.feed.positions();
+        if !feeds.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "projector_lag_records",
-                "Records in the log not yet applied by the plugin",
+                "Records in the source not yet applied by the plugin",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
-            let ends = log.ends();
             for p in &projections {
-                for (partition, end) in ends.iter().enumerate() {
-                    let applied = self
-                        .engine
-                        .applied(p.name(), crate::pipeline::LOG_SOURCE, partition as u32)
-                        .unwrap_or(0);
-                    let labels = LagLabels {
-                        plugin: p.name().into(),
-                        source: crate::pipeline::LOG_SOURCE.into(),
-                        partition: partition.to_string(),
-                    };
-                    ConstGauge::new(end.saturating_sub(applied) as i64)
-                        .encode(family.encode_family(&labels)?)?;
+                for (source, ends) in &feeds {
+                    for &(partition, end) in ends {
+                        let applied = self
+                            .engine
+                            .applied(p.name(), source, partition)
+                            .unwrap_or(0);
+                        let labels = LagLabels {
+                            plugin: p.name().into(),
+                            source: source.clone(),
+                            partition: partition.to_string(),
+                        };
+                        ConstGauge::new(end.saturating_sub(applied) as i64)
+                            .encode(family.encode_family(&labels)?)?;
+                    }
                 }
             }
+        }
+        if let Feed::Kafka(stats) = &self.feed {
+            kafka_families(&mut encoder, stats, self.engine.store())?;
         }
         if let Some(fetcher) = self.fetcher.as_ref().filter(|f| !f.is_empty()) {
             use std::sync::atomic::Ordering::Relaxed;
@@ -407,4 +429,84 @@ impl Collector for EngineCollector {
         }
         Ok(())
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicPartitionLabels {
+    topic: String,
+    partition: String,
+}
+
+/// The Kafka source's counters, read at scrape time.
+fn kafka_families(
+    encoder: &mut DescriptorEncoder,
+    stats: &KafkaStats,
+    store: &crate::store::Store,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    use std::sync::atomic::Ordering::Relaxed;
+    let counters: [(&str, &str, u64); 7] = [
+        ("projector_kafka_consumed", "Records polled from Kafka", stats.consumed.load(Relaxed)),
+        ("projector_kafka_batches", "Batches handed to the engine", stats.batches.load(Relaxed)),
+        (
+            "projector_kafka_pauses",
+            "Times a partition was paused because its queue was full",
+            stats.pauses.load(Relaxed),
+        ),
+        ("projector_kafka_rebalances", "Assignments and revocations", stats.rebalances.load(Relaxed)),
+        (
+            "projector_kafka_consumer_errors",
+            "Errors the consumer reported",
+            stats.consumer_errors.load(Relaxed),
+        ),
+        (
+            "projector_kafka_produced",
+            "Spooled records the broker acknowledged",
+            stats.produced.load(Relaxed),
+        ),
+        (
+            "projector_kafka_produce_errors",
+            "Failed deliveries (the record stays spooled)",
+            stats.produce_errors.load(Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(v).encode(family)?;
+    }
+    let gauges: [(&str, &str, i64); 3] = [
+        (
+            "projector_kafka_buffered_records",
+            "Records waiting in the partition queues",
+            stats.buffered.load(Relaxed),
+        ),
+        (
+            "projector_kafka_paused_partitions",
+            "Partitions paused by backpressure now",
+            stats.paused.load(Relaxed),
+        ),
+        (
+            "projector_kafka_spooled_records",
+            "Records in the spool, not yet acknowledged",
+            store.outbox_count() as i64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(v).encode(family)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "projector_kafka_lag_records",
+        "Records of an owned partition not yet applied",
+        None,
+        MetricType::Gauge,
+    )?;
+    for ((topic, partition), lag) in stats.lag() {
+        let labels = TopicPartitionLabels {
+            topic,
+            partition: partition.to_string(),
+        };
+        ConstGauge::new(lag).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }

@@ -138,10 +138,39 @@ struct PluginServe {
     mismatches: Mutex<VecDeque<Mismatch>>,
 }
 
+/// What the views follow: positions for staleness, lag and tokens.
+#[derive(Clone)]
+pub enum Feed {
+    /// No source (a bench or a tool serving a store).
+    None,
+    Log(Arc<EmbeddedLog>),
+    /// Kafka: the source topics' partitions this instance owns.
+    Kafka(Arc<crate::source::kafka::KafkaStats>),
+}
+
+impl Feed {
+    /// Per source id: (partition, end offset) of each partition followed.
+    pub fn positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        match self {
+            Feed::None => Vec::new(),
+            Feed::Log(log) => vec![(
+                LOG_SOURCE.to_string(),
+                log.ends()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(p, e)| (p as u32, e))
+                    .collect(),
+            )],
+            Feed::Kafka(stats) => stats.source_positions(),
+        }
+    }
+}
+
 /// Everything a request handler needs.
 pub struct ServeState {
     engine: Arc<Engine>,
     log: Option<Arc<EmbeddedLog>>,
+    feed: Feed,
     plugins: HashMap<String, PluginServe>,
     metrics: Metrics,
     http: HttpConfig,
@@ -158,9 +187,13 @@ impl ServeState {
     pub fn new(
         config: &Config,
         engine: Arc<Engine>,
-        log: Option<Arc<EmbeddedLog>>,
+        feed: Feed,
         fetcher: Option<Arc<crate::fetch::Fetcher>>,
     ) -> anyhow::Result<Self> {
+        let log = match &feed {
+            Feed::Log(log) => Some(log.clone()),
+            _ => None,
+        };
         let mut plugins = HashMap::new();
         for p in engine.projections() {
             let name = p.name().to_string();
@@ -187,10 +220,11 @@ impl ServeState {
                 },
             );
         }
-        let metrics = Metrics::new(engine.clone(), log.clone(), fetcher);
+        let metrics = Metrics::new(engine.clone(), feed.clone(), fetcher);
         Ok(ServeState {
             engine,
             log,
+            feed,
             plugins,
             metrics,
             http: config.http.clone(),
@@ -217,22 +251,25 @@ impl ServeState {
         })
     }
 
-    /// The source id and partitions views follow.
-    fn source_partitions(&self) -> Option<(&'static str, Vec<u64>)> {
-        self.log.as_ref().map(|log| (LOG_SOURCE, log.ends()))
-    }
-
-    /// Applied position against the end of the log, per partition.
+    /// Applied position against the end of the source, per partition.
     fn staleness(&self, plugin: &str, view: Option<&ReadView>, now: i64) -> Value {
         let mut partitions = Vec::new();
         let mut lag = 0u64;
-        let mut source = Value::Null;
-        if let Some((id, ends)) = self.source_partitions() {
-            source = id.into();
-            for (p, end) in ends.into_iter().enumerate() {
-                let applied = self.engine.applied(plugin, id, p as u32).unwrap_or(0);
+        let feeds = self.feed.positions();
+        let source: Value = match feeds.as_slice() {
+            [] => Value::Null,
+            [(id, _)] => id.as_str().into(),
+            many => many.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().into(),
+        };
+        for (id, ends) in &feeds {
+            for &(p, end) in ends {
+                let applied = self.engine.applied(plugin, id, p).unwrap_or(0);
                 lag += end.saturating_sub(applied);
-                partitions.push(json!({"partition": p, "applied": applied, "end": end}));
+                let mut entry = json!({"partition": p, "applied": applied, "end": end});
+                if feeds.len() > 1 {
+                    entry["source"] = id.as_str().into();
+                }
+                partitions.push(entry);
             }
         }
         json!({
@@ -737,21 +774,31 @@ async fn read_view(
         .map(Token::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("bad_token", e))?;
-    if let (Some(t), Some((source, ends))) = (&token, s.source_partitions()) {
-        if t.source != source {
-            return Err(ApiError::bad_request(
-                "bad_token",
-                format!(
-                    "token is for source {:?}; views here follow {source:?}",
-                    t.source
-                ),
-            ));
-        }
-        if let Some(p) = t.offsets.keys().find(|p| **p as usize >= ends.len()) {
-            return Err(ApiError::bad_request(
-                "bad_token",
-                format!("token names partition {p}; the source has {}", ends.len()),
-            ));
+    if let Some(t) = &token {
+        let feeds = s.feed.positions();
+        if !feeds.is_empty() {
+            let Some((_, ends)) = feeds.iter().find(|(id, _)| *id == t.source) else {
+                let ids: Vec<&str> = feeds.iter().map(|(id, _)| id.as_str()).collect();
+                return Err(ApiError::bad_request(
+                    "bad_token",
+                    format!(
+                        "token is for source {:?}; views here follow {}",
+                        t.source,
+                        ids.join(", ")
+                    ),
+                ));
+            };
+            if let Some(p) = t.offsets.keys().find(|p| !ends.iter().any(|(q, _)| q == *p)) {
+                let have: Vec<String> = ends.iter().map(|(q, _)| q.to_string()).collect();
+                return Err(ApiError::bad_request(
+                    "bad_token",
+                    format!(
+                        "token names partition {p}; this runtime follows partitions {} of {}",
+                        have.join(","),
+                        t.source
+                    ),
+                ));
+            }
         }
     }
     let wait_ms = params.wait_ms.unwrap_or(s.http.consistency_timeout_ms);

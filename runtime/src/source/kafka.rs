@@ -253,6 +253,8 @@ fn retry_entry<M: Message>(m: &M) -> Result<RetryEntry, String> {
 /// Live counters of a Kafka source.
 #[derive(Debug, Default)]
 pub struct KafkaStats {
+    /// The source topics (not their retry topics).
+    pub topics: Vec<String>,
     pub consumed: AtomicU64,
     pub batches: AtomicU64,
     /// Times a partition was paused because its queue was full.
@@ -279,6 +281,23 @@ pub struct PartitionLag {
 }
 
 impl KafkaStats {
+    /// Per source topic's engine source id: (partition, log end) of each
+    /// partition owned now.
+    pub fn source_positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        let parts = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        self.topics
+            .iter()
+            .map(|t| {
+                let owned = parts
+                    .iter()
+                    .filter(|((topic, _), _)| topic == t)
+                    .map(|((_, p), l)| (*p as u32, l.end.max(l.next).max(0) as u64))
+                    .collect();
+                (source_id(t), owned)
+            })
+            .collect()
+    }
+
     /// Records behind the log end, per (topic, partition).
     pub fn lag(&self) -> Vec<((String, i32), i64)> {
         self.partitions
@@ -526,7 +545,10 @@ impl KafkaRun {
             partitions: partitions.clone(),
         });
         engine.set_failure_route(Some(route));
-        let stats = Arc::new(KafkaStats::default());
+        let stats = Arc::new(KafkaStats {
+            topics: config.topics.clone(),
+            ..Default::default()
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let spool = {
             let (store, config, stats, stop) = (
