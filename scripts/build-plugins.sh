@@ -10,3 +10,6 @@ mkdir -p target/plugins target/test-plugins
 cp target/wasm32-wasip2/plugin/inbox_unread.wasm target/plugins/inbox-unread.wasm
 cp target/wasm32-wasip2/plugin/subscriptions.wasm target/plugins/subscriptions.wasm
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile.wasm
+# The same fixture as a second version, for the registry tests.
+cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features v2
+cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-v2.wasm

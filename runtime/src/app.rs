@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::pipeline::{self, Totals};
 use crate::plugin::wasm::WasmHost;
-use crate::plugin::SharedCode;
+use crate::registry::Deployer;
 use crate::serve::{Feed, ServeState, Serving};
 use crate::source::kafka::KafkaRun;
 use crate::source::log::EmbeddedLog;
@@ -18,7 +18,8 @@ use std::sync::Arc;
 pub struct App {
     pub config: Config,
     pub engine: Arc<Engine>,
-    pub host: WasmHost,
+    /// Loads plugin versions and swaps them in (the registry).
+    pub deployer: Arc<Deployer>,
     /// The services plugins fetch from.
     pub fetcher: Arc<crate::fetch::Fetcher>,
 }
@@ -74,10 +75,16 @@ impl App {
             crate::fetch::Fetcher::new(&config.services)
                 .map_err(|e| anyhow::anyhow!("config: {e}"))?,
         );
+        let deployer = Arc::new(Deployer::new(
+            config.clone(),
+            engine.clone(),
+            host,
+            fetcher.clone(),
+        )?);
         let app = App {
             config,
             engine,
-            host,
+            deployer,
             fetcher,
         };
         app.load_plugins()?;
@@ -183,12 +190,15 @@ impl App {
         feed: Feed,
         listen: Option<&str>,
     ) -> anyhow::Result<(Arc<ServeState>, Option<Serving>)> {
-        let state = Arc::new(ServeState::new(
-            &self.config,
-            self.engine.clone(),
-            feed,
-            Some(self.fetcher.clone()),
-        )?);
+        let state = Arc::new(
+            ServeState::new(
+                &self.config,
+                self.engine.clone(),
+                feed,
+                Some(self.fetcher.clone()),
+            )?
+            .with_deployer(self.deployer.clone()),
+        );
         let listen = listen.unwrap_or(&self.config.http.listen);
         let serving = match listen {
             "off" => None,
@@ -223,32 +233,11 @@ impl App {
                 .unwrap_or_default();
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let code = self.host.load(
-                &name,
-                &bytes,
-                self.config.limits_of(&name),
-                &self.config.settings_of(&name),
-            )?;
-            let allowed = self
-                .config
-                .plugins
-                .get(&name)
-                .map(|p| p.services.clone())
-                .unwrap_or_default();
-            let code = code.allow(crate::plugin::wasm::Services {
-                fetcher: self.fetcher.clone(),
-                allowed,
-            });
-            let population = self.config.plugins.get(&name).and_then(|p| p.population);
-            tracing::info!(plugin = name, id = code_id(&code), "loaded");
-            let code: SharedCode = Arc::new(code);
-            self.engine.add(code, population)?;
+            let code = self
+                .deployer
+                .start(&name, &bytes, &path.display().to_string())?;
+            tracing::info!(plugin = name, id = &code.id()[..12], "loaded");
         }
         Ok(())
     }
-}
-
-fn code_id(code: &crate::plugin::wasm::WasmPlugin) -> String {
-    use crate::plugin::Code;
-    code.id()[..12].to_string()
 }

@@ -19,7 +19,9 @@
 use crate::config::RetryConfig;
 use crate::envelope::{self, DecodeError, Format};
 use crate::plugin::{self, Session, SharedCode};
-use crate::store::{Counters, DeadLetter, OutboxRecord, RetryEntry, Store, ViewRecord, Writer};
+use crate::store::{
+    AuditRun, Counters, DeadLetter, OutboxRecord, RetryEntry, Store, ViewRecord, Writer,
+};
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
 use serde_json::value::RawValue;
@@ -303,9 +305,47 @@ struct Pending {
     /// Next offset per (namespace, source, partition), ahead of the store.
     offsets: HashMap<(String, String, u32), u64>,
     since: Option<Instant>,
+    /// The current audit run per (namespace, source, partition).
+    audit: HashMap<(String, String, u32), AuditRun>,
 }
 
 impl Pending {
+    /// Note that `version` applied `from..next`: extends the current run
+    /// when it is the same version and contiguous, else starts one.
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        &mut self,
+        writer: &mut Writer,
+        ns: &str,
+        version: &str,
+        source: &str,
+        partition: u32,
+        from: u64,
+        next: u64,
+    ) {
+        let run = self
+            .audit
+            .entry((ns.to_string(), source.to_string(), partition))
+            .or_insert_with(|| AuditRun {
+                source: source.into(),
+                partition,
+                from,
+                next: from,
+                version: version.into(),
+            });
+        if run.version != version || run.next != from {
+            *run = AuditRun {
+                source: source.into(),
+                partition,
+                from,
+                next: from,
+                version: version.into(),
+            };
+        }
+        run.next = next;
+        writer.audit(ns, run);
+    }
+
     fn offset(&mut self, store: &Store, ns: &str, source: &str, partition: u32) -> Result<u64> {
         let k = (ns.to_string(), source.to_string(), partition);
         if let Some(o) = self.offsets.get(&k) {
@@ -525,6 +565,36 @@ impl Engine {
         Ok(())
     }
 
+    /// Swap the code of a loaded projection at a batch boundary: what was
+    /// applied so far is committed by the old code, every later batch runs
+    /// the new one. Views, offsets and counters carry over; caches of the
+    /// old code's renders do not.
+    pub fn replace(&self, code: SharedCode, population: Option<Population>) -> Result<()> {
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_locked(&mut pending)?;
+        let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
+        let name = code.name().to_string();
+        let i = list
+            .iter()
+            .position(|p| p.ns == name)
+            .ok_or(Error::UnknownPlugin(name))?;
+        let old = &list[i];
+        let counters = *old.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let population = population.unwrap_or(code.info().population);
+        let replacement = Arc::new(Projection {
+            code,
+            ns: old.ns.clone(),
+            population,
+            counters: Mutex::new(counters),
+            views: RwLock::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            rendered: RwLock::new(RenderCache::default()),
+            retried: AtomicU64::new(old.retried.load(Ordering::Relaxed)),
+        });
+        list[i] = replacement;
+        Ok(())
+    }
+
     pub fn projections(&self) -> Vec<Arc<Projection>> {
         self.projections
             .read()
@@ -647,6 +717,16 @@ impl Engine {
                 delta = ctx.run(&events, self.workers, &mut writer)?;
             }
             if next > from {
+                let first = from.max(records[0].offset);
+                pending.audit(
+                    &mut writer,
+                    &p.ns,
+                    p.code.id(),
+                    source,
+                    partition,
+                    first,
+                    next,
+                );
                 writer.set_offset(&p.ns, source, partition, next);
                 pending
                     .offsets

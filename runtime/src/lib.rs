@@ -34,6 +34,7 @@ pub mod envelope;
 pub mod fetch;
 pub mod pipeline;
 pub mod plugin;
+pub mod registry;
 pub mod serve;
 pub mod source;
 pub mod store;

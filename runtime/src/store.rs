@@ -114,6 +114,30 @@ pub struct OutboxRecord {
     pub headers: Vec<(String, String)>,
 }
 
+/// A run of offsets of one (source, partition) applied by one version of
+/// a plugin: `from..next`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRun {
+    pub source: String,
+    pub partition: u32,
+    pub from: u64,
+    pub next: u64,
+    /// The plugin version's content id.
+    pub version: String,
+}
+
+fn audit_key(ns: &str, source: &str, partition: u32, from: u64) -> Vec<u8> {
+    key(
+        b'a',
+        &[
+            ns.as_bytes(),
+            source.as_bytes(),
+            &partition.to_be_bytes(),
+            &from.to_be_bytes(),
+        ],
+    )
+}
+
 fn outbox_key(seq: u64) -> Vec<u8> {
     key(b'x', &[&seq.to_be_bytes()])
 }
@@ -247,6 +271,32 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
+    /// Names of the settings that start with `prefix`, without it.
+    pub fn setting_names(&self, prefix: &str) -> Vec<String> {
+        let start = key(b's', &[prefix.as_bytes()]);
+        let skip = start.len() - prefix.len();
+        self.state
+            .scan_prefix(&start)
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| String::from_utf8_lossy(&k[skip + prefix.len()..]).into_owned())
+            .collect()
+    }
+
+    /// Which plugin version applied which offsets of `ns`: runs in
+    /// (source, partition, from) order.
+    pub fn audit(&self, ns: &str) -> Result<Vec<AuditRun>> {
+        let mut prefix = key(b'a', &[ns.as_bytes()]);
+        prefix.push(0);
+        self.state
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (_, v) = item?;
+                decode("audit", &v)
+            })
+            .collect()
+    }
+
     /// Store an operator setting durably (`None` removes it).
     pub fn set_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
         let k = key(b's', &[name.as_bytes()]);
@@ -372,6 +422,14 @@ impl Writer {
         self.batch
             .insert(retry_key(entry.not_before_ms, entry.seq), bytes);
         Ok(())
+    }
+
+    /// Record (or extend) an audit run of `ns`.
+    pub fn audit(&mut self, ns: &str, run: &AuditRun) {
+        self.batch.insert(
+            audit_key(ns, &run.source, run.partition, run.from),
+            encode(run),
+        );
     }
 
     /// Spool a record to produce; its `seq` is assigned here.

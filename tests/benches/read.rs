@@ -281,7 +281,12 @@ fn main() -> anyhow::Result<()> {
     let seconds = knob("BENCH_SECONDS", 10);
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".into();
-    let state = Arc::new(ServeState::new(&config, engine.clone(), projector::serve::Feed::None, None)?);
+    let state = Arc::new(ServeState::new(
+        &config,
+        engine.clone(),
+        projector::serve::Feed::None,
+        None,
+    )?);
     state.set_ready(true);
     let serving = Serving::start(state, &config.http.listen)?;
     let base = format!("/v1/views/{PLUGIN}/");

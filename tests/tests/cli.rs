@@ -372,7 +372,10 @@ fn kafka_dev_serves_a_run_on_kafka() {
             "{name} is documented but not exposed:\n{text}"
         );
     }
-    assert!(text.contains("projector_lag_records{plugin=\"inbox-unread\",source=\"kafka:inbox\""), "{text}");
+    assert!(
+        text.contains("projector_lag_records{plugin=\"inbox-unread\",source=\"kafka:inbox\""),
+        "{text}"
+    );
     for child in [&run, &broker] {
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

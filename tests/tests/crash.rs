@@ -125,11 +125,15 @@ fn a_restart_loads_compiled_plugins_without_compiling() {
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = "[engine]\ncompile_cache_dir = \"compiled\"\n";
     let first = open_app(dir.path(), &["inbox-unread"], extra);
-    assert_eq!(first.host.compile_cache_hits(), 0, "a fresh cache compiles");
+    assert_eq!(
+        first.deployer.host().compile_cache_hits(),
+        0,
+        "a fresh cache compiles"
+    );
     drop(first);
     let again = open_app(dir.path(), &["inbox-unread"], extra);
     assert_eq!(
-        again.host.compile_cache_hits(),
+        again.deployer.host().compile_cache_hits(),
         1,
         "the restart loads the compiled code"
     );

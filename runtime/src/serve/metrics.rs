@@ -45,8 +45,8 @@
 //! Engine-side values (events, lag) are read from the engine at scrape
 //! time; the rest is counted by the HTTP layer as requests go.
 
-use crate::engine::Engine;
 use super::Feed;
+use crate::engine::Engine;
 use crate::source::kafka::KafkaStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -446,14 +446,26 @@ fn kafka_families(
     use prometheus_client::metrics::MetricType;
     use std::sync::atomic::Ordering::Relaxed;
     let counters: [(&str, &str, u64); 7] = [
-        ("projector_kafka_consumed", "Records polled from Kafka", stats.consumed.load(Relaxed)),
-        ("projector_kafka_batches", "Batches handed to the engine", stats.batches.load(Relaxed)),
+        (
+            "projector_kafka_consumed",
+            "Records polled from Kafka",
+            stats.consumed.load(Relaxed),
+        ),
+        (
+            "projector_kafka_batches",
+            "Batches handed to the engine",
+            stats.batches.load(Relaxed),
+        ),
         (
             "projector_kafka_pauses",
             "Times a partition was paused because its queue was full",
             stats.pauses.load(Relaxed),
         ),
-        ("projector_kafka_rebalances", "Assignments and revocations", stats.rebalances.load(Relaxed)),
+        (
+            "projector_kafka_rebalances",
+            "Assignments and revocations",
+            stats.rebalances.load(Relaxed),
+        ),
         (
             "projector_kafka_consumer_errors",
             "Errors the consumer reported",

@@ -87,6 +87,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::registry::Error> for ApiError {
+    fn from(e: crate::registry::Error) -> Self {
+        use crate::registry::Error as R;
+        match e {
+            R::Rejected { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", e.to_string())
+            }
+            R::NoEarlier(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_earlier_version", e.to_string())
+            }
+            R::Engine(e) => e.into(),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "runtime_error",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
 impl From<engine::Error> for ApiError {
     fn from(e: engine::Error) -> Self {
         match e {
@@ -171,6 +191,7 @@ pub struct ServeState {
     engine: Arc<Engine>,
     log: Option<Arc<EmbeddedLog>>,
     feed: Feed,
+    deployer: Option<Arc<crate::registry::Deployer>>,
     plugins: HashMap<String, PluginServe>,
     metrics: Metrics,
     http: HttpConfig,
@@ -225,6 +246,7 @@ impl ServeState {
             engine,
             log,
             feed,
+            deployer: None,
             plugins,
             metrics,
             http: config.http.clone(),
@@ -251,6 +273,12 @@ impl ServeState {
         })
     }
 
+    /// Deploy through `deployer` (the admin API's plugin routes).
+    pub fn with_deployer(mut self, deployer: Arc<crate::registry::Deployer>) -> Self {
+        self.deployer = Some(deployer);
+        self
+    }
+
     /// Applied position against the end of the source, per partition.
     fn staleness(&self, plugin: &str, view: Option<&ReadView>, now: i64) -> Value {
         let mut partitions = Vec::new();
@@ -259,7 +287,11 @@ impl ServeState {
         let source: Value = match feeds.as_slice() {
             [] => Value::Null,
             [(id, _)] => id.as_str().into(),
-            many => many.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().into(),
+            many => many
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .into(),
         };
         for (id, ends) in &feeds {
             for &(p, end) in ends {
@@ -352,6 +384,16 @@ pub fn router(state: Arc<ServeState>) -> Router {
             get(get_rollout).put(put_rollout).delete(delete_rollout),
         )
         .route("/v1/admin/mismatches/{plugin}", get(mismatches))
+        .route("/v1/admin/plugins", get(registry_list))
+        .route(
+            "/v1/admin/plugins/{plugin}",
+            axum::routing::post(deploy).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/rollback",
+            axum::routing::post(rollback),
+        )
+        .route("/v1/admin/plugins/{plugin}/logs", get(plugin_logs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -403,6 +445,108 @@ async fn metrics_text(State(s): State<Arc<ServeState>>) -> Response {
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Largest `.wasm` the admin API takes.
+const MAX_PLUGIN_BYTES: usize = 64 << 20;
+
+fn deployer(s: &ServeState) -> ApiResult<Arc<crate::registry::Deployer>> {
+    s.deployer.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_registry",
+            "this server does not deploy plugins",
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployParams {
+    /// Where the code came from, for the registry (default `api`).
+    from: Option<String>,
+    /// Only `replace` for now.
+    mode: Option<String>,
+}
+
+/// `POST /v1/admin/plugins/{plugin}`: the body is the `.wasm`.
+async fn deploy(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+    Query(params): Query<DeployParams>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    if let Some(mode) = params.mode.as_deref().filter(|m| *m != "replace") {
+        return Err(ApiError::bad_request(
+            "bad_mode",
+            format!("deploy mode {mode:?}: only \"replace\" is supported"),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_plugin",
+            "the body must be the plugin's .wasm",
+        ));
+    }
+    let from = params.from.unwrap_or_else(|| "api".into());
+    let done = tokio::task::spawn_blocking(move || d.deploy(&plugin, &body, &from))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "runtime_error",
+                e.to_string(),
+            )
+        })??;
+    Ok(Json(serde_json::to_value(done).unwrap_or_default()))
+}
+
+async fn rollback(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let done = tokio::task::spawn_blocking(move || d.rollback(&plugin))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "runtime_error",
+                e.to_string(),
+            )
+        })??;
+    Ok(Json(serde_json::to_value(done).unwrap_or_default()))
+}
+
+async fn registry_list(State(s): State<Arc<ServeState>>) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    let list: Vec<Value> = d
+        .list()?
+        .into_iter()
+        .map(|(name, e)| {
+            let running = s
+                .engine
+                .projection(&name)
+                .ok()
+                .map(|p| p.code().id().to_string());
+            json!({"plugin": name, "active": e.active, "running": running,
+                   "history": e.history, "versions": e.versions})
+        })
+        .collect();
+    Ok(Json(json!({"plugins": list})))
+}
+
+async fn plugin_logs(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = s.engine.projection(&plugin)?;
+    Ok(Json(
+        json!({"plugin": plugin, "id": p.code().id(), "lines": p.code().logs().recent()}),
+    ))
 }
 
 async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value> {
@@ -788,7 +932,11 @@ async fn read_view(
                     ),
                 ));
             };
-            if let Some(p) = t.offsets.keys().find(|p| !ends.iter().any(|(q, _)| q == *p)) {
+            if let Some(p) = t
+                .offsets
+                .keys()
+                .find(|p| !ends.iter().any(|(q, _)| q == *p))
+            {
                 let have: Vec<String> = ends.iter().map(|(q, _)| q.to_string()).collect();
                 return Err(ApiError::bad_request(
                     "bad_token",

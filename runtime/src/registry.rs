@@ -1,0 +1,356 @@
+//! The plugin registry: every version of every plugin ever deployed, by
+//! content hash (SHA-256 of the `.wasm`), with the active one and the
+//! ones it replaced, kept in the store with the code itself; and the
+//! [`Deployer`] that compiles a version off the event path and swaps it
+//! in at the next batch boundary (`replace` mode).
+//!
+//! A version that fails to compile, to link, to implement the plugin
+//! world or to start is rejected with its reason, and the running one
+//! keeps running. Deploying bytes already active is a no-op. At start the
+//! active version is loaded from the registry, so a deploy survives a
+//! restart (and, with the compile cache, is not compiled again).
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::plugin::wasm::{Services, WasmHost};
+use crate::plugin::SharedCode;
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+    #[error("plugin {name}: version {id} rejected: {reason}")]
+    Rejected {
+        name: String,
+        id: String,
+        reason: String,
+    },
+    #[error("plugin {0:?} has no earlier version to roll back to")]
+    NoEarlier(String),
+    #[error("plugin {name}: version {id} is not in the registry")]
+    UnknownVersion { name: String, id: String },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
+    #[error("registry entry of {name}: {reason}")]
+    Corrupt { name: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One deployed version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// SHA-256 of the `.wasm`, hex.
+    pub id: String,
+    pub size: u64,
+    pub deployed_ms: i64,
+    /// Where it came from (`plugins_dir`, `api`, a file path...).
+    pub from: String,
+}
+
+/// A plugin's versions, the active one and those it replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub versions: Vec<Version>,
+    pub active: Option<String>,
+    /// Versions that were active before, most recent last (rollback pops).
+    pub history: Vec<String>,
+}
+
+fn entry_setting(name: &str) -> String {
+    format!("registry/{name}")
+}
+
+/// The registry's view of the store.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    code: sled::Tree,
+}
+
+impl Registry {
+    pub fn open(store: &Store) -> Result<Self> {
+        Ok(Registry {
+            store: store.clone(),
+            code: store.tree("plugin-code")?,
+        })
+    }
+
+    pub fn entry(&self, name: &str) -> Result<Option<Entry>> {
+        self.store
+            .setting(&entry_setting(name))?
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                    name: name.into(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    fn put(&self, name: &str, entry: &Entry) -> Result<()> {
+        let bytes = serde_json::to_vec(entry).expect("an entry serializes");
+        self.store.set_setting(&entry_setting(name), Some(&bytes))?;
+        Ok(())
+    }
+
+    /// The code of version `id`.
+    pub fn code(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.code.get(id)?.map(|v| v.to_vec()))
+    }
+
+    /// Record `bytes` as a version of `name` (kept once per content).
+    pub fn add(&self, name: &str, bytes: &[u8], from: &str) -> Result<Version> {
+        let id = content_id(bytes);
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        if let Some(v) = entry.versions.iter().find(|v| v.id == id) {
+            return Ok(v.clone());
+        }
+        self.code.insert(id.as_bytes(), bytes)?;
+        self.code.flush()?;
+        let version = Version {
+            id,
+            size: bytes.len() as u64,
+            deployed_ms: crate::engine::now_ms(),
+            from: from.into(),
+        };
+        entry.versions.push(version.clone());
+        self.put(name, &entry)?;
+        Ok(version)
+    }
+
+    /// Make `id` the active version of `name`; the previous one goes on
+    /// the history (unless this is a rollback to it).
+    fn activate(&self, name: &str, id: &str, rollback: bool) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        if rollback {
+            entry.history.pop();
+        } else if let Some(old) = entry.active.take().filter(|old| old != id) {
+            entry.history.push(old);
+        }
+        entry.active = Some(id.into());
+        self.put(name, &entry)
+    }
+
+    /// Every plugin with an entry.
+    pub fn names(&self) -> Vec<String> {
+        self.store.setting_names("registry/")
+    }
+}
+
+/// SHA-256 of a `.wasm`, hex: a version's id.
+pub fn content_id(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployed {
+    pub plugin: String,
+    pub id: String,
+    /// The version active before (`None`: the plugin is new).
+    pub replaced: Option<String>,
+    /// False when these bytes were already active (nothing changed).
+    pub changed: bool,
+    pub compile_ms: u64,
+}
+
+/// Loads plugin versions and swaps them into the engine.
+pub struct Deployer {
+    config: Config,
+    engine: Arc<Engine>,
+    host: WasmHost,
+    fetcher: Arc<crate::fetch::Fetcher>,
+    pub registry: Registry,
+    /// One deploy at a time.
+    busy: Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        config: Config,
+        engine: Arc<Engine>,
+        host: WasmHost,
+        fetcher: Arc<crate::fetch::Fetcher>,
+    ) -> Result<Self> {
+        let registry = Registry::open(engine.store())?;
+        Ok(Deployer {
+            config,
+            engine,
+            host,
+            fetcher,
+            registry,
+            busy: Mutex::new(()),
+        })
+    }
+
+    pub fn host(&self) -> &WasmHost {
+        &self.host
+    }
+
+    /// Compile and start `bytes` as plugin `name`, with its settings,
+    /// limits and services: everything but the swap.
+    fn load(&self, name: &str, bytes: &[u8]) -> Result<SharedCode> {
+        let id = content_id(bytes);
+        let code = self
+            .host
+            .load(
+                name,
+                bytes,
+                self.config.limits_of(name),
+                &self.config.settings_of(name),
+            )
+            .map_err(|e| Error::Rejected {
+                name: name.into(),
+                id: id[..12].into(),
+                reason: e.to_string(),
+            })?;
+        let allowed = self
+            .config
+            .plugins
+            .get(name)
+            .map(|p| p.services.clone())
+            .unwrap_or_default();
+        Ok(Arc::new(code.allow(Services {
+            fetcher: self.fetcher.clone(),
+            allowed,
+        })))
+    }
+
+    fn population(&self, name: &str) -> Option<projector_guest::Population> {
+        self.config.plugins.get(name).and_then(|p| p.population)
+    }
+
+    /// Load plugin `name` at start: its active version from the registry
+    /// if it has one, else `bytes` (from the plugins directory), which
+    /// then becomes its first version.
+    pub fn start(&self, name: &str, bytes: &[u8], from: &str) -> Result<SharedCode> {
+        let entry = self.registry.entry(name)?.unwrap_or_default();
+        let file_id = content_id(bytes);
+        let (code, id) = match entry.active.as_deref() {
+            Some(active) if active != file_id => match self.registry.code(active)? {
+                Some(stored) => {
+                    tracing::info!(
+                        plugin = name,
+                        active = &active[..12],
+                        file = &file_id[..12],
+                        "loading the deployed version, not the plugins directory's"
+                    );
+                    (self.load(name, &stored)?, active.to_string())
+                }
+                None => (self.load(name, bytes)?, file_id),
+            },
+            _ => (self.load(name, bytes)?, file_id),
+        };
+        if entry.active.as_deref() != Some(id.as_str()) {
+            self.registry.add(name, bytes, from)?;
+            self.registry.activate(name, &id, false)?;
+        }
+        self.engine.add(code.clone(), self.population(name))?;
+        Ok(code)
+    }
+
+    /// Deploy `bytes` as the new version of `name` in `replace` mode: it
+    /// is compiled and started here, off the event path, then takes over
+    /// at the next batch boundary. A plugin not loaded yet is added.
+    pub fn deploy(&self, name: &str, bytes: &[u8], from: &str) -> Result<Deployed> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let id = content_id(bytes);
+        let current = self
+            .engine
+            .projection(name)
+            .ok()
+            .map(|p| p.code().id().to_string());
+        if current.as_deref() == Some(id.as_str()) {
+            self.registry.add(name, bytes, from)?;
+            return Ok(Deployed {
+                plugin: name.into(),
+                id,
+                replaced: current,
+                changed: false,
+                compile_ms: 0,
+            });
+        }
+        let started = std::time::Instant::now();
+        let code = self.load(name, bytes)?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        self.registry.add(name, bytes, from)?;
+        self.swap(name, code, current.is_some())?;
+        self.registry.activate(name, &id, false)?;
+        tracing::info!(
+            plugin = name,
+            id = &id[..12],
+            compile_ms,
+            "deployed (replace)"
+        );
+        Ok(Deployed {
+            plugin: name.into(),
+            id,
+            replaced: current,
+            changed: true,
+            compile_ms,
+        })
+    }
+
+    fn swap(&self, name: &str, code: SharedCode, loaded: bool) -> Result<()> {
+        if loaded {
+            self.engine.replace(code, self.population(name))?;
+        } else {
+            self.engine.add(code, self.population(name))?;
+        }
+        Ok(())
+    }
+
+    /// Return `name` to the version active before the current one.
+    pub fn rollback(&self, name: &str) -> Result<Deployed> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = self.registry.entry(name)?.unwrap_or_default();
+        let previous = entry
+            .history
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::NoEarlier(name.into()))?;
+        let bytes = self
+            .registry
+            .code(&previous)?
+            .ok_or_else(|| Error::UnknownVersion {
+                name: name.into(),
+                id: previous.clone(),
+            })?;
+        let started = std::time::Instant::now();
+        let code = self.load(name, &bytes)?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        self.swap(name, code, true)?;
+        self.registry.activate(name, &previous, true)?;
+        tracing::info!(plugin = name, id = &previous[..12], "rolled back");
+        Ok(Deployed {
+            plugin: name.into(),
+            id: previous,
+            replaced: entry.active,
+            changed: true,
+            compile_ms,
+        })
+    }
+
+    /// Every plugin's registry entry.
+    pub fn list(&self) -> Result<Vec<(String, Entry)>> {
+        let mut out = Vec::new();
+        for name in self.registry.names() {
+            if let Some(e) = self.registry.entry(&name)? {
+                out.push((name, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The recent log lines of the running version of `name`.
+    pub fn logs(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self.engine.projection(name)?.code().logs().recent())
+    }
+}

@@ -1,0 +1,278 @@
+//! The plugin registry and `replace` deploys: a version swapped in while
+//! events flow applies every offset after the swap point, the old one
+//! every offset before it (checked against the audit); a broken module is
+//! rejected and the running version goes on; a restart keeps the deployed
+//! version without compiling it again; rollback returns to the previous.
+
+use projector::envelope::Format;
+use projector::pipeline::run_log;
+use projector::registry::content_id;
+use projector::source::log::EmbeddedLog;
+use projector_tests::{open_app, plugin_wasm};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn event(i: u64) -> String {
+    json!({"id": format!("e{i}"), "type": "count", "source": "test",
+           "key": format!("k{}", i % 500), "version": i + 1, "time": 1_000 + i, "payload": {}})
+    .to_string()
+}
+
+fn count(app: &projector::app::App, key: &str) -> (u64, String) {
+    let v = app
+        .engine
+        .read("hostile", key, 0)
+        .expect("read")
+        .and_then(|v| v.json())
+        .expect("a view");
+    (
+        v["count"].as_u64().expect("count"),
+        v["version"].as_str().expect("version").to_string(),
+    )
+}
+
+fn applied(app: &projector::app::App, partitions: u32) -> u64 {
+    (0..partitions)
+        .map(|p| app.engine.applied("hostile", "log", p).expect("applied"))
+        .sum()
+}
+
+#[test]
+fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[engine]\ncommit_interval_ms = 20\n",
+    );
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = 100_000u64;
+
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
+                let events: Vec<String> = chunk.iter().map(|i| event(*i)).collect();
+                log.append(&events).expect("append");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let pipeline = {
+        let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
+        std::thread::spawn(move || run_log(&engine, &log, 256, &stop, false, |_| {}).expect("run"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while applied(&app, 4) < 30_000 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let done = app
+        .deployer
+        .deploy("hostile", &v2_bytes, "test")
+        .expect("deploy v2");
+    assert!(done.changed);
+    assert_eq!(done.replaced.as_deref(), Some(v1.as_str()));
+    writer.join().expect("writer");
+    while applied(&app, 4) < total {
+        assert!(Instant::now() < deadline, "not caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    pipeline.join().expect("pipeline");
+
+    // The audit covers every offset of every partition once: v1 up to
+    // the swap point, v2 from there on.
+    let runs = app.engine.store().audit("hostile").expect("audit");
+    let ends = log.ends();
+    let mut by_partition: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+    for r in runs {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    let mut v2_applied = 0;
+    for (p, runs) in &by_partition {
+        let mut next = 0;
+        let mut seen_v2 = false;
+        for r in runs {
+            assert_eq!(
+                r.from, next,
+                "partition {p}: a gap or an overlap at {}",
+                r.from
+            );
+            next = r.next;
+            if r.version == v2 {
+                seen_v2 = true;
+                v2_applied += r.next - r.from;
+            } else {
+                assert_eq!(r.version, v1, "partition {p}: unknown version");
+                assert!(!seen_v2, "partition {p}: v1 applied after v2 took over");
+            }
+        }
+        assert_eq!(
+            next, ends[*p as usize],
+            "partition {p}: not covered to its end"
+        );
+    }
+    assert_eq!(by_partition.len(), 4);
+    assert!(
+        v2_applied > 0 && v2_applied < total,
+        "v2 applied {v2_applied}"
+    );
+
+    // Every event was applied exactly once, and v2 renders.
+    for k in 0..500 {
+        assert_eq!(
+            count(&app, &format!("k{k}")),
+            (200, "2".to_string()),
+            "k{k}"
+        );
+    }
+    let entry = app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert_eq!(entry.active.as_deref(), Some(v2.as_str()));
+    assert_eq!(entry.history, vec![v1]);
+    assert_eq!(entry.versions.len(), 2);
+    // Deploying the active bytes again changes nothing.
+    let again = app
+        .deployer
+        .deploy("hostile", &v2_bytes, "test")
+        .expect("again");
+    assert!(!again.changed);
+}
+
+#[test]
+fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[http]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = app
+        .start(log.clone(), None, stop.clone(), false)
+        .expect("start");
+    let addr = running.addr().expect("api");
+    log.append(&(0..100).map(event).collect::<Vec<_>>())
+        .expect("append");
+
+    let broken: [(&str, Vec<u8>); 3] = [
+        ("not wasm", b"definitely not wasm".to_vec()),
+        ("a core module", wat::parse_str("(module)").expect("wat")),
+        (
+            "a component of another world",
+            wat::parse_str("(component)").expect("wat"),
+        ),
+    ];
+    for (what, bytes) in &broken {
+        let e = app
+            .deployer
+            .deploy("hostile", bytes, "test")
+            .expect_err(what);
+        assert!(e.to_string().contains("rejected"), "{what}: {e}");
+        let r = reqwest::blocking::Client::new()
+            .post(format!("http://{addr}/v1/admin/plugins/hostile"))
+            .body(bytes.clone())
+            .send()
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 422, "{what}");
+        let body: serde_json::Value = serde_json::from_str(&r.text().expect("body")).expect("json");
+        assert_eq!(body["error"], "rejected", "{what}: {body}");
+    }
+    // v1 still runs and keeps applying.
+    log.append(&(100..200).map(event).collect::<Vec<_>>())
+        .expect("append");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied(&app, 1) < 200 {
+        assert!(Instant::now() < deadline, "v1 stopped applying");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&app, "k7"), (1, "1".to_string()));
+    let entry = app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
+    assert_eq!(entry.versions.len(), 1);
+
+    // A good deploy over the API works, and so does rollback.
+    let v2 = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/v1/admin/plugins/hostile?from=ci"))
+        .body(v2)
+        .send()
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(count(&app, "k7"), (1, "2".to_string()));
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/v1/admin/plugins/hostile/rollback"))
+        .send()
+        .expect("POST rollback");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(count(&app, "k7"), (1, "1".to_string()));
+    let list: serde_json::Value = serde_json::from_str(
+        &reqwest::blocking::get(format!("http://{addr}/v1/admin/plugins"))
+            .and_then(|r| r.text())
+            .expect("GET"),
+    )
+    .expect("json");
+    assert_eq!(list["plugins"][0]["active"], v1.as_str(), "{list}");
+    assert_eq!(list["plugins"][0]["running"], v1.as_str(), "{list}");
+    stop.store(true, Ordering::Relaxed);
+    running.wait().expect("stop");
+}
+
+#[test]
+fn a_restart_keeps_the_deployed_version_and_does_not_recompile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[engine]\ncompile_cache_dir = \"cache\"\n";
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+    {
+        let app = open_app(dir.path(), &["hostile"], extra);
+        app.deployer
+            .deploy("hostile", &v2_bytes, "test")
+            .expect("deploy");
+    }
+    let app = open_app(dir.path(), &["hostile"], extra);
+    let p = app.engine.projection("hostile").expect("loaded");
+    assert_eq!(
+        p.code().id(),
+        v2,
+        "the deployed version is active after a restart"
+    );
+    assert_eq!(
+        app.deployer.host().compile_cache_hits(),
+        1,
+        "the deployed version came from the compile cache"
+    );
+    // Rolled back, the plugins directory's version is active after the
+    // next restart.
+    app.deployer.rollback("hostile").expect("rollback");
+    drop(app);
+    let app = open_app(dir.path(), &["hostile"], extra);
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    assert_eq!(
+        app.engine
+            .projection("hostile")
+            .expect("loaded")
+            .code()
+            .id(),
+        v1
+    );
+}
