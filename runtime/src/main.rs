@@ -77,6 +77,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         brokers: i32,
     },
+    /// Deploy, list, roll back and read the logs of plugins in a running
+    /// runtime, through its admin API.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+        /// The runtime's API (default: `http.listen` of the config).
+        #[arg(long, global = true)]
+        api: Option<String>,
+    },
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         #[arg(long)]
@@ -84,6 +93,95 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// Deploy a `.wasm` as the new version of a plugin (replace mode:
+    /// it takes over at the next batch boundary).
+    Deploy {
+        file: PathBuf,
+        /// The plugin's name (default: the file stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Every plugin's versions, active version and history (JSON).
+    List,
+    /// Return a plugin to the version active before the current one.
+    Rollback { name: String },
+    /// The recent log lines of a plugin's running version.
+    Logs { name: String },
+}
+
+/// Call the admin API; the JSON answer, or its error message.
+fn admin(method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Result<serde_json::Value> {
+    let request = ureq::request(method, url).timeout(std::time::Duration::from_secs(300));
+    let result = match body {
+        Some(b) => request
+            .set("content-type", "application/wasm")
+            .send_bytes(b),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{url}: {code}: {message}");
+        }
+        Err(e) => bail!("{url}: {e} (is `projector run` serving its API there?)"),
+    };
+    Ok(serde_json::from_reader(response.into_reader())?)
+}
+
+fn plugin_command(
+    config: &Config,
+    action: PluginAction,
+    api: Option<String>,
+) -> anyhow::Result<()> {
+    let base = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
+    let base = base.trim_end_matches('/');
+    let answer = match action {
+        PluginAction::Deploy { file, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .context("--name: the file has no stem to name the plugin by")?,
+            };
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let from: String = percent_encoding::utf8_percent_encode(
+                &file.display().to_string(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .collect();
+            admin(
+                "POST",
+                &format!("{base}/v1/admin/plugins/{name}?from={from}"),
+                Some(&bytes),
+            )?
+        }
+        PluginAction::List => admin("GET", &format!("{base}/v1/admin/plugins"), None)?,
+        PluginAction::Rollback { name } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/rollback"),
+            Some(&[]),
+        )?,
+        PluginAction::Logs { name } => {
+            let v = admin("GET", &format!("{base}/v1/admin/plugins/{name}/logs"), None)?;
+            for line in v["lines"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
+            return Ok(());
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -279,6 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
+        Command::Plugin { action, api } => plugin_command(&config, action, api)?,
         Command::Status => {
             let app = App::open(config)?;
             let plugins: Vec<serde_json::Value> = app

@@ -168,6 +168,8 @@ pub struct Deployer {
     host: WasmHost,
     fetcher: Arc<crate::fetch::Fetcher>,
     pub registry: Registry,
+    /// Each plugin's log ring, shared by its versions.
+    logs: Mutex<std::collections::HashMap<String, Arc<crate::plugin::PluginLogs>>>,
     /// One deploy at a time.
     busy: Mutex<()>,
 }
@@ -186,6 +188,7 @@ impl Deployer {
             host,
             fetcher,
             registry,
+            logs: Mutex::new(Default::default()),
             busy: Mutex::new(()),
         })
     }
@@ -217,7 +220,14 @@ impl Deployer {
             .get(name)
             .map(|p| p.services.clone())
             .unwrap_or_default();
-        Ok(Arc::new(code.allow(Services {
+        let logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        Ok(Arc::new(code.log_to(logs).allow(Services {
             fetcher: self.fetcher.clone(),
             allowed,
         })))

@@ -392,3 +392,102 @@ fn kafka_dev_serves_a_run_on_kafka() {
     assert_eq!(summary_events(&summary), events.len() as u64, "{summary}");
     broker.wait().expect("wait kafka-dev");
 }
+
+#[test]
+fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins_dir(dir.path(), &["hostile"]);
+    std::fs::write(
+        dir.path().join("projector.toml"),
+        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("config");
+    let print =
+        r#"{"id":"p1","type":"print","source":"t","key":"k","version":1,"time":1,"payload":{}}"#;
+    std::fs::write(dir.path().join("events.ndjson"), format!("{print}\n")).expect("events");
+    let mut run = Command::new(projector_bin())
+        .current_dir(dir.path())
+        .args(["run", "--ingest", "events.ndjson"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let mut err = BufReader::new(run.stderr.take().expect("stderr")).lines();
+    let addr = line_after(&mut err, "read API on http://");
+    let api = format!(
+        "http://{}",
+        addr.split_whitespace().next().expect("address")
+    );
+    std::thread::spawn(move || err.for_each(drop));
+
+    let v2 = projector_tests::plugin_wasm("hostile-v2");
+    let o = projector(
+        dir.path(),
+        &[
+            "plugin",
+            "deploy",
+            v2.to_str().expect("path"),
+            "--name",
+            "hostile",
+            "--api",
+            &api,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deployed: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(deployed["changed"], true);
+
+    std::fs::write(dir.path().join("broken.wasm"), b"not wasm").expect("broken");
+    let o = projector(
+        dir.path(),
+        &[
+            "plugin",
+            "deploy",
+            "broken.wasm",
+            "--name",
+            "hostile",
+            "--api",
+            &api,
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("rejected"), "{}", stderr(&o));
+
+    let o = projector(dir.path(), &["plugin", "list", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(list["plugins"][0]["active"], deployed["id"], "{list}");
+    assert_eq!(
+        list["plugins"][0]["versions"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let o = projector(
+        dir.path(),
+        &["plugin", "rollback", "hostile", "--api", &api],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = projector(
+        dir.path(),
+        &["plugin", "rollback", "hostile", "--api", &api],
+    );
+    assert!(!o.status.success(), "nothing earlier to roll back to");
+    assert!(stderr(&o).contains("no earlier version"), "{}", stderr(&o));
+
+    // The log lines of the first version outlive two deploys.
+    let o = projector(dir.path(), &["plugin", "logs", "hostile", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("hello from the log import"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("hello from stdout"), "{}", stdout(&o));
+    Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(run.wait().expect("wait").success());
+}

@@ -173,6 +173,15 @@ const RECYCLE_MEMORY_SHARE: usize = 2;
 const RECYCLE_CALLS: u64 = 100_000;
 
 impl WasmPlugin {
+    /// Send this plugin's log lines to `logs` (shared by the versions of
+    /// one plugin, so they outlive a deploy).
+    pub fn log_to(mut self, logs: Arc<PluginLogs>) -> Self {
+        self.meta.logs = logs;
+        // Stores made so far log to the old ring.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self
+    }
+
     /// Let this plugin fetch from `services` (its allow-list).
     pub fn allow(mut self, services: Services) -> Self {
         self.services = Some(Arc::new(services));
