@@ -13,3 +13,5 @@ cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile.w
 # The same fixture as a second version, for the registry tests.
 cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features v2
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-v2.wasm
+cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features broken
+cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-broken.wasm

@@ -19,6 +19,10 @@
 //! [log]
 //! partitions = 4               # fixed when the log is created
 //!
+//! [deploy]                     # plugin versions deployed in replace mode
+//! probation_events = 1000      # watched for their first events (0: off) ...
+//! max_failure_ratio = 0.1      # ... and rolled back above this failure ratio
+//!
 //! [source.kafka]               # consume Kafka instead of the embedded log
 //! bootstrap_servers = "127.0.0.1:9092"
 //! group_id = "projector"
@@ -102,6 +106,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// How deploys are watched.
+    #[serde(default)]
+    pub deploy: DeployConfig,
     /// Where events come from when not from the embedded log.
     #[serde(default)]
     pub source: SourceSection,
@@ -110,6 +117,26 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// `[deploy]`: a version deployed in replace mode is on probation for
+/// its first `probation_events` events; if more than
+/// `max_failure_ratio` of them fail (traps, timeouts, bad output,
+/// errors), the runtime rolls back to the version it replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    pub probation_events: u64,
+    pub max_failure_ratio: f64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            probation_events: 1000,
+            max_failure_ratio: 0.1,
+        }
+    }
 }
 
 /// `[source]`: the Kafka source, when set.
@@ -357,6 +384,12 @@ impl Config {
                     .validate()
                     .map_err(|e| bad(format!("plugins.{name}.rollout.{e}")))?;
             }
+        }
+        if !(0.0..=1.0).contains(&c.deploy.max_failure_ratio) {
+            return Err(bad(format!(
+                "deploy.max_failure_ratio: expected 0 to 1, got {}",
+                c.deploy.max_failure_ratio
+            )));
         }
         if let Some(k) = &c.source.kafka {
             k.validate().map_err(|e| bad(format!("source.kafka.{e}")))?;

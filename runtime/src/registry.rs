@@ -52,6 +52,9 @@ pub struct Version {
     pub deployed_ms: i64,
     /// Where it came from (`plugins_dir`, `api`, a file path...).
     pub from: String,
+    /// Why the runtime rolled it back by itself, if it did.
+    #[serde(default)]
+    pub rolled_back: Option<String>,
 }
 
 /// A plugin's versions, the active one and those it replaced.
@@ -119,6 +122,7 @@ impl Registry {
             size: bytes.len() as u64,
             deployed_ms: crate::engine::now_ms(),
             from: from.into(),
+            rolled_back: None,
         };
         entry.versions.push(version.clone());
         self.put(name, &entry)?;
@@ -135,6 +139,15 @@ impl Registry {
             entry.history.push(old);
         }
         entry.active = Some(id.into());
+        self.put(name, &entry)
+    }
+
+    /// Note that the runtime rolled `id` of `name` back, and why.
+    fn mark_rolled_back(&self, name: &str, id: &str, reason: &str) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        if let Some(v) = entry.versions.iter_mut().find(|v| v.id == id) {
+            v.rolled_back = Some(reason.into());
+        }
         self.put(name, &entry)
     }
 
@@ -291,8 +304,12 @@ impl Deployer {
         let code = self.load(name, bytes)?;
         let compile_ms = started.elapsed().as_millis() as u64;
         self.registry.add(name, bytes, from)?;
+        let old = self.engine.projection(name).ok();
         self.swap(name, code, current.is_some())?;
         self.registry.activate(name, &id, false)?;
+        if let Some(old) = old {
+            self.watch(name, old, &id);
+        }
         tracing::info!(
             plugin = name,
             id = &id[..12],
@@ -315,6 +332,70 @@ impl Deployer {
             self.engine.add(code, self.population(name))?;
         }
         Ok(())
+    }
+
+    /// Watch a version on probation: if too many of its first events fail,
+    /// swap the version it replaced (still loaded) back in.
+    fn watch(&self, name: &str, old: Arc<crate::engine::Projection>, id: &str) {
+        let deploy = self.config.deploy;
+        if deploy.probation_events == 0 {
+            return;
+        }
+        let (engine, registry) = (self.engine.clone(), self.registry.clone());
+        let (name, id) = (name.to_string(), id.to_string());
+        let population = self.population(&name);
+        let base = match engine.projection(&name) {
+            Ok(p) => p.counters(),
+            Err(_) => return,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("probation-{name}"))
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                let Ok(p) = engine.projection(&name) else {
+                    return;
+                };
+                if p.code().id() != id {
+                    return; // another deploy took over
+                }
+                let now = p.counters();
+                let seen = now.received.saturating_sub(base.received);
+                let failed = now.dead_lettered.saturating_sub(base.dead_lettered);
+                let ratio = failed as f64 / seen.max(1) as f64;
+                // Decided early once the failures exceed what the whole
+                // probation allows, else at its end.
+                let budget = (deploy.max_failure_ratio * deploy.probation_events as f64) as u64;
+                let done = seen >= deploy.probation_events;
+                if failed > budget || (done && ratio > deploy.max_failure_ratio) {
+                    let reason = format!(
+                        "{failed} of its first {seen} events failed (over {:.0} %)",
+                        deploy.max_failure_ratio * 100.0
+                    );
+                    tracing::warn!(plugin = name, id = &id[..12], "{reason}: rolling back");
+                    let back = engine
+                        .replace(old.code().clone(), population)
+                        .map_err(Error::from)
+                        .and_then(|()| registry.activate(&name, old.code().id(), true))
+                        .and_then(|()| registry.mark_rolled_back(&name, &id, &reason));
+                    if let Err(e) = back {
+                        tracing::error!(plugin = name, "automatic rollback failed: {e}");
+                    }
+                    return;
+                }
+                if done {
+                    tracing::info!(
+                        plugin = name,
+                        id = &id[..12],
+                        seen,
+                        failed,
+                        "probation passed"
+                    );
+                    return;
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot watch a deploy on probation: {e}");
+        }
     }
 
     /// Return `name` to the version active before the current one.

@@ -276,3 +276,81 @@ fn a_restart_keeps_the_deployed_version_and_does_not_recompile() {
         v1
     );
 }
+
+#[test]
+fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[engine]\ncommit_interval_ms = 20\n[deploy]\nprobation_events = 200\nmax_failure_ratio = 0.1\n[limits]\ntimeout_retries = 0\n",
+    );
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let broken_bytes = std::fs::read(plugin_wasm("hostile-broken")).expect("broken");
+    let broken = content_id(&broken_bytes);
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pipeline = {
+        let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
+        std::thread::spawn(move || run_log(&engine, &log, 10, &stop, false, |_| {}).expect("run"))
+    };
+    log.append(&(0..100).map(event).collect::<Vec<_>>())
+        .expect("append");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&app, 1) < 100 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    app.deployer
+        .deploy("hostile", &broken_bytes, "test")
+        .expect("deploy");
+    // Events keep coming; the broken version fails them until the
+    // runtime gives up on it.
+    let mut next = 100;
+    loop {
+        log.append(&(next..next + 10).map(event).collect::<Vec<_>>())
+            .expect("append");
+        next += 10;
+        std::thread::sleep(Duration::from_millis(5));
+        let p = app.engine.projection("hostile").expect("loaded");
+        if p.code().id() == v1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never rolled back");
+        assert!(next < 5_000, "never rolled back");
+    }
+    log.append(&(next..next + 500).map(event).collect::<Vec<_>>())
+        .expect("append");
+    next += 500;
+    while applied(&app, 1) < next {
+        assert!(Instant::now() < deadline, "not caught up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    pipeline.join().expect("pipeline");
+
+    let entry = app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
+    assert!(entry.history.is_empty(), "{entry:?}");
+    let bad = entry
+        .versions
+        .iter()
+        .find(|v| v.id == broken)
+        .expect("recorded");
+    let reason = bad.rolled_back.as_deref().expect("marked rolled back");
+    assert!(reason.contains("failed"), "{reason}");
+    let failed = app
+        .engine
+        .projection("hostile")
+        .expect("p")
+        .counters()
+        .dead_lettered;
+    assert!((21..=200).contains(&failed), "{failed} dead letters");
+    // v1 applies the events after the rollback.
+    assert_eq!(count(&app, &format!("k{}", (next - 1) % 500)).1, "1");
+}
