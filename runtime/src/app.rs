@@ -30,6 +30,8 @@ pub struct Running {
     pub state: Arc<ServeState>,
     serving: Option<Serving>,
     pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
+    /// The plugins directory's watcher, and its stop.
+    watcher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
 
 impl Running {
@@ -46,6 +48,10 @@ impl Running {
             .join()
             .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"));
         self.state.set_ready(false);
+        if let Some((stop, handle)) = self.watcher.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = handle.join();
+        }
         if let Some(serving) = self.serving.take() {
             serving.stop();
         }
@@ -125,6 +131,7 @@ impl App {
             state,
             serving,
             pipeline,
+            watcher: self.watch_plugins()?,
         })
     }
 
@@ -181,7 +188,25 @@ impl App {
             state,
             serving,
             pipeline,
+            watcher: self.watch_plugins()?,
         })
+    }
+
+    /// Watch the plugins directory, when the config asks to.
+    fn watch_plugins(
+        &self,
+    ) -> anyhow::Result<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>> {
+        if !self.config.engine.watch_plugins {
+            return Ok(None);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = crate::registry::watch_dir(
+            self.deployer.clone(),
+            &self.config.plugins_dir,
+            stop.clone(),
+        )
+        .with_context(|| format!("watching {}", self.config.plugins_dir.display()))?;
+        Ok(Some((stop, handle)))
     }
 
     /// The API's state, and the server when `listen` is not "off".

@@ -15,6 +15,7 @@
 //! workers = 1                  # threads folding keys of one batch
 //! commit_interval_ms = 1000    # commit views + offsets at most this often
 //! compile_cache_dir = "data/compiled" # compiled plugins kept across restarts; "off"
+//! watch_plugins = true         # deploy *.wasm changed in plugins_dir while running
 //!
 //! [log]
 //! partitions = 4               # fixed when the log is created
@@ -235,6 +236,8 @@ pub struct EngineConfig {
     /// Where compiled plugins are kept across restarts (default:
     /// `<data_dir>/compiled`; "off": compile at every start).
     pub compile_cache_dir: Option<PathBuf>,
+    /// Deploy plugins changed in `plugins_dir` while running.
+    pub watch_plugins: bool,
 }
 
 impl Default for EngineConfig {
@@ -244,6 +247,7 @@ impl Default for EngineConfig {
             workers: 1,
             commit_interval_ms: 1000,
             compile_cache_dir: None,
+            watch_plugins: true,
         }
     }
 }

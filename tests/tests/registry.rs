@@ -354,3 +354,61 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
     // v1 applies the events after the rollback.
     assert_eq!(count(&app, &format!("k{}", (next - 1) % 500)).1, "1");
 }
+
+fn wait_running(app: &projector::app::App, id: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if app.engine.projection("hostile").expect("p").code().id() == id {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn the_watched_directory_deploys_completed_files_and_never_a_partial_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &["hostile"], "[http]\nlisten = \"off\"\n");
+    let v1_bytes = std::fs::read(plugin_wasm("hostile")).expect("v1");
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let (v1, v2) = (content_id(&v1_bytes), content_id(&v2_bytes));
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = app.start(log, None, stop.clone(), false).expect("start");
+    let target = dir.path().join("plugins/hostile.wasm");
+
+    // A copy in progress: half the file, then nothing for a while.
+    std::fs::write(&target, &v2_bytes[..v2_bytes.len() / 2]).expect("half");
+    assert!(!wait_running(&app, &v2, Duration::from_millis(1500)));
+    assert_eq!(app.engine.projection("hostile").expect("p").code().id(), v1);
+    let entry = app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert_eq!(entry.versions.len(), 1, "a partial file is never a version");
+
+    // The copy completes.
+    std::fs::write(&target, &v2_bytes).expect("whole");
+    assert!(
+        wait_running(&app, &v2, Duration::from_secs(10)),
+        "v2 not deployed"
+    );
+
+    // Written aside, then renamed into place.
+    let aside = dir.path().join("plugins/.hostile.wasm.part");
+    std::fs::write(&aside, &v1_bytes).expect("aside");
+    assert!(
+        !wait_running(&app, &v1, Duration::from_millis(800)),
+        "a hidden file was deployed"
+    );
+    std::fs::rename(&aside, &target).expect("rename");
+    assert!(
+        wait_running(&app, &v1, Duration::from_secs(10)),
+        "the renamed file was not deployed"
+    );
+    stop.store(true, Ordering::Relaxed);
+    running.wait().expect("stop");
+}
