@@ -9,8 +9,10 @@
 #          cache hit ratio, fetch latency (BENCH_ASSETS, BENCH_EVENTS,
 #          BENCH_WORKERS);
 #   kafka  mock Kafka cluster → Wasm inbox projection → sled against a raw
-#          rdkafka consume of the same topic (BENCH_EVENTS).
-# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka]   (default: all)
+#          rdkafka consume of the same topic (BENCH_EVENTS);
+#   swap   the largest stall of a replace deploy while events flow, against
+#          steady state (BENCH_EVENTS).
+# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
@@ -19,11 +21,13 @@ case "${1:-all}" in
   read) cargo bench -p projector-tests --bench read ;;
   enrich) cargo bench -p projector-tests --bench enrich ;;
   kafka) cargo bench -p projector-tests --bench kafka ;;
+  swap) cargo bench -p projector-tests --bench swap ;;
   all)
     cargo bench -p projector-tests --bench inbox
     cargo bench -p projector-tests --bench read
     cargo bench -p projector-tests --bench enrich
     cargo bench -p projector-tests --bench kafka
+    cargo bench -p projector-tests --bench swap
     ;;
-  *) echo "usage: $0 [inbox|read|enrich|kafka]" >&2; exit 2 ;;
+  *) echo "usage: $0 [inbox|read|enrich|kafka|swap]" >&2; exit 2 ;;
 esac

@@ -110,12 +110,10 @@ impl App {
         let (state, serving) = self.serve(Feed::Log(log.clone()), listen)?;
         let engine = self.engine.clone();
         let batch_size = self.config.engine.batch_size;
-        let ready = state.clone();
         let pipeline = std::thread::Builder::new()
             .name("projector-pipeline".into())
             .spawn(move || {
                 let mut last_report = std::time::Instant::now();
-                ready.set_ready(true);
                 pipeline::run_log(&engine, &log, batch_size, &stop, exit_when_idle, |p| {
                     if last_report.elapsed().as_secs() >= 5 {
                         last_report = std::time::Instant::now();
@@ -127,11 +125,14 @@ impl App {
                     }
                 })
             })?;
+        let watcher = self.watch_plugins()?;
+        // Ready once the pipeline runs, before the caller announces the API.
+        state.set_ready(true);
         Ok(Running {
             state,
             serving,
             pipeline,
-            watcher: self.watch_plugins()?,
+            watcher,
         })
     }
 
@@ -155,11 +156,9 @@ impl App {
             std::time::Duration::from_millis(self.config.engine.commit_interval_ms),
         )?;
         let (state, serving) = self.serve(Feed::Kafka(run.stats.clone()), listen)?;
-        let ready = state.clone();
         let pipeline = std::thread::Builder::new()
             .name("projector-pipeline".into())
             .spawn(move || {
-                ready.set_ready(true);
                 let stats = run.stats.clone();
                 let mut last_report = std::time::Instant::now();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
@@ -184,11 +183,14 @@ impl App {
                 totals.counters.applied = t.applied;
                 Ok(totals)
             })?;
+        let watcher = self.watch_plugins()?;
+        // Ready once the pipeline runs, before the caller announces the API.
+        state.set_ready(true);
         Ok(Running {
             state,
             serving,
             pipeline,
-            watcher: self.watch_plugins()?,
+            watcher,
         })
     }
 

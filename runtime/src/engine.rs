@@ -26,7 +26,7 @@ use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Version
 use projector_guest::{ApplyResult, Event, Outcome, Population};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,11 @@ pub struct Projection {
     rendered: RwLock<RenderCache>,
     /// Events queued for a delayed retry since start.
     retried: AtomicU64,
+    /// A generation that does not serve reads (being built, or kept
+    /// beside the active one).
+    shadow: AtomicBool,
+    /// Being rebuilt from the log, not yet fed by live batches.
+    building: AtomicBool,
 }
 
 /// Rendered answers by key, each with the state it was rendered from: an
@@ -185,6 +190,16 @@ impl Projection {
     }
     pub fn counters(&self) -> Counters {
         *self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Where its views, offsets and counters live.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+    pub fn is_shadow(&self) -> bool {
+        self.shadow.load(Ordering::Relaxed)
+    }
+    pub fn is_building(&self) -> bool {
+        self.building.load(Ordering::Relaxed)
     }
     /// Events queued for a delayed retry since start.
     pub fn retried(&self) -> u64 {
@@ -444,7 +459,7 @@ impl Engine {
         let Some(mut writer) = pending.writer.take() else {
             return Ok(());
         };
-        let projections = self.projections();
+        let projections = self.all();
         for p in &projections {
             let dirty: Vec<String> = p
                 .dirty
@@ -561,6 +576,8 @@ impl Engine {
             dirty: Mutex::new(HashSet::new()),
             rendered: RwLock::new(RenderCache::default()),
             retried: AtomicU64::new(0),
+            shadow: AtomicBool::new(false),
+            building: AtomicBool::new(false),
         }));
         Ok(())
     }
@@ -576,7 +593,7 @@ impl Engine {
         let name = code.name().to_string();
         let i = list
             .iter()
-            .position(|p| p.ns == name)
+            .position(|p| p.name() == name && !p.is_shadow())
             .ok_or(Error::UnknownPlugin(name))?;
         let old = &list[i];
         let counters = *old.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -590,12 +607,21 @@ impl Engine {
             dirty: Mutex::new(HashSet::new()),
             rendered: RwLock::new(RenderCache::default()),
             retried: AtomicU64::new(old.retried.load(Ordering::Relaxed)),
+            shadow: AtomicBool::new(false),
+            building: AtomicBool::new(false),
         });
         list[i] = replacement;
         Ok(())
     }
 
+    /// The loaded projections, one per plugin: the generations serving
+    /// reads.
     pub fn projections(&self) -> Vec<Arc<Projection>> {
+        self.all().into_iter().filter(|p| !p.is_shadow()).collect()
+    }
+
+    /// Every generation, shadows included.
+    fn all(&self) -> Vec<Arc<Projection>> {
         self.projections
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -614,7 +640,7 @@ impl Engine {
     pub fn resume_offset(&self, source: &str, partition: u32) -> Result<u64> {
         let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut min = pending.offset(&self.store, DECODE_NS, source, partition)?;
-        for p in self.projections() {
+        for p in self.all().iter().filter(|p| !p.is_building()) {
             min = min.min(pending.offset(&self.store, &p.ns, source, partition)?);
         }
         Ok(min)
@@ -694,51 +720,18 @@ impl Engine {
             .offsets
             .insert((DECODE_NS.to_string(), source.to_string(), partition), next);
 
-        for p in self.projections() {
-            let from = pending.offset(&self.store, &p.ns, source, partition)?;
-            let events: Vec<(u64, &Event)> = records
-                .iter()
-                .zip(&decoded)
-                .filter(|(r, _)| r.offset >= from)
-                .filter_map(|(r, d)| d.as_ref().ok().map(|e| (r.offset, e)))
-                .collect();
-            let mut delta = Counters::default();
-            if !events.is_empty() {
-                let ctx = BatchCtx {
-                    projection: &p,
-                    store: &self.store,
-                    source,
-                    partition,
-                    attempt: 1,
-                    only_key: None,
-                    retry: &self.retry,
-                    route: route.as_deref(),
-                };
-                delta = ctx.run(&events, self.workers, &mut writer)?;
-            }
-            if next > from {
-                let first = from.max(records[0].offset);
-                pending.audit(
-                    &mut writer,
-                    &p.ns,
-                    p.code.id(),
-                    source,
-                    partition,
-                    first,
-                    next,
-                );
-                writer.set_offset(&p.ns, source, partition, next);
-                pending
-                    .offsets
-                    .insert((p.ns.clone(), source.to_string(), partition), next);
-            }
-            let total = {
-                let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
-                c.add(&delta);
-                *c
+        for p in self.all().iter().filter(|p| !p.is_building()) {
+            let batch = BatchIn {
+                source,
+                partition,
+                records,
+                decoded: &decoded,
+                route: route.as_deref(),
             };
-            writer.set_counters(&p.ns, &total);
-            summary.counters.push((p.name().to_string(), delta));
+            let delta = self.apply_batch(pending, &mut writer, p, &batch)?;
+            if !p.is_shadow() {
+                summary.counters.push((p.name().to_string(), delta));
+            }
         }
         pending.writer = Some(writer);
         let since = *pending.since.get_or_insert_with(Instant::now);
@@ -747,7 +740,7 @@ impl Engine {
         }
         {
             let mut applied = self.applied.write().unwrap_or_else(|e| e.into_inner());
-            for p in self.projections() {
+            for p in self.all() {
                 let k = (p.ns.clone(), source.to_string(), partition);
                 if let Some(o) = pending.offsets.get(&k) {
                     applied.insert(k, *o);
@@ -756,6 +749,223 @@ impl Engine {
         }
         self.progress.send_modify(|n| *n += 1);
         Ok(summary)
+    }
+
+    /// One projection's share of a batch: its events from its own next
+    /// offset on, its offset, audit and counters; the change of counters.
+    fn apply_batch(
+        &self,
+        pending: &mut Pending,
+        writer: &mut Writer,
+        p: &Arc<Projection>,
+        b: &BatchIn,
+    ) -> Result<Counters> {
+        let (source, partition) = (b.source, b.partition);
+        let Some(next) = b.records.last().map(|r| r.offset + 1) else {
+            return Ok(Counters::default());
+        };
+        let from = pending.offset(&self.store, &p.ns, source, partition)?;
+        let events: Vec<(u64, &Event)> = b
+            .records
+            .iter()
+            .zip(b.decoded)
+            .filter(|(r, _)| r.offset >= from)
+            .filter_map(|(r, d)| d.as_ref().ok().map(|e| (r.offset, e)))
+            .collect();
+        let mut delta = Counters::default();
+        if !events.is_empty() {
+            let ctx = BatchCtx {
+                projection: p,
+                store: &self.store,
+                source,
+                partition,
+                attempt: 1,
+                only_key: None,
+                retry: &self.retry,
+                route: b.route,
+            };
+            delta = ctx.run(&events, self.workers, writer)?;
+        }
+        if next > from {
+            let first = from.max(b.records[0].offset);
+            pending.audit(writer, &p.ns, p.code.id(), source, partition, first, next);
+            writer.set_offset(&p.ns, source, partition, next);
+            pending
+                .offsets
+                .insert((p.ns.clone(), source.to_string(), partition), next);
+        }
+        let total = {
+            let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
+            c.add(&delta);
+            *c
+        };
+        writer.set_counters(&p.ns, &total);
+        Ok(delta)
+    }
+
+    /// A new generation of plugin `code.name()`: its views in their own
+    /// namespace, built by [`Engine::build`] from the start of the log
+    /// beside the live one, which it joins with [`Engine::follow`].
+    pub fn new_generation(
+        &self,
+        code: SharedCode,
+        population: Option<Population>,
+    ) -> Result<Arc<Projection>> {
+        let name = code.name().to_string();
+        let ns = format!("{name}~{}", &code.id()[..12.min(code.id().len())]);
+        let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
+        if list.iter().any(|p| p.ns == ns) {
+            return Err(Error::Duplicate(ns));
+        }
+        let population = population.unwrap_or(code.info().population);
+        let p = Arc::new(Projection {
+            code,
+            counters: Mutex::new(self.store.counters(&ns)?),
+            ns,
+            population,
+            views: RwLock::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            rendered: RwLock::new(RenderCache::default()),
+            retried: AtomicU64::new(0),
+            shadow: AtomicBool::new(true),
+            building: AtomicBool::new(true),
+        });
+        list.push(p.clone());
+        Ok(p)
+    }
+
+    /// Apply `records` of (source, partition) to generation `p` only (a
+    /// rebuild); how many were applied.
+    pub fn build(
+        &self,
+        p: &Arc<Projection>,
+        source: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<Counters> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.build_locked(&mut pending, p, source, partition, records)
+    }
+
+    fn build_locked(
+        &self,
+        pending: &mut Pending,
+        p: &Arc<Projection>,
+        source: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<Counters> {
+        let decoded: Vec<Result<Event, DecodeError>> = records
+            .iter()
+            .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
+            .collect();
+        let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
+        let batch = BatchIn {
+            source,
+            partition,
+            records,
+            decoded: &decoded,
+            route: None,
+        };
+        let delta = self.apply_batch(pending, &mut writer, p, &batch);
+        pending.writer = Some(writer);
+        let since = *pending.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.commit_interval {
+            self.commit_locked(pending)?;
+        }
+        delta
+    }
+
+    /// The next offset generation `p` applies from.
+    pub fn generation_offset(&self, p: &Projection, source: &str, partition: u32) -> Result<u64> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        pending.offset(&self.store, &p.ns, source, partition)
+    }
+
+    /// Join generation `p` to the live path: with batches stopped,
+    /// `catch_up(partition, from)` gives the records it still lacks up to
+    /// where the live path is, and from the next batch on it is fed with
+    /// the others.
+    pub fn follow(
+        &self,
+        p: &Arc<Projection>,
+        source: &str,
+        partitions: u32,
+        mut catch_up: impl FnMut(u32, u64) -> Result<Vec<Record>>,
+    ) -> Result<()> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        for partition in 0..partitions {
+            let from = pending.offset(&self.store, &p.ns, source, partition)?;
+            let records = catch_up(partition, from)?;
+            if !records.is_empty() {
+                self.build_locked(&mut pending, p, source, partition, &records)?;
+            }
+        }
+        self.commit_locked(&mut pending)?;
+        p.building.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Make generation `to` of its plugin serve reads, and the active one
+    /// a shadow (still fed, so a switch back finds it current).
+    pub fn switch(&self, to: &Arc<Projection>) -> Result<()> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_locked(&mut pending)?;
+        if to.is_building() {
+            return Err(Error::Guest {
+                plugin: to.name().into(),
+                message: "the new generation is still being built".into(),
+            });
+        }
+        let current = self.projection(to.name())?;
+        current.shadow.store(true, Ordering::Relaxed);
+        to.shadow.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The generations of `plugin` other than the one serving reads.
+    pub fn shadows(&self, plugin: &str) -> Vec<Arc<Projection>> {
+        self.all()
+            .into_iter()
+            .filter(|p| p.name() == plugin && p.is_shadow())
+            .collect()
+    }
+
+    /// Drop generation `p` (a shadow) and delete its data.
+    pub fn retire(&self, p: &Arc<Projection>) -> Result<()> {
+        if !p.is_shadow() {
+            return Err(Error::Guest {
+                plugin: p.name().into(),
+                message: "the generation serving reads cannot be retired".into(),
+            });
+        }
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_locked(&mut pending)?;
+        self.projections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|q| q.ns != p.ns);
+        pending.offsets.retain(|(ns, _, _), _| *ns != p.ns);
+        pending.audit.retain(|(ns, _, _), _| *ns != p.ns);
+        self.store.delete_ns(&p.ns)?;
+        Ok(())
+    }
+
+    /// A view of generation `p`, rendered at `now_ms` when Valid.
+    pub fn read_in(&self, p: &Projection, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
+        let Some(record) = p.view(&self.store, key)? else {
+            return Ok(None);
+        };
+        let body = match (&record.view.status, &record.view.state) {
+            (Status::Valid, Some(state)) => Some(p.render(key, state, now_ms)?),
+            _ => None,
+        };
+        Ok(Some(ReadView {
+            status: record.view.status,
+            versions: record.view.versions,
+            updated_ms: record.updated_ms,
+            body,
+        }))
     }
 
     /// The view of `key` in `plugin`, rendered at `now_ms` when Valid.
@@ -975,6 +1185,15 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A decoded batch of one (source, partition).
+struct BatchIn<'a> {
+    source: &'a str,
+    partition: u32,
+    records: &'a [Record],
+    decoded: &'a [Result<Event, DecodeError>],
+    route: Route<'a>,
 }
 
 /// One projection's share of one batch.

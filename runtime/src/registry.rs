@@ -341,10 +341,11 @@ impl Deployer {
         if deploy.probation_events == 0 {
             return;
         }
-        let (engine, registry) = (self.engine.clone(), self.registry.clone());
+        // Weak: a stopped runtime is not kept open by its watchers.
+        let weak = Arc::downgrade(&self.engine);
         let (name, id) = (name.to_string(), id.to_string());
         let population = self.population(&name);
-        let base = match engine.projection(&name) {
+        let base = match self.engine.projection(&name) {
             Ok(p) => p.counters(),
             Err(_) => return,
         };
@@ -352,6 +353,9 @@ impl Deployer {
             .name(format!("probation-{name}"))
             .spawn(move || loop {
                 std::thread::sleep(std::time::Duration::from_millis(10));
+                let Some(engine) = weak.upgrade() else {
+                    return;
+                };
                 let Ok(p) = engine.projection(&name) else {
                     return;
                 };
@@ -375,8 +379,11 @@ impl Deployer {
                     let back = engine
                         .replace(old.code().clone(), population)
                         .map_err(Error::from)
-                        .and_then(|()| registry.activate(&name, old.code().id(), true))
-                        .and_then(|()| registry.mark_rolled_back(&name, &id, &reason));
+                        .and_then(|()| Registry::open(engine.store()))
+                        .and_then(|registry| {
+                            registry.activate(&name, old.code().id(), true)?;
+                            registry.mark_rolled_back(&name, &id, &reason)
+                        });
                     if let Err(e) = back {
                         tracing::error!(plugin = name, "automatic rollback failed: {e}");
                     }

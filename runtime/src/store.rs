@@ -271,6 +271,23 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
+    /// Delete everything of namespace `ns`: views, offsets, counters and
+    /// audit (a retired generation).
+    pub fn delete_ns(&self, ns: &str) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for tag in [b'v', b'o', b'a'] {
+            let mut prefix = key(tag, &[ns.as_bytes()]);
+            prefix.push(0);
+            for k in self.state.scan_prefix(prefix).keys() {
+                batch.remove(k?);
+            }
+        }
+        batch.remove(key(b'c', &[ns.as_bytes()]));
+        self.state.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Names of the settings that start with `prefix`, without it.
     pub fn setting_names(&self, prefix: &str) -> Vec<String> {
         let start = key(b's', &[prefix.as_bytes()]);

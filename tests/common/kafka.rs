@@ -36,6 +36,9 @@ pub fn produce(bootstrap: &str, topic: &str, partitions: u32, values: &[String])
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
+        // Order per partition holds through retries (the tests inject
+        // produce errors).
+        .set("enable.idempotence", "true")
         .create()
         .expect("producer");
     for v in values {

@@ -1,0 +1,91 @@
+//! Stall of a `replace` deploy: events flow through the embedded log
+//! into the hostile fixture (v1) while v2 is deployed. Prints the largest
+//! gap between two consecutive batches in steady state and around the
+//! swap (target: under 10 ms), and how long the deploy took off the
+//! event path (compile and start). `BENCH_EVENTS` sets the stream length
+//! (default 300 000). Run with `./scripts/bench.sh swap`.
+
+use projector::envelope::Format;
+use projector::pipeline::run_log;
+use projector::source::log::EmbeddedLog;
+use projector_tests::{open_app, plugin_wasm};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let n: u64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let dir = tempfile::tempdir()?;
+    // A fresh compile cache: v2 is really compiled during the deploy.
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[engine]\ncompile_cache_dir = \"cache\"\n",
+    );
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto)?);
+    let events: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("e{i}"), "type": "count", "source": "bench",
+                "key": format!("k{}", i % 10_000), "version": i + 1, "time": i, "payload": {}})
+            .to_string()
+        })
+        .collect();
+    for chunk in events.chunks(20_000) {
+        log.append(chunk)?;
+    }
+    let v2 = std::fs::read(plugin_wasm("hostile-v2"))?;
+
+    let done: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::with_capacity(4096)));
+    let pipeline = {
+        let (engine, log, done) = (app.engine.clone(), log.clone(), done.clone());
+        std::thread::spawn(move || {
+            run_log(&engine, &log, 256, &AtomicBool::new(false), true, |_| {
+                done.lock().expect("times").push(Instant::now());
+            })
+        })
+    };
+    let batches = n as usize / 256;
+    while done.lock().expect("times").len() < batches / 3 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let deploy_start = Instant::now();
+    let deployed = app.deployer.deploy("hostile", &v2, "bench")?;
+    let deploy_end = Instant::now();
+    let totals = pipeline.join().expect("pipeline")?;
+    anyhow::ensure!(deployed.changed, "v2 was not deployed");
+
+    let times = done.lock().expect("times").clone();
+    let gaps: Vec<(Instant, Duration)> = times.windows(2).map(|w| (w[1], w[1] - w[0])).collect();
+    let steady = gaps
+        .iter()
+        .skip(100)
+        .filter(|(at, _)| *at < deploy_start)
+        .map(|(_, g)| *g)
+        .max()
+        .unwrap_or_default();
+    let swap_window_end = deploy_end + Duration::from_millis(500);
+    let around = gaps
+        .iter()
+        .filter(|(at, _)| *at >= deploy_start && *at <= swap_window_end)
+        .map(|(_, g)| *g)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "replace while {} events flow ({:.0} events/s, batches of 256)",
+        totals.records,
+        totals.records_per_second()
+    );
+    println!("  largest gap between batches, steady state: {steady:.2?}");
+    println!("  largest gap between batches, around the swap: {around:.2?}  (target < 10 ms)");
+    println!(
+        "  deploy off the event path (compile + start v2): {:.1?}",
+        deploy_end - deploy_start
+    );
+    Ok(())
+}
