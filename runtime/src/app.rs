@@ -107,6 +107,7 @@ impl App {
         stop: Arc<AtomicBool>,
         exit_when_idle: bool,
     ) -> anyhow::Result<Running> {
+        self.deployer.set_log(log.clone());
         let (state, serving) = self.serve(Feed::Log(log.clone()), listen)?;
         let engine = self.engine.clone();
         let batch_size = self.config.engine.batch_size;

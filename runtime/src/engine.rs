@@ -561,6 +561,17 @@ impl Engine {
     /// Load a projection; `population` overrides what the plugin declares.
     pub fn add(&self, code: SharedCode, population: Option<Population>) -> Result<()> {
         let ns = code.name().to_string();
+        self.add_in(code, population, ns)
+    }
+
+    /// Load a projection whose views live in namespace `ns` (a promoted
+    /// generation's, after a restart).
+    pub fn add_in(
+        &self,
+        code: SharedCode,
+        population: Option<Population>,
+        ns: String,
+    ) -> Result<()> {
         let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
         if list.iter().any(|p| p.ns == ns) {
             return Err(Error::Duplicate(ns));

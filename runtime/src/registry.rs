@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::plugin::wasm::{Services, WasmHost};
 use crate::plugin::SharedCode;
+use crate::source::log::EmbeddedLog;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -37,6 +38,8 @@ pub enum Error {
     UnknownVersion { name: String, id: String },
     #[error(transparent)]
     Engine(#[from] crate::engine::Error),
+    #[error("plugin {0:?} has no shadow generation (deploy with mode=shadow)")]
+    NoShadow(String),
     #[error("registry entry of {name}: {reason}")]
     Corrupt { name: String, reason: String },
 }
@@ -64,6 +67,10 @@ pub struct Entry {
     pub active: Option<String>,
     /// Versions that were active before, most recent last (rollback pops).
     pub history: Vec<String>,
+    /// Where the active version's views live, when not under the
+    /// plugin's name (a promoted shadow generation).
+    #[serde(default)]
+    pub ns: Option<String>,
 }
 
 fn entry_setting(name: &str) -> String {
@@ -142,6 +149,13 @@ impl Registry {
         self.put(name, &entry)
     }
 
+    /// Set where the active version's views live.
+    fn set_ns(&self, name: &str, ns: &str) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        entry.ns = (ns != name).then(|| ns.to_string());
+        self.put(name, &entry)
+    }
+
     /// Note that the runtime rolled `id` of `name` back, and why.
     fn mark_rolled_back(&self, name: &str, id: &str, reason: &str) -> Result<()> {
         let mut entry = self.entry(name)?.unwrap_or_default();
@@ -174,6 +188,48 @@ pub struct Deployed {
     pub compile_ms: u64,
 }
 
+/// A shadow generation being built or kept beside the live one.
+struct ShadowBuild {
+    id: String,
+    generation: Arc<crate::engine::Projection>,
+    started: std::time::Instant,
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+    error: Mutex<Option<String>>,
+    comparison: Mutex<Option<Comparison>>,
+}
+
+/// Where a shadow deploy is.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowStatus {
+    pub plugin: String,
+    pub id: String,
+    /// The generation's namespace.
+    pub ns: String,
+    /// `building`, `following`, `promoted` or `failed: ...`.
+    pub phase: String,
+    /// Records rebuilt of the total to rebuild.
+    pub done: u64,
+    pub total: u64,
+    pub percent: f64,
+    pub events_per_s: f64,
+    pub eta_s: Option<f64>,
+    pub comparison: Option<Comparison>,
+}
+
+/// Sampled keys compared between two generations.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Comparison {
+    pub compared: u64,
+    pub equal: u64,
+    pub mismatched: u64,
+    /// Keys one of the generations lacks (or holds Invalid).
+    pub missing: u64,
+    /// Differences by the comparison rule's reason.
+    pub reasons: std::collections::BTreeMap<String, u64>,
+    pub examples: Vec<serde_json::Value>,
+}
+
 /// Loads plugin versions and swaps them into the engine.
 pub struct Deployer {
     config: Config,
@@ -181,6 +237,10 @@ pub struct Deployer {
     host: WasmHost,
     fetcher: Arc<crate::fetch::Fetcher>,
     pub registry: Registry,
+    /// The embedded log shadow generations rebuild from.
+    log: std::sync::OnceLock<Arc<EmbeddedLog>>,
+    /// The shadow build of each plugin (at most one).
+    shadows: Mutex<std::collections::HashMap<String, Arc<ShadowBuild>>>,
     /// Each plugin's log ring, shared by its versions.
     logs: Mutex<std::collections::HashMap<String, Arc<crate::plugin::PluginLogs>>>,
     /// One deploy at a time.
@@ -201,6 +261,8 @@ impl Deployer {
             host,
             fetcher,
             registry,
+            log: std::sync::OnceLock::new(),
+            shadows: Mutex::new(Default::default()),
             logs: Mutex::new(Default::default()),
             busy: Mutex::new(()),
         })
@@ -208,6 +270,11 @@ impl Deployer {
 
     pub fn host(&self) -> &WasmHost {
         &self.host
+    }
+
+    /// The embedded log shadow generations rebuild from.
+    pub fn set_log(&self, log: Arc<EmbeddedLog>) {
+        let _ = self.log.set(log);
     }
 
     /// Compile and start `bytes` as plugin `name`, with its settings,
@@ -275,7 +342,12 @@ impl Deployer {
             self.registry.add(name, bytes, from)?;
             self.registry.activate(name, &id, false)?;
         }
-        self.engine.add(code.clone(), self.population(name))?;
+        let ns = match (&entry.ns, entry.active.as_deref() == Some(id.as_str())) {
+            (Some(ns), true) => ns.clone(),
+            _ => name.to_string(),
+        };
+        self.engine
+            .add_in(code.clone(), self.population(name), ns)?;
         Ok(code)
     }
 
@@ -408,6 +480,15 @@ impl Deployer {
     /// Return `name` to the version active before the current one.
     pub fn rollback(&self, name: &str) -> Result<Deployed> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(b) = self.shadow_build(name) {
+            let promoted = self
+                .engine
+                .projection(name)
+                .is_ok_and(|p| p.ns() == b.generation.ns());
+            if promoted {
+                return self.demote(name, &b);
+            }
+        }
         let entry = self.registry.entry(name)?.unwrap_or_default();
         let previous = entry
             .history
@@ -434,6 +515,341 @@ impl Deployer {
             changed: true,
             compile_ms,
         })
+    }
+
+    /// Start a shadow deploy of `bytes` as plugin `name`: a new
+    /// generation of its views is rebuilt from the start of the embedded
+    /// log beside the live one, then follows live events; compare it,
+    /// then promote it (or retire it). Progress in [`Deployer::shadow`].
+    pub fn deploy_shadow(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        from: &str,
+    ) -> Result<ShadowStatus> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.log.get().cloned().ok_or_else(|| Error::Rejected {
+            name: name.into(),
+            id: content_id(bytes)[..12].into(),
+            reason: "shadow mode rebuilds from the embedded log; this runtime has none (Kafka rebuilds are not built yet)".into(),
+        })?;
+        let active = self.engine.projection(name)?;
+        if let Some(s) = self
+            .shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            if s.generation.is_building() {
+                return Err(Error::Rejected {
+                    name: name.into(),
+                    id: s.id[..12].into(),
+                    reason: "a shadow build of this plugin is in progress".into(),
+                });
+            }
+        }
+        let id = content_id(bytes);
+        if active.code().id() == id {
+            return Err(Error::Rejected {
+                name: name.into(),
+                id: id[..12].into(),
+                reason: "this version is the active one".into(),
+            });
+        }
+        let code = self.load(name, bytes)?;
+        self.registry.add(name, bytes, from)?;
+        let generation = self.engine.new_generation(code, self.population(name))?;
+        let build = Arc::new(ShadowBuild {
+            id: id.clone(),
+            generation,
+            started: std::time::Instant::now(),
+            done: std::sync::atomic::AtomicU64::new(0),
+            total: std::sync::atomic::AtomicU64::new(0),
+            error: Mutex::new(None),
+            comparison: Mutex::new(None),
+        });
+        self.shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), build.clone());
+        let (me, name_owned) = (self.clone(), name.to_string());
+        std::thread::Builder::new()
+            .name(format!("shadow-{name}"))
+            .spawn(move || {
+                if let Err(e) = me.rebuild(&name_owned, &build, &log) {
+                    tracing::error!(plugin = name_owned, "shadow build failed: {e}");
+                    *build.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                }
+            })
+            .map_err(|e| Error::Corrupt {
+                name: name.into(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(plugin = name, id = &id[..12], "shadow build started");
+        Ok(self.shadow(name).expect("just inserted"))
+    }
+
+    /// Rebuild a generation from the start of the log until it is within
+    /// a batch of the live path, then join it.
+    fn rebuild(&self, name: &str, build: &ShadowBuild, log: &EmbeddedLog) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        const BATCH: usize = 4096;
+        let source = crate::pipeline::LOG_SOURCE;
+        let g = &build.generation;
+        loop {
+            let mut behind = 0u64;
+            for p in 0..log.partitions() {
+                let from = self.engine.generation_offset(g, source, p)?;
+                let to = self.engine.applied(name, source, p)?;
+                if from >= to {
+                    continue;
+                }
+                let mut batch = log.read(p, from, BATCH).map_err(|e| Error::Corrupt {
+                    name: name.into(),
+                    reason: e.to_string(),
+                })?;
+                batch.retain(|r| r.offset < to);
+                let n = batch.len() as u64;
+                self.engine.build(g, source, p, &batch)?;
+                build.done.fetch_add(n, Relaxed);
+                behind += to - from - n.min(to - from);
+            }
+            build
+                .total
+                .store(build.done.load(Relaxed) + behind, Relaxed);
+            if behind <= BATCH as u64 {
+                break;
+            }
+        }
+        self.engine.follow(g, source, log.partitions(), |p, from| {
+            let to = self.engine.applied(name, source, p)?;
+            let mut out = Vec::new();
+            let mut at = from;
+            while at < to {
+                let batch = log
+                    .read(p, at, BATCH)
+                    .map_err(|e| crate::engine::Error::Guest {
+                        plugin: name.into(),
+                        message: e.to_string(),
+                    })?;
+                let Some(last) = batch.last().map(|r| r.offset) else {
+                    break;
+                };
+                out.extend(batch.into_iter().filter(|r| r.offset < to));
+                at = last + 1;
+            }
+            build.done.fetch_add(out.len() as u64, Relaxed);
+            Ok(out)
+        })?;
+        build.total.store(build.done.load(Relaxed), Relaxed);
+        tracing::info!(
+            plugin = name,
+            events = build.done.load(Relaxed),
+            secs = build.started.elapsed().as_secs_f64(),
+            "shadow generation built; following live events"
+        );
+        Ok(())
+    }
+
+    /// The shadow build of `name`, if any.
+    pub fn shadow(&self, name: &str) -> Option<ShadowStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = self
+            .shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)?
+            .clone();
+        let error = b.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let comparison = b
+            .comparison
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let done = b.done.load(Relaxed);
+        let total = b.total.load(Relaxed).max(done);
+        let secs = b.started.elapsed().as_secs_f64();
+        let building = b.generation.is_building();
+        let rate = done as f64 / secs.max(1e-3);
+        let active = self
+            .engine
+            .projection(name)
+            .map(|p| p.ns() == b.generation.ns())
+            .unwrap_or(false);
+        Some(ShadowStatus {
+            plugin: name.into(),
+            id: b.id.clone(),
+            ns: b.generation.ns().into(),
+            phase: match (error, building, active) {
+                (Some(e), _, _) => format!("failed: {e}"),
+                (None, true, _) => "building".into(),
+                (None, false, true) => "promoted".into(),
+                (None, false, false) => "following".into(),
+            },
+            done,
+            total,
+            percent: if total == 0 {
+                100.0
+            } else {
+                done as f64 * 100.0 / total as f64
+            },
+            events_per_s: rate,
+            eta_s: building.then(|| (total - done) as f64 / rate.max(1e-9)),
+            comparison,
+        })
+    }
+
+    fn shadow_build(&self, name: &str) -> Result<Arc<ShadowBuild>> {
+        self.shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoShadow(name.into()))
+    }
+
+    /// Compare up to `sample` keys (spread over the key space) between the
+    /// generation serving reads and the other one, with the plugin's
+    /// comparison rule.
+    pub fn compare(&self, name: &str, sample: usize) -> Result<Comparison> {
+        let b = self.shadow_build(name)?;
+        let active = self.engine.projection(name)?;
+        let other = if active.ns() == b.generation.ns() {
+            self.engine
+                .shadows(name)
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NoShadow(name.into()))?
+        } else {
+            b.generation.clone()
+        };
+        if other.is_building() {
+            return Err(Error::Rejected {
+                name: name.into(),
+                id: b.id[..12].into(),
+                reason: "the shadow generation is still being built".into(),
+            });
+        }
+        let keys: Vec<String> = self
+            .engine
+            .store()
+            .views(active.ns())
+            .filter_map(|v| v.ok().map(|(k, _)| k))
+            .collect();
+        let step = keys.len().div_ceil(sample.max(1)).max(1);
+        let now = crate::engine::now_ms();
+        let mut c = Comparison::default();
+        let mut session = other.code().session();
+        for key in keys.iter().step_by(step) {
+            let a = self
+                .engine
+                .read_in(&active, key, now)?
+                .and_then(|v| v.json());
+            let b = self
+                .engine
+                .read_in(&other, key, now)?
+                .and_then(|v| v.json());
+            c.compared += 1;
+            let (Some(a), Some(b)) = (a, b) else {
+                c.missing += 1;
+                continue;
+            };
+            if a == b {
+                c.equal += 1;
+                continue;
+            }
+            let differences = session
+                .compare(key, &b.to_string(), &a.to_string())
+                .map_err(crate::engine::Error::from)?;
+            if differences.is_empty() {
+                c.equal += 1;
+                continue;
+            }
+            c.mismatched += 1;
+            for d in &differences {
+                *c.reasons.entry(d.reason.clone()).or_default() += 1;
+            }
+            if c.examples.len() < 10 {
+                c.examples.push(serde_json::json!({
+                    "key": key, "serving": a, "other": b,
+                    "differences": differences.iter().map(|d| serde_json::json!({
+                        "path": d.path, "reason": d.reason})).collect::<Vec<_>>(),
+                }));
+            }
+        }
+        *b.comparison.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Make the shadow generation of `name` serve reads (and the live
+    /// path), keeping the old one current beside it for a rollback.
+    pub fn promote(&self, name: &str) -> Result<ShadowStatus> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.shadow_build(name)?;
+        self.engine.switch(&b.generation)?;
+        self.registry.activate(name, &b.id, false)?;
+        self.registry.set_ns(name, b.generation.ns())?;
+        tracing::info!(plugin = name, id = &b.id[..12], "promoted");
+        drop(_one);
+        Ok(self.shadow(name).expect("a shadow build"))
+    }
+
+    /// Undo a promotion: the previous generation serves again.
+    fn demote(&self, name: &str, b: &ShadowBuild) -> Result<Deployed> {
+        let old = self
+            .engine
+            .shadows(name)
+            .into_iter()
+            .find(|p| p.ns() != b.generation.ns())
+            .ok_or_else(|| Error::NoEarlier(name.into()))?;
+        self.engine.switch(&old)?;
+        self.registry.activate(name, old.code().id(), true)?;
+        self.registry.set_ns(name, old.ns())?;
+        tracing::info!(plugin = name, "promotion rolled back");
+        Ok(Deployed {
+            plugin: name.into(),
+            id: old.code().id().into(),
+            replaced: Some(b.id.clone()),
+            changed: true,
+            compile_ms: 0,
+        })
+    }
+
+    /// Delete the generation of `name` that does not serve reads (the old
+    /// one after a promotion, or an unwanted shadow).
+    pub fn retire(&self, name: &str) -> Result<String> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.shadow_build(name)?;
+        let victim = self
+            .engine
+            .shadows(name)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoShadow(name.into()))?;
+        if victim.is_building() {
+            return Err(Error::Rejected {
+                name: name.into(),
+                id: b.id[..12].into(),
+                reason: "the shadow generation is still being built".into(),
+            });
+        }
+        self.engine.retire(&victim)?;
+        if victim.ns() == b.generation.ns() {
+            self.shadows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+        } else {
+            self.shadows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            let mut entry = self.registry.entry(name)?.unwrap_or_default();
+            entry.history.retain(|h| h != victim.code().id());
+            self.registry.put(name, &entry)?;
+        }
+        tracing::info!(plugin = name, ns = victim.ns(), "generation retired");
+        Ok(victim.ns().to_string())
     }
 
     /// Every plugin's registry entry.

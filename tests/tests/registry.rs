@@ -412,3 +412,121 @@ fn the_watched_directory_deploys_completed_files_and_never_a_partial_copy() {
     stop.store(true, Ordering::Relaxed);
     running.wait().expect("stop");
 }
+
+#[test]
+fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[engine]\ncommit_interval_ms = 50\n",
+    );
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
+    app.deployer.set_log(log.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let pipeline = {
+        let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
+        std::thread::spawn(move || run_log(&engine, &log, 512, &stop, false, |_| {}).expect("run"))
+    };
+    let total = 60_000u64;
+    for chunk in (0..40_000).collect::<Vec<u64>>().chunks(5_000) {
+        log.append(&chunk.iter().map(|i| event(*i)).collect::<Vec<_>>())
+            .expect("append");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while applied(&app, 4) < 40_000 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Events keep flowing during the build.
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for chunk in (40_000..total).collect::<Vec<u64>>().chunks(500) {
+                log.append(&chunk.iter().map(|i| event(*i)).collect::<Vec<_>>())
+                    .expect("append");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let started = app
+        .deployer
+        .deploy_shadow("hostile", &v2_bytes, "test")
+        .expect("shadow");
+    assert_eq!(started.id, v2);
+    // Reads are still served by v1 while v2 builds.
+    assert_eq!(count(&app, "k1").1, "1");
+    let status = loop {
+        let s = app.deployer.shadow("hostile").expect("status");
+        assert!(!s.phase.starts_with("failed"), "{s:?}");
+        if s.phase == "following" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the build never finished: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.percent, 100.0, "{status:?}");
+    assert!(status.done >= 40_000, "{status:?}");
+    writer.join().expect("writer");
+    while applied(&app, 4) < total {
+        assert!(Instant::now() < deadline, "not caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The comparison finds the shape change (the render names its build)
+    // on every sampled key, and nothing else.
+    let c = app.deployer.compare("hostile", 100).expect("compare");
+    assert_eq!(c.compared, 100, "{c:?}");
+    assert_eq!(c.mismatched, 100, "{c:?}");
+    assert_eq!(c.missing, 0, "{c:?}");
+    let paths: Vec<String> = c
+        .examples
+        .iter()
+        .flat_map(|e| e["differences"].as_array().cloned().unwrap_or_default())
+        .map(|d| d["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !paths.is_empty() && paths.iter().all(|p| p.contains("version")),
+        "{paths:?}"
+    );
+
+    // Promote, roll back, promote: each generation holds every event once.
+    let per_key = total / 500;
+    app.deployer.promote("hostile").expect("promote");
+    assert_eq!(count(&app, "k1"), (per_key, "2".to_string()));
+    app.deployer.rollback("hostile").expect("rollback");
+    assert_eq!(count(&app, "k1"), (per_key, "1".to_string()));
+    app.deployer.promote("hostile").expect("promote again");
+    // More events reach both generations.
+    log.append(&(total..total + 500).map(event).collect::<Vec<_>>())
+        .expect("append");
+    while applied(&app, 4) < total + 500 {
+        assert!(Instant::now() < deadline, "not caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&app, "k1"), (per_key + 1, "2".to_string()));
+    let retired = app.deployer.retire("hostile").expect("retire");
+    assert_eq!(retired, "hostile");
+    assert_eq!(
+        app.engine.store().views("hostile").count(),
+        0,
+        "the old generation is deleted"
+    );
+    stop.store(true, Ordering::Relaxed);
+    pipeline.join().expect("pipeline");
+    app.engine.commit().expect("commit");
+    drop((app, log));
+
+    // After a restart the promoted generation serves.
+    let app = open_app(dir.path(), &["hostile"], "");
+    assert_eq!(count(&app, "k1"), (per_key + 1, "2".to_string()));
+    let entry = app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert_eq!(entry.active.as_deref(), Some(v2.as_str()));
+}
