@@ -104,7 +104,24 @@ enum PluginAction {
         /// The plugin's name (default: the file stem).
         #[arg(long)]
         name: Option<String>,
+        /// `replace`, or `shadow`: build a new generation of the views
+        /// beside the live one (shown with a progress bar), to compare
+        /// and promote.
+        #[arg(long, default_value = "replace")]
+        mode: String,
     },
+    /// Where a shadow deploy is: progress, rate, ETA, last comparison.
+    Shadow { name: String },
+    /// Compare sampled keys of the two generations of a plugin.
+    Compare {
+        name: String,
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+    },
+    /// Make the shadow generation serve reads (rollback undoes it).
+    Promote { name: String },
+    /// Delete the generation that does not serve reads.
+    Retire { name: String },
     /// Every plugin's versions, active version and history (JSON).
     List,
     /// Return a plugin to the version active before the current one.
@@ -137,6 +154,39 @@ fn admin(method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Result<serde_j
     Ok(serde_json::from_reader(response.into_reader())?)
 }
 
+/// Show a shadow build's progress until it follows live events (or
+/// fails); its last status.
+fn follow_shadow(base: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} shadow {msg} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(name.to_string());
+    loop {
+        let s = admin(
+            "GET",
+            &format!("{base}/v1/admin/plugins/{name}/shadow"),
+            None,
+        )?;
+        bar.set_length(s["total"].as_u64().unwrap_or(0));
+        bar.set_position(s["done"].as_u64().unwrap_or(0));
+        let phase = s["phase"].as_str().unwrap_or_default();
+        if phase.starts_with("failed") {
+            bar.abandon();
+            bail!("shadow build of {name}: {phase}");
+        }
+        if phase != "building" {
+            bar.finish();
+            return Ok(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn plugin_command(
     config: &Config,
     action: PluginAction,
@@ -145,7 +195,7 @@ fn plugin_command(
     let base = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
     let base = base.trim_end_matches('/');
     let answer = match action {
-        PluginAction::Deploy { file, name } => {
+        PluginAction::Deploy { file, name, mode } => {
             let name = match name {
                 Some(n) => n,
                 None => file
@@ -160,12 +210,37 @@ fn plugin_command(
                 percent_encoding::NON_ALPHANUMERIC,
             )
             .collect();
-            admin(
+            let started = admin(
                 "POST",
-                &format!("{base}/v1/admin/plugins/{name}?from={from}"),
+                &format!("{base}/v1/admin/plugins/{name}?from={from}&mode={mode}"),
                 Some(&bytes),
-            )?
+            )?;
+            if mode == "shadow" {
+                follow_shadow(base, &name)?
+            } else {
+                started
+            }
         }
+        PluginAction::Shadow { name } => admin(
+            "GET",
+            &format!("{base}/v1/admin/plugins/{name}/shadow"),
+            None,
+        )?,
+        PluginAction::Compare { name, sample } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/compare?sample={sample}"),
+            Some(&[]),
+        )?,
+        PluginAction::Promote { name } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/promote"),
+            Some(&[]),
+        )?,
+        PluginAction::Retire { name } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/retire"),
+            Some(&[]),
+        )?,
         PluginAction::List => admin("GET", &format!("{base}/v1/admin/plugins"), None)?,
         PluginAction::Rollback { name } => admin(
             "POST",

@@ -476,7 +476,54 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
     assert!(!o.status.success(), "nothing earlier to roll back to");
     assert!(stderr(&o).contains("no earlier version"), "{}", stderr(&o));
 
-    // The log lines of the first version outlive two deploys.
+    // A shadow deploy: built with a progress bar, compared, promoted,
+    // and the old generation retired.
+    let o = projector(
+        dir.path(),
+        &[
+            "plugin",
+            "deploy",
+            v2.to_str().expect("path"),
+            "--name",
+            "hostile",
+            "--mode",
+            "shadow",
+            "--api",
+            &api,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shadow: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(shadow["phase"], "following", "{shadow}");
+    assert_eq!(shadow["percent"], 100.0, "{shadow}");
+    let o = projector(
+        dir.path(),
+        &[
+            "plugin", "compare", "hostile", "--sample", "10", "--api", &api,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let compared: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(compared["compared"], 1, "{compared}");
+    assert_eq!(compared["mismatched"], 1, "{compared}");
+    let o = projector(dir.path(), &["plugin", "promote", "hostile", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let view: serde_json::Value = serde_json::from_str(
+        &reqwest::blocking::get(format!("{api}/v1/views/hostile/k?mode=projection"))
+            .and_then(|r| r.text())
+            .expect("GET"),
+    )
+    .expect("json");
+    assert_eq!(view["answer"]["version"], "2", "{view}");
+    let o = projector(dir.path(), &["plugin", "retire", "hostile", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("\"retired\": \"hostile\""),
+        "{}",
+        stdout(&o)
+    );
+
+    // The log lines of the first version outlive the deploys.
     let o = projector(dir.path(), &["plugin", "logs", "hostile", "--api", &api]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(

@@ -394,6 +394,19 @@ pub fn router(state: Arc<ServeState>) -> Router {
             axum::routing::post(rollback),
         )
         .route("/v1/admin/plugins/{plugin}/logs", get(plugin_logs))
+        .route("/v1/admin/plugins/{plugin}/shadow", get(shadow_status))
+        .route(
+            "/v1/admin/plugins/{plugin}/compare",
+            axum::routing::post(shadow_compare),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/promote",
+            axum::routing::post(shadow_promote),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/retire",
+            axum::routing::post(shadow_retire),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -465,8 +478,75 @@ fn deployer(s: &ServeState) -> ApiResult<Arc<crate::registry::Deployer>> {
 struct DeployParams {
     /// Where the code came from, for the registry (default `api`).
     from: Option<String>,
-    /// Only `replace` for now.
+    /// `replace` (default) or `shadow`.
     mode: Option<String>,
+}
+
+/// Run registry work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::registry::Error> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "runtime_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+async fn shadow_status(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let status = d
+        .shadow(&plugin)
+        .ok_or_else(|| crate::registry::Error::NoShadow(plugin.clone()))?;
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareParams {
+    /// Keys to compare, spread over the key space (default 1000).
+    sample: Option<usize>,
+}
+
+async fn shadow_compare(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+    Query(params): Query<CompareParams>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let sample = params.sample.unwrap_or(1000);
+    let c = blocking(move || d.compare(&plugin, sample)).await?;
+    Ok(Json(serde_json::to_value(c).unwrap_or_default()))
+}
+
+async fn shadow_promote(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let status = blocking(move || d.promote(&plugin)).await?;
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+}
+
+async fn shadow_retire(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let ns = blocking(move || d.retire(&plugin)).await?;
+    Ok(Json(json!({"retired": ns})))
 }
 
 /// `POST /v1/admin/plugins/{plugin}`: the body is the `.wasm`.
@@ -478,12 +558,6 @@ async fn deploy(
 ) -> ApiResult<Json<Value>> {
     let d = deployer(&s)?;
     s.plugin(&plugin)?;
-    if let Some(mode) = params.mode.as_deref().filter(|m| *m != "replace") {
-        return Err(ApiError::bad_request(
-            "bad_mode",
-            format!("deploy mode {mode:?}: only \"replace\" is supported"),
-        ));
-    }
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "bad_plugin",
@@ -491,16 +565,20 @@ async fn deploy(
         ));
     }
     let from = params.from.unwrap_or_else(|| "api".into());
-    let done = tokio::task::spawn_blocking(move || d.deploy(&plugin, &body, &from))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "runtime_error",
-                e.to_string(),
-            )
-        })??;
-    Ok(Json(serde_json::to_value(done).unwrap_or_default()))
+    match params.mode.as_deref().unwrap_or("replace") {
+        "replace" => {
+            let done = blocking(move || d.deploy(&plugin, &body, &from)).await?;
+            Ok(Json(serde_json::to_value(done).unwrap_or_default()))
+        }
+        "shadow" => {
+            let status = blocking(move || d.deploy_shadow(&plugin, &body, &from)).await?;
+            Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+        }
+        other => Err(ApiError::bad_request(
+            "bad_mode",
+            format!("deploy mode {other:?}: expected \"replace\" or \"shadow\""),
+        )),
+    }
 }
 
 async fn rollback(
@@ -509,15 +587,7 @@ async fn rollback(
 ) -> ApiResult<Json<Value>> {
     let d = deployer(&s)?;
     s.plugin(&plugin)?;
-    let done = tokio::task::spawn_blocking(move || d.rollback(&plugin))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "runtime_error",
-                e.to_string(),
-            )
-        })??;
+    let done = blocking(move || d.rollback(&plugin)).await?;
     Ok(Json(serde_json::to_value(done).unwrap_or_default()))
 }
 
