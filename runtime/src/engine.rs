@@ -917,6 +917,54 @@ impl Engine {
         Ok(())
     }
 
+    /// Seed generation `p` from the views of `from` (the live one) and join
+    /// it to the live path, all between two batches: `migrate` turns each
+    /// live view into the new one (`None`: left absent, to be populated
+    /// again from the source of truth), and `p` starts at `from`'s
+    /// offsets. Calls `progress(done, total)` as it goes; returns (views
+    /// migrated, views left absent).
+    pub fn seed(
+        &self,
+        p: &Arc<Projection>,
+        from: &Projection,
+        mut migrate: impl FnMut(&str, &ViewRecord) -> Option<ViewRecord>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(u64, u64)> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_locked(&mut pending)?;
+        let total = self.store.views(&from.ns).count() as u64;
+        let (mut migrated, mut absent) = (0u64, 0u64);
+        let mut writer = self.store.writer();
+        let mut in_batch = 0;
+        for item in self.store.views(&from.ns) {
+            let (key, record) = item?;
+            match migrate(&key, &record) {
+                Some(new) => {
+                    writer.put_view(&p.ns, &key, &new);
+                    migrated += 1;
+                }
+                None => absent += 1,
+            }
+            in_batch += 1;
+            if in_batch == 1024 {
+                self.store
+                    .commit(std::mem::replace(&mut writer, self.store.writer()))?;
+                in_batch = 0;
+                progress(migrated + absent, total);
+            }
+        }
+        for (source, partition, next) in self.store.offsets(&from.ns)? {
+            writer.set_offset(&p.ns, &source, partition, next);
+            pending
+                .offsets
+                .insert((p.ns.clone(), source, partition), next);
+        }
+        self.store.commit(writer)?;
+        progress(migrated + absent, total);
+        p.building.store(false, Ordering::Relaxed);
+        Ok((migrated, absent))
+    }
+
     /// Make generation `to` of its plugin serve reads, and the active one
     /// a shadow (still fed, so a switch back finds it current).
     pub fn switch(&self, to: &Arc<Projection>) -> Result<()> {

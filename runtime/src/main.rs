@@ -109,6 +109,10 @@ enum PluginAction {
         /// and promote.
         #[arg(long, default_value = "replace")]
         mode: String,
+        /// For shadow: `auto` (rebuild when the log reaches back to its
+        /// beginning, else migrate), `rebuild` or `migrate`.
+        #[arg(long, default_value = "auto")]
+        method: String,
     },
     /// Where a shadow deploy is: progress, rate, ETA, last comparison.
     Shadow { name: String },
@@ -195,7 +199,12 @@ fn plugin_command(
     let base = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
     let base = base.trim_end_matches('/');
     let answer = match action {
-        PluginAction::Deploy { file, name, mode } => {
+        PluginAction::Deploy {
+            file,
+            name,
+            mode,
+            method,
+        } => {
             let name = match name {
                 Some(n) => n,
                 None => file
@@ -212,7 +221,7 @@ fn plugin_command(
             .collect();
             let started = admin(
                 "POST",
-                &format!("{base}/v1/admin/plugins/{name}?from={from}&mode={mode}"),
+                &format!("{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}"),
                 Some(&bytes),
             )?;
             if mode == "shadow" {

@@ -188,9 +188,26 @@ pub struct Deployed {
     pub compile_ms: u64,
 }
 
+/// How a shadow generation gets its views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowMethod {
+    /// Rebuild when the log reaches back to the beginning, else migrate.
+    Auto,
+    /// Apply the whole retained log from its start.
+    Rebuild,
+    /// Convert every live view with the new code's `migrate`; keys it
+    /// cannot convert are left absent and populate again from the source
+    /// of truth on their next read.
+    Migrate,
+}
+
 /// A shadow generation being built or kept beside the live one.
 struct ShadowBuild {
     id: String,
+    method: ShadowMethod,
+    /// Views migrated and left absent (migrate).
+    migrated: Mutex<Option<(u64, u64)>>,
     generation: Arc<crate::engine::Projection>,
     started: std::time::Instant,
     done: std::sync::atomic::AtomicU64,
@@ -215,6 +232,10 @@ pub struct ShadowStatus {
     pub events_per_s: f64,
     pub eta_s: Option<f64>,
     pub comparison: Option<Comparison>,
+    pub method: ShadowMethod,
+    /// Views migrated, and views left absent to populate from the source.
+    pub migrated: Option<u64>,
+    pub not_migrated: Option<u64>,
 }
 
 /// Sampled keys compared between two generations.
@@ -526,13 +547,34 @@ impl Deployer {
         name: &str,
         bytes: &[u8],
         from: &str,
+        method: ShadowMethod,
     ) -> Result<ShadowStatus> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let log = self.log.get().cloned().ok_or_else(|| Error::Rejected {
+        let reject = |reason: String| Error::Rejected {
             name: name.into(),
             id: content_id(bytes)[..12].into(),
-            reason: "shadow mode rebuilds from the embedded log; this runtime has none (Kafka rebuilds are not built yet)".into(),
-        })?;
+            reason,
+        };
+        let log = self.log.get().cloned();
+        let complete = log
+            .as_ref()
+            .is_some_and(|l| l.starts().iter().all(|s| *s == 0));
+        let method = match (method, &log) {
+            (ShadowMethod::Auto, _) if complete => ShadowMethod::Rebuild,
+            (ShadowMethod::Auto, _) => ShadowMethod::Migrate,
+            (ShadowMethod::Rebuild, None) => {
+                return Err(reject(
+                    "a rebuild reads the embedded log, which this runtime does not follow (Kafka rebuilds are not built yet); use migrate".into(),
+                ))
+            }
+            (ShadowMethod::Rebuild, Some(l)) if !complete => {
+                return Err(reject(format!(
+                    "the log no longer reaches back to the beginning (it starts at {:?}); use migrate",
+                    l.starts()
+                )))
+            }
+            (m, _) => m,
+        };
         let active = self.engine.projection(name)?;
         if let Some(s) = self
             .shadows
@@ -561,6 +603,8 @@ impl Deployer {
         let generation = self.engine.new_generation(code, self.population(name))?;
         let build = Arc::new(ShadowBuild {
             id: id.clone(),
+            method,
+            migrated: Mutex::new(None),
             generation,
             started: std::time::Instant::now(),
             done: std::sync::atomic::AtomicU64::new(0),
@@ -576,7 +620,11 @@ impl Deployer {
         std::thread::Builder::new()
             .name(format!("shadow-{name}"))
             .spawn(move || {
-                if let Err(e) = me.rebuild(&name_owned, &build, &log) {
+                let built = match (method, log) {
+                    (ShadowMethod::Rebuild, Some(log)) => me.rebuild(&name_owned, &build, &log),
+                    _ => me.migrate(&name_owned, &build),
+                };
+                if let Err(e) = built {
                     tracing::error!(plugin = name_owned, "shadow build failed: {e}");
                     *build.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 }
@@ -651,6 +699,51 @@ impl Deployer {
         Ok(())
     }
 
+    /// Seed a generation by migrating every live view with the new code's
+    /// `migrate`, then join it to the live path.
+    fn migrate(&self, name: &str, build: &ShadowBuild) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let active = self.engine.projection(name)?;
+        let from_version = active.code().info().version.clone();
+        let g = &build.generation;
+        let mut session = g.code().session();
+        let (migrated, absent) = self.engine.seed(
+            g,
+            &active,
+            |key, record| {
+                let state = record.view.state.as_deref()?;
+                match session.migrate(key, state, &from_version) {
+                    Ok(Ok(Some(new))) => {
+                        let mut r = record.clone();
+                        r.view.state = Some(new);
+                        Some(r)
+                    }
+                    Ok(Ok(None)) => None,
+                    Ok(Err(e)) => {
+                        tracing::debug!(plugin = name, key, "not migrated: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(plugin = name, key, "not migrated: {e}");
+                        None
+                    }
+                }
+            },
+            |done, total| {
+                build.done.store(done, Relaxed);
+                build.total.store(total, Relaxed);
+            },
+        )?;
+        *build.migrated.lock().unwrap_or_else(|e| e.into_inner()) = Some((migrated, absent));
+        tracing::info!(
+            plugin = name,
+            migrated,
+            absent,
+            "shadow generation migrated; following live events"
+        );
+        Ok(())
+    }
+
     /// The shadow build of `name`, if any.
     pub fn shadow(&self, name: &str) -> Option<ShadowStatus> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -666,6 +759,7 @@ impl Deployer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let migrated = *b.migrated.lock().unwrap_or_else(|e| e.into_inner());
         let done = b.done.load(Relaxed);
         let total = b.total.load(Relaxed).max(done);
         let secs = b.started.elapsed().as_secs_f64();
@@ -696,6 +790,9 @@ impl Deployer {
             events_per_s: rate,
             eta_s: building.then(|| (total - done) as f64 / rate.max(1e-9)),
             comparison,
+            method: b.method,
+            migrated: migrated.map(|m| m.0),
+            not_migrated: migrated.map(|m| m.1),
         })
     }
 

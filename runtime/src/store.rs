@@ -271,6 +271,28 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
+    /// Every stored next offset of namespace `ns`: (source, partition, next).
+    pub fn offsets(&self, ns: &str) -> Result<Vec<(String, u32, u64)>> {
+        let mut prefix = key(b'o', &[ns.as_bytes()]);
+        prefix.push(0);
+        let skip = prefix.len();
+        let mut out = Vec::new();
+        for item in self.state.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[skip..];
+            // source \0 partition(4)
+            if rest.len() < 5 {
+                continue;
+            }
+            let (source, partition) = rest.split_at(rest.len() - 4);
+            let source = String::from_utf8_lossy(&source[..source.len() - 1]).into_owned();
+            let partition = u32::from_be_bytes(partition.try_into().unwrap_or([0; 4]));
+            let next = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            out.push((source, partition, next));
+        }
+        Ok(out)
+    }
+
     /// Delete everything of namespace `ns`: views, offsets, counters and
     /// audit (a retired generation).
     pub fn delete_ns(&self, ns: &str) -> Result<()> {

@@ -2,8 +2,10 @@
 //! into the hostile fixture (v1) while v2 is deployed. Prints the largest
 //! gap between two consecutive batches in steady state and around the
 //! swap (target: under 10 ms), and how long the deploy took off the
-//! event path (compile and start). `BENCH_EVENTS` sets the stream length
-//! (default 300 000). Run with `./scripts/bench.sh swap`.
+//! event path (compile and start). Then a shadow deploy of v1 rebuilds a
+//! generation from the whole log: prints its rate in events/s.
+//! `BENCH_EVENTS` sets the stream length (default 300 000). Run with
+//! `./scripts/bench.sh swap`.
 
 use projector::envelope::Format;
 use projector::pipeline::run_log;
@@ -86,6 +88,34 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  deploy off the event path (compile + start v2): {:.1?}",
         deploy_end - deploy_start
+    );
+
+    // Shadow rebuild of the whole log.
+    app.deployer.set_log(log.clone());
+    let v1 = std::fs::read(plugin_wasm("hostile"))?;
+    let started = Instant::now();
+    app.deployer.deploy_shadow(
+        "hostile",
+        &v1,
+        "bench",
+        projector::registry::ShadowMethod::Rebuild,
+    )?;
+    let status = loop {
+        let s = app
+            .deployer
+            .shadow("hostile")
+            .ok_or_else(|| anyhow::anyhow!("no shadow"))?;
+        anyhow::ensure!(!s.phase.starts_with("failed"), "{}", s.phase);
+        if s.phase != "building" {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "  shadow rebuild of {} events: {:.0} events/s ({secs:.2} s, compile included)",
+        status.done,
+        status.done as f64 / secs
     );
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use projector::envelope::Format;
 use projector::pipeline::run_log;
-use projector::registry::content_id;
+use projector::registry::{content_id, ShadowMethod};
 use projector::source::log::EmbeddedLog;
 use projector_tests::{open_app, plugin_wasm};
 use serde_json::json;
@@ -453,7 +453,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     };
     let started = app
         .deployer
-        .deploy_shadow("hostile", &v2_bytes, "test")
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto)
         .expect("shadow");
     assert_eq!(started.id, v2);
     // Reads are still served by v1 while v2 builds.
@@ -529,4 +529,141 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
         .expect("entry")
         .expect("some");
     assert_eq!(entry.active.as_deref(), Some(v2.as_str()));
+}
+
+/// A source of truth that answers `{"count": 42}` to every request.
+fn fixed_source() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = r#"{"count": 42}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &reqwest::blocking::get(url)
+            .and_then(|r| r.text())
+            .expect("GET"),
+    )
+    .expect("json")
+}
+
+#[test]
+fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = fixed_source();
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        &format!(
+            "[engine]\ncommit_interval_ms = 20\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.hostile.source]\nurl = \"http://{source}/count?key={{key}}\"\n"
+        ),
+    );
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = app
+        .start(log.clone(), None, stop.clone(), false)
+        .expect("start");
+    let api = format!("http://{}", running.addr().expect("api"));
+    // 100 keys three times over, then two keys the new version cannot migrate.
+    for round in 0..3u64 {
+        log.append(
+            &(round * 500..round * 500 + 100)
+                .map(event)
+                .collect::<Vec<_>>(),
+        )
+        .expect("append");
+    }
+    let stuck: Vec<String> = ["stuck1", "stuck2"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            json!({"id": format!("s{i}"), "type": "count", "source": "test", "key": k,
+                   "version": 1, "time": 1, "payload": {}})
+            .to_string()
+        })
+        .collect();
+    log.append(&stuck).expect("append");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&app, 1) < 302 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Retention deletes the beginning of the log: a rebuild is refused,
+    // and the default method migrates.
+    log.truncate_before(0, 150).expect("truncate");
+    assert!(log.starts()[0] > 0);
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let refused = app
+        .deployer
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild)
+        .expect_err("a rebuild needs the whole log");
+    assert!(refused.to_string().contains("migrate"), "{refused}");
+    app.deployer
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto)
+        .expect("shadow");
+    let status = loop {
+        let s = app.deployer.shadow("hostile").expect("status");
+        assert!(!s.phase.starts_with("failed"), "{s:?}");
+        if s.phase == "following" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never migrated: {s:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.method, ShadowMethod::Migrate);
+    assert_eq!(
+        (status.migrated, status.not_migrated),
+        (Some(100), Some(2)),
+        "{status:?}"
+    );
+    assert_eq!(status.percent, 100.0);
+
+    app.deployer.promote("hostile").expect("promote");
+    let v = get_json(&format!("{api}/v1/views/hostile/k5?mode=projection"));
+    assert_eq!(
+        (
+            v["answer"]["count"].as_u64(),
+            v["answer"]["version"].as_str()
+        ),
+        (Some(3), Some("2")),
+        "{v}"
+    );
+    // A key left absent populates from the source on its next read.
+    let v = get_json(&format!("{api}/v1/views/hostile/stuck1?mode=projection"));
+    assert_eq!(v["served_by"], "source", "{v}");
+    assert_eq!(v["answer"]["count"], 42, "{v}");
+    let v = get_json(&format!("{api}/v1/views/hostile/stuck1?mode=projection"));
+    assert_eq!(v["served_by"], "projection", "{v}");
+    assert_eq!(
+        (
+            v["answer"]["count"].as_u64(),
+            v["answer"]["version"].as_str()
+        ),
+        (Some(42), Some("2")),
+        "{v}"
+    );
+    // The migrated generation follows live events.
+    log.append(&[event(1505)]).expect("append");
+    while applied(&app, 1) < 303 {
+        assert!(Instant::now() < deadline, "not applied");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&app, "k5"), (4, "2".to_string()));
+    stop.store(true, Ordering::Relaxed);
+    running.wait().expect("stop");
 }

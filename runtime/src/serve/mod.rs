@@ -480,6 +480,8 @@ struct DeployParams {
     from: Option<String>,
     /// `replace` (default) or `shadow`.
     mode: Option<String>,
+    /// For shadow: `auto` (default), `rebuild` or `migrate`.
+    method: Option<crate::registry::ShadowMethod>,
 }
 
 /// Run registry work off the async workers.
@@ -571,7 +573,8 @@ async fn deploy(
             Ok(Json(serde_json::to_value(done).unwrap_or_default()))
         }
         "shadow" => {
-            let status = blocking(move || d.deploy_shadow(&plugin, &body, &from)).await?;
+            let method = params.method.unwrap_or(crate::registry::ShadowMethod::Auto);
+            let status = blocking(move || d.deploy_shadow(&plugin, &body, &from, method)).await?;
             Ok(Json(serde_json::to_value(status).unwrap_or_default()))
         }
         other => Err(ApiError::bad_request(

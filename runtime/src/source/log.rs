@@ -238,6 +238,39 @@ impl EmbeddedLog {
         Ok(out)
     }
 
+    /// Delete the records of `partition` before `offset` (retention),
+    /// whole segments at a time: a segment holding `offset` is kept.
+    pub fn truncate_before(&self, partition: u32, offset: u64) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for item in self
+            .tree
+            .range(segment_key(partition, 0)..segment_key(partition, offset))
+        {
+            let (k, v) = item?;
+            if first_offset(&k) + segment_records(&v)?.len() as u64 <= offset {
+                batch.remove(k);
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// The first offset still held in each partition (its end when empty):
+    /// a log that starts above 0 no longer reaches back to the beginning.
+    pub fn starts(&self) -> Vec<u64> {
+        let ends = self.ends();
+        (0..self.partitions)
+            .map(|p| {
+                self.tree
+                    .range(segment_key(p, 0)..=segment_key(p, u64::MAX))
+                    .next()
+                    .and_then(|r| r.ok())
+                    .map_or(ends[p as usize], |(k, _)| first_offset(&k))
+            })
+            .collect()
+    }
+
     /// The next offset to be written in each partition.
     pub fn ends(&self) -> Vec<u64> {
         self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
