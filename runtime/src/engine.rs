@@ -68,9 +68,9 @@ pub struct Projection {
     /// Views as the engine last wrote them, ahead of the store until the
     /// next commit (`None`: known absent). Cleared once committed when it
     /// grows past the cache bound.
-    views: RwLock<HashMap<String, Option<ViewRecord>>>,
+    views: Arc<RwLock<HashMap<String, Option<ViewRecord>>>>,
     /// Keys changed since the last commit.
-    dirty: Mutex<HashSet<String>>,
+    dirty: Arc<Mutex<HashSet<String>>>,
     /// Rendered answers, when the plugin's render ignores the read time.
     rendered: RwLock<RenderCache>,
     /// Events queued for a delayed retry since start.
@@ -583,8 +583,8 @@ impl Engine {
             ns,
             population,
             counters: Mutex::new(counters),
-            views: RwLock::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
+            views: Arc::new(RwLock::new(HashMap::new())),
+            dirty: Arc::new(Mutex::new(HashSet::new())),
             rendered: RwLock::new(RenderCache::default()),
             retried: AtomicU64::new(0),
             shadow: AtomicBool::new(false),
@@ -593,13 +593,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Swap the code of a loaded projection at a batch boundary: what was
-    /// applied so far is committed by the old code, every later batch runs
-    /// the new one. Views, offsets and counters carry over; caches of the
-    /// old code's renders do not.
+    /// Swap the code of a loaded projection at a batch boundary: every
+    /// later batch runs the new one. Views (committed or not), offsets
+    /// and counters carry over; the old code's rendered answers do not.
     pub fn replace(&self, code: SharedCode, population: Option<Population>) -> Result<()> {
-        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        self.commit_locked(&mut pending)?;
+        let _batch = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
         let name = code.name().to_string();
         let i = list
@@ -614,8 +612,9 @@ impl Engine {
             ns: old.ns.clone(),
             population,
             counters: Mutex::new(counters),
-            views: RwLock::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
+            // The same namespace: both codes see one cache of views.
+            views: old.views.clone(),
+            dirty: old.dirty.clone(),
             rendered: RwLock::new(RenderCache::default()),
             retried: AtomicU64::new(old.retried.load(Ordering::Relaxed)),
             shadow: AtomicBool::new(false),
@@ -834,8 +833,8 @@ impl Engine {
             counters: Mutex::new(self.store.counters(&ns)?),
             ns,
             population,
-            views: RwLock::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
+            views: Arc::new(RwLock::new(HashMap::new())),
+            dirty: Arc::new(Mutex::new(HashSet::new())),
             rendered: RwLock::new(RenderCache::default()),
             retried: AtomicU64::new(0),
             shadow: AtomicBool::new(true),

@@ -186,6 +186,9 @@ pub struct Deployed {
     /// False when these bytes were already active (nothing changed).
     pub changed: bool,
     pub compile_ms: u64,
+    /// When the new code took over (between two batches).
+    #[serde(skip)]
+    pub swapped_at: Option<std::time::Instant>,
 }
 
 /// How a shadow generation gets its views.
@@ -302,13 +305,21 @@ impl Deployer {
     /// limits and services: everything but the swap.
     fn load(&self, name: &str, bytes: &[u8]) -> Result<SharedCode> {
         let id = content_id(bytes);
+        let logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
         let code = self
             .host
-            .load(
+            .load_logging_to(
                 name,
                 bytes,
                 self.config.limits_of(name),
                 &self.config.settings_of(name),
+                logs,
             )
             .map_err(|e| Error::Rejected {
                 name: name.into(),
@@ -321,14 +332,7 @@ impl Deployer {
             .get(name)
             .map(|p| p.services.clone())
             .unwrap_or_default();
-        let logs = self
-            .logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .clone();
-        Ok(Arc::new(code.log_to(logs).allow(Services {
+        Ok(Arc::new(code.allow(Services {
             fetcher: self.fetcher.clone(),
             allowed,
         })))
@@ -391,6 +395,7 @@ impl Deployer {
                 replaced: current,
                 changed: false,
                 compile_ms: 0,
+                swapped_at: None,
             });
         }
         let started = std::time::Instant::now();
@@ -399,6 +404,7 @@ impl Deployer {
         self.registry.add(name, bytes, from)?;
         let old = self.engine.projection(name).ok();
         self.swap(name, code, current.is_some())?;
+        let swapped_at = std::time::Instant::now();
         self.registry.activate(name, &id, false)?;
         if let Some(old) = old {
             self.watch(name, old, &id);
@@ -415,6 +421,7 @@ impl Deployer {
             replaced: current,
             changed: true,
             compile_ms,
+            swapped_at: Some(swapped_at),
         })
     }
 
@@ -535,6 +542,7 @@ impl Deployer {
             replaced: entry.active,
             changed: true,
             compile_ms,
+            swapped_at: Some(std::time::Instant::now()),
         })
     }
 
@@ -909,6 +917,7 @@ impl Deployer {
             replaced: Some(b.id.clone()),
             changed: true,
             compile_ms: 0,
+            swapped_at: None,
         })
     }
 

@@ -71,20 +71,26 @@ fn main() -> anyhow::Result<()> {
         .map(|(_, g)| *g)
         .max()
         .unwrap_or_default();
-    let swap_window_end = deploy_end + Duration::from_millis(500);
-    let around = gaps
-        .iter()
-        .filter(|(at, _)| *at >= deploy_start && *at <= swap_window_end)
-        .map(|(_, g)| *g)
-        .max()
-        .unwrap_or_default();
+    let swapped_at = deployed.swapped_at.unwrap_or(deploy_end);
+    let max_gap = |from: Instant, to: Instant| {
+        gaps.iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(_, g)| *g)
+            .max()
+            .unwrap_or_default()
+    };
+    // While v2 compiles, on the same two cores.
+    let compiling = max_gap(deploy_start, swapped_at);
+    // The swap itself: the batch waiting for it, and v2's first batches.
+    let around = max_gap(swapped_at, swapped_at + Duration::from_millis(200));
     println!(
         "replace while {} events flow ({:.0} events/s, batches of 256)",
         totals.records,
         totals.records_per_second()
     );
     println!("  largest gap between batches, steady state: {steady:.2?}");
-    println!("  largest gap between batches, around the swap: {around:.2?}  (target < 10 ms)");
+    println!("  largest gap between batches while v2 compiles beside them: {compiling:.2?}");
+    println!("  largest gap between batches at the swap (200 ms from it): {around:.2?}  (target < 10 ms)");
     println!(
         "  deploy off the event path (compile + start v2): {:.1?}",
         deploy_end - deploy_start

@@ -108,6 +108,21 @@ impl WasmHost {
         limits: Limits,
         settings: &serde_json::Value,
     ) -> Result<WasmPlugin, Error> {
+        self.load_logging_to(name, bytes, limits, settings, Arc::default())
+    }
+
+    /// [`WasmHost::load`], with the plugin's log lines going to `logs`
+    /// (shared by the versions of one plugin). The instance that ran
+    /// `configure` is kept for the first batch, so a swapped-in version
+    /// does not instantiate on the event path.
+    pub fn load_logging_to(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: Limits,
+        settings: &serde_json::Value,
+        logs: Arc<PluginLogs>,
+    ) -> Result<WasmPlugin, Error> {
         let load_error = |message: String| Error::Load {
             plugin: name.to_string(),
             message,
@@ -133,7 +148,7 @@ impl WasmHost {
                     render_uses_time: true,
                 },
                 limits,
-                logs: Arc::new(PluginLogs::default()),
+                logs,
             },
             settings: settings.to_string(),
             services: None,
@@ -173,15 +188,6 @@ const RECYCLE_MEMORY_SHARE: usize = 2;
 const RECYCLE_CALLS: u64 = 100_000;
 
 impl WasmPlugin {
-    /// Send this plugin's log lines to `logs` (shared by the versions of
-    /// one plugin, so they outlive a deploy).
-    pub fn log_to(mut self, logs: Arc<PluginLogs>) -> Self {
-        self.meta.logs = logs;
-        // Stores made so far log to the old ring.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self
-    }
-
     /// Let this plugin fetch from `services` (its allow-list).
     pub fn allow(mut self, services: Services) -> Self {
         self.services = Some(Arc::new(services));
