@@ -156,6 +156,7 @@ impl App {
             self.config.engine.batch_size,
             std::time::Duration::from_millis(self.config.engine.commit_interval_ms),
         )?;
+        self.deployer.set_log(Arc::new(run.retained()?));
         let (state, serving) = self.serve(Feed::Kafka(run.stats.clone()), listen)?;
         let pipeline = std::thread::Builder::new()
             .name("projector-pipeline".into())

@@ -893,22 +893,21 @@ impl Engine {
     }
 
     /// Join generation `p` to the live path: with batches stopped,
-    /// `catch_up(partition, from)` gives the records it still lacks up to
+    /// `catch_up(source, partition, from)` gives the records it still lacks up to
     /// where the live path is, and from the next batch on it is fed with
     /// the others.
     pub fn follow(
         &self,
         p: &Arc<Projection>,
-        source: &str,
-        partitions: u32,
-        mut catch_up: impl FnMut(u32, u64) -> Result<Vec<Record>>,
+        partitions: &[(String, u32)],
+        mut catch_up: impl FnMut(&str, u32, u64) -> Result<Vec<Record>>,
     ) -> Result<()> {
         let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        for partition in 0..partitions {
-            let from = pending.offset(&self.store, &p.ns, source, partition)?;
-            let records = catch_up(partition, from)?;
+        for (source, partition) in partitions {
+            let from = pending.offset(&self.store, &p.ns, source, *partition)?;
+            let records = catch_up(source, *partition, from)?;
             if !records.is_empty() {
-                self.build_locked(&mut pending, p, source, partition, &records)?;
+                self.build_locked(&mut pending, p, source, *partition, &records)?;
             }
         }
         self.commit_locked(&mut pending)?;

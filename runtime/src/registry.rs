@@ -205,6 +205,44 @@ pub enum ShadowMethod {
     Migrate,
 }
 
+/// A log a shadow generation can be rebuilt from.
+pub trait Retained: Send + Sync {
+    /// (source id, partition) of every partition this runtime follows.
+    fn partitions(&self) -> Vec<(String, u32)>;
+    /// Whether every partition still holds its records from offset 0.
+    fn complete(&self) -> bool;
+    /// Up to `max` records of (source, partition) from `from` on.
+    fn read(
+        &self,
+        source: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> anyhow::Result<Vec<crate::engine::Record>>;
+}
+
+impl Retained for EmbeddedLog {
+    fn partitions(&self) -> Vec<(String, u32)> {
+        (0..EmbeddedLog::partitions(self))
+            .map(|p| (crate::pipeline::LOG_SOURCE.to_string(), p))
+            .collect()
+    }
+
+    fn complete(&self) -> bool {
+        self.starts().iter().all(|s| *s == 0)
+    }
+
+    fn read(
+        &self,
+        _source: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> anyhow::Result<Vec<crate::engine::Record>> {
+        Ok(EmbeddedLog::read(self, partition, from, max)?)
+    }
+}
+
 /// A shadow generation being built or kept beside the live one.
 struct ShadowBuild {
     id: String,
@@ -261,8 +299,8 @@ pub struct Deployer {
     host: WasmHost,
     fetcher: Arc<crate::fetch::Fetcher>,
     pub registry: Registry,
-    /// The embedded log shadow generations rebuild from.
-    log: std::sync::OnceLock<Arc<EmbeddedLog>>,
+    /// The retained log shadow generations rebuild from.
+    log: std::sync::OnceLock<Arc<dyn Retained>>,
     /// The shadow build of each plugin (at most one).
     shadows: Mutex<std::collections::HashMap<String, Arc<ShadowBuild>>>,
     /// Each plugin's log ring, shared by its versions.
@@ -296,8 +334,9 @@ impl Deployer {
         &self.host
     }
 
-    /// The embedded log shadow generations rebuild from.
-    pub fn set_log(&self, log: Arc<EmbeddedLog>) {
+    /// The retained log shadow generations rebuild from: the embedded
+    /// log, or Kafka's source topics.
+    pub fn set_log(&self, log: Arc<dyn Retained>) {
         let _ = self.log.set(log);
     }
 
@@ -564,22 +603,20 @@ impl Deployer {
             reason,
         };
         let log = self.log.get().cloned();
-        let complete = log
-            .as_ref()
-            .is_some_and(|l| l.starts().iter().all(|s| *s == 0));
+        let complete = log.as_ref().is_some_and(|l| l.complete());
         let method = match (method, &log) {
             (ShadowMethod::Auto, _) if complete => ShadowMethod::Rebuild,
             (ShadowMethod::Auto, _) => ShadowMethod::Migrate,
             (ShadowMethod::Rebuild, None) => {
                 return Err(reject(
-                    "a rebuild reads the embedded log, which this runtime does not follow (Kafka rebuilds are not built yet); use migrate".into(),
+                    "this runtime follows no retained log to rebuild from; use migrate".into(),
                 ))
             }
-            (ShadowMethod::Rebuild, Some(l)) if !complete => {
-                return Err(reject(format!(
-                    "the log no longer reaches back to the beginning (it starts at {:?}); use migrate",
-                    l.starts()
-                )))
+            (ShadowMethod::Rebuild, Some(_)) if !complete => {
+                return Err(reject(
+                    "the log no longer reaches back to the beginning (retention); use migrate"
+                        .into(),
+                ))
             }
             (m, _) => m,
         };
@@ -629,7 +666,9 @@ impl Deployer {
             .name(format!("shadow-{name}"))
             .spawn(move || {
                 let built = match (method, log) {
-                    (ShadowMethod::Rebuild, Some(log)) => me.rebuild(&name_owned, &build, &log),
+                    (ShadowMethod::Rebuild, Some(log)) => {
+                        me.rebuild(&name_owned, &build, log.as_ref())
+                    }
                     _ => me.migrate(&name_owned, &build),
                 };
                 if let Err(e) = built {
@@ -647,26 +686,36 @@ impl Deployer {
 
     /// Rebuild a generation from the start of the log until it is within
     /// a batch of the live path, then join it.
-    fn rebuild(&self, name: &str, build: &ShadowBuild, log: &EmbeddedLog) -> Result<()> {
+    fn rebuild(&self, name: &str, build: &ShadowBuild, log: &dyn Retained) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         const BATCH: usize = 4096;
-        let source = crate::pipeline::LOG_SOURCE;
         let g = &build.generation;
+        let parts = log.partitions();
+        let read = |source: &str, p: u32, from: u64| {
+            log.read(source, p, from, BATCH)
+                .map_err(|e| crate::engine::Error::Guest {
+                    plugin: name.into(),
+                    message: format!("reading {source}/{p} from {from}: {e:#}"),
+                })
+        };
         loop {
             let mut behind = 0u64;
-            for p in 0..log.partitions() {
-                let from = self.engine.generation_offset(g, source, p)?;
-                let to = self.engine.applied(name, source, p)?;
+            for (source, p) in &parts {
+                let from = self.engine.generation_offset(g, source, *p)?;
+                let to = self.engine.applied(name, source, *p)?;
                 if from >= to {
                     continue;
                 }
-                let mut batch = log.read(p, from, BATCH).map_err(|e| Error::Corrupt {
-                    name: name.into(),
-                    reason: e.to_string(),
-                })?;
+                let mut batch = read(source, *p, from)?;
                 batch.retain(|r| r.offset < to);
                 let n = batch.len() as u64;
-                self.engine.build(g, source, p, &batch)?;
+                if n == 0 {
+                    return Err(Error::Corrupt {
+                        name: name.into(),
+                        reason: format!("{source}/{p}: no records between {from} and {to}"),
+                    });
+                }
+                self.engine.build(g, source, *p, &batch)?;
                 build.done.fetch_add(n, Relaxed);
                 behind += to - from - n.min(to - from);
             }
@@ -677,17 +726,12 @@ impl Deployer {
                 break;
             }
         }
-        self.engine.follow(g, source, log.partitions(), |p, from| {
+        self.engine.follow(g, &parts, |source, p, from| {
             let to = self.engine.applied(name, source, p)?;
             let mut out = Vec::new();
             let mut at = from;
             while at < to {
-                let batch = log
-                    .read(p, at, BATCH)
-                    .map_err(|e| crate::engine::Error::Guest {
-                        plugin: name.into(),
-                        message: e.to_string(),
-                    })?;
+                let batch = read(source, p, at)?;
                 let Some(last) = batch.last().map(|r| r.offset) else {
                     break;
                 };

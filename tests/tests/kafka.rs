@@ -622,3 +622,79 @@ fn records_left_in_the_spool_are_sent_after_a_restart() {
     // Nothing was consumed twice after the restart.
     assert!(routed("spool-2").is_empty());
 }
+
+#[test]
+fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
+    use projector::registry::ShadowMethod;
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cluster("shadowed", 2);
+    let bootstrap = c.bootstrap_servers();
+    produce(
+        &bootstrap,
+        "shadowed",
+        2,
+        &counted_events("h", 0, 4_000, 50),
+    );
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        &format!(
+            "[engine]\ncommit_interval_ms = 100\n[source.kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
+             group_id = \"views\"\ntopics = [\"shadowed\"]\n"
+        ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = app.start_kafka(Some("off"), stop.clone()).expect("start");
+    wait_caught_up(
+        &app.engine,
+        "shadowed",
+        &ends(&bootstrap, "shadowed", 2),
+        Duration::from_secs(60),
+    );
+    produce(
+        &bootstrap,
+        "shadowed",
+        2,
+        &counted_events("h", 4_000, 1_000, 50),
+    );
+
+    let v2 = std::fs::read(projector_tests::plugin_wasm("hostile-v2")).expect("v2");
+    app.deployer
+        .deploy_shadow("hostile", &v2, "test", ShadowMethod::Auto)
+        .expect("shadow");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let s = app.deployer.shadow("hostile").expect("status");
+        assert!(!s.phase.starts_with("failed"), "{s:?}");
+        if s.phase == "following" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never built: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.method, ShadowMethod::Rebuild, "{status:?}");
+    assert!(status.done >= 4_000, "{status:?}");
+    wait_caught_up(
+        &app.engine,
+        "shadowed",
+        &ends(&bootstrap, "shadowed", 2),
+        Duration::from_secs(60),
+    );
+    let c = app.deployer.compare("hostile", 50).expect("compare");
+    assert_eq!((c.compared, c.mismatched), (50, 50), "{c:?}");
+    app.deployer.promote("hostile").expect("promote");
+    let v = app
+        .engine
+        .read("hostile", "k1", 0)
+        .expect("read")
+        .and_then(|v| v.json())
+        .expect("view");
+    assert_eq!(
+        (v["count"].as_u64(), v["version"].as_str()),
+        (Some(100), Some("2")),
+        "{v}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    running.wait().expect("stop");
+}

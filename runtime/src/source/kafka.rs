@@ -520,6 +520,7 @@ pub struct KafkaTotals {
 /// A Kafka source at work: the consumer, the worker that feeds the
 /// engine, and the spool's producer, each on its thread.
 pub struct KafkaRun {
+    config: KafkaConfig,
     stop: Arc<AtomicBool>,
     pub stats: Arc<KafkaStats>,
     consumer: Option<std::thread::JoinHandle<anyhow::Result<KafkaTotals>>>,
@@ -561,6 +562,7 @@ impl KafkaRun {
                 .name("projector-spool".into())
                 .spawn(move || run_spool(&store, &config, &stats, &stop))?
         };
+        let shared_config = config.clone();
         let retry_topics: HashSet<String> = config
             .topics
             .iter()
@@ -581,6 +583,7 @@ impl KafkaRun {
                 .spawn(move || consume(shared, batch_size, commit_interval, &stop))?
         };
         Ok(KafkaRun {
+            config: shared_config,
             stop,
             stats,
             consumer: Some(consumer),
@@ -1186,4 +1189,105 @@ pub fn run_spool(
     // Anything librdkafka still holds is dropped: the spool has it.
     producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     Ok(())
+}
+
+/// The source topics read from their earliest records, for shadow
+/// rebuilds: the partitions this instance owns, read with a consumer of
+/// its own (no group).
+pub struct KafkaRetained {
+    stats: Arc<KafkaStats>,
+    consumer: Mutex<BaseConsumer>,
+}
+
+impl KafkaRun {
+    /// A reader of the retained source topics (see [`KafkaRetained`]).
+    pub fn retained(&self) -> anyhow::Result<KafkaRetained> {
+        Ok(KafkaRetained {
+            stats: self.stats.clone(),
+            consumer: Mutex::new({
+                // Assigned by hand, never joined: the group id is required
+                // by librdkafka only.
+                let group = format!("{}.shadow", self.config.group_id);
+                self.config
+                    .client(&[("group.id", &group), ("enable.auto.commit", "false")])
+                    .create()?
+            }),
+        })
+    }
+}
+
+impl KafkaRetained {
+    fn owned(&self) -> Vec<(String, i32)> {
+        self.stats
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|(t, _)| self.stats.topics.contains(t))
+            .cloned()
+            .collect()
+    }
+}
+
+impl crate::registry::Retained for KafkaRetained {
+    fn partitions(&self) -> Vec<(String, u32)> {
+        self.owned()
+            .into_iter()
+            .map(|(t, p)| (source_id(&t), p as u32))
+            .collect()
+    }
+
+    fn complete(&self) -> bool {
+        let consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        self.owned().iter().all(|(t, p)| {
+            consumer
+                .fetch_watermarks(t, *p, Duration::from_secs(10))
+                .is_ok_and(|(low, _)| low == 0)
+        })
+    }
+
+    fn read(
+        &self,
+        source: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> anyhow::Result<Vec<Record>> {
+        let topic = source
+            .strip_prefix("kafka:")
+            .ok_or_else(|| anyhow::anyhow!("{source} is not a Kafka source"))?;
+        let consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, high) =
+            consumer.fetch_watermarks(topic, partition as i32, Duration::from_secs(10))?;
+        let mut out = Vec::new();
+        if from as i64 >= high {
+            return Ok(out);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from as i64))?;
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < max && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if m.offset() < from as i64 {
+                        continue;
+                    }
+                    out.push(Record {
+                        partition,
+                        offset: m.offset() as u64,
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    });
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+        let _ = consumer.unassign();
+        Ok(out)
+    }
 }
