@@ -71,6 +71,11 @@ pub struct Entry {
     /// plugin's name (a promoted shadow generation).
     #[serde(default)]
     pub ns: Option<String>,
+    /// The version whose generation is kept beside the active one: a
+    /// shadow being built or followed, or the old one after a promotion
+    /// (until retired).
+    #[serde(default)]
+    pub shadow: Option<String>,
 }
 
 fn entry_setting(name: &str) -> String {
@@ -146,6 +151,13 @@ impl Registry {
             entry.history.push(old);
         }
         entry.active = Some(id.into());
+        self.put(name, &entry)
+    }
+
+    /// Set the version kept beside the active one.
+    fn set_shadow(&self, name: &str, id: Option<&str>) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        entry.shadow = id.map(str::to_string);
         self.put(name, &entry)
     }
 
@@ -646,6 +658,7 @@ impl Deployer {
         let code = self.load(name, bytes)?;
         self.registry.add(name, bytes, from)?;
         let generation = self.engine.new_generation(code, self.population(name))?;
+        self.registry.set_shadow(name, Some(&id))?;
         let build = Arc::new(ShadowBuild {
             id: id.clone(),
             method,
@@ -935,9 +948,11 @@ impl Deployer {
     pub fn promote(&self, name: &str) -> Result<ShadowStatus> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let b = self.shadow_build(name)?;
+        let old = self.engine.projection(name)?.code().id().to_string();
         self.engine.switch(&b.generation)?;
         self.registry.activate(name, &b.id, false)?;
         self.registry.set_ns(name, b.generation.ns())?;
+        self.registry.set_shadow(name, Some(&old))?;
         tracing::info!(plugin = name, id = &b.id[..12], "promoted");
         drop(_one);
         Ok(self.shadow(name).expect("a shadow build"))
@@ -954,6 +969,7 @@ impl Deployer {
         self.engine.switch(&old)?;
         self.registry.activate(name, old.code().id(), true)?;
         self.registry.set_ns(name, old.ns())?;
+        self.registry.set_shadow(name, Some(&b.id))?;
         tracing::info!(plugin = name, "promotion rolled back");
         Ok(Deployed {
             plugin: name.into(),
@@ -984,6 +1000,7 @@ impl Deployer {
             });
         }
         self.engine.retire(&victim)?;
+        self.registry.set_shadow(name, None)?;
         if victim.ns() == b.generation.ns() {
             self.shadows
                 .lock()

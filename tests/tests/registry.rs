@@ -492,9 +492,24 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
         "{paths:?}"
     );
 
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let shadow_of = |app: &projector::app::App| {
+        app.deployer
+            .registry
+            .entry("hostile")
+            .expect("entry")
+            .expect("some")
+            .shadow
+    };
+    assert_eq!(shadow_of(&app).as_deref(), Some(v2.as_str()));
     // Promote, roll back, promote: each generation holds every event once.
     let per_key = total / 500;
     app.deployer.promote("hostile").expect("promote");
+    assert_eq!(
+        shadow_of(&app).as_deref(),
+        Some(v1.as_str()),
+        "the old one is kept beside"
+    );
     assert_eq!(count(&app, "k1"), (per_key, "2".to_string()));
     app.deployer.rollback("hostile").expect("rollback");
     assert_eq!(count(&app, "k1"), (per_key, "1".to_string()));
@@ -509,6 +524,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     assert_eq!(count(&app, "k1"), (per_key + 1, "2".to_string()));
     let retired = app.deployer.retire("hostile").expect("retire");
     assert_eq!(retired, "hostile");
+    assert_eq!(shadow_of(&app), None);
     assert_eq!(
         app.engine.store().views("hostile").count(),
         0,
