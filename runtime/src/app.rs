@@ -126,15 +126,7 @@ impl App {
                     }
                 })
             })?;
-        let watcher = self.watch_plugins()?;
-        // Ready once the pipeline runs, before the caller announces the API.
-        state.set_ready(true);
-        Ok(Running {
-            state,
-            serving,
-            pipeline,
-            watcher,
-        })
+        self.running(state, serving, pipeline)
     }
 
     /// Consume `[source.kafka]` into the engine until `stop` is set, and
@@ -185,8 +177,18 @@ impl App {
                 totals.counters.applied = t.applied;
                 Ok(totals)
             })?;
+        self.running(state, serving, pipeline)
+    }
+
+    /// A started pipeline with its API and the plugins directory's watcher,
+    /// ready (before the caller announces the API).
+    fn running(
+        &self,
+        state: Arc<ServeState>,
+        serving: Option<Serving>,
+        pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
+    ) -> anyhow::Result<Running> {
         let watcher = self.watch_plugins()?;
-        // Ready once the pipeline runs, before the caller announces the API.
         state.set_ready(true);
         Ok(Running {
             state,

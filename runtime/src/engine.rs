@@ -1028,19 +1028,7 @@ impl Engine {
     /// The view of `key` in `plugin`, rendered at `now_ms` when Valid.
     pub fn read(&self, plugin: &str, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
         let p = self.projection(plugin)?;
-        let Some(record) = p.view(&self.store, key)? else {
-            return Ok(None);
-        };
-        let body = match (&record.view.status, &record.view.state) {
-            (Status::Valid, Some(state)) => Some(p.render(key, state, now_ms)?),
-            _ => None,
-        };
-        Ok(Some(ReadView {
-            status: record.view.status,
-            versions: record.view.versions,
-            updated_ms: record.updated_ms,
-            body,
-        }))
+        self.read_in(&p, key, now_ms)
     }
 
     /// Store a view of `key` built by the plugin from the source of

@@ -1029,11 +1029,6 @@ impl Deployer {
         }
         Ok(out)
     }
-
-    /// The recent log lines of the running version of `name`.
-    pub fn logs(&self, name: &str) -> Result<Vec<String>> {
-        Ok(self.engine.projection(name)?.code().logs().recent())
-    }
 }
 
 /// How long a file must stay unchanged before it is deployed: a copy in
