@@ -186,37 +186,19 @@ pub fn fold_key<T: Versioned, E>(
     let mut next = 0;
     let mut one_at_a_time = false;
     'outer: while next < events.len() {
-        // Plan a run from `next` on against provisional versions.
-        let mut provisional = view.clone();
-        let mut run = Vec::new();
-        let mut invalidate_at = None;
-        let mut j = next;
-        while j < events.len() {
-            let e = &events[j];
-            match decide(
-                provisional.as_ref(),
-                population,
-                policy,
-                e.source(),
-                e.version(),
-            ) {
-                Decision::Apply => {
-                    let p = provisional.get_or_insert_with(empty_view);
-                    p.versions.set(e.source(), e.version());
-                    run.push(j);
-                    if one_at_a_time {
-                        j += 1;
-                        break;
-                    }
-                }
-                Decision::Invalidate => {
-                    invalidate_at = Some(j);
-                    break;
-                }
-                skip => verdicts[j] = Some(Verdict::Skipped(skip)),
-            }
-            j += 1;
-        }
+        let Plan {
+            run,
+            invalidate_at,
+            end: j,
+        } = plan(
+            view.as_ref(),
+            population,
+            policy,
+            events,
+            next,
+            one_at_a_time,
+            |j, skip| verdicts[j] = Some(Verdict::Skipped(skip)),
+        );
         if !run.is_empty() {
             let state = view.as_ref().and_then(|v| v.state.as_deref());
             let result = match apply(state, &run) {
@@ -290,6 +272,82 @@ pub fn fold_key<T: Versioned, E>(
     (view, verdicts)
 }
 
+/// The next run of a key's events to apply together, from `next` on.
+struct Plan {
+    /// Events decided `Apply` against versions advanced provisionally.
+    run: Vec<usize>,
+    /// The event that invalidates the view, where planning stopped.
+    invalidate_at: Option<usize>,
+    /// Where planning stopped.
+    end: usize,
+}
+
+fn plan<T: Versioned>(
+    view: Option<&View>,
+    population: Population,
+    policy: StalePolicy,
+    events: &[T],
+    next: usize,
+    one_at_a_time: bool,
+    mut skipped: impl FnMut(usize, Decision),
+) -> Plan {
+    // Versions only: the plan never needs the state.
+    let mut provisional = view.map(|v| View {
+        status: v.status,
+        versions: v.versions.clone(),
+        floor: v.floor.clone(),
+        state: None,
+    });
+    let mut run = Vec::new();
+    let mut j = next;
+    while j < events.len() {
+        let e = &events[j];
+        match decide(
+            provisional.as_ref(),
+            population,
+            policy,
+            e.source(),
+            e.version(),
+        ) {
+            Decision::Apply => {
+                let p = provisional.get_or_insert_with(empty_view);
+                p.versions.set(e.source(), e.version());
+                run.push(j);
+                if one_at_a_time {
+                    j += 1;
+                    break;
+                }
+            }
+            Decision::Invalidate => {
+                return Plan {
+                    run,
+                    invalidate_at: Some(j),
+                    end: j,
+                }
+            }
+            skip => skipped(j, skip),
+        }
+        j += 1;
+    }
+    Plan {
+        run,
+        invalidate_at: None,
+        end: j,
+    }
+}
+
+/// The events of the first `apply` call [`fold_key`] makes for `events`
+/// against `view` (empty: it makes none). A host may make that call ahead,
+/// for many keys at once, and hand each answer back to `fold_key`.
+pub fn first_run<T: Versioned>(
+    view: Option<&View>,
+    population: Population,
+    policy: StalePolicy,
+    events: &[T],
+) -> Vec<usize> {
+    plan(view, population, policy, events, 0, false, |_, _| {}).run
+}
+
 fn empty_view() -> View {
     View {
         status: Status::Valid,
@@ -319,6 +377,43 @@ mod tests {
             applied: run.len() as u32,
             error: None,
         })
+    }
+
+    /// `first_run` names exactly the events of `fold_key`'s first call, so
+    /// a host that makes that call ahead changes nothing.
+    #[test]
+    fn first_run_is_the_first_call() {
+        let snapshot = View::from_snapshot(vec![1], Versions(vec![("a".into(), 4)]));
+        let invalid = View {
+            status: Status::Invalid,
+            ..snapshot.clone()
+        };
+        let streams: [&[Ev]; 5] = [
+            &[Ev("a", 1), Ev("a", 1), Ev("b", 7), Ev("a", 3), Ev("a", 2)],
+            &[Ev("a", 5), Ev("a", 4), Ev("a", 6)],
+            &[Ev("a", 2), Ev("a", 3), Ev("b", 1)],
+            &[Ev("a", 9), Ev("a", 9), Ev("a", 8), Ev("a", 10)],
+            &[],
+        ];
+        for view in [None, Some(&snapshot), Some(&invalid)] {
+            for population in [Population::Eager, Population::Lazy] {
+                for policy in [StalePolicy::Invalidate, StalePolicy::Ignore] {
+                    for events in streams {
+                        let planned = first_run(view, population, policy, events);
+                        let mut calls: Vec<Vec<usize>> = Vec::new();
+                        fold_key(view.cloned(), population, policy, events, |s, run| {
+                            calls.push(run.to_vec());
+                            put_all(s, run)
+                        });
+                        assert_eq!(
+                            planned,
+                            calls.first().cloned().unwrap_or_default(),
+                            "{view:?} {population:?} {policy:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

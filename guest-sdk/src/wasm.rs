@@ -64,6 +64,28 @@ fn from_wit_event(e: wit::Event) -> crate::Event {
     }
 }
 
+/// A result that applied nothing, failing with `error`.
+fn unconfigured(error: wit::PluginError) -> wit::ApplyResult {
+    wit::ApplyResult {
+        outcome: wit::Outcome::Skip,
+        applied: 0,
+        error: Some(error),
+    }
+}
+
+fn to_wit_result(r: crate::ApplyResult) -> wit::ApplyResult {
+    wit::ApplyResult {
+        outcome: match r.outcome {
+            Outcome::Put(s) => wit::Outcome::Put(s),
+            Outcome::Delete => wit::Outcome::Delete,
+            Outcome::Invalidate => wit::Outcome::Invalidate,
+            Outcome::Skip => wit::Outcome::Skip,
+        },
+        applied: r.applied,
+        error: r.error.map(to_wit_error),
+    }
+}
+
 fn parse_json(what: &str, text: &str) -> Result<Json, wit::PluginError> {
     serde_json::from_str(text).map_err(|e| to_wit_error(Error::bad_input(format!("{what}: {e}"))))
 }
@@ -105,26 +127,40 @@ impl<P: Projection> projection::Guest for Adapter<P> {
     fn apply(key: String, state: Option<Vec<u8>>, events: Vec<wit::Event>) -> wit::ApplyResult {
         let plugin = match Self::plugin() {
             Ok(p) => p,
-            Err(e) => {
-                return wit::ApplyResult {
-                    outcome: wit::Outcome::Skip,
-                    applied: 0,
-                    error: Some(e),
-                }
-            }
+            Err(e) => return unconfigured(e),
         };
         let events: Vec<crate::Event> = events.into_iter().map(from_wit_event).collect();
-        let r = apply_run(plugin, &key, state.as_deref(), &events);
-        wit::ApplyResult {
-            outcome: match r.outcome {
-                Outcome::Put(s) => wit::Outcome::Put(s),
-                Outcome::Delete => wit::Outcome::Delete,
-                Outcome::Invalidate => wit::Outcome::Invalidate,
-                Outcome::Skip => wit::Outcome::Skip,
-            },
-            applied: r.applied,
-            error: r.error.map(to_wit_error),
-        }
+        to_wit_result(apply_run(plugin, &key, state.as_deref(), &events))
+    }
+
+    fn apply_batch(events: Vec<wit::Event>, runs: Vec<wit::KeyRun>) -> Vec<wit::ApplyResult> {
+        let plugin = match Self::plugin() {
+            Ok(p) => p,
+            Err(e) => return runs.iter().map(|_| unconfigured(e.clone())).collect(),
+        };
+        let events: Vec<crate::Event> = events.into_iter().map(from_wit_event).collect();
+        runs.into_iter()
+            .map(|run| {
+                let mine: Result<Vec<&crate::Event>, _> = run
+                    .events
+                    .iter()
+                    .map(|&i| {
+                        events.get(i as usize).ok_or_else(|| {
+                            Error::internal(format!(
+                                "event index {i} is past the batch of {}",
+                                events.len()
+                            ))
+                        })
+                    })
+                    .collect();
+                match mine {
+                    Ok(mine) => {
+                        to_wit_result(apply_run(plugin, &run.key, run.state.as_deref(), &mine))
+                    }
+                    Err(e) => unconfigured(to_wit_error(e)),
+                }
+            })
+            .collect()
     }
 
     fn render(key: String, state: Vec<u8>, now_ms: i64) -> Result<String, wit::PluginError> {

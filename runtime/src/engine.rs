@@ -24,8 +24,9 @@ use crate::store::{
 };
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -44,6 +45,8 @@ pub enum Error {
     Plugin(#[from] plugin::Error),
     #[error("plugin {plugin}: {message}")]
     Guest { plugin: String, message: String },
+    #[error("a store commit failed, so nothing more is committed until a restart: {0}")]
+    CommitFailed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,9 +71,9 @@ pub struct Projection {
     /// Views as the engine last wrote them, ahead of the store until the
     /// next commit (`None`: known absent). Cleared once committed when it
     /// grows past the cache bound.
-    views: Arc<RwLock<HashMap<String, Option<ViewRecord>>>>,
+    views: Arc<RwLock<FxHashMap<String, Option<ViewRecord>>>>,
     /// Keys changed since the last commit.
-    dirty: Arc<Mutex<HashSet<String>>>,
+    dirty: Arc<Mutex<FxHashSet<String>>>,
     /// Rendered answers, when the plugin's render ignores the read time.
     rendered: RwLock<RenderCache>,
     /// Events queued for a delayed retry since start.
@@ -87,7 +90,7 @@ pub struct Projection {
 /// view change (or a render racing one) can never serve a stale answer.
 #[derive(Default)]
 struct RenderCache {
-    entries: HashMap<String, (Vec<u8>, Arc<RawValue>)>,
+    entries: FxHashMap<String, (Vec<u8>, Arc<RawValue>)>,
     bytes: usize,
 }
 
@@ -322,6 +325,10 @@ struct Pending {
     since: Option<Instant>,
     /// The current audit run per (namespace, source, partition).
     audit: HashMap<(String, String, u32), AuditRun>,
+    /// Set once a commit failed: what was applied since the last good one
+    /// is not durable, so nothing may be committed after it (a restart
+    /// redoes it from the stored offsets).
+    failed: Option<String>,
 }
 
 impl Pending {
@@ -456,6 +463,9 @@ impl Engine {
     }
 
     fn commit_locked(&self, pending: &mut Pending) -> Result<()> {
+        if let Some(reason) = &pending.failed {
+            return Err(Error::CommitFailed(reason.clone()));
+        }
         let Some(mut writer) = pending.writer.take() else {
             return Ok(());
         };
@@ -476,13 +486,31 @@ impl Engine {
                 }
             }
         }
-        self.store.commit(writer)?;
+        if let Err(e) = self.store.commit(writer) {
+            pending.failed = Some(e.to_string());
+            return Err(e.into());
+        }
         pending.since = None;
         for p in &projections {
             let mut views = p.views.write().unwrap_or_else(|e| e.into_inner());
             if views.len() > VIEW_CACHE_ENTRIES {
                 views.clear();
             }
+        }
+        Ok(())
+    }
+
+    /// Commit when the interval has passed since the first change (at
+    /// once with a zero interval).
+    ///
+    /// The commit runs on the processing thread: sled 0.34 holds a global
+    /// lock for a whole batch that every read takes too, so a commit
+    /// running behind stalls the reads of the batches it should overlap
+    /// (measured slower with `./scripts/bench.sh inbox`).
+    fn commit_due(&self, pending: &mut Pending) -> Result<()> {
+        let since = *pending.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.commit_interval {
+            self.commit_locked(pending)?;
         }
         Ok(())
     }
@@ -583,8 +611,8 @@ impl Engine {
             ns,
             population,
             counters: Mutex::new(counters),
-            views: Arc::new(RwLock::new(HashMap::new())),
-            dirty: Arc::new(Mutex::new(HashSet::new())),
+            views: Arc::default(),
+            dirty: Arc::default(),
             rendered: RwLock::new(RenderCache::default()),
             retried: AtomicU64::new(0),
             shadow: AtomicBool::new(false),
@@ -690,6 +718,9 @@ impl Engine {
         let next = last.offset + 1;
         let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let pending = &mut *pending;
+        if let Some(reason) = &pending.failed {
+            return Err(Error::CommitFailed(reason.clone()));
+        }
         let decoded: Vec<Result<Event, DecodeError>> = records
             .iter()
             .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
@@ -744,10 +775,7 @@ impl Engine {
             }
         }
         pending.writer = Some(writer);
-        let since = *pending.since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= self.commit_interval {
-            self.commit_locked(pending)?;
-        }
+        self.commit_due(pending)?;
         {
             let mut applied = self.applied.write().unwrap_or_else(|e| e.into_inner());
             for p in self.all() {
@@ -833,8 +861,8 @@ impl Engine {
             counters: Mutex::new(self.store.counters(&ns)?),
             ns,
             population,
-            views: Arc::new(RwLock::new(HashMap::new())),
-            dirty: Arc::new(Mutex::new(HashSet::new())),
+            views: Arc::default(),
+            dirty: Arc::default(),
             rendered: RwLock::new(RenderCache::default()),
             retried: AtomicU64::new(0),
             shadow: AtomicBool::new(true),
@@ -879,10 +907,7 @@ impl Engine {
         };
         let delta = self.apply_batch(pending, &mut writer, p, &batch);
         pending.writer = Some(writer);
-        let since = *pending.since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= self.commit_interval {
-            self.commit_locked(pending)?;
-        }
+        self.commit_due(pending)?;
         delta
     }
 
@@ -1279,7 +1304,7 @@ impl<'a> BatchCtx<'a> {
 
         // Group by key, keeping each key's events in offset order.
         let mut order: Vec<String> = Vec::new();
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut groups: FxHashMap<String, Vec<usize>> = FxHashMap::default();
         for (i, keys) in routed.into_iter().enumerate() {
             match keys {
                 Ok(keys) => {
@@ -1427,28 +1452,78 @@ impl<'a> BatchCtx<'a> {
         out
     }
 
+    /// Fold the events of `keys`: the first `apply` of every key goes to
+    /// the plugin in one call for them all; the rest (a key's later runs,
+    /// or everything when that call failed as a whole) key by key.
     fn fold_keys<'e>(
         &self,
         session: &mut dyn Session,
         keys: &[String],
-        groups: &HashMap<String, Vec<usize>>,
+        groups: &FxHashMap<String, Vec<usize>>,
         events: &[(u64, &'e Event)],
     ) -> Result<Vec<KeyResult<'e>>> {
+        let p = self.projection;
+        let policy = p.code.info().stale_policy;
+        let befores: Vec<Option<ViewRecord>> = keys
+            .iter()
+            .map(|k| p.view(self.store, k))
+            .collect::<Result<_>>()?;
+        let mut runs = Vec::new();
+        let mut run_of = vec![None; keys.len()];
+        for (n, (key, before)) in keys.iter().zip(&befores).enumerate() {
+            let indexes = &groups[key];
+            let mine: Vec<&Event> = indexes.iter().map(|&i| events[i].1).collect();
+            let first = rules::first_run(
+                before.as_ref().map(|r| &r.view),
+                p.population,
+                policy,
+                &mine,
+            );
+            if !first.is_empty() {
+                run_of[n] = Some(runs.len());
+                runs.push(plugin::KeyRun {
+                    key,
+                    state: before.as_ref().and_then(|r| r.view.state.as_deref()),
+                    events: first.iter().map(|&j| indexes[j] as u32).collect(),
+                });
+            }
+        }
+        let mut answers: Vec<Option<ApplyResult>> = if runs.is_empty() {
+            Vec::new()
+        } else {
+            let all: Vec<&Event> = events.iter().map(|(_, e)| *e).collect();
+            match session.apply_batch(&all, &runs) {
+                Ok(answers) => answers.into_iter().map(Some).collect(),
+                Err(e) => {
+                    tracing::debug!(plugin = p.name(), "{e}; applying key by key");
+                    runs.iter().map(|_| None).collect()
+                }
+            }
+        };
+        drop(runs);
         keys.iter()
-            .map(|k| self.fold(session, k, &groups[k], events))
+            .zip(befores)
+            .zip(run_of)
+            .map(|((k, before), run)| {
+                let first = run.and_then(|r| answers[r].take());
+                self.fold(session, k, &groups[k], events, before, first)
+            })
             .collect()
     }
 
+    /// Fold one key's events; `first` is the answer to its first `apply`
+    /// when it was made ahead.
     fn fold<'e>(
         &self,
         session: &mut dyn Session,
         key: &str,
         indexes: &[usize],
         events: &[(u64, &'e Event)],
+        before: Option<ViewRecord>,
+        mut first: Option<ApplyResult>,
     ) -> Result<KeyResult<'e>> {
         let p = self.projection;
         let code = &p.code;
-        let before = p.view(self.store, key)?;
         let existed = before.is_some();
         let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
         let mine: Vec<&Event> = indexes.iter().map(|&i| events[i].1).collect();
@@ -1459,7 +1534,10 @@ impl<'a> BatchCtx<'a> {
             &mine,
             |state, run| -> Result<ApplyResult, plugin::Error> {
                 let batch: Vec<&Event> = run.iter().map(|&i| mine[i]).collect();
-                let mut r = session.apply(key, state, &batch)?;
+                let mut r = match first.take() {
+                    Some(r) => r,
+                    None => session.apply(key, state, &batch)?,
+                };
                 // Blocking retries: a transient failure of the run's first
                 // event is tried again at once, a few times, before it
                 // goes to the delayed retries.

@@ -39,7 +39,12 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
         store,
         Format::Auto,
         1,
-        std::time::Duration::from_millis(1000),
+        std::time::Duration::from_millis(
+            std::env::var("BENCH_COMMIT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000),
+        ),
     );
     engine.add(code, Some(Population::Eager))?;
     let totals = run_log(&engine, &log, 4096, &AtomicBool::new(false), true, |_| {})?;
@@ -81,9 +86,11 @@ fn main() -> anyhow::Result<()> {
         Arc::new(host.load("inbox-unread", &bytes, Limits::default(), &settings)?);
 
     println!("inbox projection, {n} events, embedded log → plugin → sled, 1 worker");
-    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "wasm") {
-        run("wasm", wasm, &events)?;
-        return Ok(());
+    // `BENCH_ONLY=wasm|native` runs one side alone (for profiling).
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("wasm") => return run("wasm", wasm, &events).map(drop),
+        Ok("native") => return run("native", native, &events).map(drop),
+        _ => {}
     }
     let native = run("native", native, &events)?;
     let wasm = run("wasm", wasm, &events)?;

@@ -140,6 +140,20 @@ pub trait Session {
         state: Option<&[u8]>,
         events: &[&Event],
     ) -> Result<ApplyResult, Error>;
+    /// `apply` for many keys of a batch at once: one result per run, each
+    /// what `apply` gives for that key, state and events.
+    fn apply_batch(
+        &mut self,
+        events: &[&Event],
+        runs: &[KeyRun],
+    ) -> Result<Vec<ApplyResult>, Error> {
+        runs.iter()
+            .map(|r| {
+                let mine: Vec<&Event> = r.events.iter().map(|&i| events[i as usize]).collect();
+                self.apply(r.key, r.state, &mine)
+            })
+            .collect()
+    }
     fn render(
         &mut self,
         key: &str,
@@ -164,6 +178,14 @@ pub trait Session {
         projection: &str,
         source: &str,
     ) -> Result<Vec<Difference>, Error>;
+}
+
+/// One key's share of a batch for [`Session::apply_batch`].
+pub struct KeyRun<'a> {
+    pub key: &'a str,
+    pub state: Option<&'a [u8]>,
+    /// Indexes into the batch's events, in order.
+    pub events: Vec<u32>,
 }
 
 /// A bounded ring of a plugin's recent log lines.

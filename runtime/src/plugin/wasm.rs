@@ -11,7 +11,7 @@
 //! directories, environment, network, or clock (it reads a frozen epoch);
 //! stdout and stderr land in the plugin's log.
 
-use super::{Code, Error, GuestError, Limits, Meta, PluginLogs, Session};
+use super::{Code, Error, GuestError, KeyRun, Limits, Meta, PluginLogs, Session};
 use projector_guest::{
     ApplyResult, Difference, ErrorKind, Event, Info, Outcome, Population, StalePolicy,
 };
@@ -34,6 +34,8 @@ use bindings::projector::plugin::{enrichment, host, types as wit};
 
 /// One epoch tick: the resolution of every deadline.
 const TICK: Duration = Duration::from_millis(1);
+/// An `apply-batch` call's deadline is at most this many events' worth.
+const MAX_BATCH_DEADLINE_EVENTS: usize = 64;
 /// What a guest may write to stdout and stderr per session.
 const STDIO_CAPACITY: usize = 64 << 10;
 
@@ -571,6 +573,19 @@ fn to_wit(e: &Event) -> wit::Event {
     }
 }
 
+fn from_wit_result(r: wit::ApplyResult) -> ApplyResult {
+    ApplyResult {
+        outcome: match r.outcome {
+            wit::Outcome::Put(s) => Outcome::Put(s),
+            wit::Outcome::Delete => Outcome::Delete,
+            wit::Outcome::Invalidate => Outcome::Invalidate,
+            wit::Outcome::Skip => Outcome::Skip,
+        },
+        applied: r.applied,
+        error: r.error.map(from_wit_error),
+    }
+}
+
 fn from_wit_error(e: wit::PluginError) -> GuestError {
     GuestError {
         kind: match e.kind {
@@ -612,16 +627,46 @@ impl Session for WasmSession<'_> {
             i.projector_plugin_projection()
                 .call_apply(s, key, state, &list)
         })?;
-        Ok(ApplyResult {
-            outcome: match r.outcome {
-                wit::Outcome::Put(s) => Outcome::Put(s),
-                wit::Outcome::Delete => Outcome::Delete,
-                wit::Outcome::Invalidate => Outcome::Invalidate,
-                wit::Outcome::Skip => Outcome::Skip,
-            },
-            applied: r.applied,
-            error: r.error.map(from_wit_error),
-        })
+        Ok(from_wit_result(r))
+    }
+
+    fn apply_batch(
+        &mut self,
+        events: &[&Event],
+        runs: &[KeyRun],
+    ) -> Result<Vec<ApplyResult>, Error> {
+        let list: Vec<wit::Event> = events.iter().map(|e| to_wit(e)).collect();
+        let wit_runs: Vec<wit::KeyRun> = runs
+            .iter()
+            .map(|r| wit::KeyRun {
+                key: r.key.to_string(),
+                state: r.state.map(<[u8]>::to_vec),
+                events: r.events.clone(),
+            })
+            .collect();
+        // The deadline grows with the work, up to a bound: a guest stuck on
+        // one key must not hold the whole batch for long (the engine then
+        // goes key by key, each under its own deadline).
+        let work = runs
+            .iter()
+            .map(|r| r.events.len())
+            .sum::<usize>()
+            .min(MAX_BATCH_DEADLINE_EVENTS);
+        let out = self.call(work, |s, i| {
+            i.projector_plugin_projection()
+                .call_apply_batch(s, &list, &wit_runs)
+        })?;
+        if out.len() != runs.len() {
+            return Err(Error::BadOutput {
+                plugin: self.plugin.meta.name.clone(),
+                message: format!(
+                    "apply-batch returned {} results for {} runs",
+                    out.len(),
+                    runs.len()
+                ),
+            });
+        }
+        Ok(out.into_iter().map(from_wit_result).collect())
     }
 
     fn render(
