@@ -314,6 +314,17 @@ pub struct Engine {
     progress: tokio::sync::watch::Sender<u64>,
     retry: RetryConfig,
     route: RwLock<Option<Arc<dyn FailureRoute>>>,
+    commits: Mutex<CommitStats>,
+}
+
+/// What store commits have cost since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommitStats {
+    pub commits: u64,
+    /// Views put or removed.
+    pub views: u64,
+    /// Time spent in the store's atomic batch.
+    pub seconds: f64,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -395,6 +406,7 @@ impl Engine {
             progress: tokio::sync::watch::Sender::new(0),
             retry: RetryConfig::default(),
             route: RwLock::new(None),
+            commits: Mutex::default(),
         }
     }
 
@@ -470,6 +482,7 @@ impl Engine {
             return Ok(());
         };
         let projections = self.all();
+        let mut views_written = 0;
         for p in &projections {
             let dirty: Vec<String> = p
                 .dirty
@@ -478,6 +491,7 @@ impl Engine {
                 .drain()
                 .collect();
             let views = p.views.read().unwrap_or_else(|e| e.into_inner());
+            views_written += dirty.len() as u64;
             for key in dirty {
                 match views.get(&key) {
                     Some(Some(record)) => writer.put_view(&p.ns, &key, record),
@@ -486,9 +500,16 @@ impl Engine {
                 }
             }
         }
+        let started = Instant::now();
         if let Err(e) = self.store.commit(writer) {
             pending.failed = Some(e.to_string());
             return Err(e.into());
+        }
+        {
+            let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+            c.commits += 1;
+            c.views += views_written;
+            c.seconds += started.elapsed().as_secs_f64();
         }
         pending.since = None;
         for p in &projections {
@@ -513,6 +534,11 @@ impl Engine {
             self.commit_locked(pending)?;
         }
         Ok(())
+    }
+
+    /// What store commits have cost since start.
+    pub fn commit_stats(&self) -> CommitStats {
+        *self.commits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn store(&self) -> &Store {

@@ -466,6 +466,9 @@ fn health_metrics_and_the_openapi_document_are_served() {
         503
     );
     legacy.set_down(false);
+    // The snapshot stored by the populating compare was committed.
+    assert!(s.metric("projector_commits_total", "") >= 1.0);
+    assert!(s.metric("projector_committed_views_total", "") >= 1.0);
     // Every metric documented in serve/metrics.rs is exposed.
     let doc = std::fs::read_to_string(projector_tests::root().join("runtime/src/serve/metrics.rs"))
         .expect("metrics.rs");

@@ -15,6 +15,9 @@
 //! | `projector_consistency_waits_total` | counter | plugin, result | reads carrying a position token: `reached` or `timeout` |
 //! | `projector_ingested_total` | counter | | events appended through `POST /v1/events` |
 //! | `projector_events_total` | counter | plugin, outcome | event deliveries: `received`, `applied`, `skipped`, `invalidated`, `dead_lettered` |
+//! | `projector_commits_total` | counter | | atomic store commits (views, offsets, counters, dead letters together) |
+//! | `projector_committed_views_total` | counter | | views put or removed by those commits |
+//! | `projector_commit_seconds_total` | counter | | time spent in those commits |
 //! | `projector_lag_records` | gauge | plugin, source, partition | records in the log not yet applied by the plugin |
 //! | `projector_retries_total` | counter | plugin | events queued for a delayed retry after a transient failure |
 //! | `projector_retry_queue` | gauge | | events waiting for their retry |
@@ -302,6 +305,34 @@ impl Collector for EngineCollector {
                     plugin: p.name().into(),
                 };
                 ConstCounter::new(p.retried()).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let c = self.engine.commit_stats();
+            for (name, help, value) in [
+                (
+                    "projector_commits",
+                    "Atomic store commits",
+                    c.commits as f64,
+                ),
+                (
+                    "projector_committed_views",
+                    "Views put or removed by store commits",
+                    c.views as f64,
+                ),
+                (
+                    "projector_commit_seconds",
+                    "Time spent in store commits",
+                    c.seconds,
+                ),
+            ] {
+                let family = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                ConstCounter::new(value).encode(family)?;
             }
         }
         {
