@@ -3,7 +3,10 @@
 //! worker thread. Prints events/s for each and the Wasm ÷ native ratio.
 //!
 //! `BENCH_EVENTS` sets the stream length (default 1 000 000: 10k sites,
-//! 100k users, skewed activity). Run with `./scripts/bench.sh`.
+//! 100k users, skewed activity), `BENCH_ONLY=wasm|native` runs one side,
+//! `BENCH_COMMIT_MS` sets the commit interval (default 1000). Each run
+//! also prints the store commits' share, from the engine's counters. Run
+//! with `./scripts/bench.sh inbox`.
 
 use projector::engine::Engine;
 use projector::envelope::Format;
