@@ -135,6 +135,7 @@ fn modules_that_are_not_plugins_are_rejected_with_a_reason() {
     let empty = wat_module("(component)");
     let e = reject(&empty);
     assert!(e.contains("exports"), "{e}");
+    assert!(e.contains("rebuild it"), "{e}");
 }
 
 fn wat_module(text: &str) -> Vec<u8> {

@@ -136,8 +136,12 @@ impl WasmHost {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_error(format!("link: {e:#}")))?;
-        let pre =
-            bindings::PluginPre::new(pre).map_err(|e| load_error(format!("exports: {e:#}")))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| {
+            load_error(format!(
+                "exports: {e:#} (a plugin built against another copy of the \
+                     projector:plugin WIT: rebuild it with this projector-guest)"
+            ))
+        })?;
         let mut plugin = WasmPlugin {
             meta: Meta {
                 name: name.to_string(),
