@@ -4,7 +4,8 @@
 //!
 //! `BENCH_EVENTS` sets the stream length (default 1 000 000: 10k sites,
 //! 100k users, skewed activity), `BENCH_ONLY=wasm|native` runs one side,
-//! `BENCH_COMMIT_MS` sets the commit interval (default 1000). Each run
+//! `BENCH_COMMIT_MS` sets the commit interval (default 1000),
+//! `BENCH_BATCH` the batch size (default 4096). Each run
 //! also prints the store commits' share, from the engine's counters. Run
 //! with `./scripts/bench.sh inbox`.
 
@@ -50,7 +51,11 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
         ),
     );
     engine.add(code, Some(Population::Eager))?;
-    let totals = run_log(&engine, &log, 4096, &AtomicBool::new(false), true, |_| {})?;
+    let batch = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let totals = run_log(&engine, &log, batch, &AtomicBool::new(false), true, |_| {})?;
     engine.store().flush()?;
     let c = totals.counters;
     let commits = engine.commit_stats();
