@@ -56,7 +56,9 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Guest time per event: a call carrying n events may run n times this.
+    /// Guest time per event: a call carrying n events may run n times this
+    /// (`apply-batch`: at most 64 events' worth and not retried, since past
+    /// it the engine goes on key by key).
     pub epoch_deadline_ms: u64,
     /// Guest time to instantiate a plugin and run its `configure`.
     pub start_deadline_ms: u64,

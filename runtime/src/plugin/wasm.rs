@@ -475,26 +475,33 @@ impl<'a> WasmSession<'a> {
         events: usize,
         mut f: impl FnMut(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
+        self.retrying(|session| session.call_once(events, &mut f))
+    }
+
+    /// [`WasmSession::call`] without retries.
+    fn call_once<R>(
+        &mut self,
+        events: usize,
+        f: &mut impl FnMut(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+    ) -> Result<R, Error> {
         let deadline_ms = self.plugin.meta.limits.epoch_deadline_ms.max(1) * events.max(1) as u64;
-        self.retrying(|session| {
-            if session.live.is_none() {
-                session.start()?;
-            }
-            let Some((store, instance)) = session.live.as_mut() else {
-                unreachable!("start() leaves a live store or fails");
-            };
-            store.set_epoch_deadline(deadline_ms);
-            store.data_mut().calls += 1;
-            store.data_mut().waited_ticks = 0;
-            let e = match f(store, instance) {
-                Ok(r) => return Ok(r),
-                Err(e) => classify(&session.plugin.meta.name, e, store, deadline_ms),
-            };
-            if let Some((mut store, _)) = session.live.take() {
-                drain_stdio(store.data_mut());
-            }
-            Err(e)
-        })
+        if self.live.is_none() {
+            self.start()?;
+        }
+        let Some((store, instance)) = self.live.as_mut() else {
+            unreachable!("start() leaves a live store or fails");
+        };
+        store.set_epoch_deadline(deadline_ms);
+        store.data_mut().calls += 1;
+        store.data_mut().waited_ticks = 0;
+        let e = match f(store, instance) {
+            Ok(r) => return Ok(r),
+            Err(e) => classify(&self.plugin.meta.name, e, store, deadline_ms),
+        };
+        if let Some((mut store, _)) = self.live.take() {
+            drain_stdio(store.data_mut());
+        }
+        Err(e)
     }
 }
 
@@ -656,7 +663,9 @@ impl Session for WasmSession<'_> {
             .map(|r| r.events.len())
             .sum::<usize>()
             .min(MAX_BATCH_DEADLINE_EVENTS);
-        let out = self.call(work, |s, i| {
+        // Not retried when out of time: the engine's key-by-key fallback is
+        // the retry, each call there with its own deadline and retries.
+        let out = self.call_once(work, &mut |s, i| {
             i.projector_plugin_projection()
                 .call_apply_batch(s, &list, &wit_runs)
         })?;
