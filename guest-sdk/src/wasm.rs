@@ -65,7 +65,7 @@ fn from_wit_event(e: wit::Event) -> crate::Event {
 }
 
 /// A result that applied nothing, failing with `error`.
-fn unconfigured(error: wit::PluginError) -> wit::ApplyResult {
+fn failed_result(error: wit::PluginError) -> wit::ApplyResult {
     wit::ApplyResult {
         outcome: wit::Outcome::Skip,
         applied: 0,
@@ -127,7 +127,7 @@ impl<P: Projection> projection::Guest for Adapter<P> {
     fn apply(key: String, state: Option<Vec<u8>>, events: Vec<wit::Event>) -> wit::ApplyResult {
         let plugin = match Self::plugin() {
             Ok(p) => p,
-            Err(e) => return unconfigured(e),
+            Err(e) => return failed_result(e),
         };
         let events: Vec<crate::Event> = events.into_iter().map(from_wit_event).collect();
         to_wit_result(apply_run(plugin, &key, state.as_deref(), &events))
@@ -136,7 +136,7 @@ impl<P: Projection> projection::Guest for Adapter<P> {
     fn apply_batch(events: Vec<wit::Event>, runs: Vec<wit::KeyRun>) -> Vec<wit::ApplyResult> {
         let plugin = match Self::plugin() {
             Ok(p) => p,
-            Err(e) => return runs.iter().map(|_| unconfigured(e.clone())).collect(),
+            Err(e) => return runs.iter().map(|_| failed_result(e.clone())).collect(),
         };
         let events: Vec<crate::Event> = events.into_iter().map(from_wit_event).collect();
         runs.into_iter()
@@ -157,7 +157,7 @@ impl<P: Projection> projection::Guest for Adapter<P> {
                     Ok(mine) => {
                         to_wit_result(apply_run(plugin, &run.key, run.state.as_deref(), &mine))
                     }
-                    Err(e) => unconfigured(to_wit_error(e)),
+                    Err(e) => failed_result(to_wit_error(e)),
                 }
             })
             .collect()

@@ -379,6 +379,14 @@ impl Pending {
         writer.audit(ns, run);
     }
 
+    /// Fail once a commit has failed (see `failed`).
+    fn healthy(&self) -> Result<()> {
+        match &self.failed {
+            Some(reason) => Err(Error::CommitFailed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn offset(&mut self, store: &Store, ns: &str, source: &str, partition: u32) -> Result<u64> {
         let k = (ns.to_string(), source.to_string(), partition);
         if let Some(o) = self.offsets.get(&k) {
@@ -475,9 +483,7 @@ impl Engine {
     }
 
     fn commit_locked(&self, pending: &mut Pending) -> Result<()> {
-        if let Some(reason) = &pending.failed {
-            return Err(Error::CommitFailed(reason.clone()));
-        }
+        pending.healthy()?;
         let Some(mut writer) = pending.writer.take() else {
             return Ok(());
         };
@@ -744,9 +750,7 @@ impl Engine {
         let next = last.offset + 1;
         let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let pending = &mut *pending;
-        if let Some(reason) = &pending.failed {
-            return Err(Error::CommitFailed(reason.clone()));
-        }
+        pending.healthy()?;
         let decoded: Vec<Result<Event, DecodeError>> = records
             .iter()
             .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
@@ -1356,7 +1360,7 @@ impl<'a> BatchCtx<'a> {
         }
 
         let fold_all = |keys: &[String], session: &mut dyn Session| {
-            self.fold_keys(session, keys, &groups, events)
+            self.fold_keys(session, keys, &groups, events, &refs)
         };
         let results: Vec<KeyResult> = if workers == 1 || order.len() < 64 {
             fold_all(&order, session.as_mut())?
@@ -1487,6 +1491,7 @@ impl<'a> BatchCtx<'a> {
         keys: &[String],
         groups: &FxHashMap<String, Vec<usize>>,
         events: &[(u64, &'e Event)],
+        refs: &[&'e Event],
     ) -> Result<Vec<KeyResult<'e>>> {
         let p = self.projection;
         let policy = p.code.info().stale_policy;
@@ -1494,16 +1499,20 @@ impl<'a> BatchCtx<'a> {
             .iter()
             .map(|k| p.view(self.store, k))
             .collect::<Result<_>>()?;
+        // Each key's events, in order.
+        let mine: Vec<Vec<&'e Event>> = keys
+            .iter()
+            .map(|k| groups[k].iter().map(|&i| refs[i]).collect())
+            .collect();
         let mut runs = Vec::new();
         let mut run_of = vec![None; keys.len()];
         for (n, (key, before)) in keys.iter().zip(&befores).enumerate() {
             let indexes = &groups[key];
-            let mine: Vec<&Event> = indexes.iter().map(|&i| events[i].1).collect();
             let first = rules::first_run(
                 before.as_ref().map(|r| &r.view),
                 p.population,
                 policy,
-                &mine,
+                &mine[n],
             );
             if !first.is_empty() {
                 run_of[n] = Some(runs.len());
@@ -1517,8 +1526,7 @@ impl<'a> BatchCtx<'a> {
         let mut answers: Vec<Option<ApplyResult>> = if runs.is_empty() {
             Vec::new()
         } else {
-            let all: Vec<&Event> = events.iter().map(|(_, e)| *e).collect();
-            match session.apply_batch(&all, &runs) {
+            match session.apply_batch(refs, &runs) {
                 Ok(answers) => answers.into_iter().map(Some).collect(),
                 Err(e) => {
                     tracing::debug!(plugin = p.name(), "{e}; applying key by key");
@@ -1529,22 +1537,25 @@ impl<'a> BatchCtx<'a> {
         drop(runs);
         keys.iter()
             .zip(befores)
+            .zip(mine)
             .zip(run_of)
-            .map(|((k, before), run)| {
+            .map(|(((k, before), mine), run)| {
                 let first = run.and_then(|r| answers[r].take());
-                self.fold(session, k, &groups[k], events, before, first)
+                self.fold(session, k, &groups[k], events, &mine, before, first)
             })
             .collect()
     }
 
-    /// Fold one key's events; `first` is the answer to its first `apply`
-    /// when it was made ahead.
+    /// Fold one key's events (`mine`: those of `events` at `indexes`);
+    /// `first` is the answer to its first `apply` when it was made ahead.
+    #[allow(clippy::too_many_arguments)]
     fn fold<'e>(
         &self,
         session: &mut dyn Session,
         key: &str,
         indexes: &[usize],
         events: &[(u64, &'e Event)],
+        mine: &[&'e Event],
         before: Option<ViewRecord>,
         mut first: Option<ApplyResult>,
     ) -> Result<KeyResult<'e>> {
@@ -1552,12 +1563,11 @@ impl<'a> BatchCtx<'a> {
         let code = &p.code;
         let existed = before.is_some();
         let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
-        let mine: Vec<&Event> = indexes.iter().map(|&i| events[i].1).collect();
         let (view, verdicts) = rules::fold_key(
             before.map(|r| r.view),
             p.population,
             code.info().stale_policy,
-            &mine,
+            mine,
             |state, run| -> Result<ApplyResult, plugin::Error> {
                 let batch: Vec<&Event> = run.iter().map(|&i| mine[i]).collect();
                 let mut r = match first.take() {

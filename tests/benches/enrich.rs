@@ -10,6 +10,7 @@
 use projector::app::App;
 use projector::config::Config;
 use projector::engine::Record;
+use projector_tests::knob;
 use projector_tests::plugins_dir;
 use projector_tests::services::Services;
 use rand::rngs::StdRng;
@@ -22,13 +23,6 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SOURCES: [&str; 4] = ["subscriptions", "billing", "domains", "sites"];
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn entity(source: &str, version: u64, asset: u64) -> Value {
     match source {

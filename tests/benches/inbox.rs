@@ -18,7 +18,7 @@ use projector::plugin::{Limits, SharedCode};
 use projector::source::log::EmbeddedLog;
 use projector::store::Store;
 use projector_guest::Population;
-use projector_tests::{inbox_events, plugin_wasm, InboxShape};
+use projector_tests::{inbox_events, knob, plugin_wasm, InboxShape};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,18 +43,10 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
         store,
         Format::Auto,
         1,
-        std::time::Duration::from_millis(
-            std::env::var("BENCH_COMMIT_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000),
-        ),
+        std::time::Duration::from_millis(knob("BENCH_COMMIT_MS", 1000)),
     );
     engine.add(code, Some(Population::Eager))?;
-    let batch = std::env::var("BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4096);
+    let batch = knob("BENCH_BATCH", 4096) as usize;
     let totals = run_log(&engine, &log, batch, &AtomicBool::new(false), true, |_| {})?;
     engine.store().flush()?;
     let c = totals.counters;
@@ -81,10 +73,7 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is taken.
-    let n: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = knob("BENCH_EVENTS", 1_000_000) as usize;
     let started = Instant::now();
     let events = inbox_events(InboxShape {
         events: n,

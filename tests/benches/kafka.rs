@@ -57,10 +57,7 @@ fn raw_consume(bootstrap: &str, total: u64) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let n = projector_tests::knob("BENCH_EVENTS", 200_000) as usize;
     let events = inbox_events(InboxShape {
         events: n,
         sites: 5_000,

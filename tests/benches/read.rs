@@ -28,6 +28,7 @@ use projector::plugin::{Limits, SharedCode};
 use projector::serve::{ServeState, Serving};
 use projector::store::Store;
 use projector_guest::Population;
+use projector_tests::knob;
 use projector_tests::legacy::Model;
 use projector_tests::{plugin_wasm, rendered};
 use rand::rngs::StdRng;
@@ -43,13 +44,6 @@ const PLUGIN: &str = "inbox-unread";
 /// Connections the load generator keeps open (each sends its share of
 /// the scheduled requests in turn).
 const CONNECTIONS: usize = 64;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A skewed pick in 0..n: low numbers are far more likely.
 fn skewed(rng: &mut StdRng, n: u64) -> u64 {

@@ -19,10 +19,7 @@ use std::time::{Duration, Instant};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300_000);
+    let n = projector_tests::knob("BENCH_EVENTS", 300_000);
     let dir = tempfile::tempdir()?;
     // A fresh compile cache: v2 is really compiled during the deploy.
     let app = open_app(

@@ -53,6 +53,15 @@ pub fn plugins_dir(into: &Path, names: &[&str]) -> PathBuf {
     dir
 }
 
+/// A benchmark setting from the environment variable `name`, or `default`
+/// when it is unset or not a number.
+pub fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Shape of generated inbox traffic.
 #[derive(Debug, Clone, Copy)]
 pub struct InboxShape {

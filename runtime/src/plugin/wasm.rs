@@ -478,6 +478,17 @@ impl<'a> WasmSession<'a> {
         self.retrying(|session| session.call_once(events, &mut f))
     }
 
+    /// A batch export must answer once per item it was given.
+    fn check_count(&self, export: &str, answers: usize, asked: usize) -> Result<(), Error> {
+        if answers == asked {
+            return Ok(());
+        }
+        Err(Error::BadOutput {
+            plugin: self.plugin.meta.name.clone(),
+            message: format!("{export} gave {answers} answers for {asked} items"),
+        })
+    }
+
     /// [`WasmSession::call`] without retries.
     fn call_once<R>(
         &mut self,
@@ -614,16 +625,7 @@ impl Session for WasmSession<'_> {
         let out = self.call(events.len(), |s, i| {
             i.projector_plugin_projection().call_keys(s, &list)
         })?;
-        if out.len() != events.len() {
-            return Err(Error::BadOutput {
-                plugin: self.plugin.meta.name.clone(),
-                message: format!(
-                    "keys returned {} answers for {} events",
-                    out.len(),
-                    events.len()
-                ),
-            });
-        }
+        self.check_count("keys", out.len(), events.len())?;
         Ok(out.into_iter().map(|r| r.map_err(from_wit_error)).collect())
     }
 
@@ -669,16 +671,7 @@ impl Session for WasmSession<'_> {
             i.projector_plugin_projection()
                 .call_apply_batch(s, &list, &wit_runs)
         })?;
-        if out.len() != runs.len() {
-            return Err(Error::BadOutput {
-                plugin: self.plugin.meta.name.clone(),
-                message: format!(
-                    "apply-batch returned {} results for {} runs",
-                    out.len(),
-                    runs.len()
-                ),
-            });
-        }
+        self.check_count("apply-batch", out.len(), runs.len())?;
         Ok(out.into_iter().map(from_wit_result).collect())
     }
 
