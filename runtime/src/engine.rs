@@ -18,7 +18,7 @@
 
 use crate::config::RetryConfig;
 use crate::envelope::{self, DecodeError, Format};
-use crate::plugin::{self, Session, SharedCode};
+use crate::plugin::{self, EventBatch, Session, SharedCode};
 use crate::store::{
     AuditRun, Counters, DeadLetter, OutboxRecord, RetryEntry, Store, ViewRecord, Writer,
 };
@@ -1330,7 +1330,8 @@ impl<'a> BatchCtx<'a> {
         let mut counters = Counters::default();
         let mut session = code.session();
         let refs: Vec<&Event> = events.iter().map(|(_, e)| *e).collect();
-        let routed = self.route(session.as_mut(), &refs);
+        let batch = EventBatch::new(&refs);
+        let routed = self.route(session.as_mut(), &batch);
 
         // Group by key, keeping each key's events in offset order.
         let mut order: Vec<String> = Vec::new();
@@ -1360,7 +1361,7 @@ impl<'a> BatchCtx<'a> {
         }
 
         let fold_all = |keys: &[String], session: &mut dyn Session| {
-            self.fold_keys(session, keys, &groups, events, &refs)
+            self.fold_keys(session, keys, &groups, events, &batch)
         };
         let results: Vec<KeyResult> = if workers == 1 || order.len() < 64 {
             fold_all(&order, session.as_mut())?
@@ -1434,7 +1435,7 @@ impl<'a> BatchCtx<'a> {
     fn route(
         &self,
         session: &mut dyn Session,
-        events: &[&Event],
+        batch: &EventBatch,
     ) -> Vec<Result<Vec<String>, plugin::Error>> {
         let code = &self.projection.code;
         let check =
@@ -1465,9 +1466,10 @@ impl<'a> BatchCtx<'a> {
                 Ok(keys)
             };
         const CHUNK: usize = 1024;
+        let events = batch.events();
         let mut out = Vec::with_capacity(events.len());
-        for chunk in events.chunks(CHUNK) {
-            match session.keys(chunk) {
+        for (n, chunk) in events.chunks(CHUNK).enumerate() {
+            match session.batch_keys(batch, n * CHUNK, chunk.len()) {
                 Ok(answers) => out.extend(answers.into_iter().map(check)),
                 Err(_) => {
                     for e in chunk {
@@ -1491,8 +1493,9 @@ impl<'a> BatchCtx<'a> {
         keys: &[String],
         groups: &FxHashMap<String, Vec<usize>>,
         events: &[(u64, &'e Event)],
-        refs: &[&'e Event],
+        batch: &EventBatch<'e>,
     ) -> Result<Vec<KeyResult<'e>>> {
+        let refs = batch.events();
         let p = self.projection;
         let policy = p.code.info().stale_policy;
         let befores: Vec<Option<ViewRecord>> = keys
@@ -1526,7 +1529,7 @@ impl<'a> BatchCtx<'a> {
         let mut answers: Vec<Option<ApplyResult>> = if runs.is_empty() {
             Vec::new()
         } else {
-            match session.apply_batch(refs, &runs) {
+            match session.apply_batch(batch, &runs) {
                 Ok(answers) => answers.into_iter().map(Some).collect(),
                 Err(e) => {
                     tracing::debug!(plugin = p.name(), "{e}; applying key by key");

@@ -142,13 +142,25 @@ pub trait Session {
         state: Option<&[u8]>,
         events: &[&Event],
     ) -> Result<ApplyResult, Error>;
+    /// `keys` for the `count` events of `batch` from index `start`.
+    fn batch_keys(
+        &mut self,
+        batch: &EventBatch,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<Result<Vec<String>, GuestError>>, Error> {
+        let events = batch.events();
+        let start = start.min(events.len());
+        self.keys(&events[start..(start + count).min(events.len())])
+    }
     /// `apply` for many keys of a batch at once: one result per run, each
     /// what `apply` gives for that key, state and events.
     fn apply_batch(
         &mut self,
-        events: &[&Event],
+        batch: &EventBatch,
         runs: &[KeyRun],
     ) -> Result<Vec<ApplyResult>, Error> {
+        let events = batch.events();
         runs.iter()
             .map(|r| {
                 let mine: Vec<&Event> = r.events.iter().map(|&i| events[i as usize]).collect();
@@ -180,6 +192,31 @@ pub trait Session {
         projection: &str,
         source: &str,
     ) -> Result<Vec<Difference>, Error>;
+}
+
+/// The events of one batch, for a session's batch calls. Every batch has
+/// its own id, so a session may hand the events to the plugin once and
+/// refer to them by index in the calls that follow.
+pub struct EventBatch<'e> {
+    id: u64,
+    events: &'e [&'e Event],
+}
+
+impl<'e> EventBatch<'e> {
+    pub fn new(events: &'e [&'e Event]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        EventBatch {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            events,
+        }
+    }
+    /// Unique to this batch in this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn events(&self) -> &'e [&'e Event] {
+        self.events
+    }
 }
 
 /// One key's share of a batch for [`Session::apply_batch`].

@@ -11,14 +11,14 @@
 //! directories, environment, network, or clock (it reads a frozen epoch);
 //! stdout and stderr land in the plugin's log.
 
-use super::{Code, Error, GuestError, KeyRun, Limits, Meta, PluginLogs, Session};
+use super::{Code, Error, EventBatch, GuestError, KeyRun, Limits, Meta, PluginLogs, Session};
 use projector_guest::{
     ApplyResult, Difference, ErrorKind, Event, Info, Outcome, Population, StalePolicy,
 };
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceAny, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{
@@ -27,7 +27,13 @@ use wasmtime_wasi::{
 
 #[allow(missing_docs, clippy::all)]
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../guest-sdk/wit", world: "plugin" });
+    wasmtime::component::bindgen!({
+        path: "../guest-sdk/wit",
+        world: "plugin",
+        // Arguments borrow from the host's data: lowering copies them into
+        // the guest once, with no owned copy made first.
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
 }
 
 use bindings::projector::plugin::{enrichment, host, types as wit};
@@ -350,6 +356,8 @@ impl enrichment::Host for HostState {
 struct WasmSession<'a> {
     plugin: &'a WasmPlugin,
     live: Option<Live>,
+    /// The batch whose events the live instance holds, and its handle.
+    open: Option<(u64, ResourceAny)>,
 }
 
 impl<'a> WasmSession<'a> {
@@ -358,7 +366,11 @@ impl<'a> WasmSession<'a> {
         if let Some((store, _)) = live.as_mut() {
             store.data_mut().services = plugin.services.clone();
         }
-        WasmSession { plugin, live }
+        WasmSession {
+            plugin,
+            live,
+            open: None,
+        }
     }
 
     fn error(&self, message: String) -> Error {
@@ -512,13 +524,44 @@ impl<'a> WasmSession<'a> {
         if let Some((mut store, _)) = self.live.take() {
             drain_stdio(store.data_mut());
         }
+        // The batch handed over lived in that store.
+        self.open = None;
         Err(e)
+    }
+
+    /// The plugin's handle on `batch`: the open one, or a new one made by
+    /// handing the batch's events over (closing the one before).
+    fn batch_handle(&mut self, batch: &EventBatch) -> Result<ResourceAny, Error> {
+        match self.open {
+            Some((id, handle)) if id == batch.id() && self.live.is_some() => return Ok(handle),
+            _ => self.close_batch(),
+        }
+        let list: Vec<wit::Event> = batch.events().iter().map(|e| to_wit(e)).collect();
+        let work = list.len().min(MAX_BATCH_DEADLINE_EVENTS);
+        let handle = self.call_once(work, &mut |s, i| {
+            i.projector_plugin_projection()
+                .batch()
+                .call_constructor(s, &list)
+        })?;
+        self.open = Some((batch.id(), handle));
+        Ok(handle)
+    }
+
+    /// Let the plugin free the open batch's events.
+    fn close_batch(&mut self) {
+        if let Some((_, handle)) = self.open.take() {
+            if self.live.is_some() {
+                // A failure here retires the store, which frees them too.
+                let _ = self.call_once(1, &mut |s, _| handle.resource_drop(s));
+            }
+        }
     }
 }
 
 impl Drop for WasmSession<'_> {
     /// Hand a healthy store back for the next session; retire the others.
     fn drop(&mut self) {
+        self.close_batch();
         let Some(mut live) = self.live.take() else {
             return;
         };
@@ -583,15 +626,15 @@ fn classify(
     }
 }
 
-fn to_wit(e: &Event) -> wit::Event {
+fn to_wit(e: &Event) -> wit::Event<'_> {
     wit::Event {
-        id: e.id.clone(),
-        event_type: e.event_type.clone(),
-        source: e.source.clone(),
-        key: e.key.clone(),
+        id: &e.id,
+        event_type: &e.event_type,
+        source: &e.source,
+        key: &e.key,
         version: e.version,
         time_ms: e.time_ms,
-        payload: e.payload.clone(),
+        payload: &e.payload,
     }
 }
 
@@ -643,18 +686,38 @@ impl Session for WasmSession<'_> {
         Ok(from_wit_result(r))
     }
 
+    fn batch_keys(
+        &mut self,
+        batch: &EventBatch,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<Result<Vec<String>, GuestError>>, Error> {
+        let out = self.retrying(|session| {
+            let handle = session.batch_handle(batch)?;
+            session.call_once(count, &mut |s, i| {
+                i.projector_plugin_projection().batch().call_keys(
+                    s,
+                    handle,
+                    start as u32,
+                    count as u32,
+                )
+            })
+        })?;
+        self.check_count("keys", out.len(), count)?;
+        Ok(out.into_iter().map(|r| r.map_err(from_wit_error)).collect())
+    }
+
     fn apply_batch(
         &mut self,
-        events: &[&Event],
+        batch: &EventBatch,
         runs: &[KeyRun],
     ) -> Result<Vec<ApplyResult>, Error> {
-        let list: Vec<wit::Event> = events.iter().map(|e| to_wit(e)).collect();
         let wit_runs: Vec<wit::KeyRun> = runs
             .iter()
             .map(|r| wit::KeyRun {
-                key: r.key.to_string(),
-                state: r.state.map(<[u8]>::to_vec),
-                events: r.events.clone(),
+                key: r.key,
+                state: r.state,
+                events: &r.events,
             })
             .collect();
         // The deadline grows with the work, up to a bound: a guest stuck on
@@ -667,11 +730,13 @@ impl Session for WasmSession<'_> {
             .min(MAX_BATCH_DEADLINE_EVENTS);
         // Not retried when out of time: the engine's key-by-key fallback is
         // the retry, each call there with its own deadline and retries.
+        let handle = self.batch_handle(batch)?;
         let out = self.call_once(work, &mut |s, i| {
             i.projector_plugin_projection()
-                .call_apply_batch(s, &list, &wit_runs)
+                .batch()
+                .call_apply(s, handle, &wit_runs)
         })?;
-        self.check_count("apply-batch", out.len(), runs.len())?;
+        self.check_count("batch.apply", out.len(), runs.len())?;
         Ok(out.into_iter().map(from_wit_result).collect())
     }
 
