@@ -69,9 +69,8 @@ pub struct Projection {
     population: Population,
     counters: Mutex<Counters>,
     /// Views as the engine last wrote them, ahead of the store until the
-    /// next commit (`None`: known absent). Cleared once committed when it
-    /// grows past the cache bound.
-    views: Arc<RwLock<FxHashMap<String, Option<ViewRecord>>>>,
+    /// next commit (`None`: known absent), and kept after it as a cache.
+    views: Arc<RwLock<ViewCache>>,
     /// Keys changed since the last commit.
     dirty: Arc<Mutex<FxHashSet<String>>>,
     /// Rendered answers, when the plugin's render ignores the read time.
@@ -98,8 +97,33 @@ struct RenderCache {
 /// cache starts over when full.
 const RENDER_CACHE_BYTES: usize = 256 << 20;
 
-/// Views kept in memory per projection between commits, at most.
+/// Views kept per generation of a projection's view cache, at most (the
+/// views changed since the last commit are kept whatever their number).
 const VIEW_CACHE_ENTRIES: usize = 200_000;
+
+/// A projection's views in memory, in two generations: `young` takes every
+/// view the engine writes; once it is past [`VIEW_CACHE_ENTRIES`] after a
+/// commit (so nothing in it is dirty), it becomes `old` and the previous
+/// `old` is dropped. A lookup tries `young`, then `old`, so the views in
+/// use survive a turnover instead of all being read back from the store.
+#[derive(Default)]
+struct ViewCache {
+    young: FxHashMap<String, Option<ViewRecord>>,
+    old: FxHashMap<String, Option<ViewRecord>>,
+}
+
+impl ViewCache {
+    fn get(&self, key: &str) -> Option<&Option<ViewRecord>> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
+    /// Start a new generation if `young` is full; only after a commit.
+    fn turn_over(&mut self) {
+        if self.young.len() > VIEW_CACHE_ENTRIES {
+            self.old = std::mem::take(&mut self.young);
+        }
+    }
+}
 
 impl Projection {
     /// The current view of `key`: in memory if changed or read lately,
@@ -120,6 +144,7 @@ impl Projection {
         self.views
             .write()
             .unwrap_or_else(|p| p.into_inner())
+            .young
             .insert(key.to_string(), record);
         self.dirty
             .lock()
@@ -519,10 +544,10 @@ impl Engine {
         }
         pending.since = None;
         for p in &projections {
-            let mut views = p.views.write().unwrap_or_else(|e| e.into_inner());
-            if views.len() > VIEW_CACHE_ENTRIES {
-                views.clear();
-            }
+            p.views
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .turn_over();
         }
         Ok(())
     }
