@@ -159,3 +159,58 @@ fn a_render_that_reads_the_time_is_rendered_at_each_read() {
     assert_eq!(at(1), Some(json!(1)));
     assert_eq!(at(2), Some(json!(2)));
 }
+
+/// A batch's events live in the plugin between its calls: once the batch
+/// is done they must be freed, or every batch would add to the guest's
+/// heap until the store is retired and a new instance started.
+#[test]
+fn batches_leave_nothing_behind_in_the_plugin() {
+    use projector::engine::Engine;
+    use projector::envelope::Format;
+    use projector::plugin::wasm::WasmHost;
+    use projector::plugin::{Limits, SharedCode};
+    use projector_tests::{inbox_events, plugin_wasm, InboxShape};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = projector::store::Store::open(dir.path()).expect("store");
+    let host = WasmHost::new().expect("host");
+    let bytes = std::fs::read(plugin_wasm("inbox-unread")).expect("plugin");
+    // Retired at half of 16 MiB: a batch of 2000 events left behind is
+    // about 0.5 MiB, so 50 batches would start several instances.
+    let limits = Limits {
+        max_memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let plugin = Arc::new(
+        host.load("inbox-unread", &bytes, limits, &json!({}))
+            .expect("loads"),
+    );
+    let engine = Engine::new(store, Format::Auto, 1, std::time::Duration::from_secs(3600));
+    engine
+        .add(
+            plugin.clone() as SharedCode,
+            Some(projector_guest::Population::Eager),
+        )
+        .expect("add");
+    let lines = inbox_events(InboxShape {
+        events: 100_000,
+        ..InboxShape::default()
+    });
+    let values: Vec<Vec<u8>> = lines.into_iter().map(String::into_bytes).collect();
+    let all = records(0, values);
+    let mut applied = 0;
+    for batch in all.chunks(2000) {
+        applied += engine
+            .process("test", 0, batch)
+            .expect("batch")
+            .total()
+            .applied;
+    }
+    assert!(applied > 100_000, "the events were applied: {applied}");
+    assert_eq!(
+        plugin.instances_started(),
+        1,
+        "one instance served every batch"
+    );
+}

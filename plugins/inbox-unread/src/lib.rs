@@ -152,7 +152,11 @@ pub fn view_key(user_id: &str, site_id: &str) -> Result<String, Error> {
             "bad user or site id: {user_id:?}, {site_id:?}"
         )));
     }
-    Ok(format!("{user_id}:{site_id}"))
+    let mut key = String::with_capacity(user_id.len() + 1 + site_id.len());
+    key.push_str(user_id);
+    key.push(':');
+    key.push_str(site_id);
+    Ok(key)
 }
 
 fn user_of(key: &str) -> &str {

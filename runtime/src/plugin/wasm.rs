@@ -166,6 +166,7 @@ impl WasmHost {
             services: None,
             pre,
             idle: std::sync::Mutex::new(Vec::new()),
+            started: Default::default(),
         };
         let info = WasmSession::new(&plugin).configure()?;
         plugin.meta.info = info;
@@ -189,6 +190,8 @@ pub struct WasmPlugin {
     /// Healthy stores handed back by finished sessions, reused by the next
     /// ones so a batch does not pay for instantiation and fresh pages.
     idle: std::sync::Mutex<Vec<Live>>,
+    /// Instances started so far, the one that ran `configure` included.
+    started: std::sync::atomic::AtomicU64,
 }
 
 /// A configured instance in its store.
@@ -200,6 +203,14 @@ const RECYCLE_MEMORY_SHARE: usize = 2;
 const RECYCLE_CALLS: u64 = 100_000;
 
 impl WasmPlugin {
+    /// How many instances were started so far. A store is retired after
+    /// a trap, or once worn (its memory past half the cap, or many calls),
+    /// so a count that keeps growing under healthy traffic means the
+    /// guest keeps memory between calls.
+    pub fn instances_started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Let this plugin fetch from `services` (its allow-list).
     pub fn allow(mut self, services: Services) -> Self {
         self.services = Some(Arc::new(services));
@@ -383,6 +394,8 @@ impl<'a> WasmSession<'a> {
     /// Instantiate into a fresh store and configure the plugin.
     fn start(&mut self) -> Result<wit::PluginInfo, Error> {
         let p = self.plugin;
+        p.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.open = None;
         let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
         let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
         let wasi = WasiCtxBuilder::new()
