@@ -23,11 +23,13 @@ pub mod rules;
 pub mod wasm;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::any::Any;
+use std::sync::Arc;
 
 pub use serde_json::Value as Json;
 
 /// One decoded event, whatever format it arrived in (the WIT `event`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Unique id given by the producer.
     pub id: String,
@@ -44,6 +46,35 @@ pub struct Event {
     pub time_ms: i64,
     /// The payload as JSON text.
     pub payload: String,
+    /// The payload as [`Event::parsed`] last parsed it.
+    #[serde(skip)]
+    pub parsed: Parsed,
+}
+
+/// A payload kept with its event once parsed (see [`Event::parsed`]). Not
+/// part of the event's value: a clone starts empty, and equality and
+/// serialization ignore it.
+#[derive(Default)]
+pub struct Parsed(std::sync::Mutex<Option<Arc<dyn Any + Send + Sync>>>);
+
+impl Clone for Parsed {
+    fn clone(&self) -> Self {
+        Parsed::default()
+    }
+}
+
+impl PartialEq for Parsed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Parsed {}
+
+impl std::fmt::Debug for Parsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parsed")
+    }
 }
 
 impl Event {
@@ -53,6 +84,22 @@ impl Event {
     pub fn payload<'a, T: Deserialize<'a>>(&'a self) -> Result<T, Error> {
         serde_json::from_str(&self.payload)
             .map_err(|e| Error::bad_input(format!("{} {}: payload: {e}", self.event_type, self.id)))
+    }
+
+    /// The payload parsed into `T` once per event: `keys` and then `apply`
+    /// for each key the event touches get the same value, parsed by the
+    /// first of them. The host hands a batch's events to the plugin once
+    /// and keeps them for all its calls, so this saves one parse per view
+    /// an event touches. Asking for another type parses again (and keeps
+    /// that one instead).
+    pub fn parsed<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, Error> {
+        let mut kept = self.parsed.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = kept.as_ref().and_then(|v| v.clone().downcast::<T>().ok()) {
+            return Ok(t);
+        }
+        let t: Arc<T> = Arc::new(self.payload::<T>()?);
+        *kept = Some(t.clone());
+        Ok(t)
     }
 }
 

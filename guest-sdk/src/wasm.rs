@@ -68,6 +68,7 @@ fn from_wit_event(e: wit::Event) -> crate::Event {
         version: e.version,
         time_ms: e.time_ms,
         payload: e.payload,
+        parsed: Default::default(),
     }
 }
 

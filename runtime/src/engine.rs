@@ -1199,6 +1199,7 @@ impl Engine {
                     version: now as u64,
                     time_ms: now,
                     payload: "{}".into(),
+                    ..Default::default()
                 };
                 let state = before.as_ref().and_then(|r| r.view.state.as_deref());
                 let result = session.apply(key, state, &[&event]);

@@ -143,6 +143,7 @@ fn decode_envelope(value: &[u8]) -> Result<Event, DecodeError> {
         version: e.version,
         time_ms,
         payload: e.payload.get().to_string(),
+        ..Default::default()
     })
 }
 
@@ -240,6 +241,7 @@ fn decode_cloudevent(value: &[u8]) -> Result<Event, DecodeError> {
         version,
         time_ms: time_ms.unwrap_or(0),
         payload,
+        ..Default::default()
     })
 }
 
@@ -355,6 +357,7 @@ fn decode_debezium(key: Option<&[u8]>, value: &[u8]) -> Result<Event, DecodeErro
         version,
         time_ms,
         payload,
+        ..Default::default()
     })
 }
 

@@ -21,7 +21,6 @@ use projector_guest::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::borrow::Cow;
 
 /// The plugin, configured.
 pub struct InboxUnread {
@@ -109,40 +108,31 @@ fn default_source() -> String {
     "inbox".to_string()
 }
 
-// Payloads borrow their strings from the event where they can.
+// Payloads are parsed once per event (`Event::parsed`) and shared by
+// `keys` and by `apply` for each key the event touches.
 
 #[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow)]
-    site_id: Cow<'a, str>,
-    #[serde(borrow)]
-    conversation_id: Cow<'a, str>,
-    #[serde(borrow)]
-    sender_id: Cow<'a, str>,
-    #[serde(borrow)]
-    participants: Vec<Cow<'a, str>>,
+struct Message {
+    site_id: String,
+    conversation_id: String,
+    sender_id: String,
+    participants: Vec<String>,
 }
 
 #[derive(Deserialize)]
-struct ForUser<'a> {
-    #[serde(borrow)]
-    site_id: Cow<'a, str>,
-    #[serde(borrow)]
-    conversation_id: Cow<'a, str>,
-    #[serde(borrow)]
-    user_id: Cow<'a, str>,
+struct ForUser {
+    site_id: String,
+    conversation_id: String,
+    user_id: String,
     #[serde(default)]
     unread: bool,
 }
 
 #[derive(Deserialize)]
-struct ForConversation<'a> {
-    #[serde(borrow)]
-    site_id: Cow<'a, str>,
-    #[serde(borrow)]
-    conversation_id: Cow<'a, str>,
-    #[serde(borrow)]
-    participants: Vec<Cow<'a, str>>,
+struct ForConversation {
+    site_id: String,
+    conversation_id: String,
+    participants: Vec<String>,
 }
 
 /// The view key for a user on a site.
@@ -211,7 +201,7 @@ impl Projection for InboxUnread {
     fn keys(&self, event: &Event) -> Result<Vec<String>, Error> {
         match event.event_type.as_str() {
             "MessageSent" => {
-                let m: Message = event.payload()?;
+                let m = event.parsed::<Message>()?;
                 let mut keys = vec![view_key(&m.sender_id, &m.site_id)?];
                 for p in m.participants.iter().filter(|p| **p != m.sender_id) {
                     keys.push(view_key(p, &m.site_id)?);
@@ -220,11 +210,11 @@ impl Projection for InboxUnread {
                 Ok(keys)
             }
             "ConversationRead" | "ParticipantAdded" | "ParticipantRemoved" => {
-                let u: ForUser = event.payload()?;
+                let u = event.parsed::<ForUser>()?;
                 Ok(vec![view_key(&u.user_id, &u.site_id)?])
             }
             "ConversationArchived" | "ConversationUnarchived" | "ConversationDeleted" => {
-                let c: ForConversation = event.payload()?;
+                let c = event.parsed::<ForConversation>()?;
                 c.participants
                     .iter()
                     .map(|p| view_key(p, &c.site_id))
@@ -237,7 +227,7 @@ impl Projection for InboxUnread {
     fn apply(&self, key: &str, state: &mut Unread, event: &Event) -> Result<Change, Error> {
         let changed = match event.event_type.as_str() {
             "MessageSent" => {
-                let m: Message = event.payload()?;
+                let m = event.parsed::<Message>()?;
                 if user_of(key) == m.sender_id {
                     state.remove(&m.conversation_id)
                 } else {
@@ -246,26 +236,26 @@ impl Projection for InboxUnread {
                 }
             }
             "ConversationRead" | "ParticipantRemoved" => {
-                let u: ForUser = event.payload()?;
+                let u = event.parsed::<ForUser>()?;
                 state.remove(&u.conversation_id)
             }
             "ParticipantAdded" => {
-                let u: ForUser = event.payload()?;
+                let u = event.parsed::<ForUser>()?;
                 if u.unread {
                     state.touch(&u.conversation_id, event.time_ms, self.max_unread);
                 }
                 u.unread
             }
             "ConversationArchived" => {
-                let c: ForConversation = event.payload()?;
+                let c = event.parsed::<ForConversation>()?;
                 state.set_archived(&c.conversation_id, true)
             }
             "ConversationUnarchived" => {
-                let c: ForConversation = event.payload()?;
+                let c = event.parsed::<ForConversation>()?;
                 state.set_archived(&c.conversation_id, false)
             }
             "ConversationDeleted" => {
-                let c: ForConversation = event.payload()?;
+                let c = event.parsed::<ForConversation>()?;
                 state.remove(&c.conversation_id)
             }
             _ => false,

@@ -17,6 +17,7 @@ fn event(version: u64, ty: &str, payload: Value) -> Event {
         version,
         time_ms: 1000 + version as i64,
         payload: payload.to_string(),
+        ..Default::default()
     }
 }
 

@@ -24,6 +24,7 @@ fn event(source: &str, ty: &str, version: u64, entity: Option<Value>) -> Event {
         version,
         time_ms: 0,
         payload: payload.to_string(),
+        ..Default::default()
     }
 }
 
