@@ -542,6 +542,48 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_payload_is_parsed_once_per_event() {
+        #[derive(Deserialize)]
+        struct A {
+            a: u32,
+        }
+        #[derive(Deserialize)]
+        struct B {
+            b: String,
+        }
+        let e = Event {
+            id: "1".into(),
+            event_type: "T".into(),
+            payload: r#"{"a": 7, "b": "x"}"#.into(),
+            ..Default::default()
+        };
+        let first = e.parsed::<A>().expect("parses");
+        let again = e.parsed::<A>().expect("parses");
+        assert_eq!(first.a, 7);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second call reuses the first parse"
+        );
+        // Another type parses again, and is kept instead.
+        assert_eq!(e.parsed::<B>().expect("parses").b, "x");
+        assert!(!Arc::ptr_eq(&first, &e.parsed::<A>().expect("parses")));
+        // A clone is the same event, with nothing parsed yet.
+        let copy = e.clone();
+        assert_eq!(copy, e);
+        assert!(copy.parsed.0.lock().expect("lock").is_none());
+        // A payload that does not fit is the plugin's bad input, each time.
+        let bad = Event {
+            payload: r#"{"a": "seven"}"#.into(),
+            ..e.clone()
+        };
+        for _ in 0..2 {
+            let err = bad.parsed::<A>().err().expect("does not parse");
+            assert_eq!(err.kind, ErrorKind::BadInput);
+            assert!(err.message.starts_with("T 1: payload:"), "{}", err.message);
+        }
+    }
+
+    #[test]
     fn json_differences_name_paths_and_reasons() {
         let a = json!({"ids": [1, 2], "n": 2, "x": true});
         let b = json!({"ids": [1, 3, 4], "n": 2, "y": 1});

@@ -258,7 +258,7 @@ impl Projection for Subscriptions {
         if source_of(&event.event_type).is_none() {
             return Ok(Vec::new());
         }
-        let ids: Ids = event.payload()?;
+        let ids = event.parsed::<Ids>()?;
         Ok(vec![view_key(&ids.user_id, &ids.asset_id)?])
     }
 
@@ -269,7 +269,7 @@ impl Projection for Subscriptions {
         let Some(source) = source_of(&event.event_type) else {
             return Ok(Change::Unchanged);
         };
-        let ids: Ids = event.payload()?;
+        let ids = event.parsed::<Ids>()?;
         let entity = self.entity(source, &ids, event)?;
         let changed = match source {
             "subscriptions" => {
