@@ -6,7 +6,10 @@
 //! bindings, the compact binary encoding of states (postcard; JSON appears
 //! only in rendered answers), and the fold of a run of events into one
 //! outcome, so a key's state is decoded and encoded once per batch, not
-//! once per event.
+//! once per event. A batch's events are handed to the plugin once and
+//! kept for its calls, so [`Event::parsed`] parses a payload once however
+//! many keys the event touches. In Wasm the SDK also sets Talc as the
+//! global allocator (feature `allocator`, on by default).
 //!
 //! Modules:
 //! - [`rules`]: the version-vector rules (duplicate, stale, snapshot floor)
