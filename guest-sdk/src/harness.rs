@@ -1,5 +1,5 @@
 //! A native test harness: feed events to a plugin as plain Rust, read the
-//! views back. It applies the same [`rules`](crate::rules) as the host
+//! views back. It applies the same version rules ([`crate::rules`]) as the host
 //! (versions, population, invalidation), so what a unit test shows is what
 //! the runtime will store; only Wasm, sled and the sources are left out.
 
