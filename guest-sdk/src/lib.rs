@@ -290,7 +290,14 @@ pub trait Projection: Sized + Send + Sync + 'static {
 
 /// Encode a state in the SDK's binary state format.
 pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, Error> {
-    postcard::to_allocvec(state).map_err(|e| Error::internal(format!("encode state: {e}")))
+    encode_state_near(state, 0)
+}
+
+/// [`encode_state`] into a buffer sized for about `hint` bytes (the size
+/// the state had before), so it is not grown a doubling at a time.
+fn encode_state_near<S: Serialize>(state: &S, hint: usize) -> Result<Vec<u8>, Error> {
+    postcard::to_extend(state, Vec::with_capacity(hint + hint / 8 + 16))
+        .map_err(|e| Error::internal(format!("encode state: {e}")))
 }
 
 /// Decode a state written by [`encode_state`].
@@ -351,7 +358,7 @@ pub fn apply_run<P: Projection, E: std::borrow::Borrow<Event>>(
         (false, _) => Outcome::Skip,
         (true, None) if existed => Outcome::Delete,
         (true, None) => Outcome::Skip,
-        (true, Some(s)) => match encode_state(&s) {
+        (true, Some(s)) => match encode_state_near(&s, state.map_or(0, <[u8]>::len)) {
             Ok(bytes) => Outcome::Put(bytes),
             Err(e) => {
                 return ApplyResult {
