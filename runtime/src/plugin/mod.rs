@@ -57,7 +57,7 @@ impl Error {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Guest time per event: a call carrying n events may run n times this
-    /// (`apply-batch`: at most 64 events' worth and not retried, since past
+    /// (`batch.apply`: at most 64 events' worth and not retried, since past
     /// it the engine goes on key by key).
     pub epoch_deadline_ms: u64,
     /// Guest time to instantiate a plugin and run its `configure`.

@@ -40,7 +40,7 @@ use bindings::projector::plugin::{enrichment, host, types as wit};
 
 /// One epoch tick: the resolution of every deadline.
 const TICK: Duration = Duration::from_millis(1);
-/// An `apply-batch` call's deadline is at most this many events' worth.
+/// A `batch.apply` (or batch constructor) call's deadline is at most this many events' worth.
 const MAX_BATCH_DEADLINE_EVENTS: usize = 64;
 /// What a guest may write to stdout and stderr per session.
 const STDIO_CAPACITY: usize = 64 << 10;
