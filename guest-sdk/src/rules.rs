@@ -11,6 +11,7 @@
 //! plugin behaves the same in a unit test and in production.
 
 use crate::{ApplyResult, Error, Outcome, Population, StalePolicy};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// Whether a stored view is maintained.
@@ -22,9 +23,11 @@ pub enum Status {
     Invalid,
 }
 
-/// One version per source, kept sorted by source name.
+/// One version per source, kept sorted by source name. Source names are
+/// short and repeat on every view: kept inline, a view's copy costs no
+/// allocation for them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versions(pub Vec<(String, u64)>);
+pub struct Versions(pub Vec<(CompactString, u64)>);
 
 impl Versions {
     pub fn get(&self, source: &str) -> Option<u64> {
@@ -37,8 +40,16 @@ impl Versions {
     pub fn set(&mut self, source: &str, version: u64) {
         match self.0.binary_search_by(|(s, _)| s.as_str().cmp(source)) {
             Ok(i) => self.0[i].1 = version,
-            Err(i) => self.0.insert(i, (source.to_string(), version)),
+            Err(i) => self.0.insert(i, (source.into(), version)),
         }
+    }
+
+    /// As a JSON object, source → version.
+    pub fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.0
+            .iter()
+            .map(|(s, n)| (s.to_string(), (*n).into()))
+            .collect()
     }
 
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, u64)>) -> Self {

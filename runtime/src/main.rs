@@ -397,15 +397,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let now = at_ms.unwrap_or_else(projector::engine::now_ms);
             match app.engine.read(&plugin, &key, now)? {
                 Some(v) => {
-                    let versions: serde_json::Map<String, serde_json::Value> = v
-                        .versions
-                        .0
-                        .iter()
-                        .map(|(s, n)| (s.clone(), (*n).into()))
-                        .collect();
                     let out = serde_json::json!({
                         "plugin": plugin, "key": key, "status": format!("{:?}", v.status).to_lowercase(),
-                        "versions": versions, "updated_ms": v.updated_ms, "view": v.json(),
+                        "versions": v.versions.json(), "updated_ms": v.updated_ms, "view": v.json(),
                     });
                     writeln!(
                         std::io::stdout().lock(),

@@ -677,13 +677,7 @@ fn status_name(status: &Status) -> &'static str {
 fn view_json(view: Option<&ReadView>) -> Value {
     match view {
         Some(v) => {
-            let versions: serde_json::Map<String, Value> = v
-                .versions
-                .0
-                .iter()
-                .map(|(s, n)| (s.clone(), (*n).into()))
-                .collect();
-            json!({"status": status_name(&v.status), "versions": versions, "updated_ms": v.updated_ms})
+            json!({"status": status_name(&v.status), "versions": v.versions.json(), "updated_ms": v.updated_ms})
         }
         None => Value::Null,
     }
