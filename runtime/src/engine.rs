@@ -1322,6 +1322,26 @@ struct BatchIn<'a> {
     route: Route<'a>,
 }
 
+/// The events that the keys of `members` touch, in their batch order,
+/// and each key's events as indexes into them.
+fn share<'e>(
+    events: &[(u64, &'e Event)],
+    members: &[Vec<usize>],
+) -> (Vec<(u64, &'e Event)>, Vec<Vec<usize>>) {
+    let mut used: Vec<usize> = members.iter().flatten().copied().collect();
+    used.sort_unstable();
+    used.dedup();
+    let local = |i: &usize| {
+        used.binary_search(i)
+            .expect("a member is among the used events")
+    };
+    let members = members
+        .iter()
+        .map(|m| m.iter().map(local).collect())
+        .collect();
+    (used.iter().map(|&i| events[i]).collect(), members)
+}
+
 /// One projection's share of one batch.
 struct BatchCtx<'a> {
     projection: &'a Projection,
@@ -1359,9 +1379,12 @@ impl<'a> BatchCtx<'a> {
         let batch = EventBatch::new(&refs);
         let routed = self.route(session.as_mut(), &batch);
 
-        // Group by key, keeping each key's events in offset order.
+        // Group by key, keeping each key's events in offset order:
+        // `order[n]` is a key, `members[n]` its events (indexes into
+        // `events`).
         let mut order: Vec<String> = Vec::new();
-        let mut groups: FxHashMap<String, Vec<usize>> = FxHashMap::default();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut slot: FxHashMap<String, usize> = FxHashMap::default();
         for (i, keys) in routed.into_iter().enumerate() {
             match keys {
                 Ok(keys) => {
@@ -1369,13 +1392,16 @@ impl<'a> BatchCtx<'a> {
                         .into_iter()
                         .filter(|k| self.only_key.is_none_or(|only| only == k))
                     {
-                        groups
-                            .entry(k)
-                            .or_insert_with_key(|k| {
-                                order.push(k.clone());
-                                Vec::new()
-                            })
-                            .push(i);
+                        match slot.entry(k) {
+                            std::collections::hash_map::Entry::Occupied(e) => {
+                                members[*e.get()].push(i)
+                            }
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                order.push(e.key().clone());
+                                members.push(vec![i]);
+                                e.insert(order.len() - 1);
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -1385,21 +1411,31 @@ impl<'a> BatchCtx<'a> {
                 }
             }
         }
+        drop(slot);
 
-        let fold_all = |keys: &[String], session: &mut dyn Session| {
-            self.fold_keys(session, keys, &groups, events, &batch)
-        };
         let results: Vec<KeyResult> = if workers == 1 || order.len() < 64 {
-            fold_all(&order, session.as_mut())?
+            self.fold_keys(session.as_mut(), &order, &members, events, &batch)?
         } else {
-            drop(session);
+            // This thread folds the first share in the session that holds
+            // the batch already; each other worker hands its own session
+            // only the events its keys need.
             let chunk = order.len().div_ceil(workers);
+            let mut shares = order.chunks(chunk).zip(members.chunks(chunk));
+            let (first_keys, first_members) = shares.next().expect("at least 64 keys");
             std::thread::scope(|scope| {
-                let handles: Vec<_> = order
-                    .chunks(chunk)
-                    .map(|keys| scope.spawn(|| fold_all(keys, code.session().as_mut())))
+                let handles: Vec<_> = shares
+                    .map(|(keys, members)| {
+                        scope.spawn(move || {
+                            let (mine, members) = share(events, members);
+                            let refs: Vec<&Event> = mine.iter().map(|(_, e)| *e).collect();
+                            let batch = EventBatch::new(&refs);
+                            self.fold_keys(code.session().as_mut(), keys, &members, &mine, &batch)
+                        })
+                    })
                     .collect();
-                let mut all = Vec::with_capacity(order.len());
+                let mut all =
+                    self.fold_keys(session.as_mut(), first_keys, first_members, events, &batch)?;
+                all.reserve(order.len() - all.len());
                 for h in handles {
                     all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
                 }
@@ -1517,11 +1553,10 @@ impl<'a> BatchCtx<'a> {
         &self,
         session: &mut dyn Session,
         keys: &[String],
-        groups: &FxHashMap<String, Vec<usize>>,
+        members: &[Vec<usize>],
         events: &[(u64, &'e Event)],
-        batch: &EventBatch<'e>,
+        batch: &EventBatch<'_>,
     ) -> Result<Vec<KeyResult<'e>>> {
-        let refs = batch.events();
         let p = self.projection;
         let policy = p.code.info().stale_policy;
         let befores: Vec<Option<ViewRecord>> = keys
@@ -1529,14 +1564,14 @@ impl<'a> BatchCtx<'a> {
             .map(|k| p.view(self.store, k))
             .collect::<Result<_>>()?;
         // Each key's events, in order.
-        let mine: Vec<Vec<&'e Event>> = keys
+        let mine: Vec<Vec<&'e Event>> = members
             .iter()
-            .map(|k| groups[k].iter().map(|&i| refs[i]).collect())
+            .map(|m| m.iter().map(|&i| events[i].1).collect())
             .collect();
         let mut runs = Vec::new();
         let mut run_of = vec![None; keys.len()];
         for (n, (key, before)) in keys.iter().zip(&befores).enumerate() {
-            let indexes = &groups[key];
+            let indexes = &members[n];
             let first = rules::first_run(
                 before.as_ref().map(|r| &r.view),
                 p.population,
@@ -1565,12 +1600,13 @@ impl<'a> BatchCtx<'a> {
         };
         drop(runs);
         keys.iter()
+            .zip(members)
             .zip(befores)
             .zip(mine)
             .zip(run_of)
-            .map(|(((k, before), mine), run)| {
+            .map(|((((k, indexes), before), mine), run)| {
                 let first = run.and_then(|r| answers[r].take());
-                self.fold(session, k, &groups[k], events, &mine, before, first)
+                self.fold(session, k, indexes, events, &mine, before, first)
             })
             .collect()
     }

@@ -1,11 +1,12 @@
 //! Inbox projection throughput: embedded log → plugin → sled, with the
 //! plugin as a Wasm component and as native Rust, in one run, on one
-//! worker thread. Prints events/s for each and the Wasm ÷ native ratio.
+//! worker thread (by default). Prints events/s for each and the Wasm ÷ native ratio.
 //!
 //! `BENCH_EVENTS` sets the stream length (default 1 000 000: 10k sites,
 //! 100k users, skewed activity), `BENCH_ONLY=wasm|native` runs one side,
 //! `BENCH_COMMIT_MS` sets the commit interval (default 1000),
-//! `BENCH_BATCH` the batch size (default 4096), `BENCH_ROUNDS` how many
+//! `BENCH_BATCH` the batch size (default 4096), `BENCH_WORKERS` the
+//! threads folding one batch's keys (default 1), `BENCH_ROUNDS` how many
 //! native-then-Wasm rounds to run (default 3; the median is reported). Each run
 //! also prints the store commits' share, from the engine's counters. Run
 //! with `./scripts/bench.sh inbox`.
@@ -43,7 +44,7 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
     let engine = Engine::new(
         store,
         Format::Auto,
-        1,
+        knob("BENCH_WORKERS", 1) as usize,
         std::time::Duration::from_millis(knob("BENCH_COMMIT_MS", 1000)),
     );
     engine.add(code, Some(Population::Eager))?;
@@ -93,7 +94,8 @@ fn main() -> anyhow::Result<()> {
     let wasm: SharedCode =
         Arc::new(host.load("inbox-unread", &bytes, Limits::default(), &settings)?);
 
-    println!("inbox projection, {n} events, embedded log → plugin → sled, 1 worker");
+    let workers = knob("BENCH_WORKERS", 1);
+    println!("inbox projection, {n} events, embedded log → plugin → sled, {workers} worker(s)");
     // `BENCH_ONLY=wasm|native` runs one side alone (for profiling).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("wasm") => return run("wasm", wasm, &events).map(drop),
