@@ -5,7 +5,8 @@
 //! Rates are taken from the first record received to the last, so the
 //! group join (about 3 s on the mock cluster) is not counted. The mock
 //! cluster keeps at most 5 MiB per partition, hence 16 partitions for
-//! the default 200 000 events (`BENCH_EVENTS`). Run with
+//! the default 200 000 events (`BENCH_EVENTS`). `BENCH_WORKERS` sets the
+//! threads that fold a batch's keys (default 1). Run with
 //! `./scripts/bench.sh kafka`.
 
 use projector::engine::Engine;
@@ -80,7 +81,12 @@ fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
-    let engine = Engine::new(store, Format::Auto, 1, Duration::from_millis(1000));
+    let engine = Engine::new(
+        store,
+        Format::Auto,
+        projector_tests::knob("BENCH_WORKERS", 1) as usize,
+        Duration::from_millis(1000),
+    );
     let host = WasmHost::new()?;
     let bytes = std::fs::read(plugin_wasm("inbox-unread"))?;
     let settings = serde_json::json!({});
