@@ -81,7 +81,8 @@ fn malformed_and_truncated_input_is_an_error_with_a_reason() {
     }
     let cases: &[(&[u8], &str)] = &[
         (b"", "EOF"),
-        (b"\xff\xfe", "expected value"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{\"id\":\"e\xff\",\"type\":\"T\",\"source\":\"s\",\"key\":\"k\",\"version\":1,\"payload\":{}}", "not UTF-8"),
         (b"[1,2]", "invalid type"),
         (br#"{"id":"e1","type":"T","source":"s","key":"k","payload":{}}"#, "missing field `version`"),
         (br#"{"id":"","type":"T","source":"s","key":"k","version":1,"payload":{}}"#, "`id` is empty"),
