@@ -22,6 +22,7 @@ use crate::plugin::{self, EventBatch, Session, SharedCode};
 use crate::store::{
     AuditRun, Counters, DeadLetter, OutboxRecord, RetryEntry, Store, ViewRecord, Writer,
 };
+use compact_str::CompactString;
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -72,7 +73,7 @@ pub struct Projection {
     /// next commit (`None`: known absent), and kept after it as a cache.
     views: Arc<RwLock<ViewCache>>,
     /// Keys changed since the last commit.
-    dirty: Arc<Mutex<FxHashSet<String>>>,
+    dirty: Arc<Mutex<FxHashSet<CompactString>>>,
     /// Rendered answers, when the plugin's render ignores the read time.
     rendered: RwLock<RenderCache>,
     /// Events queued for a delayed retry since start.
@@ -106,10 +107,13 @@ const VIEW_CACHE_ENTRIES: usize = 200_000;
 /// commit (so nothing in it is dirty), it becomes `old` and the previous
 /// `old` is dropped. A lookup tries `young`, then `old`, so the views in
 /// use survive a turnover instead of all being read back from the store.
+///
+/// Keys are `CompactString`s: a view key of up to 24 bytes is kept inline,
+/// so caching a view and marking it dirty allocate nothing for its key.
 #[derive(Default)]
 struct ViewCache {
-    young: FxHashMap<String, Option<ViewRecord>>,
-    old: FxHashMap<String, Option<ViewRecord>>,
+    young: FxHashMap<CompactString, Option<ViewRecord>>,
+    old: FxHashMap<CompactString, Option<ViewRecord>>,
 }
 
 impl ViewCache {
@@ -141,15 +145,19 @@ impl Projection {
     }
 
     fn set_view(&self, key: &str, record: Option<ViewRecord>) {
-        self.views
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .young
-            .insert(key.to_string(), record);
-        self.dirty
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string());
+        {
+            let mut views = self.views.write().unwrap_or_else(|p| p.into_inner());
+            match views.young.get_mut(key) {
+                Some(slot) => *slot = record,
+                None => {
+                    views.young.insert(key.into(), record);
+                }
+            }
+        }
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if !dirty.contains(key) {
+            dirty.insert(key.into());
+        }
     }
 
     /// The plugin's answer for `state`, from the render cache when the
@@ -515,7 +523,7 @@ impl Engine {
         let projections = self.all();
         let mut views_written = 0;
         for p in &projections {
-            let dirty: Vec<String> = p
+            let dirty: Vec<CompactString> = p
                 .dirty
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
