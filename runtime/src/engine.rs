@@ -27,6 +27,7 @@ use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Version
 use projector_guest::{ApplyResult, Event, Outcome, Population};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -1401,10 +1402,8 @@ impl<'a> BatchCtx<'a> {
                         .filter(|k| self.only_key.is_none_or(|only| only == k))
                     {
                         match slot.entry(k) {
-                            std::collections::hash_map::Entry::Occupied(e) => {
-                                members[*e.get()].push(i)
-                            }
-                            std::collections::hash_map::Entry::Vacant(e) => {
+                            Entry::Occupied(e) => members[*e.get()].push(i),
+                            Entry::Vacant(e) => {
                                 order.push(e.key().clone());
                                 members.push(vec![i]);
                                 e.insert(order.len() - 1);

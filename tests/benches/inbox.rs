@@ -28,7 +28,7 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Totals> {
+fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyhow::Result<Totals> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
     let log = EmbeddedLog::open(&store, 4, Format::Auto)?;
@@ -44,7 +44,7 @@ fn run(label: &str, code: SharedCode, events: &[String]) -> anyhow::Result<Total
     let engine = Engine::new(
         store,
         Format::Auto,
-        knob("BENCH_WORKERS", 1) as usize,
+        workers,
         std::time::Duration::from_millis(knob("BENCH_COMMIT_MS", 1000)),
     );
     engine.add(code, Some(Population::Eager))?;
@@ -94,12 +94,12 @@ fn main() -> anyhow::Result<()> {
     let wasm: SharedCode =
         Arc::new(host.load("inbox-unread", &bytes, Limits::default(), &settings)?);
 
-    let workers = knob("BENCH_WORKERS", 1);
+    let workers = knob("BENCH_WORKERS", 1) as usize;
     println!("inbox projection, {n} events, embedded log → plugin → sled, {workers} worker(s)");
     // `BENCH_ONLY=wasm|native` runs one side alone (for profiling).
     match std::env::var("BENCH_ONLY").as_deref() {
-        Ok("wasm") => return run("wasm", wasm, &events).map(drop),
-        Ok("native") => return run("native", native, &events).map(drop),
+        Ok("wasm") => return run("wasm", wasm, &events, workers).map(drop),
+        Ok("native") => return run("native", native, &events, workers).map(drop),
         _ => {}
     }
     // Rounds alternate the two sides, so a slow spell of this shared
@@ -108,8 +108,8 @@ fn main() -> anyhow::Result<()> {
     let mut pairs = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         println!("round {round} of {rounds}");
-        let n = run("native", native.clone(), &events)?;
-        let w = run("wasm", wasm.clone(), &events)?;
+        let n = run("native", native.clone(), &events, workers)?;
+        let w = run("wasm", wasm.clone(), &events, workers)?;
         assert_eq!(
             n.counters, w.counters,
             "Wasm and native must produce the same outcome"
