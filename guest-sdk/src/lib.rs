@@ -8,8 +8,9 @@
 //! outcome, so a key's state is decoded and encoded once per batch, not
 //! once per event. A batch's events are handed to the plugin once and
 //! kept for its calls, so [`Event::parsed`] parses a payload once however
-//! many keys the event touches. In Wasm the SDK also sets Talc as the
-//! global allocator (feature `allocator`, on by default).
+//! many keys the event touches. In Wasm the SDK also sets the global
+//! allocator (feature `allocator`, on by default): free lists of small
+//! blocks (`pool`) in front of Talc.
 //!
 //! Modules:
 //! - [`rules`]: the version-vector rules (duplicate, stale, snapshot floor)
@@ -20,6 +21,8 @@
 //!   [`export!`] macro installs.
 
 pub mod harness;
+#[cfg(any(target_arch = "wasm32", test))]
+mod pool;
 pub mod rules;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]

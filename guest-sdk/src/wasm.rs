@@ -19,13 +19,14 @@ pub mod bindings {
     });
 }
 
-/// Talc in place of the default dlmalloc: allocation is a large share of a
-/// guest's time (every string the host passes in is one); the Wasm side of
-/// the inbox bench ran 5–8 % faster with it. The `allocator` feature (on by
-/// default) sets it.
+/// Talc in place of the default dlmalloc, behind free lists of small
+/// blocks (`crate::pool`): allocation is a large share of a guest's time
+/// (every string the host passes in is one). The `allocator` feature (on
+/// by default) sets it.
 #[cfg(all(feature = "allocator", not(target_feature = "atomics")))]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: crate::pool::Pooled<talc::wasm::WasmDynamicTalc> =
+    crate::pool::Pooled::new(talc::wasm::new_wasm_dynamic_allocator());
 
 use bindings::exports::projector::plugin::{comparison, projection};
 use bindings::projector::plugin::types as wit;
@@ -110,52 +111,133 @@ fn keys_of<P: Projection>(events: &[crate::Event]) -> Vec<Result<Vec<String>, wi
     }
 }
 
-/// A batch's events, kept in the plugin between the calls that use them.
+/// The positions `span` covers, if they lie within `whole` (for a text,
+/// also on character boundaries).
+fn cut<'a, T: ?Sized + Within>(whole: &'a T, span: wit::Span, what: &str) -> Result<&'a T, Error> {
+    let start = span.start as usize;
+    start
+        .checked_add(span.len as usize)
+        .and_then(|end| whole.within(start..end))
+        .ok_or_else(|| {
+            Error::bad_input(format!(
+                "span {}+{} is not within the {what} of {} items, or not on \
+                 character boundaries",
+                span.start,
+                span.len,
+                whole.count()
+            ))
+        })
+}
+
+/// A text or list a [`wit::Span`] can point into.
+trait Within {
+    fn within(&self, range: std::ops::Range<usize>) -> Option<&Self>;
+    fn count(&self) -> usize;
+}
+
+impl Within for str {
+    fn within(&self, range: std::ops::Range<usize>) -> Option<&str> {
+        self.get(range)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T> Within for [T] {
+    fn within(&self, range: std::ops::Range<usize>) -> Option<&[T]> {
+        self.get(range)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The events of a packed batch, each string cut out of the batch's text.
+fn unpack(packed: wit::PackedEvents) -> Result<Vec<crate::Event>, Error> {
+    let text = packed.text.as_str();
+    let string = |s| cut(text, s, "batch's text").map(str::to_owned);
+    packed
+        .events
+        .into_iter()
+        .map(|e| {
+            Ok(crate::Event {
+                id: string(e.id)?,
+                event_type: string(e.event_type)?,
+                source: string(e.source)?,
+                key: string(e.key)?,
+                version: e.version,
+                time_ms: e.time_ms,
+                payload: string(e.payload)?,
+                parsed: Default::default(),
+            })
+        })
+        .collect()
+}
+
+/// One run of `runs`, applied to the batch's `events`.
+fn apply_packed<P: Projection>(
+    plugin: &P,
+    events: &[crate::Event],
+    runs: &wit::PackedRuns,
+    run: &wit::KeyRun,
+) -> Result<crate::ApplyResult, Error> {
+    let key = cut(runs.keys.as_str(), run.key, "runs' keys")?;
+    let state = match run.state {
+        Some(s) => Some(cut(runs.states.as_slice(), s, "runs' states")?),
+        None => None,
+    };
+    let mine = cut(runs.events.as_slice(), run.events, "runs' events")?
+        .iter()
+        .map(|&i| {
+            events.get(i as usize).ok_or_else(|| {
+                Error::internal(format!(
+                    "event index {i} is past the batch of {}",
+                    events.len()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(apply_run(plugin, key, state, &mine))
+}
+
+/// A batch's events, kept in the plugin between the calls that use them,
+/// or why they could not be read.
 pub struct Batch<P> {
-    events: Vec<crate::Event>,
+    events: Result<Vec<crate::Event>, wit::PluginError>,
     plugin: PhantomData<P>,
 }
 
 impl<P: Projection> projection::GuestBatch for Batch<P> {
-    fn new(events: Vec<wit::Event>) -> Self {
+    fn new(events: wit::PackedEvents) -> Self {
         Batch {
-            events: events.into_iter().map(from_wit_event).collect(),
+            events: unpack(events).map_err(to_wit_error),
             plugin: PhantomData,
         }
     }
 
     fn keys(&self, start: u32, count: u32) -> Vec<Result<Vec<String>, wit::PluginError>> {
-        let start = (start as usize).min(self.events.len());
-        let end = start.saturating_add(count as usize).min(self.events.len());
-        keys_of::<P>(&self.events[start..end])
+        let events = match &self.events {
+            Ok(events) => events,
+            Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
+        };
+        let start = (start as usize).min(events.len());
+        let end = start.saturating_add(count as usize).min(events.len());
+        keys_of::<P>(&events[start..end])
     }
 
-    fn apply(&self, runs: Vec<wit::KeyRun>) -> Vec<wit::ApplyResult> {
-        let plugin = match Adapter::<P>::plugin() {
-            Ok(p) => p,
-            Err(e) => return runs.iter().map(|_| failed_result(e.clone())).collect(),
+    fn apply(&self, runs: wit::PackedRuns) -> Vec<wit::ApplyResult> {
+        let ready = Adapter::<P>::plugin()
+            .and_then(|p| Ok((p, self.events.as_ref().map_err(Clone::clone)?)));
+        let (plugin, events) = match ready {
+            Ok(ready) => ready,
+            Err(e) => return runs.runs.iter().map(|_| failed_result(e.clone())).collect(),
         };
-        let events = &self.events;
-        runs.into_iter()
-            .map(|run| {
-                let mine: Result<Vec<&crate::Event>, _> = run
-                    .events
-                    .iter()
-                    .map(|&i| {
-                        events.get(i as usize).ok_or_else(|| {
-                            Error::internal(format!(
-                                "event index {i} is past the batch of {}",
-                                events.len()
-                            ))
-                        })
-                    })
-                    .collect();
-                match mine {
-                    Ok(mine) => {
-                        to_wit_result(apply_run(plugin, &run.key, run.state.as_deref(), &mine))
-                    }
-                    Err(e) => failed_result(to_wit_error(e)),
-                }
+        runs.runs
+            .iter()
+            .map(|run| match apply_packed(plugin, events, &runs, run) {
+                Ok(r) => to_wit_result(r),
+                Err(e) => failed_result(to_wit_error(e)),
             })
             .collect()
     }

@@ -49,7 +49,7 @@ pub struct Unread {
 
 impl Unread {
     fn position(&self, id: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.id == id)
+        self.entries.iter().position(|e| same_id(&e.id, id))
     }
 
     fn remove(&mut self, id: &str) -> bool {
@@ -151,6 +151,14 @@ pub fn view_key(user_id: &str, site_id: &str) -> Result<String, Error> {
     key.push(':');
     key.push_str(site_id);
     Ok(key)
+}
+
+/// Whether two ids are equal, compared from their last byte: the ids of
+/// one view tend to share a prefix (`c42-7`, `c42-19`), so a scan of a
+/// view's entries mostly stops at the first byte it looks at, with no
+/// call to `memcmp` (a byte loop in Wasm's libc).
+fn same_id(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().rev().eq(b.bytes().rev())
 }
 
 fn user_of(key: &str) -> &str {

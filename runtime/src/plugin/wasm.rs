@@ -549,12 +549,19 @@ impl<'a> WasmSession<'a> {
             Some((id, handle)) if id == batch.id() && self.live.is_some() => return Ok(handle),
             _ => self.close_batch(),
         }
-        let list: Vec<wit::Event> = batch.events().iter().map(|e| to_wit(e)).collect();
+        let (text, list) = pack(batch.events()).map_err(|message| Error::BadOutput {
+            plugin: self.plugin.meta.name.clone(),
+            message,
+        })?;
         let work = list.len().min(MAX_BATCH_DEADLINE_EVENTS);
         let handle = self.call_once(work, &mut |s, i| {
+            let packed = wit::PackedEvents {
+                text: &text,
+                events: &list,
+            };
             i.projector_plugin_projection()
                 .batch()
-                .call_constructor(s, &list)
+                .call_constructor(s, packed)
         })?;
         self.open = Some((batch.id(), handle));
         Ok(handle)
@@ -651,6 +658,116 @@ fn to_wit(e: &Event) -> wit::Event<'_> {
     }
 }
 
+/// Appends items to a text or list and gives the span they landed at;
+/// every position fits a `u32` (the WIT span's), checked up front.
+fn spans<T: ?Sized + Whole>(whole: &mut T, items: &T::Item) -> wit::Span {
+    let span = wit::Span {
+        start: whole.size() as u32,
+        len: T::len_of(items) as u32,
+    };
+    whole.extend_from(items);
+    span
+}
+
+/// A text or list that packed calls append to.
+trait Whole {
+    type Item: ?Sized;
+    fn size(&self) -> usize;
+    fn len_of(items: &Self::Item) -> usize;
+    fn extend_from(&mut self, items: &Self::Item);
+}
+
+impl Whole for String {
+    type Item = str;
+    fn size(&self) -> usize {
+        self.len()
+    }
+    fn len_of(items: &str) -> usize {
+        items.len()
+    }
+    fn extend_from(&mut self, items: &str) {
+        self.push_str(items)
+    }
+}
+
+impl<T: Copy> Whole for Vec<T> {
+    type Item = [T];
+    fn size(&self) -> usize {
+        self.len()
+    }
+    fn len_of(items: &[T]) -> usize {
+        items.len()
+    }
+    fn extend_from(&mut self, items: &[T]) {
+        self.extend_from_slice(items)
+    }
+}
+
+/// Refuse a packed call whose parts do not fit the WIT span's `u32`.
+fn fits(what: &str, size: usize) -> Result<(), String> {
+    match u32::try_from(size) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "{what} of {size} items, over the {} one call can pass",
+            u32::MAX
+        )),
+    }
+}
+
+/// `events` as one text holding all their strings, and each event with
+/// the spans of its strings in that text (the WIT `packed-events`).
+fn pack(events: &[&Event]) -> Result<(String, Vec<wit::PackedEvent>), String> {
+    let size: usize = events
+        .iter()
+        .map(|e| e.id.len() + e.event_type.len() + e.source.len() + e.key.len() + e.payload.len())
+        .sum();
+    fits("a batch's text", size)?;
+    let mut text = String::with_capacity(size);
+    let mut put = |s: &str| spans(&mut text, s);
+    let list = events
+        .iter()
+        .map(|e| wit::PackedEvent {
+            id: put(&e.id),
+            event_type: put(&e.event_type),
+            source: put(&e.source),
+            key: put(&e.key),
+            version: e.version,
+            time_ms: e.time_ms,
+            payload: put(&e.payload),
+        })
+        .collect();
+    Ok((text, list))
+}
+
+/// The parts of a WIT `packed-runs`: keys, states, event indexes, and
+/// each run's spans in them.
+type PackedRuns = (String, Vec<u8>, Vec<u32>, Vec<wit::KeyRun>);
+
+/// `runs` in one piece (the WIT `packed-runs`).
+fn pack_runs(runs: &[KeyRun]) -> Result<PackedRuns, String> {
+    let keys: usize = runs.iter().map(|r| r.key.len()).sum();
+    let states: usize = runs.iter().map(|r| r.state.map_or(0, <[u8]>::len)).sum();
+    let events: usize = runs.iter().map(|r| r.events.len()).sum();
+    fits("a call's keys", keys)?;
+    fits("a call's states", states)?;
+    fits("a call's event indexes", events)?;
+    let mut packed = (
+        String::with_capacity(keys),
+        Vec::with_capacity(states),
+        Vec::with_capacity(events),
+        Vec::with_capacity(runs.len()),
+    );
+    for r in runs {
+        let run = wit::KeyRun {
+            key: spans(&mut packed.0, r.key),
+            state: r.state.map(|s| spans(&mut packed.1, s)),
+            events: spans(&mut packed.2, &r.events),
+        };
+        packed.3.push(run);
+    }
+    Ok(packed)
+}
+
 fn from_wit_result(r: wit::ApplyResult) -> ApplyResult {
     ApplyResult {
         outcome: match r.outcome {
@@ -725,14 +842,10 @@ impl Session for WasmSession<'_> {
         batch: &EventBatch,
         runs: &[KeyRun],
     ) -> Result<Vec<ApplyResult>, Error> {
-        let wit_runs: Vec<wit::KeyRun> = runs
-            .iter()
-            .map(|r| wit::KeyRun {
-                key: r.key,
-                state: r.state,
-                events: &r.events,
-            })
-            .collect();
+        let (keys, states, events, list) = pack_runs(runs).map_err(|message| Error::BadOutput {
+            plugin: self.plugin.meta.name.clone(),
+            message,
+        })?;
         // The deadline grows with the work, up to a bound: a guest stuck on
         // one key must not hold the whole batch for long (the engine then
         // goes key by key, each under its own deadline).
@@ -745,9 +858,15 @@ impl Session for WasmSession<'_> {
         // the retry, each call there with its own deadline and retries.
         let handle = self.batch_handle(batch)?;
         let out = self.call_once(work, &mut |s, i| {
+            let packed = wit::PackedRuns {
+                keys: &keys,
+                states: &states,
+                events: &events,
+                runs: &list,
+            };
             i.projector_plugin_projection()
                 .batch()
-                .call_apply(s, handle, &wit_runs)
+                .call_apply(s, handle, packed)
         })?;
         self.check_count("batch.apply", out.len(), runs.len())?;
         Ok(out.into_iter().map(from_wit_result).collect())
@@ -813,5 +932,173 @@ impl Session for WasmSession<'_> {
                 })
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbox(host: &WasmHost) -> WasmPlugin {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/plugins/inbox-unread.wasm");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (./scripts/build-plugins.sh builds it)",
+                path.display()
+            )
+        });
+        host.load(
+            "inbox-unread",
+            &bytes,
+            Limits::default(),
+            &serde_json::json!({}),
+        )
+        .expect("the inbox plugin loads")
+    }
+
+    fn span(start: u32, len: u32) -> wit::Span {
+        wit::Span { start, len }
+    }
+
+    #[test]
+    fn packed_events_hold_every_string_at_its_span() {
+        let events = [
+            Event {
+                id: "e1".into(),
+                event_type: "MessageSent".into(),
+                source: "inbox".into(),
+                key: "s1".into(),
+                version: 7,
+                time_ms: 9,
+                payload: "{\"a\":\"é\"}".into(),
+                ..Default::default()
+            },
+            Event {
+                id: "e2".into(),
+                event_type: "ConversationRead".into(),
+                source: "".into(),
+                key: "s2".into(),
+                ..Default::default()
+            },
+        ];
+        let refs: Vec<&Event> = events.iter().collect();
+        let (text, list) = pack(&refs).expect("packs");
+        let at = |s: wit::Span| &text[s.start as usize..(s.start + s.len) as usize];
+        for (e, p) in events.iter().zip(&list) {
+            assert_eq!(at(p.id), e.id);
+            assert_eq!(at(p.event_type), e.event_type);
+            assert_eq!(at(p.source), e.source);
+            assert_eq!(at(p.key), e.key);
+            assert_eq!(at(p.payload), e.payload);
+            assert_eq!((p.version, p.time_ms), (e.version, e.time_ms));
+        }
+    }
+
+    #[test]
+    fn a_packed_batch_with_a_bad_span_fails_as_bad_input() {
+        let host = WasmHost::new().expect("host");
+        let plugin = inbox(&host);
+        let mut session = WasmSession::new(&plugin);
+        let event = |payload: wit::Span| wit::PackedEvent {
+            id: span(0, 1),
+            event_type: span(0, 1),
+            source: span(0, 1),
+            key: span(0, 1),
+            version: 1,
+            time_ms: 0,
+            payload,
+        };
+        // Past the end of the text, and inside a two-byte character.
+        for (text, payload) in [("abc", span(2, 5)), ("aé", span(0, 2))] {
+            let keys = session
+                .call_once(1, &mut |s, i| {
+                    let batch = i.projector_plugin_projection().batch();
+                    let events = [event(payload)];
+                    let packed = wit::PackedEvents {
+                        text,
+                        events: &events,
+                    };
+                    let handle = batch.call_constructor(&mut *s, packed)?;
+                    let keys = batch.call_keys(&mut *s, handle, 0, 1)?;
+                    handle.resource_drop(s)?;
+                    Ok(keys)
+                })
+                .expect("the calls return");
+            assert_eq!(keys.len(), 1);
+            let error = keys[0].as_ref().expect_err("a bad span fails");
+            assert!(matches!(error.kind, wit::ErrorKind::BadInput), "{error:?}");
+            assert!(error.message.contains("span"), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn a_run_with_a_bad_span_fails_as_bad_input_and_the_others_apply() {
+        let host = WasmHost::new().expect("host");
+        let plugin = inbox(&host);
+        let mut session = WasmSession::new(&plugin);
+        let payload = r#"{"conversation_id":"c1","site_id":"s1","sender_id":"u1","participants":["u1","u2"]}"#;
+        let sent = Event {
+            id: "e1".into(),
+            event_type: "MessageSent".into(),
+            source: "inbox".into(),
+            key: "s1".into(),
+            version: 1,
+            time_ms: 5,
+            payload: payload.into(),
+            ..Default::default()
+        };
+        let (text, list) = pack(&[&sent]).expect("packs");
+        let runs = [
+            wit::KeyRun {
+                key: span(0, 5),
+                state: None,
+                events: span(0, 1),
+            },
+            // Its key lies past the end of `keys`.
+            wit::KeyRun {
+                key: span(3, 9),
+                state: None,
+                events: span(0, 1),
+            },
+            // Its events lie past the end of `events`.
+            wit::KeyRun {
+                key: span(0, 5),
+                state: None,
+                events: span(1, 1),
+            },
+        ];
+        let results = session
+            .call_once(1, &mut |s, i| {
+                let batch = i.projector_plugin_projection().batch();
+                let packed = wit::PackedEvents {
+                    text: &text,
+                    events: &list,
+                };
+                let handle = batch.call_constructor(&mut *s, packed)?;
+                let packed = wit::PackedRuns {
+                    keys: "u2:s1",
+                    states: &[],
+                    events: &[0],
+                    runs: &runs,
+                };
+                let results = batch.call_apply(&mut *s, handle, packed)?;
+                handle.resource_drop(s)?;
+                Ok(results)
+            })
+            .expect("the calls return");
+        assert_eq!(results.len(), 3);
+        assert!(
+            matches!(results[0].outcome, wit::Outcome::Put(_)),
+            "{:?}",
+            results[0]
+        );
+        assert_eq!((results[0].applied, results[0].error.is_none()), (1, true));
+        for bad in &results[1..] {
+            let error = bad.error.as_ref().expect("a bad span fails");
+            assert!(matches!(error.kind, wit::ErrorKind::BadInput), "{error:?}");
+            assert!(error.message.contains("span"), "{}", error.message);
+            assert_eq!(bad.applied, 0);
+        }
     }
 }
