@@ -120,7 +120,7 @@ fn cut<'a, T: ?Sized + Within>(whole: &'a T, span: wit::Span, what: &str) -> Res
         .and_then(|end| whole.within(start..end))
         .ok_or_else(|| {
             Error::bad_input(format!(
-                "span {}+{} is not within the {what} of {} items, or not on \
+                "span {}+{} is not within the {what} (length {}), or not on \
                  character boundaries",
                 span.start,
                 span.len,

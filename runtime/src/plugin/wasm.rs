@@ -658,48 +658,12 @@ fn to_wit(e: &Event) -> wit::Event<'_> {
     }
 }
 
-/// Appends items to a text or list and gives the span they landed at;
-/// every position fits a `u32` (the WIT span's), checked up front.
-fn spans<T: ?Sized + Whole>(whole: &mut T, items: &T::Item) -> wit::Span {
-    let span = wit::Span {
-        start: whole.size() as u32,
-        len: T::len_of(items) as u32,
-    };
-    whole.extend_from(items);
-    span
-}
-
-/// A text or list that packed calls append to.
-trait Whole {
-    type Item: ?Sized;
-    fn size(&self) -> usize;
-    fn len_of(items: &Self::Item) -> usize;
-    fn extend_from(&mut self, items: &Self::Item);
-}
-
-impl Whole for String {
-    type Item = str;
-    fn size(&self) -> usize {
-        self.len()
-    }
-    fn len_of(items: &str) -> usize {
-        items.len()
-    }
-    fn extend_from(&mut self, items: &str) {
-        self.push_str(items)
-    }
-}
-
-impl<T: Copy> Whole for Vec<T> {
-    type Item = [T];
-    fn size(&self) -> usize {
-        self.len()
-    }
-    fn len_of(items: &[T]) -> usize {
-        items.len()
-    }
-    fn extend_from(&mut self, items: &[T]) {
-        self.extend_from_slice(items)
+/// The span of `len` items from `start`; every position of a packed call
+/// fits a `u32` (the WIT span's), checked up front by [`fits`].
+fn span(start: usize, len: usize) -> wit::Span {
+    wit::Span {
+        start: start as u32,
+        len: len as u32,
     }
 }
 
@@ -723,7 +687,11 @@ fn pack(events: &[&Event]) -> Result<(String, Vec<wit::PackedEvent>), String> {
         .sum();
     fits("a batch's text", size)?;
     let mut text = String::with_capacity(size);
-    let mut put = |s: &str| spans(&mut text, s);
+    let mut put = |s: &str| {
+        let at = span(text.len(), s.len());
+        text.push_str(s);
+        at
+    };
     let list = events
         .iter()
         .map(|e| wit::PackedEvent {
@@ -741,31 +709,37 @@ fn pack(events: &[&Event]) -> Result<(String, Vec<wit::PackedEvent>), String> {
 
 /// The parts of a WIT `packed-runs`: keys, states, event indexes, and
 /// each run's spans in them.
-type PackedRuns = (String, Vec<u8>, Vec<u32>, Vec<wit::KeyRun>);
+type RunParts = (String, Vec<u8>, Vec<u32>, Vec<wit::KeyRun>);
 
 /// `runs` in one piece (the WIT `packed-runs`).
-fn pack_runs(runs: &[KeyRun]) -> Result<PackedRuns, String> {
-    let keys: usize = runs.iter().map(|r| r.key.len()).sum();
-    let states: usize = runs.iter().map(|r| r.state.map_or(0, <[u8]>::len)).sum();
-    let events: usize = runs.iter().map(|r| r.events.len()).sum();
-    fits("a call's keys", keys)?;
-    fits("a call's states", states)?;
-    fits("a call's event indexes", events)?;
-    let mut packed = (
-        String::with_capacity(keys),
-        Vec::with_capacity(states),
-        Vec::with_capacity(events),
-        Vec::with_capacity(runs.len()),
-    );
+fn pack_runs(runs: &[KeyRun]) -> Result<RunParts, String> {
+    let keys_size: usize = runs.iter().map(|r| r.key.len()).sum();
+    let states_size: usize = runs.iter().map(|r| r.state.map_or(0, <[u8]>::len)).sum();
+    let events_size: usize = runs.iter().map(|r| r.events.len()).sum();
+    fits("a call's keys", keys_size)?;
+    fits("a call's states", states_size)?;
+    fits("a call's event indexes", events_size)?;
+    let mut keys = String::with_capacity(keys_size);
+    let mut states = Vec::with_capacity(states_size);
+    let mut events = Vec::with_capacity(events_size);
+    let mut list = Vec::with_capacity(runs.len());
     for r in runs {
-        let run = wit::KeyRun {
-            key: spans(&mut packed.0, r.key),
-            state: r.state.map(|s| spans(&mut packed.1, s)),
-            events: spans(&mut packed.2, &r.events),
-        };
-        packed.3.push(run);
+        let key = span(keys.len(), r.key.len());
+        keys.push_str(r.key);
+        let state = r.state.map(|s| {
+            let at = span(states.len(), s.len());
+            states.extend_from_slice(s);
+            at
+        });
+        let at = span(events.len(), r.events.len());
+        events.extend_from_slice(&r.events);
+        list.push(wit::KeyRun {
+            key,
+            state,
+            events: at,
+        });
     }
-    Ok(packed)
+    Ok((keys, states, events, list))
 }
 
 fn from_wit_result(r: wit::ApplyResult) -> ApplyResult {
