@@ -17,10 +17,9 @@ use projector::pipeline::{run_log, Totals};
 use projector::plugin::native::NativePlugin;
 use projector::plugin::wasm::WasmHost;
 use projector::plugin::{Limits, SharedCode};
-use projector::source::log::EmbeddedLog;
 use projector::store::Store;
 use projector_guest::Population;
-use projector_tests::{inbox_events, knob, plugin_wasm, InboxShape};
+use projector_tests::{filled_log, inbox_events, knob, plugin_wasm, InboxShape};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,11 +30,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyhow::Result<Totals> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
-    let log = EmbeddedLog::open(&store, 4, Format::Auto)?;
     let started = Instant::now();
-    for chunk in events.chunks(20_000) {
-        log.append(chunk)?;
-    }
+    let log = filled_log(&store, 4, events)?;
     eprintln!(
         "{label}: ingested {} events into the embedded log in {:.1?}",
         events.len(),

@@ -7,10 +7,8 @@
 //! `BENCH_EVENTS` sets the stream length (default 300 000). Run with
 //! `./scripts/bench.sh swap`.
 
-use projector::envelope::Format;
 use projector::pipeline::run_log;
-use projector::source::log::EmbeddedLog;
-use projector_tests::{open_app, plugin_wasm};
+use projector_tests::{filled_log, open_app, plugin_wasm};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +25,6 @@ fn main() -> anyhow::Result<()> {
         &["hostile"],
         "[engine]\ncompile_cache_dir = \"cache\"\n",
     );
-    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto)?);
     let events: Vec<String> = (0..n)
         .map(|i| {
             serde_json::json!({"id": format!("e{i}"), "type": "count", "source": "bench",
@@ -35,9 +32,7 @@ fn main() -> anyhow::Result<()> {
             .to_string()
         })
         .collect();
-    for chunk in events.chunks(20_000) {
-        log.append(chunk)?;
-    }
+    let log = Arc::new(filled_log(app.engine.store(), 4, &events)?);
     let v2 = std::fs::read(plugin_wasm("hostile-v2"))?;
 
     let done: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::with_capacity(4096)));

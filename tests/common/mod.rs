@@ -261,6 +261,24 @@ pub fn rendered(view: &serde_json::Value) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// An embedded log of `partitions` partitions in `store`, holding
+/// `events` (appended in chunks, as an ingest would).
+pub fn filled_log(
+    store: &projector::store::Store,
+    partitions: u32,
+    events: &[String],
+) -> anyhow::Result<projector::source::log::EmbeddedLog> {
+    let log = projector::source::log::EmbeddedLog::open(
+        store,
+        partitions,
+        projector::envelope::Format::Auto,
+    )?;
+    for chunk in events.chunks(20_000) {
+        log.append(chunk)?;
+    }
+    Ok(log)
+}
+
 /// Write `lines` as an NDJSON file.
 pub fn write_ndjson(path: &Path, lines: &[String]) {
     let mut text = lines.join("\n");
