@@ -4,12 +4,13 @@
 #          (BENCH_EVENTS=N changes the stream length);
 #   read   the legacy SQL query against the projection read, and HTTP read
 #          latency under a fixed request rate (BENCH_CONVERSATIONS, BENCH_RPS,
-#          BENCH_SECONDS);
+#          BENCH_SECONDS, BENCH_ROUNDS);
 #   enrich aggregation with enrichment from four local services: events/s,
 #          cache hit ratio, fetch latency (BENCH_ASSETS, BENCH_EVENTS,
 #          BENCH_WORKERS);
 #   kafka  mock Kafka cluster → Wasm inbox projection → sled against a raw
-#          rdkafka consume of the same topic (BENCH_EVENTS);
+#          rdkafka consume of the same topic, and the same projection from
+#          the embedded log (BENCH_EVENTS);
 #   swap   the largest stall of a replace deploy while events flow, against
 #          steady state (BENCH_EVENTS).
 # Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap]   (default: all)
