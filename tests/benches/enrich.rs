@@ -9,7 +9,7 @@
 
 use projector::app::App;
 use projector::config::Config;
-use projector::engine::Record;
+use projector_core::Record;
 use projector_tests::knob;
 use projector_tests::plugins_dir;
 use projector_tests::services::Services;

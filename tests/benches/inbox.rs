@@ -11,14 +11,14 @@
 //! also prints the store commits' share, from the engine's counters. Run
 //! with `./scripts/bench.sh inbox`.
 
-use projector::engine::Engine;
-use projector::envelope::Format;
-use projector::pipeline::{run_log, Totals};
-use projector::plugin::native::NativePlugin;
-use projector::plugin::wasm::WasmHost;
-use projector::plugin::{Limits, SharedCode};
-use projector::store::Store;
+use projector_core::engine::Engine;
+use projector_core::envelope::Format;
+use projector_core::store::Store;
 use projector_guest::Population;
+use projector_host::native::NativePlugin;
+use projector_host::wasm::WasmHost;
+use projector_host::{Limits, SharedCode};
+use projector_sources::pipeline::{run_log, Totals};
 use projector_tests::{filled_log, inbox_events, knob, plugin_wasm, InboxShape};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -31,18 +31,18 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
     let started = Instant::now();
-    let log = filled_log(&store, 4, events)?;
+    let log = std::sync::Arc::new(filled_log(&store, 4, events)?);
     eprintln!(
         "{label}: ingested {} events into the embedded log in {:.1?}",
         events.len(),
         started.elapsed()
     );
-    let engine = Engine::new(
+    let engine = std::sync::Arc::new(Engine::new(
         store,
         Format::Auto,
         workers,
         std::time::Duration::from_millis(knob("BENCH_COMMIT_MS", 1000)),
-    );
+    ));
     engine.add(code, Some(Population::Eager))?;
     let batch = knob("BENCH_BATCH", 4096) as usize;
     let totals = run_log(&engine, &log, batch, &AtomicBool::new(false), true, |_| {})?;

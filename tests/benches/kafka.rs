@@ -12,14 +12,14 @@
 //! threads that fold a batch's keys (default 1). Run with
 //! `./scripts/bench.sh kafka`.
 
-use projector::engine::Engine;
-use projector::envelope::Format;
-use projector::pipeline::run_log;
-use projector::plugin::wasm::WasmHost;
-use projector::plugin::{Limits, SharedCode};
-use projector::source::kafka::{KafkaConfig, KafkaRun};
-use projector::store::Store;
+use projector_core::engine::Engine;
+use projector_core::envelope::Format;
+use projector_core::store::Store;
 use projector_guest::Population;
+use projector_host::wasm::WasmHost;
+use projector_host::{Limits, SharedCode};
+use projector_sources::kafka::{KafkaConfig, KafkaRun};
+use projector_sources::pipeline::run_log;
 use projector_tests::kafka::{cluster, ends, produce, wait_caught_up};
 use projector_tests::{filled_log, inbox_events, plugin_wasm, InboxShape};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -113,8 +113,8 @@ fn main() -> anyhow::Result<()> {
     // The same events and projection, fed from the embedded log.
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
-    let log = filled_log(&store, PARTITIONS, &events)?;
-    let engine = new_engine(store)?;
+    let log = Arc::new(filled_log(&store, PARTITIONS, &events)?);
+    let engine = Arc::new(new_engine(store)?);
     let totals = run_log(&engine, &log, 4096, &AtomicBool::new(false), true, |_| {})?;
     anyhow::ensure!(
         totals.records == total,

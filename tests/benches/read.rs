@@ -28,13 +28,13 @@
 //! `./scripts/bench.sh read`.
 
 use projector::config::Config;
-use projector::engine::{Engine, Record};
-use projector::envelope::Format;
-use projector::plugin::wasm::WasmHost;
-use projector::plugin::{Limits, SharedCode};
-use projector::serve::{ServeState, Serving};
-use projector::store::Store;
+use projector_api::{ServeState, Serving};
+use projector_core::envelope::Format;
+use projector_core::store::Store;
+use projector_core::{engine::Engine, Record};
 use projector_guest::Population;
+use projector_host::wasm::WasmHost;
+use projector_host::{Limits, SharedCode};
 use projector_tests::knob;
 use projector_tests::legacy::Model;
 use projector_tests::{plugin_wasm, rendered};
@@ -247,7 +247,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     };
-    let now = projector::engine::now_ms();
+    let now = projector_core::now_ms();
     let mut unread_total = 0usize;
     for (user, site) in &keys {
         let key = format!("{user}:{site}");
@@ -314,9 +314,9 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".into();
     let state = Arc::new(ServeState::new(
-        &config,
+        &config.api_settings(),
         engine.clone(),
-        projector::serve::Feed::None,
+        projector_api::Feed::none(),
         None,
     )?);
     state.set_ready(true);

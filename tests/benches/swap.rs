@@ -7,7 +7,7 @@
 //! `BENCH_EVENTS` sets the stream length (default 300 000). Run with
 //! `./scripts/bench.sh swap`.
 
-use projector::pipeline::run_log;
+use projector_sources::pipeline::run_log;
 use projector_tests::{filled_log, open_app, plugin_wasm};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -89,14 +89,14 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Shadow rebuild of the whole log.
-    app.deployer.set_log(log.clone());
+    app.deployer.set_replay(log.clone());
     let v1 = std::fs::read(plugin_wasm("hostile"))?;
     let started = Instant::now();
     app.deployer.deploy_shadow(
         "hostile",
         &v1,
         "bench",
-        projector::registry::ShadowMethod::Rebuild,
+        projector_deploy::ShadowMethod::Rebuild,
     )?;
     let status = loop {
         let s = app

@@ -2,8 +2,8 @@
 //! a producer of events keyed like the embedded log, readers of whole
 //! topics, and a waiter for a runtime to catch up.
 
-use projector::engine::Engine;
-use projector::source::kafka::source_id;
+use projector_core::engine::Engine;
+use projector_sources::kafka::source_id;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -44,7 +44,7 @@ pub fn produce(bootstrap: &str, topic: &str, partitions: u32, values: &[String])
     for v in values {
         let e: serde_json::Value = serde_json::from_str(v).expect("event json");
         let key = e["key"].as_str().expect("event key").to_string();
-        let p = projector::source::log::partition_of(&key, partitions) as i32;
+        let p = projector_sources::log::partition_of(&key, partitions) as i32;
         loop {
             match producer.send(
                 BaseRecord::<String, String>::to(topic)

@@ -217,10 +217,10 @@ impl Legacy {
         }
     }
 
-    /// The `[plugins.inbox-unread.source]` table pointing here.
+    /// The `[plugins.inbox-unread.truth]` table pointing here.
     pub fn source_config(&self) -> String {
         format!(
-            "[plugins.inbox-unread.source]\nurl = \"http://{}/unread?user={{user}}&site={{site}}\"\nkey = \"{{user}}:{{site}}\"\ntimeout_ms = 2000\nretries = 1\nbackoff_ms = 10\n",
+            "[plugins.inbox-unread.truth]\nurl = \"http://{}/unread?user={{user}}&site={{site}}\"\nkey = \"{{user}}:{{site}}\"\ntimeout_ms = 2000\nretries = 1\nbackoff_ms = 10\n",
             self.addr
         )
     }

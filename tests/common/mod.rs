@@ -264,14 +264,14 @@ pub fn rendered(view: &serde_json::Value) -> Vec<(String, i64)> {
 /// An embedded log of `partitions` partitions in `store`, holding
 /// `events` (appended in chunks, as an ingest would).
 pub fn filled_log(
-    store: &projector::store::Store,
+    store: &projector_core::store::Store,
     partitions: u32,
     events: &[String],
-) -> anyhow::Result<projector::source::log::EmbeddedLog> {
-    let log = projector::source::log::EmbeddedLog::open(
+) -> anyhow::Result<projector_sources::log::EmbeddedLog> {
+    let log = projector_sources::log::EmbeddedLog::open(
         store,
         partitions,
-        projector::envelope::Format::Auto,
+        projector_core::envelope::Format::Auto,
     )?;
     for chunk in events.chunks(20_000) {
         log.append(chunk)?;
@@ -316,11 +316,11 @@ pub fn envelope(
 }
 
 /// Records with offsets from `first` on, in partition 0.
-pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector::engine::Record> {
+pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector_core::Record> {
     values
         .into_iter()
         .enumerate()
-        .map(|(i, value)| projector::engine::Record {
+        .map(|(i, value)| projector_core::Record {
             partition: 0,
             offset: first + i as u64,
             key: None,
@@ -356,7 +356,7 @@ impl Served {
                 "[engine]\ncommit_interval_ms = 100\n[http]\nconsistency_timeout_ms = 30000\n{extra}"
             ),
         );
-        let log = projector::source::log::EmbeddedLog::open(
+        let log = projector_sources::log::EmbeddedLog::open(
             app.engine.store(),
             app.config.log.partitions,
             app.config.format,

@@ -156,9 +156,20 @@ fn config_errors_name_the_file_and_the_key() {
             "http.listen: expected an address like 127.0.0.1:8080",
         ),
         (
+            "bad-truth.toml",
+            "[plugins.x.truth]\nurl = \"http://legacy/{team}\"\nkey = \"{user}:{site}\"\n",
+            "plugins.x.truth.url: field {team} is neither {key} nor a field of the key pattern",
+        ),
+        (
+            // The older name of the table is still read.
             "bad-source.toml",
             "[plugins.x.source]\nurl = \"http://legacy/{team}\"\nkey = \"{user}:{site}\"\n",
-            "plugins.x.source.url: field {team} is neither {key} nor a field of the key pattern",
+            "plugins.x.truth.url: field {team} is neither {key} nor a field of the key pattern",
+        ),
+        (
+            "both-names.toml",
+            "[plugins.x.truth]\nurl = \"http://a/{key}\"\n[plugins.x.source]\nurl = \"http://b/{key}\"\n",
+            "plugins.x: both `truth` and its older name `source` are set",
         ),
         (
             "bad-rollout.toml",

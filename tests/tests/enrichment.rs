@@ -3,7 +3,7 @@
 //! across four sources, stale and duplicate data, a lagging replica, a
 //! source that is down or slow, the allow-list, and read-time rendering.
 
-use projector::store::DeadLetter;
+use projector_core::store::DeadLetter;
 use projector_tests::services::Services;
 use projector_tests::{open_app, records};
 use serde_json::{json, Value};
@@ -196,7 +196,7 @@ fn a_lagging_source_is_fetched_again_until_it_is_newer() {
     assert_eq!(row(&app, "u2:a2", 0)["site"]["name"], "site a2 v2");
     app.engine.commit().expect("commit");
     assert_eq!(app.engine.store().retry_count(), 1);
-    let later = projector::engine::now_ms() + 60_000;
+    let later = projector_core::now_ms() + 60_000;
     assert_eq!(app.engine.retry_due(later).expect("retry"), 1);
     assert_eq!(row(&app, "u1:a1", 0)["site"]["name"], "site a1 v2");
     assert_eq!(app.engine.store().retry_count(), 0);
@@ -267,7 +267,7 @@ fn a_source_down_is_served_from_cache_where_allowed_and_elsewhere_fails_the_even
     assert_eq!((c.applied, c.dead_lettered), (1, 0), "{c:?}");
     app.engine.commit().expect("commit");
     assert_eq!(app.engine.store().retry_count(), 1);
-    let later = projector::engine::now_ms() + 60_000;
+    let later = projector_core::now_ms() + 60_000;
     assert_eq!(app.engine.retry_due(later).expect("retry"), 1);
     assert_eq!(app.engine.store().retry_count(), 0);
     let r = row(&app, "u1:a1", 0);
@@ -275,7 +275,8 @@ fn a_source_down_is_served_from_cache_where_allowed_and_elsewhere_fails_the_even
     assert_eq!(r["domain"], "a1-v5.example.com");
     let stats: std::collections::HashMap<&str, _> = app.fetcher.stats().into_iter().collect();
     let count =
-        |service: &str, f: fn(&projector::fetch::ServiceStats) -> &std::sync::atomic::AtomicU64| {
+        |service: &str,
+         f: fn(&projector_host::fetch::ServiceStats) -> &std::sync::atomic::AtomicU64| {
             f(&stats[service]).load(std::sync::atomic::Ordering::Relaxed)
         };
     assert_eq!(count("billing", |s| &s.fetches), 2);

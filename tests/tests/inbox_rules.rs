@@ -31,7 +31,7 @@ fn read(id: &str, version: u64, conv: &str, user: &str) -> Vec<u8> {
 }
 
 /// The owner's view on site s1; it must exist.
-fn owner_view(engine: &projector::engine::Engine) -> projector::engine::ReadView {
+fn owner_view(engine: &projector_core::engine::Engine) -> projector_core::engine::ReadView {
     engine
         .read("inbox-unread", "owner:s1", 0)
         .expect("read")
@@ -39,7 +39,7 @@ fn owner_view(engine: &projector::engine::Engine) -> projector::engine::ReadView
 }
 
 /// Store the owner's view on s1 from a legacy answer at `version`.
-fn snapshot_owner(engine: &projector::engine::Engine, version: u64, convs: &[(&str, i64)]) {
+fn snapshot_owner(engine: &projector_core::engine::Engine, version: u64, convs: &[(&str, i64)]) {
     engine
         .snapshot("inbox-unread", "owner:s1", &snapshot_answer(version, convs))
         .expect("snapshot");

@@ -4,12 +4,12 @@
 //! go through the retry topic and poison ones to the dead-letter topic
 //! through the spool, and a slow plugin pauses its partitions.
 
-use projector::engine::Engine;
-use projector::plugin::native::NativePlugin;
-use projector::plugin::{Limits, SharedCode};
-use projector::source::kafka::{header, KafkaConfig, KafkaRun};
-use projector::store::Store;
+use projector_core::engine::Engine;
+use projector_core::store::Store;
 use projector_guest::{Change, Error, Event, Info, Json, Population, Projection, StalePolicy};
+use projector_host::native::NativePlugin;
+use projector_host::{Limits, SharedCode};
+use projector_sources::kafka::{header, KafkaConfig, KafkaRun};
 use projector_tests::kafka::{cluster, ends, produce, read_all, wait_caught_up};
 use projector_tests::{fold_inbox, inbox_events, open_app, rendered, shown, InboxShape};
 use serde_json::json;
@@ -100,7 +100,7 @@ fn counting_engine(dir: &Path, settings: Json, retry: &str) -> Arc<Engine> {
     let store = Store::open(&dir.join("data")).expect("store");
     let mut engine = Engine::new(
         store,
-        projector::envelope::Format::Auto,
+        projector_core::envelope::Format::Auto,
         2,
         Duration::from_millis(200),
     );
@@ -376,7 +376,7 @@ fn a_failing_event_goes_through_the_retry_topic_and_a_poison_one_to_the_dead_let
     ] {
         assert!(d.headers.contains_key(h), "{h} missing in {:?}", d.headers);
     }
-    let p = projector::source::log::partition_of("kp", 4);
+    let p = projector_sources::log::partition_of("kp", 4);
     assert_eq!(d.headers[header::PARTITION], p.to_string());
     assert_eq!(d.partition, p as i32);
     assert_eq!(d.headers[header::STAGE], "apply");
@@ -625,7 +625,7 @@ fn records_left_in_the_spool_are_sent_after_a_restart() {
 
 #[test]
 fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
-    use projector::registry::ShadowMethod;
+    use projector_deploy::ShadowMethod;
     use std::sync::atomic::AtomicBool;
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cluster("shadowed", 2);

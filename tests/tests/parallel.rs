@@ -2,7 +2,7 @@
 //! as an independent fold of the events: order per key holds, and no key
 //! is lost or written twice.
 
-use projector::pipeline::replay_file;
+use projector_sources::pipeline::replay_file;
 use projector_tests::{
     fold_inbox, inbox_events, open_app, rendered, shown, write_ndjson, InboxShape,
 };

@@ -4,10 +4,10 @@
 //! rejected and the running version goes on; a restart keeps the deployed
 //! version without compiling it again; rollback returns to the previous.
 
-use projector::envelope::Format;
-use projector::pipeline::run_log;
-use projector::registry::{content_id, ShadowMethod};
-use projector::source::log::EmbeddedLog;
+use projector_core::envelope::Format;
+use projector_deploy::{content_id, ShadowMethod};
+use projector_sources::log::EmbeddedLog;
+use projector_sources::pipeline::run_log;
 use projector_tests::{open_app, plugin_wasm};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -424,7 +424,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
     let v2 = content_id(&v2_bytes);
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
-    app.deployer.set_log(log.clone());
+    app.deployer.set_replay(log.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let pipeline = {
         let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
@@ -586,7 +586,7 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
         &["hostile"],
         &format!(
             "[engine]\ncommit_interval_ms = 20\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [plugins.hostile.source]\nurl = \"http://{source}/count?key={{key}}\"\n"
+             [plugins.hostile.truth]\nurl = \"http://{source}/count?key={{key}}\"\n"
         ),
     );
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));

@@ -1,7 +1,7 @@
 //! Hostile guests: each misbehaviour fails its own event, which is
 //! dead-lettered with a reason, while the other events keep flowing.
 
-use projector::store::DeadLetter;
+use projector_core::store::DeadLetter;
 use projector_tests::{envelope, open_app, records};
 use serde_json::json;
 use std::time::Instant;
@@ -115,8 +115,8 @@ fn guest_output_reaches_the_plugin_log() {
 
 #[test]
 fn modules_that_are_not_plugins_are_rejected_with_a_reason() {
-    let host = projector::plugin::wasm::WasmHost::new().expect("host");
-    let limits = projector::plugin::Limits::default();
+    let host = projector_host::wasm::WasmHost::new().expect("host");
+    let limits = projector_host::Limits::default();
     let settings = json!({});
     let reject = |bytes: &[u8]| match host.load("bad", bytes, limits.clone(), &settings) {
         Ok(_) => panic!("loaded a module that is not a plugin"),
@@ -165,15 +165,15 @@ fn a_render_that_reads_the_time_is_rendered_at_each_read() {
 /// heap until the store is retired and a new instance started.
 #[test]
 fn batches_leave_nothing_behind_in_the_plugin() {
-    use projector::engine::Engine;
-    use projector::envelope::Format;
-    use projector::plugin::wasm::WasmHost;
-    use projector::plugin::{Limits, SharedCode};
+    use projector_core::engine::Engine;
+    use projector_core::envelope::Format;
+    use projector_host::wasm::WasmHost;
+    use projector_host::{Limits, SharedCode};
     use projector_tests::{inbox_events, plugin_wasm, InboxShape};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = projector::store::Store::open(dir.path()).expect("store");
+    let store = projector_core::store::Store::open(dir.path()).expect("store");
     let host = WasmHost::new().expect("host");
     let bytes = std::fs::read(plugin_wasm("inbox-unread")).expect("plugin");
     // Retired at half of 16 MiB: a batch of 2000 events left behind is

@@ -1,0 +1,283 @@
+//! Admin routes: deploys (replace and shadow), rollback, shadow status,
+//! comparison, promotion and retirement, the registry, plugin logs,
+//! rollout rules and recent mismatches.
+
+use crate::error::{ApiError, ApiResult};
+use crate::rollout::Rollout;
+use crate::state::{differences_json, rollout_setting, PluginServe, ServeState};
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use projector_core::engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Largest `.wasm` the admin API takes.
+pub(crate) const MAX_PLUGIN_BYTES: usize = 64 << 20;
+
+fn deployer(s: &ServeState) -> ApiResult<Arc<projector_deploy::Deployer>> {
+    s.deployer.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_registry",
+            "this server does not deploy plugins",
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeployParams {
+    /// Where the code came from, for the registry (default `api`).
+    from: Option<String>,
+    /// `replace` (default) or `shadow`.
+    mode: Option<String>,
+    /// For shadow: `auto` (default), `rebuild` or `migrate`.
+    method: Option<projector_deploy::ShadowMethod>,
+}
+
+/// Run registry work off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, projector_deploy::Error> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "runtime_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+pub(crate) async fn shadow_status(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let status = d
+        .shadow(&plugin)
+        .ok_or_else(|| projector_deploy::Error::NoShadow(plugin.clone()))?;
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompareParams {
+    /// Keys to compare, spread over the key space (default 1000).
+    sample: Option<usize>,
+}
+
+pub(crate) async fn shadow_compare(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+    Query(params): Query<CompareParams>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let sample = params.sample.unwrap_or(1000);
+    let c = blocking(move || d.compare(&plugin, sample)).await?;
+    Ok(Json(serde_json::to_value(c).unwrap_or_default()))
+}
+
+pub(crate) async fn shadow_promote(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let status = blocking(move || d.promote(&plugin)).await?;
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+}
+
+pub(crate) async fn shadow_retire(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let ns = blocking(move || d.retire(&plugin)).await?;
+    Ok(Json(json!({"retired": ns})))
+}
+
+/// `POST /v1/admin/plugins/{plugin}`: the body is the `.wasm`.
+pub(crate) async fn deploy(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+    Query(params): Query<DeployParams>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_plugin",
+            "the body must be the plugin's .wasm",
+        ));
+    }
+    let from = params.from.unwrap_or_else(|| "api".into());
+    match params.mode.as_deref().unwrap_or("replace") {
+        "replace" => {
+            let done = blocking(move || d.deploy(&plugin, &body, &from)).await?;
+            Ok(Json(serde_json::to_value(done).unwrap_or_default()))
+        }
+        "shadow" => {
+            let method = params
+                .method
+                .unwrap_or(projector_deploy::ShadowMethod::Auto);
+            let status = blocking(move || d.deploy_shadow(&plugin, &body, &from, method)).await?;
+            Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+        }
+        other => Err(ApiError::bad_request(
+            "bad_mode",
+            format!("deploy mode {other:?}: expected \"replace\" or \"shadow\""),
+        )),
+    }
+}
+
+pub(crate) async fn rollback(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let done = blocking(move || d.rollback(&plugin)).await?;
+    Ok(Json(serde_json::to_value(done).unwrap_or_default()))
+}
+
+pub(crate) async fn registry_list(State(s): State<Arc<ServeState>>) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    let list: Vec<Value> = d
+        .list()?
+        .into_iter()
+        .map(|(name, e)| {
+            let running = s
+                .engine
+                .projection(&name)
+                .ok()
+                .map(|p| p.code().id().to_string());
+            json!({"plugin": name, "active": e.active, "running": running,
+                   "history": e.history, "versions": e.versions})
+        })
+        .collect();
+    Ok(Json(json!({"plugins": list})))
+}
+
+pub(crate) async fn plugin_logs(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = s.engine.projection(&plugin)?;
+    Ok(Json(
+        json!({"plugin": plugin, "id": p.code().id(), "lines": p.code().logs().recent()}),
+    ))
+}
+
+fn rollout_json(plugin: &str, own: &PluginServe) -> Value {
+    let rollout = own
+        .rollout
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let from = if own.overridden.load(Ordering::Relaxed) {
+        "runtime"
+    } else {
+        "config"
+    };
+    json!({"plugin": plugin, "rollout": *rollout, "from": from})
+}
+
+pub(crate) async fn get_rollout(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let own = s.plugin(&plugin)?;
+    Ok(Json(rollout_json(&plugin, own)))
+}
+
+pub(crate) async fn put_rollout(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+    body: Result<Json<Rollout>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let own = s.plugin(&plugin)?;
+    let Json(rollout) = body.map_err(|e| ApiError::bad_request("bad_rollout", e.body_text()))?;
+    rollout
+        .validate()
+        .map_err(|e| ApiError::bad_request("bad_rollout", e))?;
+    if own.source.is_none()
+        && (rollout.default.needs_source() || rollout.rules.iter().any(|r| r.mode.needs_source()))
+    {
+        return Err(ApiError::bad_request(
+            "bad_rollout",
+            format!("plugin {plugin:?} has no source of truth; every mode must be projection"),
+        ));
+    }
+    let bytes = serde_json::to_vec(&rollout).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "runtime_error",
+            e.to_string(),
+        )
+    })?;
+    s.engine
+        .store()
+        .set_setting(&rollout_setting(&plugin), Some(&bytes))
+        .map_err(|e| ApiError::from(engine::Error::from(e)))?;
+    *own.rollout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rollout);
+    own.overridden.store(true, Ordering::Relaxed);
+    tracing::info!(plugin, "rollout changed");
+    Ok(Json(rollout_json(&plugin, own)))
+}
+
+pub(crate) async fn delete_rollout(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let own = s.plugin(&plugin)?;
+    s.engine
+        .store()
+        .set_setting(&rollout_setting(&plugin), None)
+        .map_err(|e| ApiError::from(engine::Error::from(e)))?;
+    *own.rollout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(own.configured.clone());
+    own.overridden.store(false, Ordering::Relaxed);
+    tracing::info!(plugin, "rollout reset to the config");
+    Ok(Json(rollout_json(&plugin, own)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MismatchParams {
+    limit: Option<usize>,
+}
+
+pub(crate) async fn mismatches(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+    params: Result<Query<MismatchParams>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let own = s.plugin(&plugin)?;
+    let limit = params.limit.unwrap_or(usize::MAX);
+    let recent = own.mismatches.lock().unwrap_or_else(|e| e.into_inner());
+    let list: Vec<Value> = recent
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|m| {
+            json!({"key": m.key, "at_ms": m.at_ms, "mode": m.mode.as_str(),
+                   "projection": m.projection, "source": m.source,
+                   "differences": differences_json(&m.differences)})
+        })
+        .collect();
+    Ok(Json(
+        json!({"plugin": plugin, "kept": recent.len(), "mismatches": list}),
+    ))
+}

@@ -1,0 +1,80 @@
+//! Health, readiness, metrics, the OpenAPI document, the plugin list, and
+//! the answers for unknown routes.
+
+use crate::error::ApiError;
+use crate::state::ServeState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /openapi.json",
+    )
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /openapi.json",
+    )
+}
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "live"}))
+}
+
+pub(crate) async fn readyz(State(s): State<Arc<ServeState>>) -> Response {
+    let plugins: Vec<&str> = s.plugins.keys().map(String::as_str).collect();
+    if s.ready.load(Ordering::Relaxed) {
+        Json(json!({"status": "ready", "plugins": plugins})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "starting", "plugins": plugins})),
+        )
+            .into_response()
+    }
+}
+
+pub(crate) async fn metrics_text(State(s): State<Arc<ServeState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value> {
+    let list: Vec<Value> = s
+        .engine
+        .projections()
+        .iter()
+        .map(|p| {
+            let c = p.counters();
+            let own = s.plugins.get(p.name());
+            json!({
+                "plugin": p.name(), "id": p.code().id(), "version": p.code().info().version,
+                "population": format!("{:?}", p.population()).to_lowercase(),
+                "source_of_truth": own.is_some_and(|o| o.source.is_some()),
+                "events": {"received": c.received, "applied": c.applied, "skipped": c.skipped,
+                           "invalidated": c.invalidated, "dead_lettered": c.dead_lettered},
+            })
+        })
+        .collect();
+    Json(json!({"plugins": list}))
+}

@@ -1,0 +1,121 @@
+//! projector-api: the HTTP API: views in four read modes (seed 000), rollout rules,
+//! lazy population from the source of truth, comparison, read-your-writes
+//! tokens (seed 004), ingest into the embedded log, metrics and health.
+//!
+//! The routes, their parameters and answers are described in
+//! `crates/api/openapi.json`, served at `/openapi.json`. Every error is a JSON
+//! object `{"error": <code>, "message": <what and why>}` with a 4xx status
+//! for a bad request and a 5xx one when the runtime or the source failed.
+
+//!
+//! Map: [`state`] (what handlers share, the [`Feed`]), `read` (view
+//! reads), `ingest`, `admin` (deploys, shadow, rollout, mismatches),
+//! `health` (health, readiness, metrics, plugin list), [`error`],
+//! [`metrics`], [`rollout`], [`token`], [`truth`] (the source of truth),
+//! [`server`]. It sits above the deploys crate and below the binary.
+
+mod admin;
+pub mod error;
+mod health;
+mod ingest;
+pub mod metrics;
+mod read;
+pub mod rollout;
+pub mod server;
+pub mod state;
+pub mod token;
+pub mod truth;
+
+pub use error::ApiError;
+pub use server::Serving;
+pub use state::{ApiSettings, Feed, PluginApi, ServeState};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the read API, or "off".
+    pub listen: String,
+    /// How long a read carrying a position token waits by default.
+    pub consistency_timeout_ms: u64,
+    /// Recent mismatches kept per plugin for `/v1/admin/mismatches`.
+    pub mismatches_kept: usize,
+    /// Request header naming the user (rollout rules).
+    pub user_header: String,
+    /// Request header listing the user's groups, comma-separated.
+    pub groups_header: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            consistency_timeout_ms: 2000,
+            mismatches_kept: 100,
+            user_header: "x-user-id".into(),
+            groups_header: "x-groups".into(),
+        }
+    }
+}
+
+/// The HTTP routes over `state`.
+pub fn router(state: Arc<ServeState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics_text))
+        .route("/openapi.json", get(health::openapi))
+        .route("/v1/plugins", get(health::list_plugins))
+        .route("/v1/views/{plugin}/{key}", get(read::read_view))
+        .route(
+            "/v1/events",
+            axum::routing::post(ingest::ingest)
+                .layer(DefaultBodyLimit::max(ingest::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/admin/rollout/{plugin}",
+            get(admin::get_rollout)
+                .put(admin::put_rollout)
+                .delete(admin::delete_rollout),
+        )
+        .route("/v1/admin/mismatches/{plugin}", get(admin::mismatches))
+        .route("/v1/admin/plugins", get(admin::registry_list))
+        .route(
+            "/v1/admin/plugins/{plugin}",
+            axum::routing::post(admin::deploy)
+                .layer(DefaultBodyLimit::max(admin::MAX_PLUGIN_BYTES)),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/rollback",
+            axum::routing::post(admin::rollback),
+        )
+        .route("/v1/admin/plugins/{plugin}/logs", get(admin::plugin_logs))
+        .route(
+            "/v1/admin/plugins/{plugin}/shadow",
+            get(admin::shadow_status),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/compare",
+            axum::routing::post(admin::shadow_compare),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/promote",
+            axum::routing::post(admin::shadow_promote),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/retire",
+            axum::routing::post(admin::shadow_retire),
+        )
+        .fallback(health::not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
+        .with_state(state)
+}

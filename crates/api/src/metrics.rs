@@ -1,0 +1,506 @@
+//! Metrics, in Prometheus text exposition at `/metrics`. Every name is
+//! listed here and only here (the README points to this table):
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `projector_reads_total` | counter | plugin, mode, served_by | view reads answered, by read mode and by who answered (`projection` or `source`) |
+//! | `projector_read_seconds` | histogram | plugin, mode | read latency, request in to answer out |
+//! | `projector_view_lookups_total` | counter | plugin, result | reads that consulted the projection: `hit` (Valid view), `absent`, `invalid` |
+//! | `projector_hit_ratio` | gauge | plugin | hits over lookups since start (seed 000 measured 95.5%) |
+//! | `projector_fallbacks_total` | counter | plugin, reason | reads the projection could not answer, served by the source (`absent`, `invalid`) |
+//! | `projector_snapshots_total` | counter | plugin | views stored from a source-of-truth answer (lazy population) |
+//! | `projector_source_errors_total` | counter | plugin | source-of-truth requests that failed after their retries |
+//! | `projector_comparisons_total` | counter | plugin, result | comparisons of both answers: `equal` or `mismatch` |
+//! | `projector_mismatches_total` | counter | plugin, reason | differences found, by the comparison's reason |
+//! | `projector_consistency_waits_total` | counter | plugin, result | reads carrying a position token: `reached` or `timeout` |
+//! | `projector_ingested_total` | counter | | events appended through `POST /v1/events` |
+//! | `projector_events_total` | counter | plugin, outcome | event deliveries: `received`, `applied`, `skipped`, `invalidated`, `dead_lettered` |
+//! | `projector_commits_total` | counter | | atomic store commits (views, offsets, counters, dead letters together) |
+//! | `projector_committed_views_total` | counter | | views put or removed by those commits |
+//! | `projector_commit_seconds_total` | counter | | time spent in those commits |
+//! | `projector_lag_records` | gauge | plugin, source, partition | records in the log not yet applied by the plugin |
+//! | `projector_retries_total` | counter | plugin | events queued for a delayed retry after a transient failure |
+//! | `projector_retry_queue` | gauge | | events waiting for their retry |
+//! | `projector_fetches_total` | counter | service | fetches plugins asked of a service (enrichment) |
+//! | `projector_fetch_cache_hits_total` | counter | service | fetches answered from the cache within its TTL |
+//! | `projector_fetch_stale_total` | counter | service | fetches answered from the cache past its TTL while the service failed |
+//! | `projector_fetch_errors_total` | counter | service | fetches that failed after their retries |
+//! | `projector_fetch_timeouts_total` | counter | service | requests that ran past their timeout |
+//! | `projector_fetch_requests_total` | counter | service | HTTP requests sent to a service, retries included |
+//! | `projector_fetch_request_seconds` | histogram | service | duration of those requests |
+//!
+//! With a Kafka source, also (events/s: the rate of `projector_kafka_consumed_total`):
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | (kafka) `projector_kafka_consumed_total` | counter | | records polled from Kafka |
+//! | (kafka) `projector_kafka_batches_total` | counter | | batches handed to the engine |
+//! | (kafka) `projector_kafka_lag_records` | gauge | topic, partition | records of an owned partition not yet applied |
+//! | (kafka) `projector_kafka_buffered_records` | gauge | | records waiting in the partition queues |
+//! | (kafka) `projector_kafka_paused_partitions` | gauge | | partitions paused by backpressure now |
+//! | (kafka) `projector_kafka_pauses_total` | counter | | times a partition was paused because its queue was full |
+//! | (kafka) `projector_kafka_rebalances_total` | counter | | assignments and revocations |
+//! | (kafka) `projector_kafka_consumer_errors_total` | counter | | errors the consumer reported |
+//! | (kafka) `projector_kafka_produced_total` | counter | | spooled records the broker acknowledged (retries, dead letters) |
+//! | (kafka) `projector_kafka_produce_errors_total` | counter | | failed deliveries (the record stays spooled) |
+//! | (kafka) `projector_kafka_spooled_records` | gauge | | records in the spool, not yet acknowledged |
+//!
+//! Engine-side values (events, lag) are read from the engine at scrape
+//! time; the rest is counted by the HTTP layer as requests go.
+
+use crate::Feed;
+use projector_core::engine::Engine;
+use projector_host::fetch::{Fetcher, ServiceStats};
+use projector_sources::{MetricKind, SourceMetric};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    pub plugin: String,
+    pub mode: String,
+    pub served_by: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub plugin: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub plugin: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub plugin: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    plugin: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LagLabels {
+    plugin: String,
+    source: String,
+    partition: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 3.3 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+/// The HTTP layer's metrics; cheap to clone (every family is shared).
+#[derive(Clone)]
+pub struct Metrics {
+    pub reads: Family<ReadLabels, Counter>,
+    pub read_seconds: Family<ModeLabels, Histogram, fn() -> Histogram>,
+    pub lookups: Family<ResultLabels, Counter>,
+    pub fallbacks: Family<ReasonLabels, Counter>,
+    pub snapshots: Family<PluginLabel, Counter>,
+    pub source_errors: Family<PluginLabel, Counter>,
+    pub comparisons: Family<ResultLabels, Counter>,
+    pub mismatches: Family<ReasonLabels, Counter>,
+    pub consistency_waits: Family<ResultLabels, Counter>,
+    pub ingested: Counter,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    pub fn new(engine: Arc<Engine>, feed: Feed, fetcher: Option<Arc<Fetcher>>) -> Self {
+        let mut registry = Registry::default();
+        let reads = Family::<ReadLabels, Counter>::default();
+        let read_seconds = Family::<ModeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let lookups = Family::<ResultLabels, Counter>::default();
+        let fallbacks = Family::<ReasonLabels, Counter>::default();
+        let snapshots = Family::<PluginLabel, Counter>::default();
+        let source_errors = Family::<PluginLabel, Counter>::default();
+        let comparisons = Family::<ResultLabels, Counter>::default();
+        let mismatches = Family::<ReasonLabels, Counter>::default();
+        let consistency_waits = Family::<ResultLabels, Counter>::default();
+        let ingested = Counter::default();
+        registry.register(
+            "projector_reads",
+            "View reads answered, by read mode and by who answered",
+            reads.clone(),
+        );
+        registry.register(
+            "projector_read_seconds",
+            "Read latency, request in to answer out",
+            read_seconds.clone(),
+        );
+        registry.register(
+            "projector_view_lookups",
+            "Reads that consulted the projection: hit, absent or invalid",
+            lookups.clone(),
+        );
+        registry.register(
+            "projector_fallbacks",
+            "Reads the projection could not answer, served by the source",
+            fallbacks.clone(),
+        );
+        registry.register(
+            "projector_snapshots",
+            "Views stored from a source-of-truth answer (lazy population)",
+            snapshots.clone(),
+        );
+        registry.register(
+            "projector_source_errors",
+            "Source-of-truth requests that failed after their retries",
+            source_errors.clone(),
+        );
+        registry.register(
+            "projector_comparisons",
+            "Comparisons of the projection's and the source's answers",
+            comparisons.clone(),
+        );
+        registry.register(
+            "projector_mismatches",
+            "Differences found by comparisons, by reason",
+            mismatches.clone(),
+        );
+        registry.register(
+            "projector_consistency_waits",
+            "Reads carrying a position token: reached or timeout",
+            consistency_waits.clone(),
+        );
+        registry.register(
+            "projector_ingested",
+            "Events appended through POST /v1/events",
+            ingested.clone(),
+        );
+        registry.register_collector(Box::new(EngineCollector {
+            engine,
+            feed,
+            fetcher,
+            lookups: lookups.clone(),
+        }));
+        Metrics {
+            reads,
+            read_seconds,
+            lookups,
+            fallbacks,
+            snapshots,
+            source_errors,
+            comparisons,
+            mismatches,
+            consistency_waits,
+            ingested,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn lookup(&self, plugin: &str, result: &str) {
+        self.lookups
+            .get_or_create(&ResultLabels {
+                plugin: plugin.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// Hits over lookups of `plugin` so far (`None` before the first lookup).
+fn hit_ratio(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> Option<f64> {
+    let count = |result: &str| {
+        lookups
+            .get(&ResultLabels {
+                plugin: plugin.into(),
+                result: result.into(),
+            })
+            .map_or(0, |c| c.get())
+    };
+    let hits = count("hit");
+    let all = hits + count("absent") + count("invalid");
+    (all > 0).then(|| hits as f64 / all as f64)
+}
+
+/// Values the engine owns, read at scrape time.
+struct EngineCollector {
+    engine: Arc<Engine>,
+    feed: Feed,
+    fetcher: Option<Arc<Fetcher>>,
+    lookups: Family<ResultLabels, Counter>,
+}
+
+impl std::fmt::Debug for EngineCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineCollector")
+    }
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let projections = self.engine.projections();
+        {
+            let mut family = encoder.encode_descriptor(
+                "projector_events",
+                "Event deliveries per plugin, by outcome",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for p in &projections {
+                let c = p.counters();
+                for (outcome, v) in [
+                    ("received", c.received),
+                    ("applied", c.applied),
+                    ("skipped", c.skipped),
+                    ("invalidated", c.invalidated),
+                    ("dead_lettered", c.dead_lettered),
+                ] {
+                    let labels = OutcomeLabels {
+                        plugin: p.name().into(),
+                        outcome: outcome.into(),
+                    };
+                    ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "projector_retries",
+                "Events queued for a delayed retry after a transient failure",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for p in &projections {
+                let labels = PluginLabel {
+                    plugin: p.name().into(),
+                };
+                ConstCounter::new(p.retried()).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let c = self.engine.commit_stats();
+            for (name, help, value) in [
+                (
+                    "projector_commits",
+                    "Atomic store commits",
+                    c.commits as f64,
+                ),
+                (
+                    "projector_committed_views",
+                    "Views put or removed by store commits",
+                    c.views as f64,
+                ),
+                (
+                    "projector_commit_seconds",
+                    "Time spent in store commits",
+                    c.seconds,
+                ),
+            ] {
+                let family = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                ConstCounter::new(value).encode(family)?;
+            }
+        }
+        {
+            let queued = self.engine.store().retry_count() as i64;
+            let family = encoder.encode_descriptor(
+                "projector_retry_queue",
+                "Events waiting for their retry",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(queued).encode(family)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "projector_hit_ratio",
+                "Hits over lookups since start",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for p in &projections {
+                if let Some(ratio) = hit_ratio(&self.lookups, p.name()) {
+                    let labels = PluginLabel {
+                        plugin: p.name().into(),
+                    };
+                    ConstGauge::new(ratio).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let feeds = self.feed.positions();
+        if !feeds.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "projector_lag_records",
+                "Records in the source not yet applied by the plugin",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for p in &projections {
+                for (source, ends) in &feeds {
+                    for &(partition, end) in ends {
+                        let applied = self
+                            .engine
+                            .applied(p.name(), source, partition)
+                            .unwrap_or(0);
+                        let labels = LagLabels {
+                            plugin: p.name().into(),
+                            source: source.clone(),
+                            partition: partition.to_string(),
+                        };
+                        ConstGauge::new(end.saturating_sub(applied) as i64)
+                            .encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        source_families(&mut encoder, &self.feed.metrics())?;
+        if let Some(fetcher) = self.fetcher.as_ref().filter(|f| !f.is_empty()) {
+            use std::sync::atomic::Ordering::Relaxed;
+            type Read = fn(&ServiceStats) -> f64;
+            let families: [(&str, &str, Read); 6] = [
+                (
+                    "projector_fetches",
+                    "Fetches plugins asked of a service",
+                    |s| s.fetches.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_cache_hits",
+                    "Fetches answered from the cache within its TTL",
+                    |s| s.cache_hits.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_stale",
+                    "Fetches answered from the cache past its TTL while the service failed",
+                    |s| s.stale_served.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_errors",
+                    "Fetches that failed after their retries",
+                    |s| s.errors.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_timeouts",
+                    "Requests that ran past their timeout",
+                    |s| s.timeouts.load(Relaxed) as f64,
+                ),
+                (
+                    "projector_fetch_requests",
+                    "HTTP requests sent to a service, retries included",
+                    |s| s.requests.load(Relaxed) as f64,
+                ),
+            ];
+            let stats = fetcher.stats();
+            for (name, help, read) in families {
+                let mut family = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for (service, s) in &stats {
+                    let labels = ServiceLabel {
+                        service: service.to_string(),
+                    };
+                    ConstCounter::new(read(s)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "projector_fetch_request_seconds",
+                "Duration of requests to a service",
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            for (service, s) in &stats {
+                let labels = ServiceLabel {
+                    service: service.to_string(),
+                };
+                let buckets = s.latency_buckets();
+                let count = buckets.iter().map(|(_, n)| n).sum();
+                let sum = s.request_micros.load(Relaxed) as f64 / 1e6;
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<ServiceLabel>(sum, count, &buckets, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(
+    m: &SourceMetric,
+    encoder: prometheus_client::encoding::MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    match m.kind {
+        MetricKind::Counter => ConstCounter::new(m.value.max(0) as u64).encode(encoder),
+        MetricKind::Gauge => ConstGauge::new(m.value).encode(encoder),
+    }
+}
+
+/// The source's own metrics (e.g. Kafka's), read at scrape time: one
+/// family per name, in the order the source gives them.
+fn source_families(
+    encoder: &mut DescriptorEncoder,
+    metrics: &[SourceMetric],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    let mut i = 0;
+    while i < metrics.len() {
+        let first = &metrics[i];
+        let same = metrics[i..]
+            .iter()
+            .take_while(|m| m.name == first.name)
+            .count();
+        let kind = match first.kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+        };
+        let mut family = encoder.encode_descriptor(first.name, first.help, None, kind)?;
+        for m in &metrics[i..i + same] {
+            let sample = match (first.labels.is_empty(), same) {
+                (true, 1) => None,
+                _ => Some(family.encode_family(&m.labels)?),
+            };
+            let encoder = match sample {
+                Some(e) => e,
+                None => {
+                    encode_value(m, family)?;
+                    break;
+                }
+            };
+            encode_value(m, encoder)?;
+        }
+        i += same;
+    }
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! View reads: the read mode chosen by the rollout rules (or asked for),
+//! position tokens waited for, the projection's answer or the source of
+//! truth's, lazy population, comparison of both.
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::{ModeLabels, PluginLabel, ReadLabels, ReasonLabels, ResultLabels};
+use crate::rollout::{self, Mode};
+use crate::state::{differences_json, Mismatch, PluginServe, ServeState};
+use crate::token::Token;
+use crate::truth::{Truth, TruthError};
+use crate::HttpConfig;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use projector_core::engine::{self, ReadView};
+use projector_guest::rules::Status;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest wait a reader may ask for with `wait_ms`.
+const MAX_WAIT_MS: u64 = 60_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadParams {
+    /// Force a read mode, bypassing the rollout rules.
+    mode: Option<String>,
+    /// Position token to wait for.
+    token: Option<String>,
+    /// How long to wait for the token, in ms.
+    wait_ms: Option<u64>,
+    /// Read time for `render`, in ms since the epoch (default: now).
+    at_ms: Option<i64>,
+}
+
+/// What the projection had for a key.
+enum Lookup {
+    Hit {
+        view: ReadView,
+        answer: Arc<RawValue>,
+    },
+    Miss {
+        reason: &'static str,
+        view: Option<ReadView>,
+    },
+}
+
+fn status_name(status: &Status) -> &'static str {
+    match status {
+        Status::Valid => "valid",
+        Status::Invalid => "invalid",
+    }
+}
+
+fn view_json(view: Option<&ReadView>) -> Value {
+    match view {
+        Some(v) => {
+            json!({"status": status_name(&v.status), "versions": v.versions.json(), "updated_ms": v.updated_ms})
+        }
+        None => Value::Null,
+    }
+}
+
+/// One read in progress: what the handler learns along the way.
+struct Read<'a> {
+    s: &'a ServeState,
+    plugin: &'a str,
+    key: &'a str,
+    own: &'a PluginServe,
+    mode: Mode,
+    now: i64,
+    served_by: &'static str,
+    populated: Option<Value>,
+    comparison: Option<Value>,
+}
+
+impl Read<'_> {
+    fn lookup(&self) -> ApiResult<Lookup> {
+        let found = match self.s.engine.read(self.plugin, self.key, self.now) {
+            Ok(found) => found,
+            Err(e @ (engine::Error::Plugin(_) | engine::Error::Guest { .. })) => {
+                tracing::warn!(plugin = self.plugin, key = self.key, "render failed: {e}");
+                let result = Lookup::Miss {
+                    reason: "render_error",
+                    view: None,
+                };
+                self.s.metrics.lookup(self.plugin, "invalid");
+                return Ok(result);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (result, lookup) = match found {
+            Some(view) if view.status == Status::Valid && view.body.is_some() => {
+                let answer = view.body.clone().expect("checked just above");
+                ("hit", Lookup::Hit { view, answer })
+            }
+            Some(view) => (
+                "invalid",
+                Lookup::Miss {
+                    reason: "invalid",
+                    view: Some(view),
+                },
+            ),
+            None => (
+                "absent",
+                Lookup::Miss {
+                    reason: "absent",
+                    view: None,
+                },
+            ),
+        };
+        self.s.metrics.lookup(self.plugin, result);
+        Ok(lookup)
+    }
+
+    fn source(&self) -> ApiResult<&Truth> {
+        self.own.source.as_ref().ok_or_else(|| {
+            ApiError::bad_request(
+                "no_source",
+                format!(
+                    "plugin {:?} has no source of truth configured ([plugins.{}.source]); only mode projection is available",
+                    self.plugin, self.plugin
+                ),
+            )
+        })
+    }
+
+    async fn fetch(&self) -> ApiResult<Value> {
+        let source = self.source()?;
+        match source.fetch(self.key).await {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "source_invalid",
+                    format!("source of truth answered invalid JSON: {e}"),
+                )
+            }),
+            Err(TruthError::BadKey(why)) => Err(ApiError::bad_request(
+                "bad_key",
+                format!("key {:?}: {why}", self.key),
+            )),
+            Err(e @ TruthError::Unavailable { .. }) => {
+                self.s
+                    .metrics
+                    .source_errors
+                    .get_or_create(&PluginLabel {
+                        plugin: self.plugin.into(),
+                    })
+                    .inc();
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "source_unavailable",
+                    format!("source of truth of {}: {e}", self.plugin),
+                ))
+            }
+        }
+    }
+
+    /// Store the source's answer as the key's view (lazy population).
+    async fn populate(&mut self, answer: &Value) {
+        let engine = self.s.engine.clone();
+        let (plugin, key, text) = (
+            self.plugin.to_string(),
+            self.key.to_string(),
+            answer.to_string(),
+        );
+        let stored = tokio::task::spawn_blocking(move || engine.snapshot(&plugin, &key, &text))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        self.populated = Some(match stored {
+            Ok(()) => {
+                self.s
+                    .metrics
+                    .snapshots
+                    .get_or_create(&PluginLabel {
+                        plugin: self.plugin.into(),
+                    })
+                    .inc();
+                json!({"stored": true})
+            }
+            Err(e) => {
+                tracing::warn!(
+                    plugin = self.plugin,
+                    key = self.key,
+                    "snapshot not stored: {e}"
+                );
+                json!({"stored": false, "error": e})
+            }
+        });
+    }
+
+    /// The source answers instead of the projection, and populates it.
+    async fn fall_back(&mut self, reason: &'static str) -> ApiResult<Value> {
+        if self.own.source.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "view_not_found",
+                format!(
+                    "no valid view of {:?} in {} ({reason}), and the plugin has no source of truth to fall back to",
+                    self.key, self.plugin
+                ),
+            ));
+        }
+        self.s
+            .metrics
+            .fallbacks
+            .get_or_create(&ReasonLabels {
+                plugin: self.plugin.into(),
+                reason: reason.into(),
+            })
+            .inc();
+        let answer = self.fetch().await?;
+        self.populate(&answer).await;
+        self.served_by = "source";
+        Ok(answer)
+    }
+
+    /// Compare both answers with the plugin's rule and record the result.
+    fn compare(&mut self, projection: &RawValue, source: &Value) -> ApiResult<()> {
+        let p = self.s.engine.projection(self.plugin)?;
+        let differences = p
+            .code()
+            .session()
+            .compare(self.key, projection.get(), &source.to_string())
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "plugin_error",
+                    e.to_string(),
+                )
+            })?;
+        let result = if differences.is_empty() {
+            "equal"
+        } else {
+            "mismatch"
+        };
+        let m = &self.s.metrics;
+        m.comparisons
+            .get_or_create(&ResultLabels {
+                plugin: self.plugin.into(),
+                result: result.into(),
+            })
+            .inc();
+        for d in &differences {
+            m.mismatches
+                .get_or_create(&ReasonLabels {
+                    plugin: self.plugin.into(),
+                    reason: d.reason.clone(),
+                })
+                .inc();
+        }
+        self.comparison = Some(json!({
+            "equal": differences.is_empty(),
+            "differences": differences_json(&differences),
+        }));
+        if !differences.is_empty() {
+            let mut recent = self
+                .own
+                .mismatches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= self.s.http.mismatches_kept.max(1) {
+                recent.pop_front();
+            }
+            recent.push_back(Mismatch {
+                key: self.key.into(),
+                at_ms: self.now,
+                mode: self.mode,
+                projection: serde_json::from_str(projection.get()).unwrap_or(Value::Null),
+                source: source.clone(),
+                differences,
+            });
+        }
+        Ok(())
+    }
+
+    /// Answer in the chosen mode; the view as it was read (or populated).
+    async fn answer(&mut self) -> ApiResult<(Answer, Option<ReadView>)> {
+        match self.mode {
+            Mode::Source => {
+                self.served_by = "source";
+                Ok((Answer::Source(self.fetch().await?), None))
+            }
+            Mode::Projection => match self.lookup()? {
+                Lookup::Hit { view, answer } => Ok((Answer::View(answer), Some(view))),
+                Lookup::Miss { reason, .. } => {
+                    Ok((Answer::Source(self.fall_back(reason).await?), None))
+                }
+            },
+            Mode::CompareReturnSource => {
+                let source = self.fetch().await?;
+                self.served_by = "source";
+                match self.lookup()? {
+                    Lookup::Hit { view, answer } => {
+                        self.compare(&answer, &source)?;
+                        Ok((Answer::Source(source), Some(view)))
+                    }
+                    Lookup::Miss { view, .. } => {
+                        self.populate(&source).await;
+                        Ok((Answer::Source(source), view))
+                    }
+                }
+            }
+            Mode::CompareReturnProjection => match self.lookup()? {
+                Lookup::Hit { view, answer } => {
+                    match self.fetch().await {
+                        Ok(source) => self.compare(&answer, &source)?,
+                        Err(e) => {
+                            self.comparison = Some(json!({"skipped": e.message}));
+                        }
+                    }
+                    Ok((Answer::View(answer), Some(view)))
+                }
+                Lookup::Miss { reason, .. } => {
+                    Ok((Answer::Source(self.fall_back(reason).await?), None))
+                }
+            },
+        }
+    }
+}
+
+/// The request's user for rollout rules: the user header, else the key's
+/// `user` field (by the source's key pattern), else the whole key.
+fn request_user<'a>(
+    headers: &'a HeaderMap,
+    http: &HttpConfig,
+    own: &PluginServe,
+    key: &'a str,
+) -> &'a str {
+    if let Some(u) = headers
+        .get(http.user_header.as_str())
+        .and_then(|v| v.to_str().ok())
+    {
+        return u;
+    }
+    own.source
+        .as_ref()
+        .and_then(|s| s.fields(key).ok())
+        .and_then(|f| f.get("user").copied())
+        .unwrap_or(key)
+}
+
+pub(crate) async fn read_view(
+    State(s): State<Arc<ServeState>>,
+    Path((plugin, key)): Path<(String, String)>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let own = s.plugin(&plugin)?;
+    let code = s.engine.projection(&plugin)?;
+    engine::check_key(&key, code.code().limits())?;
+    let token = params
+        .token
+        .as_deref()
+        .or_else(|| {
+            headers
+                .get("x-projector-token")
+                .and_then(|v| v.to_str().ok())
+        })
+        .map(Token::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("bad_token", e))?;
+    if let Some(t) = &token {
+        let feeds = s.feed.positions();
+        if !feeds.is_empty() {
+            let Some((_, ends)) = feeds.iter().find(|(id, _)| *id == t.source) else {
+                let ids: Vec<&str> = feeds.iter().map(|(id, _)| id.as_str()).collect();
+                return Err(ApiError::bad_request(
+                    "bad_token",
+                    format!(
+                        "token is for source {:?}; views here follow {}",
+                        t.source,
+                        ids.join(", ")
+                    ),
+                ));
+            };
+            if let Some(p) = t
+                .offsets
+                .keys()
+                .find(|p| !ends.iter().any(|(q, _)| q == *p))
+            {
+                let have: Vec<String> = ends.iter().map(|(q, _)| q.to_string()).collect();
+                return Err(ApiError::bad_request(
+                    "bad_token",
+                    format!(
+                        "token names partition {p}; this runtime follows partitions {} of {}",
+                        have.join(","),
+                        t.source
+                    ),
+                ));
+            }
+        }
+    }
+    let wait_ms = params.wait_ms.unwrap_or(s.http.consistency_timeout_ms);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("wait_ms: expected at most {MAX_WAIT_MS}, got {wait_ms}"),
+        ));
+    }
+    let mode = match params.mode.as_deref() {
+        Some(m) => Mode::parse(m).map_err(|e| ApiError::bad_request("bad_mode", e))?,
+        None if own.source.is_none() => Mode::Projection,
+        None => {
+            let groups: Vec<&str> = headers
+                .get(s.http.groups_header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let request = rollout::Request {
+                user: request_user(&headers, &s.http, own, &key),
+                groups: &groups,
+                key: &key,
+            };
+            let rollout = own
+                .rollout
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            rollout.choose(request, rand::random::<f64>())
+        }
+    };
+    if mode.needs_source() && own.source.is_none() {
+        return Err(ApiError::bad_request(
+            "no_source",
+            format!(
+                "mode {} needs a source of truth, and plugin {plugin:?} has none configured",
+                mode.as_str()
+            ),
+        ));
+    }
+    if let Some(t) = &token {
+        if mode != Mode::Source {
+            s.wait_for(&plugin, t, Duration::from_millis(wait_ms))
+                .await?;
+        }
+    }
+    let now = params.at_ms.unwrap_or_else(projector_core::now_ms);
+    let mut read = Read {
+        s: &s,
+        plugin: &plugin,
+        key: &key,
+        own,
+        mode,
+        now,
+        served_by: "projection",
+        populated: None,
+        comparison: None,
+    };
+    let (answer, mut view) = read.answer().await?;
+    if read.populated.is_some() {
+        view = s.engine.read(&plugin, &key, now).ok().flatten();
+    }
+    let served_by = read.served_by;
+    let body = ReadAnswer {
+        plugin: &plugin,
+        key: &key,
+        mode: mode.as_str(),
+        served_by,
+        answer: &answer,
+        view: view_json(view.as_ref()),
+        staleness: s.staleness(&plugin, view.as_ref(), projector_core::now_ms()),
+        populated: read.populated.take(),
+        comparison: read.comparison.take(),
+    };
+    let response = Json(body).into_response();
+    s.metrics
+        .reads
+        .get_or_create(&ReadLabels {
+            plugin: plugin.clone(),
+            mode: mode.as_str().into(),
+            served_by: served_by.into(),
+        })
+        .inc();
+    s.metrics
+        .read_seconds
+        .get_or_create(&ModeLabels {
+            plugin,
+            mode: mode.as_str().into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+/// Who answered a read: the plugin's rendered view (kept as checked raw
+/// JSON, never re-parsed) or the source of truth.
+enum Answer {
+    View(Arc<RawValue>),
+    Source(Value),
+}
+
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Answer::View(raw) => raw.serialize(s),
+            Answer::Source(value) => value.serialize(s),
+        }
+    }
+}
+
+/// The body of a view read.
+#[derive(serde::Serialize)]
+struct ReadAnswer<'a> {
+    plugin: &'a str,
+    key: &'a str,
+    mode: &'static str,
+    served_by: &'static str,
+    answer: &'a Answer,
+    view: Value,
+    staleness: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    populated: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comparison: Option<Value>,
+}

@@ -1,0 +1,296 @@
+//! What every handler shares: the engine, the feed, each plugin's source
+//! of truth, rollout and recent mismatches, the metrics.
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::rollout::{Mode, Rollout};
+use crate::token::Token;
+use crate::truth::{Truth, TruthConfig};
+use crate::HttpConfig;
+use axum::http::StatusCode;
+use projector_core::engine::{Engine, ReadView};
+use projector_guest::Difference;
+use projector_sources::log::EmbeddedLog;
+use projector_sources::Source;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// One recorded comparison that found differences.
+#[derive(Debug, Clone)]
+pub(crate) struct Mismatch {
+    pub(crate) key: String,
+    pub(crate) at_ms: i64,
+    pub(crate) mode: Mode,
+    pub(crate) projection: Value,
+    pub(crate) source: Value,
+    pub(crate) differences: Vec<Difference>,
+}
+
+pub(crate) fn differences_json(list: &[Difference]) -> Value {
+    list.iter()
+        .map(|d| {
+            json!({"path": d.path, "reason": d.reason,
+                   "projection": d.projection, "source": d.source})
+        })
+        .collect()
+}
+
+/// What the HTTP layer keeps per plugin.
+pub(crate) struct PluginServe {
+    pub(crate) source: Option<Truth>,
+    /// The rollout from the config, restored by `DELETE`.
+    pub(crate) configured: Rollout,
+    pub(crate) rollout: RwLock<Arc<Rollout>>,
+    /// Whether `rollout` was set at runtime (and stored).
+    pub(crate) overridden: AtomicBool,
+    pub(crate) mismatches: Mutex<VecDeque<Mismatch>>,
+}
+
+/// What the views follow: the source (positions for staleness, lag and
+/// tokens; its own metrics), and the embedded log when events can be
+/// ingested through the API.
+#[derive(Clone, Default)]
+pub struct Feed {
+    source: Option<Arc<dyn Source>>,
+    pub(crate) log: Option<Arc<EmbeddedLog>>,
+}
+
+impl Feed {
+    /// No source (a bench or a tool serving a store).
+    pub fn none() -> Self {
+        Feed::default()
+    }
+
+    /// The views follow `source`.
+    pub fn new(source: Arc<dyn Source>) -> Self {
+        Feed {
+            source: Some(source),
+            log: None,
+        }
+    }
+
+    /// Events posted to the API are appended to `log`.
+    pub fn with_ingest(mut self, log: Arc<EmbeddedLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Per source id: (partition, end offset) of each partition followed.
+    pub fn positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        self.source
+            .as_ref()
+            .map(|s| s.positions())
+            .unwrap_or_default()
+    }
+
+    /// The source's own metrics.
+    pub(crate) fn metrics(&self) -> Vec<projector_sources::SourceMetric> {
+        self.source
+            .as_ref()
+            .map(|s| s.metrics())
+            .unwrap_or_default()
+    }
+}
+
+/// What the HTTP layer is told by the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ApiSettings {
+    /// `[http]`.
+    pub http: HttpConfig,
+    /// The source of truth and rollout of each plugin that has them.
+    pub plugins: BTreeMap<String, PluginApi>,
+}
+
+/// What the HTTP layer is told of one plugin.
+#[derive(Debug, Clone, Default)]
+pub struct PluginApi {
+    /// The source of truth reads fall back to.
+    pub truth: Option<TruthConfig>,
+    /// The read modes per request.
+    pub rollout: Option<Rollout>,
+}
+
+/// Everything a request handler needs.
+pub struct ServeState {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) log: Option<Arc<EmbeddedLog>>,
+    pub(crate) feed: Feed,
+    pub(crate) deployer: Option<Arc<projector_deploy::Deployer>>,
+    pub(crate) plugins: HashMap<String, PluginServe>,
+    pub(crate) metrics: Metrics,
+    pub(crate) http: HttpConfig,
+    pub(crate) ready: AtomicBool,
+}
+
+pub(crate) fn rollout_setting(plugin: &str) -> String {
+    format!("rollout/{plugin}")
+}
+
+impl ServeState {
+    /// State for the plugins loaded in `engine`, configured by `config`;
+    /// rollouts set at runtime earlier are restored from the store.
+    pub fn new(
+        config: &ApiSettings,
+        engine: Arc<Engine>,
+        feed: Feed,
+        fetcher: Option<Arc<projector_host::fetch::Fetcher>>,
+    ) -> anyhow::Result<Self> {
+        let log = feed.log.clone();
+        let mut plugins = HashMap::new();
+        for p in engine.projections() {
+            let name = p.name().to_string();
+            let own = config.plugins.get(&name);
+            let source = own
+                .and_then(|c| c.truth.as_ref())
+                .map(Truth::new)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("plugins.{name}.truth.{e}"))?;
+            let configured = own.and_then(|c| c.rollout.clone()).unwrap_or_default();
+            let stored = engine.store().setting(&rollout_setting(&name))?;
+            let (rollout, overridden) = match stored {
+                Some(bytes) => (serde_json::from_slice::<Rollout>(&bytes)?, true),
+                None => (configured.clone(), false),
+            };
+            plugins.insert(
+                name,
+                PluginServe {
+                    source,
+                    configured,
+                    rollout: RwLock::new(Arc::new(rollout)),
+                    overridden: AtomicBool::new(overridden),
+                    mismatches: Mutex::new(VecDeque::new()),
+                },
+            );
+        }
+        let metrics = Metrics::new(engine.clone(), feed.clone(), fetcher);
+        Ok(ServeState {
+            engine,
+            log,
+            feed,
+            deployer: None,
+            plugins,
+            metrics,
+            http: config.http.clone(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Report ready on `/readyz` (plugins loaded, source connected).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn plugin(&self, name: &str) -> ApiResult<&PluginServe> {
+        self.plugins.get(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_plugin",
+                format!("no plugin named {name:?} is loaded"),
+            )
+        })
+    }
+
+    /// Deploy through `deployer` (the admin API's plugin routes).
+    pub fn with_deployer(mut self, deployer: Arc<projector_deploy::Deployer>) -> Self {
+        self.deployer = Some(deployer);
+        self
+    }
+
+    /// Applied position against the end of the source, per partition.
+    pub(crate) fn staleness(&self, plugin: &str, view: Option<&ReadView>, now: i64) -> Value {
+        let mut partitions = Vec::new();
+        let mut lag = 0u64;
+        let feeds = self.feed.positions();
+        let source: Value = match feeds.as_slice() {
+            [] => Value::Null,
+            [(id, _)] => id.as_str().into(),
+            many => many
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .into(),
+        };
+        for (id, ends) in &feeds {
+            for &(p, end) in ends {
+                let applied = self.engine.applied(plugin, id, p).unwrap_or(0);
+                lag += end.saturating_sub(applied);
+                let mut entry = json!({"partition": p, "applied": applied, "end": end});
+                if feeds.len() > 1 {
+                    entry["source"] = id.as_str().into();
+                }
+                partitions.push(entry);
+            }
+        }
+        json!({
+            "source": source,
+            "partitions": partitions,
+            "lag": lag,
+            "last_event_age_ms": view.map(|v| (now - v.updated_ms).max(0)),
+        })
+    }
+
+    /// Wait until `plugin` has applied every record `token` names.
+    pub(crate) async fn wait_for(
+        &self,
+        plugin: &str,
+        token: &Token,
+        timeout: Duration,
+    ) -> ApiResult<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut progress = self.engine.progress();
+        loop {
+            progress.borrow_and_update();
+            let mut behind = BTreeMap::new();
+            for (p, offset) in &token.offsets {
+                let applied = self.engine.applied(plugin, &token.source, *p)?;
+                if applied <= *offset {
+                    behind.insert(*p, applied);
+                }
+            }
+            if behind.is_empty() {
+                self.count_wait(plugin, "reached");
+                return Ok(());
+            }
+            let timed_out = tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err();
+            if timed_out {
+                self.count_wait(plugin, "timeout");
+                let current: BTreeMap<u32, Value> = token
+                    .offsets
+                    .keys()
+                    .map(|p| {
+                        let applied = self.engine.applied(plugin, &token.source, *p).ok();
+                        (*p, applied.map_or(Value::Null, |a| a.into()))
+                    })
+                    .collect();
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "position_not_reached",
+                    format!(
+                        "{plugin} did not apply {token} within {} ms",
+                        timeout.as_millis()
+                    ),
+                )
+                .with(json!({"wanted": token.to_string(), "applied_next_offsets": current})));
+            }
+        }
+    }
+
+    pub(crate) fn count_wait(&self, plugin: &str, result: &str) {
+        self.metrics
+            .consistency_waits
+            .get_or_create(&ResultLabels {
+                plugin: plugin.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,28 @@
+//! projector-core: records in, atomic store commits out.
+//!
+//! Map of the crate, in the order an event meets it:
+//!
+//! ```text
+//! Record ─► envelope (decode) ─► engine (route, group by key, fold through
+//!     the plugin under the version rules) ─► store (one atomic sled batch:
+//!     views + offsets + counters + dead letters + spool)
+//! ```
+//!
+//! - [`record`]: a record as a source hands it out, and the clock;
+//! - [`envelope`]: the own JSON envelope, CloudEvents, Debezium → `Event`;
+//! - [`store`]: sled behind a small API;
+//! - [`engine`]: batches through plugins into one store commit; reads,
+//!   snapshots, retries, shadow generations and recollection;
+//! - [`retry`]: how transient failures are retried.
+//!
+//! It depends on the Wasm host (`projector-host`) and the guest SDK's
+//! version rules; it never names a source, a deploy or the HTTP layer.
+
+pub mod engine;
+pub mod envelope;
+pub mod record;
+pub mod retry;
+pub mod store;
+
+pub use record::{now_ms, Record};
+pub use retry::RetryConfig;

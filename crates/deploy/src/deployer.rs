@@ -1,0 +1,258 @@
+//! The deployer: compiles a version off the event path and swaps it in
+//! at the next batch boundary (`replace` mode), or rolls back.
+
+use crate::registry::{content_id, Entry, Registry};
+use crate::settings::DeploySettings;
+use crate::shadow::ShadowBuild;
+use crate::{Error, Replay, Result};
+use projector_core::engine::Engine;
+use projector_host::fetch::Fetcher;
+use projector_host::wasm::{Services, WasmHost};
+use projector_host::{PluginLogs, SharedCode};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployed {
+    pub plugin: String,
+    pub id: String,
+    /// The version active before (`None`: the plugin is new).
+    pub replaced: Option<String>,
+    /// False when these bytes were already active (nothing changed).
+    pub changed: bool,
+    pub compile_ms: u64,
+    /// When the new code took over (between two batches).
+    #[serde(skip)]
+    pub swapped_at: Option<std::time::Instant>,
+}
+
+/// Loads plugin versions and swaps them into the engine.
+pub struct Deployer {
+    pub(crate) settings: DeploySettings,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) host: WasmHost,
+    fetcher: Arc<Fetcher>,
+    /// The versions of every plugin.
+    pub registry: Registry,
+    /// The retained records shadow generations rebuild from.
+    pub(crate) replay: std::sync::OnceLock<Arc<dyn Replay>>,
+    /// The shadow build of each plugin (at most one).
+    pub(crate) shadows: Mutex<std::collections::HashMap<String, Arc<ShadowBuild>>>,
+    /// Each plugin's log ring, shared by its versions.
+    logs: Mutex<std::collections::HashMap<String, Arc<PluginLogs>>>,
+    /// One deploy at a time.
+    pub(crate) busy: Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        settings: DeploySettings,
+        engine: Arc<Engine>,
+        host: WasmHost,
+        fetcher: Arc<Fetcher>,
+    ) -> Result<Self> {
+        let registry = Registry::open(engine.store())?;
+        Ok(Deployer {
+            settings,
+            engine,
+            host,
+            fetcher,
+            registry,
+            replay: std::sync::OnceLock::new(),
+            shadows: Mutex::new(Default::default()),
+            logs: Mutex::new(Default::default()),
+            busy: Mutex::new(()),
+        })
+    }
+
+    pub fn host(&self) -> &WasmHost {
+        &self.host
+    }
+
+    /// The retained records shadow generations rebuild from: the
+    /// embedded log, or Kafka's source topics.
+    pub fn set_replay(&self, replay: Arc<dyn Replay>) {
+        let _ = self.replay.set(replay);
+    }
+
+    /// Compile and start `bytes` as plugin `name`, with its settings,
+    /// limits and services: everything but the swap.
+    pub(crate) fn load(&self, name: &str, bytes: &[u8]) -> Result<SharedCode> {
+        let id = content_id(bytes);
+        let logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let code = self
+            .host
+            .load_logging_to(
+                name,
+                bytes,
+                self.settings.of(name).limits.clone(),
+                &self.settings.of(name).settings,
+                logs,
+            )
+            .map_err(|e| Error::Rejected {
+                name: name.into(),
+                id: id[..12].into(),
+                reason: e.to_string(),
+            })?;
+        let allowed = self.settings.of(name).services.clone();
+        Ok(Arc::new(code.allow(Services {
+            fetcher: self.fetcher.clone(),
+            allowed,
+        })))
+    }
+
+    pub(crate) fn population(&self, name: &str) -> Option<projector_guest::Population> {
+        self.settings.of(name).population
+    }
+
+    /// Load plugin `name` at start: its active version from the registry
+    /// if it has one, else `bytes` (from the plugins directory), which
+    /// then becomes its first version.
+    pub fn start(&self, name: &str, bytes: &[u8], from: &str) -> Result<SharedCode> {
+        let entry = self.registry.entry(name)?.unwrap_or_default();
+        let file_id = content_id(bytes);
+        let (code, id) = match entry.active.as_deref() {
+            Some(active) if active != file_id => match self.registry.code(active)? {
+                Some(stored) => {
+                    tracing::info!(
+                        plugin = name,
+                        active = &active[..12],
+                        file = &file_id[..12],
+                        "loading the deployed version, not the plugins directory's"
+                    );
+                    (self.load(name, &stored)?, active.to_string())
+                }
+                None => (self.load(name, bytes)?, file_id),
+            },
+            _ => (self.load(name, bytes)?, file_id),
+        };
+        if entry.active.as_deref() != Some(id.as_str()) {
+            self.registry.add(name, bytes, from)?;
+            self.registry.activate(name, &id, false)?;
+        }
+        let ns = match (&entry.ns, entry.active.as_deref() == Some(id.as_str())) {
+            (Some(ns), true) => ns.clone(),
+            _ => name.to_string(),
+        };
+        self.engine
+            .add_in(code.clone(), self.population(name), ns)?;
+        Ok(code)
+    }
+
+    /// Deploy `bytes` as the new version of `name` in `replace` mode: it
+    /// is compiled and started here, off the event path, then takes over
+    /// at the next batch boundary. A plugin not loaded yet is added.
+    pub fn deploy(&self, name: &str, bytes: &[u8], from: &str) -> Result<Deployed> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let id = content_id(bytes);
+        let current = self
+            .engine
+            .projection(name)
+            .ok()
+            .map(|p| p.code().id().to_string());
+        if current.as_deref() == Some(id.as_str()) {
+            self.registry.add(name, bytes, from)?;
+            return Ok(Deployed {
+                plugin: name.into(),
+                id,
+                replaced: current,
+                changed: false,
+                compile_ms: 0,
+                swapped_at: None,
+            });
+        }
+        let started = std::time::Instant::now();
+        let code = self.load(name, bytes)?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        self.registry.add(name, bytes, from)?;
+        let old = self.engine.projection(name).ok();
+        self.swap(name, code, current.is_some())?;
+        let swapped_at = std::time::Instant::now();
+        self.registry.activate(name, &id, false)?;
+        if let Some(old) = old {
+            self.watch(name, old, &id);
+        }
+        tracing::info!(
+            plugin = name,
+            id = &id[..12],
+            compile_ms,
+            "deployed (replace)"
+        );
+        Ok(Deployed {
+            plugin: name.into(),
+            id,
+            replaced: current,
+            changed: true,
+            compile_ms,
+            swapped_at: Some(swapped_at),
+        })
+    }
+
+    pub(crate) fn swap(&self, name: &str, code: SharedCode, loaded: bool) -> Result<()> {
+        if loaded {
+            self.engine.replace(code, self.population(name))?;
+        } else {
+            self.engine.add(code, self.population(name))?;
+        }
+        Ok(())
+    }
+
+    /// Return `name` to the version active before the current one.
+    pub fn rollback(&self, name: &str) -> Result<Deployed> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(b) = self.shadow_build(name) {
+            let promoted = self
+                .engine
+                .projection(name)
+                .is_ok_and(|p| p.ns() == b.generation.ns());
+            if promoted {
+                return self.demote(name, &b);
+            }
+        }
+        let entry = self.registry.entry(name)?.unwrap_or_default();
+        let previous = entry
+            .history
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::NoEarlier(name.into()))?;
+        let bytes = self
+            .registry
+            .code(&previous)?
+            .ok_or_else(|| Error::UnknownVersion {
+                name: name.into(),
+                id: previous.clone(),
+            })?;
+        let started = std::time::Instant::now();
+        let code = self.load(name, &bytes)?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        self.swap(name, code, true)?;
+        self.registry.activate(name, &previous, true)?;
+        tracing::info!(plugin = name, id = &previous[..12], "rolled back");
+        Ok(Deployed {
+            plugin: name.into(),
+            id: previous,
+            replaced: entry.active,
+            changed: true,
+            compile_ms,
+            swapped_at: Some(std::time::Instant::now()),
+        })
+    }
+
+    /// Every plugin's registry entry.
+    pub fn list(&self) -> Result<Vec<(String, Entry)>> {
+        let mut out = Vec::new();
+        for name in self.registry.names() {
+            if let Some(e) = self.registry.entry(&name)? {
+                out.push((name, e));
+            }
+        }
+        Ok(out)
+    }
+}

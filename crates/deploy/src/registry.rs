@@ -1,0 +1,150 @@
+//! The registry: every version of every plugin ever deployed, by content
+//! hash (SHA-256 of the `.wasm`), with the active one and the ones it
+//! replaced, kept in the store with the code itself.
+
+use crate::{Error, Result};
+use projector_core::store::Store;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One deployed version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// SHA-256 of the `.wasm`, hex.
+    pub id: String,
+    pub size: u64,
+    pub deployed_ms: i64,
+    /// Where it came from (`plugins_dir`, `api`, a file path...).
+    pub from: String,
+    /// Why the runtime rolled it back by itself, if it did.
+    #[serde(default)]
+    pub rolled_back: Option<String>,
+}
+
+/// A plugin's versions, the active one and those it replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub versions: Vec<Version>,
+    pub active: Option<String>,
+    /// Versions that were active before, most recent last (rollback pops).
+    pub history: Vec<String>,
+    /// Where the active version's views live, when not under the
+    /// plugin's name (a promoted shadow generation).
+    #[serde(default)]
+    pub ns: Option<String>,
+    /// The version whose generation is kept beside the active one: a
+    /// shadow being built or followed, or the old one after a promotion
+    /// (until retired).
+    #[serde(default)]
+    pub shadow: Option<String>,
+}
+
+fn entry_setting(name: &str) -> String {
+    format!("registry/{name}")
+}
+
+/// The registry's view of the store.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    code: sled::Tree,
+}
+
+impl Registry {
+    pub fn open(store: &Store) -> Result<Self> {
+        Ok(Registry {
+            store: store.clone(),
+            code: store.tree("plugin-code")?,
+        })
+    }
+
+    pub fn entry(&self, name: &str) -> Result<Option<Entry>> {
+        self.store
+            .setting(&entry_setting(name))?
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                    name: name.into(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    pub(crate) fn put(&self, name: &str, entry: &Entry) -> Result<()> {
+        let bytes = serde_json::to_vec(entry).expect("an entry serializes");
+        self.store.set_setting(&entry_setting(name), Some(&bytes))?;
+        Ok(())
+    }
+
+    /// The code of version `id`.
+    pub fn code(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.code.get(id)?.map(|v| v.to_vec()))
+    }
+
+    /// Record `bytes` as a version of `name` (kept once per content).
+    pub fn add(&self, name: &str, bytes: &[u8], from: &str) -> Result<Version> {
+        let id = content_id(bytes);
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        if let Some(v) = entry.versions.iter().find(|v| v.id == id) {
+            return Ok(v.clone());
+        }
+        self.code.insert(id.as_bytes(), bytes)?;
+        self.code.flush()?;
+        let version = Version {
+            id,
+            size: bytes.len() as u64,
+            deployed_ms: projector_core::now_ms(),
+            from: from.into(),
+            rolled_back: None,
+        };
+        entry.versions.push(version.clone());
+        self.put(name, &entry)?;
+        Ok(version)
+    }
+
+    /// Make `id` the active version of `name`; the previous one goes on
+    /// the history (unless this is a rollback to it).
+    pub(crate) fn activate(&self, name: &str, id: &str, rollback: bool) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        if rollback {
+            entry.history.pop();
+        } else if let Some(old) = entry.active.take().filter(|old| old != id) {
+            entry.history.push(old);
+        }
+        entry.active = Some(id.into());
+        self.put(name, &entry)
+    }
+
+    /// Set the version kept beside the active one.
+    pub(crate) fn set_shadow(&self, name: &str, id: Option<&str>) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        entry.shadow = id.map(str::to_string);
+        self.put(name, &entry)
+    }
+
+    /// Set where the active version's views live.
+    pub(crate) fn set_ns(&self, name: &str, ns: &str) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        entry.ns = (ns != name).then(|| ns.to_string());
+        self.put(name, &entry)
+    }
+
+    /// Note that the runtime rolled `id` of `name` back, and why.
+    pub(crate) fn mark_rolled_back(&self, name: &str, id: &str, reason: &str) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        if let Some(v) = entry.versions.iter_mut().find(|v| v.id == id) {
+            v.rolled_back = Some(reason.into());
+        }
+        self.put(name, &entry)
+    }
+
+    /// Every plugin with an entry.
+    pub fn names(&self) -> Vec<String> {
+        self.store.setting_names("registry/")
+    }
+}
+
+/// SHA-256 of a `.wasm`, hex: a version's id.
+pub fn content_id(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}

@@ -1,0 +1,496 @@
+//! Shadow generations: a new version's views built beside the live ones
+//! (rebuilt from the retained log, or migrated from the live views), fed
+//! live events once caught up, compared, promoted, rolled back, retired.
+
+use crate::registry::content_id;
+use crate::{Deployed, Deployer, Error, Replay, Result};
+use projector_core::engine::Projection;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// How a shadow generation gets its views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowMethod {
+    /// Rebuild when the log reaches back to the beginning, else migrate.
+    Auto,
+    /// Apply the whole retained log from its start.
+    Rebuild,
+    /// Convert every live view with the new code's `migrate`; keys it
+    /// cannot convert are left absent and populate again from the source
+    /// of truth on their next read.
+    Migrate,
+}
+
+/// A shadow generation being built or kept beside the live one.
+pub(crate) struct ShadowBuild {
+    pub(crate) id: String,
+    method: ShadowMethod,
+    /// Views migrated and left absent (migrate).
+    migrated: Mutex<Option<(u64, u64)>>,
+    pub(crate) generation: Arc<Projection>,
+    started: std::time::Instant,
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+    error: Mutex<Option<String>>,
+    comparison: Mutex<Option<Comparison>>,
+}
+
+/// Where a shadow deploy is.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowStatus {
+    pub plugin: String,
+    pub id: String,
+    /// The generation's namespace.
+    pub ns: String,
+    /// `building`, `following`, `promoted` or `failed: ...`.
+    pub phase: String,
+    /// Records rebuilt of the total to rebuild.
+    pub done: u64,
+    pub total: u64,
+    pub percent: f64,
+    pub events_per_s: f64,
+    pub eta_s: Option<f64>,
+    pub comparison: Option<Comparison>,
+    pub method: ShadowMethod,
+    /// Views migrated, and views left absent to populate from the source.
+    pub migrated: Option<u64>,
+    pub not_migrated: Option<u64>,
+}
+
+/// Sampled keys compared between two generations.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Comparison {
+    pub compared: u64,
+    pub equal: u64,
+    pub mismatched: u64,
+    /// Keys one of the generations lacks (or holds Invalid).
+    pub missing: u64,
+    /// Differences by the comparison rule's reason.
+    pub reasons: std::collections::BTreeMap<String, u64>,
+    pub examples: Vec<serde_json::Value>,
+}
+
+impl Deployer {
+    /// Start a shadow deploy of `bytes` as plugin `name`: a new
+    /// generation of its views is rebuilt from the start of the embedded
+    /// log beside the live one, then follows live events; compare it,
+    /// then promote it (or retire it). Progress in [`Deployer::shadow`].
+    pub fn deploy_shadow(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        from: &str,
+        method: ShadowMethod,
+    ) -> Result<ShadowStatus> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let reject = |reason: String| Error::Rejected {
+            name: name.into(),
+            id: content_id(bytes)[..12].into(),
+            reason,
+        };
+        let log = self.replay.get().cloned();
+        let complete = log.as_ref().is_some_and(|l| l.complete());
+        let method = match (method, &log) {
+            (ShadowMethod::Auto, _) if complete => ShadowMethod::Rebuild,
+            (ShadowMethod::Auto, _) => ShadowMethod::Migrate,
+            (ShadowMethod::Rebuild, None) => {
+                return Err(reject(
+                    "this runtime follows no retained log to rebuild from; use migrate".into(),
+                ))
+            }
+            (ShadowMethod::Rebuild, Some(_)) if !complete => {
+                return Err(reject(
+                    "the log no longer reaches back to the beginning (retention); use migrate"
+                        .into(),
+                ))
+            }
+            (m, _) => m,
+        };
+        let active = self.engine.projection(name)?;
+        if let Some(s) = self
+            .shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            if s.generation.is_building() {
+                return Err(Error::Rejected {
+                    name: name.into(),
+                    id: s.id[..12].into(),
+                    reason: "a shadow build of this plugin is in progress".into(),
+                });
+            }
+        }
+        let id = content_id(bytes);
+        if active.code().id() == id {
+            return Err(Error::Rejected {
+                name: name.into(),
+                id: id[..12].into(),
+                reason: "this version is the active one".into(),
+            });
+        }
+        let code = self.load(name, bytes)?;
+        self.registry.add(name, bytes, from)?;
+        let generation = self.engine.new_generation(code, self.population(name))?;
+        self.registry.set_shadow(name, Some(&id))?;
+        let build = Arc::new(ShadowBuild {
+            id: id.clone(),
+            method,
+            migrated: Mutex::new(None),
+            generation,
+            started: std::time::Instant::now(),
+            done: std::sync::atomic::AtomicU64::new(0),
+            total: std::sync::atomic::AtomicU64::new(0),
+            error: Mutex::new(None),
+            comparison: Mutex::new(None),
+        });
+        self.shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), build.clone());
+        let (me, name_owned) = (self.clone(), name.to_string());
+        std::thread::Builder::new()
+            .name(format!("shadow-{name}"))
+            .spawn(move || {
+                let built = match (method, log) {
+                    (ShadowMethod::Rebuild, Some(log)) => {
+                        me.rebuild(&name_owned, &build, log.as_ref())
+                    }
+                    _ => me.migrate(&name_owned, &build),
+                };
+                if let Err(e) = built {
+                    tracing::error!(plugin = name_owned, "shadow build failed: {e}");
+                    *build.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                }
+            })
+            .map_err(|e| Error::Corrupt {
+                name: name.into(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(plugin = name, id = &id[..12], "shadow build started");
+        Ok(self.shadow(name).expect("just inserted"))
+    }
+
+    /// Rebuild a generation from the start of the log until it is within
+    /// a batch of the live path, then join it.
+    fn rebuild(&self, name: &str, build: &ShadowBuild, log: &dyn Replay) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        const BATCH: usize = 4096;
+        let g = &build.generation;
+        let parts = log.partitions();
+        let read = |source: &str, p: u32, from: u64| {
+            log.read(source, p, from, BATCH)
+                .map_err(|e| projector_core::engine::Error::Guest {
+                    plugin: name.into(),
+                    message: format!("reading {source}/{p} from {from}: {e:#}"),
+                })
+        };
+        loop {
+            let mut behind = 0u64;
+            for (source, p) in &parts {
+                let from = self.engine.generation_offset(g, source, *p)?;
+                let to = self.engine.applied(name, source, *p)?;
+                if from >= to {
+                    continue;
+                }
+                let mut batch = read(source, *p, from)?;
+                batch.retain(|r| r.offset < to);
+                let n = batch.len() as u64;
+                if n == 0 {
+                    return Err(Error::Corrupt {
+                        name: name.into(),
+                        reason: format!("{source}/{p}: no records between {from} and {to}"),
+                    });
+                }
+                self.engine.build(g, source, *p, &batch)?;
+                build.done.fetch_add(n, Relaxed);
+                behind += to - from - n.min(to - from);
+            }
+            build
+                .total
+                .store(build.done.load(Relaxed) + behind, Relaxed);
+            if behind <= BATCH as u64 {
+                break;
+            }
+        }
+        self.engine.follow(g, &parts, |source, p, from| {
+            let to = self.engine.applied(name, source, p)?;
+            let mut out = Vec::new();
+            let mut at = from;
+            while at < to {
+                let batch = read(source, p, at)?;
+                let Some(last) = batch.last().map(|r| r.offset) else {
+                    break;
+                };
+                out.extend(batch.into_iter().filter(|r| r.offset < to));
+                at = last + 1;
+            }
+            build.done.fetch_add(out.len() as u64, Relaxed);
+            Ok(out)
+        })?;
+        build.total.store(build.done.load(Relaxed), Relaxed);
+        tracing::info!(
+            plugin = name,
+            events = build.done.load(Relaxed),
+            secs = build.started.elapsed().as_secs_f64(),
+            "shadow generation built; following live events"
+        );
+        Ok(())
+    }
+
+    /// Seed a generation by migrating every live view with the new code's
+    /// `migrate`, then join it to the live path.
+    fn migrate(&self, name: &str, build: &ShadowBuild) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let active = self.engine.projection(name)?;
+        let from_version = active.code().info().version.clone();
+        let g = &build.generation;
+        let mut session = g.code().session();
+        let (migrated, absent) = self.engine.seed(
+            g,
+            &active,
+            |key, record| {
+                let state = record.view.state.as_deref()?;
+                match session.migrate(key, state, &from_version) {
+                    Ok(Ok(Some(new))) => {
+                        let mut r = record.clone();
+                        r.view.state = Some(new);
+                        Some(r)
+                    }
+                    Ok(Ok(None)) => None,
+                    Ok(Err(e)) => {
+                        tracing::debug!(plugin = name, key, "not migrated: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(plugin = name, key, "not migrated: {e}");
+                        None
+                    }
+                }
+            },
+            |done, total| {
+                build.done.store(done, Relaxed);
+                build.total.store(total, Relaxed);
+            },
+        )?;
+        *build.migrated.lock().unwrap_or_else(|e| e.into_inner()) = Some((migrated, absent));
+        tracing::info!(
+            plugin = name,
+            migrated,
+            absent,
+            "shadow generation migrated; following live events"
+        );
+        Ok(())
+    }
+
+    /// The shadow build of `name`, if any.
+    pub fn shadow(&self, name: &str) -> Option<ShadowStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = self
+            .shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)?
+            .clone();
+        let error = b.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let comparison = b
+            .comparison
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let migrated = *b.migrated.lock().unwrap_or_else(|e| e.into_inner());
+        let done = b.done.load(Relaxed);
+        let total = b.total.load(Relaxed).max(done);
+        let secs = b.started.elapsed().as_secs_f64();
+        let building = b.generation.is_building();
+        let rate = done as f64 / secs.max(1e-3);
+        let active = self
+            .engine
+            .projection(name)
+            .map(|p| p.ns() == b.generation.ns())
+            .unwrap_or(false);
+        Some(ShadowStatus {
+            plugin: name.into(),
+            id: b.id.clone(),
+            ns: b.generation.ns().into(),
+            phase: match (error, building, active) {
+                (Some(e), _, _) => format!("failed: {e}"),
+                (None, true, _) => "building".into(),
+                (None, false, true) => "promoted".into(),
+                (None, false, false) => "following".into(),
+            },
+            done,
+            total,
+            percent: if total == 0 {
+                100.0
+            } else {
+                done as f64 * 100.0 / total as f64
+            },
+            events_per_s: rate,
+            eta_s: building.then(|| (total - done) as f64 / rate.max(1e-9)),
+            comparison,
+            method: b.method,
+            migrated: migrated.map(|m| m.0),
+            not_migrated: migrated.map(|m| m.1),
+        })
+    }
+
+    pub(crate) fn shadow_build(&self, name: &str) -> Result<Arc<ShadowBuild>> {
+        self.shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoShadow(name.into()))
+    }
+
+    /// Compare up to `sample` keys (spread over the key space) between the
+    /// generation serving reads and the other one, with the plugin's
+    /// comparison rule.
+    pub fn compare(&self, name: &str, sample: usize) -> Result<Comparison> {
+        let b = self.shadow_build(name)?;
+        let active = self.engine.projection(name)?;
+        let other = if active.ns() == b.generation.ns() {
+            self.engine
+                .shadows(name)
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NoShadow(name.into()))?
+        } else {
+            b.generation.clone()
+        };
+        if other.is_building() {
+            return Err(Error::Rejected {
+                name: name.into(),
+                id: b.id[..12].into(),
+                reason: "the shadow generation is still being built".into(),
+            });
+        }
+        let keys: Vec<String> = self
+            .engine
+            .store()
+            .views(active.ns())
+            .filter_map(|v| v.ok().map(|(k, _)| k))
+            .collect();
+        let step = keys.len().div_ceil(sample.max(1)).max(1);
+        let now = projector_core::now_ms();
+        let mut c = Comparison::default();
+        let mut session = other.code().session();
+        for key in keys.iter().step_by(step) {
+            let a = self
+                .engine
+                .read_in(&active, key, now)?
+                .and_then(|v| v.json());
+            let b = self
+                .engine
+                .read_in(&other, key, now)?
+                .and_then(|v| v.json());
+            c.compared += 1;
+            let (Some(a), Some(b)) = (a, b) else {
+                c.missing += 1;
+                continue;
+            };
+            if a == b {
+                c.equal += 1;
+                continue;
+            }
+            let differences = session
+                .compare(key, &b.to_string(), &a.to_string())
+                .map_err(projector_core::engine::Error::from)?;
+            if differences.is_empty() {
+                c.equal += 1;
+                continue;
+            }
+            c.mismatched += 1;
+            for d in &differences {
+                *c.reasons.entry(d.reason.clone()).or_default() += 1;
+            }
+            if c.examples.len() < 10 {
+                c.examples.push(serde_json::json!({
+                    "key": key, "serving": a, "other": b,
+                    "differences": differences.iter().map(|d| serde_json::json!({
+                        "path": d.path, "reason": d.reason})).collect::<Vec<_>>(),
+                }));
+            }
+        }
+        *b.comparison.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Make the shadow generation of `name` serve reads (and the live
+    /// path), keeping the old one current beside it for a rollback.
+    pub fn promote(&self, name: &str) -> Result<ShadowStatus> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.shadow_build(name)?;
+        let old = self.engine.projection(name)?.code().id().to_string();
+        self.engine.switch(&b.generation)?;
+        self.registry.activate(name, &b.id, false)?;
+        self.registry.set_ns(name, b.generation.ns())?;
+        self.registry.set_shadow(name, Some(&old))?;
+        tracing::info!(plugin = name, id = &b.id[..12], "promoted");
+        drop(_one);
+        Ok(self.shadow(name).expect("a shadow build"))
+    }
+
+    /// Undo a promotion: the previous generation serves again.
+    pub(crate) fn demote(&self, name: &str, b: &ShadowBuild) -> Result<Deployed> {
+        let old = self
+            .engine
+            .shadows(name)
+            .into_iter()
+            .find(|p| p.ns() != b.generation.ns())
+            .ok_or_else(|| Error::NoEarlier(name.into()))?;
+        self.engine.switch(&old)?;
+        self.registry.activate(name, old.code().id(), true)?;
+        self.registry.set_ns(name, old.ns())?;
+        self.registry.set_shadow(name, Some(&b.id))?;
+        tracing::info!(plugin = name, "promotion rolled back");
+        Ok(Deployed {
+            plugin: name.into(),
+            id: old.code().id().into(),
+            replaced: Some(b.id.clone()),
+            changed: true,
+            compile_ms: 0,
+            swapped_at: None,
+        })
+    }
+
+    /// Delete the generation of `name` that does not serve reads (the old
+    /// one after a promotion, or an unwanted shadow).
+    pub fn retire(&self, name: &str) -> Result<String> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.shadow_build(name)?;
+        let victim = self
+            .engine
+            .shadows(name)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoShadow(name.into()))?;
+        if victim.is_building() {
+            return Err(Error::Rejected {
+                name: name.into(),
+                id: b.id[..12].into(),
+                reason: "the shadow generation is still being built".into(),
+            });
+        }
+        self.engine.retire(&victim)?;
+        self.registry.set_shadow(name, None)?;
+        if victim.ns() == b.generation.ns() {
+            self.shadows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+        } else {
+            self.shadows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            let mut entry = self.registry.entry(name)?.unwrap_or_default();
+            entry.history.retain(|h| h != victim.code().id());
+            self.registry.put(name, &entry)?;
+        }
+        tracing::info!(plugin = name, ns = victim.ns(), "generation retired");
+        Ok(victim.ns().to_string())
+    }
+}

@@ -1,0 +1,93 @@
+//! The plugins directory's watcher: a `<plugin>.wasm` that appears or
+//! changes there is deployed in replace mode once it stops changing.
+
+use crate::Deployer;
+use std::sync::Arc;
+
+/// How long a file must stay unchanged before it is deployed: a copy in
+/// progress keeps changing it.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Watch `dir` and deploy (replace mode) each `<plugin>.wasm` of a loaded
+/// plugin that appears or changes, once it has stopped changing. Write a
+/// new version elsewhere and rename it into place for an atomic swap; a
+/// file still being written is not deployed, and one that does not
+/// compile is rejected with a warning while the running version goes on.
+/// Hidden files (`.name`) are ignored. Runs until `stop` is set.
+pub fn watch_dir(
+    deployer: Arc<Deployer>,
+    dir: &std::path::Path,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use notify::Watcher;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
+    })?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    let dir = dir.to_path_buf();
+    let handle = std::thread::Builder::new()
+        .name("plugin-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            let mut pending: std::collections::HashMap<std::path::PathBuf, std::time::Instant> =
+                Default::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(path) = rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                    let wanted = path.extension().is_some_and(|x| x == "wasm")
+                        && path.parent() == Some(dir.as_path())
+                        && !path
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    if wanted {
+                        pending.insert(path, std::time::Instant::now());
+                    }
+                    continue;
+                }
+                let quiet: Vec<_> = pending
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() >= QUIET)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for path in quiet {
+                    pending.remove(&path);
+                    deploy_file(&deployer, &path);
+                }
+            }
+        })?;
+    Ok(handle)
+}
+
+fn deploy_file(deployer: &Deployer, path: &std::path::Path) {
+    let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let Ok(bytes) = std::fs::read(path) else {
+        return; // removed or renamed away meanwhile
+    };
+    if deployer.engine.projection(&name).is_err() {
+        tracing::warn!(
+            plugin = name,
+            "{}: new plugins are loaded at start; restart to load it",
+            path.display()
+        );
+        return;
+    }
+    match deployer.deploy(&name, &bytes, &path.display().to_string()) {
+        Ok(d) if d.changed => tracing::info!(
+            plugin = name,
+            id = &d.id[..12],
+            "deployed from the plugins directory"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            plugin = name,
+            "{}: {e}; the running version goes on",
+            path.display()
+        ),
+    }
+}

@@ -1,0 +1,273 @@
+//! Assembling a runtime from a [`Config`]: open the store, load every
+//! `*.wasm` in the plugins directory with its settings and limits, and
+//! hand back an [`Engine`]. The CLI and the end-to-end tests start here.
+
+use crate::config::Config;
+use anyhow::Context;
+use projector_api::{Feed, ServeState, Serving};
+use projector_core::engine::Engine;
+use projector_core::store::Store;
+use projector_deploy::Deployer;
+use projector_host::fetch::Fetcher;
+use projector_host::wasm::WasmHost;
+use projector_sources::kafka::KafkaSource;
+use projector_sources::log::{EmbeddedLog, LogSource};
+use projector_sources::pipeline::{self, Options, Totals, Until};
+use projector_sources::Source;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// A runtime assembled from its config: the engine with every plugin
+/// loaded, the deployer and the services plugins fetch from.
+pub struct App {
+    /// The config it was opened with.
+    pub config: Config,
+    pub engine: Arc<Engine>,
+    /// Loads plugin versions and swaps them in (the registry).
+    pub deployer: Arc<Deployer>,
+    /// The services plugins fetch from.
+    pub fetcher: Arc<Fetcher>,
+}
+
+/// A runtime at work: the embedded log followed into the engine on its
+/// own thread, and the HTTP API.
+pub struct Running {
+    /// The API's state (also when the API is off).
+    pub state: Arc<ServeState>,
+    serving: Option<Serving>,
+    pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
+    /// The plugins directory's watcher, and its stop.
+    watcher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl Running {
+    /// Where the API listens (`None` when it is off).
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.serving.as_ref().map(Serving::addr)
+    }
+
+    /// Wait for the pipeline to end (on `stop`, or idle with
+    /// `exit_when_idle`), then stop the API.
+    pub fn wait(mut self) -> anyhow::Result<Totals> {
+        let totals = self
+            .pipeline
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"));
+        self.state.set_ready(false);
+        if let Some((stop, handle)) = self.watcher.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = handle.join();
+        }
+        if let Some(serving) = self.serving.take() {
+            serving.stop();
+        }
+        totals?
+    }
+}
+
+impl App {
+    /// Open the store and load every plugin.
+    pub fn open(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir)?;
+        let mut engine = Engine::new(
+            store,
+            config.format,
+            config.engine.workers,
+            std::time::Duration::from_millis(config.engine.commit_interval_ms),
+        );
+        engine.set_retry(config.retry);
+        let engine = Arc::new(engine);
+        let host = match config.engine.compile_cache_dir.as_deref() {
+            Some(dir) if dir.as_os_str() != "off" => WasmHost::with_compile_cache(dir)
+                .with_context(|| format!("compile cache in {}", dir.display()))?,
+            _ => WasmHost::new()?,
+        };
+        let fetcher =
+            Arc::new(Fetcher::new(&config.services).map_err(|e| anyhow::anyhow!("config: {e}"))?);
+        let deployer = Arc::new(Deployer::new(
+            config.deploy_settings(),
+            engine.clone(),
+            host,
+            fetcher.clone(),
+        )?);
+        let app = App {
+            config,
+            engine,
+            deployer,
+            fetcher,
+        };
+        app.load_plugins()?;
+        Ok(app)
+    }
+
+    /// Follow `log` into the engine on a thread until `stop` is set (or,
+    /// with `exit_when_idle`, until caught up), and serve the API on
+    /// `listen` (`None`: the config's `http.listen`; "off": no API), with
+    /// events posted to it appended to `log`.
+    pub fn start(
+        &self,
+        log: Arc<EmbeddedLog>,
+        listen: Option<&str>,
+        stop: Arc<AtomicBool>,
+        exit_when_idle: bool,
+    ) -> anyhow::Result<Running> {
+        let source = Arc::new(LogSource::new(log.clone()));
+        let feed = Feed::new(source.clone()).with_ingest(log);
+        let until = if exit_when_idle {
+            Until::Idle
+        } else {
+            Until::Stopped
+        };
+        self.start_source(source, feed, listen, stop, until)
+    }
+
+    /// Consume `[source.kafka]` into the engine until `stop` is set, and
+    /// serve the API on `listen` (as [`App::start`]).
+    pub fn start_kafka(
+        &self,
+        listen: Option<&str>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Running> {
+        let config = self
+            .config
+            .source
+            .kafka
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("config: no [source.kafka]"))?;
+        let source = Arc::new(KafkaSource::new(config)?);
+        let feed = Feed::new(source.clone());
+        self.start_source(source, feed, listen, stop, Until::Stopped)
+    }
+
+    /// Start `source` here (so that a source that cannot start fails the
+    /// call), then drive it into the engine on the pipeline's thread.
+    fn start_source(
+        &self,
+        source: Arc<dyn Source>,
+        feed: Feed,
+        listen: Option<&str>,
+        stop: Arc<AtomicBool>,
+        until: Until,
+    ) -> anyhow::Result<Running> {
+        if let Err(e) = source.start(&self.engine) {
+            let _ = source.close();
+            return Err(e);
+        }
+        if let Some(replay) = source.replay() {
+            self.deployer.set_replay(replay);
+        }
+        let (state, serving) = self.serve(feed, listen)?;
+        let engine = self.engine.clone();
+        let options = Options::new(self.config.engine.batch_size, until);
+        let pipeline = std::thread::Builder::new()
+            .name("projector-pipeline".into())
+            .spawn(move || {
+                let mut last_report = std::time::Instant::now();
+                pipeline::drive(&engine, &*source, &options, &stop, |p| {
+                    if last_report.elapsed().as_secs() >= 5 {
+                        last_report = std::time::Instant::now();
+                        tracing::info!(
+                            events = p.totals.records,
+                            applied = p.totals.counters.applied,
+                            "progress"
+                        );
+                    }
+                })
+            })?;
+        self.running(state, serving, pipeline)
+    }
+
+    /// A started pipeline with its API and the plugins directory's watcher,
+    /// ready (before the caller announces the API).
+    fn running(
+        &self,
+        state: Arc<ServeState>,
+        serving: Option<Serving>,
+        pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
+    ) -> anyhow::Result<Running> {
+        let watcher = self.watch_plugins()?;
+        state.set_ready(true);
+        Ok(Running {
+            state,
+            serving,
+            pipeline,
+            watcher,
+        })
+    }
+
+    /// Watch the plugins directory, when the config asks to.
+    fn watch_plugins(
+        &self,
+    ) -> anyhow::Result<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>> {
+        if !self.config.engine.watch_plugins {
+            return Ok(None);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = projector_deploy::watch_dir(
+            self.deployer.clone(),
+            &self.config.plugins_dir,
+            stop.clone(),
+        )
+        .with_context(|| format!("watching {}", self.config.plugins_dir.display()))?;
+        Ok(Some((stop, handle)))
+    }
+
+    /// The API's state, and the server when `listen` is not "off".
+    fn serve(
+        &self,
+        feed: Feed,
+        listen: Option<&str>,
+    ) -> anyhow::Result<(Arc<ServeState>, Option<Serving>)> {
+        let state = Arc::new(
+            ServeState::new(
+                &self.config.api_settings(),
+                self.engine.clone(),
+                feed,
+                Some(self.fetcher.clone()),
+            )?
+            .with_deployer(self.deployer.clone()),
+        );
+        let listen = listen.unwrap_or(&self.config.http.listen);
+        let serving = match listen {
+            "off" => None,
+            addr => Some(Serving::start(state.clone(), addr)?),
+        };
+        Ok((state, serving))
+    }
+
+    fn load_plugins(&self) -> anyhow::Result<()> {
+        let dir = &self.config.plugins_dir;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading plugins_dir {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        files.sort();
+        for name in self.config.plugins.keys() {
+            if !files
+                .iter()
+                .any(|f| f.file_stem().is_some_and(|s| s == name.as_str()))
+            {
+                anyhow::bail!(
+                    "config: [plugins.{name}] is set but there is no {name}.wasm in {}",
+                    dir.display()
+                );
+            }
+        }
+        for path in files {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let code = self
+                .deployer
+                .start(&name, &bytes, &path.display().to_string())?;
+            tracing::info!(plugin = name, id = &code.id()[..12], "loaded");
+        }
+        Ok(())
+    }
+}

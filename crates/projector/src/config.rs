@@ -1,0 +1,418 @@
+//! The TOML configuration of `projector run` and friends.
+//!
+//! Every table denies unknown keys; every limit carries its unit in its
+//! name. An error names the file, and the key and what was expected (as
+//! the TOML parser reports them, with line and column). Relative paths are
+//! resolved against the directory of the config file.
+//!
+//! ```toml
+//! data_dir = "data"            # sled store: views, offsets, the embedded log
+//! plugins_dir = "plugins"      # every *.wasm here is loaded; name = file stem
+//! format = "auto"              # auto | envelope | cloudevents | debezium
+//!
+//! [engine]
+//! batch_size = 4096            # records per batch (and per atomic commit)
+//! workers = 1                  # threads folding keys of one batch
+//! commit_interval_ms = 1000    # commit views + offsets at most this often
+//! compile_cache_dir = "data/compiled" # compiled plugins kept across restarts; "off"
+//! watch_plugins = true         # deploy *.wasm changed in plugins_dir while running
+//!
+//! [log]
+//! partitions = 4               # fixed when the log is created
+//!
+//! [deploy]                     # plugin versions deployed in replace mode
+//! probation_events = 1000      # watched for their first events (0: off) ...
+//! max_failure_ratio = 0.1      # ... and rolled back above this failure ratio
+//!
+//! [source.kafka]               # consume Kafka instead of the embedded log
+//! bootstrap_servers = "127.0.0.1:9092"
+//! group_id = "projector"
+//! topics = ["inbox"]
+//! max_buffered_records = 16384 # per partition; a fuller one is paused
+//! properties = { "session.timeout.ms" = "10000" } # any librdkafka property
+//!
+//! [retry]                      # events a plugin failed with a transient error
+//! blocking = 0                 # immediate retries (the key waits) ...
+//! blocking_delay_ms = 50       # ... this long apart, doubled each time
+//! attempts = 5                 # then delayed retries before the dead letter
+//! delay_ms = 1000              # doubled per attempt
+//! max_delay_ms = 60000
+//!
+//! [limits]                     # defaults for every plugin
+//! epoch_deadline_ms = 10
+//! max_memory_bytes = 67108864
+//!
+//! [http]
+//! listen = "127.0.0.1:8080"    # the read API; "off" to run without it
+//! consistency_timeout_ms = 2000 # longest a token read waits by default
+//! mismatches_kept = 100        # recent mismatches kept per plugin
+//! user_header = "x-user-id"    # the request's user, for rollout rules
+//! groups_header = "x-groups"   # the request's groups (comma-separated)
+//!
+//! [services.billing]           # a service plugins may fetch from (see fetch)
+//! url = "http://billing.internal:8080"
+//! cache_ttl_ms = 60000
+//!
+//! [plugins.inbox-unread]
+//! population = "eager"         # override the plugin's own choice
+//! services = []                # the services it may fetch from
+//! settings = { max_unread = 1000 }
+//! limits = { epoch_deadline_ms = 20 }
+//!
+//! [plugins.inbox-unread.truth] # the source of truth (see projector_api::truth)
+//! url = "http://legacy/unread?user={user}&site={site}"
+//! key = "{user}:{site}"
+//!
+//! [plugins.inbox-unread.rollout] # read modes per request (see projector_api::rollout)
+//! default = "source"
+//! keep_comparing_percent = 5
+//! rules = [{ users = ["u1"], mode = "projection" },
+//!          { percent = 20, mode = "compare-return-source" }]
+//! ```
+
+use projector_api::rollout::Rollout;
+use projector_api::truth::{Truth, TruthConfig};
+pub use projector_api::HttpConfig;
+use projector_api::{ApiSettings, PluginApi};
+pub use projector_core::envelope::Format;
+pub use projector_core::RetryConfig;
+pub use projector_deploy::DeployConfig;
+use projector_deploy::{DeploySettings, PluginSetup};
+use projector_guest::Population;
+use projector_host::fetch::ServiceConfig;
+use projector_host::Limits;
+pub use projector_sources::kafka::KafkaConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct Error {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: PathBuf,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub limits: LimitsPatch,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// How deploys are watched.
+    #[serde(default)]
+    pub deploy: DeployConfig,
+    /// Where events come from when not from the embedded log.
+    #[serde(default)]
+    pub source: SourceSection,
+    /// Services plugins may fetch from (enrichment), by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// `[source]`: the Kafka source, when set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    pub kafka: Option<KafkaConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+
+fn default_plugins_dir() -> PathBuf {
+    "plugins".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub batch_size: usize,
+    pub workers: usize,
+    /// Views, offsets and dead letters are committed at most this often
+    /// (0: after every batch); a crash redoes what was not committed.
+    pub commit_interval_ms: u64,
+    /// Where compiled plugins are kept across restarts (default:
+    /// `<data_dir>/compiled`; "off": compile at every start).
+    pub compile_cache_dir: Option<PathBuf>,
+    /// Deploy plugins changed in `plugins_dir` while running.
+    pub watch_plugins: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            batch_size: 4096,
+            workers: 1,
+            commit_interval_ms: 1000,
+            compile_cache_dir: None,
+            watch_plugins: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub partitions: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { partitions: 4 }
+    }
+}
+
+/// Limits given in a config table; what is left out keeps its default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    pub epoch_deadline_ms: Option<u64>,
+    pub start_deadline_ms: Option<u64>,
+    pub max_memory_bytes: Option<usize>,
+    pub max_state_bytes: Option<usize>,
+    pub max_render_bytes: Option<usize>,
+    pub max_keys_per_event: Option<usize>,
+    pub max_key_bytes: Option<usize>,
+    pub timeout_retries: Option<u32>,
+}
+
+impl LimitsPatch {
+    pub fn apply(&self, mut to: Limits) -> Limits {
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        if let Some(v) = self.epoch_deadline_ms {
+            to.epoch_deadline_ms = v;
+        }
+        if let Some(v) = self.start_deadline_ms {
+            to.start_deadline_ms = v;
+        }
+        set(&mut to.max_memory_bytes, self.max_memory_bytes);
+        set(&mut to.max_state_bytes, self.max_state_bytes);
+        set(&mut to.max_render_bytes, self.max_render_bytes);
+        set(&mut to.max_keys_per_event, self.max_keys_per_event);
+        set(&mut to.max_key_bytes, self.max_key_bytes);
+        if let Some(v) = self.timeout_retries {
+            to.timeout_retries = v;
+        }
+        to
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub population: Option<Population>,
+    #[serde(default)]
+    pub settings: Option<toml::Table>,
+    #[serde(default)]
+    pub limits: LimitsPatch,
+    /// The source of truth reads fall back to.
+    pub truth: Option<TruthConfig>,
+    /// The older name of `truth`, still read (with a warning).
+    #[serde(default)]
+    source: Option<TruthConfig>,
+    /// The services this plugin may fetch from (its allow-list).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// The read modes per request; changeable at runtime.
+    pub rollout: Option<Rollout>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty config is valid")
+    }
+}
+
+impl Config {
+    /// Parse `text` as if read from `file`, resolving relative paths
+    /// against `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, Error> {
+        let mut c: Config = toml::from_str(text).map_err(|e| Error {
+            file: file.into(),
+            message: e.to_string().trim_end().into(),
+        })?;
+        let bad = |message: String| Error {
+            file: file.into(),
+            message,
+        };
+        for (name, p) in c.plugins.iter_mut() {
+            if let Some(old) = p.source.take() {
+                if p.truth.is_some() {
+                    return Err(bad(format!(
+                        "plugins.{name}: both `truth` and its older name `source` are set; keep `truth`"
+                    )));
+                }
+                eprintln!(
+                    "config {file}: [plugins.{name}.source] is now [plugins.{name}.truth]; the old name still works but will be removed"
+                );
+                p.truth = Some(old);
+            }
+        }
+        if c.engine.batch_size == 0 {
+            return Err(bad("engine.batch_size: expected at least 1, got 0".into()));
+        }
+        if !(1..=256).contains(&c.engine.workers) {
+            return Err(bad(format!(
+                "engine.workers: expected 1 to 256, got {}",
+                c.engine.workers
+            )));
+        }
+        if !(1..=4096).contains(&c.log.partitions) {
+            return Err(bad(format!(
+                "log.partitions: expected 1 to 4096, got {}",
+                c.log.partitions
+            )));
+        }
+        for (name, p) in std::iter::once(("limits", &c.limits))
+            .chain(c.plugins.iter().map(|(n, p)| (n.as_str(), &p.limits)))
+        {
+            for (field, v) in [
+                ("epoch_deadline_ms", p.epoch_deadline_ms),
+                ("start_deadline_ms", p.start_deadline_ms),
+            ] {
+                if v == Some(0) {
+                    return Err(bad(format!("{name}: {field}: expected at least 1, got 0")));
+                }
+            }
+            if p.max_memory_bytes.is_some_and(|m| m < 1 << 16) {
+                return Err(bad(format!(
+                    "{name}: max_memory_bytes: expected at least 65536 (one Wasm page)"
+                )));
+            }
+        }
+        for (name, s) in &c.services {
+            s.validate()
+                .map_err(|e| bad(format!("services.{name}.{e}")))?;
+        }
+        for (name, p) in &c.plugins {
+            if let Some(unknown) = p.services.iter().find(|s| !c.services.contains_key(*s)) {
+                return Err(bad(format!(
+                    "plugins.{name}.services: {unknown:?} is not a configured service ([services.{unknown}])"
+                )));
+            }
+            if let Some(truth) = &p.truth {
+                Truth::new(truth).map_err(|e| bad(format!("plugins.{name}.truth.{e}")))?;
+            }
+            if let Some(rollout) = &p.rollout {
+                rollout
+                    .validate()
+                    .map_err(|e| bad(format!("plugins.{name}.rollout.{e}")))?;
+            }
+        }
+        if !(0.0..=1.0).contains(&c.deploy.max_failure_ratio) {
+            return Err(bad(format!(
+                "deploy.max_failure_ratio: expected 0 to 1, got {}",
+                c.deploy.max_failure_ratio
+            )));
+        }
+        if let Some(k) = &c.source.kafka {
+            k.validate().map_err(|e| bad(format!("source.kafka.{e}")))?;
+        }
+        if c.http.listen != "off" && c.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(format!(
+                "http.listen: expected an address like 127.0.0.1:8080, or \"off\"; got {:?}",
+                c.http.listen
+            )));
+        }
+        c.engine.compile_cache_dir = match c.engine.compile_cache_dir.take() {
+            Some(dir) if dir.as_os_str() == "off" => Some(dir),
+            Some(dir) => Some(base.join(dir)),
+            None => Some(base.join(&c.data_dir).join("compiled")),
+        };
+        c.data_dir = base.join(&c.data_dir);
+        c.plugins_dir = base.join(&c.plugins_dir);
+        Ok(c)
+    }
+
+    /// Read a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &file, base)
+    }
+
+    /// The limits of plugin `name`: defaults, then `[limits]`, then its own.
+    pub fn limits_of(&self, name: &str) -> Limits {
+        let global = self.limits.apply(Limits::default());
+        match self.plugins.get(name) {
+            Some(p) => p.limits.apply(global),
+            None => global,
+        }
+    }
+
+    /// The settings of plugin `name` as JSON (`{}` when none).
+    pub fn settings_of(&self, name: &str) -> serde_json::Value {
+        self.plugins
+            .get(name)
+            .and_then(|p| p.settings.as_ref())
+            .and_then(|t| serde_json::to_value(t).ok())
+            .unwrap_or_else(|| serde_json::json!({}))
+    }
+
+    /// What the deployer needs of the config.
+    pub fn deploy_settings(&self) -> DeploySettings {
+        let setup = |name: &str| PluginSetup {
+            limits: self.limits_of(name),
+            settings: self.settings_of(name),
+            services: self
+                .plugins
+                .get(name)
+                .map(|p| p.services.clone())
+                .unwrap_or_default(),
+            population: self.plugins.get(name).and_then(|p| p.population),
+        };
+        DeploySettings {
+            deploy: self.deploy,
+            plugins: self
+                .plugins
+                .keys()
+                .map(|name| (name.clone(), setup(name)))
+                .collect(),
+            // No plugin is named "": the defaults and `[limits]`.
+            default: setup(""),
+        }
+    }
+
+    /// What the HTTP layer needs of the config.
+    pub fn api_settings(&self) -> ApiSettings {
+        ApiSettings {
+            http: self.http.clone(),
+            plugins: self
+                .plugins
+                .iter()
+                .map(|(name, p)| {
+                    let api = PluginApi {
+                        truth: p.truth.clone(),
+                        rollout: p.rollout.clone(),
+                    };
+                    (name.clone(), api)
+                })
+                .collect(),
+        }
+    }
+}

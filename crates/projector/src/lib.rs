@@ -1,0 +1,20 @@
+//! projector: a WebAssembly-pluggable event processor, the binary's
+//! library: the TOML [`config`] and the [`app`] that assembles a runtime
+//! from it (used by the CLI in `main.rs` and by the end-to-end tests).
+//!
+//! The crates below it, each importing only the ones before it:
+//!
+//! ```text
+//! projector-guest   the plugin SDK and WIT world (guest side)
+//! projector-host    wasmtime host, limits, native plugins, fetch
+//! projector-core    records, envelope decoders, sled store, engine
+//! projector-sources Source trait, embedded log, files, Kafka, pipeline
+//! projector-deploy  registry, replace, probation, shadow, watcher
+//! projector-api     HTTP: reads, ingest, admin, metrics
+//! projector         config, app, CLI
+//! ```
+//!
+//! `docs/ARCHITECTURE.md` follows one event through them.
+
+pub mod app;
+pub mod config;

@@ -1,0 +1,134 @@
+//! NDJSON files and stdin: one record per line, one partition, the
+//! offset of a record is its line number (from 0). Blank lines are not
+//! records but keep their number, so offsets match what an editor shows.
+
+use crate::{Batch, Next, Source};
+use projector_core::engine::Engine;
+use projector_core::Record;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The source id under which a file's offsets are stored.
+pub fn file_source_id(path: &Path) -> String {
+    if path.as_os_str() == "-" {
+        return "stdin".into();
+    }
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file:{}", full.display())
+}
+
+/// A file (or stdin) as a [`Source`]: read once to its end, from the
+/// line after the last one the engine stored.
+pub struct FileSource {
+    id: String,
+    lines: Mutex<(LineSource, u64)>,
+}
+
+impl FileSource {
+    /// Open `path`, or stdin when it is `-`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let lines =
+            LineSource::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(FileSource {
+            id: file_source_id(path),
+            lines: Mutex::new((lines, 0)),
+        })
+    }
+}
+
+impl Source for FileSource {
+    fn start(&self, engine: &Arc<Engine>) -> anyhow::Result<()> {
+        let from = engine.resume_offset(&self.id, 0)?;
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).1 = from;
+        Ok(())
+    }
+
+    fn next_batch(&self, max: usize, _wait: Duration) -> anyhow::Result<Next> {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let (input, from) = &mut *lines;
+        let records = input.next_batch(*from, max)?;
+        if records.is_empty() {
+            return Ok(Next::End);
+        }
+        Ok(Next::Batch(Batch {
+            source: self.id.clone(),
+            partition: 0,
+            records,
+            retries: Vec::new(),
+        }))
+    }
+
+    fn positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        Vec::new()
+    }
+
+    fn bytes_read(&self) -> (u64, Option<u64>) {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        (lines.0.bytes_read(), lines.0.size)
+    }
+}
+
+/// Lines of a file or stdin as records.
+pub struct LineSource {
+    reader: Box<dyn BufRead + Send>,
+    line: u64,
+    bytes_read: u64,
+    /// Total size, when known (files, not stdin).
+    pub size: Option<u64>,
+}
+
+impl LineSource {
+    /// Open `path`, or stdin when it is `-`.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let (reader, size): (Box<dyn Read + Send>, _) = if path.as_os_str() == "-" {
+            (Box::new(std::io::stdin()), None)
+        } else {
+            let f = File::open(path)?;
+            let size = f.metadata()?.len();
+            (Box::new(f), Some(size))
+        };
+        Ok(LineSource {
+            reader: Box::new(BufReader::with_capacity(1 << 20, reader)),
+            line: 0,
+            bytes_read: 0,
+            size,
+        })
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// The next up to `max` records; empty at the end of input. Lines
+    /// before `from` are read past without being returned.
+    pub fn next_batch(&mut self, from: u64, max: usize) -> std::io::Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while out.len() < max {
+            buf.clear();
+            let n = self.reader.read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            self.bytes_read += n as u64;
+            let offset = self.line;
+            self.line += 1;
+            while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                buf.pop();
+            }
+            if offset < from || buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.push(Record {
+                partition: 0,
+                offset,
+                key: None,
+                value: std::mem::take(&mut buf),
+            });
+        }
+        Ok(out)
+    }
+}

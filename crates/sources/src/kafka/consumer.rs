@@ -1,0 +1,391 @@
+//! The consumer: one thread polls the group's partitions into a bounded
+//! queue per partition, pauses and resumes them, follows rebalances and
+//! commits durable offsets to Kafka. The pipeline takes batches from the
+//! queues through [`KafkaSource`](super::KafkaSource).
+
+use super::config::source_id;
+use super::config::KafkaConfig;
+use super::route::retry_entry;
+use super::stats::{KafkaStats, PartitionLag};
+use projector_core::engine::Engine;
+use projector_core::store::RetryEntry;
+use projector_core::Record;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A polled record waiting for the pipeline.
+pub(crate) enum Queued {
+    Event(Record),
+    /// A retry topic's record, read with its headers.
+    Retry(u64, Box<Result<RetryEntry, String>>),
+}
+
+impl Queued {
+    pub(crate) fn offset(&self) -> u64 {
+        match self {
+            Queued::Event(r) => r.offset,
+            Queued::Retry(o, _) => *o,
+        }
+    }
+}
+
+/// One assigned partition's queue.
+#[derive(Default)]
+pub(crate) struct PartQueue {
+    pub(crate) records: VecDeque<Queued>,
+    paused: bool,
+    /// Next offset applied in memory / made durable / committed to Kafka.
+    pub(crate) applied: Option<i64>,
+    pub(crate) durable: Option<i64>,
+    committed: Option<i64>,
+}
+
+#[derive(Default)]
+pub(crate) struct Queues {
+    pub(crate) parts: BTreeMap<(String, i32), PartQueue>,
+    /// The partition whose batch the pipeline is processing.
+    pub(crate) in_flight: Option<(String, i32)>,
+    /// Round-robin position.
+    pub(crate) cursor: Option<(String, i32)>,
+    pub(crate) failed: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) config: KafkaConfig,
+    pub(crate) retry_topics: HashSet<String>,
+    pub(crate) queues: Mutex<Queues>,
+    pub(crate) changed: Condvar,
+    pub(crate) stats: Arc<KafkaStats>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a newly assigned partition resumes: the store's offset.
+    fn resume(&self, topic: &str, partition: i32) -> projector_core::engine::Result<u64> {
+        let source = source_id(topic);
+        if self.retry_topics.contains(topic) {
+            self.engine.retry_resume_offset(&source, partition as u32)
+        } else {
+            self.engine.resume_offset(&source, partition as u32)
+        }
+    }
+
+    /// Stop feeding `parts`, wait for a batch of theirs in flight, make
+    /// the store durable; their next offsets, for Kafka.
+    fn release(&self, parts: &[(String, i32)]) -> TopicPartitionList {
+        let mut q = self.lock();
+        for p in parts {
+            if let Some(part) = q.parts.get_mut(p) {
+                self.stats
+                    .buffered
+                    .fetch_sub(part.records.len() as i64, Ordering::Relaxed);
+                part.records.clear();
+            }
+        }
+        while q.in_flight.as_ref().is_some_and(|f| parts.contains(f)) {
+            q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        let released: Vec<_> = parts
+            .iter()
+            .filter_map(|p| q.parts.remove(p).map(|part| (p.clone(), part)))
+            .collect();
+        drop(q);
+        if let Err(e) = self.engine.commit() {
+            tracing::error!("commit before releasing partitions: {e}");
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut lags = self
+            .stats
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for ((topic, partition), part) in released {
+            if part.paused {
+                self.stats.paused.fetch_sub(1, Ordering::Relaxed);
+            }
+            lags.remove(&(topic.clone(), partition));
+            if let Some(next) = part.applied {
+                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+            }
+        }
+        tpl
+    }
+}
+
+pub(crate) struct ConsumerCtx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ConsumerCtx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = self
+            .shared
+            .stats
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (topic, t) in &statistics.topics {
+            for (p, s) in &t.partitions {
+                if let Some(l) = lags.get_mut(&(topic.clone(), *p)) {
+                    l.end = l.end.max(s.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let shared = &self.shared;
+        shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assign = TopicPartitionList::new();
+                let mut q = shared.lock();
+                for (topic, partition) in &parts {
+                    let next = match shared.resume(topic, *partition) {
+                        Ok(o) => o as i64,
+                        Err(e) => {
+                            q.failed =
+                                Some(format!("reading the offset of {topic}/{partition}: {e}"));
+                            continue;
+                        }
+                    };
+                    let _ = assign.add_partition_offset(topic, *partition, Offset::Offset(next));
+                    q.parts.insert(
+                        (topic.clone(), *partition),
+                        PartQueue {
+                            applied: Some(next),
+                            durable: Some(next),
+                            ..Default::default()
+                        },
+                    );
+                    shared
+                        .stats
+                        .partitions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            (topic.clone(), *partition),
+                            PartitionLag { end: next, next },
+                        );
+                }
+                drop(q);
+                tracing::info!(partitions = ?parts, "assigned");
+                if let Err(e) = consumer.assign(&assign) {
+                    tracing::error!("assign: {e}");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let offsets = shared.release(&parts);
+                if offsets.count() > 0 {
+                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                        tracing::warn!("commit to Kafka on revocation: {e}");
+                    }
+                }
+                tracing::info!(partitions = ?parts, "revoked");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!("unassign: {e}");
+                }
+            }
+            other => {
+                tracing::error!("rebalance error: {other:?}");
+                let all: Vec<_> = shared.lock().parts.keys().cloned().collect();
+                shared.release(&all);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// The consumer thread: poll into the queues, pause and resume, commit
+/// durable offsets to Kafka, until `stop`; then commit, and leave the
+/// group deliberately (revocation runs here, on this thread).
+pub(crate) fn consume(shared: Arc<Shared>, stop: &AtomicBool) -> anyhow::Result<()> {
+    let config = &shared.config;
+    let consumer: BaseConsumer<ConsumerCtx> = config
+        .client(&[
+            ("group.id", config.group_id.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "range"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("statistics.interval.ms", "1000"),
+            ("session.timeout.ms", "10000"),
+        ])
+        .create_with_context(ConsumerCtx {
+            shared: shared.clone(),
+        })?;
+    let mut topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    topics.extend(shared.retry_topics.iter().map(String::as_str));
+    consumer.subscribe(&topics)?;
+    let high = config.max_buffered_records;
+    let low = high / 2;
+    let commit_every = shared
+        .engine
+        .commit_interval()
+        .max(Duration::from_millis(100));
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Take what arrived, up to a burst, then look at the queues.
+        let mut burst = 0;
+        let mut timeout = Duration::from_millis(50);
+        while burst < 4096 {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Err(e)) => {
+                    shared.stats.consumer_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("kafka: {e}");
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let queued = enqueue(&shared, &m);
+                    burst += 1;
+                    timeout = Duration::ZERO;
+                    if queued >= high {
+                        backpressure(&consumer, &shared, high, low);
+                    }
+                }
+            }
+        }
+        backpressure(&consumer, &shared, high, low);
+        if last_commit.elapsed() >= commit_every {
+            last_commit = Instant::now();
+            commit_kafka(&consumer, &shared, CommitMode::Async);
+        }
+    }
+    commit_kafka(&consumer, &shared, CommitMode::Sync);
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && !shared.lock().parts.is_empty() {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Queue a polled record; how many its partition's queue holds now.
+fn enqueue<M: Message>(shared: &Shared, m: &M) -> usize {
+    let k = (m.topic().to_string(), m.partition());
+    let mut q = shared.lock();
+    // A record of a partition no longer assigned is dropped: its owner
+    // reads it again from its own offset.
+    let Some(part) = q.parts.get_mut(&k) else {
+        return 0;
+    };
+    if part
+        .records
+        .back()
+        .is_some_and(|r| r.offset() as i64 >= m.offset())
+    {
+        return part.records.len();
+    }
+    part.records
+        .push_back(if shared.retry_topics.contains(m.topic()) {
+            Queued::Retry(m.offset() as u64, Box::new(retry_entry(m)))
+        } else {
+            Queued::Event(Record {
+                partition: m.partition() as u32,
+                offset: m.offset() as u64,
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            })
+        });
+    let len = part.records.len() as i64;
+    shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
+    shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+    shared.stats.max_buffered.fetch_max(len, Ordering::Relaxed);
+    if let Some(l) = shared
+        .stats
+        .partitions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&k)
+    {
+        l.end = l.end.max(m.offset() + 1);
+    }
+    drop(q);
+    shared.changed.notify_all();
+    len as usize
+}
+
+/// Pause partitions whose queue is full; resume those drained to `low`.
+fn backpressure(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, high: usize, low: usize) {
+    let mut pause = TopicPartitionList::new();
+    let mut resume = TopicPartitionList::new();
+    {
+        let mut q = shared.lock();
+        for ((topic, partition), part) in q.parts.iter_mut() {
+            let n = part.records.len();
+            if !part.paused && n >= high {
+                part.paused = true;
+                let _ = pause.add_partition(topic, *partition);
+            } else if part.paused && n <= low {
+                part.paused = false;
+                let _ = resume.add_partition(topic, *partition);
+            }
+        }
+    }
+    if pause.count() > 0 {
+        shared
+            .stats
+            .pauses
+            .fetch_add(pause.count() as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .paused
+            .fetch_add(pause.count() as i64, Ordering::Relaxed);
+        if let Err(e) = consumer.pause(&pause) {
+            tracing::warn!("pause: {e}");
+        }
+    }
+    if resume.count() > 0 {
+        shared
+            .stats
+            .paused
+            .fetch_sub(resume.count() as i64, Ordering::Relaxed);
+        if let Err(e) = consumer.resume(&resume) {
+            tracing::warn!("resume: {e}");
+        }
+    }
+}
+
+/// Commit to Kafka the offsets made durable since the last commit.
+fn commit_kafka(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, mode: CommitMode) {
+    let mut tpl = TopicPartitionList::new();
+    {
+        let mut q = shared.lock();
+        for ((topic, partition), part) in q.parts.iter_mut() {
+            if let Some(d) = part.durable.filter(|d| Some(*d) != part.committed) {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(d));
+                part.committed = Some(d);
+            }
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            // Kafka's offsets are informative; the store's are the truth.
+            tracing::debug!("commit to Kafka: {e}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Kafka: a consumer-group source, retry and dead-letter topics, and the
+//! spooled producer that sends them (seeds 000 and 003).
+//!
+//! **Offsets.** The store is the authority: a partition's next offset is
+//! committed in the same batch as the views it produced, and on assignment
+//! the consumer seeks there. Kafka's committed offsets follow once a batch
+//! is durable, for lag tools only. A revocation finishes the partition's
+//! batch in flight, commits the store and then Kafka, and only then
+//! releases the partition, so neither a rebalance nor a crash loses or
+//! re-applies an event.
+//!
+//! **Backpressure.** Polled records wait in a bounded queue per partition
+//! until the pipeline takes them in batches; a partition whose queue is
+//! full is paused and resumed once it has drained to half.
+//!
+//! **Retries.** An event a plugin failed with a transient error, after the
+//! blocking retries, is produced to `<topic>.<group>.retry` with headers
+//! naming the plugin, attempt, error, origin and not-before time; the
+//! group consumes that topic too, keeps each record in the local delayed
+//! queue until due, and retries it there. After the last attempt, or for
+//! a permanent failure, the event goes to `<topic>.<group>.dlq` with the
+//! same headers. Both topics get as many partitions as their source.
+//!
+//! **Spool.** Every record the runtime produces is written to the store's
+//! spool in the same batch as the work that made it, sent by an idempotent
+//! producer, and removed once acknowledged; what is unsent at a stop is
+//! sent at the next start.
+//!
+//! Map: [`config`] (`[source.kafka]`, topic names, headers), `admin`
+//! (partition counts, topic creation), `consumer` (the polling thread,
+//! rebalances, backpressure), [`source`] (the [`Source`](crate::Source)
+//! the pipeline drives), `route` (failures to topics), `spool` (the
+//! producer), [`replay`] (shadow rebuilds), [`stats`].
+
+mod admin;
+pub mod config;
+mod consumer;
+pub mod replay;
+mod route;
+pub mod source;
+mod spool;
+pub mod stats;
+
+pub use config::{header, source_id, KafkaConfig};
+pub use replay::KafkaRetained;
+pub use route::header_of;
+pub use source::KafkaSource;
+pub use stats::{KafkaStats, PartitionLag};
+
+use crate::pipeline::{self, Options, Until};
+use crate::Source;
+use projector_core::engine::Engine;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Totals of a Kafka run.
+#[derive(Debug, Default, Clone)]
+pub struct KafkaTotals {
+    /// Records taken from the topics (retries included).
+    pub records: u64,
+    /// Events applied, over every plugin.
+    pub applied: u64,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+/// A Kafka source driven into the engine by the pipeline, on a thread of
+/// its own, until [`KafkaRun::stop`].
+pub struct KafkaRun {
+    source: Arc<KafkaSource>,
+    stop: Arc<AtomicBool>,
+    /// The source's live counters.
+    pub stats: Arc<KafkaStats>,
+    pipeline: Option<JoinHandle<anyhow::Result<KafkaTotals>>>,
+}
+
+impl KafkaRun {
+    /// Join the group and consume `config.topics` into `engine`, in
+    /// batches of `batch_size`, committing at least every
+    /// `commit_interval`.
+    pub fn start(
+        engine: Arc<Engine>,
+        config: KafkaConfig,
+        batch_size: usize,
+        commit_interval: Duration,
+    ) -> anyhow::Result<KafkaRun> {
+        let source = Arc::new(KafkaSource::new(config)?);
+        // Started here, so that a broker or topic missing fails the call.
+        if let Err(e) = source.start(&engine) {
+            let _ = source.close();
+            return Err(e);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let pipeline = {
+            let (source, stop) = (source.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("projector-pipeline".into())
+                .spawn(move || {
+                    let started = Instant::now();
+                    let options = Options {
+                        batch_size,
+                        commit_interval: Some(commit_interval),
+                        until: Until::Stopped,
+                    };
+                    let totals = pipeline::drive(&engine, &*source, &options, &stop, |_| {})?;
+                    Ok(KafkaTotals {
+                        records: totals.records,
+                        applied: totals.counters.applied,
+                        elapsed: started.elapsed(),
+                    })
+                })?
+        };
+        let stats = source.stats.clone();
+        Ok(KafkaRun {
+            source,
+            stop,
+            stats,
+            pipeline: Some(pipeline),
+        })
+    }
+
+    /// A reader of the retained source topics (for shadow rebuilds).
+    pub fn retained(&self) -> anyhow::Result<Arc<KafkaRetained>> {
+        self.source
+            .retained()
+            .ok_or_else(|| anyhow::anyhow!("the Kafka source did not start"))
+    }
+
+    /// The source the pipeline drives.
+    pub fn source(&self) -> &Arc<KafkaSource> {
+        &self.source
+    }
+
+    /// Ask the pipeline to finish (the batch in flight is completed and
+    /// committed, the group is left).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the pipeline has ended.
+    pub fn is_finished(&self) -> bool {
+        self.pipeline.as_ref().is_none_or(|p| p.is_finished())
+    }
+
+    /// Stop and wait for every thread.
+    pub fn join(mut self) -> anyhow::Result<KafkaTotals> {
+        self.stop();
+        match self.pipeline.take() {
+            Some(p) => p
+                .join()
+                .map_err(|_| anyhow::anyhow!("the Kafka pipeline thread panicked"))?,
+            None => Ok(KafkaTotals::default()),
+        }
+    }
+}
+
+impl Drop for KafkaRun {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

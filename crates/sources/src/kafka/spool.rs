@@ -1,0 +1,153 @@
+//! The spool's producer: every record the runtime produces (retries,
+//! dead letters) is written to the store's spool in the same atomic batch
+//! as the work that made it, and sent from there by an idempotent
+//! producer.
+
+use super::config::KafkaConfig;
+use super::stats::KafkaStats;
+use projector_core::store::Store;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Delivery reports of the spool's producer, by spool sequence number.
+#[derive(Default)]
+struct SpoolCtx {
+    acked: Mutex<Vec<u64>>,
+    failed: Mutex<Vec<(u64, String)>>,
+}
+
+impl ClientContext for SpoolCtx {}
+
+impl ProducerContext for SpoolCtx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, seq: usize) {
+        match result {
+            Ok(_) => self
+                .acked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(seq as u64),
+            Err((e, _)) => self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((seq as u64, e.to_string())),
+        }
+    }
+}
+
+/// Most records in flight to the broker at once.
+const SPOOL_IN_FLIGHT: usize = 10_000;
+
+/// The spool's producer: send what the store's spool holds, oldest first,
+/// with idempotence; remove each record once the broker acknowledged it.
+/// On stop, wait a little for what is in flight; the rest stays spooled
+/// for the next start.
+pub fn run_spool(
+    store: &Store,
+    config: &KafkaConfig,
+    stats: &KafkaStats,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let producer: BaseProducer<SpoolCtx> = config
+        .client(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+        ])
+        .create_with_context(SpoolCtx::default())?;
+    let mut in_flight: HashSet<u64> = HashSet::new();
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if !stopping && in_flight.len() < SPOOL_IN_FLIGHT {
+            let room = (SPOOL_IN_FLIGHT - in_flight.len()).min(1000);
+            for record in store.outbox(&in_flight, room)? {
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                for (k, v) in &record.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+                let mut r: BaseRecord<'_, Vec<u8>, Vec<u8>, usize> =
+                    BaseRecord::with_opaque_to(&record.topic, record.seq as usize)
+                        .payload(&record.payload)
+                        .headers(headers);
+                if let Some(k) = &record.key {
+                    r = r.key(k);
+                }
+                if let Some(p) = record.partition {
+                    r = r.partition(p);
+                }
+                match producer.send(r) {
+                    Ok(()) => {
+                        in_flight.insert(record.seq);
+                    }
+                    Err((KafkaError::MessageProduction(_), _)) => break, // queue full
+                    Err((e, _)) => {
+                        stats.produce_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = record.topic, "produce: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        producer.poll(Duration::from_millis(20));
+        let acked: Vec<u64> = std::mem::take(
+            &mut *producer
+                .context()
+                .acked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if !acked.is_empty() {
+            store.remove_outbox(&acked)?;
+            for s in &acked {
+                in_flight.remove(s);
+            }
+            stats
+                .produced
+                .fetch_add(acked.len() as u64, Ordering::Relaxed);
+        }
+        let failed = std::mem::take(
+            &mut *producer
+                .context()
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (seq, e) in failed {
+            // Sent again on a later round.
+            stats.produce_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(seq, "delivery failed, kept in the spool: {e}");
+            in_flight.remove(&seq);
+        }
+        if stopping {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if in_flight.is_empty() || since.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        } else if in_flight.is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    store.flush()?;
+    if !in_flight.is_empty() {
+        tracing::info!(
+            records = in_flight.len(),
+            "stopping with unacknowledged records; they stay spooled"
+        );
+    }
+    // Anything librdkafka still holds is dropped: the spool has it.
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    Ok(())
+}

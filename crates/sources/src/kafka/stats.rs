@@ -1,0 +1,154 @@
+//! Live counters of a Kafka source, and the metrics made of them.
+
+use super::config::source_id;
+use crate::{MetricKind, SourceMetric};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Live counters of a Kafka source.
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    /// The source topics (not their retry topics).
+    pub topics: Vec<String>,
+    pub consumed: AtomicU64,
+    pub batches: AtomicU64,
+    /// Times a partition was paused because its queue was full.
+    pub pauses: AtomicU64,
+    /// Partitions paused now.
+    pub paused: AtomicI64,
+    /// Records waiting in the queues now, and the most seen at once in
+    /// one partition's queue.
+    pub buffered: AtomicI64,
+    pub max_buffered: AtomicI64,
+    pub rebalances: AtomicU64,
+    pub consumer_errors: AtomicU64,
+    /// Records produced (acknowledged) and waiting in the spool.
+    pub produced: AtomicU64,
+    pub produce_errors: AtomicU64,
+    /// Per (topic, partition): the log end seen and the next offset applied.
+    pub partitions: Mutex<BTreeMap<(String, i32), PartitionLag>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub end: i64,
+    pub next: i64,
+}
+
+impl KafkaStats {
+    /// Per source topic's engine source id: (partition, log end) of each
+    /// partition owned now.
+    pub fn source_positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        let parts = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        self.topics
+            .iter()
+            .map(|t| {
+                let owned = parts
+                    .iter()
+                    .filter(|((topic, _), _)| topic == t)
+                    .map(|((_, p), l)| (*p as u32, l.end.max(l.next).max(0) as u64))
+                    .collect();
+                (source_id(t), owned)
+            })
+            .collect()
+    }
+
+    /// Records behind the log end, per (topic, partition).
+    pub fn lag(&self) -> Vec<((String, i32), i64)> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, l)| (k.clone(), (l.end - l.next).max(0)))
+            .collect()
+    }
+
+    /// The source's metrics, with `spooled` records waiting in the spool.
+    pub(crate) fn metrics(&self, spooled: usize) -> Vec<SourceMetric> {
+        use MetricKind::{Counter, Gauge};
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        let one = |name, help, kind, value| SourceMetric {
+            name,
+            help,
+            kind,
+            labels: Vec::new(),
+            value,
+        };
+        let mut out = vec![
+            one(
+                "projector_kafka_consumed",
+                "Records polled from Kafka",
+                Counter,
+                load(&self.consumed),
+            ),
+            one(
+                "projector_kafka_batches",
+                "Batches handed to the engine",
+                Counter,
+                load(&self.batches),
+            ),
+            one(
+                "projector_kafka_pauses",
+                "Times a partition was paused because its queue was full",
+                Counter,
+                load(&self.pauses),
+            ),
+            one(
+                "projector_kafka_rebalances",
+                "Assignments and revocations",
+                Counter,
+                load(&self.rebalances),
+            ),
+            one(
+                "projector_kafka_consumer_errors",
+                "Errors the consumer reported",
+                Counter,
+                load(&self.consumer_errors),
+            ),
+            one(
+                "projector_kafka_produced",
+                "Spooled records the broker acknowledged",
+                Counter,
+                load(&self.produced),
+            ),
+            one(
+                "projector_kafka_produce_errors",
+                "Failed deliveries (the record stays spooled)",
+                Counter,
+                load(&self.produce_errors),
+            ),
+            one(
+                "projector_kafka_buffered_records",
+                "Records waiting in the partition queues",
+                Gauge,
+                self.buffered.load(Ordering::Relaxed),
+            ),
+            one(
+                "projector_kafka_paused_partitions",
+                "Partitions paused by backpressure now",
+                Gauge,
+                self.paused.load(Ordering::Relaxed),
+            ),
+            one(
+                "projector_kafka_spooled_records",
+                "Records in the spool, not yet acknowledged",
+                Gauge,
+                spooled as i64,
+            ),
+        ];
+        for ((topic, partition), lag) in self.lag() {
+            out.push(SourceMetric {
+                name: "projector_kafka_lag_records",
+                help: "Records of an owned partition not yet applied",
+                kind: Gauge,
+                labels: vec![
+                    ("topic".into(), topic),
+                    ("partition".into(), partition.to_string()),
+                ],
+                value: lag,
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,231 @@
+//! The pipeline: one loop that drives any [`Source`] into the engine.
+//!
+//! Each turn takes the next batch from the source and applies it (its
+//! delayed retries first, then its records), looks for due retries every
+//! [`RETRY_POLL`], and commits the store at the engine's commit interval
+//! and whenever the source is idle, telling the source each time what is
+//! durable. Offsets are the store's, so running a pipeline again after a
+//! crash neither skips nor repeats an event. Progress is reported through
+//! a callback after every batch.
+
+use crate::file::FileSource;
+use crate::log::{EmbeddedLog, LogSource};
+use crate::{Next, Source};
+use projector_core::engine::{BatchSummary, Engine};
+use projector_core::store::Counters;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Totals of a pipeline run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Records taken from the source.
+    pub records: u64,
+    /// Records that were not events.
+    pub decode_errors: u64,
+    /// What the plugins did with them, summed.
+    pub counters: Counters,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, s: &BatchSummary) {
+        self.records += s.records;
+        self.decode_errors += s.decode_errors;
+        self.counters.add(&s.total());
+    }
+
+    /// Records per second over the run.
+    pub fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Progress after a batch: totals so far and, for files, bytes read of
+/// the total size.
+pub struct Progress<'a> {
+    /// Totals so far.
+    pub totals: &'a Totals,
+    /// Bytes read of the input (files).
+    pub bytes_read: u64,
+    /// The input's size, when known.
+    pub size: Option<u64>,
+}
+
+/// When a pipeline stops by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Only when asked to stop (or when the source ends).
+    Stopped,
+    /// Also once the source has nothing more to give now.
+    Idle,
+}
+
+/// How often the pipeline looks for due retries.
+pub const RETRY_POLL: Duration = Duration::from_millis(100);
+
+/// How long the pipeline waits for a batch before doing its other work.
+const BATCH_WAIT: Duration = Duration::from_millis(100);
+
+/// How a pipeline runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Records per batch, at most.
+    pub batch_size: usize,
+    /// Commit at least this often (default: the engine's interval).
+    pub commit_interval: Option<Duration>,
+    /// When it stops by itself.
+    pub until: Until,
+}
+
+impl Options {
+    /// Batches of `batch_size`, committed at the engine's interval.
+    pub fn new(batch_size: usize, until: Until) -> Self {
+        Options {
+            batch_size,
+            commit_interval: None,
+            until,
+        }
+    }
+}
+
+/// Start `source` and drive it into `engine` (see [`drive`]).
+pub fn run(
+    engine: &Arc<Engine>,
+    source: &dyn Source,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: impl FnMut(Progress),
+) -> anyhow::Result<Totals> {
+    if let Err(e) = source.start(engine) {
+        let _ = source.close();
+        return Err(e);
+    }
+    drive(engine, source, options, stop, progress)
+}
+
+/// Drive a started `source` into `engine` until `stop` is set, the source
+/// ends, or (with [`Until::Idle`]) it is caught up; then close it.
+pub fn drive(
+    engine: &Arc<Engine>,
+    source: &dyn Source,
+    options: &Options,
+    stop: &AtomicBool,
+    mut progress: impl FnMut(Progress),
+) -> anyhow::Result<Totals> {
+    engine.set_failure_route(source.failure_route());
+    let looped = turn(engine, source, options, stop, &mut progress);
+    let closed = source.close();
+    let totals = looped?;
+    closed?;
+    Ok(totals)
+}
+
+/// The loop itself.
+fn turn(
+    engine: &Engine,
+    source: &dyn Source,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut impl FnMut(Progress),
+) -> anyhow::Result<Totals> {
+    let commit_interval = options
+        .commit_interval
+        .unwrap_or_else(|| engine.commit_interval());
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    let mut retried_at = Instant::now();
+    let mut committed_at = Instant::now();
+    // Running until idle, a source that has nothing now is done.
+    let wait = match options.until {
+        Until::Idle => Duration::ZERO,
+        Until::Stopped => BATCH_WAIT,
+    };
+    let commit = |committed_at: &mut Instant| -> anyhow::Result<()> {
+        *committed_at = Instant::now();
+        engine.commit()?;
+        source.durable();
+        Ok(())
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // Delayed retries, between batches so their partitions never wait.
+        if retried_at.elapsed() >= RETRY_POLL {
+            retried_at = Instant::now();
+            engine.retry_due(projector_core::now_ms())?;
+        }
+        match source.next_batch(options.batch_size, wait)? {
+            Next::Batch(batch) => {
+                let applied = engine
+                    .enqueue_retries(&batch.source, batch.partition, &batch.retries)
+                    .and_then(|()| engine.process(&batch.source, batch.partition, &batch.records));
+                source.finished(&batch, applied.is_ok());
+                let summary = applied.map_err(|e| {
+                    anyhow::anyhow!("{} partition {}: {e}", batch.source, batch.partition)
+                })?;
+                totals.add(&summary);
+                totals.records += batch.retries.len() as u64;
+                totals.elapsed = started.elapsed();
+                let (bytes_read, size) = source.bytes_read();
+                progress(Progress {
+                    totals: &totals,
+                    bytes_read,
+                    size,
+                });
+            }
+            Next::Idle => {
+                // Caught up: make what was applied durable before waiting.
+                commit(&mut committed_at)?;
+                if options.until == Until::Idle {
+                    break;
+                }
+            }
+            Next::End => break,
+        }
+        if committed_at.elapsed() >= commit_interval {
+            commit(&mut committed_at)?;
+        }
+    }
+    commit(&mut committed_at)?;
+    totals.elapsed = started.elapsed();
+    Ok(totals)
+}
+
+/// Replay an NDJSON file (or `-` for stdin) into the engine, to its end.
+pub fn replay_file(
+    engine: &Arc<Engine>,
+    path: &Path,
+    batch_size: usize,
+    progress: impl FnMut(Progress),
+) -> anyhow::Result<Totals> {
+    let source = FileSource::open(path)?;
+    let options = Options::new(batch_size, Until::Stopped);
+    run(engine, &source, &options, &AtomicBool::new(false), progress)
+}
+
+/// Follow the embedded log into the engine until `stop` is set, or, with
+/// `exit_when_idle`, until every partition is caught up.
+pub fn run_log(
+    engine: &Arc<Engine>,
+    log: &Arc<EmbeddedLog>,
+    batch_size: usize,
+    stop: &AtomicBool,
+    exit_when_idle: bool,
+    progress: impl FnMut(Progress),
+) -> anyhow::Result<Totals> {
+    let until = if exit_when_idle {
+        Until::Idle
+    } else {
+        Until::Stopped
+    };
+    let source = LogSource::new(log.clone());
+    run(
+        engine,
+        &source,
+        &Options::new(batch_size, until),
+        stop,
+        progress,
+    )
+}
