@@ -24,7 +24,7 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
         .iter()
         .map(|d| root().join(d).join(&file))
         .find(|p| p.exists());
-    found.unwrap_or_else(|| panic!("{file} is missing: run scripts/build-plugins.sh first"))
+    found.unwrap_or_else(|| panic!("{file} is missing: the suite runs with ./scripts/test.sh, which builds the plugins first (or run ./scripts/build-plugins.sh)"))
 }
 
 /// The `projector` binary next to the running test.

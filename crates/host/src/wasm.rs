@@ -918,7 +918,7 @@ mod tests {
             .join("../../target/plugins/inbox-unread.wasm");
         let bytes = std::fs::read(&path).unwrap_or_else(|e| {
             panic!(
-                "{}: {e} (./scripts/build-plugins.sh builds it)",
+                "{}: {e} (the suite runs with ./scripts/test.sh, which builds it; or ./scripts/build-plugins.sh)",
                 path.display()
             )
         });

@@ -1,0 +1,93 @@
+//! Commits: everything applied in memory goes to the store in one atomic
+//! batch, at most every commit interval.
+
+use super::*;
+
+/// What store commits have cost since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommitStats {
+    pub commits: u64,
+    /// Views put or removed.
+    pub views: u64,
+    /// Time spent in the store's atomic batch.
+    pub seconds: f64,
+}
+
+impl Engine {
+    /// Commit everything applied so far: views, offsets, counters and dead
+    /// letters, in one atomic batch.
+    pub fn commit(&self) -> Result<()> {
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_locked(&mut pending)
+    }
+
+    pub(super) fn commit_locked(&self, pending: &mut Pending) -> Result<()> {
+        pending.healthy()?;
+        let Some(mut writer) = pending.writer.take() else {
+            return Ok(());
+        };
+        let projections = self.all();
+        let mut views_written = 0;
+        for p in &projections {
+            let dirty: Vec<CompactString> = p
+                .dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .collect();
+            let views = p.views.read().unwrap_or_else(|e| e.into_inner());
+            views_written += dirty.len() as u64;
+            for key in dirty {
+                match views.get(&key) {
+                    Some(Some(record)) => writer.put_view(&p.ns, &key, record),
+                    Some(None) => writer.remove_view(&p.ns, &key),
+                    None => unreachable!("a dirty key stays in the view cache until committed"),
+                }
+            }
+        }
+        let started = Instant::now();
+        if let Err(e) = self.store.commit(writer) {
+            pending.failed = Some(e.to_string());
+            return Err(e.into());
+        }
+        {
+            let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+            c.commits += 1;
+            c.views += views_written;
+            c.seconds += started.elapsed().as_secs_f64();
+        }
+        pending.since = None;
+        for p in &projections {
+            p.views
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .turn_over();
+        }
+        Ok(())
+    }
+
+    /// Commit when the interval has passed since the first change (at
+    /// once with a zero interval).
+    ///
+    /// The commit runs on the processing thread: sled 0.34 holds a global
+    /// lock for a whole batch that every read takes too, so a commit
+    /// running behind stalls the reads of the batches it should overlap
+    /// (measured slower with `./scripts/bench.sh inbox`).
+    pub(super) fn commit_due(&self, pending: &mut Pending) -> Result<()> {
+        let since = *pending.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.commit_interval {
+            self.commit_locked(pending)?;
+        }
+        Ok(())
+    }
+
+    /// How often pending work is committed, at most.
+    pub fn commit_interval(&self) -> Duration {
+        self.commit_interval
+    }
+
+    /// What store commits have cost since start.
+    pub fn commit_stats(&self) -> CommitStats {
+        *self.commits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

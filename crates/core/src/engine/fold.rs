@@ -1,0 +1,598 @@
+//! The batch fold: records decoded once, routed to view keys by the
+//! plugin, grouped by key and folded through the version rules and
+//! `batch.apply`.
+
+use super::*;
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub records: u64,
+    pub decode_errors: u64,
+    /// Per projection name.
+    pub counters: Vec<(String, Counters)>,
+}
+
+impl BatchSummary {
+    /// Counts summed over every projection.
+    pub fn total(&self) -> Counters {
+        let mut t = Counters::default();
+        for (_, c) in &self.counters {
+            t.add(c);
+        }
+        t
+    }
+}
+
+/// A decoded batch of one (source, partition).
+pub(super) struct BatchIn<'a> {
+    pub(super) source: &'a str,
+    pub(super) partition: u32,
+    pub(super) records: &'a [Record],
+    pub(super) decoded: &'a [Result<Event, DecodeError>],
+    pub(super) route: Route<'a>,
+}
+
+/// The events that the keys of `members` touch, in their batch order,
+/// and each key's events as indexes into them.
+pub(super) fn share<'e>(
+    events: &[(u64, &'e Event)],
+    members: &[Vec<usize>],
+) -> (Vec<(u64, &'e Event)>, Vec<Vec<usize>>) {
+    let mut used: Vec<usize> = members.iter().flatten().copied().collect();
+    used.sort_unstable();
+    used.dedup();
+    let local = |i: &usize| {
+        used.binary_search(i)
+            .expect("a member is among the used events")
+    };
+    let members = members
+        .iter()
+        .map(|m| m.iter().map(local).collect())
+        .collect();
+    (used.iter().map(|&i| events[i]).collect(), members)
+}
+
+/// One projection's share of one batch.
+pub(super) struct BatchCtx<'a> {
+    pub(super) projection: &'a Projection,
+    pub(super) store: &'a Store,
+    pub(super) source: &'a str,
+    pub(super) partition: u32,
+    /// Which delivery of these events this is (1: the first).
+    pub(super) attempt: u32,
+    /// A retry runs its event for the key that failed only.
+    pub(super) only_key: Option<&'a str>,
+    pub(super) retry: &'a RetryConfig,
+    pub(super) route: Route<'a>,
+}
+
+/// One key's result: its new view (if it changed) and its failures.
+pub(super) struct KeyResult<'e> {
+    pub(super) key: String,
+    pub(super) change: Option<Option<ViewRecord>>,
+    pub(super) counters: Counters,
+    /// (event, offset, error, transient).
+    pub(super) failures: Vec<(&'e Event, u64, plugin::Error, bool)>,
+}
+
+impl<'a> BatchCtx<'a> {
+    pub(super) fn run(
+        &self,
+        events: &[(u64, &Event)],
+        workers: usize,
+        writer: &mut Writer,
+    ) -> Result<Counters> {
+        let code = &self.projection.code;
+        let mut counters = Counters::default();
+        let mut session = code.session();
+        let refs: Vec<&Event> = events.iter().map(|(_, e)| *e).collect();
+        let batch = EventBatch::new(&refs);
+        let routed = self.route(session.as_mut(), &batch);
+
+        // Group by key, keeping each key's events in offset order:
+        // `order[n]` is a key, `members[n]` its events (indexes into
+        // `events`).
+        let mut order: Vec<String> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut slot: FxHashMap<String, usize> = FxHashMap::default();
+        for (i, keys) in routed.into_iter().enumerate() {
+            match keys {
+                Ok(keys) => {
+                    for k in keys
+                        .into_iter()
+                        .filter(|k| self.only_key.is_none_or(|only| only == k))
+                    {
+                        match slot.entry(k) {
+                            Entry::Occupied(e) => members[*e.get()].push(i),
+                            Entry::Vacant(e) => {
+                                order.push(e.key().clone());
+                                members.push(vec![i]);
+                                e.insert(order.len() - 1);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    counters.received += 1;
+                    counters.dead_lettered += 1;
+                    self.dead_letter(writer, "keys", None, events[i].1, events[i].0, &e)?;
+                }
+            }
+        }
+        drop(slot);
+
+        let results: Vec<KeyResult> = if workers == 1 || order.len() < 64 {
+            self.fold_keys(session.as_mut(), &order, &members, events, &batch)?
+        } else {
+            // This thread folds the first share in the session that holds
+            // the batch already; each other worker hands its own session
+            // only the events its keys need.
+            let chunk = order.len().div_ceil(workers);
+            let mut shares = order.chunks(chunk).zip(members.chunks(chunk));
+            let (first_keys, first_members) = shares.next().expect("at least 64 keys");
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = shares
+                    .map(|(keys, members)| {
+                        scope.spawn(move || {
+                            let (mine, members) = share(events, members);
+                            let refs: Vec<&Event> = mine.iter().map(|(_, e)| *e).collect();
+                            let batch = EventBatch::new(&refs);
+                            self.fold_keys(code.session().as_mut(), keys, &members, &mine, &batch)
+                        })
+                    })
+                    .collect();
+                let mut all =
+                    self.fold_keys(session.as_mut(), first_keys, first_members, events, &batch)?;
+                all.reserve(order.len() - all.len());
+                for h in handles {
+                    all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+                }
+                Ok::<_, Error>(all)
+            })?
+        };
+
+        for r in results {
+            counters.add(&r.counters);
+            if let Some(change) = r.change {
+                self.projection.set_view(&r.key, change);
+            }
+            for (event, offset, error, transient) in r.failures {
+                if transient && self.attempt <= self.retry.attempts {
+                    counters.dead_lettered -= 1;
+                    self.projection.retried.fetch_add(1, Ordering::Relaxed);
+                    let delay = self.retry.delay_ms(self.attempt);
+                    tracing::info!(
+                        plugin = self.projection.name(),
+                        offset,
+                        key = r.key,
+                        attempt = self.attempt,
+                        delay_ms = delay,
+                        "{error}; retrying later"
+                    );
+                    queue_retry(
+                        writer,
+                        self.route,
+                        RetryEntry {
+                            seq: 0,
+                            plugin: self.projection.name().into(),
+                            key: r.key.clone(),
+                            attempt: self.attempt + 1,
+                            error: error.to_string(),
+                            source: self.source.into(),
+                            partition: self.partition,
+                            offset,
+                            event: event.clone(),
+                            not_before_ms: now_ms() + delay as i64,
+                        },
+                    )?;
+                    continue;
+                }
+                let error = match self.attempt {
+                    1 => error,
+                    n => plugin::Error::Guest {
+                        plugin: self.projection.name().into(),
+                        message: format!("after {n} attempts: {error}"),
+                    },
+                };
+                self.dead_letter(writer, "apply", Some(&r.key), event, offset, &error)?;
+            }
+        }
+        Ok(counters)
+    }
+
+    /// The keys of every event; a failed batch call is retried event by
+    /// event so only the failing event fails.
+    pub(super) fn route(
+        &self,
+        session: &mut dyn Session,
+        batch: &EventBatch,
+    ) -> Vec<Result<Vec<String>, plugin::Error>> {
+        let code = &self.projection.code;
+        let check =
+            |r: Result<Vec<String>, plugin::GuestError>| -> Result<Vec<String>, plugin::Error> {
+                let mut keys = r.map_err(|e| plugin::Error::Guest {
+                    plugin: code.name().into(),
+                    message: format!("keys: {e}"),
+                })?;
+                let limits = code.limits();
+                if keys.len() > limits.max_keys_per_event {
+                    return Err(plugin::Error::BadOutput {
+                        plugin: code.name().into(),
+                        message: format!(
+                            "{} keys for one event, over the limit of {}",
+                            keys.len(),
+                            limits.max_keys_per_event
+                        ),
+                    });
+                }
+                for k in &keys {
+                    check_key(k, limits).map_err(|e| plugin::Error::BadOutput {
+                        plugin: code.name().into(),
+                        message: e.to_string(),
+                    })?;
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                Ok(keys)
+            };
+        const CHUNK: usize = 1024;
+        let events = batch.events();
+        let mut out = Vec::with_capacity(events.len());
+        for (n, chunk) in events.chunks(CHUNK).enumerate() {
+            match session.batch_keys(batch, n * CHUNK, chunk.len()) {
+                Ok(answers) => out.extend(answers.into_iter().map(check)),
+                Err(_) => {
+                    for e in chunk {
+                        out.push(match session.keys(std::slice::from_ref(e)) {
+                            Ok(mut one) => check(one.pop().unwrap_or_else(|| Ok(Vec::new()))),
+                            Err(err) => Err(err),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Fold the events of `keys`: the first `apply` of every key goes to
+    /// the plugin in one call for them all; the rest (a key's later runs,
+    /// or everything when that call failed as a whole) key by key.
+    pub(super) fn fold_keys<'e>(
+        &self,
+        session: &mut dyn Session,
+        keys: &[String],
+        members: &[Vec<usize>],
+        events: &[(u64, &'e Event)],
+        batch: &EventBatch<'_>,
+    ) -> Result<Vec<KeyResult<'e>>> {
+        let p = self.projection;
+        let policy = p.code.info().stale_policy;
+        let befores: Vec<Option<ViewRecord>> = keys
+            .iter()
+            .map(|k| p.view(self.store, k))
+            .collect::<Result<_>>()?;
+        // Each key's events, in order.
+        let mine: Vec<Vec<&'e Event>> = members
+            .iter()
+            .map(|m| m.iter().map(|&i| events[i].1).collect())
+            .collect();
+        let mut runs = Vec::new();
+        let mut run_of = vec![None; keys.len()];
+        for (n, (key, before)) in keys.iter().zip(&befores).enumerate() {
+            let indexes = &members[n];
+            let first = rules::first_run(
+                before.as_ref().map(|r| &r.view),
+                p.population,
+                policy,
+                &mine[n],
+            );
+            if !first.is_empty() {
+                run_of[n] = Some(runs.len());
+                runs.push(plugin::KeyRun {
+                    key,
+                    state: before.as_ref().and_then(|r| r.view.state.as_deref()),
+                    events: first.iter().map(|&j| indexes[j] as u32).collect(),
+                });
+            }
+        }
+        let mut answers: Vec<Option<ApplyResult>> = if runs.is_empty() {
+            Vec::new()
+        } else {
+            match session.apply_batch(batch, &runs) {
+                Ok(answers) => answers.into_iter().map(Some).collect(),
+                Err(e) => {
+                    tracing::debug!(plugin = p.name(), "{e}; applying key by key");
+                    runs.iter().map(|_| None).collect()
+                }
+            }
+        };
+        drop(runs);
+        keys.iter()
+            .zip(members)
+            .zip(befores)
+            .zip(mine)
+            .zip(run_of)
+            .map(|((((k, indexes), before), mine), run)| {
+                let first = run.and_then(|r| answers[r].take());
+                self.fold(session, k, indexes, events, &mine, before, first)
+            })
+            .collect()
+    }
+
+    /// Fold one key's events (`mine`: those of `events` at `indexes`);
+    /// `first` is the answer to its first `apply` when it was made ahead.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fold<'e>(
+        &self,
+        session: &mut dyn Session,
+        key: &str,
+        indexes: &[usize],
+        events: &[(u64, &'e Event)],
+        mine: &[&'e Event],
+        before: Option<ViewRecord>,
+        mut first: Option<ApplyResult>,
+    ) -> Result<KeyResult<'e>> {
+        let p = self.projection;
+        let code = &p.code;
+        let existed = before.is_some();
+        let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
+        let (view, verdicts) = rules::fold_key(
+            before.map(|r| r.view),
+            p.population,
+            code.info().stale_policy,
+            mine,
+            |state, run| -> Result<ApplyResult, plugin::Error> {
+                let batch: Vec<&Event> = run.iter().map(|&i| mine[i]).collect();
+                let mut r = match first.take() {
+                    Some(r) => r,
+                    None => session.apply(key, state, &batch)?,
+                };
+                // Blocking retries: a transient failure of the run's first
+                // event is tried again at once, a few times, before it
+                // goes to the delayed retries.
+                let mut n = 0;
+                while r.applied == 0
+                    && n < self.retry.blocking
+                    && r.error
+                        .as_ref()
+                        .is_some_and(|e| e.kind == projector_guest::ErrorKind::Transient)
+                {
+                    n += 1;
+                    std::thread::sleep(self.retry.blocking_delay(n));
+                    r = session.apply(key, state, &batch)?;
+                }
+                if let Outcome::Put(s) = &r.outcome {
+                    check_state(code, s)?;
+                }
+                Ok(r)
+            },
+        );
+        let mut counters = Counters {
+            received: mine.len() as u64,
+            ..Default::default()
+        };
+        let mut failures = Vec::new();
+        let mut changed = false;
+        for (&i, verdict) in indexes.iter().zip(verdicts) {
+            let (offset, event) = events[i];
+            match verdict {
+                Verdict::Applied => {
+                    counters.applied += 1;
+                    latest = latest.max(event.time_ms);
+                    changed = true;
+                }
+                Verdict::Invalidated => {
+                    counters.invalidated += 1;
+                    changed = true;
+                }
+                Verdict::Skipped(Decision::Apply | Decision::Invalidate) => {
+                    unreachable!("fold_key never skips with an apply or invalidate decision")
+                }
+                Verdict::Skipped(_) => counters.skipped += 1,
+                Verdict::Failed(e) => {
+                    counters.dead_lettered += 1;
+                    let (error, transient) = match e {
+                        CallError::Host(e) => (e, false),
+                        CallError::Plugin(e) => (
+                            plugin::Error::Guest {
+                                plugin: code.name().into(),
+                                message: e.to_string(),
+                            },
+                            e.kind == projector_guest::ErrorKind::Transient,
+                        ),
+                    };
+                    failures.push((event, offset, error, transient));
+                }
+            }
+        }
+        let change = match (changed, view) {
+            (false, _) => None,
+            (true, Some(view)) => Some(Some(ViewRecord {
+                view,
+                updated_ms: latest,
+            })),
+            (true, None) => existed.then_some(None),
+        };
+        Ok(KeyResult {
+            key: key.to_string(),
+            change,
+            counters,
+            failures,
+        })
+    }
+
+    pub(super) fn dead_letter(
+        &self,
+        writer: &mut Writer,
+        stage: &str,
+        key: Option<&str>,
+        event: &Event,
+        offset: u64,
+        error: &plugin::Error,
+    ) -> Result<()> {
+        tracing::warn!(
+            plugin = self.projection.name(),
+            stage,
+            offset,
+            key,
+            reason = error.reason(),
+            "{error}"
+        );
+        record_dead_letter(
+            writer,
+            self.route,
+            DeadLetter {
+                seq: 0,
+                plugin: Some(self.projection.name().to_string()),
+                stage: stage.into(),
+                reason: error.reason().into(),
+                error: error.to_string(),
+                source: self.source.into(),
+                partition: self.partition,
+                offset,
+                key: key.map(str::to_string),
+                event: Some(event.clone()),
+                raw: None,
+                at_ms: now_ms(),
+            },
+        )?;
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Process one batch of records of one partition, in offset order.
+    pub fn process(
+        &self,
+        source: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<BatchSummary> {
+        let Some(last) = records.last() else {
+            return Ok(BatchSummary::default());
+        };
+        let next = last.offset + 1;
+        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = &mut *pending;
+        pending.healthy()?;
+        let decoded: Vec<Result<Event, DecodeError>> = records
+            .iter()
+            .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
+            .collect();
+        let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
+        let mut summary = BatchSummary {
+            records: records.len() as u64,
+            ..Default::default()
+        };
+
+        let route = self.route();
+        let decoded_from = pending.offset(&self.store, DECODE_NS, source, partition)?;
+        for (r, d) in records.iter().zip(&decoded) {
+            if let (Err(e), true) = (d, r.offset >= decoded_from) {
+                summary.decode_errors += 1;
+                record_dead_letter(
+                    &mut writer,
+                    route.as_deref(),
+                    DeadLetter {
+                        seq: 0,
+                        plugin: None,
+                        stage: "decode".into(),
+                        reason: "decode".into(),
+                        error: e.to_string(),
+                        source: source.into(),
+                        partition,
+                        offset: r.offset,
+                        key: None,
+                        event: None,
+                        raw: Some(String::from_utf8_lossy(&r.value).into_owned()),
+                        at_ms: now_ms(),
+                    },
+                )?;
+            }
+        }
+        writer.set_offset(DECODE_NS, source, partition, next);
+        pending
+            .offsets
+            .insert((DECODE_NS.to_string(), source.to_string(), partition), next);
+
+        for p in self.all().iter().filter(|p| !p.is_building()) {
+            let batch = BatchIn {
+                source,
+                partition,
+                records,
+                decoded: &decoded,
+                route: route.as_deref(),
+            };
+            let delta = self.apply_batch(pending, &mut writer, p, &batch)?;
+            if !p.is_shadow() {
+                summary.counters.push((p.name().to_string(), delta));
+            }
+        }
+        pending.writer = Some(writer);
+        self.commit_due(pending)?;
+        {
+            let mut applied = self.applied.write().unwrap_or_else(|e| e.into_inner());
+            for p in self.all() {
+                let k = (p.ns.clone(), source.to_string(), partition);
+                if let Some(o) = pending.offsets.get(&k) {
+                    applied.insert(k, *o);
+                }
+            }
+        }
+        self.progress.send_modify(|n| *n += 1);
+        Ok(summary)
+    }
+
+    /// One projection's share of a batch: its events from its own next
+    /// offset on, its offset, audit and counters; the change of counters.
+    pub(super) fn apply_batch(
+        &self,
+        pending: &mut Pending,
+        writer: &mut Writer,
+        p: &Arc<Projection>,
+        b: &BatchIn,
+    ) -> Result<Counters> {
+        let (source, partition) = (b.source, b.partition);
+        let Some(next) = b.records.last().map(|r| r.offset + 1) else {
+            return Ok(Counters::default());
+        };
+        let from = pending.offset(&self.store, &p.ns, source, partition)?;
+        let events: Vec<(u64, &Event)> = b
+            .records
+            .iter()
+            .zip(b.decoded)
+            .filter(|(r, _)| r.offset >= from)
+            .filter_map(|(r, d)| d.as_ref().ok().map(|e| (r.offset, e)))
+            .collect();
+        let mut delta = Counters::default();
+        if !events.is_empty() {
+            let ctx = BatchCtx {
+                projection: p,
+                store: &self.store,
+                source,
+                partition,
+                attempt: 1,
+                only_key: None,
+                retry: &self.retry,
+                route: b.route,
+            };
+            delta = ctx.run(&events, self.workers, writer)?;
+        }
+        if next > from {
+            let first = from.max(b.records[0].offset);
+            pending.audit(writer, &p.ns, p.code.id(), source, partition, first, next);
+            writer.set_offset(&p.ns, source, partition, next);
+            pending
+                .offsets
+                .insert((p.ns.clone(), source.to_string(), partition), next);
+        }
+        let total = {
+            let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
+            c.add(&delta);
+            *c
+        };
+        writer.set_counters(&p.ns, &total);
+        Ok(delta)
+    }
+}

@@ -1,0 +1,198 @@
+//! Generations: a shadow generation of a plugin built beside the live
+//! one (rebuilt or seeded), joined to the live path, switched, retired.
+
+use super::*;
+
+impl Engine {
+    /// A new generation of plugin `code.name()`: its views in their own
+    /// namespace, built by [`Engine::build`] from the start of the log
+    /// beside the live one, which it joins with [`Engine::follow`].
+    pub fn new_generation(
+        &self,
+        code: SharedCode,
+        population: Option<Population>,
+    ) -> Result<Arc<Projection>> {
+        let name = code.name().to_string();
+        let ns = format!("{name}~{}", &code.id()[..12.min(code.id().len())]);
+        let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
+        if list.iter().any(|p| p.ns == ns) {
+            return Err(Error::Duplicate(ns));
+        }
+        let population = population.unwrap_or(code.info().population);
+        let p = Arc::new(Projection {
+            code,
+            counters: Mutex::new(self.store.counters(&ns)?),
+            ns,
+            population,
+            views: Arc::default(),
+            dirty: Arc::default(),
+            rendered: RwLock::new(RenderCache::default()),
+            retried: AtomicU64::new(0),
+            shadow: AtomicBool::new(true),
+            building: AtomicBool::new(true),
+        });
+        list.push(p.clone());
+        Ok(p)
+    }
+
+    /// Apply `records` of (source, partition) to generation `p` only (a
+    /// rebuild); how many were applied.
+    pub fn build(
+        &self,
+        p: &Arc<Projection>,
+        source: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<Counters> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.build_locked(&mut pending, p, source, partition, records)
+    }
+
+    pub(super) fn build_locked(
+        &self,
+        pending: &mut Pending,
+        p: &Arc<Projection>,
+        source: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<Counters> {
+        let decoded: Vec<Result<Event, DecodeError>> = records
+            .iter()
+            .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
+            .collect();
+        let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
+        let batch = BatchIn {
+            source,
+            partition,
+            records,
+            decoded: &decoded,
+            route: None,
+        };
+        let delta = self.apply_batch(pending, &mut writer, p, &batch);
+        pending.writer = Some(writer);
+        self.commit_due(pending)?;
+        delta
+    }
+
+    /// The next offset generation `p` applies from.
+    pub fn generation_offset(&self, p: &Projection, source: &str, partition: u32) -> Result<u64> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        pending.offset(&self.store, &p.ns, source, partition)
+    }
+
+    /// Join generation `p` to the live path: with batches stopped,
+    /// `catch_up(source, partition, from)` gives the records it still lacks up to
+    /// where the live path is, and from the next batch on it is fed with
+    /// the others.
+    pub fn follow(
+        &self,
+        p: &Arc<Projection>,
+        partitions: &[(String, u32)],
+        mut catch_up: impl FnMut(&str, u32, u64) -> Result<Vec<Record>>,
+    ) -> Result<()> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        for (source, partition) in partitions {
+            let from = pending.offset(&self.store, &p.ns, source, *partition)?;
+            let records = catch_up(source, *partition, from)?;
+            if !records.is_empty() {
+                self.build_locked(&mut pending, p, source, *partition, &records)?;
+            }
+        }
+        self.commit_locked(&mut pending)?;
+        p.building.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Seed generation `p` from the views of `from` (the live one) and join
+    /// it to the live path, all between two batches: `migrate` turns each
+    /// live view into the new one (`None`: left absent, to be populated
+    /// again from the source of truth), and `p` starts at `from`'s
+    /// offsets. Calls `progress(done, total)` as it goes; returns (views
+    /// migrated, views left absent).
+    pub fn seed(
+        &self,
+        p: &Arc<Projection>,
+        from: &Projection,
+        mut migrate: impl FnMut(&str, &ViewRecord) -> Option<ViewRecord>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(u64, u64)> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_locked(&mut pending)?;
+        let total = self.store.views(&from.ns).count() as u64;
+        let (mut migrated, mut absent) = (0u64, 0u64);
+        let mut writer = self.store.writer();
+        let mut in_batch = 0;
+        for item in self.store.views(&from.ns) {
+            let (key, record) = item?;
+            match migrate(&key, &record) {
+                Some(new) => {
+                    writer.put_view(&p.ns, &key, &new);
+                    migrated += 1;
+                }
+                None => absent += 1,
+            }
+            in_batch += 1;
+            if in_batch == 1024 {
+                self.store
+                    .commit(std::mem::replace(&mut writer, self.store.writer()))?;
+                in_batch = 0;
+                progress(migrated + absent, total);
+            }
+        }
+        for (source, partition, next) in self.store.offsets(&from.ns)? {
+            writer.set_offset(&p.ns, &source, partition, next);
+            pending
+                .offsets
+                .insert((p.ns.clone(), source, partition), next);
+        }
+        self.store.commit(writer)?;
+        progress(migrated + absent, total);
+        p.building.store(false, Ordering::Relaxed);
+        Ok((migrated, absent))
+    }
+
+    /// Make generation `to` of its plugin serve reads, and the active one
+    /// a shadow (still fed, so a switch back finds it current).
+    pub fn switch(&self, to: &Arc<Projection>) -> Result<()> {
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_locked(&mut pending)?;
+        if to.is_building() {
+            return Err(Error::Guest {
+                plugin: to.name().into(),
+                message: "the new generation is still being built".into(),
+            });
+        }
+        let current = self.projection(to.name())?;
+        current.shadow.store(true, Ordering::Relaxed);
+        to.shadow.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The generations of `plugin` other than the one serving reads.
+    pub fn shadows(&self, plugin: &str) -> Vec<Arc<Projection>> {
+        self.all()
+            .into_iter()
+            .filter(|p| p.name() == plugin && p.is_shadow())
+            .collect()
+    }
+
+    /// Drop generation `p` (a shadow) and delete its data.
+    pub fn retire(&self, p: &Arc<Projection>) -> Result<()> {
+        if !p.is_shadow() {
+            return Err(Error::Guest {
+                plugin: p.name().into(),
+                message: "the generation serving reads cannot be retired".into(),
+            });
+        }
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_locked(&mut pending)?;
+        self.projections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|q| q.ns != p.ns);
+        pending.offsets.retain(|(ns, _, _), _| *ns != p.ns);
+        pending.audit.retain(|(ns, _, _), _| *ns != p.ns);
+        self.store.delete_ns(&p.ns)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! A loaded projection and its caches: views in memory (two generations)
+//! and rendered answers.
+
+use super::*;
+
+/// A loaded projection: its code and where its views live.
+pub struct Projection {
+    pub(super) code: SharedCode,
+    /// Namespace of its views, offsets and counters.
+    pub(super) ns: String,
+    pub(super) population: Population,
+    pub(super) counters: Mutex<Counters>,
+    /// Views as the engine last wrote them, ahead of the store until the
+    /// next commit (`None`: known absent), and kept after it as a cache.
+    pub(super) views: Arc<RwLock<ViewCache>>,
+    /// Keys changed since the last commit.
+    pub(super) dirty: Arc<Mutex<FxHashSet<CompactString>>>,
+    /// Rendered answers, when the plugin's render ignores the read time.
+    pub(super) rendered: RwLock<RenderCache>,
+    /// Events queued for a delayed retry since start.
+    pub(super) retried: AtomicU64,
+    /// A generation that does not serve reads (being built, or kept
+    /// beside the active one).
+    pub(super) shadow: AtomicBool,
+    /// Being rebuilt from the log, not yet fed by live batches.
+    pub(super) building: AtomicBool,
+}
+
+/// Rendered answers by key, each with the state it was rendered from: an
+/// entry serves a read only while the view still holds that state, so a
+/// view change (or a render racing one) can never serve a stale answer.
+#[derive(Default)]
+pub(super) struct RenderCache {
+    pub(super) entries: FxHashMap<String, (Vec<u8>, Arc<RawValue>)>,
+    pub(super) bytes: usize,
+}
+
+/// Bytes of rendered answers (and their states) kept per projection; the
+/// cache starts over when full.
+pub(super) const RENDER_CACHE_BYTES: usize = 256 << 20;
+
+/// Views kept per generation of a projection's view cache, at most (the
+/// views changed since the last commit are kept whatever their number).
+pub(super) const VIEW_CACHE_ENTRIES: usize = 200_000;
+
+/// A projection's views in memory, in two generations: `young` takes every
+/// view the engine writes; once it is past [`VIEW_CACHE_ENTRIES`] after a
+/// commit (so nothing in it is dirty), it becomes `old` and the previous
+/// `old` is dropped. A lookup tries `young`, then `old`, so the views in
+/// use survive a turnover instead of all being read back from the store.
+///
+/// Keys are `CompactString`s: a view key of up to 24 bytes is kept inline,
+/// so caching a view and marking it dirty allocate nothing for its key.
+#[derive(Default)]
+pub(super) struct ViewCache {
+    pub(super) young: FxHashMap<CompactString, Option<ViewRecord>>,
+    pub(super) old: FxHashMap<CompactString, Option<ViewRecord>>,
+}
+
+impl ViewCache {
+    pub(super) fn get(&self, key: &str) -> Option<&Option<ViewRecord>> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
+    /// Start a new generation if `young` is full; only after a commit.
+    pub(super) fn turn_over(&mut self) {
+        if self.young.len() > VIEW_CACHE_ENTRIES {
+            self.old = std::mem::take(&mut self.young);
+        }
+    }
+}
+
+impl Projection {
+    /// The current view of `key`: in memory if changed or read lately,
+    /// else from the store.
+    pub(super) fn view(&self, store: &Store, key: &str) -> Result<Option<ViewRecord>> {
+        if let Some(v) = self
+            .views
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(v.clone());
+        }
+        Ok(store.view(&self.ns, key)?)
+    }
+
+    pub(super) fn set_view(&self, key: &str, record: Option<ViewRecord>) {
+        {
+            let mut views = self.views.write().unwrap_or_else(|p| p.into_inner());
+            match views.young.get_mut(key) {
+                Some(slot) => *slot = record,
+                None => {
+                    views.young.insert(key.into(), record);
+                }
+            }
+        }
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if !dirty.contains(key) {
+            dirty.insert(key.into());
+        }
+    }
+
+    /// The plugin's answer for `state`, from the render cache when the
+    /// plugin allows it. The answer is checked (size, JSON) before use.
+    pub(super) fn render(&self, key: &str, state: &[u8], now_ms: i64) -> Result<Arc<RawValue>> {
+        let cacheable = !self.code.info().render_uses_time;
+        if cacheable {
+            let cache = self.rendered.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((from, answer)) = cache.entries.get(key) {
+                if from.as_slice() == state {
+                    return Ok(answer.clone());
+                }
+            }
+        }
+        let plugin = self.code.name();
+        let text = self
+            .code
+            .session()
+            .render(key, state, now_ms)?
+            .map_err(|e| Error::Guest {
+                plugin: plugin.into(),
+                message: format!("render: {e}"),
+            })?;
+        let limit = self.code.limits().max_render_bytes;
+        if text.len() > limit {
+            return Err(plugin::Error::BadOutput {
+                plugin: plugin.into(),
+                message: format!(
+                    "render gave {} bytes, over the {limit}-byte limit",
+                    text.len()
+                ),
+            }
+            .into());
+        }
+        let answer: Arc<RawValue> = RawValue::from_string(text)
+            .map_err(|e| plugin::Error::BadOutput {
+                plugin: plugin.into(),
+                message: format!("render gave invalid JSON: {e}"),
+            })?
+            .into();
+        if cacheable {
+            let mut cache = self.rendered.write().unwrap_or_else(|p| p.into_inner());
+            let size = key.len() + state.len() + answer.get().len();
+            if cache.bytes + size > RENDER_CACHE_BYTES {
+                *cache = RenderCache::default();
+            }
+            cache.bytes += size;
+            if let Some((old, a)) = cache
+                .entries
+                .insert(key.to_string(), (state.to_vec(), answer.clone()))
+            {
+                cache.bytes -= key.len() + old.len() + a.get().len();
+            }
+        }
+        Ok(answer)
+    }
+
+    pub fn name(&self) -> &str {
+        self.code.name()
+    }
+    pub fn code(&self) -> &SharedCode {
+        &self.code
+    }
+    pub fn population(&self) -> Population {
+        self.population
+    }
+    pub fn counters(&self) -> Counters {
+        *self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Where its views, offsets and counters live.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+    pub fn is_shadow(&self) -> bool {
+        self.shadow.load(Ordering::Relaxed)
+    }
+    pub fn is_building(&self) -> bool {
+        self.building.load(Ordering::Relaxed)
+    }
+    /// Events queued for a delayed retry since start.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+}

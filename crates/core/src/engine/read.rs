@@ -1,0 +1,87 @@
+//! Reads: a view rendered for a reader, and snapshots from the source of
+//! truth (lazy population).
+
+use super::*;
+
+/// A view as a reader gets it.
+#[derive(Debug, Clone)]
+pub struct ReadView {
+    pub status: Status,
+    pub versions: Versions,
+    pub updated_ms: i64,
+    /// The plugin's rendered answer (checked JSON); `None` unless Valid.
+    pub body: Option<Arc<RawValue>>,
+}
+
+impl PartialEq for ReadView {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status
+            && self.versions == other.versions
+            && self.updated_ms == other.updated_ms
+            && self.body.as_ref().map(|b| b.get()) == other.body.as_ref().map(|b| b.get())
+    }
+}
+
+impl ReadView {
+    /// The rendered answer as a JSON value.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        self.body
+            .as_ref()
+            .and_then(|b| serde_json::from_str(b.get()).ok())
+    }
+}
+
+impl Engine {
+    /// A view of generation `p`, rendered at `now_ms` when Valid.
+    pub fn read_in(&self, p: &Projection, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
+        let Some(record) = p.view(&self.store, key)? else {
+            return Ok(None);
+        };
+        let body = match (&record.view.status, &record.view.state) {
+            (Status::Valid, Some(state)) => Some(p.render(key, state, now_ms)?),
+            _ => None,
+        };
+        Ok(Some(ReadView {
+            status: record.view.status,
+            versions: record.view.versions,
+            updated_ms: record.updated_ms,
+            body,
+        }))
+    }
+
+    /// The view of `key` in `plugin`, rendered at `now_ms` when Valid.
+    pub fn read(&self, plugin: &str, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
+        let p = self.projection(plugin)?;
+        self.read_in(&p, key, now_ms)
+    }
+
+    /// Store a view of `key` built by the plugin from the source of
+    /// truth's `answer` (lazy population). Events at or below the
+    /// answer's versions will not disturb it.
+    pub fn snapshot(&self, plugin: &str, key: &str, answer: &str) -> Result<()> {
+        let p = self.projection(plugin)?;
+        check_key(key, p.code.limits())?;
+        let (state, versions) =
+            p.code
+                .session()
+                .snapshot(key, answer)?
+                .map_err(|e| Error::Guest {
+                    plugin: plugin.into(),
+                    message: format!("from-snapshot: {e}"),
+                })?;
+        check_state(&p.code, &state)?;
+        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let view = View::from_snapshot(state, Versions::from_pairs(versions));
+        p.set_view(
+            key,
+            Some(ViewRecord {
+                view,
+                updated_ms: now_ms(),
+            }),
+        );
+        // A snapshot is durable at once, with whatever was pending.
+        pending.writer.get_or_insert_with(|| self.store.writer());
+        self.commit_locked(&mut pending)?;
+        Ok(())
+    }
+}
