@@ -25,8 +25,11 @@ pub struct KafkaSource {
     pub stats: Arc<KafkaStats>,
     stop: Arc<AtomicBool>,
     started: OnceLock<Started>,
-    threads: Mutex<Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>>,
+    threads: Mutex<Vec<Worker>>,
 }
+
+/// A thread of the source's own, by name.
+type Worker = (&'static str, JoinHandle<anyhow::Result<()>>);
 
 /// What exists once the source has started.
 struct Started {
