@@ -199,7 +199,9 @@ impl ConsumerContext for ConsumerCtx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let offsets = shared.release(&parts);
                 if offsets.count() > 0 {
-                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                    // Async: a sync commit waits without bound when the
+                    // broker is gone, and Kafka's offsets only inform.
+                    if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
                         tracing::warn!("commit to Kafka on revocation: {e}");
                     }
                 }
@@ -275,12 +277,16 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &AtomicBool) -> anyhow::Result<
             commit_kafka(&consumer, &shared, CommitMode::Async);
         }
     }
-    commit_kafka(&consumer, &shared, CommitMode::Sync);
+    // Async, served by the polls below: a sync commit waits without bound
+    // when the broker is gone (the store's offsets are the truth).
+    commit_kafka(&consumer, &shared, CommitMode::Async);
     consumer.unsubscribe();
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline && !shared.lock().parts.is_empty() {
         let _ = consumer.poll(Duration::from_millis(50));
     }
+    // Serve the commits' results a moment longer before closing.
+    let _ = consumer.poll(Duration::from_millis(100));
     Ok(())
 }
 
