@@ -11,6 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use projector_core::engine;
+use projector_host::sync::Recover;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -46,13 +47,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "runtime_error",
-                e.to_string(),
-            )
-        })?
+        .map_err(ApiError::internal)?
         .map_err(ApiError::from)
 }
 
@@ -181,11 +176,7 @@ pub(crate) async fn plugin_logs(
 }
 
 fn rollout_json(plugin: &str, own: &PluginServe) -> Value {
-    let rollout = own
-        .rollout
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let rollout = own.rollout.read().recover().clone();
     let from = if own.overridden.load(Ordering::Relaxed) {
         "runtime"
     } else {
@@ -220,18 +211,12 @@ pub(crate) async fn put_rollout(
             format!("plugin {plugin:?} has no source of truth; every mode must be projection"),
         ));
     }
-    let bytes = serde_json::to_vec(&rollout).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "runtime_error",
-            e.to_string(),
-        )
-    })?;
+    let bytes = serde_json::to_vec(&rollout).map_err(ApiError::internal)?;
     s.engine
         .store()
         .set_setting(&rollout_setting(&plugin), Some(&bytes))
         .map_err(|e| ApiError::from(engine::Error::from(e)))?;
-    *own.rollout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rollout);
+    *own.rollout.write().recover() = Arc::new(rollout);
     own.overridden.store(true, Ordering::Relaxed);
     tracing::info!(plugin, "rollout changed");
     Ok(Json(rollout_json(&plugin, own)))
@@ -246,7 +231,7 @@ pub(crate) async fn delete_rollout(
         .store()
         .set_setting(&rollout_setting(&plugin), None)
         .map_err(|e| ApiError::from(engine::Error::from(e)))?;
-    *own.rollout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(own.configured.clone());
+    *own.rollout.write().recover() = Arc::new(own.configured.clone());
     own.overridden.store(false, Ordering::Relaxed);
     tracing::info!(plugin, "rollout reset to the config");
     Ok(Json(rollout_json(&plugin, own)))
@@ -266,7 +251,7 @@ pub(crate) async fn mismatches(
     let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let own = s.plugin(&plugin)?;
     let limit = params.limit.unwrap_or(usize::MAX);
-    let recent = own.mismatches.lock().unwrap_or_else(|e| e.into_inner());
+    let recent = own.mismatches.lock().recover();
     let list: Vec<Value> = recent
         .iter()
         .rev()

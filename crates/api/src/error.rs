@@ -28,6 +28,15 @@ impl ApiError {
         }
     }
 
+    /// A failure of the runtime itself (500, `runtime_error`).
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "runtime_error",
+            e.to_string(),
+        )
+    }
+
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
@@ -59,11 +68,7 @@ impl From<projector_deploy::Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "no_earlier_version", e.to_string())
             }
             R::Engine(e) => e.into(),
-            other => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "runtime_error",
-                other.to_string(),
-            ),
+            other => ApiError::internal(other),
         }
     }
 }
@@ -77,11 +82,7 @@ impl From<engine::Error> for ApiError {
                 format!("no plugin named {name:?} is loaded"),
             ),
             engine::Error::BadKey { .. } => ApiError::bad_request("bad_key", e.to_string()),
-            other => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "runtime_error",
-                other.to_string(),
-            ),
+            other => ApiError::internal(other),
         }
     }
 }

@@ -55,13 +55,7 @@ pub(crate) async fn ingest(
     let count = events.len();
     let appended = tokio::task::spawn_blocking(move || log.append(&events))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "runtime_error",
-                e.to_string(),
-            )
-        })?;
+        .map_err(ApiError::internal)?;
     let positions = appended.map_err(|e| match e {
         projector_sources::log::Error::Decode { index, error } => ApiError::bad_request(
             "bad_event",
@@ -70,11 +64,7 @@ pub(crate) async fn ingest(
                 index + 1
             ),
         ),
-        other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "runtime_error",
-            other.to_string(),
-        ),
+        other => ApiError::internal(other),
     })?;
     s.metrics.ingested.inc_by(count as u64);
     let mut offsets = BTreeMap::new();

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use projector_core::engine::{self, ReadView};
 use projector_guest::rules::Status;
+use projector_host::sync::Recover;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -260,11 +261,7 @@ impl Read<'_> {
             "differences": differences_json(&differences),
         }));
         if !differences.is_empty() {
-            let mut recent = self
-                .own
-                .mismatches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut recent = self.own.mismatches.lock().recover();
             if recent.len() >= self.s.http.mismatches_kept.max(1) {
                 recent.pop_front();
             }
@@ -425,11 +422,7 @@ pub(crate) async fn read_view(
                 groups: &groups,
                 key: &key,
             };
-            let rollout = own
-                .rollout
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let rollout = own.rollout.read().recover().clone();
             rollout.choose(request, rand::random::<f64>())
         }
     };

@@ -15,6 +15,7 @@
 //! percent-encoded into the url.
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use projector_host::backoff::Backoff;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -158,8 +159,7 @@ pub struct Truth {
     url: Vec<Part>,
     key: KeyPattern,
     timeout: Duration,
-    retries: u32,
-    backoff: Duration,
+    backoff: Backoff,
     client: reqwest::Client,
 }
 
@@ -195,8 +195,7 @@ impl Truth {
             url,
             key,
             timeout: Duration::from_millis(config.timeout_ms),
-            retries: config.retries,
-            backoff: Duration::from_millis(config.backoff_ms),
+            backoff: Backoff::new(config.retries, config.backoff_ms),
             client,
         })
     }
@@ -225,10 +224,12 @@ impl Truth {
     /// The source's JSON answer for `key`, with retries and backoff.
     pub async fn fetch(&self, key: &str) -> Result<String, TruthError> {
         let url = self.url(key)?;
-        let attempts = self.retries + 1;
-        let mut backoff = self.backoff;
+        let attempts = self.backoff.attempts();
         let mut reason = String::new();
         for attempt in 1..=attempts {
+            if let Some(pause) = self.backoff.pause_before(attempt) {
+                tokio::time::sleep(pause).await;
+            }
             match self.attempt(&url).await {
                 Ok(body) => return Ok(body),
                 Err((why, retry)) => {
@@ -241,10 +242,6 @@ impl Truth {
                         });
                     }
                 }
-            }
-            if attempt < attempts {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
             }
         }
         Err(TruthError::Unavailable {

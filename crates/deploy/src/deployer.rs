@@ -7,6 +7,7 @@ use crate::shadow::ShadowBuild;
 use crate::{Error, Replay, Result};
 use projector_core::engine::Engine;
 use projector_host::fetch::Fetcher;
+use projector_host::sync::Recover;
 use projector_host::wasm::{Services, WasmHost};
 use projector_host::{PluginLogs, SharedCode};
 use serde::Serialize;
@@ -83,7 +84,7 @@ impl Deployer {
         let logs = self
             .logs
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .entry(name.to_string())
             .or_default()
             .clone();
@@ -150,7 +151,7 @@ impl Deployer {
     /// is compiled and started here, off the event path, then takes over
     /// at the next batch boundary. A plugin not loaded yet is added.
     pub fn deploy(&self, name: &str, bytes: &[u8], from: &str) -> Result<Deployed> {
-        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.busy.lock().recover();
         let id = content_id(bytes);
         let current = self
             .engine
@@ -206,7 +207,7 @@ impl Deployer {
 
     /// Return `name` to the version active before the current one.
     pub fn rollback(&self, name: &str) -> Result<Deployed> {
-        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.busy.lock().recover();
         if let Ok(b) = self.shadow_build(name) {
             let promoted = self
                 .engine

@@ -5,6 +5,7 @@
 use crate::registry::content_id;
 use crate::{Deployed, Deployer, Error, Replay, Result};
 use projector_core::engine::Projection;
+use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -83,7 +84,7 @@ impl Deployer {
         from: &str,
         method: ShadowMethod,
     ) -> Result<ShadowStatus> {
-        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.busy.lock().recover();
         let reject = |reason: String| Error::Rejected {
             name: name.into(),
             id: content_id(bytes)[..12].into(),
@@ -108,12 +109,7 @@ impl Deployer {
             (m, _) => m,
         };
         let active = self.engine.projection(name)?;
-        if let Some(s) = self
-            .shadows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(s) = self.shadows.lock().recover().get(name) {
             if s.generation.is_building() {
                 return Err(Error::Rejected {
                     name: name.into(),
@@ -147,7 +143,7 @@ impl Deployer {
         });
         self.shadows
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .insert(name.to_string(), build.clone());
         let (me, name_owned) = (self.clone(), name.to_string());
         std::thread::Builder::new()
@@ -161,7 +157,7 @@ impl Deployer {
                 };
                 if let Err(e) = built {
                     tracing::error!(plugin = name_owned, "shadow build failed: {e}");
-                    *build.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    *build.error.lock().recover() = Some(e.to_string());
                 }
             })
             .map_err(|e| Error::Corrupt {
@@ -274,7 +270,7 @@ impl Deployer {
                 build.total.store(total, Relaxed);
             },
         )?;
-        *build.migrated.lock().unwrap_or_else(|e| e.into_inner()) = Some((migrated, absent));
+        *build.migrated.lock().recover() = Some((migrated, absent));
         tracing::info!(
             plugin = name,
             migrated,
@@ -287,19 +283,10 @@ impl Deployer {
     /// The shadow build of `name`, if any.
     pub fn shadow(&self, name: &str) -> Option<ShadowStatus> {
         use std::sync::atomic::Ordering::Relaxed;
-        let b = self
-            .shadows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)?
-            .clone();
-        let error = b.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let comparison = b
-            .comparison
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let migrated = *b.migrated.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.shadows.lock().recover().get(name)?.clone();
+        let error = b.error.lock().recover().clone();
+        let comparison = b.comparison.lock().recover().clone();
+        let migrated = *b.migrated.lock().recover();
         let done = b.done.load(Relaxed);
         let total = b.total.load(Relaxed).max(done);
         let secs = b.started.elapsed().as_secs_f64();
@@ -339,7 +326,7 @@ impl Deployer {
     pub(crate) fn shadow_build(&self, name: &str) -> Result<Arc<ShadowBuild>> {
         self.shadows
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .get(name)
             .cloned()
             .ok_or_else(|| Error::NoShadow(name.into()))
@@ -414,14 +401,14 @@ impl Deployer {
                 }));
             }
         }
-        *b.comparison.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        *b.comparison.lock().recover() = Some(c.clone());
         Ok(c)
     }
 
     /// Make the shadow generation of `name` serve reads (and the live
     /// path), keeping the old one current beside it for a rollback.
     pub fn promote(&self, name: &str) -> Result<ShadowStatus> {
-        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.busy.lock().recover();
         let b = self.shadow_build(name)?;
         let old = self.engine.projection(name)?.code().id().to_string();
         self.engine.switch(&b.generation)?;
@@ -459,7 +446,7 @@ impl Deployer {
     /// Delete the generation of `name` that does not serve reads (the old
     /// one after a promotion, or an unwanted shadow).
     pub fn retire(&self, name: &str) -> Result<String> {
-        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.busy.lock().recover();
         let b = self.shadow_build(name)?;
         let victim = self
             .engine
@@ -477,15 +464,9 @@ impl Deployer {
         self.engine.retire(&victim)?;
         self.registry.set_shadow(name, None)?;
         if victim.ns() == b.generation.ns() {
-            self.shadows
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(name);
+            self.shadows.lock().recover().remove(name);
         } else {
-            self.shadows
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(name);
+            self.shadows.lock().recover().remove(name);
             let mut entry = self.registry.entry(name)?.unwrap_or_default();
             entry.history.retain(|h| h != victim.code().id());
             self.registry.put(name, &entry)?;

@@ -29,6 +29,8 @@
 //! A plugin that asks for a fresh answer (the one it got was older than
 //! the event announcing it, seed 002) bypasses the cache.
 
+use crate::backoff::Backoff;
+use crate::sync::Recover;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -294,7 +296,7 @@ impl Fetcher {
         let ttl = Duration::from_millis(s.config.cache_ttl_ms);
         let keep = Duration::from_millis(s.config.cache_ttl_ms + s.config.stale_ms);
         if !ttl.is_zero() && !fresh {
-            let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = s.cache.lock().recover();
             if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < ttl) {
                 s.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(c.fetched.clone());
@@ -303,7 +305,7 @@ impl Fetcher {
         match s.request(path) {
             Ok(fetched) => {
                 if !keep.is_zero() {
-                    let mut cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut cache = s.cache.lock().recover();
                     if cache.len() >= CACHE_ENTRIES {
                         cache.clear();
                     }
@@ -322,7 +324,7 @@ impl Fetcher {
                 Err(e)
             }
             Err(e) => {
-                let cache = s.cache.lock().unwrap_or_else(|p| p.into_inner());
+                let cache = s.cache.lock().recover();
                 if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < keep) {
                     s.stats.stale_served.fetch_add(1, Ordering::Relaxed);
                     return Ok(Fetched {
@@ -341,12 +343,11 @@ impl Service {
     /// Ask the service, with retries and backoff.
     fn request(&self, path: &str) -> Result<Fetched, FetchError> {
         let url = format!("{}{path}", self.base);
-        let mut backoff = Duration::from_millis(self.config.backoff_ms);
+        let schedule = Backoff::new(self.config.retries, self.config.backoff_ms);
         let mut last = FetchError::Unavailable(String::new());
-        for attempt in 0..=self.config.retries {
-            if attempt > 0 {
-                std::thread::sleep(backoff);
-                backoff *= 2;
+        for attempt in 1..=schedule.attempts() {
+            if let Some(pause) = schedule.pause_before(attempt) {
+                std::thread::sleep(pause);
             }
             match self.attempt(&url) {
                 Ok(f) => return Ok(f),

@@ -4,7 +4,8 @@
 //! Map: this file holds the [`Code`] and [`Session`] traits, [`Limits`]
 //! and the plugin [`Error`]s; [`wasm`] is the wasmtime host; [`native`]
 //! runs a Rust projection in process; [`fetch`] is the host side of the
-//! plugins' `fetch` (enrichment). It depends on the guest SDK only, and
+//! plugins' `fetch` (enrichment); [`backoff`] is the retry schedule it
+//! shares with the source of truth. It depends on the guest SDK only, and
 //! nothing here names a store, a source or the engine.
 //!
 //! Owns the wasmtime [`Engine`](wasmtime::Engine) (component model, epoch
@@ -15,10 +16,13 @@
 //! harness, benchmarks and tests). This module never stores anything and
 //! never decides what an outcome means: the engine does.
 
+pub mod backoff;
 pub mod fetch;
 pub mod native;
+pub mod sync;
 pub mod wasm;
 
+use crate::sync::Recover;
 use projector_guest::{ApplyResult, Difference, Event, Info};
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -245,7 +249,7 @@ impl PluginLogs {
     const CAPACITY: usize = 1000;
 
     pub fn push(&self, line: String) {
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = self.lines.lock().recover();
         if lines.len() == Self::CAPACITY {
             lines.pop_front();
         }
@@ -253,12 +257,7 @@ impl PluginLogs {
     }
 
     pub fn recent(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.lines.lock().recover().iter().cloned().collect()
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::{Batch, Next, Source};
 use projector_core::engine::Engine;
 use projector_core::Record;
+use projector_host::sync::Recover;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -42,12 +43,12 @@ impl FileSource {
 impl Source for FileSource {
     fn start(&self, engine: &Arc<Engine>) -> anyhow::Result<()> {
         let from = engine.resume_offset(&self.id, 0)?;
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).1 = from;
+        self.lines.lock().recover().1 = from;
         Ok(())
     }
 
     fn next_batch(&self, max: usize, _wait: Duration) -> anyhow::Result<Next> {
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = self.lines.lock().recover();
         let (input, from) = &mut *lines;
         let records = input.next_batch(*from, max)?;
         if records.is_empty() {
@@ -66,7 +67,7 @@ impl Source for FileSource {
     }
 
     fn bytes_read(&self) -> (u64, Option<u64>) {
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let lines = self.lines.lock().recover();
         (lines.0.bytes_read(), lines.0.size)
     }
 }

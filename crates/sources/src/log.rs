@@ -16,6 +16,7 @@ use projector_core::engine::Engine;
 use projector_core::envelope::{self, DecodeError, Format};
 use projector_core::store::Store;
 use projector_core::Record;
+use projector_host::sync::Recover;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ impl EmbeddedLog {
                 .map_err(|error| Error::Decode { index, error })?;
             parts.push(partition_of(&event.key, self.partitions));
         }
-        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ends = self.ends.lock().recover();
         let mut segments: Vec<Vec<u8>> = vec![Vec::new(); self.partitions as usize];
         let mut positions = Vec::with_capacity(values.len());
         let mut next = ends.clone();
@@ -278,12 +279,12 @@ impl EmbeddedLog {
 
     /// The next offset to be written in each partition.
     pub fn ends(&self) -> Vec<u64> {
-        self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.ends.lock().recover().clone()
     }
 
     /// Wait until something is appended, or `timeout` passes.
     pub fn wait(&self, timeout: Duration) {
-        let ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        let ends = self.ends.lock().recover();
         let _ = self.appended.wait_timeout(ends, timeout);
     }
 }
@@ -318,14 +319,14 @@ impl Source for LogSource {
         let next = (0..self.log.partitions())
             .map(|p| engine.resume_offset(LOG_SOURCE, p))
             .collect::<Result<_, _>>()?;
-        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Cursor { next, turn: 0 };
+        *self.cursor.lock().recover() = Cursor { next, turn: 0 };
         Ok(())
     }
 
     fn next_batch(&self, max: usize, wait: Duration) -> anyhow::Result<Next> {
         for attempt in 0..2 {
             {
-                let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+                let mut c = self.cursor.lock().recover();
                 let n = c.next.len();
                 for i in 0..n {
                     let p = (c.turn + i) % n;

@@ -2,6 +2,7 @@
 //! batch, at most every commit interval.
 
 use super::*;
+use projector_host::sync::Recover;
 
 /// What store commits have cost since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -17,7 +18,7 @@ impl Engine {
     /// Commit everything applied so far: views, offsets, counters and dead
     /// letters, in one atomic batch.
     pub fn commit(&self) -> Result<()> {
-        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.write.lock().recover();
         self.commit_locked(&mut pending)
     }
 
@@ -29,13 +30,8 @@ impl Engine {
         let projections = self.all();
         let mut views_written = 0;
         for p in &projections {
-            let dirty: Vec<CompactString> = p
-                .dirty
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain()
-                .collect();
-            let views = p.views.read().unwrap_or_else(|e| e.into_inner());
+            let dirty: Vec<CompactString> = p.dirty.lock().recover().drain().collect();
+            let views = p.views.read().recover();
             views_written += dirty.len() as u64;
             for key in dirty {
                 match views.get(&key) {
@@ -51,17 +47,14 @@ impl Engine {
             return Err(e.into());
         }
         {
-            let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = self.commits.lock().recover();
             c.commits += 1;
             c.views += views_written;
             c.seconds += started.elapsed().as_secs_f64();
         }
         pending.since = None;
         for p in &projections {
-            p.views
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .turn_over();
+            p.views.write().recover().turn_over();
         }
         Ok(())
     }
@@ -88,6 +81,6 @@ impl Engine {
 
     /// What store commits have cost since start.
     pub fn commit_stats(&self) -> CommitStats {
-        *self.commits.lock().unwrap_or_else(|e| e.into_inner())
+        *self.commits.lock().recover()
     }
 }

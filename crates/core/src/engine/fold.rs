@@ -3,6 +3,7 @@
 //! `batch.apply`.
 
 use super::*;
+use projector_host::sync::Recover;
 
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -473,7 +474,7 @@ impl Engine {
             return Ok(BatchSummary::default());
         };
         let next = last.offset + 1;
-        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.write.lock().recover();
         let pending = &mut *pending;
         pending.healthy()?;
         let decoded: Vec<Result<Event, DecodeError>> = records
@@ -532,7 +533,7 @@ impl Engine {
         pending.writer = Some(writer);
         self.commit_due(pending)?;
         {
-            let mut applied = self.applied.write().unwrap_or_else(|e| e.into_inner());
+            let mut applied = self.applied.write().recover();
             for p in self.all() {
                 let k = (p.ns.clone(), source.to_string(), partition);
                 if let Some(o) = pending.offsets.get(&k) {
@@ -588,7 +589,7 @@ impl Engine {
                 .insert((p.ns.clone(), source.to_string(), partition), next);
         }
         let total = {
-            let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = p.counters.lock().recover();
             c.add(&delta);
             *c
         };

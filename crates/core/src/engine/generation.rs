@@ -2,6 +2,7 @@
 //! one (rebuilt or seeded), joined to the live path, switched, retired.
 
 use super::*;
+use projector_host::sync::Recover;
 
 impl Engine {
     /// A new generation of plugin `code.name()`: its views in their own
@@ -14,7 +15,7 @@ impl Engine {
     ) -> Result<Arc<Projection>> {
         let name = code.name().to_string();
         let ns = format!("{name}~{}", &code.id()[..12.min(code.id().len())]);
-        let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.projections.write().recover();
         if list.iter().any(|p| p.ns == ns) {
             return Err(Error::Duplicate(ns));
         }
@@ -44,7 +45,7 @@ impl Engine {
         partition: u32,
         records: &[Record],
     ) -> Result<Counters> {
-        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write.lock().recover();
         self.build_locked(&mut pending, p, source, partition, records)
     }
 
@@ -76,7 +77,7 @@ impl Engine {
 
     /// The next offset generation `p` applies from.
     pub fn generation_offset(&self, p: &Projection, source: &str, partition: u32) -> Result<u64> {
-        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write.lock().recover();
         pending.offset(&self.store, &p.ns, source, partition)
     }
 
@@ -90,7 +91,7 @@ impl Engine {
         partitions: &[(String, u32)],
         mut catch_up: impl FnMut(&str, u32, u64) -> Result<Vec<Record>>,
     ) -> Result<()> {
-        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write.lock().recover();
         for (source, partition) in partitions {
             let from = pending.offset(&self.store, &p.ns, source, *partition)?;
             let records = catch_up(source, *partition, from)?;
@@ -116,7 +117,7 @@ impl Engine {
         mut migrate: impl FnMut(&str, &ViewRecord) -> Option<ViewRecord>,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(u64, u64)> {
-        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write.lock().recover();
         self.commit_locked(&mut pending)?;
         let total = self.store.views(&from.ns).count() as u64;
         let (mut migrated, mut absent) = (0u64, 0u64);
@@ -154,7 +155,7 @@ impl Engine {
     /// Make generation `to` of its plugin serve reads, and the active one
     /// a shadow (still fed, so a switch back finds it current).
     pub fn switch(&self, to: &Arc<Projection>) -> Result<()> {
-        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write.lock().recover();
         self.commit_locked(&mut pending)?;
         if to.is_building() {
             return Err(Error::Guest {
@@ -184,12 +185,9 @@ impl Engine {
                 message: "the generation serving reads cannot be retired".into(),
             });
         }
-        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write.lock().recover();
         self.commit_locked(&mut pending)?;
-        self.projections
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|q| q.ns != p.ns);
+        self.projections.write().recover().retain(|q| q.ns != p.ns);
         pending.offsets.retain(|(ns, _, _), _| *ns != p.ns);
         pending.audit.retain(|(ns, _, _), _| *ns != p.ns);
         self.store.delete_ns(&p.ns)?;

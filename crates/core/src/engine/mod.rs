@@ -25,6 +25,7 @@ use crate::store::{
 use compact_str::CompactString;
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
+use projector_host::sync::Recover;
 use projector_host::{self as plugin, EventBatch, Session, SharedCode};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
@@ -204,7 +205,7 @@ impl Engine {
         population: Option<Population>,
         ns: String,
     ) -> Result<()> {
-        let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.projections.write().recover();
         if list.iter().any(|p| p.ns == ns) {
             return Err(Error::Duplicate(ns));
         }
@@ -229,15 +230,15 @@ impl Engine {
     /// later batch runs the new one. Views (committed or not), offsets
     /// and counters carry over; the old code's rendered answers do not.
     pub fn replace(&self, code: SharedCode, population: Option<Population>) -> Result<()> {
-        let _batch = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let mut list = self.projections.write().unwrap_or_else(|p| p.into_inner());
+        let _batch = self.write.lock().recover();
+        let mut list = self.projections.write().recover();
         let name = code.name().to_string();
         let i = list
             .iter()
             .position(|p| p.name() == name && !p.is_shadow())
             .ok_or(Error::UnknownPlugin(name))?;
         let old = &list[i];
-        let counters = *old.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let counters = *old.counters.lock().recover();
         let population = population.unwrap_or(code.info().population);
         let replacement = Arc::new(Projection {
             code,
@@ -264,10 +265,7 @@ impl Engine {
 
     /// Every generation, shadows included.
     fn all(&self) -> Vec<Arc<Projection>> {
-        self.projections
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.projections.read().recover().clone()
     }
 
     pub fn projection(&self, name: &str) -> Result<Arc<Projection>> {
@@ -280,7 +278,7 @@ impl Engine {
     /// Where a source should resume for `partition`: the lowest next
     /// offset over the loaded projections.
     pub fn resume_offset(&self, source: &str, partition: u32) -> Result<u64> {
-        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.write.lock().recover();
         let mut min = pending.offset(&self.store, DECODE_NS, source, partition)?;
         for p in self.all().iter().filter(|p| !p.is_building()) {
             min = min.min(pending.offset(&self.store, &p.ns, source, partition)?);
@@ -293,12 +291,7 @@ impl Engine {
     pub fn applied(&self, plugin: &str, source: &str, partition: u32) -> Result<u64> {
         let p = self.projection(plugin)?;
         let k = (p.ns.clone(), source.to_string(), partition);
-        if let Some(o) = self
-            .applied
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&k)
-        {
+        if let Some(o) = self.applied.read().recover().get(&k) {
             return Ok(*o);
         }
         Ok(self.store.offset(&p.ns, source, partition)?.unwrap_or(0))

@@ -2,6 +2,7 @@
 //! and rendered answers.
 
 use super::*;
+use projector_host::sync::Recover;
 
 /// A loaded projection: its code and where its views live.
 pub struct Projection {
@@ -74,12 +75,7 @@ impl Projection {
     /// The current view of `key`: in memory if changed or read lately,
     /// else from the store.
     pub(super) fn view(&self, store: &Store, key: &str) -> Result<Option<ViewRecord>> {
-        if let Some(v) = self
-            .views
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
+        if let Some(v) = self.views.read().recover().get(key) {
             return Ok(v.clone());
         }
         Ok(store.view(&self.ns, key)?)
@@ -87,7 +83,7 @@ impl Projection {
 
     pub(super) fn set_view(&self, key: &str, record: Option<ViewRecord>) {
         {
-            let mut views = self.views.write().unwrap_or_else(|p| p.into_inner());
+            let mut views = self.views.write().recover();
             match views.young.get_mut(key) {
                 Some(slot) => *slot = record,
                 None => {
@@ -95,7 +91,7 @@ impl Projection {
                 }
             }
         }
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dirty = self.dirty.lock().recover();
         if !dirty.contains(key) {
             dirty.insert(key.into());
         }
@@ -106,7 +102,7 @@ impl Projection {
     pub(super) fn render(&self, key: &str, state: &[u8], now_ms: i64) -> Result<Arc<RawValue>> {
         let cacheable = !self.code.info().render_uses_time;
         if cacheable {
-            let cache = self.rendered.read().unwrap_or_else(|p| p.into_inner());
+            let cache = self.rendered.read().recover();
             if let Some((from, answer)) = cache.entries.get(key) {
                 if from.as_slice() == state {
                     return Ok(answer.clone());
@@ -140,7 +136,7 @@ impl Projection {
             })?
             .into();
         if cacheable {
-            let mut cache = self.rendered.write().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.rendered.write().recover();
             let size = key.len() + state.len() + answer.get().len();
             if cache.bytes + size > RENDER_CACHE_BYTES {
                 *cache = RenderCache::default();
@@ -166,7 +162,7 @@ impl Projection {
         self.population
     }
     pub fn counters(&self) -> Counters {
-        *self.counters.lock().unwrap_or_else(|p| p.into_inner())
+        *self.counters.lock().recover()
     }
     /// Where its views, offsets and counters live.
     pub fn ns(&self) -> &str {

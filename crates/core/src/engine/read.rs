@@ -2,6 +2,7 @@
 //! truth (lazy population).
 
 use super::*;
+use projector_host::sync::Recover;
 
 /// A view as a reader gets it.
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ impl Engine {
                     message: format!("from-snapshot: {e}"),
                 })?;
         check_state(&p.code, &state)?;
-        let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write.lock().recover();
         let view = View::from_snapshot(state, Versions::from_pairs(versions));
         p.set_view(
             key,

@@ -1,6 +1,7 @@
 //! Recollection: views rebuilt from their sources, key by key.
 
 use super::*;
+use projector_host::sync::Recover;
 
 /// What a recollection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,7 +47,7 @@ impl Engine {
             ..Default::default()
         };
         for (i, chunk) in keys.chunks(RECOLLECT_CHUNK).enumerate() {
-            let mut pending = self.write.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.write.lock().recover();
             let mut session = p.code.session();
             for key in chunk {
                 let before = p.view(&self.store, key)?;

@@ -2,6 +2,7 @@
 //! dead letters kept and routed to the source (Kafka topics).
 
 use super::*;
+use projector_host::sync::Recover;
 
 /// Where delayed retries and dead letters go besides the store: a Kafka
 /// source sends them to its retry and dead-letter topics through the
@@ -46,11 +47,11 @@ pub(super) const RETRY_NS: &str = "@retry";
 impl Engine {
     /// Send delayed retries and dead letters along `route` from now on.
     pub fn set_failure_route(&self, route: Option<Arc<dyn FailureRoute>>) {
-        *self.route.write().unwrap_or_else(|p| p.into_inner()) = route;
+        *self.route.write().recover() = route;
     }
 
     pub(super) fn route(&self) -> Option<Arc<dyn FailureRoute>> {
-        self.route.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.route.read().recover().clone()
     }
 
     /// Move records of a retry topic into the local retry queue, in order
@@ -65,7 +66,7 @@ impl Engine {
         let Some(next) = records.last().map(|(o, _)| o + 1) else {
             return Ok(());
         };
-        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.write.lock().recover();
         let from = pending.offset(&self.store, RETRY_NS, source, partition)?;
         let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
         for (offset, entry) in records.iter().filter(|(o, _)| *o >= from) {
@@ -97,7 +98,7 @@ impl Engine {
 
     /// Where a retry topic's partition resumes.
     pub fn retry_resume_offset(&self, source: &str, partition: u32) -> Result<u64> {
-        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.write.lock().recover();
         pending.offset(&self.store, RETRY_NS, source, partition)
     }
 
@@ -111,7 +112,7 @@ impl Engine {
     /// plugin again, for its key only; the version rules decide as for any
     /// late event. Committed at once.
     pub fn retry_due(&self, now_ms: i64) -> Result<usize> {
-        let mut pending = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.write.lock().recover();
         let due = self.store.due_retries(now_ms, 256)?;
         if due.is_empty() {
             return Ok(0);
@@ -156,7 +157,7 @@ impl Engine {
             };
             let delta = ctx.run(&[(entry.offset, &entry.event)], 1, &mut writer)?;
             let total = {
-                let mut c = p.counters.lock().unwrap_or_else(|e| e.into_inner());
+                let mut c = p.counters.lock().recover();
                 c.add(&delta);
                 *c
             };

@@ -10,6 +10,7 @@ use super::stats::{KafkaStats, PartitionLag};
 use projector_core::engine::Engine;
 use projector_core::store::RetryEntry;
 use projector_core::Record;
+use projector_host::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
@@ -67,7 +68,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+        self.queues.lock().recover()
     }
 
     /// Where a newly assigned partition resumes: the store's offset.
@@ -93,7 +94,7 @@ impl Shared {
             }
         }
         while q.in_flight.as_ref().is_some_and(|f| parts.contains(f)) {
-            q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+            q = self.changed.wait(q).recover();
         }
         let released: Vec<_> = parts
             .iter()
@@ -104,11 +105,7 @@ impl Shared {
             tracing::error!("commit before releasing partitions: {e}");
         }
         let mut tpl = TopicPartitionList::new();
-        let mut lags = self
-            .stats
-            .partitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut lags = self.stats.partitions.lock().recover();
         for ((topic, partition), part) in released {
             if part.paused {
                 self.stats.paused.fetch_sub(1, Ordering::Relaxed);
@@ -128,12 +125,7 @@ pub(crate) struct ConsumerCtx {
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut lags = self
-            .shared
-            .stats
-            .partitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut lags = self.shared.stats.partitions.lock().recover();
         for (topic, t) in &statistics.topics {
             for (p, s) in &t.partitions {
                 if let Some(l) = lags.get_mut(&(topic.clone(), *p)) {
@@ -180,15 +172,10 @@ impl ConsumerContext for ConsumerCtx {
                             ..Default::default()
                         },
                     );
-                    shared
-                        .stats
-                        .partitions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(
-                            (topic.clone(), *partition),
-                            PartitionLag { end: next, next },
-                        );
+                    shared.stats.partitions.lock().recover().insert(
+                        (topic.clone(), *partition),
+                        PartitionLag { end: next, next },
+                    );
                 }
                 drop(q);
                 tracing::info!(partitions = ?parts, "assigned");
@@ -321,13 +308,7 @@ fn enqueue<M: Message>(shared: &Shared, m: &M) -> usize {
     shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
     shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
     shared.stats.max_buffered.fetch_max(len, Ordering::Relaxed);
-    if let Some(l) = shared
-        .stats
-        .partitions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(&k)
-    {
+    if let Some(l) = shared.stats.partitions.lock().recover().get_mut(&k) {
         l.end = l.end.max(m.offset() + 1);
     }
     drop(q);

@@ -5,6 +5,7 @@ use super::config::{source_id, KafkaConfig};
 use super::stats::KafkaStats;
 use crate::Replay;
 use projector_core::Record;
+use projector_host::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -38,7 +39,7 @@ impl KafkaRetained {
         self.stats
             .partitions
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .keys()
             .filter(|(t, _)| self.stats.topics.contains(t))
             .cloned()
@@ -55,7 +56,7 @@ impl Replay for KafkaRetained {
     }
 
     fn complete(&self) -> bool {
-        let consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        let consumer = self.consumer.lock().recover();
         self.owned().iter().all(|(t, p)| {
             consumer
                 .fetch_watermarks(t, *p, Duration::from_secs(10))
@@ -73,7 +74,7 @@ impl Replay for KafkaRetained {
         let topic = source
             .strip_prefix("kafka:")
             .ok_or_else(|| anyhow::anyhow!("{source} is not a Kafka source"))?;
-        let consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        let consumer = self.consumer.lock().recover();
         let (_, high) =
             consumer.fetch_watermarks(topic, partition as i32, Duration::from_secs(10))?;
         let mut out = Vec::new();

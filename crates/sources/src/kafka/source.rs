@@ -11,6 +11,7 @@ use super::spool::run_spool;
 use super::stats::KafkaStats;
 use crate::{Batch, Next, Replay, Source, SourceMetric};
 use projector_core::engine::{Engine, FailureRoute};
+use projector_host::sync::Recover;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -66,7 +67,7 @@ impl KafkaSource {
     /// Whether the consumer or the spool has stopped (by itself, or
     /// after [`Source::close`]).
     pub fn is_finished(&self) -> bool {
-        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let threads = self.threads.lock().recover();
         threads.iter().any(|(_, t)| t.is_finished())
     }
 
@@ -112,7 +113,7 @@ impl Source for KafkaSource {
         {
             anyhow::bail!("the Kafka source is already started");
         }
-        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut threads = self.threads.lock().recover();
         let (store, cfg, stats, stop) = (
             engine.store().clone(),
             config.clone(),
@@ -166,11 +167,7 @@ impl Source for KafkaSource {
             if left.is_zero() || self.stop.load(Ordering::Relaxed) {
                 return Ok(Next::Idle);
             }
-            q = shared
-                .changed
-                .wait_timeout(q, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            q = shared.changed.wait_timeout(q, left).recover().0;
         }
     }
 
@@ -195,15 +192,8 @@ impl Source for KafkaSource {
             return;
         }
         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-        if let (Some(next), Some(l)) = (
-            next,
-            shared
-                .stats
-                .partitions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(&k),
-        ) {
+        if let (Some(next), Some(l)) = (next, shared.stats.partitions.lock().recover().get_mut(&k))
+        {
             l.next = next;
         }
     }
@@ -243,7 +233,7 @@ impl Source for KafkaSource {
         if let Ok(shared) = self.shared() {
             shared.changed.notify_all();
         }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *self.threads.lock().recover());
         let mut result = Ok(());
         for (name, t) in threads {
             let joined = t

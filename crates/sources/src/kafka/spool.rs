@@ -6,6 +6,7 @@
 use super::config::KafkaConfig;
 use super::stats::KafkaStats;
 use projector_core::store::Store;
+use projector_host::sync::Recover;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -29,15 +30,11 @@ impl ProducerContext for SpoolCtx {
 
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, seq: usize) {
         match result {
-            Ok(_) => self
-                .acked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(seq as u64),
+            Ok(_) => self.acked.lock().recover().push(seq as u64),
             Err((e, _)) => self
                 .failed
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .recover()
                 .push((seq as u64, e.to_string())),
         }
     }
@@ -102,13 +99,7 @@ pub fn run_spool(
             }
         }
         producer.poll(Duration::from_millis(20));
-        let acked: Vec<u64> = std::mem::take(
-            &mut *producer
-                .context()
-                .acked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let acked: Vec<u64> = std::mem::take(&mut *producer.context().acked.lock().recover());
         if !acked.is_empty() {
             store.remove_outbox(&acked)?;
             for s in &acked {
@@ -118,13 +109,7 @@ pub fn run_spool(
                 .produced
                 .fetch_add(acked.len() as u64, Ordering::Relaxed);
         }
-        let failed = std::mem::take(
-            &mut *producer
-                .context()
-                .failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let failed = std::mem::take(&mut *producer.context().failed.lock().recover());
         for (seq, e) in failed {
             // Sent again on a later round.
             stats.produce_errors.fetch_add(1, Ordering::Relaxed);

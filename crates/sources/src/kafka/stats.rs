@@ -2,6 +2,7 @@
 
 use super::config::source_id;
 use crate::{MetricKind, SourceMetric};
+use projector_host::sync::Recover;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -40,7 +41,7 @@ impl KafkaStats {
     /// Per source topic's engine source id: (partition, log end) of each
     /// partition owned now.
     pub fn source_positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
-        let parts = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let parts = self.partitions.lock().recover();
         self.topics
             .iter()
             .map(|t| {
@@ -58,7 +59,7 @@ impl KafkaStats {
     pub fn lag(&self) -> Vec<((String, i32), i64)> {
         self.partitions
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .iter()
             .map(|(k, l)| (k.clone(), (l.end - l.next).max(0)))
             .collect()
