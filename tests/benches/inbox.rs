@@ -16,11 +16,11 @@ use projector_core::envelope::Format;
 use projector_core::store::Store;
 use projector_guest::Population;
 use projector_host::native::NativePlugin;
+use projector_host::shutdown::Shutdown;
 use projector_host::wasm::WasmHost;
 use projector_host::{Limits, SharedCode};
 use projector_sources::pipeline::{run_log, Totals};
 use projector_tests::{filled_log, inbox_events, knob, plugin_wasm, InboxShape};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
     ));
     engine.add(code, Some(Population::Eager))?;
     let batch = knob("BENCH_BATCH", 4096) as usize;
-    let totals = run_log(&engine, &log, batch, &AtomicBool::new(false), true, |_| {})?;
+    let totals = run_log(&engine, &log, batch, &Shutdown::new(), true, |_| {})?;
     engine.store().flush()?;
     let c = totals.counters;
     let commits = engine.commit_stats();

@@ -16,6 +16,7 @@ use projector_core::engine::Engine;
 use projector_core::envelope::Format;
 use projector_core::store::Store;
 use projector_guest::Population;
+use projector_host::shutdown::Shutdown;
 use projector_host::wasm::WasmHost;
 use projector_host::{Limits, SharedCode};
 use projector_sources::kafka::{KafkaConfig, KafkaRun};
@@ -24,7 +25,7 @@ use projector_tests::kafka::{cluster, ends, produce, wait_caught_up};
 use projector_tests::{filled_log, inbox_events, plugin_wasm, InboxShape};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,7 +116,7 @@ fn main() -> anyhow::Result<()> {
     let store = Store::open(dir.path())?;
     let log = Arc::new(filled_log(&store, PARTITIONS, &events)?);
     let engine = Arc::new(new_engine(store)?);
-    let totals = run_log(&engine, &log, 4096, &AtomicBool::new(false), true, |_| {})?;
+    let totals = run_log(&engine, &log, 4096, &Shutdown::new(), true, |_| {})?;
     anyhow::ensure!(
         totals.records == total,
         "the embedded log gave {} of {total} records",

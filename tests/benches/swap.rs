@@ -7,9 +7,9 @@
 //! `BENCH_EVENTS` sets the stream length (default 300 000). Run with
 //! `./scripts/bench.sh swap`.
 
+use projector_host::shutdown::Shutdown;
 use projector_sources::pipeline::run_log;
 use projector_tests::{filled_log, open_app, plugin_wasm};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let pipeline = {
         let (engine, log, done) = (app.engine.clone(), log.clone(), done.clone());
         std::thread::spawn(move || {
-            run_log(&engine, &log, 256, &AtomicBool::new(false), true, |_| {
+            run_log(&engine, &log, 256, &Shutdown::new(), true, |_| {
                 done.lock().expect("times").push(Instant::now());
             })
         })

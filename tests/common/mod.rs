@@ -339,7 +339,7 @@ pub struct Served {
     pub app: projector::app::App,
     pub base: String,
     pub client: reqwest::blocking::Client,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: projector_host::shutdown::Shutdown,
     running: Option<projector::app::Running>,
     _dir: tempfile::TempDir,
 }
@@ -362,7 +362,7 @@ impl Served {
             app.config.format,
         )
         .expect("embedded log");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = projector_host::shutdown::Shutdown::new();
         let running = app
             .start(
                 std::sync::Arc::new(log),
@@ -455,7 +455,7 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.stop();
         if let Some(running) = self.running.take() {
             if let Err(e) = running.wait() {
                 eprintln!("runtime stopped with an error: {e:#}");

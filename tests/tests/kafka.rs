@@ -8,6 +8,7 @@ use projector_core::engine::Engine;
 use projector_core::store::Store;
 use projector_guest::{Change, Error, Event, Info, Json, Population, Projection, StalePolicy};
 use projector_host::native::NativePlugin;
+use projector_host::shutdown::Shutdown;
 use projector_host::{Limits, SharedCode};
 use projector_sources::kafka::{header, KafkaConfig, KafkaRun};
 use projector_tests::kafka::{cluster, ends, produce, read_all, wait_caught_up};
@@ -626,7 +627,6 @@ fn records_left_in_the_spool_are_sent_after_a_restart() {
 #[test]
 fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
     use projector_deploy::ShadowMethod;
-    use std::sync::atomic::AtomicBool;
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cluster("shadowed", 2);
     let bootstrap = c.bootstrap_servers();
@@ -644,7 +644,7 @@ fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
              group_id = \"views\"\ntopics = [\"shadowed\"]\n"
         ),
     );
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let running = app.start_kafka(Some("off"), stop.clone()).expect("start");
     wait_caught_up(
         &app.engine,
@@ -695,6 +695,6 @@ fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
         (Some(100), Some("2")),
         "{v}"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.stop();
     running.wait().expect("stop");
 }

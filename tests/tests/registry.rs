@@ -6,12 +6,12 @@
 
 use projector_core::envelope::Format;
 use projector_deploy::{content_id, ShadowMethod};
+use projector_host::shutdown::Shutdown;
 use projector_sources::log::EmbeddedLog;
 use projector_sources::pipeline::run_log;
 use projector_tests::{open_app, plugin_wasm};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
     let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
     let v2 = content_id(&v2_bytes);
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let total = 100_000u64;
 
     let writer = {
@@ -85,7 +85,7 @@ fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
         assert!(Instant::now() < deadline, "not caught up");
         std::thread::sleep(Duration::from_millis(10));
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     pipeline.join().expect("pipeline");
 
     // The audit covers every offset of every partition once: v1 up to
@@ -161,7 +161,7 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
     );
     let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let running = app
         .start(log.clone(), None, stop.clone(), false)
         .expect("start");
@@ -233,7 +233,7 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
     .expect("json");
     assert_eq!(list["plugins"][0]["active"], v1.as_str(), "{list}");
     assert_eq!(list["plugins"][0]["running"], v1.as_str(), "{list}");
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     running.wait().expect("stop");
 }
 
@@ -289,7 +289,7 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
     let broken_bytes = std::fs::read(plugin_wasm("hostile-broken")).expect("broken");
     let broken = content_id(&broken_bytes);
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let pipeline = {
         let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
         std::thread::spawn(move || run_log(&engine, &log, 10, &stop, false, |_| {}).expect("run"))
@@ -326,7 +326,7 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
         assert!(Instant::now() < deadline, "not caught up");
         std::thread::sleep(Duration::from_millis(5));
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     pipeline.join().expect("pipeline");
 
     let entry = app
@@ -374,7 +374,7 @@ fn the_watched_directory_deploys_completed_files_and_never_a_partial_copy() {
     let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
     let (v1, v2) = (content_id(&v1_bytes), content_id(&v2_bytes));
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let running = app.start(log, None, stop.clone(), false).expect("start");
     let target = dir.path().join("plugins/hostile.wasm");
 
@@ -409,7 +409,7 @@ fn the_watched_directory_deploys_completed_files_and_never_a_partial_copy() {
         wait_running(&app, &v1, Duration::from_secs(10)),
         "the renamed file was not deployed"
     );
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     running.wait().expect("stop");
 }
 
@@ -425,7 +425,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     let v2 = content_id(&v2_bytes);
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
     app.deployer.set_replay(log.clone());
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let pipeline = {
         let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
         std::thread::spawn(move || run_log(&engine, &log, 512, &stop, false, |_| {}).expect("run"))
@@ -530,7 +530,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
         0,
         "the old generation is deleted"
     );
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     pipeline.join().expect("pipeline");
     app.engine.commit().expect("commit");
     drop((app, log));
@@ -590,7 +590,7 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
         ),
     );
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let running = app
         .start(log.clone(), None, stop.clone(), false)
         .expect("start");
@@ -680,6 +680,6 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(count(&app, "k5"), (4, "2".to_string()));
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     running.wait().expect("stop");
 }

@@ -7,11 +7,13 @@ use crate::shadow::ShadowBuild;
 use crate::{Error, Replay, Result};
 use projector_core::engine::Engine;
 use projector_host::fetch::Fetcher;
+use projector_host::shutdown::Shutdown;
 use projector_host::sync::Recover;
 use projector_host::wasm::{Services, WasmHost};
 use projector_host::{PluginLogs, SharedCode};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// What a deploy did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +46,10 @@ pub struct Deployer {
     logs: Mutex<std::collections::HashMap<String, Arc<PluginLogs>>>,
     /// One deploy at a time.
     pub(crate) busy: Mutex<()>,
+    /// Stops the threads below (probation watchers, shadow builds).
+    pub(crate) shutdown: Shutdown,
+    /// The threads this deployer started, joined by [`Deployer::stop`].
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Deployer {
@@ -64,7 +70,35 @@ impl Deployer {
             shadows: Mutex::new(Default::default()),
             logs: Mutex::new(Default::default()),
             busy: Mutex::new(()),
+            shutdown: Shutdown::new(),
+            threads: Mutex::default(),
         })
+    }
+
+    /// Run `work` on a thread of its own, joined by [`Deployer::stop`].
+    pub(crate) fn spawn(
+        &self,
+        name: String,
+        work: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        let handle = std::thread::Builder::new().name(name).spawn(work)?;
+        let mut threads = self.threads.lock().recover();
+        threads.retain(|t| !t.is_finished());
+        threads.push(handle);
+        Ok(())
+    }
+
+    /// Stop the threads this deployer started (a shadow build in progress
+    /// stops between two batches and is taken up again by a new deploy),
+    /// and wait for them.
+    pub fn stop(&self) {
+        self.shutdown.stop();
+        let threads = std::mem::take(&mut *self.threads.lock().recover());
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a deploy thread panicked");
+            }
+        }
     }
 
     pub fn host(&self) -> &WasmHost {

@@ -56,6 +56,8 @@ pub enum Error {
     Engine(#[from] projector_core::engine::Error),
     #[error("plugin {0:?} has no shadow generation (deploy with mode=shadow)")]
     NoShadow(String),
+    #[error("plugin {0:?}: the runtime is stopping")]
+    Stopped(String),
     #[error("registry entry of {name}: {reason}")]
     Corrupt { name: String, reason: String },
 }

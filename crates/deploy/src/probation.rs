@@ -15,65 +15,62 @@ impl Deployer {
         if deploy.probation_events == 0 {
             return;
         }
-        // Weak: a stopped runtime is not kept open by its watchers.
-        let weak = Arc::downgrade(&self.engine);
+        let (engine, stop) = (self.engine.clone(), self.shutdown.clone());
         let (name, id) = (name.to_string(), id.to_string());
         let population = self.population(&name);
         let base = match self.engine.projection(&name) {
             Ok(p) => p.counters(),
             Err(_) => return,
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("probation-{name}"))
-            .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                let Some(engine) = weak.upgrade() else {
-                    return;
-                };
-                let Ok(p) = engine.projection(&name) else {
-                    return;
-                };
-                if p.code().id() != id {
-                    return; // another deploy took over
+        let thread = format!("probation-{name}");
+        let spawned = self.spawn(thread, move || loop {
+            if stop.wait(std::time::Duration::from_millis(10)) {
+                return;
+            }
+            let Ok(p) = engine.projection(&name) else {
+                return;
+            };
+            if p.code().id() != id {
+                return; // another deploy took over
+            }
+            let now = p.counters();
+            let seen = now.received.saturating_sub(base.received);
+            let failed = now.dead_lettered.saturating_sub(base.dead_lettered);
+            let ratio = failed as f64 / seen.max(1) as f64;
+            // Decided early once the failures exceed what the whole
+            // probation allows, else at its end.
+            let budget = (deploy.max_failure_ratio * deploy.probation_events as f64) as u64;
+            let done = seen >= deploy.probation_events;
+            if failed > budget || (done && ratio > deploy.max_failure_ratio) {
+                let reason = format!(
+                    "{failed} of its first {seen} events failed (over {:.0} %)",
+                    deploy.max_failure_ratio * 100.0
+                );
+                tracing::warn!(plugin = name, id = &id[..12], "{reason}: rolling back");
+                let back = engine
+                    .replace(old.code().clone(), population)
+                    .map_err(Error::from)
+                    .and_then(|()| Registry::open(engine.store()))
+                    .and_then(|registry| {
+                        registry.activate(&name, old.code().id(), true)?;
+                        registry.mark_rolled_back(&name, &id, &reason)
+                    });
+                if let Err(e) = back {
+                    tracing::error!(plugin = name, "automatic rollback failed: {e}");
                 }
-                let now = p.counters();
-                let seen = now.received.saturating_sub(base.received);
-                let failed = now.dead_lettered.saturating_sub(base.dead_lettered);
-                let ratio = failed as f64 / seen.max(1) as f64;
-                // Decided early once the failures exceed what the whole
-                // probation allows, else at its end.
-                let budget = (deploy.max_failure_ratio * deploy.probation_events as f64) as u64;
-                let done = seen >= deploy.probation_events;
-                if failed > budget || (done && ratio > deploy.max_failure_ratio) {
-                    let reason = format!(
-                        "{failed} of its first {seen} events failed (over {:.0} %)",
-                        deploy.max_failure_ratio * 100.0
-                    );
-                    tracing::warn!(plugin = name, id = &id[..12], "{reason}: rolling back");
-                    let back = engine
-                        .replace(old.code().clone(), population)
-                        .map_err(Error::from)
-                        .and_then(|()| Registry::open(engine.store()))
-                        .and_then(|registry| {
-                            registry.activate(&name, old.code().id(), true)?;
-                            registry.mark_rolled_back(&name, &id, &reason)
-                        });
-                    if let Err(e) = back {
-                        tracing::error!(plugin = name, "automatic rollback failed: {e}");
-                    }
-                    return;
-                }
-                if done {
-                    tracing::info!(
-                        plugin = name,
-                        id = &id[..12],
-                        seen,
-                        failed,
-                        "probation passed"
-                    );
-                    return;
-                }
-            });
+                return;
+            }
+            if done {
+                tracing::info!(
+                    plugin = name,
+                    id = &id[..12],
+                    seen,
+                    failed,
+                    "probation passed"
+                );
+                return;
+            }
+        });
         if let Err(e) = spawned {
             tracing::error!("cannot watch a deploy on probation: {e}");
         }

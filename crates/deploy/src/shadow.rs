@@ -146,24 +146,20 @@ impl Deployer {
             .recover()
             .insert(name.to_string(), build.clone());
         let (me, name_owned) = (self.clone(), name.to_string());
-        std::thread::Builder::new()
-            .name(format!("shadow-{name}"))
-            .spawn(move || {
-                let built = match (method, log) {
-                    (ShadowMethod::Rebuild, Some(log)) => {
-                        me.rebuild(&name_owned, &build, log.as_ref())
-                    }
-                    _ => me.migrate(&name_owned, &build),
-                };
-                if let Err(e) = built {
-                    tracing::error!(plugin = name_owned, "shadow build failed: {e}");
-                    *build.error.lock().recover() = Some(e.to_string());
-                }
-            })
-            .map_err(|e| Error::Corrupt {
-                name: name.into(),
-                reason: e.to_string(),
-            })?;
+        self.spawn(format!("shadow-{name}"), move || {
+            let built = match (method, log) {
+                (ShadowMethod::Rebuild, Some(log)) => me.rebuild(&name_owned, &build, log.as_ref()),
+                _ => me.migrate(&name_owned, &build),
+            };
+            if let Err(e) = built {
+                tracing::error!(plugin = name_owned, "shadow build failed: {e}");
+                *build.error.lock().recover() = Some(e.to_string());
+            }
+        })
+        .map_err(|e| Error::Corrupt {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
         tracing::info!(plugin = name, id = &id[..12], "shadow build started");
         Ok(self.shadow(name).expect("just inserted"))
     }
@@ -185,6 +181,9 @@ impl Deployer {
         loop {
             let mut behind = 0u64;
             for (source, p) in &parts {
+                if self.shutdown.is_stopped() {
+                    return Err(Error::Stopped(name.into()));
+                }
                 let from = self.engine.generation_offset(g, source, *p)?;
                 let to = self.engine.applied(name, source, *p)?;
                 if from >= to {

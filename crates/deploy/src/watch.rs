@@ -2,6 +2,7 @@
 //! changes there is deployed in replace mode once it stops changing.
 
 use crate::Deployer;
+use projector_host::shutdown::Shutdown;
 use std::sync::Arc;
 
 /// How long a file must stay unchanged before it is deployed: a copy in
@@ -17,7 +18,7 @@ const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 pub fn watch_dir(
     deployer: Arc<Deployer>,
     dir: &std::path::Path,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Shutdown,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use notify::Watcher;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -36,7 +37,7 @@ pub fn watch_dir(
             let _watcher = watcher;
             let mut pending: std::collections::HashMap<std::path::PathBuf, std::time::Instant> =
                 Default::default();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.is_stopped() {
                 if let Ok(path) = rx.recv_timeout(std::time::Duration::from_millis(50)) {
                     let wanted = path.extension().is_some_and(|x| x == "wasm")
                         && path.parent() == Some(dir.as_path())

@@ -19,6 +19,7 @@
 pub mod backoff;
 pub mod fetch;
 pub mod native;
+pub mod shutdown;
 pub mod sync;
 pub mod wasm;
 

@@ -9,12 +9,12 @@ use projector_core::engine::Engine;
 use projector_core::store::Store;
 use projector_deploy::Deployer;
 use projector_host::fetch::Fetcher;
+use projector_host::shutdown::Shutdown;
 use projector_host::wasm::WasmHost;
 use projector_sources::kafka::KafkaSource;
 use projector_sources::log::{EmbeddedLog, LogSource};
 use projector_sources::pipeline::{self, Options, Totals, Until};
 use projector_sources::Source;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// A runtime assembled from its config: the engine with every plugin
@@ -37,7 +37,7 @@ pub struct Running {
     serving: Option<Serving>,
     pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
     /// The plugins directory's watcher, and its stop.
-    watcher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    watcher: Option<(Shutdown, std::thread::JoinHandle<()>)>,
 }
 
 impl Running {
@@ -55,13 +55,20 @@ impl Running {
             .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"));
         self.state.set_ready(false);
         if let Some((stop, handle)) = self.watcher.take() {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.stop();
             let _ = handle.join();
         }
         if let Some(serving) = self.serving.take() {
             serving.stop();
         }
         totals?
+    }
+}
+
+impl Drop for App {
+    /// Stop and join the deployer's threads (probation, shadow builds).
+    fn drop(&mut self) {
+        self.deployer.stop();
     }
 }
 
@@ -110,7 +117,7 @@ impl App {
         &self,
         log: Arc<EmbeddedLog>,
         listen: Option<&str>,
-        stop: Arc<AtomicBool>,
+        stop: Shutdown,
         exit_when_idle: bool,
     ) -> anyhow::Result<Running> {
         let source = Arc::new(LogSource::new(log.clone()));
@@ -125,11 +132,7 @@ impl App {
 
     /// Consume `[source.kafka]` into the engine until `stop` is set, and
     /// serve the API on `listen` (as [`App::start`]).
-    pub fn start_kafka(
-        &self,
-        listen: Option<&str>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<Running> {
+    pub fn start_kafka(&self, listen: Option<&str>, stop: Shutdown) -> anyhow::Result<Running> {
         let config = self
             .config
             .source
@@ -148,7 +151,7 @@ impl App {
         source: Arc<dyn Source>,
         feed: Feed,
         listen: Option<&str>,
-        stop: Arc<AtomicBool>,
+        stop: Shutdown,
         until: Until,
     ) -> anyhow::Result<Running> {
         if let Err(e) = source.start(&self.engine) {
@@ -198,13 +201,11 @@ impl App {
     }
 
     /// Watch the plugins directory, when the config asks to.
-    fn watch_plugins(
-        &self,
-    ) -> anyhow::Result<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>> {
+    fn watch_plugins(&self) -> anyhow::Result<Option<(Shutdown, std::thread::JoinHandle<()>)>> {
         if !self.config.engine.watch_plugins {
             return Ok(None);
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Shutdown::new();
         let handle = projector_deploy::watch_dir(
             self.deployer.clone(),
             &self.config.plugins_dir,

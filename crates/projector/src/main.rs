@@ -5,11 +5,11 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use projector::app::App;
 use projector::config::Config;
+use projector_host::shutdown::Shutdown;
 use projector_sources::log::EmbeddedLog;
 use projector_sources::pipeline::{self, Totals};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 // sled allocates heavily; mimalloc roughly doubles throughput over glibc malloc.
@@ -319,14 +319,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             listen,
         } => {
             let app = App::open(config)?;
-            let stop = Arc::new(AtomicBool::new(false));
+            let stop = Shutdown::new();
             if let Some(kafka) = app.config.source.kafka.clone() {
                 if !ingest.is_empty() || exit_when_idle {
                     anyhow::bail!(
                         "--ingest and --exit-when-idle work on the embedded log; this config reads Kafka ([source.kafka])"
                     );
                 }
-                spawn_signal_handler(stop.clone())?;
+                let signals = spawn_signal_handler(stop.clone())?;
                 eprintln!(
                     "consuming {} from {} as group {:?} with plugins: {}",
                     kafka.topics.join(", "),
@@ -334,11 +334,13 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     kafka.group_id,
                     plugin_names(&app).join(", ")
                 );
-                let running = app.start_kafka(listen.as_deref(), stop)?;
+                let running = app.start_kafka(listen.as_deref(), stop.clone())?;
                 if let Some(addr) = running.addr() {
                     eprintln!("read API on http://{addr} (see /openapi.json)");
                 }
-                let totals = running.wait()?;
+                let totals = running.wait();
+                stop_signals(&stop, signals);
+                let totals = totals?;
                 app.engine.store().flush()?;
                 print_summary(&totals);
                 return Ok(std::process::ExitCode::SUCCESS);
@@ -352,18 +354,20 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 let n = ingest_file(&log, file)?;
                 eprintln!("ingested {n} events from {}", file.display());
             }
-            spawn_signal_handler(stop.clone())?;
+            let signals = spawn_signal_handler(stop.clone())?;
             eprintln!(
                 "running on the embedded log ({} partitions) with plugins: {}",
                 log.partitions(),
                 plugin_names(&app).join(", ")
             );
             let log = Arc::new(log);
-            let running = app.start(log, listen.as_deref(), stop, exit_when_idle)?;
+            let running = app.start(log, listen.as_deref(), stop.clone(), exit_when_idle)?;
             if let Some(addr) = running.addr() {
                 eprintln!("read API on http://{addr} (see /openapi.json)");
             }
-            let totals = running.wait()?;
+            let totals = running.wait();
+            stop_signals(&stop, signals);
+            let totals = totals?;
             app.engine.store().flush()?;
             print_summary(&totals);
         }
@@ -508,8 +512,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         .map_err(|e| anyhow::anyhow!("creating {t}: {e}"))?;
                 }
             }
-            let stop = Arc::new(AtomicBool::new(false));
-            spawn_signal_handler(stop.clone())?;
+            let stop = Shutdown::new();
+            let signals = spawn_signal_handler(stop.clone())?;
             println!("{}", cluster.bootstrap_servers());
             eprintln!(
                 "mock Kafka cluster up (in memory, {brokers} broker(s)); topics: {}; group {group:?}\n\
@@ -520,9 +524,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
             use std::io::Write;
             std::io::stdout().flush()?;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
+            while !stop.wait(std::time::Duration::from_secs(1)) {}
+            stop_signals(&stop, signals);
         }
         Command::DeadLetters { plugin, limit } => {
             if !config.data_dir.exists() {
@@ -581,10 +584,17 @@ fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-/// Listen for SIGINT and SIGTERM, and set `stop` when one arrives. The
+/// Stop the signal listener (if no signal stopped it) and wait for it.
+fn stop_signals(stop: &Shutdown, signals: std::thread::JoinHandle<()>) {
+    stop.stop();
+    let _ = signals.join();
+}
+
+/// Listen for SIGINT and SIGTERM, and stop `stop` when one arrives (the
+/// listener ends when `stop` is stopped otherwise). The
 /// handlers are installed before this returns, so a signal sent once the
 /// runtime reports it is running always stops it cleanly.
-fn spawn_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+fn spawn_signal_handler(stop: Shutdown) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -592,14 +602,20 @@ fn spawn_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let _entered = rt.enter();
         StopSignals::install()?
     };
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("projector-signals".into())
         .spawn(move || {
-            rt.block_on(signals.recv());
-            eprintln!("stopping after the current batch");
-            stop.store(true, Ordering::Relaxed);
+            rt.block_on(async {
+                tokio::select! {
+                    () = signals.recv() => {
+                        eprintln!("stopping after the current batch");
+                        stop.stop();
+                    }
+                    () = stop.stopped() => {}
+                }
+            });
         })?;
-    Ok(())
+    Ok(handle)
 }
 
 /// SIGINT and, on Unix, SIGTERM, registered up front.

@@ -13,8 +13,8 @@ use crate::log::{EmbeddedLog, LogSource};
 use crate::{Next, Source};
 use projector_core::engine::{BatchSummary, Engine};
 use projector_core::store::Counters;
+use projector_host::shutdown::Shutdown;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,7 @@ pub fn run(
     engine: &Arc<Engine>,
     source: &dyn Source,
     options: &Options,
-    stop: &AtomicBool,
+    stop: &Shutdown,
     progress: impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {
     if let Err(e) = source.start(engine) {
@@ -113,7 +113,7 @@ pub fn drive(
     engine: &Arc<Engine>,
     source: &dyn Source,
     options: &Options,
-    stop: &AtomicBool,
+    stop: &Shutdown,
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {
     engine.set_failure_route(source.failure_route());
@@ -129,7 +129,7 @@ fn turn(
     engine: &Engine,
     source: &dyn Source,
     options: &Options,
-    stop: &AtomicBool,
+    stop: &Shutdown,
     progress: &mut impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {
     let commit_interval = options
@@ -150,7 +150,7 @@ fn turn(
         source.durable();
         Ok(())
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         // Delayed retries, between batches so their partitions never wait.
         if retried_at.elapsed() >= RETRY_POLL {
             retried_at = Instant::now();
@@ -202,7 +202,7 @@ pub fn replay_file(
 ) -> anyhow::Result<Totals> {
     let source = FileSource::open(path)?;
     let options = Options::new(batch_size, Until::Stopped);
-    run(engine, &source, &options, &AtomicBool::new(false), progress)
+    run(engine, &source, &options, &Shutdown::new(), progress)
 }
 
 /// Follow the embedded log into the engine until `stop` is set, or, with
@@ -211,7 +211,7 @@ pub fn run_log(
     engine: &Arc<Engine>,
     log: &Arc<EmbeddedLog>,
     batch_size: usize,
-    stop: &AtomicBool,
+    stop: &Shutdown,
     exit_when_idle: bool,
     progress: impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {

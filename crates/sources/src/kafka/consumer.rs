@@ -10,13 +10,14 @@ use super::stats::{KafkaStats, PartitionLag};
 use projector_core::engine::Engine;
 use projector_core::store::RetryEntry;
 use projector_core::Record;
+use projector_host::shutdown::Shutdown;
 use projector_host::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -210,7 +211,7 @@ impl ConsumerContext for ConsumerCtx {
 /// The consumer thread: poll into the queues, pause and resume, commit
 /// durable offsets to Kafka, until `stop`; then commit, and leave the
 /// group deliberately (revocation runs here, on this thread).
-pub(crate) fn consume(shared: Arc<Shared>, stop: &AtomicBool) -> anyhow::Result<()> {
+pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()> {
     let config = &shared.config;
     let consumer: BaseConsumer<ConsumerCtx> = config
         .client(&[
@@ -236,7 +237,7 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &AtomicBool) -> anyhow::Result<
         .commit_interval()
         .max(Duration::from_millis(100));
     let mut last_commit = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         // Take what arrived, up to a burst, then look at the queues.
         let mut burst = 0;
         let mut timeout = Duration::from_millis(50);

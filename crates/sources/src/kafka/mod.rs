@@ -50,7 +50,7 @@ pub use stats::{KafkaStats, PartitionLag};
 use crate::pipeline::{self, Options, Until};
 use crate::Source;
 use projector_core::engine::Engine;
-use std::sync::atomic::{AtomicBool, Ordering};
+use projector_host::shutdown::Shutdown;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -70,7 +70,7 @@ pub struct KafkaTotals {
 /// its own, until [`KafkaRun::stop`].
 pub struct KafkaRun {
     source: Arc<KafkaSource>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     /// The source's live counters.
     pub stats: Arc<KafkaStats>,
     pipeline: Option<JoinHandle<anyhow::Result<KafkaTotals>>>,
@@ -92,7 +92,7 @@ impl KafkaRun {
             let _ = source.close();
             return Err(e);
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Shutdown::new();
         let pipeline = {
             let (source, stop) = (source.clone(), stop.clone());
             std::thread::Builder::new()
@@ -136,7 +136,7 @@ impl KafkaRun {
     /// Ask the pipeline to finish (the batch in flight is completed and
     /// committed, the group is left).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
     }
 
     /// Whether the pipeline has ended.

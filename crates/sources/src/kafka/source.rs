@@ -11,9 +11,10 @@ use super::spool::run_spool;
 use super::stats::KafkaStats;
 use crate::{Batch, Next, Replay, Source, SourceMetric};
 use projector_core::engine::{Engine, FailureRoute};
+use projector_host::shutdown::Shutdown;
 use projector_host::sync::Recover;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +25,8 @@ pub struct KafkaSource {
     config: KafkaConfig,
     /// Live counters, shared with the API's metrics.
     pub stats: Arc<KafkaStats>,
-    stop: Arc<AtomicBool>,
+    /// Stops the consumer and the spool, once the pipeline is done.
+    stop: Shutdown,
     started: OnceLock<Started>,
     threads: Mutex<Vec<Worker>>,
 }
@@ -53,7 +55,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             config,
             stats,
-            stop: Arc::default(),
+            stop: Shutdown::new(),
             started: OnceLock::new(),
             threads: Mutex::default(),
         })
@@ -164,7 +166,7 @@ impl Source for KafkaSource {
                 return Ok(Next::Batch(batch));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.stop.load(Ordering::Relaxed) {
+            if left.is_zero() || self.stop.is_stopped() {
                 return Ok(Next::Idle);
             }
             q = shared.changed.wait_timeout(q, left).recover().0;
@@ -229,7 +231,7 @@ impl Source for KafkaSource {
     }
 
     fn close(&self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
         if let Ok(shared) = self.shared() {
             shared.changed.notify_all();
         }

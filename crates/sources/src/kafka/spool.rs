@@ -6,13 +6,14 @@
 use super::config::KafkaConfig;
 use super::stats::KafkaStats;
 use projector_core::store::Store;
+use projector_host::shutdown::Shutdown;
 use projector_host::sync::Recover;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,7 @@ pub fn run_spool(
     store: &Store,
     config: &KafkaConfig,
     stats: &KafkaStats,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) -> anyhow::Result<()> {
     let producer: BaseProducer<SpoolCtx> = config
         .client(&[
@@ -64,7 +65,7 @@ pub fn run_spool(
     let mut in_flight: HashSet<u64> = HashSet::new();
     let mut idle_since: Option<Instant> = None;
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
+        let stopping = stop.is_stopped();
         if !stopping && in_flight.len() < SPOOL_IN_FLIGHT {
             let room = (SPOOL_IN_FLIGHT - in_flight.len()).min(1000);
             for record in store.outbox(&in_flight, room)? {
