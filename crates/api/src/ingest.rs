@@ -44,7 +44,7 @@ pub(crate) async fn ingest(
     State(s): State<Arc<ServeState>>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let Some(log) = s.log.clone() else {
+    let Some(log) = s.feed.log.clone() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_embedded_log",

@@ -8,11 +8,14 @@
 //! for a bad request and a 5xx one when the runtime or the source failed.
 
 //!
+//!
 //! Map: [`state`] (what handlers share, the [`Feed`]), `read` (view
 //! reads), `ingest`, `admin` (deploys, shadow, rollout, mismatches),
 //! `health` (health, readiness, metrics, plugin list), [`error`],
 //! [`metrics`], [`rollout`], [`token`], [`truth`] (the source of truth),
 //! [`server`]. It sits above the deploys crate and below the binary.
+
+#![deny(missing_docs)]
 
 mod admin;
 pub mod error;

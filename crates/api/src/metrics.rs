@@ -61,33 +61,48 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+/// Labels of a per-plugin metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
+    /// Name of the plugin the value belongs to.
     pub plugin: String,
 }
 
+/// Labels of `projector_reads_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadLabels {
+    /// Name of the plugin read.
     pub plugin: String,
+    /// Read mode that answered, as [`crate::rollout::Mode::as_str`] names it.
     pub mode: String,
+    /// Who answered: `projection` or `source`.
     pub served_by: String,
 }
 
+/// Labels of `projector_read_seconds`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
+    /// Name of the plugin read.
     pub plugin: String,
+    /// Read mode, as [`crate::rollout::Mode::as_str`] names it.
     pub mode: String,
 }
 
+/// Labels of a metric counted by result (lookups, comparisons, consistency waits).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// Name of the plugin the value belongs to.
     pub plugin: String,
+    /// Outcome, e.g. `hit`, `absent`, `invalid`, `equal`, `mismatch`, `reached` or `timeout`.
     pub result: String,
 }
 
+/// Labels of a metric counted by reason (fallbacks, mismatches).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    /// Name of the plugin the value belongs to.
     pub plugin: String,
+    /// Why: `absent` or `invalid` for a fallback, the comparison's reason for a mismatch.
     pub reason: String,
 }
 
@@ -117,20 +132,33 @@ fn latency_histogram() -> Histogram {
 /// The HTTP layer's metrics; cheap to clone (every family is shared).
 #[derive(Clone)]
 pub struct Metrics {
+    /// View reads answered, by plugin, read mode and who answered (`projector_reads_total`).
     pub reads: Family<ReadLabels, Counter>,
+    /// Read latency in seconds, request in to answer out (`projector_read_seconds`).
     pub read_seconds: Family<ModeLabels, Histogram, fn() -> Histogram>,
+    /// Reads that consulted the projection: `hit`, `absent` or `invalid`
+    /// (`projector_view_lookups_total`).
     pub lookups: Family<ResultLabels, Counter>,
+    /// Reads the projection could not answer, served by the source (`projector_fallbacks_total`).
     pub fallbacks: Family<ReasonLabels, Counter>,
+    /// Views stored from a source-of-truth answer (`projector_snapshots_total`).
     pub snapshots: Family<PluginLabel, Counter>,
+    /// Source-of-truth requests that failed after their retries (`projector_source_errors_total`).
     pub source_errors: Family<PluginLabel, Counter>,
+    /// Comparisons of both answers: `equal` or `mismatch` (`projector_comparisons_total`).
     pub comparisons: Family<ResultLabels, Counter>,
+    /// Differences found by comparisons, by reason (`projector_mismatches_total`).
     pub mismatches: Family<ReasonLabels, Counter>,
+    /// Reads carrying a position token: `reached` or `timeout`
+    /// (`projector_consistency_waits_total`).
     pub consistency_waits: Family<ResultLabels, Counter>,
+    /// Events appended through `POST /v1/events` (`projector_ingested_total`).
     pub ingested: Counter,
     registry: Arc<Registry>,
 }
 
 impl Metrics {
+    /// Registers every metric; engine, feed and fetcher values are read from them at scrape time.
     pub fn new(engine: Arc<Engine>, feed: Feed, fetcher: Option<Arc<Fetcher>>) -> Self {
         let mut registry = Registry::default();
         let reads = Family::<ReadLabels, Counter>::default();
@@ -224,6 +252,7 @@ impl Metrics {
         out
     }
 
+    /// Counts one view lookup of `plugin` with `result` (`hit`, `absent` or `invalid`).
     pub fn lookup(&self, plugin: &str, result: &str) {
         self.lookups
             .get_or_create(&ResultLabels {

@@ -124,7 +124,7 @@ impl Read<'_> {
             ApiError::bad_request(
                 "no_source",
                 format!(
-                    "plugin {:?} has no source of truth configured ([plugins.{}.source]); only mode projection is available",
+                    "plugin {:?} has no source of truth configured ([plugins.{}.truth]); only mode projection is available",
                     self.plugin, self.plugin
                 ),
             )

@@ -25,6 +25,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode, in the order error messages list them.
     pub const ALL: [Mode; 4] = [
         Mode::Source,
         Mode::Projection,
@@ -32,6 +33,7 @@ impl Mode {
         Mode::CompareReturnProjection,
     ];
 
+    /// The mode's name in config, query strings and metric labels, e.g. `compare-return-source`.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Source => "source",
@@ -41,6 +43,7 @@ impl Mode {
         }
     }
 
+    /// Parses a mode name; the error lists the names expected.
     pub fn parse(text: &str) -> Result<Mode, String> {
         Mode::ALL
             .into_iter()
@@ -75,8 +78,10 @@ pub enum Attribute {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// Users this rule matches, compared with the request's user.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
+    /// Groups this rule matches; a request in any of them matches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
     /// 0 to 100; may be fractional.
@@ -85,6 +90,7 @@ pub struct Rule {
     /// What a percentage hashes.
     #[serde(default)]
     pub by: Attribute,
+    /// The mode a matching request is read in.
     pub mode: Mode,
 }
 
@@ -95,6 +101,7 @@ pub struct Rollout {
     /// The mode when no rule matches.
     #[serde(default = "default_mode")]
     pub default: Mode,
+    /// Rules in order; the first that matches names the mode.
     #[serde(default)]
     pub rules: Vec<Rule>,
     /// Share (0 to 100) of `projection` reads that still compare, returning
@@ -121,8 +128,11 @@ impl Default for Rollout {
 /// What a request offers to the rules.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
+    /// The request's user: its user header, else the key's `user` field, else the key.
     pub user: &'a str,
+    /// Groups from the request's groups header (comma-separated).
     pub groups: &'a [&'a str],
+    /// The view key read.
     pub key: &'a str,
 }
 

@@ -51,6 +51,7 @@ impl Serving {
         })
     }
 
+    /// The address the server listens on (the bound port when 0 was asked).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -116,7 +116,6 @@ pub struct PluginApi {
 /// Everything a request handler needs.
 pub struct ServeState {
     pub(crate) engine: Arc<Engine>,
-    pub(crate) log: Option<Arc<EmbeddedLog>>,
     pub(crate) feed: Feed,
     pub(crate) deployer: Option<Arc<projector_deploy::Deployer>>,
     pub(crate) plugins: HashMap<String, PluginServe>,
@@ -138,7 +137,6 @@ impl ServeState {
         feed: Feed,
         fetcher: Option<Arc<projector_host::fetch::Fetcher>>,
     ) -> anyhow::Result<Self> {
-        let log = feed.log.clone();
         let mut plugins = HashMap::new();
         for p in engine.projections() {
             let name = p.name().to_string();
@@ -168,7 +166,6 @@ impl ServeState {
         let metrics = Metrics::new(engine.clone(), feed.clone(), fetcher);
         Ok(ServeState {
             engine,
-            log,
             feed,
             deployer: None,
             plugins,
@@ -183,6 +180,7 @@ impl ServeState {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// The HTTP layer's metrics, shared by every handler.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

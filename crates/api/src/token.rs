@@ -8,14 +8,18 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// A position token: per partition of one source, the offset of the last record written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
+    /// Name of the source the offsets are in (e.g. `log`).
     pub source: String,
     /// Partition → offset of the last record written there.
     pub offsets: BTreeMap<u32, u64>,
 }
 
 impl Token {
+    /// Parses `<source>@<partition>:<offset>[,...]`; a partition given twice
+    /// keeps its highest offset.
     pub fn parse(text: &str) -> Result<Token, String> {
         let bad = |why: &str| {
             format!("bad token {text:?}: {why}; expected <source>@<partition>:<offset>[,...]")

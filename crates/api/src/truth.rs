@@ -24,13 +24,18 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 /// `[plugins.NAME.truth]`: where a plugin's source of truth answers.
 pub struct TruthConfig {
+    /// URL template; `{key}` is the whole view key, other `{field}`s come from `key`.
     pub url: String,
+    /// Pattern that splits a view key into the url's fields, e.g. `{user}:{site}`.
     #[serde(default = "default_key")]
     pub key: String,
+    /// Per-attempt timeout, in ms.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Further attempts after a failed one (timeouts, connection errors, 5xx).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Pause before the first retry, in ms; doubled after each attempt.
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
 }
@@ -86,6 +91,7 @@ pub struct KeyPattern {
 }
 
 impl KeyPattern {
+    /// Parses a pattern; fails on a bad field name or two fields with no text between them.
     pub fn parse(text: &str) -> Result<Self, String> {
         let parts = parse_template(text)?;
         if parts
@@ -99,6 +105,7 @@ impl KeyPattern {
         Ok(KeyPattern { parts })
     }
 
+    /// The pattern's field names, in order.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Field(f) => Some(f.as_str()),
@@ -143,12 +150,17 @@ impl KeyPattern {
 /// Why the source of truth gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum TruthError {
+    /// The view key does not fit the key pattern.
     #[error("the key does not fit the source's key pattern: {0}")]
     BadKey(String),
+    /// The source gave no usable answer: retries ran out, or it answered 4xx or invalid JSON.
     #[error("{url}: {reason} (after {attempts} attempts)")]
     Unavailable {
+        /// The url asked.
         url: String,
+        /// Why the last attempt failed.
         reason: String,
+        /// Attempts made, the first included.
         attempts: u32,
     },
 }

@@ -26,8 +26,11 @@ pub enum Format {
     /// `before`/`after` means Debezium, anything else the own envelope.
     #[default]
     Auto,
+    /// The project's own JSON envelope.
     Envelope,
+    /// CloudEvents 1.0 JSON, structured mode.
     CloudEvents,
+    /// Debezium change events; the record key gives the entity key.
     Debezium,
 }
 
@@ -35,7 +38,9 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{format}: {reason}")]
 pub struct DecodeError {
+    /// The decoder that refused it: `envelope`, `cloudevents`, `debezium` or `json`.
     pub format: &'static str,
+    /// What did not fit, e.g. not UTF-8, a missing field or an unknown op.
     pub reason: String,
 }
 

@@ -18,6 +18,8 @@
 //! It depends on the Wasm host (`projector-host`) and the guest SDK's
 //! version rules; it never names a source, a deploy or the HTTP layer.
 
+#![deny(missing_docs)]
+
 pub mod engine;
 pub mod envelope;
 pub mod record;

@@ -13,10 +13,16 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
+    /// Immediate retries while the key waits (default 0).
     pub blocking: u32,
+    /// Pause before the first immediate retry, in ms; doubled each time,
+    /// capped at 10 s (default 50).
     pub blocking_delay_ms: u64,
+    /// Delayed retries before the event is dead-lettered (default 5).
     pub attempts: u32,
+    /// Wait before the first delayed retry, in ms; doubled per attempt (default 1000).
     pub delay_ms: u64,
+    /// Cap on a delayed retry's wait, in ms (default 60 000).
     pub max_delay_ms: u64,
 }
 

@@ -17,21 +17,37 @@ use projector_guest::Event;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The database could not be opened (e.g. another process holds it).
     #[error("store at {path}: {source}")]
-    Open { path: String, source: sled::Error },
+    Open {
+        /// Directory of the database.
+        path: String,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// sled failed to read or write.
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    /// A stored value did not decode.
     #[error("store: corrupt {what}: {reason}")]
-    Corrupt { what: String, reason: String },
+    Corrupt {
+        /// What was read, e.g. `view` or `offset of ns/source/partition`.
+        what: String,
+        /// Why it did not decode.
+        reason: String,
+    },
 }
 
+/// The store's result, [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A stored view: the rules' view plus when it last changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewRecord {
+    /// The view as the version rules keep it: status, versions, floor and state.
     pub view: View,
     /// Time of the last applied event (ms), for staleness.
     pub updated_ms: i64,
@@ -42,13 +58,18 @@ pub struct ViewRecord {
 pub struct Counters {
     /// Event deliveries to this namespace (one per event and view key).
     pub received: u64,
+    /// Deliveries applied to a view.
     pub applied: u64,
+    /// Deliveries skipped by the version rules (duplicate, stale, ignored).
     pub skipped: u64,
+    /// Deliveries that made the view Invalid.
     pub invalidated: u64,
+    /// Deliveries the plugin failed for good, recorded as dead letters.
     pub dead_lettered: u64,
 }
 
 impl Counters {
+    /// Add `other`'s counts to these.
     pub fn add(&mut self, other: &Counters) {
         self.received += other.received;
         self.applied += other.applied;
@@ -61,6 +82,7 @@ impl Counters {
 /// An event the runtime could not process, with why and where from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
+    /// Store-assigned id, in recording order; set by [`Writer::dead_letter`].
     pub seq: u64,
     /// The plugin that failed it; `None` for decode errors.
     pub plugin: Option<String>,
@@ -68,15 +90,21 @@ pub struct DeadLetter {
     pub stage: String,
     /// Short, stable reason (`trap`, `out-of-time`, `memory-limit`, ...).
     pub reason: String,
+    /// The error, as its message.
     pub error: String,
+    /// Name of the source the record came from.
     pub source: String,
+    /// Partition of the source the record came from.
     pub partition: u32,
+    /// Offset of the record in its partition.
     pub offset: u64,
     /// The view key, where the failure belongs to one.
     pub key: Option<String>,
+    /// The decoded event; `None` for decode errors.
     pub event: Option<Event>,
     /// The raw record, for decode errors.
     pub raw: Option<String>,
+    /// When it was dead-lettered, in ms since the epoch.
     pub at_ms: i64,
 }
 
@@ -84,7 +112,9 @@ pub struct DeadLetter {
 /// topic, kept locally): a transient failure does not stall its partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryEntry {
+    /// Store-assigned id; orders retries due at the same time. Set by [`Writer::retry`].
     pub seq: u64,
+    /// Name of the plugin to retry the event in.
     pub plugin: String,
     /// The view key that failed.
     pub key: String,
@@ -92,9 +122,13 @@ pub struct RetryEntry {
     pub attempt: u32,
     /// The last attempt's error.
     pub error: String,
+    /// Name of the source the event came from.
     pub source: String,
+    /// Partition of the source the event came from.
     pub partition: u32,
+    /// Offset of the event's record in its partition.
     pub offset: u64,
+    /// The event to deliver again.
     pub event: Event,
     /// Not retried before this time (ms since the epoch).
     pub not_before_ms: i64,
@@ -105,12 +139,17 @@ pub struct RetryEntry {
 /// once the broker acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRecord {
+    /// Store-assigned id, in spool order; set by [`Writer::outbox`].
     pub seq: u64,
+    /// Kafka topic to produce to (a retry or dead-letter topic).
     pub topic: String,
     /// `None`: the producer's partitioner chooses (by key).
     pub partition: Option<i32>,
+    /// Record key; `None` for a keyless record.
     pub key: Option<Vec<u8>>,
+    /// Record value.
     pub payload: Vec<u8>,
+    /// Record headers, as (name, value).
     pub headers: Vec<(String, String)>,
 }
 
@@ -118,9 +157,13 @@ pub struct OutboxRecord {
 /// a plugin: `from..next`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRun {
+    /// Name of the source the offsets are in.
     pub source: String,
+    /// Partition of that source.
     pub partition: u32,
+    /// First offset of the run.
     pub from: u64,
+    /// Offset just after the run's last one (exclusive end).
     pub next: u64,
     /// The plugin version's content id.
     pub version: String,
@@ -214,6 +257,7 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
+    /// The stored view of `view_key` in namespace `ns`, if any.
     pub fn view(&self, ns: &str, view_key: &str) -> Result<Option<ViewRecord>> {
         let mut k = view_prefix(ns);
         k.extend_from_slice(view_key.as_bytes());
@@ -245,6 +289,7 @@ impl Store {
         }
     }
 
+    /// The committed counters of namespace `ns` (zero when none are stored).
     pub fn counters(&self, ns: &str) -> Result<Counters> {
         match self.state.get(key(b'c', &[ns.as_bytes()]))? {
             Some(b) => decode("counters", &b),
@@ -429,23 +474,27 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Put `record` as the view of `view_key` in namespace `ns`.
     pub fn put_view(&mut self, ns: &str, view_key: &str, record: &ViewRecord) {
         let mut k = view_prefix(ns);
         k.extend_from_slice(view_key.as_bytes());
         self.batch.insert(k, encode(record));
     }
 
+    /// Remove the view of `view_key` from namespace `ns`.
     pub fn remove_view(&mut self, ns: &str, view_key: &str) {
         let mut k = view_prefix(ns);
         k.extend_from_slice(view_key.as_bytes());
         self.batch.remove(k);
     }
 
+    /// Set `next` as the offset `ns` processes next in (source, partition).
     pub fn set_offset(&mut self, ns: &str, source: &str, partition: u32, next: u64) {
         self.batch
             .insert(offset_key(ns, source, partition), &next.to_be_bytes());
     }
 
+    /// Set the counters of namespace `ns` (totals, not a change).
     pub fn set_counters(&mut self, ns: &str, counters: &Counters) {
         self.batch
             .insert(key(b'c', &[ns.as_bytes()]), encode(counters));

@@ -18,12 +18,15 @@ use std::thread::JoinHandle;
 /// What a deploy did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Deployed {
+    /// Name of the plugin.
     pub plugin: String,
+    /// Content id of the version now active (SHA-256 of its `.wasm`, hex).
     pub id: String,
     /// The version active before (`None`: the plugin is new).
     pub replaced: Option<String>,
     /// False when these bytes were already active (nothing changed).
     pub changed: bool,
+    /// Time to compile and start the new version, in ms (0 when nothing was compiled).
     pub compile_ms: u64,
     /// When the new code took over (between two batches).
     #[serde(skip)]
@@ -53,6 +56,7 @@ pub struct Deployer {
 }
 
 impl Deployer {
+    /// A deployer for `engine`, with the registry opened from its store.
     pub fn new(
         settings: DeploySettings,
         engine: Arc<Engine>,
@@ -101,6 +105,7 @@ impl Deployer {
         }
     }
 
+    /// The Wasm host versions are compiled and started with.
     pub fn host(&self) -> &WasmHost {
         &self.host
     }

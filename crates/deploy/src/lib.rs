@@ -13,6 +13,7 @@
 //! restart (and, with the compile cache, is not compiled again).
 
 //!
+//!
 //! Map: [`registry`] (versions by content id, the active one, history),
 //! [`deployer`] (load, replace, rollback), `probation` (a replace deploy
 //! watched and rolled back by itself), [`shadow`] (generations rebuilt or
@@ -20,6 +21,8 @@
 //! (the plugins directory), [`settings`] (what the config says of each
 //! plugin). It depends on the sources crate only for [`Replay`], the
 //! retained records a shadow generation is rebuilt from.
+
+#![deny(missing_docs)]
 
 pub mod deployer;
 mod probation;
@@ -38,28 +41,52 @@ pub use watch::watch_dir;
 /// What a deploy can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The store failed to read or write.
     #[error(transparent)]
     Store(#[from] projector_core::store::Error),
+    /// The registry's code tree failed to read or write.
     #[error(transparent)]
     Sled(#[from] sled::Error),
+    /// A version failed to compile, link, implement the plugin world or
+    /// start, or a shadow operation was refused.
     #[error("plugin {name}: version {id} rejected: {reason}")]
     Rejected {
+        /// Name of the plugin.
         name: String,
+        /// The version's content id, first 12 hex digits.
         id: String,
+        /// Why it was rejected.
         reason: String,
     },
+    /// A rollback found no earlier version (or generation) to go back to.
     #[error("plugin {0:?} has no earlier version to roll back to")]
     NoEarlier(String),
+    /// A version in the plugin's history has no code in the registry.
     #[error("plugin {name}: version {id} is not in the registry")]
-    UnknownVersion { name: String, id: String },
+    UnknownVersion {
+        /// Name of the plugin.
+        name: String,
+        /// Content id of the missing version.
+        id: String,
+    },
+    /// The engine refused or failed the change (e.g. no such plugin loaded).
     #[error(transparent)]
     Engine(#[from] projector_core::engine::Error),
+    /// The plugin has no shadow generation to compare, promote, roll back to or retire.
     #[error("plugin {0:?} has no shadow generation (deploy with mode=shadow)")]
     NoShadow(String),
+    /// The runtime began stopping during a shadow build, which stops between two batches.
     #[error("plugin {0:?}: the runtime is stopping")]
     Stopped(String),
+    /// A registry entry did not decode, or a shadow build could not start or found records missing.
     #[error("registry entry of {name}: {reason}")]
-    Corrupt { name: String, reason: String },
+    Corrupt {
+        /// Name of the plugin.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
+/// A deploy's result, [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

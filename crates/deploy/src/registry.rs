@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 pub struct Version {
     /// SHA-256 of the `.wasm`, hex.
     pub id: String,
+    /// Size of the `.wasm`, in bytes.
     pub size: u64,
+    /// When it was first recorded, in ms since the epoch.
     pub deployed_ms: i64,
     /// Where it came from (`plugins_dir`, `api`, a file path...).
     pub from: String,
@@ -24,7 +26,9 @@ pub struct Version {
 /// A plugin's versions, the active one and those it replaced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// Every version recorded, in deploy order.
     pub versions: Vec<Version>,
+    /// Content id of the active version, if any.
     pub active: Option<String>,
     /// Versions that were active before, most recent last (rollback pops).
     pub history: Vec<String>,
@@ -51,6 +55,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The registry kept in `store` (code in its `plugin-code` tree).
     pub fn open(store: &Store) -> Result<Self> {
         Ok(Registry {
             store: store.clone(),
@@ -58,6 +63,7 @@ impl Registry {
         })
     }
 
+    /// The entry of plugin `name`, if it was ever deployed.
     pub fn entry(&self, name: &str) -> Result<Option<Entry>> {
         self.store
             .setting(&entry_setting(name))?

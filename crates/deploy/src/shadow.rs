@@ -40,7 +40,9 @@ pub(crate) struct ShadowBuild {
 /// Where a shadow deploy is.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShadowStatus {
+    /// Name of the plugin.
     pub plugin: String,
+    /// Content id of the shadow version (SHA-256 of its `.wasm`, hex).
     pub id: String,
     /// The generation's namespace.
     pub ns: String,
@@ -48,27 +50,38 @@ pub struct ShadowStatus {
     pub phase: String,
     /// Records rebuilt of the total to rebuild.
     pub done: u64,
+    /// Records to rebuild (or views to migrate) in all; `done` counts up to it.
     pub total: u64,
+    /// `done` over `total`, in percent (100 when there is nothing to do).
     pub percent: f64,
+    /// Records (or views) processed per second since the build started.
     pub events_per_s: f64,
+    /// Seconds left at that rate while building; `None` once built.
     pub eta_s: Option<f64>,
+    /// The last comparison of the two generations, if one was made.
     pub comparison: Option<Comparison>,
+    /// How the generation gets its views (`auto` resolved to rebuild or migrate).
     pub method: ShadowMethod,
     /// Views migrated, and views left absent to populate from the source.
     pub migrated: Option<u64>,
+    /// Views left absent, to populate from the source (migrate only).
     pub not_migrated: Option<u64>,
 }
 
 /// Sampled keys compared between two generations.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Comparison {
+    /// Keys sampled, spread over the serving generation's keys.
     pub compared: u64,
+    /// Keys whose answers are equal, or whose differences the comparison rule dismisses.
     pub equal: u64,
+    /// Keys the comparison rule found different.
     pub mismatched: u64,
     /// Keys one of the generations lacks (or holds Invalid).
     pub missing: u64,
     /// Differences by the comparison rule's reason.
     pub reasons: std::collections::BTreeMap<String, u64>,
+    /// Up to 10 mismatches, each with the key, both answers and their differences.
     pub examples: Vec<serde_json::Value>,
 }
 

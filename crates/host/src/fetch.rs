@@ -38,20 +38,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `[services.NAME]`: a service plugins may fetch from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// Base URL the plugins' paths are joined to (`http://` or `https://`).
     pub url: String,
+    /// Per-attempt timeout, connect included, in ms (default 500).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Further attempts after a refused connection, a timeout or a 5xx answer (default 2).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Pause before the first retry, in ms; doubled after each attempt (default 20).
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
+    /// Largest answer body accepted, in bytes (default 1 MiB).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// How long a cached answer is served without asking the service, in ms (0: every fetch asks).
     #[serde(default)]
     pub cache_ttl_ms: u64,
+    /// How long past its TTL a cached answer may stand in while the service fails, in ms.
     #[serde(default)]
     pub stale_ms: u64,
 }
@@ -91,16 +99,22 @@ impl ServiceConfig {
 /// Why a fetch gave no answer (the WIT `fetch-error`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
+    /// The service is not configured or not on the plugin's allow-list, or the path would leave it.
     NotAllowed(String),
+    /// The last attempt ran past the timeout.
     Timeout,
+    /// Every attempt failed (connection error or 5xx answer); says which and why.
     Unavailable(String),
+    /// The answer was larger than `max_response_bytes` (the limit, in bytes); not retried.
     TooLarge(u64),
 }
 
 /// An answer (the WIT `fetched`): any status below 500.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
+    /// HTTP status of the answer (below 500).
     pub status: u16,
+    /// Body of the answer, at most `max_response_bytes`.
     pub body: Vec<u8>,
     /// Served from the cache past its time to live.
     pub stale: bool,
@@ -231,6 +245,7 @@ fn check_path(path: &str) -> Result<(), String> {
 }
 
 impl Fetcher {
+    /// The services of the config, each checked; the error names the field (`services.NAME.field`).
     pub fn new(services: &BTreeMap<String, ServiceConfig>) -> Result<Self, String> {
         let mut out = BTreeMap::new();
         for (name, config) in services {
@@ -258,10 +273,12 @@ impl Fetcher {
         Ok(Fetcher { services: out })
     }
 
+    /// Whether no service is configured.
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
     }
 
+    /// Whether a service named `service` is configured (allowed or not).
     pub fn has(&self, service: &str) -> bool {
         self.services.contains_key(service)
     }

@@ -16,6 +16,8 @@
 //! harness, benchmarks and tests). This module never stores anything and
 //! never decides what an outcome means: the engine does.
 
+#![deny(missing_docs)]
+
 pub mod backoff;
 pub mod fetch;
 pub mod native;
@@ -32,23 +34,59 @@ use std::sync::{Arc, Mutex};
 /// A plugin call that failed as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// A call ran past its deadline, and past its timeout retries.
     #[error("plugin {plugin}: out of time: the call ran past its {deadline_ms} ms deadline")]
-    OutOfTime { plugin: String, deadline_ms: u64 },
+    OutOfTime {
+        /// Name of the plugin.
+        plugin: String,
+        /// The deadline it ran past, in ms.
+        deadline_ms: u64,
+    },
+    /// The guest tried to grow its linear memory past `max_memory_bytes`.
     #[error("plugin {plugin}: memory limit: growing from {current} to {requested} bytes refused (max {max})")]
     MemoryLimit {
+        /// Name of the plugin.
         plugin: String,
+        /// Memory size before the refused growth, in bytes.
         current: usize,
+        /// Memory size the growth asked for, in bytes.
         requested: usize,
+        /// The `max_memory_bytes` limit, in bytes.
         max: usize,
     },
+    /// The guest trapped (a panic, an out-of-bounds access, ...).
     #[error("plugin {plugin}: trap: {message}")]
-    Trap { plugin: String, message: String },
+    Trap {
+        /// Name of the plugin.
+        plugin: String,
+        /// The trap as wasmtime reports it.
+        message: String,
+    },
+    /// The guest's output broke the host's rules: too large, not JSON, or the
+    /// wrong number of answers.
     #[error("plugin {plugin}: bad output: {message}")]
-    BadOutput { plugin: String, message: String },
+    BadOutput {
+        /// Name of the plugin.
+        plugin: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// The plugin failed the call with its own error (e.g. `configure` refused its settings).
     #[error("plugin {plugin}: {message}")]
-    Guest { plugin: String, message: String },
+    Guest {
+        /// Name of the plugin.
+        plugin: String,
+        /// The plugin's error, prefixed by the call where known.
+        message: String,
+    },
+    /// The code could not be loaded: compile, link or exports (Wasm), or `configure` (native).
     #[error("plugin {plugin}: cannot load: {message}")]
-    Load { plugin: String, message: String },
+    Load {
+        /// Name of the plugin.
+        plugin: String,
+        /// The stage that failed and why.
+        message: String,
+    },
 }
 
 impl Error {
@@ -116,7 +154,9 @@ pub struct Meta {
     pub name: String,
     /// Content id: SHA-256 of the `.wasm`, or `native:<name>`.
     pub id: String,
+    /// What the plugin declares: name, version label, population, stale policy.
     pub info: Info,
+    /// Limits its calls run under.
     pub limits: Limits,
     /// Guest `log` calls and stdout/stderr.
     pub logs: Arc<PluginLogs>,
@@ -124,22 +164,28 @@ pub struct Meta {
 
 /// Loaded plugin code: Wasm or native.
 pub trait Code: Send + Sync {
+    /// Identity, declared info, limits and log of this code.
     fn meta(&self) -> &Meta;
     /// A session for one batch of calls.
     fn session(&self) -> Box<dyn Session + '_>;
 
+    /// The plugin's name.
     fn name(&self) -> &str {
         &self.meta().name
     }
+    /// Content id: SHA-256 of the `.wasm`, or `native:<name>`.
     fn id(&self) -> &str {
         &self.meta().id
     }
+    /// What the plugin declares: name, version label, population, stale policy.
     fn info(&self) -> &Info {
         &self.meta().info
     }
+    /// Limits its calls run under.
     fn limits(&self) -> &Limits {
         &self.meta().limits
     }
+    /// Its recent log lines.
     fn logs(&self) -> &PluginLogs {
         &self.meta().logs
     }
@@ -148,7 +194,11 @@ pub trait Code: Send + Sync {
 /// Calls into one plugin for the length of a batch. A Wasm session keeps
 /// its store across calls and starts a fresh one after a failure.
 pub trait Session {
+    /// The view keys each event touches, one result per event; `Err` when the
+    /// call failed as a whole.
     fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error>;
+    /// Fold `events` into the `state` of `key` (`None`: no view yet); stops
+    /// at the first failing event.
     fn apply(
         &mut self,
         key: &str,
@@ -181,24 +231,29 @@ pub trait Session {
             })
             .collect()
     }
+    /// The JSON text a reader receives for `state`, rendered at read time `now_ms`.
     fn render(
         &mut self,
         key: &str,
         state: &[u8],
         now_ms: i64,
     ) -> Result<Result<String, GuestError>, Error>;
+    /// A state, and the source versions it reflects, from the source of
+    /// truth's JSON `answer` for `key`.
     #[allow(clippy::type_complexity)]
     fn snapshot(
         &mut self,
         key: &str,
         answer: &str,
     ) -> Result<Result<(Vec<u8>, Vec<(String, u64)>), GuestError>, Error>;
+    /// Convert a state written by the version labelled `from`; `None`: the key cannot be migrated.
     fn migrate(
         &mut self,
         key: &str,
         state: &[u8],
         from: &str,
     ) -> Result<Result<Option<Vec<u8>>, GuestError>, Error>;
+    /// Differences between the projection's and the source's JSON answers for `key` (empty: equal).
     fn compare(
         &mut self,
         key: &str,
@@ -216,6 +271,7 @@ pub struct EventBatch<'e> {
 }
 
 impl<'e> EventBatch<'e> {
+    /// A batch of `events` with an id of its own.
     pub fn new(events: &'e [&'e Event]) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         EventBatch {
@@ -227,6 +283,7 @@ impl<'e> EventBatch<'e> {
     pub fn id(&self) -> u64 {
         self.id
     }
+    /// The batch's events, in order.
     pub fn events(&self) -> &'e [&'e Event] {
         self.events
     }
@@ -234,7 +291,9 @@ impl<'e> EventBatch<'e> {
 
 /// One key's share of a batch for [`Session::apply_batch`].
 pub struct KeyRun<'a> {
+    /// The view key.
     pub key: &'a str,
+    /// Its current state; `None` when it has no view yet.
     pub state: Option<&'a [u8]>,
     /// Indexes into the batch's events, in order.
     pub events: Vec<u32>,
@@ -249,6 +308,7 @@ pub struct PluginLogs {
 impl PluginLogs {
     const CAPACITY: usize = 1000;
 
+    /// Append a log line, dropping the oldest once 1000 are kept.
     pub fn push(&self, line: String) {
         let mut lines = self.lines.lock().recover();
         if lines.len() == Self::CAPACITY {
@@ -257,6 +317,7 @@ impl PluginLogs {
         lines.push_back(line);
     }
 
+    /// The lines kept, oldest first.
     pub fn recent(&self) -> Vec<String> {
         self.lines.lock().recover().iter().cloned().collect()
     }

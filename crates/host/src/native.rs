@@ -8,12 +8,14 @@ use projector_guest::{
 };
 use std::sync::Arc;
 
+/// A plugin crate linked in as Rust, behind the same [`Code`] trait as Wasm.
 pub struct NativePlugin<P: Projection> {
     meta: Meta,
     plugin: P,
 }
 
 impl<P: Projection> NativePlugin<P> {
+    /// Configure `P` with `settings` as plugin `name`; a refused configuration is a load error.
     pub fn new(name: &str, settings: &Json, limits: Limits) -> Result<Self, Error> {
         let plugin = P::configure(settings).map_err(|e| Error::Load {
             plugin: name.into(),

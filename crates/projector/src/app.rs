@@ -22,6 +22,7 @@ use std::sync::Arc;
 pub struct App {
     /// The config it was opened with.
     pub config: Config,
+    /// The engine, with every plugin in the plugins directory loaded.
     pub engine: Arc<Engine>,
     /// Loads plugin versions and swaps them in (the registry).
     pub deployer: Arc<Deployer>,
@@ -154,10 +155,7 @@ impl App {
         stop: Shutdown,
         until: Until,
     ) -> anyhow::Result<Running> {
-        if let Err(e) = source.start(&self.engine) {
-            let _ = source.close();
-            return Err(e);
-        }
+        pipeline::start(&self.engine, &*source)?;
         if let Some(replay) = source.replay() {
             self.deployer.set_replay(replay);
         }

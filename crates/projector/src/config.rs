@@ -86,30 +86,42 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A config that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 #[error("config {file}: {message}")]
 pub struct Error {
+    /// The config file, as given.
     pub file: String,
+    /// What is wrong: the key and what was expected (with line and column from the TOML parser).
     pub message: String,
 }
 
+/// The whole configuration, one TOML file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The sled store: views, offsets, the embedded log (default `data`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Every `*.wasm` here is loaded, named by its file stem (default `plugins`).
     #[serde(default = "default_plugins_dir")]
     pub plugins_dir: PathBuf,
+    /// How records are decoded: `auto`, `envelope`, `cloudevents` or `debezium`.
     #[serde(default)]
     pub format: Format,
+    /// `[engine]`: batches, workers, commits, compile cache.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// `[log]`: the embedded log.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[limits]`: defaults for every plugin, under each plugin's own `limits`.
     #[serde(default)]
     pub limits: LimitsPatch,
+    /// `[http]`: the read API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[retry]`: retries of events a plugin failed with a transient error.
     #[serde(default)]
     pub retry: RetryConfig,
     /// How deploys are watched.
@@ -121,6 +133,7 @@ pub struct Config {
     /// Services plugins may fetch from (enrichment), by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// `[plugins.NAME]`: what the config says of each plugin, by name (the `.wasm` file stem).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
 }
@@ -129,6 +142,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
+    /// `[source.kafka]`: consume Kafka topics instead of the embedded log.
     pub kafka: Option<KafkaConfig>,
 }
 
@@ -140,10 +154,13 @@ fn default_plugins_dir() -> PathBuf {
     "plugins".into()
 }
 
+/// `[engine]`: how batches are processed and committed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
+    /// Records per batch (at least 1; default 4096).
     pub batch_size: usize,
+    /// Threads folding the keys of one batch (1 to 256; default 1).
     pub workers: usize,
     /// Views, offsets and dead letters are committed at most this often
     /// (0: after every batch); a crash redoes what was not committed.
@@ -167,9 +184,11 @@ impl Default for EngineConfig {
     }
 }
 
+/// `[log]`: the embedded log.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// Partitions of the embedded log, fixed when it is created (1 to 4096; default 4).
     pub partitions: u32,
 }
 
@@ -183,17 +202,26 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
+    /// Guest time per event, in ms (at least 1).
     pub epoch_deadline_ms: Option<u64>,
+    /// Guest time to instantiate a plugin and run its `configure`, in ms (at least 1).
     pub start_deadline_ms: Option<u64>,
+    /// Linear memory of one instance, in bytes (at least 65536, one Wasm page).
     pub max_memory_bytes: Option<usize>,
+    /// Encoded state of one view, in bytes.
     pub max_state_bytes: Option<usize>,
+    /// Rendered answer of one view, in bytes.
     pub max_render_bytes: Option<usize>,
+    /// View keys one event may touch.
     pub max_keys_per_event: Option<usize>,
+    /// Length of one view key, in bytes.
     pub max_key_bytes: Option<usize>,
+    /// Times a call that ran out of time is retried before it fails.
     pub timeout_retries: Option<u32>,
 }
 
 impl LimitsPatch {
+    /// `to` with every limit given here set over it.
     pub fn apply(&self, mut to: Limits) -> Limits {
         let set = |slot: &mut usize, v: Option<usize>| {
             if let Some(v) = v {
@@ -218,12 +246,16 @@ impl LimitsPatch {
     }
 }
 
+/// `[plugins.NAME]`: what the config says of one plugin.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
+    /// Overrides the plugin's own population (`lazy` or `eager`).
     pub population: Option<Population>,
+    /// Settings handed to the plugin's `configure`, as JSON (`{}` when none).
     #[serde(default)]
     pub settings: Option<toml::Table>,
+    /// This plugin's limits, over `[limits]`.
     #[serde(default)]
     pub limits: LimitsPatch,
     /// The source of truth reads fall back to.

@@ -16,5 +16,7 @@
 //!
 //! `docs/ARCHITECTURE.md` follows one event through them.
 
+#![deny(missing_docs)]
+
 pub mod app;
 pub mod config;

@@ -99,6 +99,7 @@ impl LineSource {
         })
     }
 
+    /// Bytes read from the input so far, skipped lines included.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }

@@ -16,6 +16,8 @@
 //! It depends on `projector-core` (records, the engine, the store); the
 //! engine never learns which source it runs on.
 
+#![deny(missing_docs)]
+
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -49,16 +51,6 @@ impl Batch {
         let last_record = self.records.last().map(|r| r.offset);
         let last_retry = self.retries.last().map(|(o, _)| *o);
         last_record.max(last_retry).map(|o| o + 1)
-    }
-
-    /// Records and retries together.
-    pub fn len(&self) -> usize {
-        self.records.len() + self.retries.len()
-    }
-
-    /// Whether it carries nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -23,20 +23,38 @@ use std::time::Duration;
 /// The source id of the embedded log.
 pub const LOG_SOURCE: &str = "log";
 
+/// Why the embedded log failed to open, append or read.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The store failed to open the log's tree.
     #[error(transparent)]
     Store(#[from] projector_core::store::Error),
+    /// sled failed to read or write the log.
     #[error("log: {0}")]
     Sled(#[from] sled::Error),
+    /// A record of an append is not an event; nothing was appended.
     #[error("log: record {index} of the append is not an event: {error}")]
-    Decode { index: usize, error: DecodeError },
+    Decode {
+        /// Position of the record in the append, from 0.
+        index: usize,
+        /// Why it did not decode.
+        error: DecodeError,
+    },
+    /// The log was created with another partition count than the config's.
     #[error("log: created with {stored} partitions, configured with {configured}")]
-    Partitions { stored: u32, configured: u32 },
+    Partitions {
+        /// Partitions the log was created with.
+        stored: u32,
+        /// Partitions the config asks for.
+        configured: u32,
+    },
+    /// The configured partition count is not between 1 and 4096.
     #[error("log: partitions must be between 1 and 4096, got {0}")]
     BadPartitions(u32),
+    /// A stored segment, or the layout marker, does not read back.
     #[error("log: corrupt segment: {0}")]
     Corrupt(String),
+    /// The log was written in an older layout; it must be re-ingested into a new `data_dir`.
     #[error("log: {0}")]
     Format(String),
 }
@@ -71,10 +89,13 @@ fn segment_records(segment: &[u8]) -> Result<Vec<&[u8]>, Error> {
 /// Where an appended record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
+    /// Partition the record went to, by the hash of its event key.
     pub partition: u32,
+    /// Its offset in that partition.
     pub offset: u64,
 }
 
+/// The embedded durable event log, in the store's `log` tree.
 pub struct EmbeddedLog {
     tree: sled::Tree,
     partitions: u32,
@@ -109,6 +130,8 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
 }
 
 impl EmbeddedLog {
+    /// Open (or create) the log in `store`; appends must decode as `format`.
+    /// Fails on another partition count.
     pub fn open(store: &Store, partitions: u32, format: Format) -> Result<Self, Error> {
         if !(1..=4096).contains(&partitions) {
             return Err(Error::BadPartitions(partitions));
@@ -165,6 +188,7 @@ impl EmbeddedLog {
         })
     }
 
+    /// Number of partitions, fixed when the log was created.
     pub fn partitions(&self) -> u32 {
         self.partitions
     }

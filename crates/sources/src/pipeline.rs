@@ -100,11 +100,18 @@ pub fn run(
     stop: &Shutdown,
     progress: impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {
-    if let Err(e) = source.start(engine) {
-        let _ = source.close();
-        return Err(e);
-    }
+    start(engine, source)?;
     drive(engine, source, options, stop, progress)
+}
+
+/// Start `source` for `engine`; one that fails to start is closed (its
+/// threads stopped) before the error is returned.
+pub fn start(engine: &Arc<Engine>, source: &dyn Source) -> anyhow::Result<()> {
+    source.start(engine).inspect_err(|_| {
+        if let Err(e) = source.close() {
+            tracing::warn!("closing a source that failed to start: {e}");
+        }
+    })
 }
 
 /// Drive a started `source` into `engine` until `stop` is set, the source

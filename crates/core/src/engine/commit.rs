@@ -7,6 +7,7 @@ use projector_host::sync::Recover;
 /// What store commits have cost since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CommitStats {
+    /// Atomic batches written to the store.
     pub commits: u64,
     /// Views put or removed.
     pub views: u64,

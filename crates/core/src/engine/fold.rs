@@ -8,7 +8,9 @@ use projector_host::sync::Recover;
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchSummary {
+    /// Records in the batch.
     pub records: u64,
+    /// Records whose envelope did not decode, dead-lettered once (not again on a replay).
     pub decode_errors: u64,
     /// Per projection name.
     pub counters: Vec<(String, Counters)>,

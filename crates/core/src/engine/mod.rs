@@ -53,30 +53,52 @@ pub use recollect::RecollectSummary;
 pub use retry::FailureRoute;
 use retry::{queue_retry, record_dead_letter, Route};
 
+/// Why the engine refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The store failed to read or write.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// No loaded projection has this name.
     #[error("unknown plugin {0:?}")]
     UnknownPlugin(String),
+    /// A projection with this namespace is already loaded.
     #[error("plugin {0:?} is already loaded")]
     Duplicate(String),
+    /// A view key is empty, too long, or holds a control character.
     #[error("bad view key {key:?}: {reason}")]
-    BadKey { key: String, reason: String },
+    BadKey {
+        /// The key, cut to 80 characters.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The plugin host failed: load, trap, limits or bad output.
     #[error(transparent)]
     Plugin(#[from] plugin::Error),
+    /// A plugin's render or snapshot returned an error, a generation cannot
+    /// be switched or retired now, or a rebuild could not read its log.
     #[error("plugin {plugin}: {message}")]
-    Guest { plugin: String, message: String },
+    Guest {
+        /// Name of the plugin.
+        plugin: String,
+        /// What failed, prefixed by the call's name where there is one.
+        message: String,
+    },
+    /// An earlier store commit failed; nothing more is committed until a restart.
     #[error("a store commit failed, so nothing more is committed until a restart: {0}")]
     CommitFailed(String),
 }
 
+/// The engine's result, [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Namespace that tracks which records were already decoded (so a decode
 /// error is dead-lettered once, whatever projections are loaded).
 const DECODE_NS: &str = "@decode";
 
+/// The projection engine: loaded projections, the store they commit to, and
+/// work applied but not yet committed.
 pub struct Engine {
     store: Store,
     format: Format,
@@ -187,6 +209,7 @@ impl Engine {
         }
     }
 
+    /// The store views, offsets, counters and dead letters are committed to.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -268,6 +291,7 @@ impl Engine {
         self.projections.read().recover().clone()
     }
 
+    /// The projection of `name` serving reads (not a shadow); errs when none is loaded.
     pub fn projection(&self, name: &str) -> Result<Arc<Projection>> {
         self.projections()
             .into_iter()

@@ -152,15 +152,19 @@ impl Projection {
         Ok(answer)
     }
 
+    /// The plugin's name.
     pub fn name(&self) -> &str {
         self.code.name()
     }
+    /// The plugin code this generation runs.
     pub fn code(&self) -> &SharedCode {
         &self.code
     }
+    /// How events for a key with no view are treated; config may override the plugin's choice.
     pub fn population(&self) -> Population {
         self.population
     }
+    /// Event counts so far, including those applied but not yet committed.
     pub fn counters(&self) -> Counters {
         *self.counters.lock().recover()
     }
@@ -168,9 +172,11 @@ impl Projection {
     pub fn ns(&self) -> &str {
         &self.ns
     }
+    /// Whether this generation is kept beside the active one instead of serving reads.
     pub fn is_shadow(&self) -> bool {
         self.shadow.load(Ordering::Relaxed)
     }
+    /// Whether this generation is still being rebuilt from the log, not yet fed live batches.
     pub fn is_building(&self) -> bool {
         self.building.load(Ordering::Relaxed)
     }

@@ -7,8 +7,11 @@ use projector_host::sync::Recover;
 /// A view as a reader gets it.
 #[derive(Debug, Clone)]
 pub struct ReadView {
+    /// Whether the view is maintained (Valid) or awaits repair (Invalid).
     pub status: Status,
+    /// Highest applied version per source.
     pub versions: Versions,
+    /// Time of the last applied event (ms), for staleness.
     pub updated_ms: i64,
     /// The plugin's rendered answer (checked JSON); `None` unless Valid.
     pub body: Option<Arc<RawValue>>,

@@ -6,9 +6,13 @@ use projector_host::sync::Recover;
 /// What a recollection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecollectSummary {
+    /// Keys asked for (the given ones, or every stored view).
     pub keys: u64,
+    /// Views rebuilt with a new state.
     pub rebuilt: u64,
+    /// Views the plugin skipped or invalidated, left as they were.
     pub unchanged: u64,
+    /// Views the plugin deleted.
     pub deleted: u64,
     /// (key, error) of the keys that failed; their views are untouched.
     pub failed: Vec<(String, String)>,

@@ -183,7 +183,9 @@ impl WasmHost {
 /// The services one plugin may fetch from.
 #[derive(Debug, Clone)]
 pub struct Services {
+    /// The configured services, shared by every plugin.
     pub fetcher: Arc<crate::fetch::Fetcher>,
+    /// Names of the services this plugin may fetch from (its allow-list).
     pub allowed: Vec<String>,
 }
 

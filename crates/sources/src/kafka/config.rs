@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
+    /// Brokers to connect to, `host:port[,host:port...]`.
     pub bootstrap_servers: String,
+    /// Consumer group; also names the retry and dead-letter topics.
     pub group_id: String,
+    /// Topics consumed (at least one).
     pub topics: Vec<String>,
     /// Records waiting per partition before it is paused.
     #[serde(default = "default_max_buffered")]
@@ -36,6 +39,7 @@ impl KafkaConfig {
         }
     }
 
+    /// Check the values; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.bootstrap_servers.trim().is_empty() {
             return Err("bootstrap_servers: expected host:port[,host:port...]".into());
@@ -64,10 +68,12 @@ impl KafkaConfig {
         c
     }
 
+    /// The retry topic of `topic`: `<topic>.<group_id>.retry`.
     pub fn retry_topic(&self, topic: &str) -> String {
         format!("{topic}.{}.retry", self.group_id)
     }
 
+    /// The dead-letter topic of `topic`: `<topic>.<group_id>.dlq`.
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}.{}.dlq", self.group_id)
     }
@@ -80,15 +86,25 @@ pub fn source_id(topic: &str) -> String {
 
 /// Headers of retry and dead-letter records.
 pub mod header {
+    /// The plugin that failed the event (absent on a decode error's dead letter).
     pub const PLUGIN: &str = "projector-plugin";
+    /// Attempts made so far, the first delivery included.
     pub const ATTEMPT: &str = "projector-attempt";
+    /// The last attempt's error message.
     pub const ERROR: &str = "projector-error";
+    /// Dead letters: a short, stable reason (`trap`, `out-of-time`, ...).
     pub const REASON: &str = "projector-reason";
+    /// Dead letters: the stage that failed, `decode`, `keys` or `apply`.
     pub const STAGE: &str = "projector-stage";
+    /// The view key that failed, where there is one.
     pub const KEY: &str = "projector-view-key";
+    /// The topic the record was first read from.
     pub const TOPIC: &str = "projector-original-topic";
+    /// The record's partition in that topic.
     pub const PARTITION: &str = "projector-original-partition";
+    /// The record's offset in that partition.
     pub const OFFSET: &str = "projector-original-offset";
+    /// Retries: not processed before this time, in ms since the epoch.
     pub const NOT_BEFORE: &str = "projector-not-before-ms";
     /// `event`: the payload is the decoded event as JSON; `raw`: the
     /// original record's bytes (it could not be decoded).

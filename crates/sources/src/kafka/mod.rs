@@ -48,7 +48,6 @@ pub use source::KafkaSource;
 pub use stats::{KafkaStats, PartitionLag};
 
 use crate::pipeline::{self, Options, Until};
-use crate::Source;
 use projector_core::engine::Engine;
 use projector_host::shutdown::Shutdown;
 use std::sync::Arc;
@@ -88,10 +87,7 @@ impl KafkaRun {
     ) -> anyhow::Result<KafkaRun> {
         let source = Arc::new(KafkaSource::new(config)?);
         // Started here, so that a broker or topic missing fails the call.
-        if let Err(e) = source.start(&engine) {
-            let _ = source.close();
-            return Err(e);
-        }
+        pipeline::start(&engine, &*source)?;
         let stop = Shutdown::new();
         let pipeline = {
             let (source, stop) = (source.clone(), stop.clone());
@@ -126,11 +122,6 @@ impl KafkaRun {
         self.source
             .retained()
             .ok_or_else(|| anyhow::anyhow!("the Kafka source did not start"))
-    }
-
-    /// The source the pipeline drives.
-    pub fn source(&self) -> &Arc<KafkaSource> {
-        &self.source
     }
 
     /// Ask the pipeline to finish (the batch in flight is completed and

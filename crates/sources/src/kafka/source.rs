@@ -66,13 +66,6 @@ impl KafkaSource {
         self.started.get().map(|s| s.replay.clone())
     }
 
-    /// Whether the consumer or the spool has stopped (by itself, or
-    /// after [`Source::close`]).
-    pub fn is_finished(&self) -> bool {
-        let threads = self.threads.lock().recover();
-        threads.iter().any(|(_, t)| t.is_finished())
-    }
-
     fn shared(&self) -> anyhow::Result<&Arc<Shared>> {
         self.started
             .get()

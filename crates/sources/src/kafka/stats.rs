@@ -12,7 +12,9 @@ use std::sync::Mutex;
 pub struct KafkaStats {
     /// The source topics (not their retry topics).
     pub topics: Vec<String>,
+    /// Records polled from Kafka.
     pub consumed: AtomicU64,
+    /// Batches handed to the engine and applied.
     pub batches: AtomicU64,
     /// Times a partition was paused because its queue was full.
     pub pauses: AtomicU64,
@@ -21,19 +23,26 @@ pub struct KafkaStats {
     /// Records waiting in the queues now, and the most seen at once in
     /// one partition's queue.
     pub buffered: AtomicI64,
+    /// The most records seen at once in one partition's queue.
     pub max_buffered: AtomicI64,
+    /// Assignments and revocations.
     pub rebalances: AtomicU64,
+    /// Errors the consumer reported while polling.
     pub consumer_errors: AtomicU64,
-    /// Records produced (acknowledged) and waiting in the spool.
+    /// Spooled records the broker acknowledged.
     pub produced: AtomicU64,
+    /// Failed sends and deliveries of spooled records (each stays in the spool).
     pub produce_errors: AtomicU64,
     /// Per (topic, partition): the log end seen and the next offset applied.
     pub partitions: Mutex<BTreeMap<(String, i32), PartitionLag>>,
 }
 
+/// How far one owned partition is: its log end and the next offset applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionLag {
+    /// Log end seen (the offset after its last record), from polls and broker statistics.
     pub end: i64,
+    /// Next offset the engine applies from.
     pub next: i64,
 }
 
