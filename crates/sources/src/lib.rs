@@ -9,7 +9,7 @@
 //! - [`pipeline`]: the loop (batches in, retries due, commits at the
 //!   interval, durability reported back to the source);
 //! - [`log`]: the embedded durable log and its source;
-//! - [`file`]: NDJSON files and stdin;
+//! - [`mod@file`]: NDJSON files and stdin;
 //! - `kafka` (feature `kafka`): the consumer group, its retry and
 //!   dead-letter topics, the spool's producer.
 //!
