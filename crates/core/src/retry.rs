@@ -40,7 +40,7 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     /// Pause before blocking retry number `n` (1 for the first).
-    pub fn blocking_delay(&self, n: u32) -> std::time::Duration {
+    pub(crate) fn blocking_delay(&self, n: u32) -> std::time::Duration {
         let factor = 1u64 << n.saturating_sub(1).min(16);
         std::time::Duration::from_millis(self.blocking_delay_ms.saturating_mul(factor).min(10_000))
     }

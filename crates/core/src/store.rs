@@ -2,8 +2,8 @@
 //! sled itself.
 //!
 //! One tree, `state`, holds everything that must change together: views,
-//! applied offsets, counters and dead letters. A [`Writer`] gathers the
-//! changes of one commit and [`Store::commit`] applies them atomically, so after
+//! applied offsets, counters and dead letters. A `Writer` gathers the
+//! changes of one commit and `Store::commit` applies them atomically, so after
 //! a crash the views and the offsets they came from always agree: nothing
 //! is lost and nothing is applied twice. Other trees (the embedded log)
 //! are opened by their owners through [`Store::tree`].
@@ -82,7 +82,7 @@ impl Counters {
 /// An event the runtime could not process, with why and where from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// Store-assigned id, in recording order; set by [`Writer::dead_letter`].
+    /// Store-assigned id, in recording order; set by `Writer::dead_letter`.
     pub seq: u64,
     /// The plugin that failed it; `None` for decode errors.
     pub plugin: Option<String>,
@@ -112,7 +112,7 @@ pub struct DeadLetter {
 /// topic, kept locally): a transient failure does not stall its partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryEntry {
-    /// Store-assigned id; orders retries due at the same time. Set by [`Writer::retry`].
+    /// Store-assigned id; orders retries due at the same time. Set by `Writer::retry`.
     pub seq: u64,
     /// Name of the plugin to retry the event in.
     pub plugin: String,
@@ -139,7 +139,7 @@ pub struct RetryEntry {
 /// once the broker acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRecord {
-    /// Store-assigned id, in spool order; set by [`Writer::outbox`].
+    /// Store-assigned id, in spool order; set by `Writer::outbox`.
     pub seq: u64,
     /// Kafka topic to produce to (a retry or dead-letter topic).
     pub topic: String,
@@ -340,7 +340,7 @@ impl Store {
 
     /// Delete everything of namespace `ns`: views, offsets, counters and
     /// audit (a retired generation).
-    pub fn delete_ns(&self, ns: &str) -> Result<()> {
+    pub(crate) fn delete_ns(&self, ns: &str) -> Result<()> {
         let mut batch = sled::Batch::default();
         for tag in [b'v', b'o', b'a'] {
             let mut prefix = key(tag, &[ns.as_bytes()]);
@@ -447,7 +447,7 @@ impl Store {
     }
 
     /// A new batch of changes.
-    pub fn writer(&self) -> Writer {
+    pub(crate) fn writer(&self) -> Writer {
         Writer {
             batch: sled::Batch::default(),
             db: self.db.clone(),
@@ -455,7 +455,7 @@ impl Store {
     }
 
     /// Apply a batch atomically.
-    pub fn commit(&self, writer: Writer) -> Result<()> {
+    pub(crate) fn commit(&self, writer: Writer) -> Result<()> {
         self.state.apply_batch(writer.batch)?;
         Ok(())
     }
@@ -467,41 +467,41 @@ impl Store {
     }
 }
 
-/// One batch of changes to the store, applied by [`Store::commit`].
-pub struct Writer {
+/// One batch of changes to the store, applied by `Store::commit`.
+pub(crate) struct Writer {
     batch: sled::Batch,
     db: sled::Db,
 }
 
 impl Writer {
     /// Put `record` as the view of `view_key` in namespace `ns`.
-    pub fn put_view(&mut self, ns: &str, view_key: &str, record: &ViewRecord) {
+    pub(crate) fn put_view(&mut self, ns: &str, view_key: &str, record: &ViewRecord) {
         let mut k = view_prefix(ns);
         k.extend_from_slice(view_key.as_bytes());
         self.batch.insert(k, encode(record));
     }
 
     /// Remove the view of `view_key` from namespace `ns`.
-    pub fn remove_view(&mut self, ns: &str, view_key: &str) {
+    pub(crate) fn remove_view(&mut self, ns: &str, view_key: &str) {
         let mut k = view_prefix(ns);
         k.extend_from_slice(view_key.as_bytes());
         self.batch.remove(k);
     }
 
     /// Set `next` as the offset `ns` processes next in (source, partition).
-    pub fn set_offset(&mut self, ns: &str, source: &str, partition: u32, next: u64) {
+    pub(crate) fn set_offset(&mut self, ns: &str, source: &str, partition: u32, next: u64) {
         self.batch
             .insert(offset_key(ns, source, partition), &next.to_be_bytes());
     }
 
     /// Set the counters of namespace `ns` (totals, not a change).
-    pub fn set_counters(&mut self, ns: &str, counters: &Counters) {
+    pub(crate) fn set_counters(&mut self, ns: &str, counters: &Counters) {
         self.batch
             .insert(key(b'c', &[ns.as_bytes()]), encode(counters));
     }
 
     /// Queue a retry; its `seq` is assigned here.
-    pub fn retry(&mut self, mut entry: RetryEntry) -> Result<()> {
+    pub(crate) fn retry(&mut self, mut entry: RetryEntry) -> Result<()> {
         entry.seq = self.db.generate_id()?;
         let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt {
             what: "retry".into(),
@@ -513,7 +513,7 @@ impl Writer {
     }
 
     /// Record (or extend) an audit run of `ns`.
-    pub fn audit(&mut self, ns: &str, run: &AuditRun) {
+    pub(crate) fn audit(&mut self, ns: &str, run: &AuditRun) {
         self.batch.insert(
             audit_key(ns, &run.source, run.partition, run.from),
             encode(run),
@@ -521,19 +521,19 @@ impl Writer {
     }
 
     /// Spool a record to produce; its `seq` is assigned here.
-    pub fn outbox(&mut self, mut record: OutboxRecord) -> Result<()> {
+    pub(crate) fn outbox(&mut self, mut record: OutboxRecord) -> Result<()> {
         record.seq = self.db.generate_id()?;
         self.batch.insert(outbox_key(record.seq), encode(&record));
         Ok(())
     }
 
     /// Take a retry off the queue.
-    pub fn remove_retry(&mut self, entry: &RetryEntry) {
+    pub(crate) fn remove_retry(&mut self, entry: &RetryEntry) {
         self.batch.remove(retry_key(entry.not_before_ms, entry.seq));
     }
 
     /// Record a dead letter; its `seq` is assigned here.
-    pub fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
+    pub(crate) fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
         letter.seq = self.db.generate_id()?;
         let bytes = serde_json::to_vec(&letter).map_err(|e| Error::Corrupt {
             what: "dead letter".into(),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The source id under which a file's offsets are stored.
-pub fn file_source_id(path: &Path) -> String {
+pub(crate) fn file_source_id(path: &Path) -> String {
     if path.as_os_str() == "-" {
         return "stdin".into();
     }
@@ -73,17 +73,17 @@ impl Source for FileSource {
 }
 
 /// Lines of a file or stdin as records.
-pub struct LineSource {
+pub(crate) struct LineSource {
     reader: Box<dyn BufRead + Send>,
     line: u64,
     bytes_read: u64,
     /// Total size, when known (files, not stdin).
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
 }
 
 impl LineSource {
     /// Open `path`, or stdin when it is `-`.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
         let (reader, size): (Box<dyn Read + Send>, _) = if path.as_os_str() == "-" {
             (Box::new(std::io::stdin()), None)
         } else {
@@ -100,13 +100,13 @@ impl LineSource {
     }
 
     /// Bytes read from the input so far, skipped lines included.
-    pub fn bytes_read(&self) -> u64 {
+    pub(crate) fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
 
     /// The next up to `max` records; empty at the end of input. Lines
     /// before `from` are read past without being returned.
-    pub fn next_batch(&mut self, from: u64, max: usize) -> std::io::Result<Vec<Record>> {
+    pub(crate) fn next_batch(&mut self, from: u64, max: usize) -> std::io::Result<Vec<Record>> {
         let mut out = Vec::new();
         let mut buf = Vec::new();
         while out.len() < max {

@@ -47,7 +47,7 @@ pub struct Batch {
 
 impl Batch {
     /// The offset after the last record of the batch.
-    pub fn next_offset(&self) -> Option<u64> {
+    pub(crate) fn next_offset(&self) -> Option<u64> {
         let last_record = self.records.last().map(|r| r.offset);
         let last_retry = self.retries.last().map(|(o, _)| *o);
         last_record.max(last_retry).map(|o| o + 1)

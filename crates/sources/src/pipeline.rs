@@ -2,7 +2,7 @@
 //!
 //! Each turn takes the next batch from the source and applies it (its
 //! delayed retries first, then its records), looks for due retries every
-//! [`RETRY_POLL`], and commits the store at the engine's commit interval
+//! 100 ms, and commits the store at the engine's commit interval
 //! and whenever the source is idle, telling the source each time what is
 //! durable. Offsets are the store's, so running a pipeline again after a
 //! crash neither skips nor repeats an event. Progress is reported through
@@ -65,7 +65,7 @@ pub enum Until {
 }
 
 /// How often the pipeline looks for due retries.
-pub const RETRY_POLL: Duration = Duration::from_millis(100);
+pub(crate) const RETRY_POLL: Duration = Duration::from_millis(100);
 
 /// How long the pipeline waits for a batch before doing its other work.
 const BATCH_WAIT: Duration = Duration::from_millis(100);

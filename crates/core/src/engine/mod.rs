@@ -7,7 +7,7 @@
 //! folds each key's events through the version rules and the plugin's
 //! `apply` (one call per key and batch; keys spread over worker threads),
 //! and keeps the new views in memory while the dead letters, counters and
-//! next offsets go into the pending [`Writer`]. At most every commit
+//! next offsets go into the pending `Writer`. At most every commit
 //! interval (and on [`Engine::commit`]) the changed views join that writer
 //! and everything is committed atomically, so on restart each projection
 //! resumes exactly after what it stored, redoing only uncommitted work.

@@ -173,7 +173,7 @@ impl Projection {
         &self.ns
     }
     /// Whether this generation is kept beside the active one instead of serving reads.
-    pub fn is_shadow(&self) -> bool {
+    pub(crate) fn is_shadow(&self) -> bool {
         self.shadow.load(Ordering::Relaxed)
     }
     /// Whether this generation is still being rebuilt from the log, not yet fed live batches.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 /// Routes the failures of Kafka records to the retry and dead-letter
 /// topics of their source topic.
-pub struct FailureTopics {
+pub(crate) struct FailureTopics {
     pub(crate) config: KafkaConfig,
     /// Partitions of each source topic (its retry and dead-letter topics
     /// have as many).

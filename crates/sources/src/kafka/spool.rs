@@ -48,7 +48,7 @@ const SPOOL_IN_FLIGHT: usize = 10_000;
 /// with idempotence; remove each record once the broker acknowledged it.
 /// On stop, wait a little for what is in flight; the rest stays spooled
 /// for the next start.
-pub fn run_spool(
+pub(crate) fn run_spool(
     store: &Store,
     config: &KafkaConfig,
     stats: &KafkaStats,

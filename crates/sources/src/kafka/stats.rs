@@ -49,7 +49,7 @@ pub struct PartitionLag {
 impl KafkaStats {
     /// Per source topic's engine source id: (partition, log end) of each
     /// partition owned now.
-    pub fn source_positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+    pub(crate) fn source_positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
         let parts = self.partitions.lock().recover();
         self.topics
             .iter()
