@@ -335,14 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     plugin_names(&app).join(", ")
                 );
                 let running = app.start_kafka(listen.as_deref(), stop.clone())?;
-                if let Some(addr) = running.addr() {
-                    eprintln!("read API on http://{addr} (see /openapi.json)");
-                }
-                let totals = running.wait();
-                stop_signals(&stop, signals);
-                let totals = totals?;
-                app.engine.store().flush()?;
-                print_summary(&totals);
+                serve_until_stopped(&app, running, &stop, signals)?;
                 return Ok(std::process::ExitCode::SUCCESS);
             }
             let log = EmbeddedLog::open(
@@ -362,14 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
             let log = Arc::new(log);
             let running = app.start(log, listen.as_deref(), stop.clone(), exit_when_idle)?;
-            if let Some(addr) = running.addr() {
-                eprintln!("read API on http://{addr} (see /openapi.json)");
-            }
-            let totals = running.wait();
-            stop_signals(&stop, signals);
-            let totals = totals?;
-            app.engine.store().flush()?;
-            print_summary(&totals);
+            serve_until_stopped(&app, running, &stop, signals)?;
         }
         Command::Replay { file } => {
             let app = App::open(config)?;
@@ -582,6 +568,25 @@ fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<usize> {
         n += values.len();
     }
     Ok(n)
+}
+
+/// Announce the API, wait for the runtime to stop, then stop the signal
+/// listener, make the store durable and print the totals.
+fn serve_until_stopped(
+    app: &App,
+    running: projector::app::Running,
+    stop: &Shutdown,
+    signals: std::thread::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    if let Some(addr) = running.addr() {
+        eprintln!("read API on http://{addr} (see /openapi.json)");
+    }
+    let totals = running.wait();
+    stop_signals(stop, signals);
+    let totals = totals?;
+    app.engine.store().flush()?;
+    print_summary(&totals);
+    Ok(())
 }
 
 /// Stop the signal listener (if no signal stopped it) and wait for it.
