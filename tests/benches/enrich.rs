@@ -76,12 +76,7 @@ fn run(
         let records: Vec<Record> = chunk
             .iter()
             .enumerate()
-            .map(|(j, value)| Record {
-                partition: 0,
-                offset: (i * 1024 + j) as u64,
-                key: None,
-                value: value.clone(),
-            })
+            .map(|(j, value)| Record::wire(0, (i * 1024 + j) as u64, None, value.clone()))
             .collect();
         applied += app.engine.process("bench", 0, &records)?.total().applied;
     }

@@ -100,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     let engine = Arc::new(new_engine(Store::open(dir.path())?)?);
     let mut config = KafkaConfig::new(&bootstrap, "bench", &["inbox"]);
     config.max_buffered_records = 32_768;
-    let run = KafkaRun::start(engine.clone(), config, 4096, Duration::from_millis(1000))?;
+    let run = KafkaRun::start(engine.clone(), config, 4096)?;
     while run.stats.consumed.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }

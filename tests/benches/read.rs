@@ -162,12 +162,7 @@ fn project(
         let records: Vec<Record> = chunk
             .iter()
             .enumerate()
-            .map(|(j, e)| Record {
-                partition: 0,
-                offset: (i * 4096 + j) as u64,
-                key: None,
-                value: e.as_bytes().to_vec(),
-            })
+            .map(|(j, e)| Record::wire(0, (i * 4096 + j) as u64, None, e.as_bytes().to_vec()))
             .collect();
         engine.process("bench", 0, &records)?;
     }

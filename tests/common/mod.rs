@@ -320,12 +320,7 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector_core::Record> 
     values
         .into_iter()
         .enumerate()
-        .map(|(i, value)| projector_core::Record {
-            partition: 0,
-            offset: first + i as u64,
-            key: None,
-            value,
-        })
+        .map(|(i, value)| projector_core::Record::wire(0, first + i as u64, None, value))
         .collect()
 }
 

@@ -160,13 +160,8 @@ fn a_hundred_thousand_events_over_eight_partitions_match_the_fold() {
         &["inbox-unread"],
         "[plugins.inbox-unread]\npopulation = \"eager\"\nsettings = { max_unread = 1000000 }\n",
     );
-    let run = KafkaRun::start(
-        app.engine.clone(),
-        config(&bootstrap, "inbox"),
-        2048,
-        Duration::from_millis(500),
-    )
-    .expect("start");
+    let run =
+        KafkaRun::start(app.engine.clone(), config(&bootstrap, "inbox"), 2048).expect("start");
     let end = ends(&bootstrap, "inbox", 8);
     assert_eq!(end.iter().sum::<u64>(), events.len() as u64);
     wait_caught_up(&app.engine, "inbox", &end, Duration::from_secs(120));
@@ -234,26 +229,14 @@ fn two_instances_hand_partitions_over_without_loss_or_repeat() {
     produce(&bootstrap, "pairs", 8, &first);
 
     // B alone takes every partition.
-    let run_b = KafkaRun::start(
-        b.clone(),
-        config(&bootstrap, "pairs"),
-        500,
-        Duration::from_millis(100),
-    )
-    .expect("start b");
+    let run_b = KafkaRun::start(b.clone(), config(&bootstrap, "pairs"), 500).expect("start b");
     let deadline = Instant::now() + Duration::from_secs(60);
     while routed("pair-b").len() < 10_000 {
         assert!(Instant::now() < deadline, "b makes no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
     // A joins: B gives up half its partitions mid-stream.
-    let run_a = KafkaRun::start(
-        a.clone(),
-        config(&bootstrap, "pairs"),
-        500,
-        Duration::from_millis(100),
-    )
-    .expect("start a");
+    let run_a = KafkaRun::start(a.clone(), config(&bootstrap, "pairs"), 500).expect("start a");
     produce(
         &bootstrap,
         "pairs",
@@ -325,13 +308,7 @@ fn a_failing_event_goes_through_the_retry_topic_and_a_poison_one_to_the_dead_let
         "[retry]\nblocking = 2\nblocking_delay_ms = 10\nattempts = 3\ndelay_ms = 200\n",
     );
     produce(&bootstrap, "orders", 4, &flaky_and_poison());
-    let run = KafkaRun::start(
-        engine.clone(),
-        config(&bootstrap, "orders"),
-        100,
-        Duration::from_millis(100),
-    )
-    .expect("start");
+    let run = KafkaRun::start(engine.clone(), config(&bootstrap, "orders"), 100).expect("start");
     let deadline = Instant::now() + Duration::from_secs(60);
     while count_of(&engine, "kf") == 0 {
         assert!(Instant::now() < deadline, "the flaky event never applied");
@@ -419,8 +396,7 @@ fn a_slow_plugin_under_a_fast_producer_pauses_partitions_and_memory_stays_flat()
     let mut config = config(&bootstrap, "fast");
     config.max_buffered_records = 200;
     let before = rss();
-    let run =
-        KafkaRun::start(engine.clone(), config, 50, Duration::from_millis(200)).expect("start");
+    let run = KafkaRun::start(engine.clone(), config, 50).expect("start");
     let mut peak = before;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(6) {
@@ -458,13 +434,7 @@ fn a_broker_down_for_ten_seconds_loses_nothing() {
         4,
         &counted_events("o", 0, 10_000, 100),
     );
-    let run = KafkaRun::start(
-        engine.clone(),
-        config(&bootstrap, "outage"),
-        500,
-        Duration::from_millis(100),
-    )
-    .expect("start");
+    let run = KafkaRun::start(engine.clone(), config(&bootstrap, "outage"), 500).expect("start");
     wait_caught_up(
         &engine,
         "outage",
@@ -512,13 +482,7 @@ fn errors_on_fetch_produce_and_offset_commit_lose_or_double_nothing() {
         .collect();
     events.extend(poison.iter().cloned());
     events.extend(counted_events("i", 5_000, 5_000, 50));
-    let run = KafkaRun::start(
-        engine.clone(),
-        config(&bootstrap, "flaky"),
-        200,
-        Duration::from_millis(100),
-    )
-    .expect("start");
+    let run = KafkaRun::start(engine.clone(), config(&bootstrap, "flaky"), 200).expect("start");
     let errors = [
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
@@ -582,13 +546,8 @@ fn records_left_in_the_spool_are_sent_after_a_restart() {
     );
     {
         let engine = counting_engine(dir.path(), json!({"instance": "spool"}), "");
-        let run = KafkaRun::start(
-            engine.clone(),
-            config(&bootstrap, "spooled"),
-            100,
-            Duration::from_millis(100),
-        )
-        .expect("start");
+        let run =
+            KafkaRun::start(engine.clone(), config(&bootstrap, "spooled"), 100).expect("start");
         wait_caught_up(
             &engine,
             "spooled",
@@ -606,13 +565,7 @@ fn records_left_in_the_spool_are_sent_after_a_restart() {
     c.clear_request_errors(RDKafkaApiKey::Produce);
 
     let engine = counting_engine(dir.path(), json!({"instance": "spool-2"}), "");
-    let run = KafkaRun::start(
-        engine.clone(),
-        config(&bootstrap, "spooled"),
-        100,
-        Duration::from_millis(100),
-    )
-    .expect("restart");
+    let run = KafkaRun::start(engine.clone(), config(&bootstrap, "spooled"), 100).expect("restart");
     let deadline = Instant::now() + Duration::from_secs(30);
     while engine.store().outbox_count() > 0 {
         assert!(Instant::now() < deadline, "the spool was not drained");

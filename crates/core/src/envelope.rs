@@ -159,6 +159,41 @@ fn decode_envelope(value: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
+/// `event` as the own JSON envelope (time in milliseconds): what
+/// [`decode`] with [`Format::Envelope`] reads back as the same event.
+pub fn encode(event: &Event) -> String {
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        source: &'a str,
+        key: &'a str,
+        version: u64,
+        time: i64,
+        payload: &'a RawValue,
+    }
+    let fallback;
+    let payload = match serde_json::from_str::<&RawValue>(&event.payload) {
+        Ok(raw) => raw,
+        Err(_) => {
+            // Not JSON (never from a decoder): keep it, as a JSON string.
+            fallback = serde_json::value::to_raw_value(&event.payload).unwrap_or_default();
+            &*fallback
+        }
+    };
+    let out = Out {
+        id: &event.id,
+        event_type: &event.event_type,
+        source: &event.source,
+        key: &event.key,
+        version: event.version,
+        time: event.time_ms,
+        payload,
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
 fn require(format: &'static str, field: &str, value: &str) -> Result<(), DecodeError> {
     if value.is_empty() {
         return Err(bad(format, format!("`{field}` is empty")));

@@ -10,6 +10,8 @@
 //!
 //! - [`record`]: a record as a source hands it out, and the clock;
 //! - [`envelope`]: the own JSON envelope, CloudEvents, Debezium → `Event`;
+//! - [`stored`]: the binary form of a decoded event, for logs the
+//!   runtime writes itself (decoded once, at append);
 //! - [`store`]: sled behind a small API;
 //! - [`engine`]: batches through plugins into one store commit; reads,
 //!   snapshots, retries, shadow generations and recollection;
@@ -25,6 +27,7 @@ pub mod envelope;
 pub mod record;
 pub mod retry;
 pub mod store;
+pub mod stored;
 
-pub use record::{now_ms, Record};
+pub use record::{now_ms, Encoding, Record};
 pub use retry::RetryConfig;

@@ -124,12 +124,7 @@ impl LineSource {
             if offset < from || buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            out.push(Record {
-                partition: 0,
-                offset,
-                key: None,
-                value: std::mem::take(&mut buf),
-            });
+            out.push(Record::wire(0, offset, None, std::mem::take(&mut buf)));
         }
         Ok(out)
     }

@@ -10,12 +10,18 @@
 //! append call, keyed by the offset of its first record, holding the
 //! records length-prefixed. A large append costs one sled write per
 //! partition, and a read walks a few values instead of one per record.
+//!
+//! Layout 3 stores each record as its decoded event in the runtime's own
+//! binary form ([`projector_core::stored`]): an event is parsed once, at
+//! append, and the engine reads it back without parsing JSON. A log of
+//! layout 2 (records as they were posted) keeps that layout and works as
+//! before.
 
 use crate::{Batch, Next, Replay, Source};
 use projector_core::engine::Engine;
 use projector_core::envelope::{self, DecodeError, Format};
 use projector_core::store::Store;
-use projector_core::Record;
+use projector_core::{stored, Encoding, Record};
 use projector_host::sync::Recover;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -100,15 +106,19 @@ pub struct EmbeddedLog {
     tree: sled::Tree,
     partitions: u32,
     format: Format,
+    /// How records are stored: as posted (layout 2) or decoded (layout 3).
+    encoding: Encoding,
     /// Next offset per partition; the lock also orders appends.
     ends: Mutex<Vec<u64>>,
     appended: Condvar,
 }
 
 const META_PARTITIONS: &[u8] = b"meta/partitions";
-/// Layout version of the records: 2 is segments.
+/// Layout version of the records: 2 is segments of records as posted, 3
+/// segments of decoded events.
 const META_FORMAT: &[u8] = b"meta/format";
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
+const FORMAT_WIRE: u32 = 2;
 
 fn segment_key(partition: u32, offset: u64) -> [u8; 13] {
     let mut k = [0u8; 13];
@@ -151,11 +161,12 @@ impl EmbeddedLog {
                 tree.insert(META_PARTITIONS, &partitions.to_be_bytes())?;
             }
         }
-        match tree.get(META_FORMAT)? {
-            Some(v) if v.as_ref() == FORMAT.to_be_bytes() => {}
+        let encoding = match tree.get(META_FORMAT)? {
+            Some(v) if v.as_ref() == FORMAT.to_be_bytes() => Encoding::Stored,
+            Some(v) if v.as_ref() == FORMAT_WIRE.to_be_bytes() => Encoding::Wire,
             Some(v) => {
                 return Err(Error::Corrupt(format!(
-                    "unknown log format {v:?}; expected {FORMAT}"
+                    "unknown log format {v:?}; expected {FORMAT_WIRE} or {FORMAT}"
                 )))
             }
             None if tree.scan_prefix(b"r").next().is_some() => {
@@ -166,8 +177,9 @@ impl EmbeddedLog {
             }
             None => {
                 tree.insert(META_FORMAT, &FORMAT.to_be_bytes())?;
+                Encoding::Stored
             }
-        }
+        };
         let mut ends = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let last = tree
@@ -183,6 +195,7 @@ impl EmbeddedLog {
             tree,
             partitions,
             format,
+            encoding,
             ends: Mutex::new(ends),
             appended: Condvar::new(),
         })
@@ -194,23 +207,33 @@ impl EmbeddedLog {
     }
 
     /// Append records durably. Every record must decode; otherwise nothing
-    /// is appended and the error names the first bad one.
+    /// is appended and the error names the first bad one. Each is stored
+    /// decoded (layout 3), so it is not parsed again when read.
     pub fn append<V: AsRef<[u8]>>(&self, values: &[V]) -> Result<Vec<Position>, Error> {
-        let mut parts = Vec::with_capacity(values.len());
+        let mut events = Vec::with_capacity(values.len());
         for (index, v) in values.iter().enumerate() {
             let event = envelope::decode(self.format, None, v.as_ref())
                 .map_err(|error| Error::Decode { index, error })?;
-            parts.push(partition_of(&event.key, self.partitions));
+            events.push(event);
         }
         let mut ends = self.ends.lock().recover();
         let mut segments: Vec<Vec<u8>> = vec![Vec::new(); self.partitions as usize];
         let mut positions = Vec::with_capacity(values.len());
         let mut next = ends.clone();
-        for (v, p) in values.iter().zip(parts) {
-            let v = v.as_ref();
+        for (v, event) in values.iter().zip(&events) {
+            let p = partition_of(&event.key, self.partitions);
             let segment = &mut segments[p as usize];
-            segment.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            segment.extend_from_slice(v);
+            match self.encoding {
+                Encoding::Stored => {
+                    segment.extend_from_slice(&(stored::encoded_len(event) as u32).to_be_bytes());
+                    stored::encode(event, segment);
+                }
+                Encoding::Wire => {
+                    let v = v.as_ref();
+                    segment.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    segment.extend_from_slice(v);
+                }
+            }
             positions.push(Position {
                 partition: p,
                 offset: next[p as usize],
@@ -262,6 +285,7 @@ impl EmbeddedLog {
                     offset,
                     key: None,
                     value: value.to_vec(),
+                    encoding: self.encoding,
                 });
             }
         }
@@ -451,12 +475,15 @@ mod tests {
                     let page = log.read(p, at, 2).expect("read");
                     let Some(last) = page.last() else { break };
                     at = last.offset + 1;
-                    got.extend(page.into_iter().map(|r| (r.offset, r.value)));
+                    got.extend(page.into_iter().map(|r| {
+                        assert_eq!(r.encoding, Encoding::Stored);
+                        (r.offset, r.decode(Format::Envelope).expect("stored event"))
+                    }));
                 }
-                let want: Vec<(u64, Vec<u8>)> = mine
+                let want: Vec<_> = mine
                     .iter()
                     .skip(from as usize)
-                    .map(|(pos, v)| (pos.offset, v.clone()))
+                    .map(|(pos, v)| (pos.offset, envelope::decode(Format::Auto, None, v).unwrap()))
                     .collect();
                 assert_eq!(got, want, "partition {p} from {from}");
             }
@@ -484,5 +511,39 @@ mod tests {
             .expect_err("bad record");
         assert!(matches!(err, Error::Decode { index: 1, .. }), "{err}");
         assert_eq!(log.ends(), vec![0, 0]);
+    }
+
+    #[test]
+    fn a_log_of_layout_2_keeps_records_as_posted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let tree = store.tree("log").expect("tree");
+        tree.insert(META_FORMAT, &FORMAT_WIRE.to_be_bytes())
+            .expect("mark");
+        let log = EmbeddedLog::open(&store, 1, Format::Auto).expect("log");
+        let posted = vec![event("a", 1), event("b", 2)];
+        log.append(&posted).expect("append");
+        drop(log);
+        let log = EmbeddedLog::open(&store, 1, Format::Auto).expect("reopen");
+        let read = log.read(0, 0, 10).expect("read");
+        assert!(read.iter().all(|r| r.encoding == Encoding::Wire));
+        let values: Vec<Vec<u8>> = read.into_iter().map(|r| r.value).collect();
+        assert_eq!(values, posted);
+        assert_eq!(
+            tree.get(META_FORMAT).unwrap().unwrap().as_ref(),
+            FORMAT_WIRE.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn an_unknown_layout_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let tree = store.tree("log").expect("tree");
+        tree.insert(META_FORMAT, &9u32.to_be_bytes()).expect("mark");
+        let err = EmbeddedLog::open(&store, 1, Format::Auto)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
     }
 }

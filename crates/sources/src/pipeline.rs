@@ -1,10 +1,12 @@
 //! The pipeline: one loop that drives any [`Source`] into the engine.
 //!
 //! Each turn takes the next batch from the source and applies it (its
-//! delayed retries first, then its records), looks for due retries every
-//! 100 ms, and commits the store at the engine's commit interval
-//! and whenever the source is idle, telling the source each time what is
-//! durable. Offsets are the store's, so running a pipeline again after a
+//! delayed retries first, then its records) and looks for due retries
+//! every 100 ms. The engine commits at its own interval as batches come;
+//! the pipeline commits only when the source is idle and at the end, and
+//! tells the source what is durable after each commit of its batches
+//! (the engine's, at the end of a batch or of due retries, or its own).
+//! Offsets are the store's, so running a pipeline again after a
 //! crash neither skips nor repeats an event. Progress is reported through
 //! a callback after every batch.
 
@@ -70,25 +72,19 @@ pub(crate) const RETRY_POLL: Duration = Duration::from_millis(100);
 /// How long the pipeline waits for a batch before doing its other work.
 const BATCH_WAIT: Duration = Duration::from_millis(100);
 
-/// How a pipeline runs.
+/// How a pipeline runs (commits follow the engine's interval).
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Records per batch, at most.
     pub batch_size: usize,
-    /// Commit at least this often (default: the engine's interval).
-    pub commit_interval: Option<Duration>,
     /// When it stops by itself.
     pub until: Until,
 }
 
 impl Options {
-    /// Batches of `batch_size`, committed at the engine's interval.
+    /// Batches of `batch_size`, stopping as `until` says.
     pub fn new(batch_size: usize, until: Until) -> Self {
-        Options {
-            batch_size,
-            commit_interval: None,
-            until,
-        }
+        Options { batch_size, until }
     }
 }
 
@@ -139,29 +135,22 @@ fn turn(
     stop: &Shutdown,
     progress: &mut impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {
-    let commit_interval = options
-        .commit_interval
-        .unwrap_or_else(|| engine.commit_interval());
     let started = Instant::now();
     let mut totals = Totals::default();
     let mut retried_at = Instant::now();
-    let mut committed_at = Instant::now();
     // Running until idle, a source that has nothing now is done.
     let wait = match options.until {
         Until::Idle => Duration::ZERO,
         Until::Stopped => BATCH_WAIT,
     };
-    let commit = |committed_at: &mut Instant| -> anyhow::Result<()> {
-        *committed_at = Instant::now();
-        engine.commit()?;
-        source.durable();
-        Ok(())
-    };
     while !stop.is_stopped() {
         // Delayed retries, between batches so their partitions never wait.
         if retried_at.elapsed() >= RETRY_POLL {
             retried_at = Instant::now();
-            engine.retry_due(projector_core::now_ms())?;
+            // Due retries are committed at once, with all pending work.
+            if engine.retry_due(projector_core::now_ms())? > 0 {
+                source.durable();
+            }
         }
         match source.next_batch(options.batch_size, wait)? {
             Next::Batch(batch) => {
@@ -172,6 +161,9 @@ fn turn(
                 let summary = applied.map_err(|e| {
                     anyhow::anyhow!("{} partition {}: {e}", batch.source, batch.partition)
                 })?;
+                if summary.committed {
+                    source.durable();
+                }
                 totals.add(&summary);
                 totals.records += batch.retries.len() as u64;
                 totals.elapsed = started.elapsed();
@@ -184,18 +176,17 @@ fn turn(
             }
             Next::Idle => {
                 // Caught up: make what was applied durable before waiting.
-                commit(&mut committed_at)?;
+                engine.commit()?;
+                source.durable();
                 if options.until == Until::Idle {
                     break;
                 }
             }
             Next::End => break,
         }
-        if committed_at.elapsed() >= commit_interval {
-            commit(&mut committed_at)?;
-        }
     }
-    commit(&mut committed_at)?;
+    engine.commit()?;
+    source.durable();
     totals.elapsed = started.elapsed();
     Ok(totals)
 }

@@ -67,12 +67,15 @@ impl Engine {
     /// lock for a whole batch that every read takes too, so a commit
     /// running behind stalls the reads of the batches it should overlap
     /// (measured slower with `./scripts/bench.sh inbox`).
-    pub(super) fn commit_due(&self, pending: &mut Pending) -> Result<()> {
+    /// Commit if the oldest pending work is a commit interval old;
+    /// whether it did.
+    pub(super) fn commit_due(&self, pending: &mut Pending) -> Result<bool> {
         let since = *pending.since.get_or_insert_with(Instant::now);
         if since.elapsed() >= self.commit_interval {
             self.commit_locked(pending)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// How often pending work is committed, at most.

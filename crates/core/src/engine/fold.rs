@@ -14,6 +14,9 @@ pub struct BatchSummary {
     pub decode_errors: u64,
     /// Per projection name.
     pub counters: Vec<(String, Counters)>,
+    /// The engine committed at the end of the batch (its interval had
+    /// passed): this batch and everything before it is durable.
+    pub committed: bool,
 }
 
 impl BatchSummary {
@@ -479,10 +482,8 @@ impl Engine {
         let mut pending = self.write.lock().recover();
         let pending = &mut *pending;
         pending.healthy()?;
-        let decoded: Vec<Result<Event, DecodeError>> = records
-            .iter()
-            .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
-            .collect();
+        let decoded: Vec<Result<Event, DecodeError>> =
+            records.iter().map(|r| r.decode(self.format)).collect();
         let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
         let mut summary = BatchSummary {
             records: records.len() as u64,
@@ -508,7 +509,7 @@ impl Engine {
                         offset: r.offset,
                         key: None,
                         event: None,
-                        raw: Some(String::from_utf8_lossy(&r.value).into_owned()),
+                        raw: Some(r.raw_text()),
                         at_ms: now_ms(),
                     },
                 )?;
@@ -533,7 +534,7 @@ impl Engine {
             }
         }
         pending.writer = Some(writer);
-        self.commit_due(pending)?;
+        summary.committed = self.commit_due(pending)?;
         {
             let mut applied = self.applied.write().recover();
             for p in self.all() {

@@ -57,10 +57,8 @@ impl Engine {
         partition: u32,
         records: &[Record],
     ) -> Result<Counters> {
-        let decoded: Vec<Result<Event, DecodeError>> = records
-            .iter()
-            .map(|r| envelope::decode(self.format, r.key.as_deref(), &r.value))
-            .collect();
+        let decoded: Vec<Result<Event, DecodeError>> =
+            records.iter().map(|r| r.decode(self.format)).collect();
         let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
         let batch = BatchIn {
             source,

@@ -16,7 +16,7 @@
 //! ([`Engine::read`], [`Engine::snapshot`]). It never reads a source
 //! itself.
 
-use crate::envelope::{self, DecodeError, Format};
+use crate::envelope::{DecodeError, Format};
 use crate::record::{now_ms, Record};
 use crate::retry::RetryConfig;
 use crate::store::{

@@ -19,12 +19,7 @@ fn open(dir: &std::path::Path) -> Engine {
 }
 
 fn record(offset: u64, value: &str) -> Record {
-    Record {
-        partition: 0,
-        offset,
-        key: None,
-        value: value.as_bytes().to_vec(),
-    }
+    Record::wire(0, offset, None, value.as_bytes().to_vec())
 }
 
 fn sent(id: &str, version: u64, conv: &str, sender: &str, to: &str) -> String {

@@ -298,12 +298,12 @@ fn enqueue<M: Message>(shared: &Shared, m: &M) -> usize {
         .push_back(if shared.retry_topics.contains(m.topic()) {
             Queued::Retry(m.offset() as u64, Box::new(retry_entry(m)))
         } else {
-            Queued::Event(Record {
-                partition: m.partition() as u32,
-                offset: m.offset() as u64,
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            })
+            Queued::Event(Record::wire(
+                m.partition() as u32,
+                m.offset() as u64,
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            ))
         });
     let len = part.records.len() as i64;
     shared.stats.consumed.fetch_add(1, Ordering::Relaxed);

@@ -77,13 +77,11 @@ pub struct KafkaRun {
 
 impl KafkaRun {
     /// Join the group and consume `config.topics` into `engine`, in
-    /// batches of `batch_size`, committing at least every
-    /// `commit_interval`.
+    /// batches of `batch_size`, committing at the engine's interval.
     pub fn start(
         engine: Arc<Engine>,
         config: KafkaConfig,
         batch_size: usize,
-        commit_interval: Duration,
     ) -> anyhow::Result<KafkaRun> {
         let source = Arc::new(KafkaSource::new(config)?);
         // Started here, so that a broker or topic missing fails the call.
@@ -95,11 +93,7 @@ impl KafkaRun {
                 .name("projector-pipeline".into())
                 .spawn(move || {
                     let started = Instant::now();
-                    let options = Options {
-                        batch_size,
-                        commit_interval: Some(commit_interval),
-                        until: Until::Stopped,
-                    };
+                    let options = Options::new(batch_size, Until::Stopped);
                     let totals = pipeline::drive(&engine, &*source, &options, &stop, |_| {})?;
                     Ok(KafkaTotals {
                         records: totals.records,

@@ -91,12 +91,12 @@ impl Replay for KafkaRetained {
                     if m.offset() < from as i64 {
                         continue;
                     }
-                    out.push(Record {
+                    out.push(Record::wire(
                         partition,
-                        offset: m.offset() as u64,
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    });
+                        m.offset() as u64,
+                        m.key().map(<[u8]>::to_vec),
+                        m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    ));
                     if m.offset() + 1 >= high {
                         break;
                     }
