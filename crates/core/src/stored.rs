@@ -121,9 +121,11 @@ mod tests {
         let mut out = Vec::new();
         encode(&event(), &mut out);
         out[0] = 9;
-        assert!(decode(&out).unwrap_err().reason.contains("version 9"));
+        let err = decode(&out).expect_err("unknown version");
+        assert!(err.reason.contains("version 9"), "{err}");
         out[0] = VERSION;
         out[5] = 0xff; // first byte of the id
-        assert!(decode(&out).unwrap_err().reason.contains("UTF-8"));
+        let err = decode(&out).expect_err("bad UTF-8");
+        assert!(err.reason.contains("UTF-8"), "{err}");
     }
 }
