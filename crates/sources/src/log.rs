@@ -483,7 +483,12 @@ mod tests {
                 let want: Vec<_> = mine
                     .iter()
                     .skip(from as usize)
-                    .map(|(pos, v)| (pos.offset, envelope::decode(Format::Auto, None, v).unwrap()))
+                    .map(|(pos, v)| {
+                        (
+                            pos.offset,
+                            envelope::decode(Format::Auto, None, v).expect("posted event"),
+                        )
+                    })
                     .collect();
                 assert_eq!(got, want, "partition {p} from {from}");
             }
@@ -530,7 +535,10 @@ mod tests {
         let values: Vec<Vec<u8>> = read.into_iter().map(|r| r.value).collect();
         assert_eq!(values, posted);
         assert_eq!(
-            tree.get(META_FORMAT).unwrap().unwrap().as_ref(),
+            tree.get(META_FORMAT)
+                .expect("read")
+                .expect("marked")
+                .as_ref(),
             FORMAT_WIRE.to_be_bytes()
         );
     }
