@@ -55,7 +55,7 @@ impl Record {
 
     /// The value as text for a dead letter: wire bytes as they came (lossy
     /// UTF-8), a stored event as the own JSON envelope.
-    pub fn raw_text(&self) -> String {
+    pub(crate) fn raw_text(&self) -> String {
         if self.encoding == Encoding::Stored {
             if let Ok(event) = stored::decode(&self.value) {
                 return envelope::encode(&event);

@@ -145,7 +145,7 @@ impl Registry {
     }
 
     /// Every plugin with an entry.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.store.setting_names("registry/")
     }
 }

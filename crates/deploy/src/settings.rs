@@ -66,7 +66,7 @@ pub struct DeploySettings {
 
 impl DeploySettings {
     /// The setup of plugin `name`.
-    pub fn of(&self, name: &str) -> &PluginSetup {
+    pub(crate) fn of(&self, name: &str) -> &PluginSetup {
         self.plugins.get(name).unwrap_or(&self.default)
     }
 }

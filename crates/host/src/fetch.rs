@@ -278,11 +278,6 @@ impl Fetcher {
         self.services.is_empty()
     }
 
-    /// Whether a service named `service` is configured (allowed or not).
-    pub fn has(&self, service: &str) -> bool {
-        self.services.contains_key(service)
-    }
-
     /// Counts per service.
     pub fn stats(&self) -> Vec<(&str, Arc<ServiceStats>)> {
         self.services

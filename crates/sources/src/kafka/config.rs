@@ -69,12 +69,12 @@ impl KafkaConfig {
     }
 
     /// The retry topic of `topic`: `<topic>.<group_id>.retry`.
-    pub fn retry_topic(&self, topic: &str) -> String {
+    pub(crate) fn retry_topic(&self, topic: &str) -> String {
         format!("{topic}.{}.retry", self.group_id)
     }
 
     /// The dead-letter topic of `topic`: `<topic>.<group_id>.dlq`.
-    pub fn dead_letter_topic(&self, topic: &str) -> String {
+    pub(crate) fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}.{}.dlq", self.group_id)
     }
 }

@@ -43,7 +43,6 @@ pub mod stats;
 
 pub use config::{header, source_id, KafkaConfig};
 pub use replay::KafkaRetained;
-pub use route::header_of;
 pub use source::KafkaSource;
 pub use stats::{KafkaStats, PartitionLag};
 
@@ -68,7 +67,6 @@ pub struct KafkaTotals {
 /// A Kafka source driven into the engine by the pipeline, on a thread of
 /// its own, until [`KafkaRun::stop`].
 pub struct KafkaRun {
-    source: Arc<KafkaSource>,
     stop: Shutdown,
     /// The source's live counters.
     pub stats: Arc<KafkaStats>,
@@ -104,18 +102,10 @@ impl KafkaRun {
         };
         let stats = source.stats.clone();
         Ok(KafkaRun {
-            source,
             stop,
             stats,
             pipeline: Some(pipeline),
         })
-    }
-
-    /// A reader of the retained source topics (for shadow rebuilds).
-    pub fn retained(&self) -> anyhow::Result<Arc<KafkaRetained>> {
-        self.source
-            .retained()
-            .ok_or_else(|| anyhow::anyhow!("the Kafka source did not start"))
     }
 
     /// Ask the pipeline to finish (the batch in flight is completed and

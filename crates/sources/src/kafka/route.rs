@@ -95,7 +95,7 @@ impl FailureRoute for FailureTopics {
 }
 
 /// The value of header `name` of a message, as text.
-pub fn header_of<'a, M: Message>(m: &'a M, name: &str) -> Option<&'a str> {
+pub(crate) fn header_of<'a, M: Message>(m: &'a M, name: &str) -> Option<&'a str> {
     m.headers()?
         .iter()
         .find(|h| h.key == name)

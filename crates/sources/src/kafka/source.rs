@@ -62,7 +62,7 @@ impl KafkaSource {
     }
 
     /// A reader of the retained source topics (once started).
-    pub fn retained(&self) -> Option<Arc<KafkaRetained>> {
+    pub(crate) fn retained(&self) -> Option<Arc<KafkaRetained>> {
         self.started.get().map(|s| s.replay.clone())
     }
 
