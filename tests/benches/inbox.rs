@@ -8,7 +8,8 @@
 //! `BENCH_BATCH` the batch size (default 4096), `BENCH_WORKERS` the
 //! threads folding one batch's keys (default 1), `BENCH_ROUNDS` how many
 //! native-then-Wasm rounds to run (default 3; the median is reported). Each run
-//! also prints the store commits' share, from the engine's counters. Run
+//! also prints the store commits' share, from the engine's counters, and
+//! the processing phase's page faults and kernel share (getrusage). Run
 //! with `./scripts/bench.sh inbox`.
 
 use projector_core::engine::Engine;
@@ -20,7 +21,7 @@ use projector_host::shutdown::Shutdown;
 use projector_host::wasm::WasmHost;
 use projector_host::{Limits, SharedCode};
 use projector_sources::pipeline::{run_log, Totals};
-use projector_tests::{filled_log, inbox_events, knob, plugin_wasm, InboxShape};
+use projector_tests::{filled_log, inbox_events, knob, plugin_wasm, InboxShape, Usage};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,7 +46,9 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
     ));
     engine.add(code, Some(Population::Eager))?;
     let batch = knob("BENCH_BATCH", 4096) as usize;
+    let usage = Usage::now();
     let totals = run_log(&engine, &log, batch, &Shutdown::new(), true, |_| {})?;
+    let usage = Usage::now().since(&usage);
     engine.store().flush()?;
     let c = totals.counters;
     let commits = engine.commit_stats();
@@ -67,6 +70,7 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
         totals.records as f64 / (totals.elapsed.as_secs_f64() - commits.seconds).max(1e-9),
         totals.records as f64 / commits.seconds.max(1e-9)
     );
+    println!("        processing phase: {usage}");
     Ok(totals)
 }
 

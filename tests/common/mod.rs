@@ -458,3 +458,68 @@ impl Drop for Served {
         }
     }
 }
+
+/// What the process has used so far: minor page faults, user and kernel
+/// CPU seconds (from `/proc/self/stat`), for a phase's share when
+/// subtracted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Minor page faults (fresh pages mapped in, e.g. zeroed for the allocator).
+    pub minor_faults: u64,
+    /// CPU seconds in user space.
+    pub user_s: f64,
+    /// CPU seconds in the kernel.
+    pub system_s: f64,
+}
+
+impl Usage {
+    /// The process's usage now (zero where `/proc` does not tell).
+    pub fn now() -> Usage {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // The fields after the command's closing parenthesis, from `state` (3rd) on.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map_or(Vec::new(), |(_, rest)| rest.split(' ').collect());
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let tick = clock_ticks() as f64;
+        Usage {
+            minor_faults: field(10),
+            user_s: field(14) as f64 / tick,
+            system_s: field(15) as f64 / tick,
+        }
+    }
+
+    /// What was used since `earlier`, as one line: page faults, CPU
+    /// seconds and the kernel's share of them.
+    pub fn since(&self, earlier: &Usage) -> String {
+        let (user, system) = (
+            self.user_s - earlier.user_s,
+            self.system_s - earlier.system_s,
+        );
+        format!(
+            "{} page faults, CPU {:.2} s of which kernel {:.0} %",
+            self.minor_faults.saturating_sub(earlier.minor_faults),
+            user + system,
+            100.0 * system / (user + system).max(1e-9)
+        )
+    }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 when it does not answer).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
