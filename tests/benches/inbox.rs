@@ -61,7 +61,7 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
         totals.elapsed
     );
     println!(
-        "        of which store commits: {:.2} s ({} commits writing {} views: {:.1} µs per view); \
+        "        of which store commits: {:.2} s ({} commits writing {} views: {:.2} µs per view); \
          without them: {:.0} events/s; the commits alone cap it at {:.0} events/s",
         commits.seconds,
         commits.commits,
@@ -69,6 +69,12 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
         commits.seconds * 1e6 / commits.views.max(1) as f64,
         totals.records as f64 / (totals.elapsed.as_secs_f64() - commits.seconds).max(1e-9),
         totals.records as f64 / commits.seconds.max(1e-9)
+    );
+    let m = engine.store().materializer_stats();
+    println!(
+        "        materializer, off the critical path: {} views applied ({} merged away) in {:.2} s; \
+         commits that waited for it: {}",
+        m.applied, m.merged, m.seconds, m.stalls
     );
     println!("        processing phase: {usage}");
     Ok(totals)

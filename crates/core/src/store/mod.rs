@@ -8,14 +8,28 @@
 //! is lost and nothing is applied twice. Other trees (the embedded log)
 //! are opened by their owners through [`Store::tree`].
 //!
+//! A commit writes the views it changed as one record; a materializer
+//! thread applies them to their own keys afterwards ([`unapplied`]).
+//! Reads see the newest committed view either way.
+//!
 //! Keys in `state` (`ns` is a view namespace, e.g. a plugin name):
-//! `v 0 ns 0 key` view · `o 0 ns 0 source 0 partition` next offset ·
-//! `c 0 ns` counters · `d 0 seq` dead letter.
+//! `v 0 ns 0 key` view · `w 0 seq` views of a commit not yet applied ·
+//! `o 0 ns 0 source 0 partition` next offset · `c 0 ns` counters ·
+//! `d 0 seq` dead letter.
+
+mod unapplied;
+mod writer;
+
+pub use unapplied::MaterializerStats;
+pub(crate) use writer::Writer;
 
 use projector_guest::rules::View;
+use projector_host::sync::Recover;
 use projector_guest::Event;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
+use unapplied::{record_key, Materializer};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +214,7 @@ fn retry_key(not_before_ms: i64, seq: u64) -> Vec<u8> {
 pub struct Store {
     db: sled::Db,
     state: sled::Tree,
+    materializer: Arc<Materializer>,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -215,6 +230,12 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 fn view_prefix(ns: &str) -> Vec<u8> {
     let mut k = key(b'v', &[ns.as_bytes()]);
     k.push(0);
+    k
+}
+
+fn view_key_of(ns: &str, view_key: &str) -> Vec<u8> {
+    let mut k = view_prefix(ns);
+    k.extend_from_slice(view_key.as_bytes());
     k
 }
 
@@ -249,7 +270,12 @@ impl Store {
                 source,
             })?;
         let state = db.open_tree("state")?;
-        Ok(Store { db, state })
+        let materializer = Arc::new(Materializer::start(state.clone())?);
+        Ok(Store {
+            db,
+            state,
+            materializer,
+        })
     }
 
     /// Another tree of the same database (e.g. the embedded log).
@@ -259,20 +285,31 @@ impl Store {
 
     /// The stored view of `view_key` in namespace `ns`, if any.
     pub fn view(&self, ns: &str, view_key: &str) -> Result<Option<ViewRecord>> {
-        let mut k = view_prefix(ns);
-        k.extend_from_slice(view_key.as_bytes());
-        self.state.get(k)?.map(|b| decode("view", &b)).transpose()
+        let k = view_key_of(ns, view_key);
+        let bytes = match self.materializer.shared.get(&k) {
+            Some(waiting) => waiting,
+            None => self.state.get(k)?,
+        };
+        bytes.map(|b| decode("view", &b)).transpose()
     }
 
-    /// Every view of a namespace, in key order.
+    /// Every view of a namespace, in key order, as of the call or newer
+    /// (the views committed so far are applied first).
     pub fn views(&self, ns: &str) -> impl Iterator<Item = Result<(String, ViewRecord)>> {
+        let settled = self.materializer.shared.settle();
         let prefix = view_prefix(ns);
         let skip = prefix.len();
-        self.state.scan_prefix(prefix).map(move |item| {
+        let views = self.state.scan_prefix(prefix).map(move |item| {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k[skip..]).into_owned();
             Ok((key, decode("view", &v)?))
-        })
+        });
+        settled.err().map(Err).into_iter().chain(views)
+    }
+
+    /// What the materializer has applied, and what waits.
+    pub fn materializer_stats(&self) -> MaterializerStats {
+        self.materializer.shared.stats()
     }
 
     /// The next offset to process for (namespace, source, partition).
@@ -341,6 +378,11 @@ impl Store {
     /// Delete everything of namespace `ns`: views, offsets, counters and
     /// audit (a retired generation).
     pub(crate) fn delete_ns(&self, ns: &str) -> Result<()> {
+        // No view of `ns` may wait to be applied (or be applied again after
+        // a restart) once it is deleted.
+        let shared = &self.materializer.shared;
+        let _commits = shared.commit.lock().recover();
+        shared.settle()?;
         let mut batch = sled::Batch::default();
         for tag in [b'v', b'o', b'a'] {
             let mut prefix = key(tag, &[ns.as_bytes()]);
@@ -448,15 +490,27 @@ impl Store {
 
     /// A new batch of changes.
     pub(crate) fn writer(&self) -> Writer {
-        Writer {
-            batch: sled::Batch::default(),
-            db: self.db.clone(),
-        }
+        Writer::new(self.db.clone())
     }
 
-    /// Apply a batch atomically.
+    /// Apply a batch atomically: its views as one record, the rest as
+    /// they are. Waits first while too many views wait to be applied.
     pub(crate) fn commit(&self, writer: Writer) -> Result<()> {
-        self.state.apply_batch(writer.batch)?;
+        let Writer {
+            mut batch, views, ..
+        } = writer;
+        if views.is_empty() {
+            self.state.apply_batch(batch)?;
+            return Ok(());
+        }
+        let shared = &self.materializer.shared;
+        let _commits = shared.commit.lock().recover();
+        shared.wait_for_room()?;
+        let seq = shared.next_seq();
+        let record = sled::IVec::from(views.bytes);
+        batch.insert(&record_key(seq), record.clone());
+        self.state.apply_batch(batch)?;
+        shared.add(seq, &record, &views.slots);
         Ok(())
     }
 
@@ -467,80 +521,6 @@ impl Store {
     }
 }
 
-/// One batch of changes to the store, applied by `Store::commit`.
-pub(crate) struct Writer {
-    batch: sled::Batch,
-    db: sled::Db,
-}
 
-impl Writer {
-    /// Put `record` as the view of `view_key` in namespace `ns`.
-    pub(crate) fn put_view(&mut self, ns: &str, view_key: &str, record: &ViewRecord) {
-        let mut k = view_prefix(ns);
-        k.extend_from_slice(view_key.as_bytes());
-        self.batch.insert(k, encode(record));
-    }
-
-    /// Remove the view of `view_key` from namespace `ns`.
-    pub(crate) fn remove_view(&mut self, ns: &str, view_key: &str) {
-        let mut k = view_prefix(ns);
-        k.extend_from_slice(view_key.as_bytes());
-        self.batch.remove(k);
-    }
-
-    /// Set `next` as the offset `ns` processes next in (source, partition).
-    pub(crate) fn set_offset(&mut self, ns: &str, source: &str, partition: u32, next: u64) {
-        self.batch
-            .insert(offset_key(ns, source, partition), &next.to_be_bytes());
-    }
-
-    /// Set the counters of namespace `ns` (totals, not a change).
-    pub(crate) fn set_counters(&mut self, ns: &str, counters: &Counters) {
-        self.batch
-            .insert(key(b'c', &[ns.as_bytes()]), encode(counters));
-    }
-
-    /// Queue a retry; its `seq` is assigned here.
-    pub(crate) fn retry(&mut self, mut entry: RetryEntry) -> Result<()> {
-        entry.seq = self.db.generate_id()?;
-        let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt {
-            what: "retry".into(),
-            reason: e.to_string(),
-        })?;
-        self.batch
-            .insert(retry_key(entry.not_before_ms, entry.seq), bytes);
-        Ok(())
-    }
-
-    /// Record (or extend) an audit run of `ns`.
-    pub(crate) fn audit(&mut self, ns: &str, run: &AuditRun) {
-        self.batch.insert(
-            audit_key(ns, &run.source, run.partition, run.from),
-            encode(run),
-        );
-    }
-
-    /// Spool a record to produce; its `seq` is assigned here.
-    pub(crate) fn outbox(&mut self, mut record: OutboxRecord) -> Result<()> {
-        record.seq = self.db.generate_id()?;
-        self.batch.insert(outbox_key(record.seq), encode(&record));
-        Ok(())
-    }
-
-    /// Take a retry off the queue.
-    pub(crate) fn remove_retry(&mut self, entry: &RetryEntry) {
-        self.batch.remove(retry_key(entry.not_before_ms, entry.seq));
-    }
-
-    /// Record a dead letter; its `seq` is assigned here.
-    pub(crate) fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
-        letter.seq = self.db.generate_id()?;
-        let bytes = serde_json::to_vec(&letter).map_err(|e| Error::Corrupt {
-            what: "dead letter".into(),
-            reason: e.to_string(),
-        })?;
-        self.batch
-            .insert(key(b'd', &[&letter.seq.to_be_bytes()]), bytes);
-        Ok(())
-    }
-}
+#[cfg(test)]
+mod tests;

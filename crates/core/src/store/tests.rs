@@ -1,0 +1,99 @@
+//! The store's commits through the view records and the materializer.
+
+use super::unapplied::ViewRecordBuf;
+use super::*;
+
+fn record(n: u64) -> ViewRecord {
+    ViewRecord {
+        view: View::from_snapshot(n.to_be_bytes().to_vec(), Default::default()),
+        updated_ms: n as i64,
+    }
+}
+
+fn commit_views(store: &Store, ns: &str, views: &[(&str, Option<u64>)], offset: u64) {
+    let mut w = store.writer();
+    for (k, n) in views {
+        match n {
+            Some(n) => w.put_view(ns, k, &record(*n)),
+            None => w.remove_view(ns, k),
+        }
+    }
+    w.set_offset(ns, "s", 0, offset);
+    store.commit(w).expect("commit");
+}
+
+fn records_left(store: &Store) -> usize {
+    store.state.scan_prefix([b'w', 0]).count()
+}
+
+#[test]
+fn a_committed_view_reads_back_at_once_and_lands_on_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    commit_views(&store, "p", &[("a", Some(1)), ("b", Some(2))], 10);
+    assert_eq!(store.view("p", "a").expect("read"), Some(record(1)));
+    assert_eq!(store.offset("p", "s", 0).expect("offset"), Some(10));
+    // After the newer commit, the newest wins whether applied or not.
+    commit_views(&store, "p", &[("a", Some(3)), ("b", None)], 11);
+    assert_eq!(store.view("p", "a").expect("read"), Some(record(3)));
+    assert_eq!(store.view("p", "b").expect("read"), None);
+    // A scan waits for the materializer: every view on its key, no record left.
+    let all: Vec<_> = store.views("p").collect::<Result<_>>().expect("scan");
+    assert_eq!(all, vec![("a".to_string(), record(3))]);
+    assert_eq!(records_left(&store), 0);
+    assert_eq!(store.materializer_stats().waiting, 0);
+    let raw = store.state.get(view_key_of("p", "a")).expect("get");
+    assert_eq!(raw.map(|v| decode::<ViewRecord>("view", &v).expect("view")), Some(record(3)));
+}
+
+#[test]
+fn records_a_crash_left_are_applied_oldest_first_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("store");
+        commit_views(&store, "p", &[("a", Some(1)), ("c", Some(1))], 1);
+        store.views("p").for_each(drop);
+        // Two commits the materializer never saw, as if it was killed
+        // before applying them: the older sets `a` and `b`, the newer
+        // changes `a` and removes `c`.
+        let mut older = ViewRecordBuf::default();
+        older.put(&view_key_of("p", "a"), Some(&record(2)));
+        older.put(&view_key_of("p", "b"), Some(&record(2)));
+        let mut newer = ViewRecordBuf::default();
+        newer.put(&view_key_of("p", "a"), Some(&record(3)));
+        newer.put(&view_key_of("p", "c"), None);
+        store.state.insert(record_key(40), older.bytes).expect("older");
+        store.state.insert(record_key(41), newer.bytes).expect("newer");
+        store.flush().expect("flush");
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(records_left(&store), 0, "applied and removed before open returns");
+    assert_eq!(store.view("p", "a").expect("a"), Some(record(3)));
+    assert_eq!(store.view("p", "b").expect("b"), Some(record(2)));
+    assert_eq!(store.view("p", "c").expect("c"), None);
+    // The next commit's record comes after the recovered ones.
+    commit_views(&store, "p", &[("d", Some(4))], 2);
+    assert_eq!(store.view("p", "d").expect("d"), Some(record(4)));
+}
+
+#[test]
+fn many_commits_of_few_keys_are_merged_and_a_deleted_namespace_stays_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("store");
+        for n in 0..200u64 {
+            let keys = [("x", Some(n)), ("y", Some(n + 1))];
+            commit_views(&store, "gen", &keys, n);
+            commit_views(&store, "live", &keys, n);
+        }
+        assert_eq!(store.view("live", "x").expect("x"), Some(record(199)));
+        store.delete_ns("gen").expect("delete");
+        assert_eq!(store.view("gen", "x").expect("x"), None);
+        let s = store.materializer_stats();
+        assert_eq!(s.applied + s.merged + s.waiting, 800, "{s:?}");
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(store.views("gen").count(), 0);
+    assert_eq!(store.view("live", "y").expect("y"), Some(record(200)));
+    assert_eq!(store.offset("gen", "s", 0).expect("offset"), None);
+}

@@ -1,0 +1,482 @@
+//! Views committed as one record per commit, applied to their own keys
+//! off the critical path.
+//!
+//! A commit writes the views it changed as **one** value, `w 0 seq`, in
+//! the same atomic batch as the offsets, counters and the rest, so its
+//! cost hardly depends on how many views changed. The record's views then
+//! wait here, in memory, newest per key, until the materializer thread
+//! applies them to the views' keys (`v 0 ns 0 key`) in chunks small enough
+//! that sled's write lock is held for milliseconds, and removes the
+//! records once every view in them is applied. When it falls behind, the
+//! views of many records are merged (the newest per key wins) and each key
+//! is written once.
+//!
+//! Reads look here before the tree. After a crash, [`recover`] applies
+//! the records left over, oldest first, before the store is handed out.
+//! When too many views wait, a commit waits for the materializer (the
+//! pipeline slows down instead of memory growing).
+
+use super::{Error, Result, ViewRecord};
+use projector_host::sync::Recover;
+use sled::IVec;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Views applied per sled batch by the materializer: about 5 ms of
+/// sled's write lock at ~5 µs per view.
+const CHUNK: usize = 1024;
+
+/// Views that may wait before a commit waits for the materializer.
+pub(super) const MAX_UNAPPLIED_VIEWS: usize = 500_000;
+
+/// Key of the record of commit `seq`.
+pub(super) fn record_key(seq: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = b'w';
+    k[2..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Where a view sits in a record's bytes: its key, and its value (`None`:
+/// the view was removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Slot {
+    key: (usize, usize),
+    value: Option<(usize, usize)>,
+}
+
+/// The views of one commit, encoded as they are put: for each, a
+/// big-endian u32 key length, the key, then `1`, a u32 value length and
+/// the value (postcard), or `0` for a removal.
+#[derive(Default)]
+pub(crate) struct ViewRecordBuf {
+    pub(super) bytes: Vec<u8>,
+    pub(super) slots: Vec<Slot>,
+}
+
+impl ViewRecordBuf {
+    /// Add the view of `key` (its full store key); `None` removes it.
+    pub(super) fn put(&mut self, key: &[u8], record: Option<&ViewRecord>) {
+        let b = &mut self.bytes;
+        b.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        let key_at = b.len();
+        b.extend_from_slice(key);
+        let value = record.map(|record| {
+            b.push(1);
+            let len_at = b.len();
+            b.extend_from_slice(&[0; 4]);
+            let bytes = std::mem::take(b);
+            *b = postcard::to_extend(record, bytes)
+                .expect("postcard encodes a view into a Vec");
+            let len = b.len() - len_at - 4;
+            b[len_at..len_at + 4].copy_from_slice(&(len as u32).to_be_bytes());
+            (len_at + 4, len)
+        });
+        if value.is_none() {
+            b.push(0);
+        }
+        self.slots.push(Slot {
+            key: (key_at, key.len()),
+            value,
+        });
+    }
+
+    /// Whether no view was put.
+    pub(super) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// The slots of a stored record.
+pub(super) fn parse(record: &[u8]) -> Result<Vec<Slot>> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        what: "view record".into(),
+        reason: reason.into(),
+    };
+    let mut slots = Vec::new();
+    let mut at = 0;
+    let len_at = |at: usize| -> Result<usize> {
+        record
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| u32::from_be_bytes(b) as usize)
+            .ok_or_else(|| corrupt("truncated length"))
+    };
+    while at < record.len() {
+        let klen = len_at(at)?;
+        let key = (at + 4, klen);
+        at += 4 + klen;
+        let value = match record.get(at) {
+            Some(1) => {
+                let vlen = len_at(at + 1)?;
+                at += 5 + vlen;
+                Some((at - vlen, vlen))
+            }
+            Some(0) => {
+                at += 1;
+                None
+            }
+            _ => return Err(corrupt("bad tag")),
+        };
+        if at > record.len() {
+            return Err(corrupt("truncated view"));
+        }
+        slots.push(Slot { key, value });
+    }
+    Ok(slots)
+}
+
+/// A view waiting to be applied: the commit it came from, and its value
+/// (a slice of that commit's record), `None` if removed.
+#[derive(Clone)]
+struct Waiting {
+    seq: u64,
+    value: Option<IVec>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Records written and not yet removed, oldest first.
+    seqs: VecDeque<u64>,
+    /// The next commit's seq.
+    next: u64,
+    /// Views waiting (the index's size).
+    views: usize,
+    /// Why the materializer stopped, if it failed.
+    failed: Option<String>,
+    stop: bool,
+}
+
+/// What the materializer has done since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MaterializerStats {
+    /// Views written to their keys.
+    pub applied: u64,
+    /// Views not written because a newer one of the same key came first.
+    pub merged: u64,
+    /// Seconds spent applying.
+    pub seconds: f64,
+    /// Views waiting now.
+    pub waiting: u64,
+    /// Commits that waited for the materializer to make room.
+    pub stalls: u64,
+}
+
+/// The views committed and not yet applied, shared by the store and its
+/// materializer thread.
+pub(super) struct Unapplied {
+    tree: sled::Tree,
+    index: RwLock<HashMap<Box<[u8]>, Waiting>>,
+    queue: Mutex<Queue>,
+    changed: Condvar,
+    /// Serializes commits (a seq is taken and its record added in order).
+    pub(super) commit: Mutex<()>,
+    put: AtomicU64,
+    applied: AtomicU64,
+    nanos: AtomicU64,
+    stalls: AtomicU64,
+}
+
+impl Unapplied {
+    /// The newest waiting value of `key`: `Some(None)` if it was removed,
+    /// `None` if nothing waits for it.
+    pub(super) fn get(&self, key: &[u8]) -> Option<Option<IVec>> {
+        self.index.read().recover().get(key).map(|w| w.value.clone())
+    }
+
+    /// Wait until fewer than `MAX_UNAPPLIED_VIEWS` views wait.
+    pub(super) fn wait_for_room(&self) -> Result<()> {
+        let mut q = self.queue.lock().recover();
+        if q.views >= MAX_UNAPPLIED_VIEWS {
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+        }
+        while q.views >= MAX_UNAPPLIED_VIEWS && q.failed.is_none() {
+            q = self.changed.wait(q).recover();
+        }
+        match &q.failed {
+            Some(e) => Err(materializer_failed(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The seq of the next commit.
+    pub(super) fn next_seq(&self) -> u64 {
+        let mut q = self.queue.lock().recover();
+        q.next += 1;
+        q.next - 1
+    }
+
+    /// Make the views of committed record `seq` visible and hand them to
+    /// the materializer.
+    pub(super) fn add(&self, seq: u64, record: &IVec, slots: &[Slot]) {
+        let views = {
+            let mut index = self.index.write().recover();
+            for s in slots {
+                let key = &record[s.key.0..s.key.0 + s.key.1];
+                let value = s.value.map(|(at, len)| record.subslice(at, len));
+                index.insert(key.into(), Waiting { seq, value });
+            }
+            index.len()
+        };
+        self.put.fetch_add(slots.len() as u64, Ordering::Relaxed);
+        let mut q = self.queue.lock().recover();
+        q.seqs.push_back(seq);
+        q.views = views;
+        drop(q);
+        self.changed.notify_all();
+    }
+
+    /// Wait until every record committed so far is applied.
+    pub(super) fn settle(&self) -> Result<()> {
+        let mut q = self.queue.lock().recover();
+        let Some(&target) = q.seqs.back() else {
+            return Ok(());
+        };
+        while q.seqs.front().is_some_and(|s| *s <= target) && q.failed.is_none() {
+            q = self.changed.wait(q).recover();
+        }
+        match &q.failed {
+            Some(e) => Err(materializer_failed(e)),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn stats(&self) -> MaterializerStats {
+        let applied = self.applied.load(Ordering::Relaxed);
+        let waiting = self.queue.lock().recover().views as u64;
+        MaterializerStats {
+            applied,
+            merged: self
+                .put
+                .load(Ordering::Relaxed)
+                .saturating_sub(applied + waiting),
+            seconds: self.nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            waiting,
+            stalls: self.stalls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Apply what waits, round after round, until asked to stop and
+    /// nothing waits any more.
+    fn run(&self) {
+        loop {
+            let through = {
+                let mut q = self.queue.lock().recover();
+                while q.seqs.is_empty() && !q.stop {
+                    q = self.changed.wait(q).recover();
+                }
+                match q.seqs.back() {
+                    Some(s) => *s,
+                    None => return,
+                }
+            };
+            if let Err(e) = self.round(through) {
+                tracing::error!("store: applying committed views failed: {e}");
+                self.queue.lock().recover().failed = Some(e.to_string());
+                self.changed.notify_all();
+                return;
+            }
+        }
+    }
+
+    /// Apply every view of records up to `through`, then remove them.
+    fn round(&self, through: u64) -> Result<()> {
+        let started = Instant::now();
+        let mut work: Vec<(Box<[u8]>, Option<IVec>)> = self
+            .index
+            .read()
+            .recover()
+            .iter()
+            .filter(|(_, w)| w.seq <= through)
+            .map(|(k, w)| (k.clone(), w.value.clone()))
+            .collect();
+        // In key order: sled inserts neighbours cheaply.
+        work.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for chunk in work.chunks(CHUNK) {
+            apply(&self.tree, chunk.iter().map(|(k, v)| (&**k, v.as_ref())))?;
+            // Applied: reads may go to the tree for these keys now, unless
+            // a newer commit put them again meanwhile.
+            let views = {
+                let mut index = self.index.write().recover();
+                for (k, _) in chunk {
+                    if index.get(k).is_some_and(|w| w.seq <= through) {
+                        index.remove(k);
+                    }
+                }
+                index.len()
+            };
+            self.queue.lock().recover().views = views;
+            self.changed.notify_all();
+        }
+        let mut q = self.queue.lock().recover();
+        let done: Vec<u64> = q.seqs.iter().copied().filter(|s| *s <= through).collect();
+        drop(q);
+        let mut batch = sled::Batch::default();
+        for seq in &done {
+            batch.remove(&record_key(*seq));
+        }
+        self.tree.apply_batch(batch)?;
+        q = self.queue.lock().recover();
+        q.seqs.retain(|s| *s > through);
+        drop(q);
+        self.changed.notify_all();
+        self.applied.fetch_add(work.len() as u64, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn materializer_failed(e: &str) -> Error {
+    Error::Corrupt {
+        what: "view records".into(),
+        reason: format!("the materializer stopped: {e}"),
+    }
+}
+
+/// Write views to their keys in one sled batch.
+fn apply<'a>(
+    tree: &sled::Tree,
+    views: impl Iterator<Item = (&'a [u8], Option<&'a IVec>)>,
+) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    for (k, v) in views {
+        match v {
+            Some(v) => batch.insert(k, v.clone()),
+            None => batch.remove(k),
+        }
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+/// Apply the records a crash left in `tree`, oldest first (the newest
+/// view of each key wins), remove them, and make it durable. Returns the
+/// seq the next commit takes.
+fn recover(tree: &sled::Tree) -> Result<u64> {
+    let mut newest: HashMap<Box<[u8]>, Option<IVec>> = HashMap::new();
+    let mut records = Vec::new();
+    let mut next = 0;
+    for item in tree.scan_prefix([b'w', 0]) {
+        let (k, record) = item?;
+        let seq = k
+            .get(2..10)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| Error::Corrupt {
+                what: "view record key".into(),
+                reason: format!("{} bytes", k.len()),
+            })?;
+        for s in parse(&record)? {
+            let key = &record[s.key.0..s.key.0 + s.key.1];
+            let value = s.value.map(|(at, len)| record.subslice(at, len));
+            newest.insert(key.into(), value);
+        }
+        records.push(k);
+        next = seq + 1;
+    }
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let mut views: Vec<_> = newest.into_iter().collect();
+    views.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    tracing::info!(
+        records = records.len(),
+        views = views.len(),
+        "store: applying views committed before the last stop"
+    );
+    for chunk in views.chunks(CHUNK) {
+        apply(tree, chunk.iter().map(|(k, v)| (&**k, v.as_ref())))?;
+    }
+    let mut batch = sled::Batch::default();
+    for k in records {
+        batch.remove(k);
+    }
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    Ok(next)
+}
+
+/// The materializer of a store: started on open, stopped (after applying
+/// everything that waits) when the last handle of the store is dropped.
+pub(super) struct Materializer {
+    pub(super) shared: Arc<Unapplied>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Materializer {
+    /// Apply what a crash left in `tree`, then start the thread.
+    pub(super) fn start(tree: sled::Tree) -> Result<Self> {
+        let next = recover(&tree)?;
+        let shared = Arc::new(Unapplied {
+            tree,
+            index: RwLock::default(),
+            queue: Mutex::new(Queue {
+                next,
+                ..Queue::default()
+            }),
+            changed: Condvar::new(),
+            commit: Mutex::new(()),
+            put: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("projector-materializer".into())
+                .spawn(move || shared.run())
+                .map_err(|e| Error::Corrupt {
+                    what: "materializer".into(),
+                    reason: format!("cannot start its thread: {e}"),
+                })?
+        };
+        Ok(Materializer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Materializer {
+    fn drop(&mut self) {
+        self.shared.queue.lock().recover().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = self.shared.tree.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projector_guest::rules::View;
+
+    fn record(n: u64) -> ViewRecord {
+        ViewRecord {
+            view: View::from_snapshot(n.to_be_bytes().to_vec(), Default::default()),
+            updated_ms: n as i64,
+        }
+    }
+
+    #[test]
+    fn a_record_parses_back_to_the_slots_it_was_built_with() {
+        let mut buf = ViewRecordBuf::default();
+        buf.put(b"v\0ns\0a", Some(&record(1)));
+        buf.put(b"v\0ns\0b", None);
+        buf.put(b"v\0ns\0", Some(&record(u64::MAX >> 1)));
+        assert_eq!(parse(&buf.bytes).expect("parses"), buf.slots);
+        for cut in 1..buf.bytes.len() {
+            // Every truncation is refused or parses to fewer views, never panics.
+            if let Ok(slots) = parse(&buf.bytes[..cut]) {
+                assert!(slots.len() < 3);
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! One commit's changes, gathered before [`Store::commit`] applies them.
+//!
+//! Everything but the views goes straight into the atomic sled batch. The
+//! views go into one record (see [`super::unapplied`]): a commit writes a
+//! few keys, however many views it changed.
+
+use super::unapplied::ViewRecordBuf;
+use super::*;
+
+/// One batch of changes to the store, applied by `Store::commit`.
+pub(crate) struct Writer {
+    pub(super) batch: sled::Batch,
+    pub(super) views: ViewRecordBuf,
+    db: sled::Db,
+}
+
+impl Writer {
+    pub(super) fn new(db: sled::Db) -> Self {
+        Writer {
+            batch: sled::Batch::default(),
+            views: ViewRecordBuf::default(),
+            db,
+        }
+    }
+
+    /// Put `record` as the view of `view_key` in namespace `ns`.
+    pub(crate) fn put_view(&mut self, ns: &str, view_key: &str, record: &ViewRecord) {
+        self.views.put(&view_key_of(ns, view_key), Some(record));
+    }
+
+    /// Remove the view of `view_key` from namespace `ns`.
+    pub(crate) fn remove_view(&mut self, ns: &str, view_key: &str) {
+        self.views.put(&view_key_of(ns, view_key), None);
+    }
+
+    /// Set `next` as the offset `ns` processes next in (source, partition).
+    pub(crate) fn set_offset(&mut self, ns: &str, source: &str, partition: u32, next: u64) {
+        self.batch
+            .insert(offset_key(ns, source, partition), &next.to_be_bytes());
+    }
+
+    /// Set the counters of namespace `ns` (totals, not a change).
+    pub(crate) fn set_counters(&mut self, ns: &str, counters: &Counters) {
+        self.batch
+            .insert(key(b'c', &[ns.as_bytes()]), encode(counters));
+    }
+
+    /// Queue a retry; its `seq` is assigned here.
+    pub(crate) fn retry(&mut self, mut entry: RetryEntry) -> Result<()> {
+        entry.seq = self.db.generate_id()?;
+        let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt {
+            what: "retry".into(),
+            reason: e.to_string(),
+        })?;
+        self.batch
+            .insert(retry_key(entry.not_before_ms, entry.seq), bytes);
+        Ok(())
+    }
+
+    /// Record (or extend) an audit run of `ns`.
+    pub(crate) fn audit(&mut self, ns: &str, run: &AuditRun) {
+        self.batch.insert(
+            audit_key(ns, &run.source, run.partition, run.from),
+            encode(run),
+        );
+    }
+
+    /// Spool a record to produce; its `seq` is assigned here.
+    pub(crate) fn outbox(&mut self, mut record: OutboxRecord) -> Result<()> {
+        record.seq = self.db.generate_id()?;
+        self.batch.insert(outbox_key(record.seq), encode(&record));
+        Ok(())
+    }
+
+    /// Take a retry off the queue.
+    pub(crate) fn remove_retry(&mut self, entry: &RetryEntry) {
+        self.batch.remove(retry_key(entry.not_before_ms, entry.seq));
+    }
+
+    /// Record a dead letter; its `seq` is assigned here.
+    pub(crate) fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
+        letter.seq = self.db.generate_id()?;
+        let bytes = serde_json::to_vec(&letter).map_err(|e| Error::Corrupt {
+            what: "dead letter".into(),
+            reason: e.to_string(),
+        })?;
+        self.batch
+            .insert(key(b'd', &[&letter.seq.to_be_bytes()]), bytes);
+        Ok(())
+    }
+}
