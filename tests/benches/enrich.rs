@@ -91,6 +91,7 @@ fn run(
 }
 
 fn main() -> anyhow::Result<()> {
+    projector::alloc::tune();
     let assets = knob("BENCH_ASSETS", 2000);
     let n = knob("BENCH_EVENTS", 20_000);
     let workers = knob("BENCH_WORKERS", 2);

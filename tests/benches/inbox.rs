@@ -81,6 +81,7 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
 }
 
 fn main() -> anyhow::Result<()> {
+    projector::alloc::tune();
     // `cargo bench` passes `--bench`; nothing else is taken.
     let n = knob("BENCH_EVENTS", 1_000_000) as usize;
     let started = Instant::now();

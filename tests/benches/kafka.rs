@@ -63,6 +63,7 @@ fn raw_consume(bootstrap: &str, total: u64) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    projector::alloc::tune();
     let n = projector_tests::knob("BENCH_EVENTS", 200_000) as usize;
     let events = inbox_events(InboxShape {
         events: n,

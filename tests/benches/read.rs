@@ -184,6 +184,7 @@ fn micros(d: Duration) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    projector::alloc::tune();
     let conversations = knob("BENCH_CONVERSATIONS", 100_000);
     let mut rng = StdRng::seed_from_u64(7);
     let mut model = Model::default();

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    projector::alloc::tune();
     let n = projector_tests::knob("BENCH_EVENTS", 300_000);
     let dir = tempfile::tempdir()?;
     // A fresh compile cache: v2 is really compiled during the deploy.

@@ -18,5 +18,6 @@
 
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod app;
 pub mod config;

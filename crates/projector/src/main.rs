@@ -269,6 +269,7 @@ fn plugin_command(
 }
 
 fn main() -> std::process::ExitCode {
+    projector::alloc::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PROJECTOR_LOG")

@@ -64,9 +64,12 @@ impl ViewCache {
     }
 
     /// Start a new generation if `young` is full; only after a commit.
+    /// The dropped generation's table is reused for the new one, so a
+    /// turnover asks the allocator for no fresh memory.
     pub(super) fn turn_over(&mut self) {
         if self.young.len() > VIEW_CACHE_ENTRIES {
-            self.old = std::mem::take(&mut self.young);
+            std::mem::swap(&mut self.old, &mut self.young);
+            self.young.clear();
         }
     }
 }

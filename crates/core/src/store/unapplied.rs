@@ -19,6 +19,7 @@
 use super::{Error, Result, ViewRecord};
 use projector_host::sync::Recover;
 use sled::IVec;
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -169,7 +170,7 @@ pub struct MaterializerStats {
 /// materializer thread.
 pub(super) struct Unapplied {
     tree: sled::Tree,
-    index: RwLock<HashMap<Box<[u8]>, Waiting>>,
+    index: RwLock<FxHashMap<Box<[u8]>, Waiting>>,
     queue: Mutex<Queue>,
     changed: Condvar,
     /// Serializes commits (a seq is taken and its record added in order).
