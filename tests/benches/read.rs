@@ -22,9 +22,13 @@
 //!     the generator falling behind a slow server. Each round runs
 //!     `GET /healthz` first, the HTTP floor of this machine; the median
 //!     round (by the views' p99) is the figure.
+//! (c) reads under writes: the same reads with no writes, then while
+//!     events flow through the same engine at the highest rate it takes
+//!     (commits and the store's materializer included); p99 against p99.
 //!
 //! Knobs: `BENCH_CONVERSATIONS` (100000), `BENCH_RPS` (10000),
-//! `BENCH_SECONDS` (10), `BENCH_ROUNDS` (3). Run with
+//! `BENCH_SECONDS` (10), `BENCH_ROUNDS` (3), `BENCH_WRITE_RATE` (events/s
+//! written in (c); 0, the default, writes as fast as the engine takes them). Run with
 //! `./scripts/bench.sh read`.
 
 use projector::config::Config;
@@ -344,8 +348,12 @@ fn main() -> anyhow::Result<()> {
             percentile(&views.from_schedule, 0.99),
         ));
     }
-    serving.stop();
     p99s.sort();
+    let reads_under_writes = under_writes(&engine, &serving, &paths, (rps, seconds), || {
+        history(&mut model, conversations, &mut rng)
+    });
+    serving.stop();
+    reads_under_writes?;
     let all: Vec<String> = p99s.iter().map(|p| format!("{:.0}", micros(p.0))).collect();
     let (sent, scheduled) = p99s[p99s.len() / 2];
     println!(
@@ -354,6 +362,87 @@ fn main() -> anyhow::Result<()> {
         micros(sent),
         micros(scheduled),
         all.join(", ")
+    );
+    Ok(())
+}
+
+/// (c) The same reads with no writes, then while events flow through
+/// the same engine as fast as it takes them (its commits included): the
+/// p99 of both, and their ratio. `more` makes a fresh run of events.
+fn under_writes(
+    engine: &Arc<Engine>,
+    serving: &Serving,
+    paths: &[String],
+    (rps, seconds): (u64, u64),
+    mut more: impl FnMut() -> Vec<String>,
+) -> anyhow::Result<()> {
+    // Enough events for the whole read run at well over the rate seen.
+    let mut events = Vec::new();
+    while events.len() < 1_000_000 {
+        events.extend(more());
+    }
+    let quiet = drive(serving.addr(), paths.to_vec(), rps, seconds)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Events per second to write; 0: as fast as the engine takes them.
+    let pace = knob("BENCH_WRITE_RATE", 0);
+    let writer = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || -> anyhow::Result<(usize, Duration, u64)> {
+            let started = Instant::now();
+            let commits = engine.commit_stats().commits;
+            let first = engine.resume_offset("bench", 0)?;
+            let mut written = 0;
+            for (i, chunk) in events.chunks(4096).enumerate() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let records: Vec<Record> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| {
+                        let offset = first + (i * 4096 + j) as u64;
+                        Record::wire(0, offset, None, e.as_bytes().to_vec())
+                    })
+                    .collect();
+                engine.process("bench", 0, &records)?;
+                written += chunk.len();
+                if pace > 0 {
+                    // Paced: wait until this many events are due.
+                    let due = started + Duration::from_secs_f64(written as f64 / pace as f64);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+            }
+            let elapsed = started.elapsed();
+            engine.commit()?;
+            Ok((written, elapsed, engine.commit_stats().commits - commits))
+        })
+    };
+    let busy = drive(serving.addr(), paths.to_vec(), rps, seconds);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (written, elapsed, commits) = writer
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    let busy = busy?;
+    println!(
+        "(c) GET /v1/views at {rps}/s for {seconds} s, no writes: {}",
+        quiet.summary()
+    );
+    println!(
+        "(c) the same while {written} events flowed through the same engine in {:.1} s \
+         ({:.0} events/s, {commits} commits): {}",
+        elapsed.as_secs_f64(),
+        written as f64 / elapsed.as_secs_f64().max(1e-9),
+        busy.summary()
+    );
+    let (q99, b99) = (
+        percentile(&quiet.latencies, 0.99),
+        percentile(&busy.latencies, 0.99),
+    );
+    println!(
+        "(c) reads' p99 under writes ÷ without: {:.1} ({:.0} µs ÷ {:.0} µs) (target <= 2)",
+        b99.as_secs_f64() / q99.as_secs_f64().max(1e-9),
+        micros(b99),
+        micros(q99)
     );
     Ok(())
 }

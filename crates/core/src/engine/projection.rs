@@ -54,9 +54,12 @@ pub(super) const VIEW_CACHE_ENTRIES: usize = 200_000;
 /// so caching a view and marking it dirty allocate nothing for its key.
 #[derive(Default)]
 pub(super) struct ViewCache {
-    pub(super) young: FxHashMap<CompactString, Option<ViewRecord>>,
-    pub(super) old: FxHashMap<CompactString, Option<ViewRecord>>,
+    pub(super) young: ViewMap,
+    pub(super) old: ViewMap,
 }
+
+/// One generation of a view cache (`None`: known absent).
+pub(super) type ViewMap = FxHashMap<CompactString, Option<ViewRecord>>;
 
 impl ViewCache {
     pub(super) fn get(&self, key: &str) -> Option<&Option<ViewRecord>> {
@@ -64,13 +67,18 @@ impl ViewCache {
     }
 
     /// Start a new generation if `young` is full; only after a commit.
-    /// The dropped generation's table is reused for the new one, so a
-    /// turnover asks the allocator for no fresh memory.
-    pub(super) fn turn_over(&mut self) {
-        if self.young.len() > VIEW_CACHE_ENTRIES {
-            std::mem::swap(&mut self.old, &mut self.young);
-            self.young.clear();
+    /// Returns the generation dropped, for the caller to free once it no
+    /// longer holds the cache's lock (freeing 200k views takes a while,
+    /// and reads wait for the lock). The new generation starts at the
+    /// size of the last, so it does not grow by rehashing.
+    #[must_use]
+    pub(super) fn turn_over(&mut self) -> Option<ViewMap> {
+        if self.young.len() <= VIEW_CACHE_ENTRIES {
+            return None;
         }
+        let fresh = ViewMap::with_capacity_and_hasher(self.young.len(), Default::default());
+        let young = std::mem::replace(&mut self.young, fresh);
+        Some(std::mem::replace(&mut self.old, young))
     }
 }
 

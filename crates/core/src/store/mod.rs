@@ -24,8 +24,8 @@ pub use unapplied::MaterializerStats;
 pub(crate) use writer::Writer;
 
 use projector_guest::rules::View;
-use projector_host::sync::Recover;
 use projector_guest::Event;
+use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -520,7 +520,6 @@ impl Store {
         Ok(())
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -43,7 +43,10 @@ fn a_committed_view_reads_back_at_once_and_lands_on_its_key() {
     assert_eq!(records_left(&store), 0);
     assert_eq!(store.materializer_stats().waiting, 0);
     let raw = store.state.get(view_key_of("p", "a")).expect("get");
-    assert_eq!(raw.map(|v| decode::<ViewRecord>("view", &v).expect("view")), Some(record(3)));
+    assert_eq!(
+        raw.map(|v| decode::<ViewRecord>("view", &v).expect("view")),
+        Some(record(3))
+    );
 }
 
 #[test]
@@ -62,12 +65,22 @@ fn records_a_crash_left_are_applied_oldest_first_on_open() {
         let mut newer = ViewRecordBuf::default();
         newer.put(&view_key_of("p", "a"), Some(&record(3)));
         newer.put(&view_key_of("p", "c"), None);
-        store.state.insert(record_key(40), older.bytes).expect("older");
-        store.state.insert(record_key(41), newer.bytes).expect("newer");
+        store
+            .state
+            .insert(record_key(40), older.bytes)
+            .expect("older");
+        store
+            .state
+            .insert(record_key(41), newer.bytes)
+            .expect("newer");
         store.flush().expect("flush");
     }
     let store = Store::open(dir.path()).expect("reopen");
-    assert_eq!(records_left(&store), 0, "applied and removed before open returns");
+    assert_eq!(
+        records_left(&store),
+        0,
+        "applied and removed before open returns"
+    );
     assert_eq!(store.view("p", "a").expect("a"), Some(record(3)));
     assert_eq!(store.view("p", "b").expect("b"), Some(record(2)));
     assert_eq!(store.view("p", "c").expect("c"), None);

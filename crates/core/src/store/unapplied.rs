@@ -18,8 +18,8 @@
 
 use super::{Error, Result, ViewRecord};
 use projector_host::sync::Recover;
-use sled::IVec;
 use rustc_hash::FxHashMap;
+use sled::IVec;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -28,7 +28,7 @@ use std::time::Instant;
 
 /// Views applied per sled batch by the materializer: about 5 ms of
 /// sled's write lock at ~5 µs per view.
-const CHUNK: usize = 1024;
+const CHUNK: usize = 4096;
 
 /// Views that may wait before a commit waits for the materializer.
 pub(super) const MAX_UNAPPLIED_VIEWS: usize = 500_000;
@@ -70,8 +70,7 @@ impl ViewRecordBuf {
             let len_at = b.len();
             b.extend_from_slice(&[0; 4]);
             let bytes = std::mem::take(b);
-            *b = postcard::to_extend(record, bytes)
-                .expect("postcard encodes a view into a Vec");
+            *b = postcard::to_extend(record, bytes).expect("postcard encodes a view into a Vec");
             let len = b.len() - len_at - 4;
             b[len_at..len_at + 4].copy_from_slice(&(len as u32).to_be_bytes());
             (len_at + 4, len)
@@ -185,7 +184,11 @@ impl Unapplied {
     /// The newest waiting value of `key`: `Some(None)` if it was removed,
     /// `None` if nothing waits for it.
     pub(super) fn get(&self, key: &[u8]) -> Option<Option<IVec>> {
-        self.index.read().recover().get(key).map(|w| w.value.clone())
+        self.index
+            .read()
+            .recover()
+            .get(key)
+            .map(|w| w.value.clone())
     }
 
     /// Wait until fewer than `MAX_UNAPPLIED_VIEWS` views wait.
@@ -263,11 +266,20 @@ impl Unapplied {
     /// Apply what waits, round after round, until asked to stop and
     /// nothing waits any more.
     fn run(&self) {
+        let delay = test_delay();
         loop {
             let through = {
                 let mut q = self.queue.lock().recover();
                 while q.seqs.is_empty() && !q.stop {
                     q = self.changed.wait(q).recover();
+                }
+                if let Some(delay) = delay {
+                    // Fault injection: stay behind (until asked to stop).
+                    let until = Instant::now() + delay;
+                    while !q.stop && Instant::now() < until {
+                        let left = until.saturating_duration_since(Instant::now());
+                        q = self.changed.wait_timeout(q, left).recover().0;
+                    }
                 }
                 match q.seqs.back() {
                     Some(s) => *s,
@@ -329,6 +341,16 @@ impl Unapplied {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// `PROJECTOR_MATERIALIZER_DELAY_MS`: a fault injection for the crash
+/// tests, which kill the runtime while views wait to be applied. Each
+/// round waits that long first.
+fn test_delay() -> Option<std::time::Duration> {
+    let ms = std::env::var("PROJECTOR_MATERIALIZER_DELAY_MS").ok()?;
+    let ms: u64 = ms.parse().ok()?;
+    tracing::warn!("store: the materializer waits {ms} ms before each round (fault injection)");
+    Some(std::time::Duration::from_millis(ms))
 }
 
 fn materializer_failed(e: &str) -> Error {
