@@ -275,7 +275,32 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
     }
     // Serve the commits' results a moment longer before closing.
     let _ = consumer.poll(Duration::from_millis(100));
+    close(consumer);
     Ok(())
+}
+
+/// Leave the group and close, within a bound. rdkafka's drop polls until
+/// the consumer is closed, which never happens when the broker went away
+/// first (rust-rdkafka 509, 611): past the bound the consumer is left
+/// unclosed (its threads and memory leak, once, on the way out) rather
+/// than the runtime never stopping.
+fn close(consumer: BaseConsumer<ConsumerCtx>) {
+    const BOUND: Duration = Duration::from_secs(5);
+    if let Err(e) = consumer.close_queue() {
+        tracing::warn!("kafka: closing the consumer: {e}");
+    }
+    let deadline = Instant::now() + BOUND;
+    while !consumer.closed() && Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    if consumer.closed() {
+        drop(consumer);
+    } else {
+        tracing::warn!(
+            "kafka: the consumer did not close within {BOUND:?} (broker unreachable?); leaving it"
+        );
+        std::mem::forget(consumer);
+    }
 }
 
 /// Queue a polled record; how many its partition's queue holds now.
