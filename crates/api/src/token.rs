@@ -24,7 +24,8 @@ impl Token {
         let bad = |why: &str| {
             format!("bad token {text:?}: {why}; expected <source>@<partition>:<offset>[,...]")
         };
-        let (source, list) = text.split_once('@').ok_or_else(|| bad("no `@`"))?;
+        // The last `@`: a source name may hold one, an offset list never.
+        let (source, list) = text.rsplit_once('@').ok_or_else(|| bad("no `@`"))?;
         if source.is_empty() {
             return Err(bad("empty source"));
         }
@@ -65,6 +66,25 @@ impl fmt::Display for Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_says_why(text in ".{0,40}") {
+            if let Err(e) = Token::parse(&text) {
+                prop_assert!(e.starts_with("bad token"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn a_token_round_trips(
+            source in "[^,]{1,12}",
+            offsets in prop::collection::btree_map(any::<u32>(), any::<u64>(), 1..6),
+        ) {
+            let token = Token { source, offsets };
+            prop_assert_eq!(Token::parse(&token.to_string()), Ok(token));
+        }
+    }
 
     #[test]
     fn tokens_round_trip_and_keep_the_highest_offset() {

@@ -482,6 +482,23 @@ impl Drop for Materializer {
 mod tests {
     use super::*;
     use projector_guest::rules::View;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_to_slots_inside_them_or_a_typed_error(
+            bytes in prop::collection::vec(any::<u8>(), 0..128),
+        ) {
+            if let Ok(slots) = parse(&bytes) {
+                for s in slots {
+                    prop_assert!(s.key.0 + s.key.1 <= bytes.len());
+                    if let Some((at, len)) = s.value {
+                        prop_assert!(at + len <= bytes.len());
+                    }
+                }
+            }
+        }
+    }
 
     fn record(n: u64) -> ViewRecord {
         ViewRecord {

@@ -48,10 +48,7 @@ impl Writer {
     /// Queue a retry; its `seq` is assigned here.
     pub(crate) fn retry(&mut self, mut entry: RetryEntry) -> Result<()> {
         entry.seq = self.db.generate_id()?;
-        let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt {
-            what: "retry".into(),
-            reason: e.to_string(),
-        })?;
+        let bytes = json("retry", &entry)?;
         self.batch
             .insert(retry_key(entry.not_before_ms, entry.seq), bytes);
         Ok(())
@@ -80,12 +77,17 @@ impl Writer {
     /// Record a dead letter; its `seq` is assigned here.
     pub(crate) fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
         letter.seq = self.db.generate_id()?;
-        let bytes = serde_json::to_vec(&letter).map_err(|e| Error::Corrupt {
-            what: "dead letter".into(),
-            reason: e.to_string(),
-        })?;
+        let bytes = json("dead letter", &letter)?;
         self.batch
             .insert(key(b'd', &[&letter.seq.to_be_bytes()]), bytes);
         Ok(())
     }
+}
+
+/// `value` as JSON (retries and dead letters are kept readable).
+fn json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Corrupt {
+        what: what.into(),
+        reason: e.to_string(),
+    })
 }
