@@ -515,3 +515,65 @@ fn health_metrics_and_the_openapi_document_are_served() {
         }
     }
 }
+
+/// Past `[http] max_in_flight` a request is answered at once with 503 and
+/// `Retry-After`; health and metrics still answer, and the room comes back
+/// when the request in flight ends.
+#[test]
+fn a_request_past_max_in_flight_is_shed_with_retry_after() {
+    let s = Served::start(&[PLUGIN], "max_in_flight = 1\n");
+    let path = format!("{}?mode=projection", view_path("a:s1"));
+    // The one slot is held by a read waiting for a position never reached.
+    let slow = {
+        let client = s.client.clone();
+        let url = format!(
+            "{}{}?token=log@0:1000000&wait_ms=1500&mode=projection",
+            s.base,
+            view_path("a:s1")
+        );
+        std::thread::spawn(move || loop {
+            // Shed itself when a probe below held the slot: try again.
+            let started = std::time::Instant::now();
+            let r = client.get(&url).send().expect("slow read");
+            if r.status() != 503 {
+                break (
+                    r.status().as_u16(),
+                    started.elapsed(),
+                    r.text().unwrap_or_default(),
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let shed = loop {
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .send()
+            .expect("GET");
+        if r.status() == 503 {
+            break r;
+        }
+        let status = r.status();
+        if std::time::Instant::now() >= deadline {
+            let text = r.text().unwrap_or_default();
+            panic!(
+                "never shed: {status} {text}; the slow read: {:?}",
+                slow.join()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        shed.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let body: Value = serde_json::from_str(&shed.text().expect("body")).expect("JSON error");
+    assert_eq!(body["error"], "overloaded", "{body}");
+    assert_eq!(s.get("/healthz").0, 200, "health is never shed");
+    assert!(s.metric("projector_http_shed_total", "") >= 1.0);
+    let (waited, _, _) = slow.join().expect("slow read");
+    assert_eq!(waited, 504, "the slow read ran to its own end");
+    assert_ne!(s.get(&path).0, 503, "room again once it ended");
+}

@@ -11,7 +11,8 @@
 //!
 //! Map: [`state`] (what handlers share, the [`Feed`]), `read` (view
 //! reads), `ingest`, `admin` (deploys, shadow, rollout, mismatches),
-//! `health` (health, readiness, metrics, plugin list), [`error`],
+//! `health` (health, readiness, metrics, plugin list), `shed` (overload:
+//! 503 past `max_in_flight`), [`error`],
 //! [`metrics`], [`rollout`], [`token`], [`truth`] (the source of truth),
 //! [`server`]. It sits above the deploys crate and below the binary.
 
@@ -25,6 +26,7 @@ pub mod metrics;
 mod read;
 pub mod rollout;
 pub mod server;
+mod shed;
 pub mod state;
 pub mod token;
 pub mod truth;
@@ -56,6 +58,10 @@ pub struct HttpConfig {
     pub user_header: String,
     /// Request header listing the user's groups, comma-separated.
     pub groups_header: String,
+    /// Requests served at once, at most; one more is answered 503 with
+    /// `Retry-After` (0: no bound). Health, readiness and metrics are
+    /// never refused.
+    pub max_in_flight: usize,
 }
 
 impl Default for HttpConfig {
@@ -66,6 +72,7 @@ impl Default for HttpConfig {
             mismatches_kept: 100,
             user_header: "x-user-id".into(),
             groups_header: "x-groups".into(),
+            max_in_flight: 1024,
         }
     }
 }
@@ -120,5 +127,9 @@ pub fn router(state: Arc<ServeState>) -> Router {
         )
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            shed::shed,
+        ))
         .with_state(state)
 }

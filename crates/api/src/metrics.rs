@@ -3,6 +3,7 @@
 //!
 //! | name | type | labels | meaning |
 //! | --- | --- | --- | --- |
+//! | `projector_http_shed_total` | counter | | requests answered 503 because `[http] max_in_flight` were being served |
 //! | `projector_reads_total` | counter | plugin, mode, served_by | view reads answered, by read mode and by who answered (`projection` or `source`) |
 //! | `projector_read_seconds` | histogram | plugin, mode | read latency, request in to answer out |
 //! | `projector_view_lookups_total` | counter | plugin, result | reads that consulted the projection: `hit` (Valid view), `absent`, `invalid` |
@@ -154,6 +155,9 @@ pub struct Metrics {
     pub consistency_waits: Family<ResultLabels, Counter>,
     /// Events appended through `POST /v1/events` (`projector_ingested_total`).
     pub ingested: Counter,
+    /// Requests answered 503 because `max_in_flight` were being served
+    /// (`projector_http_shed_total`).
+    pub shed: Counter,
     registry: Arc<Registry>,
 }
 
@@ -173,6 +177,7 @@ impl Metrics {
         let mismatches = Family::<ReasonLabels, Counter>::default();
         let consistency_waits = Family::<ResultLabels, Counter>::default();
         let ingested = Counter::default();
+        let shed = Counter::default();
         registry.register(
             "projector_reads",
             "View reads answered, by read mode and by who answered",
@@ -223,6 +228,11 @@ impl Metrics {
             "Events appended through POST /v1/events",
             ingested.clone(),
         );
+        registry.register(
+            "projector_http_shed",
+            "Requests answered 503 because [http] max_in_flight were being served",
+            shed.clone(),
+        );
         registry.register_collector(Box::new(EngineCollector {
             engine,
             feed,
@@ -240,6 +250,7 @@ impl Metrics {
             mismatches,
             consistency_waits,
             ingested,
+            shed,
             registry: Arc::new(registry),
         }
     }

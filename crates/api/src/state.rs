@@ -122,6 +122,8 @@ pub struct ServeState {
     pub(crate) metrics: Metrics,
     pub(crate) http: HttpConfig,
     pub(crate) ready: AtomicBool,
+    /// Requests being served, bounded by `http.max_in_flight`.
+    pub(crate) in_flight: Option<crate::shed::InFlight>,
 }
 
 pub(crate) fn rollout_setting(plugin: &str) -> String {
@@ -172,6 +174,7 @@ impl ServeState {
             metrics,
             http: config.http.clone(),
             ready: AtomicBool::new(false),
+            in_flight: crate::shed::InFlight::new(config.http.max_in_flight),
         })
     }
 

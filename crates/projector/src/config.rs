@@ -48,6 +48,7 @@
 //! mismatches_kept = 100        # recent mismatches kept per plugin
 //! user_header = "x-user-id"    # the request's user, for rollout rules
 //! groups_header = "x-groups"   # the request's groups (comma-separated)
+//! max_in_flight = 1024         # requests served at once; one more gets 503 + Retry-After (0: no bound)
 //!
 //! [services.billing]           # a service plugins may fetch from (see fetch)
 //! url = "http://billing.internal:8080"

@@ -323,6 +323,8 @@ impl Unapplied {
                 }
                 index.len()
             };
+            self.applied
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             self.queue.lock().recover().views = views;
             self.changed.notify_all();
         }
@@ -338,7 +340,6 @@ impl Unapplied {
         q.seqs.retain(|s| *s > through);
         drop(q);
         self.changed.notify_all();
-        self.applied.fetch_add(work.len() as u64, Ordering::Relaxed);
         self.nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
