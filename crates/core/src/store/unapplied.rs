@@ -218,20 +218,19 @@ impl Unapplied {
     /// Make the views of committed record `seq` visible and hand them to
     /// the materializer.
     pub(super) fn add(&self, seq: u64, record: &IVec, slots: &[Slot]) {
-        let views = {
-            let mut index = self.index.write().recover();
-            for s in slots {
-                let key = &record[s.key.0..s.key.0 + s.key.1];
-                let value = s.value.map(|(at, len)| record.subslice(at, len));
-                index.insert(key.into(), Waiting { seq, value });
-            }
-            index.len()
-        };
+        let mut index = self.index.write().recover();
+        for s in slots {
+            let key = &record[s.key.0..s.key.0 + s.key.1];
+            let value = s.value.map(|(at, len)| record.subslice(at, len));
+            index.insert(key.into(), Waiting { seq, value });
+        }
         self.put.fetch_add(slots.len() as u64, Ordering::Relaxed);
+        // The queue's count is set under the index's lock (index, then
+        // queue, everywhere), so it never goes back to a stale size.
         let mut q = self.queue.lock().recover();
         q.seqs.push_back(seq);
-        q.views = views;
-        drop(q);
+        q.views = index.len();
+        drop((q, index));
         self.changed.notify_all();
     }
 
@@ -314,18 +313,16 @@ impl Unapplied {
             apply(&self.tree, chunk.iter().map(|(k, v)| (&**k, v.as_ref())))?;
             // Applied: reads may go to the tree for these keys now, unless
             // a newer commit put them again meanwhile.
-            let views = {
-                let mut index = self.index.write().recover();
-                for (k, _) in chunk {
-                    if index.get(k).is_some_and(|w| w.seq <= through) {
-                        index.remove(k);
-                    }
+            let mut index = self.index.write().recover();
+            for (k, _) in chunk {
+                if index.get(k).is_some_and(|w| w.seq <= through) {
+                    index.remove(k);
                 }
-                index.len()
-            };
+            }
             self.applied
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            self.queue.lock().recover().views = views;
+            self.queue.lock().recover().views = index.len();
+            drop(index);
             self.changed.notify_all();
         }
         let mut q = self.queue.lock().recover();
