@@ -33,15 +33,15 @@
 
 use projector::config::Config;
 use projector_api::{ServeState, Serving};
+use projector_core::engine::Engine;
 use projector_core::envelope::Format;
 use projector_core::store::Store;
-use projector_core::{engine::Engine, Record};
 use projector_guest::Population;
 use projector_host::wasm::WasmHost;
 use projector_host::{Limits, SharedCode};
 use projector_tests::knob;
 use projector_tests::legacy::Model;
-use projector_tests::{plugin_wasm, rendered};
+use projector_tests::{plugin_wasm, records, rendered};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -163,12 +163,8 @@ fn project(
     engine.add(code, Some(Population::Eager))?;
     let started = Instant::now();
     for (i, chunk) in events.chunks(4096).enumerate() {
-        let records: Vec<Record> = chunk
-            .iter()
-            .enumerate()
-            .map(|(j, e)| Record::wire(0, (i * 4096 + j) as u64, None, e.as_bytes().to_vec()))
-            .collect();
-        engine.process("bench", 0, &records)?;
+        let values = chunk.iter().map(|e| e.as_bytes().to_vec()).collect();
+        engine.process("bench", 0, &records((i * 4096) as u64, values))?;
     }
     engine.commit()?;
     eprintln!(
@@ -396,15 +392,8 @@ fn under_writes(
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let records: Vec<Record> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(j, e)| {
-                        let offset = first + (i * 4096 + j) as u64;
-                        Record::wire(0, offset, None, e.as_bytes().to_vec())
-                    })
-                    .collect();
-                engine.process("bench", 0, &records)?;
+                let values = chunk.iter().map(|e| e.as_bytes().to_vec()).collect();
+                engine.process("bench", 0, &records(first + (i * 4096) as u64, values))?;
                 written += chunk.len();
                 if pace > 0 {
                     // Paced: wait until this many events are due.

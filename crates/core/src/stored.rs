@@ -16,7 +16,7 @@ const F: &str = "stored";
 
 /// Append `event`'s stored form to `out`.
 pub fn encode(event: &Event, out: &mut Vec<u8>) {
-    out.reserve(1 + 16 + 16 + fields_len(event) + event.payload.len());
+    out.reserve(encoded_len(event));
     out.push(VERSION);
     for s in [&event.id, &event.event_type, &event.source, &event.key] {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -29,11 +29,9 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
 
 /// The length `encode` adds for `event`.
 pub fn encoded_len(event: &Event) -> usize {
-    1 + 16 + 16 + fields_len(event) + event.payload.len()
-}
-
-fn fields_len(e: &Event) -> usize {
-    e.id.len() + e.event_type.len() + e.source.len() + e.key.len()
+    let fields = event.id.len() + event.event_type.len() + event.source.len() + event.key.len();
+    // The version byte, four u32 lengths, version and time.
+    1 + 16 + 16 + fields + event.payload.len()
 }
 
 /// Read an event back from its stored form.
