@@ -63,7 +63,40 @@ impl Versions {
     }
 }
 
+/// How many earlier applied versions a view remembers per source, besides
+/// the highest: a redelivered event among them is a duplicate, not disorder.
+pub const RECENT_PER_SOURCE: usize = 16;
+
+/// Versions applied before each source's highest one, oldest first, at
+/// most [`RECENT_PER_SOURCE`] per source. An event older than the view
+/// whose version is here was applied already (a redelivery: a client's
+/// second POST, a producer's retry); one that is not is genuinely out of
+/// order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recent(pub Vec<(CompactString, u64)>);
+
+impl Recent {
+    /// Whether `version` of `source` is remembered as applied.
+    pub fn contains(&self, source: &str, version: u64) -> bool {
+        self.0.iter().any(|(s, v)| *v == version && s == source)
+    }
+
+    /// Remember `version` of `source`, forgetting that source's oldest
+    /// beyond the window.
+    fn push(&mut self, source: &str, version: u64) {
+        self.0.push((source.into(), version));
+        if self.0.iter().filter(|(s, _)| s == source).count() > RECENT_PER_SOURCE {
+            if let Some(i) = self.0.iter().position(|(s, _)| s == source) {
+                self.0.remove(i);
+            }
+        }
+    }
+}
+
 /// A view as the rules see it: status, versions, snapshot floor, state.
+///
+/// `recent` is not part of its serde form: the store keeps it in its own
+/// compact encoding after the view, so views written without it still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
     pub status: Status,
@@ -74,17 +107,42 @@ pub struct View {
     pub floor: Versions,
     /// The plugin's encoded state; `None` once the view is Invalid.
     pub state: Option<Vec<u8>>,
+    /// Earlier applied versions, to tell a redelivery from disorder.
+    #[serde(skip)]
+    pub recent: Recent,
 }
 
 impl View {
+    /// A Valid view with no state and no versions yet.
+    pub fn empty() -> Self {
+        View {
+            status: Status::Valid,
+            versions: Versions::default(),
+            floor: Versions::default(),
+            state: None,
+            recent: Recent::default(),
+        }
+    }
+
     /// A view built from a source-of-truth snapshot.
     pub fn from_snapshot(state: Vec<u8>, versions: Versions) -> Self {
         View {
-            status: Status::Valid,
             floor: versions.clone(),
             versions,
             state: Some(state),
+            ..View::empty()
         }
+    }
+
+    /// Record `version` of `source` as applied: it becomes the source's
+    /// highest, and the one it replaces is remembered in `recent`.
+    pub fn applied(&mut self, source: &str, version: u64) {
+        match self.versions.get(source) {
+            Some(old) if old < version => self.recent.push(source, old),
+            Some(_) => return,
+            None => {}
+        }
+        self.versions.set(source, version);
     }
 }
 
@@ -92,7 +150,8 @@ impl View {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Apply,
-    /// Same version as the last applied one from this source.
+    /// Same version as the last applied one from this source, or one of
+    /// the earlier applied ones the view remembers (a redelivery).
     Duplicate,
     /// At or below the snapshot the view was built from.
     BelowSnapshot,
@@ -128,6 +187,7 @@ pub fn decide(
     }
     match view.versions.get(source) {
         Some(v) if v == version => Decision::Duplicate,
+        Some(_) if view.recent.contains(source, version) => Decision::Duplicate,
         Some(v) if v > version => match policy {
             StalePolicy::Invalidate => Decision::Invalidate,
             StalePolicy::Ignore => Decision::Stale,
@@ -228,9 +288,9 @@ pub fn fold_key<T: Versioned, E>(
             for &i in &run[..applied] {
                 verdicts[i] = Some(Verdict::Applied);
             }
-            let mut v = view.take().unwrap_or_else(empty_view);
+            let mut v = view.take().unwrap_or_else(View::empty);
             for &i in &run[..applied] {
-                v.versions.set(events[i].source(), events[i].version());
+                v.applied(events[i].source(), events[i].version());
             }
             view = match result.outcome {
                 Outcome::Put(state) => Some(View {
@@ -265,7 +325,7 @@ pub fn fold_key<T: Versioned, E>(
         match invalidate_at {
             Some(j) => {
                 verdicts[j] = Some(Verdict::Invalidated);
-                let v = view.take().unwrap_or_else(empty_view);
+                let v = view.take().unwrap_or_else(View::empty);
                 view = Some(View {
                     status: Status::Invalid,
                     state: None,
@@ -308,6 +368,7 @@ fn plan<T: Versioned>(
         versions: v.versions.clone(),
         floor: v.floor.clone(),
         state: None,
+        recent: v.recent.clone(),
     });
     let mut run = Vec::new();
     let mut j = next;
@@ -321,8 +382,8 @@ fn plan<T: Versioned>(
             e.version(),
         ) {
             Decision::Apply => {
-                let p = provisional.get_or_insert_with(empty_view);
-                p.versions.set(e.source(), e.version());
+                let p = provisional.get_or_insert_with(View::empty);
+                p.applied(e.source(), e.version());
                 run.push(j);
                 if one_at_a_time {
                     j += 1;
@@ -357,15 +418,6 @@ pub fn first_run<T: Versioned>(
     events: &[T],
 ) -> Vec<usize> {
     plan(view, population, policy, events, 0, false, |_, _| {}).run
-}
-
-fn empty_view() -> View {
-    View {
-        status: Status::Valid,
-        versions: Versions::default(),
-        floor: Versions::default(),
-        state: None,
-    }
 }
 
 #[cfg(test)]
@@ -503,5 +555,66 @@ mod tests {
         assert_eq!(verdicts[1], Verdict::Failed(CallError::Host("trap")));
         assert_eq!(verdicts[2], Verdict::Applied);
         assert_eq!(view.expect("view").versions.get("a"), Some(3));
+    }
+
+    fn run(
+        view: Option<View>,
+        policy: StalePolicy,
+        events: &[Ev],
+    ) -> (Option<View>, Vec<Verdict<CallError<()>>>) {
+        fold_key(view, Population::Eager, policy, events, put_all)
+    }
+
+    /// An event redelivered after newer ones (a client's second POST, a
+    /// producer's retry) is a duplicate; one never applied is disorder.
+    #[test]
+    fn a_redelivered_older_event_is_a_duplicate_a_missed_one_is_disorder() {
+        let first: Vec<Ev> = (1..=5).map(|n| Ev("a", n * 10)).collect();
+        let (view, _) = run(None, StalePolicy::Invalidate, &first);
+        let view = view.expect("view");
+
+        // The same events again, in one batch and one by one.
+        let (again, verdicts) = run(Some(view.clone()), StalePolicy::Invalidate, &first);
+        assert_eq!(again.as_ref(), Some(&view), "a redelivery changes nothing");
+        assert!(verdicts
+            .iter()
+            .all(|v| *v == Verdict::Skipped(Decision::Duplicate)));
+        for e in &first {
+            let (again, verdicts) =
+                run(Some(view.clone()), StalePolicy::Invalidate, &[Ev("a", e.1)]);
+            assert_eq!(again.as_ref(), Some(&view));
+            assert_eq!(verdicts, vec![Verdict::Skipped(Decision::Duplicate)]);
+        }
+
+        // A version that was never applied still invalidates.
+        let (after, verdicts) = run(Some(view.clone()), StalePolicy::Invalidate, &[Ev("a", 25)]);
+        assert_eq!(verdicts, vec![Verdict::Invalidated]);
+        assert_eq!(after.expect("view").status, Status::Invalid);
+        let (_, verdicts) = run(Some(view.clone()), StalePolicy::Ignore, &[Ev("a", 25)]);
+        assert_eq!(verdicts, vec![Verdict::Skipped(Decision::Stale)]);
+
+        // Within one batch: applied, then redelivered after a newer one.
+        let (_, verdicts) = run(
+            None,
+            StalePolicy::Invalidate,
+            &[Ev("a", 1), Ev("a", 2), Ev("a", 1)],
+        );
+        assert_eq!(verdicts[2], Verdict::Skipped(Decision::Duplicate));
+    }
+
+    /// The window is bounded per source: past it, an old redelivery can no
+    /// longer be told from disorder and invalidates (the safe side).
+    #[test]
+    fn the_window_is_bounded_per_source() {
+        let n = RECENT_PER_SOURCE as u64 + 2;
+        let mut events: Vec<Ev> = (1..=n).map(|v| Ev("a", v)).collect();
+        events.push(Ev("b", 1));
+        let (view, _) = run(None, StalePolicy::Invalidate, &events);
+        let view = view.expect("view");
+        assert_eq!(view.recent.0.len(), RECENT_PER_SOURCE);
+        let (_, verdicts) = run(Some(view.clone()), StalePolicy::Invalidate, &[Ev("a", 2)]);
+        assert_eq!(verdicts, vec![Verdict::Skipped(Decision::Duplicate)]);
+        let (_, verdicts) = run(Some(view), StalePolicy::Invalidate, &[Ev("a", 1)]);
+        assert_eq!(verdicts, vec![Verdict::Invalidated]);
     }
 }

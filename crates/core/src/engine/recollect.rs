@@ -80,12 +80,7 @@ impl Engine {
                         continue;
                     }
                 };
-                let base = before.map(|r| r.view).unwrap_or(View {
-                    status: Status::Valid,
-                    versions: Versions::default(),
-                    floor: Versions::default(),
-                    state: None,
-                });
+                let base = before.map(|r| r.view).unwrap_or_else(View::empty);
                 let view = match result.outcome {
                     Outcome::Put(state) => {
                         if let Err(e) = check_state(&p.code, &state) {

@@ -88,3 +88,40 @@ fn a_record_applied_again_is_skipped_and_an_old_batch_is_not_reapplied() {
     let counters = engine.projection("inbox").expect("loaded").counters();
     assert_eq!(counters.applied, 2, "{counters:?}");
 }
+
+/// Events re-sent after newer ones (a producer's retry, a client's second
+/// POST) leave every view Valid and unchanged, across a restart too; an
+/// event that was never applied and is older than the view still
+/// invalidates it.
+#[test]
+fn a_redelivered_older_event_is_skipped_a_truly_older_one_invalidates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let events = [
+        sent("e1", 10, "c1", "u1", "u2"),
+        sent("e2", 20, "c2", "u3", "u2"),
+        sent("e3", 30, "c3", "u4", "u2"),
+    ];
+    let first: Vec<Record> = (0..).zip(&events).map(|(o, e)| record(o, e)).collect();
+    engine.process("log", 0, &first).expect("process");
+    let before = engine.read("inbox", "u2:s1", 0).expect("read").expect("view");
+    drop(engine);
+    let engine = open(dir.path());
+
+    // All three again, at later offsets: each delivery a duplicate.
+    let again: Vec<Record> = (3..).zip(&events).map(|(o, e)| record(o, e)).collect();
+    let c = engine.process("log", 0, &again).expect("process").total();
+    assert_eq!((c.applied, c.skipped, c.invalidated), (0, 6, 0), "{c:?}");
+    let after = engine.read("inbox", "u2:s1", 0).expect("read").expect("view");
+    assert_eq!(after.status, Status::Valid);
+    assert_eq!(after.versions, before.versions);
+    assert_eq!(after.json(), before.json());
+    assert_eq!(unread(&engine, "u2:s1"), ["c3", "c2", "c1"]);
+
+    // Version 15 was never applied: disorder, the view is Invalid.
+    let older = [record(6, &sent("e9", 15, "c9", "u5", "u2"))];
+    let c = engine.process("log", 0, &older).expect("process").total();
+    assert_eq!(c.invalidated, 1, "{c:?}");
+    let view = engine.read("inbox", "u2:s1", 0).expect("read").expect("view");
+    assert_eq!(view.status, Status::Invalid);
+}

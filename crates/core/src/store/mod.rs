@@ -58,8 +58,10 @@ pub enum Error {
 /// The store's result, [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A stored view: the rules' view plus when it last changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A stored view: the rules' view plus when it last changed. Stored with
+/// `encode_view`, never through serde: its `recent` versions have their
+/// own encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewRecord {
     /// The view as the version rules keep it: status, versions, floor and state.
     pub view: View,
@@ -253,6 +255,53 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// A view's stored form, appended to `buf`: the view and its time
+/// (postcard), then, when the view remembers earlier versions, those as
+/// (index of the source in its versions, distance below that source's
+/// highest version). A view stored before `recent` existed is the first
+/// part alone and reads back with none.
+pub(crate) fn encode_view(record: &ViewRecord, buf: Vec<u8>) -> Vec<u8> {
+    let head = (&record.view, record.updated_ms);
+    let buf = postcard::to_extend(&head, buf).expect("postcard encodes a view into a Vec");
+    let recent = &record.view.recent.0;
+    if recent.is_empty() {
+        return buf;
+    }
+    let versions = &record.view.versions.0;
+    let compact: Vec<(u32, u64)> = recent
+        .iter()
+        .filter_map(|(source, version)| {
+            let i = versions.iter().position(|(s, _)| s == source)?;
+            Some((i as u32, versions[i].1.checked_sub(*version)?))
+        })
+        .collect();
+    postcard::to_extend(&compact, buf).expect("postcard encodes a view into a Vec")
+}
+
+/// A view from its stored form (see [`encode_view`]).
+pub(crate) fn decode_view(bytes: &[u8]) -> Result<ViewRecord> {
+    let corrupt = |reason: String| Error::Corrupt {
+        what: "view".into(),
+        reason,
+    };
+    let ((mut view, updated_ms), rest) =
+        postcard::take_from_bytes::<(View, i64)>(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        let compact: Vec<(u32, u64)> =
+            postcard::from_bytes(rest).map_err(|e| corrupt(format!("recent versions: {e}")))?;
+        for (i, below) in compact {
+            let (source, top) = view.versions.0.get(i as usize).ok_or_else(|| {
+                corrupt(format!("recent version of source #{i}, not in the view"))
+            })?;
+            let version = top
+                .checked_sub(below)
+                .ok_or_else(|| corrupt(format!("recent version {below} below 0")))?;
+            view.recent.0.push((source.clone(), version));
+        }
+    }
+    Ok(ViewRecord { view, updated_ms })
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encodes every store type into a Vec")
 }
@@ -290,7 +339,7 @@ impl Store {
             Some(waiting) => waiting,
             None => self.state.get(k)?,
         };
-        bytes.map(|b| decode("view", &b)).transpose()
+        bytes.map(|b| decode_view(&b)).transpose()
     }
 
     /// Every view of a namespace, in key order, as of the call or newer
@@ -302,7 +351,7 @@ impl Store {
         let views = self.state.scan_prefix(prefix).map(move |item| {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k[skip..]).into_owned();
-            Ok((key, decode("view", &v)?))
+            Ok((key, decode_view(&v)?))
         });
         settled.err().map(Err).into_iter().chain(views)
     }

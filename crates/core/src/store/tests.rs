@@ -43,10 +43,7 @@ fn a_committed_view_reads_back_at_once_and_lands_on_its_key() {
     assert_eq!(records_left(&store), 0);
     assert_eq!(store.materializer_stats().waiting, 0);
     let raw = store.state.get(view_key_of("p", "a")).expect("get");
-    assert_eq!(
-        raw.map(|v| decode::<ViewRecord>("view", &v).expect("view")),
-        Some(record(3))
-    );
+    assert_eq!(raw.map(|v| decode_view(&v).expect("view")), Some(record(3)));
 }
 
 #[test]
@@ -109,4 +106,31 @@ fn many_commits_of_few_keys_are_merged_and_a_deleted_namespace_stays_deleted() {
     assert_eq!(store.views("gen").count(), 0);
     assert_eq!(store.view("live", "y").expect("y"), Some(record(200)));
     assert_eq!(store.offset("gen", "s", 0).expect("offset"), None);
+}
+
+/// A view's remembered versions survive the store; a view written before
+/// they existed (its serde form alone) still reads, with none.
+#[test]
+fn recent_versions_round_trip_and_old_views_still_read() {
+    let mut view = View::empty();
+    view.state = Some(vec![7]);
+    for (source, version) in [("a", 3), ("b", 10), ("a", 5), ("a", 9), ("b", 11)] {
+        view.applied(source, version);
+    }
+    assert_eq!(view.recent.0.len(), 3);
+    let record = ViewRecord {
+        view,
+        updated_ms: 42,
+    };
+    let bytes = encode_view(&record, Vec::new());
+    assert_eq!(decode_view(&bytes).expect("decode"), record);
+
+    let old = postcard::to_allocvec(&(&record.view, record.updated_ms)).expect("encode");
+    let read = decode_view(&old).expect("an old view reads");
+    assert!(read.view.recent.0.is_empty());
+    assert_eq!(read.view.versions, record.view.versions);
+
+    let mut bad = old.clone();
+    bad.extend(postcard::to_allocvec(&vec![(9u32, 0u64)]).expect("encode"));
+    assert!(matches!(decode_view(&bad), Err(Error::Corrupt { .. })));
 }

@@ -72,7 +72,7 @@ impl ViewRecordBuf {
             let len_at = b.len();
             b.extend_from_slice(&[0; 4]);
             let bytes = std::mem::take(b);
-            *b = postcard::to_extend(record, bytes).expect("postcard encodes a view into a Vec");
+            *b = super::encode_view(record, bytes);
             let len = b.len() - len_at - 4;
             b[len_at..len_at + 4].copy_from_slice(&(len as u32).to_be_bytes());
             (len_at + 4, len)
