@@ -179,6 +179,37 @@ pub fn inbox_events(shape: InboxShape) -> Vec<String> {
 /// One unread conversation: id, last message time, archived.
 pub type Unread = BTreeMap<String, (i64, bool)>;
 
+/// Deliveries (event, view key) the inbox makes of `events`, counted from
+/// the payloads alone.
+pub fn inbox_deliveries(events: &[String]) -> u64 {
+    events
+        .iter()
+        .map(|line| {
+            let e: serde_json::Value = serde_json::from_str(line).expect("json");
+            let p = &e["payload"];
+            let users: std::collections::BTreeSet<&str> = match e["type"].as_str().expect("type") {
+                "MessageSent" => p["participants"]
+                    .as_array()
+                    .expect("participants")
+                    .iter()
+                    .filter_map(|u| u.as_str())
+                    .chain(p["sender_id"].as_str())
+                    .collect(),
+                "ConversationRead" | "ParticipantAdded" | "ParticipantRemoved" => {
+                    p["user_id"].as_str().into_iter().collect()
+                }
+                _ => p["participants"]
+                    .as_array()
+                    .expect("participants")
+                    .iter()
+                    .filter_map(|u| u.as_str())
+                    .collect(),
+            };
+            users.len() as u64
+        })
+        .sum()
+}
+
 /// The inbox views after `events` under eager population, computed from
 /// the events alone (no plugin, no rules crate): key → unread entries.
 /// Every key ever touched is present, possibly empty. Unbounded: use it
@@ -351,12 +382,7 @@ impl Served {
                 "[engine]\ncommit_interval_ms = 100\n[http]\nconsistency_timeout_ms = 30000\n{extra}"
             ),
         );
-        let log = projector_sources::log::EmbeddedLog::open(
-            app.engine.store(),
-            app.config.log.partitions,
-            app.config.format,
-        )
-        .expect("embedded log");
+        let log = app.open_log().expect("embedded log");
         let stop = projector_host::shutdown::Shutdown::new();
         let running = app
             .start(

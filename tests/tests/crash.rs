@@ -3,43 +3,12 @@
 //! counters show every delivery applied exactly once.
 
 use projector_tests::{
-    fold_inbox, inbox_events, open_app, projector_bin, rendered, shown, write_ndjson, InboxShape,
+    fold_inbox, inbox_deliveries, inbox_events, open_app, projector_bin, rendered, shown,
+    write_ndjson, InboxShape,
 };
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// Deliveries (event, view key) the inbox makes of `events`, counted from
-/// the payloads alone.
-fn deliveries(events: &[String]) -> u64 {
-    events
-        .iter()
-        .map(|line| {
-            let e: serde_json::Value = serde_json::from_str(line).expect("json");
-            let p = &e["payload"];
-            let users: BTreeSet<&str> = match e["type"].as_str().expect("type") {
-                "MessageSent" => p["participants"]
-                    .as_array()
-                    .expect("participants")
-                    .iter()
-                    .filter_map(|u| u.as_str())
-                    .chain(p["sender_id"].as_str())
-                    .collect(),
-                "ConversationRead" | "ParticipantAdded" | "ParticipantRemoved" => {
-                    p["user_id"].as_str().into_iter().collect()
-                }
-                _ => p["participants"]
-                    .as_array()
-                    .expect("participants")
-                    .iter()
-                    .filter_map(|u| u.as_str())
-                    .collect(),
-            };
-            users.len() as u64
-        })
-        .sum()
-}
 
 #[test]
 fn sigkill_mid_replay_then_restart_loses_nothing_and_applies_nothing_twice() {
@@ -139,7 +108,7 @@ fn crash_and_restart(engine: &str, env: &[(&str, &str)], mut after_kill: impl Fn
     );
     let p = app.engine.projection("inbox-unread").expect("loaded");
     let c = p.counters();
-    let expected = deliveries(&events);
+    let expected = inbox_deliveries(&events);
     let letters: Vec<_> = app.engine.store().dead_letters().collect();
     assert!(letters.is_empty(), "dead letters: {letters:?}");
     assert_eq!(

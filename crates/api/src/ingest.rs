@@ -56,7 +56,7 @@ pub(crate) async fn ingest(
     let appended = tokio::task::spawn_blocking(move || log.append(&events))
         .await
         .map_err(ApiError::internal)?;
-    let positions = appended.map_err(|e| match e {
+    let appended = appended.map_err(|e| match e {
         projector_sources::log::Error::Decode { index, error } => ApiError::bad_request(
             "bad_event",
             format!(
@@ -66,9 +66,11 @@ pub(crate) async fn ingest(
         ),
         other => ApiError::internal(other),
     })?;
-    s.metrics.ingested.inc_by(count as u64);
+    let duplicates = appended.duplicates;
+    s.metrics.ingested.inc_by((count - duplicates) as u64);
+    s.metrics.ingest_duplicates.inc_by(duplicates as u64);
     let mut offsets = BTreeMap::new();
-    for p in &positions {
+    for p in &appended.positions {
         let slot = offsets.entry(p.partition).or_insert(p.offset);
         *slot = (*slot).max(p.offset);
     }
@@ -76,5 +78,9 @@ pub(crate) async fn ingest(
         source: LOG_SOURCE.into(),
         offsets,
     };
-    Ok(Json(json!({"count": count, "token": token.to_string()})))
+    Ok(Json(json!({
+        "count": count,
+        "duplicates": duplicates,
+        "token": token.to_string(),
+    })))
 }

@@ -15,6 +15,7 @@
 //! | `projector_mismatches_total` | counter | plugin, reason | differences found, by the comparison's reason |
 //! | `projector_consistency_waits_total` | counter | plugin, result | reads carrying a position token: `reached` or `timeout` |
 //! | `projector_ingested_total` | counter | | events appended through `POST /v1/events` |
+//! | `projector_ingest_duplicates_total` | counter | | events posted again within the log's dedup window, not appended twice |
 //! | `projector_events_total` | counter | plugin, outcome | event deliveries: `received`, `applied`, `skipped`, `invalidated`, `dead_lettered` |
 //! | `projector_commits_total` | counter | | atomic store commits (views, offsets, counters, dead letters together) |
 //! | `projector_committed_views_total` | counter | | views put or removed by those commits |
@@ -155,6 +156,9 @@ pub struct Metrics {
     pub consistency_waits: Family<ResultLabels, Counter>,
     /// Events appended through `POST /v1/events` (`projector_ingested_total`).
     pub ingested: Counter,
+    /// Events posted again within the log's dedup window, not appended
+    /// twice (`projector_ingest_duplicates_total`).
+    pub ingest_duplicates: Counter,
     /// Requests answered 503 because `max_in_flight` were being served
     /// (`projector_http_shed_total`).
     pub shed: Counter,
@@ -177,6 +181,7 @@ impl Metrics {
         let mismatches = Family::<ReasonLabels, Counter>::default();
         let consistency_waits = Family::<ResultLabels, Counter>::default();
         let ingested = Counter::default();
+        let ingest_duplicates = Counter::default();
         let shed = Counter::default();
         registry.register(
             "projector_reads",
@@ -229,6 +234,11 @@ impl Metrics {
             ingested.clone(),
         );
         registry.register(
+            "projector_ingest_duplicates",
+            "Events posted again within the log's dedup window, not appended twice",
+            ingest_duplicates.clone(),
+        );
+        registry.register(
             "projector_http_shed",
             "Requests answered 503 because [http] max_in_flight were being served",
             shed.clone(),
@@ -250,6 +260,7 @@ impl Metrics {
             mismatches,
             consistency_waits,
             ingested,
+            ingest_duplicates,
             shed,
             registry: Arc::new(registry),
         }

@@ -110,6 +110,16 @@ impl App {
         Ok(app)
     }
 
+    /// The embedded log in this runtime's store, as `[log]` configures it.
+    pub fn open_log(&self) -> anyhow::Result<EmbeddedLog> {
+        let log = EmbeddedLog::open(
+            self.engine.store(),
+            self.config.log.partitions,
+            self.config.format,
+        )?;
+        Ok(log.with_dedup_window(self.config.log.dedup_window))
+    }
+
     /// Follow `log` into the engine on a thread until `stop` is set (or,
     /// with `exit_when_idle`, until caught up), and serve the API on
     /// `listen` (`None`: the config's `http.listen`; "off": no API), with

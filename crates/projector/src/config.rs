@@ -19,6 +19,7 @@
 //!
 //! [log]
 //! partitions = 4               # fixed when the log is created
+//! dedup_window = 65536         # records per partition whose ids an append is checked against (0: off)
 //!
 //! [deploy]                     # plugin versions deployed in replace mode
 //! probation_events = 1000      # watched for their first events (0: off) ...
@@ -191,11 +192,18 @@ impl Default for EngineConfig {
 pub struct LogConfig {
     /// Partitions of the embedded log, fixed when it is created (1 to 4096; default 4).
     pub partitions: u32,
+    /// Records per partition whose (source, id) an append is checked
+    /// against: an event posted again within them is not appended twice
+    /// (default 65536; 0 turns the check off).
+    pub dedup_window: u64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { partitions: 4 }
+        LogConfig {
+            partitions: 4,
+            dedup_window: projector_sources::log::DEFAULT_DEDUP_WINDOW,
+        }
     }
 }
 

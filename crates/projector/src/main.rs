@@ -339,14 +339,18 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 serve_until_stopped(&app, running, &stop, signals)?;
                 return Ok(std::process::ExitCode::SUCCESS);
             }
-            let log = EmbeddedLog::open(
-                app.engine.store(),
-                app.config.log.partitions,
-                app.config.format,
-            )?;
+            let log = app.open_log()?;
             for file in &ingest {
-                let n = ingest_file(&log, file)?;
-                eprintln!("ingested {n} events from {}", file.display());
+                let (n, duplicates) = ingest_file(&log, file)?;
+                if duplicates == 0 {
+                    eprintln!("ingested {n} events from {}", file.display());
+                } else {
+                    eprintln!(
+                        "ingested {} events from {} ({duplicates} already in the log, not appended again)",
+                        n - duplicates,
+                        file.display()
+                    );
+                }
             }
             let signals = spawn_signal_handler(stop.clone())?;
             eprintln!(
@@ -550,25 +554,30 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<usize> {
+/// Append an NDJSON file to the log: its events, and how many of them
+/// the log already held.
+fn ingest_file(log: &EmbeddedLog, path: &Path) -> anyhow::Result<(usize, usize)> {
     let text = read_input(path)?;
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .collect();
-    let mut n = 0;
+    let (mut n, mut duplicates) = (0, 0);
     for chunk in lines.chunks(4096) {
         let values: Vec<&[u8]> = chunk.iter().map(|(_, l)| l.as_bytes()).collect();
-        log.append(&values).map_err(|e| match e {
-            projector_sources::log::Error::Decode { index, error } => {
-                anyhow::anyhow!("{} line {}: {error}", path.display(), chunk[index].0 + 1)
-            }
-            other => other.into(),
-        })?;
+        duplicates += log
+            .append(&values)
+            .map_err(|e| match e {
+                projector_sources::log::Error::Decode { index, error } => {
+                    anyhow::anyhow!("{} line {}: {error}", path.display(), chunk[index].0 + 1)
+                }
+                other => other.into(),
+            })?
+            .duplicates;
         n += values.len();
     }
-    Ok(n)
+    Ok((n, duplicates))
 }
 
 /// Announce the API, wait for the runtime to stop, then stop the signal

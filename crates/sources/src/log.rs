@@ -16,6 +16,13 @@
 //! append, and the engine reads it back without parsing JSON. A log of
 //! layout 2 (records as they were posted) keeps that layout and works as
 //! before.
+//!
+//! Appends are idempotent by event: the log indexes the (source, id) of
+//! the last records of each partition (its dedup window), in the same sled
+//! batch as the records. An event posted again (what a client does when its
+//! first POST timed out) is answered with the position it already has and
+//! is not appended twice. Ids of records that leave the window, or the log
+//! (retention), leave the index with them.
 
 use crate::{Batch, Next, Replay, Source};
 use projector_core::engine::Engine;
@@ -101,6 +108,16 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Where each record of the append is, in order: a duplicate's is
+    /// where it was appended first.
+    pub positions: Vec<Position>,
+    /// Records already in the log (same source and id), not appended again.
+    pub duplicates: usize,
+}
+
 /// The embedded durable event log, in the store's `log` tree.
 pub struct EmbeddedLog {
     tree: sled::Tree,
@@ -108,10 +125,22 @@ pub struct EmbeddedLog {
     format: Format,
     /// How records are stored: as posted (layout 2) or decoded (layout 3).
     encoding: Encoding,
-    /// Next offset per partition; the lock also orders appends.
-    ends: Mutex<Vec<u64>>,
+    /// Records per partition whose ids are remembered; 0 turns dedup off.
+    dedup_window: u64,
+    /// Where each partition ends; the lock also orders appends.
+    ends: Mutex<Ends>,
     appended: Condvar,
 }
+
+struct Ends {
+    /// Next offset per partition.
+    next: Vec<u64>,
+    /// Per partition, the first offset whose id is still indexed.
+    ids_from: Vec<u64>,
+}
+
+/// Records per partition whose ids an append is checked against, by default.
+pub const DEFAULT_DEDUP_WINDOW: u64 = 65_536;
 
 const META_PARTITIONS: &[u8] = b"meta/partitions";
 /// Layout version of the records: 2 is segments of records as posted, 3
@@ -119,6 +148,42 @@ const META_PARTITIONS: &[u8] = b"meta/partitions";
 const META_FORMAT: &[u8] = b"meta/format";
 const FORMAT: u32 = 3;
 const FORMAT_WIRE: u32 = 2;
+
+/// Key of the index entry of an event id: `i`, the source, 0, the id.
+fn id_key(source: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + source.len() + id.len());
+    k.push(b'i');
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn ids_from_key(partition: u32) -> Vec<u8> {
+    let mut k = b"meta/ids-from/".to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn read_u64(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_be_bytes)
+}
+
+impl Position {
+    fn to_bytes(self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.partition.to_be_bytes());
+        b[4..].copy_from_slice(&self.offset.to_be_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        Some(Position {
+            partition: u32::from_be_bytes(b.get(..4)?.try_into().ok()?),
+            offset: read_u64(b.get(4..12)?)?,
+        })
+    }
+}
 
 fn segment_key(partition: u32, offset: u64) -> [u8; 13] {
     let mut k = [0u8; 13];
@@ -180,25 +245,46 @@ impl EmbeddedLog {
                 Encoding::Stored
             }
         };
-        let mut ends = Vec::with_capacity(partitions as usize);
+        let mut ends = Ends {
+            next: Vec::with_capacity(partitions as usize),
+            ids_from: Vec::with_capacity(partitions as usize),
+        };
         for p in 0..partitions {
             let last = tree
                 .range(segment_key(p, 0)..=segment_key(p, u64::MAX))
                 .next_back()
                 .transpose()?;
-            ends.push(match last {
+            let end = match last {
                 Some((k, v)) => first_offset(&k) + segment_records(&v)?.len() as u64,
                 None => 0,
-            });
+            };
+            // A log written before the index has none of its ids: from its end.
+            let ids_from = match tree.get(ids_from_key(p))? {
+                Some(v) => read_u64(&v)
+                    .ok_or_else(|| Error::Corrupt(format!("ids-from of partition {p}")))?,
+                None => end,
+            };
+            // Retention that removed every segment left no record to count
+            // from; the ids were forgotten up to where it removed them.
+            ends.next.push(end.max(ids_from));
+            ends.ids_from.push(ids_from);
         }
         Ok(EmbeddedLog {
             tree,
             partitions,
             format,
             encoding,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
             ends: Mutex::new(ends),
             appended: Condvar::new(),
         })
+    }
+
+    /// Remember the ids of the last `records` of each partition (0: none,
+    /// appends are not checked for duplicates).
+    pub fn with_dedup_window(mut self, records: u64) -> Self {
+        self.dedup_window = records;
+        self
     }
 
     /// Number of partitions, fixed when the log was created.
@@ -208,19 +294,44 @@ impl EmbeddedLog {
 
     /// Append records durably. Every record must decode; otherwise nothing
     /// is appended and the error names the first bad one. Each is stored
-    /// decoded (layout 3), so it is not parsed again when read.
-    pub fn append<V: AsRef<[u8]>>(&self, values: &[V]) -> Result<Vec<Position>, Error> {
+    /// decoded (layout 3), so it is not parsed again when read. A record
+    /// whose (source, id) is in the dedup window, or earlier in the same
+    /// append, is answered with its first position and not appended again.
+    pub fn append<V: AsRef<[u8]>>(&self, values: &[V]) -> Result<Appended, Error> {
         let mut events = Vec::with_capacity(values.len());
         for (index, v) in values.iter().enumerate() {
             let event = envelope::decode(self.format, None, v.as_ref())
                 .map_err(|error| Error::Decode { index, error })?;
             events.push(event);
         }
+        let dedup = self.dedup_window > 0;
         let mut ends = self.ends.lock().recover();
         let mut segments: Vec<Vec<u8>> = vec![Vec::new(); self.partitions as usize];
         let mut positions = Vec::with_capacity(values.len());
-        let mut next = ends.clone();
+        let mut batch = sled::Batch::default();
+        let mut here: std::collections::HashMap<Vec<u8>, Position> = Default::default();
+        let mut duplicates = 0;
+        let mut next = ends.next.clone();
         for (v, event) in values.iter().zip(&events) {
+            let id = (dedup && !event.id.is_empty()).then(|| id_key(&event.source, &event.id));
+            if let Some(id) = &id {
+                let known = match here.get(id) {
+                    Some(pos) => Some(*pos),
+                    None => self
+                        .tree
+                        .get(id)?
+                        .map(|b| {
+                            Position::from_bytes(&b)
+                                .ok_or_else(|| Error::Corrupt("id index entry".into()))
+                        })
+                        .transpose()?,
+                };
+                if let Some(pos) = known {
+                    positions.push(pos);
+                    duplicates += 1;
+                    continue;
+                }
+            }
             let p = partition_of(&event.key, self.partitions);
             let segment = &mut segments[p as usize];
             match self.encoding {
@@ -234,24 +345,76 @@ impl EmbeddedLog {
                     segment.extend_from_slice(v);
                 }
             }
-            positions.push(Position {
+            let pos = Position {
                 partition: p,
                 offset: next[p as usize],
-            });
+            };
+            if let Some(id) = id {
+                batch.insert(id.as_slice(), &pos.to_bytes());
+                here.insert(id, pos);
+            }
+            positions.push(pos);
             next[p as usize] += 1;
         }
-        let mut batch = sled::Batch::default();
         for (p, segment) in segments.into_iter().enumerate() {
             if !segment.is_empty() {
-                batch.insert(&segment_key(p as u32, ends[p]), segment);
+                batch.insert(&segment_key(p as u32, ends.next[p]), segment);
+            }
+        }
+        let mut ids_from = ends.ids_from.clone();
+        for p in 0..self.partitions {
+            // Forget ids past the window, a quarter of it at a time.
+            let (i, window) = (p as usize, self.dedup_window);
+            if dedup && next[i] - ids_from[i] > window + window / 4 {
+                ids_from[i] = self.forget_ids(&mut batch, p, ids_from[i], next[i] - window)?;
             }
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
-        *ends = next;
+        ends.next = next;
+        ends.ids_from = ids_from;
         drop(ends);
         self.appended.notify_all();
-        Ok(positions)
+        Ok(Appended {
+            positions,
+            duplicates,
+        })
+    }
+
+    /// Remove from the id index, in `batch`, the ids of the records of
+    /// `partition` in `from..to` (those still pointing at them), and
+    /// record that ids are indexed from `to` on. Returns `to`.
+    fn forget_ids(
+        &self,
+        batch: &mut sled::Batch,
+        partition: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<u64, Error> {
+        let mut at = from;
+        while at < to {
+            let records = self.read(partition, at, (to - at).min(4096) as usize)?;
+            let Some(last) = records.last().map(|r| r.offset) else {
+                break;
+            };
+            for r in records.iter().filter(|r| r.offset < to) {
+                // A record that does not decode has no id in the index.
+                let Ok(event) = r.decode(self.format) else {
+                    continue;
+                };
+                let key = id_key(&event.source, &event.id);
+                let here = Position {
+                    partition,
+                    offset: r.offset,
+                };
+                if self.tree.get(&key)?.as_deref() == Some(&here.to_bytes()[..]) {
+                    batch.remove(key);
+                }
+            }
+            at = last + 1;
+        }
+        batch.insert(ids_from_key(partition), &to.to_be_bytes());
+        Ok(to)
     }
 
     /// Up to `max` records of `partition` from offset `from` on.
@@ -295,15 +458,25 @@ impl EmbeddedLog {
     /// Delete the records of `partition` before `offset` (retention),
     /// whole segments at a time: a segment holding `offset` is kept.
     pub fn truncate_before(&self, partition: u32, offset: u64) -> Result<(), Error> {
+        let mut ends = self.ends.lock().recover();
         let mut batch = sled::Batch::default();
+        let mut removed_to = 0;
         for item in self
             .tree
             .range(segment_key(partition, 0)..segment_key(partition, offset))
         {
             let (k, v) = item?;
-            if first_offset(&k) + segment_records(&v)?.len() as u64 <= offset {
+            let end = first_offset(&k) + segment_records(&v)?.len() as u64;
+            if end <= offset {
                 batch.remove(k);
+                removed_to = end;
             }
+        }
+        // The ids of the removed records leave the index with them.
+        let p = partition as usize;
+        if removed_to > ends.ids_from[p] {
+            ends.ids_from[p] =
+                self.forget_ids(&mut batch, partition, ends.ids_from[p], removed_to)?;
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
@@ -327,7 +500,7 @@ impl EmbeddedLog {
 
     /// The next offset to be written in each partition.
     pub fn ends(&self) -> Vec<u64> {
-        self.ends.lock().recover().clone()
+        self.ends.lock().recover().next.clone()
     }
 
     /// Wait until something is appended, or `timeout` passes.
@@ -453,7 +626,7 @@ mod tests {
             let values: Vec<Vec<u8>> = (0..7)
                 .map(|i| event(&format!("k{i}"), round * 10 + i))
                 .collect();
-            let positions = log.append(&values).expect("append");
+            let positions = log.append(&values).expect("append").positions;
             appended.extend(positions.into_iter().zip(values));
         }
         for p in 0..3 {
@@ -553,5 +726,68 @@ mod tests {
             .err()
             .expect("refused");
         assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    }
+
+    fn ids_indexed(store: &Store) -> usize {
+        store.tree("log").expect("tree").scan_prefix(b"i").count()
+    }
+
+    /// An event posted again (a client retrying a POST that timed out) is
+    /// answered with its first position and not appended twice, within
+    /// one append, across appends and across a reopen.
+    #[test]
+    fn an_event_posted_again_is_not_appended_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let log = EmbeddedLog::open(&store, 2, Format::Auto).expect("log");
+        let values: Vec<Vec<u8>> = (0..10).map(|n| event(&format!("k{n}"), n)).collect();
+        let first = log.append(&values).expect("append");
+        assert_eq!(first.duplicates, 0);
+        let ends = log.ends();
+        let again = log.append(&values).expect("append again");
+        assert_eq!(again.duplicates, 10);
+        assert_eq!(again.positions, first.positions);
+        assert_eq!(log.ends(), ends, "nothing appended");
+
+        // Within one append: the second copy gets the first's position.
+        let twice = vec![event("x", 1), event("x", 1)];
+        let a = log.append(&twice).expect("append");
+        assert_eq!(a.duplicates, 1);
+        assert_eq!(a.positions[0], a.positions[1]);
+        drop(log);
+
+        let log = EmbeddedLog::open(&store, 2, Format::Auto).expect("reopen");
+        assert_eq!(log.append(&values).expect("append").duplicates, 10);
+        // Off: appended again.
+        let log = log.with_dedup_window(0);
+        assert_eq!(log.append(&values).expect("append").duplicates, 0);
+    }
+
+    /// Only the last `dedup_window` records of a partition are remembered:
+    /// older ids leave the index, and records removed by retention take
+    /// theirs along.
+    #[test]
+    fn the_id_index_is_bounded_by_the_window_and_retention() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let log = EmbeddedLog::open(&store, 1, Format::Auto)
+            .expect("log")
+            .with_dedup_window(8);
+        for n in 0..40 {
+            log.append(&[event("k", n)]).expect("append");
+            assert!(
+                ids_indexed(&store) <= 10,
+                "at most the window and a quarter"
+            );
+        }
+        assert_eq!(log.append(&[event("k", 39)]).expect("append").duplicates, 1);
+        assert_eq!(log.append(&[event("k", 0)]).expect("append").duplicates, 0);
+        assert_eq!(log.ends(), vec![41]);
+        log.truncate_before(0, 41).expect("truncate");
+        assert_eq!(ids_indexed(&store), 0, "no id outlives its record");
+        drop(log);
+        let log = EmbeddedLog::open(&store, 1, Format::Auto).expect("reopen");
+        assert_eq!(log.ends(), vec![41], "offsets go on after retention");
+        assert_eq!(log.append(&[event("k", 39)]).expect("append").duplicates, 0);
     }
 }

@@ -104,7 +104,10 @@ fn a_redelivered_older_event_is_skipped_a_truly_older_one_invalidates() {
     ];
     let first: Vec<Record> = (0..).zip(&events).map(|(o, e)| record(o, e)).collect();
     engine.process("log", 0, &first).expect("process");
-    let before = engine.read("inbox", "u2:s1", 0).expect("read").expect("view");
+    let before = engine
+        .read("inbox", "u2:s1", 0)
+        .expect("read")
+        .expect("view");
     drop(engine);
     let engine = open(dir.path());
 
@@ -112,7 +115,10 @@ fn a_redelivered_older_event_is_skipped_a_truly_older_one_invalidates() {
     let again: Vec<Record> = (3..).zip(&events).map(|(o, e)| record(o, e)).collect();
     let c = engine.process("log", 0, &again).expect("process").total();
     assert_eq!((c.applied, c.skipped, c.invalidated), (0, 6, 0), "{c:?}");
-    let after = engine.read("inbox", "u2:s1", 0).expect("read").expect("view");
+    let after = engine
+        .read("inbox", "u2:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(after.status, Status::Valid);
     assert_eq!(after.versions, before.versions);
     assert_eq!(after.json(), before.json());
@@ -122,6 +128,9 @@ fn a_redelivered_older_event_is_skipped_a_truly_older_one_invalidates() {
     let older = [record(6, &sent("e9", 15, "c9", "u5", "u2"))];
     let c = engine.process("log", 0, &older).expect("process").total();
     assert_eq!(c.invalidated, 1, "{c:?}");
-    let view = engine.read("inbox", "u2:s1", 0).expect("read").expect("view");
+    let view = engine
+        .read("inbox", "u2:s1", 0)
+        .expect("read")
+        .expect("view");
     assert_eq!(view.status, Status::Invalid);
 }
