@@ -577,3 +577,42 @@ fn a_request_past_max_in_flight_is_shed_with_retry_after() {
     assert_eq!(waited, 504, "the slow read ran to its own end");
     assert_ne!(s.get(&path).0, 503, "room again once it ended");
 }
+
+/// A client that trickles its request body is answered 408 `slow_client`
+/// once `[http] body_timeout_ms` passes, and its connection is closed; the
+/// server goes on serving others.
+#[test]
+fn a_body_slower_than_body_timeout_ms_is_answered_408() {
+    use std::io::{Read, Write};
+    let s = Served::start(&[PLUGIN], "body_timeout_ms = 300\n");
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut tcp = std::net::TcpStream::connect(&addr).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    let started = std::time::Instant::now();
+    tcp.write_all(
+        b"POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{\"id\":",
+    )
+    .expect("write the start");
+    // Never send the rest: read until the server closes.
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer)
+        .expect("the server answers and closes");
+    let elapsed = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("slow_client"), "{answer}");
+    assert!(
+        elapsed < std::time::Duration::from_secs(8),
+        "took {elapsed:?}"
+    );
+    let (status, _) = s.get("/healthz");
+    assert_eq!(status, 200);
+    // A body that arrives in time is served as before.
+    let (status, body) = s.send(Method::POST, "/v1/events", "");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_event")),
+        "{body}"
+    );
+}

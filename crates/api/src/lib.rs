@@ -27,6 +27,7 @@ mod read;
 pub mod rollout;
 pub mod server;
 mod shed;
+mod slow;
 pub mod state;
 pub mod token;
 pub mod truth;
@@ -62,6 +63,9 @@ pub struct HttpConfig {
     /// `Retry-After` (0: no bound). Health, readiness and metrics are
     /// never refused.
     pub max_in_flight: usize,
+    /// A request's body must arrive within this (ms), or it is answered
+    /// 408 `slow_client` (0: no deadline).
+    pub body_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -73,6 +77,7 @@ impl Default for HttpConfig {
             user_header: "x-user-id".into(),
             groups_header: "x-groups".into(),
             max_in_flight: 1024,
+            body_timeout_ms: 10_000,
         }
     }
 }
@@ -127,6 +132,10 @@ pub fn router(state: Arc<ServeState>) -> Router {
         )
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            slow::read_body_in_time,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             shed::shed,

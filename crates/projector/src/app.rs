@@ -117,7 +117,7 @@ impl App {
             self.config.log.partitions,
             self.config.format,
         )?;
-        Ok(log.with_dedup_window(self.config.log.dedup_window))
+        Ok(log.with_dedup_window(self.config.log.dedup_window)?)
     }
 
     /// Follow `log` into the engine on a thread until `stop` is set (or,

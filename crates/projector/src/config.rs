@@ -50,6 +50,7 @@
 //! user_header = "x-user-id"    # the request's user, for rollout rules
 //! groups_header = "x-groups"   # the request's groups (comma-separated)
 //! max_in_flight = 1024         # requests served at once; one more gets 503 + Retry-After (0: no bound)
+//! body_timeout_ms = 10000      # a request body slower than this is answered 408 slow_client (0: none)
 //!
 //! [services.billing]           # a service plugins may fetch from (see fetch)
 //! url = "http://billing.internal:8080"

@@ -18,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+mod dedup;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;

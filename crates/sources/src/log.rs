@@ -17,19 +17,20 @@
 //! layout 2 (records as they were posted) keeps that layout and works as
 //! before.
 //!
-//! Appends are idempotent by event: the log indexes the (source, id) of
-//! the last records of each partition (its dedup window), in the same sled
-//! batch as the records. An event posted again (what a client does when its
-//! first POST timed out) is answered with the position it already has and
-//! is not appended twice. Ids of records that leave the window, or the log
-//! (retention), leave the index with them.
+//! Appends are idempotent by event: the log remembers the (source, id) of
+//! the last records of each partition (its dedup window, [`RecentIds`],
+//! rebuilt from those records when the log opens). An event posted again
+//! (what a client does when its first POST timed out) is answered with the
+//! position it already has and is not appended twice.
 
+use crate::dedup::RecentIds;
 use crate::{Batch, Next, Replay, Source};
 use projector_core::engine::Engine;
 use projector_core::envelope::{self, DecodeError, Format};
 use projector_core::store::Store;
 use projector_core::{stored, Encoding, Record};
 use projector_host::sync::Recover;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -125,8 +126,6 @@ pub struct EmbeddedLog {
     format: Format,
     /// How records are stored: as posted (layout 2) or decoded (layout 3).
     encoding: Encoding,
-    /// Records per partition whose ids are remembered; 0 turns dedup off.
-    dedup_window: u64,
     /// Where each partition ends; the lock also orders appends.
     ends: Mutex<Ends>,
     appended: Condvar,
@@ -135,8 +134,8 @@ pub struct EmbeddedLog {
 struct Ends {
     /// Next offset per partition.
     next: Vec<u64>,
-    /// Per partition, the first offset whose id is still indexed.
-    ids_from: Vec<u64>,
+    /// The ids of the last records, for idempotent appends.
+    ids: RecentIds,
 }
 
 /// Records per partition whose ids an append is checked against, by default.
@@ -149,40 +148,12 @@ const META_FORMAT: &[u8] = b"meta/format";
 const FORMAT: u32 = 3;
 const FORMAT_WIRE: u32 = 2;
 
-/// Key of the index entry of an event id: `i`, the source, 0, the id.
-fn id_key(source: &str, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + source.len() + id.len());
-    k.push(b'i');
-    k.extend_from_slice(source.as_bytes());
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn ids_from_key(partition: u32) -> Vec<u8> {
-    let mut k = b"meta/ids-from/".to_vec();
+/// Where retention left a partition's first record (`meta/start/<p>`):
+/// its end, once every segment is gone.
+fn start_key(partition: u32) -> Vec<u8> {
+    let mut k = b"meta/start/".to_vec();
     k.extend_from_slice(&partition.to_be_bytes());
     k
-}
-
-fn read_u64(v: &[u8]) -> Option<u64> {
-    v.try_into().ok().map(u64::from_be_bytes)
-}
-
-impl Position {
-    fn to_bytes(self) -> [u8; 12] {
-        let mut b = [0u8; 12];
-        b[..4].copy_from_slice(&self.partition.to_be_bytes());
-        b[4..].copy_from_slice(&self.offset.to_be_bytes());
-        b
-    }
-
-    fn from_bytes(b: &[u8]) -> Option<Self> {
-        Some(Position {
-            partition: u32::from_be_bytes(b.get(..4)?.try_into().ok()?),
-            offset: read_u64(b.get(4..12)?)?,
-        })
-    }
 }
 
 fn segment_key(partition: u32, offset: u64) -> [u8; 13] {
@@ -245,10 +216,7 @@ impl EmbeddedLog {
                 Encoding::Stored
             }
         };
-        let mut ends = Ends {
-            next: Vec::with_capacity(partitions as usize),
-            ids_from: Vec::with_capacity(partitions as usize),
-        };
+        let mut next = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let last = tree
                 .range(segment_key(p, 0)..=segment_key(p, u64::MAX))
@@ -258,33 +226,78 @@ impl EmbeddedLog {
                 Some((k, v)) => first_offset(&k) + segment_records(&v)?.len() as u64,
                 None => 0,
             };
-            // A log written before the index has none of its ids: from its end.
-            let ids_from = match tree.get(ids_from_key(p))? {
-                Some(v) => read_u64(&v)
-                    .ok_or_else(|| Error::Corrupt(format!("ids-from of partition {p}")))?,
-                None => end,
+            // Retention that removed every segment left none to count from.
+            let start = match tree.get(start_key(p))? {
+                Some(v) => u64::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| Error::Corrupt(format!("start of partition {p}")))?,
+                ),
+                None => 0,
             };
-            // Retention that removed every segment left no record to count
-            // from; the ids were forgotten up to where it removed them.
-            ends.next.push(end.max(ids_from));
-            ends.ids_from.push(ids_from);
+            next.push(end.max(start));
         }
-        Ok(EmbeddedLog {
+        let log = EmbeddedLog {
             tree,
             partitions,
             format,
             encoding,
-            dedup_window: DEFAULT_DEDUP_WINDOW,
-            ends: Mutex::new(ends),
+            ends: Mutex::new(Ends {
+                next,
+                ids: RecentIds::new(partitions, 0),
+            }),
             appended: Condvar::new(),
-        })
+        };
+        log.remember_ids(DEFAULT_DEDUP_WINDOW as usize)?;
+        Ok(log)
     }
 
     /// Remember the ids of the last `records` of each partition (0: none,
     /// appends are not checked for duplicates).
-    pub fn with_dedup_window(mut self, records: u64) -> Self {
-        self.dedup_window = records;
-        self
+    pub fn with_dedup_window(self, records: u64) -> Result<Self, Error> {
+        self.remember_ids(usize::try_from(records).unwrap_or(usize::MAX))?;
+        Ok(self)
+    }
+
+    /// Rebuild the id window from the last `window` records of each partition.
+    fn remember_ids(&self, window: usize) -> Result<(), Error> {
+        let mut ends = self.ends.lock().recover();
+        if ends.ids.window() == window && window > 0 {
+            return Ok(());
+        }
+        let mut ids = RecentIds::new(self.partitions, window);
+        for p in 0..self.partitions {
+            let end = ends.next[p as usize];
+            let from = end.saturating_sub(window as u64);
+            for r in self.read(p, from, window)? {
+                // A record that does not decode was never appended by this log.
+                if let Ok(event) = r.decode(self.format) {
+                    if !event.id.is_empty() {
+                        let hash = ids.hash(&event.source, &event.id);
+                        ids.insert(
+                            hash,
+                            Position {
+                                partition: p,
+                                offset: r.offset,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        ends.ids = ids;
+        Ok(())
+    }
+
+    /// Whether the record at `pos` has this source and id (a remembered
+    /// hash is a candidate until checked).
+    fn holds(&self, pos: Position, source: &str, id: &str) -> Result<bool, Error> {
+        let records = self.read(pos.partition, pos.offset, 1)?;
+        Ok(records.first().is_some_and(|r| {
+            r.offset == pos.offset
+                && r.decode(self.format)
+                    .is_ok_and(|e| e.source == source && e.id == id)
+        }))
     }
 
     /// Number of partitions, fixed when the log was created.
@@ -304,27 +317,24 @@ impl EmbeddedLog {
                 .map_err(|error| Error::Decode { index, error })?;
             events.push(event);
         }
-        let dedup = self.dedup_window > 0;
         let mut ends = self.ends.lock().recover();
+        let dedup = ends.ids.window() > 0;
         let mut segments: Vec<Vec<u8>> = vec![Vec::new(); self.partitions as usize];
         let mut positions = Vec::with_capacity(values.len());
-        let mut batch = sled::Batch::default();
-        let mut here: std::collections::HashMap<Vec<u8>, Position> = Default::default();
+        let mut here: FxHashMap<u64, Position> = FxHashMap::default();
+        let mut remember = Vec::new();
         let mut duplicates = 0;
         let mut next = ends.next.clone();
         for (v, event) in values.iter().zip(&events) {
-            let id = (dedup && !event.id.is_empty()).then(|| id_key(&event.source, &event.id));
-            if let Some(id) = &id {
-                let known = match here.get(id) {
+            let hash =
+                (dedup && !event.id.is_empty()).then(|| ends.ids.hash(&event.source, &event.id));
+            if let Some(hash) = hash {
+                let known = match here.get(&hash) {
                     Some(pos) => Some(*pos),
-                    None => self
-                        .tree
-                        .get(id)?
-                        .map(|b| {
-                            Position::from_bytes(&b)
-                                .ok_or_else(|| Error::Corrupt("id index entry".into()))
-                        })
-                        .transpose()?,
+                    None => match ends.ids.get(hash) {
+                        Some(pos) if self.holds(pos, &event.source, &event.id)? => Some(pos),
+                        _ => None,
+                    },
                 };
                 if let Some(pos) = known {
                     positions.push(pos);
@@ -349,72 +359,31 @@ impl EmbeddedLog {
                 partition: p,
                 offset: next[p as usize],
             };
-            if let Some(id) = id {
-                batch.insert(id.as_slice(), &pos.to_bytes());
-                here.insert(id, pos);
+            if let Some(hash) = hash {
+                here.insert(hash, pos);
+                remember.push((hash, pos));
             }
             positions.push(pos);
             next[p as usize] += 1;
         }
+        let mut batch = sled::Batch::default();
         for (p, segment) in segments.into_iter().enumerate() {
             if !segment.is_empty() {
                 batch.insert(&segment_key(p as u32, ends.next[p]), segment);
             }
         }
-        let mut ids_from = ends.ids_from.clone();
-        for p in 0..self.partitions {
-            // Forget ids past the window, a quarter of it at a time.
-            let (i, window) = (p as usize, self.dedup_window);
-            if dedup && next[i] - ids_from[i] > window + window / 4 {
-                ids_from[i] = self.forget_ids(&mut batch, p, ids_from[i], next[i] - window)?;
-            }
-        }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
         ends.next = next;
-        ends.ids_from = ids_from;
+        for (hash, pos) in remember {
+            ends.ids.insert(hash, pos);
+        }
         drop(ends);
         self.appended.notify_all();
         Ok(Appended {
             positions,
             duplicates,
         })
-    }
-
-    /// Remove from the id index, in `batch`, the ids of the records of
-    /// `partition` in `from..to` (those still pointing at them), and
-    /// record that ids are indexed from `to` on. Returns `to`.
-    fn forget_ids(
-        &self,
-        batch: &mut sled::Batch,
-        partition: u32,
-        from: u64,
-        to: u64,
-    ) -> Result<u64, Error> {
-        let mut at = from;
-        while at < to {
-            let records = self.read(partition, at, (to - at).min(4096) as usize)?;
-            let Some(last) = records.last().map(|r| r.offset) else {
-                break;
-            };
-            for r in records.iter().filter(|r| r.offset < to) {
-                // A record that does not decode has no id in the index.
-                let Ok(event) = r.decode(self.format) else {
-                    continue;
-                };
-                let key = id_key(&event.source, &event.id);
-                let here = Position {
-                    partition,
-                    offset: r.offset,
-                };
-                if self.tree.get(&key)?.as_deref() == Some(&here.to_bytes()[..]) {
-                    batch.remove(key);
-                }
-            }
-            at = last + 1;
-        }
-        batch.insert(ids_from_key(partition), &to.to_be_bytes());
-        Ok(to)
     }
 
     /// Up to `max` records of `partition` from offset `from` on.
@@ -460,7 +429,7 @@ impl EmbeddedLog {
     pub fn truncate_before(&self, partition: u32, offset: u64) -> Result<(), Error> {
         let mut ends = self.ends.lock().recover();
         let mut batch = sled::Batch::default();
-        let mut removed_to = 0;
+        let mut removed_to = None;
         for item in self
             .tree
             .range(segment_key(partition, 0)..segment_key(partition, offset))
@@ -469,14 +438,12 @@ impl EmbeddedLog {
             let end = first_offset(&k) + segment_records(&v)?.len() as u64;
             if end <= offset {
                 batch.remove(k);
-                removed_to = end;
+                removed_to = Some(end);
             }
         }
-        // The ids of the removed records leave the index with them.
-        let p = partition as usize;
-        if removed_to > ends.ids_from[p] {
-            ends.ids_from[p] =
-                self.forget_ids(&mut batch, partition, ends.ids_from[p], removed_to)?;
+        if let Some(end) = removed_to {
+            batch.insert(start_key(partition), &end.to_be_bytes());
+            ends.ids.forget_before(partition, end);
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
@@ -728,8 +695,8 @@ mod tests {
         assert!(matches!(err, Error::Corrupt(_)), "{err}");
     }
 
-    fn ids_indexed(store: &Store) -> usize {
-        store.tree("log").expect("tree").scan_prefix(b"i").count()
+    fn ids_remembered(log: &EmbeddedLog) -> usize {
+        log.ends.lock().recover().ids.len()
     }
 
     /// An event posted again (a client retrying a POST that timed out) is
@@ -759,34 +726,33 @@ mod tests {
         let log = EmbeddedLog::open(&store, 2, Format::Auto).expect("reopen");
         assert_eq!(log.append(&values).expect("append").duplicates, 10);
         // Off: appended again.
-        let log = log.with_dedup_window(0);
+        let log = log.with_dedup_window(0).expect("window");
         assert_eq!(log.append(&values).expect("append").duplicates, 0);
     }
 
     /// Only the last `dedup_window` records of a partition are remembered:
-    /// older ids leave the index, and records removed by retention take
+    /// older ids are forgotten, and records removed by retention take
     /// theirs along.
     #[test]
-    fn the_id_index_is_bounded_by_the_window_and_retention() {
+    fn the_ids_remembered_are_bounded_by_the_window_and_retention() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let log = EmbeddedLog::open(&store, 1, Format::Auto)
             .expect("log")
-            .with_dedup_window(8);
+            .with_dedup_window(8)
+            .expect("window");
         for n in 0..40 {
             log.append(&[event("k", n)]).expect("append");
-            assert!(
-                ids_indexed(&store) <= 10,
-                "at most the window and a quarter"
-            );
+            assert!(ids_remembered(&log) <= 8, "at most the window");
         }
         assert_eq!(log.append(&[event("k", 39)]).expect("append").duplicates, 1);
         assert_eq!(log.append(&[event("k", 0)]).expect("append").duplicates, 0);
         assert_eq!(log.ends(), vec![41]);
         log.truncate_before(0, 41).expect("truncate");
-        assert_eq!(ids_indexed(&store), 0, "no id outlives its record");
+        assert_eq!(ids_remembered(&log), 0, "no id outlives its record");
         drop(log);
         let log = EmbeddedLog::open(&store, 1, Format::Auto).expect("reopen");
+        assert_eq!(ids_remembered(&log), 0);
         assert_eq!(log.ends(), vec![41], "offsets go on after retention");
         assert_eq!(log.append(&[event("k", 39)]).expect("append").duplicates, 0);
     }

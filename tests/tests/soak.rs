@@ -1,0 +1,336 @@
+//! Soak of `projector run` on the embedded log: clients POST events (in
+//! batches, several at once) and read views while the process is SIGKILLed
+//! at random moments and restarted, again and again. A client whose POST
+//! got no answer posts the same batch again after the restart, as any
+//! client would. At the end every view equals an independent fold of the
+//! events, every acknowledged event is in the log exactly once, and the
+//! counters show no event applied twice. The last stop is a SIGTERM while
+//! busy: it must exit cleanly.
+//!
+//! `SOAK_KILLS` sets the number of kills (10 here; `./scripts/soak.sh run`
+//! runs 100), `SOAK_SEED` the moments.
+
+use projector_tests::{
+    fold_inbox, inbox_deliveries, inbox_events, knob, open_app, plugins_dir, projector_bin,
+    rendered, shown, InboxShape,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A tiny deterministic generator for kill moments and batch sizes.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// One client: the events of its sites, posted in order, a batch retried
+/// until it is answered 2xx.
+struct Client {
+    events: Vec<String>,
+    /// Events before it are acknowledged.
+    acked: usize,
+    /// The batch in flight when the process died: posted again.
+    pending: Option<usize>,
+    rng: Lcg,
+}
+
+#[derive(Default)]
+struct Tally {
+    acknowledged: AtomicU64,
+    posts_unanswered: AtomicU64,
+    reposted_duplicates: AtomicU64,
+    reads: AtomicU64,
+}
+
+/// `projector run` with its API on a free loopback port; the base URL.
+fn start(config: &Path) -> (Child, String) {
+    let mut child = Command::new(projector_bin())
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn projector run");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("read API on ").nth(1) {
+                let url = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("projector run announces its API");
+    (child, url)
+}
+
+/// Post the client's next batch (or the unanswered one again) until
+/// `stop`, the events run out, or the process stops answering.
+fn drive(client: &Mutex<Client>, base: &str, stop: &AtomicBool, tally: &Tally) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client");
+    let mut c = client.lock().expect("client");
+    while !stop.load(Ordering::Relaxed) && c.acked < c.events.len() {
+        let again = c.pending.is_some();
+        let end = match c.pending {
+            Some(end) => end,
+            None => (c.acked + 20 + c.rng.below(300) as usize).min(c.events.len()),
+        };
+        c.pending = Some(end);
+        let body = c.events[c.acked..end].join("\n");
+        let answer = http
+            .post(format!("{base}/v1/events"))
+            .body(body)
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text());
+        match answer {
+            Ok(text) => {
+                let a: serde_json::Value = serde_json::from_str(&text).expect("a JSON answer");
+                let duplicates = a["duplicates"].as_u64().expect("duplicates");
+                assert!(again || duplicates == 0, "a first post had duplicates: {a}");
+                tally
+                    .reposted_duplicates
+                    .fetch_add(duplicates, Ordering::Relaxed);
+                tally
+                    .acknowledged
+                    .fetch_add((end - c.acked) as u64, Ordering::Relaxed);
+                c.acked = end;
+                c.pending = None;
+                // A client's pace: the ingest spreads over the kills.
+                let pause = 100 + c.rng.below(100);
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            Err(e) => {
+                assert!(
+                    e.status().is_none_or(|s| s.as_u16() == 503),
+                    "a POST answered {e}"
+                );
+                tally.posts_unanswered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// Read views of `keys` until `stop`: a view or not found, never a 5xx.
+fn read(keys: &[String], base: &str, stop: &AtomicBool, tally: &Tally) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client");
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = &keys[i % keys.len()];
+        i += 1;
+        match http
+            .get(format!("{base}/v1/views/inbox-unread/{key}"))
+            .send()
+        {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                assert!(
+                    matches!(status, 200 | 404 | 503),
+                    "a read of {key} answered {status}"
+                );
+                tally.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => return,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Run the clients and a reader against a fresh process until every
+/// client is done or `kill_after` passes (then SIGKILL); the process.
+fn round(
+    config: &Path,
+    clients: &[Arc<Mutex<Client>>],
+    keys: &Arc<Vec<String>>,
+    kill_after: Option<Duration>,
+    tally: &Arc<Tally>,
+) -> Child {
+    let (child, base) = start(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for c in clients {
+        let (c, base, stop, tally) = (c.clone(), base.clone(), stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || drive(&c, &base, &stop, &tally)));
+    }
+    let reader = {
+        let (keys, base, stop, tally) = (keys.clone(), base.clone(), stop.clone(), tally.clone());
+        std::thread::spawn(move || read(&keys, &base, &stop, &tally))
+    };
+    let mut child = child;
+    match kill_after {
+        Some(after) => {
+            std::thread::sleep(after);
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+        None => {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while threads.iter().any(|t| !t.is_finished()) {
+                assert!(Instant::now() < deadline, "clients did not finish");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("client");
+    }
+    reader.join().expect("reader");
+    child
+}
+
+#[test]
+fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
+    let kills = knob("SOAK_KILLS", 10);
+    let seed = knob("SOAK_SEED", 20261202);
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins_dir(dir.path(), &["inbox-unread"]);
+    let config = dir.path().join("projector.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
+         [engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n\
+         [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = { max_unread = 1000000 }\n",
+    )
+    .expect("config");
+
+    // Three clients, each with the events of its own sites, so each view
+    // sees its events in order whatever the clients' interleaving.
+    let events = inbox_events(InboxShape {
+        sites: 60,
+        users: 600,
+        events: (kills as usize + 1) * 2500,
+        seed,
+    });
+    let mut rng = Lcg(seed);
+    let mut per_client: HashMap<usize, Vec<String>> = HashMap::new();
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_str(e).expect("json");
+        let site = v["payload"]["site_id"].as_str().expect("site").to_string();
+        let n: usize = site
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or(0);
+        per_client.entry(n % 3).or_default().push(e.clone());
+    }
+    let clients: Vec<Arc<Mutex<Client>>> = per_client
+        .into_values()
+        .map(|events| {
+            Arc::new(Mutex::new(Client {
+                events,
+                acked: 0,
+                pending: None,
+                rng: Lcg(rng.below(u64::MAX)),
+            }))
+        })
+        .collect();
+    let model = fold_inbox(&events);
+    let keys: Arc<Vec<String>> = Arc::new(model.keys().take(50).cloned().collect());
+    let tally = Arc::new(Tally::default());
+
+    for _ in 0..kills {
+        let after = Duration::from_millis(300 + rng.below(1200));
+        round(&config, &clients, &keys, Some(after), &tally);
+    }
+    // The last round: every client done, then SIGTERM while the runtime
+    // may still be applying; it drains and exits 0.
+    let mut child = round(&config, &clients, &keys, None, &tally);
+    let pid = child.id().to_string();
+    let term = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "SIGTERM ended run with {status}");
+    // Apply what is left, then look.
+    let out = Command::new(projector_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--exit-when-idle", "--listen", "off"])
+        .output()
+        .expect("run --exit-when-idle");
+    assert!(out.status.success(), "{out:?}");
+
+    let app = open_app(
+        dir.path(),
+        &["inbox-unread"],
+        "[plugins.inbox-unread]\nsettings = { max_unread = 1000000 }\n",
+    );
+    let log = app.open_log().expect("log");
+    let mut ids = BTreeSet::new();
+    let mut records = 0u64;
+    for p in 0..log.partitions() {
+        for r in log.read(p, 0, usize::MAX).expect("read") {
+            let e = r.decode(app.config.format).expect("event");
+            ids.insert(e.id);
+            records += 1;
+        }
+    }
+    let acknowledged = tally.acknowledged.load(Ordering::Relaxed);
+    let all: BTreeSet<String> = events
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).expect("json");
+            v["id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let lost = all.difference(&ids).count();
+    let doubled = records - ids.len() as u64;
+    println!(
+        "soak run: {kills} kills (seed {seed}), {acknowledged} events acknowledged, \
+         {} posts unanswered and posted again ({} of their events already in), \
+         {} reads, lost {lost}, doubled {doubled}",
+        tally.posts_unanswered.load(Ordering::Relaxed),
+        tally.reposted_duplicates.load(Ordering::Relaxed),
+        tally.reads.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        acknowledged,
+        events.len() as u64,
+        "every event acknowledged"
+    );
+    assert_eq!((lost, doubled), (0, 0), "lost, doubled");
+
+    let c = app
+        .engine
+        .projection("inbox-unread")
+        .expect("loaded")
+        .counters();
+    let expected = inbox_deliveries(&events);
+    assert_eq!(c.received, expected, "each delivery counted once: {c:?}");
+    assert_eq!(c.applied, expected, "each delivery applied once: {c:?}");
+    assert_eq!((c.invalidated, c.dead_lettered), (0, 0), "{c:?}");
+    for (key, unread) in &model {
+        let v = app
+            .engine
+            .read("inbox-unread", key, 0)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no view for {key}"));
+        let body = v.json().expect("a valid view renders");
+        assert_eq!(rendered(&body), shown(unread), "view {key}");
+    }
+}
