@@ -160,14 +160,15 @@ fn read(keys: &[String], base: &str, stop: &AtomicBool, tally: &Tally) {
 }
 
 /// Run the clients and a reader against a fresh process until every
-/// client is done or `kill_after` passes (then SIGKILL); the process.
+/// client is done or `kill_after` passes (then SIGKILL and reap it); the
+/// process when it was not killed.
 fn round(
     config: &Path,
     clients: &[Arc<Mutex<Client>>],
     keys: &Arc<Vec<String>>,
     kill_after: Option<Duration>,
     tally: &Arc<Tally>,
-) -> Child {
+) -> Option<Child> {
     let (child, base) = start(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -180,11 +181,12 @@ fn round(
         std::thread::spawn(move || read(&keys, &base, &stop, &tally))
     };
     let mut child = child;
-    match kill_after {
+    let running = match kill_after {
         Some(after) => {
             std::thread::sleep(after);
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
+            None
         }
         None => {
             let deadline = Instant::now() + Duration::from_secs(300);
@@ -192,14 +194,15 @@ fn round(
                 assert!(Instant::now() < deadline, "clients did not finish");
                 std::thread::sleep(Duration::from_millis(20));
             }
+            Some(child)
         }
-    }
+    };
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("client");
     }
     reader.join().expect("reader");
-    child
+    running
 }
 
 #[test]
@@ -257,7 +260,7 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
     }
     // The last round: every client done, then SIGTERM while the runtime
     // may still be applying; it drains and exits 0.
-    let mut child = round(&config, &clients, &keys, None, &tally);
+    let mut child = round(&config, &clients, &keys, None, &tally).expect("not killed");
     let pid = child.id().to_string();
     let term = Command::new("kill")
         .args(["-TERM", &pid])
