@@ -59,6 +59,28 @@ pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
 }
 
+/// A plugin's breaker: its state, why and since when it is paused, when
+/// the next probe is, and how often it opened.
+fn breaker_json(p: &projector_core::engine::Projection) -> Value {
+    use projector_core::breaker::BreakerState;
+    let state = p.breaker();
+    let mut out = json!({"state": state.name(), "opened": p.breaker_opened()});
+    match state {
+        BreakerState::Closed => {}
+        BreakerState::Open {
+            reason,
+            since_ms,
+            probe_at_ms,
+        } => {
+            out["reason"] = reason.into();
+            out["since_ms"] = since_ms.into();
+            out["probe_at_ms"] = probe_at_ms.into();
+        }
+        BreakerState::CatchingUp { since_ms } => out["since_ms"] = since_ms.into(),
+    }
+    out
+}
+
 pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value> {
     let list: Vec<Value> = s
         .engine
@@ -73,6 +95,7 @@ pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value
                 "source_of_truth": own.is_some_and(|o| o.source.is_some()),
                 "events": {"received": c.received, "applied": c.applied, "skipped": c.skipped,
                            "invalidated": c.invalidated, "dead_lettered": c.dead_lettered},
+                "breaker": breaker_json(p),
             })
         })
         .collect();

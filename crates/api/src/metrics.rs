@@ -22,6 +22,8 @@
 //! | `projector_commit_seconds_total` | counter | | time spent in those commits |
 //! | `projector_lag_records` | gauge | plugin, source, partition | records in the log not yet applied by the plugin |
 //! | `projector_retries_total` | counter | plugin | events queued for a delayed retry after a transient failure |
+//! | `projector_breaker_open` | gauge | plugin | 1 while the plugin's breaker holds it paused (open or catching up), else 0 |
+//! | `projector_breaker_opened_total` | counter | plugin | times the plugin's breaker opened |
 //! | `projector_retry_queue` | gauge | | events waiting for their retry |
 //! | `projector_fetches_total` | counter | service | fetches plugins asked of a service (enrichment) |
 //! | `projector_fetch_cache_hits_total` | counter | service | fetches answered from the cache within its TTL |
@@ -353,6 +355,35 @@ impl Collector for EngineCollector {
                     plugin: p.name().into(),
                 };
                 ConstCounter::new(p.retried()).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "projector_breaker_open",
+                "1 while the plugin's breaker holds it paused (open or catching up)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for p in &projections {
+                let labels = PluginLabel {
+                    plugin: p.name().into(),
+                };
+                let open = i64::from(p.breaker() != projector_core::breaker::BreakerState::Closed);
+                ConstGauge::new(open).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "projector_breaker_opened",
+                "Times the plugin's breaker opened",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for p in &projections {
+                let labels = PluginLabel {
+                    plugin: p.name().into(),
+                };
+                ConstCounter::new(p.breaker_opened()).encode(family.encode_family(&labels)?)?;
             }
         }
         {

@@ -22,6 +22,7 @@
 
 #![deny(missing_docs)]
 
+pub mod breaker;
 pub mod engine;
 pub mod envelope;
 pub mod record;

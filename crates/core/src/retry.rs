@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// doubled per attempt up to `max_delay_ms`, while its partition keeps
 /// flowing (locally, or through the retry topic with Kafka); after
 /// `attempts` delayed retries it is dead-lettered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Immediate retries while the key waits (default 0).

@@ -86,6 +86,13 @@ impl App {
             std::time::Duration::from_millis(config.engine.commit_interval_ms),
         );
         engine.set_retry(config.retry);
+        engine.set_breaker(config.breaker);
+        for name in config.plugins.keys() {
+            let policy = config
+                .policy(name)
+                .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+            engine.set_policy(name, policy);
+        }
         let engine = Arc::new(engine);
         let host = match config.engine.compile_cache_dir.as_deref() {
             Some(dir) if dir.as_os_str() != "off" => WasmHost::with_compile_cache(dir)

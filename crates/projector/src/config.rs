@@ -39,6 +39,14 @@
 //! delay_ms = 1000              # doubled per attempt
 //! max_delay_ms = 60000
 //!
+//! [breaker]                    # pause a plugin when most of what it sees fails
+//! min_failures = 20            # failures within the window before it opens (0: off)
+//! failure_ratio = 0.5          # share of the window's deliveries that failed
+//! window_deliveries = 100      # the window: the last 100 deliveries ...
+//! window_ms = 60000            # ... of the last minute at most
+//! probe_delay_ms = 1000        # then a probe replays a few missed events; doubled per failed probe
+//! max_probe_delay_ms = 30000
+//!
 //! [limits]                     # defaults for every plugin
 //! epoch_deadline_ms = 10
 //! max_memory_bytes = 67108864
@@ -77,6 +85,8 @@ use projector_api::rollout::Rollout;
 use projector_api::truth::{Truth, TruthConfig};
 pub use projector_api::HttpConfig;
 use projector_api::{ApiSettings, PluginApi};
+pub use projector_core::breaker::BreakerConfig;
+pub use projector_core::engine::Policy;
 pub use projector_core::envelope::Format;
 pub use projector_core::RetryConfig;
 pub use projector_deploy::DeployConfig;
@@ -127,6 +137,9 @@ pub struct Config {
     /// `[retry]`: retries of events a plugin failed with a transient error.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// `[breaker]`: when a plugin is paused instead of failing everything.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
     /// How deploys are watched.
     #[serde(default)]
     pub deploy: DeployConfig,
@@ -278,6 +291,46 @@ pub struct PluginConfig {
     pub services: Vec<String>,
     /// The read modes per request; changeable at runtime.
     pub rollout: Option<Rollout>,
+    /// This plugin's retries, over `[retry]` (any of its keys).
+    #[serde(default)]
+    pub retry: Option<toml::Table>,
+    /// This plugin's breaker, over `[breaker]` (any of its keys).
+    #[serde(default)]
+    pub breaker: Option<toml::Table>,
+}
+
+/// `base` with the keys of `patch` set over it.
+fn patched<T: serde::Serialize + serde::de::DeserializeOwned>(
+    base: &T,
+    patch: &Option<toml::Table>,
+) -> Result<T, String> {
+    let mut table = toml::Table::try_from(base).map_err(|e| e.to_string())?;
+    if let Some(patch) = patch {
+        table.extend(patch.clone());
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())
+}
+
+impl Config {
+    /// The retry and breaker settings plugin `name` runs with.
+    pub fn policy(&self, name: &str) -> Result<Policy, String> {
+        let Some(p) = self.plugins.get(name) else {
+            return Ok(Policy {
+                retry: self.retry,
+                breaker: self.breaker,
+            });
+        };
+        let retry =
+            patched(&self.retry, &p.retry).map_err(|e| format!("plugins.{name}.retry: {e}"))?;
+        let breaker = patched(&self.breaker, &p.breaker)
+            .map_err(|e| format!("plugins.{name}.breaker: {e}"))?;
+        breaker
+            .check()
+            .map_err(|e| format!("plugins.{name}.breaker: {e}"))?;
+        Ok(Policy { retry, breaker })
+    }
 }
 
 impl Default for Config {
@@ -310,6 +363,12 @@ impl Config {
                 );
                 p.truth = Some(old);
             }
+        }
+        c.breaker
+            .check()
+            .map_err(|e| bad(format!("breaker: {e}")))?;
+        for name in c.plugins.keys() {
+            c.policy(name).map_err(&bad)?;
         }
         if c.engine.batch_size == 0 {
             return Err(bad("engine.batch_size: expected at least 1, got 0".into()));

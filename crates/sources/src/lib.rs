@@ -24,6 +24,7 @@ pub mod file;
 pub mod kafka;
 pub mod log;
 pub mod pipeline;
+mod resume;
 
 use projector_core::engine::{Engine, FailureRoute};
 use projector_core::store::RetryEntry;

@@ -120,6 +120,8 @@ pub fn drive(
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {
     engine.set_failure_route(source.failure_route());
+    // Breakers pause plugins only where what they miss can be replayed.
+    engine.enable_breakers(source.replay().is_some());
     let looped = turn(engine, source, options, stop, &mut progress);
     let closed = source.close();
     let totals = looped?;
@@ -138,6 +140,7 @@ fn turn(
     let started = Instant::now();
     let mut totals = Totals::default();
     let mut retried_at = Instant::now();
+    let replay = source.replay();
     // Running until idle, a source that has nothing now is done.
     let wait = match options.until {
         Until::Idle => Duration::ZERO,
@@ -150,6 +153,10 @@ fn turn(
             // Due retries are committed at once, with all pending work.
             if engine.retry_due(projector_core::now_ms())? > 0 {
                 source.durable();
+            }
+            // Paused plugins: probe, catch up, rejoin.
+            if let Some(replay) = &replay {
+                crate::resume::step(engine, replay.as_ref(), projector_core::now_ms())?;
             }
         }
         match source.next_batch(options.batch_size, wait)? {

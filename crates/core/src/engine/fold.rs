@@ -71,6 +71,10 @@ pub(super) struct BatchCtx<'a> {
     pub(super) only_key: Option<&'a str>,
     pub(super) retry: &'a RetryConfig,
     pub(super) route: Route<'a>,
+    /// A live run its breaker watches: each key's failures are counted as
+    /// it is folded, and once the breaker opens the other keys are left
+    /// and the run is abandoned (nothing of it is written).
+    pub(super) watch: bool,
 }
 
 /// One key's result: its new view (if it changed) and its failures.
@@ -83,12 +87,15 @@ pub(super) struct KeyResult<'e> {
 }
 
 impl<'a> BatchCtx<'a> {
+    /// Fold `events` into the projection's views and route its failures;
+    /// the counts, or `None` when its breaker opened during the run (the
+    /// run is abandoned: its events are replayed once the plugin is back).
     pub(super) fn run(
         &self,
         events: &[(u64, &Event)],
         workers: usize,
         writer: &mut Writer,
-    ) -> Result<Counters> {
+    ) -> Result<Option<Counters>> {
         let code = &self.projection.code;
         let mut counters = Counters::default();
         let mut session = code.session();
@@ -102,6 +109,7 @@ impl<'a> BatchCtx<'a> {
         let mut order: Vec<String> = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
         let mut slot: FxHashMap<String, usize> = FxHashMap::default();
+        let mut key_errors = Vec::new();
         for (i, keys) in routed.into_iter().enumerate() {
             match keys {
                 Ok(keys) => {
@@ -119,11 +127,7 @@ impl<'a> BatchCtx<'a> {
                         }
                     }
                 }
-                Err(e) => {
-                    counters.received += 1;
-                    counters.dead_lettered += 1;
-                    self.dead_letter(writer, "keys", None, events[i].1, events[i].0, &e)?;
-                }
+                Err(e) => key_errors.push((i, e)),
             }
         }
         drop(slot);
@@ -158,12 +162,21 @@ impl<'a> BatchCtx<'a> {
             })?
         };
 
+        if self.watch && self.projection.breaker.is_paused() {
+            return Ok(None);
+        }
+        for (i, e) in key_errors {
+            counters.received += 1;
+            counters.dead_lettered += 1;
+            self.dead_letter(writer, "keys", None, events[i].1, events[i].0, &e)?;
+        }
         for r in results {
             counters.add(&r.counters);
             if let Some(change) = r.change {
                 self.projection.set_view(&r.key, change);
             }
             for (event, offset, error, transient) in r.failures {
+                self.projection.failed(&error);
                 if transient && self.attempt <= self.retry.attempts {
                     counters.dead_lettered -= 1;
                     self.projection.retried.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +217,7 @@ impl<'a> BatchCtx<'a> {
                 self.dead_letter(writer, "apply", Some(&r.key), event, offset, &error)?;
             }
         }
-        Ok(counters)
+        Ok(Some(counters))
     }
 
     /// The keys of every event; a failed batch call is retried event by
@@ -340,6 +353,15 @@ impl<'a> BatchCtx<'a> {
         mut first: Option<ApplyResult>,
     ) -> Result<KeyResult<'e>> {
         let p = self.projection;
+        // Its breaker opened on an earlier key: the run is abandoned.
+        if self.watch && p.breaker.is_paused() {
+            return Ok(KeyResult {
+                key: key.to_string(),
+                change: None,
+                counters: Counters::default(),
+                failures: Vec::new(),
+            });
+        }
         let code = &p.code;
         let existed = before.is_some();
         let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
@@ -410,6 +432,22 @@ impl<'a> BatchCtx<'a> {
                     };
                     failures.push((event, offset, error, transient));
                 }
+            }
+        }
+        if self.watch {
+            let last = failures.last().map(|(_, _, e, _)| e.to_string());
+            let opened = p.breaker.record(
+                now_ms(),
+                mine.len() as u64,
+                failures.len() as u64,
+                last.as_deref().unwrap_or_default(),
+            );
+            if opened {
+                tracing::warn!(
+                    plugin = p.name(),
+                    reason = ?p.breaker.state(),
+                    "breaker open: the plugin is paused, its events wait in the source"
+                );
             }
         }
         let change = match (changed, view) {
@@ -520,7 +558,13 @@ impl Engine {
             .offsets
             .insert((DECODE_NS.to_string(), source.to_string(), partition), next);
 
+        let breakers = self.breakers_on.load(Ordering::Relaxed);
         for p in self.all().iter().filter(|p| !p.is_building()) {
+            // A paused plugin's offsets stay where they are: it replays
+            // from them once a probe passes.
+            if breakers && !p.is_shadow() && p.breaker.is_paused() {
+                continue;
+            }
             let batch = BatchIn {
                 source,
                 partition,
@@ -578,10 +622,17 @@ impl Engine {
                 partition,
                 attempt: 1,
                 only_key: None,
-                retry: &self.retry,
+                retry: &p.retry,
                 route: b.route,
+                watch: self.breakers_on.load(Ordering::Relaxed)
+                    && !p.is_shadow()
+                    && !p.breaker.is_paused(),
             };
-            delta = ctx.run(&events, self.workers, writer)?;
+            match ctx.run(&events, self.workers, writer)? {
+                Some(d) => delta = d,
+                // Its breaker opened: its offset stays before this batch.
+                None => return Ok(Counters::default()),
+            }
         }
         if next > from {
             let first = from.max(b.records[0].offset);

@@ -31,6 +31,11 @@ impl Engine {
             retried: AtomicU64::new(0),
             shadow: AtomicBool::new(true),
             building: AtomicBool::new(true),
+            retry: self.policy(&name).retry,
+            // A shadow is never paused: its breaker never records.
+            breaker: Arc::new(Breaker::new(self.policy(&name).breaker)),
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::default(),
         });
         list.push(p.clone());
         Ok(p)
@@ -70,6 +75,11 @@ impl Engine {
         let delta = self.apply_batch(pending, &mut writer, p, &batch);
         pending.writer = Some(writer);
         self.commit_due(pending)?;
+        // Readers (lag, position tokens) see where `p` is now.
+        let k = (p.ns.clone(), source.to_string(), partition);
+        if let Some(o) = pending.offsets.get(&k) {
+            self.applied.write().recover().insert(k, *o);
+        }
         delta
     }
 

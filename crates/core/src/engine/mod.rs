@@ -16,6 +16,7 @@
 //! ([`Engine::read`], [`Engine::snapshot`]). It never reads a source
 //! itself.
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::envelope::{DecodeError, Format};
 use crate::record::{now_ms, Record};
 use crate::retry::RetryConfig;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 mod commit;
 mod fold;
 mod generation;
+mod pause;
 mod projection;
 mod read;
 mod recollect;
@@ -114,8 +116,23 @@ pub struct Engine {
     /// Counts batches; changes after each one (read-your-writes waits on it).
     progress: tokio::sync::watch::Sender<u64>,
     retry: RetryConfig,
+    /// Per plugin: its retry and breaker settings, over the defaults.
+    policies: FxHashMap<String, Policy>,
+    breaker: BreakerConfig,
+    /// Whether breakers may pause plugins: only when the source can
+    /// replay what a paused plugin lacks.
+    breakers_on: AtomicBool,
     route: RwLock<Option<Arc<dyn FailureRoute>>>,
     commits: Mutex<CommitStats>,
+}
+
+/// One plugin's failure handling: retries and breaker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// How its transient failures are retried.
+    pub retry: RetryConfig,
+    /// When it is paused.
+    pub breaker: BreakerConfig,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -204,6 +221,9 @@ impl Engine {
             applied: RwLock::new(HashMap::new()),
             progress: tokio::sync::watch::Sender::new(0),
             retry: RetryConfig::default(),
+            policies: FxHashMap::default(),
+            breaker: BreakerConfig::default(),
+            breakers_on: AtomicBool::new(false),
             route: RwLock::new(None),
             commits: Mutex::default(),
         }
@@ -234,6 +254,7 @@ impl Engine {
         }
         let counters = self.store.counters(&ns)?;
         let population = population.unwrap_or(code.info().population);
+        let policy = self.policy(code.name());
         list.push(Arc::new(Projection {
             code,
             ns,
@@ -245,6 +266,10 @@ impl Engine {
             retried: AtomicU64::new(0),
             shadow: AtomicBool::new(false),
             building: AtomicBool::new(false),
+            retry: policy.retry,
+            breaker: Arc::new(Breaker::new(policy.breaker)),
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::default(),
         }));
         Ok(())
     }
@@ -275,6 +300,10 @@ impl Engine {
             retried: AtomicU64::new(old.retried.load(Ordering::Relaxed)),
             shadow: AtomicBool::new(false),
             building: AtomicBool::new(false),
+            retry: old.retry,
+            breaker: old.breaker.clone(),
+            failures: AtomicU64::new(old.failures.load(Ordering::Relaxed)),
+            last_failure: Mutex::default(),
         });
         list[i] = replacement;
         Ok(())

@@ -25,6 +25,14 @@ pub struct Projection {
     pub(super) shadow: AtomicBool,
     /// Being rebuilt from the log, not yet fed by live batches.
     pub(super) building: AtomicBool,
+    /// How its transient failures are retried.
+    pub(super) retry: RetryConfig,
+    /// Pauses it when most of what it sees fails (kept across a replace).
+    pub(super) breaker: Arc<Breaker>,
+    /// Deliveries it failed since start (retried or dead-lettered), and
+    /// the last failure's message: what the breaker counts.
+    pub(super) failures: AtomicU64,
+    pub(super) last_failure: Mutex<String>,
 }
 
 /// Rendered answers by key, each with the state it was rendered from: an
@@ -83,6 +91,23 @@ impl ViewCache {
 }
 
 impl Projection {
+    /// Its breaker: `closed`, `open` (with why and when the next probe
+    /// is) or `catching-up`.
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Times its breaker opened since start.
+    pub fn breaker_opened(&self) -> u64 {
+        self.breaker.opened()
+    }
+
+    /// Count a failed delivery (retried or dead-lettered).
+    pub(super) fn failed(&self, error: &dyn std::fmt::Display) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_failure.lock().recover() = error.to_string();
+    }
+
     /// The current view of `key`: in memory if changed or read lately,
     /// else from the store.
     pub(super) fn view(&self, store: &Store, key: &str) -> Result<Option<ViewRecord>> {

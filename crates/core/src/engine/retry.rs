@@ -119,8 +119,21 @@ impl Engine {
         }
         let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
         let route = self.route();
+        let breakers = self.breakers_on.load(Ordering::Relaxed);
         for entry in &due {
             writer.remove_retry(entry);
+            // A paused plugin's retries wait for it, their attempts untouched.
+            if let Some(at) = breakers
+                .then(|| self.projection(&entry.plugin).ok())
+                .flatten()
+                .and_then(|p| p.breaker.resume_at(now_ms))
+            {
+                writer.retry(RetryEntry {
+                    not_before_ms: at,
+                    ..entry.clone()
+                })?;
+                continue;
+            }
             let p = match self.projection(&entry.plugin) {
                 Ok(p) => p,
                 Err(_) => {
@@ -152,10 +165,20 @@ impl Engine {
                 partition: entry.partition,
                 attempt: entry.attempt,
                 only_key: Some(&entry.key),
-                retry: &self.retry,
+                retry: &p.retry,
                 route: route.as_deref(),
+                watch: breakers && !p.breaker.is_paused(),
             };
-            let delta = ctx.run(&[(entry.offset, &entry.event)], 1, &mut writer)?;
+            let Some(delta) = ctx.run(&[(entry.offset, &entry.event)], 1, &mut writer)? else {
+                // Its breaker opened on it: it waits with the plugin,
+                // this attempt not counted.
+                let at = p.breaker.resume_at(now_ms).unwrap_or(now_ms);
+                writer.retry(RetryEntry {
+                    not_before_ms: at,
+                    ..entry.clone()
+                })?;
+                continue;
+            };
             let total = {
                 let mut c = p.counters.lock().recover();
                 c.add(&delta);
