@@ -69,6 +69,8 @@
 //! services = []                # the services it may fetch from
 //! settings = { max_unread = 1000 }
 //! limits = { epoch_deadline_ms = 20 }
+//! retry = { attempts = 10 }     # over [retry]
+//! breaker = { min_failures = 50 } # over [breaker]
 //!
 //! [plugins.inbox-unread.truth] # the source of truth (see projector_api::truth)
 //! url = "http://legacy/unread?user={user}&site={site}"
