@@ -214,3 +214,116 @@ fn batches_leave_nothing_behind_in_the_plugin() {
         "one instance served every batch"
     );
 }
+
+/// What a guest gets when it reaches out of its sandbox: no file, no
+/// environment or arguments, no socket, no name lookup, and clocks frozen
+/// at zero (the read time comes as an argument). Each probe's event fails
+/// alone with the host's refusal, and the plugin goes on counting.
+#[test]
+fn a_guest_reaching_out_of_the_sandbox_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &["hostile"], "");
+    let probes = [
+        "read-file",
+        "write-file",
+        "read-env",
+        "open-socket",
+        "resolve-name",
+        "read-clock",
+    ];
+    let mut batch: Vec<Vec<u8>> = probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ev(&format!("p{i}"), p, "a", i as u64 + 1))
+        .collect();
+    batch.push(ev("ok", "ok", "a", 100));
+    let c = app
+        .engine
+        .process("test", 0, &records(0, batch))
+        .expect("batch")
+        .total();
+    assert_eq!(
+        (c.applied, c.dead_lettered),
+        (1, probes.len() as u64),
+        "{c:?}"
+    );
+    assert_eq!(count(&app, "a"), Some(1));
+    let letters = letters(&app);
+    for (i, probe) in probes.iter().enumerate() {
+        let l = letters
+            .iter()
+            .find(|l| l.offset == i as u64)
+            .unwrap_or_else(|| panic!("no dead letter for {probe}"));
+        assert_eq!(l.reason, "plugin-error", "{probe}: {}", l.error);
+        assert!(
+            l.error.contains(&format!("probe {probe}: refused")),
+            "{probe}: {}",
+            l.error
+        );
+        eprintln!("{probe}: {}", l.error);
+    }
+    assert!(!std::path::Path::new("/tmp/projector-escape").exists());
+}
+
+/// Limits on what a guest may take: unbounded recursion and a 4 GiB grow
+/// fail their own events with a typed reason, a loop in `keys` is cut at
+/// its deadline, and a render answering 32 MiB is refused at the read;
+/// the plugin keeps serving the other keys.
+#[test]
+fn recursion_a_4_gib_grow_a_loop_in_keys_and_a_huge_render_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[plugins.hostile]\nlimits = { epoch_deadline_ms = 50, max_memory_bytes = 16777216 }\n",
+    );
+    let batch = vec![
+        ev("1", "recurse", "a", 1),
+        ev("2", "grow-4g", "b", 1),
+        ev("3", "loop-keys", "c", 1),
+        ev("4", "huge-render", "d", 1),
+        ev("5", "ok", "e", 1),
+    ];
+    let started = Instant::now();
+    let c = app
+        .engine
+        .process("test", 0, &records(0, batch))
+        .expect("batch")
+        .total();
+    let elapsed = started.elapsed();
+    assert_eq!((c.applied, c.dead_lettered), (2, 3), "{c:?}");
+    let letters = letters(&app);
+    let reason = |o: u64| {
+        let l = letters
+            .iter()
+            .find(|l| l.offset == o)
+            .unwrap_or_else(|| panic!("no dead letter at {o}"));
+        eprintln!("offset {o}: {} ({}): {}", l.reason, l.stage, l.error);
+        (l.reason.clone(), l.stage.clone(), l.error.clone())
+    };
+    let (r, _, e) = reason(0);
+    assert_eq!(r, "trap", "{e}");
+    let (r, _, e) = reason(1);
+    assert!(
+        r == "memory-limit" || e.contains("probe grow-4g: refused"),
+        "{r}: {e}"
+    );
+    let (r, stage, e) = reason(2);
+    assert_eq!((r.as_str(), stage.as_str()), ("out-of-time", "keys"), "{e}");
+    assert!(elapsed.as_secs() < 20, "took {elapsed:?}");
+    // The huge render is refused at the read, typed; other keys still read.
+    let err = app
+        .engine
+        .read("hostile", "d", 0)
+        .err()
+        .map(|e| e.to_string());
+    let rendered = app
+        .engine
+        .read("hostile", "d", 0)
+        .ok()
+        .flatten()
+        .and_then(|v| v.json());
+    assert!(rendered.is_none(), "a 32 MiB render was served: {err:?}");
+    eprintln!("huge render: {err:?}");
+    assert_eq!(count(&app, "e"), Some(1));
+}
