@@ -2,12 +2,12 @@
 //! comparison, promotion and retirement, the registry, plugin logs,
 //! rollout rules and recent mismatches.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Query};
 use crate::rollout::Rollout;
 use crate::state::{differences_json, rollout_setting, PluginServe, ServeState};
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use projector_core::engine;
@@ -70,6 +70,12 @@ pub(crate) struct CompareParams {
     sample: Option<usize>,
 }
 
+/// Most mismatches one answer lists.
+const MAX_LIMIT: usize = 1_000_000;
+
+/// Most keys one comparison samples.
+const MAX_SAMPLE: usize = 100_000;
+
 pub(crate) async fn shadow_compare(
     State(s): State<Arc<ServeState>>,
     Path(plugin): Path<String>,
@@ -78,6 +84,12 @@ pub(crate) async fn shadow_compare(
     let d = deployer(&s)?;
     s.plugin(&plugin)?;
     let sample = params.sample.unwrap_or(1000);
+    if !(1..=MAX_SAMPLE).contains(&sample) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("sample: expected 1 to {MAX_SAMPLE} keys, got {sample}"),
+        ));
+    }
     let c = blocking(move || d.compare(&plugin, sample)).await?;
     Ok(Json(serde_json::to_value(c).unwrap_or_default()))
 }
@@ -206,8 +218,9 @@ pub(crate) async fn put_rollout(
     if own.source.is_none()
         && (rollout.default.needs_source() || rollout.rules.iter().any(|r| r.mode.needs_source()))
     {
-        return Err(ApiError::bad_request(
-            "bad_rollout",
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_source_of_truth",
             format!("plugin {plugin:?} has no source of truth; every mode must be projection"),
         ));
     }
@@ -246,11 +259,16 @@ pub(crate) struct MismatchParams {
 pub(crate) async fn mismatches(
     State(s): State<Arc<ServeState>>,
     Path(plugin): Path<String>,
-    params: Result<Query<MismatchParams>, QueryRejection>,
+    Query(params): Query<MismatchParams>,
 ) -> ApiResult<Json<Value>> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let own = s.plugin(&plugin)?;
-    let limit = params.limit.unwrap_or(usize::MAX);
+    let limit = params.limit.unwrap_or(MAX_LIMIT);
+    if limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit: expected at most {MAX_LIMIT}, got {limit}"),
+        ));
+    }
     let recent = own.mismatches.lock().recover();
     let list: Vec<Value> = recent
         .iter()

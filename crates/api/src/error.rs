@@ -67,6 +67,10 @@ impl From<projector_deploy::Error> for ApiError {
             R::NoEarlier(_) => {
                 ApiError::new(StatusCode::CONFLICT, "no_earlier_version", e.to_string())
             }
+            R::NoShadow(_) => ApiError::new(StatusCode::CONFLICT, "no_shadow", e.to_string()),
+            R::Stopped(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
+            }
             R::Engine(e) => e.into(),
             other => ApiError::internal(other),
         }
@@ -88,3 +92,25 @@ impl From<engine::Error> for ApiError {
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// A query string, parsed into `T`; one that does not parse is answered
+/// 400 `bad_query` as JSON, like every other error.
+pub(crate) struct Query<T>(pub(crate) T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(t)| Query(t))
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+    }
+}

@@ -2,15 +2,14 @@
 //! position tokens waited for, the projection's answer or the source of
 //! truth's, lazy population, comparison of both.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Query};
 use crate::metrics::{ModeLabels, PluginLabel, ReadLabels, ReasonLabels, ResultLabels};
 use crate::rollout::{self, Mode};
 use crate::state::{differences_json, Mismatch, PluginServe, ServeState};
 use crate::token::Token;
 use crate::truth::{Truth, TruthError};
 use crate::HttpConfig;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -346,11 +345,10 @@ fn request_user<'a>(
 pub(crate) async fn read_view(
     State(s): State<Arc<ServeState>>,
     Path((plugin, key)): Path<(String, String)>,
-    params: Result<Query<ReadParams>, QueryRejection>,
+    Query(params): Query<ReadParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let started = Instant::now();
-    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let own = s.plugin(&plugin)?;
     let code = s.engine.projection(&plugin)?;
     engine::check_key(&key, code.code().limits())?;
