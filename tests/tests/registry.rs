@@ -683,3 +683,88 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
     stop.stop();
     running.wait().expect("stop");
 }
+
+/// A shadow generation outlives a restart: taken up again from its own
+/// offsets, it catches up with what was appended meanwhile and follows
+/// live events; so does the old generation after a promotion, and a
+/// rollback then still works.
+#[test]
+fn a_shadow_generation_and_a_promotion_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[engine]\ncommit_interval_ms = 50\n";
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+    // Run `app` on the log until `total` events are applied by the active
+    // generation and its shadow follows; then stop and restart.
+    let run = |app: &projector::app::App, log: &Arc<EmbeddedLog>, total: u64| {
+        let stop = Shutdown::new();
+        let pipeline = {
+            let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                run_log(&engine, &log, 512, &stop, false, |_| {}).expect("run")
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = app.deployer.shadow("hostile").expect("a shadow");
+            assert!(!s.phase.starts_with("failed"), "{s:?}");
+            let built = app
+                .engine
+                .shadows("hostile")
+                .iter()
+                .all(|g| !g.is_building());
+            if applied(app, 2) >= total && built {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no progress: {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.stop();
+        pipeline.join().expect("pipeline");
+        app.engine.commit().expect("commit");
+    };
+    let open = || {
+        let app = open_app(dir.path(), &["hostile"], extra);
+        let log = Arc::new(EmbeddedLog::open(app.engine.store(), 2, Format::Auto).expect("log"));
+        (app, log)
+    };
+
+    let (app, log) = open();
+    app.deployer.set_replay(log.clone());
+    log.append(&(0..2_000).map(event).collect::<Vec<_>>())
+        .expect("append");
+    app.deployer
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild)
+        .expect("shadow");
+    run(&app, &log, 2_000);
+    drop((app, log));
+
+    // Restarted with more events appended: the shadow catches up.
+    let (app, log) = open();
+    log.append(&(2_000..3_000).map(event).collect::<Vec<_>>())
+        .expect("append");
+    app.deployer.set_replay(log.clone());
+    run(&app, &log, 3_000);
+    let s = app.deployer.shadow("hostile").expect("the shadow is back");
+    assert_eq!(
+        (s.id.as_str(), s.phase.as_str()),
+        (v2.as_str(), "following"),
+        "{s:?}"
+    );
+    let c = app.deployer.compare("hostile", 50).expect("compare");
+    assert_eq!((c.compared, c.missing), (50, 0), "{c:?}");
+    app.deployer.promote("hostile").expect("promote");
+    assert_eq!(count(&app, "k1"), (6, "2".to_string()));
+    drop((app, log));
+
+    // Restarted after the promotion: v2 serves, v1 is kept current
+    // beside it, and a rollback returns to it with every event.
+    let (app, log) = open();
+    log.append(&(3_000..3_500).map(event).collect::<Vec<_>>())
+        .expect("append");
+    app.deployer.set_replay(log.clone());
+    run(&app, &log, 3_500);
+    assert_eq!(count(&app, "k1"), (7, "2".to_string()));
+    app.deployer.rollback("hostile").expect("rollback");
+    assert_eq!(count(&app, "k1"), (7, "1".to_string()));
+}

@@ -45,6 +45,9 @@ pub struct Deployer {
     pub(crate) replay: std::sync::OnceLock<Arc<dyn Replay>>,
     /// The shadow build of each plugin (at most one).
     pub(crate) shadows: Mutex<std::collections::HashMap<String, Arc<ShadowBuild>>>,
+    /// Generations taken up again at start, built once the source can
+    /// replay: (plugin, its build, the generation to catch up).
+    pub(crate) resumes: Mutex<Vec<Resume>>,
     /// Each plugin's log ring, shared by its versions.
     logs: Mutex<std::collections::HashMap<String, Arc<PluginLogs>>>,
     /// One deploy at a time.
@@ -54,6 +57,14 @@ pub struct Deployer {
     /// The threads this deployer started, joined by [`Deployer::stop`].
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// A generation taken up again at start: (plugin, its build, the
+/// generation to catch up).
+pub(crate) type Resume = (
+    String,
+    Arc<ShadowBuild>,
+    Arc<projector_core::engine::Projection>,
+);
 
 impl Deployer {
     /// A deployer for `engine`, with the registry opened from its store.
@@ -72,6 +83,7 @@ impl Deployer {
             registry,
             replay: std::sync::OnceLock::new(),
             shadows: Mutex::new(Default::default()),
+            resumes: Mutex::default(),
             logs: Mutex::new(Default::default()),
             busy: Mutex::new(()),
             shutdown: Shutdown::new(),
@@ -112,8 +124,10 @@ impl Deployer {
 
     /// The retained records shadow generations rebuild from: the
     /// embedded log, or Kafka's source topics.
-    pub fn set_replay(&self, replay: Arc<dyn Replay>) {
+    /// Shadow generations taken up again at start continue building now.
+    pub fn set_replay(self: &Arc<Self>, replay: Arc<dyn Replay>) {
         let _ = self.replay.set(replay);
+        self.resume_shadows();
     }
 
     /// Compile and start `bytes` as plugin `name`, with its settings,
@@ -183,6 +197,7 @@ impl Deployer {
         };
         self.engine
             .add_in(code.clone(), self.population(name), ns)?;
+        self.restore_shadow(name, &entry)?;
         Ok(code)
     }
 

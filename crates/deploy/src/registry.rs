@@ -41,6 +41,14 @@ pub struct Entry {
     /// (until retired).
     #[serde(default)]
     pub shadow: Option<String>,
+    /// Where the generation of `shadow` keeps its views (`None` in an
+    /// older registry: `<name>~<id[..12]>`, a shadow deploy's).
+    #[serde(default)]
+    pub shadow_ns: Option<String>,
+    /// Whether the active version is a promoted shadow, `shadow` the one
+    /// it replaced (kept current for a rollback).
+    #[serde(default)]
+    pub promoted: bool,
 }
 
 fn entry_setting(name: &str) -> String {
@@ -121,10 +129,18 @@ impl Registry {
         self.put(name, &entry)
     }
 
-    /// Set the version kept beside the active one.
-    pub(crate) fn set_shadow(&self, name: &str, id: Option<&str>) -> Result<()> {
+    /// Set the version kept beside the active one, where its views live,
+    /// and whether the active one is a promoted shadow.
+    pub(crate) fn set_shadow(
+        &self,
+        name: &str,
+        shadow: Option<(&str, &str)>,
+        promoted: bool,
+    ) -> Result<()> {
         let mut entry = self.entry(name)?.unwrap_or_default();
-        entry.shadow = id.map(str::to_string);
+        entry.shadow = shadow.map(|(id, _)| id.to_string());
+        entry.shadow_ns = shadow.map(|(_, ns)| ns.to_string());
+        entry.promoted = promoted && shadow.is_some();
         self.put(name, &entry)
     }
 

@@ -142,7 +142,8 @@ impl Deployer {
         let code = self.load(name, bytes)?;
         self.registry.add(name, bytes, from)?;
         let generation = self.engine.new_generation(code, self.population(name))?;
-        self.registry.set_shadow(name, Some(&id))?;
+        self.registry
+            .set_shadow(name, Some((&id, generation.ns())), false)?;
         let build = Arc::new(ShadowBuild {
             id: id.clone(),
             method,
@@ -161,7 +162,9 @@ impl Deployer {
         let (me, name_owned) = (self.clone(), name.to_string());
         self.spawn(format!("shadow-{name}"), move || {
             let built = match (method, log) {
-                (ShadowMethod::Rebuild, Some(log)) => me.rebuild(&name_owned, &build, log.as_ref()),
+                (ShadowMethod::Rebuild, Some(log)) => {
+                    me.rebuild(&name_owned, &build, &build.generation, log.as_ref())
+                }
                 _ => me.migrate(&name_owned, &build),
             };
             if let Err(e) = built {
@@ -177,12 +180,98 @@ impl Deployer {
         Ok(self.shadow(name).expect("just inserted"))
     }
 
+    /// Take up again, at start, the generation the registry keeps beside
+    /// the active one: an unpromoted shadow (being built or following), or
+    /// the old version after a promotion. Its views and offsets are in the
+    /// store; it catches up from its offsets once the source can replay
+    /// (`set_replay`), then follows live events again.
+    pub(crate) fn restore_shadow(&self, name: &str, entry: &crate::Entry) -> Result<()> {
+        let (Some(id), Some(active)) = (entry.shadow.as_deref(), entry.active.as_deref()) else {
+            return Ok(());
+        };
+        let Some(bytes) = self.registry.code(id)? else {
+            tracing::warn!(
+                plugin = name,
+                id = &id[..12.min(id.len())],
+                "the kept generation's code is not in the registry; not taken up"
+            );
+            return Ok(());
+        };
+        let ns = entry
+            .shadow_ns
+            .clone()
+            .unwrap_or_else(|| format!("{name}~{}", &id[..12.min(id.len())]));
+        let code = self.load(name, &bytes)?;
+        let kept = self
+            .engine
+            .new_generation_in(code, self.population(name), ns)?;
+        // A promotion's build is the active generation (its rollback
+        // switches back to the kept one); otherwise the shadow's own.
+        let (build_id, generation) = if entry.promoted {
+            (active.to_string(), self.engine.projection(name)?)
+        } else {
+            (id.to_string(), kept.clone())
+        };
+        let build = Arc::new(ShadowBuild {
+            id: build_id,
+            method: ShadowMethod::Rebuild,
+            migrated: Mutex::new(None),
+            generation,
+            started: std::time::Instant::now(),
+            done: std::sync::atomic::AtomicU64::new(0),
+            total: std::sync::atomic::AtomicU64::new(0),
+            error: Mutex::new(None),
+            comparison: Mutex::new(None),
+        });
+        self.shadows
+            .lock()
+            .recover()
+            .insert(name.to_string(), build.clone());
+        self.resumes
+            .lock()
+            .recover()
+            .push((name.to_string(), build, kept));
+        tracing::info!(
+            plugin = name,
+            id = &id[..12.min(id.len())],
+            "kept generation taken up again; it catches up once the source starts"
+        );
+        Ok(())
+    }
+
+    /// Catch up the generations [`Deployer::restore_shadow`] took up.
+    pub(crate) fn resume_shadows(self: &Arc<Self>) {
+        let Some(log) = self.replay.get().cloned() else {
+            return;
+        };
+        for (name, build, g) in std::mem::take(&mut *self.resumes.lock().recover()) {
+            let me = self.clone();
+            let log = log.clone();
+            let spawned = self.spawn(format!("shadow-{name}"), move || {
+                if let Err(e) = me.rebuild(&name, &build, &g, log.as_ref()) {
+                    tracing::error!(plugin = name, "taking up the kept generation failed: {e}");
+                    *build.error.lock().recover() = Some(e.to_string());
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a shadow thread: {e}");
+            }
+        }
+    }
+
     /// Rebuild a generation from the start of the log until it is within
     /// a batch of the live path, then join it.
-    fn rebuild(&self, name: &str, build: &ShadowBuild, log: &dyn Replay) -> Result<()> {
+    /// `g` is the generation to build: the shadow's, or after a restart
+    /// of a promotion, the old one kept beside it.
+    fn rebuild(
+        &self,
+        name: &str,
+        build: &ShadowBuild,
+        g: &Arc<Projection>,
+        log: &dyn Replay,
+    ) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         const BATCH: usize = 4096;
-        let g = &build.generation;
         let parts = log.partitions();
         let read = |source: &str, p: u32, from: u64| {
             log.read(source, p, from, BATCH)
@@ -422,11 +511,13 @@ impl Deployer {
     pub fn promote(&self, name: &str) -> Result<ShadowStatus> {
         let _one = self.busy.lock().recover();
         let b = self.shadow_build(name)?;
-        let old = self.engine.projection(name)?.code().id().to_string();
+        let old = self.engine.projection(name)?;
+        let (old_id, old_ns) = (old.code().id().to_string(), old.ns().to_string());
         self.engine.switch(&b.generation)?;
         self.registry.activate(name, &b.id, false)?;
         self.registry.set_ns(name, b.generation.ns())?;
-        self.registry.set_shadow(name, Some(&old))?;
+        self.registry
+            .set_shadow(name, Some((&old_id, &old_ns)), true)?;
         tracing::info!(plugin = name, id = &b.id[..12], "promoted");
         drop(_one);
         Ok(self.shadow(name).expect("a shadow build"))
@@ -443,7 +534,8 @@ impl Deployer {
         self.engine.switch(&old)?;
         self.registry.activate(name, old.code().id(), true)?;
         self.registry.set_ns(name, old.ns())?;
-        self.registry.set_shadow(name, Some(&b.id))?;
+        self.registry
+            .set_shadow(name, Some((&b.id, b.generation.ns())), false)?;
         tracing::info!(plugin = name, "promotion rolled back");
         Ok(Deployed {
             plugin: name.into(),
@@ -474,7 +566,7 @@ impl Deployer {
             });
         }
         self.engine.retire(&victim)?;
-        self.registry.set_shadow(name, None)?;
+        self.registry.set_shadow(name, None, false)?;
         if victim.ns() == b.generation.ns() {
             self.shadows.lock().recover().remove(name);
         } else {

@@ -13,8 +13,19 @@ impl Engine {
         code: SharedCode,
         population: Option<Population>,
     ) -> Result<Arc<Projection>> {
+        let ns = format!("{}~{}", code.name(), &code.id()[..12.min(code.id().len())]);
+        self.new_generation_in(code, population, ns)
+    }
+
+    /// A generation whose views are in namespace `ns` already (one taken
+    /// up again after a restart): built from its own offsets on.
+    pub fn new_generation_in(
+        &self,
+        code: SharedCode,
+        population: Option<Population>,
+        ns: String,
+    ) -> Result<Arc<Projection>> {
         let name = code.name().to_string();
-        let ns = format!("{name}~{}", &code.id()[..12.min(code.id().len())]);
         let mut list = self.projections.write().recover();
         if list.iter().any(|p| p.ns == ns) {
             return Err(Error::Duplicate(ns));
