@@ -337,3 +337,171 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
         assert_eq!(rendered(&body), shown(unread), "view {key}");
     }
 }
+
+/// A poison event: a read of a conversation on a site with an empty id,
+/// which the inbox refuses (dead letter, stage `keys`).
+fn poison(n: u64) -> String {
+    serde_json::json!({"id": format!("poison-{n}"), "type": "ConversationRead", "source": "inbox",
+        "key": format!("p{n}"), "version": 1, "time": 0,
+        "payload": {"site_id": "", "conversation_id": "c", "user_id": "u"}})
+    .to_string()
+}
+
+/// `run` on Kafka (`projector kafka-dev` in its own process) SIGKILLed
+/// again and again while a producer writes: at the end the views equal the
+/// fold, each delivery was applied once, every poison event is in the
+/// dead-letter topic exactly once, and the spool is empty.
+/// `SOAK_KAFKA_KILLS` sets the kills (3 here: each restart joins the
+/// consumer group again, about 3 s).
+#[test]
+fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
+    let kills = knob("SOAK_KAFKA_KILLS", 3);
+    let seed = knob("SOAK_SEED", 20261202);
+    let mut rng = Lcg(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins_dir(dir.path(), &["inbox-unread"]);
+    let mut broker = Command::new(projector_bin())
+        .current_dir(dir.path())
+        .args(["kafka-dev", "--topics", "inbox:8", "--group", "views"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kafka-dev");
+    let bootstrap = BufReader::new(broker.stdout.take().expect("stdout"))
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("the bootstrap address");
+    let config = dir.path().join("projector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
+             [engine]\ncommit_interval_ms = 100\ncompile_cache_dir = \"compiled\"\n\
+             [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n\
+             [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n\
+             properties = {{ \"session.timeout.ms\" = \"6000\" }}\n"
+        ),
+    )
+    .expect("config");
+
+    let events = inbox_events(InboxShape {
+        sites: 40,
+        users: 400,
+        // The mock cluster keeps about 5 MiB per partition.
+        events: (kills as usize + 1) * 1500,
+        seed,
+    });
+    let poisons: Vec<String> = (0..kills + 1).map(poison).collect();
+    // The producer: the events in chunks spread over the kills (about
+    // 3.5 s each), a poison event after each share.
+    let producer = {
+        let (bootstrap, events, poisons) = (bootstrap.clone(), events.clone(), poisons.clone());
+        std::thread::spawn(move || {
+            let share = events.len().div_ceil(poisons.len());
+            let chunks = events.len().div_ceil(250) as u64;
+            let pause = Duration::from_millis((kills * 3500 / chunks.max(1)).clamp(20, 2000));
+            for (part, p) in events.chunks(share).zip(&poisons) {
+                for slice in part.chunks(250) {
+                    projector_tests::kafka::produce(&bootstrap, "inbox", 8, slice);
+                    std::thread::sleep(pause);
+                }
+                projector_tests::kafka::produce(&bootstrap, "inbox", 8, std::slice::from_ref(p));
+            }
+        })
+    };
+    for _ in 0..kills {
+        let (mut child, _) = start(&config);
+        std::thread::sleep(Duration::from_millis(2000 + rng.below(3000)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    producer.join().expect("producer");
+
+    // The last run: until every delivery is in, then SIGTERM.
+    let (mut child, base) = start(&config);
+    let expected = inbox_deliveries(&events);
+    let http = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let plugins: serde_json::Value = http
+            .get(format!("{base}/v1/plugins"))
+            .send()
+            .and_then(|r| r.text())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let e = &plugins["plugins"][0]["events"];
+        if e["received"].as_u64() >= Some(expected + poisons.len() as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {plugins}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "SIGTERM ended run with {status}");
+
+    let dlq = projector_tests::kafka::read_all(&bootstrap, "inbox.views.dlq", 8);
+    let mut in_dlq: Vec<String> = dlq
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).ok()?;
+            v["event"]["id"]
+                .as_str()
+                .or(v["id"].as_str())
+                .map(str::to_string)
+        })
+        .collect();
+    in_dlq.sort();
+    Command::new("kill")
+        .args(["-TERM", &broker.id().to_string()])
+        .status()
+        .expect("kill kafka-dev");
+    broker.wait().expect("wait kafka-dev");
+
+    let app = open_app(
+        dir.path(),
+        &["inbox-unread"],
+        "[plugins.inbox-unread]\nsettings = { max_unread = 1000000 }\n",
+    );
+    let c = app
+        .engine
+        .projection("inbox-unread")
+        .expect("loaded")
+        .counters();
+    println!(
+        "soak kafka: {kills} kills (seed {seed}), {} events and {} poison events produced, \
+         {} dead-letter records, {} left in the spool, counters {c:?}",
+        events.len(),
+        poisons.len(),
+        dlq.len(),
+        app.engine.store().outbox_count()
+    );
+    assert_eq!(c.applied, expected, "each delivery applied once: {c:?}");
+    assert_eq!(c.received, expected + poisons.len() as u64, "{c:?}");
+    assert_eq!(c.dead_lettered, poisons.len() as u64, "{c:?}");
+    let mut want: Vec<String> = (0..poisons.len() as u64)
+        .map(|n| format!("poison-{n}"))
+        .collect();
+    want.sort();
+    assert_eq!(
+        in_dlq, want,
+        "each poison event in the dead-letter topic once: {dlq:?}"
+    );
+    assert_eq!(app.engine.store().outbox_count(), 0, "the spool is empty");
+    for (key, unread) in &fold_inbox(&events) {
+        let v = app
+            .engine
+            .read("inbox-unread", key, 0)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no view for {key}"));
+        let body = v.json().expect("a valid view renders");
+        assert_eq!(rendered(&body), shown(unread), "view {key}");
+    }
+}

@@ -46,8 +46,8 @@ const SPOOL_IN_FLIGHT: usize = 10_000;
 
 /// The spool's producer: send what the store's spool holds, oldest first,
 /// with idempotence; remove each record once the broker acknowledged it.
-/// On stop, wait a little for what is in flight; the rest stays spooled
-/// for the next start.
+/// On stop, send what is spooled once more and wait a little (5 s) for
+/// what is in flight; the rest stays spooled for the next start.
 pub(crate) fn run_spool(
     store: &Store,
     config: &KafkaConfig,
@@ -64,9 +64,12 @@ pub(crate) fn run_spool(
         .create_with_context(SpoolCtx::default())?;
     let mut in_flight: HashSet<u64> = HashSet::new();
     let mut idle_since: Option<Instant> = None;
+    // Stopping, one more pass sends what the last commit spooled.
+    let mut last_pass = false;
     loop {
         let stopping = stop.is_stopped();
-        if !stopping && in_flight.len() < SPOOL_IN_FLIGHT {
+        let send = !stopping || !std::mem::replace(&mut last_pass, true);
+        if send && in_flight.len() < SPOOL_IN_FLIGHT {
             let room = (SPOOL_IN_FLIGHT - in_flight.len()).min(1000);
             for record in store.outbox(&in_flight, room)? {
                 let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
