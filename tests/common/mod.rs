@@ -266,6 +266,27 @@ pub fn fold_inbox(events: &[String]) -> BTreeMap<String, Unread> {
 }
 
 /// What a rendered inbox view shows: (id, last_message_at), newest first
+/// Assert that every inbox view of `engine` is Valid and renders as the
+/// fold of `events` (`model`: their fold, when already computed).
+pub fn assert_inbox_views(
+    engine: &projector_core::engine::Engine,
+    model: &BTreeMap<String, Unread>,
+) {
+    for (key, unread) in model {
+        let v = engine
+            .read("inbox-unread", key, 0)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no view for {key}"));
+        assert_eq!(
+            v.status,
+            projector_guest::rules::Status::Valid,
+            "view {key}"
+        );
+        let body = v.json().expect("a valid view renders");
+        assert_eq!(rendered(&body), shown(unread), "view {key}");
+    }
+}
+
 /// with ties by id descending, as the plugin orders them.
 pub fn shown(unread: &Unread) -> Vec<(String, i64)> {
     let mut v: Vec<(String, i64)> = unread

@@ -3,7 +3,7 @@
 //! counters show every delivery applied exactly once.
 
 use projector_tests::{
-    fold_inbox, inbox_deliveries, inbox_events, open_app, projector_bin, rendered, shown,
+    assert_inbox_views, fold_inbox, inbox_deliveries, inbox_events, open_app, projector_bin,
     write_ndjson, InboxShape,
 };
 use std::path::Path;
@@ -130,15 +130,7 @@ fn crash_and_restart(engine: &str, env: &[(&str, &str)], mut after_kill: impl Fn
         model.len(),
         "one view per key the events touched"
     );
-    for (key, unread) in &model {
-        let v = app
-            .engine
-            .read("inbox-unread", key, 0)
-            .expect("read")
-            .unwrap_or_else(|| panic!("no view for {key}"));
-        let body = v.json().expect("valid view renders");
-        assert_eq!(rendered(&body), shown(unread), "view {key}");
-    }
+    assert_inbox_views(&app.engine, &model);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! once.
 
 use projector_tests::{
-    fold_inbox, inbox_deliveries, inbox_events, rendered, shown, InboxShape, Served,
+    assert_inbox_views, fold_inbox, inbox_deliveries, inbox_events, InboxShape, Served,
 };
 use std::time::{Duration, Instant};
 
@@ -41,43 +41,27 @@ fn post_twice(dedup_window: u64, again: usize) -> (Served, serde_json::Value) {
     };
     wait_received(&s, expected_received);
 
-    let c = s
-        .app
-        .engine
-        .projection("inbox-unread")
-        .expect("loaded")
-        .counters();
+    let c = counters(&s);
     assert_eq!(c.applied, once, "each delivery applied once: {c:?}");
     assert_eq!(c.invalidated, 0, "no view taken for disorder: {c:?}");
     assert_eq!(c.skipped, expected_received - once, "{c:?}");
-    for (key, unread) in &fold_inbox(&events) {
-        let v = s
-            .app
-            .engine
-            .read("inbox-unread", key, 0)
-            .expect("read")
-            .unwrap_or_else(|| panic!("no view for {key}"));
-        assert_eq!(
-            v.status,
-            projector_guest::rules::Status::Valid,
-            "view {key}"
-        );
-        let body = v.json().expect("a valid view renders");
-        assert_eq!(rendered(&body), shown(unread), "view {key}");
-    }
+    assert_inbox_views(&s.app.engine, &fold_inbox(&events));
     (s, second)
+}
+
+fn counters(s: &Served) -> projector_core::store::Counters {
+    s.app
+        .engine
+        .projection("inbox-unread")
+        .expect("loaded")
+        .counters()
 }
 
 /// Wait until the plugin has received `n` deliveries (30 s at most).
 fn wait_received(s: &Served, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let c = s
-            .app
-            .engine
-            .projection("inbox-unread")
-            .expect("loaded")
-            .counters();
+        let c = counters(s);
         if c.received >= n {
             assert_eq!(c.received, n, "{c:?}");
             return;

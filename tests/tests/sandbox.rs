@@ -19,6 +19,20 @@ fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
         .expect("dead letters")
 }
 
+/// Process `batch` in one go; its counts and how long it took.
+fn timed_batch(
+    app: &projector::app::App,
+    batch: Vec<Vec<u8>>,
+) -> (projector_core::store::Counters, std::time::Duration) {
+    let started = Instant::now();
+    let c = app
+        .engine
+        .process("test", 0, &records(0, batch))
+        .expect("the batch itself succeeds")
+        .total();
+    (c, started.elapsed())
+}
+
 fn count(app: &projector::app::App, key: &str) -> Option<u64> {
     let v = app.engine.read("hostile", key, 0).expect("read")?;
     v.json().and_then(|b| b["count"].as_u64())
@@ -47,13 +61,7 @@ fn each_misbehaviour_fails_only_its_event() {
         ev("11", "many-keys", "e", 2),
         ev("12", "ok", "e", 3),
     ];
-    let started = Instant::now();
-    let c = app
-        .engine
-        .process("test", 0, &records(0, batch))
-        .expect("the batch itself succeeds")
-        .total();
-    let elapsed = started.elapsed();
+    let (c, elapsed) = timed_batch(&app, batch);
     assert_eq!(c.applied, 6, "every good event is applied");
     assert_eq!(c.dead_lettered, 6);
     for key in ["a", "b", "c", "d", "e"] {
@@ -284,13 +292,7 @@ fn recursion_a_4_gib_grow_a_loop_in_keys_and_a_huge_render_are_bounded() {
         ev("4", "huge-render", "d", 1),
         ev("5", "ok", "e", 1),
     ];
-    let started = Instant::now();
-    let c = app
-        .engine
-        .process("test", 0, &records(0, batch))
-        .expect("batch")
-        .total();
-    let elapsed = started.elapsed();
+    let (c, elapsed) = timed_batch(&app, batch);
     assert_eq!((c.applied, c.dead_lettered), (2, 3), "{c:?}");
     let letters = letters(&app);
     let reason = |o: u64| {

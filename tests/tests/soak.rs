@@ -11,8 +11,8 @@
 //! runs 100), `SOAK_SEED` the moments.
 
 use projector_tests::{
-    fold_inbox, inbox_deliveries, inbox_events, knob, open_app, plugins_dir, projector_bin,
-    rendered, shown, InboxShape,
+    assert_inbox_views, fold_inbox, inbox_deliveries, inbox_events, knob, open_app, plugins_dir,
+    projector_bin, InboxShape,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -327,15 +327,7 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
     assert_eq!(c.received, expected, "each delivery counted once: {c:?}");
     assert_eq!(c.applied, expected, "each delivery applied once: {c:?}");
     assert_eq!((c.invalidated, c.dead_lettered), (0, 0), "{c:?}");
-    for (key, unread) in &model {
-        let v = app
-            .engine
-            .read("inbox-unread", key, 0)
-            .expect("read")
-            .unwrap_or_else(|| panic!("no view for {key}"));
-        let body = v.json().expect("a valid view renders");
-        assert_eq!(rendered(&body), shown(unread), "view {key}");
-    }
+    assert_inbox_views(&app.engine, &model);
 }
 
 /// A poison event: a read of a conversation on a site with an empty id,
@@ -495,13 +487,5 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
         "each poison event in the dead-letter topic once: {dlq:?}"
     );
     assert_eq!(app.engine.store().outbox_count(), 0, "the spool is empty");
-    for (key, unread) in &fold_inbox(&events) {
-        let v = app
-            .engine
-            .read("inbox-unread", key, 0)
-            .expect("read")
-            .unwrap_or_else(|| panic!("no view for {key}"));
-        let body = v.json().expect("a valid view renders");
-        assert_eq!(rendered(&body), shown(unread), "view {key}");
-    }
+    assert_inbox_views(&app.engine, &fold_inbox(&events));
 }

@@ -53,7 +53,7 @@
 //! time; the rest is counted by the HTTP layer as requests go.
 
 use crate::Feed;
-use projector_core::engine::Engine;
+use projector_core::engine::{Engine, Projection};
 use projector_host::fetch::{Fetcher, ServiceStats};
 use projector_sources::{MetricKind, SourceMetric};
 use prometheus_client::collector::Collector;
@@ -62,6 +62,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -302,6 +303,30 @@ fn hit_ratio(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> Option<f6
     (all > 0).then(|| hits as f64 / all as f64)
 }
 
+/// One sample per plugin of the family `name`: `value` of each, as a
+/// counter or a gauge.
+fn per_plugin(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    projections: &[Arc<Projection>],
+    value: impl Fn(&Projection) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for p in projections {
+        let labels = PluginLabel {
+            plugin: p.name().into(),
+        };
+        let sample = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => ConstGauge::new(value(p) as i64).encode(sample)?,
+            _ => ConstCounter::new(value(p)).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
 /// Values the engine owns, read at scrape time.
 struct EngineCollector {
     engine: Arc<Engine>,
@@ -324,7 +349,7 @@ impl Collector for EngineCollector {
                 "projector_events",
                 "Event deliveries per plugin, by outcome",
                 None,
-                prometheus_client::metrics::MetricType::Counter,
+                MetricType::Counter,
             )?;
             for p in &projections {
                 let c = p.counters();
@@ -343,49 +368,30 @@ impl Collector for EngineCollector {
                 }
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
-                "projector_retries",
-                "Events queued for a delayed retry after a transient failure",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for p in &projections {
-                let labels = PluginLabel {
-                    plugin: p.name().into(),
-                };
-                ConstCounter::new(p.retried()).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "projector_breaker_open",
-                "1 while the plugin's breaker holds it paused (open or catching up)",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for p in &projections {
-                let labels = PluginLabel {
-                    plugin: p.name().into(),
-                };
-                let open = i64::from(p.breaker() != projector_core::breaker::BreakerState::Closed);
-                ConstGauge::new(open).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "projector_breaker_opened",
-                "Times the plugin's breaker opened",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for p in &projections {
-                let labels = PluginLabel {
-                    plugin: p.name().into(),
-                };
-                ConstCounter::new(p.breaker_opened()).encode(family.encode_family(&labels)?)?;
-            }
-        }
+        per_plugin(
+            &mut encoder,
+            "projector_retries",
+            "Events queued for a delayed retry after a transient failure",
+            MetricType::Counter,
+            &projections,
+            |p| p.retried(),
+        )?;
+        per_plugin(
+            &mut encoder,
+            "projector_breaker_open",
+            "1 while the plugin's breaker holds it paused (open or catching up)",
+            MetricType::Gauge,
+            &projections,
+            |p| u64::from(p.breaker() != projector_core::breaker::BreakerState::Closed),
+        )?;
+        per_plugin(
+            &mut encoder,
+            "projector_breaker_opened",
+            "Times the plugin's breaker opened",
+            MetricType::Counter,
+            &projections,
+            |p| p.breaker_opened(),
+        )?;
         {
             let c = self.engine.commit_stats();
             for (name, help, value) in [
@@ -405,12 +411,7 @@ impl Collector for EngineCollector {
                     c.seconds,
                 ),
             ] {
-                let family = encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    prometheus_client::metrics::MetricType::Counter,
-                )?;
+                let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 ConstCounter::new(value).encode(family)?;
             }
         }
@@ -420,7 +421,7 @@ impl Collector for EngineCollector {
                 "projector_retry_queue",
                 "Events waiting for their retry",
                 None,
-                prometheus_client::metrics::MetricType::Gauge,
+                MetricType::Gauge,
             )?;
             ConstGauge::new(queued).encode(family)?;
         }
@@ -429,7 +430,7 @@ impl Collector for EngineCollector {
                 "projector_hit_ratio",
                 "Hits over lookups since start",
                 None,
-                prometheus_client::metrics::MetricType::Gauge,
+                MetricType::Gauge,
             )?;
             for p in &projections {
                 if let Some(ratio) = hit_ratio(&self.lookups, p.name()) {
@@ -446,7 +447,7 @@ impl Collector for EngineCollector {
                 "projector_lag_records",
                 "Records in the source not yet applied by the plugin",
                 None,
-                prometheus_client::metrics::MetricType::Gauge,
+                MetricType::Gauge,
             )?;
             for p in &projections {
                 for (source, ends) in &feeds {
@@ -504,12 +505,8 @@ impl Collector for EngineCollector {
             ];
             let stats = fetcher.stats();
             for (name, help, read) in families {
-                let mut family = encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    prometheus_client::metrics::MetricType::Counter,
-                )?;
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 for (service, s) in &stats {
                     let labels = ServiceLabel {
                         service: service.to_string(),
@@ -521,7 +518,7 @@ impl Collector for EngineCollector {
                 "projector_fetch_request_seconds",
                 "Duration of requests to a service",
                 None,
-                prometheus_client::metrics::MetricType::Histogram,
+                MetricType::Histogram,
             )?;
             for (service, s) in &stats {
                 let labels = ServiceLabel {
@@ -555,7 +552,6 @@ fn source_families(
     encoder: &mut DescriptorEncoder,
     metrics: &[SourceMetric],
 ) -> Result<(), std::fmt::Error> {
-    use prometheus_client::metrics::MetricType;
     let mut i = 0;
     while i < metrics.len() {
         let first = &metrics[i];

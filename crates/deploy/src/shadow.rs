@@ -37,6 +37,23 @@ pub(crate) struct ShadowBuild {
     comparison: Mutex<Option<Comparison>>,
 }
 
+impl ShadowBuild {
+    /// A build of `generation` (version `id`), started now.
+    fn new(id: String, method: ShadowMethod, generation: Arc<Projection>) -> Self {
+        ShadowBuild {
+            id,
+            method,
+            migrated: Mutex::new(None),
+            generation,
+            started: std::time::Instant::now(),
+            done: std::sync::atomic::AtomicU64::new(0),
+            total: std::sync::atomic::AtomicU64::new(0),
+            error: Mutex::new(None),
+            comparison: Mutex::new(None),
+        }
+    }
+}
+
 /// Where a shadow deploy is.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShadowStatus {
@@ -144,21 +161,7 @@ impl Deployer {
         let generation = self.engine.new_generation(code, self.population(name))?;
         self.registry
             .set_shadow(name, Some((&id, generation.ns())), false)?;
-        let build = Arc::new(ShadowBuild {
-            id: id.clone(),
-            method,
-            migrated: Mutex::new(None),
-            generation,
-            started: std::time::Instant::now(),
-            done: std::sync::atomic::AtomicU64::new(0),
-            total: std::sync::atomic::AtomicU64::new(0),
-            error: Mutex::new(None),
-            comparison: Mutex::new(None),
-        });
-        self.shadows
-            .lock()
-            .recover()
-            .insert(name.to_string(), build.clone());
+        let build = self.track(name, ShadowBuild::new(id.clone(), method, generation));
         let (me, name_owned) = (self.clone(), name.to_string());
         self.spawn(format!("shadow-{name}"), move || {
             let built = match (method, log) {
@@ -178,6 +181,16 @@ impl Deployer {
         })?;
         tracing::info!(plugin = name, id = &id[..12], "shadow build started");
         Ok(self.shadow(name).expect("just inserted"))
+    }
+
+    /// Make `build` the shadow build of `name`.
+    fn track(&self, name: &str, build: ShadowBuild) -> Arc<ShadowBuild> {
+        let build = Arc::new(build);
+        self.shadows
+            .lock()
+            .recover()
+            .insert(name.to_string(), build.clone());
+        build
     }
 
     /// Take up again, at start, the generation the registry keeps beside
@@ -212,21 +225,10 @@ impl Deployer {
         } else {
             (id.to_string(), kept.clone())
         };
-        let build = Arc::new(ShadowBuild {
-            id: build_id,
-            method: ShadowMethod::Rebuild,
-            migrated: Mutex::new(None),
-            generation,
-            started: std::time::Instant::now(),
-            done: std::sync::atomic::AtomicU64::new(0),
-            total: std::sync::atomic::AtomicU64::new(0),
-            error: Mutex::new(None),
-            comparison: Mutex::new(None),
-        });
-        self.shadows
-            .lock()
-            .recover()
-            .insert(name.to_string(), build.clone());
+        let build = self.track(
+            name,
+            ShadowBuild::new(build_id, ShadowMethod::Rebuild, generation),
+        );
         self.resumes
             .lock()
             .recover()
