@@ -376,6 +376,7 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector_core::Record> 
         .collect()
 }
 
+pub mod hostile;
 pub mod kafka;
 pub mod legacy;
 pub mod services;

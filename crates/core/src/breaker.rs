@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use projector_host::sync::Recover;
@@ -107,6 +108,9 @@ impl BreakerState {
 pub(crate) struct Breaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
+    /// Whether the state is not `Closed`: read per key on the live path
+    /// without taking the lock.
+    paused: AtomicBool,
 }
 
 struct Inner {
@@ -130,6 +134,7 @@ impl Breaker {
                 backoff_ms: config.probe_delay_ms,
                 opened: 0,
             }),
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -144,7 +149,7 @@ impl Breaker {
 
     /// Whether live batches pass the plugin by.
     pub(crate) fn is_paused(&self) -> bool {
-        !matches!(self.inner.lock().recover().state, BreakerState::Closed)
+        self.paused.load(Ordering::Acquire)
     }
 
     /// Count a live batch's deliveries and failures at `now_ms`; whether
@@ -181,6 +186,7 @@ impl Breaker {
             since_ms: now_ms,
             probe_at_ms: now_ms + self.config.probe_delay_ms as i64,
         };
+        self.paused.store(true, Ordering::Release);
         true
     }
 
@@ -235,6 +241,7 @@ impl Breaker {
         inner.state = BreakerState::Closed;
         inner.window.clear();
         inner.backoff_ms = self.config.probe_delay_ms;
+        self.paused.store(false, Ordering::Release);
     }
 }
 

@@ -110,16 +110,38 @@ impl Engine {
         partitions: &[(String, u32)],
         mut catch_up: impl FnMut(&str, u32, u64) -> Result<Vec<Record>>,
     ) -> Result<()> {
+        self.join(
+            p,
+            partitions,
+            |source, partition, from, _| catch_up(source, partition, from),
+            || p.building.store(false, Ordering::Relaxed),
+        )
+    }
+
+    /// With batches stopped, bring `p` up to where the live path is in
+    /// each partition (`catch_up(source, partition, from, to)` gives the
+    /// records it lacks), commit, and `then` make it part of the live path.
+    pub(super) fn join(
+        &self,
+        p: &Arc<Projection>,
+        partitions: &[(String, u32)],
+        mut catch_up: impl FnMut(&str, u32, u64, u64) -> Result<Vec<Record>>,
+        then: impl FnOnce(),
+    ) -> Result<()> {
         let mut pending = self.write.lock().recover();
         for (source, partition) in partitions {
             let from = pending.offset(&self.store, &p.ns, source, *partition)?;
-            let records = catch_up(source, *partition, from)?;
+            let to = pending.offset(&self.store, DECODE_NS, source, *partition)?;
+            if from >= to {
+                continue;
+            }
+            let records = catch_up(source, *partition, from, to)?;
             if !records.is_empty() {
                 self.build_locked(&mut pending, p, source, *partition, &records)?;
             }
         }
         self.commit_locked(&mut pending)?;
-        p.building.store(false, Ordering::Relaxed);
+        then();
         Ok(())
     }
 

@@ -85,22 +85,9 @@ impl Engine {
         &self,
         p: &Arc<Projection>,
         partitions: &[(String, u32)],
-        mut catch_up: impl FnMut(&str, u32, u64, u64) -> Result<Vec<Record>>,
+        catch_up: impl FnMut(&str, u32, u64, u64) -> Result<Vec<Record>>,
     ) -> Result<()> {
-        let mut pending = self.write.lock().recover();
-        for (source, partition) in partitions {
-            let from = pending.offset(&self.store, &p.ns, source, *partition)?;
-            let to = pending.offset(&self.store, DECODE_NS, source, *partition)?;
-            if from >= to {
-                continue;
-            }
-            let records = catch_up(source, *partition, from, to)?;
-            if !records.is_empty() {
-                self.build_locked(&mut pending, p, source, *partition, &records)?;
-            }
-        }
-        self.commit_locked(&mut pending)?;
-        p.breaker.close();
+        self.join(p, partitions, catch_up, || p.breaker.close())?;
         tracing::info!(
             plugin = p.name(),
             "breaker closed: the plugin caught up and follows live events"

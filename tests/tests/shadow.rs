@@ -1,0 +1,370 @@
+//! Shadow generations: rebuilt from the log or migrated from the live
+//! views beside the active one, compared, promoted, rolled back, retired,
+//! and taken up again after a restart.
+
+use projector_core::envelope::Format;
+use projector_deploy::{content_id, ShadowMethod};
+use projector_host::shutdown::Shutdown;
+use projector_sources::log::EmbeddedLog;
+use projector_sources::pipeline::run_log;
+use projector_tests::hostile::{applied, count, event};
+use projector_tests::{open_app, plugin_wasm};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[engine]\ncommit_interval_ms = 50\n",
+    );
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
+    app.deployer.set_replay(log.clone());
+    let stop = Shutdown::new();
+    let pipeline = {
+        let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
+        std::thread::spawn(move || run_log(&engine, &log, 512, &stop, false, |_| {}).expect("run"))
+    };
+    let total = 60_000u64;
+    for chunk in (0..40_000).collect::<Vec<u64>>().chunks(5_000) {
+        log.append(&chunk.iter().map(|i| event(*i)).collect::<Vec<_>>())
+            .expect("append");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while applied(&app, 4) < 40_000 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Events keep flowing during the build.
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for chunk in (40_000..total).collect::<Vec<u64>>().chunks(500) {
+                log.append(&chunk.iter().map(|i| event(*i)).collect::<Vec<_>>())
+                    .expect("append");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let started = app
+        .deployer
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto)
+        .expect("shadow");
+    assert_eq!(started.id, v2);
+    // Reads are still served by v1 while v2 builds.
+    assert_eq!(count(&app, "k1").1, "1");
+    let status = loop {
+        let s = app.deployer.shadow("hostile").expect("status");
+        assert!(!s.phase.starts_with("failed"), "{s:?}");
+        if s.phase == "following" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the build never finished: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.percent, 100.0, "{status:?}");
+    assert!(status.done >= 40_000, "{status:?}");
+    writer.join().expect("writer");
+    while applied(&app, 4) < total {
+        assert!(Instant::now() < deadline, "not caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The comparison finds the shape change (the render names its build)
+    // on every sampled key, and nothing else.
+    let c = app.deployer.compare("hostile", 100).expect("compare");
+    assert_eq!(c.compared, 100, "{c:?}");
+    assert_eq!(c.mismatched, 100, "{c:?}");
+    assert_eq!(c.missing, 0, "{c:?}");
+    let paths: Vec<String> = c
+        .examples
+        .iter()
+        .flat_map(|e| e["differences"].as_array().cloned().unwrap_or_default())
+        .map(|d| d["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !paths.is_empty() && paths.iter().all(|p| p.contains("version")),
+        "{paths:?}"
+    );
+
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let shadow_of = |app: &projector::app::App| {
+        app.deployer
+            .registry
+            .entry("hostile")
+            .expect("entry")
+            .expect("some")
+            .shadow
+    };
+    assert_eq!(shadow_of(&app).as_deref(), Some(v2.as_str()));
+    // Promote, roll back, promote: each generation holds every event once.
+    let per_key = total / 500;
+    app.deployer.promote("hostile").expect("promote");
+    assert_eq!(
+        shadow_of(&app).as_deref(),
+        Some(v1.as_str()),
+        "the old one is kept beside"
+    );
+    assert_eq!(count(&app, "k1"), (per_key, "2".to_string()));
+    app.deployer.rollback("hostile").expect("rollback");
+    assert_eq!(count(&app, "k1"), (per_key, "1".to_string()));
+    app.deployer.promote("hostile").expect("promote again");
+    // More events reach both generations.
+    log.append(&(total..total + 500).map(event).collect::<Vec<_>>())
+        .expect("append");
+    while applied(&app, 4) < total + 500 {
+        assert!(Instant::now() < deadline, "not caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&app, "k1"), (per_key + 1, "2".to_string()));
+    let retired = app.deployer.retire("hostile").expect("retire");
+    assert_eq!(retired, "hostile");
+    assert_eq!(shadow_of(&app), None);
+    assert_eq!(
+        app.engine.store().views("hostile").count(),
+        0,
+        "the old generation is deleted"
+    );
+    stop.stop();
+    pipeline.join().expect("pipeline");
+    app.engine.commit().expect("commit");
+    drop((app, log));
+
+    // After a restart the promoted generation serves.
+    let app = open_app(dir.path(), &["hostile"], "");
+    assert_eq!(count(&app, "k1"), (per_key + 1, "2".to_string()));
+    let entry = app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert_eq!(entry.active.as_deref(), Some(v2.as_str()));
+}
+
+/// A source of truth that answers `{"count": 42}` to every request.
+fn fixed_source() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = r#"{"count": 42}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &reqwest::blocking::get(url)
+            .and_then(|r| r.text())
+            .expect("GET"),
+    )
+    .expect("json")
+}
+
+#[test]
+fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = fixed_source();
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        &format!(
+            "[engine]\ncommit_interval_ms = 20\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.hostile.truth]\nurl = \"http://{source}/count?key={{key}}\"\n"
+        ),
+    );
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
+    let stop = Shutdown::new();
+    let running = app
+        .start(log.clone(), None, stop.clone(), false)
+        .expect("start");
+    let api = format!("http://{}", running.addr().expect("api"));
+    // 100 keys three times over, then two keys the new version cannot migrate.
+    for round in 0..3u64 {
+        log.append(
+            &(round * 500..round * 500 + 100)
+                .map(event)
+                .collect::<Vec<_>>(),
+        )
+        .expect("append");
+    }
+    let stuck: Vec<String> = ["stuck1", "stuck2"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            json!({"id": format!("s{i}"), "type": "count", "source": "test", "key": k,
+                   "version": 1, "time": 1, "payload": {}})
+            .to_string()
+        })
+        .collect();
+    log.append(&stuck).expect("append");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&app, 1) < 302 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Retention deletes the beginning of the log: a rebuild is refused,
+    // and the default method migrates.
+    log.truncate_before(0, 150).expect("truncate");
+    assert!(log.starts()[0] > 0);
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let refused = app
+        .deployer
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild)
+        .expect_err("a rebuild needs the whole log");
+    assert!(refused.to_string().contains("migrate"), "{refused}");
+    app.deployer
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto)
+        .expect("shadow");
+    let status = loop {
+        let s = app.deployer.shadow("hostile").expect("status");
+        assert!(!s.phase.starts_with("failed"), "{s:?}");
+        if s.phase == "following" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never migrated: {s:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.method, ShadowMethod::Migrate);
+    assert_eq!(
+        (status.migrated, status.not_migrated),
+        (Some(100), Some(2)),
+        "{status:?}"
+    );
+    assert_eq!(status.percent, 100.0);
+
+    app.deployer.promote("hostile").expect("promote");
+    let v = get_json(&format!("{api}/v1/views/hostile/k5?mode=projection"));
+    assert_eq!(
+        (
+            v["answer"]["count"].as_u64(),
+            v["answer"]["version"].as_str()
+        ),
+        (Some(3), Some("2")),
+        "{v}"
+    );
+    // A key left absent populates from the source on its next read.
+    let v = get_json(&format!("{api}/v1/views/hostile/stuck1?mode=projection"));
+    assert_eq!(v["served_by"], "source", "{v}");
+    assert_eq!(v["answer"]["count"], 42, "{v}");
+    let v = get_json(&format!("{api}/v1/views/hostile/stuck1?mode=projection"));
+    assert_eq!(v["served_by"], "projection", "{v}");
+    assert_eq!(
+        (
+            v["answer"]["count"].as_u64(),
+            v["answer"]["version"].as_str()
+        ),
+        (Some(42), Some("2")),
+        "{v}"
+    );
+    // The migrated generation follows live events.
+    log.append(&[event(1505)]).expect("append");
+    while applied(&app, 1) < 303 {
+        assert!(Instant::now() < deadline, "not applied");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&app, "k5"), (4, "2".to_string()));
+    stop.stop();
+    running.wait().expect("stop");
+}
+
+/// A shadow generation outlives a restart: taken up again from its own
+/// offsets, it catches up with what was appended meanwhile and follows
+/// live events; so does the old generation after a promotion, and a
+/// rollback then still works.
+#[test]
+fn a_shadow_generation_and_a_promotion_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[engine]\ncommit_interval_ms = 50\n";
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+    // Run `app` on the log until `total` events are applied by the active
+    // generation and its shadow follows; then stop and restart.
+    let run = |app: &projector::app::App, log: &Arc<EmbeddedLog>, total: u64| {
+        let stop = Shutdown::new();
+        let pipeline = {
+            let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                run_log(&engine, &log, 512, &stop, false, |_| {}).expect("run")
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = app.deployer.shadow("hostile").expect("a shadow");
+            assert!(!s.phase.starts_with("failed"), "{s:?}");
+            let built = app
+                .engine
+                .shadows("hostile")
+                .iter()
+                .all(|g| !g.is_building());
+            if applied(app, 2) >= total && built {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no progress: {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.stop();
+        pipeline.join().expect("pipeline");
+        app.engine.commit().expect("commit");
+    };
+    let open = || {
+        let app = open_app(dir.path(), &["hostile"], extra);
+        let log = Arc::new(EmbeddedLog::open(app.engine.store(), 2, Format::Auto).expect("log"));
+        (app, log)
+    };
+
+    let (app, log) = open();
+    app.deployer.set_replay(log.clone());
+    log.append(&(0..2_000).map(event).collect::<Vec<_>>())
+        .expect("append");
+    app.deployer
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild)
+        .expect("shadow");
+    run(&app, &log, 2_000);
+    drop((app, log));
+
+    // Restarted with more events appended: the shadow catches up.
+    let (app, log) = open();
+    log.append(&(2_000..3_000).map(event).collect::<Vec<_>>())
+        .expect("append");
+    app.deployer.set_replay(log.clone());
+    run(&app, &log, 3_000);
+    let s = app.deployer.shadow("hostile").expect("the shadow is back");
+    assert_eq!(
+        (s.id.as_str(), s.phase.as_str()),
+        (v2.as_str(), "following"),
+        "{s:?}"
+    );
+    let c = app.deployer.compare("hostile", 50).expect("compare");
+    assert_eq!((c.compared, c.missing), (50, 0), "{c:?}");
+    app.deployer.promote("hostile").expect("promote");
+    assert_eq!(count(&app, "k1"), (6, "2".to_string()));
+    drop((app, log));
+
+    // Restarted after the promotion: v2 serves, v1 is kept current
+    // beside it, and a rollback returns to it with every event.
+    let (app, log) = open();
+    log.append(&(3_000..3_500).map(event).collect::<Vec<_>>())
+        .expect("append");
+    app.deployer.set_replay(log.clone());
+    run(&app, &log, 3_500);
+    assert_eq!(count(&app, "k1"), (7, "2".to_string()));
+    app.deployer.rollback("hostile").expect("rollback");
+    assert_eq!(count(&app, "k1"), (7, "1".to_string()));
+}
