@@ -1,0 +1,145 @@
+//! `projector plugin ...`: deploys, shadows and versions of a running
+//! runtime, through its admin API.
+
+use super::PluginAction;
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use projector::config::Config;
+
+/// Call the admin API; the JSON answer, or its error message.
+pub(crate) fn admin(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<serde_json::Value> {
+    let request = ureq::request(method, url).timeout(std::time::Duration::from_secs(300));
+    let result = match body {
+        Some(b) => request
+            .set("content-type", "application/wasm")
+            .send_bytes(b),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{url}: {code}: {message}");
+        }
+        Err(e) => bail!("{url}: {e} (is `projector run` serving its API there?)"),
+    };
+    Ok(serde_json::from_reader(response.into_reader())?)
+}
+
+/// Show a shadow build's progress until it follows live events (or
+/// fails); its last status.
+fn follow_shadow(base: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} shadow {msg} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(name.to_string());
+    loop {
+        let s = admin(
+            "GET",
+            &format!("{base}/v1/admin/plugins/{name}/shadow"),
+            None,
+        )?;
+        bar.set_length(s["total"].as_u64().unwrap_or(0));
+        bar.set_position(s["done"].as_u64().unwrap_or(0));
+        let phase = s["phase"].as_str().unwrap_or_default();
+        if phase.starts_with("failed") {
+            bar.abandon();
+            bail!("shadow build of {name}: {phase}");
+        }
+        if phase != "building" {
+            bar.finish();
+            return Ok(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+pub(crate) fn run(
+    config: &Config,
+    action: PluginAction,
+    api: Option<String>,
+) -> anyhow::Result<()> {
+    let base = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
+    let base = base.trim_end_matches('/');
+    let answer = match action {
+        PluginAction::Deploy {
+            file,
+            name,
+            mode,
+            method,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .context("--name: the file has no stem to name the plugin by")?,
+            };
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let from: String = percent_encoding::utf8_percent_encode(
+                &file.display().to_string(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .collect();
+            let started = admin(
+                "POST",
+                &format!("{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}"),
+                Some(&bytes),
+            )?;
+            if mode == "shadow" {
+                follow_shadow(base, &name)?
+            } else {
+                started
+            }
+        }
+        PluginAction::Shadow { name } => admin(
+            "GET",
+            &format!("{base}/v1/admin/plugins/{name}/shadow"),
+            None,
+        )?,
+        PluginAction::Compare { name, sample } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/compare?sample={sample}"),
+            Some(&[]),
+        )?,
+        PluginAction::Promote { name } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/promote"),
+            Some(&[]),
+        )?,
+        PluginAction::Retire { name } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/retire"),
+            Some(&[]),
+        )?,
+        PluginAction::List => admin("GET", &format!("{base}/v1/admin/plugins"), None)?,
+        PluginAction::Rollback { name } => admin(
+            "POST",
+            &format!("{base}/v1/admin/plugins/{name}/rollback"),
+            Some(&[]),
+        )?,
+        PluginAction::Logs { name } => {
+            let v = admin("GET", &format!("{base}/v1/admin/plugins/{name}/logs"), None)?;
+            for line in v["lines"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
+            return Ok(());
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! `projector status`: each loaded plugin with its event counts.
+
+use projector::app::App;
+use projector::config::Config;
+use std::io::Write;
+
+pub(crate) fn run(config: Config) -> anyhow::Result<()> {
+    let app = App::open(config)?;
+    let plugins: Vec<serde_json::Value> = app
+        .engine
+        .projections()
+        .iter()
+        .map(|p| {
+            let c = p.counters();
+            serde_json::json!({
+                "plugin": p.name(), "id": p.code().id(), "version": p.code().info().version,
+                "population": format!("{:?}", p.population()).to_lowercase(),
+                "received": c.received, "applied": c.applied, "skipped": c.skipped,
+                "invalidated": c.invalidated, "dead_lettered": c.dead_lettered,
+            })
+        })
+        .collect();
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "plugins": plugins,
+            "retry_queue": app.engine.store().retry_count(),
+        }))?
+    )?;
+    Ok(())
+}
