@@ -400,9 +400,16 @@ impl Served {
             dir.path(),
             plugins,
             // Token reads wait long: a loaded CI machine is slow, not wrong.
-            &format!(
-                "[engine]\ncommit_interval_ms = 100\n[http]\nconsistency_timeout_ms = 30000\n{extra}"
-            ),
+            // An `[engine]` table in `extra` gets the commit interval too.
+            &match extra.contains("[engine]\n") {
+                true => format!(
+                    "[http]\nconsistency_timeout_ms = 30000\n{}",
+                    extra.replacen("[engine]\n", "[engine]\ncommit_interval_ms = 100\n", 1)
+                ),
+                false => format!(
+                    "[engine]\ncommit_interval_ms = 100\n[http]\nconsistency_timeout_ms = 30000\n{extra}"
+                ),
+            },
         );
         let log = app.open_log().expect("embedded log");
         let stop = projector_host::shutdown::Shutdown::new();

@@ -96,6 +96,8 @@ pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value
                 "events": {"received": c.received, "applied": c.applied, "skipped": c.skipped,
                            "invalidated": c.invalidated, "dead_lettered": c.dead_lettered},
                 "breaker": breaker_json(p),
+                "ttl_ms": p.ttl_ms(),
+                "expired": {"swept": p.expired_swept(), "reads": p.expired_reads()},
             })
         })
         .collect();

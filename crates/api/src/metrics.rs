@@ -24,6 +24,8 @@
 //! | `projector_retries_total` | counter | plugin | events queued for a delayed retry after a transient failure |
 //! | `projector_breaker_open` | gauge | plugin | 1 while the plugin's breaker holds it paused (open or catching up), else 0 |
 //! | `projector_breaker_opened_total` | counter | plugin | times the plugin's breaker opened |
+//! | `projector_views_expired_total` | counter | plugin | expired views the sweep deleted (plugins with `ttl_ms`) |
+//! | `projector_expired_reads_total` | counter | plugin | reads that found their view past its time to live, answered as absent |
 //! | `projector_retry_queue` | gauge | | events waiting for their retry |
 //! | `projector_fetches_total` | counter | service | fetches plugins asked of a service (enrichment) |
 //! | `projector_fetch_cache_hits_total` | counter | service | fetches answered from the cache within its TTL |
@@ -391,6 +393,22 @@ impl Collector for EngineCollector {
             MetricType::Counter,
             &projections,
             |p| p.breaker_opened(),
+        )?;
+        per_plugin(
+            &mut encoder,
+            "projector_views_expired",
+            "Expired views the sweep deleted",
+            MetricType::Counter,
+            &projections,
+            |p| p.expired_swept(),
+        )?;
+        per_plugin(
+            &mut encoder,
+            "projector_expired_reads",
+            "Reads that found their view past its time to live",
+            MetricType::Counter,
+            &projections,
+            |p| p.expired_reads(),
         )?;
         {
             let c = self.engine.commit_stats();

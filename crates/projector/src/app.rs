@@ -5,7 +5,7 @@
 use crate::config::Config;
 use anyhow::Context;
 use projector_api::{Feed, ServeState, Serving};
-use projector_core::engine::Engine;
+use projector_core::engine::{self, Engine};
 use projector_core::store::Store;
 use projector_deploy::Deployer;
 use projector_host::fetch::Fetcher;
@@ -37,8 +37,9 @@ pub struct Running {
     pub state: Arc<ServeState>,
     serving: Option<Serving>,
     pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
-    /// The plugins directory's watcher, and its stop.
-    watcher: Option<(Shutdown, std::thread::JoinHandle<()>)>,
+    /// Threads beside the pipeline (the plugins directory's watcher, the
+    /// sweep of expired views), each with its stop.
+    helpers: Vec<(Shutdown, std::thread::JoinHandle<()>)>,
 }
 
 impl Running {
@@ -55,7 +56,7 @@ impl Running {
             .join()
             .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"));
         self.state.set_ready(false);
-        if let Some((stop, handle)) = self.watcher.take() {
+        for (stop, handle) in self.helpers.drain(..) {
             stop.stop();
             let _ = handle.join();
         }
@@ -205,13 +206,17 @@ impl App {
         serving: Option<Serving>,
         pipeline: std::thread::JoinHandle<anyhow::Result<Totals>>,
     ) -> anyhow::Result<Running> {
-        let watcher = self.watch_plugins()?;
+        let mut helpers: Vec<_> = self.watch_plugins()?.into_iter().collect();
+        let stop = Shutdown::new();
+        let sweep =
+            engine::spawn_sweep(self.engine.clone(), self.config.sweep_pace(), stop.clone())?;
+        helpers.push((stop, sweep));
         state.set_ready(true);
         Ok(Running {
             state,
             serving,
             pipeline,
-            watcher,
+            helpers,
         })
     }
 

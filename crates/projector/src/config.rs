@@ -88,7 +88,7 @@ use projector_api::truth::{Truth, TruthConfig};
 pub use projector_api::HttpConfig;
 use projector_api::{ApiSettings, PluginApi};
 pub use projector_core::breaker::BreakerConfig;
-pub use projector_core::engine::Policy;
+pub use projector_core::engine::{Policy, SweepPace};
 pub use projector_core::envelope::Format;
 pub use projector_core::RetryConfig;
 pub use projector_deploy::DeployConfig;
@@ -100,6 +100,7 @@ pub use projector_sources::kafka::KafkaConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A config that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +189,11 @@ pub struct EngineConfig {
     pub compile_cache_dir: Option<PathBuf>,
     /// Deploy plugins changed in `plugins_dir` while running.
     pub watch_plugins: bool,
+    /// Pause between two passes of the sweep that deletes expired views
+    /// (plugins with `ttl_ms`), in ms (default 10000).
+    pub sweep_interval_ms: u64,
+    /// Views the sweep looks at per step (default 1000).
+    pub sweep_page: usize,
 }
 
 impl Default for EngineConfig {
@@ -198,6 +204,8 @@ impl Default for EngineConfig {
             commit_interval_ms: 1000,
             compile_cache_dir: None,
             watch_plugins: true,
+            sweep_interval_ms: 10_000,
+            sweep_page: 1000,
         }
     }
 }
@@ -299,6 +307,9 @@ pub struct PluginConfig {
     /// This plugin's breaker, over `[breaker]` (any of its keys).
     #[serde(default)]
     pub breaker: Option<toml::Table>,
+    /// How long a view lives after its last event, in ms (default: for
+    /// ever). An expired view reads as absent and is swept.
+    pub ttl_ms: Option<u64>,
 }
 
 /// `base` with the keys of `patch` set over it.
@@ -316,12 +327,22 @@ fn patched<T: serde::Serialize + serde::de::DeserializeOwned>(
 }
 
 impl Config {
-    /// The retry and breaker settings plugin `name` runs with.
+    /// How the sweep of expired views is paced.
+    pub fn sweep_pace(&self) -> SweepPace {
+        SweepPace {
+            every: Duration::from_millis(self.engine.sweep_interval_ms.max(1)),
+            page: self.engine.sweep_page.max(1),
+            between_steps: Duration::from_millis(10),
+        }
+    }
+
+    /// The retry, breaker and time-to-live settings plugin `name` runs with.
     pub fn policy(&self, name: &str) -> Result<Policy, String> {
         let Some(p) = self.plugins.get(name) else {
             return Ok(Policy {
                 retry: self.retry,
                 breaker: self.breaker,
+                ttl_ms: None,
             });
         };
         let retry =
@@ -331,7 +352,16 @@ impl Config {
         breaker
             .check()
             .map_err(|e| format!("plugins.{name}.breaker: {e}"))?;
-        Ok(Policy { retry, breaker })
+        if p.ttl_ms == Some(0) {
+            return Err(format!(
+                "plugins.{name}.ttl_ms: expected at least 1 (leave it out for views that never expire)"
+            ));
+        }
+        Ok(Policy {
+            retry,
+            breaker,
+            ttl_ms: p.ttl_ms,
+        })
     }
 }
 

@@ -287,15 +287,22 @@ impl<'a> BatchCtx<'a> {
     ) -> Result<Vec<KeyResult<'e>>> {
         let p = self.projection;
         let policy = p.code.info().stale_policy;
-        let befores: Vec<Option<ViewRecord>> = keys
-            .iter()
-            .map(|k| p.view(self.store, k))
-            .collect::<Result<_>>()?;
         // Each key's events, in order.
         let mine: Vec<Vec<&'e Event>> = members
             .iter()
             .map(|m| m.iter().map(|&i| events[i].1).collect())
             .collect();
+        // A view that expired before its key's first event here is gone:
+        // the events start a new one.
+        let befores: Vec<Option<ViewRecord>> = keys
+            .iter()
+            .zip(&mine)
+            .map(|(k, mine)| {
+                let at = mine.first().map_or(0, |e| e.time_ms);
+                Ok(p.view(self.store, k)?
+                    .filter(|r| at == 0 || !p.expiry.is_expired(r, at)))
+            })
+            .collect::<Result<_>>()?;
         let mut runs = Vec::new();
         let mut run_of = vec![None; keys.len()];
         for (n, (key, before)) in keys.iter().zip(&befores).enumerate() {

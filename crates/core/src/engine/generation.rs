@@ -47,6 +47,7 @@ impl Engine {
             breaker: Arc::new(Breaker::new(self.policy(&name).breaker)),
             failures: AtomicU64::new(0),
             last_failure: Mutex::default(),
+            expiry: Arc::new(Expiry::new(self.policy(&name).ttl_ms)),
         });
         list.push(p.clone());
         Ok(p)

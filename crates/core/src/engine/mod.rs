@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 mod commit;
+mod expire;
 mod fold;
 mod generation;
 mod pause;
@@ -46,6 +47,8 @@ mod recollect;
 mod retry;
 
 pub use commit::CommitStats;
+use expire::Expiry;
+pub use expire::{spawn_sweep, Sweep, SweepPace};
 pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
 pub use projection::Projection;
@@ -126,13 +129,17 @@ pub struct Engine {
     commits: Mutex<CommitStats>,
 }
 
-/// One plugin's failure handling: retries and breaker.
+/// One plugin's settings over the engine's defaults: failure handling
+/// (retries and breaker) and how long its views live.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     /// How its transient failures are retried.
     pub retry: RetryConfig,
     /// When it is paused.
     pub breaker: BreakerConfig,
+    /// How long a view lives after its last applied event, in ms; `None`:
+    /// for ever.
+    pub ttl_ms: Option<u64>,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -270,6 +277,7 @@ impl Engine {
             breaker: Arc::new(Breaker::new(policy.breaker)),
             failures: AtomicU64::new(0),
             last_failure: Mutex::default(),
+            expiry: Arc::new(Expiry::new(policy.ttl_ms)),
         }));
         Ok(())
     }
@@ -304,6 +312,7 @@ impl Engine {
             breaker: old.breaker.clone(),
             failures: AtomicU64::new(old.failures.load(Ordering::Relaxed)),
             last_failure: Mutex::default(),
+            expiry: old.expiry.clone(),
         });
         list[i] = replacement;
         Ok(())

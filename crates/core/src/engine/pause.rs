@@ -22,6 +22,7 @@ impl Engine {
         self.policies.get(name).copied().unwrap_or(Policy {
             retry: self.retry,
             breaker: self.breaker,
+            ttl_ms: None,
         })
     }
 

@@ -33,6 +33,8 @@ pub struct Projection {
     /// the last failure's message: what the breaker counts.
     pub(super) failures: AtomicU64,
     pub(super) last_failure: Mutex<String>,
+    /// How long its views live, and what expired (kept across a replace).
+    pub(super) expiry: Arc<Expiry>,
 }
 
 /// Rendered answers by key, each with the state it was rendered from: an

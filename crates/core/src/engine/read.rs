@@ -36,11 +36,16 @@ impl ReadView {
 }
 
 impl Engine {
-    /// A view of generation `p`, rendered at `now_ms` when Valid.
+    /// A view of generation `p`, rendered at `now_ms` when Valid; none
+    /// when it expired by `now_ms`.
     pub fn read_in(&self, p: &Projection, key: &str, now_ms: i64) -> Result<Option<ReadView>> {
         let Some(record) = p.view(&self.store, key)? else {
             return Ok(None);
         };
+        if p.expiry.is_expired(&record, now_ms) {
+            p.expiry.expired_read();
+            return Ok(None);
+        }
         let body = match (&record.view.status, &record.view.state) {
             (Status::Valid, Some(state)) => Some(p.render(key, state, now_ms)?),
             _ => None,

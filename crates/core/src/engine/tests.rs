@@ -4,8 +4,16 @@ use super::*;
 use projector_host::native::NativePlugin;
 
 fn open(dir: &std::path::Path) -> Engine {
+    open_with(dir, None)
+}
+
+/// An engine with its one plugin, "inbox", under `policy` if given.
+fn open_with(dir: &std::path::Path, policy: Option<Policy>) -> Engine {
     let store = Store::open(dir).expect("store");
-    let engine = Engine::new(store, Format::Auto, 1, Duration::ZERO);
+    let mut engine = Engine::new(store, Format::Auto, 1, Duration::ZERO);
+    if let Some(policy) = policy {
+        engine.set_policy("inbox", policy);
+    }
     let code: SharedCode = Arc::new(
         NativePlugin::<inbox_unread::InboxUnread>::new(
             "inbox",
@@ -23,9 +31,16 @@ fn record(offset: u64, value: &str) -> Record {
 }
 
 fn sent(id: &str, version: u64, conv: &str, sender: &str, to: &str) -> String {
+    sent_at(id, version, conv, sender, to, T0)
+}
+
+/// 2026-01-01T00:00:00Z, the time of `sent`'s events.
+const T0: i64 = 1_767_225_600_000;
+
+fn sent_at(id: &str, version: u64, conv: &str, sender: &str, to: &str, time_ms: i64) -> String {
     serde_json::json!({
         "id": id, "type": "MessageSent", "source": "inbox", "key": "s1",
-        "version": version, "time": "2026-01-01T00:00:00Z",
+        "version": version, "time": time_ms,
         "payload": {"site_id": "s1", "conversation_id": conv,
                     "sender_id": sender, "participants": [sender, to]},
     })
@@ -33,7 +48,14 @@ fn sent(id: &str, version: u64, conv: &str, sender: &str, to: &str) -> String {
 }
 
 fn unread(engine: &Engine, key: &str) -> Vec<String> {
-    let view = engine.read("inbox", key, 0).expect("read").expect("a view");
+    unread_at(engine, key, 0)
+}
+
+fn unread_at(engine: &Engine, key: &str, at_ms: i64) -> Vec<String> {
+    let view = engine
+        .read("inbox", key, at_ms)
+        .expect("read")
+        .expect("a view");
     assert_eq!(view.status, Status::Valid, "{key}");
     let body = view.json().expect("a body");
     body["conversations"]
@@ -133,4 +155,67 @@ fn a_redelivered_older_event_is_skipped_a_truly_older_one_invalidates() {
         .expect("read")
         .expect("view");
     assert_eq!(view.status, Status::Invalid);
+}
+
+/// A view with a time to live reads as absent from the millisecond it
+/// expires, an event after that starts a new view, and the sweep deletes
+/// what expired, page by page.
+#[test]
+fn an_expired_view_is_absent_at_once_restarted_by_a_new_event_and_swept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = Policy {
+        retry: RetryConfig::default(),
+        breaker: BreakerConfig::default(),
+        ttl_ms: Some(60_000),
+    };
+    let engine = open_with(dir.path(), Some(policy));
+    let p = engine.projection("inbox").expect("loaded");
+    assert_eq!(p.ttl_ms(), Some(60_000));
+    engine
+        .process("log", 0, &[record(0, &sent("e1", 1, "c1", "u1", "u2"))])
+        .expect("process");
+    let read = |at: i64| engine.read("inbox", "u2:s1", at).expect("read");
+    assert!(read(T0 + 59_999).is_some(), "one ms before expiry");
+    assert!(read(T0 + 60_000).is_none(), "expired at T0 + ttl");
+    assert!(read(T0 + 60_001).is_none());
+    assert_eq!(p.expired_reads(), 2);
+    // Nothing expired yet at T0 + 30 s: the sweep deletes nothing.
+    let sweep = engine.sweep_expired(T0 + 30_000, 10).expect("sweep");
+    assert_eq!(
+        sweep,
+        Sweep {
+            deleted: 0,
+            passed: true
+        }
+    );
+
+    // A message 61 s later: u2's old view had expired, so only c2 is unread.
+    let later = sent_at("e2", 2, "c2", "u3", "u2", T0 + 61_000);
+    engine
+        .process("log", 0, &[record(1, &later)])
+        .expect("process");
+    assert!(engine
+        .read("inbox", "u2:s1", T0 + 61_000)
+        .expect("read")
+        .is_some());
+    assert_eq!(unread_at(&engine, "u2:s1", T0 + 61_000), ["c2"]);
+
+    // Swept a page of one view at a time: u1's view (from T0) goes, u2's
+    // and u3's (from T0 + 61 s) stay.
+    let now = T0 + 62_000;
+    let mut steps = Vec::new();
+    loop {
+        let sweep = engine.sweep_expired(now, 1).expect("sweep");
+        steps.push(sweep.deleted);
+        if sweep.passed {
+            break;
+        }
+    }
+    // Three views, a page of one each, then an empty page ends the pass.
+    assert_eq!(steps, [1, 0, 0, 0]);
+    assert_eq!(p.expired_swept(), 1);
+    let stored = |key: &str| engine.store().view("inbox", key).expect("view");
+    assert!(stored("u1:s1").is_none(), "swept");
+    assert!(stored("u2:s1").is_some());
+    assert!(stored("u3:s1").is_some());
 }

@@ -356,6 +356,39 @@ impl Store {
         settled.err().map(Err).into_iter().chain(views)
     }
 
+    /// Up to `limit` views of a namespace in key order, from the first key
+    /// after `after` (from the start with `None`): a page of a scan that
+    /// does not hold the store for the whole namespace.
+    pub fn views_page(
+        &self,
+        ns: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ViewRecord)>> {
+        self.materializer.shared.settle()?;
+        let prefix = view_prefix(ns);
+        let skip = prefix.len();
+        let start = match after {
+            Some(key) => {
+                let mut k = view_key_of(ns, key);
+                // The smallest key after `key`.
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut page = Vec::new();
+        for item in self.state.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || page.len() == limit {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[skip..]).into_owned();
+            page.push((key, decode_view(&v)?));
+        }
+        Ok(page)
+    }
+
     /// What the materializer has applied, and what waits.
     pub fn materializer_stats(&self) -> MaterializerStats {
         self.materializer.shared.stats()
