@@ -72,3 +72,68 @@ fn a_view_past_its_ttl_is_not_served_a_millisecond_after_and_is_swept() {
     let (status, _) = s.get(&format!("/v1/views/{INBOX}/u2:s1"));
     assert_eq!(status, 404);
 }
+
+#[test]
+fn the_audit_lists_which_version_applied_which_offsets_after_a_replace_deploy() {
+    use projector_tests::hostile::{applied, event};
+    let s = Served::start(&["hostile"], "");
+    let v1 = projector_deploy::content_id(
+        &std::fs::read(projector_tests::plugin_wasm("hostile")).expect("v1"),
+    );
+    let v2_bytes = std::fs::read(projector_tests::plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = projector_deploy::content_id(&v2_bytes);
+    // The embedded log's default partitions.
+    let partitions = 4;
+    let batch = |range: std::ops::Range<u64>| -> Vec<String> { range.map(event).collect() };
+    s.ingest(&batch(0..400));
+    eventually("v1 applies 400", || applied(&s.app, partitions) == 400);
+    let response = s
+        .client
+        .post(format!(
+            "{}/v1/admin/plugins/hostile?from=lifecycle",
+            s.base
+        ))
+        .body(v2_bytes)
+        .send()
+        .expect("deploy");
+    assert_eq!(response.status(), 200, "{:?}", response.text());
+    s.ingest(&batch(400..1000));
+    eventually("v2 applies the rest", || {
+        applied(&s.app, partitions) == 1000
+    });
+
+    // The audit is committed with the views, within a commit interval.
+    let mut audit = serde_json::Value::Null;
+    eventually("the audit committed", || {
+        let (status, body) = s.get("/v1/admin/plugins/hostile/audit");
+        assert_eq!(status, 200, "{body}");
+        audit = body;
+        audit["generations"][0]["runs"]
+            .as_array()
+            .is_some_and(|runs| {
+                runs.iter()
+                    .map(|r| r["records"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+                    == 1000
+            })
+    });
+    let generations = audit["generations"].as_array().expect("generations");
+    assert_eq!(generations.len(), 1, "{audit}");
+    assert_eq!(generations[0]["role"], "active");
+    assert_eq!(generations[0]["version"], v2.as_str());
+    let runs = generations[0]["runs"].as_array().expect("runs");
+    let records = |version: &str| -> u64 {
+        runs.iter()
+            .filter(|r| r["version"] == version)
+            .map(|r| r["records"].as_u64().expect("records"))
+            .sum()
+    };
+    assert_eq!(records(&v1), 400, "{audit}");
+    assert_eq!(records(&v2), 600, "{audit}");
+    for r in runs.iter().filter(|r| r["version"] == v2.as_str()) {
+        assert_eq!(r["from_file"], "lifecycle", "{r}");
+        assert!(r["deployed_ms"].as_i64().is_some(), "{r}");
+    }
+    let (status, body) = s.get("/v1/admin/plugins/nope/audit");
+    assert_eq!(status, 404, "{body}");
+}

@@ -11,6 +11,7 @@
 //!
 //! Map: [`state`] (what handlers share, the [`Feed`]), `read` (view
 //! reads), `ingest`, `admin` (deploys, shadow, rollout, mismatches),
+//! `audit` (which version applied which offsets),
 //! `health` (health, readiness, metrics, plugin list), `shed` (overload:
 //! 503 past `max_in_flight`), [`error`],
 //! [`metrics`], [`rollout`], [`token`], [`truth`] (the source of truth),
@@ -19,6 +20,7 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod audit;
 pub mod error;
 mod health;
 mod ingest;
@@ -114,6 +116,7 @@ pub fn router(state: Arc<ServeState>) -> Router {
             axum::routing::post(admin::rollback),
         )
         .route("/v1/admin/plugins/{plugin}/logs", get(admin::plugin_logs))
+        .route("/v1/admin/plugins/{plugin}/audit", get(audit::plugin_audit))
         .route(
             "/v1/admin/plugins/{plugin}/shadow",
             get(admin::shadow_status),

@@ -127,6 +127,8 @@ pub(crate) enum PluginAction {
     Rollback { name: String },
     /// The recent log lines of a plugin's running version.
     Logs { name: String },
+    /// Which version applied which offsets of each partition (JSON).
+    Audit { name: String },
 }
 
 fn main() -> std::process::ExitCode {

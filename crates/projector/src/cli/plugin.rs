@@ -126,6 +126,11 @@ pub(crate) fn run(
             &format!("{base}/v1/admin/plugins/{name}/retire"),
             Some(&[]),
         )?,
+        PluginAction::Audit { name } => admin(
+            "GET",
+            &format!("{base}/v1/admin/plugins/{name}/audit"),
+            None,
+        )?,
         PluginAction::List => admin("GET", &format!("{base}/v1/admin/plugins"), None)?,
         PluginAction::Rollback { name } => admin(
             "POST",
