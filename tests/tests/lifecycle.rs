@@ -137,3 +137,110 @@ fn the_audit_lists_which_version_applied_which_offsets_after_a_replace_deploy() 
     let (status, body) = s.get("/v1/admin/plugins/nope/audit");
     assert_eq!(status, 404, "{body}");
 }
+
+#[test]
+fn rollout_rules_on_accept_language_and_a_tenant_header_route_reads() {
+    let legacy = projector_tests::legacy::Legacy::start();
+    let event = legacy.send("s1", "c1", "u1", &["u2"]);
+    let s = Served::start(
+        &[INBOX],
+        &format!(
+            "[plugins.inbox-unread]\npopulation = \"eager\"\n{}",
+            legacy.source_config()
+        ),
+    );
+    let token = s.ingest(&[event]);
+    s.rollout(
+        INBOX,
+        json!({
+            "default": "source",
+            "rules": [
+                {"name": "french", "mode": "projection",
+                 "match": [{"header": "accept-language", "values": ["fr"]}]},
+                {"name": "acme", "mode": "compare-return-projection",
+                 "match": [{"header": "x-tenant", "values": ["acme"]}]},
+                {"name": "beta-query", "mode": "compare-return-source",
+                 "match": [{"query": "channel", "pattern": "^beta"}]}
+            ]
+        }),
+    );
+    let read = |headers: &[(&str, &str)], query: &str| {
+        let mut request = s.client.get(format!(
+            "{}/v1/views/{INBOX}/u2:s1?token={token}{query}",
+            s.base
+        ));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().expect("read");
+        let header = |name: &str| response.headers()[name].to_str().expect("text").to_string();
+        let (mode, rule) = (header("x-projector-mode"), header("x-projector-rule"));
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().expect("body")).expect("json");
+        assert_eq!(body["mode"], mode.as_str());
+        (
+            mode,
+            rule,
+            body["served_by"].as_str().expect("served_by").to_string(),
+        )
+    };
+    let owned = |m: &str, r: &str, by: &str| (m.to_string(), r.to_string(), by.to_string());
+    assert_eq!(
+        read(&[("accept-language", "fr-FR,fr;q=0.9,en;q=0.8")], ""),
+        owned("projection", "french", "projection")
+    );
+    assert_eq!(
+        read(&[("accept-language", "de-DE"), ("x-tenant", "acme")], ""),
+        owned("compare-return-projection", "acme", "projection")
+    );
+    assert_eq!(
+        read(&[("x-tenant", "globex")], ""),
+        owned("source", "default", "source")
+    );
+    assert_eq!(
+        read(&[], "&channel=beta-2"),
+        owned("compare-return-source", "beta-query", "source")
+    );
+    assert_eq!(
+        read(&[("x-tenant", "acme")], "&mode=source"),
+        owned("source", "asked", "source")
+    );
+    let count = |rule: &str, mode: &str| {
+        s.metric(
+            "projector_rollout_rule_total",
+            &format!("plugin=\"{INBOX}\",rule=\"{rule}\",mode=\"{mode}\""),
+        )
+    };
+    assert_eq!(count("french", "projection"), 1.0);
+    assert_eq!(count("acme", "compare-return-projection"), 1.0);
+    assert_eq!(count("default", "source"), 1.0);
+    assert_eq!(count("beta-query", "compare-return-source"), 1.0);
+    assert_eq!(count("asked", "source"), 1.0);
+    // A parameter no rule reads is a typo, named in the answer.
+    let (status, body) = s.get(&format!("/v1/views/{INBOX}/u2:s1?chanel=beta"));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "bad_query");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("chanel"),
+        "{body}"
+    );
+    // A bad pattern is refused when the rollout is set.
+    let (status, body) = s.send(
+        reqwest::Method::PUT,
+        &format!("/v1/admin/rollout/{INBOX}"),
+        &json!({"rules": [{"match": [{"header": "x", "pattern": "("}], "mode": "projection"}]})
+            .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("rules[0].match[0]"),
+        "{body}"
+    );
+}

@@ -211,7 +211,8 @@ pub(crate) async fn put_rollout(
     body: Result<Json<Rollout>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let own = s.plugin(&plugin)?;
-    let Json(rollout) = body.map_err(|e| ApiError::bad_request("bad_rollout", e.body_text()))?;
+    let Json(mut rollout) =
+        body.map_err(|e| ApiError::bad_request("bad_rollout", e.body_text()))?;
     rollout
         .validate()
         .map_err(|e| ApiError::bad_request("bad_rollout", e))?;

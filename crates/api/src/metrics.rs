@@ -6,6 +6,7 @@
 //! | `projector_http_shed_total` | counter | | requests answered 503 because `[http] max_in_flight` were being served |
 //! | `projector_reads_total` | counter | plugin, mode, served_by | view reads answered, by read mode and by who answered (`projection` or `source`) |
 //! | `projector_read_seconds` | histogram | plugin, mode | read latency, request in to answer out |
+//! | `projector_rollout_rule_total` | counter | plugin, rule, mode | reads whose mode a rollout rule chose (`default` when none matched, `asked` when the read named its mode) |
 //! | `projector_view_lookups_total` | counter | plugin, result | reads that consulted the projection: `hit` (Valid view), `absent`, `invalid` |
 //! | `projector_hit_ratio` | gauge | plugin | hits over lookups since start (seed 000 measured 95.5%) |
 //! | `projector_fallbacks_total` | counter | plugin, reason | reads the projection could not answer, served by the source (`absent`, `invalid`) |
@@ -95,6 +96,17 @@ pub struct ModeLabels {
     pub mode: String,
 }
 
+/// Labels of `projector_rollout_rule_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// Name of the plugin read.
+    pub plugin: String,
+    /// The rule that chose the mode: its name, `rules[i]`, `default` or `asked`.
+    pub rule: String,
+    /// The mode it chose.
+    pub mode: String,
+}
+
 /// Labels of a metric counted by result (lookups, comparisons, consistency waits).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -146,6 +158,8 @@ pub struct Metrics {
     /// Reads that consulted the projection: `hit`, `absent` or `invalid`
     /// (`projector_view_lookups_total`).
     pub lookups: Family<ResultLabels, Counter>,
+    /// Reads by the rollout rule that chose their mode (`projector_rollout_rule_total`).
+    pub rules: Family<RuleLabels, Counter>,
     /// Reads the projection could not answer, served by the source (`projector_fallbacks_total`).
     pub fallbacks: Family<ReasonLabels, Counter>,
     /// Views stored from a source-of-truth answer (`projector_snapshots_total`).
@@ -179,6 +193,7 @@ impl Metrics {
             latency_histogram,
         );
         let lookups = Family::<ResultLabels, Counter>::default();
+        let rules = Family::<RuleLabels, Counter>::default();
         let fallbacks = Family::<ReasonLabels, Counter>::default();
         let snapshots = Family::<PluginLabel, Counter>::default();
         let source_errors = Family::<PluginLabel, Counter>::default();
@@ -192,6 +207,11 @@ impl Metrics {
             "projector_reads",
             "View reads answered, by read mode and by who answered",
             reads.clone(),
+        );
+        registry.register(
+            "projector_rollout_rule",
+            "Reads by the rollout rule that chose their mode",
+            rules.clone(),
         );
         registry.register(
             "projector_read_seconds",
@@ -258,6 +278,7 @@ impl Metrics {
             reads,
             read_seconds,
             lookups,
+            rules,
             fallbacks,
             snapshots,
             source_errors,

@@ -3,20 +3,20 @@
 //! truth's, lazy population, comparison of both.
 
 use crate::error::{ApiError, ApiResult, Query};
+use crate::metrics::RuleLabels;
 use crate::metrics::{ModeLabels, PluginLabel, ReadLabels, ReasonLabels, ResultLabels};
-use crate::rollout::{self, Mode};
+use crate::rollout::{self, Mode, Place, Rollout};
 use crate::state::{differences_json, Mismatch, PluginServe, ServeState};
 use crate::token::Token;
 use crate::truth::{Truth, TruthError};
 use crate::HttpConfig;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use projector_core::engine::{self, ReadView};
 use projector_guest::rules::Status;
 use projector_host::sync::Recover;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 /// Longest wait a reader may ask for with `wait_ms`.
 const MAX_WAIT_MS: u64 = 60_000;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A read's query: its own parameters, and the rest for rollout rules
+/// that match on query attributes.
+#[derive(Debug, Default)]
 pub(crate) struct ReadParams {
     /// Force a read mode, bypassing the rollout rules.
     mode: Option<String>,
@@ -36,6 +37,54 @@ pub(crate) struct ReadParams {
     wait_ms: Option<u64>,
     /// Read time for `render`, in ms since the epoch (default: now).
     at_ms: Option<i64>,
+    /// Every other parameter, for the rollout rules.
+    attributes: Vec<(String, String)>,
+}
+
+impl ReadParams {
+    fn parse(pairs: Vec<(String, String)>) -> ApiResult<Self> {
+        fn number<T: std::str::FromStr>(name: &str, v: &str) -> ApiResult<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse()
+                .map_err(|e| ApiError::bad_request("bad_query", format!("{name}: {e}: {v:?}")))
+        }
+        let mut p = ReadParams::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "mode" => p.mode = Some(v),
+                "token" => p.token = Some(v),
+                "wait_ms" => p.wait_ms = Some(number("wait_ms", &v)?),
+                "at_ms" => p.at_ms = Some(number("at_ms", &v)?),
+                _ => p.attributes.push((k, v)),
+            }
+        }
+        Ok(p)
+    }
+
+    /// Refuse a parameter no rule of `rollout` reads (a typo, most likely).
+    fn check_attributes(&self, rollout: &Rollout) -> ApiResult<()> {
+        for (k, _) in &self.attributes {
+            if !rollout.query_attributes().any(|q| q == k) {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!(
+                        "unknown parameter {k:?}: expected mode, token, wait_ms, at_ms, or a query attribute a rollout rule matches on"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What the projection had for a key.
@@ -345,10 +394,11 @@ fn request_user<'a>(
 pub(crate) async fn read_view(
     State(s): State<Arc<ServeState>>,
     Path((plugin, key)): Path<(String, String)>,
-    Query(params): Query<ReadParams>,
+    Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let started = Instant::now();
+    let params = ReadParams::parse(query)?;
     let own = s.plugin(&plugin)?;
     let code = s.engine.projection(&plugin)?;
     engine::check_key(&key, code.code().limits())?;
@@ -401,9 +451,14 @@ pub(crate) async fn read_view(
             format!("wait_ms: expected at most {MAX_WAIT_MS}, got {wait_ms}"),
         ));
     }
-    let mode = match params.mode.as_deref() {
-        Some(m) => Mode::parse(m).map_err(|e| ApiError::bad_request("bad_mode", e))?,
-        None if own.source.is_none() => Mode::Projection,
+    let rollout = own.rollout.read().recover().clone();
+    params.check_attributes(&rollout)?;
+    let (mode, rule) = match params.mode.as_deref() {
+        Some(m) => (
+            Mode::parse(m).map_err(|e| ApiError::bad_request("bad_mode", e))?,
+            "asked".into(),
+        ),
+        None if own.source.is_none() => (Mode::Projection, "default".into()),
         None => {
             let groups: Vec<&str> = headers
                 .get(s.http.groups_header.as_str())
@@ -415,15 +470,28 @@ pub(crate) async fn read_view(
                         .collect()
                 })
                 .unwrap_or_default();
+            let attribute = |place: Place, name: &str| match place {
+                Place::Header => headers.get(name).and_then(|v| v.to_str().ok()),
+                Place::Query => params.attribute(name),
+            };
             let request = rollout::Request {
                 user: request_user(&headers, &s.http, own, &key),
                 groups: &groups,
                 key: &key,
+                attribute: &attribute,
             };
-            let rollout = own.rollout.read().recover().clone();
-            rollout.choose(request, rand::random::<f64>())
+            let (mode, rule) = rollout.choose(request, rand::random::<f64>());
+            (mode, rule.into_owned())
         }
     };
+    s.metrics
+        .rules
+        .get_or_create(&RuleLabels {
+            plugin: plugin.clone(),
+            rule: rule.clone(),
+            mode: mode.as_str().into(),
+        })
+        .inc();
     if mode.needs_source() && own.source.is_none() {
         return Err(ApiError::bad_request(
             "no_source",
@@ -467,7 +535,12 @@ pub(crate) async fn read_view(
         populated: read.populated.take(),
         comparison: read.comparison.take(),
     };
-    let response = Json(body).into_response();
+    let mut response = Json(body).into_response();
+    let h = response.headers_mut();
+    h.insert("x-projector-mode", HeaderValue::from_static(mode.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&rule) {
+        h.insert("x-projector-rule", v);
+    }
     s.metrics
         .reads
         .get_or_create(&ReadLabels {

@@ -1,12 +1,15 @@
 //! Rollout: which read mode answers a request (seed 000, challenge 5).
 //!
 //! A plugin's rollout is an ordered list of rules and a default mode. A
-//! rule matches explicit users, groups (from a request header), or a
-//! percentage of a request attribute's stable hash: the same user always
-//! lands in the same bucket, and raising the percentage only adds users,
-//! so a rollout from 10% to 20% keeps the first 10%. The first matching
-//! rule names the mode. After full rollout a share of `projection` reads
-//! keeps comparing (seed 000 keeps 5%).
+//! rule matches on explicit users, groups (from a request header), any
+//! request header or query attribute (by a list of values or a pattern:
+//! language, country, tenant, user agent...), and a percentage of a stable
+//! hash of the user or key: the same user always lands in the same bucket,
+//! and raising the percentage only adds users, so a rollout from 10% to
+//! 20% keeps the first 10% (seed 004's toggles). A rule matches when every
+//! criterion it sets matches; the first matching rule names the mode.
+//! After full rollout a share of `projection` reads keeps comparing (seed
+//! 000 keeps 5%).
 
 use serde::{Deserialize, Serialize};
 
@@ -74,16 +77,23 @@ pub enum Attribute {
     Key,
 }
 
-/// One rollout rule: exactly one of `users`, `groups` or `percent`.
+/// One rollout rule: the criteria it sets (at least one) must all match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// Its name in the `x-projector-rule` header and in metrics (default
+    /// `rules[i]`, by its place in the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Users this rule matches, compared with the request's user.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
     /// Groups this rule matches; a request in any of them matches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// Request attributes that must all match.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AttributeMatch>,
     /// 0 to 100; may be fractional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
@@ -92,6 +102,117 @@ pub struct Rule {
     pub by: Attribute,
     /// The mode a matching request is read in.
     pub mode: Mode,
+}
+
+/// Where a request attribute is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A request header (names are case-insensitive).
+    Header,
+    /// A query parameter of the read.
+    Query,
+}
+
+/// One request attribute a rule matches: a header or a query parameter,
+/// by a list of values or by a pattern.
+///
+/// `values` are compared with each comma-separated item of the attribute,
+/// its `;` parameters dropped, case-insensitively; a value also matches an
+/// item that starts with it and a `-`, as language ranges do (`fr`
+/// matches `fr-CA` in `accept-language: fr-CA,fr;q=0.9`). `pattern` is a
+/// regular expression searched in the whole value. An absent attribute
+/// matches neither.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeMatch {
+    /// A request header, e.g. `accept-language` or `x-tenant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A query parameter of the read, e.g. `tenant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Values that match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// A regular expression that matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// `pattern`, compiled by `Rollout::validate`.
+    #[serde(skip)]
+    compiled: Option<regex::Regex>,
+}
+
+impl PartialEq for AttributeMatch {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.header, &self.query, &self.values, &self.pattern)
+            == (&other.header, &other.query, &other.values, &other.pattern)
+    }
+}
+
+/// Longest pattern a rule may carry, and the most compiled size it may
+/// take (a rule is set through the admin API).
+const MAX_PATTERN_BYTES: usize = 1024;
+const MAX_COMPILED_BYTES: usize = 1 << 20;
+
+impl AttributeMatch {
+    /// Where and what it reads.
+    pub fn target(&self) -> (Place, &str) {
+        match (&self.header, &self.query) {
+            (Some(h), _) => (Place::Header, h),
+            (None, Some(q)) => (Place::Query, q),
+            (None, None) => (Place::Query, ""),
+        }
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        match (&self.header, &self.query) {
+            (Some(n), None) | (None, Some(n)) if !n.is_empty() => {}
+            (Some(_), Some(_)) => return Err("expected header or query, not both".into()),
+            _ => return Err("expected a non-empty header or query name".into()),
+        }
+        if let Some(h) = &mut self.header {
+            *h = h.to_ascii_lowercase();
+        }
+        match (&self.pattern, self.values.is_empty()) {
+            (Some(_), false) => Err("expected values or pattern, not both".into()),
+            (None, true) => Err("expected values or a pattern".into()),
+            (None, false) if self.values.iter().any(String::is_empty) => Err("empty value".into()),
+            (None, false) => Ok(()),
+            (Some(p), true) => {
+                if p.len() > MAX_PATTERN_BYTES {
+                    return Err(format!("pattern: longer than {MAX_PATTERN_BYTES} bytes"));
+                }
+                let re = regex::RegexBuilder::new(p)
+                    .size_limit(MAX_COMPILED_BYTES)
+                    .build()
+                    .map_err(|e| format!("pattern: {e}"))?;
+                self.compiled = Some(re);
+                Ok(())
+            }
+        }
+    }
+
+    fn matches(&self, request: &Request) -> bool {
+        let (place, name) = self.target();
+        let Some(value) = (request.attribute)(place, name) else {
+            return false;
+        };
+        if let Some(re) = &self.compiled {
+            return re.is_match(value);
+        }
+        value
+            .split(',')
+            .map(|item| item.split(';').next().unwrap_or_default().trim())
+            .any(|item| {
+                self.values.iter().any(|v| {
+                    item.eq_ignore_ascii_case(v)
+                        || (item.len() > v.len()
+                            && item.is_char_boundary(v.len())
+                            && item[..v.len()].eq_ignore_ascii_case(v)
+                            && item.as_bytes()[v.len()] == b'-')
+                })
+            })
+    }
 }
 
 /// A plugin's rollout.
@@ -126,7 +247,7 @@ impl Default for Rollout {
 }
 
 /// What a request offers to the rules.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     /// The request's user: its user header, else the key's `user` field, else the key.
     pub user: &'a str,
@@ -134,24 +255,27 @@ pub struct Request<'a> {
     pub groups: &'a [&'a str],
     /// The view key read.
     pub key: &'a str,
+    /// A header (lower-case name) or query parameter of the request.
+    pub attribute: &'a dyn Fn(Place, &str) -> Option<&'a str>,
 }
 
+/// Why a read has its mode: the rule that chose it, or `default`.
+pub type Chosen<'r> = std::borrow::Cow<'r, str>;
+
 impl Rollout {
-    /// Check every rule; the error names the rule and the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check every rule (and compile its patterns); the error names the
+    /// rule and the field.
+    pub fn validate(&mut self) -> Result<(), String> {
         let percent_ok = |p: f64| (0.0..=100.0).contains(&p);
-        for (i, rule) in self.rules.iter().enumerate() {
-            let set = [
-                !rule.users.is_empty(),
-                !rule.groups.is_empty(),
-                rule.percent.is_some(),
-            ]
-            .iter()
-            .filter(|s| **s)
-            .count();
-            if set != 1 {
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            let set = !rule.users.is_empty()
+                || !rule.groups.is_empty()
+                || !rule.attributes.is_empty()
+                || rule.percent.is_some();
+            if !set {
                 return Err(format!(
-                    "rules[{i}]: expected exactly one of users, groups or percent, got {set}"
+                    "rules[{i}]: expected at least one of users, groups, match or percent"
                 ));
             }
             if let Some(p) = rule.percent.filter(|p| !percent_ok(*p)) {
@@ -159,6 +283,21 @@ impl Rollout {
             }
             if rule.users.iter().chain(&rule.groups).any(|s| s.is_empty()) {
                 return Err(format!("rules[{i}]: empty user or group name"));
+            }
+            for (j, a) in rule.attributes.iter_mut().enumerate() {
+                a.check()
+                    .map_err(|e| format!("rules[{i}].match[{j}]: {e}"))?;
+            }
+            match &rule.name {
+                Some(n) if n.is_empty() || n == "default" || n == "asked" => {
+                    return Err(format!(
+                        "rules[{i}].name: {n:?} is empty or reserved (default, asked)"
+                    ));
+                }
+                Some(n) if !names.insert(n.clone()) => {
+                    return Err(format!("rules[{i}].name: {n:?} names another rule too"));
+                }
+                _ => {}
             }
         }
         if !percent_ok(self.keep_comparing_percent) {
@@ -170,39 +309,62 @@ impl Rollout {
         Ok(())
     }
 
-    /// The mode for `request`. `roll` in [0, 1) decides whether a
-    /// `projection` read keeps comparing.
-    pub fn choose(&self, request: Request, roll: f64) -> Mode {
-        let mode = self
+    /// The query parameters its rules read.
+    pub fn query_attributes(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .filter_map(|a| a.query.as_deref())
+    }
+
+    /// The mode for `request`, and the rule that chose it (`default` when
+    /// none matched). `roll` in [0, 1) decides whether a `projection` read
+    /// keeps comparing.
+    pub fn choose(&self, request: Request, roll: f64) -> (Mode, Chosen<'_>) {
+        let (mode, chosen) = self
             .rules
             .iter()
-            .find(|rule| rule.matches(request))
-            .map_or(self.default, |rule| rule.mode);
+            .enumerate()
+            .find(|(_, rule)| rule.matches(&request))
+            .map_or((self.default, Chosen::Borrowed("default")), |(i, rule)| {
+                let name = match &rule.name {
+                    Some(n) => Chosen::Borrowed(n.as_str()),
+                    None => Chosen::Owned(format!("rules[{i}]")),
+                };
+                (rule.mode, name)
+            });
         if mode == Mode::Projection && roll * 100.0 < self.keep_comparing_percent {
-            Mode::CompareReturnProjection
+            (Mode::CompareReturnProjection, chosen)
         } else {
-            mode
+            (mode, chosen)
         }
     }
 }
 
 impl Rule {
-    fn matches(&self, request: Request) -> bool {
-        if !self.users.is_empty() {
-            return self.users.iter().any(|u| u == request.user);
+    fn matches(&self, request: &Request) -> bool {
+        if !self.users.is_empty() && !self.users.iter().any(|u| u == request.user) {
+            return false;
         }
-        if !self.groups.is_empty() {
-            return request
+        if !self.groups.is_empty()
+            && !request
                 .groups
                 .iter()
-                .any(|g| self.groups.iter().any(|r| r == g));
+                .any(|g| self.groups.iter().any(|r| r == g))
+        {
+            return false;
         }
+        if !self.attributes.iter().all(|a| a.matches(request)) {
+            return false;
+        }
+        let Some(p) = self.percent else {
+            return true;
+        };
         let attribute = match self.by {
             Attribute::User => request.user,
             Attribute::Key => request.key,
         };
-        self.percent
-            .is_some_and(|p| bucket(attribute) < (p * 100.0).round() as u64)
+        bucket(attribute) < (p * 100.0).round() as u64
     }
 }
 
@@ -230,6 +392,8 @@ mod tests {
         Rollout {
             default: Mode::Source,
             rules: vec![Rule {
+                name: None,
+                attributes: vec![],
                 users: vec![],
                 groups: vec![],
                 percent: Some(p),
@@ -245,6 +409,7 @@ mod tests {
             user,
             groups,
             key: user,
+            attribute: &|_, _| None,
         }
     }
 
@@ -255,7 +420,7 @@ mod tests {
             let users: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
             let chosen = users
                 .iter()
-                .filter(|u| rollout.choose(req(u, &[]), 0.5) == Mode::Projection)
+                .filter(|u| rollout.choose(req(u, &[]), 0.5).0 == Mode::Projection)
                 .count();
             let share = chosen as f64 / 100.0;
             assert!(
@@ -272,8 +437,8 @@ mod tests {
         for p in [10.0, 20.0, 30.0, 60.0, 100.0] {
             let rollout = percent(p, Mode::CompareReturnSource);
             for (i, u) in users.iter().enumerate() {
-                let first = rollout.choose(req(u, &[]), 0.1);
-                let again = rollout.choose(req(u, &[]), 0.9);
+                let first = rollout.choose(req(u, &[]), 0.1).0;
+                let again = rollout.choose(req(u, &[]), 0.9).0;
                 assert_eq!(first, again, "{u} moved between two reads at {p}%");
                 let now = first == Mode::CompareReturnSource;
                 assert!(
@@ -292,6 +457,8 @@ mod tests {
             default: Mode::Source,
             rules: vec![
                 Rule {
+                    name: None,
+                    attributes: vec![],
                     users: vec!["alice".into()],
                     groups: vec![],
                     percent: None,
@@ -299,6 +466,8 @@ mod tests {
                     mode: Mode::Projection,
                 },
                 Rule {
+                    name: Some("beta-testers".into()),
+                    attributes: vec![],
                     users: vec![],
                     groups: vec!["beta".into()],
                     percent: None,
@@ -308,15 +477,19 @@ mod tests {
             ],
             keep_comparing_percent: 0.0,
         };
+        let chose = |user, groups| {
+            let (mode, rule) = rollout.choose(req(user, groups), 0.0);
+            (mode, rule.into_owned())
+        };
         assert_eq!(
-            rollout.choose(req("alice", &["beta"]), 0.0),
-            Mode::Projection
+            chose("alice", &["beta"]),
+            (Mode::Projection, "rules[0]".into())
         );
         assert_eq!(
-            rollout.choose(req("bob", &["staff", "beta"]), 0.0),
-            Mode::CompareReturnProjection
+            chose("bob", &["staff", "beta"]),
+            (Mode::CompareReturnProjection, "beta-testers".into())
         );
-        assert_eq!(rollout.choose(req("bob", &["staff"]), 0.0), Mode::Source);
+        assert_eq!(chose("bob", &["staff"]), (Mode::Source, "default".into()));
     }
 
     #[test]
@@ -327,11 +500,11 @@ mod tests {
             keep_comparing_percent: 5.0,
         };
         assert_eq!(
-            rollout.choose(req("u", &[]), 0.01),
+            rollout.choose(req("u", &[]), 0.01).0,
             Mode::CompareReturnProjection
         );
-        assert_eq!(rollout.choose(req("u", &[]), 0.05), Mode::Projection);
-        assert_eq!(rollout.choose(req("u", &[]), 0.99), Mode::Projection);
+        assert_eq!(rollout.choose(req("u", &[]), 0.05).0, Mode::Projection);
+        assert_eq!(rollout.choose(req("u", &[]), 0.99).0, Mode::Projection);
     }
 
     #[test]
@@ -342,15 +515,116 @@ mod tests {
             "rules[0].percent: expected 0 to 100, got 150"
         );
         r.rules[0].percent = None;
-        assert!(r.validate().expect_err("rejected").contains("exactly one"));
+        assert!(r.validate().expect_err("rejected").contains("at least one"));
         r.rules[0].users = vec!["a".into()];
-        r.rules[0].groups = vec!["g".into()];
-        assert!(r.validate().expect_err("rejected").contains("got 2"));
-        r.rules[0].groups.clear();
+        r.validate().expect("users alone");
+        r.rules[0].attributes = vec![attr(r#"{"header": "x-tenant"}"#)];
+        assert_eq!(
+            r.validate().expect_err("rejected"),
+            "rules[0].match[0]: expected values or a pattern"
+        );
+        r.rules[0].attributes = vec![attr(r#"{"header": "a", "query": "b", "values": ["x"]}"#)];
+        assert!(r.validate().expect_err("rejected").contains("not both"));
+        r.rules[0].attributes = vec![attr(r#"{"query": "t", "pattern": "(unclosed"}"#)];
+        assert!(r
+            .validate()
+            .expect_err("rejected")
+            .starts_with("rules[0].match[0]: pattern:"));
+        r.rules[0].attributes.clear();
+        r.rules[0].name = Some("default".into());
+        assert!(r.validate().expect_err("rejected").contains("reserved"));
+        r.rules[0].name = None;
         r.keep_comparing_percent = -1.0;
         assert!(r
             .validate()
             .expect_err("rejected")
             .starts_with("keep_comparing_percent"));
+    }
+
+    fn attr(json: &str) -> AttributeMatch {
+        serde_json::from_str(json).expect("an attribute match")
+    }
+
+    /// A request with headers and query parameters, as (name, value).
+    fn choose_with(rollout: &Rollout, user: &str, attrs: &[(Place, &str, &str)]) -> (Mode, String) {
+        let lookup = |place: Place, name: &str| {
+            attrs
+                .iter()
+                .find(|(p, n, _)| *p == place && *n == name)
+                .map(|(_, _, v)| *v)
+        };
+        let request = Request {
+            user,
+            groups: &[],
+            key: user,
+            attribute: &lookup,
+        };
+        let (mode, rule) = rollout.choose(request, 0.5);
+        (mode, rule.into_owned())
+    }
+
+    #[test]
+    fn rules_match_headers_and_query_attributes_by_values_or_pattern() {
+        let mut rollout: Rollout = serde_json::from_value(serde_json::json!({
+            "default": "source",
+            "rules": [
+                {"name": "french", "match": [{"header": "Accept-Language", "values": ["fr"]}],
+                 "mode": "projection"},
+                {"name": "acme-half", "match": [{"header": "x-tenant", "values": ["acme"]}],
+                 "percent": 50, "mode": "compare-return-projection"},
+                {"name": "bots", "match": [{"header": "user-agent", "pattern": "(?i)bot|crawler"}],
+                 "mode": "compare-return-source"},
+                {"name": "eu", "match": [{"query": "country", "values": ["de", "it"]}],
+                 "mode": "projection"}
+            ]
+        }))
+        .expect("a rollout");
+        rollout.validate().expect("valid");
+        use Place::{Header as H, Query as Q};
+        let fr = choose_with(
+            &rollout,
+            "u1",
+            &[(H, "accept-language", "fr-CA,fr;q=0.9,en;q=0.8")],
+        );
+        assert_eq!(fr, (Mode::Projection, "french".into()));
+        let en = choose_with(
+            &rollout,
+            "u1",
+            &[(H, "accept-language", "en-US,en;q=0.9,fr;q=0.1")],
+        );
+        assert_eq!(en.1, "french", "any listed language matches");
+        let frisian = choose_with(&rollout, "u1", &[(H, "accept-language", "fry")]);
+        assert_eq!(
+            frisian,
+            (Mode::Source, "default".into()),
+            "fr is not a prefix of fry"
+        );
+        let bot = choose_with(
+            &rollout,
+            "u1",
+            &[(H, "user-agent", "Mozilla/5.0 (compatible; Googlebot/2.1)")],
+        );
+        assert_eq!(bot, (Mode::CompareReturnSource, "bots".into()));
+        let eu = choose_with(&rollout, "u1", &[(Q, "country", "IT")]);
+        assert_eq!(eu, (Mode::Projection, "eu".into()));
+        assert_eq!(
+            choose_with(&rollout, "u1", &[(H, "country", "it")]).1,
+            "default",
+            "a header is not the query"
+        );
+        // Half of acme's users, and nobody from another tenant.
+        let acme: Vec<bool> = (0..2000)
+            .map(|i| {
+                let user = format!("user-{i}");
+                choose_with(&rollout, &user, &[(H, "x-tenant", "acme")]).1 == "acme-half"
+            })
+            .collect();
+        let share = acme.iter().filter(|m| **m).count();
+        assert!((900..=1100).contains(&share), "{share} of 2000 acme users");
+        assert_eq!(
+            choose_with(&rollout, "user-1", &[(H, "x-tenant", "globex")]).1,
+            "default"
+        );
+        assert_eq!(rollout.query_attributes().collect::<Vec<_>>(), ["country"]);
     }
 }

@@ -148,10 +148,19 @@ impl ServeState {
                 .map(Truth::new)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("plugins.{name}.truth.{e}"))?;
-            let configured = own.and_then(|c| c.rollout.clone()).unwrap_or_default();
+            let mut configured = own.and_then(|c| c.rollout.clone()).unwrap_or_default();
+            configured
+                .validate()
+                .map_err(|e| anyhow::anyhow!("plugins.{name}.rollout.{e}"))?;
             let stored = engine.store().setting(&rollout_setting(&name))?;
             let (rollout, overridden) = match stored {
-                Some(bytes) => (serde_json::from_slice::<Rollout>(&bytes)?, true),
+                Some(bytes) => {
+                    let mut stored = serde_json::from_slice::<Rollout>(&bytes)?;
+                    stored
+                        .validate()
+                        .map_err(|e| anyhow::anyhow!("stored rollout of {name}: {e}"))?;
+                    (stored, true)
+                }
                 None => (configured.clone(), false),
             };
             plugins.insert(

@@ -449,6 +449,7 @@ impl Config {
             }
             if let Some(rollout) = &p.rollout {
                 rollout
+                    .clone()
                     .validate()
                     .map_err(|e| bad(format!("plugins.{name}.rollout.{e}")))?;
             }
