@@ -37,6 +37,8 @@ pub struct Model {
     /// Version of the last change (the events' version). Events are keyed
     /// by site, so one site's events stay in order in one partition.
     pub seq: u64,
+    /// User → the conversations they take part in (an index, as MySQL's).
+    pub by_user: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Model {
@@ -45,10 +47,11 @@ impl Model {
     /// someone else.
     pub fn unread(&self, user: &str, site: &str) -> Vec<(String, i64)> {
         let mut out: Vec<(String, i64)> = Vec::new();
-        for ((conv, who), read_at) in &self.participants {
-            if who != user {
+        let convs = self.by_user.get(user).into_iter().flatten();
+        for conv in convs {
+            let Some(read_at) = self.participants.get(&(conv.clone(), user.to_string())) else {
                 continue;
-            }
+            };
             let Some(c) = self.conversations.get(conv) else {
                 continue;
             };
@@ -103,6 +106,10 @@ impl Model {
             m.participants
                 .entry((conv.to_string(), p.to_string()))
                 .or_insert(i64::MIN);
+            m.by_user
+                .entry(p.to_string())
+                .or_default()
+                .insert(conv.to_string());
         }
         m.participants
             .insert((conv.to_string(), sender.to_string()), at);
@@ -156,6 +163,8 @@ pub struct Legacy {
     pub model: Arc<Mutex<Model>>,
     down: Arc<AtomicBool>,
     queries: Arc<AtomicU64>,
+    asked: Arc<Mutex<BTreeMap<String, u64>>>,
+    gone: Arc<Mutex<BTreeSet<String>>>,
     addr: SocketAddr,
     _runtime: tokio::runtime::Runtime,
 }
@@ -165,6 +174,10 @@ struct Shared {
     model: Arc<Mutex<Model>>,
     down: Arc<AtomicBool>,
     queries: Arc<AtomicU64>,
+    /// Queries per view key (`user:site`).
+    asked: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Keys answered 404, as if deleted from the database.
+    gone: Arc<Mutex<BTreeSet<String>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -178,6 +191,15 @@ async fn unread(State(s): State<Shared>, Query(q): Query<UnreadQuery>) -> Respon
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }
     s.queries.fetch_add(1, Ordering::Relaxed);
+    let key = format!("{}:{}", q.user, q.site);
+    *s.asked
+        .lock()
+        .expect("asked")
+        .entry(key.clone())
+        .or_default() += 1;
+    if s.gone.lock().expect("gone").contains(&key) {
+        return (StatusCode::NOT_FOUND, "no such user").into_response();
+    }
     let model = s.model.lock().expect("model lock");
     let conversations: Vec<Value> = model
         .unread(&q.user, &q.site)
@@ -199,6 +221,8 @@ impl Legacy {
             model: Arc::default(),
             down: Arc::default(),
             queries: Arc::default(),
+            asked: Arc::default(),
+            gone: Arc::default(),
         };
         let app = Router::new()
             .route("/unread", get(unread))
@@ -212,6 +236,8 @@ impl Legacy {
             model: shared.model,
             down: shared.down,
             queries: shared.queries,
+            asked: shared.asked,
+            gone: shared.gone,
             addr,
             _runtime: runtime,
         }
@@ -227,6 +253,16 @@ impl Legacy {
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::Relaxed);
+    }
+
+    /// Queries per view key so far.
+    pub fn asked(&self) -> BTreeMap<String, u64> {
+        self.asked.lock().expect("asked").clone()
+    }
+
+    /// Answer 404 for `key` from now on (as if its user were deleted).
+    pub fn forget(&self, key: &str) {
+        self.gone.lock().expect("gone").insert(key.to_string());
     }
 
     /// Queries answered so far.

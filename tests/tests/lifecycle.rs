@@ -244,3 +244,148 @@ fn rollout_rules_on_accept_language_and_a_tenant_header_route_reads() {
         "{body}"
     );
 }
+
+/// POST `keys` (one per line) to `path`; the JSON answer.
+fn post_keys(s: &Served, path: &str, keys: &[String]) -> (u16, serde_json::Value) {
+    let response = s
+        .client
+        .post(format!("{}{path}", s.base))
+        .header("content-type", "text/plain")
+        .body(keys.join("\n"))
+        .send()
+        .expect("POST keys");
+    let status = response.status().as_u16();
+    let text = response.text().expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+#[test]
+fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
+    let legacy = projector_tests::legacy::Legacy::start();
+    // 20 users on s1, each writing to the next: 20 views, all in both.
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let mut events = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let next = &users[(i + 1) % users.len()];
+        events.push(legacy.send("s1", &format!("c{i}"), u, &[next.as_str()]));
+    }
+    let s = Served::start(
+        &[INBOX],
+        &format!(
+            "[plugins.inbox-unread]\npopulation = \"eager\"\n{}",
+            legacy.source_config()
+        ),
+    );
+    let token = s.ingest(&events);
+    let (status, _) = s.get(&format!(
+        "/v1/views/{INBOX}/u0:s1?token={token}&mode=projection"
+    ));
+    assert_eq!(status, 200);
+    let keys: Vec<String> = users.iter().map(|u| format!("{u}:s1")).collect();
+
+    // All equal to begin with, sampled from the store.
+    let (status, report) = s.send(
+        reqwest::Method::POST,
+        &format!("/v1/admin/plugins/{INBOX}/verify?sample=100"),
+        "",
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["keys"].as_u64(), report["equal"].as_u64()),
+        (Some(20), Some(20)),
+        "{report}"
+    );
+
+    // Planted: 3 reads the projection never saw (mismatches), a
+    // conversation only the source knows (two missing views), a user the
+    // source forgot, and one neither knows.
+    for i in [2, 5, 7] {
+        legacy.read(&format!("c{}", i - 1), &users[i]);
+    }
+    legacy.send("s1", "c-new", "newcomer", &["other"]);
+    legacy.forget("u9:s1");
+    legacy.forget("ghost:s1");
+    let mut asked = keys.clone();
+    asked.extend([
+        "newcomer:s1".to_string(),
+        "other:s1".to_string(),
+        "ghost:s1".to_string(),
+    ]);
+    let path = format!("/v1/admin/plugins/{INBOX}/verify");
+    let (status, report) = post_keys(&s, &path, &asked);
+    assert_eq!(status, 200, "{report}");
+    let count = |r: &serde_json::Value, field: &str| r[field].as_u64().expect(field);
+    assert_eq!(count(&report, "keys"), 23, "{report}");
+    assert_eq!(count(&report, "mismatched"), 3, "{report}");
+    assert_eq!(count(&report, "missing_view"), 2, "{report}");
+    assert_eq!(count(&report, "missing_in_source"), 1, "{report}");
+    assert_eq!(count(&report, "absent_both"), 1, "{report}");
+    assert_eq!(count(&report, "equal"), 16, "{report}");
+    assert_eq!(count(&report, "repaired"), 0);
+    let mismatched: Vec<&str> = report["examples"]["mismatched"]
+        .as_array()
+        .expect("examples")
+        .iter()
+        .map(|e| e["key"].as_str().expect("key"))
+        .collect();
+    let mut sorted = mismatched.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["u2:s1", "u5:s1", "u7:s1"]);
+    assert!(report["examples"]["mismatched"][0]["differences"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty()));
+    assert_eq!(report["examples"]["missing_in_source"], json!(["u9:s1"]));
+
+    // Repair: the mismatched views become Invalid ...
+    let (status, report) = post_keys(&s, &format!("{path}?repair=true"), &asked);
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(count(&report, "repaired"), 3, "{report}");
+    for key in ["u2:s1", "u5:s1", "u7:s1"] {
+        let view = s
+            .app
+            .engine
+            .read(INBOX, key, 0)
+            .expect("read")
+            .expect("view");
+        assert_eq!(
+            view.status,
+            projector_guest::rules::Status::Invalid,
+            "{key}"
+        );
+    }
+    // ... the next read heals one (from the source, stored) ...
+    let (_, view) = s.get(&format!(
+        "/v1/views/{INBOX}/u2:s1?mode=compare-return-source"
+    ));
+    assert_eq!(view["populated"]["stored"], true, "{view}");
+    assert_eq!(view["view"]["status"], "valid", "{view}");
+    // ... and a backfill heals the others and the missing views.
+    let heal: Vec<String> = ["u5:s1", "u7:s1", "newcomer:s1", "other:s1"]
+        .map(String::from)
+        .to_vec();
+    let (status, started) = post_keys(
+        &s,
+        &format!("/v1/admin/plugins/{INBOX}/backfill?rate=1000"),
+        &heal,
+    );
+    assert_eq!(status, 202, "{started}");
+    let mut last = json!(null);
+    eventually("the backfill", || {
+        last = s.get(&format!("/v1/admin/plugins/{INBOX}/backfill")).1;
+        last["state"] == "done"
+    });
+    assert_eq!(
+        (count(&last, "stored"), count(&last, "failed")),
+        (4, 0),
+        "{last}"
+    );
+    let (_, report) = post_keys(&s, &path, &asked);
+    assert_eq!(count(&report, "equal"), 21, "{report}");
+    assert_eq!(
+        count(&report, "mismatched") + count(&report, "missing_view"),
+        0,
+        "{report}"
+    );
+    assert_eq!(count(&report, "missing_in_source"), 1, "{report}");
+    assert_eq!(count(&report, "absent_both"), 1, "{report}");
+}

@@ -11,7 +11,8 @@
 //!
 //! Map: [`state`] (what handlers share, the [`Feed`]), `read` (view
 //! reads), `ingest`, `admin` (deploys, shadow, rollout, mismatches),
-//! `audit` (which version applied which offsets),
+//! `audit` (which version applied which offsets), `verify` (views against
+//! the source of truth), `backfill` (views from it, paced and resumable),
 //! `health` (health, readiness, metrics, plugin list), `shed` (overload:
 //! 503 past `max_in_flight`), [`error`],
 //! [`metrics`], [`rollout`], [`token`], [`truth`] (the source of truth),
@@ -21,6 +22,7 @@
 
 mod admin;
 mod audit;
+mod backfill;
 pub mod error;
 mod health;
 mod ingest;
@@ -33,6 +35,7 @@ mod slow;
 pub mod state;
 pub mod token;
 pub mod truth;
+mod verify;
 
 pub use error::ApiError;
 pub use server::Serving;
@@ -117,6 +120,17 @@ pub fn router(state: Arc<ServeState>) -> Router {
         )
         .route("/v1/admin/plugins/{plugin}/logs", get(admin::plugin_logs))
         .route("/v1/admin/plugins/{plugin}/audit", get(audit::plugin_audit))
+        .route(
+            "/v1/admin/plugins/{plugin}/backfill",
+            get(backfill::status)
+                .post(backfill::start)
+                .delete(backfill::cancel)
+                .layer(DefaultBodyLimit::max(64 << 20)),
+        )
+        .route(
+            "/v1/admin/plugins/{plugin}/verify",
+            axum::routing::post(verify::verify).layer(DefaultBodyLimit::max(64 << 20)),
+        )
         .route(
             "/v1/admin/plugins/{plugin}/shadow",
             get(admin::shadow_status),

@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use projector_core::engine::{self, ReadView};
+use projector_core::engine::{self, ReadView, Snapshot};
 use projector_guest::rules::Status;
 use projector_host::sync::Recover;
 use serde_json::value::RawValue;
@@ -193,6 +193,14 @@ impl Read<'_> {
                 "bad_key",
                 format!("key {:?}: {why}", self.key),
             )),
+            Err(TruthError::NotFound { .. }) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_in_source",
+                format!(
+                    "the source of truth of {} has nothing for {:?}",
+                    self.plugin, self.key
+                ),
+            )),
             Err(e @ TruthError::Unavailable { .. }) => {
                 self.s
                     .metrics
@@ -212,27 +220,13 @@ impl Read<'_> {
 
     /// Store the source's answer as the key's view (lazy population).
     async fn populate(&mut self, answer: &Value) {
-        let engine = self.s.engine.clone();
-        let (plugin, key, text) = (
-            self.plugin.to_string(),
-            self.key.to_string(),
-            answer.to_string(),
-        );
-        let stored = tokio::task::spawn_blocking(move || engine.snapshot(&plugin, &key, &text))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let stored = self
+            .s
+            .store_snapshot(self.plugin, self.key, answer.to_string())
+            .await;
         self.populated = Some(match stored {
-            Ok(()) => {
-                self.s
-                    .metrics
-                    .snapshots
-                    .get_or_create(&PluginLabel {
-                        plugin: self.plugin.into(),
-                    })
-                    .inc();
-                json!({"stored": true})
-            }
+            Ok(Snapshot::Stored) => json!({"stored": true}),
+            Ok(Snapshot::KeptNewer) => json!({"stored": false, "kept_newer_view": true}),
             Err(e) => {
                 tracing::warn!(
                     plugin = self.plugin,

@@ -26,6 +26,11 @@ impl Serving {
             .map_err(|e| anyhow::anyhow!("http.listen {listen}: {e}"))?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Backfills a previous run left unfinished go on.
+        {
+            let _entered = runtime.enter();
+            crate::backfill::resume(&state);
+        }
         let app = crate::router(state);
         // Answers are small and latency matters: no Nagle delay.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

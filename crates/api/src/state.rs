@@ -8,7 +8,7 @@ use crate::token::Token;
 use crate::truth::{Truth, TruthConfig};
 use crate::HttpConfig;
 use axum::http::StatusCode;
-use projector_core::engine::{Engine, ReadView};
+use projector_core::engine::{Engine, ReadView, Snapshot};
 use projector_guest::Difference;
 use projector_sources::log::EmbeddedLog;
 use projector_sources::Source;
@@ -124,6 +124,8 @@ pub struct ServeState {
     pub(crate) ready: AtomicBool,
     /// Requests being served, bounded by `http.max_in_flight`.
     pub(crate) in_flight: Option<crate::shed::InFlight>,
+    /// Backfills from the sources of truth, by plugin.
+    pub(crate) backfills: crate::backfill::Backfills,
 }
 
 pub(crate) fn rollout_setting(plugin: &str) -> String {
@@ -184,6 +186,7 @@ impl ServeState {
             http: config.http.clone(),
             ready: AtomicBool::new(false),
             in_flight: crate::shed::InFlight::new(config.http.max_in_flight),
+            backfills: Default::default(),
         })
     }
 
@@ -302,5 +305,32 @@ impl ServeState {
                 result: result.into(),
             })
             .inc();
+    }
+}
+
+impl ServeState {
+    /// Store the source of truth's `answer` as the view of `key` (off the
+    /// async workers), counted in `projector_snapshots_total` when stored.
+    pub(crate) async fn store_snapshot(
+        &self,
+        plugin: &str,
+        key: &str,
+        answer: String,
+    ) -> Result<Snapshot, String> {
+        let engine = self.engine.clone();
+        let (p, k) = (plugin.to_string(), key.to_string());
+        let stored = tokio::task::spawn_blocking(move || engine.snapshot(&p, &k, &answer))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if stored == Ok(Snapshot::Stored) {
+            self.metrics
+                .snapshots
+                .get_or_create(&crate::metrics::PluginLabel {
+                    plugin: plugin.into(),
+                })
+                .inc();
+        }
+        stored
     }
 }

@@ -153,7 +153,14 @@ pub enum TruthError {
     /// The view key does not fit the key pattern.
     #[error("the key does not fit the source's key pattern: {0}")]
     BadKey(String),
-    /// The source gave no usable answer: retries ran out, or it answered 4xx or invalid JSON.
+    /// The source answered 404: it has nothing for the key.
+    #[error("{url}: not found")]
+    NotFound {
+        /// The url asked.
+        url: String,
+    },
+    /// The source gave no usable answer: retries ran out, or it answered
+    /// another 4xx or invalid JSON.
     #[error("{url}: {reason} (after {attempts} attempts)")]
     Unavailable {
         /// The url asked.
@@ -243,7 +250,8 @@ impl Truth {
                 tokio::time::sleep(pause).await;
             }
             match self.attempt(&url).await {
-                Ok(body) => return Ok(body),
+                Ok(Some(body)) => return Ok(body),
+                Ok(None) => return Err(TruthError::NotFound { url }),
                 Err((why, retry)) => {
                     reason = why;
                     if !retry {
@@ -263,8 +271,9 @@ impl Truth {
         })
     }
 
-    /// One request: the body, or why not and whether to try again.
-    async fn attempt(&self, url: &str) -> Result<String, (String, bool)> {
+    /// One request: the body (`None` for a 404), or why not and whether
+    /// to try again.
+    async fn attempt(&self, url: &str) -> Result<Option<String>, (String, bool)> {
         let response = self.client.get(url).send().await.map_err(|e| {
             let why = if e.is_timeout() {
                 format!("no answer within {} ms", self.timeout.as_millis())
@@ -276,6 +285,9 @@ impl Truth {
             (why, true)
         })?;
         let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         let body = response
             .text()
             .await
@@ -289,7 +301,7 @@ impl Truth {
         }
         serde_json::from_str::<serde::de::IgnoredAny>(&body)
             .map_err(|e| (format!("answered with invalid JSON: {e}"), false))?;
-        Ok(body)
+        Ok(Some(body))
     }
 }
 

@@ -457,17 +457,15 @@ impl Deployer {
                 reason: "the shadow generation is still being built".into(),
             });
         }
-        let keys: Vec<String> = self
+        let keys = self
             .engine
             .store()
-            .views(active.ns())
-            .filter_map(|v| v.ok().map(|(k, _)| k))
-            .collect();
-        let step = keys.len().div_ceil(sample.max(1)).max(1);
+            .sample_view_keys(active.ns(), sample)
+            .map_err(projector_core::engine::Error::from)?;
         let now = projector_core::now_ms();
         let mut c = Comparison::default();
         let mut session = other.code().session();
-        for key in keys.iter().step_by(step) {
+        for key in &keys {
             let a = self
                 .engine
                 .read_in(&active, key, now)?

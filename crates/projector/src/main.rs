@@ -81,6 +81,52 @@ enum Command {
         #[arg(long, global = true)]
         api: Option<String>,
     },
+    /// Store many keys' views from a plugin's source of truth, paced and
+    /// resumable, in a running runtime; with a progress bar.
+    Backfill {
+        plugin: String,
+        /// The keys, one per line (`-` for stdin).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Keys started per second, at most.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Keys in flight at once, at most.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Follow the plugin's backfill already under way.
+        #[arg(long)]
+        follow: bool,
+        /// Stop the plugin's backfill and forget its keys.
+        #[arg(long)]
+        cancel: bool,
+        /// The runtime's API (default: `http.listen` of the config).
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// Compare stored views with the source of truth (a sample, or the
+    /// keys given) in a running runtime; exits 1 unless all are equal.
+    Verify {
+        plugin: String,
+        /// Stored keys to check, spread over the key space.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        /// Check these keys instead, one per line (`-` for stdin).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Mark mismatched views Invalid, for the next read or a backfill to heal.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Source requests in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// The runtime's API (default: `http.listen` of the config).
+        #[arg(long)]
+        api: Option<String>,
+    },
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         #[arg(long)]
@@ -189,6 +235,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             group,
             brokers,
         } => cli::kafka_dev::run(&topics, &group, brokers)?,
+        Command::Backfill {
+            plugin,
+            keys,
+            rate,
+            concurrency,
+            follow,
+            cancel,
+            api,
+        } => {
+            let args = cli::backfill::Args {
+                plugin,
+                keys,
+                rate,
+                concurrency,
+                follow,
+                cancel,
+                api,
+            };
+            return cli::backfill::run(&config, args);
+        }
+        Command::Verify {
+            plugin,
+            sample,
+            keys,
+            repair,
+            json,
+            concurrency,
+            api,
+        } => {
+            let args = cli::verify::Args {
+                plugin,
+                sample,
+                keys,
+                repair,
+                json,
+                concurrency,
+                api,
+            };
+            return cli::verify::run(&config, args);
+        }
         Command::DeadLetters { plugin, limit } => {
             cli::dead_letters::run(&config, plugin.as_deref(), limit)?
         }

@@ -53,7 +53,7 @@ pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
 pub use projection::Projection;
 use projection::RenderCache;
-pub use read::ReadView;
+pub use read::{ReadView, Snapshot};
 pub use recollect::RecollectSummary;
 pub use retry::FailureRoute;
 use retry::{queue_retry, record_dead_letter, Route};

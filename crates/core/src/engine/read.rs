@@ -66,8 +66,9 @@ impl Engine {
 
     /// Store a view of `key` built by the plugin from the source of
     /// truth's `answer` (lazy population). Events at or below the
-    /// answer's versions will not disturb it.
-    pub fn snapshot(&self, plugin: &str, key: &str, answer: &str) -> Result<()> {
+    /// answer's versions will not disturb it. A Valid view already at or
+    /// past every version of the answer is newer, and is left alone.
+    pub fn snapshot(&self, plugin: &str, key: &str, answer: &str) -> Result<Snapshot> {
         let p = self.projection(plugin)?;
         check_key(key, p.code.limits())?;
         let (state, versions) =
@@ -79,18 +80,59 @@ impl Engine {
                     message: format!("from-snapshot: {e}"),
                 })?;
         check_state(&p.code, &state)?;
+        let versions = Versions::from_pairs(versions);
         let mut pending = self.write.lock().recover();
-        let view = View::from_snapshot(state, Versions::from_pairs(versions));
+        let now = now_ms();
+        let current = p
+            .view(&self.store, key)?
+            .filter(|r| !p.expiry.is_expired(r, now));
+        let newer = current.is_some_and(|r| {
+            r.view.status == Status::Valid
+                && versions
+                    .0
+                    .iter()
+                    .all(|(source, v)| r.view.versions.get(source).is_some_and(|have| have >= *v))
+        });
+        if newer {
+            return Ok(Snapshot::KeptNewer);
+        }
+        let view = View::from_snapshot(state, versions);
         p.set_view(
             key,
             Some(ViewRecord {
                 view,
-                updated_ms: now_ms(),
+                updated_ms: now,
             }),
         );
         // A snapshot is durable at once, with whatever was pending.
         pending.writer.get_or_insert_with(|| self.store.writer());
         self.commit_locked(&mut pending)?;
-        Ok(())
+        Ok(Snapshot::Stored)
     }
+
+    /// Mark the view of `key` Invalid (a repair after a failed
+    /// verification): reads fall back to the source of truth, and the
+    /// next snapshot replaces it. Whether there was a view to mark.
+    pub fn invalidate(&self, plugin: &str, key: &str) -> Result<bool> {
+        let p = self.projection(plugin)?;
+        let mut pending = self.write.lock().recover();
+        let Some(mut record) = p.view(&self.store, key)? else {
+            return Ok(false);
+        };
+        record.view.status = Status::Invalid;
+        record.view.state = None;
+        p.set_view(key, Some(record));
+        pending.writer.get_or_insert_with(|| self.store.writer());
+        self.commit_locked(&mut pending)?;
+        Ok(true)
+    }
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshot {
+    /// The answer is the key's view now.
+    Stored,
+    /// A Valid view at or past the answer's versions was there, and stays.
+    KeptNewer,
 }

@@ -219,3 +219,42 @@ fn an_expired_view_is_absent_at_once_restarted_by_a_new_event_and_swept() {
     assert!(stored("u2:s1").is_some());
     assert!(stored("u3:s1").is_some());
 }
+
+/// A snapshot never replaces a Valid view at or past its versions; it
+/// does replace an older one, and any view marked Invalid.
+#[test]
+fn a_snapshot_keeps_a_newer_view_and_replaces_an_older_or_invalid_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine
+        .process("log", 0, &[record(0, &sent("e1", 5, "c1", "u1", "u2"))])
+        .expect("process");
+    let answer = |version: u64, conv: &str| {
+        serde_json::json!({"conversations": [{"id": conv, "last_message_at": T0}], "version": version})
+            .to_string()
+    };
+    let snap = |version, conv| {
+        engine
+            .snapshot("inbox", "u2:s1", &answer(version, conv))
+            .expect("snapshot")
+    };
+    assert_eq!(snap(3, "old"), Snapshot::KeptNewer);
+    assert_eq!(snap(5, "same"), Snapshot::KeptNewer);
+    assert_eq!(unread(&engine, "u2:s1"), ["c1"]);
+    assert_eq!(snap(9, "newer"), Snapshot::Stored);
+    assert_eq!(unread(&engine, "u2:s1"), ["newer"]);
+
+    assert!(engine.invalidate("inbox", "u2:s1").expect("invalidate"));
+    let view = engine
+        .read("inbox", "u2:s1", 0)
+        .expect("read")
+        .expect("view");
+    assert_eq!((view.status, view.body.is_none()), (Status::Invalid, true));
+    assert_eq!(
+        snap(1, "healed"),
+        Snapshot::Stored,
+        "an Invalid view is replaced"
+    );
+    assert_eq!(unread(&engine, "u2:s1"), ["healed"]);
+    assert!(!engine.invalidate("inbox", "nobody:s1").expect("invalidate"));
+}

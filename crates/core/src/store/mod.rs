@@ -17,9 +17,11 @@
 //! `o 0 ns 0 source 0 partition` next offset · `c 0 ns` counters ·
 //! `d 0 seq` dead letter.
 
+mod key_states;
 mod unapplied;
 mod writer;
 
+pub use key_states::{KeyState, KeyStates};
 pub use unapplied::MaterializerStats;
 pub(crate) use writer::Writer;
 
@@ -354,6 +356,27 @@ impl Store {
             Ok((key, decode_view(&v)?))
         });
         settled.err().map(Err).into_iter().chain(views)
+    }
+
+    /// Every view key of a namespace, in key order, without decoding the
+    /// views (the views committed so far are applied first).
+    pub fn view_keys(&self, ns: &str) -> impl Iterator<Item = Result<String>> {
+        let settled = self.materializer.shared.settle();
+        let prefix = view_prefix(ns);
+        let skip = prefix.len();
+        let keys = self.state.scan_prefix(prefix).keys().map(move |k| {
+            let k = k?;
+            Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
+        });
+        settled.err().map(Err).into_iter().chain(keys)
+    }
+
+    /// Up to `n` view keys of a namespace, spread evenly over its key
+    /// order (every key when it has at most `n`).
+    pub fn sample_view_keys(&self, ns: &str, n: usize) -> Result<Vec<String>> {
+        let keys: Vec<String> = self.view_keys(ns).collect::<Result<_>>()?;
+        let step = keys.len().div_ceil(n.max(1)).max(1);
+        Ok(keys.into_iter().step_by(step).take(n).collect())
     }
 
     /// Up to `limit` views of a namespace in key order, from the first key

@@ -1,5 +1,6 @@
 //! The commands, one file each, and what several of them share.
 
+pub(crate) mod backfill;
 pub(crate) mod dead_letters;
 pub(crate) mod kafka_dev;
 pub(crate) mod plugin;
@@ -8,6 +9,7 @@ pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod signals;
 pub(crate) mod status;
+pub(crate) mod verify;
 pub(crate) mod view;
 
 pub(crate) use crate::PluginAction;

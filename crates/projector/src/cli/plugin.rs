@@ -12,11 +12,19 @@ pub(crate) fn admin(
     url: &str,
     body: Option<&[u8]>,
 ) -> anyhow::Result<serde_json::Value> {
-    let request = ureq::request(method, url).timeout(std::time::Duration::from_secs(300));
+    admin_with(method, url, body, "application/wasm")
+}
+
+/// Call the admin API with a body of `content_type`.
+pub(crate) fn admin_with(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    content_type: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let request = ureq::request(method, url).timeout(std::time::Duration::from_secs(3600));
     let result = match body {
-        Some(b) => request
-            .set("content-type", "application/wasm")
-            .send_bytes(b),
+        Some(b) => request.set("content-type", content_type).send_bytes(b),
         None => request.call(),
     };
     let response = match result {
@@ -32,6 +40,12 @@ pub(crate) fn admin(
         Err(e) => bail!("{url}: {e} (is `projector run` serving its API there?)"),
     };
     Ok(serde_json::from_reader(response.into_reader())?)
+}
+
+/// The admin API's base URL: `--api`, else `http.listen` of the config.
+pub(crate) fn api_base(config: &Config, api: Option<String>) -> String {
+    let base = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
+    base.trim_end_matches('/').to_string()
 }
 
 /// Show a shadow build's progress until it follows live events (or
@@ -72,8 +86,8 @@ pub(crate) fn run(
     action: PluginAction,
     api: Option<String>,
 ) -> anyhow::Result<()> {
-    let base = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
-    let base = base.trim_end_matches('/');
+    let base = api_base(config, api);
+    let base = base.as_str();
     let answer = match action {
         PluginAction::Deploy {
             file,

@@ -4,6 +4,7 @@
 use super::read_input;
 use projector::app::App;
 use projector::config::Config;
+use projector_core::engine::Snapshot;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -46,8 +47,13 @@ pub(crate) fn snapshot(
 ) -> anyhow::Result<()> {
     let app = App::open(config)?;
     let text = read_input(answer)?;
-    app.engine.snapshot(plugin, key, &text)?;
+    let stored = app.engine.snapshot(plugin, key, &text)?;
     app.engine.store().flush()?;
-    eprintln!("stored a snapshot of {key:?} in {plugin}");
+    match stored {
+        Snapshot::Stored => eprintln!("stored a snapshot of {key:?} in {plugin}"),
+        Snapshot::KeptNewer => eprintln!(
+            "kept the view of {key:?} in {plugin}: it is Valid and at or past every version of the answer"
+        ),
+    }
     Ok(())
 }
