@@ -376,6 +376,32 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector_core::Record> 
         .collect()
 }
 
+/// `projector run` with its API on a free loopback port; the base URL.
+pub fn spawn_run(config: &Path) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new(projector_bin())
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn projector run");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if let Some(rest) = line.split("read API on ").nth(1) {
+                let url = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("projector run announces its API");
+    (child, url)
+}
+
 pub mod hostile;
 pub mod kafka;
 pub mod legacy;

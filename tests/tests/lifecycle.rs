@@ -389,3 +389,135 @@ fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
     assert_eq!(count(&report, "missing_in_source"), 1, "{report}");
     assert_eq!(count(&report, "absent_both"), 1, "{report}");
 }
+
+/// `projector run` in its own process, for the tests that kill it.
+fn run_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    projector_tests::plugins_dir(dir, &[INBOX]);
+    let config = dir.join("projector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
+             [engine]\ncompile_cache_dir = \"compiled\"\n{extra}"
+        ),
+    )
+    .expect("config");
+    // Compile the plugin into the cache first, so a start is quick.
+    let status = std::process::Command::new(projector_tests::projector_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("projector status");
+    assert!(status.success());
+    config
+}
+
+/// A backfill of many keys against a local source of truth: paced at the
+/// rate asked, SIGKILLed halfway, taken up again at the next start (the
+/// CLI follows it to the end) without fetching the keys it had recorded
+/// as done, and leaving every view equal to the source.
+#[test]
+fn a_backfill_is_paced_survives_a_kill_without_fetching_done_keys_again_and_matches_the_source() {
+    let n = projector_tests::knob("BACKFILL_KEYS", 10_000);
+    let rate = projector_tests::knob("BACKFILL_RATE", 1_000) as f64;
+    let concurrency = 8;
+    let legacy = projector_tests::legacy::Legacy::start();
+    for i in 0..n / 2 {
+        let (a, b) = (format!("u{}", 2 * i), format!("u{}", 2 * i + 1));
+        legacy.send("s1", &format!("c{i}"), &a, &[b.as_str()]);
+    }
+    let keys: Vec<String> = (0..n).map(|i| format!("u{i}:s1")).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = run_config(dir.path(), &legacy.source_config());
+    let client = reqwest::blocking::Client::new();
+    let progress = |base: &str| -> serde_json::Value {
+        let text = client
+            .get(format!("{base}/v1/admin/plugins/{INBOX}/backfill"))
+            .send()
+            .and_then(|r| r.text())
+            .expect("progress");
+        serde_json::from_str(&text).expect("json")
+    };
+
+    let (mut child, base) = projector_tests::spawn_run(&config);
+    let started = Instant::now();
+    let response = client
+        .post(format!(
+            "{base}/v1/admin/plugins/{INBOX}/backfill?rate={rate}&concurrency={concurrency}"
+        ))
+        .body(keys.join("\n"))
+        .send()
+        .expect("start the backfill");
+    assert_eq!(response.status(), 202);
+    let mut seen = json!(null);
+    eventually("half the keys", || {
+        seen = progress(&base);
+        seen["done"].as_u64().unwrap_or(0) >= n / 2
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let done = seen["done"].as_u64().expect("done");
+    let observed = done as f64 / elapsed;
+    eprintln!("backfill: {done} keys in {elapsed:.2} s, {observed:.0}/s asked {rate}/s");
+    // Never faster than asked (one key in flight per slot of slack), and
+    // not far below it either.
+    assert!(
+        done as f64 <= rate * elapsed + concurrency as f64,
+        "{done} keys in {elapsed:.2} s at {rate}/s"
+    );
+    assert!(observed >= rate * 0.3, "{observed:.0}/s for {rate}/s asked");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let asked_before: u64 = legacy.asked().values().sum();
+
+    // Started again, the runtime takes the job up; the CLI follows it.
+    let (mut child, base) = projector_tests::spawn_run(&config);
+    let follow = std::process::Command::new(projector_tests::projector_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["backfill", INBOX, "--follow", "--api", &base])
+        .output()
+        .expect("projector backfill --follow");
+    let last: serde_json::Value =
+        serde_json::from_slice(&follow.stdout).expect("the last progress, as JSON");
+    assert!(follow.status.success(), "{last}");
+    assert_eq!(last["state"], "done");
+    // A key stored just before the kill whose mark was lost is fetched
+    // again and finds its view there: kept.
+    let stored = last["stored"].as_u64().expect("stored");
+    assert_eq!(
+        stored + last["kept_newer"].as_u64().expect("kept"),
+        n,
+        "{last}"
+    );
+    assert_eq!(last["failed"].as_u64(), Some(0), "{last}");
+
+    // Each key fetched once, but those finished within the store's flush
+    // interval (200 ms) before the kill, and those in flight.
+    let asked = legacy.asked();
+    assert_eq!(asked.len() as u64, n, "every key fetched");
+    let again: u64 = asked.values().map(|k| k - 1).sum();
+    let bound = (rate * 0.2) as u64 + 2 * concurrency;
+    eprintln!("backfill: {asked_before} fetched before the kill, {again} fetched again");
+    assert!(again <= bound, "{again} keys fetched again, bound {bound}");
+
+    // Every view equals the source.
+    let text = client
+        .post(format!(
+            "{base}/v1/admin/plugins/{INBOX}/verify?concurrency=16"
+        ))
+        .body(keys.join("\n"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("verify");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(report["equal"].as_u64(), Some(n), "{report}");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM")
+        .success());
+    assert!(child.wait().expect("exit").success());
+}

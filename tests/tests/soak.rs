@@ -12,7 +12,7 @@
 
 use projector_tests::{
     assert_inbox_views, fold_inbox, inbox_deliveries, inbox_events, knob, open_app, plugins_dir,
-    projector_bin, InboxShape,
+    projector_bin, spawn_run, InboxShape,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -52,32 +52,6 @@ struct Tally {
     posts_unanswered: AtomicU64,
     reposted_duplicates: AtomicU64,
     reads: AtomicU64,
-}
-
-/// `projector run` with its API on a free loopback port; the base URL.
-fn start(config: &Path) -> (Child, String) {
-    let mut child = Command::new(projector_bin())
-        .arg("--config")
-        .arg(config)
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn projector run");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("read API on ").nth(1) {
-                let url = rest.split_whitespace().next().unwrap_or_default();
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("projector run announces its API");
-    (child, url)
 }
 
 /// Post the client's next batch (or the unanswered one again) until
@@ -169,7 +143,7 @@ fn round(
     kill_after: Option<Duration>,
     tally: &Arc<Tally>,
 ) -> Option<Child> {
-    let (child, base) = start(config);
+    let (child, base) = spawn_run(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for c in clients {
@@ -403,7 +377,7 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
         })
     };
     for _ in 0..kills {
-        let (mut child, _) = start(&config);
+        let (mut child, _) = spawn_run(&config);
         std::thread::sleep(Duration::from_millis(2000 + rng.below(3000)));
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
@@ -411,7 +385,7 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
     producer.join().expect("producer");
 
     // The last run: until every delivery is in, then SIGTERM.
-    let (mut child, base) = start(&config);
+    let (mut child, base) = spawn_run(&config);
     let expected = inbox_deliveries(&events);
     let http = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(180);
