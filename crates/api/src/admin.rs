@@ -122,7 +122,12 @@ pub(crate) async fn deploy(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let d = deployer(&s)?;
-    s.plugin(&plugin)?;
+    let mode = params.mode.as_deref().unwrap_or("replace");
+    if mode != "replace" || s.engine.projection(&plugin).is_ok() {
+        s.plugin(&plugin)?;
+    } else {
+        check_new_name(&plugin)?;
+    }
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "bad_plugin",
@@ -130,7 +135,7 @@ pub(crate) async fn deploy(
         ));
     }
     let from = params.from.unwrap_or_else(|| "api".into());
-    match params.mode.as_deref().unwrap_or("replace") {
+    match mode {
         "replace" => {
             let done = blocking(move || d.deploy(&plugin, &body, &from)).await?;
             Ok(Json(serde_json::to_value(done).unwrap_or_default()))
@@ -147,6 +152,60 @@ pub(crate) async fn deploy(
             format!("deploy mode {other:?}: expected \"replace\" or \"shadow\""),
         )),
     }
+}
+
+/// A name for a plugin added at runtime: it names its views' namespace,
+/// settings and metrics.
+fn check_new_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_plugin_name",
+            format!("{name:?}: a new plugin's name is 1 to 64 letters, digits, '-' or '_'"),
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RemoveParams {
+    /// Delete its views, offsets, counters and audit too.
+    drop_views: Option<bool>,
+}
+
+/// `DELETE /v1/admin/plugins/{plugin}`: take the plugin out of the runtime.
+pub(crate) async fn remove(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+    Query(params): Query<RemoveParams>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    s.plugin(&plugin)?;
+    let drop_views = params.drop_views.unwrap_or(false);
+    let removed = blocking(move || d.remove(&plugin, drop_views)).await?;
+    Ok(Json(serde_json::to_value(removed).unwrap_or_default()))
+}
+
+/// `GET /v1/admin/plugins/{plugin}/build`: where adding the plugin is.
+pub(crate) async fn build_status(
+    State(s): State<Arc<ServeState>>,
+    Path(plugin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = deployer(&s)?;
+    let status = d.adding(&plugin).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_build",
+            format!("plugin {plugin:?} was not added while this runtime runs"),
+        )
+    })?;
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
 }
 
 pub(crate) async fn rollback(
@@ -202,7 +261,7 @@ pub(crate) async fn get_rollout(
     Path(plugin): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let own = s.plugin(&plugin)?;
-    Ok(Json(rollout_json(&plugin, own)))
+    Ok(Json(rollout_json(&plugin, &own)))
 }
 
 pub(crate) async fn put_rollout(
@@ -233,7 +292,7 @@ pub(crate) async fn put_rollout(
     *own.rollout.write().recover() = Arc::new(rollout);
     own.overridden.store(true, Ordering::Relaxed);
     tracing::info!(plugin, "rollout changed");
-    Ok(Json(rollout_json(&plugin, own)))
+    Ok(Json(rollout_json(&plugin, &own)))
 }
 
 pub(crate) async fn delete_rollout(
@@ -248,7 +307,7 @@ pub(crate) async fn delete_rollout(
     *own.rollout.write().recover() = Arc::new(own.configured.clone());
     own.overridden.store(false, Ordering::Relaxed);
     tracing::info!(plugin, "rollout reset to the config");
-    Ok(Json(rollout_json(&plugin, own)))
+    Ok(Json(rollout_json(&plugin, &own)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -175,7 +175,10 @@ impl Job {
 
 /// Fetch `key` from the source of truth and store it.
 async fn one(s: &ServeState, plugin: &str, key: &str) -> KeyState {
-    let Some(truth) = s.plugins.get(plugin).and_then(|p| p.source.as_ref()) else {
+    let Ok(own) = s.plugin(plugin) else {
+        return KeyState::Failed("unloaded: the plugin is no longer loaded".into());
+    };
+    let Some(truth) = own.source.as_ref() else {
         return KeyState::Failed("config: no source of truth".into());
     };
     let answer = match truth.fetch(key).await {
@@ -259,7 +262,7 @@ async fn run(s: Arc<ServeState>, job: Arc<Job>) {
 /// Take up the backfills a previous run left unfinished (on the API's
 /// runtime).
 pub(crate) fn resume(s: &Arc<ServeState>) {
-    let plugins: Vec<String> = s.plugins.keys().cloned().collect();
+    let plugins = s.plugin_names();
     for plugin in plugins {
         match Job::open(s, &plugin) {
             Ok(Some(job)) => {

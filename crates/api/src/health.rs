@@ -32,7 +32,7 @@ pub(crate) async fn healthz() -> Json<Value> {
 }
 
 pub(crate) async fn readyz(State(s): State<Arc<ServeState>>) -> Response {
-    let plugins: Vec<&str> = s.plugins.keys().map(String::as_str).collect();
+    let plugins = s.plugin_names();
     if s.ready.load(Ordering::Relaxed) {
         Json(json!({"status": "ready", "plugins": plugins})).into_response()
     } else {
@@ -88,7 +88,7 @@ pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value
         .iter()
         .map(|p| {
             let c = p.counters();
-            let own = s.plugins.get(p.name());
+            let own = s.plugin(p.name()).ok();
             json!({
                 "plugin": p.name(), "id": p.code().id(), "version": p.code().info().version,
                 "population": format!("{:?}", p.population()).to_lowercase(),

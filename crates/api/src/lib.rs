@@ -112,6 +112,7 @@ pub fn router(state: Arc<ServeState>) -> Router {
         .route(
             "/v1/admin/plugins/{plugin}",
             axum::routing::post(admin::deploy)
+                .delete(admin::remove)
                 .layer(DefaultBodyLimit::max(admin::MAX_PLUGIN_BYTES)),
         )
         .route(
@@ -120,6 +121,7 @@ pub fn router(state: Arc<ServeState>) -> Router {
         )
         .route("/v1/admin/plugins/{plugin}/logs", get(admin::plugin_logs))
         .route("/v1/admin/plugins/{plugin}/audit", get(audit::plugin_audit))
+        .route("/v1/admin/plugins/{plugin}/build", get(admin::build_status))
         .route(
             "/v1/admin/plugins/{plugin}/backfill",
             get(backfill::status)

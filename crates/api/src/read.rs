@@ -469,7 +469,7 @@ pub(crate) async fn read_view(
                 Place::Query => params.attribute(name),
             };
             let request = rollout::Request {
-                user: request_user(&headers, &s.http, own, &key),
+                user: request_user(&headers, &s.http, &own, &key),
                 groups: &groups,
                 key: &key,
                 attribute: &attribute,
@@ -506,7 +506,7 @@ pub(crate) async fn read_view(
         s: &s,
         plugin: &plugin,
         key: &key,
-        own,
+        own: &own,
         mode,
         now,
         served_by: "projection",

@@ -10,6 +10,7 @@ use crate::HttpConfig;
 use axum::http::StatusCode;
 use projector_core::engine::{Engine, ReadView, Snapshot};
 use projector_guest::Difference;
+use projector_host::sync::Recover;
 use projector_sources::log::EmbeddedLog;
 use projector_sources::Source;
 use serde_json::{json, Value};
@@ -47,6 +48,42 @@ pub(crate) struct PluginServe {
     /// Whether `rollout` was set at runtime (and stored).
     pub(crate) overridden: AtomicBool,
     pub(crate) mismatches: Mutex<VecDeque<Mismatch>>,
+}
+
+impl PluginServe {
+    /// Plugin `name`'s state from its config table (the defaults when it
+    /// has none), with a rollout set at runtime earlier restored from the
+    /// store.
+    fn new(name: &str, config: &ApiSettings, engine: &Engine) -> anyhow::Result<Self> {
+        let own = config.plugins.get(name);
+        let source = own
+            .and_then(|c| c.truth.as_ref())
+            .map(Truth::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("plugins.{name}.truth.{e}"))?;
+        let mut configured = own.and_then(|c| c.rollout.clone()).unwrap_or_default();
+        configured
+            .validate()
+            .map_err(|e| anyhow::anyhow!("plugins.{name}.rollout.{e}"))?;
+        let stored = engine.store().setting(&rollout_setting(name))?;
+        let (rollout, overridden) = match stored {
+            Some(bytes) => {
+                let mut stored = serde_json::from_slice::<Rollout>(&bytes)?;
+                stored
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("stored rollout of {name}: {e}"))?;
+                (stored, true)
+            }
+            None => (configured.clone(), false),
+        };
+        Ok(PluginServe {
+            source,
+            configured,
+            rollout: RwLock::new(Arc::new(rollout)),
+            overridden: AtomicBool::new(overridden),
+            mismatches: Mutex::new(VecDeque::new()),
+        })
+    }
 }
 
 /// What the views follow: the source (positions for staleness, lag and
@@ -118,7 +155,10 @@ pub struct ServeState {
     pub(crate) engine: Arc<Engine>,
     pub(crate) feed: Feed,
     pub(crate) deployer: Option<Arc<projector_deploy::Deployer>>,
-    pub(crate) plugins: HashMap<String, PluginServe>,
+    /// Per plugin: source of truth, rollout, mismatches (see [`ServeState::plugin`]).
+    plugins: RwLock<HashMap<String, Arc<PluginServe>>>,
+    /// The config tables of every plugin, loaded or not yet.
+    settings: ApiSettings,
     pub(crate) metrics: Metrics,
     pub(crate) http: HttpConfig,
     pub(crate) ready: AtomicBool,
@@ -144,44 +184,16 @@ impl ServeState {
         let mut plugins = HashMap::new();
         for p in engine.projections() {
             let name = p.name().to_string();
-            let own = config.plugins.get(&name);
-            let source = own
-                .and_then(|c| c.truth.as_ref())
-                .map(Truth::new)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("plugins.{name}.truth.{e}"))?;
-            let mut configured = own.and_then(|c| c.rollout.clone()).unwrap_or_default();
-            configured
-                .validate()
-                .map_err(|e| anyhow::anyhow!("plugins.{name}.rollout.{e}"))?;
-            let stored = engine.store().setting(&rollout_setting(&name))?;
-            let (rollout, overridden) = match stored {
-                Some(bytes) => {
-                    let mut stored = serde_json::from_slice::<Rollout>(&bytes)?;
-                    stored
-                        .validate()
-                        .map_err(|e| anyhow::anyhow!("stored rollout of {name}: {e}"))?;
-                    (stored, true)
-                }
-                None => (configured.clone(), false),
-            };
-            plugins.insert(
-                name,
-                PluginServe {
-                    source,
-                    configured,
-                    rollout: RwLock::new(Arc::new(rollout)),
-                    overridden: AtomicBool::new(overridden),
-                    mismatches: Mutex::new(VecDeque::new()),
-                },
-            );
+            let own = PluginServe::new(&name, config, &engine)?;
+            plugins.insert(name, Arc::new(own));
         }
         let metrics = Metrics::new(engine.clone(), feed.clone(), fetcher);
         Ok(ServeState {
             engine,
             feed,
             deployer: None,
-            plugins,
+            plugins: RwLock::new(plugins),
+            settings: config.clone(),
             metrics,
             http: config.http.clone(),
             ready: AtomicBool::new(false),
@@ -200,14 +212,65 @@ impl ServeState {
         &self.metrics
     }
 
-    pub(crate) fn plugin(&self, name: &str) -> ApiResult<&PluginServe> {
-        self.plugins.get(name).ok_or_else(|| {
+    /// What the HTTP layer keeps of plugin `name`. Plugins come and go
+    /// at runtime (deploys, removals): a plugin the engine has loaded
+    /// since gets its state here from its config table, and one it no
+    /// longer has is forgotten.
+    pub(crate) fn plugin(&self, name: &str) -> ApiResult<Arc<PluginServe>> {
+        let unknown = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_plugin",
                 format!("no plugin named {name:?} is loaded"),
             )
-        })
+        };
+        let loaded = self.engine.projection(name).is_ok();
+        if let Some(own) = self.plugins.read().recover().get(name) {
+            if loaded {
+                return Ok(own.clone());
+            }
+        }
+        let mut plugins = self.plugins.write().recover();
+        if !loaded {
+            plugins.remove(name);
+            let building = self.deployer.as_ref().and_then(|d| d.adding(name));
+            if let Some(b) = building.filter(|b| !b.phase.starts_with("failed")) {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "plugin_building",
+                    format!(
+                        "plugin {name:?} is being added: its views are {:.0}% built ({} of {} records); it serves reads once it is live",
+                        b.percent, b.done, b.total
+                    ),
+                ));
+            }
+            return Err(unknown());
+        }
+        if let Some(own) = plugins.get(name) {
+            return Ok(own.clone());
+        }
+        let own = PluginServe::new(name, &self.settings, &self.engine).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad_plugin_config",
+                format!("plugin {name:?}: {e:#}"),
+            )
+        })?;
+        let own = Arc::new(own);
+        plugins.insert(name.to_string(), own.clone());
+        Ok(own)
+    }
+
+    /// The plugins the HTTP layer serves now, by name.
+    pub(crate) fn plugin_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .engine
+            .projections()
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Deploy through `deployer` (the admin API's plugin routes).

@@ -45,6 +45,8 @@ pub struct Deployer {
     pub(crate) replay: std::sync::OnceLock<Arc<dyn Replay>>,
     /// The shadow build of each plugin (at most one).
     pub(crate) shadows: Mutex<std::collections::HashMap<String, Arc<ShadowBuild>>>,
+    /// The first generation of each plugin added at runtime.
+    pub(crate) adds: Mutex<std::collections::HashMap<String, Arc<ShadowBuild>>>,
     /// Generations taken up again at start, built once the source can
     /// replay: (plugin, its build, the generation to catch up).
     pub(crate) resumes: Mutex<Vec<Resume>>,
@@ -83,6 +85,7 @@ impl Deployer {
             registry,
             replay: std::sync::OnceLock::new(),
             shadows: Mutex::new(Default::default()),
+            adds: Mutex::new(Default::default()),
             resumes: Mutex::default(),
             logs: Mutex::new(Default::default()),
             busy: Mutex::new(()),
@@ -203,10 +206,21 @@ impl Deployer {
 
     /// Deploy `bytes` as the new version of `name` in `replace` mode: it
     /// is compiled and started here, off the event path, then takes over
-    /// at the next batch boundary. A plugin not loaded yet is added.
-    pub fn deploy(&self, name: &str, bytes: &[u8], from: &str) -> Result<Deployed> {
+    /// at the next batch boundary. A plugin not loaded yet is added: its
+    /// views are built first ([`Deployer::adding`] shows how far).
+    pub fn deploy(self: &Arc<Self>, name: &str, bytes: &[u8], from: &str) -> Result<Deployed> {
         let _one = self.busy.lock().recover();
         let id = content_id(bytes);
+        if self.is_adding(name, &id) {
+            return Ok(Deployed {
+                plugin: name.into(),
+                id,
+                replaced: None,
+                changed: false,
+                compile_ms: 0,
+                swapped_at: None,
+            });
+        }
         let current = self
             .engine
             .projection(name)
@@ -227,8 +241,11 @@ impl Deployer {
         let code = self.load(name, bytes)?;
         let compile_ms = started.elapsed().as_millis() as u64;
         self.registry.add(name, bytes, from)?;
+        if current.is_none() {
+            return self.add(name, code, &id, compile_ms);
+        }
         let old = self.engine.projection(name).ok();
-        self.swap(name, code, current.is_some())?;
+        self.swap(name, code, true)?;
         let swapped_at = std::time::Instant::now();
         self.registry.activate(name, &id, false)?;
         if let Some(old) = old {

@@ -24,6 +24,7 @@
 
 #![deny(missing_docs)]
 
+mod add;
 pub mod deployer;
 mod probation;
 pub mod registry;
@@ -31,6 +32,7 @@ pub mod settings;
 pub mod shadow;
 pub mod watch;
 
+pub use add::Removed;
 pub use deployer::{Deployed, Deployer};
 pub use projector_sources::Replay;
 pub use registry::{content_id, Entry, Registry, Version};

@@ -49,6 +49,10 @@ pub struct Entry {
     /// it replaced (kept current for a rollback).
     #[serde(default)]
     pub promoted: bool,
+    /// Taken out at runtime: not loaded at start, whatever the plugins
+    /// directory holds, until it is deployed again.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 fn entry_setting(name: &str) -> String {
@@ -151,6 +155,22 @@ impl Registry {
         self.put(name, &entry)
     }
 
+    /// Mark `name` removed (or added back). Removed with its views
+    /// dropped, it forgets where they lived and its kept generation.
+    pub(crate) fn set_removed(&self, name: &str, removed: bool, views_dropped: bool) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        entry.removed = removed;
+        if views_dropped {
+            entry.ns = None;
+        }
+        if removed {
+            entry.shadow = None;
+            entry.shadow_ns = None;
+            entry.promoted = false;
+        }
+        self.put(name, &entry)
+    }
+
     /// Note that the runtime rolled `id` of `name` back, and why.
     pub(crate) fn mark_rolled_back(&self, name: &str, id: &str, reason: &str) -> Result<()> {
         let mut entry = self.entry(name)?.unwrap_or_default();
@@ -161,7 +181,7 @@ impl Registry {
     }
 
     /// Every plugin with an entry.
-    pub(crate) fn names(&self) -> Vec<String> {
+    pub fn names(&self) -> Vec<String> {
         self.store.setting_names("registry/")
     }
 }

@@ -30,16 +30,52 @@ pub(crate) struct ShadowBuild {
     /// Views migrated and left absent (migrate).
     migrated: Mutex<Option<(u64, u64)>>,
     pub(crate) generation: Arc<Projection>,
-    started: std::time::Instant,
-    done: std::sync::atomic::AtomicU64,
+    pub(crate) started: std::time::Instant,
+    pub(crate) done: std::sync::atomic::AtomicU64,
     total: std::sync::atomic::AtomicU64,
-    error: Mutex<Option<String>>,
+    pub(crate) error: Mutex<Option<String>>,
     comparison: Mutex<Option<Comparison>>,
 }
 
 impl ShadowBuild {
+    /// Where the build is: `building`, `following` or `failed: ...`.
+    pub(crate) fn status(&self, name: &str) -> ShadowStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let error = self.error.lock().recover().clone();
+        let comparison = self.comparison.lock().recover().clone();
+        let migrated = *self.migrated.lock().recover();
+        let done = self.done.load(Relaxed);
+        let total = self.total.load(Relaxed).max(done);
+        let secs = self.started.elapsed().as_secs_f64();
+        let building = self.generation.is_building();
+        let rate = done as f64 / secs.max(1e-3);
+        ShadowStatus {
+            plugin: name.into(),
+            id: self.id.clone(),
+            ns: self.generation.ns().into(),
+            phase: match (error, building) {
+                (Some(e), _) => format!("failed: {e}"),
+                (None, true) => "building".into(),
+                (None, false) => "following".into(),
+            },
+            done,
+            total,
+            percent: if total == 0 {
+                100.0
+            } else {
+                done as f64 * 100.0 / total as f64
+            },
+            events_per_s: rate,
+            eta_s: building.then(|| (total - done) as f64 / rate.max(1e-9)),
+            comparison,
+            method: self.method,
+            migrated: migrated.map(|m| m.0),
+            not_migrated: migrated.map(|m| m.1),
+        }
+    }
+
     /// A build of `generation` (version `id`), started now.
-    fn new(id: String, method: ShadowMethod, generation: Arc<Projection>) -> Self {
+    pub(crate) fn new(id: String, method: ShadowMethod, generation: Arc<Projection>) -> Self {
         ShadowBuild {
             id,
             method,
@@ -265,12 +301,28 @@ impl Deployer {
     /// a batch of the live path, then join it.
     /// `g` is the generation to build: the shadow's, or after a restart
     /// of a promotion, the old one kept beside it.
-    fn rebuild(
+    pub(crate) fn rebuild(
         &self,
         name: &str,
         build: &ShadowBuild,
         g: &Arc<Projection>,
         log: &dyn Replay,
+    ) -> Result<()> {
+        self.rebuild_to(name, build, g, log, &|source, p| {
+            self.engine.applied(name, source, p)
+        })
+    }
+
+    /// Rebuild generation `g` from its offsets until it is within a batch
+    /// of `target(source, partition)` (where the live path is), then join
+    /// it to the live path.
+    pub(crate) fn rebuild_to(
+        &self,
+        name: &str,
+        build: &ShadowBuild,
+        g: &Arc<Projection>,
+        log: &dyn Replay,
+        target: &dyn Fn(&str, u32) -> projector_core::engine::Result<u64>,
     ) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         const BATCH: usize = 4096;
@@ -289,7 +341,7 @@ impl Deployer {
                     return Err(Error::Stopped(name.into()));
                 }
                 let from = self.engine.generation_offset(g, source, *p)?;
-                let to = self.engine.applied(name, source, *p)?;
+                let to = target(source, *p)?;
                 if from >= to {
                     continue;
                 }
@@ -313,8 +365,7 @@ impl Deployer {
                 break;
             }
         }
-        self.engine.follow(g, &parts, |source, p, from| {
-            let to = self.engine.applied(name, source, p)?;
+        self.engine.follow(g, &parts, |source, p, from, to| {
             let mut out = Vec::new();
             let mut at = from;
             while at < to {
@@ -385,45 +436,17 @@ impl Deployer {
 
     /// The shadow build of `name`, if any.
     pub fn shadow(&self, name: &str) -> Option<ShadowStatus> {
-        use std::sync::atomic::Ordering::Relaxed;
         let b = self.shadows.lock().recover().get(name)?.clone();
-        let error = b.error.lock().recover().clone();
-        let comparison = b.comparison.lock().recover().clone();
-        let migrated = *b.migrated.lock().recover();
-        let done = b.done.load(Relaxed);
-        let total = b.total.load(Relaxed).max(done);
-        let secs = b.started.elapsed().as_secs_f64();
-        let building = b.generation.is_building();
-        let rate = done as f64 / secs.max(1e-3);
+        let mut status = b.status(name);
         let active = self
             .engine
             .projection(name)
             .map(|p| p.ns() == b.generation.ns())
             .unwrap_or(false);
-        Some(ShadowStatus {
-            plugin: name.into(),
-            id: b.id.clone(),
-            ns: b.generation.ns().into(),
-            phase: match (error, building, active) {
-                (Some(e), _, _) => format!("failed: {e}"),
-                (None, true, _) => "building".into(),
-                (None, false, true) => "promoted".into(),
-                (None, false, false) => "following".into(),
-            },
-            done,
-            total,
-            percent: if total == 0 {
-                100.0
-            } else {
-                done as f64 * 100.0 / total as f64
-            },
-            events_per_s: rate,
-            eta_s: building.then(|| (total - done) as f64 / rate.max(1e-9)),
-            comparison,
-            method: b.method,
-            migrated: migrated.map(|m| m.0),
-            not_migrated: migrated.map(|m| m.1),
-        })
+        if active && status.phase == "following" {
+            status.phase = "promoted".into();
+        }
+        Some(status)
     }
 
     pub(crate) fn shadow_build(&self, name: &str) -> Result<Arc<ShadowBuild>> {

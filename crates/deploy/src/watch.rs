@@ -1,5 +1,7 @@
 //! The plugins directory's watcher: a `<plugin>.wasm` that appears or
-//! changes there is deployed in replace mode once it stops changing.
+//! changes there is deployed in replace mode once it stops changing (a
+//! new name adds a plugin). A file that leaves does not remove its
+//! plugin.
 
 use crate::Deployer;
 use projector_host::shutdown::Shutdown;
@@ -9,8 +11,9 @@ use std::sync::Arc;
 /// progress keeps changing it.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 
-/// Watch `dir` and deploy (replace mode) each `<plugin>.wasm` of a loaded
-/// plugin that appears or changes, once it has stopped changing. Write a
+/// Watch `dir` and deploy (replace mode) each `<plugin>.wasm` that
+/// appears or changes, once it has stopped changing: a new version of a
+/// loaded plugin, or a new plugin. Write a
 /// new version elsewhere and rename it into place for an atomic swap; a
 /// file still being written is not deployed, and one that does not
 /// compile is rejected with a warning while the running version goes on.
@@ -63,22 +66,29 @@ pub fn watch_dir(
     Ok(handle)
 }
 
-fn deploy_file(deployer: &Deployer, path: &std::path::Path) {
+fn deploy_file(deployer: &Arc<Deployer>, path: &std::path::Path) {
     let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
         return;
     };
     let Ok(bytes) = std::fs::read(path) else {
-        return; // removed or renamed away meanwhile
-    };
-    if deployer.engine.projection(&name).is_err() {
-        tracing::warn!(
-            plugin = name,
-            "{}: new plugins are loaded at start; restart to load it",
-            path.display()
-        );
+        // Removed, or renamed away.
+        if !path.exists() && deployer.engine.projection(&name).is_ok() {
+            tracing::info!(
+                plugin = name,
+                "{} left the plugins directory; the plugin stays loaded (`projector plugin remove {name}` takes it out)",
+                path.display()
+            );
+        }
         return;
-    }
+    };
+    let new = deployer.engine.projection(&name).is_err();
     match deployer.deploy(&name, &bytes, &path.display().to_string()) {
+        Ok(d) if d.changed && new => tracing::info!(
+            plugin = name,
+            id = &d.id[..12],
+            "{}: a new plugin; its views are being built",
+            path.display()
+        ),
         Ok(d) if d.changed => tracing::info!(
             plugin = name,
             id = &d.id[..12],

@@ -266,28 +266,61 @@ impl App {
             .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
             .collect();
         files.sort();
+        let registered = self.deployer.registry.names();
         for name in self.config.plugins.keys() {
-            if !files
+            let has_file = files
                 .iter()
-                .any(|f| f.file_stem().is_some_and(|s| s == name.as_str()))
-            {
-                anyhow::bail!(
-                    "config: [plugins.{name}] is set but there is no {name}.wasm in {}",
+                .any(|f| f.file_stem().is_some_and(|s| s == name.as_str()));
+            if !has_file && !registered.contains(name) {
+                tracing::warn!(
+                    "config: [plugins.{name}] is set but there is no {name}.wasm in {}; it applies when a plugin of that name is added",
                     dir.display()
                 );
             }
         }
+        let mut loaded = Vec::new();
         for path in files {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let entry = self.deployer.registry.entry(&name)?.unwrap_or_default();
+            if entry.removed {
+                tracing::info!(
+                    plugin = name,
+                    "{}: the plugin was removed at runtime and is not loaded (deploy it to add it back)",
+                    path.display()
+                );
+                continue;
+            }
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let code = self
                 .deployer
                 .start(&name, &bytes, &path.display().to_string())?;
             tracing::info!(plugin = name, id = &code.id()[..12], "loaded");
+            loaded.push(name);
+        }
+        // Plugins added at runtime whose file is not in the directory: the
+        // registry is the record.
+        for name in registered.iter().filter(|n| !loaded.contains(n)) {
+            let entry = self.deployer.registry.entry(name)?.unwrap_or_default();
+            let (false, Some(active)) = (entry.removed, entry.active.as_deref()) else {
+                continue;
+            };
+            let Some(bytes) = self.deployer.registry.code(active)? else {
+                tracing::warn!(
+                    plugin = name,
+                    "its active version's code is not in the registry; not loaded"
+                );
+                continue;
+            };
+            let code = self.deployer.start(name, &bytes, "registry")?;
+            tracing::info!(
+                plugin = name,
+                id = &code.id()[..12],
+                "loaded from the registry"
+            );
         }
         Ok(())
     }

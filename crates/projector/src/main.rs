@@ -139,7 +139,8 @@ enum Command {
 #[derive(Subcommand)]
 pub(crate) enum PluginAction {
     /// Deploy a `.wasm` as the new version of a plugin (replace mode:
-    /// it takes over at the next batch boundary).
+    /// it takes over at the next batch boundary), or as a new plugin (its
+    /// views are built first, shown with a progress bar).
     Deploy {
         file: PathBuf,
         /// The plugin's name (default: the file stem).
@@ -175,6 +176,13 @@ pub(crate) enum PluginAction {
     Logs { name: String },
     /// Which version applied which offsets of each partition (JSON).
     Audit { name: String },
+    /// Take a plugin out of the running runtime (its views stay, for it
+    /// to come back from its offsets, unless --drop-views).
+    Remove {
+        name: String,
+        #[arg(long)]
+        drop_views: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {

@@ -102,21 +102,19 @@ impl Engine {
     }
 
     /// Join generation `p` to the live path: with batches stopped,
-    /// `catch_up(source, partition, from)` gives the records it still lacks up to
-    /// where the live path is, and from the next batch on it is fed with
-    /// the others.
+    /// `catch_up(source, partition, from, to)` gives the records it still
+    /// lacks, from `from` up to `to`, where the live path is (it runs under
+    /// the engine's write lock: it must not call back into the engine), and
+    /// from the next batch on it is fed with the others.
     pub fn follow(
         &self,
         p: &Arc<Projection>,
         partitions: &[(String, u32)],
-        mut catch_up: impl FnMut(&str, u32, u64) -> Result<Vec<Record>>,
+        catch_up: impl FnMut(&str, u32, u64, u64) -> Result<Vec<Record>>,
     ) -> Result<()> {
-        self.join(
-            p,
-            partitions,
-            |source, partition, from, _| catch_up(source, partition, from),
-            || p.building.store(false, Ordering::Relaxed),
-        )
+        self.join(p, partitions, catch_up, || {
+            p.building.store(false, Ordering::Relaxed)
+        })
     }
 
     /// With batches stopped, bring `p` up to where the live path is in
@@ -234,5 +232,81 @@ impl Engine {
         pending.audit.retain(|(ns, _, _), _| *ns != p.ns);
         self.store.delete_ns(&p.ns)?;
         Ok(())
+    }
+
+    /// Make `p` serve reads: the first generation of a plugin added at
+    /// runtime, once it is built and follows the live path.
+    pub fn go_live(&self, p: &Arc<Projection>) -> Result<()> {
+        let _batch = self.write.lock().recover();
+        if p.is_building() {
+            return Err(Error::Guest {
+                plugin: p.name().into(),
+                message: "the new generation is still being built".into(),
+            });
+        }
+        if self.projection(p.name()).is_ok() {
+            return Err(Error::Duplicate(p.name().into()));
+        }
+        p.shadow.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Take every generation of `plugin` off the live path between two
+    /// batches; with `drop_views`, delete their views, offsets, counters
+    /// and audit too (otherwise they stay, for the plugin to come back
+    /// and resume from its offsets). The namespaces it held.
+    pub fn remove(&self, plugin: &str, drop_views: bool) -> Result<Vec<String>> {
+        let mut pending = self.write.lock().recover();
+        self.commit_locked(&mut pending)?;
+        let gone: Vec<String> = {
+            let mut list = self.projections.write().recover();
+            let gone = list
+                .iter()
+                .filter(|p| p.name() == plugin)
+                .map(|p| p.ns.clone())
+                .collect::<Vec<_>>();
+            list.retain(|p| p.name() != plugin);
+            gone
+        };
+        if gone.is_empty() {
+            return Err(Error::UnknownPlugin(plugin.into()));
+        }
+        pending.offsets.retain(|(ns, _, _), _| !gone.contains(ns));
+        pending.audit.retain(|(ns, _, _), _| !gone.contains(ns));
+        self.applied
+            .write()
+            .recover()
+            .retain(|(ns, _, _), _| !gone.contains(ns));
+        if drop_views {
+            for ns in &gone {
+                self.store.delete_ns(ns)?;
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Start generation `p` where the live path is in each of
+    /// `partitions`, with no view (a lazy plugin added at runtime: its
+    /// views populate from reads), and let it follow from the next batch.
+    pub fn start_at_live(&self, p: &Arc<Projection>, partitions: &[(String, u32)]) -> Result<()> {
+        let mut pending = self.write.lock().recover();
+        let mut writer = pending.writer.take().unwrap_or_else(|| self.store.writer());
+        for (source, partition) in partitions {
+            let live = pending.offset(&self.store, DECODE_NS, source, *partition)?;
+            writer.set_offset(&p.ns, source, *partition, live);
+            pending
+                .offsets
+                .insert((p.ns.clone(), source.clone(), *partition), live);
+        }
+        pending.writer = Some(writer);
+        self.commit_locked(&mut pending)?;
+        p.building.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether namespace `ns` holds applied offsets (a plugin removed with
+    /// its views kept, coming back).
+    pub fn has_offsets(&self, ns: &str) -> Result<bool> {
+        Ok(!self.store.offsets(ns)?.is_empty())
     }
 }

@@ -51,11 +51,22 @@ pub(crate) fn api_base(config: &Config, api: Option<String>) -> String {
 /// Show a shadow build's progress until it follows live events (or
 /// fails); its last status.
 fn follow_shadow(base: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    follow_build(base, name, "shadow", "building")
+}
+
+/// Show a generation's build (`what`: `shadow`, or `build` for a plugin
+/// being added) until its phase is no longer `busy`; its last status.
+fn follow_build(
+    base: &str,
+    name: &str,
+    what: &str,
+    busy: &str,
+) -> anyhow::Result<serde_json::Value> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} shadow {msg} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{msg}} [{{bar:40}}] {{pos}}/{{len}} records ({{per_sec}}, eta {{eta}})"
+        ))
         .expect("a valid template")
         .progress_chars("=> "),
     );
@@ -63,7 +74,7 @@ fn follow_shadow(base: &str, name: &str) -> anyhow::Result<serde_json::Value> {
     loop {
         let s = admin(
             "GET",
-            &format!("{base}/v1/admin/plugins/{name}/shadow"),
+            &format!("{base}/v1/admin/plugins/{name}/{what}"),
             None,
         )?;
         bar.set_length(s["total"].as_u64().unwrap_or(0));
@@ -71,9 +82,9 @@ fn follow_shadow(base: &str, name: &str) -> anyhow::Result<serde_json::Value> {
         let phase = s["phase"].as_str().unwrap_or_default();
         if phase.starts_with("failed") {
             bar.abandon();
-            bail!("shadow build of {name}: {phase}");
+            bail!("{what} of {name}: {phase}");
         }
-        if phase != "building" {
+        if phase != busy && phase != "building" {
             bar.finish();
             return Ok(s);
         }
@@ -116,6 +127,9 @@ pub(crate) fn run(
             )?;
             if mode == "shadow" {
                 follow_shadow(base, &name)?
+            } else if started["replaced"].is_null() && started["changed"] == true {
+                // A new plugin: its views are built before it is live.
+                follow_build(base, &name, "build", "joining")?
             } else {
                 started
             }
@@ -143,6 +157,11 @@ pub(crate) fn run(
         PluginAction::Audit { name } => admin(
             "GET",
             &format!("{base}/v1/admin/plugins/{name}/audit"),
+            None,
+        )?,
+        PluginAction::Remove { name, drop_views } => admin(
+            "DELETE",
+            &format!("{base}/v1/admin/plugins/{name}?drop_views={drop_views}"),
             None,
         )?,
         PluginAction::List => admin("GET", &format!("{base}/v1/admin/plugins"), None)?,

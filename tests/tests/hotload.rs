@@ -1,0 +1,344 @@
+//! Plugins added and removed while the runtime runs: a new plugin's views
+//! are built from the log while events flow, then it joins the live path
+//! with every event applied once; a removed plugin comes back from its
+//! offsets (views kept) or rebuilds (views dropped); the plugins directory
+//! adds a new file as a plugin, and a restart keeps what was removed.
+
+use projector_tests::hostile::{applied, count, event};
+use projector_tests::{plugin_wasm, Served};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const KEYS: u64 = 500;
+
+/// Wait (60 s at most) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn deploy(s: &Served, name: &str) -> serde_json::Value {
+    let response = s
+        .client
+        .post(format!("{}/v1/admin/plugins/{name}?from=test", s.base))
+        .body(std::fs::read(plugin_wasm("hostile")).expect("hostile.wasm"))
+        .send()
+        .expect("deploy");
+    let status = response.status();
+    let body: serde_json::Value =
+        serde_json::from_str(&response.text().expect("body")).expect("json");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Post events `range` in batches of 250, a little apart.
+fn stream(s: &Served, range: std::ops::Range<u64>) {
+    let all: Vec<u64> = range.collect();
+    for chunk in all.chunks(250) {
+        let events: Vec<String> = chunk.iter().map(|i| event(*i)).collect();
+        s.ingest(&events);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every key counts each of the `n` events once.
+fn assert_counts(s: &Served, n: u64) {
+    for k in 0..KEYS {
+        let expected = n / KEYS + u64::from(k < n % KEYS);
+        assert_eq!(count(&s.app, &format!("k{k}")).0, expected, "k{k}");
+    }
+}
+
+/// The audit of `ns` covers every offset of every partition exactly once.
+fn assert_audit_covers(s: &Served, ns: &str) {
+    s.app.engine.commit().expect("commit");
+    let ends: BTreeMap<u32, u64> = (0..4)
+        .map(|p| (p, s.app.engine.live_offset("log", p).expect("live")))
+        .collect();
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    for run in s.app.engine.store().audit(ns).expect("audit") {
+        let at = next.entry(run.partition).or_default();
+        assert_eq!(
+            run.from, *at,
+            "partition {}: a gap or an overlap",
+            run.partition
+        );
+        *at = run.next;
+    }
+    for (p, end) in ends {
+        assert_eq!(next.get(&p).copied().unwrap_or(0), end, "partition {p}");
+    }
+}
+
+fn plugin_names(s: &Served) -> Vec<String> {
+    let (_, body) = s.get("/v1/plugins");
+    let mut names: Vec<String> = body["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|p| p["plugin"].as_str().expect("name").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_plugin_added_under_a_steady_stream_applies_every_event_once_and_serves_once_live() {
+    let s = Served::start(&["inbox-unread"], "");
+    let total = 30_000;
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| stream(&s, 0..total));
+        eventually("a third of the stream", || {
+            s.app.engine.live_offset("log", 0).unwrap_or(0) > total / 12
+        });
+        let deployed = deploy(&s, "hostile");
+        assert!(deployed["replaced"].is_null(), "{deployed}");
+        assert_eq!(deployed["changed"], true);
+        // Not served until it is live; then served.
+        let (status, body) = s.get("/v1/views/hostile/k1");
+        assert!(status == 503 || status == 200, "{status} {body}");
+        if status == 503 {
+            assert_eq!(body["error"], "plugin_building", "{body}");
+        }
+        let mut last = serde_json::Value::Null;
+        eventually("the new plugin live", || {
+            last = s.get("/v1/admin/plugins/hostile/build").1;
+            assert!(
+                !last["phase"].as_str().unwrap_or("").starts_with("failed"),
+                "{last}"
+            );
+            last["phase"] == "live"
+        });
+        assert!(
+            last["done"].as_u64().unwrap_or(0) > 0,
+            "built from the log: {last}"
+        );
+        let (status, body) = s.get("/v1/views/hostile/k1");
+        assert_eq!(status, 200, "{body}");
+        writer.join().expect("writer");
+    });
+    eventually("every event applied", || applied(&s.app, 4) == total);
+    assert_counts(&s, total);
+    assert_audit_covers(&s, "hostile");
+    // The plugin that was there all along saw the whole stream too.
+    let inbox = s.app.engine.projection("inbox-unread").expect("inbox");
+    let inbox_next: u64 = (0..4)
+        .map(|p| {
+            s.app
+                .engine
+                .applied("inbox-unread", "log", p)
+                .expect("applied")
+        })
+        .sum();
+    assert_eq!(inbox_next, total, "{:?}", inbox.counters());
+    assert_eq!(plugin_names(&s), ["hostile", "inbox-unread"]);
+}
+
+#[test]
+fn a_removed_plugin_comes_back_from_its_offsets_or_rebuilds_without_its_views() {
+    let s = Served::start(&["inbox-unread", "hostile"], "");
+    stream(&s, 0..5_000);
+    eventually("the first events", || applied(&s.app, 4) == 5_000);
+
+    // Removed with its views kept: not served, events go on without it.
+    let (status, removed) = s.send(reqwest::Method::DELETE, "/v1/admin/plugins/hostile", "");
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["views_dropped"], false);
+    let (status, body) = s.get("/v1/views/hostile/k1");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_plugin"))
+    );
+    assert_eq!(plugin_names(&s), ["inbox-unread"]);
+    stream(&s, 5_000..8_000);
+    // Back: it applies only what it missed.
+    deploy(&s, "hostile");
+    let mut last = serde_json::Value::Null;
+    eventually("hostile live again", || {
+        last = s.get("/v1/admin/plugins/hostile/build").1;
+        last["phase"] == "live"
+    });
+    eventually("caught up", || applied(&s.app, 4) == 8_000);
+    let rebuilt = last["done"].as_u64().expect("done");
+    assert!(
+        rebuilt <= 3_000,
+        "resumed from its offsets, rebuilt {rebuilt}: {last}"
+    );
+    assert_counts(&s, 8_000);
+    assert_audit_covers(&s, "hostile");
+
+    // Removed with its views dropped: back, it rebuilds everything.
+    let (status, removed) = s.send(
+        reqwest::Method::DELETE,
+        "/v1/admin/plugins/hostile?drop_views=true",
+        "",
+    );
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(s.app.engine.store().views("hostile").count(), 0);
+    deploy(&s, "hostile");
+    eventually("hostile live once more", || {
+        last = s.get("/v1/admin/plugins/hostile/build").1;
+        last["phase"] == "live"
+    });
+    assert_eq!(last["done"].as_u64(), Some(8_000), "{last}");
+    assert_counts(&s, 8_000);
+    // The registry kept its history throughout.
+    let entry = s
+        .app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert!(!entry.removed);
+    assert_eq!(entry.versions.len(), 1);
+}
+
+/// `projector run` in its own process, its log lines kept.
+struct Run {
+    child: std::process::Child,
+    base: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Run {
+    fn start(config: &std::path::Path) -> Run {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(projector_tests::projector_bin())
+            .arg("--config")
+            .arg(config)
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .env("PROJECTOR_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn projector run");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("read API on ").nth(1) {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+                kept.lock().expect("lines").push(line);
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("projector run announces its API");
+        Run { child, base, lines }
+    }
+
+    fn said(&self, text: &str) -> usize {
+        let lines = self.lines.lock().expect("lines");
+        lines.iter().filter(|l| l.contains(text)).count()
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::blocking::get(format!("{}{path}", self.base)).expect("GET");
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().expect("body")).unwrap_or_default(),
+        )
+    }
+
+    fn post(&self, events: std::ops::Range<u64>) {
+        let body: Vec<String> = events.map(event).collect();
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/events", self.base))
+            .body(body.join("\n"))
+            .send()
+            .expect("POST events");
+        assert_eq!(r.status(), 200);
+    }
+
+    fn plugins(&self) -> Vec<String> {
+        let (_, body) = self.get("/v1/plugins");
+        let mut names: Vec<String> = body["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .map(|p| p["plugin"].as_str().expect("name").to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(self.child.wait().expect("exit").success());
+    }
+}
+
+#[test]
+fn the_plugins_directory_adds_a_new_file_once_and_a_restart_keeps_a_removal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = projector_tests::plugins_dir(dir.path(), &["inbox-unread"]);
+    let config = dir.path().join("projector.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
+         [engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n",
+    )
+    .expect("config");
+    let run = Run::start(&config);
+    run.post(0..2_000);
+    // Written beside, renamed into place: one new plugin, one log line.
+    let hidden = plugins.join(".hostile.wasm.part");
+    std::fs::copy(plugin_wasm("hostile"), &hidden).expect("copy");
+    std::fs::rename(&hidden, plugins.join("hostile.wasm")).expect("rename");
+    eventually("hostile added", || {
+        run.plugins().contains(&"hostile".to_string())
+    });
+    run.post(2_000..4_000);
+    eventually("every event counted", || {
+        let (status, body) = run.get("/v1/views/hostile/k0");
+        status == 200 && body["answer"]["count"] == 8
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        run.said("hostile.wasm: a new plugin"),
+        1,
+        "{:?}",
+        run.lines.lock()
+    );
+
+    // A file that leaves does not take its plugin out; it says so.
+    std::fs::remove_file(plugins.join("hostile.wasm")).expect("rm");
+    eventually("the log line", || {
+        run.said("left the plugins directory") == 1
+    });
+    assert!(run.plugins().contains(&"hostile".to_string()));
+    std::fs::copy(plugin_wasm("hostile"), plugins.join("hostile.wasm")).expect("copy back");
+
+    // Removed through the API: a restart does not load it from its file.
+    let r = reqwest::blocking::Client::new()
+        .delete(format!("{}/v1/admin/plugins/hostile", run.base))
+        .send()
+        .expect("DELETE");
+    assert_eq!(r.status(), 200);
+    assert_eq!(run.plugins(), ["inbox-unread"]);
+    run.stop();
+    let run = Run::start(&config);
+    assert_eq!(run.plugins(), ["inbox-unread"]);
+    assert_eq!(run.said("removed at runtime and is not loaded"), 1);
+    run.stop();
+}
