@@ -88,7 +88,7 @@ impl Default for HttpConfig {
 }
 
 /// The HTTP routes over `state`.
-pub fn router(state: Arc<ServeState>) -> Router {
+pub(crate) fn router(state: Arc<ServeState>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

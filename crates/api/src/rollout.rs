@@ -61,7 +61,7 @@ impl Mode {
     }
 
     /// Whether this mode reads the source of truth.
-    pub fn needs_source(self) -> bool {
+    pub(crate) fn needs_source(self) -> bool {
         self != Mode::Projection
     }
 }
@@ -310,7 +310,7 @@ impl Rollout {
     }
 
     /// The query parameters its rules read.
-    pub fn query_attributes(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn query_attributes(&self) -> impl Iterator<Item = &str> {
         self.rules
             .iter()
             .flat_map(|r| &r.attributes)
@@ -320,7 +320,7 @@ impl Rollout {
     /// The mode for `request`, and the rule that chose it (`default` when
     /// none matched). `roll` in [0, 1) decides whether a `projection` read
     /// keeps comparing.
-    pub fn choose(&self, request: Request, roll: f64) -> (Mode, Chosen<'_>) {
+    pub(crate) fn choose(&self, request: Request, roll: f64) -> (Mode, Chosen<'_>) {
         let (mode, chosen) = self
             .rules
             .iter()

@@ -77,7 +77,7 @@ impl Engine {
     /// to live, look at up to `page` stored views from where its last step
     /// stopped, and delete those expired at `now_ms` in one commit. The
     /// pipeline waits only for that commit.
-    pub fn sweep_expired(&self, now_ms: i64, page: usize) -> Result<Sweep> {
+    pub(crate) fn sweep_expired(&self, now_ms: i64, page: usize) -> Result<Sweep> {
         let page = page.max(1);
         let mut deleted = 0;
         let mut passed = true;

@@ -360,7 +360,7 @@ impl Store {
 
     /// Every view key of a namespace, in key order, without decoding the
     /// views (the views committed so far are applied first).
-    pub fn view_keys(&self, ns: &str) -> impl Iterator<Item = Result<String>> {
+    pub(crate) fn view_keys(&self, ns: &str) -> impl Iterator<Item = Result<String>> {
         let settled = self.materializer.shared.settle();
         let prefix = view_prefix(ns);
         let skip = prefix.len();
@@ -382,7 +382,7 @@ impl Store {
     /// Up to `limit` views of a namespace in key order, from the first key
     /// after `after` (from the start with `None`): a page of a scan that
     /// does not hold the store for the whole namespace.
-    pub fn views_page(
+    pub(crate) fn views_page(
         &self,
         ns: &str,
         after: Option<&str>,
