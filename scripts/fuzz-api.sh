@@ -47,7 +47,10 @@ done
 status=0
 "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$addr/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
-  --max-examples "$examples" --phases examples,coverage,fuzzing,stateful || status=$?
+  --max-examples "$examples" --phases examples,coverage,fuzzing,stateful \
+  --exclude-name 'DELETE /v1/admin/plugins/{plugin}' || status=$?
+# Removing the plugin is left out: every route after it would meet an
+# unknown plugin. tests/tests/hotload.rs covers it.
 if ! kill -0 "$pid" 2>/dev/null; then
   echo "projector went down during the fuzz run" >&2
   tail -20 "$work/run.log" >&2

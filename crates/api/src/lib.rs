@@ -22,6 +22,7 @@
 
 mod admin;
 mod audit;
+mod auth;
 mod backfill;
 pub mod error;
 mod health;
@@ -71,6 +72,15 @@ pub struct HttpConfig {
     /// A request's body must arrive within this (ms), or it is answered
     /// 408 `slow_client` (0: no deadline).
     pub body_timeout_ms: u64,
+    /// Bearer token of the admin routes (`/v1/admin/...`); required to
+    /// listen beyond loopback. Also `PROJECTOR_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    /// Bearer token of view reads (default: none needed). Also
+    /// `PROJECTOR_READ_TOKEN`.
+    pub read_token: Option<String>,
+    /// Bearer token of `POST /v1/events` (default: none needed). Also
+    /// `PROJECTOR_INGEST_TOKEN`.
+    pub ingest_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -83,6 +93,9 @@ impl Default for HttpConfig {
             groups_header: "x-groups".into(),
             max_in_flight: 1024,
             body_timeout_ms: 10_000,
+            admin_token: None,
+            read_token: None,
+            ingest_token: None,
         }
     }
 }
@@ -154,6 +167,10 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             slow::read_body_in_time,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::check,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -16,6 +16,7 @@ pub struct Serving {
 impl Serving {
     /// Bind `listen` and serve `state` on a two-thread runtime.
     pub fn start(state: Arc<ServeState>, listen: &str) -> anyhow::Result<Serving> {
+        crate::auth::check_listen(&state.http, listen)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("projector-http")
@@ -25,6 +26,7 @@ impl Serving {
             .block_on(tokio::net::TcpListener::bind(listen))
             .map_err(|e| anyhow::anyhow!("http.listen {listen}: {e}"))?;
         let addr = listener.local_addr()?;
+        crate::auth::check_addr(&state.http, addr)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // Backfills a previous run left unfinished go on.
         {

@@ -399,6 +399,17 @@ impl Config {
         c.breaker
             .check()
             .map_err(|e| bad(format!("breaker: {e}")))?;
+        for (key, token) in [
+            ("admin_token", &c.http.admin_token),
+            ("read_token", &c.http.read_token),
+            ("ingest_token", &c.http.ingest_token),
+        ] {
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(bad(format!(
+                    "http.{key}: empty; leave it out for none, or set a secret"
+                )));
+            }
+        }
         for name in c.plugins.keys() {
             c.policy(name).map_err(&bad)?;
         }
@@ -488,6 +499,22 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, &file, base)
+    }
+
+    /// The tokens from the environment over the file's:
+    /// `PROJECTOR_ADMIN_TOKEN`, `PROJECTOR_READ_TOKEN`,
+    /// `PROJECTOR_INGEST_TOKEN` (an empty variable is ignored).
+    pub fn with_env(mut self) -> Self {
+        for (var, slot) in [
+            ("PROJECTOR_ADMIN_TOKEN", &mut self.http.admin_token),
+            ("PROJECTOR_READ_TOKEN", &mut self.http.read_token),
+            ("PROJECTOR_INGEST_TOKEN", &mut self.http.ingest_token),
+        ] {
+            if let Some(t) = std::env::var(var).ok().filter(|t| !t.trim().is_empty()) {
+                *slot = Some(t);
+            }
+        }
+        self
     }
 
     /// The limits of plugin `name`: defaults, then `[limits]`, then its own.

@@ -211,13 +211,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(p) => Ok(Config::load(p)?),
-        None if Path::new("projector.toml").exists() => {
-            Ok(Config::load(Path::new("projector.toml"))?)
-        }
-        None => Ok(Config::default()),
-    }
+    let config = match path {
+        Some(p) => Config::load(p)?,
+        None if Path::new("projector.toml").exists() => Config::load(Path::new("projector.toml"))?,
+        None => Config::default(),
+    };
+    Ok(config.with_env())
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

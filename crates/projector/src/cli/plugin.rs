@@ -22,7 +22,10 @@ pub(crate) fn admin_with(
     body: Option<&[u8]>,
     content_type: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let request = ureq::request(method, url).timeout(std::time::Duration::from_secs(3600));
+    let mut request = ureq::request(method, url).timeout(std::time::Duration::from_secs(3600));
+    if let Some(token) = ADMIN_TOKEN.get() {
+        request = request.set("authorization", &format!("Bearer {token}"));
+    }
     let result = match body {
         Some(b) => request.set("content-type", content_type).send_bytes(b),
         None => request.call(),
@@ -42,8 +45,16 @@ pub(crate) fn admin_with(
     Ok(serde_json::from_reader(response.into_reader())?)
 }
 
-/// The admin API's base URL: `--api`, else `http.listen` of the config.
+/// The admin token the commands send (`[http] admin_token` or
+/// `PROJECTOR_ADMIN_TOKEN`), set by [`api_base`].
+static ADMIN_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The admin API's base URL: `--api`, else `http.listen` of the config;
+/// the calls that follow send the config's admin token.
 pub(crate) fn api_base(config: &Config, api: Option<String>) -> String {
+    if let Some(token) = &config.http.admin_token {
+        let _ = ADMIN_TOKEN.set(token.clone());
+    }
     let base = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
     base.trim_end_matches('/').to_string()
 }
