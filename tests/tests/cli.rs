@@ -549,3 +549,74 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
         .expect("kill");
     assert!(run.wait().expect("wait").success());
 }
+
+/// With `projector run` holding the store, the commands that read go
+/// through its API (with the admin token); with no API there either, the
+/// error names the process that holds the store.
+#[test]
+fn read_commands_beside_a_running_instance_go_through_its_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    projector_tests::plugins_dir(dir.path(), &["inbox-unread"]);
+    let config = dir.path().join("projector.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
+         [engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n\
+         [http]\nadmin_token = \"t0ken\"\n\
+         [plugins.inbox-unread]\npopulation = \"eager\"\n",
+    )
+    .expect("config");
+    let (mut child, base) = projector_tests::spawn_run(&config);
+    let event = r#"{"id":"e1","type":"MessageSent","source":"inbox","key":"s1","version":1,"time":1767225600000,"payload":{"site_id":"s1","conversation_id":"c1","sender_id":"u1","participants":["u1","u2"]}}"#;
+    let posted = reqwest::blocking::Client::new()
+        .post(format!("{base}/v1/events"))
+        .body(event)
+        .send()
+        .expect("post");
+    let token: serde_json::Value =
+        serde_json::from_str(&posted.text().expect("body")).expect("json");
+    let waited = reqwest::blocking::get(format!(
+        "{base}/v1/views/inbox-unread/u2:s1?token={}",
+        token["token"].as_str().expect("token")
+    ))
+    .expect("a read that waits for the event");
+    assert_eq!(waited.status(), 200);
+    let run = |args: &[&str]| {
+        std::process::Command::new(projector_tests::projector_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("PROJECTOR_ADMIN_TOKEN")
+            .output()
+            .expect("projector")
+    };
+    let got = run(&["get", "inbox-unread", "u2:s1", "--api", &base]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    let view: serde_json::Value = serde_json::from_slice(&got.stdout).expect("json");
+    assert_eq!(view["status"], "valid");
+    assert_eq!(view["view"]["conversations"][0]["id"], "c1", "{view}");
+    let none = run(&["get", "inbox-unread", "nobody:s1", "--api", &base]);
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    let status = run(&["status", "--api", &base]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(s["plugins"][0]["plugin"], "inbox-unread", "{s}");
+    let letters = run(&["dead-letters", "--api", &base]);
+    assert!(letters.status.success(), "{}", stderr(&letters));
+    // No API where it is looked for: the holder is named.
+    let lost = run(&[
+        "get",
+        "inbox-unread",
+        "u2:s1",
+        "--api",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(lost.status.code(), Some(2));
+    let err = stderr(&lost);
+    assert!(
+        err.contains(&format!("held by process {}", child.id())) && err.contains("--api"),
+        "{err}"
+    );
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+}

@@ -344,3 +344,84 @@ pub(crate) async fn mismatches(
         json!({"plugin": plugin, "kept": recent.len(), "mismatches": list}),
     ))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadLetterParams {
+    /// Only this plugin's.
+    plugin: Option<String>,
+    /// At most this many, oldest first (default 100).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/admin/dead-letters`: dead letters, oldest first.
+pub(crate) async fn dead_letters(
+    State(s): State<Arc<ServeState>>,
+    Query(params): Query<DeadLetterParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit: expected 1 to {MAX_LIMIT}, got {limit}"),
+        ));
+    }
+    let engine = s.engine.clone();
+    let letters = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
+        let mut out = Vec::new();
+        for letter in engine.store().dead_letters() {
+            let letter = letter.map_err(|e| e.to_string())?;
+            if params
+                .plugin
+                .as_deref()
+                .is_some_and(|p| letter.plugin.as_deref() != Some(p))
+            {
+                continue;
+            }
+            out.push(serde_json::to_value(&letter).map_err(|e| e.to_string())?);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(Json(json!({"dead_letters": letters})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ViewParams {
+    /// Read time for `render`, in ms since the epoch (default: now).
+    at_ms: Option<i64>,
+}
+
+/// `GET /v1/admin/plugins/{plugin}/views/{key}`: the stored view as it is,
+/// with no read mode, fallback or population (what `projector get` shows).
+pub(crate) async fn stored_view(
+    State(s): State<Arc<ServeState>>,
+    Path((plugin, key)): Path<(String, String)>,
+    Query(params): Query<ViewParams>,
+) -> ApiResult<Json<Value>> {
+    s.plugin(&plugin)?;
+    let at = params.at_ms.unwrap_or_else(projector_core::now_ms);
+    let engine = s.engine.clone();
+    let (p, k) = (plugin.clone(), key.clone());
+    let view = tokio::task::spawn_blocking(move || engine.read(&p, &k, at))
+        .await
+        .map_err(ApiError::internal)??;
+    let Some(v) = view else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "view_not_found",
+            format!("no view for {key:?} in {plugin}"),
+        ));
+    };
+    Ok(Json(json!({
+        "plugin": plugin, "key": key,
+        "status": format!("{:?}", v.status).to_lowercase(),
+        "versions": v.versions.json(), "updated_ms": v.updated_ms, "view": v.json(),
+    })))
+}

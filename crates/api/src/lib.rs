@@ -121,6 +121,11 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
                 .delete(admin::delete_rollout),
         )
         .route("/v1/admin/mismatches/{plugin}", get(admin::mismatches))
+        .route("/v1/admin/dead-letters", get(admin::dead_letters))
+        .route(
+            "/v1/admin/plugins/{plugin}/views/{key}",
+            get(admin::stored_view),
+        )
         .route("/v1/admin/plugins", get(admin::registry_list))
         .route(
             "/v1/admin/plugins/{plugin}",

@@ -48,6 +48,9 @@ enum Command {
         /// Read time in ms since the epoch (default: now).
         #[arg(long)]
         at_ms: Option<i64>,
+        /// A running instance's API, used when it holds the store (default: `http.listen`).
+        #[arg(long)]
+        api: Option<String>,
     },
     /// Store a view built from a source-of-truth answer (a JSON file, or `-`).
     Snapshot {
@@ -58,7 +61,11 @@ enum Command {
     /// Rebuild views from the plugin's sources (all stored views, or the keys given), with progress.
     Recollect { plugin: String, keys: Vec<String> },
     /// Show each loaded plugin with its event counts (JSON).
-    Status,
+    Status {
+        /// A running instance's API, used when it holds the store (default: `http.listen`).
+        #[arg(long)]
+        api: Option<String>,
+    },
     /// Start librdkafka's mock Kafka cluster in this process and print its
     /// bootstrap address, for local work with kcat-like tools and
     /// `[source.kafka]`; runs until interrupted.
@@ -133,6 +140,9 @@ enum Command {
         plugin: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// A running instance's API, used when it holds the store (default: `http.listen`).
+        #[arg(long)]
+        api: Option<String>,
     },
 }
 
@@ -228,7 +238,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
         } => return cli::run::run(config, ingest, exit_when_idle, listen),
         Command::Replay { file } => cli::replay::run(config, &file)?,
-        Command::Get { plugin, key, at_ms } => return cli::view::get(config, &plugin, &key, at_ms),
+        Command::Get {
+            plugin,
+            key,
+            at_ms,
+            api,
+        } => return cli::view::get(config, &plugin, &key, at_ms, api),
         Command::Snapshot {
             plugin,
             key,
@@ -236,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => cli::view::snapshot(config, &plugin, &key, &answer)?,
         Command::Recollect { plugin, keys } => return cli::recollect::run(config, &plugin, keys),
         Command::Plugin { action, api } => cli::plugin::run(&config, action, api)?,
-        Command::Status => cli::status::run(config)?,
+        Command::Status { api } => cli::status::run(config, api)?,
         Command::KafkaDev {
             topics,
             group,
@@ -282,8 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return cli::verify::run(&config, args);
         }
-        Command::DeadLetters { plugin, limit } => {
-            cli::dead_letters::run(&config, plugin.as_deref(), limit)?
+        Command::DeadLetters { plugin, limit, api } => {
+            cli::dead_letters::run(&config, plugin.as_deref(), limit, api)?
         }
     }
     Ok(ExitCode::SUCCESS)

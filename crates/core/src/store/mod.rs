@@ -44,6 +44,14 @@ pub enum Error {
         /// sled's error.
         source: sled::Error,
     },
+    /// Another process holds the database (a running `projector run`).
+    #[error("the store at {path} is held by {}; stop it, or use its API (the commands that read go through it: --api URL)", holder.map_or("another process".to_string(), |pid| format!("process {pid}")))]
+    Locked {
+        /// Directory of the database.
+        path: String,
+        /// The process holding its lock, when the system says.
+        holder: Option<u32>,
+    },
     /// sled failed to read or write.
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
@@ -304,6 +312,29 @@ pub(crate) fn decode_view(bytes: &[u8]) -> Result<ViewRecord> {
     Ok(ViewRecord { view, updated_ms })
 }
 
+/// The process holding a lock on `file`, from `/proc/locks` (Linux); `None`
+/// where the system does not say.
+#[cfg(not(unix))]
+fn lock_holder(_: &Path) -> Option<u32> {
+    None
+}
+
+/// The process holding a lock on `file`, from `/proc/locks` (Linux); `None`
+/// where the system does not say.
+#[cfg(unix)]
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(file).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = fields.iter().position(|f| f.matches(':').count() == 2)?;
+        let ino: u64 = fields[at].rsplit(':').next()?.parse().ok()?;
+        (ino == inode).then(|| fields.get(at.checked_sub(1)?)?.parse().ok())?
+    })
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encodes every store type into a Vec")
 }
@@ -316,9 +347,21 @@ impl Store {
             .cache_capacity(256 << 20)
             .flush_every_ms(Some(200))
             .open()
-            .map_err(|source| Error::Open {
-                path: dir.display().to_string(),
-                source,
+            .map_err(|source| match &source {
+                // sled says so in words: "could not acquire lock on ...".
+                sled::Error::Io(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
+                    Error::Locked {
+                        path: dir.display().to_string(),
+                        holder: lock_holder(&dir.join("db")),
+                    }
+                }
+                _ => Error::Open {
+                    path: dir.display().to_string(),
+                    source,
+                },
             })?;
         let state = db.open_tree("state")?;
         let materializer = Arc::new(Materializer::start(state.clone())?);

@@ -46,3 +46,42 @@ pub(crate) fn print_summary(t: &Totals) {
         t.records_per_second()
     );
 }
+
+/// Whether `e` says another process holds the store (a running `projector
+/// run`).
+pub(crate) fn held_elsewhere(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<projector_core::store::Error>(),
+            Some(projector_core::store::Error::Locked { .. })
+        )
+    })
+}
+
+/// GET `path` of the running instance's API (`--api`, else `http.listen`)
+/// with the admin token, for a command whose store that instance holds
+/// (`held` says so): its JSON answer, `None` for a 404.
+pub(crate) fn through_api(
+    config: &projector::config::Config,
+    api: Option<String>,
+    path: &str,
+    held: anyhow::Error,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let base = plugin::api_base(config, api);
+    let url = format!("{base}{path}");
+    let mut request = ureq::get(&url).timeout(std::time::Duration::from_secs(60));
+    if let Some(token) = plugin::admin_token() {
+        request = request.set("authorization", &format!("Bearer {token}"));
+    }
+    match request.call() {
+        Ok(r) => Ok(Some(serde_json::from_reader(r.into_reader())?)),
+        Err(ureq::Error::Status(404, _)) => Ok(None),
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            anyhow::bail!("{url}: {code}: {text}")
+        }
+        Err(e) => Err(held.context(format!(
+            "no projector API answers at {base} either ({e}); pass --api URL"
+        ))),
+    }
+}

@@ -49,6 +49,11 @@ pub(crate) fn admin_with(
 /// `PROJECTOR_ADMIN_TOKEN`), set by [`api_base`].
 static ADMIN_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The admin token set by [`api_base`], if any.
+pub(crate) fn admin_token() -> Option<&'static str> {
+    ADMIN_TOKEN.get().map(String::as_str)
+}
+
 /// The admin API's base URL: `--api`, else `http.listen` of the config;
 /// the calls that follow send the config's admin token.
 pub(crate) fn api_base(config: &Config, api: Option<String>) -> String {

@@ -1,11 +1,26 @@
-//! `projector status`: each loaded plugin with its event counts.
+//! `projector status`: each loaded plugin with its event counts (from a
+//! running instance's API when it holds the store).
 
+use super::{held_elsewhere, through_api};
 use projector::app::App;
 use projector::config::Config;
 use std::io::Write;
 
-pub(crate) fn run(config: Config) -> anyhow::Result<()> {
-    let app = App::open(config)?;
+pub(crate) fn run(config: Config, api: Option<String>) -> anyhow::Result<()> {
+    let app = match App::open(config.clone()) {
+        Ok(app) => app,
+        Err(e) if held_elsewhere(&e) => {
+            // A running instance holds the store: its own account.
+            let out = through_api(&config, api, "/v1/plugins", e)?.unwrap_or_default();
+            writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::to_string_pretty(&out)?
+            )?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let plugins: Vec<serde_json::Value> = app
         .engine
         .projections()

@@ -1,7 +1,8 @@
 //! `projector get` and `projector snapshot`: one view, read or stored,
-//! on the local store.
+//! on the local store (`get` through a running instance's API when that
+//! instance holds the store).
 
-use super::read_input;
+use super::{held_elsewhere, read_input, through_api};
 use projector::app::App;
 use projector::config::Config;
 use projector_core::engine::Snapshot;
@@ -9,15 +10,37 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Print a view; exit 1 when there is none.
+/// Print a view; exit 1 when there is none. With the store held by a
+/// running instance, through its API.
 pub(crate) fn get(
     config: Config,
     plugin: &str,
     key: &str,
     at_ms: Option<i64>,
+    api: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let app = App::open(config)?;
     let now = at_ms.unwrap_or_else(projector_core::now_ms);
+    let app = match App::open(config.clone()) {
+        Ok(app) => app,
+        Err(e) if held_elsewhere(&e) => {
+            let path = format!("/v1/admin/plugins/{plugin}/views/{key}?at_ms={now}");
+            return match through_api(&config, api, &path, e)? {
+                Some(out) => {
+                    writeln!(
+                        std::io::stdout().lock(),
+                        "{}",
+                        serde_json::to_string_pretty(&out)?
+                    )?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("no view for {key:?} in {plugin}");
+                    Ok(ExitCode::from(1))
+                }
+            };
+        }
+        Err(e) => return Err(e),
+    };
     match app.engine.read(plugin, key, now)? {
         Some(v) => {
             let out = serde_json::json!({
