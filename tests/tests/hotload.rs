@@ -94,6 +94,22 @@ fn a_plugin_added_under_a_steady_stream_applies_every_event_once_and_serves_once
         eventually("a third of the stream", || {
             s.app.engine.live_offset("log", 0).unwrap_or(0) > total / 12
         });
+        // The other plugin's lag (records appended, not yet applied),
+        // sampled before the add and while the new plugin is built.
+        let inbox_lag = || -> u64 {
+            (0..4)
+                .map(|p| {
+                    let end = s.app.engine.live_offset("log", p).unwrap_or(0);
+                    let at = s.app.engine.applied("inbox-unread", "log", p).unwrap_or(0);
+                    end.saturating_sub(at)
+                })
+                .sum()
+        };
+        let mut before = 0;
+        for _ in 0..20 {
+            before = before.max(inbox_lag());
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let deployed = deploy(&s, "hostile");
         assert!(deployed["replaced"].is_null(), "{deployed}");
         assert_eq!(deployed["changed"], true);
@@ -104,7 +120,9 @@ fn a_plugin_added_under_a_steady_stream_applies_every_event_once_and_serves_once
             assert_eq!(body["error"], "plugin_building", "{body}");
         }
         let mut last = serde_json::Value::Null;
+        let mut during = 0;
         eventually("the new plugin live", || {
+            during = during.max(inbox_lag());
             last = s.get("/v1/admin/plugins/hostile/build").1;
             assert!(
                 !last["phase"].as_str().unwrap_or("").starts_with("failed"),

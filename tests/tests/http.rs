@@ -624,3 +624,36 @@ fn a_body_slower_than_body_timeout_ms_is_answered_408() {
         "{body}"
     );
 }
+
+/// The operator numbers over time: a sample a second per plugin, with
+/// events/s, lag, hit ratio and mismatch rate, for the console's charts.
+#[test]
+fn the_history_keeps_a_sample_a_second_per_plugin() {
+    let s = Served::start(
+        &[PLUGIN],
+        "[plugins.inbox-unread]\npopulation = \"eager\"\n",
+    );
+    let events = projector_tests::inbox_events(projector_tests::InboxShape {
+        sites: 2,
+        users: 10,
+        events: 200,
+        seed: 5,
+    });
+    let token = s.ingest(&events);
+    let (status, _) = s.get(&format!("/v1/views/{PLUGIN}/u1:s1?token={token}"));
+    assert!(status == 200 || status == 404);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (status, h) = s.get(&format!("/v1/admin/history?plugin={PLUGIN}"));
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["every_ms"], 1000);
+    let samples = h["plugins"][PLUGIN].as_array().expect("samples");
+    assert!(samples.len() >= 2, "{h}");
+    let applied: f64 = samples
+        .iter()
+        .map(|x| x["applied_per_s"].as_f64().expect("rate"))
+        .sum();
+    assert!(applied > 0.0, "{h}");
+    assert_eq!(samples.last().expect("a sample")["lag"], 0, "{h}");
+    let (status, _) = s.get("/v1/admin/history?plugin=nope");
+    assert_eq!(status, 404);
+}

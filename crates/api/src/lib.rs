@@ -26,6 +26,7 @@ mod auth;
 mod backfill;
 pub mod error;
 mod health;
+mod history;
 mod ingest;
 pub mod metrics;
 mod read;
@@ -122,6 +123,7 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         )
         .route("/v1/admin/mismatches/{plugin}", get(admin::mismatches))
         .route("/v1/admin/dead-letters", get(admin::dead_letters))
+        .route("/v1/admin/history", get(history::history))
         .route(
             "/v1/admin/plugins/{plugin}/views/{key}",
             get(admin::stored_view),

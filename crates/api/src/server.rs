@@ -32,6 +32,7 @@ impl Serving {
         {
             let _entered = runtime.enter();
             crate::backfill::resume(&state);
+            crate::history::start(&state);
         }
         let app = crate::router(state);
         // Answers are small and latency matters: no Nagle delay.

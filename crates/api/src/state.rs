@@ -166,6 +166,8 @@ pub struct ServeState {
     pub(crate) in_flight: Option<crate::shed::InFlight>,
     /// Backfills from the sources of truth, by plugin.
     pub(crate) backfills: crate::backfill::Backfills,
+    /// Operator numbers over the last minutes, per plugin.
+    pub(crate) history: crate::history::History,
 }
 
 pub(crate) fn rollout_setting(plugin: &str) -> String {
@@ -199,6 +201,7 @@ impl ServeState {
             ready: AtomicBool::new(false),
             in_flight: crate::shed::InFlight::new(config.http.max_in_flight),
             backfills: Default::default(),
+            history: Default::default(),
         })
     }
 
