@@ -402,6 +402,29 @@ pub fn spawn_run(config: &Path) -> (std::process::Child, String) {
     (child, url)
 }
 
+/// The HTTP method an OpenAPI operation names (`get`, `post`...), if one.
+pub fn http_method(name: &str) -> Option<reqwest::Method> {
+    Some(match name {
+        "get" => reqwest::Method::GET,
+        "post" => reqwest::Method::POST,
+        "put" => reqwest::Method::PUT,
+        "delete" => reqwest::Method::DELETE,
+        _ => return None,
+    })
+}
+
+/// The plugin names of a `/v1/plugins` answer, sorted.
+pub fn plugin_names_of(answer: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = answer["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|p| p["plugin"].as_str().expect("name").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 pub mod hostile;
 pub mod kafka;
 pub mod legacy;

@@ -51,12 +51,8 @@ fn every_admin_route_of_the_openapi_document_needs_the_admin_token() {
         }
         let concrete = path.replace("{plugin}", "inbox-unread");
         for method in ops.as_object().expect("ops").keys() {
-            let method = match method.as_str() {
-                "get" => Method::GET,
-                "post" => Method::POST,
-                "put" => Method::PUT,
-                "delete" => Method::DELETE,
-                _ => continue,
+            let Some(method) = projector_tests::http_method(method) else {
+                continue;
             };
             for token in [None, Some("wrong"), Some(READ), Some(INGEST)] {
                 let (code, body) = status(&s, method.clone(), &concrete, token);

@@ -74,15 +74,7 @@ fn assert_audit_covers(s: &Served, ns: &str) {
 }
 
 fn plugin_names(s: &Served) -> Vec<String> {
-    let (_, body) = s.get("/v1/plugins");
-    let mut names: Vec<String> = body["plugins"]
-        .as_array()
-        .expect("plugins")
-        .iter()
-        .map(|p| p["plugin"].as_str().expect("name").to_string())
-        .collect();
-    names.sort();
-    names
+    projector_tests::plugin_names_of(&s.get("/v1/plugins").1)
 }
 
 #[test]
@@ -97,12 +89,10 @@ fn a_plugin_added_under_a_steady_stream_applies_every_event_once_and_serves_once
         // The other plugin's lag (records appended, not yet applied),
         // sampled before the add and while the new plugin is built.
         let inbox_lag = || -> u64 {
-            (0..4)
-                .map(|p| {
-                    let end = s.app.engine.live_offset("log", p).unwrap_or(0);
-                    let at = s.app.engine.applied("inbox-unread", "log", p).unwrap_or(0);
-                    end.saturating_sub(at)
-                })
+            s.get_text("/metrics")
+                .lines()
+                .filter(|l| l.starts_with("projector_lag_records{plugin=\"inbox-unread\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .sum()
         };
         let mut before = 0;
@@ -133,6 +123,12 @@ fn a_plugin_added_under_a_steady_stream_applies_every_event_once_and_serves_once
         assert!(
             last["done"].as_u64().unwrap_or(0) > 0,
             "built from the log: {last}"
+        );
+        // Printed, not asserted: a shared machine's timing is noise.
+        eprintln!(
+            "hotload: inbox-unread lag at most {before} records before the add, {during} while hostile was built ({} records at {:.0}/s)",
+            last["done"],
+            last["events_per_s"].as_f64().unwrap_or(0.0)
         );
         let (status, body) = s.get("/v1/views/hostile/k1");
         assert_eq!(status, 200, "{body}");
@@ -285,15 +281,7 @@ impl Run {
     }
 
     fn plugins(&self) -> Vec<String> {
-        let (_, body) = self.get("/v1/plugins");
-        let mut names: Vec<String> = body["plugins"]
-            .as_array()
-            .expect("plugins")
-            .iter()
-            .map(|p| p["plugin"].as_str().expect("name").to_string())
-            .collect();
-        names.sort();
-        names
+        projector_tests::plugin_names_of(&self.get("/v1/plugins").1)
     }
 
     fn stop(mut self) {

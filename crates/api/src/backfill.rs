@@ -301,14 +301,7 @@ pub(crate) async fn start(
     Query(params): Query<StartParams>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let own = s.plugin(&plugin)?;
-    if own.source.is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_source_of_truth",
-            format!("plugin {plugin:?} has no source of truth to backfill from ([plugins.{plugin}.truth])"),
-        ));
-    }
+    s.plugin(&plugin)?.truth(&plugin, "to backfill from")?;
     let rate = params.rate.unwrap_or(100.0);
     if !(rate.is_finite() && (0.01..=100_000.0).contains(&rate)) {
         return Err(ApiError::bad_request(

@@ -51,6 +51,18 @@ pub(crate) struct PluginServe {
 }
 
 impl PluginServe {
+    /// Its source of truth, or a 409 `no_source_of_truth` saying what
+    /// needs one (`to`: e.g. "to verify against").
+    pub(crate) fn truth(&self, plugin: &str, to: &str) -> ApiResult<&Truth> {
+        self.source.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_source_of_truth",
+                format!("plugin {plugin:?} has no source of truth {to} ([plugins.{plugin}.truth])"),
+            )
+        })
+    }
+
     /// Plugin `name`'s state from its config table (the defaults when it
     /// has none), with a rollout set at runtime earlier restored from the
     /// store.

@@ -8,7 +8,6 @@ use crate::state::{differences_json, ServeState};
 use crate::truth::TruthError;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Json;
 use projector_guest::rules::Status;
 use serde::Deserialize;
@@ -105,14 +104,7 @@ pub(crate) async fn verify(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let started = Instant::now();
-    let own = s.plugin(&plugin)?;
-    if own.source.is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_source_of_truth",
-            format!("plugin {plugin:?} has no source of truth to verify against ([plugins.{plugin}.truth])"),
-        ));
-    }
+    s.plugin(&plugin)?.truth(&plugin, "to verify against")?;
     let concurrency = params.concurrency.unwrap_or(8);
     if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
         return Err(ApiError::bad_request(
