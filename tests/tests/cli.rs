@@ -620,3 +620,56 @@ fn read_commands_beside_a_running_instance_go_through_its_api() {
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }
+
+/// `projector test`: golden views written with `--update` pass; a changed
+/// golden view fails with a diff naming the key and the field.
+#[test]
+fn projector_test_compares_every_view_with_its_golden_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.ndjson");
+    write_ndjson(
+        &events,
+        &inbox_events(InboxShape {
+            sites: 2,
+            users: 8,
+            events: 300,
+            seed: 11,
+        }),
+    );
+    let golden = dir.path().join("golden");
+    let wasm = projector_tests::plugin_wasm("inbox-unread");
+    let test = |extra: &[&str]| {
+        Command::new(projector_bin())
+            .arg("test")
+            .arg(&wasm)
+            .arg("--events")
+            .arg(&events)
+            .arg("--expect")
+            .arg(&golden)
+            .args(extra)
+            .output()
+            .expect("projector test")
+    };
+    let wrote = test(&["--update"]);
+    assert!(wrote.status.success(), "{}", stderr(&wrote));
+    let files: Vec<_> = std::fs::read_dir(&golden).expect("golden").collect();
+    assert!(files.len() >= 8, "{} golden files", files.len());
+    let passed = test(&[]);
+    assert!(passed.status.success(), "{}", stderr(&passed));
+    assert!(String::from_utf8_lossy(&passed.stdout).contains(" 0 differ"));
+
+    // One field changed in one golden view: named, exit 1.
+    let file = golden.join("u1:s1.json");
+    let mut view: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("golden")).expect("json");
+    view["count"] = serde_json::json!(9999);
+    std::fs::write(&file, view.to_string()).expect("write");
+    let failed = test(&[]);
+    assert_eq!(failed.status.code(), Some(1));
+    let err = stderr(&failed);
+    assert!(err.contains("u1:s1: /count: expected 9999, got"), "{err}");
+    // A view with no golden file is a difference too.
+    std::fs::remove_file(golden.join("u2:s1.json")).expect("rm");
+    let err = stderr(&test(&[]));
+    assert!(err.contains("u2:s1: a view with no golden file"), "{err}");
+}

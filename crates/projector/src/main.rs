@@ -134,6 +134,32 @@ enum Command {
         #[arg(long)]
         api: Option<String>,
     },
+    /// Run a plugin over an NDJSON events file under the real host and
+    /// compare every view with its golden file (`DIR/<key>.json`); twice,
+    /// to check it is deterministic. Exits 1 on any difference.
+    Test {
+        /// The plugin's `.wasm`.
+        wasm: PathBuf,
+        /// The events, NDJSON.
+        #[arg(long)]
+        events: PathBuf,
+        /// The golden views, one `<key>.json` each.
+        #[arg(long)]
+        expect: PathBuf,
+        /// Write the golden files from this run instead of comparing.
+        #[arg(long)]
+        update: bool,
+        /// The plugin's settings, as a JSON object.
+        #[arg(long)]
+        settings: Option<String>,
+        /// `eager` (every event makes views) or `lazy` (the plugin's own
+        /// way: views only from snapshots).
+        #[arg(long, default_value = "eager")]
+        population: String,
+        /// Read time to render at (default: the last event's time).
+        #[arg(long)]
+        at_ms: Option<i64>,
+    },
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         #[arg(long)]
@@ -296,6 +322,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api,
             };
             return cli::verify::run(&config, args);
+        }
+        Command::Test {
+            wasm,
+            events,
+            expect,
+            update,
+            settings,
+            population,
+            at_ms,
+        } => {
+            let args = cli::test_plugin::Args {
+                wasm,
+                events,
+                expect,
+                update,
+                settings,
+                population,
+                at_ms,
+            };
+            cli::test_plugin::check(&args)?;
+            return cli::test_plugin::run(args);
         }
         Command::DeadLetters { plugin, limit, api } => {
             cli::dead_letters::run(&config, plugin.as_deref(), limit, api)?

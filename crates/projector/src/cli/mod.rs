@@ -9,6 +9,7 @@ pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod signals;
 pub(crate) mod status;
+pub(crate) mod test_plugin;
 pub(crate) mod verify;
 pub(crate) mod view;
 
