@@ -673,3 +673,74 @@ fn projector_test_compares_every_view_with_its_golden_file() {
     let err = stderr(&test(&[]));
     assert!(err.contains("u2:s1: a view with no golden file"), "{err}");
 }
+
+/// `projector new`: the project it makes builds, passes `projector test`
+/// against its own golden views, and passes its native test.
+#[test]
+fn projector_new_makes_a_plugin_that_builds_and_passes_projector_test() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("counter-plugin");
+    let made = Command::new(projector_bin())
+        .args(["new", "counter-plugin", "--dir"])
+        .arg(&project)
+        .output()
+        .expect("projector new");
+    assert!(made.status.success(), "{}", stderr(&made));
+    for file in [
+        "Cargo.toml",
+        "src/lib.rs",
+        "tests/harness.rs",
+        "README.md",
+        "events.ndjson",
+        "golden/a.json",
+    ] {
+        assert!(project.join(file).exists(), "{file}");
+    }
+    // Its own build directory, under the repository's target/ (a cargo
+    // running these tests holds the main one).
+    let target = projector_tests::root().join("target/scaffold");
+    let cargo = |args: &[&str]| {
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(&project)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("cargo")
+    };
+    let built = cargo(&[
+        "build",
+        "--quiet",
+        "--target",
+        "wasm32-wasip2",
+        "--profile",
+        "plugin",
+    ]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let tested = Command::new(projector_bin())
+        .arg("test")
+        .arg(target.join("wasm32-wasip2/plugin/counter_plugin.wasm"))
+        .arg("--events")
+        .arg(project.join("events.ndjson"))
+        .arg("--expect")
+        .arg(project.join("golden"))
+        .output()
+        .expect("projector test");
+    assert!(tested.status.success(), "{}", stderr(&tested));
+    assert!(String::from_utf8_lossy(&tested.stdout).contains("3 views, 3 golden, 0 differ"));
+    let native = cargo(&["test", "--quiet"]);
+    assert!(native.status.success(), "{}", stderr(&native));
+
+    // Not twice into the same place, and not in another language yet.
+    let again = Command::new(projector_bin())
+        .args(["new", "counter-plugin", "--dir"])
+        .arg(&project)
+        .output()
+        .expect("projector new");
+    assert!(stderr(&again).contains("not empty"), "{}", stderr(&again));
+    let ts = Command::new(projector_bin())
+        .args(["new", "x", "--lang", "ts", "--dir"])
+        .arg(dir.path().join("x"))
+        .output()
+        .expect("projector new");
+    assert!(stderr(&ts).contains("only rust"), "{}", stderr(&ts));
+}

@@ -160,6 +160,20 @@ enum Command {
         #[arg(long)]
         at_ms: Option<i64>,
     },
+    /// Make a plugin project to start from: a counting plugin, sample
+    /// events, golden views, a native test and a README.
+    New {
+        name: String,
+        /// The plugin's language (rust).
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The plugin SDK (default: guest-sdk/ of the checkout this projector was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         #[arg(long)]
@@ -344,6 +358,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::test_plugin::check(&args)?;
             return cli::test_plugin::run(args);
         }
+        Command::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => cli::new::run(cli::new::Args {
+            name,
+            lang,
+            dir,
+            sdk,
+        })?,
         Command::DeadLetters { plugin, limit, api } => {
             cli::dead_letters::run(&config, plugin.as_deref(), limit, api)?
         }

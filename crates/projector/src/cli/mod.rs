@@ -3,6 +3,7 @@
 pub(crate) mod backfill;
 pub(crate) mod dead_letters;
 pub(crate) mod kafka_dev;
+pub(crate) mod new;
 pub(crate) mod plugin;
 pub(crate) mod recollect;
 pub(crate) mod replay;

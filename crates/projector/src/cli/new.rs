@@ -1,0 +1,106 @@
+//! `projector new NAME`: a plugin project to start from. A Cargo crate
+//! with a plugin that counts each key's events, sample events, golden
+//! views that `projector test` passes out of the box, a native test and a
+//! README that says how to build, test, deploy in shadow mode and promote.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+/// What to make, and where.
+pub(crate) struct Args {
+    pub(crate) name: String,
+    pub(crate) lang: String,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) sdk: Option<PathBuf>,
+}
+
+/// The SDK beside this build of projector (a checkout), if there is one.
+fn sdk_here() -> Option<PathBuf> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-sdk");
+    sdk.join("Cargo.toml")
+        .exists()
+        .then(|| sdk.canonicalize().ok())
+        .flatten()
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.lang != "rust" {
+        bail!(
+            "--lang {}: only rust plugins can be made yet (the TypeScript SDK is not built)",
+            args.lang
+        );
+    }
+    let ok = !args.name.is_empty()
+        && args.name.len() <= 64
+        && args.name.starts_with(|c: char| c.is_ascii_lowercase())
+        && args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        bail!(
+            "{:?}: a plugin's name is 1 to 64 lower-case letters, digits and '-', starting with a letter",
+            args.name
+        );
+    }
+    let sdk = match args.sdk.or_else(sdk_here) {
+        Some(sdk) => sdk
+            .canonicalize()
+            .with_context(|| format!("--sdk {}", sdk.display()))?,
+        None => {
+            bail!("where is the plugin SDK (guest-sdk/ of a projector checkout)? Pass --sdk PATH")
+        }
+    };
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("{}: not empty; choose another --dir", dir.display());
+    }
+    let krate = args.name.replace('-', "_");
+    let ty: String = args
+        .name
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{crate}}", &krate)
+            .replace("{{type}}", &ty)
+            .replace("{{sdk}}", &sdk.display().to_string())
+    };
+    let files = [
+        ("Cargo.toml", include_str!("new/Cargo.toml.tmpl")),
+        ("src/lib.rs", include_str!("new/lib.rs.tmpl")),
+        ("tests/harness.rs", include_str!("new/harness.rs.tmpl")),
+        ("README.md", include_str!("new/README.md.tmpl")),
+        ("events.ndjson", include_str!("new/events.ndjson.tmpl")),
+        // What the sample events make: a counts 3, b 2, c 1.
+        ("golden/a.json", "{\n  \"count\": 3\n}\n"),
+        ("golden/b.json", "{\n  \"count\": 2\n}\n"),
+        ("golden/c.json", "{\n  \"count\": 1\n}\n"),
+        (".gitignore", "/target\n"),
+    ];
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, fill(text)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    // The SDK's own lock file pins what it was tested with.
+    let lock = sdk.join("../Cargo.lock");
+    if lock.exists() {
+        std::fs::copy(&lock, dir.join("Cargo.lock"))?;
+    }
+    eprintln!(
+        "made {} in {}: see its README (cargo build --target wasm32-wasip2 --profile plugin, then projector test)",
+        args.name,
+        dir.display()
+    );
+    Ok(())
+}
