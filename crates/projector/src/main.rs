@@ -90,90 +90,17 @@ enum Command {
     },
     /// Store many keys' views from a plugin's source of truth, paced and
     /// resumable, in a running runtime; with a progress bar.
-    Backfill {
-        plugin: String,
-        /// The keys, one per line (`-` for stdin).
-        #[arg(long)]
-        keys: Option<PathBuf>,
-        /// Keys started per second, at most.
-        #[arg(long, default_value_t = 100.0)]
-        rate: f64,
-        /// Keys in flight at once, at most.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Follow the plugin's backfill already under way.
-        #[arg(long)]
-        follow: bool,
-        /// Stop the plugin's backfill and forget its keys.
-        #[arg(long)]
-        cancel: bool,
-        /// The runtime's API (default: `http.listen` of the config).
-        #[arg(long)]
-        api: Option<String>,
-    },
+    Backfill(cli::backfill::Args),
     /// Compare stored views with the source of truth (a sample, or the
     /// keys given) in a running runtime; exits 1 unless all are equal.
-    Verify {
-        plugin: String,
-        /// Stored keys to check, spread over the key space.
-        #[arg(long, default_value_t = 1000)]
-        sample: usize,
-        /// Check these keys instead, one per line (`-` for stdin).
-        #[arg(long)]
-        keys: Option<PathBuf>,
-        /// Mark mismatched views Invalid, for the next read or a backfill to heal.
-        #[arg(long)]
-        repair: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Source requests in flight at once.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// The runtime's API (default: `http.listen` of the config).
-        #[arg(long)]
-        api: Option<String>,
-    },
+    Verify(cli::verify::Args),
     /// Run a plugin over an NDJSON events file under the real host and
     /// compare every view with its golden file (`DIR/<key>.json`); twice,
     /// to check it is deterministic. Exits 1 on any difference.
-    Test {
-        /// The plugin's `.wasm`.
-        wasm: PathBuf,
-        /// The events, NDJSON.
-        #[arg(long)]
-        events: PathBuf,
-        /// The golden views, one `<key>.json` each.
-        #[arg(long)]
-        expect: PathBuf,
-        /// Write the golden files from this run instead of comparing.
-        #[arg(long)]
-        update: bool,
-        /// The plugin's settings, as a JSON object.
-        #[arg(long)]
-        settings: Option<String>,
-        /// `eager` (every event makes views) or `lazy` (the plugin's own
-        /// way: views only from snapshots).
-        #[arg(long, default_value = "eager")]
-        population: String,
-        /// Read time to render at (default: the last event's time).
-        #[arg(long)]
-        at_ms: Option<i64>,
-    },
+    Test(cli::test_plugin::Args),
     /// Make a plugin project to start from: a counting plugin, sample
     /// events, golden views, a native test and a README.
-    New {
-        name: String,
-        /// The plugin's language (rust).
-        #[arg(long, default_value = "rust")]
-        lang: String,
-        /// Where (default: ./NAME).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// The plugin SDK (default: guest-sdk/ of the checkout this projector was built from).
-        #[arg(long)]
-        sdk: Option<PathBuf>,
-    },
+    New(cli::new::Args),
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         #[arg(long)]
@@ -297,78 +224,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             group,
             brokers,
         } => cli::kafka_dev::run(&topics, &group, brokers)?,
-        Command::Backfill {
-            plugin,
-            keys,
-            rate,
-            concurrency,
-            follow,
-            cancel,
-            api,
-        } => {
-            let args = cli::backfill::Args {
-                plugin,
-                keys,
-                rate,
-                concurrency,
-                follow,
-                cancel,
-                api,
-            };
-            return cli::backfill::run(&config, args);
-        }
-        Command::Verify {
-            plugin,
-            sample,
-            keys,
-            repair,
-            json,
-            concurrency,
-            api,
-        } => {
-            let args = cli::verify::Args {
-                plugin,
-                sample,
-                keys,
-                repair,
-                json,
-                concurrency,
-                api,
-            };
-            return cli::verify::run(&config, args);
-        }
-        Command::Test {
-            wasm,
-            events,
-            expect,
-            update,
-            settings,
-            population,
-            at_ms,
-        } => {
-            let args = cli::test_plugin::Args {
-                wasm,
-                events,
-                expect,
-                update,
-                settings,
-                population,
-                at_ms,
-            };
+        Command::Backfill(args) => return cli::backfill::run(&config, args),
+        Command::Verify(args) => return cli::verify::run(&config, args),
+        Command::Test(args) => {
             cli::test_plugin::check(&args)?;
             return cli::test_plugin::run(args);
         }
-        Command::New {
-            name,
-            lang,
-            dir,
-            sdk,
-        } => cli::new::run(cli::new::Args {
-            name,
-            lang,
-            dir,
-            sdk,
-        })?,
+        Command::New(args) => cli::new::run(args)?,
         Command::DeadLetters { plugin, limit, api } => {
             cli::dead_letters::run(&config, plugin.as_deref(), limit, api)?
         }

@@ -7,10 +7,17 @@ use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 
 /// What to make, and where.
+#[derive(clap::Args)]
 pub(crate) struct Args {
     pub(crate) name: String,
+    /// The plugin's language (rust).
+    #[arg(long, default_value = "rust")]
     pub(crate) lang: String,
+    /// Where (default: ./NAME).
+    #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
+    /// The plugin SDK (default: guest-sdk/ of the checkout this projector was built from).
+    #[arg(long)]
     pub(crate) sdk: Option<PathBuf>,
 }
 

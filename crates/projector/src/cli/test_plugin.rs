@@ -15,13 +15,28 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// What to test.
+#[derive(clap::Args)]
 pub(crate) struct Args {
+    /// The plugin's `.wasm`.
     pub(crate) wasm: PathBuf,
+    /// The events, NDJSON.
+    #[arg(long)]
     pub(crate) events: PathBuf,
+    /// The golden views, one `<key>.json` each.
+    #[arg(long)]
     pub(crate) expect: PathBuf,
+    /// Write the golden files from this run instead of comparing.
+    #[arg(long)]
     pub(crate) update: bool,
+    /// The plugin's settings, as a JSON object.
+    #[arg(long)]
     pub(crate) settings: Option<String>,
+    /// `eager` (every event makes views) or `lazy` (the plugin's own
+    /// way: views only from snapshots).
+    #[arg(long, default_value = "eager")]
     pub(crate) population: String,
+    /// Read time to render at (default: the last event's time).
+    #[arg(long)]
     pub(crate) at_ms: Option<i64>,
 }
 
