@@ -402,6 +402,11 @@ pub fn spawn_run(config: &Path) -> (std::process::Child, String) {
     (child, url)
 }
 
+/// A command's stderr, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// The HTTP method an OpenAPI operation names (`get`, `post`...), if one.
 pub fn http_method(name: &str) -> Option<reqwest::Method> {
     Some(match name {
