@@ -402,6 +402,18 @@ pub fn spawn_run(config: &Path) -> (std::process::Child, String) {
     (child, url)
 }
 
+/// Wait until `done` holds, for at most `within`; panics naming `what`.
+pub fn eventually(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A command's stderr, as text.
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

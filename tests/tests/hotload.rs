@@ -7,17 +7,13 @@
 use projector_tests::hostile::{applied, count, event};
 use projector_tests::{plugin_wasm, Served};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const KEYS: u64 = 500;
 
 /// Wait (60 s at most) until `done` holds.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, done: impl FnMut() -> bool) {
+    projector_tests::eventually(what, Duration::from_secs(60), done);
 }
 
 fn deploy(s: &Served, name: &str) -> serde_json::Value {

@@ -20,12 +20,8 @@ fn sent(id: u64, conv: &str, sender: &str, to: &str, time_ms: i64) -> String {
 }
 
 /// Wait (30 s at most) until `done` holds.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, done: impl FnMut() -> bool) {
+    projector_tests::eventually(what, Duration::from_secs(30), done);
 }
 
 #[test]
