@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the wasm32-wasip2
-# target if missing, builds the plugin components, then runs every test.
+# target and the browser test's Chromium if missing, builds the plugin
+# components, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/browser-deps.sh
 ./scripts/build-plugins.sh
 cargo build --quiet -p projector --bins
 log=$(mktemp)

@@ -508,7 +508,8 @@ fn health_metrics_and_the_openapi_document_are_served() {
     for (path, ops) in file["paths"].as_object().expect("paths") {
         let concrete = path
             .replace("{plugin}", PLUGIN)
-            .replace("{key}", "alice:s1");
+            .replace("{key}", "alice:s1")
+            .replace("{file}", "app.js");
         for method in ops.as_object().expect("ops").keys() {
             let Some(method) = projector_tests::http_method(method) else {
                 continue;

@@ -59,9 +59,16 @@ pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
 }
 
+/// A plugin's deliveries since start, by outcome.
+pub(crate) fn events_json(p: &projector_core::engine::Projection) -> Value {
+    let c = p.counters();
+    json!({"received": c.received, "applied": c.applied, "skipped": c.skipped,
+           "invalidated": c.invalidated, "dead_lettered": c.dead_lettered})
+}
+
 /// A plugin's breaker: its state, why and since when it is paused, when
 /// the next probe is, and how often it opened.
-fn breaker_json(p: &projector_core::engine::Projection) -> Value {
+pub(crate) fn breaker_json(p: &projector_core::engine::Projection) -> Value {
     use projector_core::breaker::BreakerState;
     let state = p.breaker();
     let mut out = json!({"state": state.name(), "opened": p.breaker_opened()});
@@ -87,14 +94,12 @@ pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value
         .projections()
         .iter()
         .map(|p| {
-            let c = p.counters();
             let own = s.plugin(p.name()).ok();
             json!({
                 "plugin": p.name(), "id": p.code().id(), "version": p.code().info().version,
                 "population": format!("{:?}", p.population()).to_lowercase(),
                 "source_of_truth": own.is_some_and(|o| o.source.is_some()),
-                "events": {"received": c.received, "applied": c.applied, "skipped": c.skipped,
-                           "invalidated": c.invalidated, "dead_lettered": c.dead_lettered},
+                "events": events_json(p),
                 "breaker": breaker_json(p),
                 "ttl_ms": p.ttl_ms(),
                 "expired": {"swept": p.expired_swept(), "reads": p.expired_reads()},

@@ -4,14 +4,14 @@
 //! Prometheus). Served at `GET /v1/admin/history`.
 
 use crate::error::{ApiResult, Query};
-use crate::metrics::ResultLabels;
+use crate::metrics::ReadCounts;
 use crate::state::ServeState;
 use axum::extract::State;
 use axum::Json;
 use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub(crate) const KEPT: usize = 900;
 const EVERY: Duration = Duration::from_secs(1);
 
 /// One plugin's numbers at one moment.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Sample {
     /// When, in ms since the epoch.
     at_ms: i64,
@@ -30,6 +30,8 @@ pub(crate) struct Sample {
     applied_per_s: f64,
     /// Records of the source not yet applied, over every partition.
     lag: u64,
+    /// The same, per partition (`source/partition`).
+    lags: BTreeMap<String, u64>,
     /// Hits over lookups since the previous sample (`None`: no lookup).
     hit_ratio: Option<f64>,
     /// Mismatches over comparisons since the previous sample (`None`: no comparison).
@@ -40,10 +42,7 @@ pub(crate) struct Sample {
 #[derive(Debug, Clone, Copy, Default)]
 struct Totals {
     applied: u64,
-    hits: u64,
-    lookups: u64,
-    mismatches: u64,
-    comparisons: u64,
+    reads: ReadCounts,
 }
 
 /// Every plugin's recent samples.
@@ -55,20 +54,6 @@ pub(crate) struct History {
 impl History {
     /// Take one sample of every plugin.
     fn sample(&self, s: &ServeState, at_ms: i64, seconds: f64) {
-        let feeds = s.feed.positions();
-        let count = |family: &prometheus_client::metrics::family::Family<
-            ResultLabels,
-            prometheus_client::metrics::counter::Counter,
-        >,
-                     plugin: &str,
-                     result: &str| {
-            family
-                .get(&ResultLabels {
-                    plugin: plugin.into(),
-                    result: result.into(),
-                })
-                .map_or(0, |c| c.get())
-        };
         let mut plugins = self.plugins.lock().recover();
         let loaded: Vec<String> = s.plugin_names();
         plugins.retain(|name, _| loaded.contains(name));
@@ -76,45 +61,33 @@ impl History {
             let Ok(p) = s.engine.projection(&name) else {
                 continue;
             };
-            let m = &s.metrics;
             let now = Totals {
                 applied: p.counters().applied,
-                hits: count(&m.lookups, &name, "hit"),
-                lookups: ["hit", "absent", "invalid"]
-                    .iter()
-                    .map(|r| count(&m.lookups, &name, r))
-                    .sum(),
-                mismatches: count(&m.comparisons, &name, "mismatch"),
-                comparisons: ["equal", "mismatch"]
-                    .iter()
-                    .map(|r| count(&m.comparisons, &name, r))
-                    .sum(),
+                reads: s.metrics.read_counts(&name),
             };
-            let lag = feeds
-                .iter()
-                .flat_map(|(source, ends)| {
-                    ends.iter()
-                        .map(move |&(partition, end)| (source, partition, end))
-                })
-                .map(|(source, partition, end)| {
-                    end.saturating_sub(s.engine.applied(&name, source, partition).unwrap_or(0))
-                })
-                .sum();
+            let lags: BTreeMap<String, u64> = s
+                .feed
+                .lags(&s.engine, &name)
+                .into_iter()
+                .map(|l| (format!("{}/{}", l.source, l.partition), l.lag))
+                .collect();
             let (before, samples) = plugins
                 .entry(name)
                 .or_insert_with(|| (now, VecDeque::new()));
             let ratio = |part: u64, all: u64| (all > 0).then(|| part as f64 / all as f64);
+            let (r, b) = (&now.reads, &before.reads);
             let sample = Sample {
                 at_ms,
                 applied_per_s: now.applied.saturating_sub(before.applied) as f64 / seconds,
-                lag,
+                lag: lags.values().sum(),
+                lags,
                 hit_ratio: ratio(
-                    now.hits.saturating_sub(before.hits),
-                    now.lookups.saturating_sub(before.lookups),
+                    r.hits.saturating_sub(b.hits),
+                    r.lookups.saturating_sub(b.lookups),
                 ),
                 mismatch_ratio: ratio(
-                    now.mismatches.saturating_sub(before.mismatches),
-                    now.comparisons.saturating_sub(before.comparisons),
+                    r.mismatches.saturating_sub(b.mismatches),
+                    r.comparisons.saturating_sub(b.comparisons),
                 ),
             };
             if samples.len() == KEPT {
@@ -126,14 +99,17 @@ impl History {
     }
 
     /// The samples of `plugin` (every plugin's with `None`), oldest first.
-    fn json(&self, plugin: Option<&str>) -> Value {
+    /// Only samples taken after `since_ms`, if given.
+    fn json(&self, plugin: Option<&str>, since_ms: Option<i64>) -> Value {
         let plugins = self.plugins.lock().recover();
         let mut out = serde_json::Map::new();
         for (name, (_, samples)) in plugins.iter() {
             if plugin.is_some_and(|p| p != name) {
                 continue;
             }
-            out.insert(name.clone(), json!(samples.iter().collect::<Vec<_>>()));
+            let after = since_ms.unwrap_or(i64::MIN);
+            let newer: Vec<&Sample> = samples.iter().filter(|s| s.at_ms > after).collect();
+            out.insert(name.clone(), json!(newer));
         }
         json!({"every_ms": EVERY.as_millis() as u64, "plugins": out})
     }
@@ -160,6 +136,9 @@ pub(crate) fn start(s: &Arc<ServeState>) {
 pub(crate) struct HistoryParams {
     /// Only this plugin's samples.
     plugin: Option<String>,
+    /// Only samples taken after this time (ms since the epoch): what a
+    /// console polling the route has not seen yet.
+    since_ms: Option<i64>,
 }
 
 /// `GET /v1/admin/history`.
@@ -170,5 +149,7 @@ pub(crate) async fn history(
     if let Some(p) = &params.plugin {
         s.plugin(p)?;
     }
-    Ok(Json(s.history.json(params.plugin.as_deref())))
+    Ok(Json(
+        s.history.json(params.plugin.as_deref(), params.since_ms),
+    ))
 }

@@ -13,7 +13,9 @@
 //! reads), `ingest`, `admin` (deploys, shadow, rollout, mismatches),
 //! `audit` (which version applied which offsets), `verify` (views against
 //! the source of truth), `backfill` (views from it, paced and resumable),
-//! `health` (health, readiness, metrics, plugin list), `shed` (overload:
+//! `health` (health, readiness, metrics, plugin list), `history` and
+//! `overview` (operator numbers), `console` (the operator console's page),
+//! `auth` (tokens), `shed` (overload:
 //! 503 past `max_in_flight`), [`error`],
 //! [`metrics`], [`rollout`], [`token`], [`truth`] (the source of truth),
 //! [`server`]. It sits above the deploys crate and below the binary.
@@ -24,11 +26,13 @@ mod admin;
 mod audit;
 mod auth;
 mod backfill;
+mod console;
 pub mod error;
 mod health;
 mod history;
 mod ingest;
 pub mod metrics;
+mod overview;
 mod read;
 pub mod rollout;
 pub mod server;
@@ -108,6 +112,9 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics_text))
         .route("/openapi.json", get(health::openapi))
+        .route("/console", get(console::page))
+        .route("/console/", get(console::slash))
+        .route("/console/assets/{*file}", get(console::file))
         .route("/v1/plugins", get(health::list_plugins))
         .route("/v1/views/{plugin}/{key}", get(read::read_view))
         .route(
@@ -124,6 +131,7 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         .route("/v1/admin/mismatches/{plugin}", get(admin::mismatches))
         .route("/v1/admin/dead-letters", get(admin::dead_letters))
         .route("/v1/admin/history", get(history::history))
+        .route("/v1/admin/overview", get(overview::overview))
         .route(
             "/v1/admin/plugins/{plugin}/views/{key}",
             get(admin::stored_view),

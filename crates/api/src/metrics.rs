@@ -311,19 +311,83 @@ impl Metrics {
     }
 }
 
-/// Hits over lookups of `plugin` so far (`None` before the first lookup).
-fn hit_ratio(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> Option<f64> {
-    let count = |result: &str| {
-        lookups
-            .get(&ResultLabels {
+/// What the reads of one plugin found, counted since start.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(crate) struct ReadCounts {
+    /// Reads that consulted the projection.
+    pub(crate) lookups: u64,
+    /// Of those, reads that found a Valid view.
+    pub(crate) hits: u64,
+    /// Reads served by the source of truth instead.
+    pub(crate) fallbacks: u64,
+    /// Reads compared with the source of truth.
+    pub(crate) comparisons: u64,
+    /// Of those, reads whose answers differed.
+    pub(crate) mismatches: u64,
+}
+
+impl ReadCounts {
+    /// Hits over lookups (`None` before the first lookup).
+    pub(crate) fn hit_ratio(&self) -> Option<f64> {
+        (self.lookups > 0).then(|| self.hits as f64 / self.lookups as f64)
+    }
+}
+
+fn count<L>(family: &Family<L, Counter>, labels: &L) -> u64
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    family.get(labels).map_or(0, |c| c.get())
+}
+
+impl Metrics {
+    /// The read counters of `plugin`, as `/metrics` shows them.
+    pub(crate) fn read_counts(&self, plugin: &str) -> ReadCounts {
+        read_counts(&self.lookups, &self.comparisons, &self.fallbacks, plugin)
+    }
+}
+
+fn read_counts(
+    lookups: &Family<ResultLabels, Counter>,
+    comparisons: &Family<ResultLabels, Counter>,
+    fallbacks: &Family<ReasonLabels, Counter>,
+    plugin: &str,
+) -> ReadCounts {
+    let reason = |reason: &str| {
+        count(
+            fallbacks,
+            &ReasonLabels {
                 plugin: plugin.into(),
-                result: result.into(),
-            })
-            .map_or(0, |c| c.get())
+                reason: reason.into(),
+            },
+        )
     };
-    let hits = count("hit");
-    let all = hits + count("absent") + count("invalid");
-    (all > 0).then(|| hits as f64 / all as f64)
+    let (hits, all) = lookup_counts(lookups, plugin);
+    let mismatches = by_result(comparisons, plugin, "mismatch");
+    ReadCounts {
+        lookups: all,
+        hits,
+        fallbacks: reason("absent") + reason("invalid"),
+        comparisons: mismatches + by_result(comparisons, plugin, "equal"),
+        mismatches,
+    }
+}
+
+fn by_result(family: &Family<ResultLabels, Counter>, plugin: &str, result: &str) -> u64 {
+    count(
+        family,
+        &ResultLabels {
+            plugin: plugin.into(),
+            result: result.into(),
+        },
+    )
+}
+
+/// Hits and lookups of `plugin` so far.
+fn lookup_counts(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> (u64, u64) {
+    let hits = by_result(lookups, plugin, "hit");
+    let all = hits + by_result(lookups, plugin, "absent") + by_result(lookups, plugin, "invalid");
+    (hits, all)
 }
 
 /// One sample per plugin of the family `name`: `value` of each, as a
@@ -472,7 +536,8 @@ impl Collector for EngineCollector {
                 MetricType::Gauge,
             )?;
             for p in &projections {
-                if let Some(ratio) = hit_ratio(&self.lookups, p.name()) {
+                let (hits, lookups) = lookup_counts(&self.lookups, p.name());
+                if let Some(ratio) = (lookups > 0).then(|| hits as f64 / lookups as f64) {
                     let labels = PluginLabel {
                         plugin: p.name().into(),
                     };
@@ -480,8 +545,7 @@ impl Collector for EngineCollector {
                 }
             }
         }
-        let feeds = self.feed.positions();
-        if !feeds.is_empty() {
+        if !self.feed.positions().is_empty() {
             let mut family = encoder.encode_descriptor(
                 "projector_lag_records",
                 "Records in the source not yet applied by the plugin",
@@ -489,20 +553,13 @@ impl Collector for EngineCollector {
                 MetricType::Gauge,
             )?;
             for p in &projections {
-                for (source, ends) in &feeds {
-                    for &(partition, end) in ends {
-                        let applied = self
-                            .engine
-                            .applied(p.name(), source, partition)
-                            .unwrap_or(0);
-                        let labels = LagLabels {
-                            plugin: p.name().into(),
-                            source: source.clone(),
-                            partition: partition.to_string(),
-                        };
-                        ConstGauge::new(end.saturating_sub(applied) as i64)
-                            .encode(family.encode_family(&labels)?)?;
-                    }
+                for lag in self.feed.lags(&self.engine, p.name()) {
+                    let labels = LagLabels {
+                        plugin: p.name().into(),
+                        source: lag.source,
+                        partition: lag.partition.to_string(),
+                    };
+                    ConstGauge::new(lag.lag as i64).encode(family.encode_family(&labels)?)?;
                 }
             }
         }

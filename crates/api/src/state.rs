@@ -98,6 +98,19 @@ impl PluginServe {
     }
 }
 
+/// One partition's lag for one plugin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Lag {
+    pub(crate) source: String,
+    pub(crate) partition: u32,
+    /// The partition's end offset.
+    pub(crate) end: u64,
+    /// Offsets the plugin has applied.
+    pub(crate) applied: u64,
+    /// Records not yet applied.
+    pub(crate) lag: u64,
+}
+
 /// What the views follow: the source (positions for staleness, lag and
 /// tokens; its own metrics), and the embedded log when events can be
 /// ingested through the API.
@@ -133,6 +146,26 @@ impl Feed {
             .as_ref()
             .map(|s| s.positions())
             .unwrap_or_default()
+    }
+
+    /// Per partition of every source followed: how far `plugin` has
+    /// applied it and how many records it has left (`/metrics`' lag, the
+    /// history's and the console's).
+    pub(crate) fn lags(&self, engine: &Engine, plugin: &str) -> Vec<Lag> {
+        let mut out = Vec::new();
+        for (source, ends) in self.positions() {
+            for (partition, end) in ends {
+                let applied = engine.applied(plugin, &source, partition).unwrap_or(0);
+                out.push(Lag {
+                    source: source.clone(),
+                    partition,
+                    end,
+                    applied,
+                    lag: end.saturating_sub(applied),
+                });
+            }
+        }
+        out
     }
 
     /// The source's own metrics.

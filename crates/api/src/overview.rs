@@ -1,0 +1,78 @@
+//! `GET /v1/admin/overview`: every plugin's numbers now, in one answer
+//! (what the console's overview shows): the version serving and how it
+//! was deployed, population, deliveries, lag per partition, reads, the
+//! breaker, and any shadow generation or build under way. The counters are
+//! the ones `/metrics` exports.
+
+use crate::error::ApiResult;
+use crate::health::{breaker_json, events_json};
+use crate::state::ServeState;
+use axum::extract::State;
+use axum::Json;
+use projector_host::sync::Recover;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub(crate) async fn overview(State(s): State<Arc<ServeState>>) -> ApiResult<Json<Value>> {
+    let s2 = s.clone();
+    // The registry reads the store: off the async workers.
+    let registry = tokio::task::spawn_blocking(move || {
+        s2.deployer
+            .as_ref()
+            .map(|d| d.list())
+            .transpose()
+            .map(Option::unwrap_or_default)
+    })
+    .await
+    .map_err(crate::ApiError::internal)??;
+    let plugins: Vec<Value> = s
+        .engine
+        .projections()
+        .iter()
+        .map(|p| {
+            let name = p.name();
+            let reads = s.metrics.read_counts(name);
+            let entry = registry.iter().find(|(n, _)| n == name).map(|(_, e)| e);
+            // The version serving, as the registry recorded its deploy.
+            let deployed = entry.and_then(|e| {
+                e.versions
+                    .iter()
+                    .rev()
+                    .find(|v| v.id == p.code().id())
+                    .map(|v| json!({"deployed_ms": v.deployed_ms, "from": v.from}))
+            });
+            let (shadow, adding) = match &s.deployer {
+                Some(d) => (d.shadow(name), d.adding(name)),
+                None => (None, None),
+            };
+            let rollout = s
+                .plugin(name)
+                .ok()
+                .map(|own| json!(**own.rollout.read().recover()));
+            json!({
+                "plugin": name,
+                "id": p.code().id(),
+                "version": p.code().info().version,
+                "deployed": deployed,
+                "versions": entry.map_or(0, |e| e.versions.len()),
+                "population": format!("{:?}", p.population()).to_lowercase(),
+                "ttl_ms": p.ttl_ms(),
+                "events": events_json(p),
+                "retried": p.retried(),
+                "reads": reads,
+                "hit_ratio": reads.hit_ratio(),
+                "lag": s.feed.lags(&s.engine, name),
+                "breaker": breaker_json(p),
+                "rollout": rollout,
+                "shadow": shadow,
+                "adding": adding,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "at_ms": projector_core::now_ms(),
+        "ready": s.ready.load(std::sync::atomic::Ordering::Relaxed),
+        "retry_queue": s.engine.store().retry_count(),
+        "plugins": plugins,
+    })))
+}

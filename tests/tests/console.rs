@@ -1,0 +1,377 @@
+//! The operator console in headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, which `./scripts/test.sh` installs), driving a
+//! running `projector run`: refused without the token; signed in, it
+//! shows the plugins with the numbers `/metrics` shows, deploys a v2 in
+//! shadow mode, watches it reach `following`, compares (a mismatch side
+//! by side), promotes and rolls back. Screenshots go to
+//! `target/console-screenshots/` for review.
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use projector_tests::hostile::event;
+use projector_tests::{plugin_wasm, plugins_dir, root, spawn_run, InboxShape};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "console-test-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `chromedriver` on a free loopback port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn driver() -> Option<Driver> {
+    let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let Some(chromedriver) = chromedriver else {
+        assert!(
+            std::env::var_os("PROJECTOR_SKIP_BROWSER").is_some(),
+            "chromedriver is missing: install Debian's chromium and chromium-driver \
+             (./scripts/test.sh does), or set PROJECTOR_SKIP_BROWSER=1 to skip this test"
+        );
+        eprintln!("PROJECTOR_SKIP_BROWSER is set and chromedriver is missing: skipped");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Driver { child, url })
+}
+
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            // Only loopback is reachable here: no background networking.
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-quic", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                     format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let dir = root().join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
+}
+
+async fn click(c: &Client, css: &str) {
+    wait_for(c, css).await.click().await.expect(css);
+}
+
+/// Click an action, then its confirmation.
+async fn confirmed(c: &Client, css: &str) {
+    click(c, css).await;
+    click(c, "#confirm-yes").await;
+}
+
+/// Wait until `check` gives `Some`, polling the page.
+async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn text(c: &Client, css: &str) -> Option<String> {
+    let e = c.find(Locator::Css(css)).await.ok()?;
+    e.text().await.ok()
+}
+
+/// A number as the console writes it (`12,345`).
+fn number(shown: &str) -> Option<u64> {
+    shown.replace(',', "").trim().parse().ok()
+}
+
+/// `name{labels} value` from `/metrics`.
+fn metric(text: &str, name: &str, labels: &str) -> Option<u64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap_or_default();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn serving(&self, plugin: &str) -> String {
+        let (_, list) = self.admin(reqwest::Method::GET, "/v1/plugins", None).await;
+        list["plugins"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["plugin"] == plugin))
+            .and_then(|p| p["id"].as_str())
+            .expect("plugin listed")
+            .to_string()
+    }
+}
+
+#[test]
+fn the_console_signs_in_shows_the_numbers_and_deploys_compares_promotes_and_rolls_back() {
+    let Some(driver) = driver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = plugins_dir(dir.path(), &["inbox-unread", "subscriptions", "hostile"]);
+    let config = dir.path().join("projector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nplugins_dir = {:?}\n[log]\npartitions = 4\n\
+             [engine]\ncommit_interval_ms = 50\n[http]\nadmin_token = {TOKEN:?}\n\
+             [plugins.inbox-unread]\npopulation = \"eager\"\n",
+            dir.path().join("data"),
+            plugins
+        ),
+    )
+    .expect("config");
+    let (mut run, base) = spawn_run(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let profile = dir.path().join("chromium");
+    let outcome = runtime.block_on(async {
+        let api = Api {
+            base: base.clone(),
+            http: reqwest::Client::new(),
+        };
+        // Traffic for both kinds of plugin: inbox events and counted keys.
+        let mut events = projector_tests::inbox_events(InboxShape {
+            sites: 20,
+            users: 200,
+            events: 3_000,
+            seed: 3,
+        });
+        events.extend((0..2_000).map(event));
+        for chunk in events.chunks(500) {
+            let r = api
+                .http
+                .post(format!("{base}/v1/events"))
+                .body(chunk.join("\n"))
+                .send()
+                .await
+                .expect("ingest");
+            assert!(r.status().is_success(), "ingest: {}", r.status());
+        }
+        let c = browser(&driver, &profile).await;
+        let result = flow(&c, &api, &base).await;
+        let _ = c.close().await;
+        result
+    });
+    let _ = run.kill();
+    let _ = run.wait();
+    outcome.expect("the console flow");
+}
+
+async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
+    // Without the token: the sign-in form, a wrong token refused, and the
+    // page's own calls refused too.
+    c.goto(&format!("{base}/console"))
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(c, "#token").await;
+    screenshot(c, "1-sign-in").await;
+    wait_for(c, "#token")
+        .await
+        .send_keys("wrong")
+        .await
+        .map_err(|e| e.to_string())?;
+    click(c, "#sign-in").await;
+    let refused = wait_for(c, "#login-error")
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(refused.contains("not the admin token"), "{refused}");
+    c.goto(&format!("{base}/console#/plugin/hostile"))
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(c, "#token").await;
+    assert!(
+        c.find(Locator::Css("#deploy-go")).await.is_err(),
+        "no deploy form before sign-in"
+    );
+    let status = c
+        .execute(
+            "return fetch('/v1/admin/plugins/hostile/rollback', {method: 'POST'}).then(r => r.status)",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(status, json!(401), "an action without the token");
+
+    // Signed in: every plugin, with the numbers /metrics has.
+    let field = wait_for(c, "#token").await;
+    field.clear().await.map_err(|e| e.to_string())?;
+    field.send_keys(TOKEN).await.map_err(|e| e.to_string())?;
+    click(c, "#sign-in").await;
+    c.goto(&format!("{base}/console#/"))
+        .await
+        .map_err(|e| e.to_string())?;
+    for plugin in ["inbox-unread", "subscriptions", "hostile"] {
+        wait_for(c, &format!("tr[data-plugin='{plugin}']")).await;
+    }
+    for plugin in ["inbox-unread", "hostile"] {
+        until(
+            &format!("{plugin}'s applied count to match /metrics"),
+            async || {
+                let metrics = api
+                    .http
+                    .get(format!("{base}/metrics"))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                let want = metric(
+                    &metrics,
+                    "projector_events_total",
+                    &format!("plugin=\"{plugin}\",outcome=\"applied\""),
+                )?;
+                let shown = text(
+                    c,
+                    &format!("tr[data-plugin='{plugin}'] [data-metric='applied']"),
+                )
+                .await?;
+                (want > 0 && number(&shown) == Some(want)).then_some(())
+            },
+        )
+        .await;
+    }
+    // The charts have a few samples to draw.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    screenshot(c, "2-overview").await;
+
+    // A v2 in shadow mode, rebuilt from the log, to `following`.
+    let v1 = api.serving("hostile").await;
+    click(c, "tr[data-plugin='hostile'] a").await;
+    wait_for(c, "#plugin-name").await;
+    let v2 = plugin_wasm("hostile-v2");
+    wait_for(c, "#wasm-file")
+        .await
+        .send_keys(&v2.display().to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(c, "#deploy-method")
+        .await
+        .select_by_value("rebuild")
+        .await
+        .map_err(|e| e.to_string())?;
+    confirmed(c, "#deploy-go").await;
+    wait_for(c, "[data-shadow-phase='following']").await;
+    screenshot(c, "3-shadow-following").await;
+
+    // Compared: v2 renders another build, so every key differs, shown side by side.
+    click(c, "#compare").await;
+    let mismatched = until("a comparison", async || {
+        number(&text(c, "#comparison [data-metric='mismatched']").await?)
+    })
+    .await;
+    assert!(mismatched > 0, "the two versions render differently");
+    let left = text(c, "[data-side-by-side] [data-side='left'] .del").await;
+    let right = text(c, "[data-side-by-side] [data-side='right'] .add").await;
+    assert!(
+        left.as_deref().is_some_and(|l| l.contains("\"1\""))
+            && right.as_deref().is_some_and(|r| r.contains("\"2\"")),
+        "the differing lines marked on each side: {left:?} / {right:?}"
+    );
+    screenshot(c, "4-comparison").await;
+
+    // Promoted, then rolled back, each after a confirmation.
+    assert_eq!(
+        api.serving("hostile").await,
+        v1,
+        "v1 serves until the promotion"
+    );
+    confirmed(c, "#promote").await;
+    until("v2 to serve", async || {
+        let now = api.serving("hostile").await;
+        (now != v1).then_some(())
+    })
+    .await;
+    wait_for(c, "[role='status']").await;
+    screenshot(c, "5-promoted").await;
+    confirmed(c, "#rollback").await;
+    until("v1 to serve again", async || {
+        (api.serving("hostile").await == v1).then_some(())
+    })
+    .await;
+    click(c, "#tab-versions").await;
+    wait_for(c, "#versions table").await;
+    screenshot(c, "6-versions").await;
+
+    // Signed out, the console asks for the token again.
+    click(c, "#sign-out").await;
+    wait_for(c, "#token").await;
+    let (status, _) = api
+        .admin(reqwest::Method::GET, "/v1/admin/overview", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    Ok(())
+}
