@@ -366,6 +366,44 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
     wait_for(c, "#versions table").await;
     screenshot(c, "6-versions").await;
 
+    // The rollout editor saves rules the API then serves.
+    click(c, "#tab-rollout").await;
+    let editor = wait_for(c, "#rollout-text").await;
+    until("the rollout rules to load", async || {
+        let shown = editor.prop("value").await.ok()??;
+        shown.contains("default").then_some(())
+    })
+    .await;
+    editor.clear().await.map_err(|e| e.to_string())?;
+    editor
+        .send_keys(r#"{"default": "projection", "rules": [{"name": "beta", "users": ["ann"], "mode": "projection"}]}"#)
+        .await
+        .map_err(|e| e.to_string())?;
+    confirmed(c, "#rollout-save").await;
+    screenshot(c, "7-rollout").await;
+    let (_, rollout) = until("the rollout to be saved", async || {
+        let (status, r) = api
+            .admin(
+                reqwest::Method::GET,
+                "/v1/admin/rollout/hostile",
+                Some(TOKEN),
+            )
+            .await;
+        (r["from"] == "runtime").then_some((status, r))
+    })
+    .await;
+    assert_eq!(rollout["rollout"]["default"], "projection", "{rollout}");
+    assert_eq!(rollout["rollout"]["rules"][0]["name"], "beta", "{rollout}");
+    // The other tabs answer without an error.
+    for (tab, shown) in [("logs", "main"), ("dead", "main"), ("mismatches", "main")] {
+        click(c, &format!("#tab-{tab}")).await;
+        wait_for(c, shown).await;
+        assert!(
+            c.find(Locator::Css("main .error")).await.is_err(),
+            "the {tab} tab shows an error"
+        );
+    }
+
     // Signed out, the console asks for the token again.
     click(c, "#sign-out").await;
     wait_for(c, "#token").await;

@@ -372,7 +372,7 @@ function RolloutEditor({ plugin }) {
     run: () => api('DELETE', path).then((r) => { setText(JSON.stringify(r.rollout, null, 2)); setFrom(r.from); setMsg({ ok: 'Reset to the config.' }); }, (e) => setMsg({ error: e.message })),
   });
   return html`<div id="rollout">
-    <p class="note">Rules from the ${from || '…'}. Modes: projection, shadow, compare, source; rules match users, groups, percentages, and header or query attributes.</p>
+    <p class="note">Rules from the ${from || '…'}. Modes: source, projection, compare-return-source, compare-return-projection; rules match users, groups, percentages, and header or query attributes (see the README's rollout section).</p>
     <textarea id="rollout-text" class="mono" aria-label="rollout rules" value=${text ?? ''} onInput=${(e) => setText(e.target.value)}></textarea>
     <div class="row"><button id="rollout-save" class="primary" onClick=${save}>Save</button><button id="rollout-reset" class="danger" onClick=${reset}>Reset to the config</button></div>
     <${Confirm} ask=${ask} onDone=${() => setAsk(null)} /><${Message} msg=${msg} />
