@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the reference plugins as wasm32-wasip2 components into
-# target/plugins/<name>.wasm, and the test fixtures into
-# target/test-plugins/. Idempotent.
+# target/plugins/<name>.wasm, the test fixtures into target/test-plugins/,
+# and the TypeScript plugins into target/ts-plugins/. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -15,3 +15,11 @@ cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-v2.wasm
 cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features broken
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-broken.wasm
+# The TypeScript plugins: the SDK's npm packages from the lock file (once
+# per lock-file change), then each plugin bundled and componentized.
+./scripts/js-deps.sh
+mkdir -p target/ts-plugins
+if [ ! -s target/ts-plugins/inbox-unread-ts.wasm ] ||
+   [ -n "$(find guest-sdk/js guest-sdk/wit plugins/inbox-unread-ts package-lock.json -newer target/ts-plugins/inbox-unread-ts.wasm -not -path '*/node_modules/*' -print -quit)" ]; then
+  (cd plugins/inbox-unread-ts && npm run --silent build)
+fi

@@ -20,7 +20,7 @@ pub fn root() -> PathBuf {
 /// plugins) or `target/test-plugins/<name>.wasm` (fixtures).
 pub fn plugin_wasm(name: &str) -> PathBuf {
     let file = format!("{name}.wasm");
-    let found = ["target/plugins", "target/test-plugins"]
+    let found = ["target/plugins", "target/test-plugins", "target/ts-plugins"]
         .iter()
         .map(|d| root().join(d).join(&file))
         .find(|p| p.exists());

@@ -1,0 +1,106 @@
+//! The TypeScript port of inbox-unread (`plugins/inbox-unread-ts`, built
+//! with the JavaScript SDK) against the Rust plugin: the same stream, with
+//! events out of order, duplicates and malformed payloads, gives the same
+//! views, statuses and dead letters under the same host and limits.
+
+use projector_tests::{inbox_events, open_app, records, InboxShape};
+use std::collections::BTreeMap;
+
+const RUST: &str = "inbox-unread";
+const TS: &str = "inbox-unread-ts";
+
+/// The inbox stream, disturbed: some neighbours swapped (a newer event
+/// first: the older one then invalidates its views), some events sent
+/// twice (dismissed by version), and some payloads broken (dead letters).
+fn disturbed(events: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(events.len() + events.len() / 20);
+    let mut i = 0;
+    while i < events.len() {
+        if i % 97 == 13 && i + 1 < events.len() {
+            out.push(events[i + 1].clone());
+            out.push(events[i].clone());
+            i += 2;
+            continue;
+        }
+        out.push(events[i].clone());
+        if i % 31 == 7 {
+            out.push(events[i].clone());
+        }
+        if i % 211 == 5 {
+            let mut bad: serde_json::Value = serde_json::from_str(&events[i]).expect("event");
+            bad["id"] = format!("bad-{i}").into();
+            bad["payload"]["participants"] = "not a list".into();
+            bad["payload"]["user_id"] = 7.into();
+            out.push(bad.to_string());
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn the_typescript_inbox_plugin_gives_the_rust_plugins_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = "population = \"eager\"\nsettings = { max_unread = 25 }\n";
+    let app = open_app(
+        dir.path(),
+        &[RUST, TS],
+        &format!("[plugins.{RUST}]\n{settings}[plugins.{TS}]\n{settings}"),
+    );
+    let events = disturbed(inbox_events(InboxShape {
+        sites: 30,
+        users: 300,
+        events: 4_000,
+        seed: 11,
+    }));
+    let mut offset = 0u64;
+    for chunk in events.chunks(256) {
+        let values = chunk.iter().map(|e| e.as_bytes().to_vec()).collect();
+        app.engine
+            .process("log", 0, &records(offset, values))
+            .expect("batch");
+        offset += chunk.len() as u64;
+    }
+    app.engine.commit().expect("commit");
+
+    let views = |plugin: &str| -> BTreeMap<String, (String, Option<serde_json::Value>)> {
+        let p = app.engine.projection(plugin).expect("plugin");
+        let keys: Vec<String> = app
+            .engine
+            .store()
+            .views(p.ns())
+            .map(|v| v.expect("view").0)
+            .collect();
+        keys.into_iter()
+            .map(|k| {
+                let v = app.engine.read(plugin, &k, 0).expect("read").expect("view");
+                (k, (format!("{:?}", v.status), v.json()))
+            })
+            .collect()
+    };
+    let (rust, ts) = (views(RUST), views(TS));
+    assert!(rust.len() > 300, "a real stream: {} views", rust.len());
+    let invalid = rust.values().filter(|(s, _)| s == "Invalid").count();
+    assert!(invalid > 0, "the swaps invalidate some views");
+    for (key, want) in &rust {
+        assert_eq!(ts.get(key), Some(want), "view {key}");
+    }
+    assert_eq!(rust.len(), ts.len(), "the same keys");
+
+    let counters = |plugin: &str| {
+        let c = app.engine.projection(plugin).expect("plugin").counters();
+        (
+            c.received,
+            c.applied,
+            c.skipped,
+            c.invalidated,
+            c.dead_lettered,
+        )
+    };
+    let (r, t) = (counters(RUST), counters(TS));
+    assert!(r.4 > 0, "the broken payloads are dead letters: {r:?}");
+    assert_eq!(
+        r, t,
+        "received, applied, skipped, invalidated, dead-lettered"
+    );
+}
