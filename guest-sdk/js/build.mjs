@@ -9,9 +9,9 @@
 // ahead-of-time compilation (it would fetch a native tool on first use).
 import { build } from 'esbuild';
 import { componentize } from '@bytecodealliance/componentize-js';
-import { mkdtemp, writeFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const [entry, out] = process.argv.slice(2);
@@ -41,6 +41,7 @@ try {
     // Nothing of WASI the plugin world does not need: the host grants none.
     disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],
   });
+  await mkdir(dirname(out), { recursive: true });
   await writeFile(out, component);
   const mib = (component.length / (1 << 20)).toFixed(1);
   console.error(`built ${out} (${mib} MiB) in ${((Date.now() - started) / 1000).toFixed(1)} s`);

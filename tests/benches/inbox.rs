@@ -3,14 +3,19 @@
 //! worker thread (by default). Prints events/s for each and the Wasm ÷ native ratio.
 //!
 //! `BENCH_EVENTS` sets the stream length (default 1 000 000: 10k sites,
-//! 100k users, skewed activity), `BENCH_ONLY=wasm|native` runs one side,
+//! 100k users, skewed activity), `BENCH_ONLY=wasm|native|ts` runs one side,
 //! `BENCH_COMMIT_MS` sets the commit interval (default 1000),
 //! `BENCH_BATCH` the batch size (default 4096), `BENCH_WORKERS` the
 //! threads folding one batch's keys (default 1), `BENCH_ROUNDS` how many
 //! native-then-Wasm rounds to run (default 3; the median is reported). Each run
 //! also prints the store commits' share, from the engine's counters, and
-//! the processing phase's page faults and kernel share (getrusage). Run
-//! with `./scripts/bench.sh inbox`.
+//! the processing phase's page faults and kernel share (getrusage).
+//!
+//! The TypeScript port (`plugins/inbox-unread-ts`) runs once after the
+//! rounds, over the first `BENCH_TS_EVENTS` events (default 200 000: a
+//! JavaScript engine interprets it), with its component's size, compile
+//! and instantiate times and memory per instance. Run with
+//! `./scripts/bench.sh inbox`.
 
 use projector_core::engine::Engine;
 use projector_core::envelope::Format;
@@ -80,6 +85,52 @@ fn run(label: &str, code: SharedCode, events: &[String], workers: usize) -> anyh
     Ok(totals)
 }
 
+/// `[plugins.inbox-unread-ts] limits.max_memory_bytes`, as the README sets it.
+const TS_MEMORY_CAP: usize = 128 << 20;
+
+/// The TypeScript plugin: what its component costs, and its events/s.
+fn typescript(events: &[String], workers: usize) -> anyhow::Result<()> {
+    let bytes = std::fs::read(plugin_wasm("inbox-unread-ts"))?;
+    let settings = serde_json::json!({});
+    let cache = tempfile::tempdir()?;
+    // Its documented cap: a JavaScript engine's heap is larger than a Rust
+    // guest's, and an instance past half its cap is retired after a batch.
+    let limits = Limits {
+        max_memory_bytes: TS_MEMORY_CAP,
+        ..Limits::default()
+    };
+    let load = |host: &WasmHost| -> anyhow::Result<(projector_host::wasm::WasmPlugin, f64)> {
+        let started = Instant::now();
+        let p = host.load("inbox-unread-ts", &bytes, limits.clone(), &settings)?;
+        Ok((p, started.elapsed().as_secs_f64()))
+    };
+    // Compiled once into an empty cache, then loaded again from it (a restart).
+    let (_, cold) = load(&WasmHost::with_compile_cache(cache.path())?)?;
+    let (plugin, warm) = load(&WasmHost::with_compile_cache(cache.path())?)?;
+    let plugin = Arc::new(plugin);
+    println!(
+        "typescript: component {:.1} MiB; load (compile, instantiate, configure) {:.2} s cold, \
+         {:.3} s from the compile cache",
+        bytes.len() as f64 / f64::from(1 << 20),
+        cold,
+        warm
+    );
+    let code: SharedCode = plugin.clone();
+    let t = run("ts", code, events, workers)?;
+    println!(
+        "        memory per instance: {:.1} MiB of linear memory (cap {} MiB); {} instances started",
+        plugin.peak_memory_bytes() as f64 / f64::from(1 << 20),
+        TS_MEMORY_CAP >> 20,
+        plugin.instances_started()
+    );
+    println!(
+        "typescript: {:.0} events/s over the first {} events",
+        t.records_per_second(),
+        events.len()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     projector::alloc::tune();
     // `cargo bench` passes `--bench`; nothing else is taken.
@@ -104,10 +155,14 @@ fn main() -> anyhow::Result<()> {
 
     let workers = knob("BENCH_WORKERS", 1) as usize;
     println!("inbox projection, {n} events, embedded log → plugin → sled, {workers} worker(s)");
-    // `BENCH_ONLY=wasm|native` runs one side alone (for profiling).
+    // `BENCH_ONLY=wasm|native|ts` runs one side alone (for profiling).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("wasm") => return run("wasm", wasm, &events, workers).map(drop),
         Ok("native") => return run("native", native, &events, workers).map(drop),
+        Ok("ts") => {
+            let n = events.len().min(knob("BENCH_TS_EVENTS", 200_000) as usize);
+            return typescript(&events[..n], workers);
+        }
         _ => {}
     }
     // Rounds alternate the two sides, so a slow spell of this shared
@@ -126,6 +181,10 @@ fn main() -> anyhow::Result<()> {
         println!(" ratio: wasm ÷ native = {:.2}", w / n);
         pairs.push((w / n, n, w));
     }
+    typescript(
+        &events[..events.len().min(knob("BENCH_TS_EVENTS", 200_000) as usize)],
+        workers,
+    )?;
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (ratio, n, w) = pairs[pairs.len() / 2];
     let all: Vec<String> = pairs.iter().map(|p| format!("{:.2}", p.0)).collect();

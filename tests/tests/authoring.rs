@@ -57,6 +57,22 @@ fn projector_test_compares_every_view_with_its_golden_file() {
     assert!(err.contains("u2:s1: a view with no golden file"), "{err}");
 }
 
+/// `projector test` of a made project's component against its sample
+/// events and golden views passes.
+fn passes_its_golden_views(wasm: &std::path::Path, project: &std::path::Path) {
+    let tested = Command::new(projector_bin())
+        .arg("test")
+        .arg(wasm)
+        .arg("--events")
+        .arg(project.join("events.ndjson"))
+        .arg("--expect")
+        .arg(project.join("golden"))
+        .output()
+        .expect("projector test");
+    assert!(tested.status.success(), "{}", stderr(&tested));
+    assert!(String::from_utf8_lossy(&tested.stdout).contains("3 views, 3 golden, 0 differ"));
+}
+
 /// `projector new`: the project it makes builds, passes `projector test`
 /// against its own golden views, and passes its native test.
 #[test]
@@ -99,31 +115,88 @@ fn projector_new_makes_a_plugin_that_builds_and_passes_projector_test() {
         "plugin",
     ]);
     assert!(built.status.success(), "{}", stderr(&built));
-    let tested = Command::new(projector_bin())
-        .arg("test")
-        .arg(target.join("wasm32-wasip2/plugin/counter_plugin.wasm"))
-        .arg("--events")
-        .arg(project.join("events.ndjson"))
-        .arg("--expect")
-        .arg(project.join("golden"))
-        .output()
-        .expect("projector test");
-    assert!(tested.status.success(), "{}", stderr(&tested));
-    assert!(String::from_utf8_lossy(&tested.stdout).contains("3 views, 3 golden, 0 differ"));
+    passes_its_golden_views(
+        &target.join("wasm32-wasip2/plugin/counter_plugin.wasm"),
+        &project,
+    );
     let native = cargo(&["test", "--quiet"]);
     assert!(native.status.success(), "{}", stderr(&native));
 
-    // Not twice into the same place, and not in another language yet.
+    // Not twice into the same place, and not in a language it does not know.
     let again = Command::new(projector_bin())
         .args(["new", "counter-plugin", "--dir"])
         .arg(&project)
         .output()
         .expect("projector new");
     assert!(stderr(&again).contains("not empty"), "{}", stderr(&again));
-    let ts = Command::new(projector_bin())
-        .args(["new", "x", "--lang", "ts", "--dir"])
+    let go = Command::new(projector_bin())
+        .args(["new", "x", "--lang", "go", "--dir"])
         .arg(dir.path().join("x"))
         .output()
         .expect("projector new");
-    assert!(stderr(&ts).contains("only rust"), "{}", stderr(&ts));
+    assert!(
+        stderr(&go).contains("invalid value 'go'"),
+        "{}",
+        stderr(&go)
+    );
+}
+
+/// `projector new --lang ts`: the npm package it makes type-checks,
+/// builds into a component, and passes `projector test` against its own
+/// golden views. Its packages come from the repository's node_modules
+/// (`npm ci` of the lock file, which `./scripts/build-plugins.sh` ran),
+/// where a user runs `npm install`.
+#[test]
+fn projector_new_ts_makes_a_typescript_plugin_that_builds_and_passes_projector_test() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("ts-counter");
+    let made = Command::new(projector_bin())
+        .args(["new", "ts-counter", "--lang", "ts", "--dir"])
+        .arg(&project)
+        .output()
+        .expect("projector new");
+    assert!(made.status.success(), "{}", stderr(&made));
+    for file in [
+        "package.json",
+        "tsconfig.json",
+        "src/index.ts",
+        "README.md",
+        "events.ndjson",
+        "golden/c.json",
+    ] {
+        assert!(project.join(file).exists(), "{file}");
+    }
+    let package: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(project.join("package.json")).expect("package.json"),
+    )
+    .expect("package.json is JSON");
+    let sdk = package["dependencies"]["@projector/guest"]
+        .as_str()
+        .expect("the SDK");
+    assert!(
+        sdk.starts_with("file:") && sdk.ends_with("guest-sdk/js"),
+        "{sdk}"
+    );
+    std::os::unix::fs::symlink(
+        projector_tests::root().join("node_modules"),
+        project.join("node_modules"),
+    )
+    .expect("node_modules");
+    let npm = |args: &[&str]| {
+        Command::new("npm")
+            .args(args)
+            .current_dir(&project)
+            .output()
+            .expect("npm")
+    };
+    let checked = npm(&["run", "--silent", "check"]);
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        stderr(&checked)
+    );
+    let built = npm(&["run", "--silent", "build"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    passes_its_golden_views(&project.join("dist/ts-counter.wasm"), &project);
 }

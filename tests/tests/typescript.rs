@@ -45,7 +45,10 @@ fn the_typescript_inbox_plugin_gives_the_rust_plugins_views() {
     let app = open_app(
         dir.path(),
         &[RUST, TS],
-        &format!("[plugins.{RUST}]\n{settings}[plugins.{TS}]\n{settings}"),
+        &format!(
+            "[plugins.{RUST}]\n{settings}[plugins.{TS}]\n{settings}\
+             limits = {{ max_memory_bytes = 134217728 }}\n"
+        ),
     );
     let events = disturbed(inbox_events(InboxShape {
         sites: 30,

@@ -173,6 +173,7 @@ impl WasmHost {
             pre,
             idle: std::sync::Mutex::new(Vec::new()),
             started: Default::default(),
+            peak_memory: Default::default(),
         };
         let info = WasmSession::new(&plugin).configure()?;
         plugin.meta.info = info;
@@ -200,6 +201,8 @@ pub struct WasmPlugin {
     idle: std::sync::Mutex<Vec<Live>>,
     /// Instances started so far, the one that ran `configure` included.
     started: std::sync::atomic::AtomicU64,
+    /// The most linear memory one instance held at the end of a session.
+    peak_memory: std::sync::atomic::AtomicUsize,
 }
 
 /// A configured instance in its store.
@@ -217,6 +220,12 @@ impl WasmPlugin {
     /// guest keeps memory between calls.
     pub fn instances_started(&self) -> u64 {
         self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most linear memory one instance of this plugin held at the end
+    /// of a session, in bytes: what its memory cap must leave room for.
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Let this plugin fetch from `services` (its allow-list).

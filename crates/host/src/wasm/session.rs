@@ -233,6 +233,9 @@ impl Drop for WasmSession<'_> {
         };
         let state = live.0.data_mut();
         drain_stdio(state);
+        self.plugin
+            .peak_memory
+            .fetch_max(state.limiter.current, std::sync::atomic::Ordering::Relaxed);
         let worn = state.limiter.current > state.limiter.max / RECYCLE_MEMORY_SHARE
             || state.calls > RECYCLE_CALLS
             || state.drained.iter().any(|n| *n > STDIO_CAPACITY / 2);

@@ -1,7 +1,8 @@
-//! `projector new NAME`: a plugin project to start from. A Cargo crate
-//! with a plugin that counts each key's events, sample events, golden
-//! views that `projector test` passes out of the box, a native test and a
-//! README that says how to build, test, deploy in shadow mode and promote.
+//! `projector new NAME [--lang rust|ts]`: a plugin project to start from.
+//! A Cargo crate (or an npm package in TypeScript) with a plugin that
+//! counts each key's events, sample events, golden views that `projector
+//! test` passes out of the box, a native test (Rust), and a README that
+//! says how to build, test, deploy in shadow mode and promote.
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -10,15 +11,23 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args)]
 pub(crate) struct Args {
     pub(crate) name: String,
-    /// The plugin's language (rust).
-    #[arg(long, default_value = "rust")]
-    pub(crate) lang: String,
+    /// The plugin's language.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub(crate) lang: Lang,
     /// Where (default: ./NAME).
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
     /// The plugin SDK (default: guest-sdk/ of the checkout this projector was built from).
     #[arg(long)]
     pub(crate) sdk: Option<PathBuf>,
+}
+
+/// A language plugins are written in.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Lang {
+    Rust,
+    /// TypeScript (or JavaScript), with the SDK in `guest-sdk/js`.
+    Ts,
 }
 
 /// The SDK beside this build of projector (a checkout), if there is one.
@@ -31,12 +40,6 @@ fn sdk_here() -> Option<PathBuf> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    if args.lang != "rust" {
-        bail!(
-            "--lang {}: only rust plugins can be made yet (the TypeScript SDK is not built)",
-            args.lang
-        );
-    }
     let ok = !args.name.is_empty()
         && args.name.len() <= 64
         && args.name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -58,6 +61,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             bail!("where is the plugin SDK (guest-sdk/ of a projector checkout)? Pass --sdk PATH")
         }
     };
+    if args.lang == Lang::Ts && !sdk.join("js/package.json").exists() {
+        bail!(
+            "{}: no TypeScript SDK (js/) in it; pass --sdk PATH to a projector checkout's guest-sdk",
+            sdk.display()
+        );
+    }
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
         bail!("{}: not empty; choose another --dir", dir.display());
@@ -80,18 +89,30 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             .replace("{{type}}", &ty)
             .replace("{{sdk}}", &sdk.display().to_string())
     };
-    let files = [
-        ("Cargo.toml", include_str!("new/Cargo.toml.tmpl")),
-        ("src/lib.rs", include_str!("new/lib.rs.tmpl")),
-        ("tests/harness.rs", include_str!("new/harness.rs.tmpl")),
-        ("README.md", include_str!("new/README.md.tmpl")),
-        ("events.ndjson", include_str!("new/events.ndjson.tmpl")),
-        // What the sample events make: a counts 3, b 2, c 1.
+    // What the sample events make: a counts 3, b 2, c 1.
+    let golden = [
         ("golden/a.json", "{\n  \"count\": 3\n}\n"),
         ("golden/b.json", "{\n  \"count\": 2\n}\n"),
         ("golden/c.json", "{\n  \"count\": 1\n}\n"),
-        (".gitignore", "/target\n"),
+        ("events.ndjson", include_str!("new/events.ndjson.tmpl")),
     ];
+    let files: Vec<(&str, &str)> = match args.lang {
+        Lang::Rust => vec![
+            ("Cargo.toml", include_str!("new/Cargo.toml.tmpl")),
+            ("src/lib.rs", include_str!("new/lib.rs.tmpl")),
+            ("tests/harness.rs", include_str!("new/harness.rs.tmpl")),
+            ("README.md", include_str!("new/README.md.tmpl")),
+            (".gitignore", "/target\n"),
+        ],
+        Lang::Ts => vec![
+            ("package.json", include_str!("new/ts-package.json.tmpl")),
+            ("tsconfig.json", include_str!("new/ts-tsconfig.json.tmpl")),
+            ("src/index.ts", include_str!("new/ts-index.ts.tmpl")),
+            ("README.md", include_str!("new/ts-README.md.tmpl")),
+            (".gitignore", "/node_modules\n/dist\n"),
+        ],
+    };
+    let files = files.into_iter().chain(golden);
     for (path, text) in files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
@@ -99,13 +120,19 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         }
         std::fs::write(&path, fill(text)).with_context(|| format!("writing {}", path.display()))?;
     }
-    // The SDK's own lock file pins what it was tested with.
-    let lock = sdk.join("../Cargo.lock");
-    if lock.exists() {
-        std::fs::copy(&lock, dir.join("Cargo.lock"))?;
-    }
+    let next = match args.lang {
+        Lang::Rust => {
+            // The SDK's own lock file pins what it was tested with.
+            let lock = sdk.join("../Cargo.lock");
+            if lock.exists() {
+                std::fs::copy(&lock, dir.join("Cargo.lock"))?;
+            }
+            "cargo build --target wasm32-wasip2 --profile plugin, then projector test"
+        }
+        Lang::Ts => "npm install, npm run build, then projector test",
+    };
     eprintln!(
-        "made {} in {}: see its README (cargo build --target wasm32-wasip2 --profile plugin, then projector test)",
+        "made {} in {}: see its README ({next})",
         args.name,
         dir.display()
     );

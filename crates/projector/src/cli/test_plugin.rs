@@ -58,8 +58,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(text) => serde_json::from_str(text).context("--settings: expected a JSON object")?,
         None => Value::Object(Default::default()),
     };
-    let first = once(&args, &name, &settings)?;
-    let second = once(&args, &name, &settings)?;
+    // The second run loads the code the first compiled.
+    let compiled = tempfile::tempdir().context("a temporary compile cache")?;
+    let first = once(&args, &name, &settings, compiled.path())?;
+    let second = once(&args, &name, &settings, compiled.path())?;
     let mut failed = false;
     if let Some(key) = first
         .views
@@ -131,7 +133,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Run the events through the plugin in a store of its own.
-fn once(args: &Args, name: &str, settings: &Value) -> anyhow::Result<Outcome> {
+fn once(
+    args: &Args,
+    name: &str,
+    settings: &Value,
+    compiled: &std::path::Path,
+) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir().context("a temporary store")?;
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins)?;
@@ -149,6 +156,10 @@ fn once(args: &Args, name: &str, settings: &Value) -> anyhow::Result<Outcome> {
     let mut engine = toml::Table::new();
     engine.insert("watch_plugins".into(), false.into());
     engine.insert("commit_interval_ms".into(), 0.into());
+    engine.insert(
+        "compile_cache_dir".into(),
+        compiled.display().to_string().into(),
+    );
     doc.insert("engine".into(), engine.into());
     let mut http = toml::Table::new();
     http.insert("listen".into(), "off".into());
