@@ -2,6 +2,7 @@
 //! plugin, grouped by key and folded through the version rules and
 //! `batch.apply`.
 
+use super::group::Groups;
 use super::*;
 use projector_host::sync::Recover;
 
@@ -39,26 +40,6 @@ pub(super) struct BatchIn<'a> {
     pub(super) route: Route<'a>,
 }
 
-/// The events that the keys of `members` touch, in their batch order,
-/// and each key's events as indexes into them.
-pub(super) fn share<'e>(
-    events: &[(u64, &'e Event)],
-    members: &[Vec<usize>],
-) -> (Vec<(u64, &'e Event)>, Vec<Vec<usize>>) {
-    let mut used: Vec<usize> = members.iter().flatten().copied().collect();
-    used.sort_unstable();
-    used.dedup();
-    let local = |i: &usize| {
-        used.binary_search(i)
-            .expect("a member is among the used events")
-    };
-    let members = members
-        .iter()
-        .map(|m| m.iter().map(local).collect())
-        .collect();
-    (used.iter().map(|&i| events[i]).collect(), members)
-}
-
 /// One projection's share of one batch.
 pub(super) struct BatchCtx<'a> {
     pub(super) projection: &'a Projection,
@@ -78,8 +59,8 @@ pub(super) struct BatchCtx<'a> {
 }
 
 /// One key's result: its new view (if it changed) and its failures.
-pub(super) struct KeyResult<'e> {
-    pub(super) key: String,
+pub(super) struct KeyResult<'e, 'k> {
+    pub(super) key: &'k str,
     pub(super) change: Option<Option<ViewRecord>>,
     pub(super) counters: Counters,
     /// (event, offset, error, transient).
@@ -103,58 +84,47 @@ impl<'a> BatchCtx<'a> {
         let batch = EventBatch::new(&refs);
         let routed = self.route(session.as_mut(), &batch);
 
-        // Group by key, keeping each key's events in offset order:
-        // `order[n]` is a key, `members[n]` its events (indexes into
-        // `events`).
-        let mut order: Vec<String> = Vec::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        let mut slot: FxHashMap<String, usize> = FxHashMap::default();
+        // Group by key, keeping each key's events in offset order.
         let mut key_errors = Vec::new();
-        for (i, keys) in routed.into_iter().enumerate() {
+        let mut pairs = Vec::with_capacity(routed.len());
+        for (i, keys) in routed.iter().enumerate() {
             match keys {
-                Ok(keys) => {
-                    for k in keys
-                        .into_iter()
-                        .filter(|k| self.only_key.is_none_or(|only| only == k))
-                    {
-                        match slot.entry(k) {
-                            Entry::Occupied(e) => members[*e.get()].push(i),
-                            Entry::Vacant(e) => {
-                                order.push(e.key().clone());
-                                members.push(vec![i]);
-                                e.insert(order.len() - 1);
-                            }
-                        }
-                    }
-                }
+                Ok(keys) => pairs.extend(
+                    keys.iter()
+                        .filter(|k| self.only_key.is_none_or(|only| only == k.as_str()))
+                        .map(|k| (i, k.as_str())),
+                ),
                 Err(e) => key_errors.push((i, e)),
             }
         }
-        drop(slot);
+        let groups = Groups::new(pairs);
 
-        let results: Vec<KeyResult> = if workers == 1 || order.len() < 64 {
-            self.fold_keys(session.as_mut(), &order, &members, events, &batch)?
+        let results: Vec<KeyResult> = if workers == 1 || groups.len() < 64 {
+            self.fold_keys(session.as_mut(), &groups, 0..groups.len(), events, &batch)?
         } else {
             // This thread folds the first share in the session that holds
             // the batch already; each other worker hands its own session
             // only the events its keys need.
-            let chunk = order.len().div_ceil(workers);
-            let mut shares = order.chunks(chunk).zip(members.chunks(chunk));
-            let (first_keys, first_members) = shares.next().expect("at least 64 keys");
+            let chunk = groups.len().div_ceil(workers);
+            let groups = &groups;
             std::thread::scope(|scope| {
-                let handles: Vec<_> = shares
-                    .map(|(keys, members)| {
+                let handles: Vec<_> = (chunk..groups.len())
+                    .step_by(chunk)
+                    .map(|start| {
+                        let range = start..(start + chunk).min(groups.len());
                         scope.spawn(move || {
-                            let (mine, members) = share(events, members);
+                            let (used, local) = groups.share(range);
+                            let mine: Vec<(u64, &Event)> =
+                                used.iter().map(|&i| events[i]).collect();
                             let refs: Vec<&Event> = mine.iter().map(|(_, e)| *e).collect();
                             let batch = EventBatch::new(&refs);
-                            self.fold_keys(code.session().as_mut(), keys, &members, &mine, &batch)
+                            let all = 0..local.len();
+                            self.fold_keys(code.session().as_mut(), &local, all, &mine, &batch)
                         })
                     })
                     .collect();
-                let mut all =
-                    self.fold_keys(session.as_mut(), first_keys, first_members, events, &batch)?;
-                all.reserve(order.len() - all.len());
+                let mut all = self.fold_keys(session.as_mut(), groups, 0..chunk, events, &batch)?;
+                all.reserve(groups.len() - all.len());
                 for h in handles {
                     all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
                 }
@@ -168,12 +138,12 @@ impl<'a> BatchCtx<'a> {
         for (i, e) in key_errors {
             counters.received += 1;
             counters.dead_lettered += 1;
-            self.dead_letter(writer, "keys", None, events[i].1, events[i].0, &e)?;
+            self.dead_letter(writer, "keys", None, events[i].1, events[i].0, e)?;
         }
         for r in results {
             counters.add(&r.counters);
             if let Some(change) = r.change {
-                self.projection.set_view(&r.key, change);
+                self.projection.set_view(r.key, change);
             }
             for (event, offset, error, transient) in r.failures {
                 self.projection.failed(&error);
@@ -195,7 +165,7 @@ impl<'a> BatchCtx<'a> {
                         RetryEntry {
                             seq: 0,
                             plugin: self.projection.name().into(),
-                            key: r.key.clone(),
+                            key: r.key.to_string(),
                             attempt: self.attempt + 1,
                             error: error.to_string(),
                             source: self.source.into(),
@@ -214,7 +184,7 @@ impl<'a> BatchCtx<'a> {
                         message: format!("after {n} attempts: {error}"),
                     },
                 };
-                self.dead_letter(writer, "apply", Some(&r.key), event, offset, &error)?;
+                self.dead_letter(writer, "apply", Some(r.key), event, offset, &error)?;
             }
         }
         Ok(Some(counters))
@@ -274,51 +244,55 @@ impl<'a> BatchCtx<'a> {
         out
     }
 
-    /// Fold the events of `keys`: the first `apply` of every key goes to
-    /// the plugin in one call for them all; the rest (a key's later runs,
-    /// or everything when that call failed as a whole) key by key.
-    pub(super) fn fold_keys<'e>(
+    /// Fold the events of the groups in `range`: the first `apply` of
+    /// every key goes to the plugin in one call for them all; the rest (a
+    /// key's later runs, or everything when that call failed as a whole)
+    /// key by key.
+    pub(super) fn fold_keys<'e, 'k>(
         &self,
         session: &mut dyn Session,
-        keys: &[String],
-        members: &[Vec<usize>],
+        groups: &Groups<'k>,
+        range: std::ops::Range<usize>,
         events: &[(u64, &'e Event)],
         batch: &EventBatch<'_>,
-    ) -> Result<Vec<KeyResult<'e>>> {
+    ) -> Result<Vec<KeyResult<'e, 'k>>> {
         let p = self.projection;
         let policy = p.code.info().stale_policy;
-        // Each key's events, in order.
-        let mine: Vec<Vec<&'e Event>> = members
+        let first_group = range.start;
+        // Each key's events, in order, side by side as the groups hold
+        // their indexes: key `n`'s are `flat[groups.span(first_group, n)]`.
+        let flat: Vec<&'e Event> = groups
+            .members_of(range.clone())
             .iter()
-            .map(|m| m.iter().map(|&i| events[i].1).collect())
+            .map(|&i| events[i].1)
             .collect();
+        let mine = |n: usize| &flat[groups.span(first_group, n)];
         // A view that expired before its key's first event here is gone:
         // the events start a new one.
-        let befores: Vec<Option<ViewRecord>> = keys
-            .iter()
-            .zip(&mine)
-            .map(|(k, mine)| {
-                let at = mine.first().map_or(0, |e| e.time_ms);
-                Ok(p.view(self.store, k)?
+        let befores: Vec<Option<ViewRecord>> = range
+            .clone()
+            .map(|n| {
+                let at = mine(n).first().map_or(0, |e| e.time_ms);
+                Ok(p.view(self.store, groups.key(n))?
                     .filter(|r| at == 0 || !p.expiry.is_expired(r, at)))
             })
             .collect::<Result<_>>()?;
         let mut runs = Vec::new();
-        let mut run_of = vec![None; keys.len()];
-        for (n, (key, before)) in keys.iter().zip(&befores).enumerate() {
-            let indexes = &members[n];
+        let mut run_of = vec![None; range.len()];
+        for (j, (n, before)) in range.clone().zip(&befores).enumerate() {
+            let indexes = groups.members(n);
             let first = rules::first_run(
                 before.as_ref().map(|r| &r.view),
                 p.population,
                 policy,
-                &mine[n],
+                mine(n),
             );
             if !first.is_empty() {
-                run_of[n] = Some(runs.len());
+                run_of[j] = Some(runs.len());
                 runs.push(plugin::KeyRun {
-                    key,
+                    key: groups.key(n),
                     state: before.as_ref().and_then(|r| r.view.state.as_deref()),
-                    events: first.iter().map(|&j| indexes[j] as u32).collect(),
+                    events: first.iter().map(|&i| indexes[i] as u32).collect(),
                 });
             }
         }
@@ -334,14 +308,13 @@ impl<'a> BatchCtx<'a> {
             }
         };
         drop(runs);
-        keys.iter()
-            .zip(members)
+        range
             .zip(befores)
-            .zip(mine)
             .zip(run_of)
-            .map(|((((k, indexes), before), mine), run)| {
+            .map(|((n, before), run)| {
                 let first = run.and_then(|r| answers[r].take());
-                self.fold(session, k, indexes, events, &mine, before, first)
+                let (key, indexes) = (groups.key(n), groups.members(n));
+                self.fold(session, key, indexes, events, mine(n), before, first)
             })
             .collect()
     }
@@ -349,21 +322,21 @@ impl<'a> BatchCtx<'a> {
     /// Fold one key's events (`mine`: those of `events` at `indexes`);
     /// `first` is the answer to its first `apply` when it was made ahead.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn fold<'e>(
+    pub(super) fn fold<'e, 'k>(
         &self,
         session: &mut dyn Session,
-        key: &str,
+        key: &'k str,
         indexes: &[usize],
         events: &[(u64, &'e Event)],
         mine: &[&'e Event],
         before: Option<ViewRecord>,
         mut first: Option<ApplyResult>,
-    ) -> Result<KeyResult<'e>> {
+    ) -> Result<KeyResult<'e, 'k>> {
         let p = self.projection;
         // Its breaker opened on an earlier key: the run is abandoned.
         if self.watch && p.breaker.is_paused() {
             return Ok(KeyResult {
-                key: key.to_string(),
+                key,
                 change: None,
                 counters: Counters::default(),
                 failures: Vec::new(),
@@ -466,7 +439,7 @@ impl<'a> BatchCtx<'a> {
             (true, None) => existed.then_some(None),
         };
         Ok(KeyResult {
-            key: key.to_string(),
+            key,
             change,
             counters,
             failures,
