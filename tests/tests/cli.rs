@@ -554,7 +554,7 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
 #[test]
 fn read_commands_beside_a_running_instance_go_through_its_api() {
     let dir = tempfile::tempdir().expect("tempdir");
-    projector_tests::plugins_dir(dir.path(), &["inbox-unread"]);
+    plugins_dir(dir.path(), &["inbox-unread"]);
     let config = dir.path().join("projector.toml");
     std::fs::write(
         &config,
@@ -617,4 +617,55 @@ fn read_commands_beside_a_running_instance_go_through_its_api() {
     );
     child.kill().expect("kill");
     child.wait().expect("reaped");
+}
+
+/// SIGTERM stops `run` even when its stderr's reader is gone (a dead log
+/// pipe under a supervisor): the stop comes before the message saying so.
+#[test]
+fn run_stops_on_sigterm_when_its_stderr_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = plugins_dir(dir.path(), &["inbox-unread"]);
+    let config = dir.path().join("projector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nplugins_dir = {:?}\n",
+            dir.path().join("data"),
+            plugins
+        ),
+    )
+    .expect("config");
+    let mut run = Command::new(projector_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    // Read until it runs, then close the pipe's only reader.
+    let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("read API on") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("stderr");
+        assert!(n > 0, "run ended before it served");
+    }
+    drop(stderr);
+    Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .expect("kill");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = run.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("run did not stop on SIGTERM with its stderr closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -19,14 +19,17 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// `chromedriver` on a free loopback port, killed on drop.
 struct Driver {
-    child: Child,
+    _child: Killed,
     url: String,
 }
 
-impl Drop for Driver {
+/// A child process killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -60,7 +63,10 @@ fn driver() -> Option<Driver> {
         assert!(Instant::now() < deadline, "chromedriver did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Driver { child, url })
+    Some(Driver {
+        _child: Killed(child),
+        url,
+    })
 }
 
 async fn browser(driver: &Driver, profile: &Path) -> Client {
@@ -189,7 +195,9 @@ fn the_console_signs_in_shows_the_numbers_and_deploys_compares_promotes_and_roll
         ),
     )
     .expect("config");
-    let (mut run, base) = spawn_run(&config);
+    let (run, base) = spawn_run(&config);
+    // Killed however the test ends, a failed assertion included.
+    let _run = Killed(run);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -223,8 +231,6 @@ fn the_console_signs_in_shows_the_numbers_and_deploys_compares_promotes_and_roll
         let _ = c.close().await;
         result
     });
-    let _ = run.kill();
-    let _ = run.wait();
     outcome.expect("the console flow");
 }
 

@@ -26,8 +26,11 @@ pub(crate) fn spawn_signal_handler(stop: Shutdown) -> anyhow::Result<std::thread
             rt.block_on(async {
                 tokio::select! {
                     () = signals.recv() => {
-                        eprintln!("stopping after the current batch");
+                        // Stop first: a stderr whose reader is gone must
+                        // not keep the runtime from stopping.
                         stop.stop();
+                        use std::io::Write;
+                        let _ = writeln!(std::io::stderr(), "stopping after the current batch");
                     }
                     () = stop.stopped() => {}
                 }
