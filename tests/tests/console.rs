@@ -108,6 +108,11 @@ async fn click(c: &Client, css: &str) {
     wait_for(c, css).await.click().await.expect(css);
 }
 
+/// Type `text` into the field at `css`.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    wait_for(c, css).await.send_keys(text).await.expect(css);
+}
+
 /// Click an action, then its confirmation.
 async fn confirmed(c: &Client, css: &str) {
     click(c, css).await;
@@ -242,11 +247,7 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     wait_for(c, "#token").await;
     screenshot(c, "1-sign-in").await;
-    wait_for(c, "#token")
-        .await
-        .send_keys("wrong")
-        .await
-        .map_err(|e| e.to_string())?;
+    type_into(c, "#token", "wrong").await;
     click(c, "#sign-in").await;
     let refused = wait_for(c, "#login-error")
         .await
@@ -319,11 +320,7 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
     click(c, "tr[data-plugin='hostile'] a").await;
     wait_for(c, "#plugin-name").await;
     let v2 = plugin_wasm("hostile-v2");
-    wait_for(c, "#wasm-file")
-        .await
-        .send_keys(&v2.display().to_string())
-        .await
-        .map_err(|e| e.to_string())?;
+    type_into(c, "#wasm-file", &v2.display().to_string()).await;
     wait_for(c, "#deploy-method")
         .await
         .select_by_value("rebuild")
