@@ -33,8 +33,10 @@ pub(crate) async fn healthz() -> Json<Value> {
 
 pub(crate) async fn readyz(State(s): State<Arc<ServeState>>) -> Response {
     let plugins = s.plugin_names();
+    let restoring = s.feed.router().map(|r| r.restoring()).unwrap_or_default();
     if s.ready.load(Ordering::Relaxed) {
-        Json(json!({"status": "ready", "plugins": plugins})).into_response()
+        // Ready: partitions being restored are answered 503 meanwhile.
+        Json(json!({"status": "ready", "plugins": plugins, "restoring": restoring})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -35,6 +35,7 @@ pub mod metrics;
 mod overview;
 mod read;
 pub mod rollout;
+mod route;
 pub mod server;
 mod shed;
 mod slow;
@@ -132,6 +133,7 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         .route("/v1/admin/dead-letters", get(admin::dead_letters))
         .route("/v1/admin/history", get(history::history))
         .route("/v1/admin/overview", get(overview::overview))
+        .route("/v1/admin/instances", get(route::instances))
         .route(
             "/v1/admin/plugins/{plugin}/views/{key}",
             get(admin::stored_view),

@@ -11,7 +11,7 @@ use crate::token::Token;
 use crate::truth::{Truth, TruthError};
 use crate::HttpConfig;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use projector_core::engine::{self, ReadView, Snapshot};
@@ -389,6 +389,7 @@ pub(crate) async fn read_view(
     State(s): State<Arc<ServeState>>,
     Path((plugin, key)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let started = Instant::now();
@@ -396,6 +397,9 @@ pub(crate) async fn read_view(
     let own = s.plugin(&plugin)?;
     let code = s.engine.projection(&plugin)?;
     engine::check_key(&key, code.code().limits())?;
+    if let Some(answer) = crate::route::elsewhere(&s, &plugin, &key, &uri, &headers).await {
+        return Ok(answer);
+    }
     let token = params
         .token
         .as_deref()

@@ -168,6 +168,11 @@ impl Feed {
         out
     }
 
+    /// Which instance answers each view, when several share the source.
+    pub(crate) fn router(&self) -> Option<Arc<dyn projector_sources::Router>> {
+        self.source.as_ref().and_then(|s| s.router())
+    }
+
     /// The source's own metrics.
     pub(crate) fn metrics(&self) -> Vec<projector_sources::SourceMetric> {
         self.source

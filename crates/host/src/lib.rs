@@ -87,6 +87,15 @@ pub enum Error {
         /// The stage that failed and why.
         message: String,
     },
+    /// An event names a view that lives on another partition than the one
+    /// the event arrived on (views are placed, see the Kafka source).
+    #[error("plugin {plugin}: misrouted: {message}")]
+    Misrouted {
+        /// Name of the plugin.
+        plugin: String,
+        /// The key, where it lives, and where the event arrived.
+        message: String,
+    },
 }
 
 impl Error {
@@ -99,6 +108,7 @@ impl Error {
             Error::BadOutput { .. } => "bad-output",
             Error::Guest { .. } => "plugin-error",
             Error::Load { .. } => "load",
+            Error::Misrouted { .. } => "misrouted",
         }
     }
 }

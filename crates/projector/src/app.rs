@@ -158,6 +158,13 @@ impl App {
             .kafka
             .clone()
             .ok_or_else(|| anyhow::anyhow!("config: no [source.kafka]"))?;
+        let mut config = config;
+        config.placement = self
+            .config
+            .plugins
+            .iter()
+            .filter_map(|(name, p)| p.partition_by.clone().map(|k| (name.clone(), k)))
+            .collect();
         let source = Arc::new(KafkaSource::new(config)?);
         let feed = Feed::new(source.clone());
         self.start_source(source, feed, listen, stop, Until::Stopped)
@@ -178,6 +185,9 @@ impl App {
             self.deployer.set_replay(replay);
         }
         let (state, serving) = self.serve(feed, listen)?;
+        if let (Some(router), Some(serving)) = (source.router(), &serving) {
+            router.advertise(&format!("http://{}", serving.addr()));
+        }
         let engine = self.engine.clone();
         let options = Options::new(self.config.engine.batch_size, until);
         let pipeline = std::thread::Builder::new()

@@ -31,6 +31,9 @@
 //! topics = ["inbox"]
 //! max_buffered_records = 16384 # per partition; a fuller one is paused
 //! properties = { "session.timeout.ms" = "10000" } # any librdkafka property
+//! changelog = false            # several instances: changelogs, restore, routed reads
+//! partitioner = "murmur2"      # how producers key records: murmur2 | fnv1a
+//! advertised_url = "http://10.0.0.5:8080" # where other instances forward reads (default: http://<listen>)
 //!
 //! [retry]                      # events a plugin failed with a transient error
 //! blocking = 0                 # immediate retries (the key waits) ...
@@ -71,6 +74,7 @@
 //! limits = { epoch_deadline_ms = 20 }
 //! retry = { attempts = 10 }     # over [retry]
 //! breaker = { min_failures = 50 } # over [breaker]
+//! partition_by = { separator = ":", field = 1 } # the key part events are keyed by (several instances)
 //!
 //! [plugins.inbox-unread.truth] # the source of truth (see projector_api::truth)
 //! url = "http://legacy/unread?user={user}&site={site}"
@@ -96,7 +100,7 @@ use projector_deploy::{DeploySettings, PluginSetup};
 use projector_guest::Population;
 use projector_host::fetch::ServiceConfig;
 use projector_host::Limits;
-pub use projector_sources::kafka::KafkaConfig;
+pub use projector_sources::kafka::{KafkaConfig, KeyPart};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -310,6 +314,10 @@ pub struct PluginConfig {
     /// How long a view lives after its last event, in ms (default: for
     /// ever). An expired view reads as absent and is swept.
     pub ttl_ms: Option<u64>,
+    /// With several instances on Kafka (`[source.kafka] changelog = true`):
+    /// the part of a view key its events are keyed by, e.g. `{ separator =
+    /// ":", field = 1 }` for the inbox's `user:site` (default: the whole key).
+    pub partition_by: Option<KeyPart>,
 }
 
 /// `base` with the keys of `patch` set over it.

@@ -78,6 +78,11 @@ enum Command {
         group: String,
         #[arg(long, default_value_t = 1)]
         brokers: i32,
+        /// Also create `<group>.<plugin>.changelog` (as many partitions as
+        /// the first topic) for each of these plugins, and `<group>.members`,
+        /// for several instances (`[source.kafka] changelog = true`).
+        #[arg(long, value_delimiter = ',')]
+        changelog: Vec<String>,
     },
     /// Deploy, list, roll back and read the logs of plugins in a running
     /// runtime, through its admin API.
@@ -223,7 +228,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topics,
             group,
             brokers,
-        } => cli::kafka_dev::run(&topics, &group, brokers)?,
+            changelog,
+        } => cli::kafka_dev::run(&topics, &group, brokers, &changelog)?,
         Command::Backfill(args) => return cli::backfill::run(&config, args),
         Command::Verify(args) => return cli::verify::run(&config, args),
         Command::Test(args) => {

@@ -26,7 +26,7 @@ pub mod log;
 pub mod pipeline;
 mod resume;
 
-use projector_core::engine::{Engine, FailureRoute};
+use projector_core::engine::{Changelog, Engine, FailureRoute};
 use projector_core::store::RetryEntry;
 use projector_core::Record;
 use std::sync::Arc;
@@ -107,6 +107,18 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// Where views live and the changelog their changes go to, when
+    /// several instances share the source.
+    fn changelog(&self) -> Option<Arc<dyn Changelog>> {
+        None
+    }
+
+    /// Which instance answers a read of a view, when several share the
+    /// source.
+    fn router(&self) -> Option<Arc<dyn Router>> {
+        None
+    }
+
     /// Counters of the source's own, for `/metrics`.
     fn metrics(&self) -> Vec<SourceMetric> {
         Vec::new()
@@ -122,6 +134,42 @@ pub trait Source: Send + Sync {
     fn close(&self) -> anyhow::Result<()> {
         Ok(())
     }
+}
+
+/// Where a read of a view is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Here: this instance owns the view's partition.
+    Local,
+    /// By another instance, at its base URL.
+    Remote {
+        /// The owner's instance id.
+        instance: String,
+        /// Its base URL (`http://host:port`).
+        url: String,
+    },
+    /// By none now (a rebalance, a restore): try again shortly.
+    Unavailable {
+        /// `rebalancing` or `restoring`.
+        reason: &'static str,
+        /// What is going on, in words.
+        message: String,
+    },
+}
+
+/// Which instance owns the partition of each view.
+pub trait Router: Send + Sync {
+    /// This instance's id.
+    fn instance(&self) -> String;
+    /// Where a read of `plugin`'s view `key` is answered.
+    fn owner(&self, plugin: &str, key: &str) -> Owner;
+    /// Every instance, its URL and its owned, restoring and standby
+    /// partitions, and the routing table (for `status` and the API).
+    fn table(&self) -> serde_json::Value;
+    /// Readiness: the partitions this instance is restoring (none: ready).
+    fn restoring(&self) -> Vec<u32>;
+    /// Tell the others where this instance's API answers (once it listens).
+    fn advertise(&self, url: &str);
 }
 
 /// A source's records read again from the beginning: what a shadow

@@ -120,6 +120,7 @@ pub fn drive(
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<Totals> {
     engine.set_failure_route(source.failure_route());
+    engine.set_changelog(source.changelog());
     // Breakers pause plugins only where what they miss can be replayed.
     engine.enable_breakers(source.replay().is_some());
     let looped = turn(engine, source, options, stop, &mut progress);

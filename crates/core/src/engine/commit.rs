@@ -31,11 +31,18 @@ impl Engine {
         };
         let started = Instant::now();
         let projections = self.all();
+        let changelog = self.changelog();
         let mut views_written = 0;
         for p in &projections {
             let dirty: Vec<CompactString> = p.dirty.lock().recover().drain().collect();
             let views = p.views.read().recover();
             views_written += dirty.len() as u64;
+            if let (Some(c), false) = (&changelog, p.is_shadow() || p.is_building()) {
+                if let Err(e) = self.spool_changes(&**c, pending, &mut writer, p, &dirty, &views) {
+                    pending.failed = Some(e.to_string());
+                    return Err(e);
+                }
+            }
             for key in dirty {
                 match views.get(&key) {
                     Some(Some(record)) => writer.put_view(&p.ns, &key, record),

@@ -38,6 +38,8 @@ pub(super) struct BatchIn<'a> {
     pub(super) records: &'a [Record],
     pub(super) decoded: &'a [Result<Event, DecodeError>],
     pub(super) route: Route<'a>,
+    /// Where views live, when placed: a key elsewhere is misrouted.
+    pub(super) placed: Option<&'a dyn Changelog>,
 }
 
 /// One projection's share of one batch.
@@ -52,6 +54,9 @@ pub(super) struct BatchCtx<'a> {
     pub(super) only_key: Option<&'a str>,
     pub(super) retry: &'a RetryConfig,
     pub(super) route: Route<'a>,
+    /// Where views live, when placed: an event whose key lives on another
+    /// partition than the one it arrived on is dead-lettered `misrouted`.
+    pub(super) placed: Option<&'a dyn Changelog>,
     /// A live run its breaker watches: each key's failures are counted as
     /// it is folded, and once the breaker opens the other keys are left
     /// and the run is abandoned (nothing of it is written).
@@ -220,6 +225,7 @@ impl<'a> BatchCtx<'a> {
                         plugin: code.name().into(),
                         message: e.to_string(),
                     })?;
+                    self.check_placed(k)?;
                 }
                 keys.sort_unstable();
                 keys.dedup();
@@ -242,6 +248,24 @@ impl<'a> BatchCtx<'a> {
             }
         }
         out
+    }
+
+    /// Fail a key that lives on another partition than the batch's: its
+    /// view would be kept by two owners.
+    fn check_placed(&self, key: &str) -> Result<(), plugin::Error> {
+        let Some(placed) = self.placed else {
+            return Ok(());
+        };
+        match placed.partition(self.projection.name(), key) {
+            Some(p) if p != self.partition => Err(plugin::Error::Misrouted {
+                plugin: self.projection.name().into(),
+                message: format!(
+                    "view key {key:?} lives on partition {p}, and the event arrived on partition {}",
+                    self.partition
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Fold the events of the groups in `range`: the first `apply` of
@@ -509,6 +533,7 @@ impl Engine {
         };
 
         let route = self.route();
+        let changelog = self.changelog();
         let decoded_from = pending.offset(&self.store, DECODE_NS, source, partition)?;
         for (r, d) in records.iter().zip(&decoded) {
             if let (Err(e), true) = (d, r.offset >= decoded_from) {
@@ -551,6 +576,7 @@ impl Engine {
                 records,
                 decoded: &decoded,
                 route: route.as_deref(),
+                placed: changelog.as_deref(),
             };
             let delta = self.apply_batch(pending, &mut writer, p, &batch)?;
             if !p.is_shadow() {
@@ -604,6 +630,7 @@ impl Engine {
                 only_key: None,
                 retry: &p.retry,
                 route: b.route,
+                placed: b.placed,
                 watch: self.breakers_on.load(Ordering::Relaxed)
                     && !p.is_shadow()
                     && !p.breaker.is_paused(),

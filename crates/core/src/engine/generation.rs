@@ -83,6 +83,7 @@ impl Engine {
             records,
             decoded: &decoded,
             route: None,
+            placed: None,
         };
         let delta = self.apply_batch(pending, &mut writer, p, &batch);
         pending.writer = Some(writer);

@@ -30,11 +30,12 @@ use projector_host::sync::Recover;
 use projector_host::{self as plugin, EventBatch, Session, SharedCode};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+mod changelog;
 mod commit;
 mod expire;
 mod fold;
@@ -46,13 +47,14 @@ mod read;
 mod recollect;
 mod retry;
 
+pub use changelog::{position, Changelog};
 pub use commit::CommitStats;
 use expire::Expiry;
 pub use expire::{spawn_sweep, Sweep, SweepPace};
 pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
 pub use projection::Projection;
-use projection::RenderCache;
+use projection::{RenderCache, ViewCache};
 pub use read::{ReadView, Snapshot};
 pub use recollect::RecollectSummary;
 pub use retry::FailureRoute;
@@ -126,6 +128,7 @@ pub struct Engine {
     /// replay what a paused plugin lacks.
     breakers_on: AtomicBool,
     route: RwLock<Option<Arc<dyn FailureRoute>>>,
+    changelog: RwLock<Option<Arc<dyn Changelog>>>,
     commits: Mutex<CommitStats>,
 }
 
@@ -155,6 +158,8 @@ struct Pending {
     /// is not durable, so nothing may be committed after it (a restart
     /// redoes it from the stored offsets).
     failed: Option<String>,
+    /// The offsets last sent to the changelog per (namespace, partition).
+    marked: HashMap<(String, u32), Vec<(String, u64)>>,
 }
 
 impl Pending {
@@ -232,6 +237,7 @@ impl Engine {
             breaker: BreakerConfig::default(),
             breakers_on: AtomicBool::new(false),
             route: RwLock::new(None),
+            changelog: RwLock::new(None),
             commits: Mutex::default(),
         }
     }

@@ -167,6 +167,7 @@ impl Engine {
                 only_key: Some(&entry.key),
                 retry: &p.retry,
                 route: route.as_deref(),
+                placed: None,
                 watch: breakers && !p.breaker.is_paused(),
             };
             let Some(delta) = ctx.run(&[(entry.offset, &entry.event)], 1, &mut writer)? else {

@@ -258,3 +258,140 @@ fn a_snapshot_keeps_a_newer_view_and_replaces_an_older_or_invalid_one() {
     assert_eq!(unread(&engine, "u2:s1"), ["healed"]);
     assert!(!engine.invalidate("inbox", "nobody:s1").expect("invalidate"));
 }
+
+/// Views placed by the user part of the key: `u2…` on partition 1, every
+/// other on 0; the changelog's records kept as they are spooled.
+struct Placed;
+
+impl Changelog for Placed {
+    fn partition(&self, _: &str, key: &str) -> Option<u32> {
+        Some(u32::from(key.starts_with("u2")))
+    }
+
+    fn view(
+        &self,
+        _: &str,
+        partition: u32,
+        key: &str,
+        view: Option<&ViewRecord>,
+        position: u64,
+    ) -> Option<OutboxRecord> {
+        Some(OutboxRecord {
+            seq: 0,
+            topic: "changelog".into(),
+            partition: Some(partition as i32),
+            key: Some(key.as_bytes().to_vec()),
+            payload: view.map(crate::store::changelog_value),
+            headers: vec![("position".into(), position.to_string())],
+        })
+    }
+
+    fn offsets(&self, _: &str, partition: u32, offsets: &[(String, u64)]) -> Option<OutboxRecord> {
+        Some(OutboxRecord {
+            seq: 0,
+            topic: "changelog".into(),
+            partition: Some(partition as i32),
+            key: Some(Vec::new()),
+            payload: Some(serde_json::to_vec(offsets).expect("json")),
+            headers: Vec::new(),
+        })
+    }
+}
+
+#[test]
+fn an_event_naming_a_view_of_another_partition_is_dead_lettered_misrouted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.set_changelog(Some(Arc::new(Placed)));
+    // u1 → u2: the view u2:s1 lives on partition 1, the event came on 0.
+    let summary = engine
+        .process("log", 0, &[record(0, &sent("e1", 1, "c1", "u1", "u2"))])
+        .expect("process");
+    assert_eq!(summary.total().dead_lettered, 1, "{summary:?}");
+    engine.commit().expect("commit");
+    let letters: Vec<DeadLetter> = engine
+        .store()
+        .dead_letters()
+        .collect::<std::result::Result<_, _>>()
+        .expect("letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "misrouted");
+    assert!(
+        letters[0].error.contains("partition 1"),
+        "{}",
+        letters[0].error
+    );
+    assert!(engine.read("inbox", "u2:s1", 0).expect("read").is_none());
+    // On its own partition it applies.
+    let summary = engine
+        .process("log", 1, &[record(0, &sent("e2", 2, "c1", "u2", "u2"))])
+        .expect("process");
+    assert_eq!(summary.total().dead_lettered, 0, "{summary:?}");
+}
+
+#[test]
+fn a_commit_spools_each_changed_view_and_its_offsets_and_a_restore_takes_them_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.set_changelog(Some(Arc::new(Placed)));
+    engine
+        .process(
+            "log",
+            0,
+            &[
+                record(0, &sent("e1", 1, "c1", "u3", "u1")),
+                record(1, &sent("e2", 2, "c2", "u3", "u1")),
+            ],
+        )
+        .expect("process");
+    engine.commit().expect("commit");
+    let spooled = engine
+        .store()
+        .outbox(&Default::default(), 100)
+        .expect("outbox");
+    // u1:s1 and u3:s1 changed, then the offsets of partition 0.
+    let keys: Vec<String> = spooled
+        .iter()
+        .map(|r| String::from_utf8(r.key.clone().unwrap_or_default()).expect("utf8"))
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys.last().map(String::as_str), Some(""), "{keys:?}");
+    let offsets: Vec<(String, u64)> =
+        serde_json::from_slice(spooled[2].payload.as_ref().expect("value")).expect("offsets");
+    assert_eq!(offsets, [("log".to_string(), 2)]);
+    assert!(spooled[..2]
+        .iter()
+        .all(|r| r.headers == [("position".to_string(), "2".to_string())]));
+    // A commit that changes nothing spools nothing.
+    engine.commit().expect("commit");
+    assert_eq!(engine.store().outbox_count(), 3);
+
+    // Another store takes the views and offsets back.
+    let other = tempfile::tempdir().expect("tempdir");
+    let restored = open(other.path());
+    let views: Vec<(String, Option<ViewRecord>)> = spooled[..2]
+        .iter()
+        .map(|r| {
+            let key = String::from_utf8(r.key.clone().unwrap_or_default()).expect("utf8");
+            let view = r
+                .payload
+                .as_deref()
+                .map(|b| crate::store::changelog_view(b).expect("a view"));
+            (key, view)
+        })
+        .collect();
+    restored.restore_views("inbox", &views).expect("views");
+    restored.restored("inbox", 0, &offsets).expect("offsets");
+    assert_eq!(unread(&restored, "u1:s1"), ["c2", "c1"]);
+    assert_eq!(restored.resume_offset("log", 0).expect("offset"), 2);
+    assert_eq!(
+        restored.partition_offsets("inbox", 0).expect("offsets"),
+        offsets
+    );
+    // The next event applies on top, once.
+    let summary = restored
+        .process("log", 0, &[record(2, &sent("e3", 3, "c3", "u3", "u1"))])
+        .expect("process");
+    assert_eq!(summary.total().applied, 2, "{summary:?}");
+    assert_eq!(unread(&restored, "u1:s1"), ["c3", "c2", "c1"]);
+}

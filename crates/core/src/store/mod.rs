@@ -173,8 +173,8 @@ pub struct OutboxRecord {
     pub partition: Option<i32>,
     /// Record key; `None` for a keyless record.
     pub key: Option<Vec<u8>>,
-    /// Record value.
-    pub payload: Vec<u8>,
+    /// Record value; `None`: a tombstone (a changelog's deleted view).
+    pub payload: Option<Vec<u8>>,
     /// Record headers, as (name, value).
     pub headers: Vec<(String, String)>,
 }
@@ -310,6 +310,32 @@ pub(crate) fn decode_view(bytes: &[u8]) -> Result<ViewRecord> {
         }
     }
     Ok(ViewRecord { view, updated_ms })
+}
+
+/// The version of a view's changelog form ([`changelog_value`]).
+pub const CHANGELOG_ENCODING: u8 = 1;
+
+/// A view as a changelog carries it: one byte, the encoding's version
+/// ([`CHANGELOG_ENCODING`]), then the view's stored form (postcard: the
+/// view's state, versions per source, status and time; then its recent
+/// versions). A deleted view is a record without a value (a tombstone).
+pub fn changelog_value(record: &ViewRecord) -> Vec<u8> {
+    encode_view(record, vec![CHANGELOG_ENCODING])
+}
+
+/// A view from its changelog form (see [`changelog_value`]).
+pub fn changelog_view(bytes: &[u8]) -> Result<ViewRecord> {
+    match bytes.split_first() {
+        Some((&CHANGELOG_ENCODING, rest)) => decode_view(rest),
+        Some((v, _)) => Err(Error::Corrupt {
+            what: "changelog view".into(),
+            reason: format!("encoding version {v}, this runtime reads {CHANGELOG_ENCODING}"),
+        }),
+        None => Err(Error::Corrupt {
+            what: "changelog view".into(),
+            reason: "empty".into(),
+        }),
+    }
 }
 
 /// The process holding a lock on `file`, from `/proc/locks` (Linux); `None`

@@ -3,9 +3,15 @@
 use super::signals::{spawn_signal_handler, stop_signals};
 use projector_host::shutdown::Shutdown;
 
-pub(crate) fn run(topics: &[String], group: &str, brokers: i32) -> anyhow::Result<()> {
+pub(crate) fn run(
+    topics: &[String],
+    group: &str,
+    brokers: i32,
+    changelog: &[String],
+) -> anyhow::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(brokers)
         .map_err(|e| anyhow::anyhow!("starting the mock cluster: {e}"))?;
+    let mut first_partitions = None;
     for spec in topics {
         let (name, partitions) = match spec.split_once(':') {
             Some((n, p)) => (
@@ -17,6 +23,7 @@ pub(crate) fn run(topics: &[String], group: &str, brokers: i32) -> anyhow::Resul
             ),
             None => (spec.as_str(), 4),
         };
+        first_partitions.get_or_insert(partitions);
         for t in [
             name.to_string(),
             format!("{name}.{group}.retry"),
@@ -24,6 +31,25 @@ pub(crate) fn run(topics: &[String], group: &str, brokers: i32) -> anyhow::Resul
         ] {
             cluster
                 .create_topic(&t, partitions, 1)
+                .map_err(|e| anyhow::anyhow!("creating {t}: {e}"))?;
+        }
+    }
+    if !changelog.is_empty() {
+        let mut extra: Vec<(String, i32)> = changelog
+            .iter()
+            .map(|p| {
+                (
+                    format!("{group}.{p}.changelog"),
+                    first_partitions.unwrap_or(4),
+                )
+            })
+            .collect();
+        extra.push((format!("{group}.members"), 1));
+        // The mock cluster never compacts: a restore takes the last record
+        // per key itself.
+        for (t, n) in extra {
+            cluster
+                .create_topic(&t, n, 1)
                 .map_err(|e| anyhow::anyhow!("creating {t}: {e}"))?;
         }
     }

@@ -40,12 +40,33 @@ pub(crate) fn topic_partitions(config: &KafkaConfig) -> anyhow::Result<HashMap<S
 }
 
 /// Create the retry and dead-letter topics of every source topic that
-/// lack them, with its partition count. A broker that refuses (or does
-/// not offer CreateTopics) gets a warning: the operator creates them, or
-/// the broker creates them on first use.
+/// lack them, with its partition count.
 pub(crate) fn create_failure_topics(
     config: &KafkaConfig,
     partitions: &HashMap<String, i32>,
+) -> anyhow::Result<()> {
+    let wanted: Vec<Wanted> = partitions
+        .iter()
+        .flat_map(|(t, n)| {
+            [
+                (config.retry_topic(t), *n, false),
+                (config.dead_letter_topic(t), *n, false),
+            ]
+        })
+        .collect();
+    create_topics(config, &wanted, "the retry and dead-letter topics")
+}
+
+/// A topic wanted: name, partitions, compacted.
+pub(crate) type Wanted = (String, i32, bool);
+
+/// Create the topics of `wanted` that are missing. A broker that refuses
+/// (or does not offer CreateTopics) gets a warning naming `what`: the
+/// operator creates them, or the broker creates them on first use.
+pub(crate) fn create_topics(
+    config: &KafkaConfig,
+    wanted: &[Wanted],
+    what: &str,
 ) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let probe: BaseConsumer = config.client(&[]).create()?;
@@ -59,23 +80,21 @@ pub(crate) fn create_failure_topics(
                     .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
             })
     };
-    let missing: Vec<(String, i32)> = partitions
-        .iter()
-        .flat_map(|(t, n)| {
-            [
-                (config.retry_topic(t), *n),
-                (config.dead_letter_topic(t), *n),
-            ]
-        })
-        .filter(|(name, _)| !exists(name))
-        .collect();
+    let missing: Vec<&Wanted> = wanted.iter().filter(|(name, _, _)| !exists(name)).collect();
     if missing.is_empty() {
         return Ok(());
     }
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = config.client(&[]).create()?;
     let topics: Vec<NewTopic> = missing
         .iter()
-        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(-1)))
+        .map(|(name, n, compact)| {
+            let t = NewTopic::new(name, *n, TopicReplication::Fixed(-1));
+            if *compact {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
@@ -92,10 +111,21 @@ pub(crate) fn create_failure_topics(
                 }
             }
         }
-        Err(e) => tracing::warn!(
-            topics = ?missing,
-            "could not create the retry and dead-letter topics ({e}); create them with these partition counts"
-        ),
+        Err(e) => {
+            let list: Vec<String> = missing
+                .iter()
+                .map(|(n, p, c)| {
+                    format!(
+                        "{n} ({p} partitions{})",
+                        if *c { ", compacted" } else { "" }
+                    )
+                })
+                .collect();
+            tracing::warn!(
+                topics = ?list,
+                "could not create {what} ({e}); create them as listed"
+            )
+        }
     }
     Ok(())
 }

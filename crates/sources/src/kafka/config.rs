@@ -21,10 +21,86 @@ pub struct KafkaConfig {
     /// Passed to librdkafka as they are (consumer and producer).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Run as one of several instances: every view lives on the partition
+    /// of its events (a key elsewhere is dead-lettered `misrouted`), every
+    /// view change is produced to the plugin's changelog topic, a newly
+    /// assigned partition is restored from it, and reads are routed to the
+    /// partition's owner.
+    #[serde(default)]
+    pub changelog: bool,
+    /// The changelog topic of each plugin: `{group}` and `{plugin}` are
+    /// replaced (default `{group}.{plugin}.changelog`).
+    #[serde(default = "default_changelog_topic")]
+    pub changelog_topic: String,
+    /// Where instances publish who they are and what they own (default
+    /// `{group}.members`, one partition).
+    #[serde(default = "default_members_topic")]
+    pub members_topic: String,
+    /// How the producers of the source topics choose a record's partition
+    /// from its key: `murmur2` (the Java client's default, and
+    /// librdkafka's `murmur2_random`) or `fnv1a` (projector's embedded
+    /// log). Views are placed by the same rule.
+    #[serde(default)]
+    pub partitioner: Partitioner,
+    /// Partitions of other instances each instance also follows from
+    /// their changelogs, ready to take over (0 or 1).
+    #[serde(default)]
+    pub standby_replicas: u32,
+    /// The base URL other instances forward reads to (default: the API's
+    /// listen address, as `http://host:port`).
+    #[serde(default)]
+    pub advertised_url: Option<String>,
+    /// Per plugin: which part of a view key is its partition key (set from
+    /// `[plugins.NAME] partition_by`; default: the whole key).
+    #[serde(skip)]
+    pub placement: BTreeMap<String, KeyPart>,
+}
+
+/// How producers choose a record's partition from its key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partitioner {
+    /// `murmur2(key) & 0x7fffffff % partitions`: the Java client's.
+    #[default]
+    Murmur2,
+    /// FNV-1a of the key modulo the partitions: the embedded log's.
+    Fnv1a,
+}
+
+/// The part of a view key that is its partition key: the `field`-th
+/// (from 0) piece of the key split at `separator`. For the inbox's
+/// `user:site`, keyed by site: `{ separator = ":", field = 1 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPart {
+    /// Where the key is split.
+    pub separator: String,
+    /// Which piece, from 0.
+    pub field: usize,
+}
+
+impl KeyPart {
+    /// The partition key within `key`; the whole key when it has fewer pieces.
+    pub fn of<'k>(&self, key: &'k str) -> &'k str {
+        if self.separator.is_empty() {
+            return key;
+        }
+        key.split(self.separator.as_str())
+            .nth(self.field)
+            .unwrap_or(key)
+    }
 }
 
 fn default_max_buffered() -> usize {
     16_384
+}
+
+fn default_changelog_topic() -> String {
+    "{group}.{plugin}.changelog".into()
+}
+
+fn default_members_topic() -> String {
+    "{group}.members".into()
 }
 
 impl KafkaConfig {
@@ -36,6 +112,13 @@ impl KafkaConfig {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             max_buffered_records: default_max_buffered(),
             properties: BTreeMap::new(),
+            changelog: false,
+            changelog_topic: default_changelog_topic(),
+            members_topic: default_members_topic(),
+            partitioner: Partitioner::default(),
+            standby_replicas: 0,
+            advertised_url: None,
+            placement: BTreeMap::new(),
         }
     }
 
@@ -52,6 +135,23 @@ impl KafkaConfig {
         }
         if self.max_buffered_records < 2 {
             return Err("max_buffered_records: expected at least 2".into());
+        }
+        if !self.changelog_topic.contains("{plugin}") {
+            return Err(format!(
+                "changelog_topic: expected a name with {{plugin}} in it, got {:?}",
+                self.changelog_topic
+            ));
+        }
+        if self.standby_replicas > 1 {
+            return Err(format!(
+                "standby_replicas: expected 0 or 1, got {}",
+                self.standby_replicas
+            ));
+        }
+        if self.standby_replicas > 0 && !self.changelog {
+            return Err(
+                "standby_replicas: standbys follow changelogs; set changelog = true".into(),
+            );
         }
         Ok(())
     }
@@ -71,6 +171,18 @@ impl KafkaConfig {
     /// The retry topic of `topic`: `<topic>.<group_id>.retry`.
     pub(crate) fn retry_topic(&self, topic: &str) -> String {
         format!("{topic}.{}.retry", self.group_id)
+    }
+
+    /// The changelog topic of `plugin`.
+    pub fn changelog_topic(&self, plugin: &str) -> String {
+        self.changelog_topic
+            .replace("{group}", &self.group_id)
+            .replace("{plugin}", plugin)
+    }
+
+    /// The topic instances publish their membership to.
+    pub fn members_topic(&self) -> String {
+        self.members_topic.replace("{group}", &self.group_id)
     }
 
     /// The dead-letter topic of `topic`: `<topic>.<group_id>.dlq`.
@@ -109,4 +221,10 @@ pub mod header {
     /// `event`: the payload is the decoded event as JSON; `raw`: the
     /// original record's bytes (it could not be decoded).
     pub const PAYLOAD: &str = "projector-payload";
+    /// Changelogs: `view` (a view's change; no value: deleted) or
+    /// `offsets` (the source offsets the partition's views now cover).
+    pub const KIND: &str = "projector-kind";
+    /// Changelogs: the commit's position in its partition, the sum of the
+    /// next offsets of its sources (grows with every commit).
+    pub const POSITION: &str = "projector-position";
 }

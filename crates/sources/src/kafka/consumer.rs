@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) queues: Mutex<Queues>,
     pub(crate) changed: Condvar,
     pub(crate) stats: Arc<KafkaStats>,
+    /// With a changelog: the membership, told of each rebalance.
+    pub(crate) members: Option<Arc<super::members::Members>>,
 }
 
 impl Shared {
@@ -79,6 +81,54 @@ impl Shared {
             self.engine.retry_resume_offset(&source, partition as u32)
         } else {
             self.engine.resume_offset(&source, partition as u32)
+        }
+    }
+
+    /// Wait, up to `bound`, for the spool to send what was committed: the
+    /// next owner of a released partition restores from the changelog,
+    /// and finds it complete.
+    fn drain_spool(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        let store = self.engine.store();
+        while store.outbox_count() > 0 {
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    spooled = store.outbox_count(),
+                    "releasing partitions with changelog records not yet sent; \
+                     their next owner restores an older state and replays from there"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Restore the source partitions among `parts` from their changelogs
+    /// where they are ahead of the store (shown as restoring meanwhile).
+    fn restore(&self, parts: &[(String, i32)]) {
+        let numbers: std::collections::BTreeSet<i32> = parts
+            .iter()
+            .filter(|(t, _)| !self.retry_topics.contains(t))
+            .map(|(_, p)| *p)
+            .collect();
+        self.stats
+            .restoring
+            .lock()
+            .recover()
+            .extend(numbers.iter().copied());
+        if let Some(m) = &self.members {
+            m.dirty.store(true, Ordering::Relaxed);
+        }
+        for p in numbers {
+            if let Err(e) =
+                super::restore::restore_partition(&self.engine, &self.config, p, &self.stats)
+            {
+                tracing::error!(
+                    partition = p,
+                    "restoring from the changelog failed; the partition resumes from the store's offsets: {e:#}"
+                );
+            }
+            self.stats.restoring.lock().recover().remove(&p);
         }
     }
 
@@ -104,6 +154,9 @@ impl Shared {
         drop(q);
         if let Err(e) = self.engine.commit() {
             tracing::error!("commit before releasing partitions: {e}");
+        }
+        if self.config.changelog {
+            self.drain_spool(Duration::from_secs(5));
         }
         let mut tpl = TopicPartitionList::new();
         let mut lags = self.stats.partitions.lock().recover();
@@ -153,6 +206,9 @@ impl ConsumerContext for ConsumerCtx {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if shared.config.changelog {
+                    shared.restore(&parts);
+                }
                 let mut assign = TopicPartitionList::new();
                 let mut q = shared.lock();
                 for (topic, partition) in &parts {
@@ -180,6 +236,9 @@ impl ConsumerContext for ConsumerCtx {
                 }
                 drop(q);
                 tracing::info!(partitions = ?parts, "assigned");
+                if let Some(m) = &shared.members {
+                    m.dirty.store(true, Ordering::Relaxed);
+                }
                 if let Err(e) = consumer.assign(&assign) {
                     tracing::error!("assign: {e}");
                 }
@@ -194,6 +253,9 @@ impl ConsumerContext for ConsumerCtx {
                     }
                 }
                 tracing::info!(partitions = ?parts, "revoked");
+                if let Some(m) = &shared.members {
+                    m.dirty.store(true, Ordering::Relaxed);
+                }
                 if let Err(e) = consumer.unassign() {
                     tracing::error!("unassign: {e}");
                 }

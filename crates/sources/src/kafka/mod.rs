@@ -26,6 +26,14 @@
 //! producer, and removed once acknowledged; what is unsent at a stop is
 //! sent at the next start.
 //!
+//! **Several instances** (`changelog = true`): every view lives on the
+//! partition of its events ([`placement`]); each commit's view changes
+//! also go through the spool to the plugin's changelog topic, with the
+//! source offsets they cover; a partition newly assigned whose changelog
+//! is ahead of the store is restored from it before it resumes (`restore`);
+//! instances publish what they own to the members topic and route reads
+//! to the owner (`members`).
+//!
 //! Map: [`config`] (`[source.kafka]`, topic names, headers), `admin`
 //! (partition counts, topic creation), `consumer` (the polling thread,
 //! rebalances, backpressure), [`source`] (the [`Source`](crate::Source)
@@ -35,13 +43,16 @@
 mod admin;
 pub mod config;
 mod consumer;
+mod members;
+pub mod placement;
 pub mod replay;
+mod restore;
 mod route;
 pub mod source;
 mod spool;
 pub mod stats;
 
-pub use config::{header, source_id, KafkaConfig};
+pub use config::{header, source_id, KafkaConfig, KeyPart, Partitioner};
 pub use replay::KafkaRetained;
 pub use source::KafkaSource;
 pub use stats::{KafkaStats, PartitionLag};

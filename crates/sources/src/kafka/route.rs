@@ -38,7 +38,7 @@ impl FailureRoute for FailureTopics {
             topic: self.config.retry_topic(topic),
             partition: self.partition(topic, e.partition),
             key: Some(e.event.key.clone().into_bytes()),
-            payload: serde_json::to_vec(&e.event).ok()?,
+            payload: Some(serde_json::to_vec(&e.event).ok()?),
             headers: vec![
                 (header::PLUGIN.into(), e.plugin.clone()),
                 (header::ATTEMPT.into(), e.attempt.to_string()),
@@ -88,7 +88,7 @@ impl FailureRoute for FailureTopics {
             topic: self.config.dead_letter_topic(topic),
             partition: self.partition(topic, d.partition),
             key: d.event.as_ref().map(|e| e.key.clone().into_bytes()),
-            payload,
+            payload: Some(payload),
             headers,
         })
     }

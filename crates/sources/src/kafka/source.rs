@@ -2,15 +2,17 @@
 //! consumer's queues in turn, finished batches marked applied, commits
 //! marked durable (the consumer then commits them to Kafka).
 
-use super::admin::{create_failure_topics, topic_partitions};
+use super::admin::{create_failure_topics, create_topics, topic_partitions};
 use super::config::{source_id, KafkaConfig};
 use super::consumer::{consume, Queued, Queues, Shared};
+use super::members::Members;
+use super::placement::Placement;
 use super::replay::KafkaRetained;
 use super::route::FailureTopics;
 use super::spool::run_spool;
 use super::stats::KafkaStats;
-use crate::{Batch, Next, Replay, Source, SourceMetric};
-use projector_core::engine::{Engine, FailureRoute};
+use crate::{Batch, Next, Replay, Router, Source, SourceMetric};
+use projector_core::engine::{Changelog, Engine, FailureRoute};
 use projector_host::shutdown::Shutdown;
 use projector_host::sync::Recover;
 use std::collections::HashSet;
@@ -39,6 +41,9 @@ struct Started {
     shared: Arc<Shared>,
     route: Arc<FailureTopics>,
     replay: Arc<KafkaRetained>,
+    /// With `changelog = true`: where views live, and the membership.
+    placement: Option<Arc<Placement>>,
+    members: Option<Arc<Members>>,
 }
 
 impl KafkaSource {
@@ -79,6 +84,32 @@ impl Source for KafkaSource {
         let config = &self.config;
         let partitions = topic_partitions(config)?;
         create_failure_topics(config, &partitions)?;
+        let placement = if config.changelog {
+            let counts: std::collections::BTreeSet<i32> = partitions.values().copied().collect();
+            if counts.len() > 1 {
+                anyhow::bail!(
+                    "source.kafka.changelog: every source topic must have as many partitions \
+                     (a view lives on one partition number); they have {partitions:?}"
+                );
+            }
+            let n = counts.first().copied().unwrap_or(1);
+            let mut wanted: Vec<(String, i32, bool)> = engine
+                .projections()
+                .iter()
+                .map(|p| (config.changelog_topic(p.name()), n, true))
+                .collect();
+            wanted.push((config.members_topic(), 1, true));
+            create_topics(config, &wanted, "the changelog and members topics")?;
+            Some(Arc::new(Placement {
+                config: config.clone(),
+                partitions: n as u32,
+            }))
+        } else {
+            None
+        };
+        let members = placement
+            .as_ref()
+            .map(|p| Arc::new(Members::new(config, p.clone(), self.stats.clone())));
         let route = Arc::new(FailureTopics {
             config: config.clone(),
             partitions,
@@ -95,6 +126,7 @@ impl Source for KafkaSource {
             queues: Mutex::new(Queues::default()),
             changed: Condvar::new(),
             stats: self.stats.clone(),
+            members: members.clone(),
         });
         let replay = Arc::new(KafkaRetained::new(config, self.stats.clone())?);
         if self
@@ -103,6 +135,8 @@ impl Source for KafkaSource {
                 shared: shared.clone(),
                 route,
                 replay,
+                placement,
+                members: members.clone(),
             })
             .is_err()
         {
@@ -121,6 +155,15 @@ impl Source for KafkaSource {
                 .name("projector-spool".into())
                 .spawn(move || run_spool(&store, &cfg, &stats, &stop))?,
         ));
+        if let Some(members) = members {
+            let stop = self.stop.clone();
+            threads.push((
+                "members",
+                std::thread::Builder::new()
+                    .name("projector-members".into())
+                    .spawn(move || members.run(&stop))?,
+            ));
+        }
         let stop = self.stop.clone();
         threads.push((
             "consumer",
@@ -213,6 +256,20 @@ impl Source for KafkaSource {
         self.started
             .get()
             .map(|s| s.route.clone() as Arc<dyn FailureRoute>)
+    }
+
+    fn changelog(&self) -> Option<Arc<dyn Changelog>> {
+        self.started
+            .get()
+            .and_then(|s| s.placement.clone())
+            .map(|p| p as Arc<dyn Changelog>)
+    }
+
+    fn router(&self) -> Option<Arc<dyn Router>> {
+        self.started
+            .get()
+            .and_then(|s| s.members.clone())
+            .map(|m| m as Arc<dyn Router>)
     }
 
     fn metrics(&self) -> Vec<SourceMetric> {

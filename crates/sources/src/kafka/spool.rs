@@ -80,9 +80,10 @@ pub(crate) fn run_spool(
                     });
                 }
                 let mut r: BaseRecord<'_, Vec<u8>, Vec<u8>, usize> =
-                    BaseRecord::with_opaque_to(&record.topic, record.seq as usize)
-                        .payload(&record.payload)
-                        .headers(headers);
+                    BaseRecord::with_opaque_to(&record.topic, record.seq as usize).headers(headers);
+                if let Some(p) = &record.payload {
+                    r = r.payload(p);
+                }
                 if let Some(k) = &record.key {
                     r = r.key(k);
                 }

@@ -3,7 +3,7 @@
 use super::config::source_id;
 use crate::{MetricKind, SourceMetric};
 use projector_host::sync::Recover;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -35,6 +35,18 @@ pub struct KafkaStats {
     pub produce_errors: AtomicU64,
     /// Per (topic, partition): the log end seen and the next offset applied.
     pub partitions: Mutex<BTreeMap<(String, i32), PartitionLag>>,
+    /// Partitions being restored from their changelogs now.
+    pub restoring: Mutex<BTreeSet<i32>>,
+    /// Restores from a changelog done, over every plugin and partition.
+    pub restores: AtomicU64,
+    /// Changelog records read by restores.
+    pub restore_records: AtomicU64,
+    /// Views put or deleted by restores.
+    pub restore_views: AtomicU64,
+    /// Time restores took, in ms.
+    pub restore_ms: AtomicU64,
+    /// Per partition: (changelog records read, views restored, ms) by restores.
+    pub restored: Mutex<BTreeMap<i32, (u64, u64, u64)>>,
 }
 
 /// How far one owned partition is: its log end and the next offset applied.
@@ -147,6 +159,65 @@ impl KafkaStats {
                 spooled as i64,
             ),
         ];
+        out.extend([
+            one(
+                "projector_kafka_restores",
+                "Partitions of a plugin restored from its changelog",
+                Counter,
+                load(&self.restores),
+            ),
+            one(
+                "projector_kafka_restore_records",
+                "Changelog records read by restores",
+                Counter,
+                load(&self.restore_records),
+            ),
+            one(
+                "projector_kafka_restore_views",
+                "Views put or deleted by restores",
+                Counter,
+                load(&self.restore_views),
+            ),
+            one(
+                "projector_kafka_restore_milliseconds",
+                "Time restores took",
+                Counter,
+                load(&self.restore_ms),
+            ),
+            one(
+                "projector_kafka_restoring_partitions",
+                "Partitions being restored from the changelog now",
+                Gauge,
+                self.restoring.lock().recover().len() as i64,
+            ),
+        ]);
+        for (partition, (records, views, ms)) in self.restored.lock().recover().iter() {
+            for (name, help, value) in [
+                (
+                    "projector_kafka_partition_restore_records",
+                    "Changelog records read by restores of this partition",
+                    *records,
+                ),
+                (
+                    "projector_kafka_partition_restore_views",
+                    "Views restored into this partition",
+                    *views,
+                ),
+                (
+                    "projector_kafka_partition_restore_milliseconds",
+                    "Time restores of this partition took",
+                    *ms,
+                ),
+            ] {
+                out.push(SourceMetric {
+                    name,
+                    help,
+                    kind: Counter,
+                    labels: vec![("partition".into(), partition.to_string())],
+                    value: value as i64,
+                });
+            }
+        }
         for ((topic, partition), lag) in self.lag() {
             out.push(SourceMetric {
                 name: "projector_kafka_lag_records",

@@ -166,8 +166,13 @@ fn segment_key(partition: u32, offset: u64) -> [u8; 13] {
 /// FNV-1a: a hash that stays the same across builds and platforms, so a
 /// key keeps its partition.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    fnv1a_partition(key.as_bytes(), partitions)
+}
+
+/// [`partition_of`] of any bytes.
+pub(crate) fn fnv1a_partition(key: &[u8], partitions: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
+    for b in key {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

@@ -1,0 +1,303 @@
+//! Membership: every instance publishes who it is, where its API answers
+//! and which partitions it owns and restores, keyed by its id, to the
+//! group's members topic (`{group}.members`, one partition; compacted on
+//! a real broker), every second and at once after a rebalance; it leaves
+//! a last record when it stops. Every instance reads the topic from its
+//! start and keeps the newest record of each, so each knows the owner of
+//! every partition and routes a read there ([`Router`]).
+//!
+//! A member that has not published for [`LIVE_MS`] is taken for gone (a
+//! SIGKILLed instance), so its partitions are unavailable, and reads of
+//! them are answered 503 with `Retry-After`, until the group has
+//! reassigned them and the new owner has published.
+
+use super::config::KafkaConfig;
+use super::placement::Placement;
+use super::stats::KafkaStats;
+use crate::{Owner, Router};
+use projector_core::now_ms;
+use projector_host::shutdown::Shutdown;
+use projector_host::sync::Recover;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+/// A member not heard from for this long is taken for gone.
+pub(crate) const LIVE_MS: i64 = 6_000;
+
+/// How often a member publishes.
+const EVERY: Duration = Duration::from_millis(1000);
+
+/// One instance as it published itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Member {
+    pub(crate) instance: String,
+    /// Base URL of its API; `None` until it listens.
+    pub(crate) url: Option<String>,
+    pub(crate) owned: Vec<u32>,
+    pub(crate) restoring: Vec<u32>,
+    pub(crate) standby: Vec<u32>,
+    pub(crate) at_ms: i64,
+    /// Its last record: it stopped.
+    #[serde(default)]
+    pub(crate) left: bool,
+}
+
+/// The membership of the group, as this instance sees it.
+pub(crate) struct Members {
+    pub(crate) me: String,
+    config: KafkaConfig,
+    placement: Arc<Placement>,
+    stats: Arc<KafkaStats>,
+    url: OnceLock<String>,
+    table: RwLock<BTreeMap<String, Member>>,
+    /// Publish at once (set after a rebalance).
+    pub(crate) dirty: AtomicBool,
+    /// Partitions followed as a standby (from their changelogs).
+    pub(crate) standby: Mutex<BTreeSet<u32>>,
+}
+
+impl Members {
+    pub(crate) fn new(
+        config: &KafkaConfig,
+        placement: Arc<Placement>,
+        stats: Arc<KafkaStats>,
+    ) -> Self {
+        let me = format!(
+            "{}-{:x}",
+            std::process::id(),
+            now_ms() as u64 ^ (u64::from(std::process::id()) << 40)
+        );
+        Members {
+            me,
+            config: config.clone(),
+            placement,
+            stats,
+            url: config
+                .advertised_url
+                .clone()
+                .map_or_else(OnceLock::new, |u| {
+                    let l = OnceLock::new();
+                    let _ = l.set(u);
+                    l
+                }),
+            table: RwLock::default(),
+            dirty: AtomicBool::new(true),
+            standby: Mutex::default(),
+        }
+    }
+
+    /// Owned partitions now (of the first source topic: the others are
+    /// assigned alike).
+    fn owned(&self) -> Vec<u32> {
+        let topic = &self.config.topics[0];
+        self.stats
+            .partitions
+            .lock()
+            .recover()
+            .keys()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| *p as u32)
+            .collect()
+    }
+
+    fn me_now(&self, left: bool) -> Member {
+        Member {
+            instance: self.me.clone(),
+            url: self.url.get().cloned(),
+            owned: if left { Vec::new() } else { self.owned() },
+            restoring: self.restoring(),
+            standby: self.standby.lock().recover().iter().copied().collect(),
+            at_ms: now_ms(),
+            left,
+        }
+    }
+
+    /// Publish and read the members topic until `stop`; a last record
+    /// says this instance left.
+    pub(crate) fn run(&self, stop: &Shutdown) -> anyhow::Result<()> {
+        let topic = self.config.members_topic();
+        let producer: BaseProducer = self
+            .config
+            .client(&[("linger.ms", "0"), ("message.timeout.ms", "5000")])
+            .create()?;
+        let group = format!("{}.members.{}", self.config.group_id, self.me);
+        let consumer: BaseConsumer = self
+            .config
+            .client(&[
+                ("group.id", group.as_str()),
+                ("enable.auto.commit", "false"),
+            ])
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let publish = |left: bool| {
+            let me = self.me_now(left);
+            if let Ok(value) = serde_json::to_vec(&me) {
+                let r = BaseRecord::<str, Vec<u8>>::to(&topic)
+                    .partition(0)
+                    .key(self.me.as_str())
+                    .payload(&value);
+                if let Err((e, _)) = producer.send(r) {
+                    tracing::debug!("publishing membership: {e}");
+                }
+            }
+            // Known at once here, whatever the broker does.
+            self.table.write().recover().insert(me.instance.clone(), me);
+        };
+        let mut last = std::time::Instant::now() - EVERY;
+        while !stop.is_stopped() {
+            if last.elapsed() >= EVERY || self.dirty.swap(false, Ordering::Relaxed) {
+                last = std::time::Instant::now();
+                publish(false);
+            }
+            producer.poll(Duration::ZERO);
+            while let Some(m) = consumer.poll(Duration::from_millis(50)) {
+                match m {
+                    Ok(m) => {
+                        let Some(member) = m
+                            .payload()
+                            .and_then(|p| serde_json::from_slice::<Member>(p).ok())
+                        else {
+                            continue;
+                        };
+                        if member.instance == self.me {
+                            continue;
+                        }
+                        let mut table = self.table.write().recover();
+                        let newer = table
+                            .get(&member.instance)
+                            .is_none_or(|old| old.at_ms <= member.at_ms);
+                        if newer {
+                            table.insert(member.instance.clone(), member);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("reading membership: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        publish(true);
+        let _ = producer.flush(Duration::from_secs(2));
+        let _ = consumer.unassign();
+        Ok(())
+    }
+
+    /// Live members (this one included), newest first per partition.
+    fn live(&self) -> Vec<Member> {
+        let now = now_ms();
+        let mut out: Vec<Member> = self
+            .table
+            .read()
+            .recover()
+            .values()
+            .filter(|m| !m.left && (m.instance == self.me || now - m.at_ms <= LIVE_MS))
+            .cloned()
+            .collect();
+        out.sort_by_key(|m| std::cmp::Reverse(m.at_ms));
+        out
+    }
+
+    /// The owner of each partition, by the newest claims.
+    fn owners(&self) -> BTreeMap<u32, Member> {
+        let mut out = BTreeMap::new();
+        for m in self.live() {
+            for p in &m.owned {
+                out.entry(*p).or_insert_with(|| m.clone());
+            }
+        }
+        out
+    }
+}
+
+impl Router for Members {
+    fn instance(&self) -> String {
+        self.me.clone()
+    }
+
+    fn owner(&self, plugin: &str, key: &str) -> Owner {
+        let p = self.placement.partition_of(plugin, key);
+        if self.stats.restoring.lock().recover().contains(&(p as i32)) {
+            return Owner::Unavailable {
+                reason: "restoring",
+                message: format!("partition {p} is being restored from the changelog here"),
+            };
+        }
+        if self.owned().contains(&p) {
+            return Owner::Local;
+        }
+        match self.owners().remove(&p) {
+            Some(m) if m.instance != self.me && m.restoring.contains(&p) => Owner::Unavailable {
+                reason: "restoring",
+                message: format!(
+                    "partition {p} is being restored from the changelog by instance {}",
+                    m.instance
+                ),
+            },
+            Some(Member {
+                instance,
+                url: Some(url),
+                ..
+            }) if instance != self.me => Owner::Remote { instance, url },
+            _ => Owner::Unavailable {
+                reason: "rebalancing",
+                message: format!("no live instance owns partition {p} now (a rebalance?)"),
+            },
+        }
+    }
+
+    fn table(&self) -> serde_json::Value {
+        let members: Vec<_> = self
+            .live()
+            .into_iter()
+            .map(|m| {
+                json!({
+                    "instance": m.instance,
+                    "url": m.url,
+                    "me": m.instance == self.me,
+                    "owned": m.owned,
+                    "restoring": m.restoring,
+                    "standby": m.standby,
+                    "seen_ms_ago": (now_ms() - m.at_ms).max(0),
+                })
+            })
+            .collect();
+        let routes: BTreeMap<String, String> = self
+            .owners()
+            .into_iter()
+            .map(|(p, m)| (p.to_string(), m.instance))
+            .collect();
+        json!({
+            "instance": self.me,
+            "partitions": self.placement.partitions,
+            "members": members,
+            "routes": routes,
+        })
+    }
+
+    fn restoring(&self) -> Vec<u32> {
+        self.stats
+            .restoring
+            .lock()
+            .recover()
+            .iter()
+            .map(|p| *p as u32)
+            .collect()
+    }
+
+    fn advertise(&self, url: &str) {
+        if self.url.set(url.to_string()).is_ok() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Several instances on Kafka, as separate processes on loopback:
+//! `projector kafka-dev` and `projector run` instances in one group with
+//! `changelog = true`. Views are read through every instance (routed to
+//! the owner), an instance is SIGKILLed and its partitions restored from
+//! the changelog by the survivors, and a new instance with an empty store
+//! restores its share from the changelog alone.
+
+use projector_tests::{
+    fold_inbox, inbox_events, knob, plugin_wasm, projector_bin, rendered, shown, InboxShape, Unread,
+};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 12;
+
+/// A `projector run` instance: its process, API and log file.
+struct Instance {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Instance {
+    /// Start instance `n` in `dir` (its own store `data-n`).
+    fn start(dir: &Path, bootstrap: &str, n: usize) -> Instance {
+        let config = dir.join(format!("instance-{n}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data-{n}\"\nplugins_dir = \"plugins\"\n\
+                 [engine]\ncommit_interval_ms = 200\ncompile_cache_dir = \"compiled\"\nwatch_plugins = false\n\
+                 [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n\
+                 partition_by = {{ separator = \":\", field = 1 }}\n\
+                 [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n\
+                 changelog = true\npartitioner = \"fnv1a\"\n\
+                 properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n"
+            ),
+        )
+        .expect("config");
+        let log = dir.join(format!("instance-{n}.log"));
+        let mut child = Command::new(projector_bin())
+            .current_dir(dir)
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn projector run");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let file = log.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut out = std::fs::File::create(file).expect("log file");
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(out, "{line}");
+                if let Some(rest) = line.split("read API on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "instance {n} never announced its API; see {}",
+                    log.display()
+                )
+            });
+        Instance { child, base, log }
+    }
+
+    /// A counter or gauge of its `/metrics` (0 when absent).
+    fn metric(&self, http: &reqwest::blocking::Client, name: &str) -> f64 {
+        let text = http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with("_total "))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What an instance answers for `key`: (HTTP status, the view's rows when 200).
+fn read(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    key: &str,
+) -> (u16, Option<Vec<(String, i64)>>, Option<String>) {
+    let Ok(r) = http
+        .get(format!("{base}/v1/views/inbox-unread/{key}"))
+        .send()
+    else {
+        return (0, None, None);
+    };
+    let status = r.status().as_u16();
+    let by = r
+        .headers()
+        .get("x-projector-instance")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: serde_json::Value = r
+        .text()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let rows = (status == 200).then(|| rendered(&body["answer"]));
+    (status, rows, by)
+}
+
+/// Wait until every key of `sample` reads through `base` as `model` says.
+fn wait_views(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    sample: &[(&String, &Unread)],
+    within: Duration,
+) -> (u64, u64) {
+    let deadline = Instant::now() + within;
+    let (mut forwarded, mut unavailable) = (0, 0);
+    for (key, unread) in sample {
+        loop {
+            let (status, rows, by) = read(http, base, key);
+            if status == 503 {
+                unavailable += 1;
+            }
+            if rows.as_ref() == Some(&shown(unread)) {
+                forwarded += u64::from(by.is_some());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base}: view {key} never became {:?} (last: {status} {rows:?})",
+                shown(unread)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    (forwarded, unavailable)
+}
+
+/// Every `step`-th key of `model`.
+fn sample(model: &BTreeMap<String, Unread>, step: usize) -> Vec<(&String, &Unread)> {
+    model.iter().step_by(step.max(1)).collect()
+}
+
+#[test]
+fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
+    let total = knob("INSTANCES_EVENTS", 100_000) as usize;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    std::fs::copy(
+        plugin_wasm("inbox-unread"),
+        plugins.join("inbox-unread.wasm"),
+    )
+    .expect("copy");
+    let mut broker = Command::new(projector_bin())
+        .current_dir(dir.path())
+        .args([
+            "kafka-dev",
+            "--topics",
+            &format!("inbox:{PARTITIONS}"),
+            "--group",
+            "views",
+            "--changelog",
+            "inbox-unread",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kafka-dev");
+    let bootstrap = BufReader::new(broker.stdout.take().expect("stdout"))
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("the bootstrap address");
+    let events = inbox_events(InboxShape {
+        sites: 300,
+        users: 3000,
+        events: total,
+        seed: 22,
+    });
+    let (first, second) = events.split_at(total / 2);
+    projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, first);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+
+    // Three instances share the partitions; every one answers every view.
+    let mut a = Instance::start(dir.path(), &bootstrap, 1);
+    let mut b = Instance::start(dir.path(), &bootstrap, 2);
+    let mut c = Instance::start(dir.path(), &bootstrap, 3);
+    let model = fold_inbox(first);
+    let keys = sample(&model, model.len() / 150);
+    let started = Instant::now();
+    let mut forwarded = 0;
+    for i in [&a, &b, &c] {
+        forwarded += wait_views(&http, &i.base, &keys, Duration::from_secs(240)).0;
+    }
+    println!(
+        "3 instances: {} sampled views right through each, {forwarded} answers forwarded, in {:.1} s",
+        keys.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(forwarded > 0, "no read was forwarded to another owner");
+    let table: serde_json::Value = http
+        .get(format!("{}/v1/admin/instances", a.base))
+        .send()
+        .and_then(|r| r.text())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .expect("instances");
+    assert_eq!(
+        table["routes"].as_object().map(|r| r.len()),
+        Some(PARTITIONS as usize),
+        "every partition has an owner: {table}"
+    );
+
+    // The second half flows while B is SIGKILLed.
+    let producer = {
+        let (bootstrap, second) = (bootstrap.clone(), second.to_vec());
+        std::thread::spawn(move || {
+            for part in second.chunks(2000) {
+                projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, part);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    b.kill();
+    let killed = Instant::now();
+    producer.join().expect("producer");
+    let model = fold_inbox(&events);
+    let keys = sample(&model, model.len() / 150);
+    let mut unavailable = 0;
+    for i in [&a, &c] {
+        unavailable += wait_views(&http, &i.base, &keys, Duration::from_secs(240)).1;
+    }
+    println!(
+        "after the kill: sampled views right through both survivors {:.1} s after it ({unavailable} answers 503 on the way)",
+        killed.elapsed().as_secs_f64()
+    );
+    let restores =
+        a.metric(&http, "projector_kafka_restores") + c.metric(&http, "projector_kafka_restores");
+    let consumed =
+        a.metric(&http, "projector_kafka_consumed") + c.metric(&http, "projector_kafka_consumed");
+    let restored_views = a.metric(&http, "projector_kafka_restore_views")
+        + c.metric(&http, "projector_kafka_restore_views");
+    println!(
+        "survivors: {restores} restores, {restored_views} views restored, {consumed} source records consumed of {total}"
+    );
+    assert!(restores >= 1.0, "the survivors restored nothing");
+    assert!(
+        consumed < total as f64,
+        "the survivors consumed {consumed} records of {total}: a replay from offset 0, not a restore"
+    );
+    // Every view, through one survivor; nothing skipped or invalidated
+    // (an event applied twice would be).
+    wait_views(&http, &a.base, &sample(&model, 1), Duration::from_secs(120));
+    for i in [&a, &c] {
+        let plugins: serde_json::Value = http
+            .get(format!("{}/v1/plugins", i.base))
+            .send()
+            .and_then(|r| r.text())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .expect("plugins");
+        let e = &plugins["plugins"][0]["events"];
+        assert_eq!(e["invalidated"].as_u64(), Some(0), "{}: {e}", i.base);
+        assert_eq!(e["dead_lettered"].as_u64(), Some(0), "{}: {e}", i.base);
+    }
+
+    // A fourth instance with an empty store restores its share.
+    let d = Instance::start(dir.path(), &bootstrap, 4);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while d.metric(&http, "projector_kafka_restores") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new instance restored nothing; see {}",
+            d.log.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_views(&http, &d.base, &keys, Duration::from_secs(120));
+    let d_consumed = d.metric(&http, "projector_kafka_consumed");
+    println!(
+        "new instance: {} restores, {} views restored, {d_consumed} source records consumed",
+        d.metric(&http, "projector_kafka_restores"),
+        d.metric(&http, "projector_kafka_restore_views")
+    );
+    assert_eq!(d_consumed, 0.0, "the new instance replayed the source");
+    drop(d);
+    a.kill();
+    c.kill();
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
