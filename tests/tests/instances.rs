@@ -26,6 +26,11 @@ struct Instance {
 impl Instance {
     /// Start instance `n` in `dir` (its own store `data-n`).
     fn start(dir: &Path, bootstrap: &str, n: usize) -> Instance {
+        Instance::start_with(dir, bootstrap, n, "")
+    }
+
+    /// Start instance `n` with more `[source.kafka]` settings.
+    fn start_with(dir: &Path, bootstrap: &str, n: usize, kafka: &str) -> Instance {
         let config = dir.join(format!("instance-{n}.toml"));
         std::fs::write(
             &config,
@@ -35,7 +40,7 @@ impl Instance {
                  [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n\
                  partition_by = {{ separator = \":\", field = 1 }}\n\
                  [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n\
-                 changelog = true\npartitioner = \"fnv1a\"\n\
+                 changelog = true\npartitioner = \"fnv1a\"\n{kafka}\n\
                  properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n"
             ),
         )
@@ -104,12 +109,16 @@ impl Drop for Instance {
     }
 }
 
-/// What an instance answers for `key`: (HTTP status, the view's rows when 200).
+/// The rows of an inbox answer.
+type Rows = Vec<(String, i64)>;
+
+/// What an instance answers for `key`: HTTP status, the view's rows when
+/// 200, and the instance that answered when it was forwarded.
 fn read(
     http: &reqwest::blocking::Client,
     base: &str,
     key: &str,
-) -> (u16, Option<Vec<(String, i64)>>, Option<String>) {
+) -> (u16, Option<Rows>, Option<String>) {
     let Ok(r) = http
         .get(format!("{base}/v1/views/inbox-unread/{key}"))
         .send()
@@ -161,16 +170,46 @@ fn wait_views(
     (forwarded, unavailable)
 }
 
+/// `GET /v1/admin/instances` of an instance.
+fn table(http: &reqwest::blocking::Client, base: &str) -> serde_json::Value {
+    http.get(format!("{base}/v1/admin/instances"))
+        .send()
+        .and_then(|r| r.text())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .expect("instances")
+}
+
+/// The partition of an inbox view `user:site`: its site's.
+fn partition_of(key: &str) -> u32 {
+    let site = key.split(':').nth(1).expect("user:site");
+    projector_sources::log::partition_of(site, PARTITIONS)
+}
+
+/// The raw answer of a read: status, headers, body.
+fn get(
+    http: &reqwest::blocking::Client,
+    url: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = http.get(url).send().expect("a read");
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let body = r
+        .text()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    (status, headers, body)
+}
+
 /// Every `step`-th key of `model`.
 fn sample(model: &BTreeMap<String, Unread>, step: usize) -> Vec<(&String, &Unread)> {
     model.iter().step_by(step.max(1)).collect()
 }
 
-#[test]
-fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
-    let total = knob("INSTANCES_EVENTS", 100_000) as usize;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plugins = dir.path().join("plugins");
+/// `projector kafka-dev` with the inbox topic and its changelog, in
+/// `dir` (with the inbox plugin); the process and its bootstrap address.
+fn broker(dir: &Path) -> (Child, String) {
+    let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins dir");
     std::fs::copy(
         plugin_wasm("inbox-unread"),
@@ -178,7 +217,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     )
     .expect("copy");
     let mut broker = Command::new(projector_bin())
-        .current_dir(dir.path())
+        .current_dir(dir)
         .args([
             "kafka-dev",
             "--topics",
@@ -197,6 +236,14 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         .next()
         .expect("a line")
         .expect("the bootstrap address");
+    (broker, bootstrap)
+}
+
+#[test]
+fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
+    let total = knob("INSTANCES_EVENTS", 100_000) as usize;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, bootstrap) = broker(dir.path());
     let events = inbox_events(InboxShape {
         sites: 300,
         users: 3000,
@@ -227,17 +274,39 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         started.elapsed().as_secs_f64()
     );
     assert!(forwarded > 0, "no read was forwarded to another owner");
-    let table: serde_json::Value = http
-        .get(format!("{}/v1/admin/instances", a.base))
-        .send()
-        .and_then(|r| r.text())
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .expect("instances");
+    let routes = table(&http, &a.base);
     assert_eq!(
-        table["routes"].as_object().map(|r| r.len()),
+        routes["routes"].as_object().map(|r| r.len()),
         Some(PARTITIONS as usize),
-        "every partition has an owner: {table}"
+        "every partition has an owner: {routes}"
+    );
+    // A read of a view B owns, through A: B answers, with B's staleness.
+    let b_id = table(&http, &b.base)["instance"]
+        .as_str()
+        .expect("B's id")
+        .to_string();
+    let b_key = model
+        .keys()
+        .find(|k| routes["routes"][partition_of(k).to_string()] == b_id.as_str())
+        .expect("a view B owns")
+        .clone();
+    let (status, headers, body) = get(&http, &format!("{}/v1/views/inbox-unread/{b_key}", a.base));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers
+            .get("x-projector-instance")
+            .and_then(|v| v.to_str().ok()),
+        Some(b_id.as_str())
+    );
+    let stale_parts: Vec<u64> = body["staleness"]["partitions"]
+        .as_array()
+        .expect("staleness")
+        .iter()
+        .filter_map(|p| p["partition"].as_u64())
+        .collect();
+    assert!(
+        stale_parts.contains(&u64::from(partition_of(&b_key))),
+        "the staleness is the owner's: {body}"
     );
 
     // The second half flows while B is SIGKILLed.
@@ -253,6 +322,26 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     std::thread::sleep(Duration::from_millis(1500));
     b.kill();
     let killed = Instant::now();
+    // Until the group moves B's partitions, a read of B's view through A
+    // is a 503 with Retry-After, never a wrong answer or a 404.
+    let mut refused = 0;
+    while killed.elapsed() < Duration::from_secs(3) {
+        let (status, headers, body) =
+            get(&http, &format!("{}/v1/views/inbox-unread/{b_key}", a.base));
+        match status {
+            503 => {
+                assert!(headers.contains_key("retry-after"), "{body}");
+                refused += 1;
+            }
+            200 => {}
+            other => panic!("a read during the rebalance answered {other}: {body}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        refused > 0,
+        "no read was refused while B's partitions had no owner"
+    );
     producer.join().expect("producer");
     let model = fold_inbox(&events);
     let keys = sample(&model, model.len() / 150);
@@ -316,6 +405,137 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     drop(d);
     a.kill();
     c.kill();
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
+
+/// With `standby_replicas = 1`, each of two instances follows the other's
+/// partitions from their changelogs: a read that accepts a stale answer is
+/// served from the standby's views, marked, and when one instance dies the
+/// other serves its partitions at once, reading only the changelog's last
+/// records instead of restoring it whole.
+#[test]
+fn a_standby_takes_over_without_a_restore() {
+    let total = knob("INSTANCES_STANDBY_EVENTS", 30_000) as usize;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, bootstrap) = broker(dir.path());
+    let events = inbox_events(InboxShape {
+        sites: 200,
+        users: 2000,
+        events: total,
+        seed: 23,
+    });
+    projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, &events);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let standby = "standby_replicas = 1";
+    let a = Instance::start_with(dir.path(), &bootstrap, 1, standby);
+    let mut b = Instance::start_with(dir.path(), &bootstrap, 2, standby);
+    let model = fold_inbox(&events);
+    let keys = sample(&model, model.len() / 100);
+    for i in [&a, &b] {
+        wait_views(&http, &i.base, &keys, Duration::from_secs(240));
+    }
+    // A stands by for every partition B owns.
+    let b_id = table(&http, &b.base)["instance"]
+        .as_str()
+        .expect("B's id")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let b_owned = loop {
+        let t = table(&http, &a.base);
+        let members = t["members"].as_array().cloned().unwrap_or_default();
+        let of = |id: &str, what: &str| -> Vec<u64> {
+            members
+                .iter()
+                .find(|m| m["instance"] == id)
+                .and_then(|m| m[what].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.as_u64())
+                .collect()
+        };
+        let (owned, standing) = (
+            of(&b_id, "owned"),
+            of(t["instance"].as_str().unwrap_or(""), "standby"),
+        );
+        if !owned.is_empty() && owned == standing {
+            break owned;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never stood by for B's partitions: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // A stale-accepting read of B's view through A: A's standby answers.
+    let b_key = model
+        .keys()
+        .find(|k| b_owned.contains(&u64::from(partition_of(k))))
+        .expect("a view of B's")
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, headers, body) = get(
+            &http,
+            &format!("{}/v1/views/inbox-unread/{b_key}?stale=ok", a.base),
+        );
+        // Absent until the standby has read the view's changes.
+        assert!(status == 200 || status == 404, "{status} {body}");
+        assert!(
+            headers.get("x-projector-instance").is_none(),
+            "forwarded: {body}"
+        );
+        if status == 200 {
+            assert_eq!(
+                headers
+                    .get("x-projector-standby")
+                    .and_then(|v| v.to_str().ok()),
+                Some("true")
+            );
+            if rendered(&body["answer"]) == shown(&model[&b_key]) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never caught up: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let records_before = a.metric(&http, "projector_kafka_restore_records");
+    b.kill();
+    let killed = Instant::now();
+    // A takes B's partitions over: every view right through A.
+    wait_views(&http, &a.base, &sample(&model, 1), Duration::from_secs(120));
+    let read = a.metric(&http, "projector_kafka_restore_records") - records_before;
+    let consumed = a.metric(&http, "projector_kafka_consumed");
+    println!(
+        "standby: A served B's {} partitions {:.1} s after the kill, reading {read} changelog records to take them over; {consumed} source records consumed of {total}",
+        b_owned.len(),
+        killed.elapsed().as_secs_f64()
+    );
+    let t = table(&http, &a.base);
+    let me = t["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["me"] == true).cloned())
+        .unwrap_or_default();
+    assert_eq!(
+        me["owned"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize),
+        "A did not take B's partitions over: {t}"
+    );
+    assert!(
+        read < 100.0,
+        "A read {read} changelog records to take over: a restore, not a standby's takeover"
+    );
+    assert!(
+        consumed < total as f64,
+        "A consumed {consumed} of {total}: a replay from offset 0"
+    );
+    drop(a);
     let _ = broker.kill();
     let _ = broker.wait();
 }

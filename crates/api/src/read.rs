@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult, Query};
 use crate::metrics::RuleLabels;
 use crate::metrics::{ModeLabels, PluginLabel, ReadLabels, ReasonLabels, ResultLabels};
 use crate::rollout::{self, Mode, Place, Rollout};
+use crate::route::Routed;
 use crate::state::{differences_json, Mismatch, PluginServe, ServeState};
 use crate::token::Token;
 use crate::truth::{Truth, TruthError};
@@ -37,6 +38,8 @@ pub(crate) struct ReadParams {
     wait_ms: Option<u64>,
     /// Read time for `render`, in ms since the epoch (default: now).
     at_ms: Option<i64>,
+    /// `stale=ok`: with several instances, a standby's views may answer.
+    stale_ok: bool,
     /// Every other parameter, for the rollout rules.
     attributes: Vec<(String, String)>,
 }
@@ -57,6 +60,18 @@ impl ReadParams {
                 "token" => p.token = Some(v),
                 "wait_ms" => p.wait_ms = Some(number("wait_ms", &v)?),
                 "at_ms" => p.at_ms = Some(number("at_ms", &v)?),
+                "stale" => {
+                    p.stale_ok = match v.as_str() {
+                        "ok" | "true" => true,
+                        "no" | "false" => false,
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                "bad_query",
+                                format!("stale: expected ok or no, got {v:?}"),
+                            ))
+                        }
+                    }
+                }
                 _ => p.attributes.push((k, v)),
             }
         }
@@ -70,7 +85,7 @@ impl ReadParams {
                 return Err(ApiError::bad_request(
                     "bad_query",
                     format!(
-                        "unknown parameter {k:?}: expected mode, token, wait_ms, at_ms, or a query attribute a rollout rule matches on"
+                        "unknown parameter {k:?}: expected mode, token, wait_ms, at_ms, stale, or a query attribute a rollout rule matches on"
                     ),
                 ));
             }
@@ -397,9 +412,12 @@ pub(crate) async fn read_view(
     let own = s.plugin(&plugin)?;
     let code = s.engine.projection(&plugin)?;
     engine::check_key(&key, code.code().limits())?;
-    if let Some(answer) = crate::route::elsewhere(&s, &plugin, &key, &uri, &headers).await {
-        return Ok(answer);
-    }
+    let standby =
+        match crate::route::route(&s, &plugin, &key, params.stale_ok, &uri, &headers).await {
+            Routed::Here => false,
+            Routed::Standby => true,
+            Routed::Answered(answer) => return Ok(answer),
+        };
     let token = params
         .token
         .as_deref()
@@ -411,6 +429,15 @@ pub(crate) async fn read_view(
         .map(Token::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("bad_token", e))?;
+    // With several instances, only the view's partition is waited for: a
+    // token may name partitions other instances own.
+    let token = match (token, s.engine.partition_of(&plugin, &key)) {
+        (Some(mut t), Some(p)) => {
+            t.offsets.retain(|q, _| *q == p);
+            (!t.offsets.is_empty()).then_some(t)
+        }
+        (t, _) => t,
+    };
     if let Some(t) = &token {
         let feeds = s.feed.positions();
         if !feeds.is_empty() {
@@ -536,6 +563,10 @@ pub(crate) async fn read_view(
     let mut response = Json(body).into_response();
     let h = response.headers_mut();
     h.insert("x-projector-mode", HeaderValue::from_static(mode.as_str()));
+    if standby {
+        // A standby's views: current as of the last changelog record read.
+        h.insert(crate::route::STANDBY, HeaderValue::from_static("true"));
+    }
     if let Ok(v) = HeaderValue::from_str(&rule) {
         h.insert("x-projector-rule", v);
     }

@@ -48,31 +48,48 @@ fn unavailable(code: &'static str, message: String) -> Response {
     r
 }
 
-/// The answer to a read of `plugin`'s `key` when this instance is not the
-/// one to give it: the owner's (forwarded), or a 503. `None`: answer here.
-pub(crate) async fn elsewhere(
+/// Where a read is answered.
+pub(crate) enum Routed {
+    /// Here, as the owner (or with one instance).
+    Here,
+    /// Here, from a standby's views: the answer is marked stale.
+    Standby,
+    /// Elsewhere: the owner's answer, or a 503.
+    Answered(Response),
+}
+
+/// Where a read of `plugin`'s `key` is answered; `stale_ok`: the reader
+/// accepts a standby's views.
+pub(crate) async fn route(
     s: &ServeState,
     plugin: &str,
     key: &str,
+    stale_ok: bool,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Option<Response> {
-    let router = s.feed.router()?;
-    match router.owner(plugin, key) {
-        Owner::Local => None,
-        Owner::Unavailable { reason, message } => Some(unavailable(reason, message)),
-        Owner::Remote { instance, .. } if headers.contains_key(FORWARDED) => Some(unavailable(
+) -> Routed {
+    let Some(router) = s.feed.router() else {
+        return Routed::Here;
+    };
+    Routed::Answered(match router.owner(plugin, key, stale_ok) {
+        Owner::Local => return Routed::Here,
+        Owner::Standby => return Routed::Standby,
+        Owner::Unavailable { reason, message } => unavailable(reason, message),
+        Owner::Remote { instance, .. } if headers.contains_key(FORWARDED) => unavailable(
             "rebalancing",
             format!(
                 "this instance does not own the view's partition, and instance {instance} \
                  forwarded the read here (ownership is moving)"
             ),
-        )),
+        ),
         Owner::Remote { instance, url } => {
-            Some(forward(&router.instance(), &instance, &url, uri, headers).await)
+            forward(&router.instance(), &instance, &url, uri, headers).await
         }
-    }
+    })
 }
+
+/// Marks an answer from a standby's views.
+pub(crate) const STANDBY: &str = "x-projector-standby";
 
 /// Forward a read to the owner at `url`, once.
 async fn forward(me: &str, owner: &str, url: &str, uri: &Uri, headers: &HeaderMap) -> Response {
@@ -86,12 +103,14 @@ async fn forward(me: &str, owner: &str, url: &str, uri: &Uri, headers: &HeaderMa
     }
     let answer = match request.send().await {
         Ok(a) => a,
-        Err(e) => return unavailable(
-            "owner_unreachable",
-            format!(
+        Err(e) => {
+            return unavailable(
+                "owner_unreachable",
+                format!(
                 "the owner of the view's partition, instance {owner} at {url}, did not answer: {e}"
             ),
-        ),
+            )
+        }
     };
     let status = answer.status();
     let mut out = Response::builder().status(status.as_u16());

@@ -141,6 +141,8 @@ pub trait Source: Send + Sync {
 pub enum Owner {
     /// Here: this instance owns the view's partition.
     Local,
+    /// Here, from a standby's views (the read accepts a stale answer).
+    Standby,
     /// By another instance, at its base URL.
     Remote {
         /// The owner's instance id.
@@ -161,8 +163,9 @@ pub enum Owner {
 pub trait Router: Send + Sync {
     /// This instance's id.
     fn instance(&self) -> String;
-    /// Where a read of `plugin`'s view `key` is answered.
-    fn owner(&self, plugin: &str, key: &str) -> Owner;
+    /// Where a read of `plugin`'s view `key` is answered (`stale_ok`: a
+    /// standby's views may answer).
+    fn owner(&self, plugin: &str, key: &str, stale_ok: bool) -> Owner;
     /// Every instance, its URL and its owned, restoring and standby
     /// partitions, and the routing table (for `status` and the API).
     fn table(&self) -> serde_json::Value;

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<KafkaStats>,
     /// With a changelog: the membership, told of each rebalance.
     pub(crate) members: Option<Arc<super::members::Members>>,
+    /// Changelog partitions followed by the standby (taken over by a restore).
+    pub(crate) followers: Arc<super::restore::Followers>,
 }
 
 impl Shared {
@@ -120,9 +122,13 @@ impl Shared {
             m.dirty.store(true, Ordering::Relaxed);
         }
         for p in numbers {
-            if let Err(e) =
-                super::restore::restore_partition(&self.engine, &self.config, p, &self.stats)
-            {
+            if let Err(e) = super::restore::restore_partition(
+                &self.engine,
+                &self.config,
+                p,
+                &self.stats,
+                &self.followers,
+            ) {
                 tracing::error!(
                     partition = p,
                     "restoring from the changelog failed; the partition resumes from the store's offsets: {e:#}"

@@ -94,6 +94,44 @@ impl Members {
         }
     }
 
+    /// The source's config.
+    pub(crate) fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// The partitions this instance stands by for (none without
+    /// `standby_replicas`): those whose owner is followed by this instance
+    /// among the live instances ordered by id.
+    pub(crate) fn standby_for(&self) -> BTreeSet<u32> {
+        if self.config.standby_replicas == 0 {
+            return BTreeSet::new();
+        }
+        let mut ids: Vec<String> = self.live().into_iter().map(|m| m.instance).collect();
+        ids.sort();
+        if ids.len() < 2 {
+            return BTreeSet::new();
+        }
+        let owned = self.owned();
+        self.owners()
+            .into_iter()
+            .filter(|(p, owner)| {
+                let Some(i) = ids.iter().position(|id| *id == owner.instance) else {
+                    return false;
+                };
+                ids[(i + 1) % ids.len()] == self.me && !owned.contains(p)
+            })
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Partitions no live instance owns now.
+    pub(crate) fn orphaned(&self) -> BTreeSet<u32> {
+        let owners = self.owners();
+        (0..self.placement.partitions)
+            .filter(|p| !owners.contains_key(p))
+            .collect()
+    }
+
     /// Owned partitions now (of the first source topic: the others are
     /// assigned alike).
     fn owned(&self) -> Vec<u32> {
@@ -225,7 +263,7 @@ impl Router for Members {
         self.me.clone()
     }
 
-    fn owner(&self, plugin: &str, key: &str) -> Owner {
+    fn owner(&self, plugin: &str, key: &str, stale_ok: bool) -> Owner {
         let p = self.placement.partition_of(plugin, key);
         if self.stats.restoring.lock().recover().contains(&(p as i32)) {
             return Owner::Unavailable {
@@ -235,6 +273,9 @@ impl Router for Members {
         }
         if self.owned().contains(&p) {
             return Owner::Local;
+        }
+        if stale_ok && self.standby.lock().recover().contains(&p) {
+            return Owner::Standby;
         }
         match self.owners().remove(&p) {
             Some(m) if m.instance != self.me && m.restoring.contains(&p) => Owner::Unavailable {

@@ -32,7 +32,8 @@
 //! source offsets they cover; a partition newly assigned whose changelog
 //! is ahead of the store is restored from it before it resumes (`restore`);
 //! instances publish what they own to the members topic and route reads
-//! to the owner (`members`).
+//! to the owner (`members`); with `standby_replicas = 1` each also
+//! follows the changelogs of the partitions it stands by for (`standby`).
 //!
 //! Map: [`config`] (`[source.kafka]`, topic names, headers), `admin`
 //! (partition counts, topic creation), `consumer` (the polling thread,
@@ -50,6 +51,7 @@ mod restore;
 mod route;
 pub mod source;
 mod spool;
+mod standby;
 pub mod stats;
 
 pub use config::{header, source_id, KafkaConfig, KeyPart, Partitioner};

@@ -203,7 +203,8 @@ mod tests {
             .expect("a record");
         assert_eq!(r.topic, "g.inbox-unread.changelog");
         assert_eq!(r.partition, Some(2));
-        let v: OffsetsValue = serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap();
+        let v: OffsetsValue =
+            serde_json::from_slice(r.payload.as_ref().expect("a value")).expect("offsets");
         assert_eq!(v.offsets["kafka:inbox"], 40);
     }
 }

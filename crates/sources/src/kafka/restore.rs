@@ -84,11 +84,13 @@ fn change<M: Message>(m: &M) -> Change {
     }
 }
 
-/// A reader of one changelog partition.
+/// A reader of one changelog partition, assigned from an offset on.
 struct Reader {
     consumer: BaseConsumer,
     topic: String,
     partition: i32,
+    /// The next offset it reads (set by [`Reader::seek`]).
+    next: i64,
 }
 
 impl Reader {
@@ -107,6 +109,7 @@ impl Reader {
             consumer,
             topic: topic.into(),
             partition,
+            next: -1,
         })
     }
 
@@ -117,25 +120,27 @@ impl Reader {
             .unwrap_or((0, 0))
     }
 
-    /// Every record from `from` up to `to` (exclusive), in order.
-    fn read(&self, from: i64, to: i64, mut each: impl FnMut(Change)) -> anyhow::Result<u64> {
-        if from >= to {
-            return Ok(0);
-        }
+    /// Read from `offset` on.
+    fn seek(&mut self, offset: i64) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(from))?;
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))?;
         self.consumer.assign(&tpl)?;
-        let mut next = from;
+        self.next = offset;
+        Ok(())
+    }
+
+    /// Records in order up to `to` (exclusive), at most `max` of them.
+    fn read(&mut self, to: i64, max: u64, mut each: impl FnMut(Change)) -> anyhow::Result<u64> {
         let mut n = 0;
         let mut last_progress = Instant::now();
-        while next < to {
+        while self.next < to && n < max {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
-                    if m.offset() < next {
+                    if m.offset() < self.next {
                         continue;
                     }
-                    next = m.offset() + 1;
+                    self.next = m.offset() + 1;
                     n += 1;
                     each(change(&m));
                 }
@@ -144,152 +149,193 @@ impl Reader {
             }
             if last_progress.elapsed() > Duration::from_secs(30) {
                 anyhow::bail!(
-                    "reading changelog {}/{}: no record for 30 s at offset {next} of {to}",
+                    "reading changelog {}/{}: no record for 30 s at offset {} of {to}",
                     self.topic,
-                    self.partition
+                    self.partition,
+                    self.next
                 );
             }
         }
-        self.consumer.unassign()?;
         Ok(n)
     }
 }
 
+/// One plugin's changelog partition followed into the store: by a
+/// restore, to its end, or by a standby, as it grows. A restore of a
+/// partition a standby followed goes on from where the standby was.
+pub(crate) struct Follower {
+    plugin: String,
+    partition: i32,
+    reader: Reader,
+    fold: Fold,
+}
+
+impl Follower {
+    /// A follower of `plugin`'s changelog `partition` from its start.
+    pub(crate) fn new(config: &KafkaConfig, plugin: &str, partition: i32) -> anyhow::Result<Self> {
+        let mut reader = Reader::new(config, &config.changelog_topic(plugin), partition)?;
+        let (low, _) = reader.watermarks();
+        reader.seek(low)?;
+        Ok(Follower {
+            plugin: plugin.into(),
+            partition,
+            reader,
+            fold: Fold::default(),
+        })
+    }
+
+    /// Read up to `max` records, to the end seen now, and put into the
+    /// store what offsets records closed; (records read, views put).
+    pub(crate) fn step(&mut self, engine: &Engine, max: u64) -> anyhow::Result<(u64, u64)> {
+        let (_, high) = self.reader.watermarks();
+        let fold = &mut self.fold;
+        let mut records = 0;
+        let mut views = 0;
+        while self.reader.next < high && records < max {
+            let want = (max - records).min(CHUNK as u64);
+            records += self.reader.read(high, want, |c| fold.take(c))?;
+            if fold.ready.len() >= CHUNK {
+                views += fold.flush(engine, &self.plugin, self.partition)?;
+            }
+        }
+        views += fold.flush(engine, &self.plugin, self.partition)?;
+        Ok((records, views))
+    }
+
+    /// Whether it has read the changelog to its end as seen now.
+    fn at_end(&self) -> bool {
+        self.reader.next >= self.reader.watermarks().1
+    }
+}
+
+/// Followers by (plugin, partition), shared by the standby thread and the
+/// restores of the consumer's thread.
+pub(crate) type Followers = std::sync::Mutex<HashMap<(String, i32), Follower>>;
+
 /// Restore `partition` of every loaded plugin whose changelog is ahead of
-/// the store; what each restore did.
+/// the store (going on from a standby's follower where there is one).
 pub(crate) fn restore_partition(
     engine: &Engine,
     config: &KafkaConfig,
     partition: i32,
     stats: &KafkaStats,
+    followers: &Followers,
 ) -> anyhow::Result<Vec<(String, Restored)>> {
     let mut out = Vec::new();
     for p in engine.projections() {
         let name = p.name().to_string();
-        let topic = config.changelog_topic(&name);
         let started = Instant::now();
-        if let Some(r) = restore_one(engine, config, &name, &topic, partition)? {
-            let secs = started.elapsed();
-            stats.restores.fetch_add(1, Ordering::Relaxed);
-            stats
-                .restore_records
-                .fetch_add(r.records, Ordering::Relaxed);
-            stats.restore_views.fetch_add(r.views, Ordering::Relaxed);
-            stats
-                .restore_ms
-                .fetch_add(secs.as_millis() as u64, Ordering::Relaxed);
-            {
-                let mut per = stats.restored.lock().recover();
-                let e = per.entry(partition).or_default();
-                e.0 += r.records;
-                e.1 += r.views;
-                e.2 += secs.as_millis() as u64;
+        let standby = followers
+            .lock()
+            .recover()
+            .remove(&(name.clone(), partition));
+        let follower = match standby {
+            Some(f) => Some(f),
+            None if behind(engine, config, &name, partition)? => {
+                Some(Follower::new(config, &name, partition)?)
             }
-            tracing::info!(
-                plugin = name,
-                partition,
-                records = r.records,
-                views = r.views,
-                seconds = secs.as_secs_f64(),
-                offsets = ?r.offsets,
-                "restored from the changelog"
-            );
-            out.push((name, r));
+            None => None,
+        };
+        let Some(mut follower) = follower else {
+            continue;
+        };
+        let from_standby = follower.fold.offsets.is_some();
+        tracing::info!(
+            plugin = name,
+            partition,
+            from_standby,
+            "restoring from the changelog"
+        );
+        let mut r = Restored::default();
+        while !follower.at_end() {
+            let (records, views) = follower.step(engine, u64::MAX)?;
+            r.records += records;
+            r.views += views;
         }
+        r.offsets = engine.partition_offsets(&name, partition as u32)?;
+        let secs = started.elapsed();
+        stats.restores.fetch_add(1, Ordering::Relaxed);
+        stats
+            .restore_records
+            .fetch_add(r.records, Ordering::Relaxed);
+        stats.restore_views.fetch_add(r.views, Ordering::Relaxed);
+        stats
+            .restore_ms
+            .fetch_add(secs.as_millis() as u64, Ordering::Relaxed);
+        {
+            let mut per = stats.restored.lock().recover();
+            let e = per.entry(partition).or_default();
+            e.0 += r.records;
+            e.1 += r.views;
+            e.2 += secs.as_millis() as u64;
+        }
+        tracing::info!(
+            plugin = name,
+            partition,
+            records = r.records,
+            views = r.views,
+            seconds = secs.as_secs_f64(),
+            offsets = ?r.offsets,
+            from_standby,
+            "restored from the changelog"
+        );
+        out.push((name, r));
     }
     Ok(out)
 }
 
-/// Restore one plugin's `partition` from `topic` when the changelog is
-/// ahead of the store; `None` when it is not.
-fn restore_one(
+/// Whether `plugin`'s changelog of `partition` is ahead of the store, by
+/// its newest offsets record (read from its tail).
+fn behind(
     engine: &Engine,
     config: &KafkaConfig,
     plugin: &str,
-    topic: &str,
     partition: i32,
-) -> anyhow::Result<Option<Restored>> {
-    let reader = Reader::new(config, topic, partition)?;
+) -> anyhow::Result<bool> {
+    let mut reader = Reader::new(config, &config.changelog_topic(plugin), partition)?;
     let (low, high) = reader.watermarks();
     if high <= low {
-        return Ok(None);
+        return Ok(false);
     }
     let have: HashMap<String, u64> = engine
         .partition_offsets(plugin, partition as u32)?
         .into_iter()
         .collect();
-    let behind = |offsets: &OffsetsValue| {
-        offsets
-            .offsets
-            .iter()
-            .any(|(s, o)| have.get(s).copied().unwrap_or(0) < *o)
-    };
-    // The changelog's newest offsets record, from its tail.
     let tail_from = low.max(high - TAIL);
+    reader.seek(tail_from)?;
     let mut newest: Option<(u64, OffsetsValue)> = None;
-    reader.read(tail_from, high, |c| {
+    reader.read(high, u64::MAX, |c| {
         if let Kind::Offsets(v) = c.kind {
             if newest.as_ref().is_none_or(|(p, _)| c.position >= *p) {
                 newest = Some((c.position, v));
             }
         }
     })?;
-    match &newest {
-        Some((_, v)) if !behind(v) => return Ok(None),
-        None if tail_from == low => return Ok(None),
-        _ => {}
-    }
-    tracing::info!(
-        plugin,
-        partition,
-        records = high - low,
-        "restoring from changelog {topic}"
-    );
-    let mut fold = Fold::default();
-    let records = reader.read(low, high, |c| fold.take(c))?;
-    let Some((_, last)) = fold.offsets.take() else {
-        return Ok(None);
-    };
-    if !behind(&last) {
-        return Ok(None);
-    }
-    let mut views: Vec<(String, Option<ViewRecord>)> = Vec::with_capacity(CHUNK);
-    let mut count = 0;
-    for (key, (_, value)) in fold.views {
-        let Ok(key) = String::from_utf8(key) else {
-            continue;
-        };
-        let view = match value {
-            Some(bytes) => Some(changelog_view(&bytes)?),
-            None => None,
-        };
-        views.push((key, view));
-        if views.len() == CHUNK {
-            engine.restore_views(plugin, &views)?;
-            count += views.len() as u64;
-            views.clear();
-        }
-    }
-    engine.restore_views(plugin, &views)?;
-    count += views.len() as u64;
-    let offsets: Vec<(String, u64)> = last.offsets.into_iter().collect();
-    engine.restored(plugin, partition as u32, &offsets)?;
-    Ok(Some(Restored {
-        records,
-        views: count,
-        offsets,
-    }))
+    Ok(match newest {
+        Some((_, v)) => v
+            .offsets
+            .iter()
+            .any(|(s, o)| have.get(s).copied().unwrap_or(0) < *o),
+        // No offsets record in the tail: only a whole read can tell.
+        None => tail_from > low,
+    })
 }
 
-/// The changelog folded: the views as of its newest offsets record.
+/// The changelog folded as it is read: the views closed by an offsets
+/// record wait in `ready` to be put into the store with that record's
+/// offsets.
 #[derive(Default)]
 struct Fold {
-    /// Per key, the taken change of the highest position.
-    views: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    /// Per key, the position of the change taken last.
+    positions: HashMap<Vec<u8>, u64>,
+    /// Changes taken, not yet in the store.
+    ready: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Changes not yet followed by an offsets record at their position.
     waiting: Vec<(Vec<u8>, u64, Option<Vec<u8>>)>,
     /// The newest offsets record: its position and value.
     offsets: Option<(u64, OffsetsValue)>,
+    /// The newest offsets record is not in the store yet.
+    unsaved: bool,
 }
 
 impl Fold {
@@ -304,21 +350,54 @@ impl Fold {
                         rest.push((key, position, value));
                         continue;
                     }
-                    match self.views.get_mut(&key) {
-                        Some(slot) if slot.0 > position => {}
-                        Some(slot) => *slot = (position, value),
-                        None => {
-                            self.views.insert(key, (position, value));
-                        }
+                    let newer = self.positions.get(&key).is_none_or(|p| *p <= position);
+                    if newer {
+                        self.positions.insert(key.clone(), position);
+                        self.ready.insert(key, value);
                     }
                 }
                 self.waiting = rest;
                 if self.offsets.as_ref().is_none_or(|(p, _)| at >= *p) {
                     self.offsets = Some((at, v));
+                    self.unsaved = true;
                 }
             }
             Kind::Unknown => {}
         }
+    }
+
+    /// Put the ready views and the newest offsets into the store; the
+    /// views put.
+    fn flush(&mut self, engine: &Engine, plugin: &str, partition: i32) -> anyhow::Result<u64> {
+        let mut count = 0;
+        let mut views: Vec<(String, Option<ViewRecord>)> =
+            Vec::with_capacity(self.ready.len().min(CHUNK));
+        for (key, value) in self.ready.drain() {
+            let Ok(key) = String::from_utf8(key) else {
+                continue;
+            };
+            let view = match value {
+                Some(bytes) => Some(changelog_view(&bytes)?),
+                None => None,
+            };
+            views.push((key, view));
+            if views.len() == CHUNK {
+                engine.restore_views(plugin, &views)?;
+                count += views.len() as u64;
+                views.clear();
+            }
+        }
+        if !views.is_empty() {
+            engine.restore_views(plugin, &views)?;
+            count += views.len() as u64;
+        }
+        if let (true, Some((_, v))) = (self.unsaved, &self.offsets) {
+            let offsets: Vec<(String, u64)> =
+                v.offsets.iter().map(|(s, o)| (s.clone(), *o)).collect();
+            engine.restored(plugin, partition as u32, &offsets)?;
+            self.unsaved = false;
+        }
+        Ok(count)
     }
 }
 
@@ -351,12 +430,12 @@ mod tests {
             f.take(c);
         }
         let mut views: Vec<(String, String)> = f
-            .views
+            .ready
             .into_iter()
-            .map(|(k, (_, v))| {
+            .map(|(k, v)| {
                 (
-                    String::from_utf8(k).unwrap(),
-                    String::from_utf8(v.unwrap()).unwrap(),
+                    String::from_utf8(k).expect("utf8"),
+                    String::from_utf8(v.expect("a value")).expect("utf8"),
                 )
             })
             .collect();

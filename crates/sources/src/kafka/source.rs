@@ -8,8 +8,10 @@ use super::consumer::{consume, Queued, Queues, Shared};
 use super::members::Members;
 use super::placement::Placement;
 use super::replay::KafkaRetained;
+use super::restore::Followers;
 use super::route::FailureTopics;
 use super::spool::run_spool;
+use super::standby::run_standby;
 use super::stats::KafkaStats;
 use crate::{Batch, Next, Replay, Router, Source, SourceMetric};
 use projector_core::engine::{Changelog, Engine, FailureRoute};
@@ -110,6 +112,7 @@ impl Source for KafkaSource {
         let members = placement
             .as_ref()
             .map(|p| Arc::new(Members::new(config, p.clone(), self.stats.clone())));
+        let followers: Arc<Followers> = Arc::default();
         let route = Arc::new(FailureTopics {
             config: config.clone(),
             partitions,
@@ -127,6 +130,7 @@ impl Source for KafkaSource {
             changed: Condvar::new(),
             stats: self.stats.clone(),
             members: members.clone(),
+            followers: followers.clone(),
         });
         let replay = Arc::new(KafkaRetained::new(config, self.stats.clone())?);
         if self
@@ -156,6 +160,15 @@ impl Source for KafkaSource {
                 .spawn(move || run_spool(&store, &cfg, &stats, &stop))?,
         ));
         if let Some(members) = members {
+            if config.standby_replicas > 0 {
+                let (engine, members, stop) = (engine.clone(), members.clone(), self.stop.clone());
+                threads.push((
+                    "standby",
+                    std::thread::Builder::new()
+                        .name("projector-standby".into())
+                        .spawn(move || run_standby(&engine, &members, &followers, &stop))?,
+                ));
+            }
             let stop = self.stop.clone();
             threads.push((
                 "members",
