@@ -12,8 +12,11 @@
 #          rdkafka consume of the same topic, and the same projection from
 #          the embedded log (BENCH_EVENTS);
 #   swap   the largest stall of a replace deploy while events flow, against
-#          steady state (BENCH_EVENTS).
-# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap]   (default: all)
+#          steady state (BENCH_EVENTS);
+#   restore  about 1M views restored from a changelog against rebuilt by
+#          replaying the source, on the mock cluster (BENCH_EVENTS,
+#          BENCH_PARTITIONS).
+# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap|restore]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
@@ -23,12 +26,14 @@ case "${1:-all}" in
   enrich) cargo bench -p projector-tests --bench enrich ;;
   kafka) cargo bench -p projector-tests --bench kafka ;;
   swap) cargo bench -p projector-tests --bench swap ;;
+  restore) cargo bench -p projector-tests --bench restore ;;
   all)
     cargo bench -p projector-tests --bench inbox
     cargo bench -p projector-tests --bench read
     cargo bench -p projector-tests --bench enrich
     cargo bench -p projector-tests --bench kafka
     cargo bench -p projector-tests --bench swap
+    cargo bench -p projector-tests --bench restore
     ;;
-  *) echo "usage: $0 [inbox|read|enrich|kafka|swap]" >&2; exit 2 ;;
+  *) echo "usage: $0 [inbox|read|enrich|kafka|swap|restore]" >&2; exit 2 ;;
 esac

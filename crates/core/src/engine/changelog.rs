@@ -121,6 +121,69 @@ impl Engine {
         Ok(())
     }
 
+    /// After a switch of generations the changelog holds the previous
+    /// one's views: spool every view of `to` (now serving) and a
+    /// tombstone for each view only `from` has, then each partition's
+    /// offsets, so a restore brings back the serving generation's views.
+    /// Pages of 4096 views, each its own commit.
+    pub(super) fn spool_generation(
+        &self,
+        changelog: &dyn Changelog,
+        pending: &mut Pending,
+        from: &Projection,
+        to: &Projection,
+    ) -> Result<u64> {
+        let name = to.name();
+        let mut offsets: BTreeMap<u32, Vec<(String, u64)>> = BTreeMap::new();
+        for ((ns, source, partition), next) in &pending.offsets {
+            if *ns == to.ns {
+                offsets
+                    .entry(*partition)
+                    .or_default()
+                    .push((source.clone(), *next));
+            }
+        }
+        for list in offsets.values_mut() {
+            list.sort();
+        }
+        let at = |partition: u32| offsets.get(&partition).map_or(0, |o| position(o));
+        let mut spooled = 0;
+        for (ns, deleted) in [(&to.ns, false), (&from.ns, true)] {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.store.views_page(ns, after.as_deref(), 4096)?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                let mut writer = self.store.writer();
+                for (key, view) in &page {
+                    if deleted && self.store.view(&to.ns, key)?.is_some() {
+                        continue;
+                    }
+                    let Some(partition) = changelog.partition(name, key) else {
+                        continue;
+                    };
+                    let view = (!deleted).then_some(view);
+                    if let Some(r) = changelog.view(name, partition, key, view, at(partition)) {
+                        writer.outbox(r)?;
+                        spooled += 1;
+                    }
+                }
+                self.store.commit(writer)?;
+            }
+        }
+        let mut writer = self.store.writer();
+        for (partition, list) in offsets {
+            if let Some(r) = changelog.offsets(name, partition, &list) {
+                writer.outbox(r)?;
+            }
+            pending.marked.insert((to.ns.clone(), partition), list);
+        }
+        self.store.commit(writer)?;
+        Ok(spooled)
+    }
+
     /// Put `plugin`'s views restored from its changelog into the store
     /// (`None`: deleted), in one atomic commit, dropping what the caches
     /// held of them. Call [`Engine::restored`] once every view is in.

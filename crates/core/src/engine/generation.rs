@@ -207,6 +207,14 @@ impl Engine {
         let current = self.projection(to.name())?;
         current.shadow.store(true, Ordering::Relaxed);
         to.shadow.store(false, Ordering::Relaxed);
+        if let Some(changelog) = self.changelog() {
+            let n = self.spool_generation(&*changelog, &mut pending, &current, to)?;
+            tracing::info!(
+                plugin = to.name(),
+                records = n,
+                "the changelog follows the serving generation"
+            );
+        }
         Ok(())
     }
 

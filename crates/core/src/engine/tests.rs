@@ -347,7 +347,7 @@ fn a_commit_spools_each_changed_view_and_its_offsets_and_a_restore_takes_them_ba
     engine.commit().expect("commit");
     let spooled = engine
         .store()
-        .outbox(&Default::default(), 100)
+        .outbox(None, &Default::default(), 100)
         .expect("outbox");
     // u1:s1 and u3:s1 changed, then the offsets of partition 0.
     let keys: Vec<String> = spooled
@@ -394,4 +394,40 @@ fn a_commit_spools_each_changed_view_and_its_offsets_and_a_restore_takes_them_ba
         .expect("process");
     assert_eq!(summary.total().applied, 2, "{summary:?}");
     assert_eq!(unread(&restored, "u1:s1"), ["c3", "c2", "c1"]);
+}
+
+#[test]
+fn a_switch_of_generations_rewrites_the_changelog_with_the_serving_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.set_changelog(Some(Arc::new(Placed)));
+    let batch = [
+        record(0, &sent("e1", 1, "c1", "u3", "u1")),
+        record(1, &sent("e2", 2, "c2", "u3", "u1")),
+    ];
+    engine.process("log", 0, &batch).expect("process");
+    engine.commit().expect("commit");
+    let before = engine.store().outbox_count();
+    // A second generation of the same code, built from the start.
+    let code = engine.projection("inbox").expect("live").code().clone();
+    let next = engine
+        .new_generation_in(code, Some(Population::Eager), "inbox~2".into())
+        .expect("generation");
+    engine.build(&next, "log", 0, &batch).expect("build");
+    engine
+        .follow(&next, &[("log".into(), 0)], |_, _, _, _| Ok(Vec::new()))
+        .expect("follow");
+    engine.switch(&next).expect("switch");
+    let spooled = engine
+        .store()
+        .outbox(None, &Default::default(), 100)
+        .expect("outbox");
+    let new: Vec<&OutboxRecord> = spooled[before..].iter().collect();
+    // Both views of the new generation, then the offsets of partition 0.
+    let keys: Vec<String> = new
+        .iter()
+        .map(|r| String::from_utf8(r.key.clone().unwrap_or_default()).expect("utf8"))
+        .collect();
+    assert_eq!(keys, ["u1:s1", "u3:s1", ""], "{keys:?}");
+    assert!(new[..2].iter().all(|r| r.payload.is_some()));
 }

@@ -627,14 +627,21 @@ impl Store {
         self.state.scan_prefix(key(b'q', &[])).count()
     }
 
-    /// Spooled records, oldest first, skipping `skip`, at most `max`.
+    /// Spooled records, oldest first, after seq `after` (from the first
+    /// with `None`), skipping `skip`, at most `max`.
     pub fn outbox(
         &self,
+        after: Option<u64>,
         skip: &std::collections::HashSet<u64>,
         max: usize,
     ) -> Result<Vec<OutboxRecord>> {
         let mut out = Vec::new();
-        for item in self.state.scan_prefix(key(b'x', &[])) {
+        let start = match after {
+            Some(seq) => outbox_key(seq.saturating_add(1)),
+            None => key(b'x', &[]),
+        };
+        let end = key(b'y', &[]);
+        for item in self.state.range(start..end) {
             let (_, v) = item?;
             let record: OutboxRecord = decode("spooled record", &v)?;
             if !skip.contains(&record.seq) {

@@ -1,5 +1,7 @@
 //! `projector status`: each loaded plugin with its event counts (from a
-//! running instance's API when it holds the store).
+//! running instance's API when it holds the store), and with several
+//! instances on Kafka, each instance's owned, restoring and standby
+//! partitions and the routing table.
 
 use super::{held_elsewhere, through_api};
 use projector::app::App;
@@ -11,7 +13,18 @@ pub(crate) fn run(config: Config, api: Option<String>) -> anyhow::Result<()> {
         Ok(app) => app,
         Err(e) if held_elsewhere(&e) => {
             // A running instance holds the store: its own account.
-            let out = through_api(&config, api, "/v1/plugins", e)?.unwrap_or_default();
+            let mut out = through_api(&config, api.clone(), "/v1/plugins", e)?.unwrap_or_default();
+            let instances = through_api(
+                &config,
+                api,
+                "/v1/admin/instances",
+                anyhow::anyhow!("reading the instances"),
+            );
+            if let Ok(Some(i)) = instances {
+                if i["members"].as_array().is_some_and(|m| !m.is_empty()) {
+                    out["instances"] = i;
+                }
+            }
             writeln!(
                 std::io::stdout().lock(),
                 "{}",

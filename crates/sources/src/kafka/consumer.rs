@@ -121,21 +121,19 @@ impl Shared {
         if let Some(m) = &self.members {
             m.dirty.store(true, Ordering::Relaxed);
         }
-        for p in numbers {
-            if let Err(e) = super::restore::restore_partition(
-                &self.engine,
-                &self.config,
-                p,
-                &self.stats,
-                &self.followers,
-            ) {
-                tracing::error!(
-                    partition = p,
-                    "restoring from the changelog failed; the partition resumes from the store's offsets: {e:#}"
-                );
-            }
-            self.stats.restoring.lock().recover().remove(&p);
+        if let Err(e) = super::restore::restore_partitions(
+            &self.engine,
+            &self.config,
+            &numbers,
+            &self.stats,
+            &self.followers,
+        ) {
+            tracing::error!(
+                partitions = ?numbers,
+                "restoring from the changelog failed; the partitions resume from the store's offsets: {e:#}"
+            );
         }
+        self.stats.restoring.lock().recover().clear();
     }
 
     /// Stop feeding `parts`, wait for a batch of theirs in flight, make

@@ -20,26 +20,16 @@ use projector_host::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Records read from the end to decide whether a restore is needed.
-const TAIL: i64 = 10_000;
+const TAIL: i64 = 4096;
 
 /// Views put into the store per commit while restoring.
 const CHUNK: usize = 50_000;
-
-/// What one restore did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Restored {
-    /// Changelog records read.
-    pub records: u64,
-    /// Views put or deleted.
-    pub views: u64,
-    /// The offsets the partition resumes from.
-    pub offsets: Vec<(String, u64)>,
-}
 
 /// One changelog record as the restore reads it.
 struct Change {
@@ -84,74 +74,94 @@ fn change<M: Message>(m: &M) -> Change {
     }
 }
 
-/// A reader of one changelog partition, assigned from an offset on.
+/// A reader of partitions of one changelog topic, each from an offset on.
 struct Reader {
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
     topic: String,
-    partition: i32,
-    /// The next offset it reads (set by [`Reader::seek`]).
-    next: i64,
+    /// The next offset each assigned partition reads (set by [`Reader::seek`]).
+    next: BTreeMap<i32, i64>,
+}
+
+/// A consumer for changelog readers (no group is joined).
+pub(crate) fn changelog_consumer(config: &KafkaConfig) -> anyhow::Result<Arc<BaseConsumer>> {
+    let group = format!("{}.restore", config.group_id);
+    let consumer: BaseConsumer = config
+        .client(&[
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+            ("fetch.max.bytes", "52428800"),
+            ("max.partition.fetch.bytes", "10485760"),
+        ])
+        .create()?;
+    Ok(Arc::new(consumer))
 }
 
 impl Reader {
-    fn new(config: &KafkaConfig, topic: &str, partition: i32) -> anyhow::Result<Self> {
-        let group = format!("{}.restore", config.group_id);
-        let consumer: BaseConsumer = config
-            .client(&[
-                ("group.id", group.as_str()),
-                ("enable.auto.commit", "false"),
-                ("enable.partition.eof", "false"),
-                ("fetch.max.bytes", "52428800"),
-                ("max.partition.fetch.bytes", "10485760"),
-            ])
-            .create()?;
-        Ok(Reader {
+    fn new(consumer: Arc<BaseConsumer>, topic: &str) -> Self {
+        Reader {
             consumer,
             topic: topic.into(),
-            partition,
-            next: -1,
-        })
+            next: BTreeMap::new(),
+        }
     }
 
-    /// The partition's (low, high) watermarks; (0, 0) when the topic is missing.
-    fn watermarks(&self) -> (i64, i64) {
+    /// A partition's (low, high) watermarks; (0, 0) when the topic is missing.
+    fn watermarks(&self, partition: i32) -> (i64, i64) {
         self.consumer
-            .fetch_watermarks(&self.topic, self.partition, Duration::from_secs(10))
+            .fetch_watermarks(&self.topic, partition, Duration::from_secs(10))
             .unwrap_or((0, 0))
     }
 
-    /// Read from `offset` on.
-    fn seek(&mut self, offset: i64) -> anyhow::Result<()> {
+    /// Read these partitions, each from its offset (and no other).
+    fn seek(&mut self, from: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))?;
+        for (p, o) in from {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        }
         self.consumer.assign(&tpl)?;
-        self.next = offset;
+        self.next = from.clone();
         Ok(())
     }
 
-    /// Records in order up to `to` (exclusive), at most `max` of them.
-    fn read(&mut self, to: i64, max: u64, mut each: impl FnMut(Change)) -> anyhow::Result<u64> {
+    /// Records of each partition in order, up to its offset in `to`
+    /// (exclusive), at most `max` in all.
+    fn read(
+        &mut self,
+        to: &BTreeMap<i32, i64>,
+        max: u64,
+        mut each: impl FnMut(i32, Change),
+    ) -> anyhow::Result<u64> {
+        let left = |next: &BTreeMap<i32, i64>| {
+            to.iter().any(|(p, t)| next.get(p).is_some_and(|n| *n < *t))
+        };
         let mut n = 0;
         let mut last_progress = Instant::now();
-        while self.next < to && n < max {
+        while n < max && left(&self.next) {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
-                    if m.offset() < self.next {
+                    if m.topic() != self.topic {
                         continue;
                     }
-                    self.next = m.offset() + 1;
+                    let p = m.partition();
+                    let (Some(next), Some(end)) = (self.next.get_mut(&p), to.get(&p)) else {
+                        continue;
+                    };
+                    if m.offset() < *next || m.offset() >= *end {
+                        continue;
+                    }
+                    *next = m.offset() + 1;
                     n += 1;
-                    each(change(&m));
+                    each(p, change(&m));
                 }
                 Some(Err(e)) => tracing::debug!("reading {}: {e}", self.topic),
                 None => {}
             }
             if last_progress.elapsed() > Duration::from_secs(30) {
                 anyhow::bail!(
-                    "reading changelog {}/{}: no record for 30 s at offset {} of {to}",
+                    "reading changelog {}: no record for 30 s (at {:?}, reading to {to:?})",
                     self.topic,
-                    self.partition,
                     self.next
                 );
             }
@@ -160,9 +170,8 @@ impl Reader {
     }
 }
 
-/// One plugin's changelog partition followed into the store: by a
-/// restore, to its end, or by a standby, as it grows. A restore of a
-/// partition a standby followed goes on from where the standby was.
+/// One plugin's changelog partition followed into the store as it grows,
+/// by a standby; a restore of that partition goes on from where it was.
 pub(crate) struct Follower {
     plugin: String,
     partition: i32,
@@ -173,9 +182,9 @@ pub(crate) struct Follower {
 impl Follower {
     /// A follower of `plugin`'s changelog `partition` from its start.
     pub(crate) fn new(config: &KafkaConfig, plugin: &str, partition: i32) -> anyhow::Result<Self> {
-        let mut reader = Reader::new(config, &config.changelog_topic(plugin), partition)?;
-        let (low, _) = reader.watermarks();
-        reader.seek(low)?;
+        let mut reader = Reader::new(changelog_consumer(config)?, &config.changelog_topic(plugin));
+        let (low, _) = reader.watermarks(partition);
+        reader.seek(&[(partition, low)].into())?;
         Ok(Follower {
             plugin: plugin.into(),
             partition,
@@ -187,13 +196,20 @@ impl Follower {
     /// Read up to `max` records, to the end seen now, and put into the
     /// store what offsets records closed; (records read, views put).
     pub(crate) fn step(&mut self, engine: &Engine, max: u64) -> anyhow::Result<(u64, u64)> {
-        let (_, high) = self.reader.watermarks();
+        let (_, high) = self.reader.watermarks(self.partition);
+        let to: BTreeMap<i32, i64> = [(self.partition, high)].into();
         let fold = &mut self.fold;
         let mut records = 0;
         let mut views = 0;
-        while self.reader.next < high && records < max {
+        while self
+            .reader
+            .next
+            .get(&self.partition)
+            .is_some_and(|n| *n < high)
+            && records < max
+        {
             let want = (max - records).min(CHUNK as u64);
-            records += self.reader.read(high, want, |c| fold.take(c))?;
+            records += self.reader.read(&to, want, |_, c| fold.take(c))?;
             if fold.ready.len() >= CHUNK {
                 views += fold.flush(engine, &self.plugin, self.partition)?;
             }
@@ -201,124 +217,183 @@ impl Follower {
         views += fold.flush(engine, &self.plugin, self.partition)?;
         Ok((records, views))
     }
-
-    /// Whether it has read the changelog to its end as seen now.
-    fn at_end(&self) -> bool {
-        self.reader.next >= self.reader.watermarks().1
-    }
 }
 
 /// Followers by (plugin, partition), shared by the standby thread and the
 /// restores of the consumer's thread.
 pub(crate) type Followers = std::sync::Mutex<HashMap<(String, i32), Follower>>;
 
-/// Restore `partition` of every loaded plugin whose changelog is ahead of
-/// the store (going on from a standby's follower where there is one).
-pub(crate) fn restore_partition(
+/// Restore `partitions` of every loaded plugin whose changelog is ahead
+/// of the store: a partition a standby followed goes on from where the
+/// standby was; the others are read all at once, by one consumer.
+pub(crate) fn restore_partitions(
     engine: &Engine,
     config: &KafkaConfig,
-    partition: i32,
+    partitions: &BTreeSet<i32>,
     stats: &KafkaStats,
     followers: &Followers,
-) -> anyhow::Result<Vec<(String, Restored)>> {
-    let mut out = Vec::new();
+) -> anyhow::Result<()> {
+    let consumer = changelog_consumer(config)?;
     for p in engine.projections() {
         let name = p.name().to_string();
         let started = Instant::now();
-        let standby = followers
-            .lock()
-            .recover()
-            .remove(&(name.clone(), partition));
-        let follower = match standby {
-            Some(f) => Some(f),
-            None if behind(engine, config, &name, partition)? => {
-                Some(Follower::new(config, &name, partition)?)
+        let mut done: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
+        for partition in partitions {
+            let taken = followers
+                .lock()
+                .recover()
+                .remove(&(name.clone(), *partition));
+            if let Some(mut f) = taken {
+                let (records, views) = f.step(engine, u64::MAX)?;
+                done.insert(*partition, (records, views));
             }
-            None => None,
-        };
-        let Some(mut follower) = follower else {
-            continue;
-        };
-        let from_standby = follower.fold.offsets.is_some();
-        tracing::info!(
-            plugin = name,
-            partition,
-            from_standby,
-            "restoring from the changelog"
-        );
-        let mut r = Restored::default();
-        while !follower.at_end() {
-            let (records, views) = follower.step(engine, u64::MAX)?;
-            r.records += records;
-            r.views += views;
         }
-        r.offsets = engine.partition_offsets(&name, partition as u32)?;
+        let rest: BTreeSet<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !done.contains_key(p))
+            .collect();
+        let mut reader = Reader::new(consumer.clone(), &config.changelog_topic(&name));
+        let behind = behind(engine, &mut reader, &name, &rest)?;
+        if !behind.is_empty() {
+            tracing::info!(plugin = name, partitions = ?behind.keys().collect::<Vec<_>>(), "restoring from the changelog");
+            for (partition, counts) in restore_all(engine, &mut reader, &name, &behind)? {
+                done.insert(partition, counts);
+            }
+        }
         let secs = started.elapsed();
-        stats.restores.fetch_add(1, Ordering::Relaxed);
+        if done.is_empty() {
+            continue;
+        }
+        let (mut records, mut views) = (0, 0);
+        for (partition, (r, v)) in &done {
+            records += r;
+            views += v;
+            let mut per = stats.restored.lock().recover();
+            let e = per.entry(*partition).or_default();
+            e.0 += r;
+            e.1 += v;
+            e.2 += secs.as_millis() as u64;
+        }
         stats
-            .restore_records
-            .fetch_add(r.records, Ordering::Relaxed);
-        stats.restore_views.fetch_add(r.views, Ordering::Relaxed);
+            .restores
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
+        stats.restore_records.fetch_add(records, Ordering::Relaxed);
+        stats.restore_views.fetch_add(views, Ordering::Relaxed);
         stats
             .restore_ms
             .fetch_add(secs.as_millis() as u64, Ordering::Relaxed);
-        {
-            let mut per = stats.restored.lock().recover();
-            let e = per.entry(partition).or_default();
-            e.0 += r.records;
-            e.1 += r.views;
-            e.2 += secs.as_millis() as u64;
-        }
         tracing::info!(
             plugin = name,
-            partition,
-            records = r.records,
-            views = r.views,
+            partitions = ?done.keys().collect::<Vec<_>>(),
+            records,
+            views,
             seconds = secs.as_secs_f64(),
-            offsets = ?r.offsets,
-            from_standby,
             "restored from the changelog"
         );
-        out.push((name, r));
+    }
+    Ok(())
+}
+
+/// Which of `partitions` of `plugin`'s changelog are ahead of the store,
+/// by their newest offsets record (read from their tails), with their
+/// (low, high) watermarks.
+fn behind(
+    engine: &Engine,
+    reader: &mut Reader,
+    plugin: &str,
+    partitions: &BTreeSet<i32>,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let marks: BTreeMap<i32, (i64, i64)> = partitions
+        .iter()
+        .map(|p| (*p, reader.watermarks(*p)))
+        .filter(|(_, (low, high))| high > low)
+        .collect();
+    let from: BTreeMap<i32, i64> = marks
+        .iter()
+        .map(|(p, (low, high))| (*p, (*low).max(high - TAIL)))
+        .collect();
+    let to: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
+    reader.seek(&from)?;
+    let mut newest: BTreeMap<i32, (u64, OffsetsValue)> = BTreeMap::new();
+    reader.read(&to, u64::MAX, |p, c| {
+        if let Kind::Offsets(v) = c.kind {
+            if newest.get(&p).is_none_or(|(at, _)| c.position >= *at) {
+                newest.insert(p, (c.position, v));
+            }
+        }
+    })?;
+    let mut out = BTreeMap::new();
+    for (p, (low, high)) in marks {
+        let have: HashMap<String, u64> = engine
+            .partition_offsets(plugin, p as u32)?
+            .into_iter()
+            .collect();
+        let ahead = match newest.get(&p) {
+            Some((_, v)) => v
+                .offsets
+                .iter()
+                .any(|(s, o)| have.get(s).copied().unwrap_or(0) < *o),
+            // No offsets record in the tail: only a whole read can tell.
+            None => from[&p] > low,
+        };
+        if ahead {
+            out.insert(p, (low, high));
+        }
     }
     Ok(out)
 }
 
-/// Whether `plugin`'s changelog of `partition` is ahead of the store, by
-/// its newest offsets record (read from its tail).
-fn behind(
+/// Read `partitions` of `plugin`'s changelog whole, at once, folding each
+/// into the store; (records read, views put) per partition.
+fn restore_all(
     engine: &Engine,
-    config: &KafkaConfig,
+    reader: &mut Reader,
     plugin: &str,
-    partition: i32,
-) -> anyhow::Result<bool> {
-    let mut reader = Reader::new(config, &config.changelog_topic(plugin), partition)?;
-    let (low, high) = reader.watermarks();
-    if high <= low {
-        return Ok(false);
-    }
-    let have: HashMap<String, u64> = engine
-        .partition_offsets(plugin, partition as u32)?
-        .into_iter()
-        .collect();
-    let tail_from = low.max(high - TAIL);
-    reader.seek(tail_from)?;
-    let mut newest: Option<(u64, OffsetsValue)> = None;
-    reader.read(high, u64::MAX, |c| {
-        if let Kind::Offsets(v) = c.kind {
-            if newest.as_ref().is_none_or(|(p, _)| c.position >= *p) {
-                newest = Some((c.position, v));
+    partitions: &BTreeMap<i32, (i64, i64)>,
+) -> anyhow::Result<BTreeMap<i32, (u64, u64)>> {
+    let from: BTreeMap<i32, i64> = partitions.iter().map(|(p, (l, _))| (*p, *l)).collect();
+    let to: BTreeMap<i32, i64> = partitions.iter().map(|(p, (_, h))| (*p, *h)).collect();
+    let total: i64 = partitions.values().map(|(l, h)| h - l).sum();
+    reader.seek(&from)?;
+    let mut folds: BTreeMap<i32, Fold> = partitions.keys().map(|p| (*p, Fold::default())).collect();
+    let mut counts: BTreeMap<i32, (u64, u64)> = partitions.keys().map(|p| (*p, (0, 0))).collect();
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    let mut read = 0u64;
+    loop {
+        let n = reader.read(&to, CHUNK as u64, |p, c| {
+            if let (Some(f), Some(k)) = (folds.get_mut(&p), counts.get_mut(&p)) {
+                f.take(c);
+                k.0 += 1;
+            }
+        })?;
+        read += n;
+        for (p, f) in folds.iter_mut() {
+            if f.ready.len() >= CHUNK {
+                let views = f.flush(engine, plugin, *p)?;
+                counts.entry(*p).or_default().1 += views;
             }
         }
-    })?;
-    Ok(match newest {
-        Some((_, v)) => v
-            .offsets
-            .iter()
-            .any(|(s, o)| have.get(s).copied().unwrap_or(0) < *o),
-        // No offsets record in the tail: only a whole read can tell.
-        None => tail_from > low,
-    })
+        if shown.elapsed() >= Duration::from_secs(2) {
+            shown = Instant::now();
+            let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(
+                plugin,
+                "restoring: {:.0}% of {total} changelog records, {rate:.0} records/s, about {:.0} s left",
+                100.0 * read as f64 / total.max(1) as f64,
+                (total as f64 - read as f64).max(0.0) / rate.max(1.0)
+            );
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    for (p, f) in folds.iter_mut() {
+        let views = f.flush(engine, plugin, *p)?;
+        counts.entry(*p).or_default().1 += views;
+    }
+    Ok(counts)
 }
 
 /// The changelog folded as it is read: the views closed by an offsets

@@ -63,6 +63,10 @@ pub(crate) fn run_spool(
         ])
         .create_with_context(SpoolCtx::default())?;
     let mut in_flight: HashSet<u64> = HashSet::new();
+    // The highest seq sent: the next scan starts after it, instead of
+    // stepping over every record in flight again. Reset to rescan from
+    // the start after a failure, and whenever nothing is in flight.
+    let mut cursor: Option<u64> = None;
     let mut idle_since: Option<Instant> = None;
     // Stopping, one more pass sends what the last commit spooled.
     let mut last_pass = false;
@@ -71,7 +75,10 @@ pub(crate) fn run_spool(
         let send = !stopping || !std::mem::replace(&mut last_pass, true);
         if send && in_flight.len() < SPOOL_IN_FLIGHT {
             let room = (SPOOL_IN_FLIGHT - in_flight.len()).min(1000);
-            for record in store.outbox(&in_flight, room)? {
+            if in_flight.is_empty() {
+                cursor = None;
+            }
+            for record in store.outbox(cursor, &in_flight, room)? {
                 let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
                 for (k, v) in &record.headers {
                     headers = headers.insert(Header {
@@ -93,6 +100,7 @@ pub(crate) fn run_spool(
                 match producer.send(r) {
                     Ok(()) => {
                         in_flight.insert(record.seq);
+                        cursor = cursor.max(Some(record.seq));
                     }
                     Err((KafkaError::MessageProduction(_), _)) => break, // queue full
                     Err((e, _)) => {
@@ -120,6 +128,7 @@ pub(crate) fn run_spool(
             stats.produce_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(seq, "delivery failed, kept in the spool: {e}");
             in_flight.remove(&seq);
+            cursor = None;
         }
         if stopping {
             let since = *idle_since.get_or_insert_with(Instant::now);
