@@ -168,13 +168,13 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "   restore ({records} changelog records read, {restored} views put): {restore_ms:>6.1} s  {:>9.0} views/s  (from the first assignment to the last restore: {wall:.1} s; {consumed} source records consumed after it)",
-        restored as f64 / restore_ms.max(1e-9),
+        views as f64 / restore_ms.max(1e-9),
     );
     println!(
         "   restore ÷ replay time: {:.2}  (replay is {:.1}× slower); 1M views would restore in {:.1} s (target < 10 s)",
         restore_ms / replay_secs,
         replay_secs / restore_ms.max(1e-9),
-        restore_ms * 1e6 / restored.max(1) as f64
+        restore_ms * 1e6 / views.max(1) as f64
     );
     Ok(())
 }

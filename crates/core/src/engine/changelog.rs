@@ -184,70 +184,68 @@ impl Engine {
         Ok(spooled)
     }
 
-    /// Put `plugin`'s views restored from its changelog into the store
-    /// (`None`: deleted), in one atomic commit, dropping what the caches
-    /// held of them. Call [`Engine::restored`] once every view is in.
-    pub fn restore_views(
-        &self,
-        plugin: &str,
-        views: &[(String, Option<ViewRecord>)],
-    ) -> Result<()> {
+    /// Put `plugin`'s views restored from its changelog into the store,
+    /// each in its changelog form (`None`: deleted), in one atomic commit,
+    /// dropping what the caches held of them. Call [`Engine::restored`]
+    /// once every view of a partition is in.
+    pub fn restore_views(&self, plugin: &str, views: &[(&str, Option<&[u8]>)]) -> Result<()> {
         let p = self.projection(plugin)?;
         let mut pending = self.write.lock().recover();
         self.commit_locked(&mut pending)?;
         let mut writer = self.store.writer();
-        for (key, view) in views {
-            match view {
-                Some(v) => writer.put_view(&p.ns, key, v),
-                None => writer.remove_view(&p.ns, key),
-            }
+        for (key, value) in views {
+            writer.put_changelog_view(&p.ns, key, *value)?;
         }
         self.store.commit(writer)?;
         {
             let mut cache = p.views.write().recover();
             for (key, _) in views {
-                cache.young.remove(key.as_str());
-                cache.old.remove(key.as_str());
+                cache.young.remove(*key);
+                cache.old.remove(*key);
             }
         }
         let mut rendered = p.rendered.write().recover();
         for (key, _) in views {
-            if let Some((state, answer)) = rendered.entries.remove(key) {
+            if let Some((state, answer)) = rendered.entries.remove(*key) {
                 rendered.bytes -= key.len() + state.len() + answer.get().len();
             }
         }
         Ok(())
     }
 
-    /// `plugin`'s views of `partition` are restored up to `offsets` (the
-    /// next offset of each source): its offsets move there, and so does
-    /// the decode check's where it was behind, so the source resumes from
-    /// them and not from the beginning.
-    pub fn restored(&self, plugin: &str, partition: u32, offsets: &[(String, u64)]) -> Result<()> {
+    /// `plugin`'s views of each partition are restored up to its offsets
+    /// (the next offset of each source), in one atomic commit: its offsets
+    /// move there, and so does the decode check's where it was behind, so
+    /// the source resumes from them and not from the beginning.
+    pub fn restored(&self, plugin: &str, partitions: &[(u32, Vec<(String, u64)>)]) -> Result<()> {
         let p = self.projection(plugin)?;
         let mut pending = self.write.lock().recover();
         self.commit_locked(&mut pending)?;
         let mut writer = self.store.writer();
-        for (source, next) in offsets {
-            writer.set_offset(&p.ns, source, partition, *next);
-            let decoded = pending.offset(&self.store, DECODE_NS, source, partition)?;
-            if decoded < *next {
-                writer.set_offset(DECODE_NS, source, partition, *next);
-                pending
-                    .offsets
-                    .insert((DECODE_NS.into(), source.clone(), partition), *next);
+        for (partition, offsets) in partitions {
+            for (source, next) in offsets {
+                writer.set_offset(&p.ns, source, *partition, *next);
+                let decoded = pending.offset(&self.store, DECODE_NS, source, *partition)?;
+                if decoded < *next {
+                    writer.set_offset(DECODE_NS, source, *partition, *next);
+                    pending
+                        .offsets
+                        .insert((DECODE_NS.into(), source.clone(), *partition), *next);
+                }
             }
         }
         self.store.commit(writer)?;
-        let mut list = offsets.to_vec();
-        list.sort();
         let mut applied = self.applied.write().recover();
-        for (source, next) in offsets {
-            let k = (p.ns.clone(), source.clone(), partition);
-            pending.offsets.insert(k.clone(), *next);
-            applied.insert(k, *next);
+        for (partition, offsets) in partitions {
+            for (source, next) in offsets {
+                let k = (p.ns.clone(), source.clone(), *partition);
+                pending.offsets.insert(k.clone(), *next);
+                applied.insert(k, *next);
+            }
+            let mut list = offsets.clone();
+            list.sort();
+            pending.marked.insert((p.ns.clone(), *partition), list);
         }
-        pending.marked.insert((p.ns.clone(), partition), list);
         drop(applied);
         self.progress.send_modify(|n| *n += 1);
         Ok(())

@@ -369,19 +369,23 @@ fn a_commit_spools_each_changed_view_and_its_offsets_and_a_restore_takes_them_ba
     // Another store takes the views and offsets back.
     let other = tempfile::tempdir().expect("tempdir");
     let restored = open(other.path());
-    let views: Vec<(String, Option<ViewRecord>)> = spooled[..2]
+    let keys: Vec<String> = spooled[..2]
         .iter()
-        .map(|r| {
-            let key = String::from_utf8(r.key.clone().unwrap_or_default()).expect("utf8");
-            let view = r
-                .payload
-                .as_deref()
-                .map(|b| crate::store::changelog_view(b).expect("a view"));
-            (key, view)
-        })
+        .map(|r| String::from_utf8(r.key.clone().unwrap_or_default()).expect("utf8"))
+        .collect();
+    let views: Vec<(&str, Option<&[u8]>)> = keys
+        .iter()
+        .zip(&spooled[..2])
+        .map(|(k, r)| (k.as_str(), r.payload.as_deref()))
         .collect();
     restored.restore_views("inbox", &views).expect("views");
-    restored.restored("inbox", 0, &offsets).expect("offsets");
+    // A value of another encoding is refused.
+    assert!(restored
+        .restore_views("inbox", &[("u9:s1", Some(&[9, 1, 2][..]))])
+        .is_err());
+    restored
+        .restored("inbox", &[(0, offsets.clone())])
+        .expect("offsets");
     assert_eq!(unread(&restored, "u1:s1"), ["c2", "c1"]);
     assert_eq!(restored.resume_offset("log", 0).expect("offset"), 2);
     assert_eq!(

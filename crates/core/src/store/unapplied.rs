@@ -86,6 +86,28 @@ impl ViewRecordBuf {
         });
     }
 
+    /// Put a view already in its stored form (`None`: removed).
+    pub(super) fn put_encoded(&mut self, key: &[u8], stored: Option<&[u8]>) {
+        let b = &mut self.bytes;
+        b.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        let key_at = b.len();
+        b.extend_from_slice(key);
+        let value = stored.map(|v| {
+            b.push(1);
+            b.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            let at = b.len();
+            b.extend_from_slice(v);
+            (at, v.len())
+        });
+        if value.is_none() {
+            b.push(0);
+        }
+        self.slots.push(Slot {
+            key: (key_at, key.len()),
+            value,
+        });
+    }
+
     /// Whether no view was put.
     pub(super) fn is_empty(&self) -> bool {
         self.slots.is_empty()

@@ -28,6 +28,35 @@ impl Writer {
         self.views.put(&view_key_of(ns, view_key), Some(record));
     }
 
+    /// Put a view of namespace `ns` in its changelog form (see
+    /// `changelog_value`; `None`: removed). Its encoding version is
+    /// checked, not the view itself: the changelog holds what a runtime
+    /// wrote, and a corrupt view fails when it is read.
+    pub(crate) fn put_changelog_view(
+        &mut self,
+        ns: &str,
+        view_key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        let stored = match value.map(<[u8]>::split_first) {
+            None => None,
+            Some(Some((&CHANGELOG_ENCODING, rest))) => Some(rest),
+            Some(other) => {
+                return Err(Error::Corrupt {
+                    what: format!("changelog view {view_key:?}"),
+                    reason: match other {
+                        Some((v, _)) => {
+                            format!("encoding version {v}, this runtime reads {CHANGELOG_ENCODING}")
+                        }
+                        None => "empty".into(),
+                    },
+                })
+            }
+        };
+        self.views.put_encoded(&view_key_of(ns, view_key), stored);
+        Ok(())
+    }
+
     /// Remove the view of `view_key` from namespace `ns`.
     pub(crate) fn remove_view(&mut self, ns: &str, view_key: &str) {
         self.views.put(&view_key_of(ns, view_key), None);

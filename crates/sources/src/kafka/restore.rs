@@ -15,11 +15,11 @@ use super::config::{header, KafkaConfig};
 use super::placement::OffsetsValue;
 use super::stats::KafkaStats;
 use projector_core::engine::Engine;
-use projector_core::store::{changelog_view, ViewRecord};
 use projector_host::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +30,10 @@ const TAIL: i64 = 4096;
 
 /// Views put into the store per commit while restoring.
 const CHUNK: usize = 50_000;
+
+/// Views a restore holds before it puts them into the store (a view
+/// changed again later is then put once).
+const HELD: usize = 250_000;
 
 /// One changelog record as the restore reads it.
 struct Change {
@@ -46,21 +50,26 @@ enum Kind {
 }
 
 fn change<M: Message>(m: &M) -> Change {
-    let mut kind = None;
+    let mut kind: Option<&[u8]> = None;
     let mut position = 0;
     if let Some(h) = m.headers() {
         for h in h.iter() {
-            let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
             match h.key {
-                header::KIND => kind = Some(v.into_owned()),
-                header::POSITION => position = v.parse().unwrap_or(0),
+                header::KIND => kind = h.value,
+                header::POSITION => {
+                    position = h
+                        .value
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                }
                 _ => {}
             }
         }
     }
-    let kind = match kind.as_deref() {
-        Some("view") => Kind::View(m.payload().map(<[u8]>::to_vec)),
-        Some("offsets") => m
+    let kind = match kind {
+        Some(b"view") => Kind::View(m.payload().map(<[u8]>::to_vec)),
+        Some(b"offsets") => m
             .payload()
             .and_then(|p| serde_json::from_slice::<OffsetsValue>(p).ok())
             .filter(|v| v.v == 1)
@@ -132,12 +141,14 @@ impl Reader {
         max: u64,
         mut each: impl FnMut(i32, Change),
     ) -> anyhow::Result<u64> {
-        let left = |next: &BTreeMap<i32, i64>| {
-            to.iter().any(|(p, t)| next.get(p).is_some_and(|n| *n < *t))
-        };
+        // Partitions not read to their end yet.
+        let mut left = to
+            .iter()
+            .filter(|(p, t)| self.next.get(p).is_some_and(|n| n < t))
+            .count();
         let mut n = 0;
         let mut last_progress = Instant::now();
-        while n < max && left(&self.next) {
+        while n < max && left > 0 {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
@@ -152,6 +163,9 @@ impl Reader {
                         continue;
                     }
                     *next = m.offset() + 1;
+                    if *next >= *end {
+                        left -= 1;
+                    }
                     n += 1;
                     each(p, change(&m));
                 }
@@ -369,11 +383,8 @@ fn restore_all(
             }
         })?;
         read += n;
-        for (p, f) in folds.iter_mut() {
-            if f.ready.len() >= CHUNK {
-                let views = f.flush(engine, plugin, *p)?;
-                counts.entry(*p).or_default().1 += views;
-            }
+        if folds.values().map(|f| f.ready.len()).sum::<usize>() >= HELD {
+            flush_all(engine, plugin, &mut folds, &mut counts)?;
         }
         if shown.elapsed() >= Duration::from_secs(2) {
             shown = Instant::now();
@@ -389,11 +400,35 @@ fn restore_all(
             break;
         }
     }
-    for (p, f) in folds.iter_mut() {
-        let views = f.flush(engine, plugin, *p)?;
-        counts.entry(*p).or_default().1 += views;
-    }
+    flush_all(engine, plugin, &mut folds, &mut counts)?;
     Ok(counts)
+}
+
+/// Put the ready views of every partition into the store, in commits of
+/// [`CHUNK`] views whatever their partition, then every partition's
+/// newest offsets in one commit.
+fn flush_all(
+    engine: &Engine,
+    plugin: &str,
+    folds: &mut BTreeMap<i32, Fold>,
+    counts: &mut BTreeMap<i32, (u64, u64)>,
+) -> anyhow::Result<()> {
+    for (p, f) in folds.iter_mut() {
+        counts.entry(*p).or_default().1 += f.ready.len() as u64;
+    }
+    put_views(
+        engine,
+        plugin,
+        folds.values_mut().flat_map(|f| f.ready.drain()),
+    )?;
+    let offsets: Vec<(u32, Vec<(String, u64)>)> = folds
+        .iter_mut()
+        .filter_map(|(p, f)| Some((*p as u32, f.unsaved_offsets()?)))
+        .collect();
+    if !offsets.is_empty() {
+        engine.restored(plugin, &offsets)?;
+    }
+    Ok(())
 }
 
 /// The changelog folded as it is read: the views closed by an offsets
@@ -402,9 +437,9 @@ fn restore_all(
 #[derive(Default)]
 struct Fold {
     /// Per key, the position of the change taken last.
-    positions: HashMap<Vec<u8>, u64>,
-    /// Changes taken, not yet in the store.
-    ready: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    positions: FxHashMap<Vec<u8>, u64>,
+    /// Changes taken, not yet in the store (their changelog form).
+    ready: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Changes not yet followed by an offsets record at their position.
     waiting: Vec<(Vec<u8>, u64, Option<Vec<u8>>)>,
     /// The newest offsets record: its position and value.
@@ -425,11 +460,14 @@ impl Fold {
                         rest.push((key, position, value));
                         continue;
                     }
-                    let newer = self.positions.get(&key).is_none_or(|p| *p <= position);
-                    if newer {
-                        self.positions.insert(key.clone(), position);
-                        self.ready.insert(key, value);
+                    match self.positions.get_mut(&key) {
+                        Some(p) if *p > position => continue,
+                        Some(p) => *p = position,
+                        None => {
+                            self.positions.insert(key.clone(), position);
+                        }
                     }
+                    self.ready.insert(key, value);
                 }
                 self.waiting = rest;
                 if self.offsets.as_ref().is_none_or(|(p, _)| at >= *p) {
@@ -441,39 +479,55 @@ impl Fold {
         }
     }
 
+    /// The newest offsets, when not in the store yet (marked saved).
+    fn unsaved_offsets(&mut self) -> Option<Vec<(String, u64)>> {
+        let (true, Some((_, v))) = (self.unsaved, &self.offsets) else {
+            return None;
+        };
+        self.unsaved = false;
+        Some(v.offsets.iter().map(|(s, o)| (s.clone(), *o)).collect())
+    }
+
     /// Put the ready views and the newest offsets into the store; the
     /// views put.
     fn flush(&mut self, engine: &Engine, plugin: &str, partition: i32) -> anyhow::Result<u64> {
-        let mut count = 0;
-        let mut views: Vec<(String, Option<ViewRecord>)> =
-            Vec::with_capacity(self.ready.len().min(CHUNK));
-        for (key, value) in self.ready.drain() {
-            let Ok(key) = String::from_utf8(key) else {
-                continue;
-            };
-            let view = match value {
-                Some(bytes) => Some(changelog_view(&bytes)?),
-                None => None,
-            };
-            views.push((key, view));
-            if views.len() == CHUNK {
-                engine.restore_views(plugin, &views)?;
-                count += views.len() as u64;
-                views.clear();
-            }
-        }
-        if !views.is_empty() {
-            engine.restore_views(plugin, &views)?;
-            count += views.len() as u64;
-        }
-        if let (true, Some((_, v))) = (self.unsaved, &self.offsets) {
-            let offsets: Vec<(String, u64)> =
-                v.offsets.iter().map(|(s, o)| (s.clone(), *o)).collect();
-            engine.restored(plugin, partition as u32, &offsets)?;
-            self.unsaved = false;
+        let count = put_views(engine, plugin, self.ready.drain())?;
+        if let Some(offsets) = self.unsaved_offsets() {
+            engine.restored(plugin, &[(partition as u32, offsets)])?;
         }
         Ok(count)
     }
+}
+
+/// Put views in their changelog form into the store, in commits of
+/// [`CHUNK`]; how many.
+fn put_views(
+    engine: &Engine,
+    plugin: &str,
+    views: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+) -> anyhow::Result<u64> {
+    let mut count = 0;
+    let mut chunk: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(CHUNK);
+    let mut put = |chunk: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>| -> anyhow::Result<()> {
+        let refs: Vec<(&str, Option<&[u8]>)> = chunk
+            .iter()
+            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, v.as_deref())))
+            .collect();
+        engine.restore_views(plugin, &refs)?;
+        count += refs.len() as u64;
+        chunk.clear();
+        Ok(())
+    };
+    for view in views {
+        chunk.push(view);
+        if chunk.len() == CHUNK {
+            put(&mut chunk)?;
+        }
+    }
+    if !chunk.is_empty() {
+        put(&mut chunk)?;
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

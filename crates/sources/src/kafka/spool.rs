@@ -42,7 +42,7 @@ impl ProducerContext for SpoolCtx {
 }
 
 /// Most records in flight to the broker at once.
-const SPOOL_IN_FLIGHT: usize = 10_000;
+const SPOOL_IN_FLIGHT: usize = 50_000;
 
 /// The spool's producer: send what the store's spool holds, oldest first,
 /// with idempotence; remove each record once the broker acknowledged it.
@@ -73,12 +73,16 @@ pub(crate) fn run_spool(
     loop {
         let stopping = stop.is_stopped();
         let send = !stopping || !std::mem::replace(&mut last_pass, true);
+        // A full pass: more may wait, so the poll below does not wait.
+        let mut full = false;
         if send && in_flight.len() < SPOOL_IN_FLIGHT {
-            let room = (SPOOL_IN_FLIGHT - in_flight.len()).min(1000);
+            let room = (SPOOL_IN_FLIGHT - in_flight.len()).min(5000);
             if in_flight.is_empty() {
                 cursor = None;
             }
-            for record in store.outbox(cursor, &in_flight, room)? {
+            let records = store.outbox(cursor, &in_flight, room)?;
+            full = records.len() == room;
+            for record in records {
                 let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
                 for (k, v) in &record.headers {
                     headers = headers.insert(Header {
@@ -111,7 +115,11 @@ pub(crate) fn run_spool(
                 }
             }
         }
-        producer.poll(Duration::from_millis(20));
+        producer.poll(if full {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        });
         let acked: Vec<u64> = std::mem::take(&mut *producer.context().acked.lock().recover());
         if !acked.is_empty() {
             store.remove_outbox(&acked)?;
