@@ -20,8 +20,10 @@
 use super::config::{header, KafkaConfig, Partitioner};
 use projector_core::engine::Changelog;
 use projector_core::store::{changelog_value, OutboxRecord, ViewRecord};
+use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 /// The offsets record's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,9 +39,40 @@ pub(crate) struct Placement {
     pub(crate) config: KafkaConfig,
     /// Partitions of the source topics (all the same).
     pub(crate) partitions: u32,
+    /// The plugins whose changelog topics were made ready at start: a
+    /// plugin added while running gets its changelog at the next start
+    /// (its records would go to a topic that may not exist).
+    pub(crate) plugins: BTreeSet<String>,
+    /// Plugins already warned about.
+    warned: Mutex<BTreeSet<String>>,
 }
 
 impl Placement {
+    pub(crate) fn new(config: KafkaConfig, partitions: u32, plugins: BTreeSet<String>) -> Self {
+        Placement {
+            config,
+            partitions,
+            plugins,
+            warned: Mutex::default(),
+        }
+    }
+
+    /// Whether `plugin` has a changelog (warns once when not).
+    fn logged(&self, plugin: &str) -> bool {
+        if self.plugins.contains(plugin) {
+            return true;
+        }
+        if self.warned.lock().recover().insert(plugin.to_string()) {
+            tracing::warn!(
+                plugin,
+                "added while running: its views have no changelog until the next start \
+                 (which creates {})",
+                self.config.changelog_topic(plugin)
+            );
+        }
+        false
+    }
+
     /// The partition of a view `key` of `plugin`.
     pub(crate) fn partition_of(&self, plugin: &str, key: &str) -> u32 {
         let part = match self.config.placement.get(plugin) {
@@ -63,6 +96,9 @@ impl Changelog for Placement {
         view: Option<&ViewRecord>,
         position: u64,
     ) -> Option<OutboxRecord> {
+        if !self.logged(plugin) {
+            return None;
+        }
         Some(OutboxRecord {
             seq: 0,
             topic: self.config.changelog_topic(plugin),
@@ -82,6 +118,9 @@ impl Changelog for Placement {
         partition: u32,
         offsets: &[(String, u64)],
     ) -> Option<OutboxRecord> {
+        if !self.logged(plugin) {
+            return None;
+        }
         let value = OffsetsValue {
             v: 1,
             offsets: offsets.iter().cloned().collect(),
@@ -187,10 +226,7 @@ mod tests {
                 field: 1,
             },
         );
-        let placed = Placement {
-            config,
-            partitions: 8,
-        };
+        let placed = Placement::new(config, 8, ["inbox-unread".to_string()].into());
         let site = crate::log::partition_of("site-3", 8);
         assert_eq!(placed.partition_of("inbox-unread", "user-9:site-3"), site);
         // Another plugin: the whole key.
@@ -201,6 +237,8 @@ mod tests {
         let r = placed
             .offsets("inbox-unread", 2, &[("kafka:inbox".into(), 40)])
             .expect("a record");
+        // A plugin without a changelog topic gets no records.
+        assert!(placed.offsets("other", 2, &[]).is_none());
         assert_eq!(r.topic, "g.inbox-unread.changelog");
         assert_eq!(r.partition, Some(2));
         let v: OffsetsValue =

@@ -31,9 +31,9 @@ const TAIL: i64 = 4096;
 /// Views put into the store per commit while restoring.
 const CHUNK: usize = 50_000;
 
-/// Views a restore holds before it puts them into the store (a view
-/// changed again later is then put once).
-const HELD: usize = 250_000;
+/// Views a restore holds before it hands them to be put into the store
+/// (a view changed again later is then put again).
+const HANDED: usize = 100_000;
 
 /// One changelog record as the restore reads it.
 struct Change {
@@ -375,52 +375,67 @@ fn restore_all(
     let started = Instant::now();
     let mut shown = Instant::now();
     let mut read = 0u64;
-    loop {
-        let n = reader.read(&to, CHUNK as u64, |p, c| {
-            if let (Some(f), Some(k)) = (folds.get_mut(&p), counts.get_mut(&p)) {
-                f.take(c);
-                k.0 += 1;
+    // Reading and putting overlap: this thread reads and folds, another
+    // puts what is ready into the store; the offsets go in once every
+    // view is in.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Ready>>(2);
+        let putter = std::thread::Builder::new()
+            .name("projector-restore".into())
+            .spawn_scoped(scope, move || -> anyhow::Result<()> {
+                for chunk in rx {
+                    put_views(engine, plugin, chunk.into_iter())?;
+                }
+                Ok(())
+            })?;
+        // Hand what is ready over; false once the putting thread is gone.
+        let hand_over =
+            |folds: &mut BTreeMap<i32, Fold>, counts: &mut BTreeMap<i32, (u64, u64)>| -> bool {
+                let mut chunk = Vec::new();
+                for (p, f) in folds.iter_mut() {
+                    counts.entry(*p).or_default().1 += f.ready.len() as u64;
+                    chunk.extend(f.ready.drain());
+                }
+                chunk.is_empty() || tx.send(chunk).is_ok()
+            };
+        let mut handed = true;
+        loop {
+            let n = reader.read(&to, CHUNK as u64, |p, c| {
+                if let (Some(f), Some(k)) = (folds.get_mut(&p), counts.get_mut(&p)) {
+                    f.take(c);
+                    k.0 += 1;
+                }
+            })?;
+            read += n;
+            if folds.values().map(|f| f.ready.len()).sum::<usize>() >= HANDED {
+                handed = hand_over(&mut folds, &mut counts);
+                if !handed {
+                    break;
+                }
             }
-        })?;
-        read += n;
-        if folds.values().map(|f| f.ready.len()).sum::<usize>() >= HELD {
-            flush_all(engine, plugin, &mut folds, &mut counts)?;
+            if shown.elapsed() >= Duration::from_secs(2) {
+                shown = Instant::now();
+                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(
+                    plugin,
+                    "restoring: {:.0}% of {total} changelog records, {rate:.0} records/s, about {:.0} s left",
+                    100.0 * read as f64 / total.max(1) as f64,
+                    (total as f64 - read as f64).max(0.0) / rate.max(1.0)
+                );
+            }
+            if n == 0 {
+                break;
+            }
         }
-        if shown.elapsed() >= Duration::from_secs(2) {
-            shown = Instant::now();
-            let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            tracing::info!(
-                plugin,
-                "restoring: {:.0}% of {total} changelog records, {rate:.0} records/s, about {:.0} s left",
-                100.0 * read as f64 / total.max(1) as f64,
-                (total as f64 - read as f64).max(0.0) / rate.max(1.0)
-            );
+        if handed {
+            hand_over(&mut folds, &mut counts);
         }
-        if n == 0 {
-            break;
-        }
-    }
-    flush_all(engine, plugin, &mut folds, &mut counts)?;
-    Ok(counts)
-}
-
-/// Put the ready views of every partition into the store, in commits of
-/// [`CHUNK`] views whatever their partition, then every partition's
-/// newest offsets in one commit.
-fn flush_all(
-    engine: &Engine,
-    plugin: &str,
-    folds: &mut BTreeMap<i32, Fold>,
-    counts: &mut BTreeMap<i32, (u64, u64)>,
-) -> anyhow::Result<()> {
-    for (p, f) in folds.iter_mut() {
-        counts.entry(*p).or_default().1 += f.ready.len() as u64;
-    }
-    put_views(
-        engine,
-        plugin,
-        folds.values_mut().flat_map(|f| f.ready.drain()),
-    )?;
+        drop(tx);
+        putter
+            .join()
+            .map_err(|_| anyhow::anyhow!("the restore's putting thread panicked"))??;
+        Ok(())
+    })?;
     let offsets: Vec<(u32, Vec<(String, u64)>)> = folds
         .iter_mut()
         .filter_map(|(p, f)| Some((*p as u32, f.unsaved_offsets()?)))
@@ -428,8 +443,11 @@ fn flush_all(
     if !offsets.is_empty() {
         engine.restored(plugin, &offsets)?;
     }
-    Ok(())
+    Ok(counts)
 }
+
+/// A view ready to be put: its key and changelog form (`None`: deleted).
+type Ready = (Vec<u8>, Option<Vec<u8>>);
 
 /// The changelog folded as it is read: the views closed by an offsets
 /// record wait in `ready` to be put into the store with that record's

@@ -102,10 +102,12 @@ impl Source for KafkaSource {
                 .collect();
             wanted.push((config.members_topic(), 1, true));
             create_topics(config, &wanted, "the changelog and members topics")?;
-            Some(Arc::new(Placement {
-                config: config.clone(),
-                partitions: n as u32,
-            }))
+            let plugins = engine
+                .projections()
+                .iter()
+                .map(|p| p.name().to_string())
+                .collect();
+            Some(Arc::new(Placement::new(config.clone(), n as u32, plugins)))
         } else {
             None
         };
