@@ -167,6 +167,9 @@ impl App {
             .collect();
         let source = Arc::new(KafkaSource::new(config)?);
         let feed = Feed::new(source.clone());
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            show_restores(source.stats.clone(), stop.clone())?;
+        }
         self.start_source(source, feed, listen, stop, Until::Stopped)
     }
 
@@ -334,4 +337,46 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// On a terminal: a progress bar while a partition is restored from its
+/// changelog, until `stop`.
+fn show_restores(
+    stats: Arc<projector_sources::kafka::KafkaStats>,
+    stop: Shutdown,
+) -> anyhow::Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use projector_host::sync::Recover;
+    std::thread::Builder::new()
+        .name("projector-restore-bar".into())
+        .spawn(move || {
+            let mut bar: Option<ProgressBar> = None;
+            while !stop.wait(std::time::Duration::from_millis(200)) {
+                let progress = *stats.restore_progress.lock().recover();
+                match (progress, &bar) {
+                    (Some((read, total)), Some(b)) => {
+                        b.set_length(total);
+                        b.set_position(read);
+                    }
+                    (Some((read, total)), None) => {
+                        let b = ProgressBar::new(total);
+                        b.set_style(
+                            ProgressStyle::with_template(
+                                "restoring [{bar:40}] {pos}/{len} changelog records ({per_sec}, eta {eta})",
+                            )
+                            .expect("a valid template")
+                            .progress_chars("=> "),
+                        );
+                        b.set_position(read);
+                        bar = Some(b);
+                    }
+                    (None, Some(b)) => {
+                        b.finish_and_clear();
+                        bar = None;
+                    }
+                    (None, None) => {}
+                }
+            }
+        })?;
+    Ok(())
 }

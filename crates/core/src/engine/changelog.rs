@@ -47,6 +47,24 @@ pub fn position(offsets: &[(String, u64)]) -> u64 {
     offsets.iter().map(|(_, o)| *o).sum()
 }
 
+impl Pending {
+    /// The next offsets of namespace `ns`, by partition, sorted by source.
+    fn by_partition(&self, ns: &str) -> BTreeMap<u32, Vec<(String, u64)>> {
+        let mut out: BTreeMap<u32, Vec<(String, u64)>> = BTreeMap::new();
+        for ((n, source, partition), next) in &self.offsets {
+            if n == ns {
+                out.entry(*partition)
+                    .or_default()
+                    .push((source.clone(), *next));
+            }
+        }
+        for list in out.values_mut() {
+            list.sort();
+        }
+        out
+    }
+}
+
 impl Engine {
     /// Send every committed view change along `changelog` from now on.
     pub fn set_changelog(&self, changelog: Option<Arc<dyn Changelog>>) {
@@ -79,19 +97,7 @@ impl Engine {
         views: &ViewCache,
     ) -> Result<()> {
         let name = p.name();
-        // The offsets of each partition of this namespace, by partition.
-        let mut offsets: BTreeMap<u32, Vec<(String, u64)>> = BTreeMap::new();
-        for ((ns, source, partition), next) in &pending.offsets {
-            if *ns == p.ns {
-                offsets
-                    .entry(*partition)
-                    .or_default()
-                    .push((source.clone(), *next));
-            }
-        }
-        for list in offsets.values_mut() {
-            list.sort();
-        }
+        let offsets = pending.by_partition(&p.ns);
         let mut touched: BTreeSet<u32> = BTreeSet::new();
         for key in dirty {
             let Some(partition) = changelog.partition(name, key) else {
@@ -134,18 +140,7 @@ impl Engine {
         to: &Projection,
     ) -> Result<u64> {
         let name = to.name();
-        let mut offsets: BTreeMap<u32, Vec<(String, u64)>> = BTreeMap::new();
-        for ((ns, source, partition), next) in &pending.offsets {
-            if *ns == to.ns {
-                offsets
-                    .entry(*partition)
-                    .or_default()
-                    .push((source.clone(), *next));
-            }
-        }
-        for list in offsets.values_mut() {
-            list.sort();
-        }
+        let offsets = pending.by_partition(&to.ns);
         let at = |partition: u32| offsets.get(&partition).map_or(0, |o| position(o));
         let mut spooled = 0;
         for (ns, deleted) in [(&to.ns, false), (&from.ns, true)] {

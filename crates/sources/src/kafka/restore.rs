@@ -271,7 +271,7 @@ pub(crate) fn restore_partitions(
         let behind = behind(engine, &mut reader, &name, &rest)?;
         if !behind.is_empty() {
             tracing::info!(plugin = name, partitions = ?behind.keys().collect::<Vec<_>>(), "restoring from the changelog");
-            for (partition, counts) in restore_all(engine, &mut reader, &name, &behind)? {
+            for (partition, counts) in restore_all(engine, &mut reader, &name, &behind, stats)? {
                 done.insert(partition, counts);
             }
         }
@@ -365,6 +365,7 @@ fn restore_all(
     reader: &mut Reader,
     plugin: &str,
     partitions: &BTreeMap<i32, (i64, i64)>,
+    stats: &KafkaStats,
 ) -> anyhow::Result<BTreeMap<i32, (u64, u64)>> {
     let from: BTreeMap<i32, i64> = partitions.iter().map(|(p, (l, _))| (*p, *l)).collect();
     let to: BTreeMap<i32, i64> = partitions.iter().map(|(p, (_, h))| (*p, *h)).collect();
@@ -407,6 +408,7 @@ fn restore_all(
                 }
             })?;
             read += n;
+            *stats.restore_progress.lock().recover() = Some((read, total as u64));
             if folds.values().map(|f| f.ready.len()).sum::<usize>() >= HANDED {
                 handed = hand_over(&mut folds, &mut counts);
                 if !handed {
@@ -436,6 +438,7 @@ fn restore_all(
             .map_err(|_| anyhow::anyhow!("the restore's putting thread panicked"))??;
         Ok(())
     })?;
+    *stats.restore_progress.lock().recover() = None;
     let offsets: Vec<(u32, Vec<(String, u64)>)> = folds
         .iter_mut()
         .filter_map(|(p, f)| Some((*p as u32, f.unsaved_offsets()?)))

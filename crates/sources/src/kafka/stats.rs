@@ -47,6 +47,8 @@ pub struct KafkaStats {
     pub restore_ms: AtomicU64,
     /// Per partition: (changelog records read, views restored, ms) by restores.
     pub restored: Mutex<BTreeMap<i32, (u64, u64, u64)>>,
+    /// The restore under way: changelog records read, and to read.
+    pub restore_progress: Mutex<Option<(u64, u64)>>,
 }
 
 /// How far one owned partition is: its log end and the next offset applied.
