@@ -206,9 +206,19 @@ fn sample(model: &BTreeMap<String, Unread>, step: usize) -> Vec<(&String, &Unrea
     model.iter().step_by(step.max(1)).collect()
 }
 
+/// A `kafka-dev` process, killed however the test ends.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `projector kafka-dev` with the inbox topic and its changelog, in
 /// `dir` (with the inbox plugin); the process and its bootstrap address.
-fn broker(dir: &Path) -> (Child, String) {
+fn broker(dir: &Path) -> (Broker, String) {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins dir");
     std::fs::copy(
@@ -236,14 +246,14 @@ fn broker(dir: &Path) -> (Child, String) {
         .next()
         .expect("a line")
         .expect("the bootstrap address");
-    (broker, bootstrap)
+    (Broker(broker), bootstrap)
 }
 
 #[test]
 fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     let total = knob("INSTANCES_EVENTS", 100_000) as usize;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut broker, bootstrap) = broker(dir.path());
+    let (broker, bootstrap) = broker(dir.path());
     let events = inbox_events(InboxShape {
         sites: 300,
         users: 3000,
@@ -424,8 +434,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     drop(d);
     a.kill();
     c.kill();
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
 }
 
 /// With `standby_replicas = 1`, each of two instances follows the other's
@@ -437,7 +446,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
 fn a_standby_takes_over_without_a_restore() {
     let total = knob("INSTANCES_STANDBY_EVENTS", 30_000) as usize;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut broker, bootstrap) = broker(dir.path());
+    let (broker, bootstrap) = broker(dir.path());
     let events = inbox_events(InboxShape {
         sites: 200,
         users: 2000,
@@ -555,6 +564,5 @@ fn a_standby_takes_over_without_a_restore() {
         "A consumed {consumed} of {total}: a replay from offset 0"
     );
     drop(a);
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
 }

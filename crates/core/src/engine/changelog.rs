@@ -18,6 +18,11 @@ pub trait Changelog: Send + Sync {
     /// arrive on. `None`: the plugin's views are not placed.
     fn partition(&self, plugin: &str, key: &str) -> Option<u32>;
 
+    /// Whether this instance owns `partition` now: only its owner writes
+    /// its changelog (a standby's or a former owner's records would
+    /// overwrite the owner's once the topic is compacted).
+    fn owns(&self, partition: u32) -> bool;
+
     /// The record of one view change (`None`: the view was deleted) of
     /// `plugin`'s `partition`, made by a commit that leaves that partition
     /// at `position` (see [`Changelog::offsets`]). `None`: no changelog.
@@ -103,6 +108,9 @@ impl Engine {
             let Some(partition) = changelog.partition(name, key) else {
                 continue;
             };
+            if !changelog.owns(partition) {
+                continue;
+            }
             let at = offsets.get(&partition).map_or(0, |o| position(o));
             let view = match views.get(key) {
                 Some(v) => v.as_ref(),
@@ -114,6 +122,9 @@ impl Engine {
             }
         }
         for (partition, list) in offsets {
+            if !changelog.owns(partition) {
+                continue;
+            }
             let k = (p.ns.clone(), partition);
             let moved = pending.marked.get(&k) != Some(&list);
             if !moved && !touched.contains(&partition) {
@@ -159,6 +170,9 @@ impl Engine {
                     let Some(partition) = changelog.partition(name, key) else {
                         continue;
                     };
+                    if !changelog.owns(partition) {
+                        continue;
+                    }
                     let view = (!deleted).then_some(view);
                     if let Some(r) = changelog.view(name, partition, key, view, at(partition)) {
                         writer.outbox(r)?;
@@ -170,6 +184,9 @@ impl Engine {
         }
         let mut writer = self.store.writer();
         for (partition, list) in offsets {
+            if !changelog.owns(partition) {
+                continue;
+            }
             if let Some(r) = changelog.offsets(name, partition, &list) {
                 writer.outbox(r)?;
             }

@@ -268,6 +268,10 @@ impl Changelog for Placed {
         Some(u32::from(key.starts_with("u2")))
     }
 
+    fn owns(&self, _: u32) -> bool {
+        true
+    }
+
     fn view(
         &self,
         _: &str,
@@ -434,4 +438,56 @@ fn a_switch_of_generations_rewrites_the_changelog_with_the_serving_views() {
         .collect();
     assert_eq!(keys, ["u1:s1", "u3:s1", ""], "{keys:?}");
     assert!(new[..2].iter().all(|r| r.payload.is_some()));
+}
+
+/// [`Placed`], owning partition 0 only.
+struct OwnsZero;
+
+impl Changelog for OwnsZero {
+    fn partition(&self, plugin: &str, key: &str) -> Option<u32> {
+        Placed.partition(plugin, key)
+    }
+
+    fn owns(&self, partition: u32) -> bool {
+        partition == 0
+    }
+
+    fn view(
+        &self,
+        plugin: &str,
+        partition: u32,
+        key: &str,
+        view: Option<&ViewRecord>,
+        position: u64,
+    ) -> Option<OutboxRecord> {
+        Placed.view(plugin, partition, key, view, position)
+    }
+
+    fn offsets(
+        &self,
+        plugin: &str,
+        partition: u32,
+        offsets: &[(String, u64)],
+    ) -> Option<OutboxRecord> {
+        Placed.offsets(plugin, partition, offsets)
+    }
+}
+
+#[test]
+fn only_the_owner_of_a_partition_writes_its_changelog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.set_changelog(Some(Arc::new(OwnsZero)));
+    // Views u2a:s1 and u2b:s1 live on partition 1, not owned here.
+    engine
+        .process("log", 1, &[record(0, &sent("e1", 1, "c1", "u2a", "u2b"))])
+        .expect("process");
+    engine.commit().expect("commit");
+    assert_eq!(engine.store().outbox_count(), 0);
+    // Partition 0's views and offsets are spooled.
+    engine
+        .process("log", 0, &[record(0, &sent("e2", 2, "c2", "u3", "u1"))])
+        .expect("process");
+    engine.commit().expect("commit");
+    assert_eq!(engine.store().outbox_count(), 3);
 }

@@ -106,8 +106,10 @@ impl Shared {
     }
 
     /// Restore the source partitions among `parts` from their changelogs
-    /// where they are ahead of the store (shown as restoring meanwhile).
-    fn restore(&self, parts: &[(String, i32)]) {
+    /// where they are ahead of the store (shown as restoring meanwhile,
+    /// until they are in the queues). A restore that fails leaves views
+    /// ahead of their offsets: the source fails rather than resume there.
+    fn restore(&self, parts: &[(String, i32)]) -> Result<(), String> {
         let numbers: std::collections::BTreeSet<i32> = parts
             .iter()
             .filter(|(t, _)| !self.retry_topics.contains(t))
@@ -121,19 +123,19 @@ impl Shared {
         if let Some(m) = &self.members {
             m.dirty.store(true, Ordering::Relaxed);
         }
-        if let Err(e) = super::restore::restore_partitions(
+        super::restore::restore_partitions(
             &self.engine,
             &self.config,
             &numbers,
             &self.stats,
             &self.followers,
-        ) {
-            tracing::error!(
-                partitions = ?numbers,
-                "restoring from the changelog failed; the partitions resume from the store's offsets: {e:#}"
-            );
-        }
-        self.stats.restoring.lock().recover().clear();
+        )
+        .map_err(|e| {
+            format!(
+                "restoring partitions {numbers:?} from the changelog failed: {e:#}; \
+                 a restart restores them again"
+            )
+        })
     }
 
     /// Stop feeding `parts`, wait for a batch of theirs in flight, make
@@ -210,11 +212,21 @@ impl ConsumerContext for ConsumerCtx {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if shared.config.changelog {
-                    shared.restore(&parts);
-                }
+                let restored = if shared.config.changelog {
+                    shared.restore(&parts)
+                } else {
+                    Ok(())
+                };
                 let mut assign = TopicPartitionList::new();
                 let mut q = shared.lock();
+                if let Err(e) = restored {
+                    tracing::error!("{e}");
+                    q.failed = Some(e);
+                    shared.stats.restoring.lock().recover().clear();
+                    drop(q);
+                    shared.changed.notify_all();
+                    return;
+                }
                 for (topic, partition) in &parts {
                     let next = match shared.resume(topic, *partition) {
                         Ok(o) => o as i64,
@@ -239,6 +251,8 @@ impl ConsumerContext for ConsumerCtx {
                     );
                 }
                 drop(q);
+                // In the queues now: no longer restoring.
+                shared.stats.restoring.lock().recover().clear();
                 tracing::info!(partitions = ?parts, "assigned");
                 if let Some(m) = &shared.members {
                     m.dirty.store(true, Ordering::Relaxed);

@@ -124,6 +124,18 @@ impl Members {
             .collect()
     }
 
+    /// Whether `partition` is being restored or is owned here (checked by
+    /// the standby under the followers' lock, which a restore takes
+    /// after marking its partitions restoring).
+    pub(crate) fn claimed(&self, partition: u32) -> bool {
+        self.stats
+            .restoring
+            .lock()
+            .recover()
+            .contains(&(partition as i32))
+            || self.owned().contains(&partition)
+    }
+
     /// Partitions no live instance owns now.
     pub(crate) fn orphaned(&self) -> BTreeSet<u32> {
         let owners = self.owners();

@@ -18,12 +18,13 @@
 //! those views cover. A restore resumes there.
 
 use super::config::{header, KafkaConfig, Partitioner};
+use super::stats::KafkaStats;
 use projector_core::engine::Changelog;
 use projector_core::store::{changelog_value, OutboxRecord, ViewRecord};
 use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The offsets record's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +46,8 @@ pub(crate) struct Placement {
     pub(crate) plugins: BTreeSet<String>,
     /// Plugins already warned about.
     warned: Mutex<BTreeSet<String>>,
+    /// The partitions owned now (`None`: every one, in tests).
+    owned: Option<Arc<KafkaStats>>,
 }
 
 impl Placement {
@@ -54,7 +57,14 @@ impl Placement {
             partitions,
             plugins,
             warned: Mutex::default(),
+            owned: None,
         }
+    }
+
+    /// Owned partitions are those `stats` follows.
+    pub(crate) fn owned_by(mut self, stats: Arc<KafkaStats>) -> Self {
+        self.owned = Some(stats);
+        self
     }
 
     /// Whether `plugin` has a changelog (warns once when not).
@@ -86,6 +96,18 @@ impl Placement {
 impl Changelog for Placement {
     fn partition(&self, plugin: &str, key: &str) -> Option<u32> {
         Some(self.partition_of(plugin, key))
+    }
+
+    fn owns(&self, partition: u32) -> bool {
+        let Some(stats) = &self.owned else {
+            return true;
+        };
+        let topic = self.config.topics[0].clone();
+        stats
+            .partitions
+            .lock()
+            .recover()
+            .contains_key(&(topic, partition as i32))
     }
 
     fn view(

@@ -99,6 +99,8 @@ pub(crate) fn changelog_consumer(config: &KafkaConfig) -> anyhow::Result<Arc<Bas
             ("group.id", group.as_str()),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "false"),
+            // An offset no longer there (retention) reads from the start.
+            ("auto.offset.reset", "earliest"),
             ("fetch.max.bytes", "52428800"),
             ("max.partition.fetch.bytes", "10485760"),
         ])
@@ -159,7 +161,16 @@ impl Reader {
                     let (Some(next), Some(end)) = (self.next.get_mut(&p), to.get(&p)) else {
                         continue;
                     };
-                    if m.offset() < *next || m.offset() >= *end {
+                    if m.offset() < *next {
+                        continue;
+                    }
+                    if m.offset() >= *end {
+                        // Past its end (compaction may have removed the
+                        // records up to it): this partition is read.
+                        if *next < *end {
+                            *next = *end;
+                            left -= 1;
+                        }
                         continue;
                     }
                     *next = m.offset() + 1;

@@ -107,7 +107,9 @@ impl Source for KafkaSource {
                 .iter()
                 .map(|p| p.name().to_string())
                 .collect();
-            Some(Arc::new(Placement::new(config.clone(), n as u32, plugins)))
+            Some(Arc::new(
+                Placement::new(config.clone(), n as u32, plugins).owned_by(self.stats.clone()),
+            ))
         } else {
             None
         };

@@ -53,6 +53,11 @@ pub(crate) fn run_standby(
                     break;
                 }
                 let mut f = followers.lock().recover();
+                // Assigned here since `want` was read: the restore takes
+                // (or took) the follower; nothing more is written for it.
+                if members.claimed(*p) {
+                    continue;
+                }
                 let key = (plugin.clone(), *p as i32);
                 if !f.contains_key(&key) {
                     match Follower::new(config, plugin, *p as i32) {
