@@ -226,26 +226,18 @@ fn broker(dir: &Path) -> (Broker, String) {
         plugins.join("inbox-unread.wasm"),
     )
     .expect("copy");
-    let mut broker = Command::new(projector_bin())
-        .current_dir(dir)
-        .args([
-            "kafka-dev",
+    let topics = format!("inbox:{PARTITIONS}");
+    let (broker, bootstrap) = projector_tests::kafka::spawn_kafka_dev(
+        dir,
+        &[
             "--topics",
-            &format!("inbox:{PARTITIONS}"),
+            &topics,
             "--group",
             "views",
             "--changelog",
             "inbox-unread",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kafka-dev");
-    let bootstrap = BufReader::new(broker.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .expect("a line")
-        .expect("the bootstrap address");
+        ],
+    );
     (Broker(broker), bootstrap)
 }
 

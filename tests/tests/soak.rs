@@ -15,9 +15,8 @@ use projector_tests::{
     projector_bin, spawn_run, InboxShape,
 };
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -326,18 +325,10 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
     let mut rng = Lcg(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     plugins_dir(dir.path(), &["inbox-unread"]);
-    let mut broker = Command::new(projector_bin())
-        .current_dir(dir.path())
-        .args(["kafka-dev", "--topics", "inbox:8", "--group", "views"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kafka-dev");
-    let bootstrap = BufReader::new(broker.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .expect("a line")
-        .expect("the bootstrap address");
+    let (mut broker, bootstrap) = projector_tests::kafka::spawn_kafka_dev(
+        dir.path(),
+        &["--topics", "inbox:8", "--group", "views"],
+    );
     let config = dir.path().join("projector.toml");
     std::fs::write(
         &config,
