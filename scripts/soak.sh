@@ -5,7 +5,9 @@
 #                                    clients POST events and read views
 #   ./scripts/soak.sh kafka [KILLS]  `projector run` on Kafka (`kafka-dev` in
 #                                    its own process), SIGKILLed KILLS times
-#                                    (default 30) while a producer writes
+#                                    (default 30) while a producer writes:
+#                                    poison events, then retries through the
+#                                    retry topic (a lagging enrichment service)
 #   ./scripts/soak.sh fuzz [CASES]   the property tests of the decoders,
 #                                    stored form and tokens with CASES cases
 #                                    each (default 100000)

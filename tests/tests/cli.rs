@@ -619,8 +619,9 @@ fn read_commands_beside_a_running_instance_go_through_its_api() {
     child.wait().expect("reaped");
 }
 
-/// SIGTERM stops `run` even when its stderr's reader is gone (a dead log
-/// pipe under a supervisor): the stop comes before the message saying so.
+/// SIGTERM stops `run` cleanly even when the readers of its stderr and
+/// stdout are gone (dead pipes under a supervisor): the stop comes before
+/// the message saying so, and neither a log line nor the summary panics.
 #[test]
 fn run_stops_on_sigterm_when_its_stderr_is_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -639,11 +640,14 @@ fn run_stops_on_sigterm_when_its_stderr_is_closed() {
         .arg("--config")
         .arg(&config)
         .args(["run", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn run");
-    // Read until it runs, then close the pipe's only reader.
+    // Read until it runs, then close both pipes' only readers: the lines
+    // it logs and the summary it prints on the way out are lost, and it
+    // still stops cleanly.
+    drop(run.stdout.take());
     let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
     let mut line = String::new();
     while !line.contains("read API on") {

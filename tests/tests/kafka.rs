@@ -651,3 +651,154 @@ fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
     stop.stop();
     running.wait().expect("stop");
 }
+
+/// Partitions that moved here while a shadow generation was being built
+/// are in its views once it follows: a second member takes half the
+/// partitions, the shadow build starts on the other half, the member
+/// leaves mid-build and its partitions come back (resumed from this
+/// instance's offsets, past what the shadow has of them). The events the
+/// build reads first are slow for the new version, so that the build
+/// outlasts the rebalance (about 5 s on the mock cluster).
+#[test]
+fn a_shadow_rebuild_takes_in_partitions_a_rebalance_moves_here() {
+    use projector_deploy::ShadowMethod;
+    const TOPIC: &str = "moving";
+    const KEYS: u64 = 80;
+    // Events `first..first + n`, of type `slow` on the partitions `slow_on` names.
+    let events = |first: u64, n: u64, slow_on: &dyn Fn(u32) -> bool| -> Vec<String> {
+        counted_events("m", first, n, KEYS)
+            .into_iter()
+            .map(|e| {
+                let key = serde_json::from_str::<Json>(&e).expect("json")["key"].to_string();
+                let key = key.trim_matches('"');
+                if slow_on(projector_sources::log::partition_of(key, 8)) {
+                    e.replace("\"counted\"", "\"slow\"")
+                } else {
+                    e
+                }
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir_b = tempfile::tempdir().expect("b");
+    let c = cluster(TOPIC, 8);
+    let bootstrap = c.bootstrap_servers();
+    produce(&bootstrap, TOPIC, 8, &events(0, 4_000, &|_| false));
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        &format!(
+            "[engine]\ncommit_interval_ms = 100\n[source.kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
+             group_id = \"views\"\ntopics = [\"{TOPIC}\"]\n\
+             properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n\
+             [plugins.hostile]\nlimits = {{ epoch_deadline_ms = 1000 }}\n"
+        ),
+    );
+    let stop = Shutdown::new();
+    let running = app
+        .start_kafka(Some("127.0.0.1:0"), stop.clone())
+        .expect("start");
+    let metrics = format!("http://{}/metrics", running.addr().expect("listening"));
+    // The partitions of the topic A owns now, as its metrics list them.
+    let owned = || -> Vec<u32> {
+        let text = reqwest::blocking::get(&metrics)
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("projector_kafka_lag_records{"))
+            .filter(|l| l.contains(&format!("topic=\"{TOPIC}\"")))
+            .filter_map(|l| {
+                l.split("partition=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let all = ends(&bootstrap, TOPIC, 8);
+    wait_caught_up(&app.engine, TOPIC, &all, Duration::from_secs(60));
+
+    // B joins the group and takes half the partitions.
+    let b = counting_engine(dir_b.path(), json!({"instance": "move-b"}), "");
+    let run_b = KafkaRun::start(b, config(&bootstrap, TOPIC), 500).expect("start b");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kept = loop {
+        let a = owned();
+        if !a.is_empty() && a.len() < 8 {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "b never got partitions");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let moved: Vec<u32> = (0..8).filter(|p| !kept.contains(p)).collect();
+    produce(
+        &bootstrap,
+        TOPIC,
+        8,
+        &events(4_000, 4_000, &|p| kept.contains(&p)),
+    );
+
+    // The second version, slow on what A kept, is built from A's
+    // partitions; B leaves meanwhile, and A takes its partitions back
+    // while the build goes on.
+    let v2 = std::fs::read(projector_tests::plugin_wasm("hostile-v2")).expect("v2");
+    app.deployer
+        .deploy_shadow("hostile", &v2, "test", ShadowMethod::Rebuild)
+        .expect("shadow");
+    // The build's first pass has its partitions (an eager rebalance
+    // takes them all away for its duration) before B leaves.
+    std::thread::sleep(Duration::from_millis(500));
+    run_b.join().expect("b leaves");
+    let started = Instant::now();
+    let mut back_while_building = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = app.deployer.shadow("hostile").expect("status");
+        assert!(!s.phase.starts_with("failed"), "{s:?}");
+        let back = moved.iter().all(|p| owned().contains(p));
+        if s.phase == "building" && back && back_while_building.is_none() {
+            back_while_building = Some((started.elapsed(), s.done, s.total));
+        }
+        if s.phase == "following" && back {
+            eprintln!(
+                "b left; its partitions back while building: {back_while_building:?}; \
+                 following after {:?} ({} records)",
+                started.elapsed(),
+                s.done
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never built: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        back_while_building.is_some(),
+        "the partitions came back only after the build: the test proves nothing"
+    );
+    produce(&bootstrap, TOPIC, 8, &events(8_000, 400, &|_| false));
+    wait_caught_up(
+        &app.engine,
+        TOPIC,
+        &ends(&bootstrap, TOPIC, 8),
+        Duration::from_secs(120),
+    );
+    // Every key of the promoted generation counts every event once.
+    app.deployer.promote("hostile").expect("promote");
+    for k in 0..KEYS {
+        let v = app
+            .engine
+            .read("hostile", &format!("k{k}"), 0)
+            .expect("read")
+            .and_then(|v| v.json())
+            .expect("view");
+        assert_eq!(
+            (v["count"].as_u64(), v["version"].as_str()),
+            (Some(8_400 / KEYS), Some("2")),
+            "k{k}: {v}"
+        );
+    }
+    stop.stop();
+    running.wait().expect("stop");
+}

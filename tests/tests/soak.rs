@@ -233,15 +233,8 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
     }
     // The last round: every client done, then SIGTERM while the runtime
     // may still be applying; it drains and exits 0.
-    let mut child = round(&config, &clients, &keys, None, &tally).expect("not killed");
-    let pid = child.id().to_string();
-    let term = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
-    assert!(term.success());
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "SIGTERM ended run with {status}");
+    let child = round(&config, &clients, &keys, None, &tally).expect("not killed");
+    terminate(child);
     // Apply what is left, then look.
     let out = Command::new(projector_bin())
         .arg("--config")
@@ -303,6 +296,69 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
     assert_inbox_views(&app.engine, &model);
 }
 
+/// SIGTERM `child` and check that it exits cleanly.
+fn terminate(mut child: Child) {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "SIGTERM ended it with {status}");
+}
+
+/// `projector kafka-dev` in its own process (`topic` as `name:partitions`,
+/// group `views`), and the config of a `run` of `plugin` on it in a
+/// temporary directory: `plugin_toml` goes in its `[plugins.*]` table,
+/// `more` at the end.
+struct KafkaSoak {
+    dir: tempfile::TempDir,
+    broker: Child,
+    bootstrap: String,
+    config: std::path::PathBuf,
+}
+
+impl KafkaSoak {
+    fn start(plugin: &str, topic: &str, plugin_toml: &str, more: &str) -> KafkaSoak {
+        let dir = tempfile::tempdir().expect("tempdir");
+        plugins_dir(dir.path(), &[plugin]);
+        let (broker, bootstrap) = projector_tests::kafka::spawn_kafka_dev(
+            dir.path(),
+            &["--topics", topic, "--group", "views"],
+        );
+        let name = topic.split(':').next().expect("a topic name");
+        let config = dir.path().join("projector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
+                 [engine]\ncommit_interval_ms = 100\ncompile_cache_dir = \"compiled\"\n\
+                 [plugins.{plugin}]\n{plugin_toml}\
+                 [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\n\
+                 topics = [\"{name}\"]\nproperties = {{ \"session.timeout.ms\" = \"6000\" }}\n{more}"
+            ),
+        )
+        .expect("config");
+        KafkaSoak {
+            dir,
+            broker,
+            bootstrap,
+            config,
+        }
+    }
+}
+
+/// Start `run` on `config` and SIGKILL it 2–5 s later, `kills` times
+/// (each restart joins the consumer group again, about 3 s).
+fn kill_runs(config: &Path, kills: u64, rng: &mut Lcg) {
+    for _ in 0..kills {
+        let (mut child, _) = spawn_run(config);
+        std::thread::sleep(Duration::from_millis(2000 + rng.below(3000)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+}
+
 /// A poison event: a read of a conversation on a site with an empty id,
 /// which the inbox refuses (dead letter, stage `keys`).
 fn poison(n: u64) -> String {
@@ -323,24 +379,17 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
     let kills = knob("SOAK_KAFKA_KILLS", 3);
     let seed = knob("SOAK_SEED", 20261202);
     let mut rng = Lcg(seed);
-    let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    let (mut broker, bootstrap) = projector_tests::kafka::spawn_kafka_dev(
-        dir.path(),
-        &["--topics", "inbox:8", "--group", "views"],
+    let KafkaSoak {
+        dir,
+        broker,
+        bootstrap,
+        config,
+    } = KafkaSoak::start(
+        "inbox-unread",
+        "inbox:8",
+        "population = \"eager\"\nsettings = { max_unread = 1000000 }\n",
+        "",
     );
-    let config = dir.path().join("projector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
-             [engine]\ncommit_interval_ms = 100\ncompile_cache_dir = \"compiled\"\n\
-             [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n\
-             [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n\
-             properties = {{ \"session.timeout.ms\" = \"6000\" }}\n"
-        ),
-    )
-    .expect("config");
 
     let events = inbox_events(InboxShape {
         sites: 40,
@@ -367,16 +416,11 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
             }
         })
     };
-    for _ in 0..kills {
-        let (mut child, _) = spawn_run(&config);
-        std::thread::sleep(Duration::from_millis(2000 + rng.below(3000)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-    }
+    kill_runs(&config, kills, &mut rng);
     producer.join().expect("producer");
 
     // The last run: until every delivery is in, then SIGTERM.
-    let (mut child, base) = spawn_run(&config);
+    let (child, base) = spawn_run(&config);
     let expected = inbox_deliveries(&events);
     let http = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -395,14 +439,7 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
         assert!(Instant::now() < deadline, "never caught up: {plugins}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "SIGTERM ended run with {status}");
+    terminate(child);
 
     let dlq = projector_tests::kafka::read_all(&bootstrap, "inbox.views.dlq", 8);
     let mut in_dlq: Vec<String> = dlq
@@ -416,11 +453,7 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
         })
         .collect();
     in_dlq.sort();
-    Command::new("kill")
-        .args(["-TERM", &broker.id().to_string()])
-        .status()
-        .expect("kill kafka-dev");
-    broker.wait().expect("wait kafka-dev");
+    terminate(broker);
 
     let app = open_app(
         dir.path(),
@@ -453,4 +486,163 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
     );
     assert_eq!(app.engine.store().outbox_count(), 0, "the spool is empty");
     assert_inbox_views(&app.engine, &fold_inbox(&events));
+}
+
+/// `run` on Kafka SIGKILLed again and again while its enrichment service
+/// answers some fetches with an entity older than the event (a lagging
+/// replica): those events fail transiently and go through the retry
+/// topic, across the kills. At the end every row holds its asset's last
+/// event and the service's entity, nothing is dead-lettered, and the spool
+/// is empty. The tally says how many records the retry topic carried and
+/// how many of them were sent twice (the spool sends at least once; a
+/// retry sent twice is applied once).
+#[test]
+fn run_on_kafka_killed_while_retries_flow_through_the_retry_topic_loses_nothing() {
+    use projector_tests::services::Services;
+    const ASSETS: u64 = 40;
+    let kills = knob("SOAK_KAFKA_KILLS", 3);
+    let seed = knob("SOAK_SEED", 20261202);
+    let mut rng = Lcg(seed);
+    let services = Services::start(&["subscriptions", "billing", "domains", "sites"]);
+    let current = |n: u64| {
+        serde_json::json!({"version": 1_000_000, "payment_status": "paid", "next_charge_ms": 0,
+                           "amount_cents": 4200 + n, "currency": "EUR"})
+    };
+    for n in 0..ASSETS {
+        services
+            .get("billing")
+            .set(&format!("a{n}"), vec![current(n)]);
+    }
+    let KafkaSoak {
+        dir,
+        broker,
+        bootstrap,
+        config,
+    } = KafkaSoak::start(
+        "subscriptions",
+        "billing:4",
+        "services = [\"billing\"]\nsettings = { refetches = 0 }\n\
+         retry = { attempts = 20, delay_ms = 100, max_delay_ms = 500 }\n",
+        &services.config(&[]),
+    );
+
+    // The producer: a round of events (one per asset, versions rising)
+    // every 150 ms, over the kills; before every other round, about a
+    // quarter of the assets answer their next fetch from a lagging replica.
+    let rounds = (kills + 1) * 20;
+    let billing = services.get("billing");
+    let lagging = |n: u64| {
+        vec![
+            serde_json::json!({"version": 0, "payment_status": "late", "next_charge_ms": 0,
+                               "amount_cents": n, "currency": "EUR"}),
+            current(n),
+        ]
+    };
+    let mut lags = Lcg(seed ^ 0x5eed);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for version in 1..=rounds {
+                if version % 2 == 0 {
+                    for n in 0..ASSETS {
+                        if lags.below(4) == 0 {
+                            billing.set(&format!("a{n}"), lagging(n));
+                        }
+                    }
+                }
+                let batch: Vec<String> = (0..ASSETS)
+                    .map(|n| {
+                        serde_json::json!({"id": format!("billing-a{n}-{version}"),
+                            "type": "BillingChanged", "source": "billing", "key": format!("a{n}"),
+                            "version": version, "time": 0,
+                            "payload": {"user_id": "u1", "asset_id": format!("a{n}")}})
+                        .to_string()
+                    })
+                    .collect();
+                projector_tests::kafka::produce(&bootstrap, "billing", 4, &batch);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+        kill_runs(&config, kills, &mut rng);
+    });
+
+    // The last run: until nothing is left to consume, retry or send, then SIGTERM.
+    let (child, base) = spawn_run(&config);
+    let http = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut quiet = 0;
+    while quiet < 3 {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        let sum = |name: &str| -> Option<f64> {
+            let values: Vec<f64> = text
+                .lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.iter().sum())
+        };
+        let idle = sum("projector_retry_queue") == Some(0.0)
+            && sum("projector_kafka_spooled_records") == Some(0.0)
+            && sum("projector_kafka_lag_records") == Some(0.0);
+        quiet = if idle { quiet + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "never settled: {text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    terminate(child);
+
+    let retried = projector_tests::kafka::read_all(&bootstrap, "billing.views.retry", 4);
+    let dlq = projector_tests::kafka::read_all(&bootstrap, "billing.views.dlq", 4);
+    let distinct: BTreeSet<(Option<String>, String)> = retried
+        .iter()
+        .map(|r| (r.key.clone(), r.payload.clone()))
+        .collect();
+    terminate(broker);
+
+    let app = open_app(
+        dir.path(),
+        &["subscriptions"],
+        &format!(
+            "[plugins.subscriptions]\nservices = [\"billing\"]\n{}",
+            services.config(&[])
+        ),
+    );
+    let c = app
+        .engine
+        .projection("subscriptions")
+        .expect("loaded")
+        .counters();
+    println!(
+        "soak kafka retries: {kills} kills (seed {seed}), {} events produced, {} retry records \
+         ({} sent twice), {} dead-letter records, {} left in the spool, fetches {}, counters {c:?}",
+        rounds * ASSETS,
+        retried.len(),
+        retried.len() - distinct.len(),
+        dlq.len(),
+        app.engine.store().outbox_count(),
+        services.get("billing").requests(),
+    );
+    assert!(!retried.is_empty(), "the retry topic was exercised");
+    // Every event and every retry record counted once, across the kills.
+    assert_eq!(c.received, rounds * ASSETS + retried.len() as u64, "{c:?}");
+    assert!(dlq.is_empty(), "nothing dead-lettered: {dlq:?}");
+    assert_eq!((c.dead_lettered, c.invalidated), (0, 0), "{c:?}");
+    assert_eq!(app.engine.store().outbox_count(), 0, "the spool is empty");
+    for n in 0..ASSETS {
+        let key = format!("u1:a{n}");
+        let v = app
+            .engine
+            .read("subscriptions", &key, 0)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no view of {key}"));
+        assert_eq!(
+            v.versions.get("billing"),
+            Some(rounds),
+            "{key}: its last event"
+        );
+        let row = v.json().expect("a valid view renders");
+        assert_eq!(row["amount"]["cents"], 4200 + n, "{key}: {row}");
+    }
 }

@@ -127,9 +127,13 @@ impl Deployer {
 
     /// The retained records shadow generations rebuild from: the
     /// embedded log, or Kafka's source topics.
-    /// Shadow generations taken up again at start continue building now.
+    /// Shadow generations taken up again at start continue building now,
+    /// and a generation the live path finds lacking records is caught up
+    /// from it.
     pub fn set_replay(self: &Arc<Self>, replay: Arc<dyn Replay>) {
-        let _ = self.replay.set(replay);
+        if self.replay.set(replay.clone()).is_ok() {
+            self.watch_behind(replay);
+        }
         self.resume_shadows();
     }
 

@@ -297,6 +297,58 @@ impl Deployer {
         }
     }
 
+    /// Catch up, for as long as the deployer runs, every generation the
+    /// live path took off for lacking records of a partition (see
+    /// `Projection::take_behind`): rebuilt from its own offsets, then
+    /// joined again.
+    pub(crate) fn watch_behind(self: &Arc<Self>, log: Arc<dyn Replay>) {
+        let me = self.clone();
+        let spawned = self.spawn("shadow-catch-up".into(), move || {
+            while !me.shutdown.wait(std::time::Duration::from_millis(250)) {
+                for active in me.engine.projections() {
+                    let name = active.name();
+                    for g in me.engine.shadows(name) {
+                        if g.take_behind() {
+                            me.catch_up(name, &g, log.as_ref());
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the shadow catch-up thread: {e}");
+        }
+    }
+
+    /// Rebuild `g` (a generation of `name` taken off the live path) from
+    /// its offsets and join it again, its progress shown on its build
+    /// when it has one.
+    fn catch_up(&self, name: &str, g: &Arc<Projection>, log: &dyn Replay) {
+        let tracked = self
+            .shadows
+            .lock()
+            .recover()
+            .get(name)
+            .filter(|b| Arc::ptr_eq(&b.generation, g))
+            .cloned();
+        let build = tracked.unwrap_or_else(|| {
+            Arc::new(ShadowBuild::new(
+                g.code().id().to_string(),
+                ShadowMethod::Rebuild,
+                g.clone(),
+            ))
+        });
+        tracing::info!(
+            plugin = name,
+            ns = g.ns(),
+            "catching up a generation that lacks records"
+        );
+        if let Err(e) = self.rebuild(name, &build, g, log) {
+            tracing::error!(plugin = name, ns = g.ns(), "catching up failed: {e}");
+            *build.error.lock().recover() = Some(e.to_string());
+        }
+    }
+
     /// Rebuild a generation from the start of the log until it is within
     /// a batch of the live path, then join it.
     /// `g` is the generation to build: the shadow's, or after a restart
@@ -326,7 +378,6 @@ impl Deployer {
     ) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         const BATCH: usize = 4096;
-        let parts = log.partitions();
         let read = |source: &str, p: u32, from: u64| {
             log.read(source, p, from, BATCH)
                 .map_err(|e| projector_core::engine::Error::Guest {
@@ -336,7 +387,9 @@ impl Deployer {
         };
         loop {
             let mut behind = 0u64;
-            for (source, p) in &parts {
+            // Asked again each pass: a rebalance may move partitions here
+            // (or away) while the generation is built.
+            for (source, p) in &log.partitions() {
                 if self.shutdown.is_stopped() {
                     return Err(Error::Stopped(name.into()));
                 }
@@ -365,20 +418,25 @@ impl Deployer {
                 break;
             }
         }
-        self.engine.follow(g, &parts, |source, p, from, to| {
-            let mut out = Vec::new();
-            let mut at = from;
-            while at < to {
-                let batch = read(source, p, at)?;
-                let Some(last) = batch.last().map(|r| r.offset) else {
-                    break;
-                };
-                out.extend(batch.into_iter().filter(|r| r.offset < to));
-                at = last + 1;
-            }
-            build.done.fetch_add(out.len() as u64, Relaxed);
-            Ok(out)
-        })?;
+        // The partitions followed now: one assigned during the build is
+        // caught up here. One assigned after this call is found lacking by
+        // the live path, which takes the generation off it again for
+        // `watch_behind` to catch up.
+        self.engine
+            .follow(g, &log.partitions(), |source, p, from, to| {
+                let mut out = Vec::new();
+                let mut at = from;
+                while at < to {
+                    let batch = read(source, p, at)?;
+                    let Some(last) = batch.last().map(|r| r.offset) else {
+                        break;
+                    };
+                    out.extend(batch.into_iter().filter(|r| r.offset < to));
+                    at = last + 1;
+                }
+                build.done.fetch_add(out.len() as u64, Relaxed);
+                Ok(out)
+            })?;
         build.total.store(build.done.load(Relaxed), Relaxed);
         tracing::info!(
             plugin = name,

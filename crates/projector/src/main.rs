@@ -4,6 +4,7 @@ mod cli;
 
 use clap::{Parser, Subcommand};
 use projector::config::Config;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -175,6 +176,9 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,sled=warn,wasmtime=warn,cranelift=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (a dead log pipe) loses the lines; reporting
+        // that on stderr would panic the thread that logged.
+        .log_internal_errors(false)
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -186,7 +190,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             std::process::ExitCode::from(2)
         }
     }

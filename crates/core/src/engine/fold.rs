@@ -570,6 +570,18 @@ impl Engine {
             if breakers && !p.is_shadow() && p.breaker.is_paused() {
                 continue;
             }
+            if p.is_shadow()
+                && self.lacks(
+                    pending,
+                    p,
+                    source,
+                    partition,
+                    records[0].offset,
+                    decoded_from,
+                )?
+            {
+                continue;
+            }
             let batch = BatchIn {
                 source,
                 partition,

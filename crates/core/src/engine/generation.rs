@@ -42,6 +42,7 @@ impl Engine {
             retried: AtomicU64::new(0),
             shadow: AtomicBool::new(true),
             building: AtomicBool::new(true),
+            behind: AtomicBool::new(false),
             retry: self.policy(&name).retry,
             // A shadow is never paused: its breaker never records.
             breaker: Arc::new(Breaker::new(self.policy(&name).breaker)),
@@ -143,6 +144,41 @@ impl Engine {
         self.commit_locked(&mut pending)?;
         then();
         Ok(())
+    }
+
+    /// Whether generation `p` (not serving reads) lacks records of
+    /// (source, partition) before a batch starting at `first`: its next
+    /// offset is before the batch and before where the live path was
+    /// (`live`), as when a partition moved here while `p` was being built
+    /// and the source resumed past it. `p` then leaves the live path
+    /// (building again, marked [`Projection::take_behind`]) until it is
+    /// caught up from its own offsets; applying the batch would leave a
+    /// hole in its views.
+    pub(super) fn lacks(
+        &self,
+        pending: &mut Pending,
+        p: &Projection,
+        source: &str,
+        partition: u32,
+        first: u64,
+        live: u64,
+    ) -> Result<bool> {
+        let from = pending.offset(&self.store, &p.ns, source, partition)?;
+        if from >= first || from >= live {
+            return Ok(false);
+        }
+        tracing::warn!(
+            plugin = p.name(),
+            ns = %p.ns,
+            source,
+            partition,
+            from,
+            first,
+            "this generation lacks records before the batch; it leaves the live path until caught up"
+        );
+        p.building.store(true, Ordering::Relaxed);
+        p.behind.store(true, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Seed generation `p` from the views of `from` (the live one) and join

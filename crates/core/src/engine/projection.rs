@@ -25,6 +25,10 @@ pub struct Projection {
     pub(super) shadow: AtomicBool,
     /// Being rebuilt from the log, not yet fed by live batches.
     pub(super) building: AtomicBool,
+    /// Taken off the live path because it lacks records of a partition
+    /// (one that moved here while it was being built): to be caught up
+    /// from the source again. See [`Projection::take_behind`].
+    pub(super) behind: AtomicBool,
     /// How its transient failures are retried.
     pub(super) retry: RetryConfig,
     /// Pauses it when most of what it sees fails (kept across a replace).
@@ -217,6 +221,12 @@ impl Projection {
     /// Whether this generation is still being rebuilt from the log, not yet fed live batches.
     pub fn is_building(&self) -> bool {
         self.building.load(Ordering::Relaxed)
+    }
+    /// Whether this generation was taken off the live path for lacking
+    /// records (it is building again, from its own offsets); clears the
+    /// mark, so one caller catches it up.
+    pub fn take_behind(&self) -> bool {
+        self.behind.swap(false, Ordering::Relaxed)
     }
     /// Events queued for a delayed retry since start.
     pub fn retried(&self) -> u64 {

@@ -491,3 +491,71 @@ fn only_the_owner_of_a_partition_writes_its_changelog() {
     engine.commit().expect("commit");
     assert_eq!(engine.store().outbox_count(), 3);
 }
+
+#[test]
+fn a_shadow_lacking_records_of_a_partition_leaves_the_live_path_until_caught_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let p0 = [
+        record(0, &sent("e1", 1, "c1", "u3", "u1")),
+        record(1, &sent("e2", 2, "c2", "u3", "u1")),
+    ];
+    engine.process("log", 0, &p0).expect("process");
+    let code = engine.projection("inbox").expect("live").code().clone();
+    let next = engine
+        .new_generation_in(code, Some(Population::Eager), "inbox~2".into())
+        .expect("generation");
+    engine.build(&next, "log", 0, &p0).expect("build");
+    engine
+        .follow(&next, &[("log".into(), 0)], |_, _, _, _| Ok(Vec::new()))
+        .expect("follow");
+    // Offsets that skip a few (compaction, transaction markers) are no gap.
+    engine
+        .process("log", 0, &[record(5, &sent("e3", 3, "c3", "u3", "u1"))])
+        .expect("process");
+    assert!(!next.is_building() && !next.take_behind());
+    let shadow_has = |key: &str| engine.store().view(next.ns(), key).expect("view").is_some();
+    assert!(shadow_has("u1:s1"));
+
+    // Partition 1 moved here while the shadow was built: the live path
+    // resumes where its restore left it, past everything the shadow has.
+    engine
+        .restored("inbox", &[(1, vec![("log".to_string(), 2)])])
+        .expect("restored");
+    let p1 = [
+        record(0, &sent("e10", 10, "c9", "u5", "u6")),
+        record(1, &sent("e11", 11, "c9", "u5", "u6")),
+        record(2, &sent("e12", 12, "c8", "u5", "u7")),
+    ];
+    engine.process("log", 1, &p1[2..]).expect("process");
+    assert!(next.is_building() && next.take_behind());
+    assert!(!next.take_behind(), "one caller catches it up");
+    engine.commit().expect("commit");
+    assert!(!shadow_has("u7:s1"), "no view of a partition with a hole");
+    // Off the live path meanwhile: a batch of partition 0 waits for the catch-up.
+    engine
+        .process("log", 0, &[record(6, &sent("e4", 4, "c4", "u3", "u2"))])
+        .expect("process");
+
+    // Caught up from its own offsets, it follows again.
+    let mut asked = Vec::new();
+    engine
+        .follow(
+            &next,
+            &[("log".into(), 0), ("log".into(), 1)],
+            |_, p, from, to| {
+                asked.push((p, from, to));
+                Ok(match p {
+                    0 => vec![record(6, &sent("e4", 4, "c4", "u3", "u2"))],
+                    _ => p1.to_vec(),
+                })
+            },
+        )
+        .expect("follow");
+    assert_eq!(asked, [(0, 6, 7), (1, 0, 3)]);
+    assert!(!next.is_building());
+    engine.commit().expect("commit");
+    for key in ["u6:s1", "u7:s1", "u2:s1"] {
+        assert!(shadow_has(key), "{key}");
+    }
+}

@@ -35,9 +35,13 @@ pub(crate) fn read_input(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-pub(crate) fn print_summary(t: &Totals) {
+pub(crate) fn print_summary(t: &Totals) -> std::io::Result<()> {
+    use std::io::Write;
     let c = &t.counters;
-    println!(
+    // Written, not printed: a closed stdout (a supervisor's, `| head`) is
+    // an error to report, never a panic on the way out.
+    writeln!(
+        std::io::stdout(),
         "events {}, applied {}, skipped {}, invalidated {}, dead-lettered {}, decode errors {}, {:.0} events/s",
         t.records,
         c.applied,
@@ -46,7 +50,7 @@ pub(crate) fn print_summary(t: &Totals) {
         c.dead_lettered,
         t.decode_errors,
         t.records_per_second()
-    );
+    )
 }
 
 /// Whether `e` says another process holds the store (a running `projector

@@ -29,6 +29,6 @@ pub(crate) fn run(config: Config, file: &Path) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     app.engine.store().flush()?;
-    print_summary(&totals);
+    print_summary(&totals)?;
     Ok(())
 }

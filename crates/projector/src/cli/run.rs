@@ -103,6 +103,6 @@ fn serve_until_stopped(
     stop_signals(stop, signals);
     let totals = totals?;
     app.engine.store().flush()?;
-    print_summary(&totals);
+    print_summary(&totals)?;
     Ok(())
 }
