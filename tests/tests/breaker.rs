@@ -166,3 +166,70 @@ fn a_service_down_under_load_pauses_the_plugin_instead_of_dead_lettering() {
         p["breaker"]
     );
 }
+
+/// A file cannot be read again, so the run keeps what a paused plugin
+/// missed: `projector replay` of a file while the service is down for
+/// 3 s pauses the plugin and waits instead of dead-lettering, then
+/// catches up and ends with every row as if the service never went away.
+#[test]
+fn a_file_replay_waits_for_a_service_that_is_down_instead_of_dead_lettering() {
+    const VERSIONS: u64 = 20;
+    let services = Services::start(&SOURCES);
+    for n in 0..ASSETS {
+        services.get("billing").set(
+            &format!("a{n}"),
+            vec![json!({"version": 1_000_000, "payment_status": "paid",
+                        "next_charge_ms": 0, "amount_cents": 4200 + n, "currency": "EUR"})],
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("events.ndjson");
+    let lines: Vec<String> = (1..=VERSIONS)
+        .flat_map(|v| (0..ASSETS).map(move |n| event(n, v)))
+        .collect();
+    projector_tests::write_ndjson(&file, &lines);
+    let app = projector_tests::open_app(
+        dir.path(),
+        &[PLUGIN],
+        &format!(
+            "[plugins.subscriptions]\nservices = [\"billing\"]\n\
+             retry = {{ attempts = 3, delay_ms = 200 }}\n\
+             breaker = {{ min_failures = 10, probe_delay_ms = 200, max_probe_delay_ms = 1000 }}\n{}",
+            services.config(&[])
+        ),
+    );
+    services.get("billing").set_down(true);
+    let started = Instant::now();
+    let totals = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(3));
+            services.get("billing").set_down(false);
+        });
+        projector_sources::pipeline::replay_file(&app.engine, &file, 64, |_| {})
+    })
+    .expect("replay");
+    let p = app.engine.projection(PLUGIN).expect("loaded");
+    eprintln!(
+        "file replay with the service down 3 s: {:?}, breaker opened {} times, {totals:?}",
+        started.elapsed(),
+        p.breaker_opened()
+    );
+    assert!(p.breaker_opened() >= 1, "the breaker opened");
+    assert_eq!(p.counters().dead_lettered, 0, "{:?}", p.counters());
+    assert_eq!(
+        app.engine.store().dead_letters().count(),
+        0,
+        "no dead letter"
+    );
+    for n in 0..ASSETS {
+        let key = format!("u1:a{n}");
+        let v = app
+            .engine
+            .read(PLUGIN, &key, 0)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no view of {key}"));
+        assert_eq!(v.versions.get("billing"), Some(VERSIONS), "{key}");
+        let row = v.json().expect("a valid view renders");
+        assert_eq!(row["amount"]["cents"], 4200 + n, "{key}: {row}");
+    }
+}

@@ -368,3 +368,138 @@ fn a_shadow_generation_and_a_promotion_survive_a_restart() {
     app.deployer.rollback("hostile").expect("rollback");
     assert_eq!(count(&app, "k1"), (7, "1".to_string()));
 }
+
+/// Three partitions of one source, handed to a rebuild as the test says:
+/// which of them this instance owns now, and a gate that holds reads of
+/// partition 0 (the build's first) until the test opens it.
+struct Moving {
+    records: Vec<Vec<projector_core::Record>>,
+    owned: std::sync::Mutex<Vec<u32>>,
+    gate: (std::sync::Mutex<bool>, std::sync::Condvar),
+}
+
+impl projector_sources::Replay for Moving {
+    fn partitions(&self) -> Vec<(String, u32)> {
+        let owned = self.owned.lock().expect("owned");
+        owned.iter().map(|p| ("moving".to_string(), *p)).collect()
+    }
+
+    fn complete(&self) -> bool {
+        true
+    }
+
+    fn read(
+        &self,
+        _source: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> anyhow::Result<Vec<projector_core::Record>> {
+        if partition == 0 {
+            let (open, changed) = &self.gate;
+            let mut open = open.lock().expect("gate");
+            while !*open {
+                open = changed.wait(open).expect("gate");
+            }
+        }
+        Ok(self.records[partition as usize]
+            .iter()
+            .filter(|r| r.offset >= from)
+            .take(max)
+            .cloned()
+            .collect())
+    }
+}
+
+/// A shadow build follows the partitions as they move. Partition 1 moves
+/// back here while the build is on partition 0, resumed past everything
+/// the shadow has of it: the build takes it in. Partition 2's move lands
+/// just after the build joined the live path (its resume point taken
+/// while it was building): the shadow finds itself lacking records, leaves
+/// the live path, and is caught up again. Promoted, every view counts
+/// every event of its partition once.
+#[test]
+fn a_shadow_build_takes_in_partitions_that_move_here_during_and_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[engine]\ncommit_interval_ms = 50\n",
+    );
+    // 200 events per partition, over ten keys of its own.
+    let records: Vec<Vec<projector_core::Record>> = (0..3u32)
+        .map(|p| {
+            let values = (0..200u64)
+                .map(|i| {
+                    json!({"id": format!("p{p}-{i}"), "type": "count", "source": "test",
+                           "key": format!("p{p}k{}", i % 10), "version": i + 1,
+                           "time": 1_000 + i, "payload": {}})
+                    .to_string()
+                    .into_bytes()
+                })
+                .collect();
+            projector_tests::records(0, values)
+        })
+        .collect();
+    let live = |p: u32, from: usize, to: usize| {
+        app.engine
+            .process("moving", p, &records[p as usize][from..to])
+            .expect("process");
+    };
+    // This instance applied the first half of every partition; another
+    // then took partitions 1 and 2.
+    for p in 0..3 {
+        live(p, 0, 100);
+    }
+    let moving = Arc::new(Moving {
+        records: records.clone(),
+        owned: std::sync::Mutex::new(vec![0]),
+        gate: Default::default(),
+    });
+    app.deployer.set_replay(moving.clone());
+    live(0, 100, 150);
+
+    let v2 = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    app.deployer
+        .deploy_shadow("hostile", &v2, "test", ShadowMethod::Rebuild)
+        .expect("shadow");
+    let phase = || app.deployer.shadow("hostile").expect("status").phase;
+    assert_eq!(phase(), "building");
+    // Partition 1 comes back mid-build, resumed at this instance's offset
+    // (the building shadow has no say in it), and flows.
+    assert_eq!(app.engine.resume_offset("moving", 1).expect("resume"), 100);
+    moving.owned.lock().expect("owned").push(1);
+    live(1, 100, 200);
+    // Partition 2's resume point is taken now, while the shadow builds;
+    // its move shows only after the build joined.
+    assert_eq!(app.engine.resume_offset("moving", 2).expect("resume"), 100);
+    {
+        let (open, changed) = &moving.gate;
+        *open.lock().expect("gate") = true;
+        changed.notify_all();
+    }
+    let wait_following = || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while phase() != "following" {
+            assert!(!phase().starts_with("failed"), "{}", phase());
+            assert!(Instant::now() < deadline, "never built: {}", phase());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_following();
+    moving.owned.lock().expect("owned").push(2);
+    live(2, 100, 200);
+    assert_eq!(phase(), "building", "the shadow lacks partition 2's start");
+    wait_following();
+
+    app.deployer.promote("hostile").expect("promote");
+    for (p, events) in [(0, 150), (1, 200), (2, 200)] {
+        for k in 0..10 {
+            assert_eq!(
+                count(&app, &format!("p{p}k{k}")),
+                (events / 10, "2".to_string()),
+                "p{p}k{k}"
+            );
+        }
+    }
+}

@@ -11,7 +11,10 @@
 //! - [`log`]: the embedded durable log and its source;
 //! - [`mod@file`]: NDJSON files and stdin;
 //! - `kafka` (feature `kafka`): the consumer group, its retry and
-//!   dead-letter topics, the spool's producer.
+//!   dead-letter topics, the spool's producer;
+//! - `resume` and `window`: paused plugins brought back, from the
+//!   source's retained records or from the records the loop keeps for a
+//!   source that cannot replay.
 //!
 //! It depends on `projector-core` (records, the engine, the store); the
 //! engine never learns which source it runs on.
@@ -25,6 +28,7 @@ pub mod kafka;
 pub mod log;
 pub mod pipeline;
 mod resume;
+mod window;
 
 use projector_core::engine::{Changelog, Engine, FailureRoute};
 use projector_core::store::RetryEntry;

@@ -12,7 +12,8 @@
 
 use crate::file::FileSource;
 use crate::log::{EmbeddedLog, LogSource};
-use crate::{Next, Source};
+use crate::window::Window;
+use crate::{Next, Replay, Source};
 use projector_core::engine::{BatchSummary, Engine};
 use projector_core::store::Counters;
 use projector_host::shutdown::Shutdown;
@@ -69,6 +70,13 @@ pub enum Until {
 /// How often the pipeline looks for due retries.
 pub(crate) const RETRY_POLL: Duration = Duration::from_millis(100);
 
+/// Records kept for paused plugins where the source cannot replay them;
+/// past it the input waits.
+const WINDOW_RECORDS: usize = 100_000;
+
+/// How often a run waiting at the end of its input for paused plugins says so.
+const WAIT_NOTICE: Duration = Duration::from_secs(10);
+
 /// How long the pipeline waits for a batch before doing its other work.
 const BATCH_WAIT: Duration = Duration::from_millis(100);
 
@@ -121,8 +129,9 @@ pub fn drive(
 ) -> anyhow::Result<Totals> {
     engine.set_failure_route(source.failure_route());
     engine.set_changelog(source.changelog());
-    // Breakers pause plugins only where what they miss can be replayed.
-    engine.enable_breakers(source.replay().is_some());
+    // A paused plugin is brought back from the source's retained records,
+    // or, where the source keeps none, from the window the loop keeps.
+    engine.enable_breakers(true);
     let looped = turn(engine, source, options, stop, &mut progress);
     let closed = source.close();
     let totals = looped?;
@@ -141,7 +150,16 @@ fn turn(
     let started = Instant::now();
     let mut totals = Totals::default();
     let mut retried_at = Instant::now();
-    let replay = source.replay();
+    let mut waiting_since: Option<Instant> = None;
+    // A source that cannot replay what a paused plugin missed (a file):
+    // the loop keeps it, and waits while the window is full.
+    let window = source
+        .replay()
+        .is_none()
+        .then(|| Arc::new(Window::new(WINDOW_RECORDS)));
+    let replay: Option<Arc<dyn Replay>> = source
+        .replay()
+        .or_else(|| window.clone().map(|w| w as Arc<dyn Replay>));
     // Running until idle, a source that has nothing now is done.
     let wait = match options.until {
         Until::Idle => Duration::ZERO,
@@ -157,8 +175,18 @@ fn turn(
             }
             // Paused plugins: probe, catch up, rejoin.
             if let Some(replay) = &replay {
-                crate::resume::step(engine, replay.as_ref(), projector_core::now_ms())?;
+                let caught_up =
+                    crate::resume::step(engine, replay.as_ref(), projector_core::now_ms())?;
+                totals.counters.add(&caught_up);
             }
+            if let Some(w) = &window {
+                w.trim(engine)?;
+            }
+        }
+        if window.as_ref().is_some_and(|w| w.is_full()) {
+            // The paused plugin is that far behind: the input waits.
+            stop.wait(RETRY_POLL);
+            continue;
         }
         match source.next_batch(options.batch_size, wait)? {
             Next::Batch(batch) => {
@@ -171,6 +199,9 @@ fn turn(
                 })?;
                 if summary.committed {
                     source.durable();
+                }
+                if let Some(w) = window.as_ref().filter(|_| engine.any_paused()) {
+                    w.keep(&batch.source, batch.partition, &batch.records);
                 }
                 totals.add(&summary);
                 totals.records += batch.retries.len() as u64;
@@ -189,6 +220,18 @@ fn turn(
                 if options.until == Until::Idle {
                     break;
                 }
+            }
+            // A paused plugin still lacks what the window holds: the run
+            // ends once it has caught up.
+            Next::End if window.as_ref().is_some_and(|w| w.len() > 0) && engine.any_paused() => {
+                if waiting_since.get_or_insert_with(Instant::now).elapsed() >= WAIT_NOTICE {
+                    waiting_since = Some(Instant::now());
+                    tracing::warn!(
+                        held = window.as_ref().map_or(0, |w| w.len()),
+                        "the input is read; waiting for paused plugins to catch up"
+                    );
+                }
+                stop.wait(RETRY_POLL);
             }
             Next::End => break,
         }

@@ -8,6 +8,7 @@
 use crate::Replay;
 use projector_core::breaker::BreakerState;
 use projector_core::engine::{Engine, Projection};
+use projector_core::store::Counters;
 use std::sync::Arc;
 
 /// Records a probe replays.
@@ -16,15 +17,22 @@ const PROBE: usize = 16;
 /// batches of the other plugins go on between steps.
 const STEP: usize = 512;
 
-/// Probe or advance every paused plugin that is due at `now_ms`.
-pub(crate) fn step(engine: &Engine, replay: &dyn Replay, now_ms: i64) -> anyhow::Result<()> {
+/// Probe or advance every paused plugin that is due at `now_ms`; what
+/// they counted doing so.
+pub(crate) fn step(engine: &Engine, replay: &dyn Replay, now_ms: i64) -> anyhow::Result<Counters> {
+    let mut counted = Counters::default();
     for p in engine.paused(now_ms) {
-        step_one(engine, replay, &p)?;
+        step_one(engine, replay, &p, &mut counted)?;
     }
-    Ok(())
+    Ok(counted)
 }
 
-fn step_one(engine: &Engine, replay: &dyn Replay, p: &Arc<Projection>) -> anyhow::Result<()> {
+fn step_one(
+    engine: &Engine,
+    replay: &dyn Replay,
+    p: &Arc<Projection>,
+    counted: &mut Counters,
+) -> anyhow::Result<()> {
     let probing = matches!(p.breaker(), BreakerState::Open { .. });
     let parts = replay.partitions();
     let mut behind = 0u64;
@@ -49,7 +57,9 @@ fn step_one(engine: &Engine, replay: &dyn Replay, p: &Arc<Projection>) -> anyhow
                 p.name()
             );
         };
-        if !engine.catch_up(p, source, *partition, &records)? {
+        let (going_on, delta) = engine.catch_up(p, source, *partition, &records)?;
+        counted.add(&delta);
+        if !going_on {
             return Ok(());
         }
         replayed = true;
@@ -57,7 +67,7 @@ fn step_one(engine: &Engine, replay: &dyn Replay, p: &Arc<Projection>) -> anyhow
     }
     // Close to the live path (or nothing missed at all): join it.
     if behind <= STEP as u64 {
-        engine.rejoin(p, &parts, |source, partition, from, to| {
+        let delta = engine.rejoin(p, &parts, |source, partition, from, to| {
             let mut out = Vec::new();
             let mut at = from;
             while at < to {
@@ -75,6 +85,7 @@ fn step_one(engine: &Engine, replay: &dyn Replay, p: &Arc<Projection>) -> anyhow
             }
             Ok(out)
         })?;
+        counted.add(&delta);
     }
     Ok(())
 }

@@ -116,20 +116,23 @@ impl Engine {
     ) -> Result<()> {
         self.join(p, partitions, catch_up, || {
             p.building.store(false, Ordering::Relaxed)
-        })
+        })?;
+        Ok(())
     }
 
     /// With batches stopped, bring `p` up to where the live path is in
     /// each partition (`catch_up(source, partition, from, to)` gives the
     /// records it lacks), commit, and `then` make it part of the live path.
+    /// What it counted doing so.
     pub(super) fn join(
         &self,
         p: &Arc<Projection>,
         partitions: &[(String, u32)],
         mut catch_up: impl FnMut(&str, u32, u64, u64) -> Result<Vec<Record>>,
         then: impl FnOnce(),
-    ) -> Result<()> {
+    ) -> Result<Counters> {
         let mut pending = self.write.lock().recover();
+        let mut counted = Counters::default();
         for (source, partition) in partitions {
             let from = pending.offset(&self.store, &p.ns, source, *partition)?;
             let to = pending.offset(&self.store, DECODE_NS, source, *partition)?;
@@ -138,12 +141,12 @@ impl Engine {
             }
             let records = catch_up(source, *partition, from, to)?;
             if !records.is_empty() {
-                self.build_locked(&mut pending, p, source, *partition, &records)?;
+                counted.add(&self.build_locked(&mut pending, p, source, *partition, &records)?);
             }
         }
         self.commit_locked(&mut pending)?;
         then();
-        Ok(())
+        Ok(counted)
     }
 
     /// Whether generation `p` (not serving reads) lacks records of

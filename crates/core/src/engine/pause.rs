@@ -33,6 +33,15 @@ impl Engine {
         self.breakers_on.store(on, Ordering::Relaxed);
     }
 
+    /// Whether a breaker holds any plugin back (paused or catching up).
+    pub fn any_paused(&self) -> bool {
+        self.breakers_on.load(Ordering::Relaxed)
+            && self
+                .projections()
+                .iter()
+                .any(|p| !matches!(p.breaker.state(), BreakerState::Closed))
+    }
+
     /// The plugins a breaker paused whose probe is due at `now_ms`, or
     /// that are catching up.
     pub fn paused(&self, now_ms: i64) -> Vec<Arc<Projection>> {
@@ -59,14 +68,14 @@ impl Engine {
     /// Apply `records` (from where it stopped) to paused plugin `p` only:
     /// a probe, or a step of its catch-up. Whether it goes on catching up
     /// (`false`: the records failed as those that opened the breaker did,
-    /// and it waits for the next probe).
+    /// and it waits for the next probe), and what it counted.
     pub fn catch_up(
         &self,
         p: &Arc<Projection>,
         source: &str,
         partition: u32,
         records: &[Record],
-    ) -> Result<bool> {
+    ) -> Result<(bool, Counters)> {
         let failed_before = p.failures.load(Ordering::Relaxed);
         let delta = self.build(p, source, partition, records)?;
         let failures = p.failures.load(Ordering::Relaxed) - failed_before;
@@ -75,24 +84,24 @@ impl Engine {
         if !going_on {
             tracing::warn!(plugin = p.name(), reason = ?p.breaker.state(), "breaker probe failed");
         }
-        Ok(going_on)
+        Ok((going_on, delta))
     }
 
     /// Join paused plugin `p` to the live path again: with batches
     /// stopped, `catch_up(source, partition, from, to)` gives the records
     /// it still lacks, from its own offset to where the live path is; then
-    /// its breaker closes.
+    /// its breaker closes. What it counted doing so.
     pub fn rejoin(
         &self,
         p: &Arc<Projection>,
         partitions: &[(String, u32)],
         catch_up: impl FnMut(&str, u32, u64, u64) -> Result<Vec<Record>>,
-    ) -> Result<()> {
-        self.join(p, partitions, catch_up, || p.breaker.close())?;
+    ) -> Result<Counters> {
+        let counted = self.join(p, partitions, catch_up, || p.breaker.close())?;
         tracing::info!(
             plugin = p.name(),
             "breaker closed: the plugin caught up and follows live events"
         );
-        Ok(())
+        Ok(counted)
     }
 }
