@@ -40,11 +40,10 @@ fn lag(s: &Served) -> f64 {
         .sum()
 }
 
-#[test]
-fn a_service_down_under_load_pauses_the_plugin_instead_of_dead_lettering() {
-    let outage = Duration::from_millis(knob("BREAKER_OUTAGE_MS", 10_000));
+/// The source services, billing holding every asset's entity, always
+/// newer than the events.
+fn billing_services() -> Services {
     let services = Services::start(&SOURCES);
-    // The service's entity is always newer than the events.
     for n in 0..ASSETS {
         services.get("billing").set(
             &format!("a{n}"),
@@ -52,6 +51,13 @@ fn a_service_down_under_load_pauses_the_plugin_instead_of_dead_lettering() {
                         "next_charge_ms": 0, "amount_cents": 4200 + n, "currency": "EUR"})],
         );
     }
+    services
+}
+
+#[test]
+fn a_service_down_under_load_pauses_the_plugin_instead_of_dead_lettering() {
+    let outage = Duration::from_millis(knob("BREAKER_OUTAGE_MS", 10_000));
+    let services = billing_services();
     let s = Served::start(
         &[PLUGIN],
         &format!(
@@ -174,14 +180,7 @@ fn a_service_down_under_load_pauses_the_plugin_instead_of_dead_lettering() {
 #[test]
 fn a_file_replay_waits_for_a_service_that_is_down_instead_of_dead_lettering() {
     const VERSIONS: u64 = 20;
-    let services = Services::start(&SOURCES);
-    for n in 0..ASSETS {
-        services.get("billing").set(
-            &format!("a{n}"),
-            vec![json!({"version": 1_000_000, "payment_status": "paid",
-                        "next_charge_ms": 0, "amount_cents": 4200 + n, "currency": "EUR"})],
-        );
-    }
+    let services = billing_services();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("events.ndjson");
     let lines: Vec<String> = (1..=VERSIONS)
