@@ -651,3 +651,112 @@ fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
     stop.stop();
     running.wait().expect("stop");
 }
+
+/// A kill after the broker acknowledged spooled records, before their
+/// removal from the spool was durable, leaves them spooled: the restart
+/// finds them in their topic (each record names its spool and sequence
+/// number) and does not send them again.
+#[test]
+fn records_the_broker_already_holds_are_not_sent_again_after_a_restart() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cluster("held", 2);
+    let bootstrap = c.bootstrap_servers();
+    let poison: Vec<String> = (0..10)
+        .map(|i| {
+            json!({"id": format!("held-{i}"), "type": "poison", "source": "test",
+                   "key": format!("hk{i}"), "version": 1, "time": 1, "payload": {}})
+            .to_string()
+        })
+        .collect();
+    produce(&bootstrap, "held", 2, &poison);
+    c.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
+    );
+    {
+        let engine = counting_engine(dir.path(), json!({"instance": "held"}), "");
+        let run = KafkaRun::start(engine.clone(), config(&bootstrap, "held"), 100).expect("start");
+        wait_caught_up(
+            &engine,
+            "held",
+            &ends(&bootstrap, "held", 2),
+            Duration::from_secs(60),
+        );
+        run.join().expect("run");
+        assert_eq!(engine.store().outbox_count(), 10);
+    }
+    c.clear_request_errors(RDKafkaApiKey::Produce);
+
+    // As if the last run had sent four of them before it was killed: they
+    // are in their topic, with the spool's header, and still spooled.
+    let engine = counting_engine(dir.path(), json!({"instance": "held-2"}), "");
+    let id = engine
+        .store()
+        .setting("kafka/spool-id")
+        .expect("setting")
+        .expect("the spool named itself");
+    let id = String::from_utf8(id).expect("utf8");
+    let spooled = engine
+        .store()
+        .outbox(None, &Default::default(), 100)
+        .expect("outbox");
+    assert_eq!(spooled.len(), 10);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for r in &spooled[..4] {
+        let mut headers = OwnedHeaders::new();
+        let spool = format!("{id}/{}", r.seq);
+        for (k, v) in r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([(header::SPOOL, spool.as_str())])
+        {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record = BaseRecord::<Vec<u8>, Vec<u8>>::to(&r.topic).headers(headers);
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = &r.key {
+            record = record.key(k);
+        }
+        if let Some(v) = &r.payload {
+            record = record.payload(v);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+
+    let run = KafkaRun::start(engine.clone(), config(&bootstrap, "held"), 100).expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.store().outbox_count() > 0 {
+        assert!(Instant::now() < deadline, "the spool was not drained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.join().expect("run");
+    let dlq = read_all(&bootstrap, "held.views.dlq", 2);
+    let mut ids: Vec<String> = dlq
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).expect("json");
+            v["id"]
+                .as_str()
+                .or(v["event"]["id"].as_str())
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("held-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "each dead letter once in its topic");
+}

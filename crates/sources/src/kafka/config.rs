@@ -227,4 +227,8 @@ pub mod header {
     /// Changelogs: the commit's position in its partition, the sum of the
     /// next offsets of its sources (grows with every commit).
     pub const POSITION: &str = "projector-position";
+    /// Every record the spool sends: `<store's spool id>/<sequence>`, so
+    /// that a restart finds what it sent before a kill and does not send
+    /// it again.
+    pub const SPOOL: &str = "projector-spool";
 }

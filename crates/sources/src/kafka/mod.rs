@@ -24,7 +24,9 @@
 //! **Spool.** Every record the runtime produces is written to the store's
 //! spool in the same batch as the work that made it, sent by an idempotent
 //! producer, and removed once acknowledged; what is unsent at a stop is
-//! sent at the next start.
+//! sent at the next start. Each record names its store and sequence
+//! number, so a restart after a kill drops what the broker already holds
+//! instead of sending it again (`delivered`).
 //!
 //! **Several instances** (`changelog = true`): every view lives on the
 //! partition of its events ([`placement`]); each commit's view changes
@@ -39,11 +41,12 @@
 //! (partition counts, topic creation), `consumer` (the polling thread,
 //! rebalances, backpressure), [`source`] (the [`Source`](crate::Source)
 //! the pipeline drives), `route` (failures to topics), `spool` (the
-//! producer), [`replay`] (shadow rebuilds), [`stats`].
+//! producer), `delivered` (what the broker already holds), [`replay`] (shadow rebuilds), [`stats`].
 
 mod admin;
 pub mod config;
 mod consumer;
+mod delivered;
 mod members;
 pub mod placement;
 pub mod replay;

@@ -3,7 +3,7 @@
 //! as the work that made it, and sent from there by an idempotent
 //! producer.
 
-use super::config::KafkaConfig;
+use super::config::{header, KafkaConfig};
 use super::stats::KafkaStats;
 use projector_core::store::Store;
 use projector_host::shutdown::Shutdown;
@@ -41,6 +41,29 @@ impl ProducerContext for SpoolCtx {
     }
 }
 
+/// Drop from the spool what the broker already holds (sent before a kill
+/// whose removal never became durable). Reading back is best effort: if
+/// it fails, everything spooled is sent, at least once as before.
+fn forget_delivered(store: &Store, config: &KafkaConfig, id: &str) -> anyhow::Result<()> {
+    if store.outbox_count() == 0 {
+        return Ok(());
+    }
+    match super::delivered::already_delivered(store, config, id) {
+        Ok(seqs) if !seqs.is_empty() => {
+            store.remove_outbox(&seqs)?;
+            tracing::info!(
+                records = seqs.len(),
+                "spooled records the broker already holds are not sent again"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            "reading back what the spool sent before its last stop: {e:#}; sending all it holds"
+        ),
+    }
+    Ok(())
+}
+
 /// Most records in flight to the broker at once.
 const SPOOL_IN_FLIGHT: usize = 50_000;
 
@@ -62,6 +85,8 @@ pub(crate) fn run_spool(
             ("message.timeout.ms", "30000"),
         ])
         .create_with_context(SpoolCtx::default())?;
+    let id = super::delivered::spool_id(store)?;
+    forget_delivered(store, config, &id)?;
     let mut in_flight: HashSet<u64> = HashSet::new();
     // The highest seq sent: the next scan starts after it, instead of
     // stepping over every record in flight again. Reset to rescan from
@@ -83,7 +108,12 @@ pub(crate) fn run_spool(
             let records = store.outbox(cursor, &in_flight, room)?;
             full = records.len() == room;
             for record in records {
-                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
+                let spooled = super::delivered::spool_header(&id, record.seq);
+                headers = headers.insert(Header {
+                    key: header::SPOOL,
+                    value: Some(spooled.as_bytes()),
+                });
                 for (k, v) in &record.headers {
                     headers = headers.insert(Header {
                         key: k,
