@@ -524,54 +524,62 @@ fn errors_on_fetch_produce_and_offset_commit_lose_or_double_nothing() {
     assert_eq!(ids.len(), 20);
 }
 
-#[test]
-fn records_left_in_the_spool_are_sent_after_a_restart() {
+/// Ten poison events of `topic` (ids `{topic}-0`..), dead-lettered by a
+/// run in `dir` while the broker refuses every produce request: the
+/// records wait in the spool, which the run leaves holding all ten.
+fn spool_ten_dead_letters(c: &projector_tests::kafka::Cluster, dir: &Path, topic: &str) {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = cluster("spooled", 2);
     let bootstrap = c.bootstrap_servers();
     let poison: Vec<String> = (0..10)
         .map(|i| {
-            json!({"id": format!("sp-{i}"), "type": "poison", "source": "test",
-                   "key": format!("sk{i}"), "version": 1, "time": 1, "payload": {}})
+            json!({"id": format!("{topic}-{i}"), "type": "poison", "source": "test",
+                   "key": format!("{topic}{i}"), "version": 1, "time": 1, "payload": {}})
             .to_string()
         })
         .collect();
-    produce(&bootstrap, "spooled", 2, &poison);
-    // The broker refuses every produce request while the events are
-    // dead-lettered: the records wait in the spool.
+    produce(&bootstrap, topic, 2, &poison);
     c.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
     );
-    {
-        let engine = counting_engine(dir.path(), json!({"instance": "spool"}), "");
-        let run =
-            KafkaRun::start(engine.clone(), config(&bootstrap, "spooled"), 100).expect("start");
-        wait_caught_up(
-            &engine,
-            "spooled",
-            &ends(&bootstrap, "spooled", 2),
-            Duration::from_secs(60),
-        );
-        run.join().expect("run");
-        assert_eq!(
-            engine.store().outbox_count(),
-            10,
-            "the spool holds the dead letters"
-        );
-    }
-    assert!(read_all(&bootstrap, "spooled.views.dlq", 2).is_empty());
+    let engine = counting_engine(dir, json!({"instance": format!("{topic}-spooled")}), "");
+    let run = KafkaRun::start(engine.clone(), config(&bootstrap, topic), 100).expect("start");
+    wait_caught_up(
+        &engine,
+        topic,
+        &ends(&bootstrap, topic, 2),
+        Duration::from_secs(60),
+    );
+    run.join().expect("run");
+    assert_eq!(
+        engine.store().outbox_count(),
+        10,
+        "the spool holds the dead letters"
+    );
     c.clear_request_errors(RDKafkaApiKey::Produce);
+}
 
-    let engine = counting_engine(dir.path(), json!({"instance": "spool-2"}), "");
-    let run = KafkaRun::start(engine.clone(), config(&bootstrap, "spooled"), 100).expect("restart");
+/// Run `engine` on `topic` again until its spool is empty, then stop.
+fn restart_until_the_spool_is_empty(engine: &Arc<Engine>, bootstrap: &str, topic: &str) {
+    let run = KafkaRun::start(engine.clone(), config(bootstrap, topic), 100).expect("restart");
     let deadline = Instant::now() + Duration::from_secs(30);
     while engine.store().outbox_count() > 0 {
         assert!(Instant::now() < deadline, "the spool was not drained");
         std::thread::sleep(Duration::from_millis(50));
     }
     run.join().expect("run");
+}
+
+#[test]
+fn records_left_in_the_spool_are_sent_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cluster("spooled", 2);
+    let bootstrap = c.bootstrap_servers();
+    spool_ten_dead_letters(&c, dir.path(), "spooled");
+    assert!(read_all(&bootstrap, "spooled.views.dlq", 2).is_empty());
+
+    let engine = counting_engine(dir.path(), json!({"instance": "spool-2"}), "");
+    restart_until_the_spool_is_empty(&engine, &bootstrap, "spooled");
     assert_eq!(read_all(&bootstrap, "spooled.views.dlq", 2).len(), 10);
     // Nothing was consumed twice after the restart.
     assert!(routed("spool-2").is_empty());
@@ -660,35 +668,10 @@ fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
 fn records_the_broker_already_holds_are_not_sent_again_after_a_restart() {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cluster("held", 2);
     let bootstrap = c.bootstrap_servers();
-    let poison: Vec<String> = (0..10)
-        .map(|i| {
-            json!({"id": format!("held-{i}"), "type": "poison", "source": "test",
-                   "key": format!("hk{i}"), "version": 1, "time": 1, "payload": {}})
-            .to_string()
-        })
-        .collect();
-    produce(&bootstrap, "held", 2, &poison);
-    c.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
-    );
-    {
-        let engine = counting_engine(dir.path(), json!({"instance": "held"}), "");
-        let run = KafkaRun::start(engine.clone(), config(&bootstrap, "held"), 100).expect("start");
-        wait_caught_up(
-            &engine,
-            "held",
-            &ends(&bootstrap, "held", 2),
-            Duration::from_secs(60),
-        );
-        run.join().expect("run");
-        assert_eq!(engine.store().outbox_count(), 10);
-    }
-    c.clear_request_errors(RDKafkaApiKey::Produce);
+    spool_ten_dead_letters(&c, dir.path(), "held");
 
     // As if the last run had sent four of them before it was killed: they
     // are in their topic, with the spool's header, and still spooled.
@@ -736,13 +719,7 @@ fn records_the_broker_already_holds_are_not_sent_again_after_a_restart() {
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 
-    let run = KafkaRun::start(engine.clone(), config(&bootstrap, "held"), 100).expect("restart");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while engine.store().outbox_count() > 0 {
-        assert!(Instant::now() < deadline, "the spool was not drained");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    run.join().expect("run");
+    restart_until_the_spool_is_empty(&engine, &bootstrap, "held");
     let dlq = read_all(&bootstrap, "held.views.dlq", 2);
     let mut ids: Vec<String> = dlq
         .iter()
