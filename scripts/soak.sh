@@ -26,7 +26,7 @@ case "$mode" in
     SOAK_KILLS=${2:-100} cargo test --quiet -p projector-tests --test soak -- --nocapture run_killed 2>&1 \
       | grep -E "^soak|panicked|assert|test result" ;;
   kafka)
-    SOAK_KAFKA_KILLS=${2:-30} cargo test --quiet -p projector-tests --test soak -- --nocapture run_on_kafka 2>&1 \
+    SOAK_KAFKA_KILLS=${2:-30} cargo test --quiet -p projector-tests --test soak -- --nocapture --test-threads=1 run_on_kafka 2>&1 \
       | grep -E "^soak|panicked|assert|test result" ;;
   fuzz)
     PROPTEST_CASES=${2:-100000} cargo test --quiet -p projector-core --test fuzz 2>&1 | grep -E "test result|panicked|minimal"
