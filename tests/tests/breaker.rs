@@ -173,29 +173,68 @@ fn a_service_down_under_load_pauses_the_plugin_instead_of_dead_lettering() {
     );
 }
 
+/// A file of `versions` rounds of events (one per asset) and an app in
+/// `dir` with the plugin on `services`, its breaker quick to probe, and
+/// `retry` (TOML, may be empty) for its retries.
+fn file_replay(
+    dir: &std::path::Path,
+    services: &Services,
+    versions: u64,
+    retry: &str,
+) -> (projector::app::App, std::path::PathBuf) {
+    let file = dir.join("events.ndjson");
+    let lines: Vec<String> = (1..=versions)
+        .flat_map(|v| (0..ASSETS).map(move |n| event(n, v)))
+        .collect();
+    projector_tests::write_ndjson(&file, &lines);
+    let app = projector_tests::open_app(
+        dir,
+        &[PLUGIN],
+        &format!(
+            "[plugins.subscriptions]\nservices = [\"billing\"]\n{retry}\
+             breaker = {{ min_failures = 10, probe_delay_ms = 200, max_probe_delay_ms = 1000 }}\n{}",
+            services.config(&[])
+        ),
+    );
+    (app, file)
+}
+
+/// No dead letter, and every row holds its asset's event `version` and
+/// the service's amount.
+fn assert_rows(app: &projector::app::App, version: u64) {
+    assert_eq!(
+        app.engine.store().dead_letters().count(),
+        0,
+        "no dead letter"
+    );
+    for n in 0..ASSETS {
+        let key = format!("u1:a{n}");
+        let v = app
+            .engine
+            .read(PLUGIN, &key, 0)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no view of {key}"));
+        assert_eq!(v.versions.get("billing"), Some(version), "{key}");
+        let row = v.json().expect("a valid view renders");
+        assert_eq!(row["amount"]["cents"], 4200 + n, "{key}: {row}");
+    }
+}
+
 /// A file cannot be read again, so the run keeps what a paused plugin
 /// missed: `projector replay` of a file while the service is down for
 /// 3 s pauses the plugin and waits instead of dead-lettering, then
-/// catches up and ends with every row as if the service never went away.
+/// catches up, runs its delayed retries, and ends with every row as if
+/// the service never went away.
 #[test]
 fn a_file_replay_waits_for_a_service_that_is_down_instead_of_dead_lettering() {
     const VERSIONS: u64 = 20;
     let services = billing_services();
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("events.ndjson");
-    let lines: Vec<String> = (1..=VERSIONS)
-        .flat_map(|v| (0..ASSETS).map(move |n| event(n, v)))
-        .collect();
-    projector_tests::write_ndjson(&file, &lines);
-    let app = projector_tests::open_app(
+    let (app, file) = file_replay(
         dir.path(),
-        &[PLUGIN],
-        &format!(
-            "[plugins.subscriptions]\nservices = [\"billing\"]\n\
-             retry = {{ attempts = 3, delay_ms = 200 }}\n\
-             breaker = {{ min_failures = 10, probe_delay_ms = 200, max_probe_delay_ms = 1000 }}\n{}",
-            services.config(&[])
-        ),
+        &services,
+        VERSIONS,
+        "retry = { attempts = 3, delay_ms = 200 }\n",
     );
     services.get("billing").set_down(true);
     let started = Instant::now();
@@ -215,20 +254,26 @@ fn a_file_replay_waits_for_a_service_that_is_down_instead_of_dead_lettering() {
     );
     assert!(p.breaker_opened() >= 1, "the breaker opened");
     assert_eq!(p.counters().dead_lettered, 0, "{:?}", p.counters());
-    assert_eq!(
-        app.engine.store().dead_letters().count(),
-        0,
-        "no dead letter"
+    assert_eq!(app.engine.store().retry_count(), 0, "no retry left queued");
+    assert_rows(&app, VERSIONS);
+}
+
+/// A file replay whose service stays down ends, 30 s after its input is
+/// read, with an error naming the paused plugin; replaying the same file
+/// once the service is back resumes the plugin where it stopped.
+#[test]
+fn a_file_replay_ends_with_an_error_while_a_plugin_stays_paused_and_resumes_on_the_next() {
+    let services = billing_services();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, file) = file_replay(dir.path(), &services, 5, "");
+    services.get("billing").set_down(true);
+    let ended = projector_sources::pipeline::replay_file(&app.engine, &file, 64, |_| {});
+    let error = format!("{:#}", ended.expect_err("the plugin is still paused"));
+    assert!(
+        error.contains("still pauses subscriptions") && error.contains("failed"),
+        "{error}"
     );
-    for n in 0..ASSETS {
-        let key = format!("u1:a{n}");
-        let v = app
-            .engine
-            .read(PLUGIN, &key, 0)
-            .expect("read")
-            .unwrap_or_else(|| panic!("no view of {key}"));
-        assert_eq!(v.versions.get("billing"), Some(VERSIONS), "{key}");
-        let row = v.json().expect("a valid view renders");
-        assert_eq!(row["amount"]["cents"], 4200 + n, "{key}: {row}");
-    }
+    services.get("billing").set_down(false);
+    projector_sources::pipeline::replay_file(&app.engine, &file, 64, |_| {}).expect("replay");
+    assert_rows(&app, 5);
 }

@@ -77,6 +77,33 @@ const WINDOW_RECORDS: usize = 100_000;
 /// How often a run waiting at the end of its input for paused plugins says so.
 const WAIT_NOTICE: Duration = Duration::from_secs(10);
 
+/// How long a run whose input is read waits for a paused plugin before it
+/// ends with an error.
+const END_PAUSE_WAIT: Duration = Duration::from_secs(30);
+
+/// The error of a run that ended with plugins paused.
+fn still_paused(engine: &Engine) -> String {
+    let paused: Vec<String> = engine
+        .projections()
+        .iter()
+        .filter_map(|p| match p.breaker() {
+            projector_core::breaker::BreakerState::Open { reason, .. } => {
+                Some(format!("{} ({reason})", p.name()))
+            }
+            projector_core::breaker::BreakerState::CatchingUp { .. } => {
+                Some(format!("{} (catching up)", p.name()))
+            }
+            projector_core::breaker::BreakerState::Closed => None,
+        })
+        .collect();
+    format!(
+        "the input is read, but its breaker still pauses {}: its events from where it \
+         stopped are not applied; run the same input again once the cause is fixed, \
+         and it resumes there",
+        paused.join(", ")
+    )
+}
+
 /// How long the pipeline waits for a batch before doing its other work.
 const BATCH_WAIT: Duration = Duration::from_millis(100);
 
@@ -150,7 +177,9 @@ fn turn(
     let started = Instant::now();
     let mut totals = Totals::default();
     let mut retried_at = Instant::now();
-    let mut waiting_since: Option<Instant> = None;
+    // When the input ended with work left, and when that was last said.
+    let mut ended_at: Option<Instant> = None;
+    let mut noticed = Instant::now();
     // A source that cannot replay what a paused plugin missed (a file):
     // the loop keeps it, and waits while the window is full.
     let window = source
@@ -221,14 +250,25 @@ fn turn(
                     break;
                 }
             }
-            // A paused plugin still lacks what the window holds: the run
-            // ends once it has caught up.
-            Next::End if window.as_ref().is_some_and(|w| w.len() > 0) && engine.any_paused() => {
-                if waiting_since.get_or_insert_with(Instant::now).elapsed() >= WAIT_NOTICE {
-                    waiting_since = Some(Instant::now());
+            // An input that cannot be read again ends its run once every
+            // event is applied or dead-lettered: paused plugins caught up
+            // from the window, delayed retries done.
+            // A plugin still paused after a while ends the run with an
+            // error: its offsets stay where it stopped, so running the
+            // same input again resumes it there.
+            Next::End if window.is_some() && (engine.any_paused() || engine.retries_queued()) => {
+                let since = *ended_at.get_or_insert_with(Instant::now);
+                if engine.any_paused() && since.elapsed() >= END_PAUSE_WAIT {
+                    engine.commit()?;
+                    source.durable();
+                    anyhow::bail!("{}", still_paused(engine));
+                }
+                if noticed.elapsed() >= WAIT_NOTICE {
+                    noticed = Instant::now();
                     tracing::warn!(
                         held = window.as_ref().map_or(0, |w| w.len()),
-                        "the input is read; waiting for paused plugins to catch up"
+                        retries = engine.store().retry_count(),
+                        "the input is read; waiting for paused plugins and delayed retries"
                     );
                 }
                 stop.wait(RETRY_POLL);

@@ -164,6 +164,15 @@ fn once(
     let mut http = toml::Table::new();
     http.insert("listen".into(), "off".into());
     doc.insert("http".into(), http.into());
+    // A test reports every failure at once, as a dead letter: no delayed
+    // retry to wait for, no breaker pausing the plugin until a service
+    // it has no access to here comes back.
+    let mut retry = toml::Table::new();
+    retry.insert("attempts".into(), 0.into());
+    doc.insert("retry".into(), retry.into());
+    let mut breaker = toml::Table::new();
+    breaker.insert("min_failures".into(), 0.into());
+    doc.insert("breaker".into(), breaker.into());
     let mut table = toml::Table::new();
     table.insert(name.into(), plugin.into());
     doc.insert("plugins".into(), table.into());
