@@ -442,6 +442,7 @@ pub fn plugin_names_of(answer: &serde_json::Value) -> Vec<String> {
     names
 }
 
+pub mod counting;
 pub mod hostile;
 pub mod kafka;
 pub mod legacy;

@@ -309,7 +309,7 @@ impl Deployer {
                     let name = active.name();
                     for g in me.engine.shadows(name) {
                         if g.take_behind() {
-                            me.catch_up(name, &g, log.as_ref());
+                            me.rebuild_behind(name, &g, log.as_ref());
                         }
                     }
                 }
@@ -323,7 +323,7 @@ impl Deployer {
     /// Rebuild `g` (a generation of `name` taken off the live path) from
     /// its offsets and join it again, its progress shown on its build
     /// when it has one.
-    fn catch_up(&self, name: &str, g: &Arc<Projection>, log: &dyn Replay) {
+    fn rebuild_behind(&self, name: &str, g: &Arc<Projection>, log: &dyn Replay) {
         let tracked = self
             .shadows
             .lock()

@@ -182,13 +182,12 @@ fn turn(
     let mut noticed = Instant::now();
     // A source that cannot replay what a paused plugin missed (a file):
     // the loop keeps it, and waits while the window is full.
-    let window = source
-        .replay()
+    let retained = source.replay();
+    let window = retained
         .is_none()
         .then(|| Arc::new(Window::new(WINDOW_RECORDS)));
-    let replay: Option<Arc<dyn Replay>> = source
-        .replay()
-        .or_else(|| window.clone().map(|w| w as Arc<dyn Replay>));
+    let replay: Option<Arc<dyn Replay>> =
+        retained.or_else(|| window.clone().map(|w| w as Arc<dyn Replay>));
     // Running until idle, a source that has nothing now is done.
     let wait = match options.until {
         Until::Idle => Duration::ZERO,
@@ -256,7 +255,10 @@ fn turn(
             // A plugin still paused after a while ends the run with an
             // error: its offsets stay where it stopped, so running the
             // same input again resumes it there.
-            Next::End if window.is_some() && (engine.any_paused() || engine.retries_queued()) => {
+            Next::End
+                if window.is_some()
+                    && (engine.any_paused() || engine.store().retry_count() > 0) =>
+            {
                 let since = *ended_at.get_or_insert_with(Instant::now);
                 if engine.any_paused() && since.elapsed() >= END_PAUSE_WAIT {
                     engine.commit()?;

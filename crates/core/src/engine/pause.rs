@@ -33,11 +33,6 @@ impl Engine {
         self.breakers_on.store(on, Ordering::Relaxed);
     }
 
-    /// Whether delayed retries wait in the queue.
-    pub fn retries_queued(&self) -> bool {
-        self.store.retry_count() > 0
-    }
-
     /// Whether a breaker holds any plugin back (paused or catching up).
     pub fn any_paused(&self) -> bool {
         self.breakers_on.load(Ordering::Relaxed)
