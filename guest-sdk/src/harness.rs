@@ -7,6 +7,7 @@ use crate::rules::{self, CallError, Status, Verdict, Versions, View};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::LogLevel;
 use crate::{apply_run, decode_state, encode_state, Error, Event, Info, Json, Projection};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// A plugin driven natively, with its views in memory.
@@ -52,10 +53,9 @@ impl<P: Projection> Harness<P> {
         let keys = self.plugin.keys(event)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let view = self.views.remove(&key);
             let plugin = &self.plugin;
             let (view, mut verdicts) = rules::fold_key(
-                view,
+                self.views.get(&key),
                 self.info.population,
                 self.info.stale_policy,
                 std::slice::from_ref(event),
@@ -63,8 +63,14 @@ impl<P: Projection> Harness<P> {
                     Ok::<_, Error>(apply_run(plugin, &key, state, std::slice::from_ref(event)))
                 },
             );
-            if let Some(view) = view {
-                self.views.insert(key.clone(), view);
+            match view {
+                Some(Cow::Owned(view)) => {
+                    self.views.insert(key.clone(), view);
+                }
+                Some(Cow::Borrowed(_)) => {}
+                None => {
+                    self.views.remove(&key);
+                }
             }
             let verdict = match verdicts.pop() {
                 Some(Verdict::Failed(CallError::Plugin(e) | CallError::Host(e))) => {

@@ -13,6 +13,7 @@
 use crate::{ApplyResult, Error, Outcome, Population, StalePolicy};
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Whether a stored view is maintained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +135,18 @@ impl View {
         }
     }
 
+    /// Its status and versions without its state: what a change that
+    /// replaces or drops the state starts from, with no copy of the state.
+    fn without_state(&self) -> Self {
+        View {
+            status: self.status,
+            versions: self.versions.clone(),
+            floor: self.floor.clone(),
+            state: None,
+            recent: self.recent.clone(),
+        }
+    }
+
     /// Record `version` of `source` as applied: it becomes the source's
     /// highest, and the one it replaces is remembered in `recent`.
     pub fn applied(&mut self, source: &str, version: u64) {
@@ -245,14 +258,16 @@ pub enum CallError<E> {
 /// `apply(state, indexes)` runs the plugin over the events at `indexes`.
 /// When a call fails as a whole (a trap), the run is retried one event at a
 /// time so that only the failing event fails. Returns the new view (`None`:
-/// absent) and a verdict per event.
-pub fn fold_key<T: Versioned, E>(
-    mut view: Option<View>,
+/// absent; borrowed: unchanged) and a verdict per event. The view is read,
+/// not copied: a change that replaces its state never copies the old one.
+pub fn fold_key<'v, T: Versioned, E>(
+    view: Option<&'v View>,
     population: Population,
     policy: StalePolicy,
     events: &[T],
     mut apply: impl FnMut(Option<&[u8]>, &[usize]) -> Result<ApplyResult, E>,
-) -> (Option<View>, Vec<Verdict<CallError<E>>>) {
+) -> (Option<Cow<'v, View>>, Vec<Verdict<CallError<E>>>) {
+    let mut view = view.map(Cow::Borrowed);
     let mut verdicts: Vec<Option<Verdict<CallError<E>>>> = events.iter().map(|_| None).collect();
     let mut next = 0;
     let mut one_at_a_time = false;
@@ -262,7 +277,7 @@ pub fn fold_key<T: Versioned, E>(
             invalidate_at,
             end: j,
         } = plan(
-            view.as_ref(),
+            view.as_deref(),
             population,
             policy,
             events,
@@ -271,7 +286,7 @@ pub fn fold_key<T: Versioned, E>(
             |j, skip| verdicts[j] = Some(Verdict::Skipped(skip)),
         );
         if !run.is_empty() {
-            let state = view.as_ref().and_then(|v| v.state.as_deref());
+            let state = view.as_deref().and_then(|v| v.state.as_deref());
             let result = match apply(state, &run) {
                 Ok(r) => r,
                 Err(e) if run.len() == 1 => {
@@ -288,27 +303,33 @@ pub fn fold_key<T: Versioned, E>(
             for &i in &run[..applied] {
                 verdicts[i] = Some(Verdict::Applied);
             }
-            let mut v = view.take().unwrap_or_else(View::empty);
+            let keeps_state = matches!(result.outcome, Outcome::Skip);
+            let mut v = match view.take() {
+                Some(Cow::Owned(v)) => v,
+                Some(Cow::Borrowed(v)) if keeps_state => v.clone(),
+                Some(Cow::Borrowed(v)) => v.without_state(),
+                None => View::empty(),
+            };
             for &i in &run[..applied] {
                 v.applied(events[i].source(), events[i].version());
             }
             view = match result.outcome {
-                Outcome::Put(state) => Some(View {
+                Outcome::Put(state) => Some(Cow::Owned(View {
                     state: Some(state),
                     ..v
-                }),
+                })),
                 // A view with no state yet (eager, nothing changed) stays absent.
-                Outcome::Skip if v.state.is_some() => Some(v),
+                Outcome::Skip if v.state.is_some() => Some(Cow::Owned(v)),
                 Outcome::Skip | Outcome::Delete => None,
                 Outcome::Invalidate => {
                     if let Some(&last) = run[..applied].last() {
                         verdicts[last] = Some(Verdict::Invalidated);
                     }
-                    view = Some(View {
+                    view = Some(Cow::Owned(View {
                         status: Status::Invalid,
                         state: None,
                         ..v
-                    });
+                    }));
                     break 'outer;
                 }
             };
@@ -325,12 +346,12 @@ pub fn fold_key<T: Versioned, E>(
         match invalidate_at {
             Some(j) => {
                 verdicts[j] = Some(Verdict::Invalidated);
-                let v = view.take().unwrap_or_else(View::empty);
-                view = Some(View {
+                let v = view.take().map_or_else(View::empty, |v| v.without_state());
+                view = Some(Cow::Owned(View {
                     status: Status::Invalid,
                     state: None,
                     ..v
-                });
+                }));
                 break;
             }
             None => next = j,
@@ -363,13 +384,7 @@ fn plan<T: Versioned>(
     mut skipped: impl FnMut(usize, Decision),
 ) -> Plan {
     // Versions only: the plan never needs the state.
-    let mut provisional = view.map(|v| View {
-        status: v.status,
-        versions: v.versions.clone(),
-        floor: v.floor.clone(),
-        state: None,
-        recent: v.recent.clone(),
-    });
+    let mut provisional = view.map(View::without_state);
     let mut run = Vec::new();
     let mut j = next;
     while j < events.len() {
@@ -464,7 +479,7 @@ mod tests {
                     for events in streams {
                         let planned = first_run(view, population, policy, events);
                         let mut calls: Vec<Vec<usize>> = Vec::new();
-                        fold_key(view.cloned(), population, policy, events, |s, run| {
+                        fold_key(view, population, policy, events, |s, run| {
                             calls.push(run.to_vec());
                             put_all(s, run)
                         });
@@ -523,13 +538,13 @@ mod tests {
 
         let snap = View::from_snapshot(vec![9], Versions::from_pairs([("a".to_string(), 10)]));
         let (view, verdicts) = fold_key(
-            Some(snap.clone()),
+            Some(&snap),
             Population::Lazy,
             StalePolicy::Invalidate,
             &events,
             put_all,
         );
-        assert_eq!(view, Some(snap));
+        assert!(matches!(view, Some(Cow::Borrowed(v)) if *v == snap));
         assert_eq!(verdicts[0], Verdict::Skipped(Decision::BelowSnapshot));
     }
 
@@ -557,12 +572,58 @@ mod tests {
         assert_eq!(view.expect("view").versions.get("a"), Some(3));
     }
 
+    /// A plugin that invalidates a view leaves it with no state, whether
+    /// the state was the stored one or one put earlier in the same fold.
+    #[test]
+    fn an_invalidate_outcome_drops_the_state() {
+        let stored = View::from_snapshot(vec![1, 2, 3], Versions::default());
+        let events = [Ev("a", 1), Ev("a", 2), Ev("a", 3)];
+        for one_call in [true, false] {
+            let mut calls = 0;
+            let (view, verdicts) = fold_key(
+                Some(&stored),
+                Population::Eager,
+                StalePolicy::Invalidate,
+                &events,
+                |_, run| {
+                    calls += 1;
+                    // Put the first event and fail the second, then
+                    // invalidate with the third (or invalidate at once).
+                    let invalidate = one_call || calls > 1;
+                    Ok::<_, ()>(ApplyResult {
+                        outcome: if invalidate {
+                            Outcome::Invalidate
+                        } else {
+                            Outcome::Put(vec![9])
+                        },
+                        applied: if invalidate { run.len() as u32 } else { 1 },
+                        error: if invalidate {
+                            None
+                        } else {
+                            Some(Error::transient("stop after one"))
+                        },
+                    })
+                },
+            );
+            let view = view.expect("view");
+            assert_eq!(view.status, Status::Invalid);
+            assert_eq!(view.state, None, "one call: {one_call}");
+            assert_eq!(
+                stored.state.as_deref(),
+                Some(&[1, 2, 3][..]),
+                "read, not changed"
+            );
+            assert!(verdicts.contains(&Verdict::Invalidated), "{verdicts:?}");
+        }
+    }
+
     fn run(
         view: Option<View>,
         policy: StalePolicy,
         events: &[Ev],
     ) -> (Option<View>, Vec<Verdict<CallError<()>>>) {
-        fold_key(view, Population::Eager, policy, events, put_all)
+        let (view, verdicts) = fold_key(view.as_ref(), Population::Eager, policy, events, put_all);
+        (view.map(Cow::into_owned), verdicts)
     }
 
     /// An event redelivered after newer ones (a client's second POST, a

@@ -113,7 +113,7 @@ impl Engine {
             }
             let at = offsets.get(&partition).map_or(0, |o| position(o));
             let view = match views.get(key) {
-                Some(v) => v.as_ref(),
+                Some(v) => v.as_deref(),
                 None => unreachable!("a dirty key stays in the view cache until committed"),
             };
             if let Some(record) = changelog.view(name, partition, key, view, at) {

@@ -293,7 +293,7 @@ impl<'a> BatchCtx<'a> {
         let mine = |n: usize| &flat[groups.span(first_group, n)];
         // A view that expired before its key's first event here is gone:
         // the events start a new one.
-        let befores: Vec<Option<ViewRecord>> = range
+        let befores: Vec<Option<Arc<ViewRecord>>> = range
             .clone()
             .map(|n| {
                 let at = mine(n).first().map_or(0, |e| e.time_ms);
@@ -353,7 +353,7 @@ impl<'a> BatchCtx<'a> {
         indexes: &[usize],
         events: &[(u64, &'e Event)],
         mine: &[&'e Event],
-        before: Option<ViewRecord>,
+        before: Option<Arc<ViewRecord>>,
         mut first: Option<ApplyResult>,
     ) -> Result<KeyResult<'e, 'k>> {
         let p = self.projection;
@@ -370,7 +370,7 @@ impl<'a> BatchCtx<'a> {
         let existed = before.is_some();
         let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
         let (view, verdicts) = rules::fold_key(
-            before.map(|r| r.view),
+            before.as_deref().map(|r| &r.view),
             p.population,
             code.info().stale_policy,
             mine,
@@ -457,7 +457,7 @@ impl<'a> BatchCtx<'a> {
         let change = match (changed, view) {
             (false, _) => None,
             (true, Some(view)) => Some(Some(ViewRecord {
-                view,
+                view: view.into_owned(),
                 updated_ms: latest,
             })),
             (true, None) => existed.then_some(None),

@@ -72,11 +72,12 @@ pub(super) struct ViewCache {
     pub(super) old: ViewMap,
 }
 
-/// One generation of a view cache (`None`: known absent).
-pub(super) type ViewMap = FxHashMap<CompactString, Option<ViewRecord>>;
+/// One generation of a view cache (`None`: known absent). Views are
+/// shared: a fold or a read takes one without copying its state.
+pub(super) type ViewMap = FxHashMap<CompactString, Option<Arc<ViewRecord>>>;
 
 impl ViewCache {
-    pub(super) fn get(&self, key: &str) -> Option<&Option<ViewRecord>> {
+    pub(super) fn get(&self, key: &str) -> Option<&Option<Arc<ViewRecord>>> {
         self.young.get(key).or_else(|| self.old.get(key))
     }
 
@@ -116,23 +117,28 @@ impl Projection {
 
     /// The current view of `key`: in memory if changed or read lately,
     /// else from the store.
-    pub(super) fn view(&self, store: &Store, key: &str) -> Result<Option<ViewRecord>> {
+    pub(super) fn view(&self, store: &Store, key: &str) -> Result<Option<Arc<ViewRecord>>> {
         if let Some(v) = self.views.read().recover().get(key) {
             return Ok(v.clone());
         }
-        Ok(store.view(&self.ns, key)?)
+        Ok(store.view(&self.ns, key)?.map(Arc::new))
     }
 
+    /// Make `record` the current view of `key`, to be written at the next
+    /// commit.
     pub(super) fn set_view(&self, key: &str, record: Option<ViewRecord>) {
-        {
+        let record = record.map(Arc::new);
+        // The view replaced is freed after the lock is let go.
+        let _replaced = {
             let mut views = self.views.write().recover();
             match views.young.get_mut(key) {
-                Some(slot) => *slot = record,
+                Some(slot) => std::mem::replace(slot, record),
                 None => {
                     views.young.insert(key.into(), record);
+                    None
                 }
             }
-        }
+        };
         let mut dirty = self.dirty.lock().recover();
         if !dirty.contains(key) {
             dirty.insert(key.into());

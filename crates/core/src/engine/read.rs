@@ -52,7 +52,7 @@ impl Engine {
         };
         Ok(Some(ReadView {
             status: record.view.status,
-            versions: record.view.versions,
+            versions: record.view.versions.clone(),
             updated_ms: record.updated_ms,
             body,
         }))
@@ -116,9 +116,10 @@ impl Engine {
     pub fn invalidate(&self, plugin: &str, key: &str) -> Result<bool> {
         let p = self.projection(plugin)?;
         let mut pending = self.write.lock().recover();
-        let Some(mut record) = p.view(&self.store, key)? else {
+        let Some(record) = p.view(&self.store, key)? else {
             return Ok(false);
         };
+        let mut record = Arc::unwrap_or_clone(record);
         record.view.status = Status::Invalid;
         record.view.state = None;
         p.set_view(key, Some(record));

@@ -80,7 +80,7 @@ impl Engine {
                         continue;
                     }
                 };
-                let base = before.map(|r| r.view).unwrap_or_else(View::empty);
+                let base = before.map_or_else(View::empty, |r| Arc::unwrap_or_clone(r).view);
                 let view = match result.outcome {
                     Outcome::Put(state) => {
                         if let Err(e) = check_state(&p.code, &state) {
