@@ -33,8 +33,9 @@ use projector_guest::Event;
 use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use unapplied::{record_key, Materializer};
+use unapplied::{record_key, Materializer, ViewRecordBuf};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +231,9 @@ pub struct Store {
     db: sled::Db,
     state: sled::Tree,
     materializer: Arc<Materializer>,
+    /// The size of the last commit's views record (bytes, views): the
+    /// next writer starts at it instead of growing to it.
+    last_record: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -243,13 +247,21 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn view_prefix(ns: &str) -> Vec<u8> {
-    let mut k = key(b'v', &[ns.as_bytes()]);
-    k.push(0);
-    k
+    view_key_of(ns, "")
 }
 
 fn view_key_of(ns: &str, view_key: &str) -> Vec<u8> {
-    let mut k = view_prefix(ns);
+    let mut k = Vec::new();
+    view_key_into(&mut k, ns, view_key);
+    k
+}
+
+/// [`view_key_of`], written into `k` (cleared first) to reuse its memory.
+fn view_key_into<'k>(k: &'k mut Vec<u8>, ns: &str, view_key: &str) -> &'k [u8] {
+    k.clear();
+    k.extend_from_slice(&[b'v', 0]);
+    k.extend_from_slice(ns.as_bytes());
+    k.push(0);
     k.extend_from_slice(view_key.as_bytes());
     k
 }
@@ -325,6 +337,7 @@ impl Store {
             db,
             state,
             materializer,
+            last_record: Default::default(),
         })
     }
 
@@ -601,7 +614,12 @@ impl Store {
 
     /// A new batch of changes.
     pub(crate) fn writer(&self) -> Writer {
-        Writer::new(self.db.clone())
+        let (bytes, views) = &*self.last_record;
+        let views = ViewRecordBuf::with_capacity(
+            bytes.load(Ordering::Relaxed),
+            views.load(Ordering::Relaxed),
+        );
+        Writer::new(self.db.clone(), views)
     }
 
     /// Apply a batch atomically: its views as one record, the rest as
@@ -618,6 +636,12 @@ impl Store {
         let _commits = shared.commit.lock().recover();
         shared.wait_for_room()?;
         let seq = shared.next_seq();
+        self.last_record
+            .0
+            .store(views.bytes.len(), Ordering::Relaxed);
+        self.last_record
+            .1
+            .store(views.slots.len(), Ordering::Relaxed);
         let record = sled::IVec::from(views.bytes);
         batch.insert(&record_key(seq), record.clone());
         self.state.apply_batch(batch)?;

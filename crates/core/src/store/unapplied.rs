@@ -61,6 +61,14 @@ pub(crate) struct ViewRecordBuf {
 }
 
 impl ViewRecordBuf {
+    /// A record with room for `bytes` bytes and `views` views.
+    pub(super) fn with_capacity(bytes: usize, views: usize) -> Self {
+        ViewRecordBuf {
+            bytes: Vec::with_capacity(bytes),
+            slots: Vec::with_capacity(views),
+        }
+    }
+
     /// Add the view of `key` (its full store key); `None` removes it.
     pub(super) fn put(&mut self, key: &[u8], record: Option<&ViewRecord>) {
         let b = &mut self.bytes;

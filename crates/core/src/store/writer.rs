@@ -11,21 +11,25 @@ use super::*;
 pub(crate) struct Writer {
     pub(super) batch: sled::Batch,
     pub(super) views: ViewRecordBuf,
+    /// The store key being put, reused from view to view.
+    key: Vec<u8>,
     db: sled::Db,
 }
 
 impl Writer {
-    pub(super) fn new(db: sled::Db) -> Self {
+    pub(super) fn new(db: sled::Db, views: ViewRecordBuf) -> Self {
         Writer {
             batch: sled::Batch::default(),
-            views: ViewRecordBuf::default(),
+            views,
+            key: Vec::new(),
             db,
         }
     }
 
     /// Put `record` as the view of `view_key` in namespace `ns`.
     pub(crate) fn put_view(&mut self, ns: &str, view_key: &str, record: &ViewRecord) {
-        self.views.put(&view_key_of(ns, view_key), Some(record));
+        self.views
+            .put(view_key_into(&mut self.key, ns, view_key), Some(record));
     }
 
     /// Put a view of namespace `ns` in its changelog form (see
@@ -53,13 +57,15 @@ impl Writer {
                 })
             }
         };
-        self.views.put_encoded(&view_key_of(ns, view_key), stored);
+        self.views
+            .put_encoded(view_key_into(&mut self.key, ns, view_key), stored);
         Ok(())
     }
 
     /// Remove the view of `view_key` from namespace `ns`.
     pub(crate) fn remove_view(&mut self, ns: &str, view_key: &str) {
-        self.views.put(&view_key_of(ns, view_key), None);
+        self.views
+            .put(view_key_into(&mut self.key, ns, view_key), None);
     }
 
     /// Set `next` as the offset `ns` processes next in (source, partition).
