@@ -424,6 +424,12 @@ impl Store {
         Ok(page)
     }
 
+    /// Wait until every view committed so far is applied to its key (the
+    /// materializer has caught up with the commits before the call).
+    pub fn settle(&self) -> Result<()> {
+        self.materializer.shared.settle()
+    }
+
     /// What the materializer has applied, and what waits.
     pub fn materializer_stats(&self) -> MaterializerStats {
         self.materializer.shared.stats()

@@ -321,6 +321,7 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         // Take what arrived, up to a burst, then look at the queues.
         let mut burst = 0;
         let mut timeout = Duration::from_millis(50);
+        let mut key = (String::new(), 0);
         while burst < 4096 {
             match consumer.poll(timeout) {
                 None => break,
@@ -330,14 +331,21 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
                     break;
                 }
                 Some(Ok(m)) => {
-                    let queued = enqueue(&shared, &m);
+                    let queued = enqueue(&shared, &m, &mut key);
                     burst += 1;
                     timeout = Duration::ZERO;
                     if queued >= high {
+                        shared.changed.notify_all();
                         backpressure(&consumer, &shared, high, low);
                     }
                 }
             }
+        }
+        // One wake-up per burst, not per record: the burst ends as soon
+        // as librdkafka has nothing ready, so the source is not kept
+        // waiting.
+        if burst > 0 {
+            shared.changed.notify_all();
         }
         backpressure(&consumer, &shared, high, low);
         if last_commit.elapsed() >= commit_every {
@@ -383,13 +391,20 @@ fn close(consumer: BaseConsumer<ConsumerCtx>) {
     }
 }
 
-/// Queue a polled record; how many its partition's queue holds now.
-fn enqueue<M: Message>(shared: &Shared, m: &M) -> usize {
-    let k = (m.topic().to_string(), m.partition());
+/// Queue a polled record; how many its partition's queue holds now. `k`
+/// is the caller's scratch for the (topic, partition) key; the caller
+/// wakes the source once the burst is queued.
+fn enqueue<M: Message>(shared: &Shared, m: &M, k: &mut (String, i32)) -> usize {
+    if k.0 != m.topic() {
+        k.0.clear();
+        k.0.push_str(m.topic());
+    }
+    k.1 = m.partition();
+    let k = &*k;
     let mut q = shared.lock();
     // A record of a partition no longer assigned is dropped: its owner
     // reads it again from its own offset.
-    let Some(part) = q.parts.get_mut(&k) else {
+    let Some(part) = q.parts.get_mut(k) else {
         return 0;
     };
     if part
@@ -414,11 +429,9 @@ fn enqueue<M: Message>(shared: &Shared, m: &M) -> usize {
     shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
     shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
     shared.stats.max_buffered.fetch_max(len, Ordering::Relaxed);
-    if let Some(l) = shared.stats.partitions.lock().recover().get_mut(&k) {
+    if let Some(l) = shared.stats.partitions.lock().recover().get_mut(k) {
         l.end = l.end.max(m.offset() + 1);
     }
-    drop(q);
-    shared.changed.notify_all();
     len as usize
 }
 

@@ -210,6 +210,7 @@ impl Source for KafkaSource {
                     partition: partition as u32,
                     ..Default::default()
                 };
+                batch.records.reserve(taken.len());
                 for item in taken {
                     match item {
                         Queued::Event(r) => batch.records.push(r),
