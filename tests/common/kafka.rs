@@ -83,19 +83,38 @@ pub fn produce(bootstrap: &str, topic: &str, partitions: u32, values: &[String])
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
-/// The end offset of each partition of `topic`.
-pub fn ends(bootstrap: &str, topic: &str, partitions: u32) -> Vec<u64> {
+/// The (low, high) watermarks of each partition of `topic`.
+fn watermarks(bootstrap: &str, topic: &str, partitions: u32) -> Vec<(u64, u64)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("consumer");
     (0..partitions as i32)
         .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1 as u64
+            let (low, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (low as u64, high as u64)
         })
         .collect()
+}
+
+/// The end offset of each partition of `topic`.
+pub fn ends(bootstrap: &str, topic: &str, partitions: u32) -> Vec<u64> {
+    watermarks(bootstrap, topic, partitions)
+        .into_iter()
+        .map(|(_, high)| high)
+        .collect()
+}
+
+/// The records `topic` still holds. Past its size bound (5 MiB per
+/// partition) the mock cluster drops a partition's oldest records: its
+/// low watermark moves while its end still counts every record produced.
+pub fn kept(bootstrap: &str, topic: &str, partitions: u32) -> u64 {
+    watermarks(bootstrap, topic, partitions)
+        .into_iter()
+        .map(|(low, high)| high - low)
+        .sum()
 }
 
 /// Wait until `engine` has applied every record up to `ends`.
