@@ -6,6 +6,8 @@
 //! by side), promotes and rolls back. Screenshots go to
 //! `target/console-screenshots/` for review.
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use projector_tests::hostile::event;
 use projector_tests::{plugin_wasm, plugins_dir, root, spawn_run, InboxShape};
@@ -96,7 +98,7 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
 }
 
-async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+async fn wait_for(c: &Client, css: &str) -> Element {
     c.wait()
         .at_most(WAIT)
         .for_element(Locator::Css(css))
@@ -104,13 +106,30 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
 }
 
+/// Act on the element at `css`, finding it again when the console
+/// re-rendered it between the find and the act (a stale reference).
+async fn on_element<F, Fut>(c: &Client, css: &str, act: F)
+where
+    F: Fn(Element) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CmdError>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match act(wait_for(c, css).await).await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+}
+
 async fn click(c: &Client, css: &str) {
-    wait_for(c, css).await.click().await.expect(css);
+    on_element(c, css, |e| async move { e.click().await }).await;
 }
 
 /// Type `text` into the field at `css`.
 async fn type_into(c: &Client, css: &str, text: &str) {
-    wait_for(c, css).await.send_keys(text).await.expect(css);
+    on_element(c, css, |e| async move { e.send_keys(text).await }).await;
 }
 
 /// Click an action, then its confirmation.
