@@ -40,7 +40,7 @@ fn status(s: &Served, method: Method, path: &str, token: Option<&str>) -> (u16, 
 fn every_admin_route_of_the_openapi_document_needs_the_admin_token() {
     let s = served();
     let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(projector_tests::root().join("crates/api/openapi.json"))
+        &std::fs::read_to_string(projector_tests::root().join("runtime/api/openapi.json"))
             .expect("openapi.json"),
     )
     .expect("json");

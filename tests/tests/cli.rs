@@ -362,8 +362,8 @@ fn kafka_dev_serves_a_run_on_kafka() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    // Every Kafka metric documented in crates/api/src/metrics.rs is exposed.
-    let doc = std::fs::read_to_string(projector_tests::root().join("crates/api/src/metrics.rs"))
+    // Every Kafka metric documented in runtime/api/src/metrics.rs is exposed.
+    let doc = std::fs::read_to_string(projector_tests::root().join("runtime/api/src/metrics.rs"))
         .expect("metrics.rs");
     let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
         .and_then(|r| r.text())

@@ -477,8 +477,8 @@ fn health_metrics_and_the_openapi_document_are_served() {
     // The snapshot stored by the populating compare was committed.
     assert!(s.metric("projector_commits_total", "") >= 1.0);
     assert!(s.metric("projector_committed_views_total", "") >= 1.0);
-    // Every metric documented in crates/api/src/metrics.rs is exposed.
-    let doc = std::fs::read_to_string(projector_tests::root().join("crates/api/src/metrics.rs"))
+    // Every metric documented in runtime/api/src/metrics.rs is exposed.
+    let doc = std::fs::read_to_string(projector_tests::root().join("runtime/api/src/metrics.rs"))
         .expect("metrics.rs");
     let names: Vec<&str> = doc
         .lines()
@@ -500,7 +500,7 @@ fn health_metrics_and_the_openapi_document_are_served() {
     let (status, served_doc) = s.get("/openapi.json");
     assert_eq!(status, 200);
     let file: Value = serde_json::from_str(
-        &std::fs::read_to_string(projector_tests::root().join("crates/api/openapi.json"))
+        &std::fs::read_to_string(projector_tests::root().join("runtime/api/openapi.json"))
             .expect("openapi.json"),
     )
     .expect("valid JSON");

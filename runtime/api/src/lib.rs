@@ -3,7 +3,7 @@
 //! tokens (seed 004), ingest into the embedded log, metrics and health.
 //!
 //! The routes, their parameters and answers are described in
-//! `crates/api/openapi.json`, served at `/openapi.json`. Every error is a JSON
+//! `runtime/api/openapi.json`, served at `/openapi.json`. Every error is a JSON
 //! object `{"error": <code>, "message": <what and why>}` with a 4xx status
 //! for a bad request and a 5xx one when the runtime or the source failed.
 

@@ -1,5 +1,5 @@
 //! The operator console at `/console`: a page and its scripts, built into
-//! the binary from `crates/api/console/` (no CDN, no Node at run time).
+//! the binary from `runtime/api/console/` (no CDN, no Node at run time).
 //! The page holds no data: it reads and acts through the admin API with
 //! the token the operator enters, so it needs no route or rights of its
 //! own, and every refusal is the API's.
