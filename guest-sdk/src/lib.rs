@@ -444,15 +444,18 @@ fn diff_into(path: String, a: &Json, b: &Json, out: &mut Vec<Difference>) {
 /// recollect leaves it unchanged.
 pub const RECOLLECT: &str = "projector.recollect";
 
-/// Why a [`fetch`] gave no answer.
+/// Why a [`fetch`] gave no answer (the WIT `fetch-error`). The host's
+/// fetcher answers with this type too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
-    /// The service is not on this plugin's allow-list (or the path would
-    /// leave it): no connection was made.
+    /// The service is not configured or not on this plugin's allow-list
+    /// (or the path would leave it): no connection was made.
     NotAllowed(String),
+    /// The last attempt ran past the timeout.
     Timeout,
+    /// Every attempt failed (connection error or 5xx answer); says which and why.
     Unavailable(String),
-    /// The answer was over this many bytes.
+    /// The answer was over this many bytes (`max_response_bytes`); not retried.
     TooLarge(u64),
 }
 
@@ -484,10 +487,13 @@ impl From<FetchError> for Error {
     }
 }
 
-/// A service's answer to a [`fetch`].
+/// A service's answer to a [`fetch`] (the WIT `fetched`): any status
+/// below 500. The host's fetcher answers with this type too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
+    /// HTTP status of the answer (below 500).
     pub status: u16,
+    /// Body of the answer, at most the service's `max_response_bytes`.
     pub body: Vec<u8>,
     /// Served from the host's cache past its time to live (the service is
     /// down).

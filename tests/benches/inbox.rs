@@ -17,15 +17,16 @@
 //! and instantiate times and memory per instance. Run with
 //! `./scripts/bench.sh inbox`.
 
+use projector_common::shutdown::Shutdown;
 use projector_core::engine::Engine;
 use projector_core::envelope::Format;
 use projector_core::store::Store;
 use projector_guest::Population;
 use projector_host::native::NativePlugin;
-use projector_host::shutdown::Shutdown;
 use projector_host::wasm::WasmHost;
 use projector_host::{Limits, SharedCode};
-use projector_sources::pipeline::{run_log, Totals};
+use projector_core::driver::Totals;
+use projector_sources::run::run_log;
 use projector_tests::{filled_log, inbox_events, knob, plugin_wasm, InboxShape, Usage};
 use std::sync::Arc;
 use std::time::Instant;

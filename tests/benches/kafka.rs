@@ -13,15 +13,16 @@
 //! `BENCH_WORKERS` sets the threads that fold a batch's keys (default 1).
 //! Run with `./scripts/bench.sh kafka`.
 
+use projector_common::shutdown::Shutdown;
 use projector_core::engine::Engine;
 use projector_core::envelope::Format;
 use projector_core::store::Store;
 use projector_guest::Population;
-use projector_host::shutdown::Shutdown;
 use projector_host::wasm::WasmHost;
 use projector_host::{Limits, SharedCode};
-use projector_sources::kafka::{KafkaConfig, KafkaRun};
-use projector_sources::pipeline::run_log;
+use projector_sources::kafka::KafkaConfig;
+use projector_sources::run::KafkaRun;
+use projector_sources::run::run_log;
 use projector_tests::kafka::{cluster, ends, kept, produce, wait_caught_up};
 use projector_tests::{filled_log, inbox_events, plugin_wasm, InboxShape};
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -7,8 +7,8 @@
 //! `BENCH_EVENTS` sets the stream length (default 300 000). Run with
 //! `./scripts/bench.sh swap`.
 
-use projector_host::shutdown::Shutdown;
-use projector_sources::pipeline::run_log;
+use projector_common::shutdown::Shutdown;
+use projector_sources::run::run_log;
 use projector_tests::{filled_log, open_app, plugin_wasm};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

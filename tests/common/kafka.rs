@@ -29,26 +29,6 @@ pub fn cluster(topic: &str, partitions: i32) -> Cluster {
     c
 }
 
-/// `projector kafka-dev` with `args` (topics, group...) as its own
-/// process in `dir`, and the bootstrap address it prints.
-pub fn spawn_kafka_dev(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut broker = std::process::Command::new(crate::projector_bin())
-        .current_dir(dir)
-        .arg("kafka-dev")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn kafka-dev");
-    let bootstrap = std::io::BufReader::new(broker.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .expect("a line")
-        .expect("the bootstrap address");
-    (broker, bootstrap)
-}
-
 /// Produce `values` to `topic`, each to the partition of its event key
 /// (as the embedded log routes), and wait for every acknowledgement.
 pub fn produce(bootstrap: &str, topic: &str, partitions: u32, values: &[String]) {

@@ -1,6 +1,16 @@
 //! Shared helpers of the end-to-end tests and benchmarks: where the built
-//! plugins are, a generator of realistic inbox traffic, and an independent
-//! model of what the inbox views must hold after a stream of events.
+//! plugins are, a generator of realistic inbox traffic, an independent
+//! model of what the inbox views must hold after a stream of events, and
+//! the checks of a runtime's views against it.
+//!
+//! # Layout
+//! - [`api`]: the one HTTP client of a runtime's API.
+//! - [`served`]: a runtime in the test's own process, serving its API.
+//! - [`process`]: `projector` in its own process (`run`, `kafka-dev`),
+//!   awaited, signalled, killed on drop.
+//! - [`kafka`]: the mock cluster, a producer and readers of topics.
+//! - [`counting`], [`hostile`]: test plugins' traffic and counts.
+//! - [`legacy`], [`services`]: sources of truth and enrichment services.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -265,9 +275,8 @@ pub fn fold_inbox(events: &[String]) -> BTreeMap<String, Unread> {
     views
 }
 
-/// What a rendered inbox view shows: (id, last_message_at), newest first
 /// Assert that every inbox view of `engine` is Valid and renders as the
-/// fold of `events` (`model`: their fold, when already computed).
+/// fold of the events (`model`: their fold).
 pub fn assert_inbox_views(
     engine: &projector_core::engine::Engine,
     model: &BTreeMap<String, Unread>,
@@ -287,6 +296,19 @@ pub fn assert_inbox_views(
     }
 }
 
+/// Assert that `engine` stores one inbox view per key of `model` (the
+/// fold of the events), no more, each as [`assert_inbox_views`] checks.
+pub fn assert_inbox_store(engine: &projector_core::engine::Engine, model: &BTreeMap<String, Unread>) {
+    let stored = engine
+        .store()
+        .views("inbox-unread")
+        .map(|r| r.expect("a stored view"))
+        .count();
+    assert_eq!(stored, model.len(), "one view per key the events touched");
+    assert_inbox_views(engine, model);
+}
+
+/// What a rendered inbox view shows: (id, last_message_at), newest first
 /// with ties by id descending, as the plugin orders them.
 pub fn shown(unread: &Unread) -> Vec<(String, i64)> {
     let mut v: Vec<(String, i64)> = unread
@@ -338,13 +360,27 @@ pub fn write_ndjson(path: &Path, lines: &[String]) {
     std::fs::write(path, text).expect("write ndjson");
 }
 
+/// Where a test's runtime keeps its store and finds its plugins, relative
+/// to its directory: the head of every test config.
+const LAYOUT: &str = "data_dir = \"data\"\nplugins_dir = \"plugins\"\n";
+
+/// A `projector.toml` in `dir` for a `projector` process: the named
+/// built plugins in `plugins/`, the store in `data/`, and `extra` TOML
+/// after; its path.
+pub fn write_config(dir: &Path, plugins: &[&str], extra: &str) -> PathBuf {
+    plugins_dir(dir, plugins);
+    let config = dir.join("projector.toml");
+    std::fs::write(&config, format!("{LAYOUT}{extra}")).expect("write projector.toml");
+    config
+}
+
 /// A runtime on a fresh store in `dir`, with the named built plugins and
 /// `extra` TOML appended to the config (e.g. `[plugins.x]` tables). The
 /// tests share one compile cache (`target/test-compile-cache`), so each
 /// plugin is compiled once per build, not once per test.
 pub fn open_app(dir: &Path, plugins: &[&str], extra: &str) -> projector::app::App {
     plugins_dir(dir, plugins);
-    let text = format!("data_dir = \"data\"\nplugins_dir = \"plugins\"\n{extra}");
+    let text = format!("{LAYOUT}{extra}");
     let mut config =
         projector::config::Config::parse(&text, "test.toml", dir).expect("test config parses");
     if !extra.contains("compile_cache_dir") {
@@ -374,32 +410,6 @@ pub fn records(first: u64, values: Vec<Vec<u8>>) -> Vec<projector_core::Record> 
         .enumerate()
         .map(|(i, value)| projector_core::Record::wire(0, first + i as u64, None, value))
         .collect()
-}
-
-/// `projector run` with its API on a free loopback port; the base URL.
-pub fn spawn_run(config: &Path) -> (std::process::Child, String) {
-    let mut child = std::process::Command::new(projector_bin())
-        .arg("--config")
-        .arg(config)
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn projector run");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-            if let Some(rest) = line.split("read API on ").nth(1) {
-                let url = rest.split_whitespace().next().unwrap_or_default();
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("projector run announces its API");
-    (child, url)
 }
 
 /// Wait until `done` holds, for at most `within`; panics naming `what`.
@@ -442,144 +452,18 @@ pub fn plugin_names_of(answer: &serde_json::Value) -> Vec<String> {
     names
 }
 
+pub mod api;
 pub mod counting;
 pub mod hostile;
 pub mod kafka;
 pub mod legacy;
+pub mod process;
+pub mod served;
 pub mod services;
 
-/// A runtime following its embedded log and serving the read API on
-/// `127.0.0.1:0`, for the HTTP tests. Stops on drop.
-pub struct Served {
-    pub app: projector::app::App,
-    pub base: String,
-    pub client: reqwest::blocking::Client,
-    stop: projector_host::shutdown::Shutdown,
-    running: Option<projector::app::Running>,
-    _dir: tempfile::TempDir,
-}
-
-impl Served {
-    /// The named plugins with `extra` TOML appended to the config.
-    pub fn start(plugins: &[&str], extra: &str) -> Served {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let app = open_app(
-            dir.path(),
-            plugins,
-            // Token reads wait long: a loaded CI machine is slow, not wrong.
-            // An `[engine]` table in `extra` gets the commit interval too.
-            &match extra.contains("[engine]\n") {
-                true => format!(
-                    "[http]\nconsistency_timeout_ms = 30000\n{}",
-                    extra.replacen("[engine]\n", "[engine]\ncommit_interval_ms = 100\n", 1)
-                ),
-                false => format!(
-                    "[engine]\ncommit_interval_ms = 100\n[http]\nconsistency_timeout_ms = 30000\n{extra}"
-                ),
-            },
-        );
-        let log = app.open_log().expect("embedded log");
-        let stop = projector_host::shutdown::Shutdown::new();
-        let running = app
-            .start(
-                std::sync::Arc::new(log),
-                Some("127.0.0.1:0"),
-                stop.clone(),
-                false,
-            )
-            .expect("runtime starts");
-        let base = format!("http://{}", running.addr().expect("listening"));
-        Served {
-            app,
-            base,
-            client: reqwest::blocking::Client::new(),
-            stop,
-            running: Some(running),
-            _dir: dir,
-        }
-    }
-
-    fn answer(response: reqwest::blocking::Response) -> (u16, serde_json::Value) {
-        let status = response.status().as_u16();
-        let text = response.text().expect("body");
-        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        (status, json)
-    }
-
-    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        Self::answer(
-            self.client
-                .get(format!("{}{path}", self.base))
-                .send()
-                .expect("GET"),
-        )
-    }
-
-    pub fn get_text(&self, path: &str) -> String {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .and_then(|r| r.text())
-            .expect("GET text")
-    }
-
-    pub fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: &str,
-    ) -> (u16, serde_json::Value) {
-        Self::answer(
-            self.client
-                .request(method, format!("{}{path}", self.base))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .expect("request"),
-        )
-    }
-
-    /// Ingest events (NDJSON); the position token.
-    pub fn ingest(&self, events: &[String]) -> String {
-        let (status, body) = self.send(reqwest::Method::POST, "/v1/events", &events.join("\n"));
-        assert_eq!(status, 200, "ingest: {body}");
-        body["token"].as_str().expect("token").to_string()
-    }
-
-    /// Set a plugin's rollout.
-    pub fn rollout(&self, plugin: &str, rollout: serde_json::Value) {
-        let (status, body) = self.send(
-            reqwest::Method::PUT,
-            &format!("/v1/admin/rollout/{plugin}"),
-            &rollout.to_string(),
-        );
-        assert_eq!(status, 200, "rollout: {body}");
-    }
-
-    /// A sample of a metric from `/metrics` (0 when absent).
-    pub fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = self.get_text("/metrics");
-        let prefix = if labels.is_empty() {
-            format!("{name} ")
-        } else {
-            format!("{name}{{{labels}}} ")
-        };
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0.0, |v| v.trim().parse().expect("metric value"))
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(running) = self.running.take() {
-            if let Err(e) = running.wait() {
-                eprintln!("runtime stopped with an error: {e:#}");
-            }
-        }
-    }
-}
+pub use api::Api;
+pub use process::{Launch, Projector};
+pub use served::Served;
 
 /// What the process has used so far: minor page faults, user and kernel
 /// CPU seconds (from `/proc/self/stat`), for a phase's share when

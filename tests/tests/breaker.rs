@@ -243,7 +243,7 @@ fn a_file_replay_waits_for_a_service_that_is_down_instead_of_dead_lettering() {
             std::thread::sleep(Duration::from_secs(3));
             services.get("billing").set_down(false);
         });
-        projector_sources::pipeline::replay_file(&app.engine, &file, 64, |_| {})
+        projector_sources::run::replay_file(&app.engine, &file, 64, |_| {})
     })
     .expect("replay");
     let p = app.engine.projection(PLUGIN).expect("loaded");
@@ -267,13 +267,13 @@ fn a_file_replay_ends_with_an_error_while_a_plugin_stays_paused_and_resumes_on_t
     let dir = tempfile::tempdir().expect("tempdir");
     let (app, file) = file_replay(dir.path(), &services, 5, "");
     services.get("billing").set_down(true);
-    let ended = projector_sources::pipeline::replay_file(&app.engine, &file, 64, |_| {});
+    let ended = projector_sources::run::replay_file(&app.engine, &file, 64, |_| {});
     let error = format!("{:#}", ended.expect_err("the plugin is still paused"));
     assert!(
         error.contains("still pauses subscriptions") && error.contains("failed"),
         "{error}"
     );
     services.get("billing").set_down(false);
-    projector_sources::pipeline::replay_file(&app.engine, &file, 64, |_| {}).expect("replay");
+    projector_sources::run::replay_file(&app.engine, &file, 64, |_| {}).expect("replay");
     assert_rows(&app, 5);
 }

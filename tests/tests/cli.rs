@@ -2,9 +2,13 @@
 //! `run --ingest`, `get`, `status`, `dead-letters`, and clear errors for
 //! bad config and bad input.
 
-use projector_tests::{inbox_events, plugins_dir, projector_bin, write_ndjson, InboxShape};
+use projector_tests::{
+    inbox_events, projector_bin, write_config, write_ndjson, InboxShape, Launch,
+    Projector,
+};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 fn projector(dir: &Path, args: &[&str]) -> Output {
     Command::new(projector_bin())
@@ -20,13 +24,14 @@ fn stdout(o: &Output) -> String {
 
 use projector_tests::stderr;
 
-const CONFIG: &str = "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[http]\nlisten = \"127.0.0.1:0\"\n[plugins.inbox-unread]\npopulation = \"eager\"\n";
+/// The config of the inbox tests after its layout: the API on a free
+/// loopback port, the inbox populated eagerly.
+const INBOX: &str = "[http]\nlisten = \"127.0.0.1:0\"\n[plugins.inbox-unread]\npopulation = \"eager\"\n";
 
 #[test]
 fn run_on_the_embedded_log_then_read_views() {
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    std::fs::write(dir.path().join("projector.toml"), CONFIG).expect("config");
+    write_config(dir.path(), &["inbox-unread"], INBOX);
     let mut events = inbox_events(InboxShape {
         sites: 5,
         users: 20,
@@ -89,8 +94,7 @@ fn run_on_the_embedded_log_then_read_views() {
 #[test]
 fn replay_dead_letters_a_malformed_line_with_its_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    std::fs::write(dir.path().join("projector.toml"), CONFIG).expect("config");
+    write_config(dir.path(), &["inbox-unread"], INBOX);
     let mut events = inbox_events(InboxShape {
         sites: 5,
         users: 20,
@@ -218,15 +222,12 @@ fn summary_events(out: &str) -> u64 {
 
 #[test]
 fn sigterm_stops_run_after_its_batch_and_a_restart_finishes_the_log() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    std::fs::write(
-        dir.path().join("projector.toml"),
-        format!("{CONFIG}[engine]\nbatch_size = 64\n"),
-    )
-    .expect("config");
+    write_config(
+        dir.path(),
+        &["inbox-unread"],
+        &format!("{INBOX}[engine]\nbatch_size = 64\n"),
+    );
     let events = inbox_events(InboxShape {
         sites: 20,
         users: 200,
@@ -235,39 +236,13 @@ fn sigterm_stops_run_after_its_batch_and_a_restart_finishes_the_log() {
     });
     write_ndjson(&dir.path().join("events.ndjson"), &events);
 
-    let mut child = Command::new(projector_bin())
-        .current_dir(dir.path())
-        .args(["run", "--ingest", "events.ndjson"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let err = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(err).lines();
     // Readiness: the runtime says where its read API listens.
-    let mut addr = String::new();
-    for line in lines.by_ref() {
-        let line = line.expect("stderr line");
-        if let Some(rest) = line.split("read API on http://").nth(1) {
-            addr = rest.split_whitespace().next().expect("address").to_string();
-            break;
-        }
-    }
-    assert!(!addr.is_empty(), "run reports its read API");
-    let ready = reqwest::blocking::get(format!("http://{addr}/readyz")).expect("GET /readyz");
-    assert_eq!(ready.status().as_u16(), 200);
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "a stop on SIGTERM is clean: {:?}",
-        out.status
-    );
-    let first = summary_events(&stdout(&out));
+    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "events.ndjson"])
+        .keep_stdout()
+        .start();
+    assert_eq!(run.get("/readyz").0, 200);
+    // A stop on SIGTERM is clean.
+    let first = summary_events(&run.stop().stdout);
 
     let o = projector(dir.path(), &["run", "--exit-when-idle"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -279,32 +254,11 @@ fn sigterm_stops_run_after_its_batch_and_a_restart_finishes_the_log() {
     );
 }
 
-/// Wait for a line of `lines` containing `marker`; the rest of that line.
-fn line_after(lines: &mut impl Iterator<Item = std::io::Result<String>>, marker: &str) -> String {
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        if let Some(rest) = line.split(marker).nth(1) {
-            return rest.to_string();
-        }
-    }
-    panic!("no line with {marker:?}");
-}
-
 #[test]
 fn kafka_dev_serves_a_run_on_kafka() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    let mut broker = Command::new(projector_bin())
-        .current_dir(dir.path())
-        .args(["kafka-dev", "--topics", "inbox:2", "--group", "views"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kafka-dev");
-    let mut out = BufReader::new(broker.stdout.take().expect("stdout")).lines();
-    let bootstrap = out.next().expect("a line").expect("bootstrap address");
+    let mut broker = Projector::kafka_dev(dir.path(), &["--topics", "inbox:2", "--group", "views"]);
+    let bootstrap = broker.announced().to_string();
     assert!(bootstrap.contains(':'), "{bootstrap}");
 
     let events = inbox_events(InboxShape {
@@ -314,36 +268,22 @@ fn kafka_dev_serves_a_run_on_kafka() {
         seed: 4,
     });
     projector_tests::kafka::produce(&bootstrap, "inbox", 2, &events);
-    std::fs::write(
-        dir.path().join("projector.toml"),
-        format!(
-            "{CONFIG}[source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n"
+    write_config(
+        dir.path(),
+        &["inbox-unread"],
+        &format!(
+            "{INBOX}[source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n"
         ),
-    )
-    .expect("config");
-    let mut run = Command::new(projector_bin())
-        .current_dir(dir.path())
-        .args(["run"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
-    let mut err = BufReader::new(run.stderr.take().expect("stderr")).lines();
-    let addr = line_after(&mut err, "read API on http://");
-    let addr = addr.split_whitespace().next().expect("address").to_string();
-    std::thread::spawn(move || err.for_each(drop));
+    );
+    let mut run = Launch::in_dir(dir.path(), &["run"]).keep_stdout().start();
 
     // The busiest view of the model, read through the API once applied.
     let model = projector_tests::fold_inbox(&events);
     let (key, unread) = model.iter().max_by_key(|(_, u)| u.len()).expect("a view");
-    let url = format!("http://{addr}/v1/views/inbox-unread/{key}?mode=projection");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let path = format!("/v1/views/inbox-unread/{key}?mode=projection");
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let body: serde_json::Value = reqwest::blocking::get(&url)
-            .and_then(|r| r.text())
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let body = run.try_get(&path).map(|a| a.body).unwrap_or_default();
         if body["served_by"] == "projection"
             && projector_tests::rendered(&body["answer"]) == projector_tests::shown(unread)
         {
@@ -356,18 +296,13 @@ fn kafka_dev_serves_a_run_on_kafka() {
             );
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "view {key} never matched: {body}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(Instant::now() < deadline, "view {key} never matched: {body}");
+        std::thread::sleep(Duration::from_millis(200));
     }
     // Every Kafka metric documented in runtime/api/src/metrics.rs is exposed.
     let doc = std::fs::read_to_string(projector_tests::root().join("runtime/api/src/metrics.rs"))
         .expect("metrics.rs");
-    let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
-        .and_then(|r| r.text())
-        .expect("GET /metrics");
+    let text = run.get_text("/metrics");
     let names: Vec<&str> = doc
         .lines()
         .filter_map(|l| l.strip_prefix("//! | (kafka) `"))
@@ -385,86 +320,47 @@ fn kafka_dev_serves_a_run_on_kafka() {
         text.contains("projector_lag_records{plugin=\"inbox-unread\",source=\"kafka:inbox\""),
         "{text}"
     );
-    for child in [&run, &broker] {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-    }
-    let out = run.wait_with_output().expect("wait run");
+    run.sigterm();
+    broker.sigterm();
+    let out = run.wait();
     assert!(
         out.status.success(),
         "run stops cleanly on SIGTERM: {:?}",
         out.status
     );
-    let summary = stdout(&out);
+    let summary = out.stdout;
     assert_eq!(summary_events(&summary), events.len() as u64, "{summary}");
-    broker.wait().expect("wait kafka-dev");
+    broker.wait();
 }
 
 #[test]
 fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["hostile"]);
-    std::fs::write(
-        dir.path().join("projector.toml"),
-        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .expect("config");
+    write_config(
+        dir.path(),
+        &["hostile"],
+        "[http]\nlisten = \"127.0.0.1:0\"\n",
+    );
     let print =
         r#"{"id":"p1","type":"print","source":"t","key":"k","version":1,"time":1,"payload":{}}"#;
     std::fs::write(dir.path().join("events.ndjson"), format!("{print}\n")).expect("events");
-    let mut run = Command::new(projector_bin())
-        .current_dir(dir.path())
-        .args(["run", "--ingest", "events.ndjson"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
-    let mut err = BufReader::new(run.stderr.take().expect("stderr")).lines();
-    let addr = line_after(&mut err, "read API on http://");
-    let api = format!(
-        "http://{}",
-        addr.split_whitespace().next().expect("address")
-    );
-    std::thread::spawn(move || err.for_each(drop));
+    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "events.ndjson"]).start();
+    // `projector plugin <args> --api <its API>`.
+    let plugin = |args: &[&str]| projector(dir.path(), &[&["plugin"], args, &["--api", &run.base]].concat());
 
     let v2 = projector_tests::plugin_wasm("hostile-v2");
-    let o = projector(
-        dir.path(),
-        &[
-            "plugin",
-            "deploy",
-            v2.to_str().expect("path"),
-            "--name",
-            "hostile",
-            "--api",
-            &api,
-        ],
-    );
+    let v2 = v2.to_str().expect("path");
+    let o = plugin(&["deploy", v2, "--name", "hostile"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let deployed: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(deployed["changed"], true);
 
     std::fs::write(dir.path().join("broken.wasm"), b"not wasm").expect("broken");
-    let o = projector(
-        dir.path(),
-        &[
-            "plugin",
-            "deploy",
-            "broken.wasm",
-            "--name",
-            "hostile",
-            "--api",
-            &api,
-        ],
-    );
+    let o = plugin(&["deploy", "broken.wasm", "--name", "hostile"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("rejected"), "{}", stderr(&o));
 
-    let o = projector(dir.path(), &["plugin", "list", "--api", &api]);
+    let o = plugin(&["list"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let list: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(list["plugins"][0]["active"], deployed["id"], "{list}");
@@ -473,58 +369,29 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
         Some(2)
     );
 
-    let o = projector(
-        dir.path(),
-        &["plugin", "rollback", "hostile", "--api", &api],
-    );
+    let o = plugin(&["rollback", "hostile"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = projector(
-        dir.path(),
-        &["plugin", "rollback", "hostile", "--api", &api],
-    );
+    let o = plugin(&["rollback", "hostile"]);
     assert!(!o.status.success(), "nothing earlier to roll back to");
     assert!(stderr(&o).contains("no earlier version"), "{}", stderr(&o));
 
     // A shadow deploy: built with a progress bar, compared, promoted,
     // and the old generation retired.
-    let o = projector(
-        dir.path(),
-        &[
-            "plugin",
-            "deploy",
-            v2.to_str().expect("path"),
-            "--name",
-            "hostile",
-            "--mode",
-            "shadow",
-            "--api",
-            &api,
-        ],
-    );
+    let o = plugin(&["deploy", v2, "--name", "hostile", "--mode", "shadow"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let shadow: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(shadow["phase"], "following", "{shadow}");
     assert_eq!(shadow["percent"], 100.0, "{shadow}");
-    let o = projector(
-        dir.path(),
-        &[
-            "plugin", "compare", "hostile", "--sample", "10", "--api", &api,
-        ],
-    );
+    let o = plugin(&["compare", "hostile", "--sample", "10"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let compared: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(compared["compared"], 1, "{compared}");
     assert_eq!(compared["mismatched"], 1, "{compared}");
-    let o = projector(dir.path(), &["plugin", "promote", "hostile", "--api", &api]);
+    let o = plugin(&["promote", "hostile"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let view: serde_json::Value = serde_json::from_str(
-        &reqwest::blocking::get(format!("{api}/v1/views/hostile/k?mode=projection"))
-            .and_then(|r| r.text())
-            .expect("GET"),
-    )
-    .expect("json");
+    let (_, view) = run.get("/v1/views/hostile/k?mode=projection");
     assert_eq!(view["answer"]["version"], "2", "{view}");
-    let o = projector(dir.path(), &["plugin", "retire", "hostile", "--api", &api]);
+    let o = plugin(&["retire", "hostile"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("\"retired\": \"hostile\""),
@@ -533,7 +400,7 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
     );
 
     // The log lines of the first version outlive the deploys.
-    let o = projector(dir.path(), &["plugin", "logs", "hostile", "--api", &api]);
+    let o = plugin(&["logs", "hostile"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("hello from the log import"),
@@ -541,11 +408,7 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
         stdout(&o)
     );
     assert!(stdout(&o).contains("hello from stdout"), "{}", stdout(&o));
-    Command::new("kill")
-        .args(["-TERM", &run.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(run.wait().expect("wait").success());
+    run.stop();
 }
 
 /// With `projector run` holding the store, the commands that read go
@@ -554,33 +417,24 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
 #[test]
 fn read_commands_beside_a_running_instance_go_through_its_api() {
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    let config = dir.path().join("projector.toml");
-    std::fs::write(
-        &config,
-        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
-         [engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n\
+    let config = write_config(
+        dir.path(),
+        &["inbox-unread"],
+        "[engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n\
          [http]\nadmin_token = \"t0ken\"\n\
          [plugins.inbox-unread]\npopulation = \"eager\"\n",
-    )
-    .expect("config");
-    let (mut child, base) = projector_tests::spawn_run(&config);
+    );
+    let mut runtime = Projector::run(&config);
+    let base = runtime.base.clone();
     let event = r#"{"id":"e1","type":"MessageSent","source":"inbox","key":"s1","version":1,"time":1767225600000,"payload":{"site_id":"s1","conversation_id":"c1","sender_id":"u1","participants":["u1","u2"]}}"#;
-    let posted = reqwest::blocking::Client::new()
-        .post(format!("{base}/v1/events"))
-        .body(event)
-        .send()
-        .expect("post");
-    let token: serde_json::Value =
-        serde_json::from_str(&posted.text().expect("body")).expect("json");
-    let waited = reqwest::blocking::get(format!(
-        "{base}/v1/views/inbox-unread/u2:s1?token={}",
+    let (_, token) = runtime.post("/v1/events", event);
+    let (waited, _) = runtime.get(&format!(
+        "/v1/views/inbox-unread/u2:s1?token={}",
         token["token"].as_str().expect("token")
-    ))
-    .expect("a read that waits for the event");
-    assert_eq!(waited.status(), 200);
+    ));
+    assert_eq!(waited, 200, "a read that waits for the event");
     let run = |args: &[&str]| {
-        std::process::Command::new(projector_tests::projector_bin())
+        Command::new(projector_bin())
             .arg("--config")
             .arg(&config)
             .args(args)
@@ -612,11 +466,10 @@ fn read_commands_beside_a_running_instance_go_through_its_api() {
     assert_eq!(lost.status.code(), Some(2));
     let err = stderr(&lost);
     assert!(
-        err.contains(&format!("held by process {}", child.id())) && err.contains("--api"),
+        err.contains(&format!("held by process {}", runtime.id())) && err.contains("--api"),
         "{err}"
     );
-    child.kill().expect("kill");
-    child.wait().expect("reaped");
+    runtime.sigkill();
 }
 
 /// SIGTERM stops `run` cleanly even when the readers of its stderr and
@@ -625,51 +478,10 @@ fn read_commands_beside_a_running_instance_go_through_its_api() {
 #[test]
 fn run_stops_on_sigterm_when_its_stderr_is_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let plugins = plugins_dir(dir.path(), &["inbox-unread"]);
-    let config = dir.path().join("projector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nplugins_dir = {:?}\n",
-            dir.path().join("data"),
-            plugins
-        ),
-    )
-    .expect("config");
-    let mut run = Command::new(projector_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn run");
+    let config = write_config(dir.path(), &["inbox-unread"], "");
     // Read until it runs, then close both pipes' only readers: the lines
     // it logs and the summary it prints on the way out are lost, and it
     // still stops cleanly.
-    drop(run.stdout.take());
-    let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("read API on") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("stderr");
-        assert!(n > 0, "run ended before it served");
-    }
-    drop(stderr);
-    Command::new("kill")
-        .args(["-TERM", &run.id().to_string()])
-        .status()
-        .expect("kill");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = run.try_wait().expect("try_wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = run.kill();
-            panic!("run did not stop on SIGTERM with its stderr closed");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
+    let run = Launch::run(&config).deaf_once_ready().start();
+    run.stop_within(Duration::from_secs(30));
 }

@@ -10,7 +10,7 @@ use fantoccini::elements::Element;
 use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use projector_tests::hostile::event;
-use projector_tests::{plugin_wasm, plugins_dir, root, spawn_run, InboxShape};
+use projector_tests::{plugin_wasm, plugins_dir, root, InboxShape, Projector};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -219,9 +219,9 @@ fn the_console_signs_in_shows_the_numbers_and_deploys_compares_promotes_and_roll
         ),
     )
     .expect("config");
-    let (run, base) = spawn_run(&config);
     // Killed however the test ends, a failed assertion included.
-    let _run = Killed(run);
+    let run = Projector::run(&config);
+    let base = run.base.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,7 +3,7 @@
 //! counters show every delivery applied exactly once.
 
 use projector_tests::{
-    assert_inbox_views, fold_inbox, inbox_deliveries, inbox_events, open_app, projector_bin,
+    assert_inbox_store, fold_inbox, inbox_deliveries, inbox_events, open_app, projector_bin,
     write_ndjson, InboxShape,
 };
 use std::path::Path;
@@ -55,16 +55,14 @@ fn crash_and_restart(engine: &str, env: &[(&str, &str)], mut after_kill: impl Fn
     });
     let file = dir.path().join("events.ndjson");
     write_ndjson(&file, &events);
-    projector_tests::plugins_dir(dir.path(), &["inbox-unread"]);
-    let config = dir.path().join("projector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[engine]\nbatch_size = 256\n{engine}\
+    let config = projector_tests::write_config(
+        dir.path(),
+        &["inbox-unread"],
+        &format!(
+            "[engine]\nbatch_size = 256\n{engine}\
              [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n"
         ),
-    )
-    .expect("config");
+    );
     let replay = || {
         let mut cmd = Command::new(projector_bin());
         cmd.arg("--config").arg(&config).arg("replay").arg(&file);
@@ -118,19 +116,7 @@ fn crash_and_restart(engine: &str, env: &[(&str, &str)], mut after_kill: impl Fn
     assert_eq!(c.applied, expected, "each delivery applied exactly once");
     assert_eq!((c.skipped, c.invalidated, c.dead_lettered), (0, 0, 0));
 
-    let model = fold_inbox(&events);
-    let stored: Vec<String> = app
-        .engine
-        .store()
-        .views("inbox-unread")
-        .map(|r| r.expect("view").0)
-        .collect();
-    assert_eq!(
-        stored.len(),
-        model.len(),
-        "one view per key the events touched"
-    );
-    assert_inbox_views(&app.engine, &model);
+    assert_inbox_store(&app.engine, &fold_inbox(&events));
 }
 
 #[test]

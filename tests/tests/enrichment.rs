@@ -503,12 +503,11 @@ fn the_recollect_command_reports_what_it_rebuilt() {
             .set("a1", vec![entity(source, 4, "a1")]);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    projector_tests::plugins_dir(dir.path(), &[PLUGIN]);
-    let config = format!(
-        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[http]\nlisten = \"off\"\n{}",
-        config(&services, &SOURCES, &[])
+    projector_tests::write_config(
+        dir.path(),
+        &[PLUGIN],
+        &format!("[http]\nlisten = \"off\"\n{}", config(&services, &SOURCES, &[])),
     );
-    std::fs::write(dir.path().join("projector.toml"), config).expect("config");
     let events: Vec<String> = SOURCES
         .iter()
         .map(|s| String::from_utf8(ev(s, 1, "u1", "a1", Some(entity(s, 1, "a1")))).expect("utf-8"))

@@ -5,7 +5,7 @@
 //! adds a new file as a plugin, and a restart keeps what was removed.
 
 use projector_tests::hostile::{applied, count, event};
-use projector_tests::{plugin_wasm, Served};
+use projector_tests::{plugin_wasm, Api, Launch, Projector, Served};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,16 +17,11 @@ fn eventually(what: &str, done: impl FnMut() -> bool) {
 }
 
 fn deploy(s: &Served, name: &str) -> serde_json::Value {
-    let response = s
-        .client
-        .post(format!("{}/v1/admin/plugins/{name}?from=test", s.base))
-        .body(std::fs::read(plugin_wasm("hostile")).expect("hostile.wasm"))
-        .send()
-        .expect("deploy");
-    let status = response.status();
-    let body: serde_json::Value =
-        serde_json::from_str(&response.text().expect("body")).expect("json");
-    assert_eq!(status, 200, "{body}");
+    let (status, body) = s.post(
+        &format!("/v1/admin/plugins/{name}?from=test"),
+        std::fs::read(plugin_wasm("hostile")).expect("hostile.wasm"),
+    );
+    assert!(status == 200 && body.is_object(), "{status} {body}");
     body
 }
 
@@ -69,8 +64,8 @@ fn assert_audit_covers(s: &Served, ns: &str) {
     }
 }
 
-fn plugin_names(s: &Served) -> Vec<String> {
-    projector_tests::plugin_names_of(&s.get("/v1/plugins").1)
+fn plugin_names(api: &Api) -> Vec<String> {
+    projector_tests::plugin_names_of(&api.get("/v1/plugins").1)
 }
 
 #[test]
@@ -207,110 +202,35 @@ fn a_removed_plugin_comes_back_from_its_offsets_or_rebuilds_without_its_views() 
     assert_eq!(entry.versions.len(), 1);
 }
 
-/// `projector run` in its own process, its log lines kept.
-struct Run {
-    child: std::process::Child,
-    base: String,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+/// `projector run` in its own process, logging at `info`.
+fn start(config: &std::path::Path) -> Projector {
+    Launch::run(config).env("PROJECTOR_LOG", "info").start()
 }
 
-impl Run {
-    fn start(config: &std::path::Path) -> Run {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(projector_tests::projector_bin())
-            .arg("--config")
-            .arg(config)
-            .args(["run", "--listen", "127.0.0.1:0"])
-            .env("PROJECTOR_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn projector run");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let kept = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("read API on ").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
-                kept.lock().expect("lines").push(line);
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("projector run announces its API");
-        Run { child, base, lines }
-    }
-
-    fn said(&self, text: &str) -> usize {
-        let lines = self.lines.lock().expect("lines");
-        lines.iter().filter(|l| l.contains(text)).count()
-    }
-
-    fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::blocking::get(format!("{}{path}", self.base)).expect("GET");
-        let status = r.status().as_u16();
-        (
-            status,
-            serde_json::from_str(&r.text().expect("body")).unwrap_or_default(),
-        )
-    }
-
-    fn post(&self, events: std::ops::Range<u64>) {
-        let body: Vec<String> = events.map(event).collect();
-        let r = reqwest::blocking::Client::new()
-            .post(format!("{}/v1/events", self.base))
-            .body(body.join("\n"))
-            .send()
-            .expect("POST events");
-        assert_eq!(r.status(), 200);
-    }
-
-    fn plugins(&self) -> Vec<String> {
-        projector_tests::plugin_names_of(&self.get("/v1/plugins").1)
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(self.child.wait().expect("exit").success());
-    }
+/// Post the events of `range`.
+fn post(run: &Projector, range: std::ops::Range<u64>) {
+    run.ingest(&range.map(event).collect::<Vec<_>>());
 }
 
 #[test]
 fn the_plugins_directory_adds_a_new_file_once_and_a_restart_keeps_a_removal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let plugins = projector_tests::plugins_dir(dir.path(), &["inbox-unread"]);
-    let config = dir.path().join("projector.toml");
-    std::fs::write(
-        &config,
-        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
-         [engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n",
-    )
-    .expect("config");
-    let run = Run::start(&config);
-    run.post(0..2_000);
+    let config = projector_tests::write_config(
+        dir.path(),
+        &["inbox-unread"],
+        "[engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n",
+    );
+    let plugins = dir.path().join("plugins");
+    let run = start(&config);
+    post(&run, 0..2_000);
     // Written beside, renamed into place: one new plugin, one log line.
     let hidden = plugins.join(".hostile.wasm.part");
     std::fs::copy(plugin_wasm("hostile"), &hidden).expect("copy");
     std::fs::rename(&hidden, plugins.join("hostile.wasm")).expect("rename");
     eventually("hostile added", || {
-        run.plugins().contains(&"hostile".to_string())
+        plugin_names(&run).contains(&"hostile".to_string())
     });
-    run.post(2_000..4_000);
+    post(&run, 2_000..4_000);
     eventually("every event counted", || {
         let (status, body) = run.get("/v1/views/hostile/k0");
         status == 200 && body["answer"]["count"] == 8
@@ -319,8 +239,8 @@ fn the_plugins_directory_adds_a_new_file_once_and_a_restart_keeps_a_removal() {
     assert_eq!(
         run.said("hostile.wasm: a new plugin"),
         1,
-        "{:?}",
-        run.lines.lock()
+        "{}",
+        run.stderr_tail(200)
     );
 
     // A file that leaves does not take its plugin out; it says so.
@@ -328,19 +248,16 @@ fn the_plugins_directory_adds_a_new_file_once_and_a_restart_keeps_a_removal() {
     eventually("the log line", || {
         run.said("left the plugins directory") == 1
     });
-    assert!(run.plugins().contains(&"hostile".to_string()));
+    assert!(plugin_names(&run).contains(&"hostile".to_string()));
     std::fs::copy(plugin_wasm("hostile"), plugins.join("hostile.wasm")).expect("copy back");
 
     // Removed through the API: a restart does not load it from its file.
-    let r = reqwest::blocking::Client::new()
-        .delete(format!("{}/v1/admin/plugins/hostile", run.base))
-        .send()
-        .expect("DELETE");
-    assert_eq!(r.status(), 200);
-    assert_eq!(run.plugins(), ["inbox-unread"]);
+    let (status, body) = run.send(reqwest::Method::DELETE, "/v1/admin/plugins/hostile", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plugin_names(&run), ["inbox-unread"]);
     run.stop();
-    let run = Run::start(&config);
-    assert_eq!(run.plugins(), ["inbox-unread"]);
+    let run = start(&config);
+    assert_eq!(plugin_names(&run), ["inbox-unread"]);
     assert_eq!(run.said("removed at runtime and is not loaded"), 1);
     run.stop();
 }

@@ -6,21 +6,20 @@
 //! restores its share from the changelog alone.
 
 use projector_tests::{
-    fold_inbox, inbox_events, knob, plugin_wasm, projector_bin, rendered, shown, InboxShape, Unread,
+    fold_inbox, inbox_events, knob, plugin_wasm, rendered, shown, Api, InboxShape, Launch,
+    Projector, Unread,
 };
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 12;
 
-/// A `projector run` instance: its process, API and log file.
+/// A `projector run` instance: its process, and its API with a
+/// timeout of 20 s a request.
 struct Instance {
-    child: Child,
-    base: String,
-    log: PathBuf,
+    run: Projector,
+    api: Api,
 }
 
 impl Instance {
@@ -45,49 +44,23 @@ impl Instance {
             ),
         )
         .expect("config");
-        let log = dir.join(format!("instance-{n}.log"));
-        let mut child = Command::new(projector_bin())
+        let run = Launch::run(&config)
             .current_dir(dir)
-            .arg("--config")
-            .arg(&config)
-            .args(["run", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn projector run");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let file = log.clone();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let mut out = std::fs::File::create(file).expect("log file");
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(out, "{line}");
-                if let Some(rest) = line.split("read API on ").nth(1) {
-                    let url = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "instance {n} never announced its API; see {}",
-                    log.display()
-                )
-            });
-        Instance { child, base, log }
+            .within(Duration::from_secs(120))
+            .start();
+        let api = Api::with_timeout(run.base.clone(), Duration::from_secs(20));
+        Instance { run, api }
+    }
+
+    /// SIGKILL it.
+    fn kill(&mut self) {
+        self.run.sigkill();
     }
 
     /// A counter or gauge of its `/metrics` (0 when absent).
-    fn metric(&self, http: &reqwest::blocking::Client, name: &str) -> f64 {
-        let text = http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.api.try_get_text("/metrics").unwrap_or_default();
         text.lines()
             .filter(|l| {
                 l.strip_prefix(name)
@@ -96,16 +69,13 @@ impl Instance {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::Deref for Instance {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
@@ -114,36 +84,22 @@ type Rows = Vec<(String, i64)>;
 
 /// What an instance answers for `key`: HTTP status, the view's rows when
 /// 200, and the instance that answered when it was forwarded.
-fn read(
-    http: &reqwest::blocking::Client,
-    base: &str,
-    key: &str,
-) -> (u16, Option<Rows>, Option<String>) {
-    let Ok(r) = http
-        .get(format!("{base}/v1/views/inbox-unread/{key}"))
-        .send()
-    else {
+fn read(api: &Api, key: &str) -> (u16, Option<Rows>, Option<String>) {
+    let Ok(a) = api.try_get(&format!("/v1/views/inbox-unread/{key}")) else {
         return (0, None, None);
     };
-    let status = r.status().as_u16();
-    let by = r
-        .headers()
+    let by = a
+        .headers
         .get("x-projector-instance")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body: serde_json::Value = r
-        .text()
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let rows = (status == 200).then(|| rendered(&body["answer"]));
-    (status, rows, by)
+    let rows = (a.status == 200).then(|| rendered(&a.body["answer"]));
+    (a.status, rows, by)
 }
 
-/// Wait until every key of `sample` reads through `base` as `model` says.
+/// Wait until every key of `sample` reads through `api` as `model` says.
 fn wait_views(
-    http: &reqwest::blocking::Client,
-    base: &str,
+    api: &Api,
     sample: &[(&String, &Unread)],
     within: Duration,
 ) -> (u64, u64) {
@@ -151,7 +107,7 @@ fn wait_views(
     let (mut forwarded, mut unavailable) = (0, 0);
     for (key, unread) in sample {
         loop {
-            let (status, rows, by) = read(http, base, key);
+            let (status, rows, by) = read(api, key);
             if status == 503 {
                 unavailable += 1;
             }
@@ -161,7 +117,8 @@ fn wait_views(
             }
             assert!(
                 Instant::now() < deadline,
-                "{base}: view {key} never became {:?} (last: {status} {rows:?})",
+                "{}: view {key} never became {:?} (last: {status} {rows:?})",
+                api.base,
                 shown(unread)
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -171,12 +128,11 @@ fn wait_views(
 }
 
 /// `GET /v1/admin/instances` of an instance.
-fn table(http: &reqwest::blocking::Client, base: &str) -> serde_json::Value {
-    http.get(format!("{base}/v1/admin/instances"))
-        .send()
-        .and_then(|r| r.text())
+fn table(api: &Api) -> serde_json::Value {
+    api.try_get("/v1/admin/instances")
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
+        .map(|a| a.body)
+        .filter(serde_json::Value::is_object)
         .expect("instances")
 }
 
@@ -186,39 +142,14 @@ fn partition_of(key: &str) -> u32 {
     projector_sources::log::partition_of(site, PARTITIONS)
 }
 
-/// The raw answer of a read: status, headers, body.
-fn get(
-    http: &reqwest::blocking::Client,
-    url: &str,
-) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-    let r = http.get(url).send().expect("a read");
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    let body = r
-        .text()
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    (status, headers, body)
-}
-
 /// Every `step`-th key of `model`.
 fn sample(model: &BTreeMap<String, Unread>, step: usize) -> Vec<(&String, &Unread)> {
     model.iter().step_by(step.max(1)).collect()
 }
 
-/// A `kafka-dev` process, killed however the test ends.
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `projector kafka-dev` with the inbox topic and its changelog, in
 /// `dir` (with the inbox plugin); the process and its bootstrap address.
-fn broker(dir: &Path) -> (Broker, String) {
+fn broker(dir: &Path) -> (Projector, String) {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins dir");
     std::fs::copy(
@@ -227,7 +158,7 @@ fn broker(dir: &Path) -> (Broker, String) {
     )
     .expect("copy");
     let topics = format!("inbox:{PARTITIONS}");
-    let (broker, bootstrap) = projector_tests::kafka::spawn_kafka_dev(
+    let broker = Projector::kafka_dev(
         dir,
         &[
             "--topics",
@@ -238,7 +169,8 @@ fn broker(dir: &Path) -> (Broker, String) {
             "inbox-unread",
         ],
     );
-    (Broker(broker), bootstrap)
+    let bootstrap = broker.announced().to_string();
+    (broker, bootstrap)
 }
 
 #[test]
@@ -254,10 +186,6 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     });
     let (first, second) = events.split_at(total / 2);
     projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, first);
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
 
     // Three instances share the partitions; every one answers every view.
     let mut a = Instance::start(dir.path(), &bootstrap, 1);
@@ -268,7 +196,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     let started = Instant::now();
     let mut forwarded = 0;
     for i in [&a, &b, &c] {
-        forwarded += wait_views(&http, &i.base, &keys, Duration::from_secs(240)).0;
+        forwarded += wait_views(i, &keys, Duration::from_secs(240)).0;
     }
     println!(
         "3 instances: {} sampled views right through each, {forwarded} answers forwarded, in {:.1} s",
@@ -276,14 +204,14 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         started.elapsed().as_secs_f64()
     );
     assert!(forwarded > 0, "no read was forwarded to another owner");
-    let routes = table(&http, &a.base);
+    let routes = table(&a);
     assert_eq!(
         routes["routes"].as_object().map(|r| r.len()),
         Some(PARTITIONS as usize),
         "every partition has an owner: {routes}"
     );
     // A read of a view B owns, through A: B answers, with B's staleness.
-    let b_id = table(&http, &b.base)["instance"]
+    let b_id = table(&b)["instance"]
         .as_str()
         .expect("B's id")
         .to_string();
@@ -292,10 +220,14 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         .find(|k| routes["routes"][partition_of(k).to_string()] == b_id.as_str())
         .expect("a view B owns")
         .clone();
-    let (status, headers, body) = get(&http, &format!("{}/v1/views/inbox-unread/{b_key}", a.base));
-    assert_eq!(status, 200, "{body}");
+    let answer = a
+        .try_get(&format!("/v1/views/inbox-unread/{b_key}"))
+        .expect("a read");
+    let body = &answer.body;
+    assert_eq!(answer.status, 200, "{body}");
     assert_eq!(
-        headers
+        answer
+            .headers
             .get("x-projector-instance")
             .and_then(|v| v.to_str().ok()),
         Some(b_id.as_str())
@@ -328,11 +260,13 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     // is a 503 with Retry-After, never a wrong answer or a 404.
     let mut refused = 0;
     while killed.elapsed() < Duration::from_secs(3) {
-        let (status, headers, body) =
-            get(&http, &format!("{}/v1/views/inbox-unread/{b_key}", a.base));
-        match status {
+        let answer = a
+            .try_get(&format!("/v1/views/inbox-unread/{b_key}"))
+            .expect("a read");
+        let body = &answer.body;
+        match answer.status {
             503 => {
-                assert!(headers.contains_key("retry-after"), "{body}");
+                assert!(answer.headers.contains_key("retry-after"), "{body}");
                 refused += 1;
             }
             200 => {}
@@ -349,18 +283,18 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     let keys = sample(&model, model.len() / 150);
     let mut unavailable = 0;
     for i in [&a, &c] {
-        unavailable += wait_views(&http, &i.base, &keys, Duration::from_secs(240)).1;
+        unavailable += wait_views(i, &keys, Duration::from_secs(240)).1;
     }
     println!(
         "after the kill: sampled views right through both survivors {:.1} s after it ({unavailable} answers 503 on the way)",
         killed.elapsed().as_secs_f64()
     );
     let restores =
-        a.metric(&http, "projector_kafka_restores") + c.metric(&http, "projector_kafka_restores");
+        a.metric("projector_kafka_restores") + c.metric("projector_kafka_restores");
     let consumed =
-        a.metric(&http, "projector_kafka_consumed") + c.metric(&http, "projector_kafka_consumed");
-    let restored_views = a.metric(&http, "projector_kafka_restore_views")
-        + c.metric(&http, "projector_kafka_restore_views");
+        a.metric("projector_kafka_consumed") + c.metric("projector_kafka_consumed");
+    let restored_views = a.metric("projector_kafka_restore_views")
+        + c.metric("projector_kafka_restore_views");
     println!(
         "survivors: {restores} restores, {restored_views} views restored, {consumed} source records consumed of {total}"
     );
@@ -382,23 +316,15 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         format!("kafka:inbox@{}", list.join(","))
     };
     let (k, unread) = keys[0];
-    let (status, _, body) = get(
-        &http,
-        &format!("{}/v1/views/inbox-unread/{k}?token={token}", c.base),
-    );
+    let (status, body) = c.get(&format!("/v1/views/inbox-unread/{k}?token={token}"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(rendered(&body["answer"]), shown(unread));
     // Every view, through one survivor; nothing skipped or invalidated
     // (an event applied twice would be).
-    wait_views(&http, &a.base, &sample(&model, 1), Duration::from_secs(120));
+    wait_views(&a, &sample(&model, 1), Duration::from_secs(120));
     for i in [&a, &c] {
-        let plugins: serde_json::Value = http
-            .get(format!("{}/v1/plugins", i.base))
-            .send()
-            .and_then(|r| r.text())
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .expect("plugins");
+        let (_, plugins) = i.get("/v1/plugins");
+        assert!(plugins.is_object(), "plugins: {plugins}");
         let e = &plugins["plugins"][0]["events"];
         assert_eq!(e["invalidated"].as_u64(), Some(0), "{}: {e}", i.base);
         assert_eq!(e["dead_lettered"].as_u64(), Some(0), "{}: {e}", i.base);
@@ -407,20 +333,20 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     // A fourth instance with an empty store restores its share.
     let d = Instance::start(dir.path(), &bootstrap, 4);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while d.metric(&http, "projector_kafka_restores") < 1.0 {
+    while d.metric("projector_kafka_restores") < 1.0 {
         assert!(
             Instant::now() < deadline,
-            "the new instance restored nothing; see {}",
-            d.log.display()
+            "the new instance restored nothing; it said:\n{}",
+            d.run.stderr_tail(100)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    wait_views(&http, &d.base, &keys, Duration::from_secs(120));
-    let d_consumed = d.metric(&http, "projector_kafka_consumed");
+    wait_views(&d, &keys, Duration::from_secs(120));
+    let d_consumed = d.metric("projector_kafka_consumed");
     println!(
         "new instance: {} restores, {} views restored, {d_consumed} source records consumed",
-        d.metric(&http, "projector_kafka_restores"),
-        d.metric(&http, "projector_kafka_restore_views")
+        d.metric("projector_kafka_restores"),
+        d.metric("projector_kafka_restore_views")
     );
     assert_eq!(d_consumed, 0.0, "the new instance replayed the source");
     drop(d);
@@ -446,26 +372,22 @@ fn a_standby_takes_over_without_a_restore() {
         seed: 23,
     });
     projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, &events);
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
     let standby = "standby_replicas = 1";
     let a = Instance::start_with(dir.path(), &bootstrap, 1, standby);
     let mut b = Instance::start_with(dir.path(), &bootstrap, 2, standby);
     let model = fold_inbox(&events);
     let keys = sample(&model, model.len() / 100);
     for i in [&a, &b] {
-        wait_views(&http, &i.base, &keys, Duration::from_secs(240));
+        wait_views(i, &keys, Duration::from_secs(240));
     }
     // A stands by for every partition B owns.
-    let b_id = table(&http, &b.base)["instance"]
+    let b_id = table(&b)["instance"]
         .as_str()
         .expect("B's id")
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     let b_owned = loop {
-        let t = table(&http, &a.base);
+        let t = table(&a);
         let members = t["members"].as_array().cloned().unwrap_or_default();
         let of = |id: &str, what: &str| -> Vec<u64> {
             members
@@ -498,10 +420,10 @@ fn a_standby_takes_over_without_a_restore() {
         .clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, headers, body) = get(
-            &http,
-            &format!("{}/v1/views/inbox-unread/{b_key}?stale=ok", a.base),
-        );
+        let answer = a
+            .try_get(&format!("/v1/views/inbox-unread/{b_key}?stale=ok"))
+            .expect("a read");
+        let (status, headers, body) = (answer.status, &answer.headers, &answer.body);
         // Absent until the standby has read the view's changes.
         assert!(status == 200 || status == 404, "{status} {body}");
         assert!(
@@ -525,19 +447,19 @@ fn a_standby_takes_over_without_a_restore() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let records_before = a.metric(&http, "projector_kafka_restore_records");
+    let records_before = a.metric("projector_kafka_restore_records");
     b.kill();
     let killed = Instant::now();
     // A takes B's partitions over: every view right through A.
-    wait_views(&http, &a.base, &sample(&model, 1), Duration::from_secs(120));
-    let read = a.metric(&http, "projector_kafka_restore_records") - records_before;
-    let consumed = a.metric(&http, "projector_kafka_consumed");
+    wait_views(&a, &sample(&model, 1), Duration::from_secs(120));
+    let read = a.metric("projector_kafka_restore_records") - records_before;
+    let consumed = a.metric("projector_kafka_consumed");
     println!(
         "standby: A served B's {} partitions {:.1} s after the kill, reading {read} changelog records to take them over; {consumed} source records consumed of {total}",
         b_owned.len(),
         killed.elapsed().as_secs_f64()
     );
-    let t = table(&http, &a.base);
+    let t = table(&a);
     let me = t["members"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["me"] == true).cloned())

@@ -5,14 +5,15 @@
 //! through the spool (once, across a kill), and a slow plugin pauses its
 //! partitions. The counting plugin they run is `projector_tests::counting`.
 
+use projector_common::shutdown::Shutdown;
 use projector_core::engine::Engine;
-use projector_host::shutdown::Shutdown;
-use projector_sources::kafka::{header, KafkaRun};
+use projector_sources::kafka::header;
+use projector_sources::run::KafkaRun;
 use projector_tests::counting::{
     config, count_of, counted_events, counting_engine, routed, ATTEMPTS,
 };
 use projector_tests::kafka::{cluster, ends, produce, read_all, wait_caught_up};
-use projector_tests::{fold_inbox, inbox_events, open_app, rendered, shown, InboxShape};
+use projector_tests::{assert_inbox_store, fold_inbox, inbox_events, open_app, InboxShape};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,19 +44,7 @@ fn a_hundred_thousand_events_over_eight_partitions_match_the_fold() {
     let totals = run.join().expect("run");
     assert_eq!(totals.records, events.len() as u64);
 
-    let model = fold_inbox(&events);
-    assert_eq!(
-        app.engine.store().views("inbox-unread").count(),
-        model.len()
-    );
-    for (key, unread) in &model {
-        let v = app
-            .engine
-            .read("inbox-unread", key, 0)
-            .expect("read")
-            .expect("view");
-        assert_eq!(rendered(&v.json().expect("valid")), shown(unread), "{key}");
-    }
+    assert_inbox_store(&app.engine, &fold_inbox(&events));
     // The group's committed offsets followed the store's (lag tools see
     // the progress).
     use rdkafka::consumer::{BaseConsumer, Consumer};

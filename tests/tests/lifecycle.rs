@@ -2,7 +2,7 @@
 //! (`ttl_ms`), backfill and bulk verify against the source of truth,
 //! rollout rules on request attributes, and the audit of who applied what.
 
-use projector_tests::Served;
+use projector_tests::{Projector, Served};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -83,16 +83,8 @@ fn the_audit_lists_which_version_applied_which_offsets_after_a_replace_deploy() 
     let batch = |range: std::ops::Range<u64>| -> Vec<String> { range.map(event).collect() };
     s.ingest(&batch(0..400));
     eventually("v1 applies 400", || applied(&s.app, partitions) == 400);
-    let response = s
-        .client
-        .post(format!(
-            "{}/v1/admin/plugins/hostile?from=lifecycle",
-            s.base
-        ))
-        .body(v2_bytes)
-        .send()
-        .expect("deploy");
-    assert_eq!(response.status(), 200, "{:?}", response.text());
+    let (status, body) = s.post("/v1/admin/plugins/hostile?from=lifecycle", v2_bytes);
+    assert_eq!(status, 200, "{body}");
     s.ingest(&batch(400..1000));
     eventually("v2 applies the rest", || {
         applied(&s.app, partitions) == 1000
@@ -241,20 +233,6 @@ fn rollout_rules_on_accept_language_and_a_tenant_header_route_reads() {
     );
 }
 
-/// POST `keys` (one per line) to `path`; the JSON answer.
-fn post_keys(s: &Served, path: &str, keys: &[String]) -> (u16, serde_json::Value) {
-    let response = s
-        .client
-        .post(format!("{}{path}", s.base))
-        .header("content-type", "text/plain")
-        .body(keys.join("\n"))
-        .send()
-        .expect("POST keys");
-    let status = response.status().as_u16();
-    let text = response.text().expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
-}
-
 #[test]
 fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
     let legacy = projector_tests::legacy::Legacy::start();
@@ -308,7 +286,7 @@ fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
         "ghost:s1".to_string(),
     ]);
     let path = format!("/v1/admin/plugins/{INBOX}/verify");
-    let (status, report) = post_keys(&s, &path, &asked);
+    let (status, report) = s.post(&path, asked.join("\n"));
     assert_eq!(status, 200, "{report}");
     let count = |r: &serde_json::Value, field: &str| r[field].as_u64().expect(field);
     assert_eq!(count(&report, "keys"), 23, "{report}");
@@ -333,7 +311,7 @@ fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
     assert_eq!(report["examples"]["missing_in_source"], json!(["u9:s1"]));
 
     // Repair: the mismatched views become Invalid ...
-    let (status, report) = post_keys(&s, &format!("{path}?repair=true"), &asked);
+    let (status, report) = s.post(&format!("{path}?repair=true"), asked.join("\n"));
     assert_eq!(status, 200, "{report}");
     assert_eq!(count(&report, "repaired"), 3, "{report}");
     for key in ["u2:s1", "u5:s1", "u7:s1"] {
@@ -359,11 +337,7 @@ fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
     let heal: Vec<String> = ["u5:s1", "u7:s1", "newcomer:s1", "other:s1"]
         .map(String::from)
         .to_vec();
-    let (status, started) = post_keys(
-        &s,
-        &format!("/v1/admin/plugins/{INBOX}/backfill?rate=1000"),
-        &heal,
-    );
+    let (status, started) = s.post(&format!("/v1/admin/plugins/{INBOX}/backfill?rate=1000"), heal.join("\n"));
     assert_eq!(status, 202, "{started}");
     let mut last = json!(null);
     eventually("the backfill", || {
@@ -375,7 +349,7 @@ fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
         (4, 0),
         "{last}"
     );
-    let (_, report) = post_keys(&s, &path, &asked);
+    let (_, report) = s.post(&path, asked.join("\n"));
     assert_eq!(count(&report, "equal"), 21, "{report}");
     assert_eq!(
         count(&report, "mismatched") + count(&report, "missing_view"),
@@ -388,16 +362,11 @@ fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
 
 /// `projector run` in its own process, for the tests that kill it.
 fn run_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    projector_tests::plugins_dir(dir, &[INBOX]);
-    let config = dir.join("projector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
-             [engine]\ncompile_cache_dir = \"compiled\"\n{extra}"
-        ),
-    )
-    .expect("config");
+    let config = projector_tests::write_config(
+        dir,
+        &[INBOX],
+        &format!("[engine]\ncompile_cache_dir = \"compiled\"\n{extra}"),
+    );
     // Compile the plugin into the cache first, so a start is quick.
     let status = std::process::Command::new(projector_tests::projector_bin())
         .arg("--config")
@@ -427,29 +396,22 @@ fn a_backfill_is_paced_survives_a_kill_without_fetching_done_keys_again_and_matc
     let keys: Vec<String> = (0..n).map(|i| format!("u{i}:s1")).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = run_config(dir.path(), &legacy.source_config());
-    let client = reqwest::blocking::Client::new();
-    let progress = |base: &str| -> serde_json::Value {
-        let text = client
-            .get(format!("{base}/v1/admin/plugins/{INBOX}/backfill"))
-            .send()
-            .and_then(|r| r.text())
-            .expect("progress");
-        serde_json::from_str(&text).expect("json")
+    let progress = |run: &Projector| -> serde_json::Value {
+        let (_, body) = run.get(&format!("/v1/admin/plugins/{INBOX}/backfill"));
+        assert!(body.is_object(), "progress: {body}");
+        body
     };
 
-    let (mut child, base) = projector_tests::spawn_run(&config);
+    let mut run = Projector::run(&config);
     let started = Instant::now();
-    let response = client
-        .post(format!(
-            "{base}/v1/admin/plugins/{INBOX}/backfill?rate={rate}&concurrency={concurrency}"
-        ))
-        .body(keys.join("\n"))
-        .send()
-        .expect("start the backfill");
-    assert_eq!(response.status(), 202);
+    let (status, body) = run.post(
+        &format!("/v1/admin/plugins/{INBOX}/backfill?rate={rate}&concurrency={concurrency}"),
+        keys.join("\n"),
+    );
+    assert_eq!(status, 202, "{body}");
     let mut seen = json!(null);
     eventually("half the keys", || {
-        seen = progress(&base);
+        seen = progress(&run);
         seen["done"].as_u64().unwrap_or(0) >= n / 2
     });
     let elapsed = started.elapsed().as_secs_f64();
@@ -463,16 +425,15 @@ fn a_backfill_is_paced_survives_a_kill_without_fetching_done_keys_again_and_matc
         "{done} keys in {elapsed:.2} s at {rate}/s"
     );
     assert!(observed >= rate * 0.3, "{observed:.0}/s for {rate}/s asked");
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    run.sigkill();
     let asked_before: u64 = legacy.asked().values().sum();
 
     // Started again, the runtime takes the job up; the CLI follows it.
-    let (mut child, base) = projector_tests::spawn_run(&config);
+    let run = Projector::run(&config);
     let follow = std::process::Command::new(projector_tests::projector_bin())
         .arg("--config")
         .arg(&config)
-        .args(["backfill", INBOX, "--follow", "--api", &base])
+        .args(["backfill", INBOX, "--follow", "--api", &run.base])
         .output()
         .expect("projector backfill --follow");
     let last: serde_json::Value =
@@ -499,21 +460,10 @@ fn a_backfill_is_paced_survives_a_kill_without_fetching_done_keys_again_and_matc
     assert!(again <= bound, "{again} keys fetched again, bound {bound}");
 
     // Every view equals the source.
-    let text = client
-        .post(format!(
-            "{base}/v1/admin/plugins/{INBOX}/verify?concurrency=16"
-        ))
-        .body(keys.join("\n"))
-        .send()
-        .and_then(|r| r.text())
-        .expect("verify");
-    let report: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let (_, report) = run.post(
+        &format!("/v1/admin/plugins/{INBOX}/verify?concurrency=16"),
+        keys.join("\n"),
+    );
     assert_eq!(report["equal"].as_u64(), Some(n), "{report}");
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM")
-        .success());
-    assert!(child.wait().expect("exit").success());
+    run.stop();
 }

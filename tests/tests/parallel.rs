@@ -2,9 +2,9 @@
 //! as an independent fold of the events: order per key holds, and no key
 //! is lost or written twice.
 
-use projector_sources::pipeline::replay_file;
+use projector_sources::run::replay_file;
 use projector_tests::{
-    fold_inbox, inbox_events, open_app, rendered, shown, write_ndjson, InboxShape,
+    assert_inbox_store, fold_inbox, inbox_events, open_app, write_ndjson, InboxShape,
 };
 
 #[test]
@@ -27,21 +27,5 @@ fn four_workers_match_an_independent_fold() {
     assert_eq!(totals.records, events.len() as u64);
     assert_eq!(totals.counters.dead_lettered, 0);
 
-    let model = fold_inbox(&events);
-    assert_eq!(
-        app.engine.store().views("inbox-unread").count(),
-        model.len()
-    );
-    for (key, unread) in &model {
-        let v = app
-            .engine
-            .read("inbox-unread", key, 0)
-            .expect("read")
-            .expect("view");
-        assert_eq!(
-            rendered(&v.json().expect("valid")),
-            shown(unread),
-            "view {key}"
-        );
-    }
+    assert_inbox_store(&app.engine, &fold_inbox(&events));
 }

@@ -5,13 +5,13 @@
 //! version without compiling it again; rollback returns to the previous.
 //! Shadow generations are in `shadow.rs`.
 
+use projector_common::shutdown::Shutdown;
 use projector_core::envelope::Format;
 use projector_deploy::content_id;
-use projector_host::shutdown::Shutdown;
 use projector_sources::log::EmbeddedLog;
-use projector_sources::pipeline::run_log;
+use projector_sources::run::run_log;
 use projector_tests::hostile::{applied, count, event};
-use projector_tests::{open_app, plugin_wasm};
+use projector_tests::{open_app, plugin_wasm, Api};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,7 +141,7 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
     let running = app
         .start(log.clone(), None, stop.clone(), false)
         .expect("start");
-    let addr = running.addr().expect("api");
+    let api = Api::new(format!("http://{}", running.addr().expect("api")));
     log.append(&(0..100).map(event).collect::<Vec<_>>())
         .expect("append");
 
@@ -159,13 +159,8 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
             .deploy("hostile", bytes, "test")
             .expect_err(what);
         assert!(e.to_string().contains("rejected"), "{what}: {e}");
-        let r = reqwest::blocking::Client::new()
-            .post(format!("http://{addr}/v1/admin/plugins/hostile"))
-            .body(bytes.clone())
-            .send()
-            .expect("POST");
-        assert_eq!(r.status().as_u16(), 422, "{what}");
-        let body: serde_json::Value = serde_json::from_str(&r.text().expect("body")).expect("json");
+        let (status, body) = api.post("/v1/admin/plugins/hostile", bytes.clone());
+        assert_eq!(status, 422, "{what}");
         assert_eq!(body["error"], "rejected", "{what}: {body}");
     }
     // v1 still runs and keeps applying.
@@ -188,25 +183,11 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
 
     // A good deploy over the API works, and so does rollback.
     let v2 = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let r = reqwest::blocking::Client::new()
-        .post(format!("http://{addr}/v1/admin/plugins/hostile?from=ci"))
-        .body(v2)
-        .send()
-        .expect("POST");
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(api.post("/v1/admin/plugins/hostile?from=ci", v2).0, 200);
     assert_eq!(count(&app, "k7"), (1, "2".to_string()));
-    let r = reqwest::blocking::Client::new()
-        .post(format!("http://{addr}/v1/admin/plugins/hostile/rollback"))
-        .send()
-        .expect("POST rollback");
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(api.post("/v1/admin/plugins/hostile/rollback", "").0, 200);
     assert_eq!(count(&app, "k7"), (1, "1".to_string()));
-    let list: serde_json::Value = serde_json::from_str(
-        &reqwest::blocking::get(format!("http://{addr}/v1/admin/plugins"))
-            .and_then(|r| r.text())
-            .expect("GET"),
-    )
-    .expect("json");
+    let (_, list) = api.get("/v1/admin/plugins");
     assert_eq!(list["plugins"][0]["active"], v1.as_str(), "{list}");
     assert_eq!(list["plugins"][0]["running"], v1.as_str(), "{list}");
     stop.stop();

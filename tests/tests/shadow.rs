@@ -2,13 +2,13 @@
 //! views beside the active one, compared, promoted, rolled back, retired,
 //! and taken up again after a restart.
 
+use projector_common::shutdown::Shutdown;
 use projector_core::envelope::Format;
 use projector_deploy::{content_id, ShadowMethod};
-use projector_host::shutdown::Shutdown;
 use projector_sources::log::EmbeddedLog;
-use projector_sources::pipeline::run_log;
+use projector_sources::run::run_log;
 use projector_tests::hostile::{applied, count, event};
-use projector_tests::{open_app, plugin_wasm};
+use projector_tests::{open_app, plugin_wasm, Api};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,15 +168,6 @@ fn fixed_source() -> std::net::SocketAddr {
     addr
 }
 
-fn get_json(url: &str) -> serde_json::Value {
-    serde_json::from_str(
-        &reqwest::blocking::get(url)
-            .and_then(|r| r.text())
-            .expect("GET"),
-    )
-    .expect("json")
-}
-
 #[test]
 fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -194,7 +185,7 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
     let running = app
         .start(log.clone(), None, stop.clone(), false)
         .expect("start");
-    let api = format!("http://{}", running.addr().expect("api"));
+    let api = Api::new(format!("http://{}", running.addr().expect("api")));
     // 100 keys three times over, then two keys the new version cannot migrate.
     for round in 0..3u64 {
         log.append(
@@ -250,7 +241,7 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
     assert_eq!(status.percent, 100.0);
 
     app.deployer.promote("hostile").expect("promote");
-    let v = get_json(&format!("{api}/v1/views/hostile/k5?mode=projection"));
+    let v = api.get("/v1/views/hostile/k5?mode=projection").1;
     assert_eq!(
         (
             v["answer"]["count"].as_u64(),
@@ -260,10 +251,10 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
         "{v}"
     );
     // A key left absent populates from the source on its next read.
-    let v = get_json(&format!("{api}/v1/views/hostile/stuck1?mode=projection"));
+    let v = api.get("/v1/views/hostile/stuck1?mode=projection").1;
     assert_eq!(v["served_by"], "source", "{v}");
     assert_eq!(v["answer"]["count"], 42, "{v}");
-    let v = get_json(&format!("{api}/v1/views/hostile/stuck1?mode=projection"));
+    let v = api.get("/v1/views/hostile/stuck1?mode=projection").1;
     assert_eq!(v["served_by"], "projection", "{v}");
     assert_eq!(
         (
@@ -378,7 +369,7 @@ struct Moving {
     gate: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
 
-impl projector_sources::Replay for Moving {
+impl projector_core::source::Replay for Moving {
     fn partitions(&self) -> Vec<(String, u32)> {
         let owned = self.owned.lock().expect("owned");
         owned.iter().map(|p| ("moving".to_string(), *p)).collect()

@@ -11,12 +11,12 @@
 //! runs 100), `SOAK_SEED` the moments.
 
 use projector_tests::{
-    assert_inbox_views, fold_inbox, inbox_deliveries, inbox_events, knob, open_app, plugins_dir,
-    projector_bin, spawn_run, InboxShape,
+    assert_inbox_views, fold_inbox, inbox_deliveries, inbox_events, knob, open_app, projector_bin,
+    write_config, Api, InboxShape, Projector,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,11 +55,7 @@ struct Tally {
 
 /// Post the client's next batch (or the unanswered one again) until
 /// `stop`, the events run out, or the process stops answering.
-fn drive(client: &Mutex<Client>, base: &str, stop: &AtomicBool, tally: &Tally) {
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("http client");
+fn drive(client: &Mutex<Client>, api: &Api, stop: &AtomicBool, tally: &Tally) {
     let mut c = client.lock().expect("client");
     while !stop.load(Ordering::Relaxed) && c.acked < c.events.len() {
         let again = c.pending.is_some();
@@ -69,8 +65,9 @@ fn drive(client: &Mutex<Client>, base: &str, stop: &AtomicBool, tally: &Tally) {
         };
         c.pending = Some(end);
         let body = c.events[c.acked..end].join("\n");
-        let answer = http
-            .post(format!("{base}/v1/events"))
+        let answer = api
+            .client
+            .post(api.url("/v1/events"))
             .body(body)
             .send()
             .and_then(|r| r.error_for_status())
@@ -105,21 +102,14 @@ fn drive(client: &Mutex<Client>, base: &str, stop: &AtomicBool, tally: &Tally) {
 }
 
 /// Read views of `keys` until `stop`: a view or not found, never a 5xx.
-fn read(keys: &[String], base: &str, stop: &AtomicBool, tally: &Tally) {
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("http client");
+fn read(keys: &[String], api: &Api, stop: &AtomicBool, tally: &Tally) {
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
         let key = &keys[i % keys.len()];
         i += 1;
-        match http
-            .get(format!("{base}/v1/views/inbox-unread/{key}"))
-            .send()
-        {
+        match api.try_get(&format!("/v1/views/inbox-unread/{key}")) {
             Ok(r) => {
-                let status = r.status().as_u16();
+                let status = r.status;
                 assert!(
                     matches!(status, 200 | 404 | 503),
                     "a read of {key} answered {status}"
@@ -141,24 +131,24 @@ fn round(
     keys: &Arc<Vec<String>>,
     kill_after: Option<Duration>,
     tally: &Arc<Tally>,
-) -> Option<Child> {
-    let (child, base) = spawn_run(config);
+) -> Option<Projector> {
+    let mut run = Projector::run(config);
+    // Each request given up after 20 s: a killed process answers nothing.
+    let api = Api::with_timeout(run.base.clone(), Duration::from_secs(20));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for c in clients {
-        let (c, base, stop, tally) = (c.clone(), base.clone(), stop.clone(), tally.clone());
-        threads.push(std::thread::spawn(move || drive(&c, &base, &stop, &tally)));
+        let (c, api, stop, tally) = (c.clone(), api.clone(), stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || drive(&c, &api, &stop, &tally)));
     }
     let reader = {
-        let (keys, base, stop, tally) = (keys.clone(), base.clone(), stop.clone(), tally.clone());
-        std::thread::spawn(move || read(&keys, &base, &stop, &tally))
+        let (keys, api, stop, tally) = (keys.clone(), api.clone(), stop.clone(), tally.clone());
+        std::thread::spawn(move || read(&keys, &api, &stop, &tally))
     };
-    let mut child = child;
     let running = match kill_after {
         Some(after) => {
             std::thread::sleep(after);
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap");
+            run.sigkill();
             None
         }
         None => {
@@ -167,7 +157,7 @@ fn round(
                 assert!(Instant::now() < deadline, "clients did not finish");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Some(child)
+            Some(run)
         }
     };
     stop.store(true, Ordering::Relaxed);
@@ -183,15 +173,12 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
     let kills = knob("SOAK_KILLS", 10);
     let seed = knob("SOAK_SEED", 20261202);
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    let config = dir.path().join("projector.toml");
-    std::fs::write(
-        &config,
-        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
-         [engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n\
+    let config = write_config(
+        dir.path(),
+        &["inbox-unread"],
+        "[engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n\
          [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = { max_unread = 1000000 }\n",
-    )
-    .expect("config");
+    );
 
     // Three clients, each with the events of its own sites, so each view
     // sees its events in order whatever the clients' interleaving.
@@ -233,8 +220,8 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
     }
     // The last round: every client done, then SIGTERM while the runtime
     // may still be applying; it drains and exits 0.
-    let child = round(&config, &clients, &keys, None, &tally).expect("not killed");
-    terminate(child);
+    let run = round(&config, &clients, &keys, None, &tally).expect("not killed");
+    run.stop();
     // Apply what is left, then look.
     let out = Command::new(projector_bin())
         .arg("--config")
@@ -296,24 +283,13 @@ fn run_killed_again_and_again_under_ingest_loses_nothing_and_doubles_nothing() {
     assert_inbox_views(&app.engine, &model);
 }
 
-/// SIGTERM `child` and check that it exits cleanly.
-fn terminate(mut child: Child) {
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(term.success());
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "SIGTERM ended it with {status}");
-}
-
 /// `projector kafka-dev` in its own process (`topic` as `name:partitions`,
 /// group `views`), and the config of a `run` of `plugin` on it in a
 /// temporary directory: `plugin_toml` goes in its `[plugins.*]` table,
 /// `more` at the end.
 struct KafkaSoak {
     dir: tempfile::TempDir,
-    broker: Child,
+    broker: Projector,
     bootstrap: String,
     config: std::path::PathBuf,
 }
@@ -321,24 +297,19 @@ struct KafkaSoak {
 impl KafkaSoak {
     fn start(plugin: &str, topic: &str, plugin_toml: &str, more: &str) -> KafkaSoak {
         let dir = tempfile::tempdir().expect("tempdir");
-        plugins_dir(dir.path(), &[plugin]);
-        let (broker, bootstrap) = projector_tests::kafka::spawn_kafka_dev(
-            dir.path(),
-            &["--topics", topic, "--group", "views"],
-        );
+        let broker = Projector::kafka_dev(dir.path(), &["--topics", topic, "--group", "views"]);
+        let bootstrap = broker.announced().to_string();
         let name = topic.split(':').next().expect("a topic name");
-        let config = dir.path().join("projector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
-                 [engine]\ncommit_interval_ms = 100\ncompile_cache_dir = \"compiled\"\n\
+        let config = write_config(
+            dir.path(),
+            &[plugin],
+            &format!(
+                "[engine]\ncommit_interval_ms = 100\ncompile_cache_dir = \"compiled\"\n\
                  [plugins.{plugin}]\n{plugin_toml}\
                  [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\n\
                  topics = [\"{name}\"]\nproperties = {{ \"session.timeout.ms\" = \"6000\" }}\n{more}"
             ),
-        )
-        .expect("config");
+        );
         KafkaSoak {
             dir,
             broker,
@@ -352,10 +323,9 @@ impl KafkaSoak {
 /// (each restart joins the consumer group again, about 3 s).
 fn kill_runs(config: &Path, kills: u64, rng: &mut Lcg) {
     for _ in 0..kills {
-        let (mut child, _) = spawn_run(config);
+        let mut run = Projector::run(config);
         std::thread::sleep(Duration::from_millis(2000 + rng.below(3000)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        run.sigkill();
     }
 }
 
@@ -420,18 +390,11 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
     producer.join().expect("producer");
 
     // The last run: until every delivery is in, then SIGTERM.
-    let (child, base) = spawn_run(&config);
+    let run = Projector::run(&config);
     let expected = inbox_deliveries(&events);
-    let http = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let plugins: serde_json::Value = http
-            .get(format!("{base}/v1/plugins"))
-            .send()
-            .and_then(|r| r.text())
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let plugins = run.try_get("/v1/plugins").map(|a| a.body).unwrap_or_default();
         let e = &plugins["plugins"][0]["events"];
         if e["received"].as_u64() >= Some(expected + poisons.len() as u64) {
             break;
@@ -439,7 +402,7 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
         assert!(Instant::now() < deadline, "never caught up: {plugins}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    terminate(child);
+    run.stop();
 
     let dlq = projector_tests::kafka::read_all(&bootstrap, "inbox.views.dlq", 8);
     let mut in_dlq: Vec<String> = dlq
@@ -453,7 +416,7 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
         })
         .collect();
     in_dlq.sort();
-    terminate(broker);
+    broker.stop();
 
     let app = open_app(
         dir.path(),
@@ -566,16 +529,11 @@ fn run_on_kafka_killed_while_retries_flow_through_the_retry_topic_loses_nothing(
     });
 
     // The last run: until nothing is left to consume, retry or send, then SIGTERM.
-    let (child, base) = spawn_run(&config);
-    let http = reqwest::blocking::Client::new();
+    let run = Projector::run(&config);
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut quiet = 0;
     while quiet < 3 {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
+        let text = run.try_get_text("/metrics").unwrap_or_default();
         let sum = |name: &str| -> Option<f64> {
             let values: Vec<f64> = text
                 .lines()
@@ -591,7 +549,7 @@ fn run_on_kafka_killed_while_retries_flow_through_the_retry_topic_loses_nothing(
         assert!(Instant::now() < deadline, "never settled: {text}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    terminate(child);
+    run.stop();
 
     let retried = projector_tests::kafka::read_all(&bootstrap, "billing.views.retry", 4);
     let dlq = projector_tests::kafka::read_all(&bootstrap, "billing.views.dlq", 4);
@@ -599,7 +557,7 @@ fn run_on_kafka_killed_while_retries_flow_through_the_retry_topic_loses_nothing(
         .iter()
         .map(|r| (r.key.clone(), r.payload.clone()))
         .collect();
-    terminate(broker);
+    broker.stop();
 
     let app = open_app(
         dir.path(),

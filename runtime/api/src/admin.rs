@@ -10,8 +10,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use projector_common::sync::Recover;
 use projector_core::engine;
-use projector_host::sync::Recover;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -275,8 +275,8 @@ pub(crate) async fn put_rollout(
     rollout
         .validate()
         .map_err(|e| ApiError::bad_request("bad_rollout", e))?;
-    if own.source.is_none()
-        && (rollout.default.needs_source() || rollout.rules.iter().any(|r| r.mode.needs_source()))
+    if own.truth.is_none()
+        && (rollout.default.needs_truth() || rollout.rules.iter().any(|r| r.mode.needs_truth()))
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -336,7 +336,7 @@ pub(crate) async fn mismatches(
         .take(limit)
         .map(|m| {
             json!({"key": m.key, "at_ms": m.at_ms, "mode": m.mode.as_str(),
-                   "projection": m.projection, "source": m.source,
+                   "projection": m.projection, "source": m.truth,
                    "differences": differences_json(&m.differences)})
         })
         .collect();

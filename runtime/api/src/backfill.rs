@@ -19,9 +19,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use projector_common::sync::Recover;
 use projector_core::engine::Snapshot;
 use projector_core::store::{KeyState, KeyStates};
-use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -178,7 +178,7 @@ async fn one(s: &ServeState, plugin: &str, key: &str) -> KeyState {
     let Ok(own) = s.plugin(plugin) else {
         return KeyState::Failed("unloaded: the plugin is no longer loaded".into());
     };
-    let Some(truth) = own.source.as_ref() else {
+    let Some(truth) = own.truth.as_ref() else {
         return KeyState::Failed("config: no source of truth".into());
     };
     let answer = match truth.fetch(key).await {

@@ -100,7 +100,7 @@ pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value
             json!({
                 "plugin": p.name(), "id": p.code().id(), "version": p.code().info().version,
                 "population": format!("{:?}", p.population()).to_lowercase(),
-                "source_of_truth": own.is_some_and(|o| o.source.is_some()),
+                "source_of_truth": own.is_some_and(|o| o.truth.is_some()),
                 "events": events_json(p),
                 "breaker": breaker_json(p),
                 "ttl_ms": p.ttl_ms(),

@@ -8,7 +8,7 @@ use crate::metrics::ReadCounts;
 use crate::state::ServeState;
 use axum::extract::State;
 use axum::Json;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -9,7 +9,7 @@ use crate::health::{breaker_json, events_json};
 use crate::state::ServeState;
 use axum::extract::State;
 use axum::Json;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 use serde_json::{json, Value};
 use std::sync::Arc;
 

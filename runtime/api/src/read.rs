@@ -15,9 +15,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use projector_common::sync::Recover;
 use projector_core::engine::{self, ReadView, Snapshot};
 use projector_guest::rules::Status;
-use projector_host::sync::Recover;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -182,8 +182,8 @@ impl Read<'_> {
         Ok(lookup)
     }
 
-    fn source(&self) -> ApiResult<&Truth> {
-        self.own.source.as_ref().ok_or_else(|| {
+    fn truth(&self) -> ApiResult<&Truth> {
+        self.own.truth.as_ref().ok_or_else(|| {
             ApiError::bad_request(
                 "no_source",
                 format!(
@@ -195,8 +195,8 @@ impl Read<'_> {
     }
 
     async fn fetch(&self) -> ApiResult<Value> {
-        let source = self.source()?;
-        match source.fetch(self.key).await {
+        let truth = self.truth()?;
+        match truth.fetch(self.key).await {
             Ok(text) => serde_json::from_str(&text).map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -219,7 +219,7 @@ impl Read<'_> {
             Err(e @ TruthError::Unavailable { .. }) => {
                 self.s
                     .metrics
-                    .source_errors
+                    .truth_errors
                     .get_or_create(&PluginLabel {
                         plugin: self.plugin.into(),
                     })
@@ -233,7 +233,7 @@ impl Read<'_> {
         }
     }
 
-    /// Store the source's answer as the key's view (lazy population).
+    /// Store the source of truth's answer as the key's view (lazy population).
     async fn populate(&mut self, answer: &Value) {
         let stored = self
             .s
@@ -253,9 +253,9 @@ impl Read<'_> {
         });
     }
 
-    /// The source answers instead of the projection, and populates it.
+    /// The source of truth answers instead of the projection, and populates it.
     async fn fall_back(&mut self, reason: &'static str) -> ApiResult<Value> {
-        if self.own.source.is_none() {
+        if self.own.truth.is_none() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "view_not_found",
@@ -280,12 +280,12 @@ impl Read<'_> {
     }
 
     /// Compare both answers with the plugin's rule and record the result.
-    fn compare(&mut self, projection: &RawValue, source: &Value) -> ApiResult<()> {
+    fn compare(&mut self, projection: &RawValue, truth: &Value) -> ApiResult<()> {
         let p = self.s.engine.projection(self.plugin)?;
         let differences = p
             .code()
             .session()
-            .compare(self.key, projection.get(), &source.to_string())
+            .compare(self.key, projection.get(), &truth.to_string())
             .map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -327,7 +327,7 @@ impl Read<'_> {
                 at_ms: self.now,
                 mode: self.mode,
                 projection: serde_json::from_str(projection.get()).unwrap_or(Value::Null),
-                source: source.clone(),
+                truth: truth.clone(),
                 differences,
             });
         }
@@ -337,34 +337,34 @@ impl Read<'_> {
     /// Answer in the chosen mode; the view as it was read (or populated).
     async fn answer(&mut self) -> ApiResult<(Answer, Option<ReadView>)> {
         match self.mode {
-            Mode::Source => {
+            Mode::Truth => {
                 self.served_by = "source";
-                Ok((Answer::Source(self.fetch().await?), None))
+                Ok((Answer::Truth(self.fetch().await?), None))
             }
             Mode::Projection => match self.lookup()? {
                 Lookup::Hit { view, answer } => Ok((Answer::View(answer), Some(view))),
                 Lookup::Miss { reason, .. } => {
-                    Ok((Answer::Source(self.fall_back(reason).await?), None))
+                    Ok((Answer::Truth(self.fall_back(reason).await?), None))
                 }
             },
-            Mode::CompareReturnSource => {
-                let source = self.fetch().await?;
+            Mode::CompareReturnTruth => {
+                let truth = self.fetch().await?;
                 self.served_by = "source";
                 match self.lookup()? {
                     Lookup::Hit { view, answer } => {
-                        self.compare(&answer, &source)?;
-                        Ok((Answer::Source(source), Some(view)))
+                        self.compare(&answer, &truth)?;
+                        Ok((Answer::Truth(truth), Some(view)))
                     }
                     Lookup::Miss { view, .. } => {
-                        self.populate(&source).await;
-                        Ok((Answer::Source(source), view))
+                        self.populate(&truth).await;
+                        Ok((Answer::Truth(truth), view))
                     }
                 }
             }
             Mode::CompareReturnProjection => match self.lookup()? {
                 Lookup::Hit { view, answer } => {
                     match self.fetch().await {
-                        Ok(source) => self.compare(&answer, &source)?,
+                        Ok(truth) => self.compare(&answer, &truth)?,
                         Err(e) => {
                             self.comparison = Some(json!({"skipped": e.message}));
                         }
@@ -372,7 +372,7 @@ impl Read<'_> {
                     Ok((Answer::View(answer), Some(view)))
                 }
                 Lookup::Miss { reason, .. } => {
-                    Ok((Answer::Source(self.fall_back(reason).await?), None))
+                    Ok((Answer::Truth(self.fall_back(reason).await?), None))
                 }
             },
         }
@@ -380,7 +380,7 @@ impl Read<'_> {
 }
 
 /// The request's user for rollout rules: the user header, else the key's
-/// `user` field (by the source's key pattern), else the whole key.
+/// `user` field (by the source of truth's key pattern), else the whole key.
 fn request_user<'a>(
     headers: &'a HeaderMap,
     http: &HttpConfig,
@@ -393,9 +393,9 @@ fn request_user<'a>(
     {
         return u;
     }
-    own.source
+    own.truth
         .as_ref()
-        .and_then(|s| s.fields(key).ok())
+        .and_then(|t| t.fields(key).ok())
         .and_then(|f| f.get("user").copied())
         .unwrap_or(key)
 }
@@ -418,116 +418,11 @@ pub(crate) async fn read_view(
             Routed::Standby => true,
             Routed::Answered(answer) => return Ok(answer),
         };
-    let token = params
-        .token
-        .as_deref()
-        .or_else(|| {
-            headers
-                .get("x-projector-token")
-                .and_then(|v| v.to_str().ok())
-        })
-        .map(Token::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("bad_token", e))?;
-    // With several instances, only the view's partition is waited for: a
-    // token may name partitions other instances own.
-    let token = match (token, s.engine.partition_of(&plugin, &key)) {
-        (Some(mut t), Some(p)) => {
-            t.offsets.retain(|q, _| *q == p);
-            (!t.offsets.is_empty()).then_some(t)
-        }
-        (t, _) => t,
-    };
+    let token = position_token(&s, &plugin, &key, &params, &headers)?;
+    let wait_ms = wait_ms(&params, &s.http)?;
+    let (mode, rule) = choose_mode(&s, &plugin, &key, &own, &params, &headers)?;
     if let Some(t) = &token {
-        let feeds = s.feed.positions();
-        if !feeds.is_empty() {
-            let Some((_, ends)) = feeds.iter().find(|(id, _)| *id == t.source) else {
-                let ids: Vec<&str> = feeds.iter().map(|(id, _)| id.as_str()).collect();
-                return Err(ApiError::bad_request(
-                    "bad_token",
-                    format!(
-                        "token is for source {:?}; views here follow {}",
-                        t.source,
-                        ids.join(", ")
-                    ),
-                ));
-            };
-            if let Some(p) = t
-                .offsets
-                .keys()
-                .find(|p| !ends.iter().any(|(q, _)| q == *p))
-            {
-                let have: Vec<String> = ends.iter().map(|(q, _)| q.to_string()).collect();
-                return Err(ApiError::bad_request(
-                    "bad_token",
-                    format!(
-                        "token names partition {p}; this runtime follows partitions {} of {}",
-                        have.join(","),
-                        t.source
-                    ),
-                ));
-            }
-        }
-    }
-    let wait_ms = params.wait_ms.unwrap_or(s.http.consistency_timeout_ms);
-    if wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            format!("wait_ms: expected at most {MAX_WAIT_MS}, got {wait_ms}"),
-        ));
-    }
-    let rollout = own.rollout.read().recover().clone();
-    params.check_attributes(&rollout)?;
-    let (mode, rule) = match params.mode.as_deref() {
-        Some(m) => (
-            Mode::parse(m).map_err(|e| ApiError::bad_request("bad_mode", e))?,
-            "asked".into(),
-        ),
-        None if own.source.is_none() => (Mode::Projection, "default".into()),
-        None => {
-            let groups: Vec<&str> = headers
-                .get(s.http.groups_header.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|g| !g.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let attribute = |place: Place, name: &str| match place {
-                Place::Header => headers.get(name).and_then(|v| v.to_str().ok()),
-                Place::Query => params.attribute(name),
-            };
-            let request = rollout::Request {
-                user: request_user(&headers, &s.http, &own, &key),
-                groups: &groups,
-                key: &key,
-                attribute: &attribute,
-            };
-            let (mode, rule) = rollout.choose(request, rand::random::<f64>());
-            (mode, rule.into_owned())
-        }
-    };
-    s.metrics
-        .rules
-        .get_or_create(&RuleLabels {
-            plugin: plugin.clone(),
-            rule: rule.clone(),
-            mode: mode.as_str().into(),
-        })
-        .inc();
-    if mode.needs_source() && own.source.is_none() {
-        return Err(ApiError::bad_request(
-            "no_source",
-            format!(
-                "mode {} needs a source of truth, and plugin {plugin:?} has none configured",
-                mode.as_str()
-            ),
-        ));
-    }
-    if let Some(t) = &token {
-        if mode != Mode::Source {
+        if mode != Mode::Truth {
             s.wait_for(&plugin, t, Duration::from_millis(wait_ms))
                 .await?;
         }
@@ -560,16 +455,192 @@ pub(crate) async fn read_view(
         populated: read.populated.take(),
         comparison: read.comparison.take(),
     };
+    let response = respond(body, standby, &rule);
+    count_read(&s, plugin, mode, served_by, started);
+    Ok(response)
+}
+
+/// The read's position token (query `token`, else the
+/// `x-projector-token` header), checked against what this runtime
+/// follows. With several instances, only the view's partition is waited
+/// for: a token may name partitions other instances own.
+fn position_token(
+    s: &ServeState,
+    plugin: &str,
+    key: &str,
+    params: &ReadParams,
+    headers: &HeaderMap,
+) -> ApiResult<Option<Token>> {
+    let token = params
+        .token
+        .as_deref()
+        .or_else(|| {
+            headers
+                .get("x-projector-token")
+                .and_then(|v| v.to_str().ok())
+        })
+        .map(Token::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("bad_token", e))?;
+    let token = match (token, s.engine.partition_of(plugin, key)) {
+        (Some(mut t), Some(p)) => {
+            t.offsets.retain(|q, _| *q == p);
+            (!t.offsets.is_empty()).then_some(t)
+        }
+        (t, _) => t,
+    };
+    if let Some(t) = &token {
+        check_token(t, &s.feed.positions())?;
+    }
+    Ok(token)
+}
+
+/// Refuse a token for another source, or for a partition it does not
+/// follow (`feeds`: per source id, the partitions followed and their ends).
+fn check_token(t: &Token, feeds: &[(String, Vec<(u32, u64)>)]) -> ApiResult<()> {
+    if feeds.is_empty() {
+        return Ok(());
+    }
+    let Some((_, ends)) = feeds.iter().find(|(id, _)| *id == t.source) else {
+        let ids: Vec<&str> = feeds.iter().map(|(id, _)| id.as_str()).collect();
+        return Err(ApiError::bad_request(
+            "bad_token",
+            format!(
+                "token is for source {:?}; views here follow {}",
+                t.source,
+                ids.join(", ")
+            ),
+        ));
+    };
+    if let Some(p) = t
+        .offsets
+        .keys()
+        .find(|p| !ends.iter().any(|(q, _)| q == *p))
+    {
+        let have: Vec<String> = ends.iter().map(|(q, _)| q.to_string()).collect();
+        return Err(ApiError::bad_request(
+            "bad_token",
+            format!(
+                "token names partition {p}; this runtime follows partitions {} of {}",
+                have.join(","),
+                t.source
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How long the read may wait for its token, in ms.
+fn wait_ms(params: &ReadParams, http: &HttpConfig) -> ApiResult<u64> {
+    let wait_ms = params.wait_ms.unwrap_or(http.consistency_timeout_ms);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("wait_ms: expected at most {MAX_WAIT_MS}, got {wait_ms}"),
+        ));
+    }
+    Ok(wait_ms)
+}
+
+/// The read mode and the rule that chose it: the one asked for, else
+/// the rollout's; counted, and refused when it needs a source of truth
+/// the plugin lacks.
+fn choose_mode(
+    s: &ServeState,
+    plugin: &str,
+    key: &str,
+    own: &PluginServe,
+    params: &ReadParams,
+    headers: &HeaderMap,
+) -> ApiResult<(Mode, String)> {
+    let rollout = own.rollout.read().recover().clone();
+    params.check_attributes(&rollout)?;
+    let (mode, rule) = match params.mode.as_deref() {
+        Some(m) => (
+            Mode::parse(m).map_err(|e| ApiError::bad_request("bad_mode", e))?,
+            "asked".into(),
+        ),
+        None if own.truth.is_none() => (Mode::Projection, "default".into()),
+        None => by_rollout(&rollout, &s.http, key, own, params, headers),
+    };
+    s.metrics
+        .rules
+        .get_or_create(&RuleLabels {
+            plugin: plugin.into(),
+            rule: rule.clone(),
+            mode: mode.as_str().into(),
+        })
+        .inc();
+    if mode.needs_truth() && own.truth.is_none() {
+        return Err(ApiError::bad_request(
+            "no_source",
+            format!(
+                "mode {} needs a source of truth, and plugin {plugin:?} has none configured",
+                mode.as_str()
+            ),
+        ));
+    }
+    Ok((mode, rule))
+}
+
+/// The mode `rollout`'s rules give this request, and the rule's name.
+fn by_rollout(
+    rollout: &Rollout,
+    http: &HttpConfig,
+    key: &str,
+    own: &PluginServe,
+    params: &ReadParams,
+    headers: &HeaderMap,
+) -> (Mode, String) {
+    let groups: Vec<&str> = headers
+        .get(http.groups_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let attribute = |place: Place, name: &str| match place {
+        Place::Header => headers.get(name).and_then(|v| v.to_str().ok()),
+        Place::Query => params.attribute(name),
+    };
+    let request = rollout::Request {
+        user: request_user(headers, http, own, key),
+        groups: &groups,
+        key,
+        attribute: &attribute,
+    };
+    let (mode, rule) = rollout.choose(request, rand::random::<f64>());
+    (mode, rule.into_owned())
+}
+
+/// The read's answer as JSON, with its mode, its rule and whether a
+/// standby answered in headers.
+fn respond(body: ReadAnswer<'_>, standby: bool, rule: &str) -> Response {
+    let mode = body.mode;
     let mut response = Json(body).into_response();
     let h = response.headers_mut();
-    h.insert("x-projector-mode", HeaderValue::from_static(mode.as_str()));
+    h.insert("x-projector-mode", HeaderValue::from_static(mode));
     if standby {
         // A standby's views: current as of the last changelog record read.
         h.insert(crate::route::STANDBY, HeaderValue::from_static("true"));
     }
-    if let Ok(v) = HeaderValue::from_str(&rule) {
+    if let Ok(v) = HeaderValue::from_str(rule) {
         h.insert("x-projector-rule", v);
     }
+    response
+}
+
+/// Count an answered read and its latency.
+fn count_read(
+    s: &ServeState,
+    plugin: String,
+    mode: Mode,
+    served_by: &'static str,
+    started: Instant,
+) {
     s.metrics
         .reads
         .get_or_create(&ReadLabels {
@@ -585,21 +656,20 @@ pub(crate) async fn read_view(
             mode: mode.as_str().into(),
         })
         .observe(started.elapsed().as_secs_f64());
-    Ok(response)
 }
 
 /// Who answered a read: the plugin's rendered view (kept as checked raw
 /// JSON, never re-parsed) or the source of truth.
 enum Answer {
     View(Arc<RawValue>),
-    Source(Value),
+    Truth(Value),
 }
 
 impl serde::Serialize for Answer {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Answer::View(raw) => raw.serialize(s),
-            Answer::Source(value) => value.serialize(s),
+            Answer::Truth(value) => value.serialize(s),
         }
     }
 }

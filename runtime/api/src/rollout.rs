@@ -17,12 +17,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// Only the source of truth.
-    Source,
-    /// The view when Valid; otherwise the source, stored as a snapshot.
+    /// Only the source of truth (named `source` in config, queries and answers).
+    #[serde(rename = "source")]
+    Truth,
+    /// The view when Valid; otherwise the source of truth, stored as a snapshot.
     Projection,
-    /// Both, compared; the source's answer is returned.
-    CompareReturnSource,
+    /// Both, compared; the source of truth's answer is returned (named
+    /// `compare-return-source`).
+    #[serde(rename = "compare-return-source")]
+    CompareReturnTruth,
     /// Both, compared; the projection's answer is returned.
     CompareReturnProjection,
 }
@@ -30,18 +33,18 @@ pub enum Mode {
 impl Mode {
     /// Every mode, in the order error messages list them.
     pub const ALL: [Mode; 4] = [
-        Mode::Source,
+        Mode::Truth,
         Mode::Projection,
-        Mode::CompareReturnSource,
+        Mode::CompareReturnTruth,
         Mode::CompareReturnProjection,
     ];
 
     /// The mode's name in config, query strings and metric labels, e.g. `compare-return-source`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Mode::Source => "source",
+            Mode::Truth => "source",
             Mode::Projection => "projection",
-            Mode::CompareReturnSource => "compare-return-source",
+            Mode::CompareReturnTruth => "compare-return-source",
             Mode::CompareReturnProjection => "compare-return-projection",
         }
     }
@@ -61,7 +64,7 @@ impl Mode {
     }
 
     /// Whether this mode reads the source of truth.
-    pub(crate) fn needs_source(self) -> bool {
+    pub(crate) fn needs_truth(self) -> bool {
         self != Mode::Projection
     }
 }
@@ -232,14 +235,14 @@ pub struct Rollout {
 }
 
 fn default_mode() -> Mode {
-    Mode::Source
+    Mode::Truth
 }
 
 impl Default for Rollout {
-    /// Everything from the source: the safe start of a rollout.
+    /// Everything from the source of truth: the safe start of a rollout.
     fn default() -> Self {
         Rollout {
-            default: Mode::Source,
+            default: Mode::Truth,
             rules: Vec::new(),
             keep_comparing_percent: 0.0,
         }
@@ -388,9 +391,19 @@ pub fn bucket(value: &str) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_mode_has_one_name_in_config_and_in_answers() {
+        for mode in Mode::ALL {
+            let json = serde_json::to_value(mode).expect("serializes");
+            assert_eq!(json, mode.as_str(), "{mode:?}");
+            assert_eq!(serde_json::from_value::<Mode>(json).ok(), Some(mode));
+            assert_eq!(Mode::parse(mode.as_str()), Ok(mode));
+        }
+    }
+
     fn percent(p: f64, mode: Mode) -> Rollout {
         Rollout {
-            default: Mode::Source,
+            default: Mode::Truth,
             rules: vec![Rule {
                 name: None,
                 attributes: vec![],
@@ -435,12 +448,12 @@ mod tests {
         let users: Vec<String> = (0..2_000).map(|i| format!("u{i}")).collect();
         let mut before: Vec<bool> = vec![false; users.len()];
         for p in [10.0, 20.0, 30.0, 60.0, 100.0] {
-            let rollout = percent(p, Mode::CompareReturnSource);
+            let rollout = percent(p, Mode::CompareReturnTruth);
             for (i, u) in users.iter().enumerate() {
                 let first = rollout.choose(req(u, &[]), 0.1).0;
                 let again = rollout.choose(req(u, &[]), 0.9).0;
                 assert_eq!(first, again, "{u} moved between two reads at {p}%");
-                let now = first == Mode::CompareReturnSource;
+                let now = first == Mode::CompareReturnTruth;
                 assert!(
                     now || !before[i],
                     "{u} left the rollout when it grew to {p}%"
@@ -454,7 +467,7 @@ mod tests {
     #[test]
     fn first_matching_rule_wins_then_the_default() {
         let rollout = Rollout {
-            default: Mode::Source,
+            default: Mode::Truth,
             rules: vec![
                 Rule {
                     name: None,
@@ -489,7 +502,7 @@ mod tests {
             chose("bob", &["staff", "beta"]),
             (Mode::CompareReturnProjection, "beta-testers".into())
         );
-        assert_eq!(chose("bob", &["staff"]), (Mode::Source, "default".into()));
+        assert_eq!(chose("bob", &["staff"]), (Mode::Truth, "default".into()));
     }
 
     #[test]
@@ -596,7 +609,7 @@ mod tests {
         let frisian = choose_with(&rollout, "u1", &[(H, "accept-language", "fry")]);
         assert_eq!(
             frisian,
-            (Mode::Source, "default".into()),
+            (Mode::Truth, "default".into()),
             "fr is not a prefix of fry"
         );
         let bot = choose_with(
@@ -604,7 +617,7 @@ mod tests {
             "u1",
             &[(H, "user-agent", "Mozilla/5.0 (compatible; Googlebot/2.1)")],
         );
-        assert_eq!(bot, (Mode::CompareReturnSource, "bots".into()));
+        assert_eq!(bot, (Mode::CompareReturnTruth, "bots".into()));
         let eu = choose_with(&rollout, "u1", &[(Q, "country", "IT")]);
         assert_eq!(eu, (Mode::Projection, "eu".into()));
         assert_eq!(

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use projector_sources::Owner;
+use projector_core::source::Owner;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 

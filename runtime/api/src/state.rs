@@ -8,11 +8,11 @@ use crate::token::Token;
 use crate::truth::{Truth, TruthConfig};
 use crate::HttpConfig;
 use axum::http::StatusCode;
+use projector_common::sync::Recover;
 use projector_core::engine::{Engine, ReadView, Snapshot};
 use projector_guest::Difference;
-use projector_host::sync::Recover;
 use projector_sources::log::EmbeddedLog;
-use projector_sources::Source;
+use projector_core::source::Source;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,8 @@ pub(crate) struct Mismatch {
     pub(crate) at_ms: i64,
     pub(crate) mode: Mode,
     pub(crate) projection: Value,
-    pub(crate) source: Value,
+    /// The source of truth's answer.
+    pub(crate) truth: Value,
     pub(crate) differences: Vec<Difference>,
 }
 
@@ -41,7 +42,8 @@ pub(crate) fn differences_json(list: &[Difference]) -> Value {
 
 /// What the HTTP layer keeps per plugin.
 pub(crate) struct PluginServe {
-    pub(crate) source: Option<Truth>,
+    /// Its source of truth, when it has one.
+    pub(crate) truth: Option<Truth>,
     /// The rollout from the config, restored by `DELETE`.
     pub(crate) configured: Rollout,
     pub(crate) rollout: RwLock<Arc<Rollout>>,
@@ -54,7 +56,7 @@ impl PluginServe {
     /// Its source of truth, or a 409 `no_source_of_truth` saying what
     /// needs one (`to`: e.g. "to verify against").
     pub(crate) fn truth(&self, plugin: &str, to: &str) -> ApiResult<&Truth> {
-        self.source.as_ref().ok_or_else(|| {
+        self.truth.as_ref().ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "no_source_of_truth",
@@ -68,7 +70,7 @@ impl PluginServe {
     /// store.
     fn new(name: &str, config: &ApiSettings, engine: &Engine) -> anyhow::Result<Self> {
         let own = config.plugins.get(name);
-        let source = own
+        let truth = own
             .and_then(|c| c.truth.as_ref())
             .map(Truth::new)
             .transpose()
@@ -89,7 +91,7 @@ impl PluginServe {
             None => (configured.clone(), false),
         };
         Ok(PluginServe {
-            source,
+            truth,
             configured,
             rollout: RwLock::new(Arc::new(rollout)),
             overridden: AtomicBool::new(overridden),
@@ -169,12 +171,12 @@ impl Feed {
     }
 
     /// Which instance answers each view, when several share the source.
-    pub(crate) fn router(&self) -> Option<Arc<dyn projector_sources::Router>> {
+    pub(crate) fn router(&self) -> Option<Arc<dyn projector_core::source::Router>> {
         self.source.as_ref().and_then(|s| s.router())
     }
 
     /// The source's own metrics.
-    pub(crate) fn metrics(&self) -> Vec<projector_sources::SourceMetric> {
+    pub(crate) fn metrics(&self) -> Vec<projector_core::source::SourceMetric> {
         self.source
             .as_ref()
             .map(|s| s.metrics())

@@ -309,7 +309,7 @@ impl Truth {
 mod tests {
     use super::*;
 
-    fn source(url: &str, key: &str) -> Result<Truth, String> {
+    fn truth(url: &str, key: &str) -> Result<Truth, String> {
         Truth::new(&TruthConfig {
             url: url.into(),
             key: key.into(),
@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn keys_fill_the_url_encoded() {
-        let s = source(
+        let s = truth(
             "http://legacy/unread?user={user}&site={site}",
             "{user}:{site}",
         )
@@ -330,22 +330,22 @@ mod tests {
             s.url("u 1:s/2").expect("fits"),
             "http://legacy/unread?user=u%201&site=s%2F2"
         );
-        let whole = source("http://legacy/views/{key}", "{key}").expect("valid");
+        let whole = truth("http://legacy/views/{key}", "{key}").expect("valid");
         assert_eq!(whole.url("a:b").expect("fits"), "http://legacy/views/a%3Ab");
     }
 
     #[test]
     fn bad_keys_and_configs_are_named() {
-        let s = source("http://x/{user}/{site}", "{user}:{site}").expect("valid");
+        let s = truth("http://x/{user}/{site}", "{user}:{site}").expect("valid");
         assert!(matches!(s.url("nosep"), Err(TruthError::BadKey(_))));
         assert!(matches!(s.url(":s"), Err(TruthError::BadKey(_))));
-        assert!(source("http://x/{team}", "{user}:{site}")
+        assert!(truth("http://x/{team}", "{user}:{site}")
             .expect_err("rejected")
             .contains("{team}"));
-        assert!(source("ftp://x/{key}", "{key}")
+        assert!(truth("ftp://x/{key}", "{key}")
             .expect_err("rejected")
             .contains("http://"));
-        assert!(source("http://x/{key", "{key}")
+        assert!(truth("http://x/{key", "{key}")
             .expect_err("rejected")
             .contains("unclosed"));
         assert!(KeyPattern::parse("{a}{b}").is_err());

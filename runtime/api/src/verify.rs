@@ -18,7 +18,7 @@ use std::time::Instant;
 /// Most keys one verification takes.
 pub(crate) const MAX_KEYS: usize = 1_000_000;
 
-/// Most source requests in flight at once.
+/// Most source-of-truth requests in flight at once.
 const MAX_CONCURRENCY: usize = 256;
 
 #[derive(Debug, Deserialize)]
@@ -29,7 +29,7 @@ pub(crate) struct VerifyParams {
     sample: Option<usize>,
     /// Mark the mismatched views Invalid.
     repair: Option<bool>,
-    /// Source requests in flight at once (default 8).
+    /// Source-of-truth requests in flight at once (default 8).
     concurrency: Option<usize>,
     /// Examples kept per outcome (default 10).
     examples: Option<usize>,
@@ -39,10 +39,10 @@ pub(crate) struct VerifyParams {
 enum Outcome {
     Equal,
     Mismatched(Value),
-    /// In the source, not in the projection.
+    /// In the source of truth, not in the projection.
     MissingView,
-    /// In the projection, not in the source (it answered 404).
-    MissingInSource,
+    /// In the projection, not in the source of truth (it answered 404).
+    MissingInTruth,
     /// Neither has it.
     AbsentBoth,
     /// The view is Invalid: it awaits a repair already.
@@ -56,7 +56,7 @@ impl Outcome {
             Outcome::Equal => "equal",
             Outcome::Mismatched(_) => "mismatched",
             Outcome::MissingView => "missing_view",
-            Outcome::MissingInSource => "missing_in_source",
+            Outcome::MissingInTruth => "missing_in_source",
             Outcome::AbsentBoth => "absent_both",
             Outcome::Invalid => "invalid",
             Outcome::Failed(_) => "failed",
@@ -203,12 +203,12 @@ pub(crate) async fn verify(
     Ok(Json(report))
 }
 
-/// Compare the view of `key` with the source's answer.
+/// Compare the view of `key` with the source of truth's answer.
 async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcome {
     let Ok(own) = s.plugin(plugin) else {
         return Outcome::Failed("the plugin was unloaded".into());
     };
-    let Some(truth) = own.source.as_ref() else {
+    let Some(truth) = own.truth.as_ref() else {
         return Outcome::Failed("no source of truth".into());
     };
     let answer = match truth.fetch(key).await {
@@ -223,8 +223,8 @@ async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcom
             (None, Some(_)) => Outcome::MissingView,
             (None, None) => Outcome::AbsentBoth,
             (Some(v), _) if v.status == Status::Invalid => Outcome::Invalid,
-            (Some(_), None) => Outcome::MissingInSource,
-            (Some(v), Some(source)) => {
+            (Some(_), None) => Outcome::MissingInTruth,
+            (Some(v), Some(truth)) => {
                 let Some(body) = v.body else {
                     return Ok(Outcome::Invalid);
                 };
@@ -232,7 +232,7 @@ async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcom
                 let differences = projection
                     .code()
                     .session()
-                    .compare(&k, body.get(), &source)
+                    .compare(&k, body.get(), &truth)
                     .map_err(|e| e.to_string())?;
                 if differences.is_empty() {
                     Outcome::Equal
@@ -240,7 +240,7 @@ async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcom
                     Outcome::Mismatched(json!({
                         "differences": differences_json(&differences),
                         "projection": serde_json::from_str::<Value>(body.get()).unwrap_or(Value::Null),
-                        "source": serde_json::from_str::<Value>(&source).unwrap_or(Value::Null),
+                        "source": serde_json::from_str::<Value>(&truth).unwrap_or(Value::Null),
                     }))
                 }
             }

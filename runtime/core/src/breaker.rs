@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// `[breaker]` (and `[plugins.<name>.breaker]`): when a plugin is paused.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]

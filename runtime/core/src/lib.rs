@@ -15,18 +15,25 @@
 //! - [`store`]: sled behind a small API;
 //! - [`engine`]: batches through plugins into one store commit; reads,
 //!   snapshots, retries, shadow generations and recollection;
-//! - [`retry`]: how transient failures are retried.
+//! - [`retry`]: how transient failures are retried;
+//! - [`source`]: what an event input is (the [`source::Source`] trait) and
+//!   the narrow [`source::SourceHost`] it is given instead of the engine;
+//! - [`driver`]: the one loop that drives any source into the engine, and
+//!   its policies for paused plugins.
 //!
 //! It depends on the Wasm host (`projector-host`) and the guest SDK's
-//! version rules; it never names a source, a deploy or the HTTP layer.
+//! version rules; it never names a source's implementation, a deploy or
+//! the HTTP layer.
 
 #![deny(missing_docs)]
 
 pub mod breaker;
+pub mod driver;
 pub mod engine;
 pub mod envelope;
 pub mod record;
 pub mod retry;
+pub mod source;
 pub mod store;
 pub mod stored;
 

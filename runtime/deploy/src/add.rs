@@ -16,8 +16,8 @@
 
 use crate::shadow::{ShadowBuild, ShadowMethod, ShadowStatus};
 use crate::{Deployed, Deployer, Error, Result};
+use projector_common::sync::Recover;
 use projector_guest::Population;
-use projector_host::sync::Recover;
 use projector_host::SharedCode;
 use serde::Serialize;
 use std::sync::Arc;

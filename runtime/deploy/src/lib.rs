@@ -34,7 +34,7 @@ pub mod watch;
 
 pub use add::Removed;
 pub use deployer::{Deployed, Deployer};
-pub use projector_sources::Replay;
+pub use projector_core::source::Replay;
 pub use registry::{content_id, Entry, Registry, Version};
 pub use settings::{DeployConfig, DeploySettings, PluginSetup};
 pub use shadow::{Comparison, ShadowMethod, ShadowStatus};

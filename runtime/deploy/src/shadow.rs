@@ -4,8 +4,8 @@
 
 use crate::registry::content_id;
 use crate::{Deployed, Deployer, Error, Replay, Result};
+use projector_common::sync::Recover;
 use projector_core::engine::Projection;
-use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 

@@ -4,7 +4,7 @@
 //! plugin.
 
 use crate::Deployer;
-use projector_host::shutdown::Shutdown;
+use projector_common::shutdown::Shutdown;
 use std::sync::Arc;
 
 /// How long a file must stay unchanged before it is deployed: a copy in

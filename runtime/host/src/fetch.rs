@@ -28,9 +28,13 @@
 //! guest spends waiting on a fetch does not count against its deadline.
 //! A plugin that asks for a fresh answer (the one it got was older than
 //! the event announcing it, seed 002) bypasses the cache.
+//!
+//! Its answers are the guest SDK's [`Fetched`] and [`FetchError`]: the
+//! types a plugin receives, one definition on both sides.
 
 use crate::backoff::Backoff;
-use crate::sync::Recover;
+use projector_common::sync::Recover;
+use projector_guest::{FetchError, Fetched};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -94,30 +98,6 @@ impl ServiceConfig {
         }
         Ok(())
     }
-}
-
-/// Why a fetch gave no answer (the WIT `fetch-error`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FetchError {
-    /// The service is not configured or not on the plugin's allow-list, or the path would leave it.
-    NotAllowed(String),
-    /// The last attempt ran past the timeout.
-    Timeout,
-    /// Every attempt failed (connection error or 5xx answer); says which and why.
-    Unavailable(String),
-    /// The answer was larger than `max_response_bytes` (the limit, in bytes); not retried.
-    TooLarge(u64),
-}
-
-/// An answer (the WIT `fetched`): any status below 500.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
-    /// HTTP status of the answer (below 500).
-    pub status: u16,
-    /// Body of the answer, at most `max_response_bytes`.
-    pub body: Vec<u8>,
-    /// Served from the cache past its time to live.
-    pub stale: bool,
 }
 
 /// Counts of one service, since start.

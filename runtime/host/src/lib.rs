@@ -21,11 +21,9 @@
 pub mod backoff;
 pub mod fetch;
 pub mod native;
-pub mod shutdown;
-pub mod sync;
 pub mod wasm;
 
-use crate::sync::Recover;
+use projector_common::sync::Recover;
 use projector_guest::{ApplyResult, Difference, Event, Info};
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -263,12 +261,13 @@ pub trait Session {
         state: &[u8],
         from: &str,
     ) -> Result<Result<Option<Vec<u8>>, GuestError>, Error>;
-    /// Differences between the projection's and the source's JSON answers for `key` (empty: equal).
+    /// Differences between the projection's and the source of truth's JSON
+    /// answers for `key` (empty: equal).
     fn compare(
         &mut self,
         key: &str,
         projection: &str,
-        source: &str,
+        truth: &str,
     ) -> Result<Vec<Difference>, Error>;
 }
 

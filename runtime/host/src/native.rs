@@ -102,9 +102,9 @@ impl<P: Projection> Session for NativeSession<'_, P> {
         &mut self,
         key: &str,
         projection: &str,
-        source: &str,
+        truth: &str,
     ) -> Result<Vec<Difference>, Error> {
-        match (parse(projection), parse(source)) {
+        match (parse(projection), parse(truth)) {
             (Ok(a), Ok(b)) => Ok(self.plugin.compare(key, &a, &b)),
             (a, b) => Ok(vec![Difference {
                 path: "/".into(),

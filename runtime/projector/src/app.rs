@@ -5,16 +5,16 @@
 use crate::config::Config;
 use anyhow::Context;
 use projector_api::{Feed, ServeState, Serving};
+use projector_common::shutdown::Shutdown;
+use projector_core::driver::{self, Options, Totals, Until};
 use projector_core::engine::{self, Engine};
+use projector_core::source::Source;
 use projector_core::store::Store;
 use projector_deploy::Deployer;
 use projector_host::fetch::Fetcher;
-use projector_host::shutdown::Shutdown;
 use projector_host::wasm::WasmHost;
 use projector_sources::kafka::KafkaSource;
 use projector_sources::log::{EmbeddedLog, LogSource};
-use projector_sources::pipeline::{self, Options, Totals, Until};
-use projector_sources::Source;
 use std::sync::Arc;
 
 /// A runtime assembled from its config: the engine with every plugin
@@ -183,7 +183,7 @@ impl App {
         stop: Shutdown,
         until: Until,
     ) -> anyhow::Result<Running> {
-        pipeline::start(&self.engine, &*source)?;
+        driver::start(&self.engine, &*source)?;
         if let Some(replay) = source.replay() {
             self.deployer.set_replay(replay);
         }
@@ -197,7 +197,7 @@ impl App {
             .name("projector-pipeline".into())
             .spawn(move || {
                 let mut last_report = std::time::Instant::now();
-                pipeline::drive(&engine, &*source, &options, &stop, |p| {
+                driver::drive(&engine, &*source, &options, &stop, |p| {
                     if last_report.elapsed().as_secs() >= 5 {
                         last_report = std::time::Instant::now();
                         tracing::info!(
@@ -346,7 +346,7 @@ fn show_restores(
     stop: Shutdown,
 ) -> anyhow::Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
-    use projector_host::sync::Recover;
+    use projector_common::sync::Recover;
     std::thread::Builder::new()
         .name("projector-restore-bar".into())
         .spawn(move || {

@@ -297,9 +297,10 @@ pub struct PluginConfig {
     pub limits: LimitsPatch,
     /// The source of truth reads fall back to.
     pub truth: Option<TruthConfig>,
-    /// The older name of `truth`, still read (with a warning).
-    #[serde(default)]
-    source: Option<TruthConfig>,
+    /// `[plugins.NAME.source]`, the older name of `truth`, still read
+    /// (with a warning).
+    #[serde(default, rename = "source")]
+    truth_by_old_name: Option<TruthConfig>,
     /// The services this plugin may fetch from (its allow-list).
     #[serde(default)]
     pub services: Vec<String>,
@@ -392,7 +393,7 @@ impl Config {
             message,
         };
         for (name, p) in c.plugins.iter_mut() {
-            if let Some(old) = p.source.take() {
+            if let Some(old) = p.truth_by_old_name.take() {
                 if p.truth.is_some() {
                     return Err(bad(format!(
                         "plugins.{name}: both `truth` and its older name `source` are set; keep `truth`"
@@ -583,5 +584,26 @@ impl Config {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(text, "projector.toml", Path::new("."))
+    }
+
+    #[test]
+    fn the_truth_is_read_under_its_older_name_too() {
+        let old = parse("[plugins.x.source]\nurl = \"http://legacy/{key}\"\n").expect("parses");
+        let truth = old.plugins["x"].truth.as_ref().expect("the truth is set");
+        assert_eq!(truth.url, "http://legacy/{key}");
+        let both = parse(
+            "[plugins.x.truth]\nurl = \"http://a/{key}\"\n[plugins.x.source]\nurl = \"http://b/{key}\"\n",
+        )
+        .expect_err("refused");
+        assert!(both.message.contains("both `truth` and its older name `source`"));
     }
 }

@@ -1,6 +1,8 @@
 //! projector: a WebAssembly-pluggable event processor, the binary's
-//! library: the TOML [`config`] and the [`app`] that assembles a runtime
-//! from it (used by the CLI in `main.rs` and by the end-to-end tests).
+//! library: the TOML [`config`], the [`app`] that assembles a runtime
+//! from it, and the command line's definition ([`args`]); used by the
+//! binary (`main.rs` and its commands in `cli/`) and by the end-to-end
+//! tests.
 //!
 //! The crates below it, each importing only the ones before it:
 //!
@@ -20,4 +22,5 @@
 
 pub mod alloc;
 pub mod app;
+pub mod args;
 pub mod config;

@@ -2,10 +2,9 @@
 //! offset of a record is its line number (from 0). Blank lines are not
 //! records but keep their number, so offsets match what an editor shows.
 
-use crate::{Batch, Next, Source};
-use projector_core::engine::Engine;
+use projector_common::sync::Recover;
+use projector_core::source::{Batch, Next, Source, SourceHost};
 use projector_core::Record;
-use projector_host::sync::Recover;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -41,8 +40,8 @@ impl FileSource {
 }
 
 impl Source for FileSource {
-    fn start(&self, engine: &Arc<Engine>) -> anyhow::Result<()> {
-        let from = engine.resume_offset(&self.id, 0)?;
+    fn start(&self, host: Arc<dyn SourceHost>) -> anyhow::Result<()> {
+        let from = host.resume_offset(&self.id, 0)?;
         self.lines.lock().recover().1 = from;
         Ok(())
     }
@@ -127,5 +126,38 @@ impl LineSource {
             out.push(Record::wire(0, offset, None, std::mem::take(&mut buf)));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeHost;
+
+    fn offsets(next: Next) -> Vec<u64> {
+        match next {
+            Next::Batch(b) => b.records.iter().map(|r| r.offset).collect(),
+            Next::Idle | Next::End => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_file_resumes_at_the_line_its_host_stored_and_keeps_line_numbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.ndjson");
+        std::fs::write(&path, "{\"n\":0}\n{\"n\":1}\n\n{\"n\":3}\n{\"n\":4}\n").expect("write");
+        let source = FileSource::open(&path).expect("open");
+        let host = FakeHost::new(&["p"], &[(&file_source_id(&path), 0, 1)]);
+        source.start(host).expect("start");
+        let first = source.next_batch(2, Duration::ZERO).expect("batch");
+        assert_eq!(offsets(first), [1, 3], "line 0 is stored, line 2 is blank");
+        let rest = source.next_batch(10, Duration::ZERO).expect("batch");
+        assert_eq!(offsets(rest), [4]);
+        assert!(matches!(
+            source.next_batch(10, Duration::ZERO).expect("end"),
+            Next::End
+        ));
+        let (read, size) = source.bytes_read();
+        assert_eq!(Some(read), size, "the whole file is read");
     }
 }

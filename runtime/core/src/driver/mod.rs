@@ -1,4 +1,4 @@
-//! The pipeline: one loop that drives any [`Source`] into the engine.
+//! The driver: one loop that drives any [`Source`] into the engine.
 //!
 //! Each turn takes the next batch from the source and applies it (its
 //! delayed retries first, then its records) and looks for due retries
@@ -9,17 +9,22 @@
 //! Offsets are the store's, so running a pipeline again after a
 //! crash neither skips nor repeats an event. Progress is reported through
 //! a callback after every batch.
+//!
+//! Its policies have a file each: [`resume`] brings a paused plugin back
+//! from the source's retained records, and [`window`] keeps those records
+//! for a source that cannot replay them (a file).
 
-use crate::file::FileSource;
-use crate::log::{EmbeddedLog, LogSource};
-use crate::window::Window;
-use crate::{Next, Replay, Source};
-use projector_core::engine::{BatchSummary, Engine};
-use projector_core::store::Counters;
-use projector_host::shutdown::Shutdown;
-use std::path::Path;
+mod resume;
+mod window;
+
+use crate::breaker::BreakerState;
+use crate::engine::{BatchSummary, Engine};
+use crate::source::{Next, Replay, Source};
+use crate::store::Counters;
+use projector_common::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use window::Window;
 
 /// Totals of a pipeline run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -87,13 +92,9 @@ fn still_paused(engine: &Engine) -> String {
         .projections()
         .iter()
         .filter_map(|p| match p.breaker() {
-            projector_core::breaker::BreakerState::Open { reason, .. } => {
-                Some(format!("{} ({reason})", p.name()))
-            }
-            projector_core::breaker::BreakerState::CatchingUp { .. } => {
-                Some(format!("{} (catching up)", p.name()))
-            }
-            projector_core::breaker::BreakerState::Closed => None,
+            BreakerState::Open { reason, .. } => Some(format!("{} ({reason})", p.name())),
+            BreakerState::CatchingUp { .. } => Some(format!("{} (catching up)", p.name())),
+            BreakerState::Closed => None,
         })
         .collect();
     format!(
@@ -138,7 +139,7 @@ pub fn run(
 /// Start `source` for `engine`; one that fails to start is closed (its
 /// threads stopped) before the error is returned.
 pub fn start(engine: &Arc<Engine>, source: &dyn Source) -> anyhow::Result<()> {
-    source.start(engine).inspect_err(|_| {
+    source.start(engine.clone()).inspect_err(|_| {
         if let Err(e) = source.close() {
             tracing::warn!("closing a source that failed to start: {e}");
         }
@@ -198,13 +199,12 @@ fn turn(
         if retried_at.elapsed() >= RETRY_POLL {
             retried_at = Instant::now();
             // Due retries are committed at once, with all pending work.
-            if engine.retry_due(projector_core::now_ms())? > 0 {
+            if engine.retry_due(crate::now_ms())? > 0 {
                 source.durable();
             }
             // Paused plugins: probe, catch up, rejoin.
             if let Some(replay) = &replay {
-                let caught_up =
-                    crate::resume::step(engine, replay.as_ref(), projector_core::now_ms())?;
+                let caught_up = resume::step(engine, replay.as_ref(), crate::now_ms())?;
                 totals.counters.add(&caught_up);
             }
             if let Some(w) = &window {
@@ -284,39 +284,5 @@ fn turn(
     Ok(totals)
 }
 
-/// Replay an NDJSON file (or `-` for stdin) into the engine, to its end.
-pub fn replay_file(
-    engine: &Arc<Engine>,
-    path: &Path,
-    batch_size: usize,
-    progress: impl FnMut(Progress),
-) -> anyhow::Result<Totals> {
-    let source = FileSource::open(path)?;
-    let options = Options::new(batch_size, Until::Stopped);
-    run(engine, &source, &options, &Shutdown::new(), progress)
-}
-
-/// Follow the embedded log into the engine until `stop` is set, or, with
-/// `exit_when_idle`, until every partition is caught up.
-pub fn run_log(
-    engine: &Arc<Engine>,
-    log: &Arc<EmbeddedLog>,
-    batch_size: usize,
-    stop: &Shutdown,
-    exit_when_idle: bool,
-    progress: impl FnMut(Progress),
-) -> anyhow::Result<Totals> {
-    let until = if exit_when_idle {
-        Until::Idle
-    } else {
-        Until::Stopped
-    };
-    let source = LogSource::new(log.clone());
-    run(
-        engine,
-        &source,
-        &Options::new(batch_size, until),
-        stop,
-        progress,
-    )
-}
+#[cfg(test)]
+mod tests;

@@ -5,10 +5,10 @@
 //! the live path between two batches; if they fail as before, it waits
 //! for the next probe (each wait doubled).
 
-use crate::Replay;
-use projector_core::breaker::BreakerState;
-use projector_core::engine::{Engine, Projection};
-use projector_core::store::Counters;
+use crate::breaker::BreakerState;
+use crate::engine::{Engine, Projection};
+use crate::source::Replay;
+use crate::store::Counters;
 use std::sync::Arc;
 
 /// Records a probe replays.
@@ -72,7 +72,7 @@ fn step_one(
             let mut at = from;
             while at < to {
                 let records = replay.read(source, partition, at, STEP).map_err(|e| {
-                    projector_core::engine::Error::Guest {
+                    crate::engine::Error::Guest {
                         plugin: p.name().into(),
                         message: format!("reading {source}/{partition} from {at}: {e:#}"),
                     }

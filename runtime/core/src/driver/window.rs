@@ -1,13 +1,13 @@
 //! The records a source that cannot replay them (a file, stdin) handed
 //! out while a plugin's breaker held it back, kept in memory: what the
-//! paused plugin is brought back from ([`crate::resume`]). The pipeline
+//! paused plugin is brought back from ([`super::resume`]). The pipeline
 //! takes no new batch while the window is full, so memory stays bounded
 //! and an outage costs no dead letter: the input waits instead.
 
-use crate::Replay;
-use projector_core::engine::Engine;
-use projector_core::Record;
-use projector_host::sync::Recover;
+use crate::engine::Engine;
+use crate::source::Replay;
+use crate::Record;
+use projector_common::sync::Recover;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
@@ -39,7 +39,7 @@ impl Window {
 
     /// Drop what every generation has applied (before where each
     /// partition would resume).
-    pub(crate) fn trim(&self, engine: &Engine) -> projector_core::engine::Result<()> {
+    pub(crate) fn trim(&self, engine: &Engine) -> crate::engine::Result<()> {
         let mut held = self.held.lock().recover();
         for ((source, partition), records) in held.iter_mut() {
             let applied = engine.resume_offset(source, *partition)?;

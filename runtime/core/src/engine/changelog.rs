@@ -9,7 +9,7 @@
 //! source offsets that partition's views now cover.
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// Where a plugin's views live among the partitions of the source, and
 /// the records that follow them to a changelog.

@@ -2,7 +2,7 @@
 //! batch, at most every commit interval.
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// What store commits have cost since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

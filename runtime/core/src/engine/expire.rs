@@ -9,8 +9,8 @@
 //! event that comes after its view expired starts a new view.
 
 use super::*;
-use projector_host::shutdown::Shutdown;
-use projector_host::sync::Recover;
+use projector_common::shutdown::Shutdown;
+use projector_common::sync::Recover;
 
 /// How long a projection's views live, where the sweep is, and what
 /// expired since start.

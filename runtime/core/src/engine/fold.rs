@@ -4,7 +4,7 @@
 
 use super::group::Groups;
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,8 +68,79 @@ pub(super) struct KeyResult<'e, 'k> {
     pub(super) key: &'k str,
     pub(super) change: Option<Option<ViewRecord>>,
     pub(super) counters: Counters,
-    /// (event, offset, error, transient).
-    pub(super) failures: Vec<(&'e Event, u64, plugin::Error, bool)>,
+    pub(super) failures: Vec<Failure<'e>>,
+}
+
+/// An event that failed for a key: (event, offset, error, transient).
+pub(super) type Failure<'e> = (&'e Event, u64, plugin::Error, bool);
+
+/// What the verdicts on one key's events add up to.
+struct Tally<'e> {
+    counters: Counters,
+    failures: Vec<Failure<'e>>,
+    /// An event applied to or invalidated the view.
+    changed: bool,
+    /// The view's update time: the latest applied event's, or the one it had.
+    latest: i64,
+}
+
+impl<'e> Tally<'e> {
+    /// Nothing counted yet of `received` events, for a view last updated
+    /// at `updated_ms`.
+    fn new(received: usize, updated_ms: i64) -> Self {
+        Tally {
+            counters: Counters {
+                received: received as u64,
+                ..Default::default()
+            },
+            failures: Vec::new(),
+            changed: false,
+            latest: updated_ms,
+        }
+    }
+
+    /// Count the `verdicts` of the plugin named `name` on the events of
+    /// `events` at `indexes`.
+    fn count(
+        &mut self,
+        indexes: &[usize],
+        events: &[(u64, &'e Event)],
+        verdicts: Vec<Verdict<CallError<plugin::Error>>>,
+        name: &str,
+    ) {
+        for (&i, verdict) in indexes.iter().zip(verdicts) {
+            let (offset, event) = events[i];
+            match verdict {
+                Verdict::Applied => {
+                    self.counters.applied += 1;
+                    self.latest = self.latest.max(event.time_ms);
+                    self.changed = true;
+                }
+                Verdict::Invalidated => {
+                    self.counters.invalidated += 1;
+                    self.changed = true;
+                }
+                Verdict::Skipped(Decision::Apply | Decision::Invalidate) => {
+                    unreachable!("fold_key never skips with an apply or invalidate decision")
+                }
+                Verdict::Skipped(_) => self.counters.skipped += 1,
+                Verdict::Failed(e) => {
+                    self.counters.dead_lettered += 1;
+                    let (error, transient) = match e {
+                        CallError::Host(e) => (e, false),
+                        CallError::Plugin(e) => (
+                            plugin::Error::Guest {
+                                plugin: name.into(),
+                                message: e.to_string(),
+                            },
+                            e.kind == projector_guest::ErrorKind::Transient,
+                        ),
+                    };
+                    self.failures.push((event, offset, error, transient));
+                }
+            }
+        }
+    }
 }
 
 impl<'a> BatchCtx<'a> {
@@ -366,108 +437,90 @@ impl<'a> BatchCtx<'a> {
                 failures: Vec::new(),
             });
         }
-        let code = &p.code;
         let existed = before.is_some();
-        let mut latest = before.as_ref().map_or(0, |r| r.updated_ms);
+        let updated_ms = before.as_ref().map_or(0, |r| r.updated_ms);
         let (view, verdicts) = rules::fold_key(
             before.as_deref().map(|r| &r.view),
             p.population,
-            code.info().stale_policy,
+            p.code.info().stale_policy,
             mine,
-            |state, run| -> Result<ApplyResult, plugin::Error> {
+            |state, run| {
                 let batch: Vec<&Event> = run.iter().map(|&i| mine[i]).collect();
-                let mut r = match first.take() {
-                    Some(r) => r,
-                    None => session.apply(key, state, &batch)?,
-                };
-                // Blocking retries: a transient failure of the run's first
-                // event is tried again at once, a few times, before it
-                // goes to the delayed retries.
-                let mut n = 0;
-                while r.applied == 0
-                    && n < self.retry.blocking
-                    && r.error
-                        .as_ref()
-                        .is_some_and(|e| e.kind == projector_guest::ErrorKind::Transient)
-                {
-                    n += 1;
-                    std::thread::sleep(self.retry.blocking_delay(n));
-                    r = session.apply(key, state, &batch)?;
-                }
-                if let Outcome::Put(s) = &r.outcome {
-                    check_state(code, s)?;
-                }
-                Ok(r)
+                self.apply_run(session, key, state, &batch, first.take())
             },
         );
-        let mut counters = Counters {
-            received: mine.len() as u64,
-            ..Default::default()
-        };
-        let mut failures = Vec::new();
-        let mut changed = false;
-        for (&i, verdict) in indexes.iter().zip(verdicts) {
-            let (offset, event) = events[i];
-            match verdict {
-                Verdict::Applied => {
-                    counters.applied += 1;
-                    latest = latest.max(event.time_ms);
-                    changed = true;
-                }
-                Verdict::Invalidated => {
-                    counters.invalidated += 1;
-                    changed = true;
-                }
-                Verdict::Skipped(Decision::Apply | Decision::Invalidate) => {
-                    unreachable!("fold_key never skips with an apply or invalidate decision")
-                }
-                Verdict::Skipped(_) => counters.skipped += 1,
-                Verdict::Failed(e) => {
-                    counters.dead_lettered += 1;
-                    let (error, transient) = match e {
-                        CallError::Host(e) => (e, false),
-                        CallError::Plugin(e) => (
-                            plugin::Error::Guest {
-                                plugin: code.name().into(),
-                                message: e.to_string(),
-                            },
-                            e.kind == projector_guest::ErrorKind::Transient,
-                        ),
-                    };
-                    failures.push((event, offset, error, transient));
-                }
-            }
-        }
+        let mut tally = Tally::new(mine.len(), updated_ms);
+        tally.count(indexes, events, verdicts, p.code.name());
         if self.watch {
-            let last = failures.last().map(|(_, _, e, _)| e.to_string());
-            let opened = p.breaker.record(
-                now_ms(),
-                mine.len() as u64,
-                failures.len() as u64,
-                last.as_deref().unwrap_or_default(),
-            );
-            if opened {
-                tracing::warn!(
-                    plugin = p.name(),
-                    reason = ?p.breaker.state(),
-                    "breaker open: the plugin is paused, its events wait in the source"
-                );
-            }
+            self.watch_breaker(mine.len(), &tally.failures);
         }
-        let change = match (changed, view) {
+        let change = match (tally.changed, view) {
             (false, _) => None,
             (true, Some(view)) => Some(Some(ViewRecord {
                 view: view.into_owned(),
-                updated_ms: latest,
+                updated_ms: tally.latest,
             })),
             (true, None) => existed.then_some(None),
         };
         Ok(KeyResult {
             key,
             change,
-            counters,
-            failures,
+            counters: tally.counters,
+            failures: tally.failures,
         })
+    }
+
+    /// One `apply` of a run of `key`'s events (`first`: its answer when it
+    /// was made ahead). A transient failure of the run's first event is
+    /// tried again at once, a few times, before it goes to the delayed
+    /// retries; a state put is checked against the plugin's limits.
+    fn apply_run(
+        &self,
+        session: &mut dyn Session,
+        key: &str,
+        state: Option<&[u8]>,
+        batch: &[&Event],
+        first: Option<ApplyResult>,
+    ) -> Result<ApplyResult, plugin::Error> {
+        let mut r = match first {
+            Some(r) => r,
+            None => session.apply(key, state, batch)?,
+        };
+        let mut n = 0;
+        while r.applied == 0
+            && n < self.retry.blocking
+            && r.error
+                .as_ref()
+                .is_some_and(|e| e.kind == projector_guest::ErrorKind::Transient)
+        {
+            n += 1;
+            std::thread::sleep(self.retry.blocking_delay(n));
+            r = session.apply(key, state, batch)?;
+        }
+        if let Outcome::Put(s) = &r.outcome {
+            check_state(&self.projection.code, s)?;
+        }
+        Ok(r)
+    }
+
+    /// Count a key's `received` events and `failures` in the plugin's
+    /// breaker; warn when that opens it.
+    fn watch_breaker(&self, received: usize, failures: &[Failure<'_>]) {
+        let p = self.projection;
+        let last = failures.last().map(|(_, _, e, _)| e.to_string());
+        let opened = p.breaker.record(
+            now_ms(),
+            received as u64,
+            failures.len() as u64,
+            last.as_deref().unwrap_or_default(),
+        );
+        if opened {
+            tracing::warn!(
+                plugin = p.name(),
+                reason = ?p.breaker.state(),
+                "breaker open: the plugin is paused, its events wait in the source"
+            );
+        }
     }
 
     pub(super) fn dead_letter(

@@ -2,7 +2,7 @@
 //! one (rebuilt or seeded), joined to the live path, switched, retired.
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 impl Engine {
     /// A new generation of plugin `code.name()`: its views in their own

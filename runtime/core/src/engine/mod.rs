@@ -24,9 +24,9 @@ use crate::store::{
     AuditRun, Counters, DeadLetter, OutboxRecord, RetryEntry, Store, ViewRecord, Writer,
 };
 use compact_str::CompactString;
+use projector_common::sync::Recover;
 use projector_guest::rules::{self, CallError, Decision, Status, Verdict, Versions, View};
 use projector_guest::{ApplyResult, Event, Outcome, Population};
-use projector_host::sync::Recover;
 use projector_host::{self as plugin, EventBatch, Session, SharedCode};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;

@@ -3,7 +3,7 @@
 //! paused plugin back to the live path.
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 impl Engine {
     /// Default breaker settings of every plugin (before any is loaded).

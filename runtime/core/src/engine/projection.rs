@@ -2,7 +2,7 @@
 //! and rendered answers.
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// A loaded projection: its code and where its views live.
 pub struct Projection {

@@ -2,7 +2,7 @@
 //! truth (lazy population).
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// A view as a reader gets it.
 #[derive(Debug, Clone)]

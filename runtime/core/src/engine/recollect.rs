@@ -1,7 +1,7 @@
 //! Recollection: views rebuilt from their sources, key by key.
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// What a recollection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! dead letters kept and routed to the source (Kafka topics).
 
 use super::*;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 
 /// Where delayed retries and dead letters go besides the store: a Kafka
 /// source sends them to its retry and dead-letter topics through the

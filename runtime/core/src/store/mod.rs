@@ -28,9 +28,9 @@ pub use key_states::{KeyState, KeyStates};
 pub use unapplied::MaterializerStats;
 pub(crate) use writer::Writer;
 
+use projector_common::sync::Recover;
 use projector_guest::rules::View;
 use projector_guest::Event;
-use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -17,7 +17,7 @@
 //! pipeline slows down instead of memory growing).
 
 use super::{Error, Result, ViewRecord};
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
 use rustc_hash::FxHashMap;
 use sled::IVec;
 use std::collections::{HashMap, VecDeque};

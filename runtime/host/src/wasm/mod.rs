@@ -361,7 +361,7 @@ impl enrichment::Host for HostState {
             .fetcher
             .fetch(&services.allowed, &service, &path, fresh);
         self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
-        use crate::fetch::FetchError as E;
+        use projector_guest::FetchError as E;
         match answer {
             Ok(f) => Ok(wit::Fetched {
                 status: f.status,

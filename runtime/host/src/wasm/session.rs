@@ -3,7 +3,7 @@
 
 use super::pack::*;
 use super::*;
-use crate::sync::Recover;
+use projector_common::sync::Recover;
 
 pub(super) struct WasmSession<'a> {
     plugin: &'a WasmPlugin,
@@ -413,11 +413,11 @@ impl Session for WasmSession<'_> {
         &mut self,
         key: &str,
         projection: &str,
-        source: &str,
+        truth: &str,
     ) -> Result<Vec<Difference>, Error> {
         let r = self.call(1, |s, i| {
             i.projector_plugin_comparison()
-                .call_compare(s, key, projection, source)
+                .call_compare(s, key, projection, truth)
         })?;
         Ok(match r {
             wit::Verdict::Equal => Vec::new(),

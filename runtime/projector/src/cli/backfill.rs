@@ -7,34 +7,10 @@
 use super::plugin::{admin, admin_with, api_base};
 use super::read_input;
 use indicatif::{ProgressBar, ProgressStyle};
+pub(crate) use projector::args::BackfillArgs as Args;
 use projector::config::Config;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// What to backfill and how fast.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    pub(crate) plugin: String,
-    /// The keys, one per line (`-` for stdin).
-    #[arg(long)]
-    pub(crate) keys: Option<PathBuf>,
-    /// Keys started per second, at most.
-    #[arg(long, default_value_t = 100.0)]
-    pub(crate) rate: f64,
-    /// Keys in flight at once, at most.
-    #[arg(long, default_value_t = 4)]
-    pub(crate) concurrency: usize,
-    /// Follow the plugin's backfill already under way.
-    #[arg(long)]
-    pub(crate) follow: bool,
-    /// Stop the plugin's backfill and forget its keys.
-    #[arg(long)]
-    pub(crate) cancel: bool,
-    /// The runtime's API (default: `http.listen` of the config).
-    #[arg(long)]
-    pub(crate) api: Option<String>,
-}
 
 pub(crate) fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let base = api_base(config, args.api);

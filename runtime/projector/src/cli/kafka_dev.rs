@@ -1,7 +1,7 @@
 //! `projector kafka-dev`: librdkafka's mock cluster in this process.
 
 use super::signals::{spawn_signal_handler, stop_signals};
-use projector_host::shutdown::Shutdown;
+use projector_common::shutdown::Shutdown;
 
 pub(crate) fn run(
     topics: &[String],

@@ -14,10 +14,10 @@ pub(crate) mod test_plugin;
 pub(crate) mod verify;
 pub(crate) mod view;
 
-pub(crate) use crate::PluginAction;
 use anyhow::Context;
 use projector::app::App;
-use projector_sources::pipeline::Totals;
+pub(crate) use projector::args::PluginAction;
+use projector_core::driver::Totals;
 use std::path::Path;
 
 pub(crate) fn plugin_names(app: &App) -> Vec<String> {

@@ -5,30 +5,9 @@
 //! says how to build, test, deploy in shadow mode and promote.
 
 use anyhow::{bail, Context};
+use projector::args::Lang;
+pub(crate) use projector::args::NewArgs as Args;
 use std::path::{Path, PathBuf};
-
-/// What to make, and where.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    pub(crate) name: String,
-    /// The plugin's language.
-    #[arg(long, value_enum, default_value_t = Lang::Rust)]
-    pub(crate) lang: Lang,
-    /// Where (default: ./NAME).
-    #[arg(long)]
-    pub(crate) dir: Option<PathBuf>,
-    /// The plugin SDK (default: guest-sdk/ of the checkout this projector was built from).
-    #[arg(long)]
-    pub(crate) sdk: Option<PathBuf>,
-}
-
-/// A language plugins are written in.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Lang {
-    Rust,
-    /// TypeScript (or JavaScript), with the SDK in `guest-sdk/js`.
-    Ts,
-}
 
 /// The SDK beside this build of projector (a checkout), if there is one.
 fn sdk_here() -> Option<PathBuf> {

@@ -4,7 +4,7 @@ use super::print_summary;
 use indicatif::{ProgressBar, ProgressStyle};
 use projector::app::App;
 use projector::config::Config;
-use projector_sources::pipeline;
+use projector_sources::run;
 use std::path::Path;
 
 pub(crate) fn run(config: Config, file: &Path) -> anyhow::Result<()> {
@@ -16,7 +16,7 @@ pub(crate) fn run(config: Config, file: &Path) -> anyhow::Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let totals = pipeline::replay_file(&app.engine, file, app.config.engine.batch_size, |p| {
+    let totals = run::replay_file(&app.engine, file, app.config.engine.batch_size, |p| {
         if let Some(size) = p.size {
             bar.set_length(size);
         }

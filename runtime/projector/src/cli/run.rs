@@ -5,7 +5,7 @@ use super::signals::{spawn_signal_handler, stop_signals};
 use super::{plugin_names, print_summary, read_input};
 use projector::app::{App, Running};
 use projector::config::Config;
-use projector_host::shutdown::Shutdown;
+use projector_common::shutdown::Shutdown;
 use projector_sources::log::EmbeddedLog;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! SIGINT and SIGTERM stop the runtime after its current batch.
 
-use projector_host::shutdown::Shutdown;
+use projector_common::shutdown::Shutdown;
 
 /// Stop the signal listener (if no signal stopped it) and wait for it.
 pub(crate) fn stop_signals(stop: &Shutdown, signals: std::thread::JoinHandle<()>) {

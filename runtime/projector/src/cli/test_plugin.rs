@@ -7,38 +7,13 @@
 
 use anyhow::{bail, Context};
 use projector::app::App;
+pub(crate) use projector::args::TestArgs as Args;
 use projector::config::Config;
-use projector_sources::pipeline;
+use projector_sources::run;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// What to test.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    /// The plugin's `.wasm`.
-    pub(crate) wasm: PathBuf,
-    /// The events, NDJSON.
-    #[arg(long)]
-    pub(crate) events: PathBuf,
-    /// The golden views, one `<key>.json` each.
-    #[arg(long)]
-    pub(crate) expect: PathBuf,
-    /// Write the golden files from this run instead of comparing.
-    #[arg(long)]
-    pub(crate) update: bool,
-    /// The plugin's settings, as a JSON object.
-    #[arg(long)]
-    pub(crate) settings: Option<String>,
-    /// `eager` (every event makes views) or `lazy` (the plugin's own
-    /// way: views only from snapshots).
-    #[arg(long, default_value = "eager")]
-    pub(crate) population: String,
-    /// Read time to render at (default: the last event's time).
-    #[arg(long)]
-    pub(crate) at_ms: Option<i64>,
-}
 
 /// Every view of one run: key → rendered answer (or its status when it
 /// has none), and the dead letters as (key, reason, error).
@@ -178,7 +153,7 @@ fn once(
     doc.insert("plugins".into(), table.into());
     let config = Config::parse(&toml::to_string(&doc)?, "projector test", dir.path())?;
     let app = App::open(config)?;
-    pipeline::replay_file(&app.engine, &args.events, 4096, |_| {})
+    run::replay_file(&app.engine, &args.events, 4096, |_| {})
         .with_context(|| format!("replaying {}", args.events.display()))?;
     app.engine.commit()?;
     let p = app.engine.projection(name)?;

@@ -7,34 +7,10 @@
 use super::plugin::{admin_with, api_base};
 use super::read_input;
 use indicatif::ProgressBar;
+pub(crate) use projector::args::VerifyArgs as Args;
 use projector::config::Config;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// What to verify.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    pub(crate) plugin: String,
-    /// Stored keys to check, spread over the key space.
-    #[arg(long, default_value_t = 1000)]
-    pub(crate) sample: usize,
-    /// Check these keys instead, one per line (`-` for stdin).
-    #[arg(long)]
-    pub(crate) keys: Option<PathBuf>,
-    /// Mark mismatched views Invalid, for the next read or a backfill to heal.
-    #[arg(long)]
-    pub(crate) repair: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub(crate) json: bool,
-    /// Source requests in flight at once.
-    #[arg(long, default_value_t = 8)]
-    pub(crate) concurrency: usize,
-    /// The runtime's API (default: `http.listen` of the config).
-    #[arg(long)]
-    pub(crate) api: Option<String>,
-}
 
 /// The outcomes of a report, with what the text report calls them.
 const OUTCOMES: [(&str, &str); 7] = [

@@ -7,11 +7,11 @@ use super::config::source_id;
 use super::config::KafkaConfig;
 use super::route::retry_entry;
 use super::stats::{KafkaStats, PartitionLag};
-use projector_core::engine::Engine;
+use projector_common::shutdown::Shutdown;
+use projector_common::sync::Recover;
+use projector_core::source::SourceHost;
 use projector_core::store::RetryEntry;
 use projector_core::Record;
-use projector_host::shutdown::Shutdown;
-use projector_host::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
@@ -59,7 +59,7 @@ pub(crate) struct Queues {
 }
 
 pub(crate) struct Shared {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) host: Arc<dyn SourceHost>,
     pub(crate) config: KafkaConfig,
     pub(crate) retry_topics: HashSet<String>,
     pub(crate) queues: Mutex<Queues>,
@@ -80,9 +80,9 @@ impl Shared {
     fn resume(&self, topic: &str, partition: i32) -> projector_core::engine::Result<u64> {
         let source = source_id(topic);
         if self.retry_topics.contains(topic) {
-            self.engine.retry_resume_offset(&source, partition as u32)
+            self.host.retry_resume_offset(&source, partition as u32)
         } else {
-            self.engine.resume_offset(&source, partition as u32)
+            self.host.resume_offset(&source, partition as u32)
         }
     }
 
@@ -91,11 +91,11 @@ impl Shared {
     /// and finds it complete.
     fn drain_spool(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
-        let store = self.engine.store();
-        while store.outbox_count() > 0 {
+        let spool = self.host.spool();
+        while spool.pending() > 0 {
             if Instant::now() > deadline {
                 tracing::warn!(
-                    spooled = store.outbox_count(),
+                    spooled = spool.pending(),
                     "releasing partitions with changelog records not yet sent; \
                      their next owner restores an older state and replays from there"
                 );
@@ -124,7 +124,7 @@ impl Shared {
             m.dirty.store(true, Ordering::Relaxed);
         }
         super::restore::restore_partitions(
-            &self.engine,
+            self.host.as_ref(),
             &self.config,
             &numbers,
             &self.stats,
@@ -158,7 +158,7 @@ impl Shared {
             .filter_map(|p| q.parts.remove(p).map(|part| (p.clone(), part)))
             .collect();
         drop(q);
-        if let Err(e) = self.engine.commit() {
+        if let Err(e) = self.host.commit() {
             tracing::error!("commit before releasing partitions: {e}");
         }
         if self.config.changelog {
@@ -313,7 +313,7 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
     let high = config.max_buffered_records;
     let low = high / 2;
     let commit_every = shared
-        .engine
+        .host
         .commit_interval()
         .max(Duration::from_millis(100));
     let mut last_commit = Instant::now();

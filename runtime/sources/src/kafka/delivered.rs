@@ -7,35 +7,18 @@
 //! partition it still has records for, and drops those found there.
 
 use super::config::{header, KafkaConfig};
-use projector_core::store::{OutboxRecord, Store};
+use projector_core::source::Spool;
+use projector_core::store::OutboxRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// The store setting naming this store's spool.
-const SPOOL_ID: &str = "kafka/spool-id";
 /// Records read back per step, from a partition's end toward its start.
 const STEP: i64 = 1000;
 /// Records read back per partition, at most.
 const MAX_SCAN: i64 = 100_000;
-
-/// This store's spool id, made on first use: what tells its records apart
-/// from other instances' in a shared topic.
-pub(crate) fn spool_id(store: &Store) -> anyhow::Result<String> {
-    if let Some(id) = store.setting(SPOOL_ID)? {
-        return Ok(String::from_utf8_lossy(&id).into_owned());
-    }
-    // Unique enough among the stores producing to one topic: the time
-    // the store first spooled, to the nanosecond, and the process.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let id = format!("{nanos:x}-{:x}", std::process::id());
-    store.set_setting(SPOOL_ID, Some(id.as_bytes()))?;
-    Ok(id)
-}
 
 /// The value of [`header::SPOOL`] for record `seq` of spool `id`.
 pub(crate) fn spool_header(id: &str, seq: u64) -> String {
@@ -47,7 +30,7 @@ pub(crate) fn spool_header(id: &str, seq: u64) -> String {
 /// its end until a record of this spool older than the oldest pending one
 /// shows (or [`MAX_SCAN`] records).
 pub(crate) fn already_delivered(
-    store: &Store,
+    spool: &dyn Spool,
     config: &KafkaConfig,
     id: &str,
 ) -> anyhow::Result<Vec<u64>> {
@@ -55,7 +38,7 @@ pub(crate) fn already_delivered(
     let mut wanted: HashSet<u64> = HashSet::new();
     let mut after = None;
     loop {
-        let page: Vec<OutboxRecord> = store.outbox(after, &HashSet::new(), 10_000)?;
+        let page: Vec<OutboxRecord> = spool.read(after, &HashSet::new(), 10_000)?;
         let Some(last) = page.last().map(|r| r.seq) else {
             break;
         };

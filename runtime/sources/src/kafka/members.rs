@@ -14,10 +14,10 @@
 use super::config::KafkaConfig;
 use super::placement::Placement;
 use super::stats::KafkaStats;
-use crate::{Owner, Router};
+use projector_common::shutdown::Shutdown;
+use projector_common::sync::Recover;
 use projector_core::now_ms;
-use projector_host::shutdown::Shutdown;
-use projector_host::sync::Recover;
+use projector_core::source::{Owner, Router};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

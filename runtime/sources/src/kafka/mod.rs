@@ -39,7 +39,7 @@
 //!
 //! Map: [`config`] (`[source.kafka]`, topic names, headers), `admin`
 //! (partition counts, topic creation), `consumer` (the polling thread,
-//! rebalances, backpressure), [`source`] (the [`Source`](crate::Source)
+//! rebalances, backpressure), [`source`] (the [`Source`](projector_core::source::Source)
 //! the pipeline drives), `route` (failures to topics), `spool` (the
 //! producer), `delivered` (what the broker already holds), [`replay`] (shadow rebuilds), [`stats`].
 
@@ -61,94 +61,3 @@ pub use config::{header, source_id, KafkaConfig, KeyPart, Partitioner};
 pub use replay::KafkaRetained;
 pub use source::KafkaSource;
 pub use stats::{KafkaStats, PartitionLag};
-
-use crate::pipeline::{self, Options, Until};
-use projector_core::engine::Engine;
-use projector_host::shutdown::Shutdown;
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-/// Totals of a Kafka run.
-#[derive(Debug, Default, Clone)]
-pub struct KafkaTotals {
-    /// Records taken from the topics (retries included).
-    pub records: u64,
-    /// Events applied, over every plugin.
-    pub applied: u64,
-    /// How long the run took.
-    pub elapsed: Duration,
-}
-
-/// A Kafka source driven into the engine by the pipeline, on a thread of
-/// its own, until [`KafkaRun::stop`].
-pub struct KafkaRun {
-    stop: Shutdown,
-    /// The source's live counters.
-    pub stats: Arc<KafkaStats>,
-    pipeline: Option<JoinHandle<anyhow::Result<KafkaTotals>>>,
-}
-
-impl KafkaRun {
-    /// Join the group and consume `config.topics` into `engine`, in
-    /// batches of `batch_size`, committing at the engine's interval.
-    pub fn start(
-        engine: Arc<Engine>,
-        config: KafkaConfig,
-        batch_size: usize,
-    ) -> anyhow::Result<KafkaRun> {
-        let source = Arc::new(KafkaSource::new(config)?);
-        // Started here, so that a broker or topic missing fails the call.
-        pipeline::start(&engine, &*source)?;
-        let stop = Shutdown::new();
-        let pipeline = {
-            let (source, stop) = (source.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("projector-pipeline".into())
-                .spawn(move || {
-                    let started = Instant::now();
-                    let options = Options::new(batch_size, Until::Stopped);
-                    let totals = pipeline::drive(&engine, &*source, &options, &stop, |_| {})?;
-                    Ok(KafkaTotals {
-                        records: totals.records,
-                        applied: totals.counters.applied,
-                        elapsed: started.elapsed(),
-                    })
-                })?
-        };
-        let stats = source.stats.clone();
-        Ok(KafkaRun {
-            stop,
-            stats,
-            pipeline: Some(pipeline),
-        })
-    }
-
-    /// Ask the pipeline to finish (the batch in flight is completed and
-    /// committed, the group is left).
-    pub fn stop(&self) {
-        self.stop.stop();
-    }
-
-    /// Whether the pipeline has ended.
-    pub fn is_finished(&self) -> bool {
-        self.pipeline.as_ref().is_none_or(|p| p.is_finished())
-    }
-
-    /// Stop and wait for every thread.
-    pub fn join(mut self) -> anyhow::Result<KafkaTotals> {
-        self.stop();
-        match self.pipeline.take() {
-            Some(p) => p
-                .join()
-                .map_err(|_| anyhow::anyhow!("the Kafka pipeline thread panicked"))?,
-            None => Ok(KafkaTotals::default()),
-        }
-    }
-}
-
-impl Drop for KafkaRun {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}

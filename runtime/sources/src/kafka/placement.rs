@@ -19,9 +19,9 @@
 
 use super::config::{header, KafkaConfig, Partitioner};
 use super::stats::KafkaStats;
+use projector_common::sync::Recover;
 use projector_core::engine::Changelog;
 use projector_core::store::{changelog_value, OutboxRecord, ViewRecord};
-use projector_host::sync::Recover;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

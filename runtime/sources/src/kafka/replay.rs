@@ -3,9 +3,9 @@
 
 use super::config::{source_id, KafkaConfig};
 use super::stats::KafkaStats;
-use crate::Replay;
+use projector_common::sync::Recover;
+use projector_core::source::Replay;
 use projector_core::Record;
-use projector_host::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};

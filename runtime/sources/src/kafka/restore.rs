@@ -14,8 +14,8 @@
 use super::config::{header, KafkaConfig};
 use super::placement::OffsetsValue;
 use super::stats::KafkaStats;
-use projector_core::engine::Engine;
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
+use projector_core::source::SourceHost;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -220,7 +220,7 @@ impl Follower {
 
     /// Read up to `max` records, to the end seen now, and put into the
     /// store what offsets records closed; (records read, views put).
-    pub(crate) fn step(&mut self, engine: &Engine, max: u64) -> anyhow::Result<(u64, u64)> {
+    pub(crate) fn step(&mut self, host: &dyn SourceHost, max: u64) -> anyhow::Result<(u64, u64)> {
         let (_, high) = self.reader.watermarks(self.partition);
         let to: BTreeMap<i32, i64> = [(self.partition, high)].into();
         let fold = &mut self.fold;
@@ -236,10 +236,10 @@ impl Follower {
             let want = (max - records).min(CHUNK as u64);
             records += self.reader.read(&to, want, |_, c| fold.take(c))?;
             if fold.ready.len() >= CHUNK {
-                views += fold.flush(engine, &self.plugin, self.partition)?;
+                views += fold.flush(host, &self.plugin, self.partition)?;
             }
         }
-        views += fold.flush(engine, &self.plugin, self.partition)?;
+        views += fold.flush(host, &self.plugin, self.partition)?;
         Ok((records, views))
     }
 }
@@ -252,15 +252,14 @@ pub(crate) type Followers = std::sync::Mutex<HashMap<(String, i32), Follower>>;
 /// of the store: a partition a standby followed goes on from where the
 /// standby was; the others are read all at once, by one consumer.
 pub(crate) fn restore_partitions(
-    engine: &Engine,
+    host: &dyn SourceHost,
     config: &KafkaConfig,
     partitions: &BTreeSet<i32>,
     stats: &KafkaStats,
     followers: &Followers,
 ) -> anyhow::Result<()> {
     let consumer = changelog_consumer(config)?;
-    for p in engine.projections() {
-        let name = p.name().to_string();
+    for name in host.plugins() {
         let started = Instant::now();
         let mut done: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
         for partition in partitions {
@@ -269,7 +268,7 @@ pub(crate) fn restore_partitions(
                 .recover()
                 .remove(&(name.clone(), *partition));
             if let Some(mut f) = taken {
-                let (records, views) = f.step(engine, u64::MAX)?;
+                let (records, views) = f.step(host, u64::MAX)?;
                 done.insert(*partition, (records, views));
             }
         }
@@ -279,10 +278,10 @@ pub(crate) fn restore_partitions(
             .filter(|p| !done.contains_key(p))
             .collect();
         let mut reader = Reader::new(consumer.clone(), &config.changelog_topic(&name));
-        let behind = behind(engine, &mut reader, &name, &rest)?;
+        let behind = behind(host, &mut reader, &name, &rest)?;
         if !behind.is_empty() {
             tracing::info!(plugin = name, partitions = ?behind.keys().collect::<Vec<_>>(), "restoring from the changelog");
-            for (partition, counts) in restore_all(engine, &mut reader, &name, &behind, stats)? {
+            for (partition, counts) in restore_all(host, &mut reader, &name, &behind, stats)? {
                 done.insert(partition, counts);
             }
         }
@@ -324,7 +323,7 @@ pub(crate) fn restore_partitions(
 /// by their newest offsets record (read from their tails), with their
 /// (low, high) watermarks.
 fn behind(
-    engine: &Engine,
+    host: &dyn SourceHost,
     reader: &mut Reader,
     plugin: &str,
     partitions: &BTreeSet<i32>,
@@ -350,7 +349,7 @@ fn behind(
     })?;
     let mut out = BTreeMap::new();
     for (p, (low, high)) in marks {
-        let have: HashMap<String, u64> = engine
+        let have: HashMap<String, u64> = host
             .partition_offsets(plugin, p as u32)?
             .into_iter()
             .collect();
@@ -372,7 +371,7 @@ fn behind(
 /// Read `partitions` of `plugin`'s changelog whole, at once, folding each
 /// into the store; (records read, views put) per partition.
 fn restore_all(
-    engine: &Engine,
+    host: &dyn SourceHost,
     reader: &mut Reader,
     plugin: &str,
     partitions: &BTreeMap<i32, (i64, i64)>,
@@ -396,7 +395,7 @@ fn restore_all(
             .name("projector-restore".into())
             .spawn_scoped(scope, move || -> anyhow::Result<()> {
                 for chunk in rx {
-                    put_views(engine, plugin, chunk.into_iter())?;
+                    put_views(host, plugin, chunk.into_iter())?;
                 }
                 Ok(())
             })?;
@@ -455,7 +454,7 @@ fn restore_all(
         .filter_map(|(p, f)| Some((*p as u32, f.unsaved_offsets()?)))
         .collect();
     if !offsets.is_empty() {
-        engine.restored(plugin, &offsets)?;
+        host.restored(plugin, &offsets)?;
     }
     Ok(counts)
 }
@@ -522,10 +521,15 @@ impl Fold {
 
     /// Put the ready views and the newest offsets into the store; the
     /// views put.
-    fn flush(&mut self, engine: &Engine, plugin: &str, partition: i32) -> anyhow::Result<u64> {
-        let count = put_views(engine, plugin, self.ready.drain())?;
+    fn flush(
+        &mut self,
+        host: &dyn SourceHost,
+        plugin: &str,
+        partition: i32,
+    ) -> anyhow::Result<u64> {
+        let count = put_views(host, plugin, self.ready.drain())?;
         if let Some(offsets) = self.unsaved_offsets() {
-            engine.restored(plugin, &[(partition as u32, offsets)])?;
+            host.restored(plugin, &[(partition as u32, offsets)])?;
         }
         Ok(count)
     }
@@ -534,7 +538,7 @@ impl Fold {
 /// Put views in their changelog form into the store, in commits of
 /// [`CHUNK`]; how many.
 fn put_views(
-    engine: &Engine,
+    host: &dyn SourceHost,
     plugin: &str,
     views: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
 ) -> anyhow::Result<u64> {
@@ -545,7 +549,7 @@ fn put_views(
             .iter()
             .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, v.as_deref())))
             .collect();
-        engine.restore_views(plugin, &refs)?;
+        host.restore_views(plugin, &refs)?;
         count += refs.len() as u64;
         chunk.clear();
         Ok(())
@@ -641,5 +645,46 @@ mod tests {
         let (views, at) = fold(vec![view("a", 10, "a1"), view("b", 40, "b"), offsets(40)]);
         assert_eq!(views, [("a".into(), "a1".into()), ("b".into(), "b".into())]);
         assert_eq!(at, Some(40));
+    }
+
+    #[test]
+    fn a_flush_puts_the_ready_views_and_the_newest_offsets_into_the_host_once() {
+        let host = crate::fake::FakeHost::new(&["inbox"], &[]);
+        let mut f = Fold::default();
+        for c in [
+            view("a", 10, "a1"),
+            view("b", 10, "b1"),
+            offsets(10),
+            view("c", 30, "c3"),
+        ] {
+            f.take(c);
+        }
+        assert_eq!(f.flush(host.as_ref(), "inbox", 2).expect("flush"), 2);
+        // Nothing new: a second flush puts nothing and records no offsets again.
+        assert_eq!(f.flush(host.as_ref(), "inbox", 2).expect("flush"), 0);
+        let held = host.held.lock().recover();
+        let views: Vec<(&str, &[u8])> = held
+            .views
+            .iter()
+            .map(|((_, k), v)| (k.as_str(), v.as_deref().expect("a value")))
+            .collect();
+        assert_eq!(views, [("a", &b"a1"[..]), ("b", &b"b1"[..])]);
+        assert_eq!(held.restore_calls, [2], "one put for the two views");
+        assert_eq!(
+            held.restored.get(&("inbox".to_string(), 2)),
+            Some(&vec![("kafka:t".to_string(), 10)]),
+            "the offsets record, on the view partition"
+        );
+    }
+
+    #[test]
+    fn views_go_into_the_host_in_chunks() {
+        let host = crate::fake::FakeHost::new(&["inbox"], &[]);
+        let views = (0..CHUNK + 3).map(|i| (format!("k{i}").into_bytes(), None));
+        assert_eq!(
+            put_views(host.as_ref(), "inbox", views).expect("put"),
+            (CHUNK + 3) as u64
+        );
+        assert_eq!(host.held.lock().recover().restore_calls, [CHUNK, 3]);
     }
 }

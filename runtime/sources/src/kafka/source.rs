@@ -13,10 +13,10 @@ use super::route::FailureTopics;
 use super::spool::run_spool;
 use super::standby::run_standby;
 use super::stats::KafkaStats;
-use crate::{Batch, Next, Replay, Router, Source, SourceMetric};
-use projector_core::engine::{Changelog, Engine, FailureRoute};
-use projector_host::shutdown::Shutdown;
-use projector_host::sync::Recover;
+use projector_common::shutdown::Shutdown;
+use projector_common::sync::Recover;
+use projector_core::engine::{Changelog, FailureRoute};
+use projector_core::source::{Batch, Next, Replay, Router, Source, SourceHost, SourceMetric};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -82,7 +82,7 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
-    fn start(&self, engine: &Arc<Engine>) -> anyhow::Result<()> {
+    fn start(&self, host: Arc<dyn SourceHost>) -> anyhow::Result<()> {
         let config = &self.config;
         let partitions = topic_partitions(config)?;
         create_failure_topics(config, &partitions)?;
@@ -95,20 +95,16 @@ impl Source for KafkaSource {
                 );
             }
             let n = counts.first().copied().unwrap_or(1);
-            let mut wanted: Vec<(String, i32, bool)> = engine
-                .projections()
+            let plugins = host.plugins();
+            let mut wanted: Vec<(String, i32, bool)> = plugins
                 .iter()
-                .map(|p| (config.changelog_topic(p.name()), n, true))
+                .map(|p| (config.changelog_topic(p), n, true))
                 .collect();
             wanted.push((config.members_topic(), 1, true));
             create_topics(config, &wanted, "the changelog and members topics")?;
-            let plugins = engine
-                .projections()
-                .iter()
-                .map(|p| p.name().to_string())
-                .collect();
             Some(Arc::new(
-                Placement::new(config.clone(), n as u32, plugins).owned_by(self.stats.clone()),
+                Placement::new(config.clone(), n as u32, plugins.into_iter().collect())
+                    .owned_by(self.stats.clone()),
             ))
         } else {
             None
@@ -127,7 +123,7 @@ impl Source for KafkaSource {
             .map(|t| config.retry_topic(t))
             .collect();
         let shared = Arc::new(Shared {
-            engine: engine.clone(),
+            host: host.clone(),
             config: config.clone(),
             retry_topics,
             queues: Mutex::new(Queues::default()),
@@ -151,8 +147,8 @@ impl Source for KafkaSource {
             anyhow::bail!("the Kafka source is already started");
         }
         let mut threads = self.threads.lock().recover();
-        let (store, cfg, stats, stop) = (
-            engine.store().clone(),
+        let (spool, cfg, stats, stop) = (
+            host.spool(),
             config.clone(),
             self.stats.clone(),
             self.stop.clone(),
@@ -161,16 +157,16 @@ impl Source for KafkaSource {
             "spool",
             std::thread::Builder::new()
                 .name("projector-spool".into())
-                .spawn(move || run_spool(&store, &cfg, &stats, &stop))?,
+                .spawn(move || run_spool(spool.as_ref(), &cfg, &stats, &stop))?,
         ));
         if let Some(members) = members {
             if config.standby_replicas > 0 {
-                let (engine, members, stop) = (engine.clone(), members.clone(), self.stop.clone());
+                let (host, members, stop) = (host.clone(), members.clone(), self.stop.clone());
                 threads.push((
                     "standby",
                     std::thread::Builder::new()
                         .name("projector-standby".into())
-                        .spawn(move || run_standby(&engine, &members, &followers, &stop))?,
+                        .spawn(move || run_standby(host.as_ref(), &members, &followers, &stop))?,
                 ));
             }
             let stop = self.stop.clone();
@@ -294,7 +290,7 @@ impl Source for KafkaSource {
         let spooled = self
             .started
             .get()
-            .map_or(0, |s| s.shared.engine.store().outbox_count());
+            .map_or(0, |s| s.shared.host.spool().pending());
         self.stats.metrics(spooled)
     }
 

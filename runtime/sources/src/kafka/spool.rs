@@ -5,9 +5,9 @@
 
 use super::config::{header, KafkaConfig};
 use super::stats::KafkaStats;
-use projector_core::store::Store;
-use projector_host::shutdown::Shutdown;
-use projector_host::sync::Recover;
+use projector_common::shutdown::Shutdown;
+use projector_common::sync::Recover;
+use projector_core::source::Spool;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -44,13 +44,13 @@ impl ProducerContext for SpoolCtx {
 /// Drop from the spool what the broker already holds (sent before a kill
 /// whose removal never became durable). Reading back is best effort: if
 /// it fails, everything spooled is sent, at least once as before.
-fn forget_delivered(store: &Store, config: &KafkaConfig, id: &str) -> anyhow::Result<()> {
-    if store.outbox_count() == 0 {
+fn forget_delivered(spool: &dyn Spool, config: &KafkaConfig, id: &str) -> anyhow::Result<()> {
+    if spool.pending() == 0 {
         return Ok(());
     }
-    match super::delivered::already_delivered(store, config, id) {
+    match super::delivered::already_delivered(spool, config, id) {
         Ok(seqs) if !seqs.is_empty() => {
-            store.remove_outbox(&seqs)?;
+            spool.remove(&seqs)?;
             tracing::info!(
                 records = seqs.len(),
                 "spooled records the broker already holds are not sent again"
@@ -72,7 +72,7 @@ const SPOOL_IN_FLIGHT: usize = 50_000;
 /// On stop, send what is spooled once more and wait a little (5 s) for
 /// what is in flight; the rest stays spooled for the next start.
 pub(crate) fn run_spool(
-    store: &Store,
+    spool: &dyn Spool,
     config: &KafkaConfig,
     stats: &KafkaStats,
     stop: &Shutdown,
@@ -85,8 +85,8 @@ pub(crate) fn run_spool(
             ("message.timeout.ms", "30000"),
         ])
         .create_with_context(SpoolCtx::default())?;
-    let id = super::delivered::spool_id(store)?;
-    forget_delivered(store, config, &id)?;
+    let id = spool.id()?;
+    forget_delivered(spool, config, &id)?;
     let mut in_flight: HashSet<u64> = HashSet::new();
     // The highest seq sent: the next scan starts after it, instead of
     // stepping over every record in flight again. Reset to rescan from
@@ -105,7 +105,7 @@ pub(crate) fn run_spool(
             if in_flight.is_empty() {
                 cursor = None;
             }
-            let records = store.outbox(cursor, &in_flight, room)?;
+            let records = spool.read(cursor, &in_flight, room)?;
             full = records.len() == room;
             for record in records {
                 let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
@@ -152,7 +152,7 @@ pub(crate) fn run_spool(
         });
         let acked: Vec<u64> = std::mem::take(&mut *producer.context().acked.lock().recover());
         if !acked.is_empty() {
-            store.remove_outbox(&acked)?;
+            spool.remove(&acked)?;
             for s in &acked {
                 in_flight.remove(s);
             }
@@ -177,7 +177,7 @@ pub(crate) fn run_spool(
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    store.flush()?;
+    spool.flush()?;
     if !in_flight.is_empty() {
         tracing::info!(
             records = in_flight.len(),

@@ -9,9 +9,9 @@
 
 use super::members::Members;
 use super::restore::{Follower, Followers};
-use projector_core::engine::Engine;
-use projector_host::shutdown::Shutdown;
-use projector_host::sync::Recover;
+use projector_common::shutdown::Shutdown;
+use projector_common::sync::Recover;
+use projector_core::source::SourceHost;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ const STEP: u64 = 20_000;
 /// Follow the changelogs of the partitions this instance stands by for,
 /// until `stop`.
 pub(crate) fn run_standby(
-    engine: &Engine,
+    host: &dyn SourceHost,
     members: &Members,
     followers: &Followers,
     stop: &Shutdown,
@@ -31,11 +31,7 @@ pub(crate) fn run_standby(
     while !stop.is_stopped() {
         let want: BTreeSet<u32> = members.standby_for();
         *members.standby.lock().recover() = want.clone();
-        let plugins: Vec<String> = engine
-            .projections()
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect();
+        let plugins: Vec<String> = host.plugins();
         let mut read = 0;
         {
             // A partition whose owner is gone keeps its follower until
@@ -71,7 +67,7 @@ pub(crate) fn run_standby(
                     }
                 }
                 let follower = f.get_mut(&key).expect("inserted above");
-                match follower.step(engine, STEP) {
+                match follower.step(host, STEP) {
                     Ok((records, _)) => read += records,
                     Err(e) => {
                         tracing::warn!(plugin, partition = p, "standby: {e:#}");

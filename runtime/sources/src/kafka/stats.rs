@@ -1,8 +1,9 @@
 //! Live counters of a Kafka source, and the metrics made of them.
 
 use super::config::source_id;
-use crate::{MetricKind, SourceMetric};
-use projector_host::sync::Recover;
+use projector_common::sync::Recover;
+use projector_core::source::MetricKind::{Counter, Gauge};
+use projector_core::source::{MetricKind, SourceMetric};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -90,109 +91,118 @@ impl KafkaStats {
 
     /// The source's metrics, with `spooled` records waiting in the spool.
     pub(crate) fn metrics(&self, spooled: usize) -> Vec<SourceMetric> {
-        use MetricKind::{Counter, Gauge};
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
-        let one = |name, help, kind, value| SourceMetric {
-            name,
-            help,
-            kind,
-            labels: Vec::new(),
-            value,
-        };
-        let mut out = vec![
-            one(
+        let mut out = self.consumer_metrics(spooled);
+        out.extend(self.restore_metrics());
+        out.extend(self.partition_restore_metrics());
+        out.extend(self.lag_metrics());
+        out
+    }
+
+    /// The consumer's and the spool's counters and gauges.
+    fn consumer_metrics(&self, spooled: usize) -> Vec<SourceMetric> {
+        vec![
+            unlabelled(
                 "projector_kafka_consumed",
                 "Records polled from Kafka",
                 Counter,
                 load(&self.consumed),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_batches",
                 "Batches handed to the engine",
                 Counter,
                 load(&self.batches),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_pauses",
                 "Times a partition was paused because its queue was full",
                 Counter,
                 load(&self.pauses),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_rebalances",
                 "Assignments and revocations",
                 Counter,
                 load(&self.rebalances),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_consumer_errors",
                 "Errors the consumer reported",
                 Counter,
                 load(&self.consumer_errors),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_produced",
                 "Spooled records the broker acknowledged",
                 Counter,
                 load(&self.produced),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_produce_errors",
                 "Failed deliveries (the record stays spooled)",
                 Counter,
                 load(&self.produce_errors),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_buffered_records",
                 "Records waiting in the partition queues",
                 Gauge,
                 self.buffered.load(Ordering::Relaxed),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_paused_partitions",
                 "Partitions paused by backpressure now",
                 Gauge,
                 self.paused.load(Ordering::Relaxed),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_spooled_records",
                 "Records in the spool, not yet acknowledged",
                 Gauge,
                 spooled as i64,
             ),
-        ];
-        out.extend([
-            one(
+        ]
+    }
+
+    /// Restores from changelogs, over every plugin and partition.
+    fn restore_metrics(&self) -> [SourceMetric; 5] {
+        [
+            unlabelled(
                 "projector_kafka_restores",
                 "Partitions of a plugin restored from its changelog",
                 Counter,
                 load(&self.restores),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_restore_records",
                 "Changelog records read by restores",
                 Counter,
                 load(&self.restore_records),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_restore_views",
                 "Views put or deleted by restores",
                 Counter,
                 load(&self.restore_views),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_restore_milliseconds",
                 "Time restores took",
                 Counter,
                 load(&self.restore_ms),
             ),
-            one(
+            unlabelled(
                 "projector_kafka_restoring_partitions",
                 "Partitions being restored from the changelog now",
                 Gauge,
                 self.restoring.lock().recover().len() as i64,
             ),
-        ]);
+        ]
+    }
+
+    /// Restores of each partition: records read, views restored, time taken.
+    fn partition_restore_metrics(&self) -> Vec<SourceMetric> {
+        let mut out = Vec::new();
         for (partition, (records, views, ms)) in self.restored.lock().recover().iter() {
             for (name, help, value) in [
                 (
@@ -220,8 +230,14 @@ impl KafkaStats {
                 });
             }
         }
-        for ((topic, partition), lag) in self.lag() {
-            out.push(SourceMetric {
+        out
+    }
+
+    /// Records of each owned partition not yet applied.
+    fn lag_metrics(&self) -> Vec<SourceMetric> {
+        self.lag()
+            .into_iter()
+            .map(|((topic, partition), lag)| SourceMetric {
                 name: "projector_kafka_lag_records",
                 help: "Records of an owned partition not yet applied",
                 kind: Gauge,
@@ -230,8 +246,28 @@ impl KafkaStats {
                     ("partition".into(), partition.to_string()),
                 ],
                 value: lag,
-            });
-        }
-        out
+            })
+            .collect()
     }
+}
+
+/// A metric with no labels.
+fn unlabelled(
+    name: &'static str,
+    help: &'static str,
+    kind: MetricKind,
+    value: i64,
+) -> SourceMetric {
+    SourceMetric {
+        name,
+        help,
+        kind,
+        labels: Vec::new(),
+        value,
+    }
+}
+
+/// A counter's value, as a metric's value.
+fn load(c: &AtomicU64) -> i64 {
+    c.load(Ordering::Relaxed) as i64
 }

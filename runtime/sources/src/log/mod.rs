@@ -25,10 +25,10 @@
 
 use crate::dedup::RecentIds;
 
+use projector_common::sync::Recover;
 use projector_core::envelope::{self, DecodeError, Format};
 use projector_core::store::Store;
 use projector_core::{stored, Encoding, Record};
-use projector_host::sync::Recover;
 use rustc_hash::FxHashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;

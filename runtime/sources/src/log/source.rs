@@ -2,10 +2,9 @@
 //! and paused plugins read back from.
 
 use super::{EmbeddedLog, LOG_SOURCE};
-use crate::{Batch, Next, Replay, Source};
-use projector_core::engine::Engine;
+use projector_common::sync::Recover;
+use projector_core::source::{Batch, Next, Replay, Source, SourceHost};
 use projector_core::Record;
-use projector_host::sync::Recover;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,9 +34,9 @@ impl LogSource {
 }
 
 impl Source for LogSource {
-    fn start(&self, engine: &Arc<Engine>) -> anyhow::Result<()> {
+    fn start(&self, host: Arc<dyn SourceHost>) -> anyhow::Result<()> {
         let next = (0..self.log.partitions())
-            .map(|p| engine.resume_offset(LOG_SOURCE, p))
+            .map(|p| host.resume_offset(LOG_SOURCE, p))
             .collect::<Result<_, _>>()?;
         *self.cursor.lock().recover() = Cursor { next, turn: 0 };
         Ok(())
