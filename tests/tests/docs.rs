@@ -364,9 +364,8 @@ impl Routes {
         )
     }
 
-    /// Whether `method` (any, if none) on `path` is an operation; what is
-    /// wrong if not.
-    fn check(&self, method: Option<&str>, path: &str) -> Result<(), String> {
+    /// Whether `method` on `path` is an operation; what is wrong if not.
+    fn check(&self, method: &str, path: &str) -> Result<(), String> {
         let wanted = segments(path);
         let matching: Vec<&Vec<String>> = self
             .0
@@ -383,7 +382,6 @@ impl Routes {
         if matching.is_empty() {
             return Err("no such path in runtime/api/openapi.json".into());
         }
-        let Some(method) = method else { return Ok(()) };
         let method = match method.to_ascii_lowercase().as_str() {
             "head" => "get".to_string(),
             m => m.to_string(),
@@ -450,38 +448,10 @@ fn named_routes(line: &str) -> Vec<(Vec<&str>, &str)> {
 
 /// Options of curl that take a value (short ones as letters).
 const CURL_SHORT_WITH_VALUE: &str = "AbcCdDeEFHKmoOQrTuUwxXyYz";
-const CURL_LONG_WITH_VALUE: &[&str] = &[
-    "cacert",
-    "cert",
-    "config",
-    "connect-timeout",
-    "connect-to",
-    "cookie",
-    "cookie-jar",
-    "data",
-    "data-ascii",
-    "data-binary",
-    "data-raw",
-    "data-urlencode",
-    "dump-header",
-    "form",
-    "form-string",
-    "header",
-    "json",
-    "key",
-    "max-time",
-    "output",
-    "proxy",
-    "referer",
-    "request",
-    "resolve",
-    "retry",
-    "unix-socket",
-    "upload-file",
-    "url",
-    "user",
-    "write-out",
-];
+const CURL_LONG_WITH_VALUE: &str = "cacert cert config connect-timeout connect-to cookie \
+    cookie-jar data data-ascii data-binary data-raw data-urlencode dump-header form form-string \
+    header json key max-time output proxy referer request resolve retry unix-socket upload-file \
+    url user write-out";
 
 /// A curl command's options, as (name, value) with short names as
 /// letters, and its other arguments as ("", argument).
@@ -493,7 +463,7 @@ fn curl_options<'a>(args: &[&'a str]) -> Vec<(String, &'a str)> {
             let (name, inline) = long
                 .split_once('=')
                 .map_or((long, None), |(n, v)| (n, Some(v)));
-            let value = match CURL_LONG_WITH_VALUE.contains(&name) {
+            let value = match CURL_LONG_WITH_VALUE.split_whitespace().any(|n| n == name) {
                 true => inline.or_else(|| args.next()).unwrap_or_default(),
                 false => "",
             };
@@ -576,7 +546,7 @@ fn route_failures(doc: &Doc, routes: &Routes) -> Vec<String> {
     for (i, line) in doc.text.lines().enumerate() {
         for (methods, path) in named_routes(line) {
             for method in methods {
-                if let Err(e) = routes.check(Some(method), path) {
+                if let Err(e) = routes.check(method, path) {
                     failures.push(format!("{}:{}: {method} {path}: {e}", doc.name, i + 1));
                 }
             }
@@ -584,7 +554,7 @@ fn route_failures(doc: &Doc, routes: &Routes) -> Vec<String> {
     }
     for (n, line) in commands(doc) {
         for (method, path) in shell_commands(&line).iter().filter_map(|w| curl_request(w)) {
-            if let Err(e) = routes.check(Some(&method), &path) {
+            if let Err(e) = routes.check(&method, &path) {
                 failures.push(format!("{}:{n}: `{line}`: {method} {path}: {e}", doc.name));
             }
         }
