@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the wasm32-wasip2
 # target and the browser test's Chromium if missing, builds the plugin
-# components, then runs every test.
+# components, starts a Kafka broker (scripts/kafka.sh), then runs every
+# test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A one-off run (CI, a fresh clone) gains nothing from incremental state,
@@ -10,8 +11,14 @@ if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 ./scripts/browser-deps.sh
 ./scripts/build-plugins.sh
 cargo build --quiet -p projector --bins
+# A real Kafka broker for tests/tests/broker.rs; one this run starts, it
+# stops, however the run ends.
+broker_started=
+./scripts/kafka.sh status >/dev/null || broker_started=1
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; if [ -n "$broker_started" ]; then ./scripts/kafka.sh stop >/dev/null; fi' EXIT
+PROJECTOR_KAFKA_BOOTSTRAP=$(./scripts/kafka.sh start)
+export PROJECTOR_KAFKA_BOOTSTRAP
 status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line for the whole workspace.
