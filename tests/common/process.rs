@@ -145,10 +145,12 @@ impl Launch {
         let (lines, deaf) = (p.stderr.clone(), self.deaf);
         p.readers.push(std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let url = line
-                    .split("read API on ")
-                    .nth(1)
-                    .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_string());
+                let url = line.split("read API on ").nth(1).map(|rest| {
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                });
                 let ready = url.is_some();
                 if let (Some(url), Some(tx)) = (url, &api_tx) {
                     let _ = tx.send(url);

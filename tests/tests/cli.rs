@@ -3,8 +3,7 @@
 //! bad config and bad input.
 
 use projector_tests::{
-    inbox_events, projector_bin, write_config, write_ndjson, InboxShape, Launch,
-    Projector,
+    inbox_events, projector_bin, write_config, write_ndjson, InboxShape, Launch, Projector,
 };
 use std::path::Path;
 use std::process::{Command, Output};
@@ -26,7 +25,8 @@ use projector_tests::stderr;
 
 /// The config of the inbox tests after its layout: the API on a free
 /// loopback port, the inbox populated eagerly.
-const INBOX: &str = "[http]\nlisten = \"127.0.0.1:0\"\n[plugins.inbox-unread]\npopulation = \"eager\"\n";
+const INBOX: &str =
+    "[http]\nlisten = \"127.0.0.1:0\"\n[plugins.inbox-unread]\npopulation = \"eager\"\n";
 
 #[test]
 fn run_on_the_embedded_log_then_read_views() {
@@ -296,26 +296,14 @@ fn kafka_dev_serves_a_run_on_kafka() {
             );
             break;
         }
-        assert!(Instant::now() < deadline, "view {key} never matched: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "view {key} never matched: {body}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // Every Kafka metric documented in runtime/api/src/metrics.rs is exposed.
-    let doc = std::fs::read_to_string(projector_tests::root().join("runtime/api/src/metrics.rs"))
-        .expect("metrics.rs");
-    let text = run.get_text("/metrics");
-    let names: Vec<&str> = doc
-        .lines()
-        .filter_map(|l| l.strip_prefix("//! | (kafka) `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
-    assert!(names.len() >= 10, "{names:?}");
-    for name in names {
-        let base = name.strip_suffix("_total").unwrap_or(name);
-        assert!(
-            text.contains(&format!("# TYPE {base} ")),
-            "{name} is documented but not exposed:\n{text}"
-        );
-    }
+    let text = projector_tests::assert_documented_metrics(&run, "//! | (kafka) `", 10);
     assert!(
         text.contains("projector_lag_records{plugin=\"inbox-unread\",source=\"kafka:inbox\""),
         "{text}"
@@ -346,7 +334,12 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
     std::fs::write(dir.path().join("events.ndjson"), format!("{print}\n")).expect("events");
     let run = Launch::in_dir(dir.path(), &["run", "--ingest", "events.ndjson"]).start();
     // `projector plugin <args> --api <its API>`.
-    let plugin = |args: &[&str]| projector(dir.path(), &[&["plugin"], args, &["--api", &run.base]].concat());
+    let plugin = |args: &[&str]| {
+        projector(
+            dir.path(),
+            &[&["plugin"], args, &["--api", &run.base]].concat(),
+        )
+    };
 
     let v2 = projector_tests::plugin_wasm("hostile-v2");
     let v2 = v2.to_str().expect("path");

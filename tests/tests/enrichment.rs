@@ -506,7 +506,10 @@ fn the_recollect_command_reports_what_it_rebuilt() {
     projector_tests::write_config(
         dir.path(),
         &[PLUGIN],
-        &format!("[http]\nlisten = \"off\"\n{}", config(&services, &SOURCES, &[])),
+        &format!(
+            "[http]\nlisten = \"off\"\n{}",
+            config(&services, &SOURCES, &[])
+        ),
     );
     let events: Vec<String> = SOURCES
         .iter()

@@ -478,22 +478,7 @@ fn health_metrics_and_the_openapi_document_are_served() {
     assert!(s.metric("projector_commits_total", "") >= 1.0);
     assert!(s.metric("projector_committed_views_total", "") >= 1.0);
     // Every metric documented in runtime/api/src/metrics.rs is exposed.
-    let doc = std::fs::read_to_string(projector_tests::root().join("runtime/api/src/metrics.rs"))
-        .expect("metrics.rs");
-    let names: Vec<&str> = doc
-        .lines()
-        .filter_map(|l| l.strip_prefix("//! | `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
-    assert!(names.len() >= 12, "{names:?}");
-    let text = s.get_text("/metrics");
-    for name in names {
-        let base = name.strip_suffix("_total").unwrap_or(name);
-        assert!(
-            text.contains(&format!("# TYPE {base} ")),
-            "{name} is documented but not exposed:\n{text}"
-        );
-    }
+    projector_tests::assert_documented_metrics(&s, "//! | `", 12);
 
     // Every documented path answers (not the unknown-route fallback), and
     // the document served is the one in the repository.

@@ -6,7 +6,7 @@
 //! restores its share from the changelog alone.
 
 use projector_tests::{
-    fold_inbox, inbox_events, knob, plugin_wasm, rendered, shown, Api, InboxShape, Launch,
+    fold_inbox, inbox_events, knob, plugins_dir, rendered, shown, Api, InboxShape, Launch,
     Projector, Unread,
 };
 use std::collections::BTreeMap;
@@ -98,11 +98,7 @@ fn read(api: &Api, key: &str) -> (u16, Option<Rows>, Option<String>) {
 }
 
 /// Wait until every key of `sample` reads through `api` as `model` says.
-fn wait_views(
-    api: &Api,
-    sample: &[(&String, &Unread)],
-    within: Duration,
-) -> (u64, u64) {
+fn wait_views(api: &Api, sample: &[(&String, &Unread)], within: Duration) -> (u64, u64) {
     let deadline = Instant::now() + within;
     let (mut forwarded, mut unavailable) = (0, 0);
     for (key, unread) in sample {
@@ -150,13 +146,7 @@ fn sample(model: &BTreeMap<String, Unread>, step: usize) -> Vec<(&String, &Unrea
 /// `projector kafka-dev` with the inbox topic and its changelog, in
 /// `dir` (with the inbox plugin); the process and its bootstrap address.
 fn broker(dir: &Path) -> (Projector, String) {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).expect("plugins dir");
-    std::fs::copy(
-        plugin_wasm("inbox-unread"),
-        plugins.join("inbox-unread.wasm"),
-    )
-    .expect("copy");
+    plugins_dir(dir, &["inbox-unread"]);
     let topics = format!("inbox:{PARTITIONS}");
     let broker = Projector::kafka_dev(
         dir,
@@ -211,10 +201,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         "every partition has an owner: {routes}"
     );
     // A read of a view B owns, through A: B answers, with B's staleness.
-    let b_id = table(&b)["instance"]
-        .as_str()
-        .expect("B's id")
-        .to_string();
+    let b_id = table(&b)["instance"].as_str().expect("B's id").to_string();
     let b_key = model
         .keys()
         .find(|k| routes["routes"][partition_of(k).to_string()] == b_id.as_str())
@@ -289,12 +276,10 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         "after the kill: sampled views right through both survivors {:.1} s after it ({unavailable} answers 503 on the way)",
         killed.elapsed().as_secs_f64()
     );
-    let restores =
-        a.metric("projector_kafka_restores") + c.metric("projector_kafka_restores");
-    let consumed =
-        a.metric("projector_kafka_consumed") + c.metric("projector_kafka_consumed");
-    let restored_views = a.metric("projector_kafka_restore_views")
-        + c.metric("projector_kafka_restore_views");
+    let restores = a.metric("projector_kafka_restores") + c.metric("projector_kafka_restores");
+    let consumed = a.metric("projector_kafka_consumed") + c.metric("projector_kafka_consumed");
+    let restored_views =
+        a.metric("projector_kafka_restore_views") + c.metric("projector_kafka_restore_views");
     println!(
         "survivors: {restores} restores, {restored_views} views restored, {consumed} source records consumed of {total}"
     );
@@ -381,10 +366,7 @@ fn a_standby_takes_over_without_a_restore() {
         wait_views(i, &keys, Duration::from_secs(240));
     }
     // A stands by for every partition B owns.
-    let b_id = table(&b)["instance"]
-        .as_str()
-        .expect("B's id")
-        .to_string();
+    let b_id = table(&b)["instance"].as_str().expect("B's id").to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     let b_owned = loop {
         let t = table(&a);

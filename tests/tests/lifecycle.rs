@@ -2,7 +2,7 @@
 //! (`ttl_ms`), backfill and bulk verify against the source of truth,
 //! rollout rules on request attributes, and the audit of who applied what.
 
-use projector_tests::{Projector, Served};
+use projector_tests::{Api, Projector, Served};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -233,6 +233,24 @@ fn rollout_rules_on_accept_language_and_a_tenant_header_route_reads() {
     );
 }
 
+/// Start a backfill of `keys` through `api` (`query`: its rate and
+/// concurrency); the job's first progress.
+fn start_backfill(api: &Api, query: &str, keys: &[String]) -> serde_json::Value {
+    let (status, started) = api.post(
+        &format!("/v1/admin/plugins/{INBOX}/backfill?{query}"),
+        keys.join("\n"),
+    );
+    assert_eq!(status, 202, "{started}");
+    started
+}
+
+/// The progress of the backfill through `api`.
+fn backfill_progress(api: &Api) -> serde_json::Value {
+    let (_, progress) = api.get(&format!("/v1/admin/plugins/{INBOX}/backfill"));
+    assert!(progress.is_object(), "progress: {progress}");
+    progress
+}
+
 #[test]
 fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
     let legacy = projector_tests::legacy::Legacy::start();
@@ -337,11 +355,10 @@ fn verify_finds_planted_mismatches_and_missing_views_and_repair_heals_them() {
     let heal: Vec<String> = ["u5:s1", "u7:s1", "newcomer:s1", "other:s1"]
         .map(String::from)
         .to_vec();
-    let (status, started) = s.post(&format!("/v1/admin/plugins/{INBOX}/backfill?rate=1000"), heal.join("\n"));
-    assert_eq!(status, 202, "{started}");
+    start_backfill(&s, "rate=1000", &heal);
     let mut last = json!(null);
     eventually("the backfill", || {
-        last = s.get(&format!("/v1/admin/plugins/{INBOX}/backfill")).1;
+        last = backfill_progress(&s);
         last["state"] == "done"
     });
     assert_eq!(
@@ -396,22 +413,16 @@ fn a_backfill_is_paced_survives_a_kill_without_fetching_done_keys_again_and_matc
     let keys: Vec<String> = (0..n).map(|i| format!("u{i}:s1")).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = run_config(dir.path(), &legacy.source_config());
-    let progress = |run: &Projector| -> serde_json::Value {
-        let (_, body) = run.get(&format!("/v1/admin/plugins/{INBOX}/backfill"));
-        assert!(body.is_object(), "progress: {body}");
-        body
-    };
-
     let mut run = Projector::run(&config);
     let started = Instant::now();
-    let (status, body) = run.post(
-        &format!("/v1/admin/plugins/{INBOX}/backfill?rate={rate}&concurrency={concurrency}"),
-        keys.join("\n"),
+    start_backfill(
+        &run,
+        &format!("rate={rate}&concurrency={concurrency}"),
+        &keys,
     );
-    assert_eq!(status, 202, "{body}");
     let mut seen = json!(null);
     eventually("half the keys", || {
-        seen = progress(&run);
+        seen = backfill_progress(&run);
         seen["done"].as_u64().unwrap_or(0) >= n / 2
     });
     let elapsed = started.elapsed().as_secs_f64();

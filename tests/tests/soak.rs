@@ -394,7 +394,10 @@ fn run_on_kafka_killed_again_and_again_loses_nothing_and_doubles_nothing() {
     let expected = inbox_deliveries(&events);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let plugins = run.try_get("/v1/plugins").map(|a| a.body).unwrap_or_default();
+        let plugins = run
+            .try_get("/v1/plugins")
+            .map(|a| a.body)
+            .unwrap_or_default();
         let e = &plugins["plugins"][0]["events"];
         if e["received"].as_u64() >= Some(expected + poisons.len() as u64) {
             break;

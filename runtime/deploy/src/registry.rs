@@ -202,10 +202,8 @@ mod tests {
 
     impl Scratch {
         fn new(test: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!(
-                "projector-registry-{test}-{}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("projector-registry-{test}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("a scratch directory");
             Scratch(dir)
@@ -271,7 +269,9 @@ mod tests {
         assert!(r.names().is_empty());
 
         let before = projector_core::now_ms();
-        let v1 = r.add("inbox", b"module one", "plugins_dir").expect("add v1");
+        let v1 = r
+            .add("inbox", b"module one", "plugins_dir")
+            .expect("add v1");
         let v2 = r.add("inbox", b"module two!", "api").expect("add v2");
         let v3 = r.add("inbox", b"three", "deploy.wasm").expect("add v3");
         let after = projector_core::now_ms();
@@ -296,7 +296,10 @@ mod tests {
         // Recorded is not active: activation is the deploy's own step.
         assert_eq!(e.active, None);
         assert!(e.history.is_empty());
-        assert_eq!(r.code(&v2.id).expect("code").as_deref(), Some(&b"module two!"[..]));
+        assert_eq!(
+            r.code(&v2.id).expect("code").as_deref(),
+            Some(&b"module two!"[..])
+        );
         assert_eq!(r.code(&content_id(b"never added")).expect("code"), None);
         assert_eq!(r.names(), ["inbox"]);
     }
@@ -345,7 +348,7 @@ mod tests {
         assert_eq!(roll_back(&r, "inbox").as_deref(), Some(v2.as_str()));
         let e = entry(&r, "inbox");
         assert_eq!(e.active.as_deref(), Some(v2.as_str()));
-        assert_eq!(e.history, [v1.clone()]);
+        assert_eq!(e.history, std::slice::from_ref(&v1));
         assert_eq!(roll_back(&r, "inbox").as_deref(), Some(v1.as_str()));
         let e = entry(&r, "inbox");
         assert_eq!(e.active.as_deref(), Some(v1.as_str()));
@@ -471,7 +474,7 @@ mod tests {
         let (_store, r) = open(dir.path());
         assert_eq!(entry(&r, "inbox"), kept);
         assert_eq!(kept.active.as_deref(), Some(v2.as_str()));
-        assert_eq!(kept.history, [v1.clone()]);
+        assert_eq!(kept.history, std::slice::from_ref(&v1));
         assert_eq!(r.code(&v1).expect("code").as_deref(), Some(&b"v1"[..]));
         assert_eq!(r.names(), ["inbox", "subscriptions"]);
         // And a rollback after the restart still finds its version.
