@@ -298,12 +298,15 @@ pub fn assert_inbox_views(
 
 /// Assert that `engine` stores one inbox view per key of `model` (the
 /// fold of the events), no more, each as [`assert_inbox_views`] checks.
-pub fn assert_inbox_store(engine: &projector_core::engine::Engine, model: &BTreeMap<String, Unread>) {
+pub fn assert_inbox_store(
+    engine: &projector_core::engine::Engine,
+    model: &BTreeMap<String, Unread>,
+) {
     let stored = engine
         .store()
         .views("inbox-unread")
-        .map(|r| r.expect("a stored view"))
-        .count();
+        .try_fold(0, |n, view| view.map(|_| n + 1))
+        .expect("the stored views read");
     assert_eq!(stored, model.len(), "one view per key the events touched");
     assert_inbox_views(engine, model);
 }
@@ -440,6 +443,30 @@ pub fn http_method(name: &str) -> Option<reqwest::Method> {
     })
 }
 
+/// Assert that the `/metrics` of `api` exposes every metric
+/// `runtime/api/src/metrics.rs` documents on a line starting `marker`
+/// (``"//! | `"``, or ``"//! | (kafka) `"`` for the Kafka ones), and that
+/// at least `at_least` are documented; the `/metrics` text.
+pub fn assert_documented_metrics(api: &Api, marker: &str, at_least: usize) -> String {
+    let doc =
+        std::fs::read_to_string(root().join("runtime/api/src/metrics.rs")).expect("metrics.rs");
+    let names: Vec<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix(marker))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    assert!(names.len() >= at_least, "{names:?}");
+    let text = api.get_text("/metrics");
+    for name in names {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {base} ")),
+            "{name} is documented but not exposed:\n{text}"
+        );
+    }
+    text
+}
+
 /// The plugin names of a `/v1/plugins` answer, sorted.
 pub fn plugin_names_of(answer: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = answer["plugins"]
@@ -453,6 +480,7 @@ pub fn plugin_names_of(answer: &serde_json::Value) -> Vec<String> {
 }
 
 pub mod api;
+pub mod broker;
 pub mod counting;
 pub mod hostile;
 pub mod kafka;
