@@ -604,6 +604,8 @@ mod tests {
             "[plugins.x.truth]\nurl = \"http://a/{key}\"\n[plugins.x.source]\nurl = \"http://b/{key}\"\n",
         )
         .expect_err("refused");
-        assert!(both.message.contains("both `truth` and its older name `source`"));
+        assert!(both
+            .message
+            .contains("both `truth` and its older name `source`"));
     }
 }

@@ -200,37 +200,39 @@ impl KafkaStats {
         ]
     }
 
-    /// Restores of each partition: records read, views restored, time taken.
+    /// Restores of each partition: records read, views restored, time
+    /// taken; each metric's rows together, so each family is written once.
     fn partition_restore_metrics(&self) -> Vec<SourceMetric> {
-        let mut out = Vec::new();
-        for (partition, (records, views, ms)) in self.restored.lock().recover().iter() {
-            for (name, help, value) in [
-                (
-                    "projector_kafka_partition_restore_records",
-                    "Changelog records read by restores of this partition",
-                    *records,
-                ),
-                (
-                    "projector_kafka_partition_restore_views",
-                    "Views restored into this partition",
-                    *views,
-                ),
-                (
-                    "projector_kafka_partition_restore_milliseconds",
-                    "Time restores of this partition took",
-                    *ms,
-                ),
-            ] {
-                out.push(SourceMetric {
+        let restored = self.restored.lock().recover();
+        let families: [(&'static str, &'static str, fn(&(u64, u64, u64)) -> u64); 3] = [
+            (
+                "projector_kafka_partition_restore_records",
+                "Changelog records read by restores of this partition",
+                |r| r.0,
+            ),
+            (
+                "projector_kafka_partition_restore_views",
+                "Views restored into this partition",
+                |r| r.1,
+            ),
+            (
+                "projector_kafka_partition_restore_milliseconds",
+                "Time restores of this partition took",
+                |r| r.2,
+            ),
+        ];
+        families
+            .into_iter()
+            .flat_map(|(name, help, value)| {
+                restored.iter().map(move |(partition, r)| SourceMetric {
                     name,
                     help,
                     kind: Counter,
                     labels: vec![("partition".into(), partition.to_string())],
-                    value: value as i64,
-                });
-            }
-        }
-        out
+                    value: value(r) as i64,
+                })
+            })
+            .collect()
     }
 
     /// Records of each owned partition not yet applied.
@@ -270,4 +272,28 @@ fn unlabelled(
 /// A counter's value, as a metric's value.
 fn load(c: &AtomicU64) -> i64 {
     c.load(Ordering::Relaxed) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_partition_restore_family_is_written_in_one_run_of_rows() {
+        let stats = KafkaStats::default();
+        stats
+            .restored
+            .lock()
+            .recover()
+            .extend([(0, (10, 5, 7)), (3, (20, 8, 9))]);
+        let names: Vec<&str> = stats
+            .partition_restore_metrics()
+            .iter()
+            .map(|m| m.name)
+            .collect();
+        let mut runs = names.clone();
+        runs.dedup();
+        assert_eq!(runs.len(), 3, "one run of rows per family: {names:?}");
+        assert_eq!(names.len(), 6);
+    }
 }
