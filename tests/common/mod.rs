@@ -356,6 +356,15 @@ pub fn filled_log(
     Ok(log)
 }
 
+/// An inbox stream of `shape` written to `dir/events.ndjson`: the events
+/// and the file.
+pub fn inbox_file(dir: &Path, shape: InboxShape) -> (Vec<String>, PathBuf) {
+    let events = inbox_events(shape);
+    let file = dir.join("events.ndjson");
+    write_ndjson(&file, &events);
+    (events, file)
+}
+
 /// Write `lines` as an NDJSON file.
 pub fn write_ndjson(path: &Path, lines: &[String]) {
     let mut text = lines.join("\n");
@@ -390,6 +399,16 @@ pub fn open_app(dir: &Path, plugins: &[&str], extra: &str) -> projector::app::Ap
         config.engine.compile_cache_dir = Some(root().join("target/test-compile-cache"));
     }
     projector::app::App::open(config).expect("runtime opens")
+}
+
+/// Every dead letter of `app`'s store, after a commit.
+pub fn dead_letters(app: &projector::app::App) -> Vec<projector_core::store::DeadLetter> {
+    app.engine.commit().expect("commit");
+    app.engine
+        .store()
+        .dead_letters()
+        .collect::<Result<_, _>>()
+        .expect("dead letters")
 }
 
 /// One event in the own envelope, as bytes for a record.
@@ -458,9 +477,10 @@ pub fn assert_documented_metrics(api: &Api, marker: &str, at_least: usize) -> St
     assert!(names.len() >= at_least, "{names:?}");
     let text = api.get_text("/metrics");
     for name in names {
+        // Prometheus text names a counter family as its `_total` samples.
         let base = name.strip_suffix("_total").unwrap_or(name);
         assert!(
-            text.contains(&format!("# TYPE {base} ")),
+            text.contains(&format!("# TYPE {name} ")) || text.contains(&format!("# TYPE {base} ")),
             "{name} is documented but not exposed:\n{text}"
         );
     }

@@ -3,8 +3,8 @@
 //! counters show every delivery applied exactly once.
 
 use projector_tests::{
-    assert_inbox_store, fold_inbox, inbox_deliveries, inbox_events, open_app, projector_bin,
-    write_ndjson, InboxShape,
+    assert_inbox_store, fold_inbox, inbox_deliveries, inbox_file, open_app, projector_bin,
+    InboxShape,
 };
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -47,14 +47,15 @@ fn records_waiting(data: &Path) -> usize {
 /// directory after each kill.
 fn crash_and_restart(engine: &str, env: &[(&str, &str)], mut after_kill: impl FnMut(&Path)) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = inbox_events(InboxShape {
-        sites: 200,
-        users: 2000,
-        events: 120_000,
-        seed: 11,
-    });
-    let file = dir.path().join("events.ndjson");
-    write_ndjson(&file, &events);
+    let (events, file) = inbox_file(
+        dir.path(),
+        InboxShape {
+            sites: 200,
+            users: 2000,
+            events: 120_000,
+            seed: 11,
+        },
+    );
     let config = projector_tests::write_config(
         dir.path(),
         &["inbox-unread"],

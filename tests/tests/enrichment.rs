@@ -3,9 +3,8 @@
 //! across four sources, stale and duplicate data, a lagging replica, a
 //! source that is down or slow, the allow-list, and read-time rendering.
 
-use projector_core::store::DeadLetter;
 use projector_tests::services::Services;
-use projector_tests::{open_app, records};
+use projector_tests::{dead_letters, open_app, records};
 use serde_json::{json, Value};
 
 const PLUGIN: &str = "subscriptions";
@@ -62,15 +61,6 @@ fn row(app: &projector::app::App, key: &str, now: i64) -> Value {
         .expect("read")
         .and_then(|v| v.json())
         .unwrap_or_else(|| panic!("no valid view of {key}"))
-}
-
-fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
-    app.engine.commit().expect("commit");
-    app.engine
-        .store()
-        .dead_letters()
-        .collect::<Result<_, _>>()
-        .expect("dead letters")
 }
 
 #[test]
@@ -132,7 +122,7 @@ fn out_of_order_and_duplicate_events_give_the_right_row() {
     assert_eq!(r["amount"]["cents"], 400);
     assert_eq!(r["domain"], "a1-v4.example.com");
     assert_eq!(r["site"]["name"], "site a1 v4");
-    assert!(letters(&app).is_empty());
+    assert!(dead_letters(&app).is_empty());
     for source in SOURCES {
         assert_eq!(
             services.get(source).requests(),
@@ -161,7 +151,7 @@ fn a_lagging_source_is_fetched_again_until_it_is_newer() {
         .expect("batch");
     assert_eq!(row(&app, "u1:a1", 0)["amount"]["cents"], 400);
     assert_eq!(services.get("billing").requests(), 2);
-    assert!(letters(&app).is_empty());
+    assert!(dead_letters(&app).is_empty());
 
     // A replica that lags longer than the plugin's refetches: the event
     // waits for a delayed retry while the other keys flow, then converges.
@@ -200,7 +190,7 @@ fn a_lagging_source_is_fetched_again_until_it_is_newer() {
     assert_eq!(app.engine.retry_due(later).expect("retry"), 1);
     assert_eq!(row(&app, "u1:a1", 0)["site"]["name"], "site a1 v2");
     assert_eq!(app.engine.store().retry_count(), 0);
-    assert!(letters(&app).is_empty());
+    assert!(dead_letters(&app).is_empty());
 
     // Behind a cache: asking again goes past the cached old answer.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -287,7 +277,7 @@ fn a_source_down_is_served_from_cache_where_allowed_and_elsewhere_fails_the_even
         5,
         "one, then two attempts, twice"
     );
-    let dead = letters(&app);
+    let dead = dead_letters(&app);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].offset, 3);
     assert!(dead[0].error.contains("unavailable"), "{}", dead[0].error);
@@ -341,7 +331,7 @@ fn a_source_slower_than_its_timeout_fails_its_event_while_other_keys_flow() {
         "{}",
         queued[0].error
     );
-    assert!(letters(&app).is_empty());
+    assert!(dead_letters(&app).is_empty());
 }
 
 #[test]
@@ -365,7 +355,7 @@ fn a_service_off_the_allow_list_is_refused_without_a_connection() {
         .expect("batch")
         .total();
     assert_eq!((c.applied, c.dead_lettered), (1, 1));
-    let dead = letters(&app);
+    let dead = dead_letters(&app);
     assert!(
         dead[0].error.contains("not allowed: sites"),
         "{}",

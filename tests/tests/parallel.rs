@@ -3,21 +3,20 @@
 //! is lost or written twice.
 
 use projector_sources::run::replay_file;
-use projector_tests::{
-    assert_inbox_store, fold_inbox, inbox_events, open_app, write_ndjson, InboxShape,
-};
+use projector_tests::{assert_inbox_store, fold_inbox, inbox_file, open_app, InboxShape};
 
 #[test]
 fn four_workers_match_an_independent_fold() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = inbox_events(InboxShape {
-        sites: 300,
-        users: 3000,
-        events: 20_000,
-        seed: 5,
-    });
-    let file = dir.path().join("events.ndjson");
-    write_ndjson(&file, &events);
+    let (events, file) = inbox_file(
+        dir.path(),
+        InboxShape {
+            sites: 300,
+            users: 3000,
+            events: 20_000,
+            seed: 5,
+        },
+    );
     let app = open_app(
         dir.path(),
         &["inbox-unread"],

@@ -1,22 +1,12 @@
 //! Hostile guests: each misbehaviour fails its own event, which is
 //! dead-lettered with a reason, while the other events keep flowing.
 
-use projector_core::store::DeadLetter;
-use projector_tests::{envelope, open_app, records};
+use projector_tests::{dead_letters, envelope, open_app, records};
 use serde_json::json;
 use std::time::Instant;
 
 fn ev(id: &str, ty: &str, key: &str, version: u64) -> Vec<u8> {
     envelope(id, ty, key, version, 0, json!({}))
-}
-
-fn letters(app: &projector::app::App) -> Vec<DeadLetter> {
-    app.engine.commit().expect("commit");
-    app.engine
-        .store()
-        .dead_letters()
-        .collect::<Result<_, _>>()
-        .expect("dead letters")
 }
 
 /// Process `batch` in one go; its counts and how long it took.
@@ -38,14 +28,19 @@ fn count(app: &projector::app::App, key: &str) -> Option<u64> {
     v.json().and_then(|b| b["count"].as_u64())
 }
 
+/// The hostile plugin under tight limits: 50 ms per event, 16 MiB.
+fn bounded_hostile(dir: &std::path::Path) -> projector::app::App {
+    open_app(
+        dir,
+        &["hostile"],
+        "[plugins.hostile]\nlimits = { epoch_deadline_ms = 50, max_memory_bytes = 16777216 }\n",
+    )
+}
+
 #[test]
 fn each_misbehaviour_fails_only_its_event() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = open_app(
-        dir.path(),
-        &["hostile"],
-        "[plugins.hostile]\nlimits = { epoch_deadline_ms = 50, max_memory_bytes = 16777216 }\n",
-    );
+    let app = bounded_hostile(dir.path());
     // Good events around each bad one, on the same key and on others.
     let batch = vec![
         ev("1", "ok", "a", 1),
@@ -69,7 +64,7 @@ fn each_misbehaviour_fails_only_its_event() {
         assert_eq!(count(&app, key), Some(expected), "key {key}");
     }
 
-    let letters = letters(&app);
+    let letters = dead_letters(&app);
     let by_offset = |o: u64| {
         letters
             .iter()
@@ -256,7 +251,7 @@ fn a_guest_reaching_out_of_the_sandbox_is_refused() {
         "{c:?}"
     );
     assert_eq!(count(&app, "a"), Some(1));
-    let letters = letters(&app);
+    let letters = dead_letters(&app);
     for (i, probe) in probes.iter().enumerate() {
         let l = letters
             .iter()
@@ -280,11 +275,7 @@ fn a_guest_reaching_out_of_the_sandbox_is_refused() {
 #[test]
 fn recursion_a_4_gib_grow_a_loop_in_keys_and_a_huge_render_are_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = open_app(
-        dir.path(),
-        &["hostile"],
-        "[plugins.hostile]\nlimits = { epoch_deadline_ms = 50, max_memory_bytes = 16777216 }\n",
-    );
+    let app = bounded_hostile(dir.path());
     let batch = vec![
         ev("1", "recurse", "a", 1),
         ev("2", "grow-4g", "b", 1),
@@ -294,7 +285,7 @@ fn recursion_a_4_gib_grow_a_loop_in_keys_and_a_huge_render_are_bounded() {
     ];
     let (c, elapsed) = timed_batch(&app, batch);
     assert_eq!((c.applied, c.dead_lettered), (2, 3), "{c:?}");
-    let letters = letters(&app);
+    let letters = dead_letters(&app);
     let reason = |o: u64| {
         let l = letters
             .iter()
