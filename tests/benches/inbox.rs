@@ -18,6 +18,7 @@
 //! `./scripts/bench.sh inbox`.
 
 use projector_common::shutdown::Shutdown;
+use projector_core::driver::Totals;
 use projector_core::engine::Engine;
 use projector_core::envelope::Format;
 use projector_core::store::Store;
@@ -25,7 +26,6 @@ use projector_guest::Population;
 use projector_host::native::NativePlugin;
 use projector_host::wasm::WasmHost;
 use projector_host::{Limits, SharedCode};
-use projector_core::driver::Totals;
 use projector_sources::run::run_log;
 use projector_tests::{filled_log, inbox_events, knob, plugin_wasm, InboxShape, Usage};
 use std::sync::Arc;

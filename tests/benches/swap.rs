@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     let deploy_start = Instant::now();
-    let deployed = app.deployer.deploy("hostile", &v2, "bench")?;
+    let deployed = app.deployer.deploy("hostile", &v2, "bench", true)?;
     let deploy_end = Instant::now();
     let totals = pipeline.join().expect("pipeline")?;
     anyhow::ensure!(deployed.changed, "v2 was not deployed");
@@ -98,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         &v1,
         "bench",
         projector_deploy::ShadowMethod::Rebuild,
+        false,
     )?;
     let status = loop {
         let s = app

@@ -1,15 +1,18 @@
 //! Tokens: every admin route of `openapi.json` answers 401 without the
 //! admin token (so a new route cannot be left open), reads and ingest take
-//! their own tokens when set, the CLI sends the admin token, and an API
-//! beyond loopback with no admin token is refused at start.
+//! their own tokens when set (the `Bearer` scheme in any case), the CLI
+//! sends the admin token, an API beyond loopback is refused at start
+//! unless every guarded route has its token or is declared public, and a
+//! short token is refused at load. Traffic goes to loopback only: an API
+//! bound to `0.0.0.0` is reached through 127.0.0.1.
 
-use projector_tests::{projector_bin, Served};
+use projector_tests::{projector_bin, write_config, Launch, Served};
 use reqwest::Method;
 use serde_json::Value;
 
-const ADMIN: &str = "admin-s3cret";
-const READ: &str = "read-s3cret";
-const INGEST: &str = "ingest-s3cret";
+const ADMIN: &str = "admin-s3cret-0123456789";
+const READ: &str = "read-s3cret-0123456789";
+const INGEST: &str = "ingest-s3cret-0123456789";
 
 fn served() -> Served {
     // Keys first: they land in the `[http]` table `Served` opens last.
@@ -170,4 +173,134 @@ fn the_cli_sends_the_admin_token_and_beyond_loopback_one_is_required() {
         err.contains("admin_token") && err.contains("PROJECTOR_ADMIN_TOKEN"),
         "{err}"
     );
+}
+
+const EVENT: &str = r#"{"id":"1","type":"T","source":"s","key":"k","version":1,"payload":{}}"#;
+
+/// `projector run` in a fresh directory with `http` as its `[http]` table
+/// (besides `listen = "0.0.0.0:0"`): its exit when it refused to start.
+fn run_beyond_loopback(http: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &["inbox-unread"],
+        &format!("[http]\nlisten = \"0.0.0.0:0\"\n{http}"),
+    );
+    std::process::Command::new(projector_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--exit-when-idle"])
+        .env_remove("PROJECTOR_ADMIN_TOKEN")
+        .env_remove("PROJECTOR_READ_TOKEN")
+        .env_remove("PROJECTOR_INGEST_TOKEN")
+        .output()
+        .expect("projector run")
+}
+
+/// The status of `method path` on an API bound to `0.0.0.0`, sent to
+/// 127.0.0.1, with `authorization` as the header if any.
+fn beyond_status(announced: &str, method: Method, path: &str, authorization: Option<&str>) -> u16 {
+    let base = announced.replace("0.0.0.0", "127.0.0.1");
+    assert!(base.starts_with("http://127.0.0.1:"), "{announced}");
+    let mut request = reqwest::blocking::Client::new()
+        .request(method, format!("{base}{path}"))
+        .body(EVENT);
+    if let Some(a) = authorization {
+        request = request.header("authorization", a);
+    }
+    request.send().expect("request").status().as_u16()
+}
+
+#[test]
+fn beyond_loopback_reads_and_ingest_need_their_tokens_unless_public() {
+    // Without the read and ingest tokens: refused, naming the keys.
+    let out = run_beyond_loopback(&format!("admin_token = \"{ADMIN}\"\n"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "read_token",
+        "public_reads",
+        "ingest_token",
+        "public_ingest",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    assert!(!err.contains("admin_token"), "{err}");
+
+    // With every token: each route answers 401 without its own.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &["inbox-unread"],
+        &format!(
+            "[http]\nlisten = \"0.0.0.0:0\"\nadmin_token = \"{ADMIN}\"\n\
+             read_token = \"{READ}\"\ningest_token = \"{INGEST}\"\n"
+        ),
+    );
+    let guarded = Launch::in_dir(dir.path(), &["run"]).start();
+    let at = guarded.announced().to_string();
+    let read = "/v1/views/inbox-unread/u1:s1";
+    assert_eq!(beyond_status(&at, Method::POST, "/v1/events", None), 401);
+    assert_eq!(beyond_status(&at, Method::GET, read, None), 401);
+    let ingest = format!("bearer {INGEST}");
+    assert_eq!(
+        beyond_status(&at, Method::POST, "/v1/events", Some(&ingest)),
+        200
+    );
+    let reader = format!("BEARER {READ}");
+    assert_ne!(beyond_status(&at, Method::GET, read, Some(&reader)), 401);
+    guarded.stop();
+
+    // Declared public: open with no token, the admin routes still guarded.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &["inbox-unread"],
+        &format!(
+            "[http]\nlisten = \"0.0.0.0:0\"\nadmin_token = \"{ADMIN}\"\n\
+             public_reads = true\npublic_ingest = true\n"
+        ),
+    );
+    let public = Launch::in_dir(dir.path(), &["run"]).start();
+    let at = public.announced().to_string();
+    assert_eq!(beyond_status(&at, Method::POST, "/v1/events", None), 200);
+    assert_ne!(beyond_status(&at, Method::GET, read, None), 401);
+    assert_eq!(
+        beyond_status(&at, Method::GET, "/v1/admin/plugins", None),
+        401
+    );
+    public.stop();
+}
+
+#[test]
+fn a_token_shorter_than_sixteen_bytes_is_refused_naming_its_key() {
+    let out = run_beyond_loopback("admin_token = \"s3cret\"\n");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.admin_token") && err.contains("16"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_bearer_scheme_is_taken_in_any_case() {
+    let s = served();
+    let read = "/v1/views/inbox-unread/u1:s1";
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = s
+            .client
+            .get(format!("{}{read}", s.base))
+            .header("authorization", format!("{scheme} {READ}"))
+            .send()
+            .expect("get");
+        assert_ne!(response.status().as_u16(), 401, "{scheme}");
+    }
+    let response = s
+        .client
+        .get(format!("{}{read}", s.base))
+        .header("authorization", format!("Basic {READ}"))
+        .send()
+        .expect("get");
+    assert_eq!(response.status().as_u16(), 401);
 }

@@ -49,12 +49,99 @@ fn projector_test_compares_every_view_with_its_golden_file() {
     std::fs::write(&file, view.to_string()).expect("write");
     let failed = test(&[]);
     assert_eq!(failed.status.code(), Some(1));
-    let err = stderr(&failed);
-    assert!(err.contains("u1:s1: /count: expected 9999, got"), "{err}");
+    // The differences on stdout, apart from the log on stderr.
+    let out = String::from_utf8_lossy(&failed.stdout);
+    assert!(out.contains("u1:s1: /count: expected 9999, got"), "{out}");
+    assert!(!stderr(&failed).contains("expected 9999"));
     // A view with no golden file is a difference too.
     std::fs::remove_file(golden.join("u2:s1.json")).expect("rm");
-    let err = stderr(&test(&[]));
-    assert!(err.contains("u2:s1: a view with no golden file"), "{err}");
+    let again = test(&[]);
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(out.contains("u2:s1: a view with no golden file"), "{out}");
+}
+
+/// `projector test`: a dead letter the golden set does not expect fails
+/// it; `--update` writes the dead letters it saw; a guest panic is told
+/// once, by its message and location; a line that does not decode fails
+/// it by its line number.
+#[test]
+fn projector_test_fails_on_dead_letters_the_golden_set_does_not_expect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let event = |id: u64, kind: &str, key: &str| {
+        serde_json::json!({"id": format!("e{id}"), "type": kind, "source": "t", "key": key,
+                           "version": 1, "time": 5, "payload": {}})
+        .to_string()
+    };
+    let events = dir.path().join("events.ndjson");
+    let lines = [
+        event(1, "count", "a"),
+        event(2, "trap", "b"),
+        event(3, "fail", "c"),
+    ];
+    std::fs::write(&events, lines.join("\n") + "\n").expect("events");
+    let golden = dir.path().join("golden");
+    let wasm = projector_tests::plugin_wasm("hostile");
+    let test = |extra: &[&str]| {
+        Command::new(projector_bin())
+            .arg("test")
+            .arg(&wasm)
+            .arg("--events")
+            .arg(&events)
+            .arg("--expect")
+            .arg(&golden)
+            .args(extra)
+            .output()
+            .expect("projector test")
+    };
+    let wrote = test(&["--update"]);
+    assert!(wrote.status.success(), "{}", stderr(&wrote));
+    assert!(
+        stderr(&wrote).contains("wrote 2 files") && stderr(&wrote).contains("2 dead letters"),
+        "{}",
+        stderr(&wrote)
+    );
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden.join("dead-letters.json")).expect("dead letters"),
+    )
+    .expect("json");
+    assert_eq!(
+        expected,
+        serde_json::json!([
+            {"line": 2, "key": "b", "stage": "apply", "reason": "trap"},
+            {"line": 3, "key": "c", "stage": "apply", "reason": "plugin-error"},
+        ])
+    );
+    let passed = test(&[]);
+    assert!(passed.status.success(), "{}", stderr(&passed));
+
+    // Not expected: exit 1, the panic told once by its message and location.
+    std::fs::remove_file(golden.join("dead-letters.json")).expect("rm");
+    let failed = test(&[]);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    let err = stderr(&failed);
+    assert!(
+        err.contains("line 2: b: apply: trap: an unexpected dead letter"),
+        "{err}"
+    );
+    let panic = "panicked at tests/fixtures/hostile/src/lib.rs:";
+    let logged = err
+        .lines()
+        .filter(|l| l.contains(panic) && l.contains("WARN"))
+        .count();
+    assert_eq!(logged, 1, "{err}");
+    assert!(
+        err.contains(panic) && err.contains(": asked to trap"),
+        "{err}"
+    );
+    assert!(!err.contains("RUST_BACKTRACE"), "{err}");
+
+    // A line that does not decode fails, by its line number.
+    std::fs::write(&events, lines.join("\n") + "\n{not json\n").expect("events");
+    assert!(test(&["--update"]).status.success().then_some(()).is_none());
+    let failed = test(&[]);
+    assert_eq!(failed.status.code(), Some(1));
+    let err = stderr(&failed);
+    assert!(err.contains("line 4: the event does not decode: "), "{err}");
 }
 
 /// `projector test` of a made project's component against its sample
@@ -106,19 +193,20 @@ fn projector_new_makes_a_plugin_that_builds_and_passes_projector_test() {
             .output()
             .expect("cargo")
     };
-    let built = cargo(&[
-        "build",
-        "--quiet",
-        "--target",
-        "wasm32-wasip2",
-        "--profile",
-        "plugin",
-    ]);
+    // `projector build` knows the target and profile, and says where the component is.
+    let built = Command::new(projector_bin())
+        .args(["build", "--dir"])
+        .arg(&project)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("projector build");
     assert!(built.status.success(), "{}", stderr(&built));
-    passes_its_golden_views(
-        &target.join("wasm32-wasip2/plugin/counter_plugin.wasm"),
-        &project,
+    let wasm = target.join("wasm32-wasip2/plugin/counter_plugin.wasm");
+    assert_eq!(
+        String::from_utf8_lossy(&built.stdout).trim(),
+        wasm.display().to_string()
     );
+    passes_its_golden_views(&wasm, &project);
     let native = cargo(&["test", "--quiet"]);
     assert!(native.status.success(), "{}", stderr(&native));
 
@@ -196,7 +284,77 @@ fn projector_new_ts_makes_a_typescript_plugin_that_builds_and_passes_projector_t
         String::from_utf8_lossy(&checked.stdout),
         stderr(&checked)
     );
-    let built = npm(&["run", "--silent", "build"]);
+    // `projector build` runs `npm run build` in a package.json's directory.
+    let built = Command::new(projector_bin())
+        .arg("build")
+        .current_dir(&project)
+        .output()
+        .expect("projector build");
     assert!(built.status.success(), "{}", stderr(&built));
-    passes_its_golden_views(&project.join("dist/ts-counter.wasm"), &project);
+    let wasm = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    assert_eq!(wasm, "dist/ts-counter.wasm");
+    passes_its_golden_views(&project.join(wasm), &project);
+}
+
+/// A TypeScript plugin whose `apply` answers a misspelled change does not
+/// build: `npm run build` type-checks first and fails with tsc's message.
+/// The project pins the TypeScript it checks with (package.json and its
+/// lock file), so `npm run check` has a `tsc` after `npm install`.
+#[test]
+fn a_typescript_plugin_with_a_type_error_fails_its_build_with_tscs_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("misspelled");
+    let made = Command::new(projector_bin())
+        .args(["new", "misspelled", "--lang", "ts", "--dir"])
+        .arg(&project)
+        .output()
+        .expect("projector new");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let json = |file: std::path::PathBuf| -> serde_json::Value {
+        let text = std::fs::read_to_string(&file).expect("read");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    let root = projector_tests::root();
+    let sdk = json(root.join("guest-sdk/js/package.json"));
+    let pinned = sdk["dependencies"]["typescript"]
+        .as_str()
+        .expect("the SDK's typescript");
+    let package = json(project.join("package.json"));
+    assert_eq!(package["devDependencies"]["typescript"], pinned);
+    let lock = json(project.join("package-lock.json"));
+    let locked = &lock["packages"]["node_modules/typescript"];
+    assert_eq!(locked["version"], pinned);
+    assert!(
+        locked["integrity"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("sha512-")),
+        "{locked}"
+    );
+
+    std::os::unix::fs::symlink(root.join("node_modules"), project.join("node_modules"))
+        .expect("node_modules");
+    let index = project.join("src/index.ts");
+    let source = std::fs::read_to_string(&index).expect("index.ts");
+    assert!(source.contains("return 'updated';"));
+    std::fs::write(
+        &index,
+        source.replace("return 'updated';", "return 'updatd';"),
+    )
+    .expect("write");
+    let built = Command::new("npm")
+        .args(["run", "--silent", "build"])
+        .current_dir(&project)
+        .output()
+        .expect("npm");
+    assert!(!built.status.success(), "built with a type error");
+    let err = stderr(&built);
+    assert!(
+        err.contains("src/index.ts(") && err.contains("error TS2322"),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"Type '"updatd"' is not assignable to type 'Change'"#),
+        "{err}"
+    );
+    assert!(!project.join("dist/misspelled.wasm").exists());
 }

@@ -343,13 +343,24 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
 
     let v2 = projector_tests::plugin_wasm("hostile-v2");
     let v2 = v2.to_str().expect("path");
+    // Replacing the running plugin is refused unless asked for, naming both.
     let o = plugin(&["deploy", v2, "--name", "hostile"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let refusal = stderr(&o);
+    assert!(refusal.contains("409"), "{refusal}");
+    assert!(
+        refusal.contains(r#""hostile" version "1""#)
+            && refusal.contains(r#""hostile" version "2""#),
+        "{refusal}"
+    );
+    assert!(refusal.contains("--replace"), "{refusal}");
+    let o = plugin(&["deploy", v2, "--name", "hostile", "--replace"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let deployed: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(deployed["changed"], true);
 
     std::fs::write(dir.path().join("broken.wasm"), b"not wasm").expect("broken");
-    let o = plugin(&["deploy", "broken.wasm", "--name", "hostile"]);
+    let o = plugin(&["deploy", "broken.wasm", "--name", "hostile", "--replace"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("rejected"), "{}", stderr(&o));
 
@@ -414,7 +425,7 @@ fn read_commands_beside_a_running_instance_go_through_its_api() {
         dir.path(),
         &["inbox-unread"],
         "[engine]\ncommit_interval_ms = 50\ncompile_cache_dir = \"compiled\"\n\
-         [http]\nadmin_token = \"t0ken\"\n\
+         [http]\nadmin_token = \"cli-admin-t0ken-0123\"\n\
          [plugins.inbox-unread]\npopulation = \"eager\"\n",
     );
     let mut runtime = Projector::run(&config);
@@ -446,6 +457,8 @@ fn read_commands_beside_a_running_instance_go_through_its_api() {
     assert!(status.status.success(), "{}", stderr(&status));
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(s["plugins"][0]["plugin"], "inbox-unread", "{s}");
+    // The retry queue, as when the store is opened directly.
+    assert_eq!(s["retry_queue"], 0, "{s}");
     let letters = run(&["dead-letters", "--api", &base]);
     assert!(letters.status.success(), "{}", stderr(&letters));
     // No API where it is looked for: the holder is named.
@@ -477,4 +490,23 @@ fn run_stops_on_sigterm_when_its_stderr_is_closed() {
     // still stops cleanly.
     let run = Launch::run(&config).deaf_once_ready().start();
     run.stop_within(Duration::from_secs(30));
+}
+
+#[test]
+fn gen_inbox_help_prints_its_usage() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gen-inbox"))
+        .arg("--help")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("gen-inbox");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("usage: gen-inbox"), "{}", stdout(&o));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gen-inbox"))
+        .arg("many")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("gen-inbox");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("usage: gen-inbox"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("backtrace"), "{}", stderr(&o));
 }

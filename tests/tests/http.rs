@@ -639,3 +639,159 @@ fn the_history_keeps_a_sample_a_second_per_plugin() {
     let (status, _) = s.get("/v1/admin/history?plugin=nope");
     assert_eq!(status, 404);
 }
+
+/// `/metrics` answers Prometheus text 0.0.4 unless `Accept` asks for
+/// OpenMetrics; both carry the same samples, each read by its own parser.
+#[test]
+fn metrics_negotiate_prometheus_text_and_openmetrics_with_the_same_samples() {
+    let legacy = Legacy::start();
+    let s = served(&legacy);
+    let token = s.ingest(&[legacy.send("s1", "c1", "bob", &["alice", "bob"])]);
+    read(&s, "alice:s1", &token, Some("compare-return-source"));
+    read(&s, "carol:s1", &token, Some("projection"));
+    let scrape = |accept: Option<&str>| {
+        let mut request = s.client.get(format!("{}/metrics", s.base));
+        if let Some(a) = accept {
+            request = request.header("accept", a);
+        }
+        let response = request.send().expect("metrics");
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        (kind, response.text().expect("text"))
+    };
+    // What Prometheus sends when it prefers OpenMetrics.
+    let asked = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    // Values move in the background (commits, lag): scrape until two
+    // OpenMetrics answers around the text one agree.
+    let (text, openmetrics) = (0..20)
+        .find_map(|_| {
+            let (om_kind, before) = scrape(Some(asked));
+            let (text_kind, text) = scrape(None);
+            let (_, after) = scrape(Some(asked));
+            assert!(
+                om_kind.starts_with("application/openmetrics-text; version=1.0.0"),
+                "{om_kind}"
+            );
+            assert!(
+                text_kind.starts_with("text/plain; version=0.0.4"),
+                "{text_kind}"
+            );
+            (before == after).then_some((text, after))
+        })
+        .expect("a quiet moment to scrape");
+    let from_text = prometheus_samples(&text);
+    let from_openmetrics = openmetrics_samples(&openmetrics);
+    assert!(from_text.len() >= 20, "{text}");
+    assert!(
+        from_text.contains_key(&(
+            "projector_reads_total".into(),
+            format!("mode=\"projection\",plugin=\"{PLUGIN}\",served_by=\"source\"")
+        )),
+        "{text}"
+    );
+    assert_eq!(from_text, from_openmetrics);
+}
+
+type Samples = std::collections::BTreeMap<(String, String), f64>;
+
+/// `labels` sorted as `k="v",...`, with `le` (if any) as a number.
+fn label_key(labels: impl Iterator<Item = (String, String)>) -> String {
+    let mut labels: Vec<String> = labels
+        .map(|(k, v)| match k.as_str() {
+            "le" => format!("le=\"{}\"", v.parse::<f64>().expect("le")),
+            _ => format!("{k}=\"{v}\""),
+        })
+        .collect();
+    labels.sort();
+    labels.join(",")
+}
+
+/// The samples of a Prometheus text exposition, read by `prometheus-parse`:
+/// every counter is typed as one (its family named as its samples).
+fn prometheus_samples(text: &str) -> Samples {
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse");
+    let mut samples = Samples::new();
+    for sample in scrape.samples {
+        let labels = || sample.labels.iter().map(|(k, v)| (k.clone(), v.clone()));
+        let value = match &sample.value {
+            Value::Counter(v) | Value::Gauge(v) => *v,
+            Value::Untyped(v) => {
+                // Only a histogram's sum and count are not typed by their own line.
+                let base = sample
+                    .metric
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count");
+                assert!(
+                    text.contains(&format!("# TYPE {base} histogram")),
+                    "{}",
+                    sample.metric
+                );
+                *v
+            }
+            Value::Histogram(buckets) => {
+                for b in buckets {
+                    let le = ("le".to_string(), b.less_than.to_string());
+                    let key = label_key(labels().chain(std::iter::once(le)));
+                    samples.insert((format!("{}_bucket", sample.metric), key), b.count);
+                }
+                continue;
+            }
+            Value::Summary(_) => panic!("no summaries: {}", sample.metric),
+        };
+        if sample.metric.ends_with("_total") {
+            assert!(
+                matches!(sample.value, Value::Counter(_)),
+                "{}",
+                sample.metric
+            );
+        }
+        samples.insert((sample.metric.clone(), label_key(labels())), value);
+    }
+    samples
+}
+
+/// The samples of an OpenMetrics exposition: it ends with `# EOF`, every
+/// sample belongs to a declared family, and a counter's samples are named
+/// `<family>_total`.
+fn openmetrics_samples(text: &str) -> Samples {
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut types = std::collections::HashMap::new();
+    let mut samples = Samples::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            types.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let family = |suffix: &str, kind: &str| {
+            name.strip_suffix(suffix)
+                .is_some_and(|f| types.get(f).is_some_and(|k| k == kind))
+        };
+        assert!(
+            family("_total", "counter")
+                || types.get(name).is_some_and(|k| k == "gauge")
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| family(s, "histogram")),
+            "{line}: no family declares it"
+        );
+        let pairs = labels.split(',').filter(|p| !p.is_empty()).map(|p| {
+            let (k, v) = p.split_once('=').expect("k=v");
+            (k.to_string(), v.trim_matches('"').to_string())
+        });
+        let value: f64 = value.parse().expect("value");
+        samples.insert((name.to_string(), label_key(pairs)), value);
+    }
+    samples
+}

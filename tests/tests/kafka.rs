@@ -477,7 +477,7 @@ fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
 
     let v2 = std::fs::read(projector_tests::plugin_wasm("hostile-v2")).expect("v2");
     app.deployer
-        .deploy_shadow("hostile", &v2, "test", ShadowMethod::Auto)
+        .deploy_shadow("hostile", &v2, "test", ShadowMethod::Auto, false)
         .expect("shadow");
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

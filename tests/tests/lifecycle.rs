@@ -83,7 +83,10 @@ fn the_audit_lists_which_version_applied_which_offsets_after_a_replace_deploy() 
     let batch = |range: std::ops::Range<u64>| -> Vec<String> { range.map(event).collect() };
     s.ingest(&batch(0..400));
     eventually("v1 applies 400", || applied(&s.app, partitions) == 400);
-    let (status, body) = s.post("/v1/admin/plugins/hostile?from=lifecycle", v2_bytes);
+    let (status, body) = s.post(
+        "/v1/admin/plugins/hostile?from=lifecycle&replace=true",
+        v2_bytes,
+    );
     assert_eq!(status, 200, "{body}");
     s.ingest(&batch(400..1000));
     eventually("v2 applies the rest", || {

@@ -11,7 +11,7 @@ use projector_deploy::content_id;
 use projector_sources::log::EmbeddedLog;
 use projector_sources::run::run_log;
 use projector_tests::hostile::{applied, count, event};
-use projector_tests::{open_app, plugin_wasm, Api};
+use projector_tests::{open_app, plugin_wasm, Api, Served};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
     }
     let done = app
         .deployer
-        .deploy("hostile", &v2_bytes, "test")
+        .deploy("hostile", &v2_bytes, "test", true)
         .expect("deploy v2");
     assert!(done.changed);
     assert_eq!(done.replaced.as_deref(), Some(v1.as_str()));
@@ -122,7 +122,7 @@ fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
     // Deploying the active bytes again changes nothing.
     let again = app
         .deployer
-        .deploy("hostile", &v2_bytes, "test")
+        .deploy("hostile", &v2_bytes, "test", true)
         .expect("again");
     assert!(!again.changed);
 }
@@ -156,12 +156,17 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
     for (what, bytes) in &broken {
         let e = app
             .deployer
-            .deploy("hostile", bytes, "test")
+            .deploy("hostile", bytes, "test", true)
             .expect_err(what);
         assert!(e.to_string().contains("rejected"), "{what}: {e}");
-        let (status, body) = api.post("/v1/admin/plugins/hostile", bytes.clone());
+        let (status, body) = api.post("/v1/admin/plugins/hostile?replace=true", bytes.clone());
         assert_eq!(status, 422, "{what}");
         assert_eq!(body["error"], "rejected", "{what}: {body}");
+        if *what == "a core module" {
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains("not a component"), "{message}");
+            assert!(message.contains("wasm32-wasip2"), "{message}");
+        }
     }
     // v1 still runs and keeps applying.
     log.append(&(100..200).map(event).collect::<Vec<_>>())
@@ -183,7 +188,11 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
 
     // A good deploy over the API works, and so does rollback.
     let v2 = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    assert_eq!(api.post("/v1/admin/plugins/hostile?from=ci", v2).0, 200);
+    assert_eq!(
+        api.post("/v1/admin/plugins/hostile?from=ci&replace=true", v2)
+            .0,
+        200
+    );
     assert_eq!(count(&app, "k7"), (1, "2".to_string()));
     assert_eq!(api.post("/v1/admin/plugins/hostile/rollback", "").0, 200);
     assert_eq!(count(&app, "k7"), (1, "1".to_string()));
@@ -203,7 +212,7 @@ fn a_restart_keeps_the_deployed_version_and_does_not_recompile() {
     {
         let app = open_app(dir.path(), &["hostile"], extra);
         app.deployer
-            .deploy("hostile", &v2_bytes, "test")
+            .deploy("hostile", &v2_bytes, "test", true)
             .expect("deploy");
     }
     let app = open_app(dir.path(), &["hostile"], extra);
@@ -259,7 +268,7 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
         std::thread::sleep(Duration::from_millis(5));
     }
     app.deployer
-        .deploy("hostile", &broken_bytes, "test")
+        .deploy("hostile", &broken_bytes, "test", true)
         .expect("deploy");
     // Events keep coming; the broken version fails them until the
     // runtime gives up on it.
@@ -368,4 +377,105 @@ fn the_watched_directory_deploys_completed_files_and_never_a_partial_copy() {
     );
     stop.stop();
     running.wait().expect("stop");
+}
+
+/// Events of keys `legacy0..legacy{n}`, one each.
+fn legacy_events(n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("l{i}"), "type": "count", "source": "test",
+                "key": format!("legacy{i}"), "version": 1, "time": 1_000, "payload": {}})
+            .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn adding_and_replacing_are_different_acts() {
+    let s = Served::start(&["hostile"], "");
+    let v1_bytes = std::fs::read(plugin_wasm("hostile")).expect("v1");
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let (v1, v2) = (content_id(&v1_bytes), content_id(&v2_bytes));
+    let running = || {
+        s.app
+            .engine
+            .projection("hostile")
+            .expect("p")
+            .code()
+            .id()
+            .to_string()
+    };
+
+    // A new version onto the running plugin: refused without replace,
+    // naming both, and nothing changes.
+    let (status, body) = s.post("/v1/admin/plugins/hostile", v2_bytes.clone());
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "replace_required", "{body}");
+    assert_eq!(body["running"]["version"], "1", "{body}");
+    assert_eq!(body["incoming"]["version"], "2", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains(r#""hostile" version "1""#), "{message}");
+    assert!(message.contains(r#""hostile" version "2""#), "{message}");
+    assert_eq!(running(), v1);
+
+    // A component under a name it does not call itself: refused too.
+    let (status, body) = s.post("/v1/admin/plugins/other", v1_bytes.clone());
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["target"], "other", "{body}");
+    assert_eq!(body["incoming"]["name"], "hostile", "{body}");
+    assert!(s.app.engine.projection("other").is_err());
+
+    // Said explicitly, the replace goes ahead.
+    let (status, body) = s.post("/v1/admin/plugins/hostile?replace=true", v2_bytes);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(running(), v2);
+
+    // A shadow of another version of the same plugin needs no flag.
+    let (status, body) = s.post("/v1/admin/plugins/hostile?mode=shadow", v1_bytes);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_replace_that_cannot_render_the_views_it_inherits_is_rolled_back() {
+    let s = Served::start(&["hostile"], "");
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+    s.ingest(&legacy_events(20));
+    projector_tests::eventually("v1 applies the events", Duration::from_secs(30), || {
+        s.app
+            .engine
+            .read("hostile", "legacy19", 0)
+            .is_ok_and(|v| v.is_some())
+    });
+    s.app.engine.commit().expect("commit");
+
+    let (status, body) = s.post("/v1/admin/plugins/hostile?replace=true", v2_bytes);
+    assert_eq!(status, 422, "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains("rolled back"), "{message}");
+    assert!(message.contains("failed to render"), "{message}");
+    assert_eq!(
+        s.app.engine.projection("hostile").expect("p").code().id(),
+        v1
+    );
+    assert_eq!(count(&s.app, "legacy3"), (1, "1".to_string()));
+    let entry = s
+        .app
+        .deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some");
+    assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
+    let bad = entry
+        .versions
+        .iter()
+        .find(|v| v.id == v2)
+        .expect("recorded");
+    let reason = bad.rolled_back.as_deref().expect("marked rolled back");
+    assert!(
+        reason.contains("inherited views failed to render"),
+        "{reason}"
+    );
 }

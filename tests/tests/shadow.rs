@@ -53,7 +53,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     };
     let started = app
         .deployer
-        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto)
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto, false)
         .expect("shadow");
     assert_eq!(started.id, v2);
     // Reads are still served by v1 while v2 builds.
@@ -81,6 +81,20 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     assert_eq!(c.compared, 100, "{c:?}");
     assert_eq!(c.mismatched, 100, "{c:?}");
     assert_eq!(c.missing, 0, "{c:?}");
+    // The sides are named by version, and every reason has an example.
+    assert_eq!((c.serving.len(), c.other.len()), (12, 12), "{c:?}");
+    assert_ne!(c.serving, c.other);
+    let shown: std::collections::BTreeSet<&str> = c
+        .examples
+        .iter()
+        .flat_map(|e| e["differences"].as_array().into_iter().flatten())
+        .filter_map(|d| d["reason"].as_str())
+        .collect();
+    assert!(
+        c.reasons.keys().all(|r| shown.contains(r.as_str())),
+        "{c:?}"
+    );
+    assert!(!format!("{c:?}").contains("only-in-source"), "{c:?}");
     let paths: Vec<String> = c
         .examples
         .iter()
@@ -217,11 +231,11 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
     let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
     let refused = app
         .deployer
-        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild)
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild, false)
         .expect_err("a rebuild needs the whole log");
     assert!(refused.to_string().contains("migrate"), "{refused}");
     app.deployer
-        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto)
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Auto, false)
         .expect("shadow");
     let status = loop {
         let s = app.deployer.shadow("hostile").expect("status");
@@ -325,7 +339,7 @@ fn a_shadow_generation_and_a_promotion_survive_a_restart() {
     log.append(&(0..2_000).map(event).collect::<Vec<_>>())
         .expect("append");
     app.deployer
-        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild)
+        .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild, false)
         .expect("shadow");
     run(&app, &log, 2_000);
     drop((app, log));
@@ -452,7 +466,7 @@ fn a_shadow_build_takes_in_partitions_that_move_here_during_and_after_it() {
 
     let v2 = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
     app.deployer
-        .deploy_shadow("hostile", &v2, "test", ShadowMethod::Rebuild)
+        .deploy_shadow("hostile", &v2, "test", ShadowMethod::Rebuild, false)
         .expect("shadow");
     let phase = || app.deployer.shadow("hostile").expect("status").phase;
     assert_eq!(phase(), "building");

@@ -3,8 +3,9 @@
 //! events out of order, duplicates and malformed payloads, gives the same
 //! views, statuses and dead letters under the same host and limits.
 
-use projector_tests::{inbox_events, open_app, records, InboxShape};
+use projector_tests::{inbox_events, open_app, projector_bin, records, stderr, InboxShape};
 use std::collections::BTreeMap;
+use std::process::Command;
 
 const RUST: &str = "inbox-unread";
 const TS: &str = "inbox-unread-ts";
@@ -106,4 +107,65 @@ fn the_typescript_inbox_plugin_gives_the_rust_plugins_views() {
         r, t,
         "received, applied, skipped, invalidated, dead-lettered"
     );
+}
+
+/// A plugin in plain JavaScript (no type-check) whose `apply` answers a
+/// misspelled change: each of its events is a dead letter that names the
+/// value, rather than a change the SDK takes as "unchanged".
+#[test]
+fn an_unknown_answer_from_apply_is_a_dead_letter_that_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = projector_tests::root();
+    std::os::unix::fs::symlink(root.join("node_modules"), dir.path().join("node_modules"))
+        .expect("node_modules");
+    let entry = dir.path().join("plugin.js");
+    std::fs::write(
+        &entry,
+        "import { definePlugin } from '@projector/guest';\n\
+         export const { projection, comparison } = definePlugin(() => ({\n\
+           info: () => ({ name: 'misspelled', version: '1', population: 'eager',\n\
+                          stalePolicy: 'ignore', renderUsesTime: false }),\n\
+           empty: () => ({ count: 0 }),\n\
+           keys: (event) => [event.key],\n\
+           apply(_key, state) { state.count += 1; return 'updatd'; },\n\
+           render: (_key, state) => state,\n\
+         }));\n",
+    )
+    .expect("plugin.js");
+    let wasm = dir.path().join("misspelled.wasm");
+    let built = Command::new("node")
+        .arg(root.join("guest-sdk/js/build.mjs"))
+        .arg(&entry)
+        .arg(&wasm)
+        .output()
+        .expect("node");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(
+        &events,
+        r#"{"id":"e1","type":"Counted","source":"example","key":"a","version":1,"time":1767225601000,"payload":{}}
+"#,
+    )
+    .expect("events");
+    let tested = Command::new(projector_bin())
+        .arg("test")
+        .arg(&wasm)
+        .arg("--events")
+        .arg(&events)
+        .arg("--expect")
+        .arg(dir.path().join("golden"))
+        .arg("--update")
+        .output()
+        .expect("projector test");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&tested.stdout),
+        stderr(&tested)
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("dead letter:") && l.contains("apply of a returned 'updatd'")),
+        "{out}"
+    );
+    assert!(!dir.path().join("golden/a.json").exists(), "{out}");
 }

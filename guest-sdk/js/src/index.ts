@@ -75,8 +75,12 @@ export interface Info {
   renderUsesTime: boolean;
 }
 
-/** What one event did to a key's state (changed in place by `apply`). */
+/**
+ * What one event did to a key's state (changed in place by `apply`). Any
+ * other answer is a type error, and a dead letter at run time.
+ */
 export type Change = 'updated' | 'unchanged' | 'delete' | 'invalidate';
+const CHANGES = { updated: true, unchanged: true, delete: true, invalidate: true } satisfies Record<Change, true>;
 
 export interface Difference {
   /** Where the answers differ, e.g. `/conversations/3/id`. */
@@ -239,6 +243,16 @@ function asPluginError(e: unknown): PluginError {
   return internal(e instanceof Error ? `${e.name}: ${e.message}` : String(e));
 }
 
+function describe(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (value === undefined) return 'undefined';
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
 function decodeState<S>(bytes: Uint8Array): S {
   try {
     return JSON.parse(decoder.decode(bytes)) as S;
@@ -268,6 +282,12 @@ function applyRun<S>(p: Projection<S>, key: string, state: Uint8Array | undefine
       change = p.apply(key, current, event);
     } catch (e) {
       error = asPluginError(e).payload;
+      break;
+    }
+    if (typeof change !== 'string' || !Object.hasOwn(CHANGES, change)) {
+      // Plain JavaScript, or a cast, got past the type: the event is dead-lettered, not taken as no change.
+      const known = Object.keys(CHANGES).map((c) => `'${c}'`).join(', ');
+      error = internal(`apply of ${key} returned ${describe(change)}, not one of ${known}`).payload;
       break;
     }
     if (change === 'updated') dirty = true;

@@ -29,7 +29,9 @@ async function api(method, path, body, type) {
   }
   if (!r.ok) {
     const code = (data && data.error) || r.status;
-    throw new Error(`${code}: ${(data && data.message) || text || r.statusText}`);
+    const e = new Error(`${code}: ${(data && data.message) || text || r.statusText}`);
+    e.code = code;
+    throw e;
   }
   return data;
 }
@@ -242,20 +244,27 @@ function Upload({ plugin, onDone, adding }) {
     if (!f) { setMsg({ error: 'Choose a .wasm file first.' }); return; }
     if (!target) { setMsg({ error: 'Name the new plugin first.' }); return; }
     const how = mode === 'shadow' ? `in shadow mode (${method}): it builds beside the serving version, which keeps serving until you promote it` : 'replacing the serving version at once';
+    // Replace mode on a plugin's own page is a replace the operator
+    // confirms below; anything else that would replace is asked again.
+    const send = async (replace) => {
+      setMsg({ note: `Uploading ${f.name} (${fmt(f.size)} bytes)…` });
+      const q = new URLSearchParams({ mode, from: f.name, replace: String(replace) });
+      if (mode === 'shadow') q.set('method', method);
+      try {
+        const r = await api('POST', `/v1/admin/plugins/${enc(target)}?${q}`, await f.arrayBuffer(), 'application/wasm');
+        setMsg({ ok: `Deployed ${short(r.id)}${r.phase ? `: ${r.phase}` : ''}.` });
+        if (onDone) onDone(target);
+      } catch (e) {
+        if (e.code !== 'replace_required') { setMsg({ error: e.message }); return; }
+        setMsg(null);
+        setAsk({ title: `Replace ${target}?`, detail: e.message, verb: 'Replace', danger: true, run: () => send(true) });
+      }
+    };
     setAsk({
       title: `Deploy ${f.name} as ${target}?`,
       detail: adding ? 'A new plugin: its views are built from the log, then it goes live.' : `It is deployed ${how}.`,
       verb: 'Deploy',
-      run: async () => {
-        setMsg({ note: `Uploading ${f.name} (${fmt(f.size)} bytes)…` });
-        const q = new URLSearchParams({ mode, from: f.name });
-        if (mode === 'shadow') q.set('method', method);
-        try {
-          const r = await api('POST', `/v1/admin/plugins/${enc(target)}?${q}`, await f.arrayBuffer(), 'application/wasm');
-          setMsg({ ok: `Deployed ${short(r.id)}${r.phase ? `: ${r.phase}` : ''}.` });
-          if (onDone) onDone(target);
-        } catch (e) { setMsg({ error: e.message }); }
-      },
+      run: () => send(mode === 'replace' && !adding),
     });
   };
   return html`<div class="panel" id=${adding ? 'add-plugin' : 'deploy'}>

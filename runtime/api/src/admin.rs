@@ -39,6 +39,9 @@ pub(crate) struct DeployParams {
     mode: Option<String>,
     /// For shadow: `auto` (default), `rebuild` or `migrate`.
     method: Option<projector_deploy::ShadowMethod>,
+    /// Replace the running plugin, or run a component under a name it
+    /// does not call itself (refused otherwise: 409 `replace_required`).
+    replace: Option<bool>,
 }
 
 /// Run registry work off the async workers.
@@ -135,16 +138,18 @@ pub(crate) async fn deploy(
         ));
     }
     let from = params.from.unwrap_or_else(|| "api".into());
+    let replace = params.replace.unwrap_or(false);
     match mode {
         "replace" => {
-            let done = blocking(move || d.deploy(&plugin, &body, &from)).await?;
+            let done = blocking(move || d.deploy(&plugin, &body, &from, replace)).await?;
             Ok(Json(serde_json::to_value(done).unwrap_or_default()))
         }
         "shadow" => {
             let method = params
                 .method
                 .unwrap_or(projector_deploy::ShadowMethod::Auto);
-            let status = blocking(move || d.deploy_shadow(&plugin, &body, &from, method)).await?;
+            let status =
+                blocking(move || d.deploy_shadow(&plugin, &body, &from, method, replace)).await?;
             Ok(Json(serde_json::to_value(status).unwrap_or_default()))
         }
         other => Err(ApiError::bad_request(

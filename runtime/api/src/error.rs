@@ -68,6 +68,15 @@ impl From<projector_deploy::Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "no_earlier_version", e.to_string())
             }
             R::NoShadow(_) => ApiError::new(StatusCode::CONFLICT, "no_shadow", e.to_string()),
+            R::ReplaceRequired(refusal) => {
+                let extra = serde_json::to_value(&refusal).unwrap_or_default();
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "replace_required",
+                    refusal.to_string(),
+                )
+                .with(extra)
+            }
             R::Stopped(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
             }

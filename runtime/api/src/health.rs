@@ -46,15 +46,22 @@ pub(crate) async fn readyz(State(s): State<Arc<ServeState>>) -> Response {
     }
 }
 
-pub(crate) async fn metrics_text(State(s): State<Arc<ServeState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
+/// `/metrics`: Prometheus text 0.0.4, or OpenMetrics when `Accept` asks.
+pub(crate) async fn metrics_text(
+    State(s): State<Arc<ServeState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use crate::exposition;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let text = s.metrics.render();
+    match exposition::wants_openmetrics(accept) {
+        true => ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], text).into_response(),
+        false => (
+            [(header::CONTENT_TYPE, exposition::PROMETHEUS)],
+            exposition::to_prometheus(&text),
+        )
+            .into_response(),
+    }
 }
 
 pub(crate) async fn openapi() -> Response {
@@ -108,5 +115,7 @@ pub(crate) async fn list_plugins(State(s): State<Arc<ServeState>>) -> Json<Value
             })
         })
         .collect();
-    Json(json!({"plugins": list}))
+    // `projector status` shows the retry queue from here too.
+    let retry_queue = s.engine.store().retry_count();
+    Json(json!({"plugins": list, "retry_queue": retry_queue}))
 }

@@ -13,7 +13,8 @@
 //! reads), `ingest`, `admin` (deploys, shadow, rollout, mismatches),
 //! `audit` (which version applied which offsets), `verify` (views against
 //! the source of truth), `backfill` (views from it, paced and resumable),
-//! `health` (health, readiness, metrics, plugin list), `history` and
+//! `health` (health, readiness, metrics, plugin list), `exposition`
+//! (the two formats of `/metrics`), `history` and
 //! `overview` (operator numbers), `console` (the operator console's page),
 //! `auth` (tokens), `shed` (overload:
 //! 503 past `max_in_flight`), [`error`],
@@ -28,6 +29,7 @@ mod auth;
 mod backfill;
 mod console;
 pub mod error;
+mod exposition;
 mod health;
 mod history;
 mod ingest;
@@ -81,12 +83,17 @@ pub struct HttpConfig {
     /// Bearer token of the admin routes (`/v1/admin/...`); required to
     /// listen beyond loopback. Also `PROJECTOR_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
-    /// Bearer token of view reads (default: none needed). Also
-    /// `PROJECTOR_READ_TOKEN`.
+    /// Bearer token of view reads. Also `PROJECTOR_READ_TOKEN`. On
+    /// loopback none is needed; beyond it, one is, unless `public_reads`.
     pub read_token: Option<String>,
-    /// Bearer token of `POST /v1/events` (default: none needed). Also
-    /// `PROJECTOR_INGEST_TOKEN`.
+    /// Bearer token of `POST /v1/events`. Also `PROJECTOR_INGEST_TOKEN`.
+    /// On loopback none is needed; beyond it, one is, unless
+    /// `public_ingest`.
     pub ingest_token: Option<String>,
+    /// Beyond loopback, serve view reads with no read token set.
+    pub public_reads: bool,
+    /// Beyond loopback, take `POST /v1/events` with no ingest token set.
+    pub public_ingest: bool,
 }
 
 impl Default for HttpConfig {
@@ -102,6 +109,8 @@ impl Default for HttpConfig {
             admin_token: None,
             read_token: None,
             ingest_token: None,
+            public_reads: false,
+            public_ingest: false,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Metrics, in Prometheus text exposition at `/metrics`. Every name is
+//! Metrics, at `/metrics` in Prometheus text 0.0.4 or, when `Accept`
+//! asks, OpenMetrics (see `exposition`). Every name is
 //! listed here and only here (the README points to this table):
 //!
 //! | name | type | labels | meaning |
@@ -57,8 +58,8 @@
 
 use crate::Feed;
 use projector_core::engine::{Engine, Projection};
-use projector_host::fetch::{Fetcher, ServiceStats};
 use projector_core::source::{MetricKind, SourceMetric};
+use projector_host::fetch::{Fetcher, ServiceStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -292,7 +293,7 @@ impl Metrics {
         }
     }
 
-    /// The exposition text.
+    /// The exposition text, in OpenMetrics 1.0.
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -27,6 +27,7 @@ impl Serving {
             .map_err(|e| anyhow::anyhow!("http.listen {listen}: {e}"))?;
         let addr = listener.local_addr()?;
         crate::auth::check_addr(&state.http, addr)?;
+        let _ = state.exposure.set(crate::auth::Exposure::of(addr));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // Backfills a previous run left unfinished go on.
         {

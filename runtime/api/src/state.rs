@@ -10,9 +10,9 @@ use crate::HttpConfig;
 use axum::http::StatusCode;
 use projector_common::sync::Recover;
 use projector_core::engine::{Engine, ReadView, Snapshot};
+use projector_core::source::Source;
 use projector_guest::Difference;
 use projector_sources::log::EmbeddedLog;
-use projector_core::source::Source;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -213,6 +213,8 @@ pub struct ServeState {
     settings: ApiSettings,
     pub(crate) metrics: Metrics,
     pub(crate) http: HttpConfig,
+    /// Who can reach the API, set once it is bound (until then: beyond).
+    pub(crate) exposure: std::sync::OnceLock<crate::auth::Exposure>,
     pub(crate) ready: AtomicBool,
     /// Requests being served, bounded by `http.max_in_flight`.
     pub(crate) in_flight: Option<crate::shed::InFlight>,
@@ -250,11 +252,20 @@ impl ServeState {
             settings: config.clone(),
             metrics,
             http: config.http.clone(),
+            exposure: Default::default(),
             ready: AtomicBool::new(false),
             in_flight: crate::shed::InFlight::new(config.http.max_in_flight),
             backfills: Default::default(),
             history: Default::default(),
         })
+    }
+
+    /// Who can reach the API: beyond loopback until it is bound.
+    pub(crate) fn exposure(&self) -> crate::auth::Exposure {
+        self.exposure
+            .get()
+            .copied()
+            .unwrap_or(crate::auth::Exposure::Beyond)
     }
 
     /// Report ready on `/readyz` (plugins loaded, source connected).

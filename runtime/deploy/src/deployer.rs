@@ -212,7 +212,19 @@ impl Deployer {
     /// is compiled and started here, off the event path, then takes over
     /// at the next batch boundary. A plugin not loaded yet is added: its
     /// views are built first ([`Deployer::adding`] shows how far).
-    pub fn deploy(self: &Arc<Self>, name: &str, bytes: &[u8], from: &str) -> Result<Deployed> {
+    ///
+    /// Without `replace`, a deploy onto a running plugin, or under a name
+    /// the component does not call itself, is refused
+    /// ([`Error::ReplaceRequired`], see [`crate::guard`]). A replacing
+    /// version renders a sample of the views it inherits right after the
+    /// swap, and is rolled back and rejected when too many fail.
+    pub fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        from: &str,
+        replace: bool,
+    ) -> Result<Deployed> {
         let _one = self.busy.lock().recover();
         let id = content_id(bytes);
         if self.is_adding(name, &id) {
@@ -244,17 +256,21 @@ impl Deployer {
         let started = std::time::Instant::now();
         let code = self.load(name, bytes)?;
         let compile_ms = started.elapsed().as_millis() as u64;
-        self.registry.add(name, bytes, from)?;
-        if current.is_none() {
-            return self.add(name, code, &id, compile_ms);
-        }
         let old = self.engine.projection(name).ok();
+        if !replace {
+            let running = old.as_ref().map(|p| p.code().info());
+            crate::guard::check(name, running, code.info(), false)
+                .map_err(Error::ReplaceRequired)?;
+        }
+        self.registry.add(name, bytes, from)?;
+        let Some(old) = old else {
+            return self.add(name, code, &id, compile_ms);
+        };
         self.swap(name, code, true)?;
         let swapped_at = std::time::Instant::now();
         self.registry.activate(name, &id, false)?;
-        if let Some(old) = old {
-            self.watch(name, old, &id);
-        }
+        self.render_inherited(name, &old, &id)?;
+        self.watch(name, old, &id);
         tracing::info!(
             plugin = name,
             id = &id[..12],

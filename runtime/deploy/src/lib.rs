@@ -15,7 +15,8 @@
 //!
 //!
 //! Map: [`registry`] (versions by content id, the active one, history),
-//! [`deployer`] (load, replace, rollback), `probation` (a replace deploy
+//! [`deployer`] (load, replace, rollback), [`guard`] (what a deploy may
+//! take without the operator's `replace`), `probation` (a replace deploy
 //! watched and rolled back by itself), [`shadow`] (generations rebuilt or
 //! migrated beside the live one, compared, promoted, retired), [`watch`]
 //! (the plugins directory), [`settings`] (what the config says of each
@@ -25,7 +26,9 @@
 #![deny(missing_docs)]
 
 mod add;
+mod compare;
 pub mod deployer;
+pub mod guard;
 mod probation;
 pub mod registry;
 pub mod settings;
@@ -33,11 +36,12 @@ pub mod shadow;
 pub mod watch;
 
 pub use add::Removed;
+pub use compare::Comparison;
 pub use deployer::{Deployed, Deployer};
 pub use projector_core::source::Replay;
 pub use registry::{content_id, Entry, Registry, Version};
 pub use settings::{DeployConfig, DeploySettings, PluginSetup};
-pub use shadow::{Comparison, ShadowMethod, ShadowStatus};
+pub use shadow::{ShadowMethod, ShadowStatus};
 pub use watch::watch_dir;
 
 /// What a deploy can fail with.
@@ -60,6 +64,11 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// A deploy would replace a running plugin, or run a component under
+    /// a name it does not call itself, and the operator did not ask for a
+    /// replace.
+    #[error("{0}")]
+    ReplaceRequired(guard::Refusal),
     /// A rollback found no earlier version (or generation) to go back to.
     #[error("plugin {0:?} has no earlier version to roll back to")]
     NoEarlier(String),

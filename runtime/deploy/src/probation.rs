@@ -1,13 +1,75 @@
-//! Probation: a version deployed in replace mode is watched for its
-//! first events, and the version it replaced is swapped back in if too
-//! many of them fail.
+//! Probation: a version deployed in replace mode renders a sample of the
+//! views it inherits right after its swap, then is watched for its first
+//! events; the version it replaced is swapped back in if too many of
+//! either fail.
 
 use crate::registry::Registry;
-use crate::{Deployer, Error};
-use projector_core::engine::Projection;
+use crate::{Deployer, Error, Result};
+use projector_core::engine::{Engine, Projection};
+use projector_guest::Population;
 use std::sync::Arc;
 
+/// Inherited views a replacing version renders right after its swap.
+const RENDER_SAMPLE: usize = 100;
+
+/// Swap `old` back in for version `id` of `name`, and note `reason` in
+/// the registry.
+fn roll_back(
+    engine: &Engine,
+    name: &str,
+    old: &Projection,
+    id: &str,
+    reason: &str,
+    population: Option<Population>,
+) -> Result<()> {
+    engine.replace(old.code().clone(), population)?;
+    let registry = Registry::open(engine.store())?;
+    registry.activate(name, old.code().id(), true)?;
+    registry.mark_rolled_back(name, id, reason)
+}
+
 impl Deployer {
+    /// Render up to [`RENDER_SAMPLE`] of the views `name` inherits with
+    /// version `id`, just swapped in. When more than `max_failure_ratio`
+    /// of them fail, `old` is swapped back in as after a failed probation,
+    /// and the version is rejected with the first failure.
+    pub(crate) fn render_inherited(&self, name: &str, old: &Projection, id: &str) -> Result<()> {
+        let deploy = self.settings.deploy;
+        if deploy.probation_events == 0 {
+            return Ok(());
+        }
+        let new = self.engine.projection(name)?;
+        let keys = self
+            .engine
+            .store()
+            .sample_view_keys(new.ns(), RENDER_SAMPLE)
+            .map_err(projector_core::engine::Error::from)?;
+        let now = projector_core::now_ms();
+        let (mut failed, mut first) = (0usize, None);
+        for key in &keys {
+            if let Err(e) = self.engine.read_in(&new, key, now) {
+                failed += 1;
+                first.get_or_insert_with(|| format!("{key:?}: {e}"));
+            }
+        }
+        let ratio = failed as f64 / keys.len().max(1) as f64;
+        let Some(first) = first.filter(|_| ratio > deploy.max_failure_ratio) else {
+            return Ok(());
+        };
+        let reason = format!(
+            "{failed} of {} inherited views failed to render (over {:.0} %), first {first}",
+            keys.len(),
+            deploy.max_failure_ratio * 100.0
+        );
+        tracing::warn!(plugin = name, id = &id[..12], "{reason}: rolling back");
+        roll_back(&self.engine, name, old, id, &reason, self.population(name))?;
+        Err(Error::Rejected {
+            name: name.into(),
+            id: id[..12].into(),
+            reason: format!("rolled back: {reason}"),
+        })
+    }
+
     /// Watch a version on probation: if too many of its first events fail,
     /// swap the version it replaced (still loaded) back in.
     pub(crate) fn watch(&self, name: &str, old: Arc<Projection>, id: &str) {
@@ -47,15 +109,7 @@ impl Deployer {
                     deploy.max_failure_ratio * 100.0
                 );
                 tracing::warn!(plugin = name, id = &id[..12], "{reason}: rolling back");
-                let back = engine
-                    .replace(old.code().clone(), population)
-                    .map_err(Error::from)
-                    .and_then(|()| Registry::open(engine.store()))
-                    .and_then(|registry| {
-                        registry.activate(&name, old.code().id(), true)?;
-                        registry.mark_rolled_back(&name, &id, &reason)
-                    });
-                if let Err(e) = back {
+                if let Err(e) = roll_back(&engine, &name, &old, &id, &reason, population) {
                     tracing::error!(plugin = name, "automatic rollback failed: {e}");
                 }
                 return;

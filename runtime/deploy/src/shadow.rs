@@ -2,6 +2,7 @@
 //! (rebuilt from the retained log, or migrated from the live views), fed
 //! live events once caught up, compared, promoted, rolled back, retired.
 
+use crate::compare::Comparison;
 use crate::registry::content_id;
 use crate::{Deployed, Deployer, Error, Replay, Result};
 use projector_common::sync::Recover;
@@ -121,34 +122,20 @@ pub struct ShadowStatus {
     pub not_migrated: Option<u64>,
 }
 
-/// Sampled keys compared between two generations.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Comparison {
-    /// Keys sampled, spread over the serving generation's keys.
-    pub compared: u64,
-    /// Keys whose answers are equal, or whose differences the comparison rule dismisses.
-    pub equal: u64,
-    /// Keys the comparison rule found different.
-    pub mismatched: u64,
-    /// Keys one of the generations lacks (or holds Invalid).
-    pub missing: u64,
-    /// Differences by the comparison rule's reason.
-    pub reasons: std::collections::BTreeMap<String, u64>,
-    /// Up to 10 mismatches, each with the key, both answers and their differences.
-    pub examples: Vec<serde_json::Value>,
-}
-
 impl Deployer {
     /// Start a shadow deploy of `bytes` as plugin `name`: a new
     /// generation of its views is rebuilt from the start of the embedded
     /// log beside the live one, then follows live events; compare it,
     /// then promote it (or retire it). Progress in [`Deployer::shadow`].
+    /// A component whose own name is not the running plugin's is refused
+    /// unless `replace` ([`crate::guard`]).
     pub fn deploy_shadow(
         self: &Arc<Self>,
         name: &str,
         bytes: &[u8],
         from: &str,
         method: ShadowMethod,
+        replace: bool,
     ) -> Result<ShadowStatus> {
         let _one = self.busy.lock().recover();
         let reject = |reason: String| Error::Rejected {
@@ -193,6 +180,10 @@ impl Deployer {
             });
         }
         let code = self.load(name, bytes)?;
+        if !replace {
+            crate::guard::check(name, Some(active.code().info()), code.info(), true)
+                .map_err(Error::ReplaceRequired)?;
+        }
         self.registry.add(name, bytes, from)?;
         let generation = self.engine.new_generation(code, self.population(name))?;
         self.registry
@@ -538,13 +529,24 @@ impl Deployer {
                 reason: "the shadow generation is still being built".into(),
             });
         }
-        let keys = self
-            .engine
-            .store()
-            .sample_view_keys(active.ns(), sample)
-            .map_err(projector_core::engine::Error::from)?;
+        // Keys of both: a view only the other generation has counts too.
+        let store = self.engine.store();
+        let mut keys = Vec::new();
+        for ns in [active.ns(), other.ns()] {
+            keys.extend(
+                store
+                    .sample_view_keys(ns, sample)
+                    .map_err(projector_core::engine::Error::from)?,
+            );
+        }
+        keys.sort();
+        keys.dedup();
         let now = projector_core::now_ms();
-        let mut c = Comparison::default();
+        let mut c = Comparison {
+            serving: active.code().id().chars().take(12).collect(),
+            other: other.code().id().chars().take(12).collect(),
+            ..Comparison::default()
+        };
         let mut session = other.code().session();
         for key in &keys {
             let a = self
@@ -555,33 +557,13 @@ impl Deployer {
                 .engine
                 .read_in(&other, key, now)?
                 .and_then(|v| v.json());
-            c.compared += 1;
-            let (Some(a), Some(b)) = (a, b) else {
-                c.missing += 1;
-                continue;
+            let differences = match (&a, &b) {
+                (Some(a), Some(b)) if a != b => session
+                    .compare(key, &b.to_string(), &a.to_string())
+                    .map_err(projector_core::engine::Error::from)?,
+                _ => Vec::new(),
             };
-            if a == b {
-                c.equal += 1;
-                continue;
-            }
-            let differences = session
-                .compare(key, &b.to_string(), &a.to_string())
-                .map_err(projector_core::engine::Error::from)?;
-            if differences.is_empty() {
-                c.equal += 1;
-                continue;
-            }
-            c.mismatched += 1;
-            for d in &differences {
-                *c.reasons.entry(d.reason.clone()).or_default() += 1;
-            }
-            if c.examples.len() < 10 {
-                c.examples.push(serde_json::json!({
-                    "key": key, "serving": a, "other": b,
-                    "differences": differences.iter().map(|d| serde_json::json!({
-                        "path": d.path, "reason": d.reason})).collect::<Vec<_>>(),
-                }));
-            }
+            c.count(key, a, b, &differences);
         }
         *b.comparison.lock().recover() = Some(c.clone());
         Ok(c)

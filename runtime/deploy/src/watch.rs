@@ -82,7 +82,9 @@ fn deploy_file(deployer: &Arc<Deployer>, path: &std::path::Path) {
         return;
     };
     let new = deployer.engine.projection(&name).is_err();
-    match deployer.deploy(&name, &bytes, &path.display().to_string()) {
+    // A file put under a name in the plugins directory is the operator's
+    // say-so, as at start: it replaces, whatever the component calls itself.
+    match deployer.deploy(&name, &bytes, &path.display().to_string(), true) {
         Ok(d) if d.changed && new => tracing::info!(
             plugin = name,
             id = &d.id[..12],

@@ -132,6 +132,9 @@ pub enum Command {
     /// Make a plugin project to start from: a counting plugin, sample
     /// events, golden views, a native test and a README.
     New(NewArgs),
+    /// Build a plugin project (Rust or TypeScript, told by its Cargo.toml
+    /// or package.json) into its component, and print the `.wasm`'s path.
+    Build(BuildArgs),
     /// List dead letters as JSON lines, oldest first.
     DeadLetters {
         /// Only this plugin's.
@@ -167,6 +170,10 @@ pub enum PluginAction {
         /// beginning, else migrate), `rebuild` or `migrate`.
         #[arg(long, default_value = "auto")]
         method: String,
+        /// Replace the running plugin of that name, or run a component
+        /// under a name it does not call itself (both refused otherwise).
+        #[arg(long)]
+        replace: bool,
     },
     /// Where a shadow deploy is: progress, rate, ETA, last comparison.
     Shadow {
@@ -309,6 +316,14 @@ pub struct NewArgs {
     /// The plugin SDK (default: guest-sdk/ of the checkout this projector was built from).
     #[arg(long)]
     pub sdk: Option<PathBuf>,
+}
+
+/// `projector build`: which plugin project.
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The project's directory (default: the current one).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
 }
 
 /// A language plugins are written in.

@@ -408,17 +408,7 @@ impl Config {
         c.breaker
             .check()
             .map_err(|e| bad(format!("breaker: {e}")))?;
-        for (key, token) in [
-            ("admin_token", &c.http.admin_token),
-            ("read_token", &c.http.read_token),
-            ("ingest_token", &c.http.ingest_token),
-        ] {
-            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-                return Err(bad(format!(
-                    "http.{key}: empty; leave it out for none, or set a secret"
-                )));
-            }
-        }
+        c.http.check_tokens().map_err(&bad)?;
         for name in c.plugins.keys() {
             c.policy(name).map_err(&bad)?;
         }

@@ -86,7 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             answer,
         } => cli::view::snapshot(config, &plugin, &key, &answer)?,
         Command::Recollect { plugin, keys } => return cli::recollect::run(config, &plugin, keys),
-        Command::Plugin { action, api } => cli::plugin::run(&config, action, api)?,
+        Command::Plugin { action, api } => return cli::plugin::run(&config, action, api),
         Command::Status { api } => cli::status::run(config, api)?,
         Command::KafkaDev {
             topics,
@@ -101,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return cli::test_plugin::run(args);
         }
         Command::New(args) => cli::new::run(args)?,
+        Command::Build(args) => cli::build::run(&args.dir)?,
         Command::DeadLetters { plugin, limit, api } => {
             cli::dead_letters::run(&config, plugin.as_deref(), limit, api)?
         }

@@ -142,6 +142,13 @@ impl WasmHost {
             message,
         };
         let id = hex::encode(Sha256::digest(bytes));
+        if is_core_module(bytes) {
+            return Err(load_error(
+                "a core Wasm module, not a component: build the plugin for \
+                 `wasm32-wasip2` (cargo build --target wasm32-wasip2 --profile plugin)"
+                    .into(),
+            ));
+        }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| load_error(format!("compile: {e:#}")))?;
         let pre = self
@@ -179,6 +186,12 @@ impl WasmHost {
         plugin.meta.info = info;
         Ok(plugin)
     }
+}
+
+/// Whether `bytes` are a core Wasm module (binary version 1), which the
+/// host cannot load: a plugin is a component.
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
 /// The services one plugin may fetch from.

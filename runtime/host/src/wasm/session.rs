@@ -246,21 +246,55 @@ impl Drop for WasmSession<'_> {
 }
 
 /// Copy what the guest wrote to stdout and stderr since the last drain
-/// into the plugin's log.
+/// into the plugin's log. A panic (Rust's hook writes three lines) goes
+/// into the plugin's log once, as `panicked at LOC: MESSAGE`, and not to
+/// the host's log: the trap's error carries it (see [`classify`]).
 pub(super) fn drain_stdio(state: &mut HostState) {
     for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
         let pipe = if i == 0 { &state.stdout } else { &state.stderr };
         let bytes = pipe.contents();
         let fresh = &bytes[state.drained[i].min(bytes.len())..];
         state.drained[i] = bytes.len();
-        for line in String::from_utf8_lossy(fresh)
-            .lines()
-            .filter(|l| !l.is_empty())
-        {
+        let text = String::from_utf8_lossy(fresh);
+        let mut lines = text.lines().filter(|l| !l.is_empty()).peekable();
+        while let Some(line) = lines.next() {
+            if let Some(at) = panic_location(line) {
+                let message = lines.next_if(|l| !is_backtrace_note(l)).unwrap_or_default();
+                lines.next_if(|l| is_backtrace_note(l));
+                state
+                    .logs
+                    .push(format!("{stream}: panicked at {at}: {message}"));
+                continue;
+            }
             tracing::info!(plugin = &*state.plugin, stream, "{line}");
             state.logs.push(format!("{stream}: {line}"));
         }
     }
+}
+
+/// `LOC` of the first line of Rust's panic hook,
+/// `thread '<name>' panicked at LOC:`.
+fn panic_location(line: &str) -> Option<&str> {
+    let at = line.find("panicked at ")? + "panicked at ".len();
+    line[at..].strip_suffix(':')
+}
+
+fn is_backtrace_note(line: &str) -> bool {
+    line.starts_with("note: run with `RUST_BACKTRACE=1`")
+}
+
+/// The last panic in what the guest wrote to stderr, as
+/// `panicked at LOC: MESSAGE`.
+pub(super) fn panic_in(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let i = lines.iter().rposition(|l| panic_location(l).is_some())?;
+    let at = panic_location(lines[i])?;
+    let message = lines
+        .get(i + 1)
+        .filter(|l| !is_backtrace_note(l))
+        .copied()
+        .unwrap_or_default();
+    Some(format!("panicked at {at}: {message}"))
 }
 
 pub(super) fn classify(
@@ -284,10 +318,17 @@ pub(super) fn classify(
             plugin,
             deadline_ms,
         },
-        _ => Error::Trap {
-            plugin,
-            message: format!("{e:#}"),
-        },
+        _ => {
+            // A guest panic is told by its message and location, which the
+            // panic hook wrote to stderr, not by the trap's wasm backtrace.
+            let state = store.data();
+            let bytes = state.stderr.contents();
+            let fresh = String::from_utf8_lossy(&bytes[state.drained[1].min(bytes.len())..]);
+            Error::Trap {
+                plugin,
+                message: panic_in(&fresh).unwrap_or_else(|| format!("{e:#}")),
+            }
+        }
     }
 }
 
@@ -431,5 +472,21 @@ impl Session for WasmSession<'_> {
                 })
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::panic_in;
+
+    #[test]
+    fn a_panic_is_told_by_its_location_and_message_once() {
+        let stderr = "before\nthread '<unnamed>' panicked at src/lib.rs:41:56:\nboom\n\
+                      note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_in(stderr).as_deref(),
+            Some("panicked at src/lib.rs:41:56: boom")
+        );
+        assert_eq!(panic_in("just a line\n"), None);
     }
 }

@@ -167,3 +167,21 @@ fn a_run_with_a_bad_span_fails_as_bad_input_and_the_others_apply() {
         assert_eq!(bad.applied, 0);
     }
 }
+
+#[test]
+fn a_core_module_is_refused_with_a_hint_to_build_a_component() {
+    let host = WasmHost::new().expect("host");
+    let empty_module = b"\0asm\x01\0\0\0";
+    let e = host
+        .load(
+            "core",
+            empty_module,
+            Limits::default(),
+            &serde_json::json!({}),
+        )
+        .err()
+        .expect("refused");
+    let text = e.to_string();
+    assert!(text.contains("not a component"), "{text}");
+    assert!(text.contains("wasm32-wasip2"), "{text}");
+}

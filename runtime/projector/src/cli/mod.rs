@@ -1,6 +1,7 @@
 //! The commands, one file each, and what several of them share.
 
 pub(crate) mod backfill;
+pub(crate) mod build;
 pub(crate) mod dead_letters;
 pub(crate) mod kafka_dev;
 pub(crate) mod new;

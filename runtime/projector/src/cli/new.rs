@@ -2,12 +2,15 @@
 //! A Cargo crate (or an npm package in TypeScript) with a plugin that
 //! counts each key's events, sample events, golden views that `projector
 //! test` passes out of the box, a native test (Rust), and a README that
-//! says how to build, test, deploy in shadow mode and promote.
+//! says how to build, test, deploy in shadow mode and promote. Both are
+//! pinned to what the SDK was tested with: its `Cargo.lock`, or its npm
+//! packages' versions (TypeScript's too).
 
 use anyhow::{bail, Context};
 use projector::args::Lang;
 pub(crate) use projector::args::NewArgs as Args;
-use std::path::{Path, PathBuf};
+use serde_json::{json, Value};
+use std::path::{Component, Path, PathBuf};
 
 /// The SDK beside this build of projector (a checkout), if there is one.
 fn sdk_here() -> Option<PathBuf> {
@@ -61,9 +64,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default()
         })
         .collect();
+    // The TypeScript compiler the SDK's build type-checks with.
+    let typescript = match args.lang {
+        Lang::Rust => String::new(),
+        Lang::Ts => read_json(&sdk.join("js/package.json"))?["dependencies"]["typescript"]
+            .as_str()
+            .context("the SDK's js/package.json names no typescript version")?
+            .to_owned(),
+    };
     let fill = |template: &str| {
         template
             .replace("{{name}}", &args.name)
+            .replace("{{typescript}}", &typescript)
             .replace("{{crate}}", &krate)
             .replace("{{type}}", &ty)
             .replace("{{sdk}}", &sdk.display().to_string())
@@ -108,7 +120,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             }
             "cargo build --target wasm32-wasip2 --profile plugin, then projector test"
         }
-        Lang::Ts => "npm install, npm run build, then projector test",
+        Lang::Ts => {
+            if let Some(lock) = npm_lock(&sdk, &dir, &args.name, &typescript)? {
+                std::fs::write(dir.join("package-lock.json"), lock)?;
+            }
+            "npm install, npm run build, then projector test"
+        }
     };
     eprintln!(
         "made {} in {}: see its README ({next})",
@@ -116,4 +133,68 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// The project's `package-lock.json`, as `npm install` writes it: the SDK
+/// linked, and TypeScript with the integrity the SDK's own lock file pins.
+/// None when the SDK has no lock file beside it (then `npm install` writes one).
+fn npm_lock(
+    sdk: &Path,
+    dir: &Path,
+    name: &str,
+    typescript: &str,
+) -> anyhow::Result<Option<String>> {
+    let root_lock = sdk.join("../package-lock.json");
+    if !root_lock.exists() {
+        return Ok(None);
+    }
+    let pinned = &read_json(&root_lock)?["packages"]["node_modules/typescript"];
+    if pinned["version"] != typescript {
+        return Ok(None);
+    }
+    let mut pinned = pinned.clone();
+    pinned["dev"] = json!(true);
+    let js = read_json(&sdk.join("js/package.json"))?;
+    let mut linked = json!({});
+    for field in ["name", "version", "license", "dependencies", "bin"] {
+        if !js[field].is_null() {
+            linked[field] = js[field].clone();
+        }
+    }
+    let link = relative(&dir.canonicalize()?, &sdk.join("js"))
+        .to_string_lossy()
+        .into_owned();
+    let lock = json!({
+        "name": name,
+        "version": "0.1.0",
+        "lockfileVersion": 3,
+        "requires": true,
+        "packages": {
+            "": {
+                "name": name,
+                "version": "0.1.0",
+                "dependencies": { "@projector/guest": format!("file:{}/js", sdk.display()) },
+                "devDependencies": { "typescript": typescript },
+            },
+            link.clone(): linked,
+            "node_modules/@projector/guest": { "resolved": link, "link": true },
+            "node_modules/typescript": pinned,
+        },
+    });
+    Ok(Some(serde_json::to_string_pretty(&lock)? + "\n"))
+}
+
+/// `to` as a path relative to `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<Component> = from.components().collect();
+    let to: Vec<Component> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let up = std::iter::repeat_n(Component::ParentDir, from.len() - common);
+    up.chain(to[common..].iter().copied()).collect()
 }

@@ -5,6 +5,7 @@ use super::PluginAction;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use projector::config::Config;
+use std::process::ExitCode;
 
 /// Call the admin API; the JSON answer, or its error message.
 pub(crate) fn admin(
@@ -34,16 +35,41 @@ pub(crate) fn admin_with(
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
             let text = r.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_string))
-                .unwrap_or(text);
-            bail!("{url}: {code}: {message}");
+            let body = serde_json::from_str::<serde_json::Value>(&text).ok();
+            let error = body.as_ref().and_then(|v| v["error"].as_str());
+            let message = body
+                .as_ref()
+                .and_then(|v| v["message"].as_str())
+                .unwrap_or(&text);
+            return Err(Refused {
+                url: url.to_string(),
+                status: code,
+                error: error.unwrap_or_default().to_string(),
+                message: message.to_string(),
+            }
+            .into());
         }
         Err(e) => bail!("{url}: {e} (is `projector run` serving its API there?)"),
     };
     Ok(serde_json::from_reader(response.into_reader())?)
 }
+
+/// An error answer of the admin API: its status, error code and message.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    url: String,
+    status: u16,
+    error: String,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.url, self.status, self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// The admin token the commands send (`[http] admin_token` or
 /// `PROJECTOR_ADMIN_TOKEN`), set by [`api_base`].
@@ -108,11 +134,26 @@ fn follow_build(
     }
 }
 
+/// Run `action`; exit code 1 when a deploy would replace without
+/// `--replace` (the refusal names both plugins), 0 when done.
 pub(crate) fn run(
     config: &Config,
     action: PluginAction,
     api: Option<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitCode> {
+    match act(config, action, api) {
+        Err(e)
+            if e.downcast_ref::<Refused>()
+                .is_some_and(|r| r.error == "replace_required") =>
+        {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+        done => done.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn act(config: &Config, action: PluginAction, api: Option<String>) -> anyhow::Result<()> {
     let base = api_base(config, api);
     let base = base.as_str();
     let answer = match action {
@@ -121,6 +162,7 @@ pub(crate) fn run(
             name,
             mode,
             method,
+            replace,
         } => {
             let name = match name {
                 Some(n) => n,
@@ -138,7 +180,9 @@ pub(crate) fn run(
             .collect();
             let started = admin(
                 "POST",
-                &format!("{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}"),
+                &format!(
+                    "{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}&replace={replace}"
+                ),
                 Some(&bytes),
             )?;
             if mode == "shadow" {

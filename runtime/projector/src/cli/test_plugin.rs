@@ -3,24 +3,59 @@
 //! rendered and compared with the golden file `DIR/<key>.json`. The events
 //! go through twice, in two stores, to check that the plugin is
 //! deterministic. `--update` writes the golden files instead. Exit code 1
-//! on any difference, for CI.
+//! on any difference, for CI. The differences and the summary go to
+//! stdout; the log (the host's, the plugin's) to stderr.
+//!
+//! Dead letters are part of the golden set: `DIR/dead-letters.json` lists
+//! those expected (line, key, stage, reason); any other dead letter fails
+//! the test. An event line that does not decode always fails it, named by
+//! its line number (from 1) and the decode error.
 
 use anyhow::{bail, Context};
 use projector::app::App;
 pub(crate) use projector::args::TestArgs as Args;
 use projector::config::Config;
 use projector_sources::run;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Every view of one run: key → rendered answer (or its status when it
-/// has none), and the dead letters as (key, reason, error).
+/// has none), and the dead letters with their errors.
 struct Outcome {
     views: BTreeMap<String, Value>,
-    dead_letters: Vec<(String, String, String)>,
+    dead_letters: Vec<(Letter, String)>,
     at_ms: i64,
+}
+
+/// The golden file of the expected dead letters, in the golden directory.
+const DEAD_LETTERS: &str = "dead-letters.json";
+
+/// A dead letter as the golden set expects it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Letter {
+    /// Line of the events file, from 1.
+    line: u64,
+    /// The view key, where the failure belongs to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// `decode`, `keys` or `apply`.
+    stage: String,
+    /// The short reason (`bad-input`, `trap`, ...).
+    reason: String,
+}
+
+impl std::fmt::Display for Letter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: ", self.line)?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}: {}", self.stage, self.reason)
+    }
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -36,7 +71,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The second run loads the code the first compiled.
     let compiled = tempfile::tempdir().context("a temporary compile cache")?;
     let first = once(&args, &name, &settings, compiled.path())?;
-    let second = once(&args, &name, &settings, compiled.path())?;
+    // The second run only checks determinism: its log would repeat the first's.
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    let second = tracing::subscriber::with_default(quiet, || {
+        once(&args, &name, &settings, compiled.path())
+    })?;
     let mut failed = false;
     if let Some(key) = first
         .views
@@ -44,19 +83,37 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .chain(second.views.keys())
         .find(|k| first.views.get(*k) != second.views.get(*k))
     {
-        eprintln!("not deterministic: {key} differs between two runs of the same events");
+        println!("not deterministic: {key} differs between two runs of the same events");
         failed = true;
     }
-    for (key, reason, error) in &first.dead_letters {
-        eprintln!("dead letter: {key}: {reason}: {error}");
+    // A line that does not decode is a broken test input: never expected.
+    let (undecoded, dead_letters): (Vec<_>, Vec<_>) = first
+        .dead_letters
+        .iter()
+        .cloned()
+        .partition(|(l, _)| l.stage == "decode");
+    for (letter, error) in &undecoded {
+        eprintln!("line {}: the event does not decode: {error}", letter.line);
+        failed = true;
+    }
+    for (letter, error) in &dead_letters {
+        eprintln!("dead letter: {letter}: {error}");
     }
     if args.update {
-        write_golden(&args.expect, &first.views)?;
+        let letters: Vec<Letter> = dead_letters.iter().map(|(l, _)| l.clone()).collect();
+        write_golden(&args.expect, &first.views, &letters)?;
         eprintln!(
-            "wrote {} golden views to {} (rendered at {} ms)",
-            first.views.len(),
+            "wrote {} files to {}: {} golden views (rendered at {} ms), {} dead letters{}",
+            first.views.len() + usize::from(!letters.is_empty()),
             args.expect.display(),
-            first.at_ms
+            first.views.len(),
+            first.at_ms,
+            letters.len(),
+            if letters.is_empty() {
+                String::new()
+            } else {
+                format!(" ({DEAD_LETTERS})")
+            }
         );
         return Ok(if failed {
             ExitCode::from(1)
@@ -72,16 +129,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         match (golden.get(key), first.views.get(key)) {
             (Some(want), Some(got)) if want != got => {
                 for d in diff("", want, got) {
-                    eprintln!("{key}: {d}");
+                    println!("{key}: {d}");
                 }
                 differences += 1;
             }
             (Some(_), None) => {
-                eprintln!("{key}: expected a view, there is none");
+                println!("{key}: expected a view, there is none");
                 differences += 1;
             }
             (None, Some(_)) => {
-                eprintln!(
+                println!(
                     "{key}: a view with no golden file ({}); --update writes it",
                     file_of(&args.expect, key).display()
                 );
@@ -93,14 +150,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Each key was counted from both sides when it is in both.
     let keys: std::collections::BTreeSet<&String> =
         golden.keys().chain(first.views.keys()).collect();
+    let unexpected = check_dead_letters(&args.expect, &dead_letters)?;
     println!(
-        "{} views, {} golden, {} differ, {} dead letters",
+        "{} views, {} golden, {} differ, {} dead letters ({} not expected), {} lines that do not decode",
         first.views.len(),
         golden.len(),
         differences.min(keys.len()),
-        first.dead_letters.len()
+        dead_letters.len(),
+        unexpected,
+        undecoded.len()
     );
-    Ok(if failed || differences > 0 {
+    Ok(if failed || differences > 0 || unexpected > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -175,13 +235,22 @@ fn once(
         };
         views.insert(key, value);
     }
-    let dead_letters = app
+    let mut dead_letters = app
         .engine
         .store()
         .dead_letters()
         .filter_map(Result::ok)
-        .map(|d| (d.key.unwrap_or_default(), d.reason, d.error))
-        .collect();
+        .map(|d| {
+            let letter = Letter {
+                line: d.offset + 1,
+                key: d.key,
+                stage: d.stage,
+                reason: d.reason,
+            };
+            (letter, d.error)
+        })
+        .collect::<Vec<_>>();
+    dead_letters.sort();
     Ok(Outcome {
         views,
         dead_letters,
@@ -189,15 +258,60 @@ fn once(
     })
 }
 
-/// The golden file of `key`: `/` and `%` are percent-encoded.
+/// Compare the run's dead letters with those the golden set expects;
+/// report each one unexpected or missing, and count them.
+fn check_dead_letters(dir: &Path, letters: &[(Letter, String)]) -> anyhow::Result<usize> {
+    let path = dir.join(DEAD_LETTERS);
+    let mut expected: Vec<Letter> = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected a list of {{line, key, stage, reason}}",
+                path.display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut wrong = 0;
+    for (letter, error) in letters {
+        match expected.iter().position(|e| e == letter) {
+            Some(i) => {
+                expected.swap_remove(i);
+            }
+            None => {
+                eprintln!("{letter}: an unexpected dead letter: {error} ({DEAD_LETTERS} lists those expected; --update writes it)");
+                wrong += 1;
+            }
+        }
+    }
+    for letter in expected {
+        eprintln!("{letter}: expected a dead letter, there is none");
+        wrong += 1;
+    }
+    Ok(wrong)
+}
+
+/// The golden file of `key`: `/` and `%` are percent-encoded, and so is
+/// the `-` of a key named like the dead letters' file.
 fn file_of(dir: &Path, key: &str) -> PathBuf {
-    let safe = key.replace('%', "%25").replace('/', "%2F");
+    let mut safe = key.replace('%', "%25").replace('/', "%2F");
+    if format!("{safe}.json") == DEAD_LETTERS {
+        safe = safe.replace('-', "%2D");
+    }
     dir.join(format!("{safe}.json"))
 }
 
 fn key_of(file: &Path) -> Option<String> {
-    let stem = file.file_name()?.to_str()?.strip_suffix(".json")?;
-    Some(stem.replace("%2F", "/").replace("%25", "%"))
+    let name = file.file_name()?.to_str()?;
+    if name == DEAD_LETTERS {
+        return None;
+    }
+    let stem = name.strip_suffix(".json")?;
+    Some(
+        stem.replace("%2F", "/")
+            .replace("%2D", "-")
+            .replace("%25", "%"),
+    )
 }
 
 fn read_golden(dir: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
@@ -215,8 +329,24 @@ fn read_golden(dir: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
     Ok(out)
 }
 
-fn write_golden(dir: &Path, views: &BTreeMap<String, Value>) -> anyhow::Result<()> {
+fn write_golden(
+    dir: &Path,
+    views: &BTreeMap<String, Value>,
+    letters: &[Letter],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
+    let path = dir.join(DEAD_LETTERS);
+    if letters.is_empty() {
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+    } else {
+        let mut sorted = letters.to_vec();
+        sorted.sort();
+        let mut text = serde_json::to_string_pretty(&sorted)?;
+        text.push('\n');
+        std::fs::write(&path, text)?;
+    }
     for (key, _) in read_golden(dir).unwrap_or_default() {
         if !views.contains_key(&key) {
             std::fs::remove_file(file_of(dir, &key))?;
@@ -301,7 +431,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip_through_file_names() {
-        for key in ["u1:s1", "a/b", "50%/x"] {
+        for key in ["u1:s1", "a/b", "50%/x", "dead-letters", "dead%2D"] {
             let f = file_of(Path::new("g"), key);
             assert_eq!(key_of(&f).as_deref(), Some(key), "{}", f.display());
         }

@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// One figure of a partition's restores: (records, views, ms) → value.
+type Restored = fn(&(u64, u64, u64)) -> u64;
+
 /// Live counters of a Kafka source.
 #[derive(Debug, Default)]
 pub struct KafkaStats {
@@ -204,7 +207,7 @@ impl KafkaStats {
     /// taken; each metric's rows together, so each family is written once.
     fn partition_restore_metrics(&self) -> Vec<SourceMetric> {
         let restored = self.restored.lock().recover();
-        let families: [(&'static str, &'static str, fn(&(u64, u64, u64)) -> u64); 3] = [
+        let families: [(&str, &str, Restored); 3] = [
             (
                 "projector_kafka_partition_restore_records",
                 "Changelog records read by restores of this partition",
