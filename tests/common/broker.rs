@@ -74,6 +74,21 @@ pub fn changelog_config(bootstrap: &str, group: &str, topic: &str) -> KafkaConfi
     config
 }
 
+/// `topic` and the topics projector creates for it in `group` with
+/// changelogs of `plugins`: its retry and dead-letter topics, a changelog
+/// per plugin, and the members topic. What a passing test deletes.
+pub fn topics_of(bootstrap: &str, group: &str, topic: &str, plugins: &[&str]) -> Vec<String> {
+    let config = changelog_config(bootstrap, group, topic);
+    let mut topics = vec![
+        topic.to_string(),
+        format!("{topic}.{group}.retry"),
+        format!("{topic}.{group}.dlq"),
+    ];
+    topics.extend(plugins.iter().map(|p| config.changelog_topic(p)));
+    topics.push(config.members_topic());
+    topics
+}
+
 /// Every view of `plugin` in `engine`'s store, by key, in its changelog
 /// form: what a restore puts back, byte for byte.
 pub fn changelog_views(engine: &Engine, plugin: &str) -> BTreeMap<String, Vec<u8>> {

@@ -510,3 +510,130 @@ fn gen_inbox_help_prints_its_usage() {
     assert!(stderr(&o).contains("usage: gen-inbox"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("backtrace"), "{}", stderr(&o));
 }
+
+#[test]
+fn plugin_deploy_of_a_new_plugin_reports_its_build_progress_on_stderr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &["inbox-unread"],
+        "[http]\nlisten = \"127.0.0.1:0\"\n[plugins.hostile]\nlimits = { epoch_deadline_ms = 50 }\n",
+    );
+    // Events that each run the hostile plugin to its deadline: a build
+    // of some seconds.
+    let slow: Vec<String> = (0..60)
+        .map(|i| {
+            format!(r#"{{"id":"s{i}","type":"loop","source":"t","key":"k{i}","version":1,"time":1,"payload":{{}}}}"#)
+        })
+        .collect();
+    std::fs::write(dir.path().join("events.ndjson"), slow.join("\n") + "\n").expect("events");
+    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "events.ndjson"]).start();
+    let hostile = projector_tests::plugin_wasm("hostile");
+    let o = projector(
+        dir.path(),
+        &[
+            "plugin",
+            "deploy",
+            hostile.to_str().expect("path"),
+            "--api",
+            &run.base,
+        ],
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    // Not a terminal: a line every few seconds, the first at once, and
+    // the last once live; never 100% while building.
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("build hostile: "))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("build hostile: building, ")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains("building"))
+            .all(|l| !l.contains("(100%)")),
+        "{err}"
+    );
+    let last = lines.last().expect("a progress line");
+    assert!(
+        last.starts_with("build hostile: live, ") && last.contains("of 60 records (100%)"),
+        "{err}"
+    );
+}
+
+/// `plugin deploy --setting key=value` runs that version with the
+/// setting over the config's, and a restart keeps it.
+#[test]
+fn plugin_deploy_settings_apply_to_that_version_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `capped`, added at runtime, populates eagerly too.
+    let config = format!("{INBOX}[plugins.capped]\npopulation = \"eager\"\n");
+    write_config(dir.path(), &["inbox-unread"], &config);
+    let sent = |n: usize| {
+        let payload = serde_json::json!({"site_id": "s1", "conversation_id": format!("c{n}"),
+            "sender_id": "u1", "participants": ["u1", "u2"]});
+        serde_json::json!({"id": format!("e{n}"), "type": "MessageSent", "source": "inbox",
+            "key": "s1", "version": n, "time": 1000 + n as i64, "payload": payload})
+        .to_string()
+    };
+    let lines = |from: usize, to: usize| -> String {
+        (from..=to).map(|n| sent(n) + "\n").collect::<String>()
+    };
+    std::fs::write(dir.path().join("first.ndjson"), lines(1, 3)).expect("events");
+    std::fs::write(dir.path().join("more.ndjson"), lines(4, 4)).expect("events");
+    // The conversations of u2's view of plugin `p` that name one of c1..c4.
+    let unread = |run: &Projector, p: &str| -> Vec<String> {
+        let (status, view) = run.get(&format!("/v1/views/{p}/u2:s1?mode=projection"));
+        assert_eq!(status, 200, "{view}");
+        let text = view["answer"].to_string();
+        (1..=4)
+            .map(|n| format!("c{n}"))
+            .filter(|c| text.contains(&format!("\"{c}\"")))
+            .collect()
+    };
+
+    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "first.ndjson"]).start();
+    let wasm = projector_tests::plugin_wasm("inbox-unread");
+    let wasm = wasm.to_str().expect("path");
+    let o = projector(
+        dir.path(),
+        &[
+            "plugin",
+            "deploy",
+            wasm,
+            "--name",
+            "capped",
+            "--replace",
+            "--setting",
+            "max_unread=1",
+            "--api",
+            &run.base,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(unread(&run, "inbox-unread"), ["c1", "c2", "c3"]);
+    assert_eq!(
+        unread(&run, "capped"),
+        ["c3"],
+        "max_unread = 1: the newest only"
+    );
+    let (_, list) = run.get("/v1/admin/plugins");
+    let capped = list["plugins"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["plugin"] == "capped"))
+        .expect("capped in the registry");
+    assert_eq!(capped["versions"][0]["settings"]["max_unread"], 1, "{list}");
+    run.stop();
+
+    // After a restart the deployed version runs with its setting still.
+    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "more.ndjson"]).start();
+    assert_eq!(unread(&run, "inbox-unread"), ["c1", "c2", "c3", "c4"]);
+    assert_eq!(unread(&run, "capped"), ["c4"]);
+    run.stop();
+}

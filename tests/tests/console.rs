@@ -356,6 +356,19 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
     })
     .await;
     assert!(mismatched > 0, "the two versions render differently");
+    // Each side is named by its role and version.
+    let sides = (
+        text(c, "#comparison [data-compare='serving']").await,
+        text(c, "#comparison [data-compare='other']").await,
+    );
+    assert!(
+        sides
+            .0
+            .as_deref()
+            .is_some_and(|s| s.contains("serving") && s.contains(&v1[..12]))
+            && sides.1.as_deref().is_some_and(|s| s.starts_with("shadow")),
+        "{sides:?}"
+    );
     let left = text(c, "[data-side-by-side] [data-side='left'] .del").await;
     let right = text(c, "[data-side-by-side] [data-side='right'] .add").await;
     assert!(
@@ -378,6 +391,15 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
     })
     .await;
     wait_for(c, "[role='status']").await;
+    // The version replaced is kept for a rollback, not a shadow.
+    let kept = until("the kept version to show", async || {
+        text(c, "#shadow [data-kept]").await
+    })
+    .await;
+    assert!(
+        kept.to_lowercase().contains("kept for rollback") && kept.contains(&v1[..12]),
+        "{kept}"
+    );
     screenshot(c, "5-promoted").await;
     confirmed(c, "#rollback").await;
     until("v1 to serve again", async || {

@@ -261,3 +261,75 @@ fn the_plugins_directory_adds_a_new_file_once_and_a_restart_keeps_a_removal() {
     assert_eq!(run.said("removed at runtime and is not loaded"), 1);
     run.stop();
 }
+
+/// Events that each run the hostile plugin to its deadline.
+fn slow_events(n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("slow{i}"), "type": "loop", "source": "test",
+                "key": format!("k{}", i % 500), "version": i + 1, "time": 1_000 + i, "payload": {}})
+            .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_hot_add_shows_true_progress_and_never_holds_up_another_plugins_token_reads() {
+    let s = Served::start(
+        &["inbox-unread"],
+        "[plugins.inbox-unread]\npopulation = \"eager\"\n\
+         [plugins.hostile]\nlimits = { epoch_deadline_ms = 50 }\n",
+    );
+    // About 50 records a partition, 50 ms each: seconds of build, and
+    // batches of a partition that used to hold the engine for 2.5 s.
+    s.ingest(&slow_events(200));
+    let end = || -> u64 {
+        (0..4)
+            .map(|p| s.app.engine.live_offset("log", p).unwrap_or(0))
+            .sum()
+    };
+    eventually("the slow events appended", || end() == 200);
+    deploy(&s, "hostile");
+    let building = |status: &serde_json::Value| {
+        let (done, total) = (status["done"].as_u64(), status["total"].as_u64());
+        let percent = status["percent"].as_f64().unwrap_or(100.0);
+        assert!(
+            done < total && percent < 100.0,
+            "while building, never done: {status}"
+        );
+    };
+    let mut last = serde_json::Value::Null;
+    eventually("a part of the build done", || {
+        last = s.get("/v1/admin/plugins/hostile/build").1;
+        assert_eq!(last["phase"], "building", "{last}");
+        building(&last);
+        last["done"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(last["total"], 200, "the total is the log's end: {last}");
+    assert!(last["eta_s"].as_f64().is_some_and(|e| e > 0.0), "{last}");
+
+    // A read-your-writes read of the other plugin answers meanwhile, well
+    // within its wait.
+    let event = r#"{"id":"m1","type":"MessageSent","source":"inbox","key":"s1","version":1,"time":1767225600000,"payload":{"site_id":"s1","conversation_id":"c1","sender_id":"u1","participants":["u1","u2"]}}"#;
+    let token = s.ingest(&[event.to_string()]);
+    let (status, body) = s.get(&format!(
+        "/v1/views/inbox-unread/u2:s1?token={token}&wait_ms=1500"
+    ));
+    assert_eq!(status, 200, "{body}");
+    let during = s.get("/v1/admin/plugins/hostile/build").1;
+    assert_eq!(
+        during["phase"], "building",
+        "the read came during the build: {during}"
+    );
+
+    eventually("the new plugin live", || {
+        last = s.get("/v1/admin/plugins/hostile/build").1;
+        if last["phase"] == "building" {
+            building(&last);
+        }
+        last["phase"] == "live"
+    });
+    assert_eq!(last["done"], last["total"], "{last}");
+    assert_eq!(last["percent"], 100.0, "{last}");
+    assert!(last["done"].as_u64() >= Some(200), "{last}");
+}

@@ -1,10 +1,14 @@
 //! Several instances on Kafka, as separate processes on loopback:
-//! `projector kafka-dev` and `projector run` instances in one group with
-//! `changelog = true`. Views are read through every instance (routed to
-//! the owner), an instance is SIGKILLed and its partitions restored from
-//! the changelog by the survivors, and a new instance with an empty store
-//! restores its share from the changelog alone.
+//! `projector run` instances in one group with `changelog = true`.
+//! Views are read through every instance (routed to the owner), an
+//! instance is SIGKILLed and its partitions restored from the changelog
+//! by the survivors, and a new instance with an empty store restores its
+//! share from the changelog alone. That scenario runs on `projector
+//! kafka-dev` (librdkafka's mock cluster) and on the Apache Kafka broker
+//! named by `PROJECTOR_KAFKA_BOOTSTRAP` (skipped when it is unset), where
+//! the test creates the source topic and projector the others.
 
+use projector_tests::broker::{broker, create_topic, delete_topics, fresh, topics_of};
 use projector_tests::{
     fold_inbox, inbox_events, knob, plugins_dir, rendered, shown, Api, InboxShape, Launch,
     Projector, Unread,
@@ -15,6 +19,20 @@ use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 12;
 
+/// Where the instances run: the broker, the source topic, the group.
+struct Kafka {
+    bootstrap: String,
+    topic: String,
+    group: String,
+}
+
+impl Kafka {
+    /// Produce `events` to the source topic, each to its key's partition.
+    fn produce(&self, events: &[String]) {
+        projector_tests::kafka::produce(&self.bootstrap, &self.topic, PARTITIONS, events);
+    }
+}
+
 /// A `projector run` instance: its process, and its API with a
 /// timeout of 20 s a request.
 struct Instance {
@@ -24,12 +42,17 @@ struct Instance {
 
 impl Instance {
     /// Start instance `n` in `dir` (its own store `data-n`).
-    fn start(dir: &Path, bootstrap: &str, n: usize) -> Instance {
-        Instance::start_with(dir, bootstrap, n, "")
+    fn start(dir: &Path, kafka: &Kafka, n: usize) -> Instance {
+        Instance::start_with(dir, kafka, n, "")
     }
 
     /// Start instance `n` with more `[source.kafka]` settings.
-    fn start_with(dir: &Path, bootstrap: &str, n: usize, kafka: &str) -> Instance {
+    fn start_with(dir: &Path, kafka: &Kafka, n: usize, more: &str) -> Instance {
+        let Kafka {
+            bootstrap,
+            topic,
+            group,
+        } = kafka;
         let config = dir.join(format!("instance-{n}.toml"));
         std::fs::write(
             &config,
@@ -38,8 +61,8 @@ impl Instance {
                  [engine]\ncommit_interval_ms = 200\ncompile_cache_dir = \"compiled\"\nwatch_plugins = false\n\
                  [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n\
                  partition_by = {{ separator = \":\", field = 1 }}\n\
-                 [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\ntopics = [\"inbox\"]\n\
-                 changelog = true\npartitioner = \"fnv1a\"\n{kafka}\n\
+                 [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\n\
+                 changelog = true\npartitioner = \"fnv1a\"\n{more}\n\
                  properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n"
             ),
         )
@@ -144,8 +167,8 @@ fn sample(model: &BTreeMap<String, Unread>, step: usize) -> Vec<(&String, &Unrea
 }
 
 /// `projector kafka-dev` with the inbox topic and its changelog, in
-/// `dir` (with the inbox plugin); the process and its bootstrap address.
-fn broker(dir: &Path) -> (Projector, String) {
+/// `dir` (with the inbox plugin); the process and where the instances run.
+fn kafka_dev(dir: &Path) -> (Projector, Kafka) {
     plugins_dir(dir, &["inbox-unread"]);
     let topics = format!("inbox:{PARTITIONS}");
     let broker = Projector::kafka_dev(
@@ -159,15 +182,63 @@ fn broker(dir: &Path) -> (Projector, String) {
             "inbox-unread",
         ],
     );
-    let bootstrap = broker.announced().to_string();
-    (broker, bootstrap)
+    let kafka = Kafka {
+        bootstrap: broker.announced().to_string(),
+        topic: "inbox".into(),
+        group: "views".into(),
+    };
+    (broker, kafka)
 }
 
 #[test]
 fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
-    let total = knob("INSTANCES_EVENTS", 100_000) as usize;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, bootstrap) = broker(dir.path());
+    let (broker, kafka) = kafka_dev(dir.path());
+    three_instances_one_killed_a_fourth_joins(dir.path(), &kafka, "mock cluster");
+    drop(broker);
+}
+
+/// The same on Apache Kafka: the test creates the source topic, projector
+/// its retry, dead-letter, changelog and members topics; all are deleted
+/// when it passes.
+#[test]
+fn instances_share_partitions_route_reads_and_restore_from_the_changelog_on_apache_kafka() {
+    let test =
+        "instances_share_partitions_route_reads_and_restore_from_the_changelog_on_apache_kafka";
+    let Some(bootstrap) = broker(test) else {
+        return;
+    };
+    let kafka = Kafka {
+        bootstrap,
+        topic: fresh("inbox"),
+        group: fresh("views"),
+    };
+    create_topic(&kafka.bootstrap, &kafka.topic, PARTITIONS as i32);
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins_dir(dir.path(), &["inbox-unread"]);
+    three_instances_one_killed_a_fourth_joins(dir.path(), &kafka, "Apache Kafka");
+    let topics = topics_of(
+        &kafka.bootstrap,
+        &kafka.group,
+        &kafka.topic,
+        &["inbox-unread"],
+    );
+    delete_topics(
+        &kafka.bootstrap,
+        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+/// Three instances share the partitions and answer every view, routed to
+/// its owner; one is SIGKILLed while the second half of the events flows,
+/// and its views are refused (503), never wrong, until the survivors have
+/// restored its partitions; afterwards every view through every survivor
+/// equals an independent fold, and a fourth instance with an empty store
+/// restores its share without replaying the source. `on` names the
+/// broker in what it prints.
+fn three_instances_one_killed_a_fourth_joins(dir: &Path, kafka: &Kafka, on: &str) {
+    let began = Instant::now();
+    let total = knob("INSTANCES_EVENTS", 100_000) as usize;
     let events = inbox_events(InboxShape {
         sites: 300,
         users: 3000,
@@ -175,12 +246,12 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         seed: 22,
     });
     let (first, second) = events.split_at(total / 2);
-    projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, first);
+    kafka.produce(first);
 
     // Three instances share the partitions; every one answers every view.
-    let mut a = Instance::start(dir.path(), &bootstrap, 1);
-    let mut b = Instance::start(dir.path(), &bootstrap, 2);
-    let mut c = Instance::start(dir.path(), &bootstrap, 3);
+    let mut a = Instance::start(dir, kafka, 1);
+    let mut b = Instance::start(dir, kafka, 2);
+    let mut c = Instance::start(dir, kafka, 3);
     let model = fold_inbox(first);
     let keys = sample(&model, model.len() / 150);
     let started = Instant::now();
@@ -189,7 +260,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         forwarded += wait_views(i, &keys, Duration::from_secs(240)).0;
     }
     println!(
-        "3 instances: {} sampled views right through each, {forwarded} answers forwarded, in {:.1} s",
+        "{on}: 3 instances: {} sampled views right through each, {forwarded} answers forwarded, in {:.1} s",
         keys.len(),
         started.elapsed().as_secs_f64()
     );
@@ -230,42 +301,66 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         "the staleness is the owner's: {body}"
     );
 
-    // The second half flows while B is SIGKILLed.
-    let producer = {
-        let (bootstrap, second) = (bootstrap.clone(), second.to_vec());
-        std::thread::spawn(move || {
+    // The second half flows while B is SIGKILLed. What the survivors
+    // restore and consume is counted from here: on a broker that assigns
+    // the first instance every partition before the others join, it polls
+    // records it drops unapplied at the next rebalance.
+    let survivors = |name: &str| a.metric(name) + c.metric(name);
+    let (restores_before, consumed_before, views_before) = (
+        survivors("projector_kafka_restores"),
+        survivors("projector_kafka_consumed"),
+        survivors("projector_kafka_restore_views"),
+    );
+    let killed = std::thread::scope(|s| {
+        let producer = s.spawn(|| {
             for part in second.chunks(2000) {
-                projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, part);
+                kafka.produce(part);
                 std::thread::sleep(Duration::from_millis(100));
             }
-        })
-    };
-    std::thread::sleep(Duration::from_millis(1500));
-    b.kill();
-    let killed = Instant::now();
-    // Until the group moves B's partitions, a read of B's view through A
-    // is a 503 with Retry-After, never a wrong answer or a 404.
-    let mut refused = 0;
-    while killed.elapsed() < Duration::from_secs(3) {
-        let answer = a
-            .try_get(&format!("/v1/views/inbox-unread/{b_key}"))
-            .expect("a read");
-        let body = &answer.body;
-        match answer.status {
-            503 => {
-                assert!(answer.headers.contains_key("retry-after"), "{body}");
-                refused += 1;
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        b.kill();
+        let killed = Instant::now();
+        // Until the group moves B's partitions, a read of B's view through
+        // A is a 503 with Retry-After, never a wrong answer or a 404. The
+        // reads go on for 3 s, and past them until B's view answers again.
+        let (mut answered, mut refused) = (0, 0);
+        let mut again = None;
+        while killed.elapsed() < Duration::from_secs(3) || (refused > 0 && again.is_none()) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(240),
+                "B's view never answered through A after the kill ({refused} answers 503)"
+            );
+            let answer = a
+                .try_get(&format!("/v1/views/inbox-unread/{b_key}"))
+                .expect("a read");
+            let body = &answer.body;
+            match answer.status {
+                503 => {
+                    assert!(answer.headers.contains_key("retry-after"), "{body}");
+                    refused += 1;
+                }
+                200 => {
+                    answered += 1;
+                    if refused > 0 && again.is_none() {
+                        again = Some(killed.elapsed());
+                    }
+                }
+                other => panic!("a read during the rebalance answered {other}: {body}"),
             }
-            200 => {}
-            other => panic!("a read during the rebalance answered {other}: {body}"),
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        refused > 0,
-        "no read was refused while B's partitions had no owner"
-    );
-    producer.join().expect("producer");
+        println!(
+            "{on}: during the kill: reads of B's view through A answered {answered} × 200, {refused} × 503; answered again {:.1} s after the kill",
+            again.unwrap_or_default().as_secs_f64()
+        );
+        assert!(
+            refused > 0,
+            "no read was refused while B's partitions had no owner"
+        );
+        producer.join().expect("producer");
+        killed
+    });
     let model = fold_inbox(&events);
     let keys = sample(&model, model.len() / 150);
     let mut unavailable = 0;
@@ -273,32 +368,36 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
         unavailable += wait_views(i, &keys, Duration::from_secs(240)).1;
     }
     println!(
-        "after the kill: sampled views right through both survivors {:.1} s after it ({unavailable} answers 503 on the way)",
+        "{on}: after the kill: sampled views right through both survivors {:.1} s after it ({unavailable} answers 503 on the way)",
         killed.elapsed().as_secs_f64()
     );
-    let restores = a.metric("projector_kafka_restores") + c.metric("projector_kafka_restores");
-    let consumed = a.metric("projector_kafka_consumed") + c.metric("projector_kafka_consumed");
-    let restored_views =
-        a.metric("projector_kafka_restore_views") + c.metric("projector_kafka_restore_views");
+    let survivors = |name: &str| a.metric(name) + c.metric(name);
+    let restores = survivors("projector_kafka_restores") - restores_before;
+    let consumed = survivors("projector_kafka_consumed") - consumed_before;
+    let restored_views = survivors("projector_kafka_restore_views") - views_before;
     println!(
-        "survivors: {restores} restores, {restored_views} views restored, {consumed} source records consumed of {total}"
+        "{on}: survivors since the kill: {restores} restores, {restored_views} views restored, {consumed} source records consumed; {consumed_before} before it, of {total}"
     );
     assert!(restores >= 1.0, "the survivors restored nothing");
+    // Reading B's partitions from offset 0 again would add their share of
+    // the first half (a third of it) to the second half.
+    let replay = second.len() + first.len() / 6;
     assert!(
-        consumed < total as f64,
-        "the survivors consumed {consumed} records of {total}: a replay from offset 0, not a restore"
+        consumed < replay as f64,
+        "the survivors consumed {consumed} records after the kill, {} produced after it: a replay from offset 0, not a restore",
+        second.len()
     );
     // A token naming every partition's last record works through any
     // instance: the owner waits for the view's partition only.
     let token = {
-        let ends = projector_tests::kafka::ends(&bootstrap, "inbox", PARTITIONS);
+        let ends = projector_tests::kafka::ends(&kafka.bootstrap, &kafka.topic, PARTITIONS);
         let list: Vec<String> = ends
             .iter()
             .enumerate()
             .filter(|(_, e)| **e > 0)
             .map(|(p, e)| format!("{p}:{}", e - 1))
             .collect();
-        format!("kafka:inbox@{}", list.join(","))
+        format!("kafka:{}@{}", kafka.topic, list.join(","))
     };
     let (k, unread) = keys[0];
     let (status, body) = c.get(&format!("/v1/views/inbox-unread/{k}?token={token}"));
@@ -316,7 +415,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     }
 
     // A fourth instance with an empty store restores its share.
-    let d = Instance::start(dir.path(), &bootstrap, 4);
+    let d = Instance::start(dir, kafka, 4);
     let deadline = Instant::now() + Duration::from_secs(120);
     while d.metric("projector_kafka_restores") < 1.0 {
         assert!(
@@ -329,7 +428,7 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     wait_views(&d, &keys, Duration::from_secs(120));
     let d_consumed = d.metric("projector_kafka_consumed");
     println!(
-        "new instance: {} restores, {} views restored, {d_consumed} source records consumed",
+        "{on}: new instance: {} restores, {} views restored, {d_consumed} source records consumed",
         d.metric("projector_kafka_restores"),
         d.metric("projector_kafka_restore_views")
     );
@@ -337,7 +436,10 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
     drop(d);
     a.kill();
     c.kill();
-    drop(broker);
+    println!(
+        "{on}: the scenario took {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
 }
 
 /// With `standby_replicas = 1`, each of two instances follows the other's
@@ -349,17 +451,17 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
 fn a_standby_takes_over_without_a_restore() {
     let total = knob("INSTANCES_STANDBY_EVENTS", 30_000) as usize;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, bootstrap) = broker(dir.path());
+    let (broker, kafka) = kafka_dev(dir.path());
     let events = inbox_events(InboxShape {
         sites: 200,
         users: 2000,
         events: total,
         seed: 23,
     });
-    projector_tests::kafka::produce(&bootstrap, "inbox", PARTITIONS, &events);
+    kafka.produce(&events);
     let standby = "standby_replicas = 1";
-    let a = Instance::start_with(dir.path(), &bootstrap, 1, standby);
-    let mut b = Instance::start_with(dir.path(), &bootstrap, 2, standby);
+    let a = Instance::start_with(dir.path(), &kafka, 1, standby);
+    let mut b = Instance::start_with(dir.path(), &kafka, 2, standby);
     let model = fold_inbox(&events);
     let keys = sample(&model, model.len() / 100);
     for i in [&a, &b] {

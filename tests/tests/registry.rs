@@ -117,7 +117,7 @@ fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
         .expect("entry")
         .expect("some");
     assert_eq!(entry.active.as_deref(), Some(v2.as_str()));
-    assert_eq!(entry.history, vec![v1]);
+    assert_eq!(entry.rollback, vec![v1]);
     assert_eq!(entry.versions.len(), 2);
     // Deploying the active bytes again changes nothing.
     let again = app
@@ -302,7 +302,7 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
         .expect("entry")
         .expect("some");
     assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
-    assert!(entry.history.is_empty(), "{entry:?}");
+    assert!(entry.rollback.is_empty(), "{entry:?}");
     let bad = entry
         .versions
         .iter()

@@ -508,3 +508,78 @@ fn a_shadow_build_takes_in_partitions_that_move_here_during_and_after_it() {
         }
     }
 }
+
+/// `GET /v1/admin/plugins` lists what was done to a plugin, in order,
+/// with its versions: a promotion rolled back leaves its trace.
+#[test]
+fn the_registry_history_lists_the_deploy_shadow_promotion_and_rollback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    projector_tests::write_config(
+        dir.path(),
+        &["hostile"],
+        "[http]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let print =
+        r#"{"id":"p1","type":"print","source":"t","key":"k","version":1,"time":1,"payload":{}}"#;
+    std::fs::write(dir.path().join("events.ndjson"), format!("{print}\n")).expect("events");
+    let run =
+        projector_tests::Launch::in_dir(dir.path(), &["run", "--ingest", "events.ndjson"]).start();
+    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let v2 = content_id(&v2_bytes);
+
+    let (status, body) = run.post(
+        "/v1/admin/plugins/hostile?mode=shadow&replace=true",
+        v2_bytes,
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = run.get("/v1/admin/plugins/hostile/shadow");
+        if s["phase"] == "following" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not built: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = run.post("/v1/admin/plugins/hostile/promote", "");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = run.post("/v1/admin/plugins/hostile/rollback", "");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, list) = run.get("/v1/admin/plugins");
+    assert_eq!(status, 200, "{list}");
+    let entry = &list["plugins"][0];
+    assert_eq!(entry["plugin"], "hostile", "{list}");
+    assert_eq!(entry["active"], v1.as_str(), "{list}");
+    let acts: Vec<(&str, &str, Option<&str>)> = entry["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().expect("an action"),
+                e["id"].as_str().expect("an id"),
+                e["previous"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            ("deploy", v1.as_str(), None),
+            ("shadow", v2.as_str(), Some(v1.as_str())),
+            ("promote", v2.as_str(), Some(v1.as_str())),
+            ("rollback", v1.as_str(), Some(v2.as_str())),
+        ],
+        "{list}"
+    );
+    let times: Vec<i64> = entry["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|e| e["at_ms"].as_i64().expect("when"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{list}");
+    run.stop();
+}

@@ -221,7 +221,7 @@ function Overview() {
         <td class="num" data-metric="mismatches">${fmt(p.reads.mismatches)}</td>
         <td class="num" data-metric="dead_lettered">${fmt(p.events.dead_lettered)}</td>
         <td class="num" data-metric="retried">${fmt(p.retried)}</td>
-        <td>${p.shadow ? html`shadow <span class="badge">${p.shadow.phase}</span>` : ''}${p.adding ? html`adding <span class="badge">${p.adding.phase}</span>` : ''}</td>
+        <td>${p.kept ? html`<span class="badge" data-kept title=${p.kept}>kept for rollback</span> ${short(p.kept)}` : p.shadow ? html`shadow <span class="badge">${p.shadow.phase}</span>` : ''}${p.adding ? html`adding <span class="badge">${p.adding.phase}</span>` : ''}</td>
       </tr>`;
   })}</tbody>
     </table>
@@ -315,8 +315,14 @@ function Shadow({ plugin, overview, refresh }) {
     } catch (e) { setMsg({ error: e.message }); }
   };
   const c = comparison || (st && st.comparison);
+  const kept = overview && overview.kept;
+  // Each side of a comparison by role: serving, kept for rollback (after
+  // a promotion), or shadow.
+  const role = (id) => (c && id === c.serving ? 'serving' : id === kept ? 'kept for rollback' : 'shadow');
+  const named = (id) => `${role(id)} ${short(id)}`;
   return html`<div id="shadow">
-    ${st ? html`<div class="panel"><${Progress} st=${st} />
+    ${kept ? html`<p data-kept><span class="badge">kept for rollback</span> version <span class="mono" title=${kept}>${short(kept)}</span>: the version replaced by the promotion, kept current beside the serving one until you retire it.</p>` : ''}
+    ${st && !kept ? html`<div class="panel"><${Progress} st=${st} />
       ${st.migrated !== null && st.migrated !== undefined ? html`<p class="note">${fmt(st.migrated)} views migrated, ${fmt(st.not_migrated)} left to populate.</p>` : ''}
       <div class="row gap-top">
         <label>sample <input id="compare-sample" size="6" value=${sample} onInput=${(e) => setSample(e.target.value)} /></label>
@@ -325,16 +331,25 @@ function Shadow({ plugin, overview, refresh }) {
           onClick=${() => act('promote', `Promote ${short(st.id)}?`, 'It serves reads and the live path at once; the version it replaces is kept current for a rollback.', 'Promote', false, `${base}/promote`, (r) => `Promoted: ${short(r.id)} serves.`)}>Promote</button>
         <button id="retire" class="danger"
           onClick=${() => act('retire', 'Retire the other generation?', 'Its views are deleted; this cannot be undone.', 'Retire', true, `${base}/retire`, (r) => `Retired ${r.retired}.`)}>Retire</button>
-      </div></div>` : html`<p class="note">No shadow generation. Deploy a version in shadow mode to build one beside the serving version.</p>`}
+      </div></div>` : kept ? html`<div class="row">
+        <label>sample <input id="compare-sample" size="6" value=${sample} onInput=${(e) => setSample(e.target.value)} /></label>
+        <button id="compare" onClick=${compare}>Compare</button>
+        <button id="retire" class="danger"
+          onClick=${() => act('retire', 'Retire the version kept for rollback?', 'Its views are deleted; the promotion can no longer be rolled back. This cannot be undone.', 'Retire', true, `${base}/retire`, (r) => `Retired ${r.retired}.`)}>Retire</button>
+      </div>` : html`<p class="note">No shadow generation. Deploy a version in shadow mode to build one beside the serving version.</p>`}
     <div class="row"><button id="rollback" class="danger" disabled=${!overview || overview.versions < 2}
       onClick=${() => act('rollback', 'Roll back to the previous version?', 'The version deployed before this one serves again.', 'Roll back', true, `${base}/rollback`, (r) => `Rolled back: ${short(r.id)} serves.`)}>Roll back</button></div>
     <${Confirm} ask=${ask} onDone=${() => setAsk(null)} />
     <${Message} msg=${msg} />
     ${c ? html`<div class="panel" id="comparison"><h3>Comparison</h3>
+      ${c.serving ? html`<p>Versions: <span class="mono" data-compare="serving" title=${c.serving}>${named(c.serving)}</span> against <span class="mono" data-compare="other" title=${c.other}>${named(c.other)}</span></p>` : ''}
       <p><span data-metric="compared">${fmt(c.compared)}</span> keys compared: <span data-metric="equal">${fmt(c.equal)}</span> equal, <span data-metric="mismatched">${fmt(c.mismatched)}</span> different, <span data-metric="missing">${fmt(c.missing)}</span> missing on one side.</p>
+      ${Object.keys(c.missing_in || {}).length ? html`<p>Missing: ${Object.entries(c.missing_in).map(([id, n]) => html`<span data-missing-in=${id}>${fmt(n)} lacking in ${named(id)}</span> `)}</p>` : ''}
       ${Object.keys(c.reasons || {}).length ? html`<p>By reason: ${Object.entries(c.reasons).map(([r, n]) => `${r} ${fmt(n)}`).join(', ')}</p>` : ''}
       ${(c.examples || []).map((x) => html`<h3>key <code>${x.key}</code></h3>
-        <${SideBySide} left=${x.serving} right=${x.other} leftName="serving" rightName="shadow" differences=${x.differences} />`)}
+        <${SideBySide} left=${x.serving} right=${x.other} leftName=${named(c.serving)} rightName=${named(c.other)} differences=${x.differences} />`)}
+      ${(c.missing_examples || []).length ? html`<h3>Missing views</h3><table data-missing-examples><thead><tr><th>key</th><th>lacking</th><th>holding</th><th>its view</th></tr></thead>
+        <tbody>${c.missing_examples.map((x) => html`<tr><td class="mono">${x.key}</td><td class="mono" title=${x.lacking}>${named(x.lacking)}</td><td class="mono" title=${x.holding}>${named(x.holding)}</td><td class="mono">${pretty(x.view)}</td></tr>`)}</tbody></table>` : ''}
     </div>` : ''}
   </div>`;
 }
@@ -350,7 +365,11 @@ function Versions({ plugin }) {
     ${entry ? html`<table><thead><tr><th>version</th><th class="num">size</th><th>deployed</th><th>from</th><th>state</th></tr></thead>
       <tbody>${entry.versions.slice().reverse().map((v) => html`<tr><td class="mono" title=${v.id}>${short(v.id)}</td><td class="num">${fmt(v.size)}</td>
         <td>${ago(v.deployed_ms)}</td><td>${v.from}</td>
-        <td>${v.id === entry.running ? html`<span class="badge">serving</span> ` : ''}${v.id === entry.active ? html`<span class="badge">active</span> ` : ''}${v.rolled_back ? `rolled back: ${v.rolled_back}` : ''}</td></tr>`)}</tbody></table>`
+        <td>${v.id === entry.running ? html`<span class="badge">serving</span> ` : ''}${v.id === entry.active ? html`<span class="badge">active</span> ` : ''}${v.id === entry.kept ? html`<span class="badge" data-kept>kept for rollback</span> ` : ''}${v.id === entry.shadow ? html`<span class="badge">shadow</span> ` : ''}${v.rolled_back ? `rolled back: ${v.rolled_back}` : ''}</td></tr>`)}</tbody></table>
+      <h3>History</h3>
+      <table id="history"><thead><tr><th>when</th><th>act</th><th>version</th><th>before</th><th>why</th></tr></thead>
+      <tbody>${(entry.history || []).slice().reverse().map((h) => html`<tr data-action=${h.action}><td>${ago(h.at_ms)}</td><td>${h.action.replace('_', ' ')}</td>
+        <td class="mono" title=${h.id}>${short(h.id)}</td><td class="mono" title=${h.previous || ''}>${h.previous ? short(h.previous) : '–'}</td><td>${h.reason || ''}</td></tr>`)}</tbody></table>`
     : html`<p class="note">Not in the registry: loaded from the config.</p>`}
     <h3>Which version applied which offsets</h3>
     ${audit.data ? audit.data.generations.map((g) => html`<p><span class="badge">${g.role}</span> <span class="mono">${short(g.version)}</span> <span class="note">${g.ns}</span></p>

@@ -42,6 +42,22 @@ pub(crate) struct DeployParams {
     /// Replace the running plugin, or run a component under a name it
     /// does not call itself (refused otherwise: 409 `replace_required`).
     replace: Option<bool>,
+    /// Settings over the config's for this version, a JSON object
+    /// (URL-encoded), kept with it in the registry.
+    settings: Option<String>,
+}
+
+/// The `settings` query parameter of a deploy: a JSON object.
+fn deploy_settings(text: Option<&str>) -> ApiResult<Option<projector_deploy::Settings>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    serde_json::from_str(text).map(Some).map_err(|e| {
+        ApiError::bad_request(
+            "bad_settings",
+            format!("settings: expected a JSON object ({e})"),
+        )
+    })
 }
 
 /// Run registry work off the async workers.
@@ -139,17 +155,23 @@ pub(crate) async fn deploy(
     }
     let from = params.from.unwrap_or_else(|| "api".into());
     let replace = params.replace.unwrap_or(false);
+    let settings = deploy_settings(params.settings.as_deref())?;
     match mode {
         "replace" => {
-            let done = blocking(move || d.deploy(&plugin, &body, &from, replace)).await?;
+            let done =
+                blocking(move || d.deploy_with(&plugin, &body, &from, replace, settings.as_ref()))
+                    .await?;
             Ok(Json(serde_json::to_value(done).unwrap_or_default()))
         }
         "shadow" => {
             let method = params
                 .method
                 .unwrap_or(projector_deploy::ShadowMethod::Auto);
-            let status =
-                blocking(move || d.deploy_shadow(&plugin, &body, &from, method, replace)).await?;
+            let status = blocking(move || {
+                let settings = settings.as_ref();
+                d.deploy_shadow_with(&plugin, &body, &from, method, replace, settings)
+            })
+            .await?;
             Ok(Json(serde_json::to_value(status).unwrap_or_default()))
         }
         other => Err(ApiError::bad_request(
@@ -234,8 +256,14 @@ pub(crate) async fn registry_list(State(s): State<Arc<ServeState>>) -> ApiResult
                 .projection(&name)
                 .ok()
                 .map(|p| p.code().id().to_string());
+            let (kept, shadow) = match e.promoted {
+                true => (e.shadow, None),
+                false => (None, e.shadow),
+            };
             json!({"plugin": name, "active": e.active, "running": running,
-                   "history": e.history, "versions": e.versions})
+                   "shadow": shadow, "kept": kept,
+                   "history": e.history, "rollback": e.rollback,
+                   "versions": e.versions})
         })
         .collect();
     Ok(Json(json!({"plugins": list})))

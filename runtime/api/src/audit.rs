@@ -18,23 +18,32 @@ pub(crate) async fn plugin_audit(
 ) -> ApiResult<Json<Value>> {
     s.plugin(&plugin)?;
     let active = s.engine.projection(&plugin)?;
-    // What the registry knows of each version: when and where from.
-    let known: HashMap<String, Value> = match &s.deployer {
-        Some(d) => d
-            .list()?
-            .into_iter()
-            .filter(|(name, _)| *name == plugin)
-            .flat_map(|(_, e)| e.versions)
-            .map(|v| {
-                let about = json!({"deployed_ms": v.deployed_ms, "from": v.from});
-                (v.id, about)
-            })
-            .collect(),
-        None => HashMap::new(),
+    let entry = match &s.deployer {
+        Some(d) => d.registry.entry(&plugin)?,
+        None => None,
     };
+    // After a promotion, the generation beside the serving one is the old
+    // version's, kept for a rollback.
+    let kept = entry
+        .as_ref()
+        .filter(|e| e.promoted)
+        .and_then(|e| e.shadow_ns.clone());
+    // What the registry knows of each version: when and where from.
+    let known: HashMap<String, Value> = entry
+        .into_iter()
+        .flat_map(|e| e.versions)
+        .map(|v| {
+            let about = json!({"deployed_ms": v.deployed_ms, "from": v.from});
+            (v.id, about)
+        })
+        .collect();
     let mut generations = vec![generation(&s, &active, "active", &known)?];
     for shadow in s.engine.shadows(&plugin) {
-        generations.push(generation(&s, &shadow, "shadow", &known)?);
+        let role = match kept.as_deref() == Some(shadow.ns()) {
+            true => "kept",
+            false => "shadow",
+        };
+        generations.push(generation(&s, &shadow, role, &known)?);
     }
     Ok(Json(json!({"plugin": plugin, "generations": generations})))
 }

@@ -65,6 +65,9 @@ pub(crate) async fn overview(State(s): State<Arc<ServeState>>) -> ApiResult<Json
                 "breaker": breaker_json(p),
                 "rollout": rollout,
                 "shadow": shadow,
+                // After a promotion, the version whose generation is kept
+                // current beside the serving one for a rollback.
+                "kept": entry.filter(|e| e.promoted).and_then(|e| e.shadow.clone()),
                 "adding": adding,
             })
         })

@@ -1,7 +1,7 @@
 //! The deployer: compiles a version off the event path and swaps it in
 //! at the next batch boundary (`replace` mode), or rolls back.
 
-use crate::registry::{content_id, Entry, Registry};
+use crate::registry::{content_id, Action, Entry, Registry, Settings};
 use crate::settings::DeploySettings;
 use crate::shadow::ShadowBuild;
 use crate::{Error, Replay, Result};
@@ -137,10 +137,20 @@ impl Deployer {
         self.resume_shadows();
     }
 
-    /// Compile and start `bytes` as plugin `name`, with its settings,
-    /// limits and services: everything but the swap.
-    pub(crate) fn load(&self, name: &str, bytes: &[u8]) -> Result<SharedCode> {
+    /// Compile and start `bytes` as plugin `name`, with its settings
+    /// (the config's, with `overrides` over them), limits and services:
+    /// everything but the swap.
+    pub(crate) fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        overrides: Option<&Settings>,
+    ) -> Result<SharedCode> {
         let id = content_id(bytes);
+        let mut settings = self.settings.of(name).settings.clone();
+        if let (Some(over), Some(base)) = (overrides, settings.as_object_mut()) {
+            base.extend(over.clone());
+        }
         let logs = self
             .logs
             .lock()
@@ -154,7 +164,7 @@ impl Deployer {
                 name,
                 bytes,
                 self.settings.of(name).limits.clone(),
-                &self.settings.of(name).settings,
+                &settings,
                 logs,
             )
             .map_err(|e| Error::Rejected {
@@ -188,15 +198,22 @@ impl Deployer {
                         file = &file_id[..12],
                         "loading the deployed version, not the plugins directory's"
                     );
-                    (self.load(name, &stored)?, active.to_string())
+                    let over = entry.settings_of(active);
+                    (self.load(name, &stored, over)?, active.to_string())
                 }
-                None => (self.load(name, bytes)?, file_id),
+                None => (self.load(name, bytes, None)?, file_id),
             },
-            _ => (self.load(name, bytes)?, file_id),
+            _ => (
+                self.load(name, bytes, entry.settings_of(&file_id))?,
+                file_id,
+            ),
         };
         if entry.active.as_deref() != Some(id.as_str()) {
             self.registry.add(name, bytes, from)?;
             self.registry.activate(name, &id, false)?;
+            let previous = entry.active.as_deref();
+            self.registry
+                .record(name, Action::Deploy, &id, previous, None)?;
         }
         let ns = match (&entry.ns, entry.active.as_deref() == Some(id.as_str())) {
             (Some(ns), true) => ns.clone(),
@@ -224,6 +241,20 @@ impl Deployer {
         bytes: &[u8],
         from: &str,
         replace: bool,
+    ) -> Result<Deployed> {
+        self.deploy_with(name, bytes, from, replace, None)
+    }
+
+    /// [`Deployer::deploy`] with `settings` over the config's, kept with
+    /// the version in the registry (a restart or a rollback to it loads
+    /// it with them again).
+    pub fn deploy_with(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        from: &str,
+        replace: bool,
+        settings: Option<&Settings>,
     ) -> Result<Deployed> {
         let _one = self.busy.lock().recover();
         let id = content_id(bytes);
@@ -254,7 +285,7 @@ impl Deployer {
             });
         }
         let started = std::time::Instant::now();
-        let code = self.load(name, bytes)?;
+        let code = self.load(name, bytes, settings)?;
         let compile_ms = started.elapsed().as_millis() as u64;
         let old = self.engine.projection(name).ok();
         if !replace {
@@ -263,12 +294,19 @@ impl Deployer {
                 .map_err(Error::ReplaceRequired)?;
         }
         self.registry.add(name, bytes, from)?;
+        self.registry.set_settings(name, &id, settings)?;
         let Some(old) = old else {
-            return self.add(name, code, &id, compile_ms);
+            let added = self.add(name, code, &id, compile_ms)?;
+            self.registry
+                .record(name, Action::Deploy, &id, None, None)?;
+            return Ok(added);
         };
         self.swap(name, code, true)?;
         let swapped_at = std::time::Instant::now();
         self.registry.activate(name, &id, false)?;
+        let previous = Some(old.code().id());
+        self.registry
+            .record(name, Action::Replace, &id, previous, None)?;
         self.render_inherited(name, &old, &id)?;
         self.watch(name, old, &id);
         tracing::info!(
@@ -310,7 +348,7 @@ impl Deployer {
         }
         let entry = self.registry.entry(name)?.unwrap_or_default();
         let previous = entry
-            .history
+            .rollback
             .last()
             .cloned()
             .ok_or_else(|| Error::NoEarlier(name.into()))?;
@@ -322,10 +360,13 @@ impl Deployer {
                 id: previous.clone(),
             })?;
         let started = std::time::Instant::now();
-        let code = self.load(name, &bytes)?;
+        let code = self.load(name, &bytes, entry.settings_of(&previous))?;
         let compile_ms = started.elapsed().as_millis() as u64;
         self.swap(name, code, true)?;
         self.registry.activate(name, &previous, true)?;
+        let replaced = entry.active.as_deref();
+        self.registry
+            .record(name, Action::Rollback, &previous, replaced, None)?;
         tracing::info!(plugin = name, id = &previous[..12], "rolled back");
         Ok(Deployed {
             plugin: name.into(),

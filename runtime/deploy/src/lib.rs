@@ -39,7 +39,7 @@ pub use add::Removed;
 pub use compare::Comparison;
 pub use deployer::{Deployed, Deployer};
 pub use projector_core::source::Replay;
-pub use registry::{content_id, Entry, Registry, Version};
+pub use registry::{content_id, Action, Entry, Event, Registry, Settings, Version};
 pub use settings::{DeployConfig, DeploySettings, PluginSetup};
 pub use shadow::{ShadowMethod, ShadowStatus};
 pub use watch::watch_dir;

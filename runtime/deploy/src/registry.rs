@@ -21,6 +21,64 @@ pub struct Version {
     /// Why the runtime rolled it back by itself, if it did.
     #[serde(default)]
     pub rolled_back: Option<String>,
+    /// Settings it was last deployed with, over the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
+}
+
+/// Settings given at deploy time, applied over the config's.
+pub type Settings = serde_json::Map<String, serde_json::Value>;
+
+/// Events an entry keeps, the oldest dropped first.
+pub const HISTORY_LEN: usize = 100;
+
+/// What was done to a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Its first version went live (at start, or added at runtime).
+    Deploy,
+    /// A version replaced the running one (`replace` mode).
+    Replace,
+    /// A shadow generation of a version started building.
+    Shadow,
+    /// The shadow generation took over serving.
+    Promote,
+    /// An operator returned to the version before (a promotion undone, or
+    /// a replace deploy rolled back).
+    Rollback,
+    /// The runtime rolled a version back by itself (failed probation).
+    RuntimeRollback,
+    /// The generation not serving was deleted.
+    Retire,
+    /// The plugin was taken out.
+    Remove,
+}
+
+/// One act in a plugin's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// What was done.
+    pub action: Action,
+    /// The version it concerns: the one now active, or the shadow built,
+    /// or the one retired.
+    pub id: String,
+    /// The version active before, if it changed.
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// When, in ms since the epoch.
+    pub at_ms: i64,
+    /// Why, when the runtime did it by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Entry {
+    /// The settings version `id` was last deployed with, if any.
+    pub fn settings_of(&self, id: &str) -> Option<&Settings> {
+        let version = self.versions.iter().find(|v| v.id == id)?;
+        version.settings.as_ref()
+    }
 }
 
 /// A plugin's versions, the active one and those it replaced.
@@ -30,8 +88,16 @@ pub struct Entry {
     pub versions: Vec<Version>,
     /// Content id of the active version, if any.
     pub active: Option<String>,
-    /// Versions that were active before, most recent last (rollback pops).
-    pub history: Vec<String>,
+    /// Versions that were active before, most recent last: what a
+    /// rollback returns to (it pops). An older registry stored it as
+    /// `history`.
+    #[serde(default, alias = "history")]
+    pub rollback: Vec<String>,
+    /// What was done to the plugin, oldest first, the last
+    /// [`HISTORY_LEN`] (stored as `events`: `history` is the older
+    /// name of `rollback`).
+    #[serde(default, rename = "events")]
+    pub history: Vec<Event>,
     /// Where the active version's views live, when not under the
     /// plugin's name (a promoted shadow generation).
     #[serde(default)]
@@ -114,6 +180,7 @@ impl Registry {
             deployed_ms: projector_core::now_ms(),
             from: from.into(),
             rolled_back: None,
+            settings: None,
         };
         entry.versions.push(version.clone());
         self.put(name, &entry)?;
@@ -121,15 +188,30 @@ impl Registry {
     }
 
     /// Make `id` the active version of `name`; the previous one goes on
-    /// the history (unless this is a rollback to it).
+    /// the rollback stack (unless this is a rollback to it).
     pub(crate) fn activate(&self, name: &str, id: &str, rollback: bool) -> Result<()> {
         let mut entry = self.entry(name)?.unwrap_or_default();
         if rollback {
-            entry.history.pop();
+            entry.rollback.pop();
         } else if let Some(old) = entry.active.take().filter(|old| old != id) {
-            entry.history.push(old);
+            entry.rollback.push(old);
         }
         entry.active = Some(id.into());
+        self.put(name, &entry)
+    }
+
+    /// Note `action` on version `id` of `name` in its history, with the
+    /// version active before it (if it changed) and the reason (if any).
+    pub(crate) fn record(
+        &self,
+        name: &str,
+        action: Action,
+        id: &str,
+        previous: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        push_event(&mut entry, action, id, previous, reason);
         self.put(name, &entry)
     }
 
@@ -167,15 +249,41 @@ impl Registry {
             entry.shadow = None;
             entry.shadow_ns = None;
             entry.promoted = false;
+            let id = entry.active.clone().unwrap_or_default();
+            push_event(&mut entry, Action::Remove, &id, None, None);
         }
         self.put(name, &entry)
     }
 
-    /// Note that the runtime rolled `id` of `name` back, and why.
+    /// Note that the runtime rolled `id` of `name` back (to the active
+    /// version), and why.
     pub(crate) fn mark_rolled_back(&self, name: &str, id: &str, reason: &str) -> Result<()> {
         let mut entry = self.entry(name)?.unwrap_or_default();
+        let Some(v) = entry.versions.iter_mut().find(|v| v.id == id) else {
+            return Ok(());
+        };
+        v.rolled_back = Some(reason.into());
+        let active = entry.active.clone().unwrap_or_default();
+        push_event(
+            &mut entry,
+            Action::RuntimeRollback,
+            &active,
+            Some(id),
+            Some(reason),
+        );
+        self.put(name, &entry)
+    }
+
+    /// Keep `settings` as those version `id` of `name` was deployed with.
+    pub(crate) fn set_settings(
+        &self,
+        name: &str,
+        id: &str,
+        settings: Option<&Settings>,
+    ) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
         if let Some(v) = entry.versions.iter_mut().find(|v| v.id == id) {
-            v.rolled_back = Some(reason.into());
+            v.settings = settings.cloned();
         }
         self.put(name, &entry)
     }
@@ -184,6 +292,26 @@ impl Registry {
     pub fn names(&self) -> Vec<String> {
         self.store.setting_names("registry/")
     }
+}
+
+/// Append an event to `entry`'s history, dropping the oldest beyond
+/// [`HISTORY_LEN`].
+fn push_event(
+    entry: &mut Entry,
+    action: Action,
+    id: &str,
+    previous: Option<&str>,
+    reason: Option<&str>,
+) {
+    entry.history.push(Event {
+        action,
+        id: id.into(),
+        previous: previous.map(Into::into),
+        at_ms: projector_core::now_ms(),
+        reason: reason.map(Into::into),
+    });
+    let over = entry.history.len().saturating_sub(HISTORY_LEN);
+    entry.history.drain(..over);
 }
 
 /// SHA-256 of a `.wasm`, hex: a version's id.
@@ -241,9 +369,9 @@ mod tests {
         v.id
     }
 
-    /// Roll back as the deployer does: to the last version of the history.
+    /// Roll back as the deployer does: to the last version of the stack.
     fn roll_back(r: &Registry, name: &str) -> Option<String> {
-        let previous = entry(r, name).history.last().cloned()?;
+        let previous = entry(r, name).rollback.last().cloned()?;
         r.activate(name, &previous, true).expect("activate");
         Some(previous)
     }
@@ -295,7 +423,7 @@ mod tests {
         assert_eq!(e.versions, [v1.clone(), v2.clone(), v3.clone()]);
         // Recorded is not active: activation is the deploy's own step.
         assert_eq!(e.active, None);
-        assert!(e.history.is_empty());
+        assert!(e.rollback.is_empty());
         assert_eq!(
             r.code(&v2.id).expect("code").as_deref(),
             Some(&b"module two!"[..])
@@ -334,13 +462,13 @@ mod tests {
         let v1 = deploy(&r, "inbox", b"v1");
         let e = entry(&r, "inbox");
         assert_eq!(e.active.as_deref(), Some(v1.as_str()));
-        assert!(e.history.is_empty(), "the first version replaced nothing");
+        assert!(e.rollback.is_empty(), "the first version replaced nothing");
 
         let v2 = deploy(&r, "inbox", b"v2");
         let v3 = deploy(&r, "inbox", b"v3");
         let e = entry(&r, "inbox");
         assert_eq!(e.active.as_deref(), Some(v3.as_str()));
-        assert_eq!(e.history, [v1.clone(), v2.clone()]);
+        assert_eq!(e.rollback, [v1.clone(), v2.clone()]);
         // Activating the active version again changes nothing.
         r.activate("inbox", &v3, false).expect("activate");
         assert_eq!(entry(&r, "inbox"), e);
@@ -348,22 +476,22 @@ mod tests {
         assert_eq!(roll_back(&r, "inbox").as_deref(), Some(v2.as_str()));
         let e = entry(&r, "inbox");
         assert_eq!(e.active.as_deref(), Some(v2.as_str()));
-        assert_eq!(e.history, std::slice::from_ref(&v1));
+        assert_eq!(e.rollback, std::slice::from_ref(&v1));
         assert_eq!(roll_back(&r, "inbox").as_deref(), Some(v1.as_str()));
         let e = entry(&r, "inbox");
         assert_eq!(e.active.as_deref(), Some(v1.as_str()));
-        assert!(e.history.is_empty());
+        assert!(e.rollback.is_empty());
         // Nothing earlier: the deployer refuses the rollback.
         assert_eq!(roll_back(&r, "inbox"), None);
         // A rollback forgets no version.
         assert_eq!(ids(&e.versions), [v1.as_str(), v2.as_str(), v3.as_str()]);
 
-        // A version deployed again after a rollback goes on the history
+        // A version deployed again after a rollback goes on the stack
         // like any other.
         deploy(&r, "inbox", b"v3");
         let e = entry(&r, "inbox");
         assert_eq!(e.active.as_deref(), Some(v3.as_str()));
-        assert_eq!(e.history, [v1]);
+        assert_eq!(e.rollback, [v1]);
         assert_eq!(e.versions.len(), 3);
     }
 
@@ -434,7 +562,7 @@ mod tests {
         let e = entry(&r, "inbox");
         assert!(e.removed);
         assert_eq!(e.ns, None);
-        assert_eq!(e.history, [v1]);
+        assert_eq!(e.rollback, [v1]);
     }
 
     #[test]
@@ -474,7 +602,7 @@ mod tests {
         let (_store, r) = open(dir.path());
         assert_eq!(entry(&r, "inbox"), kept);
         assert_eq!(kept.active.as_deref(), Some(v2.as_str()));
-        assert_eq!(kept.history, std::slice::from_ref(&v1));
+        assert_eq!(kept.rollback, std::slice::from_ref(&v1));
         assert_eq!(r.code(&v1).expect("code").as_deref(), Some(&b"v1"[..]));
         assert_eq!(r.names(), ["inbox", "subscriptions"]);
         // And a rollback after the restart still finds its version.
@@ -511,9 +639,9 @@ mod tests {
     fn an_entry_of_an_older_registry_reads_with_the_later_fields_unset() {
         let dir = Scratch::new("older");
         let (store, r) = open(dir.path());
-        let id = content_id(b"v1");
+        let (id, old) = (content_id(b"v1"), content_id(b"v0"));
         let older = format!(
-            r#"{{"versions":[{{"id":"{id}","size":2,"deployed_ms":5,"from":"plugins_dir"}}],"active":"{id}","history":[]}}"#
+            r#"{{"versions":[{{"id":"{id}","size":2,"deployed_ms":5,"from":"plugins_dir"}}],"active":"{id}","history":["{old}"]}}"#
         );
         store
             .set_setting("registry/inbox", Some(older.as_bytes()))
@@ -523,5 +651,91 @@ mod tests {
         assert_eq!(e.active.as_deref(), Some(id.as_str()));
         assert_eq!((e.ns, e.shadow, e.shadow_ns), (None, None, None));
         assert!(!e.promoted && !e.removed);
+        // Its `history` was the rollback stack; it has no events yet.
+        assert_eq!(e.rollback, [old]);
+        assert!(e.history.is_empty());
+    }
+
+    fn acts(e: &Entry) -> Vec<(Action, &str, Option<&str>)> {
+        e.history
+            .iter()
+            .map(|ev| (ev.action, ev.id.as_str(), ev.previous.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn the_history_lists_each_act_in_order_with_its_versions() {
+        let dir = Scratch::new("events");
+        let (_store, r) = open(dir.path());
+        let before = projector_core::now_ms();
+        // As the deployer does: deploy v1, shadow v2, promote, roll back.
+        let v1 = deploy(&r, "inbox", b"v1");
+        r.record("inbox", Action::Deploy, &v1, None, None)
+            .expect("record");
+        let v2 = r.add("inbox", b"v2", "api").expect("add").id;
+        r.record("inbox", Action::Shadow, &v2, Some(&v1), None)
+            .expect("record");
+        r.activate("inbox", &v2, false).expect("activate");
+        r.record("inbox", Action::Promote, &v2, Some(&v1), None)
+            .expect("record");
+        roll_back(&r, "inbox").expect("an earlier version");
+        r.record("inbox", Action::Rollback, &v1, Some(&v2), None)
+            .expect("record");
+        // Rolling back emptied the stack; the history keeps every act.
+        let e = entry(&r, "inbox");
+        assert!(e.rollback.is_empty());
+        assert_eq!(
+            acts(&e),
+            [
+                (Action::Deploy, v1.as_str(), None),
+                (Action::Shadow, v2.as_str(), Some(v1.as_str())),
+                (Action::Promote, v2.as_str(), Some(v1.as_str())),
+                (Action::Rollback, v1.as_str(), Some(v2.as_str())),
+            ]
+        );
+        let after = projector_core::now_ms();
+        assert!(e
+            .history
+            .iter()
+            .all(|ev| (before..=after).contains(&ev.at_ms)));
+        assert!(e.history.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+
+        // The runtime's own rollback and a removal are noted too, the
+        // first with its reason.
+        let v3 = deploy(&r, "inbox", b"v3");
+        r.activate("inbox", &v1, true).expect("activate");
+        r.mark_rolled_back("inbox", &v3, "trapped").expect("mark");
+        r.set_removed("inbox", true, false).expect("removed");
+        let e = entry(&r, "inbox");
+        let last: Vec<_> = e.history[4..].to_vec();
+        assert_eq!(
+            acts(&e)[4..],
+            [
+                (Action::RuntimeRollback, v1.as_str(), Some(v3.as_str())),
+                (Action::Remove, v1.as_str(), None),
+            ]
+        );
+        assert_eq!(last[0].reason.as_deref(), Some("trapped"));
+        assert_eq!(last[1].reason, None);
+        // Stored as JSON with snake_case actions.
+        let json = serde_json::to_value(&last[0]).expect("json");
+        assert_eq!(json["action"], "runtime_rollback");
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_acts_only() {
+        let dir = Scratch::new("bounded");
+        let (_store, r) = open(dir.path());
+        let v1 = deploy(&r, "inbox", b"v1");
+        for n in 0..HISTORY_LEN + 5 {
+            let reason = n.to_string();
+            r.record("inbox", Action::Replace, &v1, None, Some(&reason))
+                .expect("record");
+        }
+        let e = entry(&r, "inbox");
+        assert_eq!(e.history.len(), HISTORY_LEN);
+        assert_eq!(e.history[0].reason.as_deref(), Some("5"));
+        let last = e.history.last().and_then(|ev| ev.reason.as_deref());
+        assert_eq!(last, Some((HISTORY_LEN + 4).to_string().as_str()));
     }
 }

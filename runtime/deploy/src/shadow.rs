@@ -3,7 +3,7 @@
 //! live events once caught up, compared, promoted, rolled back, retired.
 
 use crate::compare::Comparison;
-use crate::registry::content_id;
+use crate::registry::{content_id, Action};
 use crate::{Deployed, Deployer, Error, Replay, Result};
 use projector_common::sync::Recover;
 use projector_core::engine::Projection;
@@ -46,9 +46,14 @@ impl ShadowBuild {
         let comparison = self.comparison.lock().recover().clone();
         let migrated = *self.migrated.lock().recover();
         let done = self.done.load(Relaxed);
-        let total = self.total.load(Relaxed).max(done);
-        let secs = self.started.elapsed().as_secs_f64();
         let building = self.generation.is_building();
+        // While building, the join with the live path is still to come:
+        // `done` never reaches `total`, nor the percentage 100.
+        let total = match building {
+            true => self.total.load(Relaxed).max(done + 1),
+            false => self.total.load(Relaxed).max(done),
+        };
+        let secs = self.started.elapsed().as_secs_f64();
         let rate = done as f64 / secs.max(1e-3);
         ShadowStatus {
             plugin: name.into(),
@@ -61,13 +66,13 @@ impl ShadowBuild {
             },
             done,
             total,
-            percent: if total == 0 {
-                100.0
-            } else {
-                done as f64 * 100.0 / total as f64
+            percent: match (building, total) {
+                (true, _) => (done as f64 * 100.0 / total as f64).min(99.0),
+                (false, 0) => 100.0,
+                (false, _) => done as f64 * 100.0 / total as f64,
             },
             events_per_s: rate,
-            eta_s: building.then(|| (total - done) as f64 / rate.max(1e-9)),
+            eta_s: (building && done > 0).then(|| (total - done) as f64 / rate),
             comparison,
             method: self.method,
             migrated: migrated.map(|m| m.0),
@@ -104,13 +109,17 @@ pub struct ShadowStatus {
     pub phase: String,
     /// Records rebuilt of the total to rebuild.
     pub done: u64,
-    /// Records to rebuild (or views to migrate) in all; `done` counts up to it.
+    /// Records to rebuild (or views to migrate) in all: where the live
+    /// path is, less where the generation started, per partition, summed.
+    /// `done` reaches it only once built.
     pub total: u64,
-    /// `done` over `total`, in percent (100 when there is nothing to do).
+    /// `done` over `total`, in percent: at most 99 while building, 100
+    /// once built.
     pub percent: f64,
     /// Records (or views) processed per second since the build started.
     pub events_per_s: f64,
-    /// Seconds left at that rate while building; `None` once built.
+    /// Seconds left at that rate while building (`None` until a record
+    /// is applied, and once built).
     pub eta_s: Option<f64>,
     /// The last comparison of the two generations, if one was made.
     pub comparison: Option<Comparison>,
@@ -120,6 +129,32 @@ pub struct ShadowStatus {
     pub migrated: Option<u64>,
     /// Views left absent, to populate from the source (migrate only).
     pub not_migrated: Option<u64>,
+}
+
+/// How many records a build applies at a time: as many as take about
+/// [`Slice::TARGET`], so a live batch waits about that long at most and
+/// progress moves as the build does (a slow plugin's events go one by
+/// one).
+struct Slice {
+    records: usize,
+}
+
+impl Default for Slice {
+    fn default() -> Self {
+        Slice { records: 1 }
+    }
+}
+
+impl Slice {
+    const TARGET: std::time::Duration = std::time::Duration::from_millis(50);
+    const MAX: usize = 4096;
+
+    /// A chunk of `records` took `elapsed`: the next ones are sized to
+    /// take about `TARGET` at that rate (growing twofold at most).
+    fn took(&mut self, records: usize, elapsed: std::time::Duration) {
+        let fit = records as f64 * Self::TARGET.as_secs_f64() / elapsed.as_secs_f64().max(1e-6);
+        self.records = (fit as usize).clamp(1, (records * 2).min(Self::MAX));
+    }
 }
 
 impl Deployer {
@@ -136,6 +171,20 @@ impl Deployer {
         from: &str,
         method: ShadowMethod,
         replace: bool,
+    ) -> Result<ShadowStatus> {
+        self.deploy_shadow_with(name, bytes, from, method, replace, None)
+    }
+
+    /// [`Deployer::deploy_shadow`] with `settings` over the config's,
+    /// kept with the version in the registry.
+    pub fn deploy_shadow_with(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        from: &str,
+        method: ShadowMethod,
+        replace: bool,
+        settings: Option<&crate::registry::Settings>,
     ) -> Result<ShadowStatus> {
         let _one = self.busy.lock().recover();
         let reject = |reason: String| Error::Rejected {
@@ -179,15 +228,19 @@ impl Deployer {
                 reason: "this version is the active one".into(),
             });
         }
-        let code = self.load(name, bytes)?;
+        let code = self.load(name, bytes, settings)?;
         if !replace {
             crate::guard::check(name, Some(active.code().info()), code.info(), true)
                 .map_err(Error::ReplaceRequired)?;
         }
         self.registry.add(name, bytes, from)?;
+        self.registry.set_settings(name, &id, settings)?;
         let generation = self.engine.new_generation(code, self.population(name))?;
         self.registry
             .set_shadow(name, Some((&id, generation.ns())), false)?;
+        let serving = Some(active.code().id());
+        self.registry
+            .record(name, Action::Shadow, &id, serving, None)?;
         let build = self.track(name, ShadowBuild::new(id.clone(), method, generation));
         let (me, name_owned) = (self.clone(), name.to_string());
         self.spawn(format!("shadow-{name}"), move || {
@@ -241,7 +294,7 @@ impl Deployer {
             .shadow_ns
             .clone()
             .unwrap_or_else(|| format!("{name}~{}", &id[..12.min(id.len())]));
-        let code = self.load(name, &bytes)?;
+        let code = self.load(name, &bytes, entry.settings_of(id))?;
         let kept = self
             .engine
             .new_generation_in(code, self.population(name), ns)?;
@@ -376,37 +429,52 @@ impl Deployer {
                     message: format!("reading {source}/{p} from {from}: {e:#}"),
                 })
         };
+        let mut slice = Slice::default();
         loop {
-            let mut behind = 0u64;
             // Asked again each pass: a rebalance may move partitions here
-            // (or away) while the generation is built.
-            for (source, p) in &log.partitions() {
-                if self.shutdown.is_stopped() {
-                    return Err(Error::Stopped(name.into()));
-                }
-                let from = self.engine.generation_offset(g, source, *p)?;
-                let to = target(source, *p)?;
-                if from >= to {
-                    continue;
-                }
-                let mut batch = read(source, *p, from)?;
-                batch.retain(|r| r.offset < to);
-                let n = batch.len() as u64;
-                if n == 0 {
-                    return Err(Error::Corrupt {
-                        name: name.into(),
-                        reason: format!("{source}/{p}: no records between {from} and {to}"),
-                    });
-                }
-                self.engine.build(g, source, *p, &batch)?;
-                build.done.fetch_add(n, Relaxed);
-                behind += to - from - n.min(to - from);
+            // (or away) while the generation is built. The total is where
+            // the live path is now: what this pass has left to apply.
+            let mut ends = Vec::new();
+            for (source, p) in log.partitions() {
+                let from = self.engine.generation_offset(g, &source, p)?;
+                let to = target(&source, p)?;
+                ends.push((source, p, from, to));
             }
-            build
-                .total
-                .store(build.done.load(Relaxed) + behind, Relaxed);
-            if behind <= BATCH as u64 {
+            let left: u64 = ends
+                .iter()
+                .map(|(_, _, from, to)| to.saturating_sub(*from))
+                .sum();
+            build.total.store(build.done.load(Relaxed) + left, Relaxed);
+            // What is left, the join applies with the live path stopped:
+            // no more than the build applies in a slice.
+            if left <= slice.records as u64 {
                 break;
+            }
+            for (source, p, from, to) in &ends {
+                let (mut from, p) = (*from, *p);
+                while from < *to {
+                    if self.shutdown.is_stopped() {
+                        return Err(Error::Stopped(name.into()));
+                    }
+                    let mut batch = read(source, p, from)?;
+                    batch.retain(|r| r.offset < *to);
+                    let Some(last) = batch.last().map(|r| r.offset) else {
+                        return Err(Error::Corrupt {
+                            name: name.into(),
+                            reason: format!("{source}/{p}: no records between {from} and {to}"),
+                        });
+                    };
+                    let mut rest = batch.as_slice();
+                    while !rest.is_empty() {
+                        let (chunk, after) = rest.split_at(slice.records.min(rest.len()));
+                        let started = std::time::Instant::now();
+                        self.engine.build(g, source, p, chunk)?;
+                        build.done.fetch_add(chunk.len() as u64, Relaxed);
+                        slice.took(chunk.len(), started.elapsed());
+                        rest = after;
+                    }
+                    from = last + 1;
+                }
             }
         }
         // The partitions followed now: one assigned during the build is
@@ -581,6 +649,8 @@ impl Deployer {
         self.registry.set_ns(name, b.generation.ns())?;
         self.registry
             .set_shadow(name, Some((&old_id, &old_ns)), true)?;
+        self.registry
+            .record(name, Action::Promote, &b.id, Some(&old_id), None)?;
         tracing::info!(plugin = name, id = &b.id[..12], "promoted");
         drop(_one);
         Ok(self.shadow(name).expect("a shadow build"))
@@ -599,6 +669,9 @@ impl Deployer {
         self.registry.set_ns(name, old.ns())?;
         self.registry
             .set_shadow(name, Some((&b.id, b.generation.ns())), false)?;
+        let id = old.code().id();
+        self.registry
+            .record(name, Action::Rollback, id, Some(&b.id), None)?;
         tracing::info!(plugin = name, "promotion rolled back");
         Ok(Deployed {
             plugin: name.into(),
@@ -635,9 +708,11 @@ impl Deployer {
         } else {
             self.shadows.lock().recover().remove(name);
             let mut entry = self.registry.entry(name)?.unwrap_or_default();
-            entry.history.retain(|h| h != victim.code().id());
+            entry.rollback.retain(|h| h != victim.code().id());
             self.registry.put(name, &entry)?;
         }
+        let id = victim.code().id();
+        self.registry.record(name, Action::Retire, id, None, None)?;
         tracing::info!(plugin = name, ns = victim.ns(), "generation retired");
         Ok(victim.ns().to_string())
     }

@@ -174,6 +174,11 @@ pub enum PluginAction {
         /// under a name it does not call itself (both refused otherwise).
         #[arg(long)]
         replace: bool,
+        /// A setting over the config's `[plugins.NAME] settings`, kept
+        /// with this version (repeatable): `key=value`, the value JSON
+        /// when it parses as JSON, else a string.
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
     },
     /// Where a shadow deploy is: progress, rate, ETA, last comparison.
     Shadow {

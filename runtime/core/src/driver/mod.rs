@@ -177,6 +177,7 @@ fn turn(
 ) -> anyhow::Result<Totals> {
     let started = Instant::now();
     let mut totals = Totals::default();
+    let dead_before = dead_letters(engine);
     let mut retried_at = Instant::now();
     // When the input ended with work left, and when that was last said.
     let mut ended_at: Option<Instant> = None;
@@ -281,7 +282,23 @@ fn turn(
     engine.commit()?;
     source.durable();
     totals.elapsed = started.elapsed();
+    // Delayed retries dead-letter outside any batch: the plugins'
+    // counters have them all (a plugin removed meanwhile, the batches').
+    let dead_run: u64 = dead_letters(engine)
+        .iter()
+        .map(|(name, n)| n.saturating_sub(dead_before.get(name).copied().unwrap_or(0)))
+        .sum();
+    totals.counters.dead_lettered = totals.counters.dead_lettered.max(dead_run);
     Ok(totals)
+}
+
+/// Each loaded plugin's dead letters so far, by name.
+fn dead_letters(engine: &Engine) -> std::collections::HashMap<String, u64> {
+    engine
+        .projections()
+        .iter()
+        .map(|p| (p.name().to_string(), p.counters().dead_lettered))
+        .collect()
 }
 
 #[cfg(test)]

@@ -150,3 +150,103 @@ fn a_stopped_run_still_commits_and_closes_its_source() {
     assert_eq!(totals.records, 0, "stopped before the first batch");
     assert_eq!(source.told(), ["start", "durable", "close"]);
 }
+
+/// A plugin whose every event fails transiently: retried later, then
+/// dead-lettered.
+struct Flaky;
+
+impl projector_guest::Projection for Flaky {
+    type State = u64;
+
+    fn configure(_: &serde_json::Value) -> Result<Self, projector_guest::Error> {
+        Ok(Flaky)
+    }
+
+    fn info(&self) -> projector_guest::Info {
+        projector_guest::Info {
+            name: "flaky".into(),
+            version: "1".into(),
+            population: Population::Eager,
+            stale_policy: projector_guest::StalePolicy::Invalidate,
+            render_uses_time: false,
+        }
+    }
+
+    fn keys(&self, event: &projector_guest::Event) -> Result<Vec<String>, projector_guest::Error> {
+        Ok(vec![event.key.to_string()])
+    }
+
+    fn apply(
+        &self,
+        _: &str,
+        _: &mut u64,
+        _: &projector_guest::Event,
+    ) -> Result<projector_guest::Change, projector_guest::Error> {
+        Err(projector_guest::Error::transient("down"))
+    }
+
+    fn render(
+        &self,
+        _: &str,
+        state: &u64,
+        _: i64,
+    ) -> Result<serde_json::Value, projector_guest::Error> {
+        Ok(serde_json::json!({ "count": state }))
+    }
+
+    fn snapshot(
+        &self,
+        _: &str,
+        _: &serde_json::Value,
+    ) -> Result<(u64, projector_guest::SourceVersions), projector_guest::Error> {
+        Err(projector_guest::Error::transient("no source of truth"))
+    }
+}
+
+#[test]
+fn a_runs_totals_count_the_dead_letters_of_delayed_retries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut engine = Engine::new(
+        Store::open(dir.path()).expect("store"),
+        Format::Auto,
+        1,
+        Duration::ZERO,
+    );
+    engine.set_retry(crate::retry::RetryConfig {
+        attempts: 1,
+        delay_ms: 0,
+        ..Default::default()
+    });
+    let code: SharedCode = Arc::new(
+        NativePlugin::<Flaky>::new(
+            "flaky",
+            &serde_json::json!({}),
+            projector_host::Limits::default(),
+        )
+        .expect("the native plugin starts"),
+    );
+    engine.add(code, Some(Population::Eager)).expect("add");
+    let engine = Arc::new(engine);
+    let stop = Shutdown::new();
+    let totals = std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            run(
+                &engine,
+                &Memory::new(3),
+                &Options::new(10, Until::Stopped),
+                &stop,
+                |_| {},
+            )
+        });
+        // Each event fails, waits for its delayed retry, fails for good.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.store().dead_letters().count() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.stop();
+        run.join().expect("the run").expect("run")
+    });
+    assert_eq!(engine.store().dead_letters().count(), 3);
+    assert_eq!(totals.records, 3);
+    assert_eq!(totals.counters.dead_lettered, 3, "{totals:?}");
+}

@@ -3,7 +3,7 @@
 
 use super::PluginAction;
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use projector::config::Config;
 use std::process::ExitCode;
 
@@ -97,41 +97,76 @@ fn follow_shadow(base: &str, name: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Show a generation's build (`what`: `shadow`, or `build` for a plugin
-/// being added) until its phase is no longer `busy`; its last status.
+/// being added) until its phase is no longer `busy`; its last status. On
+/// a terminal, a progress bar on stderr; otherwise a line on stderr every
+/// few seconds.
 fn follow_build(
     base: &str,
     name: &str,
     what: &str,
     busy: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let bar = ProgressBar::new(0);
+    use std::io::IsTerminal;
+    const LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    let bar = match std::io::stderr().is_terminal() {
+        true => ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr()),
+        false => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} {{msg}} [{{bar:40}}] {{pos}}/{{len}} records ({{per_sec}}, eta {{eta}})"
+            "{{spinner}} {what} {name} [{{bar:40}}] {{pos}}/{{len}} records {{msg}}"
         ))
         .expect("a valid template")
         .progress_chars("=> "),
     );
-    bar.set_message(name.to_string());
+    let mut printed: Option<std::time::Instant> = None;
     loop {
         let s = admin(
             "GET",
             &format!("{base}/v1/admin/plugins/{name}/{what}"),
             None,
         )?;
+        let phase = s["phase"].as_str().unwrap_or_default();
+        let line = progress_line(&s);
         bar.set_length(s["total"].as_u64().unwrap_or(0));
         bar.set_position(s["done"].as_u64().unwrap_or(0));
-        let phase = s["phase"].as_str().unwrap_or_default();
+        bar.set_message(line.clone());
+        if bar.is_hidden() && printed.is_none_or(|at| at.elapsed() >= LINE_EVERY) {
+            printed = Some(std::time::Instant::now());
+            eprintln!("{what} {name}: {phase}, {line}");
+        }
         if phase.starts_with("failed") {
             bar.abandon();
             bail!("{what} of {name}: {phase}");
         }
         if phase != busy && phase != "building" {
             bar.finish();
+            if bar.is_hidden() {
+                eprintln!("{what} {name}: {phase}, {line}");
+            }
             return Ok(s);
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// A build's progress as the server reports it: records done of total,
+/// percent, rate and time left.
+fn progress_line(s: &serde_json::Value) -> String {
+    let eta = match s["eta_s"].as_f64() {
+        Some(secs) => format!(
+            ", eta {}",
+            indicatif::HumanDuration(std::time::Duration::from_secs_f64(secs.max(0.0)))
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{} of {} records ({:.0}%), {:.0} records/s{eta}",
+        s["done"].as_u64().unwrap_or(0),
+        s["total"].as_u64().unwrap_or(0),
+        s["percent"].as_f64().unwrap_or(0.0),
+        s["events_per_s"].as_f64().unwrap_or(0.0),
+    )
 }
 
 /// Run `action`; exit code 1 when a deploy would replace without
@@ -163,6 +198,7 @@ fn act(config: &Config, action: PluginAction, api: Option<String>) -> anyhow::Re
             mode,
             method,
             replace,
+            settings,
         } => {
             let name = match name {
                 Some(n) => n,
@@ -178,10 +214,11 @@ fn act(config: &Config, action: PluginAction, api: Option<String>) -> anyhow::Re
                 percent_encoding::NON_ALPHANUMERIC,
             )
             .collect();
+            let settings = deploy_settings(&settings)?;
             let started = admin(
                 "POST",
                 &format!(
-                    "{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}&replace={replace}"
+                    "{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}&replace={replace}{settings}"
                 ),
                 Some(&bytes),
             )?;
@@ -240,4 +277,26 @@ fn act(config: &Config, action: PluginAction, api: Option<String>) -> anyhow::Re
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
+}
+
+/// `--setting key=value`s as the deploy route's `&settings=` (a JSON
+/// object, URL-encoded), or nothing when there are none. A value is JSON
+/// when it parses as JSON, else a string.
+fn deploy_settings(pairs: &[String]) -> anyhow::Result<String> {
+    if pairs.is_empty() {
+        return Ok(String::new());
+    }
+    let mut settings = serde_json::Map::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--setting {pair:?}: expected KEY=VALUE"))?;
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        settings.insert(key.to_string(), value);
+    }
+    let json = serde_json::Value::Object(settings).to_string();
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(&json, percent_encoding::NON_ALPHANUMERIC).collect();
+    Ok(format!("&settings={encoded}"))
 }
