@@ -30,3 +30,22 @@ pub fn applied(app: &projector::app::App, partitions: u32) -> u64 {
         .map(|p| app.engine.applied("hostile", "log", p).expect("applied"))
         .sum()
 }
+
+/// The hostile plugin's registry entry.
+pub fn entry(app: &projector::app::App) -> projector_deploy::Entry {
+    app.deployer
+        .registry
+        .entry("hostile")
+        .expect("entry")
+        .expect("some")
+}
+
+/// `projector run` in `dir` on the hostile plugin alone, its API on a
+/// free loopback port, after ingesting one `print` event (key `k`).
+pub fn run_printing(dir: &std::path::Path) -> crate::Projector {
+    crate::write_config(dir, &["hostile"], "[http]\nlisten = \"127.0.0.1:0\"\n");
+    let print =
+        r#"{"id":"p1","type":"print","source":"t","key":"k","version":1,"time":1,"payload":{}}"#;
+    std::fs::write(dir.join("events.ndjson"), format!("{print}\n")).expect("events");
+    crate::Launch::in_dir(dir, &["run", "--ingest", "events.ndjson"]).start()
+}

@@ -401,6 +401,14 @@ pub fn open_app(dir: &Path, plugins: &[&str], extra: &str) -> projector::app::Ap
     projector::app::App::open(config).expect("runtime opens")
 }
 
+/// A test plugin's component (`target/plugins` or `target/test-plugins`):
+/// its bytes and its version id.
+pub fn component(name: &str) -> (Vec<u8>, String) {
+    let bytes = std::fs::read(plugin_wasm(name)).unwrap_or_else(|e| panic!("{name}.wasm: {e}"));
+    let id = projector_deploy::content_id(&bytes);
+    (bytes, id)
+}
+
 /// Every dead letter of `app`'s store, after a commit.
 pub fn dead_letters(app: &projector::app::App) -> Vec<projector_core::store::DeadLetter> {
     app.engine.commit().expect("commit");

@@ -324,15 +324,7 @@ fn kafka_dev_serves_a_run_on_kafka() {
 #[test]
 fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_config(
-        dir.path(),
-        &["hostile"],
-        "[http]\nlisten = \"127.0.0.1:0\"\n",
-    );
-    let print =
-        r#"{"id":"p1","type":"print","source":"t","key":"k","version":1,"time":1,"payload":{}}"#;
-    std::fs::write(dir.path().join("events.ndjson"), format!("{print}\n")).expect("events");
-    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "events.ndjson"]).start();
+    let run = projector_tests::hostile::run_printing(dir.path());
     // `projector plugin <args> --api <its API>`.
     let plugin = |args: &[&str]| {
         projector(

@@ -191,13 +191,7 @@ fn a_removed_plugin_comes_back_from_its_offsets_or_rebuilds_without_its_views() 
     assert_eq!(last["done"].as_u64(), Some(8_000), "{last}");
     assert_counts(&s, 8_000);
     // The registry kept its history throughout.
-    let entry = s
-        .app
-        .deployer
-        .registry
-        .entry("hostile")
-        .expect("entry")
-        .expect("some");
+    let entry = projector_tests::hostile::entry(&s.app);
     assert!(!entry.removed);
     assert_eq!(entry.versions.len(), 1);
 }

@@ -7,11 +7,10 @@
 
 use projector_common::shutdown::Shutdown;
 use projector_core::envelope::Format;
-use projector_deploy::content_id;
 use projector_sources::log::EmbeddedLog;
 use projector_sources::run::run_log;
 use projector_tests::hostile::{applied, count, event};
-use projector_tests::{open_app, plugin_wasm, Api, Served};
+use projector_tests::{component, open_app, Api, Served};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,9 +23,8 @@ fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
         &["hostile"],
         "[engine]\ncommit_interval_ms = 20\n",
     );
-    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let v2 = content_id(&v2_bytes);
+    let (_, v1) = component("hostile");
+    let (v2_bytes, v2) = component("hostile-v2");
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
     let stop = Shutdown::new();
     let total = 100_000u64;
@@ -110,12 +108,7 @@ fn a_replace_while_events_flow_applies_each_offset_once_by_the_right_version() {
             "k{k}"
         );
     }
-    let entry = app
-        .deployer
-        .registry
-        .entry("hostile")
-        .expect("entry")
-        .expect("some");
+    let entry = projector_tests::hostile::entry(&app);
     assert_eq!(entry.active.as_deref(), Some(v2.as_str()));
     assert_eq!(entry.rollback, vec![v1]);
     assert_eq!(entry.versions.len(), 2);
@@ -135,7 +128,7 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
         &["hostile"],
         "[http]\nlisten = \"127.0.0.1:0\"\n",
     );
-    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let (_, v1) = component("hostile");
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
     let stop = Shutdown::new();
     let running = app
@@ -177,17 +170,12 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(count(&app, "k7"), (1, "1".to_string()));
-    let entry = app
-        .deployer
-        .registry
-        .entry("hostile")
-        .expect("entry")
-        .expect("some");
+    let entry = projector_tests::hostile::entry(&app);
     assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
     assert_eq!(entry.versions.len(), 1);
 
     // A good deploy over the API works, and so does rollback.
-    let v2 = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let (v2, _) = component("hostile-v2");
     assert_eq!(
         api.post("/v1/admin/plugins/hostile?from=ci&replace=true", v2)
             .0,
@@ -207,8 +195,7 @@ fn a_broken_module_is_rejected_and_the_running_version_goes_on() {
 fn a_restart_keeps_the_deployed_version_and_does_not_recompile() {
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = "[engine]\ncompile_cache_dir = \"cache\"\n";
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let v2 = content_id(&v2_bytes);
+    let (v2_bytes, v2) = component("hostile-v2");
     {
         let app = open_app(dir.path(), &["hostile"], extra);
         app.deployer
@@ -232,7 +219,7 @@ fn a_restart_keeps_the_deployed_version_and_does_not_recompile() {
     app.deployer.rollback("hostile").expect("rollback");
     drop(app);
     let app = open_app(dir.path(), &["hostile"], extra);
-    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
+    let (_, v1) = component("hostile");
     assert_eq!(
         app.engine
             .projection("hostile")
@@ -251,9 +238,8 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
         &["hostile"],
         "[engine]\ncommit_interval_ms = 20\n[deploy]\nprobation_events = 200\nmax_failure_ratio = 0.1\n[limits]\ntimeout_retries = 0\n",
     );
-    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
-    let broken_bytes = std::fs::read(plugin_wasm("hostile-broken")).expect("broken");
-    let broken = content_id(&broken_bytes);
+    let (_, v1) = component("hostile");
+    let (broken_bytes, broken) = component("hostile-broken");
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
     let stop = Shutdown::new();
     let pipeline = {
@@ -295,12 +281,7 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
     stop.stop();
     pipeline.join().expect("pipeline");
 
-    let entry = app
-        .deployer
-        .registry
-        .entry("hostile")
-        .expect("entry")
-        .expect("some");
+    let entry = projector_tests::hostile::entry(&app);
     assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
     assert!(entry.rollback.is_empty(), "{entry:?}");
     let bad = entry
@@ -336,9 +317,8 @@ fn wait_running(app: &projector::app::App, id: &str, within: Duration) -> bool {
 fn the_watched_directory_deploys_completed_files_and_never_a_partial_copy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = open_app(dir.path(), &["hostile"], "[http]\nlisten = \"off\"\n");
-    let v1_bytes = std::fs::read(plugin_wasm("hostile")).expect("v1");
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let (v1, v2) = (content_id(&v1_bytes), content_id(&v2_bytes));
+    let (v1_bytes, v1) = component("hostile");
+    let (v2_bytes, v2) = component("hostile-v2");
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
     let stop = Shutdown::new();
     let running = app.start(log, None, stop.clone(), false).expect("start");
@@ -348,12 +328,7 @@ fn the_watched_directory_deploys_completed_files_and_never_a_partial_copy() {
     std::fs::write(&target, &v2_bytes[..v2_bytes.len() / 2]).expect("half");
     assert!(!wait_running(&app, &v2, Duration::from_millis(1500)));
     assert_eq!(app.engine.projection("hostile").expect("p").code().id(), v1);
-    let entry = app
-        .deployer
-        .registry
-        .entry("hostile")
-        .expect("entry")
-        .expect("some");
+    let entry = projector_tests::hostile::entry(&app);
     assert_eq!(entry.versions.len(), 1, "a partial file is never a version");
 
     // The copy completes.
@@ -393,9 +368,8 @@ fn legacy_events(n: u64) -> Vec<String> {
 #[test]
 fn adding_and_replacing_are_different_acts() {
     let s = Served::start(&["hostile"], "");
-    let v1_bytes = std::fs::read(plugin_wasm("hostile")).expect("v1");
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let (v1, v2) = (content_id(&v1_bytes), content_id(&v2_bytes));
+    let (v1_bytes, v1) = component("hostile");
+    let (v2_bytes, v2) = component("hostile-v2");
     let running = || {
         s.app
             .engine
@@ -438,9 +412,8 @@ fn adding_and_replacing_are_different_acts() {
 #[test]
 fn a_replace_that_cannot_render_the_views_it_inherits_is_rolled_back() {
     let s = Served::start(&["hostile"], "");
-    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let v2 = content_id(&v2_bytes);
+    let (_, v1) = component("hostile");
+    let (v2_bytes, v2) = component("hostile-v2");
     s.ingest(&legacy_events(20));
     projector_tests::eventually("v1 applies the events", Duration::from_secs(30), || {
         s.app
@@ -460,13 +433,7 @@ fn a_replace_that_cannot_render_the_views_it_inherits_is_rolled_back() {
         v1
     );
     assert_eq!(count(&s.app, "legacy3"), (1, "1".to_string()));
-    let entry = s
-        .app
-        .deployer
-        .registry
-        .entry("hostile")
-        .expect("entry")
-        .expect("some");
+    let entry = projector_tests::hostile::entry(&s.app);
     assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
     let bad = entry
         .versions

@@ -4,11 +4,11 @@
 
 use projector_common::shutdown::Shutdown;
 use projector_core::envelope::Format;
-use projector_deploy::{content_id, ShadowMethod};
+use projector_deploy::ShadowMethod;
 use projector_sources::log::EmbeddedLog;
 use projector_sources::run::run_log;
 use projector_tests::hostile::{applied, count, event};
-use projector_tests::{open_app, plugin_wasm, Api};
+use projector_tests::{component, open_app, Api};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +21,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
         &["hostile"],
         "[engine]\ncommit_interval_ms = 50\n",
     );
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let v2 = content_id(&v2_bytes);
+    let (v2_bytes, v2) = component("hostile-v2");
     let log = Arc::new(EmbeddedLog::open(app.engine.store(), 4, Format::Auto).expect("log"));
     app.deployer.set_replay(log.clone());
     let stop = Shutdown::new();
@@ -106,15 +105,8 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
         "{paths:?}"
     );
 
-    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
-    let shadow_of = |app: &projector::app::App| {
-        app.deployer
-            .registry
-            .entry("hostile")
-            .expect("entry")
-            .expect("some")
-            .shadow
-    };
+    let (_, v1) = component("hostile");
+    let shadow_of = |app: &projector::app::App| projector_tests::hostile::entry(&app).shadow;
     assert_eq!(shadow_of(&app).as_deref(), Some(v2.as_str()));
     // Promote, roll back, promote: each generation holds every event once.
     let per_key = total / 500;
@@ -152,12 +144,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     // After a restart the promoted generation serves.
     let app = open_app(dir.path(), &["hostile"], "");
     assert_eq!(count(&app, "k1"), (per_key + 1, "2".to_string()));
-    let entry = app
-        .deployer
-        .registry
-        .entry("hostile")
-        .expect("entry")
-        .expect("some");
+    let entry = projector_tests::hostile::entry(&app);
     assert_eq!(entry.active.as_deref(), Some(v2.as_str()));
 }
 
@@ -228,7 +215,7 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
     // and the default method migrates.
     log.truncate_before(0, 150).expect("truncate");
     assert!(log.starts()[0] > 0);
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let (v2_bytes, _) = component("hostile-v2");
     let refused = app
         .deployer
         .deploy_shadow("hostile", &v2_bytes, "test", ShadowMethod::Rebuild, false)
@@ -297,8 +284,7 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
 fn a_shadow_generation_and_a_promotion_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = "[engine]\ncommit_interval_ms = 50\n";
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let v2 = content_id(&v2_bytes);
+    let (v2_bytes, v2) = component("hostile-v2");
     // Run `app` on the log until `total` events are applied by the active
     // generation and its shadow follows; then stop and restart.
     let run = |app: &projector::app::App, log: &Arc<EmbeddedLog>, total: u64| {
@@ -464,7 +450,7 @@ fn a_shadow_build_takes_in_partitions_that_move_here_during_and_after_it() {
     app.deployer.set_replay(moving.clone());
     live(0, 100, 150);
 
-    let v2 = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
+    let (v2, _) = component("hostile-v2");
     app.deployer
         .deploy_shadow("hostile", &v2, "test", ShadowMethod::Rebuild, false)
         .expect("shadow");
@@ -514,19 +500,9 @@ fn a_shadow_build_takes_in_partitions_that_move_here_during_and_after_it() {
 #[test]
 fn the_registry_history_lists_the_deploy_shadow_promotion_and_rollback() {
     let dir = tempfile::tempdir().expect("tempdir");
-    projector_tests::write_config(
-        dir.path(),
-        &["hostile"],
-        "[http]\nlisten = \"127.0.0.1:0\"\n",
-    );
-    let print =
-        r#"{"id":"p1","type":"print","source":"t","key":"k","version":1,"time":1,"payload":{}}"#;
-    std::fs::write(dir.path().join("events.ndjson"), format!("{print}\n")).expect("events");
-    let run =
-        projector_tests::Launch::in_dir(dir.path(), &["run", "--ingest", "events.ndjson"]).start();
-    let v1 = content_id(&std::fs::read(plugin_wasm("hostile")).expect("v1"));
-    let v2_bytes = std::fs::read(plugin_wasm("hostile-v2")).expect("v2");
-    let v2 = content_id(&v2_bytes);
+    let run = projector_tests::hostile::run_printing(dir.path());
+    let (_, v1) = component("hostile");
+    let (v2_bytes, v2) = component("hostile-v2");
 
     let (status, body) = run.post(
         "/v1/admin/plugins/hostile?mode=shadow&replace=true",
