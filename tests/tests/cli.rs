@@ -590,7 +590,16 @@ fn plugin_deploy_settings_apply_to_that_version_and_survive_a_restart() {
             .collect()
     };
 
+    // Whether plugin `p`'s view of u2 names conversation `c` yet.
+    let holds = |run: &Projector, p: &str, c: &str| {
+        let (status, view) = run.get(&format!("/v1/views/{p}/u2:s1?mode=projection"));
+        status == 200 && view["answer"].to_string().contains(&format!("\"{c}\""))
+    };
+
     let run = Launch::in_dir(dir.path(), &["run", "--ingest", "first.ndjson"]).start();
+    projector_tests::eventually("c3 applied", Duration::from_secs(30), || {
+        holds(&run, "inbox-unread", "c3")
+    });
     let wasm = projector_tests::plugin_wasm("inbox-unread");
     let wasm = wasm.to_str().expect("path");
     let o = projector(
@@ -625,6 +634,10 @@ fn plugin_deploy_settings_apply_to_that_version_and_survive_a_restart() {
 
     // After a restart the deployed version runs with its setting still.
     let run = Launch::in_dir(dir.path(), &["run", "--ingest", "more.ndjson"]).start();
+    // The ingested event is applied after the API announces itself.
+    projector_tests::eventually("c4 applied", Duration::from_secs(30), || {
+        holds(&run, "inbox-unread", "c4") && holds(&run, "capped", "c4")
+    });
     assert_eq!(unread(&run, "inbox-unread"), ["c1", "c2", "c3", "c4"]);
     assert_eq!(unread(&run, "capped"), ["c4"]);
     run.stop();
