@@ -106,7 +106,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     );
 
     let (_, v1) = component("hostile");
-    let shadow_of = |app: &projector::app::App| projector_tests::hostile::entry(&app).shadow;
+    let shadow_of = |app: &projector::app::App| projector_tests::hostile::entry(app).shadow;
     assert_eq!(shadow_of(&app).as_deref(), Some(v2.as_str()));
     // Promote, roll back, promote: each generation holds every event once.
     let per_key = total / 500;
