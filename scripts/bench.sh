@@ -15,11 +15,20 @@
 #          steady state (BENCH_EVENTS);
 #   restore  about 1M views restored from a changelog against rebuilt by
 #          replaying the source, on the mock cluster (BENCH_EVENTS,
-#          BENCH_PARTITIONS).
-# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap|restore]   (default: all)
+#          BENCH_PARTITIONS);
+#   peer   Kafka Streams beside projector on a real Kafka broker
+#          (scripts/kafka.sh): events/s, restore from the changelog, read
+#          latency, and a sample of views compared (BENCH_EVENTS,
+#          BENCH_PARTITIONS, BENCH_RPS, BENCH_SECONDS, BENCH_GUARANTEE).
+# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap|restore|peer]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
+# The Kafka Streams application it runs beside projector, then the bench.
+peer() {
+  mvn -q -B -f benchmarks/kafka-streams-inbox/pom.xml package
+  cargo bench -p projector-tests --bench peer
+}
 case "${1:-all}" in
   inbox) cargo bench -p projector-tests --bench inbox ;;
   read) cargo bench -p projector-tests --bench read ;;
@@ -27,6 +36,7 @@ case "${1:-all}" in
   kafka) cargo bench -p projector-tests --bench kafka ;;
   swap) cargo bench -p projector-tests --bench swap ;;
   restore) cargo bench -p projector-tests --bench restore ;;
+  peer) peer ;;
   all)
     cargo bench -p projector-tests --bench inbox
     cargo bench -p projector-tests --bench read
@@ -34,6 +44,7 @@ case "${1:-all}" in
     cargo bench -p projector-tests --bench kafka
     cargo bench -p projector-tests --bench swap
     cargo bench -p projector-tests --bench restore
+    peer
     ;;
-  *) echo "usage: $0 [inbox|read|enrich|kafka|swap|restore]" >&2; exit 2 ;;
+  *) echo "usage: $0 [inbox|read|enrich|kafka|swap|restore|peer]" >&2; exit 2 ;;
 esac
