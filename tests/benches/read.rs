@@ -9,10 +9,10 @@
 //!     median, p99 and their ratios. Every answer is checked equal first.
 //! (b) read latency under load: `GET /v1/views` at a fixed rate (default
 //!     10k requests/s for 10 s, in 3 rounds) from a loopback load
-//!     generator in this process, on the plugin as it ships (views bounded
-//!     to 1000 conversations; the report gives the answers' sizes). The
-//!     generator is one thread pinned to the last core, like a client on
-//!     another machine: 64 HTTP/1 connections (hyper, no pooling layer)
+//!     generator in this process (`tests/common/load.rs`), on the plugin
+//!     as it ships (views bounded to 1000 conversations; the report gives
+//!     the answers' sizes). The generator is one thread pinned to the
+//!     last core, like a client on another machine: 64 HTTP/1 connections (hyper, no pooling layer)
 //!     take the scheduled requests in turn, released at their times by a
 //!     pacer task that checks the clock between the connections' turns
 //!     (not the runtime's 1 ms timer, which would send them in bursts).
@@ -31,30 +31,26 @@
 //! written in (c); 0, the default, writes as fast as the engine takes them). Run with
 //! `./scripts/bench.sh read`.
 
+use load::{drive, micros, percentile};
 use projector::config::Config;
 use projector_api::{ServeState, Serving};
 use projector_core::engine::Engine;
-use projector_core::envelope::Format;
-use projector_core::store::Store;
-use projector_guest::Population;
 use projector_host::wasm::WasmHost;
-use projector_host::{Limits, SharedCode};
+use projector_host::Limits;
 use projector_tests::knob;
 use projector_tests::legacy::Model;
+use projector_tests::unread::{self, PLUGIN};
 use projector_tests::{plugin_wasm, records, rendered};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../common/load.rs"]
+mod load;
+
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const PLUGIN: &str = "inbox-unread";
-
-/// Connections the load generator keeps open (each sends its share of
-/// the scheduled requests in turn).
-const CONNECTIONS: usize = 64;
 
 /// A skewed pick in 0..n: low numbers are far more likely.
 fn skewed(rng: &mut StdRng, n: u64) -> u64 {
@@ -148,19 +144,8 @@ fn project(
     events: &[String],
 ) -> anyhow::Result<(Arc<Engine>, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    let engine = Arc::new(Engine::new(
-        Store::open(dir.path())?,
-        Format::Auto,
-        1,
-        Duration::from_millis(1000),
-    ));
-    let code: SharedCode = Arc::new(host.load(
-        PLUGIN,
-        &std::fs::read(plugin_wasm(PLUGIN))?,
-        limits,
-        &settings,
-    )?);
-    engine.add(code, Some(Population::Eager))?;
+    let bytes = std::fs::read(plugin_wasm(PLUGIN))?;
+    let engine = unread::engine(host, &bytes, limits, &settings, dir.path())?;
     let started = Instant::now();
     for (i, chunk) in events.chunks(4096).enumerate() {
         let values = chunk.iter().map(|e| e.as_bytes().to_vec()).collect();
@@ -173,14 +158,6 @@ fn project(
         started.elapsed()
     );
     Ok((engine, dir))
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 fn main() -> anyhow::Result<()> {
@@ -220,12 +197,63 @@ fn main() -> anyhow::Result<()> {
         &events,
     )?;
 
-    // Keys: the owners of 1000 sites (drawn as traffic is: busy sites
-    // more often) and 1000 visitors.
+    let keys = sample_keys(&model, conversations, &mut rng);
+    let now = projector_core::now_ms();
+    against_sql(&db, &engine, &keys, now)?;
+
+    // (b) GET /v1/views under a fixed request rate, on the plugin as it
+    // ships: views bounded to their newest 1000 conversations (the default
+    // `max_unread`), so a read costs the same however busy the site. The
+    // same keys; each is read once first, so the run measures steady
+    // state, not first renders.
+    let rps = knob("BENCH_RPS", 10_000);
+    let seconds = knob("BENCH_SECONDS", 10);
+    drop(engine);
+    let (engine, _dir) = project(&host, Limits::default(), serde_json::json!({}), &events)?;
+    let sizes = answer_sizes(&engine, &keys, now)?;
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".into();
+    let state = Arc::new(ServeState::new(
+        &config.api_settings(),
+        engine.clone(),
+        projector_api::Feed::none(),
+        None,
+    )?);
+    state.set_ready(true);
+    let serving = Serving::start(state, &config.http.listen)?;
+    let base = format!("/v1/views/{PLUGIN}/");
+    let paths: Vec<String> = keys.iter().map(|(u, s)| format!("{base}{u}:{s}")).collect();
+    println!(
+        "(b) rendered answers of the keys read: median {} bytes, largest {} bytes",
+        sizes[sizes.len() / 2],
+        sizes.last().copied().unwrap_or(0)
+    );
+    let mut p99s = rounds(serving.addr(), &paths, rps, seconds)?;
+    p99s.sort();
+    let reads_under_writes = under_writes(&engine, &serving, &paths, (rps, seconds), || {
+        history(&mut model, conversations, &mut rng)
+    });
+    serving.stop();
+    reads_under_writes?;
+    let all: Vec<String> = p99s.iter().map(|p| format!("{:.0}", micros(p.0))).collect();
+    let (sent, scheduled) = p99s[p99s.len() / 2];
+    println!(
+        "(b) GET /v1/views p99, median round: {:.0} µs from send, {:.0} µs from the scheduled time \
+         (all rounds from send, µs: {}) (target p99 < 1 ms)",
+        micros(sent),
+        micros(scheduled),
+        all.join(", ")
+    );
+    Ok(())
+}
+
+/// Keys read: the owners of 1000 sites (drawn as traffic is: busy sites
+/// more often) and up to 1000 visitors, as (user, site).
+fn sample_keys(model: &Model, conversations: u64, rng: &mut StdRng) -> Vec<(String, String)> {
     let mut keys: Vec<(String, String)> = Vec::new();
     let sites = (conversations / 50).max(1);
     for _ in 0..1000 {
-        let site = skewed(&mut rng, sites);
+        let site = skewed(rng, sites);
         keys.push((format!("o{site}"), format!("s{site}")));
     }
     let participants: Vec<&(String, String)> = model.participants.keys().collect();
@@ -235,7 +263,17 @@ fn main() -> anyhow::Result<()> {
             keys.push((user.clone(), model.conversations[conv].site.clone()));
         }
     }
+    keys
+}
 
+/// (a) Every key's answer from SQLite and from the projection checked
+/// equal, then each timed three times: medians, p99s and their ratios.
+fn against_sql(
+    db: &rusqlite::Connection,
+    engine: &Engine,
+    keys: &[(String, String)],
+    now: i64,
+) -> anyhow::Result<()> {
     let mut query = db.prepare(UNREAD)?;
     let mut run_sql = |user: &str, site: &str| -> anyhow::Result<Vec<(String, i64)>> {
         let rows = query.query_map(rusqlite::params![user, site], |r| {
@@ -243,9 +281,8 @@ fn main() -> anyhow::Result<()> {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     };
-    let now = projector_core::now_ms();
     let mut unread_total = 0usize;
-    for (user, site) in &keys {
+    for (user, site) in keys {
         let key = format!("{user}:{site}");
         let sql = run_sql(user, site)?;
         let view = engine.read(PLUGIN, &key, now)?;
@@ -264,7 +301,7 @@ fn main() -> anyhow::Result<()> {
 
     let (mut sql_times, mut view_times) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        for (user, site) in &keys {
+        for (user, site) in keys {
             let t = Instant::now();
             std::hint::black_box(run_sql(user, site)?);
             sql_times.push(t.elapsed());
@@ -291,46 +328,40 @@ fn main() -> anyhow::Result<()> {
         sql50.as_secs_f64() / view50.as_secs_f64(),
         sql99.as_secs_f64() / view99.as_secs_f64()
     );
+    Ok(())
+}
 
-    // (b) GET /v1/views under a fixed request rate, on the plugin as it
-    // ships: views bounded to their newest 1000 conversations (the default
-    // `max_unread`), so a read costs the same however busy the site. The
-    // same keys; each is read once first, so the run measures steady
-    // state, not first renders.
-    let rps = knob("BENCH_RPS", 10_000);
-    let seconds = knob("BENCH_SECONDS", 10);
-    drop(engine);
-    let (engine, _dir) = project(&host, Limits::default(), serde_json::json!({}), &events)?;
+/// The rendered answers' sizes of `keys`, in bytes, sorted.
+fn answer_sizes(
+    engine: &Engine,
+    keys: &[(String, String)],
+    now: i64,
+) -> anyhow::Result<Vec<usize>> {
     let mut sizes = Vec::with_capacity(keys.len());
-    for (user, site) in &keys {
+    for (user, site) in keys {
         let view = engine.read(PLUGIN, &format!("{user}:{site}"), now)?;
         sizes.push(view.and_then(|v| v.body).map_or(0, |b| b.get().len()));
     }
     sizes.sort_unstable();
-    let mut config = Config::default();
-    config.http.listen = "127.0.0.1:0".into();
-    let state = Arc::new(ServeState::new(
-        &config.api_settings(),
-        engine.clone(),
-        projector_api::Feed::none(),
-        None,
-    )?);
-    state.set_ready(true);
-    let serving = Serving::start(state, &config.http.listen)?;
-    let base = format!("/v1/views/{PLUGIN}/");
-    let paths: Vec<String> = keys.iter().map(|(u, s)| format!("{base}{u}:{s}")).collect();
-    println!(
-        "(b) rendered answers of the keys read: median {} bytes, largest {} bytes",
-        sizes[sizes.len() / 2],
-        sizes.last().copied().unwrap_or(0)
-    );
-    // Rounds alternate the floor and the views, so a slow spell of this
-    // shared machine weighs on both; the median round is the figure.
+    Ok(sizes)
+}
+
+/// (b) `BENCH_ROUNDS` rounds of `GET /healthz` then `paths` at `rps`
+/// for `seconds`, each printed: the views' p99 from send and from the
+/// scheduled time, per round. Rounds alternate the floor and the views,
+/// so a slow spell of this shared machine weighs on both; the median
+/// round is the figure.
+fn rounds(
+    addr: std::net::SocketAddr,
+    paths: &[String],
+    rps: u64,
+    seconds: u64,
+) -> anyhow::Result<Vec<(Duration, Duration)>> {
     let rounds = knob("BENCH_ROUNDS", 3).max(1) as usize;
     let mut p99s = Vec::with_capacity(rounds);
     for round in 1..=rounds {
-        let floor = drive(serving.addr(), vec!["/healthz".into()], rps, seconds)?;
-        let views = drive(serving.addr(), paths.clone(), rps, seconds)?;
+        let floor = drive(addr, vec!["/healthz".into()], rps, seconds)?;
+        let views = drive(addr, paths.to_vec(), rps, seconds)?;
         println!(
             "(b) round {round} of {rounds}, GET /healthz (this machine's HTTP floor) at {rps}/s for {seconds} s: {}",
             floor.summary()
@@ -344,22 +375,7 @@ fn main() -> anyhow::Result<()> {
             percentile(&views.from_schedule, 0.99),
         ));
     }
-    p99s.sort();
-    let reads_under_writes = under_writes(&engine, &serving, &paths, (rps, seconds), || {
-        history(&mut model, conversations, &mut rng)
-    });
-    serving.stop();
-    reads_under_writes?;
-    let all: Vec<String> = p99s.iter().map(|p| format!("{:.0}", micros(p.0))).collect();
-    let (sent, scheduled) = p99s[p99s.len() / 2];
-    println!(
-        "(b) GET /v1/views p99, median round: {:.0} µs from send, {:.0} µs from the scheduled time \
-         (all rounds from send, µs: {}) (target p99 < 1 ms)",
-        micros(sent),
-        micros(scheduled),
-        all.join(", ")
-    );
-    Ok(())
+    Ok(p99s)
 }
 
 /// (c) The same reads with no writes, then while events flow through
@@ -434,184 +450,4 @@ fn under_writes(
         micros(q99)
     );
     Ok(())
-}
-
-/// What a load run measured.
-struct Load {
-    /// Send to last byte, sorted.
-    latencies: Vec<Duration>,
-    /// Scheduled time to last byte, sorted: also counts the time a request
-    /// waited to be sent (coordinated omission).
-    from_schedule: Vec<Duration>,
-    errors: u64,
-    first_error: Option<String>,
-    /// The latest a request started after its scheduled time.
-    lag: Duration,
-}
-
-impl Load {
-    fn new(capacity: usize) -> Load {
-        Load {
-            latencies: Vec::with_capacity(capacity),
-            from_schedule: Vec::with_capacity(capacity),
-            errors: 0,
-            first_error: None,
-            lag: Duration::ZERO,
-        }
-    }
-
-    fn add(&mut self, other: Load) {
-        self.latencies.extend(other.latencies);
-        self.from_schedule.extend(other.from_schedule);
-        self.errors += other.errors;
-        self.first_error = self.first_error.take().or(other.first_error);
-        self.lag = self.lag.max(other.lag);
-    }
-
-    fn summary(&self) -> String {
-        let mut s = format!(
-            "p50 {:.0} µs, p99 {:.0} µs, max {:.1} ms, {} errors; from the scheduled time: \
-             p50 {:.0} µs, p99 {:.0} µs; latest start {:.1} ms after schedule",
-            micros(percentile(&self.latencies, 0.5)),
-            micros(percentile(&self.latencies, 0.99)),
-            self.latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            self.errors,
-            micros(percentile(&self.from_schedule, 0.5)),
-            micros(percentile(&self.from_schedule, 0.99)),
-            self.lag.as_secs_f64() * 1e3,
-        );
-        if let Some(e) = &self.first_error {
-            s.push_str(&format!(" (first error: {e})"));
-        }
-        s
-    }
-}
-
-/// GET `paths` in turn at `rps` for `seconds`, open loop: each request
-/// has a scheduled time; `CONNECTIONS` workers, each on its own HTTP/1
-/// connection (hyper, no pool), take them in order.
-///
-/// The load runs on a thread of its own, pinned to the last core where
-/// there are two or more: like a client on another machine, it takes one
-/// core and leaves the rest to the server, instead of the scheduler
-/// moving both about.
-fn drive(
-    addr: std::net::SocketAddr,
-    paths: Vec<String>,
-    rps: u64,
-    seconds: u64,
-) -> anyhow::Result<Load> {
-    std::thread::spawn(move || {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        if let (true, Some(last)) = (cores.len() > 1, cores.last()) {
-            core_affinity::set_for_current(*last);
-        }
-        drive_here(addr, paths, rps, seconds)
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
-fn drive_here(
-    addr: std::net::SocketAddr,
-    paths: Vec<String>,
-    rps: u64,
-    seconds: u64,
-) -> anyhow::Result<Load> {
-    use http_body_util::BodyExt;
-    let load = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let paths = Arc::new(paths);
-    let total = rps * seconds;
-    let due = move |start: Instant, i: u64| start + Duration::from_nanos(i * 1_000_000_000 / rps);
-    // Requests are released at their times by a pacer task on the load
-    // thread itself, which checks the clock between the other tasks' turns
-    // (yielding, so connections are served in between): the runtime's
-    // timer (1 ms) would release them in bursts of rps/1000, and a pacer
-    // thread of its own, woken for every request, measured no better while
-    // leaving the generator on two threads that the scheduler moves about.
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut result = load.block_on(async {
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut connections = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            connections.push(sender);
-        }
-        let start = Instant::now();
-        let pacer = {
-            let release = release.clone();
-            tokio::spawn(async move {
-                let mut released = 0u64;
-                while released < total {
-                    let now = Instant::now();
-                    let mut due_now = released;
-                    while due_now < total && due(start, due_now) <= now {
-                        due_now += 1;
-                    }
-                    release.add_permits((due_now - released) as usize);
-                    released = due_now;
-                    tokio::task::yield_now().await;
-                }
-                // One more permit per connection: each takes an index past
-                // the end and stops.
-                release.add_permits(CONNECTIONS);
-            })
-        };
-        let mut workers = Vec::new();
-        for mut sender in connections {
-            let (next, paths, release) = (next.clone(), paths.clone(), release.clone());
-            workers.push(tokio::spawn(async move {
-                let mut run = Load::new(0);
-                // A permit is one due request (taken in turn, so the
-                // index taken is due by now).
-                loop {
-                    release.acquire().await.expect("pacer semaphore").forget();
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= total {
-                        break;
-                    }
-                    let sent = Instant::now();
-                    let scheduled = due(start, i);
-                    run.lag = run.lag.max(sent.saturating_duration_since(scheduled));
-                    let path = &paths[(i as usize * 7919) % paths.len()];
-                    let request = hyper::Request::get(path.as_str())
-                        .header("host", "127.0.0.1")
-                        .body(http_body_util::Empty::<bytes::Bytes>::new())
-                        .expect("request");
-                    let outcome = match sender.send_request(request).await {
-                        Ok(r) if r.status().is_success() => r
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(drop)
-                            .map_err(|e| e.to_string()),
-                        Ok(r) => Err(format!("status {}", r.status())),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    run.latencies.push(sent.elapsed());
-                    run.from_schedule.push(scheduled.elapsed());
-                    if let Err(e) = outcome {
-                        run.errors += 1;
-                        run.first_error.get_or_insert(e);
-                    }
-                }
-                run
-            }));
-        }
-        let mut all = Load::new(total as usize);
-        for w in workers {
-            all.add(w.await.expect("load worker"));
-        }
-        pacer.await.expect("pacer task");
-        Ok::<_, anyhow::Error>(all)
-    })?;
-    result.latencies.sort();
-    result.from_schedule.sort();
-    Ok(result)
 }

@@ -13,18 +13,14 @@
 //! default 700 000 events (`BENCH_EVENTS`), about a million views. Run
 //! with `./scripts/bench.sh restore`.
 
-use projector_core::engine::Engine;
-use projector_core::envelope::Format;
-use projector_core::store::Store;
-use projector_guest::Population;
 use projector_host::wasm::WasmHost;
-use projector_host::{Limits, SharedCode};
-use projector_sources::kafka::{KafkaConfig, KeyPart, Partitioner};
+use projector_host::Limits;
 use projector_sources::run::KafkaRun;
 use projector_tests::kafka::{ends, kept, produce, wait_caught_up};
+use projector_tests::unread::{self, PLUGIN};
 use projector_tests::{inbox_events, knob, plugin_wasm, InboxShape};
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -62,33 +58,14 @@ fn main() -> anyhow::Result<()> {
     );
 
     let host = WasmHost::new()?;
-    let bytes = std::fs::read(plugin_wasm("inbox-unread"))?;
-    let new_engine = |store: Store| -> anyhow::Result<Arc<Engine>> {
-        let engine = Engine::new(store, Format::Auto, 1, Duration::from_millis(1000));
-        let wasm: SharedCode = Arc::new(host.load(
-            "inbox-unread",
-            &bytes,
-            Limits::default(),
-            &serde_json::json!({ "max_unread": 1_000_000 }),
-        )?);
-        engine.add(wasm, Some(Population::Eager))?;
-        Ok(Arc::new(engine))
-    };
-    let mut config = KafkaConfig::new(&bootstrap, "bench", &["inbox"]);
-    config.max_buffered_records = 32_768;
-    config.changelog = true;
-    config.partitioner = Partitioner::Fnv1a;
-    config.placement.insert(
-        "inbox-unread".into(),
-        KeyPart {
-            separator: ":".into(),
-            field: 1,
-        },
-    );
+    let bytes = std::fs::read(plugin_wasm(PLUGIN))?;
+    let settings = serde_json::json!({ "max_unread": 1_000_000 });
+    let new_engine = |dir: &Path| unread::engine(&host, &bytes, Limits::default(), &settings, dir);
+    let config = unread::kafka_config(&bootstrap, "bench", "inbox");
 
     // 1. The rebuild: replay the source into an empty store.
     let dir = tempfile::tempdir()?;
-    let engine = new_engine(Store::open(dir.path())?)?;
+    let engine = new_engine(dir.path())?;
     let run = KafkaRun::start(engine.clone(), config.clone(), 4096)?;
     while run.stats.consumed.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(1));
@@ -107,17 +84,14 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let drain_secs = spooled.elapsed().as_secs_f64();
-    let views = engine
-        .store()
-        .sample_view_keys("inbox-unread", usize::MAX)?
-        .len() as u64;
+    let views = engine.store().sample_view_keys(PLUGIN, usize::MAX)?.len() as u64;
     let produced = run.stats.produced.load(Ordering::Relaxed);
     run.join()?;
     drop(engine);
 
     // 2. The restore: a new instance, empty store, the same group.
     let dir = tempfile::tempdir()?;
-    let engine = new_engine(Store::open(dir.path())?)?;
+    let engine = new_engine(dir.path())?;
     let begun = Instant::now();
     let run = KafkaRun::start(engine.clone(), config, 4096)?;
     let deadline = Instant::now() + Duration::from_secs(1200);
@@ -146,10 +120,7 @@ fn main() -> anyhow::Result<()> {
     let consumed = run.stats.consumed.load(Ordering::Relaxed);
     run.join()?;
     eprintln!("second instance up to its restore: {:.1?}", begun.elapsed());
-    let restored_views = engine
-        .store()
-        .sample_view_keys("inbox-unread", usize::MAX)?
-        .len() as u64;
+    let restored_views = engine.store().sample_view_keys(PLUGIN, usize::MAX)?.len() as u64;
     anyhow::ensure!(
         restored_views == views,
         "{restored_views} views after the restore, {views} after the replay"

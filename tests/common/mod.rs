@@ -11,6 +11,9 @@
 //! - [`kafka`]: the mock cluster, a producer and readers of topics.
 //! - [`counting`], [`hostile`]: test plugins' traffic and counts.
 //! - [`legacy`], [`services`]: sources of truth and enrichment services.
+//! - [`unread`]: the inbox-unread engine and Kafka source the benches set up.
+//! - `load.rs` (not a module here: it needs dev-dependencies): the benches'
+//!   fixed-rate HTTP load generator, included by `#[path]`.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -516,6 +519,7 @@ pub mod legacy;
 pub mod process;
 pub mod served;
 pub mod services;
+pub mod unread;
 
 pub use api::Api;
 pub use process::{Launch, Projector};
