@@ -199,18 +199,8 @@ fn turn(
         // Delayed retries, between batches so their partitions never wait.
         if retried_at.elapsed() >= RETRY_POLL {
             retried_at = Instant::now();
-            // Due retries are committed at once, with all pending work.
-            if engine.retry_due(crate::now_ms())? > 0 {
-                source.durable();
-            }
-            // Paused plugins: probe, catch up, rejoin.
-            if let Some(replay) = &replay {
-                let caught_up = resume::step(engine, replay.as_ref(), crate::now_ms())?;
-                totals.counters.add(&caught_up);
-            }
-            if let Some(w) = &window {
-                w.trim(engine)?;
-            }
+            let caught_up = retry_tick(engine, source, replay.as_deref(), window.as_deref())?;
+            totals.counters.add(&caught_up);
         }
         if window.as_ref().is_some_and(|w| w.is_full()) {
             // The paused plugin is that far behind: the input waits.
@@ -284,12 +274,40 @@ fn turn(
     totals.elapsed = started.elapsed();
     // Delayed retries dead-letter outside any batch: the plugins'
     // counters have them all (a plugin removed meanwhile, the batches').
-    let dead_run: u64 = dead_letters(engine)
-        .iter()
-        .map(|(name, n)| n.saturating_sub(dead_before.get(name).copied().unwrap_or(0)))
-        .sum();
+    let dead_run = dead_letters_since(engine, &dead_before);
     totals.counters.dead_lettered = totals.counters.dead_lettered.max(dead_run);
     Ok(totals)
+}
+
+/// The work between batches, every [`RETRY_POLL`]: due retries applied
+/// and committed, paused plugins probed, caught up or rejoined, the
+/// window trimmed; what the catching up counted.
+fn retry_tick(
+    engine: &Engine,
+    source: &dyn Source,
+    replay: Option<&dyn Replay>,
+    window: Option<&Window>,
+) -> anyhow::Result<Counters> {
+    // Due retries are committed at once, with all pending work.
+    if engine.retry_due(crate::now_ms())? > 0 {
+        source.durable();
+    }
+    let caught_up = match replay {
+        Some(replay) => resume::step(engine, replay, crate::now_ms())?,
+        None => Counters::default(),
+    };
+    if let Some(w) = window {
+        w.trim(engine)?;
+    }
+    Ok(caught_up)
+}
+
+/// Dead letters of every loaded plugin since `before`.
+fn dead_letters_since(engine: &Engine, before: &std::collections::HashMap<String, u64>) -> u64 {
+    dead_letters(engine)
+        .iter()
+        .map(|(name, n)| n.saturating_sub(before.get(name).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// Each loaded plugin's dead letters so far, by name.
