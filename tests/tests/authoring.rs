@@ -6,6 +6,25 @@ use std::process::Command;
 
 /// `projector test`: golden views written with `--update` pass; a changed
 /// golden view fails with a diff naming the key and the field.
+/// `projector test WASM --events EVENTS --expect GOLDEN EXTRA…`.
+fn projector_test(
+    wasm: &std::path::Path,
+    events: &std::path::Path,
+    golden: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(projector_bin())
+        .arg("test")
+        .arg(wasm)
+        .arg("--events")
+        .arg(events)
+        .arg("--expect")
+        .arg(golden)
+        .args(extra)
+        .output()
+        .expect("projector test")
+}
+
 #[test]
 fn projector_test_compares_every_view_with_its_golden_file() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -21,18 +40,7 @@ fn projector_test_compares_every_view_with_its_golden_file() {
     );
     let golden = dir.path().join("golden");
     let wasm = projector_tests::plugin_wasm("inbox-unread");
-    let test = |extra: &[&str]| {
-        Command::new(projector_bin())
-            .arg("test")
-            .arg(&wasm)
-            .arg("--events")
-            .arg(&events)
-            .arg("--expect")
-            .arg(&golden)
-            .args(extra)
-            .output()
-            .expect("projector test")
-    };
+    let test = |extra: &[&str]| projector_test(&wasm, &events, &golden, extra);
     let wrote = test(&["--update"]);
     assert!(wrote.status.success(), "{}", stderr(&wrote));
     let files: Vec<_> = std::fs::read_dir(&golden).expect("golden").collect();
@@ -81,18 +89,7 @@ fn projector_test_fails_on_dead_letters_the_golden_set_does_not_expect() {
     std::fs::write(&events, lines.join("\n") + "\n").expect("events");
     let golden = dir.path().join("golden");
     let wasm = projector_tests::plugin_wasm("hostile");
-    let test = |extra: &[&str]| {
-        Command::new(projector_bin())
-            .arg("test")
-            .arg(&wasm)
-            .arg("--events")
-            .arg(&events)
-            .arg("--expect")
-            .arg(&golden)
-            .args(extra)
-            .output()
-            .expect("projector test")
-    };
+    let test = |extra: &[&str]| projector_test(&wasm, &events, &golden, extra);
     let wrote = test(&["--update"]);
     assert!(wrote.status.success(), "{}", stderr(&wrote));
     assert!(
