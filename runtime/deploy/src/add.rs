@@ -14,7 +14,8 @@
 //! registry records it, so a restart does not load it again from the
 //! plugins directory.
 
-use crate::shadow::{ShadowBuild, ShadowMethod, ShadowStatus};
+use crate::build::{ShadowBuild, ShadowStatus};
+use crate::shadow::ShadowMethod;
 use crate::{Deployed, Deployer, Error, Result};
 use projector_common::sync::Recover;
 use projector_guest::Population;

@@ -1,9 +1,9 @@
 //! The deployer: compiles a version off the event path and swaps it in
 //! at the next batch boundary (`replace` mode), or rolls back.
 
+use crate::build::ShadowBuild;
 use crate::registry::{content_id, Action, Entry, Registry, Settings};
 use crate::settings::DeploySettings;
-use crate::shadow::ShadowBuild;
 use crate::{Error, Replay, Result};
 use projector_common::shutdown::Shutdown;
 use projector_common::sync::Recover;

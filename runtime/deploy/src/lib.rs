@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod add;
+mod build;
 mod compare;
 pub mod deployer;
 pub mod guard;
@@ -36,12 +37,13 @@ pub mod shadow;
 pub mod watch;
 
 pub use add::Removed;
+pub use build::ShadowStatus;
 pub use compare::Comparison;
 pub use deployer::{Deployed, Deployer};
 pub use projector_core::source::Replay;
 pub use registry::{content_id, Action, Entry, Event, Registry, Settings, Version};
 pub use settings::{DeployConfig, DeploySettings, PluginSetup};
-pub use shadow::{ShadowMethod, ShadowStatus};
+pub use shadow::ShadowMethod;
 pub use watch::watch_dir;
 
 /// What a deploy can fail with.
