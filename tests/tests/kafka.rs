@@ -499,7 +499,7 @@ fn a_shadow_generation_is_rebuilt_from_the_earliest_kafka_offsets() {
     );
     let c = app.deployer.compare("hostile", 50).expect("compare");
     assert_eq!((c.compared, c.mismatched), (50, 50), "{c:?}");
-    app.deployer.promote("hostile").expect("promote");
+    app.deployer.promote("hostile", false).expect("promote");
     let v = app
         .engine
         .read("hostile", "k1", 0)

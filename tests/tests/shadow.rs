@@ -110,7 +110,7 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     assert_eq!(shadow_of(&app).as_deref(), Some(v2.as_str()));
     // Promote, roll back, promote: each generation holds every event once.
     let per_key = total / 500;
-    app.deployer.promote("hostile").expect("promote");
+    app.deployer.promote("hostile", false).expect("promote");
     assert_eq!(
         shadow_of(&app).as_deref(),
         Some(v1.as_str()),
@@ -119,7 +119,9 @@ fn a_shadow_generation_is_rebuilt_compared_promoted_rolled_back_and_retired() {
     assert_eq!(count(&app, "k1"), (per_key, "2".to_string()));
     app.deployer.rollback("hostile").expect("rollback");
     assert_eq!(count(&app, "k1"), (per_key, "1".to_string()));
-    app.deployer.promote("hostile").expect("promote again");
+    app.deployer
+        .promote("hostile", false)
+        .expect("promote again");
     // More events reach both generations.
     log.append(&(total..total + 500).map(event).collect::<Vec<_>>())
         .expect("append");
@@ -241,7 +243,7 @@ fn a_shadow_by_migration_over_a_trimmed_log_migrates_views_and_repopulates_the_r
     );
     assert_eq!(status.percent, 100.0);
 
-    app.deployer.promote("hostile").expect("promote");
+    app.deployer.promote("hostile", false).expect("promote");
     let v = api.get("/v1/views/hostile/k5?mode=projection").1;
     assert_eq!(
         (
@@ -344,7 +346,7 @@ fn a_shadow_generation_and_a_promotion_survive_a_restart() {
     );
     let c = app.deployer.compare("hostile", 50).expect("compare");
     assert_eq!((c.compared, c.missing), (50, 0), "{c:?}");
-    app.deployer.promote("hostile").expect("promote");
+    app.deployer.promote("hostile", false).expect("promote");
     assert_eq!(count(&app, "k1"), (6, "2".to_string()));
     drop((app, log));
 
@@ -483,7 +485,7 @@ fn a_shadow_build_takes_in_partitions_that_move_here_during_and_after_it() {
     assert_eq!(phase(), "building", "the shadow lacks partition 2's start");
     wait_following();
 
-    app.deployer.promote("hostile").expect("promote");
+    app.deployer.promote("hostile", false).expect("promote");
     for (p, events) in [(0, 150), (1, 200), (2, 200)] {
         for k in 0..10 {
             assert_eq!(

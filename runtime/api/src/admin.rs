@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// Largest `.wasm` the admin API takes.
 pub(crate) const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
-fn deployer(s: &ServeState) -> ApiResult<Arc<projector_deploy::Deployer>> {
+pub(crate) fn deployer(s: &ServeState) -> ApiResult<Arc<projector_deploy::Deployer>> {
     s.deployer.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -90,7 +90,7 @@ pub(crate) struct CompareParams {
 }
 
 /// Most mismatches one answer lists.
-const MAX_LIMIT: usize = 1_000_000;
+pub(crate) const MAX_LIMIT: usize = 1_000_000;
 
 /// Most keys one comparison samples.
 const MAX_SAMPLE: usize = 100_000;
@@ -113,13 +113,22 @@ pub(crate) async fn shadow_compare(
     Ok(Json(serde_json::to_value(c).unwrap_or_default()))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PromoteParams {
+    /// Promote a held shadow anyway (default false).
+    force: Option<bool>,
+}
+
 pub(crate) async fn shadow_promote(
     State(s): State<Arc<ServeState>>,
     Path(plugin): Path<String>,
+    Query(params): Query<PromoteParams>,
 ) -> ApiResult<Json<Value>> {
     let d = deployer(&s)?;
     s.plugin(&plugin)?;
-    let status = blocking(move || d.promote(&plugin)).await?;
+    let force = params.force.unwrap_or(false);
+    let status = blocking(move || d.promote(&plugin, force)).await?;
     Ok(Json(serde_json::to_value(status).unwrap_or_default()))
 }
 
@@ -376,52 +385,6 @@ pub(crate) async fn mismatches(
     Ok(Json(
         json!({"plugin": plugin, "kept": recent.len(), "mismatches": list}),
     ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeadLetterParams {
-    /// Only this plugin's.
-    plugin: Option<String>,
-    /// At most this many, oldest first (default 100).
-    limit: Option<usize>,
-}
-
-/// `GET /v1/admin/dead-letters`: dead letters, oldest first.
-pub(crate) async fn dead_letters(
-    State(s): State<Arc<ServeState>>,
-    Query(params): Query<DeadLetterParams>,
-) -> ApiResult<Json<Value>> {
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            format!("limit: expected 1 to {MAX_LIMIT}, got {limit}"),
-        ));
-    }
-    let engine = s.engine.clone();
-    let letters = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
-        let mut out = Vec::new();
-        for letter in engine.store().dead_letters() {
-            let letter = letter.map_err(|e| e.to_string())?;
-            if params
-                .plugin
-                .as_deref()
-                .is_some_and(|p| letter.plugin.as_deref() != Some(p))
-            {
-                continue;
-            }
-            out.push(serde_json::to_value(&letter).map_err(|e| e.to_string())?);
-            if out.len() == limit {
-                break;
-            }
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    Ok(Json(json!({"dead_letters": letters})))
 }
 
 #[derive(Debug, Deserialize)]

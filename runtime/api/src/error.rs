@@ -68,6 +68,7 @@ impl From<projector_deploy::Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "no_earlier_version", e.to_string())
             }
             R::NoShadow(_) => ApiError::new(StatusCode::CONFLICT, "no_shadow", e.to_string()),
+            R::Held { .. } => ApiError::new(StatusCode::CONFLICT, "promotion_held", e.to_string()),
             R::ReplaceRequired(refusal) => {
                 let extra = serde_json::to_value(&refusal).unwrap_or_default();
                 ApiError::new(

@@ -28,6 +28,7 @@ mod audit;
 mod auth;
 mod backfill;
 mod console;
+mod dead_letters;
 pub mod error;
 mod exposition;
 mod health;
@@ -139,7 +140,11 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
                 .delete(admin::delete_rollout),
         )
         .route("/v1/admin/mismatches/{plugin}", get(admin::mismatches))
-        .route("/v1/admin/dead-letters", get(admin::dead_letters))
+        .route("/v1/admin/dead-letters", get(dead_letters::list))
+        .route(
+            "/v1/admin/dead-letters/redrive",
+            axum::routing::post(dead_letters::redrive),
+        )
         .route("/v1/admin/history", get(history::history))
         .route("/v1/admin/overview", get(overview::overview))
         .route("/v1/admin/instances", get(route::instances))

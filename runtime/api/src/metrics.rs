@@ -24,6 +24,7 @@
 //! | `projector_commit_seconds_total` | counter | | time spent in those commits |
 //! | `projector_lag_records` | gauge | plugin, source, partition | records in the log not yet applied by the plugin |
 //! | `projector_retries_total` | counter | plugin | events queued for a delayed retry after a transient failure |
+//! | `projector_dead_letters_redriven_total` | counter | plugin | dead letters sent back through the plugin's serving version (a redrive) |
 //! | `projector_breaker_open` | gauge | plugin | 1 while the plugin's breaker holds it paused (open or catching up), else 0 |
 //! | `projector_breaker_opened_total` | counter | plugin | times the plugin's breaker opened |
 //! | `projector_views_expired_total` | counter | plugin | expired views the sweep deleted (plugins with `ttl_ms`) |
@@ -182,6 +183,9 @@ pub struct Metrics {
     /// Requests answered 503 because `max_in_flight` were being served
     /// (`projector_http_shed_total`).
     pub shed: Counter,
+    /// Dead letters sent back through their plugin
+    /// (`projector_dead_letters_redriven_total`).
+    pub redriven: Family<PluginLabel, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -204,6 +208,12 @@ impl Metrics {
         let ingested = Counter::default();
         let ingest_duplicates = Counter::default();
         let shed = Counter::default();
+        let redriven = Family::<PluginLabel, Counter>::default();
+        registry.register(
+            "projector_dead_letters_redriven",
+            "Dead letters sent back through their plugin's serving version",
+            redriven.clone(),
+        );
         registry.register(
             "projector_reads",
             "View reads answered, by read mode and by who answered",
@@ -289,6 +299,7 @@ impl Metrics {
             ingested,
             ingest_duplicates,
             shed,
+            redriven,
             registry: Arc::new(registry),
         }
     }

@@ -64,6 +64,7 @@ impl ShadowBuild {
             method: self.method,
             migrated: migrated.map(|m| m.0),
             not_migrated: migrated.map(|m| m.1),
+            held: None,
         }
     }
 
@@ -116,6 +117,9 @@ pub struct ShadowStatus {
     pub migrated: Option<u64>,
     /// Views left absent, to populate from the source (migrate only).
     pub not_migrated: Option<u64>,
+    /// Why a promotion is refused without `force`: the generation
+    /// dead-letters a larger share of its deliveries than the serving one.
+    pub held: Option<String>,
 }
 
 /// How many records a build applies at a time: as many as take about

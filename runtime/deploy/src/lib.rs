@@ -20,7 +20,8 @@
 //! watched and rolled back by itself), [`shadow`] (generations rebuilt or
 //! migrated beside the live one, compared, promoted, retired), [`watch`]
 //! (the plugins directory), [`settings`] (what the config says of each
-//! plugin). It depends on the sources crate only for [`Replay`], the
+//! plugin), `redrive` (dead letters sent back, noted in the history). It
+//! sees the sources only through [`Replay`] (the core's narrow trait), the
 //! retained records a shadow generation is rebuilt from.
 
 #![deny(missing_docs)]
@@ -31,6 +32,7 @@ mod compare;
 pub mod deployer;
 pub mod guard;
 mod probation;
+mod redrive;
 pub mod registry;
 pub mod settings;
 pub mod shadow;
@@ -85,6 +87,17 @@ pub enum Error {
     /// The engine refused or failed the change (e.g. no such plugin loaded).
     #[error(transparent)]
     Engine(#[from] projector_core::engine::Error),
+    /// A promotion was refused: the shadow generation dead-letters more
+    /// than the serving one, and the operator did not force it.
+    #[error("plugin {name}: version {id} is held from promotion: {reason}; promote with force to take it anyway")]
+    Held {
+        /// Name of the plugin.
+        name: String,
+        /// The shadow version's content id, first 12 hex digits.
+        id: String,
+        /// The rates compared.
+        reason: String,
+    },
     /// The plugin has no shadow generation to compare, promote, roll back to or retire.
     #[error("plugin {0:?} has no shadow generation (deploy with mode=shadow)")]
     NoShadow(String),

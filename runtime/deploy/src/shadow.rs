@@ -8,6 +8,7 @@ use crate::registry::{content_id, Action};
 use crate::{Deployed, Deployer, Error, Replay, Result};
 use projector_common::sync::Recover;
 use projector_core::engine::Projection;
+use projector_core::store::Counters;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -423,13 +424,15 @@ impl Deployer {
     pub fn shadow(&self, name: &str) -> Option<ShadowStatus> {
         let b = self.shadows.lock().recover().get(name)?.clone();
         let mut status = b.status(name);
-        let active = self
-            .engine
-            .projection(name)
-            .map(|p| p.ns() == b.generation.ns())
-            .unwrap_or(false);
-        if active && status.phase == "following" {
-            status.phase = "promoted".into();
+        let live = self.engine.projection(name).ok();
+        match live {
+            Some(live) if live.ns() == b.generation.ns() => {
+                if status.phase == "following" {
+                    status.phase = "promoted".into();
+                }
+            }
+            Some(live) => status.held = held(&live.counters(), &b.generation.counters()),
+            None => {}
         }
         Some(status)
     }
@@ -506,11 +509,20 @@ impl Deployer {
     }
 
     /// Make the shadow generation of `name` serve reads (and the live
-    /// path), keeping the old one current beside it for a rollback.
-    pub fn promote(&self, name: &str) -> Result<ShadowStatus> {
+    /// path), keeping the old one current beside it for a rollback. A
+    /// shadow that dead-letters more than the serving version is held
+    /// ([`Error::Held`]) unless `force`.
+    pub fn promote(&self, name: &str, force: bool) -> Result<ShadowStatus> {
         let _one = self.busy.lock().recover();
         let b = self.shadow_build(name)?;
         let old = self.engine.projection(name)?;
+        if let (Some(reason), false) = (held(&old.counters(), &b.generation.counters()), force) {
+            return Err(Error::Held {
+                name: name.into(),
+                id: b.id[..12].into(),
+                reason,
+            });
+        }
         let (old_id, old_ns) = (old.code().id().to_string(), old.ns().to_string());
         self.engine.switch(&b.generation)?;
         self.registry.activate(name, &b.id, false)?;
@@ -583,5 +595,57 @@ impl Deployer {
         self.registry.record(name, Action::Retire, id, None, None)?;
         tracing::info!(plugin = name, ns = victim.ns(), "generation retired");
         Ok(victim.ns().to_string())
+    }
+}
+
+/// Why a shadow generation with counters `shadow` is held from promotion
+/// beside a serving one with `live`: it dead-letters a larger share of
+/// what it receives (`None`: it does not).
+pub(crate) fn held(live: &Counters, shadow: &Counters) -> Option<String> {
+    let rate = |c: &Counters| c.dead_lettered as f64 / c.received.max(1) as f64;
+    (shadow.dead_lettered > 0 && rate(shadow) > rate(live)).then(|| {
+        format!(
+            "it dead-letters {:.3} % of its deliveries ({} of {}), the serving version {:.3} % ({} of {})",
+            rate(shadow) * 100.0,
+            shadow.dead_lettered,
+            shadow.received,
+            rate(live) * 100.0,
+            live.dead_lettered,
+            live.received
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(received: u64, dead_lettered: u64) -> Counters {
+        Counters {
+            received,
+            dead_lettered,
+            ..Counters::default()
+        }
+    }
+
+    #[test]
+    fn a_shadow_is_held_only_when_it_dead_letters_a_larger_share() {
+        assert_eq!(held(&counters(1000, 0), &counters(1000, 0)), None);
+        assert_eq!(
+            held(&counters(1000, 10), &counters(500, 5)),
+            None,
+            "the same share"
+        );
+        assert_eq!(held(&counters(1000, 10), &counters(1000, 2)), None, "fewer");
+        let why = held(&counters(1000, 0), &counters(5200, 106)).expect("held");
+        assert!(
+            why.contains("2.038 % of its deliveries (106 of 5200)"),
+            "{why}"
+        );
+        assert!(why.contains("serving version 0.000 % (0 of 1000)"), "{why}");
+        assert!(
+            held(&counters(0, 0), &counters(3, 1)).is_some(),
+            "a new live"
+        );
     }
 }

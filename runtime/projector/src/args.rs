@@ -135,15 +135,62 @@ pub enum Command {
     /// Build a plugin project (Rust or TypeScript, told by its Cargo.toml
     /// or package.json) into its component, and print the `.wasm`'s path.
     Build(BuildArgs),
-    /// List dead letters as JSON lines, oldest first.
+    /// List dead letters as JSON lines, oldest first; `redrive` sends
+    /// them back through their plugin's serving version.
+    #[command(args_conflicts_with_subcommands = true)]
     DeadLetters {
-        /// Only this plugin's.
-        #[arg(long)]
-        plugin: Option<String>,
+        /// Which letters.
+        #[command(flatten)]
+        filter: DeadLetterFilter,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// A running instance's API, used when it holds the store (default: `http.listen`).
+        #[arg(long)]
+        api: Option<String>,
+        /// What to do with them (list them by default).
+        #[command(subcommand)]
+        action: Option<DeadLetterAction>,
+    },
+}
+
+/// Which dead letters.
+#[derive(clap::Args, Default)]
+pub struct DeadLetterFilter {
+    /// Only this plugin's.
+    #[arg(long)]
+    pub plugin: Option<String>,
+    /// Only those of this plugin version (a content id, or at least 4 of its hex digits).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Only those of this view key.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// `projector dead-letters redrive`.
+#[derive(Subcommand)]
+pub enum DeadLetterAction {
+    /// Send a plugin's dead letters back through its serving version
+    /// (through the running instance's API); they apply within a second,
+    /// or come back as new dead letters if they fail again.
+    Redrive {
+        /// The plugin.
+        #[arg(long)]
+        plugin: String,
+        /// Only those of this version (a content id, or at least 4 of its hex digits).
+        #[arg(long)]
+        version: Option<String>,
+        /// Only those of this view key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only these letters (their `seq`); repeat for several.
+        #[arg(long = "seq")]
+        seqs: Vec<u64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// The running instance's API (default: `http.listen`).
         #[arg(long)]
         api: Option<String>,
     },
@@ -193,10 +240,15 @@ pub enum PluginAction {
         #[arg(long, default_value_t = 1000)]
         sample: usize,
     },
-    /// Make the shadow generation serve reads (rollback undoes it).
+    /// Make the shadow generation serve reads (rollback undoes it). A
+    /// shadow that dead-letters a larger share of its events than the
+    /// serving version is held unless --force.
     Promote {
         /// The plugin.
         name: String,
+        /// Promote a held shadow anyway.
+        #[arg(long)]
+        force: bool,
     },
     /// Delete the generation that does not serve reads.
     Retire {

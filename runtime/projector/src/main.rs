@@ -4,7 +4,7 @@
 mod cli;
 
 use clap::Parser;
-use projector::args::{Cli, Command, LogFormat};
+use projector::args::{Cli, Command, DeadLetterAction, LogFormat};
 use projector::config::Config;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -102,8 +102,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::New(args) => cli::new::run(args)?,
         Command::Build(args) => cli::build::run(&args.dir)?,
-        Command::DeadLetters { plugin, limit, api } => {
-            cli::dead_letters::run(&config, plugin.as_deref(), limit, api)?
+        Command::DeadLetters {
+            filter,
+            limit,
+            api,
+            action: None,
+        } => cli::dead_letters::list(&config, &filter, limit, api)?,
+        Command::DeadLetters {
+            action:
+                Some(DeadLetterAction::Redrive {
+                    plugin,
+                    version,
+                    key,
+                    seqs,
+                    limit,
+                    api,
+                }),
+            ..
+        } => {
+            let r = cli::dead_letters::Redrive {
+                plugin: &plugin,
+                version: version.as_deref(),
+                key: key.as_deref(),
+                seqs: &seqs,
+                limit,
+            };
+            cli::dead_letters::redrive(&config, &r, api)?
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -546,6 +546,7 @@ impl<'a> BatchCtx<'a> {
             DeadLetter {
                 seq: 0,
                 plugin: Some(self.projection.name().to_string()),
+                version: Some(self.projection.code().id().to_string()),
                 stage: stage.into(),
                 reason: error.reason().into(),
                 error: error.to_string(),
@@ -599,6 +600,7 @@ impl Engine {
                     DeadLetter {
                         seq: 0,
                         plugin: None,
+                        version: None,
                         stage: "decode".into(),
                         reason: "decode".into(),
                         error: e.to_string(),

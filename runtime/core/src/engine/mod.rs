@@ -45,6 +45,7 @@ mod pause;
 mod projection;
 mod read;
 mod recollect;
+mod redrive;
 mod retry;
 
 pub use changelog::{position, Changelog};
@@ -57,6 +58,7 @@ pub use projection::Projection;
 use projection::{RenderCache, ViewCache};
 pub use read::{ReadView, Snapshot};
 pub use recollect::RecollectSummary;
+pub use redrive::{Redrive, Redriven, Skipped};
 pub use retry::FailureRoute;
 use retry::{queue_retry, record_dead_letter, Route};
 

@@ -75,6 +75,7 @@ impl Engine {
                 Err(error) => writer.dead_letter(DeadLetter {
                     seq: 0,
                     plugin: None,
+                    version: None,
                     stage: "retry".into(),
                     reason: "decode".into(),
                     error: error.clone(),
@@ -143,6 +144,7 @@ impl Engine {
                         DeadLetter {
                             seq: 0,
                             plugin: Some(entry.plugin.clone()),
+                            version: None,
                             stage: "retry".into(),
                             reason: "unloaded".into(),
                             error: format!("plugin {} is no longer loaded", entry.plugin),
@@ -164,7 +166,7 @@ impl Engine {
                 source: &entry.source,
                 partition: entry.partition,
                 attempt: entry.attempt,
-                only_key: Some(&entry.key),
+                only_key: (!entry.key.is_empty()).then_some(entry.key.as_str()),
                 retry: &p.retry,
                 route: route.as_deref(),
                 placed: None,

@@ -559,3 +559,122 @@ fn a_shadow_lacking_records_of_a_partition_leaves_the_live_path_until_caught_up(
         assert!(shadow_has(key), "{key}");
     }
 }
+
+/// The dead letters of `engine`'s store, committed.
+fn letters(engine: &Engine) -> Vec<DeadLetter> {
+    engine.commit().expect("commit");
+    engine
+        .store()
+        .dead_letters()
+        .collect::<std::result::Result<_, _>>()
+        .expect("letters")
+}
+
+#[test]
+fn a_redriven_dead_letter_goes_back_through_the_serving_version_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.set_changelog(Some(Arc::new(Placed)));
+    engine
+        .process("log", 0, &[record(0, &sent("e1", 1, "c1", "u1", "u2"))])
+        .expect("process");
+    let before = letters(&engine);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let id = engine
+        .projection("inbox")
+        .expect("inbox")
+        .code()
+        .id()
+        .to_string();
+    assert_eq!(
+        before[0].version.as_deref(),
+        Some(id.as_str()),
+        "its version"
+    );
+    // The cause is gone (no partitioning now): the letter is sent back.
+    engine.set_changelog(None);
+    for other in [
+        Redrive {
+            version: Some("ffff".into()),
+            ..Redrive::all("inbox", 10)
+        },
+        Redrive {
+            key: Some("u9:s1".into()),
+            ..Redrive::all("inbox", 10)
+        },
+        Redrive {
+            seqs: Some([before[0].seq + 1].into()),
+            ..Redrive::all("inbox", 10)
+        },
+    ] {
+        let none = engine.redrive(&other).expect("redrive");
+        assert_eq!(none.redriven, 0, "{other:?} chose none");
+    }
+    let done = engine
+        .redrive(&Redrive {
+            version: Some(id[..8].into()),
+            seqs: Some([before[0].seq].into()),
+            ..Redrive::all("inbox", 10)
+        })
+        .expect("redrive");
+    assert_eq!((done.redriven, done.seqs.clone()), (1, vec![before[0].seq]));
+    assert_eq!(done.version, id);
+    assert!(letters(&engine).is_empty(), "it left the dead letters");
+    assert_eq!(
+        engine.store().retry_count(),
+        1,
+        "it waits in the retry queue"
+    );
+    assert_eq!(engine.retry_due(now_ms()).expect("retry"), 1);
+    assert_eq!(unread(&engine, "u2:s1"), ["c1"]);
+    assert_eq!(engine.store().retry_count(), 0);
+    assert!(letters(&engine).is_empty());
+    // Nothing is left to send back.
+    assert_eq!(
+        engine
+            .redrive(&Redrive::all("inbox", 10))
+            .expect("again")
+            .redriven,
+        0
+    );
+    assert!(matches!(
+        engine.redrive(&Redrive::all("nope", 10)),
+        Err(Error::UnknownPlugin(_))
+    ));
+}
+
+#[test]
+fn a_redriven_letter_without_an_event_stays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let event = Record::wire(0, 7, None, sent("e1", 1, "c1", "u1", "u2").into_bytes())
+        .decode(Format::Auto)
+        .expect("an event");
+    let mut writer = engine.store().writer();
+    let letter = |key: Option<&str>, event: Option<Event>| DeadLetter {
+        seq: 0,
+        plugin: Some("inbox".into()),
+        version: None,
+        stage: "keys".into(),
+        reason: "trap".into(),
+        error: "boom".into(),
+        source: "log".into(),
+        partition: 0,
+        offset: 7,
+        key: key.map(Into::into),
+        event,
+        raw: None,
+        at_ms: 0,
+    };
+    writer
+        .dead_letter(letter(None, Some(event)))
+        .expect("letter");
+    writer.dead_letter(letter(None, None)).expect("letter");
+    engine.store().commit(writer).expect("write");
+    let done = engine.redrive(&Redrive::all("inbox", 10)).expect("redrive");
+    assert_eq!(done.redriven, 1, "{done:?}");
+    assert_eq!(done.skipped.len(), 1, "{done:?}");
+    assert_eq!(engine.retry_due(now_ms()).expect("retry"), 1);
+    assert_eq!(unread(&engine, "u2:s1"), ["c1"]);
+    assert_eq!(letters(&engine).len(), 1, "the letter with no event stays");
+}

@@ -116,6 +116,10 @@ pub struct DeadLetter {
     pub seq: u64,
     /// The plugin that failed it; `None` for decode errors.
     pub plugin: Option<String>,
+    /// The plugin version whose code failed it (its content id); `None`
+    /// for decode errors and letters recorded before versions were kept.
+    #[serde(default)]
+    pub version: Option<String>,
     /// `decode`, `keys` or `apply`.
     pub stage: String,
     /// Short, stable reason (`trap`, `out-of-time`, `memory-limit`, ...).
@@ -138,6 +142,16 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
+impl DeadLetter {
+    /// Whether the letter is `plugin`'s, of a version whose content id
+    /// starts with `version`, and of view key `key` (each `None`: any).
+    pub fn matches(&self, plugin: Option<&str>, version: Option<&str>, key: Option<&str>) -> bool {
+        plugin.is_none_or(|p| self.plugin.as_deref() == Some(p))
+            && version.is_none_or(|v| self.version.as_deref().is_some_and(|id| id.starts_with(v)))
+            && key.is_none_or(|k| self.key.as_deref() == Some(k))
+    }
+}
+
 /// An event waiting for a delayed retry in one plugin (seed 000's retry
 /// topic, kept locally): a transient failure does not stall its partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,7 +160,8 @@ pub struct RetryEntry {
     pub seq: u64,
     /// Name of the plugin to retry the event in.
     pub plugin: String,
-    /// The view key that failed.
+    /// The view key that failed; empty for an event whose keys could not
+    /// be found (a redriven `keys` dead letter): it is routed again.
     pub key: String,
     /// Attempts made so far, the first delivery included.
     pub attempt: u32,

@@ -109,6 +109,11 @@ impl Writer {
         self.batch.remove(retry_key(entry.not_before_ms, entry.seq));
     }
 
+    /// Take a dead letter out (it was sent back through its plugin).
+    pub(crate) fn remove_dead_letter(&mut self, seq: u64) {
+        self.batch.remove(key(b'd', &[&seq.to_be_bytes()]));
+    }
+
     /// Record a dead letter; its `seq` is assigned here.
     pub(crate) fn dead_letter(&mut self, mut letter: DeadLetter) -> Result<()> {
         letter.seq = self.db.generate_id()?;

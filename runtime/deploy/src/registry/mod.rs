@@ -40,6 +40,9 @@ pub enum Action {
     Deploy,
     /// A version replaced the running one (`replace` mode).
     Replace,
+    /// The running version was deployed again with other settings, and
+    /// runs with them now.
+    Reconfigure,
     /// A shadow generation of a version started building.
     Shadow,
     /// The shadow generation took over serving.
@@ -53,6 +56,8 @@ pub enum Action {
     Retire,
     /// The plugin was taken out.
     Remove,
+    /// Dead letters were sent back through the serving version.
+    Redrive,
 }
 
 /// One act in a plugin's history.

@@ -241,9 +241,9 @@ fn act(config: &Config, action: PluginAction, api: Option<String>) -> anyhow::Re
             &format!("{base}/v1/admin/plugins/{name}/compare?sample={sample}"),
             Some(&[]),
         )?,
-        PluginAction::Promote { name } => admin(
+        PluginAction::Promote { name, force } => admin(
             "POST",
-            &format!("{base}/v1/admin/plugins/{name}/promote"),
+            &format!("{base}/v1/admin/plugins/{name}/promote?force={force}"),
             Some(&[]),
         )?,
         PluginAction::Retire { name } => admin(
