@@ -1,9 +1,11 @@
 //! The operator console in headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, which `./scripts/test.sh` installs), driving a
 //! running `projector run`: refused without the token; signed in, it
-//! shows the plugins with the numbers `/metrics` shows, deploys a v2 in
-//! shadow mode, watches it reach `following`, compares (a mismatch side
-//! by side), promotes and rolls back. Screenshots go to
+//! shows the plugins with the numbers `/metrics` shows and charts with
+//! axes, deploys a v2 in shadow mode, watches it reach `following`,
+//! compares (a mismatch side by side), promotes and rolls back; looks a
+//! view up by key; and sends the dead letters of a broken version back
+//! through the serving one. Screenshots go to
 //! `target/console-screenshots/` for review.
 
 use fantoccini::elements::Element;
@@ -191,6 +193,21 @@ impl Api {
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
+    /// The dead letters `query` selects (`plugin=...&version=...`).
+    async fn dead_letters(&self, query: &str) -> Vec<Value> {
+        let path = format!("/v1/admin/dead-letters?{query}&limit=1000");
+        let (status, body) = self.admin(reqwest::Method::GET, &path, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        body["dead_letters"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The view `plugin` stores under `key`, as the admin API answers it.
+    async fn stored(&self, plugin: &str, key: &str) -> Option<Value> {
+        let path = format!("/v1/admin/plugins/{plugin}/views/{key}");
+        let (status, body) = self.admin(reqwest::Method::GET, &path, Some(TOKEN)).await;
+        (status == 200).then_some(body)
+    }
+
     async fn serving(&self, plugin: &str) -> String {
         let (_, list) = self.admin(reqwest::Method::GET, "/v1/plugins", None).await;
         list["plugins"]
@@ -203,7 +220,7 @@ impl Api {
 }
 
 #[test]
-fn the_console_signs_in_shows_the_numbers_and_deploys_compares_promotes_and_rolls_back() {
+fn the_console_signs_in_shows_the_numbers_deploys_looks_up_views_and_redrives_dead_letters() {
     let Some(driver) = driver() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let plugins = plugins_dir(dir.path(), &["inbox-unread", "subscriptions", "hostile"]);
@@ -213,6 +230,7 @@ fn the_console_signs_in_shows_the_numbers_and_deploys_compares_promotes_and_roll
         format!(
             "data_dir = {:?}\nplugins_dir = {:?}\n[log]\npartitions = 4\n\
              [engine]\ncommit_interval_ms = 50\n[http]\nadmin_token = {TOKEN:?}\n\
+             [deploy]\nprobation_events = 20\n\
              [plugins.inbox-unread]\npopulation = \"eager\"\n",
             dir.path().join("data"),
             plugins
@@ -338,6 +356,7 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
     let v1 = api.serving("hostile").await;
     click(c, "tr[data-plugin='hostile'] a").await;
     wait_for(c, "#plugin-name").await;
+    charts_have_axes(c).await?;
     let v2 = plugin_wasm("hostile-v2");
     type_into(c, "#wasm-file", &v2.display().to_string()).await;
     wait_for(c, "#deploy-method")
@@ -448,6 +467,9 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
         );
     }
 
+    look_up_a_view(c, api, base).await?;
+    redrive_dead_letters(c, api, base).await?;
+
     // Signed out, the console asks for the token again.
     click(c, "#sign-out").await;
     wait_for(c, "#token").await;
@@ -456,4 +478,263 @@ async fn flow(c: &Client, api: &Api, base: &str) -> Result<(), String> {
         .await;
     assert_eq!(status, 200);
     Ok(())
+}
+
+/// The plugin page's charts: a y axis with its unit, a time axis, and the
+/// range the operator picks.
+async fn charts_have_axes(c: &Client) -> Result<(), String> {
+    let y = until("the events/s chart's y axis", async || {
+        text(c, ".chart [data-axis='y']").await
+    })
+    .await;
+    assert!(y.contains("events/s"), "the y axis names its unit: {y:?}");
+    let time = text(c, ".chart [data-axis='time']")
+        .await
+        .unwrap_or_default();
+    assert!(
+        time.contains("5 min") && time.contains("now"),
+        "the time axis: {time:?}"
+    );
+    wait_for(c, "#chart-range")
+        .await
+        .select_by_value("900")
+        .await
+        .map_err(|e| e.to_string())?;
+    until("the 15-minute range", async || {
+        let time = text(c, ".chart [data-axis='time']").await?;
+        time.contains("15 min").then_some(())
+    })
+    .await;
+    Ok(())
+}
+
+/// The lookup page shows the view the API stores under a key, and says
+/// plainly when there is none.
+async fn look_up_a_view(c: &Client, api: &Api, base: &str) -> Result<(), String> {
+    // A key with a view: a site's owner, as the test's inbox events make them.
+    let mut found = None;
+    for site in 0..20 {
+        let key = format!("u{site}:s{site}");
+        if let Some(stored) = api.stored("inbox-unread", &key).await {
+            found = Some((key, stored));
+            break;
+        }
+    }
+    let (key, stored) = found.expect("an inbox view stored under some site owner's key");
+    c.goto(&format!("{base}/console#/plugin/inbox-unread"))
+        .await
+        .map_err(|e| e.to_string())?;
+    click(c, "#tab-lookup").await;
+    type_into(c, "#lookup-key", &key).await;
+    click(c, "#lookup-go").await;
+    let shown = until("the view to be shown", async || {
+        let shown = text(c, "#lookup-view").await?;
+        serde_json::from_str::<Value>(&shown).ok()
+    })
+    .await;
+    assert_eq!(shown, stored["view"], "the page shows the stored view");
+    let versions = text(c, "#lookup-versions").await.unwrap_or_default();
+    for (source, version) in stored["versions"].as_object().expect("versions") {
+        assert!(
+            versions.contains(source.as_str()) && versions.contains(&version.to_string()),
+            "{source} {version} in {versions:?}"
+        );
+    }
+    let url = c.current_url().await.map_err(|e| e.to_string())?;
+    assert!(
+        url.as_str().ends_with(&format!(
+            "#/plugin/inbox-unread/lookup/{}",
+            key.replace(':', "%3A")
+        )),
+        "the lookup can be linked: {url}"
+    );
+    screenshot(c, "8-lookup").await;
+
+    let field = wait_for(c, "#lookup-key").await;
+    field.clear().await.map_err(|e| e.to_string())?;
+    field
+        .send_keys("nobody:nowhere")
+        .await
+        .map_err(|e| e.to_string())?;
+    click(c, "#lookup-go").await;
+    let absent = until("the absent view", async || {
+        let shown = text(c, "#lookup-view").await?;
+        shown.contains("nobody:nowhere").then_some(shown)
+    })
+    .await;
+    assert!(absent.starts_with("No view for key"), "{absent}");
+    Ok(())
+}
+
+/// A broken version's dead letters, sent back through the version that
+/// serves after the runtime rolled the broken one back: they leave the
+/// list, the history notes the redrive, and the events are applied.
+async fn redrive_dead_letters(c: &Client, api: &Api, base: &str) -> Result<(), String> {
+    const KEYS: u64 = 10;
+    let v1 = api.serving("hostile").await;
+    c.goto(&format!("{base}/console#/plugin/hostile"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let broken = plugin_wasm("hostile-broken");
+    type_into(c, "#wasm-file", &broken.display().to_string()).await;
+    wait_for(c, "#deploy-mode")
+        .await
+        .select_by_value("replace")
+        .await
+        .map_err(|e| e.to_string())?;
+    confirmed(c, "#deploy-go").await;
+    let broken = until("the broken version to serve", async || {
+        let now = api.serving("hostile").await;
+        (now != v1).then_some(now)
+    })
+    .await;
+    // One event a key; the broken version traps on each until its
+    // probation fails and the runtime brings v1 back.
+    let events: Vec<String> = (0..KEYS)
+        .map(|i| {
+            json!({"id": format!("redrive-{i}"), "type": "count", "source": "redrive",
+                   "key": format!("redrive-{i}"), "version": 1, "time": 1_000, "payload": {}})
+            .to_string()
+        })
+        .collect();
+    let r = api
+        .http
+        .post(format!("{base}/v1/events"))
+        .body(events.join("\n"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    assert!(r.status().is_success(), "ingest: {}", r.status());
+    until("v1 to serve again", async || {
+        (api.serving("hostile").await == v1).then_some(())
+    })
+    .await;
+    // Every event either failed in the broken version or was applied by v1.
+    let failed = until("every event to be applied or dead-lettered", async || {
+        let letters = api
+            .dead_letters(&format!("plugin=hostile&version={}", &broken[..12]))
+            .await;
+        let applied = applied_keys(api, KEYS).await;
+        (letters.len() as u64 + applied == KEYS).then_some(letters)
+    })
+    .await;
+    assert!(failed.len() >= 3, "the broken version failed {failed:?}");
+    let all_before = api.dead_letters("plugin=hostile").await.len();
+
+    // The dead letters tab, filtered by the broken version.
+    click(c, "#tab-dead").await;
+    wait_for(c, "#dead-version")
+        .await
+        .select_by_value(&broken)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = until("the broken version's letters", async || {
+        let rows = c
+            .find_all(Locator::Css("#dead-letters tbody tr"))
+            .await
+            .ok()?;
+        (rows.len() == failed.len()).then_some(rows)
+    })
+    .await;
+    for row in rows {
+        let version = row
+            .find(Locator::Css("[data-version]"))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            version
+                .attr("data-version")
+                .await
+                .map_err(|e| e.to_string())?,
+            Some(broken.clone())
+        );
+        let shown = version.text().await.map_err(|e| e.to_string())?;
+        assert!(
+            shown.contains(&broken[..12]) && shown.to_lowercase().contains("rolled back"),
+            "{shown}"
+        );
+    }
+    screenshot(c, "9-dead-letters").await;
+
+    confirmed(c, "#redrive").await;
+    let said = until("the redrive's answer", async || {
+        text(c, "#dead [role='status']")
+            .await
+            .filter(|t| t.contains("sent back"))
+    })
+    .await;
+    assert!(
+        said.starts_with(&format!(
+            "{} dead letters sent back through version {}",
+            failed.len(),
+            &v1[..12]
+        )),
+        "{said}"
+    );
+    screenshot(c, "10-redriven").await;
+
+    // Gone from the list at once, noted in the history, then applied by v1.
+    let left = api.dead_letters("plugin=hostile").await;
+    assert_eq!(left.len(), all_before - failed.len(), "{left:?}");
+    assert!(
+        left.iter()
+            .all(|l| failed.iter().all(|f| f["seq"] != l["seq"])),
+        "{left:?}"
+    );
+    let (_, registry) = api
+        .admin(reqwest::Method::GET, "/v1/admin/plugins", Some(TOKEN))
+        .await;
+    let history = registry["plugins"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["plugin"] == "hostile"))
+        .map(|p| p["history"].clone())
+        .unwrap_or_default();
+    assert!(
+        history
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["action"] == "redrive")),
+        "{history}"
+    );
+    let metrics = api
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(
+        metric(
+            &metrics,
+            "projector_dead_letters_redriven_total",
+            "plugin=\"hostile\""
+        ),
+        Some(failed.len() as u64),
+        "the redrive is counted"
+    );
+    until("the redriven events to be applied", async || {
+        (applied_keys(api, KEYS).await == KEYS).then_some(())
+    })
+    .await;
+    assert!(
+        api.dead_letters("plugin=hostile").await.len() <= all_before - failed.len(),
+        "a redriven event failed again"
+    );
+    click(c, "#tab-versions").await;
+    wait_for(c, "#history tr[data-action='redrive']").await;
+    screenshot(c, "11-history").await;
+    Ok(())
+}
+
+/// How many of the redrive phase's keys hold a view counting their event.
+async fn applied_keys(api: &Api, keys: u64) -> u64 {
+    let mut applied = 0;
+    for i in 0..keys {
+        if let Some(v) = api.stored("hostile", &format!("redrive-{i}")).await {
+            assert_eq!(v["view"]["count"], 1, "{v}");
+            applied += 1;
+        }
+    }
+    applied
 }

@@ -2,122 +2,11 @@
 // /openapi.json) with the token the operator enters; it has no rights of
 // its own. Views are Preact components written as htm tagged templates.
 import { html, render, useState, useEffect, useRef } from './vendor/htm-preact-3.1.1.mjs';
-
-const TOKEN_KEY = 'projector.admin_token';
-const POLL_MS = 2000;
-const WINDOW_S = 300; // charts show the last five minutes
-
-// ---------------------------------------------------------------- the API
-
-let token = sessionStorage.getItem(TOKEN_KEY) || '';
-let onRefused = () => {};
-
-class Refused extends Error {}
-
-async function api(method, path, body, type) {
-  const headers = {};
-  if (token) headers.Authorization = 'Bearer ' + token;
-  if (type) headers['Content-Type'] = type;
-  const r = await fetch(path, { method, headers, body });
-  const text = await r.text();
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
-  if (r.status === 401) {
-    const e = new Refused((data && data.message) || 'the token was refused');
-    onRefused(e.message);
-    throw e;
-  }
-  if (!r.ok) {
-    const code = (data && data.error) || r.status;
-    const e = new Error(`${code}: ${(data && data.message) || text || r.statusText}`);
-    e.code = code;
-    throw e;
-  }
-  return data;
-}
-
-const get = (path) => api('GET', path);
-const enc = encodeURIComponent;
-
-// Polls `path` every `ms` while the component is shown.
-function usePoll(path, ms = POLL_MS) {
-  const [state, setState] = useState({ data: null, error: null });
-  useEffect(() => {
-    if (!path) return undefined;
-    let live = true;
-    const tick = () => get(path).then(
-      (data) => live && setState({ data, error: null }),
-      (e) => live && !(e instanceof Refused) && setState((s) => ({ data: s.data, error: e.message })),
-    );
-    tick();
-    const id = setInterval(tick, ms);
-    return () => { live = false; clearInterval(id); };
-  }, [path, ms]);
-  return state;
-}
-
-// The history of every plugin, fetched incrementally.
-const history = { since: 0, plugins: {} };
-function useHistory() {
-  const [, bump] = useState(0);
-  useEffect(() => {
-    let live = true;
-    const tick = () => get(`/v1/admin/history?since_ms=${history.since}`).then((h) => {
-      const oldest = Date.now() - WINDOW_S * 1000;
-      for (const [name, samples] of Object.entries(h.plugins)) {
-        const kept = (history.plugins[name] || []).concat(samples).filter((s) => s.at_ms >= oldest);
-        history.plugins[name] = kept;
-        for (const s of samples) history.since = Math.max(history.since, s.at_ms);
-      }
-      if (live) bump((n) => n + 1);
-    }, () => {});
-    tick();
-    const id = setInterval(tick, POLL_MS);
-    return () => { live = false; clearInterval(id); };
-  }, []);
-  return history.plugins;
-}
-
-// ---------------------------------------------------------------- formatting
-
-const fmt = (n) => (n === null || n === undefined ? '–' : Number(n).toLocaleString('en-US', { maximumFractionDigits: 1 }));
-const pct = (r) => (r === null || r === undefined ? '–' : `${(r * 100).toFixed(1)} %`);
-const basename = (path) => String(path).split('/').pop();
-const short = (id) => (id ? id.slice(0, 12) : '–');
-function ago(ms) {
-  if (!ms) return '–';
-  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-  if (s < 90) return `${s} s ago`;
-  if (s < 5400) return `${Math.round(s / 60)} min ago`;
-  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
-  return new Date(ms).toISOString().slice(0, 16).replace('T', ' ');
-}
-function duration(s) {
-  if (s === null || s === undefined) return '–';
-  if (s < 90) return `${Math.ceil(s)} s`;
-  if (s < 5400) return `${Math.round(s / 60)} min`;
-  return `${(s / 3600).toFixed(1)} h`;
-}
+import { Chart, Spark, RANGES, SMOOTH_S, rates, rateNow, series } from './charts.js';
+import { fmt, pct, basename, short, pretty, ago, duration } from './format.js';
+import { api, get, enc, usePoll, useHistory, Refused, setToken, keepToken, forgetToken, hasToken, onRefusal } from './api.js';
 
 // ---------------------------------------------------------------- small parts
-
-function Spark({ values, label }) {
-  const pts = values.filter((v) => v !== null && v !== undefined);
-  if (pts.length < 2) return html`<svg class="spark" role="img" aria-label="${label}: not enough samples yet"></svg>`;
-  const max = Math.max(...pts, 1e-9);
-  const w = 100; const h = 30;
-  const step = w / (values.length - 1);
-  const line = values.map((v, i) => `${(i * step).toFixed(2)},${(h - ((v || 0) / max) * (h - 2) - 1).toFixed(2)}`).join(' ');
-  return html`<svg class="spark" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img"
-    aria-label="${label}: last ${fmt(pts[pts.length - 1])}, highest ${fmt(max)}">
-    <title>${label}: last ${fmt(pts[pts.length - 1])}, highest ${fmt(max)}</title>
-    <polyline points=${line} /></svg>`;
-}
-
-function Chart({ label, values, now }) {
-  return html`<div class="chart"><div class="label"><span>${label}</span><strong>${now}</strong></div>
-    <${Spark} values=${values} label=${label} /></div>`;
-}
 
 function Health({ p }) {
   const b = p.breaker || {};
@@ -172,8 +61,6 @@ function lineDiff(a, b) {
   return out;
 }
 
-const pretty = (v) => (typeof v === 'string' ? v : JSON.stringify(v, null, 2) ?? 'absent');
-
 // Two answers side by side, the lines that differ marked − (left) and + (right).
 function SideBySide({ left, right, leftName, rightName, differences }) {
   const d = lineDiff(pretty(left), pretty(right));
@@ -199,21 +86,20 @@ function Overview() {
     <p class="note">${data.plugins.length} plugins · ${data.ready ? 'ready' : 'starting'} · ${fmt(data.retry_queue)} events waiting for a retry · updated ${new Date(data.at_ms).toLocaleTimeString()}</p>
     <table id="plugins">
       <thead><tr><th>plugin</th><th>version</th><th>population</th><th>health</th>
-        <th>events/s</th><th class="num">applied</th><th>lag per partition</th><th class="num">hit ratio</th>
+        <th title="applied, ${SMOOTH_S} s average, last 5 min">events/s</th><th class="num">applied</th><th>lag per partition</th><th class="num">hit ratio</th>
         <th class="num">fallbacks</th><th class="num">mismatches</th><th class="num">dead letters</th><th class="num">retried</th><th>deploy</th></tr></thead>
       <tbody>${data.plugins.map((p) => {
     const h = hist[p.plugin] || [];
-    const last = h.length ? h[h.length - 1] : null;
-    const parts = p.lag.map((l) => ({ name: `${l.source}/${l.partition}`, now: l.lag, values: h.map((s) => (s.lags || {})[`${l.source}/${l.partition}`] ?? 0) }));
+    const parts = p.lag.map((l) => ({ name: `${l.source}/${l.partition}`, now: l.lag, points: series(h, (s) => (s.lags || {})[`${l.source}/${l.partition}`] ?? 0) }));
     return html`<tr data-plugin=${p.plugin}>
         <td><a href="#/plugin/${enc(p.plugin)}"><strong>${p.plugin}</strong></a></td>
         <td><span class="mono" title=${p.id}>${short(p.id)}</span> ${p.version}<br/>
           <span class="note" title=${p.deployed ? p.deployed.from : ''}>${p.deployed ? `${ago(p.deployed.deployed_ms)} · ${basename(p.deployed.from)}` : 'from the config'}</span></td>
         <td>${p.population}${p.ttl_ms ? html`<br/><span class="note">ttl ${duration(p.ttl_ms / 1000)}</span>` : ''}</td>
         <td><${Health} p=${p} /></td>
-        <td><${Spark} values=${h.map((s) => s.applied_per_s)} label="events/s" /><span data-metric="events_per_s">${fmt(last ? last.applied_per_s : null)}</span></td>
+        <td><${Spark} points=${rates(h)} label="events/s, ${SMOOTH_S} s average" /><span data-metric="events_per_s">${fmt(rateNow(h))}</span></td>
         <td class="num" data-metric="applied">${fmt(p.events.applied)}</td>
-        <td><div class="lags">${parts.slice(0, 8).map((l) => html`<span class="mono">${l.name}</span><${Spark} values=${l.values} label="lag ${l.name}" /><span data-metric="lag" data-partition=${l.name}>${fmt(l.now)}</span>`)}</div>
+        <td><div class="lags">${parts.slice(0, 8).map((l) => html`<span class="mono">${l.name}</span><${Spark} points=${l.points} label="lag of ${l.name}, records" /><span data-metric="lag" data-partition=${l.name}>${fmt(l.now)}</span>`)}</div>
           ${parts.length > 8 ? html`<span class="note">+${parts.length - 8} more partitions, ${fmt(lagOf(p))} records in all</span>` : ''}
           ${parts.length === 0 ? html`<span class="note">no source</span>` : ''}</td>
         <td class="num" data-metric="hit_ratio">${pct(p.hit_ratio)}</td>
@@ -307,6 +193,26 @@ function Shadow({ plugin, overview, refresh }) {
     },
   });
   const base = `/v1/admin/plugins/${enc(plugin)}`;
+  // A shadow held (its dead letters run above the serving version's) is
+  // promoted only when forced, after a confirmation that says why.
+  const promote = (held) => setAsk({
+    title: held ? `Promote ${short(st.id)} although its promotion is held?` : `Promote ${short(st.id)}?`,
+    detail: `${held ? `It is held: ${held}. ` : ''}It serves reads and the live path at once; the version it replaces is kept current for a rollback.`,
+    verb: held ? 'Promote anyway' : 'Promote',
+    danger: Boolean(held),
+    run: async () => {
+      setMsg({ note: 'Promoting…' });
+      try {
+        const r = await api('POST', `${base}/promote${held ? '?force=true' : ''}`);
+        setMsg({ ok: `Promoted: ${short(r.id)} serves.` });
+        refresh();
+      } catch (e) {
+        if (e.code !== 'promotion_held') { setMsg({ error: e.message }); return; }
+        setMsg(null);
+        promote(e.detail);
+      }
+    },
+  });
   const compare = async () => {
     setMsg({ note: 'Comparing…' });
     try {
@@ -323,12 +229,13 @@ function Shadow({ plugin, overview, refresh }) {
   return html`<div id="shadow">
     ${kept ? html`<p data-kept><span class="badge">kept for rollback</span> version <span class="mono" title=${kept}>${short(kept)}</span>: the version replaced by the promotion, kept current beside the serving one until you retire it.</p>` : ''}
     ${st && !kept ? html`<div class="panel"><${Progress} st=${st} />
+      ${st.held ? html`<p class="held" data-held><strong>Promotion held:</strong> ${st.held}</p>` : ''}
       ${st.migrated !== null && st.migrated !== undefined ? html`<p class="note">${fmt(st.migrated)} views migrated, ${fmt(st.not_migrated)} left to populate.</p>` : ''}
       <div class="row gap-top">
         <label>sample <input id="compare-sample" size="6" value=${sample} onInput=${(e) => setSample(e.target.value)} /></label>
         <button id="compare" onClick=${compare}>Compare</button>
         <button id="promote" class="primary" disabled=${st.phase !== 'following'}
-          onClick=${() => act('promote', `Promote ${short(st.id)}?`, 'It serves reads and the live path at once; the version it replaces is kept current for a rollback.', 'Promote', false, `${base}/promote`, (r) => `Promoted: ${short(r.id)} serves.`)}>Promote</button>
+          onClick=${() => promote(st.held)}>${st.held ? 'Promote anyway…' : 'Promote'}</button>
         <button id="retire" class="danger"
           onClick=${() => act('retire', 'Retire the other generation?', 'Its views are deleted; this cannot be undone.', 'Retire', true, `${base}/retire`, (r) => `Retired ${r.retired}.`)}>Retire</button>
       </div></div>` : kept ? html`<div class="row">
@@ -356,10 +263,31 @@ function Shadow({ plugin, overview, refresh }) {
 
 // ---------------------------------------------------------------- a plugin
 
-function Versions({ plugin }) {
+// What the registry's history calls each act, in words.
+const ACTS = {
+  deploy: 'deploy', replace: 'replace', shadow: 'shadow build', promote: 'promote', rollback: 'rollback',
+  runtime_rollback: 'rolled back by the runtime', retire: 'retire', remove: 'remove', redrive: 'redrive of dead letters',
+};
+
+// The registry's entry of `plugin` (`GET /v1/admin/plugins`), polled.
+function useEntry(plugin) {
   const reg = usePoll('/v1/admin/plugins', 5000);
-  const audit = usePoll(`/v1/admin/plugins/${enc(plugin)}/audit`, 5000);
-  const entry = reg.data && reg.data.plugins.find((p) => p.plugin === plugin);
+  return { ...reg, entry: reg.data && reg.data.plugins.find((p) => p.plugin === plugin) };
+}
+
+// The role a version plays for its plugin, in words ('' for none).
+function roleOf(entry, id) {
+  if (!entry || !id) return '';
+  if (id === (entry.running || entry.active)) return 'serving';
+  if (id === entry.shadow) return 'shadow';
+  if (id === entry.kept) return 'kept for rollback';
+  const v = entry.versions.find((x) => x.id === id);
+  return v && v.rolled_back ? 'rolled back' : '';
+}
+
+function Versions({ plugin }) {
+  const reg = useEntry(plugin);
+  const { entry } = reg;
   return html`<div id="versions">
     ${reg.error ? html`<div class="error">${reg.error}</div>` : ''}
     ${entry ? html`<table><thead><tr><th>version</th><th class="num">size</th><th>deployed</th><th>from</th><th>state</th></tr></thead>
@@ -368,15 +296,22 @@ function Versions({ plugin }) {
         <td>${v.id === entry.running ? html`<span class="badge">serving</span> ` : ''}${v.id === entry.active ? html`<span class="badge">active</span> ` : ''}${v.id === entry.kept ? html`<span class="badge" data-kept>kept for rollback</span> ` : ''}${v.id === entry.shadow ? html`<span class="badge">shadow</span> ` : ''}${v.rolled_back ? `rolled back: ${v.rolled_back}` : ''}</td></tr>`)}</tbody></table>
       <h3>History</h3>
       <table id="history"><thead><tr><th>when</th><th>act</th><th>version</th><th>before</th><th>why</th></tr></thead>
-      <tbody>${(entry.history || []).slice().reverse().map((h) => html`<tr data-action=${h.action}><td>${ago(h.at_ms)}</td><td>${h.action.replace('_', ' ')}</td>
+      <tbody>${(entry.history || []).slice().reverse().map((h) => html`<tr data-action=${h.action}><td>${ago(h.at_ms)}</td><td>${ACTS[h.action] || h.action.replaceAll('_', ' ')}</td>
         <td class="mono" title=${h.id}>${short(h.id)}</td><td class="mono" title=${h.previous || ''}>${h.previous ? short(h.previous) : '–'}</td><td>${h.reason || ''}</td></tr>`)}</tbody></table>`
     : html`<p class="note">Not in the registry: loaded from the config.</p>`}
-    <h3>Which version applied which offsets</h3>
-    ${audit.data ? audit.data.generations.map((g) => html`<p><span class="badge">${g.role}</span> <span class="mono">${short(g.version)}</span> <span class="note">${g.ns}</span></p>
+    <${Audit} plugin=${plugin} />
+  </div>`;
+}
+
+// Which version of `plugin` applied which offsets of each partition.
+function Audit({ plugin }) {
+  const { data, error } = usePoll(`/v1/admin/plugins/${enc(plugin)}/audit`, 5000);
+  return html`<h3>Which version applied which offsets</h3>
+    ${error ? html`<div class="error">${error}</div>` : ''}
+    <div data-audit>${data ? data.generations.map((g) => html`<p><span class="badge">${g.role}</span> <span class="mono">${short(g.version)}</span> <span class="note">${g.ns}</span></p>
       <table><thead><tr><th>source</th><th class="num">partition</th><th class="num">offsets</th><th class="num">records</th><th>version</th><th>deployed</th></tr></thead>
       <tbody>${g.runs.map((r) => html`<tr><td>${r.source}</td><td class="num">${r.partition}</td><td class="num">${fmt(r.from)} – ${fmt(r.next)}</td><td class="num">${fmt(r.records)}</td>
-        <td class="mono">${short(r.version)}</td><td>${r.deployed_ms ? `${ago(r.deployed_ms)} from ${r.from_file}` : '–'}</td></tr>`)}</tbody></table>`) : ''}
-  </div>`;
+        <td class="mono">${short(r.version)}</td><td>${r.deployed_ms ? `${ago(r.deployed_ms)} from ${r.from_file}` : '–'}</td></tr>`)}</tbody></table>`) : ''}</div>`;
 }
 
 function RolloutEditor({ plugin }) {
@@ -424,29 +359,131 @@ function Logs({ plugin }) {
   return data.lines.length ? html`<pre id="logs">${data.lines.join('\n')}</pre>` : html`<p class="note">The plugin has logged nothing.</p>`;
 }
 
-function DeadLetters({ plugin }) {
-  const { data, error } = usePoll(`/v1/admin/dead-letters?plugin=${enc(plugin)}&limit=50`, 5000);
-  if (error) return html`<div class="error">${error}</div>`;
-  if (!data) return html`<p class="note">Loading…</p>`;
-  if (!data.dead_letters.length) return html`<p class="note">No dead letters.</p>`;
-  return html`<table id="dead-letters"><thead><tr><th>when</th><th>where</th><th>key</th><th>reason</th><th>event</th></tr></thead>
-    <tbody>${data.dead_letters.map((d) => html`<tr><td>${ago(d.at_ms)}</td><td class="mono">${d.source}/${d.partition}@${d.offset}</td><td class="mono">${d.key ?? '–'}</td>
+// Dead letters of `plugin` (of one view key, with `viewKey`), filtered by
+// the version that failed them, and sent back through the serving
+// version: all those listed, or one.
+function DeadLetters({ plugin, viewKey }) {
+  const { entry } = useEntry(plugin);
+  const [version, setVersion] = useState('');
+  const [ask, setAsk] = useState(null);
+  const [msg, setMsg] = useState(null);
+  const q = new URLSearchParams({ plugin, limit: String(LETTERS_SHOWN) });
+  if (version) q.set('version', version);
+  if (viewKey) q.set('key', viewKey);
+  const { data, error, reload } = usePoll(`/v1/admin/dead-letters?${q}`, 5000);
+  const letters = data ? data.dead_letters : [];
+  const serving = entry && (entry.running || entry.active);
+  const redrive = (seqs) => setAsk({
+    title: `Send ${seqs.length === 1 ? 'this dead letter' : `these ${seqs.length} dead letters`} back through the serving version${serving ? ` ${short(serving)}` : ''}?`,
+    detail: 'They leave the dead letters at once and are applied within about a second; any that fail again come back as new dead letters.',
+    verb: 'Send back',
+    run: async () => {
+      setMsg({ note: 'Sending back…' });
+      const body = { plugin, seqs, ...(version ? { version } : {}), ...(viewKey ? { key: viewKey } : {}) };
+      try {
+        const r = await api('POST', '/v1/admin/dead-letters/redrive', JSON.stringify(body), 'application/json');
+        setMsg({ ok: redriven(r) });
+      } catch (e) { setMsg({ error: e.message }); }
+      reload();
+    },
+  });
+  return html`<div id="dead">
+    <div class="row">
+      <label>version <select id="dead-version" value=${version} onChange=${(e) => setVersion(e.target.value)}>
+        <option value="">all versions</option>
+        ${(entry ? entry.versions.slice().reverse() : []).map((v) => html`<option value=${v.id}>${short(v.id)} ${roleOf(entry, v.id)}</option>`)}
+      </select></label>
+      ${letters.length ? html`<button id="redrive" class="primary" onClick=${() => redrive(letters.map((d) => d.seq))}>Send back through the serving version</button>` : ''}
+      <span class="note">${data ? `${fmt(letters.length)}${letters.length === LETTERS_SHOWN ? ' (the oldest)' : ''} shown` : ''}</span>
+    </div>
+    <${Confirm} ask=${ask} onDone=${() => setAsk(null)} /><${Message} msg=${msg} />
+    ${error ? html`<div class="error">${error}</div>` : ''}
+    ${!data ? html`<p class="note">Loading…</p>` : letters.length ? html`<${Letters} letters=${letters} entry=${entry} onRedrive=${(seq) => redrive([seq])} />`
+    : html`<p class="note" data-empty>No dead letters${version ? ` of version ${short(version)}` : ''}${viewKey ? ' for this key' : ''}.</p>`}
+  </div>`;
+}
+
+const LETTERS_SHOWN = 100;
+
+// A redrive's answer, in words.
+function redriven(r) {
+  const skipped = r.skipped || [];
+  return `${fmt(r.redriven)} dead ${r.redriven === 1 ? 'letter' : 'letters'} sent back through version ${short(r.version)}; they apply within a second.`
+    + (skipped.length ? ` ${fmt(skipped.length)} skipped: ${skipped.map((x) => `#${x.seq} ${x.reason}`).join('; ')}.` : '');
+}
+
+// One dead letter a row: when, where, the version that failed it, why, and the event.
+function Letters({ letters, entry, onRedrive }) {
+  return html`<table id="dead-letters"><thead><tr><th>when</th><th>where</th><th>key</th><th>version</th><th>reason</th><th>event</th><th></th></tr></thead>
+    <tbody>${letters.map((d) => html`<tr data-seq=${d.seq}><td>${ago(d.at_ms)}</td><td class="mono">${d.source}/${d.partition}@${d.offset}</td><td class="mono">${d.key ?? '–'}</td>
+      <td data-version=${d.version || ''}>${d.version ? html`<span class="mono" title=${d.version}>${short(d.version)}</span> ${roleOf(entry, d.version) ? html`<span class="badge">${roleOf(entry, d.version)}</span>` : ''}` : '–'}</td>
       <td><strong>${d.reason}</strong> <span class="note">(${d.stage})</span><br/>${d.error}</td>
-      <td><pre>${d.raw ?? JSON.stringify(d.event, null, 2)}</pre></td></tr>`)}</tbody></table>`;
+      <td><pre>${d.raw ?? JSON.stringify(d.event, null, 2)}</pre></td>
+      <td>${d.plugin ? html`<button class="redrive-one" onClick=${() => onRedrive(d.seq)}>Send back</button>` : ''}</td></tr>`)}</tbody></table>`;
+}
+
+// A view looked up by key: what is stored, the key's dead letters, and
+// which version applied which offsets.
+function Lookup({ plugin, viewKey }) {
+  const [typed, setTyped] = useState(viewKey || '');
+  useEffect(() => setTyped(viewKey || ''), [viewKey]);
+  const go = (e) => {
+    e.preventDefault();
+    if (typed) location.hash = `#/plugin/${enc(plugin)}/lookup/${enc(typed)}`;
+  };
+  return html`<div id="lookup">
+    <form class="row gap-top" onSubmit=${go}>
+      <label>view key <input id="lookup-key" size="40" value=${typed} onInput=${(e) => setTyped(e.target.value)} /></label>
+      <button id="lookup-go" class="primary" type="submit">Look up</button></form>
+    ${viewKey ? html`<${StoredView} plugin=${plugin} viewKey=${viewKey} />
+      <h3>Dead letters of this key</h3><${DeadLetters} plugin=${plugin} viewKey=${viewKey} />`
+    : html`<p class="note">The view stored under a key as it is (no read mode, fallback or population), with the versions it applied.</p>`}
+    <${Audit} plugin=${plugin} />
+  </div>`;
+}
+
+function StoredView({ plugin, viewKey }) {
+  const { data, error, code } = usePoll(`/v1/admin/plugins/${enc(plugin)}/views/${enc(viewKey)}`, 5000);
+  if (code === 'view_not_found') return html`<p id="lookup-view" class="panel" data-absent>No view for key <code>${viewKey}</code>: ${plugin} stores nothing under it.</p>`;
+  if (error && !data) return html`<div class="error">${error}</div>`;
+  if (!data) return html`<p class="note">Loading…</p>`;
+  return html`<div id="lookup-result">
+    <p>Key <code>${data.key}</code> · <span class="badge" data-status=${data.status}>${data.status}</span>
+      · its last event is from <span title=${new Date(data.updated_ms).toISOString()}>${ago(data.updated_ms)}</span> (the event's own time)</p>
+    <h3>Highest version applied, per source</h3>
+    <table id="lookup-versions"><thead><tr><th>source</th><th>version</th></tr></thead>
+      <tbody>${Object.entries(data.versions).map(([source, v]) => html`<tr data-source=${source}><td>${source}</td><td class="mono">${v}</td></tr>`)}</tbody></table>
+    <h3>The view</h3>
+    ${data.view === null ? html`<p id="lookup-view" class="note">Nothing to render: the view is ${data.status}.</p>` : html`<pre id="lookup-view">${pretty(data.view)}</pre>`}
+  </div>`;
 }
 
 const TABS = [
   ['deploys', 'Deploys'], ['versions', 'Versions and audit'], ['rollout', 'Rollout'],
-  ['mismatches', 'Mismatches'], ['logs', 'Logs'], ['dead', 'Dead letters'],
+  ['mismatches', 'Mismatches'], ['logs', 'Logs'], ['dead', 'Dead letters'], ['lookup', 'Look up a view'],
 ];
 
-function Plugin({ plugin, tab }) {
+// The plugin's numbers over a time range the operator picks.
+function Charts({ p, h }) {
+  const [range, setRange] = useState(300);
+  const last = h.length ? h[h.length - 1] : {};
+  return html`<div class="row gap-top">
+      <label>time range <select id="chart-range" value=${range} onChange=${(e) => setRange(Number(e.target.value))}>
+        ${RANGES.map(([seconds, name]) => html`<option value=${seconds}>last ${name}</option>`)}</select></label>
+      <span class="note">a sample a second; events/s averaged over ${SMOOTH_S} s</span></div>
+    <div class="charts">
+      <${Chart} title="events/s, ${SMOOTH_S} s average" kind="rate" points=${rates(h)} range=${range} now=${fmt(rateNow(h))} />
+      <${Chart} title="lag" kind="records" points=${series(h, (s) => s.lag)} range=${range} now=${`${fmt(last.lag)} records`} />
+      <${Chart} title="hit ratio" kind="ratio" points=${series(h, (s) => s.hit_ratio)} range=${range} now=${pct(p.hit_ratio)} empty="no lookups in this range" />
+      <${Chart} title="mismatch ratio" kind="ratio" points=${series(h, (s) => s.mismatch_ratio)} range=${range} now=${pct(last.mismatch_ratio)} empty="no comparisons in this range" />
+    </div>`;
+}
+
+function Plugin({ plugin, tab, viewKey }) {
   const { data, error } = usePoll('/v1/admin/overview');
   const hist = useHistory();
   const [, bump] = useState(0);
   const p = data && data.plugins.find((x) => x.plugin === plugin);
-  const h = hist[plugin] || [];
-  const last = h.length ? h[h.length - 1] : {};
   const show = tab || 'deploys';
   return html`<main>
     <p><a href="#/">← all plugins</a></p>
@@ -455,12 +492,7 @@ function Plugin({ plugin, tab }) {
     ${data && !p ? html`<div class="error">No plugin ${plugin} is loaded.</div>` : ''}
     ${p ? html`<p>version <span class="mono" title=${p.id}>${short(p.id)}</span> ${p.version} · ${p.population} · <${Health} p=${p} />
       · ${fmt(p.events.applied)} applied · ${fmt(p.events.dead_lettered)} dead letters · ${fmt(p.retried)} retried</p>
-      <div class="charts">
-        <${Chart} label="events/s" values=${h.map((s) => s.applied_per_s)} now=${fmt(last.applied_per_s)} />
-        <${Chart} label="lag (records)" values=${h.map((s) => s.lag)} now=${fmt(last.lag)} />
-        <${Chart} label="hit ratio" values=${h.map((s) => s.hit_ratio)} now=${pct(p.hit_ratio)} />
-        <${Chart} label="mismatch ratio" values=${h.map((s) => s.mismatch_ratio)} now=${pct(last.mismatch_ratio)} />
-      </div>` : ''}
+      <${Charts} p=${p} h=${hist[plugin] || []} />` : ''}
     <div class="tabs" role="tablist">${TABS.map(([id, label]) => html`<button role="tab" id="tab-${id}" aria-selected=${show === id}
       onClick=${() => { location.hash = `#/plugin/${enc(plugin)}/${id}`; }}>${label}</button>`)}</div>
     ${show === 'deploys' ? html`<h3>Deploy a version</h3><${Upload} plugin=${plugin} onDone=${() => bump((n) => n + 1)} />
@@ -470,6 +502,7 @@ function Plugin({ plugin, tab }) {
     ${show === 'mismatches' ? html`<${Mismatches} plugin=${plugin} />` : ''}
     ${show === 'logs' ? html`<${Logs} plugin=${plugin} />` : ''}
     ${show === 'dead' ? html`<${DeadLetters} plugin=${plugin} />` : ''}
+    ${show === 'lookup' ? html`<${Lookup} plugin=${plugin} viewKey=${viewKey} />` : ''}
   </main>`;
 }
 
@@ -480,10 +513,10 @@ function Login({ reason, onIn }) {
   const [msg, setMsg] = useState(reason);
   const submit = async (e) => {
     e.preventDefault();
-    token = value.trim();
+    setToken(value.trim());
     try {
       await get('/v1/admin/overview');
-      sessionStorage.setItem(TOKEN_KEY, token);
+      keepToken();
       onIn();
     } catch (err) { setMsg(err.message); }
   };
@@ -497,14 +530,14 @@ function Login({ reason, onIn }) {
 
 function route() {
   const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
-  return parts[0] === 'plugin' && parts[1] ? { page: 'plugin', plugin: parts[1], tab: parts[2] } : { page: 'overview' };
+  return parts[0] === 'plugin' && parts[1] ? { page: 'plugin', plugin: parts[1], tab: parts[2], viewKey: parts[3] } : { page: 'overview' };
 }
 
 function App() {
   const [auth, setAuth] = useState({ state: 'checking' });
   const [where, setWhere] = useState(route());
   useEffect(() => {
-    onRefused = (reason) => setAuth({ state: 'login', reason });
+    onRefusal((reason) => setAuth({ state: 'login', reason }));
     const moved = () => setWhere(route());
     window.addEventListener('hashchange', moved);
     get('/v1/admin/overview').then(() => setAuth({ state: 'in' }), (e) => {
@@ -512,14 +545,14 @@ function App() {
     });
     return () => window.removeEventListener('hashchange', moved);
   }, []);
-  const out = () => { token = ''; sessionStorage.removeItem(TOKEN_KEY); setAuth({ state: 'login', reason: 'Signed out.' }); };
+  const out = () => { forgetToken(); setAuth({ state: 'login', reason: 'Signed out.' }); };
   return html`<header class="top"><h1>projector</h1>
       <nav><a href="#/">Plugins</a><a href="/metrics">Metrics</a><a href="/openapi.json">API</a></nav>
-      <span class="status">${auth.state === 'in' && token ? html`<button id="sign-out" onClick=${out}>Sign out</button>` : ''}</span></header>
+      <span class="status">${auth.state === 'in' && hasToken() ? html`<button id="sign-out" onClick=${out}>Sign out</button>` : ''}</span></header>
     ${auth.state === 'checking' ? html`<main><p class="note">Connecting…</p></main>` : ''}
     ${auth.state === 'login' ? html`<${Login} reason=${auth.reason} onIn=${() => setAuth({ state: 'in' })} />` : ''}
     ${auth.state === 'in' && where.page === 'overview' ? html`<${Overview} />` : ''}
-    ${auth.state === 'in' && where.page === 'plugin' ? html`<${Plugin} plugin=${where.plugin} tab=${where.tab} />` : ''}`;
+    ${auth.state === 'in' && where.page === 'plugin' ? html`<${Plugin} plugin=${where.plugin} tab=${where.tab} viewKey=${where.viewKey} />` : ''}`;
 }
 
 const root = document.getElementById('app');
