@@ -27,9 +27,11 @@ pub struct ViewOf<S> {
 }
 
 impl<P: Projection> Harness<P> {
-    /// Configure the plugin with `settings` (a JSON object).
+    /// Configure the plugin with `settings` (a JSON object) as the host
+    /// does: a setting it does not declare ([`Projection::SETTINGS`]) is
+    /// refused before its `configure` runs.
     pub fn new(settings: Json) -> Result<Self, Error> {
-        let plugin = P::configure(&settings)?;
+        let plugin = crate::configure::<P>(&settings)?;
         let info = plugin.info();
         Ok(Harness {
             plugin,
@@ -169,5 +171,79 @@ pub(crate) fn fetch(service: &str, path: &str) -> Result<crate::Fetched, crate::
 pub(crate) fn log(level: LogLevel, message: &str) {
     if level >= LogLevel::Warn {
         eprintln!("[plugin {level:?}] {message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Change, ErrorKind, Population, StalePolicy};
+    use serde_json::json;
+
+    /// A counter that keeps the settings it was given; `DECLARED` says
+    /// whether it declares `limit` and `source` as its settings.
+    struct Counter<const DECLARED: bool>(Json);
+
+    impl<const DECLARED: bool> Projection for Counter<DECLARED> {
+        type State = u64;
+        const SETTINGS: Option<&'static [&'static str]> = if DECLARED {
+            Some(&["limit", "source"])
+        } else {
+            None
+        };
+        fn configure(settings: &Json) -> Result<Self, Error> {
+            Ok(Counter(settings.clone()))
+        }
+        fn info(&self) -> Info {
+            Info {
+                name: "counter".into(),
+                version: "1".into(),
+                population: Population::Eager,
+                stale_policy: StalePolicy::Ignore,
+                render_uses_time: false,
+            }
+        }
+        fn keys(&self, e: &Event) -> Result<Vec<String>, Error> {
+            Ok(vec![e.key.clone()])
+        }
+        fn apply(&self, _: &str, n: &mut u64, _: &Event) -> Result<Change, Error> {
+            *n += 1;
+            Ok(Change::Updated)
+        }
+        fn render(&self, _: &str, n: &u64, _: i64) -> Result<Json, Error> {
+            Ok(json!({ "count": n }))
+        }
+        fn snapshot(&self, _: &str, _: &Json) -> Result<(u64, crate::SourceVersions), Error> {
+            Ok((0, Vec::new()))
+        }
+    }
+
+    #[test]
+    fn a_misspelled_setting_is_refused_before_configure_naming_the_one_meant() {
+        let e = Harness::<Counter<true>>::new(json!({"limt": 5}))
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind, ErrorKind::BadInput);
+        assert_eq!(
+            e.message,
+            "unknown setting \"limt\" (did you mean \"limit\"?); \
+             the plugin accepts limit, source"
+        );
+    }
+
+    #[test]
+    fn declared_settings_reach_configure() {
+        let settings = json!({"limit": 5, "source": "inbox"});
+        let h = Harness::<Counter<true>>::new(settings.clone()).expect("accepted");
+        assert_eq!(h.plugin().0, settings);
+        let h = Harness::<Counter<true>>::new(json!({})).expect("accepted");
+        assert_eq!(h.plugin().0, json!({}));
+    }
+
+    #[test]
+    fn a_plugin_that_declares_nothing_accepts_any_settings() {
+        let settings = json!({"limt": 5, "anything": [1, 2]});
+        let h = Harness::<Counter<false>>::new(settings.clone()).expect("accepted");
+        assert_eq!(h.plugin().0, settings);
     }
 }

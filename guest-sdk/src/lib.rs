@@ -17,6 +17,8 @@
 //!   shared by the host's engine and the native [`harness`];
 //! - [`harness`]: drive a plugin natively, events in and views out, with
 //!   the same rules the host applies, and no Wasm involved;
+//! - `settings`: the settings a plugin declares, checked before its
+//!   `configure` (see [`configure`]);
 //! - `wasm` (only on `wasm32`): the generated bindings and the adapter the
 //!   [`export!`] macro installs.
 
@@ -24,6 +26,7 @@ pub mod harness;
 #[cfg(any(target_arch = "wasm32", test))]
 mod pool;
 pub mod rules;
+mod settings;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod wasm;
@@ -253,7 +256,17 @@ pub trait Projection: Sized + Send + Sync + 'static {
     /// The per-key state, stored in a compact binary encoding.
     type State: Serialize + DeserializeOwned + Default;
 
-    /// Build the plugin from its settings (a JSON object, `{}` by default).
+    /// The names of the settings the plugin accepts. When declared, a
+    /// setting not among them is refused before `configure` is called, as
+    /// bad input naming it and the declared one it is closest to
+    /// (`unknown setting "max_unreed" (did you mean "max_unread"?); the
+    /// plugin accepts max_unread, source`), so a misspelled setting fails
+    /// the deploy instead of being ignored. `None` (the default) accepts
+    /// any; `Some(&[])` accepts none.
+    const SETTINGS: Option<&'static [&'static str]> = None;
+
+    /// Build the plugin from its settings (a JSON object, `{}` by default),
+    /// every name in it declared in [`Projection::SETTINGS`] if that is set.
     fn configure(settings: &Json) -> Result<Self, Error>;
 
     /// Name, version label, population and stale policy.
@@ -289,6 +302,17 @@ pub trait Projection: Sized + Send + Sync + 'static {
     fn compare(&self, _key: &str, projection: &Json, source: &Json) -> Vec<Difference> {
         json_differences(projection, source)
     }
+}
+
+/// Build `P` from its settings as the host does: a setting `P` does not
+/// declare in [`Projection::SETTINGS`] is refused before
+/// [`Projection::configure`] sees it. The Wasm export, the native
+/// [`harness`] and the host's native plugins all configure through this.
+pub fn configure<P: Projection>(settings: &Json) -> Result<P, Error> {
+    if let Some(declared) = P::SETTINGS {
+        settings::check(declared, settings)?;
+    }
+    P::configure(settings)
 }
 
 /// Encode a state in the SDK's binary state format.

@@ -40,7 +40,8 @@ pub struct Adapter<P>(PhantomData<P>);
 impl<P: Projection> Adapter<P> {
     fn plugin() -> Result<&'static P, wit::PluginError> {
         if INSTANCE.get().is_none() {
-            let p = P::configure(&Json::Object(Default::default())).map_err(to_wit_error)?;
+            let p =
+                crate::configure::<P>(&Json::Object(Default::default())).map_err(to_wit_error)?;
             let _ = INSTANCE.set(Box::new(p));
         }
         INSTANCE
@@ -249,7 +250,7 @@ impl<P: Projection> projection::Guest for Adapter<P> {
     fn configure(settings: String) -> Result<wit::PluginInfo, wit::PluginError> {
         let settings = parse_json("settings", &settings)?;
         if INSTANCE.get().is_none() {
-            let p = P::configure(&settings).map_err(to_wit_error)?;
+            let p = crate::configure::<P>(&settings).map_err(to_wit_error)?;
             let _ = INSTANCE.set(Box::new(p));
         }
         let info = Self::plugin()?.info();

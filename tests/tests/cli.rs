@@ -404,6 +404,43 @@ fn plugin_commands_deploy_list_roll_back_and_show_logs_through_the_api() {
         stdout(&o)
     );
     assert!(stdout(&o).contains("hello from stdout"), "{}", stdout(&o));
+
+    // A dead letter listed by key and sent back from the CLI: `fail`
+    // fails in every build, so it comes back as the serving version's.
+    let fail =
+        r#"{"id":"f1","type":"fail","source":"t","key":"f","version":1,"time":1,"payload":{}}"#;
+    run.ingest(&[fail.to_string()]);
+    let letters = |dir: &std::path::Path| {
+        let o = projector(dir, &["dead-letters", "--key", "f", "--api", &run.base]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters(dir.path()) == 0 {
+        assert!(Instant::now() < deadline, "no dead letter for f");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = projector(
+        dir.path(),
+        &[
+            "dead-letters",
+            "redrive",
+            "--plugin",
+            "hostile",
+            "--key",
+            "f",
+            "--api",
+            &run.base,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let done: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(done["redriven"], 1, "{done}");
+    assert!(
+        stderr(&o).contains("1 dead letter sent back through hostile"),
+        "{}",
+        stderr(&o)
+    );
     run.stop();
 }
 
@@ -640,5 +677,146 @@ fn plugin_deploy_settings_apply_to_that_version_and_survive_a_restart() {
     });
     assert_eq!(unread(&run, "inbox-unread"), ["c1", "c2", "c3", "c4"]);
     assert_eq!(unread(&run, "capped"), ["c4"]);
+    run.stop();
+}
+
+/// A misspelled setting is refused, naming the plugin, the setting and
+/// the one meant: at deploy (`--setting`, the plugin not added) and in the
+/// config at start (the runtime does not start).
+#[test]
+fn a_misspelled_setting_is_refused_at_deploy_and_at_start() {
+    const MEANT: &str = r#"unknown setting "max_unreed" (did you mean "max_unread"?); the plugin accepts max_unread, source"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!("{INBOX}[plugins.capped]\npopulation = \"eager\"\n");
+    write_config(dir.path(), &["inbox-unread"], &config);
+    let run = Launch::in_dir(dir.path(), &["run"]).start();
+    let wasm = projector_tests::plugin_wasm("inbox-unread");
+    let wasm = wasm.to_str().expect("path");
+    let deploy = |setting: &str| {
+        projector(
+            dir.path(),
+            &[
+                "plugin",
+                "deploy",
+                wasm,
+                "--name",
+                "capped",
+                "--replace",
+                "--setting",
+                setting,
+                "--api",
+                &run.base,
+            ],
+        )
+    };
+    let o = deploy("max_unreed=5");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("plugin capped:"), "{err}");
+    assert!(err.contains(MEANT), "{err}");
+    let (status, _) = run.get("/v1/views/capped/u1:s1");
+    assert_eq!(status, 404, "capped was not added");
+    assert!(deploy("max_unread=5").status.success());
+    run.stop();
+
+    // The same in the config: the runtime does not start.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!("{INBOX}settings = {{ max_unreed = 5 }}\n");
+    write_config(dir.path(), &["inbox-unread"], &config);
+    let o = projector(dir.path(), &["run", "--exit-when-idle"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("plugin inbox-unread:"), "{err}");
+    assert!(err.contains(MEANT), "{err}");
+}
+
+/// Deploying the version a plugin runs with other settings is a
+/// reconfigure: refused without `--replace` (naming both settings), then
+/// done with it, noted in the history; the same settings again change
+/// nothing.
+#[test]
+fn plugin_deploy_of_the_running_version_with_new_settings_reconfigures_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), &["inbox-unread"], INBOX);
+    let sent = |n: usize| {
+        let payload = serde_json::json!({"site_id": "s1", "conversation_id": format!("c{n}"),
+            "sender_id": "u1", "participants": ["u1", "u2"]});
+        serde_json::json!({"id": format!("e{n}"), "type": "MessageSent", "source": "inbox",
+            "key": "s1", "version": n, "time": 1000 + n as i64, "payload": payload})
+        .to_string()
+            + "\n"
+    };
+    std::fs::write(dir.path().join("first.ndjson"), sent(1) + &sent(2)).expect("events");
+    std::fs::write(dir.path().join("more.ndjson"), sent(3)).expect("events");
+    let unread = |run: &Projector| -> serde_json::Value {
+        let (status, view) = run.get("/v1/views/inbox-unread/u2:s1?mode=projection");
+        assert_eq!(status, 200, "{view}");
+        view["answer"]["count"].clone()
+    };
+    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "first.ndjson"]).start();
+    projector_tests::eventually("c2 applied", Duration::from_secs(30), || {
+        run.get("/v1/views/inbox-unread/u2:s1?mode=projection").0 == 200 && unread(&run) == 2
+    });
+    let wasm = projector_tests::plugin_wasm("inbox-unread");
+    let wasm = wasm.to_str().expect("path");
+    let deploy = |extra: &[&str]| {
+        let mut args = vec!["plugin", "deploy", wasm, "--name", "inbox-unread"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--api", &run.base]);
+        projector(dir.path(), &args)
+    };
+
+    // Without --replace: refused, naming the settings it has and would have.
+    let o = deploy(&["--setting", "max_unread=1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("already runs this version"), "{err}");
+    assert!(
+        err.contains(r#"would change from {} to {"max_unread":1}"#),
+        "{err}"
+    );
+    assert!(err.contains("--replace"), "{err}");
+
+    // With it: the same version, now with its new settings.
+    let o = deploy(&["--setting", "max_unread=1", "--replace"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let done: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(done["changed"], true, "{done}");
+    assert_eq!(done["replaced"], done["id"], "{done}");
+    let (_, list) = run.get("/v1/admin/plugins");
+    let entry = list["plugins"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["plugin"] == "inbox-unread"))
+        .expect("inbox-unread in the registry")
+        .clone();
+    assert_eq!(entry["versions"][0]["settings"]["max_unread"], 1, "{entry}");
+    let actions: Vec<&str> = entry["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["deploy", "reconfigure"], "{entry}");
+
+    // The same settings again: unchanged, with or without --replace.
+    for extra in [
+        &["--setting", "max_unread=1"][..],
+        &["--setting", "max_unread=1", "--replace"],
+    ] {
+        let o = deploy(extra);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let again: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert_eq!(again["changed"], false, "{again}");
+    }
+    run.stop();
+
+    // The new settings hold after a restart: the next message leaves one.
+    let run = Launch::in_dir(dir.path(), &["run", "--ingest", "more.ndjson"]).start();
+    projector_tests::eventually("c3 applied", Duration::from_secs(30), || {
+        run.get("/v1/views/inbox-unread/u2:s1?mode=projection").1["answer"]
+            .to_string()
+            .contains("\"c3\"")
+    });
+    assert_eq!(unread(&run), 1, "max_unread = 1");
     run.stop();
 }

@@ -302,6 +302,104 @@ fn a_version_that_fails_its_probation_is_rolled_back_by_the_runtime() {
     assert_eq!(count(&app, &format!("k{}", (next - 1) % 500)).1, "1");
 }
 
+/// The running version deployed again with settings that break it is a
+/// reconfigure, on probation as a replace is: the runtime gives it back
+/// the settings it ran with, and the registry says so.
+#[test]
+fn a_reconfigure_that_fails_its_probation_gets_its_settings_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &["hostile"],
+        "[engine]\ncommit_interval_ms = 20\n[deploy]\nprobation_events = 200\nmax_failure_ratio = 0.1\n",
+    );
+    let (v1_bytes, v1) = component("hostile");
+    let log = Arc::new(EmbeddedLog::open(app.engine.store(), 1, Format::Auto).expect("log"));
+    let stop = Shutdown::new();
+    let pipeline = {
+        let (engine, log, stop) = (app.engine.clone(), log.clone(), stop.clone());
+        std::thread::spawn(move || run_log(&engine, &log, 10, &stop, false, |_| {}).expect("run"))
+    };
+    log.append(&(0..100).map(event).collect::<Vec<_>>())
+        .expect("append");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&app, 1) < 100 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let breaking = serde_json::json!({"fail_all": true});
+    let breaking = breaking.as_object().expect("an object");
+    // The same settings as it runs with change nothing; others take `replace`.
+    let same = app
+        .deployer
+        .deploy_with("hostile", &v1_bytes, "test", false, None);
+    assert!(!same.expect("unchanged").changed);
+    let refused = app
+        .deployer
+        .deploy_with("hostile", &v1_bytes, "test", false, Some(breaking))
+        .expect_err("refused without replace");
+    assert!(
+        refused
+            .to_string()
+            .contains(r#"from {} to {"fail_all":true}"#),
+        "{refused}"
+    );
+    let done = app
+        .deployer
+        .deploy_with("hostile", &v1_bytes, "test", true, Some(breaking))
+        .expect("reconfigured");
+    assert!(done.changed);
+    assert_eq!(done.replaced.as_deref(), Some(v1.as_str()));
+    let reconfigured = app
+        .engine
+        .projection("hostile")
+        .expect("loaded")
+        .code()
+        .clone();
+    // Events keep coming; each fails until the runtime gives up on the
+    // new settings.
+    let mut next = 100;
+    loop {
+        log.append(&(next..next + 10).map(event).collect::<Vec<_>>())
+            .expect("append");
+        next += 10;
+        std::thread::sleep(Duration::from_millis(5));
+        let p = app.engine.projection("hostile").expect("loaded");
+        if !Arc::ptr_eq(p.code(), &reconfigured) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never rolled back");
+        assert!(next < 5_000, "never rolled back");
+    }
+    let dead_letters = || {
+        let p = app.engine.projection("hostile").expect("loaded");
+        p.counters().dead_lettered
+    };
+    let failed = dead_letters();
+    assert!((21..=200).contains(&failed), "{failed} dead letters");
+    log.append(&(next..next + 500).map(event).collect::<Vec<_>>())
+        .expect("append");
+    next += 500;
+    while applied(&app, 1) < next {
+        assert!(Instant::now() < deadline, "not caught up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.stop();
+    pipeline.join().expect("pipeline");
+    assert_eq!(dead_letters(), failed, "none failed after the rollback");
+
+    let entry = projector_tests::hostile::entry(&app);
+    assert_eq!(entry.active.as_deref(), Some(v1.as_str()));
+    assert_eq!(entry.settings_of(&v1), None, "the settings it ran with");
+    assert!(entry.rollback.is_empty(), "{entry:?}");
+    assert!(entry.versions.iter().all(|v| v.rolled_back.is_none()));
+    let last: Vec<_> = entry.history.iter().rev().take(2).collect();
+    assert_eq!(last[1].action, projector_deploy::Action::Reconfigure);
+    assert_eq!(last[0].action, projector_deploy::Action::RuntimeRollback);
+    let reason = last[0].reason.as_deref().unwrap_or_default();
+    assert!(reason.starts_with("its settings restored: "), "{reason}");
+}
+
 fn wait_running(app: &projector::app::App, id: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {

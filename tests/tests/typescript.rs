@@ -169,3 +169,30 @@ fn an_unknown_answer_from_apply_is_a_dead_letter_that_names_it() {
     );
     assert!(!dir.path().join("golden/a.json").exists(), "{out}");
 }
+
+/// A setting the plugin does not declare stops the runtime at start, in
+/// the same words from either SDK: the plugin, the setting, the one meant
+/// and what it accepts.
+#[test]
+fn a_misspelled_setting_is_refused_by_both_sdks_in_the_same_words() {
+    let refusal = |plugin: &str| -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        projector_tests::plugins_dir(dir.path(), &[plugin]);
+        let text = format!(
+            "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[plugins.{plugin}]\n\
+             settings = {{ max_unreed = 5 }}\nlimits = {{ max_memory_bytes = 134217728 }}\n"
+        );
+        let mut config =
+            projector::config::Config::parse(&text, "test.toml", dir.path()).expect("parses");
+        config.engine.compile_cache_dir =
+            Some(projector_tests::root().join("target/test-compile-cache"));
+        match projector::app::App::open(config) {
+            Ok(_) => panic!("{plugin} started with a misspelled setting"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let (rust, ts) = (refusal(RUST), refusal(TS));
+    let words = r#"configure: unknown setting "max_unreed" (did you mean "max_unread"?); the plugin accepts max_unread, source"#;
+    assert!(rust.contains(&format!("plugin {RUST}: {words}")), "{rust}");
+    assert!(ts.contains(&format!("plugin {TS}: {words}")), "{ts}");
+}

@@ -10,6 +10,10 @@
 //     import { definePlugin, badInput } from '@projector/guest';
 //     export const { projection, comparison } = definePlugin((settings) => ({ ... }));
 //
+// A plugin that declares its settings (`definePlugin(configure, { settings:
+// ['max_unread', 'source'] })`) gets them typed, and a setting it does not
+// declare is refused before `configure` runs, as the Rust SDK refuses it.
+//
 // Versions, duplicates, stale events and population are the host's job,
 // done before `apply` is called: a plugin sees only the events it must fold.
 
@@ -184,6 +188,70 @@ function diffInto(path: string, a: Json, b: Json, out: Difference[]): void {
   }
 }
 
+// ---------------------------------------------------------------- settings
+
+/** The settings a plugin declared, as its `configure` gets them: each one optional. */
+export type Settings<K extends string> = { readonly [name in K]?: Json };
+
+/** What a plugin declares besides its `configure`. */
+export interface PluginOptions<K extends string> {
+  /**
+   * The names of the settings the plugin accepts. A setting not among them
+   * is refused before `configure` runs, as bad input naming it and the
+   * declared one it is closest to (`unknown setting "max_unreed" (did you
+   * mean "max_unread"?); the plugin accepts max_unread, source`), so a
+   * misspelled setting fails the deploy instead of being ignored. Without
+   * it any settings pass; `[]` accepts none.
+   */
+  readonly settings: readonly K[];
+}
+
+/** Refuse `settings` unless it is an object naming only `declared` ones (the Rust SDK's `settings::check`). */
+function checkSettings(declared: readonly string[], settings: Json): void {
+  if (typeof settings !== 'object' || settings === null || Array.isArray(settings)) {
+    throw badInput(`settings: expected a JSON object, got ${JSON.stringify(settings)}`);
+  }
+  const unknown = Object.keys(settings)
+    .filter((name) => !declared.includes(name))
+    .map((name) => {
+      const meant = closest(name, declared);
+      return meant === undefined ? JSON.stringify(name) : `${JSON.stringify(name)} (did you mean ${JSON.stringify(meant)}?)`;
+    });
+  if (unknown.length === 0) return;
+  const accepted = declared.length ? declared.join(', ') : 'no settings';
+  throw badInput(`unknown setting${unknown.length === 1 ? '' : 's'} ${unknown.join(', ')}; the plugin accepts ${accepted}`);
+}
+
+/** The declared name nearest `name`, if near enough to be a typo: one edit in three characters (at least one), ignoring case. */
+function closest(name: string, declared: readonly string[]): string | undefined {
+  const lower = name.toLowerCase();
+  const allowed = Math.max(1, Math.floor(Array.from(lower).length / 3));
+  let best: { name: string; edits: number } | undefined;
+  for (const d of declared) {
+    const edits = distance(lower, d.toLowerCase());
+    if (edits <= allowed && (best === undefined || edits < best.edits)) best = { name: d, edits };
+  }
+  return best?.name;
+}
+
+/** Edits (insert, delete, substitute, swap two neighbours) from `x` to `y`. */
+function distance(x: string, y: string): number {
+  const a = Array.from(x);
+  const b = Array.from(y);
+  let before: number[] = new Array<number>(b.length + 1).fill(0);
+  let last: number[] = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i += 1) {
+    const row: number[] = new Array<number>(b.length + 1).fill(i);
+    for (let j = 1; j <= b.length; j += 1) {
+      row[j] = Math.min(last[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1), last[j] + 1, row[j - 1] + 1);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) row[j] = Math.min(row[j], before[j - 2] + 1);
+    }
+    before = last;
+    last = row;
+  }
+  return last[b.length];
+}
+
 // ---------------------------------------------------------------- the WIT exports
 
 const encoder = new TextEncoder();
@@ -315,12 +383,28 @@ function keysOf<S>(p: Projection<S>, events: Event[]) {
 
 const fromWit = (e: WitEvent): Event => new SdkEvent(e.id, e.eventType, e.source, e.key, e.version, Number(e.timeMs), e.payload);
 
+/** The WIT exports of a plugin whose states are `S`. */
+export type PluginExports<S> = ReturnType<typeof exportsOf<S>>;
+
 /**
  * The exports of the WIT world `plugin` for the projection `configure`
  * builds from its settings. Export both from the plugin's entry module:
- * `export const { projection, comparison } = definePlugin(...)`.
+ * `export const { projection, comparison } = definePlugin(...)`. With
+ * `options.settings`, `configure` gets only the settings declared there
+ * (see `PluginOptions`).
  */
-export function definePlugin<S>(configure: (settings: Json) => Projection<S>) {
+export function definePlugin<S>(configure: (settings: Json) => Projection<S>): PluginExports<S>;
+export function definePlugin<S, const K extends string>(
+  configure: (settings: Settings<K>) => Projection<S>,
+  options: PluginOptions<K>,
+): PluginExports<S>;
+export function definePlugin<S>(configure: (settings: never) => Projection<S>, options?: PluginOptions<string>): PluginExports<S> {
+  // Either overload's `configure` takes what `exportsOf` hands it: any
+  // settings, or only declared ones once checked.
+  return exportsOf(configure as (settings: Json) => Projection<S>, options?.settings);
+}
+
+function exportsOf<S>(configure: (settings: Json) => Projection<S>, declared: readonly string[] | undefined) {
   let plugin: Projection<S> | undefined;
   const the = (): Projection<S> => {
     if (!plugin) throw internal('called before configure');
@@ -376,6 +460,7 @@ export function definePlugin<S>(configure: (settings: Json) => Projection<S>) {
         } catch (e) {
           throw badInput(`settings are not JSON: ${(e as Error).message}`);
         }
+        if (declared) checkSettings(declared, parsed);
         plugin = configure(parsed);
         return plugin.info();
       });

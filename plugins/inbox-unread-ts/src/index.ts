@@ -14,7 +14,7 @@
 // - `ParticipantAdded {site_id, conversation_id, user_id, unread?}` and
 //   `ParticipantRemoved {site_id, conversation_id, user_id}`
 
-import { badInput, definePlugin, type Difference, type Event, type Json, type Projection } from '@projector/guest';
+import { badInput, definePlugin, type Difference, type Event, type Json, type Projection, type Settings } from '@projector/guest';
 
 interface Entry {
   id: string;
@@ -131,8 +131,10 @@ const diff = (path: string, reason: string, projection?: number, source?: number
   path, reason, projection: projection?.toString(), source: source?.toString(),
 });
 
-function configure(settings: Json): Projection<Unread> {
-  const s = (settings ?? {}) as Obj;
+/** The settings it accepts: any other is refused at deploy. */
+const SETTINGS = ['max_unread', 'source'] as const;
+
+function configure(s: Settings<(typeof SETTINGS)[number]>): Projection<Unread> {
   const maxUnread = s.max_unread ?? 1000;
   if (typeof maxUnread !== 'number' || !Number.isInteger(maxUnread) || maxUnread < 0) {
     throw badInput('inbox-unread settings: max_unread must be a whole number');
@@ -268,4 +270,4 @@ function configure(settings: Json): Projection<Unread> {
   };
 }
 
-export const { projection, comparison } = definePlugin(configure);
+export const { projection, comparison } = definePlugin(configure, { settings: SETTINGS });

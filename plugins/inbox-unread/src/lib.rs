@@ -183,6 +183,8 @@ struct Answer {
 
 impl Projection for InboxUnread {
     type State = Unread;
+    /// The fields of [`Settings`]: any other name is refused at deploy.
+    const SETTINGS: Option<&'static [&'static str]> = Some(&["max_unread", "source"]);
 
     fn configure(settings: &Json) -> Result<Self, Error> {
         let s: Settings = serde_json::from_value(settings.clone())

@@ -190,6 +190,17 @@ fn the_view_is_bounded() {
 fn bad_settings_and_bad_payloads_are_errors() {
     assert!(Harness::<InboxUnread>::new(json!({"max_unread": 0})).is_err());
     assert!(Harness::<InboxUnread>::new(json!({"max_unread": "many"})).is_err());
+    // Its declared settings are all it takes: a misspelled one is refused.
+    assert!(Harness::<InboxUnread>::new(json!({"max_unread": 5, "source": "inbox"})).is_ok());
+    let misspelled = Harness::<InboxUnread>::new(json!({"max_unreed": 5}))
+        .err()
+        .expect("refused");
+    assert!(
+        misspelled
+            .message
+            .contains("\"max_unreed\" (did you mean \"max_unread\"?)"),
+        "{misspelled}"
+    );
     let mut h = eager();
     let bad = event(1, "MessageSent", json!({"site_id": "s1"}));
     assert!(h.feed(&bad).is_err());

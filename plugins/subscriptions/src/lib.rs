@@ -234,6 +234,8 @@ fn set_part<T: for<'de> Deserialize<'de> + PartialEq>(
 
 impl Projection for Subscriptions {
     type State = Row;
+    /// The fields of [`Settings`]: any other name is refused at deploy.
+    const SETTINGS: Option<&'static [&'static str]> = Some(&["refetches"]);
 
     fn configure(settings: &Json) -> Result<Self, Error> {
         let s: Settings = serde_json::from_value(settings.clone())

@@ -1,7 +1,9 @@
 //! The deployer: compiles a version off the event path and swaps it in
-//! at the next batch boundary (`replace` mode), or rolls back.
+//! at the next batch boundary (`replace` mode), reconfigures the running
+//! version when it is deployed again with other settings, or rolls back.
 
 use crate::build::ShadowBuild;
+use crate::probation::Before;
 use crate::registry::{content_id, Action, Entry, Registry, Settings};
 use crate::settings::DeploySettings;
 use crate::{Error, Replay, Result};
@@ -24,7 +26,8 @@ pub struct Deployed {
     pub id: String,
     /// The version active before (`None`: the plugin is new).
     pub replaced: Option<String>,
-    /// False when these bytes were already active (nothing changed).
+    /// False when nothing changed: these bytes were already active, with
+    /// the same settings.
     pub changed: bool,
     /// Time to compile and start the new version, in ms (0 when nothing was compiled).
     pub compile_ms: u64,
@@ -137,6 +140,16 @@ impl Deployer {
         self.resume_shadows();
     }
 
+    /// The settings plugin `name` is configured with: the config's, with
+    /// `overrides` (a deploy's) over them.
+    fn settings_for(&self, name: &str, overrides: Option<&Settings>) -> serde_json::Value {
+        let mut settings = self.settings.of(name).settings.clone();
+        if let (Some(over), Some(base)) = (overrides, settings.as_object_mut()) {
+            base.extend(over.clone());
+        }
+        settings
+    }
+
     /// Compile and start `bytes` as plugin `name`, with its settings
     /// (the config's, with `overrides` over them), limits and services:
     /// everything but the swap.
@@ -147,10 +160,7 @@ impl Deployer {
         overrides: Option<&Settings>,
     ) -> Result<SharedCode> {
         let id = content_id(bytes);
-        let mut settings = self.settings.of(name).settings.clone();
-        if let (Some(over), Some(base)) = (overrides, settings.as_object_mut()) {
-            base.extend(over.clone());
-        }
+        let settings = self.settings_for(name, overrides);
         let logs = self
             .logs
             .lock()
@@ -247,7 +257,10 @@ impl Deployer {
 
     /// [`Deployer::deploy`] with `settings` over the config's, kept with
     /// the version in the registry (a restart or a rollback to it loads
-    /// it with them again).
+    /// it with them again). The version already running, deployed with
+    /// the settings it runs with, changes nothing; with others it is
+    /// reconfigured: loaded with them and swapped in as a replace is
+    /// (which takes `replace`), noted in the history as `reconfigure`.
     pub fn deploy_with(
         self: &Arc<Self>,
         name: &str,
@@ -275,14 +288,7 @@ impl Deployer {
             .map(|p| p.code().id().to_string());
         if current.as_deref() == Some(id.as_str()) {
             self.registry.add(name, bytes, from)?;
-            return Ok(Deployed {
-                plugin: name.into(),
-                id,
-                replaced: current,
-                changed: false,
-                compile_ms: 0,
-                swapped_at: None,
-            });
+            return self.reconfigure(name, bytes, replace, settings);
         }
         let started = std::time::Instant::now();
         let code = self.load(name, bytes, settings)?;
@@ -301,24 +307,85 @@ impl Deployer {
                 .record(name, Action::Deploy, &id, None, None)?;
             return Ok(added);
         };
+        self.take_over(name, code, &id, Before::Version(old), compile_ms)
+    }
+
+    /// Deploy `bytes`, the version `name` runs, again with `settings` over
+    /// the config's. Settings that come to those it runs with change
+    /// nothing. Others reconfigure it: the same code is loaded with them
+    /// (a setting the plugin refuses rejects the deploy) and swapped in as
+    /// a replace is, which takes `replace` ([`Refusal::reconfigure`]), is
+    /// on probation (a failure restores the settings it ran with), and is
+    /// noted in the registry (`reconfigure`, with the new settings kept
+    /// with the version).
+    ///
+    /// [`Refusal::reconfigure`]: crate::guard::Refusal::reconfigure
+    fn reconfigure(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        replace: bool,
+        settings: Option<&Settings>,
+    ) -> Result<Deployed> {
+        let id = content_id(bytes);
+        let entry = self.registry.entry(name)?.unwrap_or_default();
+        let deployed_with = entry.settings_of(&id).cloned();
+        let (from, to) = (
+            self.settings_for(name, deployed_with.as_ref()),
+            self.settings_for(name, settings),
+        );
+        if from == to {
+            return Ok(Deployed {
+                plugin: name.into(),
+                id: id.clone(),
+                replaced: Some(id),
+                changed: false,
+                compile_ms: 0,
+                swapped_at: None,
+            });
+        }
+        let started = std::time::Instant::now();
+        let code = self.load(name, bytes, settings)?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        let old = self.engine.projection(name)?;
+        if !replace {
+            let refusal = crate::guard::Refusal::reconfigure(name, code.info(), from, to);
+            return Err(Error::ReplaceRequired(refusal));
+        }
+        self.registry.set_settings(name, &id, settings)?;
+        let before = Before::Settings(old, deployed_with);
+        self.take_over(name, code, &id, before, compile_ms)
+    }
+
+    /// Swap `code`, version `id`, in for the running `name`; note it in
+    /// the registry (a replace, or a reconfigure when `before` is the same
+    /// version); and put it on probation, `before` to go back to.
+    fn take_over(
+        &self,
+        name: &str,
+        code: SharedCode,
+        id: &str,
+        before: Before,
+        compile_ms: u64,
+    ) -> Result<Deployed> {
         self.swap(name, code, true)?;
         let swapped_at = std::time::Instant::now();
-        self.registry.activate(name, &id, false)?;
-        let previous = Some(old.code().id());
+        self.registry.activate(name, id, false)?;
+        let previous = before.projection().code().id().to_string();
+        let (action, what) = match before {
+            Before::Version(_) => (Action::Replace, "deployed (replace)"),
+            Before::Settings(..) => (Action::Reconfigure, "reconfigured (its settings changed)"),
+        };
+        let changed_version = (previous != id).then_some(previous.as_str());
         self.registry
-            .record(name, Action::Replace, &id, previous, None)?;
-        self.render_inherited(name, &old, &id)?;
-        self.watch(name, old, &id);
-        tracing::info!(
-            plugin = name,
-            id = &id[..12],
-            compile_ms,
-            "deployed (replace)"
-        );
+            .record(name, action, id, changed_version, None)?;
+        self.render_inherited(name, &before, id)?;
+        self.watch(name, before, id);
+        tracing::info!(plugin = name, id = &id[..12], compile_ms, "{what}");
         Ok(Deployed {
             plugin: name.into(),
-            id,
-            replaced: current,
+            id: id.to_string(),
+            replaced: Some(previous),
             changed: true,
             compile_ms,
             swapped_at: Some(swapped_at),

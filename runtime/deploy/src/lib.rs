@@ -8,7 +8,8 @@
 //!
 //! A version that fails to compile, to link, to implement the plugin
 //! world or to start is rejected with its reason, and the running one
-//! keeps running. Deploying bytes already active is a no-op. At start the
+//! keeps running. Deploying bytes already active is a no-op, unless with
+//! other settings (a reconfigure, refused without `replace`). At start the
 //! active version is loaded from the registry, so a deploy survives a
 //! restart (and, with the compile cache, is not compiled again).
 

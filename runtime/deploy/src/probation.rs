@@ -1,9 +1,9 @@
-//! Probation: a version deployed in replace mode renders a sample of the
-//! views it inherits right after its swap, then is watched for its first
-//! events; the version it replaced is swapped back in if too many of
-//! either fail.
+//! Probation: a version deployed in replace mode (or the running version
+//! reconfigured with other settings) renders a sample of the views it
+//! inherits right after its swap, then is watched for its first events;
+//! what ran before is swapped back in if too many of either fail.
 
-use crate::registry::Registry;
+use crate::registry::{Action, Registry, Settings};
 use crate::{Deployer, Error, Result};
 use projector_core::engine::{Engine, Projection};
 use projector_guest::Population;
@@ -12,28 +12,56 @@ use std::sync::Arc;
 /// Inherited views a replacing version renders right after its swap.
 const RENDER_SAMPLE: usize = 100;
 
-/// Swap `old` back in for version `id` of `name`, and note `reason` in
-/// the registry.
+/// What a failed probation goes back to.
+pub(crate) enum Before {
+    /// A replace: the version that ran before, still loaded.
+    Version(Arc<Projection>),
+    /// A reconfigure: the same version as it ran before, still loaded,
+    /// and the settings it had been deployed with.
+    Settings(Arc<Projection>, Option<Settings>),
+}
+
+impl Before {
+    /// The projection that ran before.
+    pub(crate) fn projection(&self) -> &Arc<Projection> {
+        match self {
+            Before::Version(p) | Before::Settings(p, _) => p,
+        }
+    }
+}
+
+/// Swap `before` back in for version `id` of `name`, and note `reason`
+/// in the registry: a version rolled back, or its settings restored.
 fn roll_back(
     engine: &Engine,
     name: &str,
-    old: &Projection,
+    before: &Before,
     id: &str,
     reason: &str,
     population: Option<Population>,
 ) -> Result<()> {
-    engine.replace(old.code().clone(), population)?;
+    let old = before.projection().code();
+    engine.replace(old.clone(), population)?;
     let registry = Registry::open(engine.store())?;
-    registry.activate(name, old.code().id(), true)?;
-    registry.mark_rolled_back(name, id, reason)
+    match before {
+        Before::Version(_) => {
+            registry.activate(name, old.id(), true)?;
+            registry.mark_rolled_back(name, id, reason)
+        }
+        Before::Settings(_, settings) => {
+            registry.set_settings(name, id, settings.as_ref())?;
+            let reason = format!("its settings restored: {reason}");
+            registry.record(name, Action::RuntimeRollback, id, None, Some(&reason))
+        }
+    }
 }
 
 impl Deployer {
     /// Render up to [`RENDER_SAMPLE`] of the views `name` inherits with
     /// version `id`, just swapped in. When more than `max_failure_ratio`
-    /// of them fail, `old` is swapped back in as after a failed probation,
-    /// and the version is rejected with the first failure.
-    pub(crate) fn render_inherited(&self, name: &str, old: &Projection, id: &str) -> Result<()> {
+    /// of them fail, `before` is swapped back in as after a failed
+    /// probation, and the version is rejected with the first failure.
+    pub(crate) fn render_inherited(&self, name: &str, before: &Before, id: &str) -> Result<()> {
         let deploy = self.settings.deploy;
         if deploy.probation_events == 0 {
             return Ok(());
@@ -62,7 +90,14 @@ impl Deployer {
             deploy.max_failure_ratio * 100.0
         );
         tracing::warn!(plugin = name, id = &id[..12], "{reason}: rolling back");
-        roll_back(&self.engine, name, old, id, &reason, self.population(name))?;
+        roll_back(
+            &self.engine,
+            name,
+            before,
+            id,
+            &reason,
+            self.population(name),
+        )?;
         Err(Error::Rejected {
             name: name.into(),
             id: id[..12].into(),
@@ -71,8 +106,8 @@ impl Deployer {
     }
 
     /// Watch a version on probation: if too many of its first events fail,
-    /// swap the version it replaced (still loaded) back in.
-    pub(crate) fn watch(&self, name: &str, old: Arc<Projection>, id: &str) {
+    /// swap what ran before (still loaded) back in.
+    pub(crate) fn watch(&self, name: &str, before: Before, id: &str) {
         let deploy = self.settings.deploy;
         if deploy.probation_events == 0 {
             return;
@@ -80,8 +115,10 @@ impl Deployer {
         let (engine, stop) = (self.engine.clone(), self.shutdown.clone());
         let (name, id) = (name.to_string(), id.to_string());
         let population = self.population(&name);
-        let base = match self.engine.projection(&name) {
-            Ok(p) => p.counters(),
+        // The code on probation: a reconfigure keeps the version's id, so
+        // another deploy taking over is told by the code itself.
+        let (on_probation, base) = match self.engine.projection(&name) {
+            Ok(p) => (p.code().clone(), p.counters()),
             Err(_) => return,
         };
         let thread = format!("probation-{name}");
@@ -92,7 +129,7 @@ impl Deployer {
             let Ok(p) = engine.projection(&name) else {
                 return;
             };
-            if p.code().id() != id {
+            if !Arc::ptr_eq(p.code(), &on_probation) {
                 return; // another deploy took over
             }
             let now = p.counters();
@@ -109,7 +146,7 @@ impl Deployer {
                     deploy.max_failure_ratio * 100.0
                 );
                 tracing::warn!(plugin = name, id = &id[..12], "{reason}: rolling back");
-                if let Err(e) = roll_back(&engine, &name, &old, &id, &reason, population) {
+                if let Err(e) = roll_back(&engine, &name, &before, &id, &reason, population) {
                     tracing::error!(plugin = name, "automatic rollback failed: {e}");
                 }
                 return;

@@ -425,14 +425,13 @@ impl Deployer {
         let b = self.shadows.lock().recover().get(name)?.clone();
         let mut status = b.status(name);
         let live = self.engine.projection(name).ok();
-        match live {
-            Some(live) if live.ns() == b.generation.ns() => {
-                if status.phase == "following" {
-                    status.phase = "promoted".into();
-                }
+        if let Some(live) = live {
+            let serving = live.ns() == b.generation.ns();
+            if serving && status.phase == "following" {
+                status.phase = "promoted".into();
+            } else if !serving {
+                status.held = held(&live.counters(), &b.generation.counters());
             }
-            Some(live) => status.held = held(&live.counters(), &b.generation.counters()),
-            None => {}
         }
         Some(status)
     }

@@ -82,9 +82,19 @@ fn deploy_file(deployer: &Arc<Deployer>, path: &std::path::Path) {
         return;
     };
     let new = deployer.engine.projection(&name).is_err();
+    // A file carries no settings: a version runs with those it was last
+    // deployed with, as at start (the running one is not reconfigured).
+    let settings = match deployer.registry.entry(&name) {
+        Ok(entry) => entry.and_then(|e| e.settings_of(&crate::content_id(&bytes)).cloned()),
+        Err(e) => {
+            tracing::warn!(plugin = name, "{}: {e}", path.display());
+            return;
+        }
+    };
     // A file put under a name in the plugins directory is the operator's
     // say-so, as at start: it replaces, whatever the component calls itself.
-    match deployer.deploy(&name, &bytes, &path.display().to_string(), true) {
+    let from = path.display().to_string();
+    match deployer.deploy_with(&name, &bytes, &from, true, settings.as_ref()) {
         Ok(d) if d.changed && new => tracing::info!(
             plugin = name,
             id = &d.id[..12],

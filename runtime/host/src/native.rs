@@ -17,7 +17,7 @@ pub struct NativePlugin<P: Projection> {
 impl<P: Projection> NativePlugin<P> {
     /// Configure `P` with `settings` as plugin `name`; a refused configuration is a load error.
     pub fn new(name: &str, settings: &Json, limits: Limits) -> Result<Self, Error> {
-        let plugin = P::configure(settings).map_err(|e| Error::Load {
+        let plugin = projector_guest::configure::<P>(settings).map_err(|e| Error::Load {
             plugin: name.into(),
             message: e.to_string(),
         })?;
