@@ -9,14 +9,15 @@
 //!
 //! Prints views, seconds and views/s of each and the ratio (target: 1M
 //! views restored in under 10 s). The mock cluster keeps at most about
-//! 5 MiB per partition, hence 64 partitions (`BENCH_PARTITIONS`) for the
-//! default 700 000 events (`BENCH_EVENTS`), about a million views. Run
-//! with `./scripts/bench.sh restore`.
+//! 5 MiB per partition, so the bench spreads the default 700 000 events
+//! (`BENCH_EVENTS`, about a million views) over as many partitions as
+//! keep them all (`BENCH_PARTITIONS` sets more). Run with
+//! `./scripts/bench.sh restore`.
 
 use projector_host::wasm::WasmHost;
 use projector_host::Limits;
 use projector_sources::run::KafkaRun;
-use projector_tests::kafka::{ends, kept, produce, wait_caught_up};
+use projector_tests::kafka::{ends, kept, mock_partitions, produce, wait_caught_up};
 use projector_tests::unread::{self, PLUGIN};
 use projector_tests::{inbox_events, knob, plugin_wasm, InboxShape};
 use std::path::Path;
@@ -29,13 +30,14 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     projector::alloc::tune();
     let n = knob("BENCH_EVENTS", 700_000) as usize;
-    let partitions = knob("BENCH_PARTITIONS", 64) as u32;
     let events = inbox_events(InboxShape {
         events: n,
         sites: 100_000,
         users: 1_000_000,
         seed: 5,
     });
+    let partitions = mock_partitions(&events, knob("BENCH_PARTITIONS", 64) as u32);
+    eprintln!("{partitions} partitions: the fewest the mock cluster keeps {n} events on");
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     for (topic, count) in [
         ("inbox".to_string(), partitions as i32),
@@ -54,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     let kept = kept(&bootstrap, "inbox", partitions);
     anyhow::ensure!(
         kept == n as u64,
-        "the mock cluster kept {kept} of {n} events (5 MiB per partition): raise BENCH_PARTITIONS"
+        "the mock cluster kept {kept} of {n} events on {partitions} partitions (5 MiB each): raise BENCH_PARTITIONS"
     );
 
     let host = WasmHost::new()?;

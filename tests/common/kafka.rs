@@ -87,6 +87,35 @@ pub fn ends(bootstrap: &str, topic: &str, partitions: u32) -> Vec<u64> {
         .collect()
 }
 
+/// The fewest partitions (a multiple of 8, at least `at_least`) over
+/// which librdkafka's mock cluster keeps every one of `values`, routed by
+/// event key as [`produce`] routes them: the mock keeps about 5 MiB per
+/// partition, so the fullest partition's records (with their keys and
+/// about 100 bytes of framing each) must stay under 4 MiB.
+pub fn mock_partitions(values: &[String], at_least: u32) -> u32 {
+    const ROOM: u64 = 4 << 20;
+    let sized: Vec<(String, u64)> = values
+        .iter()
+        .map(|v| {
+            let e: serde_json::Value = serde_json::from_str(v).expect("event json");
+            let key = e["key"].as_str().expect("event key").to_string();
+            let bytes = (v.len() + key.len() + 100) as u64;
+            (key, bytes)
+        })
+        .collect();
+    let mut partitions = at_least.max(8).next_multiple_of(8);
+    loop {
+        let mut filled = vec![0u64; partitions as usize];
+        for (key, bytes) in &sized {
+            filled[projector_sources::log::partition_of(key, partitions) as usize] += bytes;
+        }
+        if filled.iter().all(|&f| f <= ROOM) {
+            return partitions;
+        }
+        partitions += 8;
+    }
+}
+
 /// The records `topic` still holds. Past its size bound (5 MiB per
 /// partition) the mock cluster drops a partition's oldest records: its
 /// low watermark moves while its end still counts every record produced.

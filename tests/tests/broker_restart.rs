@@ -35,25 +35,51 @@ const FIRST: u64 = 5_000;
 /// One event in this many is followed by a flaky and a poison one.
 const EVERY: u64 = 1_000;
 
-/// Delivery reports of the test's producer.
+/// Delivery reports of the test's producer, with the errors of those
+/// that failed (by error, counted) and the client's own errors.
 #[derive(Default)]
 struct Delivered {
     acked: AtomicU64,
     failed: AtomicU64,
+    errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
-impl ClientContext for Delivered {}
+impl Delivered {
+    fn note(&self, error: String) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(error)
+            .or_default() += 1;
+    }
+
+    /// Each error seen, with how often.
+    fn errors(&self) -> String {
+        format!(
+            "{:?}",
+            self.errors.lock().unwrap_or_else(|e| e.into_inner())
+        )
+    }
+}
+
+impl ClientContext for Delivered {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.note(format!("client: {error}: {reason}"));
+    }
+}
 
 impl ProducerContext for Delivered {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
-        let counter = if result.is_ok() {
-            &self.acked
-        } else {
-            &self.failed
+        match result {
+            Ok(_) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                self.note(format!("delivery: {e}"));
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
         };
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -196,18 +222,23 @@ fn a_broker_restart_mid_stream_loses_and_repeats_nothing() {
         outage.as_secs_f64()
     );
 
-    writing
-        .join()
-        .expect("producer thread")
-        .expect("every record delivered");
+    if let Err(e) = writing.join().expect("producer thread") {
+        panic!(
+            "not every record delivered: {e}; the test's producer saw {}",
+            producer.context().errors()
+        );
+    }
     let delivered = producer.context();
+    println!("the test's producer saw: {}", delivered.errors());
     let total = events.len() as u64;
     assert_eq!(
         (
             delivered.acked.load(Ordering::Relaxed),
             delivered.failed.load(Ordering::Relaxed)
         ),
-        (total, 0)
+        (total, 0),
+        "the test's producer: {}",
+        delivered.errors()
     );
     // Written once: the idempotent producer's retries doubled nothing.
     let end = ends(&bootstrap, &topic, PARTITIONS);
