@@ -2,7 +2,8 @@
 //! are built from the log while events flow, then it joins the live path
 //! with every event applied once; a removed plugin comes back from its
 //! offsets (views kept) or rebuilds (views dropped); the plugins directory
-//! adds a new file as a plugin, and a restart keeps what was removed.
+//! adds a new file as a plugin, refuses another plugin's component put
+//! over a running one, and a restart keeps what was removed.
 
 use projector_tests::hostile::{applied, count, event};
 use projector_tests::{plugin_wasm, Api, Launch, Projector, Served};
@@ -207,7 +208,8 @@ fn post(run: &Projector, range: std::ops::Range<u64>) {
 }
 
 #[test]
-fn the_plugins_directory_adds_a_new_file_once_and_a_restart_keeps_a_removal() {
+fn the_plugins_directory_adds_a_new_file_once_refuses_another_plugin_over_it_and_a_restart_keeps_a_removal(
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = projector_tests::write_config(
         dir.path(),
@@ -236,6 +238,24 @@ fn the_plugins_directory_adds_a_new_file_once_and_a_restart_keeps_a_removal() {
         "{}",
         run.stderr_tail(200)
     );
+
+    // Another plugin's component put over a running one is refused, and
+    // the running one goes on.
+    std::fs::copy(plugin_wasm("inbox-unread"), &hidden).expect("copy");
+    std::fs::rename(&hidden, plugins.join("hostile.wasm")).expect("rename");
+    eventually("the refusal", || {
+        run.said("hostile.wasm: not deployed") == 1
+    });
+    assert!(
+        run.said("--name hostile --replace") == 1,
+        "{}",
+        run.stderr_tail(20)
+    );
+    post(&run, 4_000..4_500);
+    eventually("hostile still counting", || {
+        let (status, body) = run.get("/v1/views/hostile/k0");
+        status == 200 && body["answer"]["count"] == 9
+    });
 
     // A file that leaves does not take its plugin out; it says so.
     std::fs::remove_file(plugins.join("hostile.wasm")).expect("rm");

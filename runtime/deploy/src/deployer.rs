@@ -36,6 +36,20 @@ pub struct Deployed {
     pub swapped_at: Option<std::time::Instant>,
 }
 
+/// What a deploy may replace without asking again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Consent {
+    /// Nothing: a taken name, or a component under another name than its
+    /// own, is refused ([`Error::ReplaceRequired`]).
+    None,
+    /// A new version of the plugin running under the name (the same own
+    /// name), or a new plugin under any name: a file put in the plugins
+    /// directory.
+    SamePlugin,
+    /// Anything (`replace`).
+    Any,
+}
+
 /// Loads plugin versions and swaps them into the engine.
 pub struct Deployer {
     pub(crate) settings: DeploySettings,
@@ -269,6 +283,23 @@ impl Deployer {
         replace: bool,
         settings: Option<&Settings>,
     ) -> Result<Deployed> {
+        let consent = match replace {
+            true => Consent::Any,
+            false => Consent::None,
+        };
+        self.deploy_as(name, bytes, from, consent, settings)
+    }
+
+    /// A deploy with the operator's `consent` to replace.
+    pub(crate) fn deploy_as(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        from: &str,
+        consent: Consent,
+        settings: Option<&Settings>,
+    ) -> Result<Deployed> {
+        let replace = consent != Consent::None;
         let _one = self.busy.lock().recover();
         let id = content_id(bytes);
         if self.is_adding(name, &id) {
@@ -294,10 +325,15 @@ impl Deployer {
         let code = self.load(name, bytes, settings)?;
         let compile_ms = started.elapsed().as_millis() as u64;
         let old = self.engine.projection(name).ok();
-        if !replace {
-            let running = old.as_ref().map(|p| p.code().info());
-            crate::guard::check(name, running, code.info(), false)
-                .map_err(Error::ReplaceRequired)?;
+        let running = old.as_ref().map(|p| p.code().info());
+        match (consent, running) {
+            (Consent::Any, _) | (Consent::SamePlugin, None) => {}
+            (Consent::None, _) => crate::guard::check(name, running, code.info(), false)
+                .map_err(Error::ReplaceRequired)?,
+            // A new version of the plugin running there: the rule of a
+            // shadow deploy (the same own name).
+            (Consent::SamePlugin, Some(_)) => crate::guard::check(name, running, code.info(), true)
+                .map_err(Error::ReplaceRequired)?,
         }
         self.registry.add(name, bytes, from)?;
         self.registry.set_settings(name, &id, settings)?;

@@ -1,8 +1,10 @@
 //! The plugins directory's watcher: a `<plugin>.wasm` that appears or
 //! changes there is deployed in replace mode once it stops changing (a
-//! new name adds a plugin). A file that leaves does not remove its
-//! plugin.
+//! new name adds a plugin), when it is a version of the plugin running
+//! under that name: another plugin's component put over a running one is
+//! refused with a warning. A file that leaves does not remove its plugin.
 
+use crate::deployer::Consent;
 use crate::Deployer;
 use projector_common::shutdown::Shutdown;
 use std::sync::Arc;
@@ -92,9 +94,12 @@ fn deploy_file(deployer: &Arc<Deployer>, path: &std::path::Path) {
         }
     };
     // A file put under a name in the plugins directory is the operator's
-    // say-so, as at start: it replaces, whatever the component calls itself.
+    // say-so for a new version of the plugin running there (the same own
+    // name), or for a new plugin under that name, as at start; another
+    // plugin's component put over a running one is refused (the deploy
+    // CLI's --replace does that on purpose).
     let from = path.display().to_string();
-    match deployer.deploy_with(&name, &bytes, &from, true, settings.as_ref()) {
+    match deployer.deploy_as(&name, &bytes, &from, Consent::SamePlugin, settings.as_ref()) {
         Ok(d) if d.changed && new => tracing::info!(
             plugin = name,
             id = &d.id[..12],
@@ -107,6 +112,12 @@ fn deploy_file(deployer: &Arc<Deployer>, path: &std::path::Path) {
             "deployed from the plugins directory"
         ),
         Ok(_) => {}
+        Err(crate::Error::ReplaceRequired(refusal)) => tracing::warn!(
+            plugin = name,
+            "{}: not deployed: {refusal}; to replace it on purpose: projector plugin deploy {} --name {name} --replace",
+            path.display(),
+            path.display()
+        ),
         Err(e) => tracing::warn!(
             plugin = name,
             "{}: {e}; the running version goes on",
