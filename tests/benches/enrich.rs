@@ -16,6 +16,7 @@ use projector_tests::services::Services;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -55,21 +56,23 @@ fn event(source: &str, version: u64, asset: u64, entity: Option<Value>) -> Vec<u
     .into_bytes()
 }
 
+/// The runtime in `dir` after it processed `events`. The caller keeps
+/// `dir` until the app is dropped: its store closes into it.
 fn run(
     label: &str,
+    dir: &Path,
     services: &Services,
     events: &[Vec<u8>],
     workers: u64,
-) -> anyhow::Result<(App, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
-    plugins_dir(dir.path(), &["subscriptions"]);
+) -> anyhow::Result<App> {
+    plugins_dir(dir, &["subscriptions"]);
     // Site data changes rarely: cached for a minute (seed 002's in-memory
     // cache of small sources). The others are asked every time.
     let text = format!(
         "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[engine]\nworkers = {workers}\n{}[plugins.subscriptions]\nservices = [\"subscriptions\", \"billing\", \"domains\", \"sites\"]\n",
         services.config(&[("sites", "cache_ttl_ms = 60000")])
     );
-    let app = App::open(Config::parse(&text, "bench.toml", dir.path())?)?;
+    let app = App::open(Config::parse(&text, "bench.toml", dir)?)?;
     let started = Instant::now();
     let mut applied = 0;
     for (i, chunk) in events.chunks(1024).enumerate() {
@@ -87,7 +90,7 @@ fn run(
         events.len() as f64 / elapsed.as_secs_f64(),
         events.len()
     );
-    Ok((app, dir))
+    Ok(app)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,13 +120,26 @@ fn main() -> anyhow::Result<()> {
                 .set(&format!("a{asset}"), vec![entity(source, v, asset)]);
         }
     }
+    // Each directory is declared before its app, so that it is removed
+    // after the app's store closed (locals drop in reverse order): a store
+    // whose directory is gone cannot write its blobs, and sled 0.34's
+    // flush then never finishes.
+    let dir = tempfile::tempdir()?;
     drop(run(
         "entity events (no fetch)",
+        dir.path(),
         &services,
         &carrying,
         workers,
     )?);
-    let (app, _dir) = run("id-only events (fetch)  ", &services, &by_id, workers)?;
+    let dir = tempfile::tempdir()?;
+    let app = run(
+        "id-only events (fetch)  ",
+        dir.path(),
+        &services,
+        &by_id,
+        workers,
+    )?;
     let (mut fetches, mut hits) = (0, 0);
     for (service, s) in app.fetcher.stats() {
         let requests = s.requests.load(Relaxed);

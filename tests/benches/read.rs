@@ -135,17 +135,18 @@ const UNREAD: &str = "
     HAVING MAX(m.created_at) > p.last_read_at
     ORDER BY last DESC, c.id DESC";
 
-/// A Wasm inbox-unread engine over `events`, with the plugin's `settings`;
-/// the store's directory lives as long as the returned guard.
+/// A Wasm inbox-unread engine over `events` with its store in `dir`, with
+/// the plugin's `settings`. The caller keeps `dir` until the engine is
+/// dropped: its store closes into it.
 fn project(
     host: &WasmHost,
+    dir: &std::path::Path,
     limits: Limits,
     settings: serde_json::Value,
     events: &[String],
-) -> anyhow::Result<(Arc<Engine>, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
+) -> anyhow::Result<Arc<Engine>> {
     let bytes = std::fs::read(plugin_wasm(PLUGIN))?;
-    let engine = unread::engine(host, &bytes, limits, &settings, dir.path())?;
+    let engine = unread::engine(host, &bytes, limits, &settings, dir)?;
     let started = Instant::now();
     for (i, chunk) in events.chunks(4096).enumerate() {
         let values = chunk.iter().map(|e| e.as_bytes().to_vec()).collect();
@@ -157,7 +158,7 @@ fn project(
         events.len(),
         started.elapsed()
     );
-    Ok((engine, dir))
+    Ok(engine)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -190,8 +191,14 @@ fn main() -> anyhow::Result<()> {
         epoch_deadline_ms: 200,
         ..Limits::default()
     };
-    let (engine, _dir) = project(
+    // Each store's directory is declared before its engine, so that it is
+    // removed after the store closed (locals drop in reverse order): a
+    // store whose directory is gone cannot write its blobs, and sled 0.34's
+    // flush then never finishes.
+    let dir = tempfile::tempdir()?;
+    let engine = project(
         &host,
+        dir.path(),
         unbounded,
         serde_json::json!({"max_unread": 1_000_000}),
         &events,
@@ -209,7 +216,14 @@ fn main() -> anyhow::Result<()> {
     let rps = knob("BENCH_RPS", 10_000);
     let seconds = knob("BENCH_SECONDS", 10);
     drop(engine);
-    let (engine, _dir) = project(&host, Limits::default(), serde_json::json!({}), &events)?;
+    let dir = tempfile::tempdir()?;
+    let engine = project(
+        &host,
+        dir.path(),
+        Limits::default(),
+        serde_json::json!({}),
+        &events,
+    )?;
     let sizes = answer_sizes(&engine, &keys, now)?;
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".into();

@@ -50,6 +50,8 @@ impl KeyState {
 pub struct KeyStates {
     tree: sled::Tree,
     job: String,
+    /// The store's database, for flushes within its bound.
+    open: std::sync::Arc<super::Open>,
 }
 
 impl Store {
@@ -58,6 +60,7 @@ impl Store {
         Ok(KeyStates {
             tree: self.db.open_tree("jobs")?,
             job: job.to_string(),
+            open: self.open.clone(),
         })
     }
 
@@ -113,7 +116,7 @@ impl KeyStates {
         }
         batch.insert(self.meta_key(), settings);
         self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        self.open.flush(&format!("starting job {}", self.job))?;
         Ok(seen.len() as u64)
     }
 

@@ -12,15 +12,21 @@
 //! thread applies them to their own keys afterwards ([`unapplied`]).
 //! Reads see the newest committed view either way.
 //!
+//! Every flush waits at most [`FLUSH_BOUND`], and the last handle of a
+//! store closes it within that bound too, whatever sled does ([`close`]).
+//!
 //! Keys in `state` (`ns` is a view namespace, e.g. a plugin name):
 //! `v 0 ns 0 key` view · `w 0 seq` views of a commit not yet applied ·
 //! `o 0 ns 0 source 0 partition` next offset · `c 0 ns` counters ·
 //! `d 0 seq` dead letter.
 
+mod close;
 mod form;
 mod key_states;
 mod unapplied;
 mod writer;
+
+pub use close::FLUSH_BOUND;
 
 pub use form::{changelog_value, changelog_view, CHANGELOG_ENCODING};
 pub(crate) use form::{decode_view, encode_view};
@@ -28,6 +34,7 @@ pub use key_states::{KeyState, KeyStates};
 pub use unapplied::MaterializerStats;
 pub(crate) use writer::Writer;
 
+use close::Open;
 use projector_common::sync::Recover;
 use projector_guest::rules::View;
 use projector_guest::Event;
@@ -35,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use unapplied::{record_key, Materializer, ViewRecordBuf};
+use std::time::Duration;
+use unapplied::{record_key, Materializer, Unapplied, ViewRecordBuf};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +67,19 @@ pub enum Error {
     /// sled failed to read or write.
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    /// A flush did not finish in time (sled waits for a write that never
+    /// comes, e.g. after a blob file could not be created): the database
+    /// is left open until the process ends. What earlier flushes made
+    /// durable stays durable.
+    #[error("store at {path}: {what}: the flush {reason}; what was flushed before stays durable")]
+    Unflushed {
+        /// Directory of the database.
+        path: String,
+        /// What the flush was for (`closing`, `flush`, a setting...).
+        what: String,
+        /// Why it did not finish.
+        reason: String,
+    },
     /// A stored value did not decode.
     #[error("store: corrupt {what}: {reason}")]
     Corrupt {
@@ -240,15 +261,20 @@ fn retry_key(not_before_ms: i64, seq: u64) -> Vec<u8> {
     )
 }
 
-/// The durable store.
+/// The durable store. Its handles share one database, closed when the
+/// last of them goes ([`Store::close`]).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     state: sled::Tree,
-    materializer: Arc<Materializer>,
+    /// The views committed and not yet applied to their keys.
+    unapplied: Arc<Unapplied>,
     /// The size of the last commit's views record (bytes, views): the
     /// next writer starts at it instead of growing to it.
     last_record: Arc<(AtomicUsize, AtomicUsize)>,
+    /// Closes the database. Last: fields drop in order, and the database
+    /// is released by the close alone once the others went.
+    open: Arc<Open>,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -346,17 +372,53 @@ impl Store {
                     source,
                 },
             })?;
+        // From here on a failure closes the database within its bound.
+        let mut open = Open::new(dir, db.clone());
         let state = db.open_tree("state")?;
-        let materializer = Arc::new(Materializer::start(state.clone())?);
+        let materializer = Materializer::start(state.clone())?;
+        let unapplied = materializer.shared.clone();
+        open.started(materializer);
         Ok(Store {
             db,
             state,
-            materializer,
+            unapplied,
             last_record: Default::default(),
+            open: Arc::new(open),
         })
     }
 
-    /// Another tree of the same database (e.g. the embedded log).
+    /// Close this handle and say whether what was committed is durable.
+    /// The last handle of a store stops the materializer (the views
+    /// waiting are applied first), flushes and releases the database,
+    /// waiting at most [`FLUSH_BOUND`] for each; another handle flushes
+    /// within it and leaves closing to the last. A flush that does not
+    /// finish in time is [`Error::Unflushed`], and the database is then
+    /// left open until the process ends rather than waited on forever.
+    /// Dropping the last handle closes the same way, logging the outcome.
+    pub fn close(self) -> Result<()> {
+        self.close_within(FLUSH_BOUND)
+    }
+
+    /// [`Store::close`], waiting at most `bound` for each step.
+    pub fn close_within(self, bound: Duration) -> Result<()> {
+        let Store {
+            db,
+            state,
+            unapplied,
+            last_record,
+            open,
+        } = self;
+        // Gone first, so that the close releases the database alone.
+        drop((db, state, unapplied, last_record));
+        match Arc::try_unwrap(open) {
+            Ok(open) => open.close(bound),
+            Err(open) => open.flush_within("closing a handle", bound),
+        }
+    }
+
+    /// Another tree of the same database (e.g. the embedded log), flushed
+    /// and closed with the store. Dropped after the store's last handle,
+    /// its last handle flushes again the way sled does, with no bound.
     pub fn tree(&self, name: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(name)?)
     }
@@ -364,7 +426,7 @@ impl Store {
     /// The stored view of `view_key` in namespace `ns`, if any.
     pub fn view(&self, ns: &str, view_key: &str) -> Result<Option<ViewRecord>> {
         let k = view_key_of(ns, view_key);
-        let bytes = match self.materializer.shared.get(&k) {
+        let bytes = match self.unapplied.get(&k) {
             Some(waiting) => waiting,
             None => self.state.get(k)?,
         };
@@ -374,7 +436,7 @@ impl Store {
     /// Every view of a namespace, in key order, as of the call or newer
     /// (the views committed so far are applied first).
     pub fn views(&self, ns: &str) -> impl Iterator<Item = Result<(String, ViewRecord)>> {
-        let settled = self.materializer.shared.settle();
+        let settled = self.unapplied.settle();
         let prefix = view_prefix(ns);
         let skip = prefix.len();
         let views = self.state.scan_prefix(prefix).map(move |item| {
@@ -388,7 +450,7 @@ impl Store {
     /// Every view key of a namespace, in key order, without decoding the
     /// views (the views committed so far are applied first).
     pub(crate) fn view_keys(&self, ns: &str) -> impl Iterator<Item = Result<String>> {
-        let settled = self.materializer.shared.settle();
+        let settled = self.unapplied.settle();
         let prefix = view_prefix(ns);
         let skip = prefix.len();
         let keys = self.state.scan_prefix(prefix).keys().map(move |k| {
@@ -415,7 +477,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, ViewRecord)>> {
-        self.materializer.shared.settle()?;
+        self.unapplied.settle()?;
         let prefix = view_prefix(ns);
         let skip = prefix.len();
         let start = match after {
@@ -442,12 +504,12 @@ impl Store {
     /// Wait until every view committed so far is applied to its key (the
     /// materializer has caught up with the commits before the call).
     pub fn settle(&self) -> Result<()> {
-        self.materializer.shared.settle()
+        self.unapplied.settle()
     }
 
     /// What the materializer has applied, and what waits.
     pub fn materializer_stats(&self) -> MaterializerStats {
-        self.materializer.shared.stats()
+        self.unapplied.stats()
     }
 
     /// The next offset to process for (namespace, source, partition).
@@ -518,7 +580,7 @@ impl Store {
     pub(crate) fn delete_ns(&self, ns: &str) -> Result<()> {
         // No view of `ns` may wait to be applied (or be applied again after
         // a restart) once it is deleted.
-        let shared = &self.materializer.shared;
+        let shared = &self.unapplied;
         let _commits = shared.commit.lock().recover();
         shared.settle()?;
         let mut batch = sled::Batch::default();
@@ -531,8 +593,7 @@ impl Store {
         }
         batch.remove(key(b'c', &[ns.as_bytes()]));
         self.state.apply_batch(batch)?;
-        self.db.flush()?;
-        Ok(())
+        self.open.flush(&format!("deleting {ns}"))
     }
 
     /// Names of the settings that start with `prefix`, without it.
@@ -568,8 +629,7 @@ impl Store {
             Some(v) => self.state.insert(k, v)?,
             None => self.state.remove(k)?,
         };
-        self.db.flush()?;
-        Ok(())
+        self.open.flush(&format!("setting {name}"))
     }
 
     /// Retries due at `now_ms`, soonest first, at most `max`.
@@ -653,7 +713,7 @@ impl Store {
             self.state.apply_batch(batch)?;
             return Ok(());
         }
-        let shared = &self.materializer.shared;
+        let shared = &self.unapplied;
         let _commits = shared.commit.lock().recover();
         shared.wait_for_room()?;
         let seq = shared.next_seq();
@@ -670,10 +730,10 @@ impl Store {
         Ok(())
     }
 
-    /// Make everything committed so far durable.
+    /// Make everything committed so far durable, waiting at most
+    /// [`FLUSH_BOUND`] ([`Error::Unflushed`] when it did not finish).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.open.flush("flush")
     }
 }
 

@@ -180,6 +180,8 @@ struct Queue {
     /// Why the materializer stopped, if it failed.
     failed: Option<String>,
     stop: bool,
+    /// The materializer's thread has ended (set as it unwinds too).
+    ended: bool,
 }
 
 /// What the materializer has done since start.
@@ -292,6 +294,20 @@ impl Unapplied {
             waiting,
             stalls: self.stalls.load(Ordering::Relaxed),
         }
+    }
+
+    /// Wait until the materializer's thread has ended, or `deadline`;
+    /// whether it ended.
+    fn wait_ended(&self, deadline: Instant) -> bool {
+        let mut q = self.queue.lock().recover();
+        while !q.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = self.changed.wait_timeout(q, left).recover().0;
+        }
+        true
     }
 
     /// Apply what waits, round after round, until asked to stop and
@@ -454,7 +470,7 @@ fn recover(tree: &sled::Tree) -> Result<u64> {
 }
 
 /// The materializer of a store: started on open, stopped (after applying
-/// everything that waits) when the last handle of the store is dropped.
+/// everything that waits) when the store closes (`super::close`).
 pub(super) struct Materializer {
     pub(super) shared: Arc<Unapplied>,
     thread: Option<JoinHandle<()>>,
@@ -482,7 +498,10 @@ impl Materializer {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("projector-materializer".into())
-                .spawn(move || shared.run())
+                .spawn(move || {
+                    let _ended = Ended(&shared);
+                    shared.run();
+                })
                 .map_err(|e| Error::Corrupt {
                     what: "materializer".into(),
                     reason: format!("cannot start its thread: {e}"),
@@ -493,16 +512,36 @@ impl Materializer {
             thread: Some(thread),
         })
     }
-}
 
-impl Drop for Materializer {
-    fn drop(&mut self) {
+    /// Ask the thread to stop once nothing waits, and join it unless it
+    /// is still at work at `deadline` (its sled batches can wait on
+    /// sled's process-wide lock, held by a flush that never finishes);
+    /// whether it ended. What it leaves waits in its records, applied
+    /// when the store opens again.
+    pub(super) fn stop(&mut self, deadline: Instant) -> bool {
         self.shared.queue.lock().recover().stop = true;
         self.shared.changed.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        if !self.shared.wait_ended(deadline) {
+            // Left to end by itself: joining could wait forever.
+            return false;
         }
-        let _ = self.shared.tree.flush();
+        if thread.join().is_err() {
+            tracing::error!("store: the materializer's thread panicked");
+        }
+        true
+    }
+}
+
+/// Marks the materializer's thread ended when it returns or unwinds.
+struct Ended<'a>(&'a Unapplied);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.queue.lock().recover().ended = true;
+        self.0.changed.notify_all();
     }
 }
 

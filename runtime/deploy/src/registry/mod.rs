@@ -178,7 +178,8 @@ impl Registry {
             return Ok(v.clone());
         }
         self.code.insert(id.as_bytes(), bytes)?;
-        self.code.flush()?;
+        // The store's flush: the same database, and bounded.
+        self.store.flush()?;
         let version = Version {
             id,
             size: bytes.len() as u64,

@@ -121,6 +121,8 @@ pub struct Appended {
 /// The embedded durable event log, in the store's `log` tree.
 pub struct EmbeddedLog {
     tree: sled::Tree,
+    /// The store the tree is in: flushed through it (bounded).
+    store: Store,
     partitions: u32,
     format: Format,
     /// How records are stored: as posted (layout 2) or decoded (layout 3).
@@ -242,6 +244,7 @@ impl EmbeddedLog {
             next.push(end.max(start));
         }
         let log = EmbeddedLog {
+            store: store.clone(),
             tree,
             partitions,
             format,
@@ -377,7 +380,7 @@ impl EmbeddedLog {
             }
         }
         self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        self.store.flush()?;
         ends.next = next;
         for (hash, pos) in remember {
             ends.ids.insert(hash, pos);
@@ -450,7 +453,7 @@ impl EmbeddedLog {
             ends.ids.forget_before(partition, end);
         }
         self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        self.store.flush()?;
         Ok(())
     }
 
