@@ -44,11 +44,15 @@
 //! | --- | --- | --- | --- |
 //! | (kafka) `projector_kafka_consumed_total` | counter | | records polled from Kafka |
 //! | (kafka) `projector_kafka_batches_total` | counter | | batches handed to the engine |
-//! | (kafka) `projector_kafka_lag_records` | gauge | topic, partition | records of an owned partition not yet applied |
+//! | (kafka) `projector_kafka_lag_records` | gauge | topic, partition | records of an owned partition not yet applied (fetched ones included); absent until the broker has said the partition's end |
+//! | (kafka) `projector_kafka_lag_unknown_partitions` | gauge | | owned partitions whose end the broker has not said yet (no lag reported for them) |
 //! | (kafka) `projector_kafka_buffered_records` | gauge | | records waiting in the partition queues |
 //! | (kafka) `projector_kafka_paused_partitions` | gauge | | partitions paused by backpressure now |
 //! | (kafka) `projector_kafka_pauses_total` | counter | | times a partition was paused because its queue was full |
-//! | (kafka) `projector_kafka_rebalances_total` | counter | | assignments and revocations |
+//! | (kafka) `projector_kafka_rebalances_total` | counter | | rebalances seen (each assignment or revocation) |
+//! | (kafka) `projector_kafka_rebalance_milliseconds_total` | counter | | time spent in rebalances (restores run after them) |
+//! | (kafka) `projector_kafka_partitions_assigned_total` | counter | | partitions assigned to this instance by rebalances |
+//! | (kafka) `projector_kafka_partitions_revoked_total` | counter | | partitions revoked from this instance by rebalances |
 //! | (kafka) `projector_kafka_consumer_errors_total` | counter | | errors the consumer reported |
 //! | (kafka) `projector_kafka_produced_total` | counter | | spooled records the broker acknowledged (retries, dead letters) |
 //! | (kafka) `projector_kafka_produce_errors_total` | counter | | failed deliveries (the record stays spooled) |

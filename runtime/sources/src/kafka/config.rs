@@ -46,6 +46,12 @@ pub struct KafkaConfig {
     /// their changelogs, ready to take over (0 or 1).
     #[serde(default)]
     pub standby_replicas: u32,
+    /// This instance's static member id in the group (`group.instance.id`,
+    /// KIP-345): restarted within the session timeout, it gets its
+    /// partitions back without a rebalance. Unique per instance; keep it
+    /// across restarts. None: a dynamic member (each start rebalances).
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// The base URL other instances forward reads to (default: the API's
     /// listen address, as `http://host:port`).
     #[serde(default)]
@@ -117,6 +123,7 @@ impl KafkaConfig {
             members_topic: default_members_topic(),
             partitioner: Partitioner::default(),
             standby_replicas: 0,
+            instance_id: None,
             advertised_url: None,
             placement: BTreeMap::new(),
         }
@@ -147,6 +154,14 @@ impl KafkaConfig {
                 "standby_replicas: expected 0 or 1, got {}",
                 self.standby_replicas
             ));
+        }
+        if let Some(id) = &self.instance_id {
+            let fine = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            if id.is_empty() || id.len() > 249 || !id.chars().all(fine) {
+                return Err(format!(
+                    "instance_id: expected 1 to 249 of a-z, A-Z, 0-9, '.', '_', '-', got {id:?}"
+                ));
+            }
         }
         if self.standby_replicas > 0 && !self.changelog {
             return Err(
@@ -231,4 +246,23 @@ pub mod header {
     /// that a restart finds what it sent before a kill and does not send
     /// it again.
     pub const SPOOL: &str = "projector-spool";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_id_is_a_plain_name() {
+        let mut c = KafkaConfig::new("127.0.0.1:9092", "g", &["t"]);
+        for good in ["a", "projector-1", "host.example_2"] {
+            c.instance_id = Some(good.into());
+            assert_eq!(c.validate(), Ok(()), "{good}");
+        }
+        for bad in ["", "a b", "é", &"x".repeat(250)] {
+            c.instance_id = Some(bad.to_string());
+            let e = c.validate().expect_err(bad);
+            assert!(e.starts_with("instance_id:"), "{e}");
+        }
+    }
 }

@@ -1,21 +1,22 @@
 //! The consumer: one thread polls the group's partitions into a bounded
-//! queue per partition, pauses and resumes them, follows rebalances and
-//! commits durable offsets to Kafka. The pipeline takes batches from the
-//! queues through [`KafkaSource`](super::KafkaSource).
+//! queue per partition, pauses and resumes them, follows rebalances
+//! ([`super::rebalance`]) and commits durable offsets to Kafka. The
+//! pipeline takes batches from the queues through
+//! [`KafkaSource`](super::KafkaSource).
 
 use super::config::source_id;
 use super::config::KafkaConfig;
+use super::rebalance::{finish_restores, ConsumerCtx, Restores};
 use super::route::retry_entry;
-use super::stats::{KafkaStats, PartitionLag};
+use super::stats::KafkaStats;
 use projector_common::shutdown::Shutdown;
 use projector_common::sync::Recover;
 use projector_core::source::SourceHost;
 use projector_core::store::RetryEntry;
 use projector_core::Record;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -41,11 +42,11 @@ impl Queued {
 #[derive(Default)]
 pub(crate) struct PartQueue {
     pub(crate) records: VecDeque<Queued>,
-    paused: bool,
+    pub(crate) paused: bool,
     /// Next offset applied in memory / made durable / committed to Kafka.
     pub(crate) applied: Option<i64>,
     pub(crate) durable: Option<i64>,
-    committed: Option<i64>,
+    pub(crate) committed: Option<i64>,
 }
 
 #[derive(Default)]
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) members: Option<Arc<super::members::Members>>,
     /// Changelog partitions followed by the standby (taken over by a restore).
     pub(crate) followers: Arc<super::restore::Followers>,
+    /// Partitions assigned and waiting for their restore.
+    pub(crate) restores: Restores,
 }
 
 impl Shared {
@@ -77,7 +80,11 @@ impl Shared {
     }
 
     /// Where a newly assigned partition resumes: the store's offset.
-    fn resume(&self, topic: &str, partition: i32) -> projector_core::engine::Result<u64> {
+    pub(crate) fn resume(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> projector_core::engine::Result<u64> {
         let source = source_id(topic);
         if self.retry_topics.contains(topic) {
             self.host.retry_resume_offset(&source, partition as u32)
@@ -109,7 +116,7 @@ impl Shared {
     /// where they are ahead of the store (shown as restoring meanwhile,
     /// until they are in the queues). A restore that fails leaves views
     /// ahead of their offsets: the source fails rather than resume there.
-    fn restore(&self, parts: &[(String, i32)]) -> Result<(), String> {
+    pub(crate) fn restore(&self, parts: &[(String, i32)]) -> Result<(), String> {
         let numbers: std::collections::BTreeSet<i32> = parts
             .iter()
             .filter(|(t, _)| !self.retry_topics.contains(t))
@@ -140,7 +147,7 @@ impl Shared {
 
     /// Stop feeding `parts`, wait for a batch of theirs in flight, make
     /// the store durable; their next offsets, for Kafka.
-    fn release(&self, parts: &[(String, i32)]) -> TopicPartitionList {
+    pub(crate) fn release(&self, parts: &[(String, i32)]) -> TopicPartitionList {
         let mut q = self.lock();
         for p in parts {
             if let Some(part) = q.parts.get_mut(p) {
@@ -179,132 +186,27 @@ impl Shared {
     }
 }
 
-pub(crate) struct ConsumerCtx {
-    shared: Arc<Shared>,
-}
-
-impl ClientContext for ConsumerCtx {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut lags = self.shared.stats.partitions.lock().recover();
-        for (topic, t) in &statistics.topics {
-            for (p, s) in &t.partitions {
-                if let Some(l) = lags.get_mut(&(topic.clone(), *p)) {
-                    l.end = l.end.max(s.hi_offset);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for ConsumerCtx {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let shared = &self.shared;
-        shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-        let parts: Vec<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let restored = if shared.config.changelog {
-                    shared.restore(&parts)
-                } else {
-                    Ok(())
-                };
-                let mut assign = TopicPartitionList::new();
-                let mut q = shared.lock();
-                if let Err(e) = restored {
-                    tracing::error!("{e}");
-                    q.failed = Some(e);
-                    shared.stats.restoring.lock().recover().clear();
-                    drop(q);
-                    shared.changed.notify_all();
-                    return;
-                }
-                for (topic, partition) in &parts {
-                    let next = match shared.resume(topic, *partition) {
-                        Ok(o) => o as i64,
-                        Err(e) => {
-                            q.failed =
-                                Some(format!("reading the offset of {topic}/{partition}: {e}"));
-                            continue;
-                        }
-                    };
-                    let _ = assign.add_partition_offset(topic, *partition, Offset::Offset(next));
-                    q.parts.insert(
-                        (topic.clone(), *partition),
-                        PartQueue {
-                            applied: Some(next),
-                            durable: Some(next),
-                            ..Default::default()
-                        },
-                    );
-                    shared.stats.partitions.lock().recover().insert(
-                        (topic.clone(), *partition),
-                        PartitionLag { end: next, next },
-                    );
-                }
-                drop(q);
-                // In the queues now: no longer restoring.
-                shared.stats.restoring.lock().recover().clear();
-                tracing::info!(partitions = ?parts, "assigned");
-                if let Some(m) = &shared.members {
-                    m.dirty.store(true, Ordering::Relaxed);
-                }
-                if let Err(e) = consumer.assign(&assign) {
-                    tracing::error!("assign: {e}");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let offsets = shared.release(&parts);
-                if offsets.count() > 0 {
-                    // Async: a sync commit waits without bound when the
-                    // broker is gone, and Kafka's offsets only inform.
-                    if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
-                        tracing::warn!("commit to Kafka on revocation: {e}");
-                    }
-                }
-                tracing::info!(partitions = ?parts, "revoked");
-                if let Some(m) = &shared.members {
-                    m.dirty.store(true, Ordering::Relaxed);
-                }
-                if let Err(e) = consumer.unassign() {
-                    tracing::error!("unassign: {e}");
-                }
-            }
-            other => {
-                tracing::error!("rebalance error: {other:?}");
-                let all: Vec<_> = shared.lock().parts.keys().cloned().collect();
-                shared.release(&all);
-                let _ = consumer.unassign();
-            }
-        }
-    }
-}
-
 /// The consumer thread: poll into the queues, pause and resume, commit
 /// durable offsets to Kafka, until `stop`; then commit, and leave the
 /// group deliberately (revocation runs here, on this thread).
 pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()> {
     let config = &shared.config;
-    let consumer: BaseConsumer<ConsumerCtx> = config
-        .client(&[
-            ("group.id", config.group_id.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("partition.assignment.strategy", "range"),
-            ("queued.max.messages.kbytes", "16384"),
-            ("statistics.interval.ms", "1000"),
-            ("session.timeout.ms", "10000"),
-        ])
-        .create_with_context(ConsumerCtx {
+    let mut settings = vec![
+        ("group.id", config.group_id.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        // Incremental: a join or leave moves only what must move.
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("queued.max.messages.kbytes", "16384"),
+        ("statistics.interval.ms", "1000"),
+        ("session.timeout.ms", "10000"),
+    ];
+    if let Some(id) = &config.instance_id {
+        settings.push(("group.instance.id", id.as_str()));
+    }
+    let consumer: BaseConsumer<ConsumerCtx> =
+        config.client(&settings).create_with_context(ConsumerCtx {
             shared: shared.clone(),
         })?;
     let mut topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -348,6 +250,7 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
             shared.changed.notify_all();
         }
         backpressure(&consumer, &shared, high, low);
+        finish_restores(&consumer, &shared);
         if last_commit.elapsed() >= commit_every {
             last_commit = Instant::now();
             commit_kafka(&consumer, &shared, CommitMode::Async);
@@ -430,7 +333,7 @@ fn enqueue<M: Message>(shared: &Shared, m: &M, k: &mut (String, i32)) -> usize {
     shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
     shared.stats.max_buffered.fetch_max(len, Ordering::Relaxed);
     if let Some(l) = shared.stats.partitions.lock().recover().get_mut(k) {
-        l.end = l.end.max(m.offset() + 1);
+        l.saw(m.offset() + 1);
     }
     len as usize
 }

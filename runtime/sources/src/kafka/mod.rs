@@ -39,7 +39,8 @@
 //!
 //! Map: [`config`] (`[source.kafka]`, topic names, headers), `admin`
 //! (partition counts, topic creation), `consumer` (the polling thread,
-//! rebalances, backpressure), [`source`] (the [`Source`](projector_core::source::Source)
+//! backpressure), `rebalance` (incremental assignments, restores after
+//! them), [`source`] (the [`Source`](projector_core::source::Source)
 //! the pipeline drives), `route` (failures to topics), `spool` (the
 //! producer), `delivered` (what the broker already holds), [`replay`] (shadow rebuilds), [`stats`].
 
@@ -49,6 +50,7 @@ mod consumer;
 mod delivered;
 mod members;
 pub mod placement;
+mod rebalance;
 pub mod replay;
 mod restore;
 mod route;

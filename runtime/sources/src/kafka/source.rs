@@ -131,6 +131,7 @@ impl Source for KafkaSource {
             stats: self.stats.clone(),
             members: members.clone(),
             followers: followers.clone(),
+            restores: Default::default(),
         });
         let replay = Arc::new(KafkaRetained::new(config, self.stats.clone())?);
         if self

@@ -29,8 +29,14 @@ pub struct KafkaStats {
     pub buffered: AtomicI64,
     /// The most records seen at once in one partition's queue.
     pub max_buffered: AtomicI64,
-    /// Assignments and revocations.
+    /// Rebalances seen (each assignment or revocation).
     pub rebalances: AtomicU64,
+    /// Time spent in rebalance callbacks, in ms.
+    pub rebalance_ms: AtomicU64,
+    /// Partitions assigned by rebalances.
+    pub assigned: AtomicU64,
+    /// Partitions revoked by rebalances.
+    pub revoked: AtomicU64,
     /// Errors the consumer reported while polling.
     pub consumer_errors: AtomicU64,
     /// Spooled records the broker acknowledged.
@@ -55,18 +61,41 @@ pub struct KafkaStats {
     pub restore_progress: Mutex<Option<(u64, u64)>>,
 }
 
-/// How far one owned partition is: its log end and the next offset applied.
+/// How far one owned partition is: its log end, what was fetched of it,
+/// and the next offset applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionLag {
-    /// Log end seen (the offset after its last record), from polls and broker statistics.
-    pub end: i64,
+    /// The log end (the offset after its last record) as the broker last
+    /// said (its statistics), raised by what was fetched since; `None`
+    /// until the broker has said: the lag is not known, never 0.
+    pub end: Option<i64>,
+    /// The offset after the last record fetched (a lower bound of the end).
+    pub seen: i64,
     /// Next offset the engine applies from.
     pub next: i64,
 }
 
+impl PartitionLag {
+    /// A record up to `offset` (exclusive) was fetched.
+    pub(crate) fn saw(&mut self, offset: i64) {
+        self.seen = self.seen.max(offset);
+        if let Some(end) = &mut self.end {
+            *end = (*end).max(offset);
+        }
+    }
+
+    /// Records not yet applied, once the end is known: those fetched and
+    /// not applied count.
+    pub fn lag(&self) -> Option<i64> {
+        self.end.map(|end| (end.max(self.seen) - self.next).max(0))
+    }
+}
+
 impl KafkaStats {
     /// Per source topic's engine source id: (partition, log end) of each
-    /// partition owned now.
+    /// partition owned now whose end is known (one whose end the broker
+    /// has not said yet has no position, hence no lag, rather than a lag
+    /// of 0).
     pub(crate) fn source_positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
         let parts = self.partitions.lock().recover();
         self.topics
@@ -75,21 +104,30 @@ impl KafkaStats {
                 let owned = parts
                     .iter()
                     .filter(|((topic, _), _)| topic == t)
-                    .map(|((_, p), l)| (*p as u32, l.end.max(l.next).max(0) as u64))
+                    .filter_map(|((_, p), l)| {
+                        let end = l.end?.max(l.seen).max(l.next).max(0);
+                        Some((*p as u32, end as u64))
+                    })
                     .collect();
                 (source_id(t), owned)
             })
             .collect()
     }
 
-    /// Records behind the log end, per (topic, partition).
+    /// Records behind the log end, per (topic, partition) whose end is known.
     pub fn lag(&self) -> Vec<((String, i32), i64)> {
         self.partitions
             .lock()
             .recover()
             .iter()
-            .map(|(k, l)| (k.clone(), (l.end - l.next).max(0)))
+            .filter_map(|(k, l)| Some((k.clone(), l.lag()?)))
             .collect()
+    }
+
+    /// Owned partitions whose log end the broker has not said yet.
+    pub fn unknown_ends(&self) -> usize {
+        let parts = self.partitions.lock().recover();
+        parts.values().filter(|l| l.end.is_none()).count()
     }
 
     /// The source's metrics, with `spooled` records waiting in the spool.
@@ -124,9 +162,33 @@ impl KafkaStats {
             ),
             unlabelled(
                 "projector_kafka_rebalances",
-                "Assignments and revocations",
+                "Rebalances seen (each assignment or revocation)",
                 Counter,
                 load(&self.rebalances),
+            ),
+            unlabelled(
+                "projector_kafka_rebalance_milliseconds",
+                "Time spent in rebalances (restores run after them)",
+                Counter,
+                load(&self.rebalance_ms),
+            ),
+            unlabelled(
+                "projector_kafka_partitions_assigned",
+                "Partitions assigned to this instance by rebalances",
+                Counter,
+                load(&self.assigned),
+            ),
+            unlabelled(
+                "projector_kafka_partitions_revoked",
+                "Partitions revoked from this instance by rebalances",
+                Counter,
+                load(&self.revoked),
+            ),
+            unlabelled(
+                "projector_kafka_lag_unknown_partitions",
+                "Owned partitions whose log end the broker has not said yet (their lag is not reported)",
+                Gauge,
+                self.unknown_ends() as i64,
             ),
             unlabelled(
                 "projector_kafka_consumer_errors",
@@ -280,6 +342,45 @@ fn load(c: &AtomicU64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lag_is_unknown_until_the_broker_says_the_end_and_counts_what_is_fetched() {
+        let stats = KafkaStats {
+            topics: vec!["t".into()],
+            ..KafkaStats::default()
+        };
+        let mut l = PartitionLag {
+            end: None,
+            seen: 100,
+            next: 100,
+        };
+        stats.partitions.lock().recover().insert(("t".into(), 0), l);
+        // Freshly assigned: no lag, no position, and counted as unknown.
+        assert_eq!(stats.lag(), []);
+        assert_eq!(stats.source_positions(), [("kafka:t".to_string(), vec![])]);
+        assert_eq!(stats.unknown_ends(), 1);
+        // Fetched but not applied: still unknown without the broker's end.
+        l.saw(150);
+        assert_eq!(l.lag(), None);
+        // The broker's end: what is fetched and not applied is lag.
+        l.end = Some(140);
+        assert_eq!(
+            l.lag(),
+            Some(50),
+            "the fetched records count past a stale end"
+        );
+        l.end = Some(200);
+        assert_eq!(l.lag(), Some(100));
+        l.next = 200;
+        assert_eq!(l.lag(), Some(0), "0 only once everything is applied");
+        stats.partitions.lock().recover().insert(("t".into(), 0), l);
+        assert_eq!(stats.lag(), [(("t".to_string(), 0), 0)]);
+        assert_eq!(
+            stats.source_positions(),
+            [("kafka:t".to_string(), vec![(0, 200)])]
+        );
+        assert_eq!(stats.unknown_ends(), 0);
+    }
 
     #[test]
     fn each_partition_restore_family_is_written_in_one_run_of_rows() {
