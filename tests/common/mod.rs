@@ -40,8 +40,12 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("{file} is missing: the suite runs with ./scripts/test.sh, which builds the plugins first (or run ./scripts/build-plugins.sh)"))
 }
 
-/// The `projector` binary next to the running test.
+/// The `projector` binary next to the running test (`PROJECTOR_BIN`
+/// names another, e.g. an earlier build to measure against).
 pub fn projector_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PROJECTOR_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
@@ -514,6 +518,7 @@ pub mod api;
 pub mod broker;
 pub mod counting;
 pub mod hostile;
+pub mod instances;
 pub mod kafka;
 pub mod legacy;
 pub mod process;

@@ -9,116 +9,15 @@
 //! the test creates the source topic and projector the others.
 
 use projector_tests::broker::{broker, create_topic, delete_topics, fresh, topics_of};
+use projector_tests::instances::{
+    kafka_dev, partition_of, read, table, Instance, Kafka, PARTITIONS,
+};
 use projector_tests::{
-    fold_inbox, inbox_events, knob, plugins_dir, rendered, shown, Api, InboxShape, Launch,
-    Projector, Unread,
+    fold_inbox, inbox_events, knob, plugins_dir, rendered, shown, Api, InboxShape, Unread,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const PARTITIONS: u32 = 12;
-
-/// Where the instances run: the broker, the source topic, the group.
-struct Kafka {
-    bootstrap: String,
-    topic: String,
-    group: String,
-}
-
-impl Kafka {
-    /// Produce `events` to the source topic, each to its key's partition.
-    fn produce(&self, events: &[String]) {
-        projector_tests::kafka::produce(&self.bootstrap, &self.topic, PARTITIONS, events);
-    }
-}
-
-/// A `projector run` instance: its process, and its API with a
-/// timeout of 20 s a request.
-struct Instance {
-    run: Projector,
-    api: Api,
-}
-
-impl Instance {
-    /// Start instance `n` in `dir` (its own store `data-n`).
-    fn start(dir: &Path, kafka: &Kafka, n: usize) -> Instance {
-        Instance::start_with(dir, kafka, n, "")
-    }
-
-    /// Start instance `n` with more `[source.kafka]` settings.
-    fn start_with(dir: &Path, kafka: &Kafka, n: usize, more: &str) -> Instance {
-        let Kafka {
-            bootstrap,
-            topic,
-            group,
-        } = kafka;
-        let config = dir.join(format!("instance-{n}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"data-{n}\"\nplugins_dir = \"plugins\"\n\
-                 [engine]\ncommit_interval_ms = 200\ncompile_cache_dir = \"compiled\"\nwatch_plugins = false\n\
-                 [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n\
-                 partition_by = {{ separator = \":\", field = 1 }}\n\
-                 [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\n\
-                 changelog = true\npartitioner = \"fnv1a\"\n{more}\n\
-                 properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n"
-            ),
-        )
-        .expect("config");
-        let run = Launch::run(&config)
-            .current_dir(dir)
-            .env("RUST_LOG", "info")
-            .within(Duration::from_secs(120))
-            .start();
-        let api = Api::with_timeout(run.base.clone(), Duration::from_secs(20));
-        Instance { run, api }
-    }
-
-    /// SIGKILL it.
-    fn kill(&mut self) {
-        self.run.sigkill();
-    }
-
-    /// A counter or gauge of its `/metrics` (0 when absent).
-    fn metric(&self, name: &str) -> f64 {
-        let text = self.api.try_get_text("/metrics").unwrap_or_default();
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with("_total "))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl std::ops::Deref for Instance {
-    type Target = Api;
-
-    fn deref(&self) -> &Api {
-        &self.api
-    }
-}
-
-/// The rows of an inbox answer.
-type Rows = Vec<(String, i64)>;
-
-/// What an instance answers for `key`: HTTP status, the view's rows when
-/// 200, and the instance that answered when it was forwarded.
-fn read(api: &Api, key: &str) -> (u16, Option<Rows>, Option<String>) {
-    let Ok(a) = api.try_get(&format!("/v1/views/inbox-unread/{key}")) else {
-        return (0, None, None);
-    };
-    let by = a
-        .headers
-        .get("x-projector-instance")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let rows = (a.status == 200).then(|| rendered(&a.body["answer"]));
-    (a.status, rows, by)
-}
 
 /// Wait until every key of `sample` reads through `api` as `model` says.
 fn wait_views(api: &Api, sample: &[(&String, &Unread)], within: Duration) -> (u64, u64) {
@@ -146,48 +45,9 @@ fn wait_views(api: &Api, sample: &[(&String, &Unread)], within: Duration) -> (u6
     (forwarded, unavailable)
 }
 
-/// `GET /v1/admin/instances` of an instance.
-fn table(api: &Api) -> serde_json::Value {
-    api.try_get("/v1/admin/instances")
-        .ok()
-        .map(|a| a.body)
-        .filter(serde_json::Value::is_object)
-        .expect("instances")
-}
-
-/// The partition of an inbox view `user:site`: its site's.
-fn partition_of(key: &str) -> u32 {
-    let site = key.split(':').nth(1).expect("user:site");
-    projector_sources::log::partition_of(site, PARTITIONS)
-}
-
 /// Every `step`-th key of `model`.
 fn sample(model: &BTreeMap<String, Unread>, step: usize) -> Vec<(&String, &Unread)> {
     model.iter().step_by(step.max(1)).collect()
-}
-
-/// `projector kafka-dev` with the inbox topic and its changelog, in
-/// `dir` (with the inbox plugin); the process and where the instances run.
-fn kafka_dev(dir: &Path) -> (Projector, Kafka) {
-    plugins_dir(dir, &["inbox-unread"]);
-    let topics = format!("inbox:{PARTITIONS}");
-    let broker = Projector::kafka_dev(
-        dir,
-        &[
-            "--topics",
-            &topics,
-            "--group",
-            "views",
-            "--changelog",
-            "inbox-unread",
-        ],
-    );
-    let kafka = Kafka {
-        bootstrap: broker.announced().to_string(),
-        topic: "inbox".into(),
-        group: "views".into(),
-    };
-    (broker, kafka)
 }
 
 #[test]

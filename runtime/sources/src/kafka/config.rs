@@ -155,6 +155,16 @@ impl KafkaConfig {
                 self.standby_replicas
             ));
         }
+        if let Some(s) = self.properties.get("partition.assignment.strategy") {
+            if s.trim() != "range" {
+                return Err(format!(
+                    "properties.\"partition.assignment.strategy\": expected \"range\", got {s:?}: \
+                     only range gives an instance the same partitions of every topic it \
+                     consumes (each source topic and its retry topic), which the views' \
+                     placement needs"
+                ));
+            }
+        }
         if let Some(id) = &self.instance_id {
             let fine = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
             if id.is_empty() || id.len() > 249 || !id.chars().all(fine) {
@@ -264,5 +274,19 @@ mod tests {
             let e = c.validate().expect_err(bad);
             assert!(e.starts_with("instance_id:"), "{e}");
         }
+    }
+
+    #[test]
+    fn only_the_range_assignor_is_taken() {
+        let mut c = KafkaConfig::new("127.0.0.1:9092", "g", &["t"]);
+        c.properties
+            .insert("partition.assignment.strategy".into(), "range".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.properties.insert(
+            "partition.assignment.strategy".into(),
+            "cooperative-sticky".into(),
+        );
+        let e = c.validate().expect_err("sticky");
+        assert!(e.contains("same partitions of every topic"), "{e}");
     }
 }

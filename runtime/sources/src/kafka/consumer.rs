@@ -196,8 +196,11 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
-        // Incremental: a join or leave moves only what must move.
-        ("partition.assignment.strategy", "cooperative-sticky"),
+        // `range`, not `cooperative-sticky`: range gives each member the
+        // same partitions of every topic it subscribes (the source topics
+        // and their retry topics), which the placement of views needs;
+        // the sticky assignors balance partitions over all topics at once.
+        ("partition.assignment.strategy", "range"),
         ("queued.max.messages.kbytes", "16384"),
         ("statistics.interval.ms", "1000"),
         ("session.timeout.ms", "10000"),
@@ -259,10 +262,18 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
     // Async, served by the polls below: a sync commit waits without bound
     // when the broker is gone (the store's offsets are the truth).
     commit_kafka(&consumer, &shared, CommitMode::Async);
-    consumer.unsubscribe();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline && !shared.lock().parts.is_empty() {
-        let _ = consumer.poll(Duration::from_millis(50));
+    if config.instance_id.is_some() {
+        // A static member does not leave: unsubscribing would, and the
+        // group would rebalance twice for a restart. Its partitions wait
+        // for it (the session timeout); the store holds their offsets.
+        let all: Vec<_> = shared.lock().parts.keys().cloned().collect();
+        shared.release(&all);
+    } else {
+        consumer.unsubscribe();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !shared.lock().parts.is_empty() {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
     }
     // Serve the commits' results a moment longer before closing.
     let _ = consumer.poll(Duration::from_millis(100));

@@ -62,6 +62,9 @@ pub(crate) struct Members {
     pub(crate) dirty: AtomicBool,
     /// Partitions followed as a standby (from their changelogs).
     pub(crate) standby: Mutex<BTreeSet<u32>>,
+    /// The members topic has been read up to where it ended at start:
+    /// the table knows the others.
+    pub(crate) loaded: AtomicBool,
 }
 
 impl Members {
@@ -70,11 +73,14 @@ impl Members {
         placement: Arc<Placement>,
         stats: Arc<KafkaStats>,
     ) -> Self {
-        let me = format!(
-            "{}-{:x}",
-            std::process::id(),
-            now_ms() as u64 ^ (u64::from(std::process::id()) << 40)
-        );
+        // A static member keeps its name across restarts.
+        let me = config.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{:x}",
+                std::process::id(),
+                now_ms() as u64 ^ (u64::from(std::process::id()) << 40)
+            )
+        });
         Members {
             me,
             config: config.clone(),
@@ -91,6 +97,7 @@ impl Members {
             table: RwLock::default(),
             dirty: AtomicBool::new(true),
             standby: Mutex::default(),
+            loaded: AtomicBool::new(false),
         }
     }
 
@@ -189,6 +196,17 @@ impl Members {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
         consumer.assign(&tpl)?;
+        // Where the topic ends now: the table is loaded once read that far.
+        let end = match consumer.fetch_watermarks(&topic, 0, Duration::from_secs(5)) {
+            Ok((_, high)) => high,
+            Err(e) => {
+                tracing::warn!("the end of the members topic {topic}: {e}");
+                0
+            }
+        };
+        if end <= 0 {
+            self.loaded.store(true, Ordering::Relaxed);
+        }
         let publish = |left: bool| {
             let me = self.me_now(left);
             if let Ok(value) = serde_json::to_vec(&me) {
@@ -213,6 +231,9 @@ impl Members {
             while let Some(m) = consumer.poll(Duration::from_millis(50)) {
                 match m {
                     Ok(m) => {
+                        if m.offset() + 1 >= end {
+                            self.loaded.store(true, Ordering::Relaxed);
+                        }
                         let Some(member) = m
                             .payload()
                             .and_then(|p| serde_json::from_slice::<Member>(p).ok())

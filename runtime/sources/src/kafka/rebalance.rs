@@ -1,6 +1,9 @@
-//! Rebalances, incrementally: with the `cooperative-sticky` assignor (the
-//! default) a join or a leave moves only the partitions that must move;
-//! the others keep their queues, their batches and their reads.
+//! Rebalances. The group uses the `range` assignor, the one that gives a
+//! member the same partitions of every topic it consumes (each source
+//! topic and its retry topic, as the views' placement needs), so a join
+//! or a leave revokes every partition and assigns them again; the
+//! callbacks also handle an incremental protocol (assign and unassign
+//! only what moved) for when the assignment can be co-partitioned.
 //!
 //! A newly assigned partition that may need a restore from its changelog
 //! (`changelog = true`) is assigned *paused*: the callback returns at

@@ -170,13 +170,19 @@ impl Source for KafkaSource {
                         .spawn(move || run_standby(host.as_ref(), &members, &followers, &stop))?,
                 ));
             }
-            let stop = self.stop.clone();
+            let (stop, reader) = (self.stop.clone(), members.clone());
             threads.push((
                 "members",
                 std::thread::Builder::new()
                     .name("projector-members".into())
-                    .spawn(move || members.run(&stop))?,
+                    .spawn(move || reader.run(&stop))?,
             ));
+            // Know the others before serving reads (a read routed with an
+            // empty table would be refused): a few seconds at most.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !members.loaded.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let stop = self.stop.clone();
         threads.push((
