@@ -302,7 +302,17 @@ fn kafka_dev_serves_a_run_on_kafka() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Every Kafka metric documented in runtime/api/src/metrics.rs is exposed.
+    // Every Kafka metric documented in runtime/api/src/metrics.rs is
+    // exposed, once every partition's end is known (until then its lag is
+    // not reported).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run
+        .get_text("/metrics")
+        .contains("projector_kafka_lag_unknown_partitions 0")
+    {
+        assert!(Instant::now() < deadline, "partitions' ends never known");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let text = projector_tests::assert_documented_metrics(&run, "//! | (kafka) `", 10);
     assert!(
         text.contains("projector_lag_records{plugin=\"inbox-unread\",source=\"kafka:inbox\""),

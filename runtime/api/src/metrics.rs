@@ -213,6 +213,13 @@ impl Metrics {
         let ingest_duplicates = Counter::default();
         let shed = Counter::default();
         let redriven = Family::<PluginLabel, Counter>::default();
+        // At 0 for the plugins loaded now, so the family is exposed
+        // before a first redrive.
+        for p in engine.projections() {
+            let _ = redriven.get_or_create(&PluginLabel {
+                plugin: p.name().to_string(),
+            });
+        }
         registry.register(
             "projector_dead_letters_redriven",
             "Dead letters sent back through their plugin's serving version",

@@ -155,8 +155,17 @@ impl Feed {
     /// history's and the console's).
     pub(crate) fn lags(&self, engine: &Engine, plugin: &str) -> Vec<Lag> {
         let mut out = Vec::new();
+        let unknown = self
+            .source
+            .as_ref()
+            .map(|s| s.unknown_ends())
+            .unwrap_or_default();
         for (source, ends) in self.positions() {
             for (partition, end) in ends {
+                // Its end not known yet: no lag rather than a lag of 0.
+                if unknown.iter().any(|(s, p)| *s == source && *p == partition) {
+                    continue;
+                }
                 let applied = engine.applied(plugin, &source, partition).unwrap_or(0);
                 out.push(Lag {
                     source: source.clone(),

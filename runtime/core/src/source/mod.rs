@@ -83,6 +83,14 @@ pub trait Source: Send + Sync {
     /// now, for lag, staleness and position tokens.
     fn positions(&self) -> Vec<(String, Vec<(u32, u64)>)>;
 
+    /// Per source id and partition among [`Source::positions`]: those
+    /// whose end is not known yet (a Kafka partition just assigned, before
+    /// the broker said where it ends). Their lag is not reported rather
+    /// than reported as 0.
+    fn unknown_ends(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
+
     /// The source's retained records, read from the beginning, when it
     /// keeps them (shadow rebuilds).
     fn replay(&self) -> Option<Arc<dyn Replay>> {

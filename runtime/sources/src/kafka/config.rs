@@ -156,12 +156,14 @@ impl KafkaConfig {
             ));
         }
         if let Some(s) = self.properties.get("partition.assignment.strategy") {
-            if s.trim() != "range" {
+            let fine =
+                s.trim() == "range" || (self.topics.len() == 1 && s.trim() == "cooperative-sticky");
+            if !fine {
                 return Err(format!(
-                    "properties.\"partition.assignment.strategy\": expected \"range\", got {s:?}: \
-                     only range gives an instance the same partitions of every topic it \
-                     consumes (each source topic and its retry topic), which the views' \
-                     placement needs"
+                    "properties.\"partition.assignment.strategy\": expected \"range\"{}, got {s:?}: \
+                     an instance must get the same partitions of every source topic, which \
+                     the views' placement needs, and only range keeps several topics together",
+                    if self.topics.len() == 1 { " or \"cooperative-sticky\"" } else { "" }
                 ));
             }
         }
@@ -179,6 +181,16 @@ impl KafkaConfig {
             );
         }
         Ok(())
+    }
+
+    /// The group's assignor: incremental (`cooperative-sticky`) for one
+    /// source topic; `range` for several, the one that gives a member the
+    /// same partitions of each (a `properties` entry overrides it).
+    pub(crate) fn assignor(&self) -> &'static str {
+        match self.topics.len() {
+            1 => "cooperative-sticky",
+            _ => "range",
+        }
     }
 
     pub(crate) fn client(&self, defaults: &[(&str, &str)]) -> ClientConfig {
@@ -277,16 +289,24 @@ mod tests {
     }
 
     #[test]
-    fn only_the_range_assignor_is_taken() {
+    fn an_assignor_must_keep_the_source_topics_together() {
         let mut c = KafkaConfig::new("127.0.0.1:9092", "g", &["t"]);
+        assert_eq!(c.assignor(), "cooperative-sticky");
+        for fine in ["range", "cooperative-sticky"] {
+            c.properties
+                .insert("partition.assignment.strategy".into(), fine.into());
+            assert_eq!(c.validate(), Ok(()), "{fine}");
+        }
         c.properties
-            .insert("partition.assignment.strategy".into(), "range".into());
-        assert_eq!(c.validate(), Ok(()));
-        c.properties.insert(
+            .insert("partition.assignment.strategy".into(), "roundrobin".into());
+        assert!(c.validate().is_err());
+        let mut two = KafkaConfig::new("127.0.0.1:9092", "g", &["t", "u"]);
+        assert_eq!(two.assignor(), "range");
+        two.properties.insert(
             "partition.assignment.strategy".into(),
             "cooperative-sticky".into(),
         );
-        let e = c.validate().expect_err("sticky");
-        assert!(e.contains("same partitions of every topic"), "{e}");
+        let e = two.validate().expect_err("sticky over two topics");
+        assert!(e.contains("same partitions of every source topic"), "{e}");
     }
 }

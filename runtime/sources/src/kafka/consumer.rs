@@ -7,6 +7,7 @@
 use super::config::source_id;
 use super::config::KafkaConfig;
 use super::rebalance::{finish_restores, ConsumerCtx, Restores};
+use super::retry_reader::RetryReader;
 use super::route::retry_entry;
 use super::stats::KafkaStats;
 use projector_common::shutdown::Shutdown;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) followers: Arc<super::restore::Followers>,
     /// Partitions assigned and waiting for their restore.
     pub(crate) restores: Restores,
+    /// The retry partitions' reader (set when the consumer starts).
+    pub(crate) retry_reader: std::sync::OnceLock<RetryReader>,
 }
 
 impl Shared {
@@ -196,11 +199,7 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
-        // `range`, not `cooperative-sticky`: range gives each member the
-        // same partitions of every topic it subscribes (the source topics
-        // and their retry topics), which the placement of views needs;
-        // the sticky assignors balance partitions over all topics at once.
-        ("partition.assignment.strategy", "range"),
+        ("partition.assignment.strategy", config.assignor()),
         ("queued.max.messages.kbytes", "16384"),
         ("statistics.interval.ms", "1000"),
         ("session.timeout.ms", "10000"),
@@ -212,8 +211,12 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         config.client(&settings).create_with_context(ConsumerCtx {
             shared: shared.clone(),
         })?;
-    let mut topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    topics.extend(shared.retry_topics.iter().map(String::as_str));
+    // The group balances the source topics; the retry partitions follow
+    // them, read by a consumer of their own.
+    if shared.retry_reader.set(RetryReader::new(config)?).is_err() {
+        anyhow::bail!("the Kafka consumer is already running");
+    }
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let high = config.max_buffered_records;
     let low = high / 2;
@@ -222,6 +225,7 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         .commit_interval()
         .max(Duration::from_millis(100));
     let mut last_commit = Instant::now();
+    let mut last_ends = Instant::now();
     while !stop.is_stopped() {
         // Take what arrived, up to a burst, then look at the queues.
         let mut burst = 0;
@@ -246,6 +250,20 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
                 }
             }
         }
+        let retries = &shared.retry_reader.get().expect("set above").consumer;
+        while burst < 4096 {
+            match retries.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!("kafka (retry topics): {e}");
+                    break;
+                }
+                Some(Ok(m)) => {
+                    enqueue(&shared, &m, &mut key);
+                    burst += 1;
+                }
+            }
+        }
         // One wake-up per burst, not per record: the burst ends as soon
         // as librdkafka has nothing ready, so the source is not kept
         // waiting.
@@ -254,6 +272,10 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         }
         backpressure(&consumer, &shared, high, low);
         finish_restores(&consumer, &shared);
+        if last_ends.elapsed() >= Duration::from_millis(200) {
+            last_ends = Instant::now();
+            learn_ends(&consumer, &shared);
+        }
         if last_commit.elapsed() >= commit_every {
             last_commit = Instant::now();
             commit_kafka(&consumer, &shared, CommitMode::Async);
@@ -278,6 +300,9 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
     // Serve the commits' results a moment longer before closing.
     let _ = consumer.poll(Duration::from_millis(100));
     close(consumer);
+    if let Some(r) = shared.retry_reader.get() {
+        let _ = r.consumer.unassign();
+    }
     Ok(())
 }
 
@@ -349,6 +374,36 @@ fn enqueue<M: Message>(shared: &Shared, m: &M, k: &mut (String, i32)) -> usize {
     len as usize
 }
 
+/// Ask the broker where the partitions whose end is not known yet end
+/// (up to 8 every 200 ms, each within 500 ms), when its statistics have
+/// not said it: the lag is reported from then on.
+fn learn_ends(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
+    let unknown: Vec<(String, i32)> = {
+        let lags = shared.stats.partitions.lock().recover();
+        lags.iter()
+            .filter(|(_, l)| l.end.is_none())
+            .map(|(k, _)| k.clone())
+            .take(8)
+            .collect()
+    };
+    for (topic, partition) in unknown {
+        let Ok((_, high)) =
+            consumer.fetch_watermarks(&topic, partition, Duration::from_millis(500))
+        else {
+            continue;
+        };
+        if let Some(l) = shared
+            .stats
+            .partitions
+            .lock()
+            .recover()
+            .get_mut(&(topic, partition))
+        {
+            l.end = Some(l.end.map_or(high, |e| e.max(high)));
+        }
+    }
+}
+
 /// Pause partitions whose queue is full; resume those drained to `low`.
 fn backpressure(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, high: usize, low: usize) {
     let mut pause = TopicPartitionList::new();
@@ -375,8 +430,12 @@ fn backpressure(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, high: usi
             .stats
             .paused
             .fetch_add(pause.count() as i64, Ordering::Relaxed);
-        if let Err(e) = consumer.pause(&pause) {
+        let (ours, theirs) = by_consumer(shared, &pause);
+        if let Err(e) = consumer.pause(&ours) {
             tracing::warn!("pause: {e}");
+        }
+        if let (Some(r), true) = (shared.retry_reader.get(), theirs.count() > 0) {
+            let _ = r.consumer.pause(&theirs);
         }
     }
     if resume.count() > 0 {
@@ -384,8 +443,12 @@ fn backpressure(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, high: usi
             .stats
             .paused
             .fetch_sub(resume.count() as i64, Ordering::Relaxed);
-        if let Err(e) = consumer.resume(&resume) {
+        let (ours, theirs) = by_consumer(shared, &resume);
+        if let Err(e) = consumer.resume(&ours) {
             tracing::warn!("resume: {e}");
+        }
+        if let (Some(r), true) = (shared.retry_reader.get(), theirs.count() > 0) {
+            let _ = r.consumer.resume(&theirs);
         }
     }
 }
@@ -402,10 +465,30 @@ fn commit_kafka(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, mode: Com
             }
         }
     }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, mode) {
+    let (ours, theirs) = by_consumer(shared, &tpl);
+    if ours.count() > 0 {
+        if let Err(e) = consumer.commit(&ours, mode) {
             // Kafka's offsets are informative; the store's are the truth.
             tracing::debug!("commit to Kafka: {e}");
         }
     }
+    if let Some(r) = shared.retry_reader.get() {
+        r.commit(&theirs);
+    }
+}
+
+/// `tpl` split into the group's partitions and the retry reader's.
+pub(crate) fn by_consumer(
+    shared: &Shared,
+    tpl: &TopicPartitionList,
+) -> (TopicPartitionList, TopicPartitionList) {
+    let (mut ours, mut theirs) = (TopicPartitionList::new(), TopicPartitionList::new());
+    for e in tpl.elements() {
+        let into = match shared.retry_topics.contains(e.topic()) {
+            true => &mut theirs,
+            false => &mut ours,
+        };
+        let _ = into.add_partition_offset(e.topic(), e.partition(), e.offset());
+    }
+    (ours, theirs)
 }

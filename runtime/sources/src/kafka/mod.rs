@@ -53,6 +53,7 @@ pub mod placement;
 mod rebalance;
 pub mod replay;
 mod restore;
+mod retry_reader;
 mod route;
 pub mod source;
 mod spool;

@@ -1,9 +1,10 @@
-//! Rebalances. The group uses the `range` assignor, the one that gives a
-//! member the same partitions of every topic it consumes (each source
-//! topic and its retry topic, as the views' placement needs), so a join
-//! or a leave revokes every partition and assigns them again; the
-//! callbacks also handle an incremental protocol (assign and unassign
-//! only what moved) for when the assignment can be co-partitioned.
+//! Rebalances. The group balances the source topics only (the retry
+//! partitions follow, read by [`RetryReader`](super::retry_reader)). With
+//! one source topic it uses the `cooperative-sticky` assignor: a join or
+//! a leave moves only the partitions that must move, and the others keep
+//! their queues, batches and reads. With several source topics it uses
+//! `range`, the one assignor that keeps their same partitions together
+//! (as the views' placement needs), and every rebalance revokes all.
 //!
 //! A newly assigned partition that may need a restore from its changelog
 //! (`changelog = true`) is assigned *paused*: the callback returns at
@@ -18,7 +19,7 @@
 //! Each rebalance is counted with its duration and the partitions it
 //! moved ([`KafkaStats`](super::stats::KafkaStats)).
 
-use super::consumer::{PartQueue, Shared};
+use super::consumer::{by_consumer, PartQueue, Shared};
 use super::stats::PartitionLag;
 use projector_common::sync::Recover;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -55,13 +56,21 @@ pub(crate) struct ConsumerCtx {
 }
 
 impl ClientContext for ConsumerCtx {
-    fn stats(&self, statistics: rdkafka::Statistics) {
+    /// The broker's high watermarks, from librdkafka's statistics (read as
+    /// plain JSON: the typed form fails to parse some versions' output).
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
         let mut lags = self.shared.stats.partitions.lock().recover();
-        for (topic, t) in &statistics.topics {
-            for (p, s) in &t.partitions {
+        for (topic, t) in stats["topics"].as_object().into_iter().flatten() {
+            for (p, s) in t["partitions"].as_object().into_iter().flatten() {
+                let (Ok(p), Some(hi)) = (p.parse::<i32>(), s["hi_offset"].as_i64()) else {
+                    continue;
+                };
                 // -1001: not known yet (no fetch answered for it).
-                if let (Some(l), true) = (lags.get_mut(&(topic.clone(), *p)), s.hi_offset >= 0) {
-                    l.end = Some(l.end.map_or(s.hi_offset, |e| e.max(s.hi_offset)));
+                if let (Some(l), true) = (lags.get_mut(&(topic.clone(), p)), hi >= 0) {
+                    l.end = Some(l.end.map_or(hi, |e| e.max(hi)));
                 }
             }
         }
@@ -113,6 +122,9 @@ impl ConsumerContext for ConsumerCtx {
                 let all: Vec<Part> = shared.lock().parts.keys().cloned().collect();
                 shared.restores.waiting.lock().recover().clear();
                 shared.stats.restoring.lock().recover().clear();
+                if let Some(r) = shared.retry_reader.get() {
+                    let _ = r.consumer.unassign();
+                }
                 shared.release(&all);
                 let _ = match (cooperative, consumer.assignment()) {
                     (true, Ok(current)) => consumer.incremental_unassign(&current),
@@ -152,7 +164,7 @@ fn assign(
             }
         };
         let _ = assign.add_partition_offset(topic, *partition, Offset::Offset(next));
-        if shared.config.changelog && !shared.retry_topics.contains(topic) {
+        if shared.config.changelog {
             later.push((topic.clone(), *partition));
             continue;
         }
@@ -211,9 +223,30 @@ fn assign(
     }
 }
 
-/// A partition ready to be fed from `next`: its queue and its lag (its
-/// end not known until the broker says).
+/// A source partition ready to be fed from `next`, with its retry
+/// partition (read by the retry reader from the store's offset).
 fn queue(shared: &Shared, q: &mut super::consumer::Queues, topic: &str, partition: i32, next: i64) {
+    queue_one(shared, q, topic, partition, next);
+    let retry = shared.config.retry_topic(topic);
+    match shared.resume(&retry, partition) {
+        Ok(offset) => {
+            queue_one(shared, q, &retry, partition, offset as i64);
+            if let Some(r) = shared.retry_reader.get() {
+                r.follow(&retry, partition, offset as i64);
+            }
+        }
+        Err(e) => q.failed = Some(format!("reading the offset of {retry}/{partition}: {e}")),
+    }
+}
+
+/// One partition's queue and lag (its end not known until the broker says).
+fn queue_one(
+    shared: &Shared,
+    q: &mut super::consumer::Queues,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) {
     q.parts.insert(
         (topic.to_string(), partition),
         PartQueue {
@@ -236,6 +269,19 @@ fn queue(shared: &Shared, q: &mut super::consumer::Queues, topic: &str, partitio
 /// finished, the store committed, the spool drained a moment), the ones
 /// waiting for a restore forgotten.
 fn revoke(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, parts: &[Part]) {
+    // Their retry partitions go with them.
+    let retries: Vec<Part> = {
+        let q = shared.lock();
+        parts
+            .iter()
+            .map(|(t, p)| (shared.config.retry_topic(t), *p))
+            .filter(|r| q.parts.contains_key(r))
+            .collect()
+    };
+    if let Some(r) = shared.retry_reader.get() {
+        r.stop(&retries);
+    }
+    let parts = &[parts, &retries[..]].concat();
     {
         let mut waiting = shared.restores.waiting.lock().recover();
         let mut restoring = shared.stats.restoring.lock().recover();
@@ -245,13 +291,16 @@ fn revoke(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, parts: &[Part])
             }
         }
     }
-    let offsets = shared.release(parts);
+    let (offsets, retried) = by_consumer(shared, &shared.release(parts));
     if offsets.count() > 0 {
         // Async: a sync commit waits without bound when the broker is
         // gone, and Kafka's offsets only inform.
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             tracing::warn!("commit to Kafka on revocation: {e}");
         }
+    }
+    if let Some(r) = shared.retry_reader.get() {
+        r.commit(&retried);
     }
     tracing::info!(partitions = ?parts, "revoked");
 }

@@ -132,6 +132,7 @@ impl Source for KafkaSource {
             members: members.clone(),
             followers: followers.clone(),
             restores: Default::default(),
+            retry_reader: Default::default(),
         });
         let replay = Arc::new(KafkaRetained::new(config, self.stats.clone())?);
         if self
@@ -267,6 +268,10 @@ impl Source for KafkaSource {
 
     fn positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
         self.stats.source_positions()
+    }
+
+    fn unknown_ends(&self) -> Vec<(String, u32)> {
+        self.stats.unknown_positions()
     }
 
     fn replay(&self) -> Option<Arc<dyn Replay>> {

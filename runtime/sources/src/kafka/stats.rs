@@ -93,9 +93,9 @@ impl PartitionLag {
 
 impl KafkaStats {
     /// Per source topic's engine source id: (partition, log end) of each
-    /// partition owned now whose end is known (one whose end the broker
-    /// has not said yet has no position, hence no lag, rather than a lag
-    /// of 0).
+    /// partition owned now; for one whose end the broker has not said yet,
+    /// what was fetched of it ([`KafkaStats::unknown_positions`] lists
+    /// those).
     pub(crate) fn source_positions(&self) -> Vec<(String, Vec<(u32, u64)>)> {
         let parts = self.partitions.lock().recover();
         self.topics
@@ -104,9 +104,9 @@ impl KafkaStats {
                 let owned = parts
                     .iter()
                     .filter(|((topic, _), _)| topic == t)
-                    .filter_map(|((_, p), l)| {
-                        let end = l.end?.max(l.seen).max(l.next).max(0);
-                        Some((*p as u32, end as u64))
+                    .map(|((_, p), l)| {
+                        let end = l.end.unwrap_or(l.seen).max(l.seen).max(l.next).max(0);
+                        (*p as u32, end as u64)
                     })
                     .collect();
                 (source_id(t), owned)
@@ -121,6 +121,17 @@ impl KafkaStats {
             .recover()
             .iter()
             .filter_map(|(k, l)| Some((k.clone(), l.lag()?)))
+            .collect()
+    }
+
+    /// Per source topic's engine source id, the owned partitions whose end
+    /// the broker has not said yet.
+    pub(crate) fn unknown_positions(&self) -> Vec<(String, u32)> {
+        let parts = self.partitions.lock().recover();
+        parts
+            .iter()
+            .filter(|((topic, _), l)| l.end.is_none() && self.topics.contains(topic))
+            .map(|((topic, p), _)| (source_id(topic), *p as u32))
             .collect()
     }
 
@@ -355,9 +366,13 @@ mod tests {
             next: 100,
         };
         stats.partitions.lock().recover().insert(("t".into(), 0), l);
-        // Freshly assigned: no lag, no position, and counted as unknown.
+        // Freshly assigned: no lag, and counted as unknown.
         assert_eq!(stats.lag(), []);
-        assert_eq!(stats.source_positions(), [("kafka:t".to_string(), vec![])]);
+        assert_eq!(
+            stats.source_positions(),
+            [("kafka:t".to_string(), vec![(0, 100)])]
+        );
+        assert_eq!(stats.unknown_positions(), [("kafka:t".to_string(), 0)]);
         assert_eq!(stats.unknown_ends(), 1);
         // Fetched but not applied: still unknown without the broker's end.
         l.saw(150);
@@ -379,6 +394,7 @@ mod tests {
             stats.source_positions(),
             [("kafka:t".to_string(), vec![(0, 200)])]
         );
+        assert_eq!(stats.unknown_positions(), []);
         assert_eq!(stats.unknown_ends(), 0);
     }
 
