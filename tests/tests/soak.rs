@@ -545,8 +545,11 @@ fn run_on_kafka_killed_while_retries_flow_through_the_retry_topic_loses_nothing(
                 .collect();
             (!values.is_empty()).then(|| values.iter().sum())
         };
+        // Every partition's end known (else its lag is not reported) and
+        // nothing behind it.
         let idle = sum("projector_retry_queue") == Some(0.0)
             && sum("projector_kafka_spooled_records") == Some(0.0)
+            && sum("projector_kafka_lag_unknown_partitions") == Some(0.0)
             && sum("projector_kafka_lag_records") == Some(0.0);
         quiet = if idle { quiet + 1 } else { 0 };
         assert!(Instant::now() < deadline, "never settled: {text}");
