@@ -153,3 +153,33 @@ pub fn kafka_dev(dir: &Path) -> (Projector, Kafka) {
     };
     (broker, kafka)
 }
+
+/// Run `scenario` on the Apache Kafka broker named by
+/// `PROJECTOR_KAFKA_BOOTSTRAP` (skipped when unset; `test` names the
+/// test in what it says): a fresh source topic created by the test, the
+/// other topics by projector, all deleted once the scenario passed.
+pub fn on_apache_kafka(test: &str, scenario: impl FnOnce(&Path, &Kafka)) {
+    use crate::broker::{broker, create_topic, delete_topics, fresh, topics_of};
+    let Some(bootstrap) = broker(test) else {
+        return;
+    };
+    let kafka = Kafka {
+        bootstrap,
+        topic: fresh("inbox"),
+        group: fresh("views"),
+    };
+    create_topic(&kafka.bootstrap, &kafka.topic, PARTITIONS as i32);
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins_dir(dir.path(), &["inbox-unread"]);
+    scenario(dir.path(), &kafka);
+    let topics = topics_of(
+        &kafka.bootstrap,
+        &kafka.group,
+        &kafka.topic,
+        &["inbox-unread"],
+    );
+    delete_topics(
+        &kafka.bootstrap,
+        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}

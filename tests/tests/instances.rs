@@ -8,13 +8,10 @@
 //! named by `PROJECTOR_KAFKA_BOOTSTRAP` (skipped when it is unset), where
 //! the test creates the source topic and projector the others.
 
-use projector_tests::broker::{broker, create_topic, delete_topics, fresh, topics_of};
 use projector_tests::instances::{
-    kafka_dev, partition_of, read, table, Instance, Kafka, PARTITIONS,
+    kafka_dev, on_apache_kafka, partition_of, read, table, Instance, Kafka, PARTITIONS,
 };
-use projector_tests::{
-    fold_inbox, inbox_events, knob, plugins_dir, rendered, shown, Api, InboxShape, Unread,
-};
+use projector_tests::{fold_inbox, inbox_events, knob, rendered, shown, Api, InboxShape, Unread};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -63,29 +60,9 @@ fn instances_share_partitions_route_reads_and_restore_from_the_changelog() {
 /// when it passes.
 #[test]
 fn instances_share_partitions_route_reads_and_restore_from_the_changelog_on_apache_kafka() {
-    let test =
-        "instances_share_partitions_route_reads_and_restore_from_the_changelog_on_apache_kafka";
-    let Some(bootstrap) = broker(test) else {
-        return;
-    };
-    let kafka = Kafka {
-        bootstrap,
-        topic: fresh("inbox"),
-        group: fresh("views"),
-    };
-    create_topic(&kafka.bootstrap, &kafka.topic, PARTITIONS as i32);
-    let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    three_instances_one_killed_a_fourth_joins(dir.path(), &kafka, "Apache Kafka");
-    let topics = topics_of(
-        &kafka.bootstrap,
-        &kafka.group,
-        &kafka.topic,
-        &["inbox-unread"],
-    );
-    delete_topics(
-        &kafka.bootstrap,
-        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+    on_apache_kafka(
+        "instances_share_partitions_route_reads_and_restore_from_the_changelog_on_apache_kafka",
+        |dir, kafka| three_instances_one_killed_a_fourth_joins(dir, kafka, "Apache Kafka"),
     );
 }
 

@@ -25,11 +25,10 @@
 //! measure a build without static membership).
 
 use projector_common::sync::Recover;
-use projector_tests::broker::{broker, create_topic, delete_topics, fresh, topics_of};
 use projector_tests::instances::{
-    kafka_dev, partition_of, read, table, Instance, Kafka, PARTITIONS,
+    kafka_dev, on_apache_kafka, partition_of, read, table, Instance, Kafka, PARTITIONS,
 };
-use projector_tests::{fold_inbox, inbox_events, knob, plugins_dir, shown, InboxShape};
+use projector_tests::{fold_inbox, inbox_events, knob, shown, InboxShape};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,29 +78,9 @@ fn reads_stay_up_through_a_kill_a_join_and_a_static_restart() {
 
 #[test]
 fn reads_stay_up_through_a_kill_a_join_and_a_static_restart_on_apache_kafka() {
-    let Some(bootstrap) =
-        broker("reads_stay_up_through_a_kill_a_join_and_a_static_restart_on_apache_kafka")
-    else {
-        return;
-    };
-    let kafka = Kafka {
-        bootstrap,
-        topic: fresh("inbox"),
-        group: fresh("views"),
-    };
-    create_topic(&kafka.bootstrap, &kafka.topic, PARTITIONS as i32);
-    let dir = tempfile::tempdir().expect("tempdir");
-    plugins_dir(dir.path(), &["inbox-unread"]);
-    scenario(dir.path(), &kafka, "Apache Kafka");
-    let topics = topics_of(
-        &kafka.bootstrap,
-        &kafka.group,
-        &kafka.topic,
-        &["inbox-unread"],
-    );
-    delete_topics(
-        &kafka.bootstrap,
-        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+    on_apache_kafka(
+        "reads_stay_up_through_a_kill_a_join_and_a_static_restart_on_apache_kafka",
+        |dir, kafka| scenario(dir, kafka, "Apache Kafka"),
     );
 }
 

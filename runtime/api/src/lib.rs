@@ -27,6 +27,7 @@ mod admin;
 mod audit;
 mod auth;
 mod backfill;
+mod collector;
 mod console;
 mod dead_letters;
 pub mod error;

@@ -61,17 +61,14 @@
 //! Engine-side values (events, lag) are read from the engine at scrape
 //! time; the rest is counted by the HTTP layer as requests go.
 
+use crate::collector::EngineCollector;
 use crate::Feed;
-use projector_core::engine::{Engine, Projection};
-use projector_core::source::{MetricKind, SourceMetric};
-use projector_host::fetch::{Fetcher, ServiceStats};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use projector_core::engine::Engine;
+use projector_host::fetch::Fetcher;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -129,24 +126,6 @@ pub struct ReasonLabels {
     pub plugin: String,
     /// Why: `absent` or `invalid` for a fallback, the comparison's reason for a mismatch.
     pub reason: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    plugin: String,
-    outcome: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabel {
-    service: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LagLabels {
-    plugin: String,
-    source: String,
-    partition: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -290,12 +269,12 @@ impl Metrics {
             "Requests answered 503 because [http] max_in_flight were being served",
             shed.clone(),
         );
-        registry.register_collector(Box::new(EngineCollector {
+        registry.register_collector(Box::new(EngineCollector::new(
             engine,
             feed,
             fetcher,
-            lookups: lookups.clone(),
-        }));
+            lookups.clone(),
+        )));
         Metrics {
             reads,
             read_seconds,
@@ -407,361 +386,8 @@ fn by_result(family: &Family<ResultLabels, Counter>, plugin: &str, result: &str)
 }
 
 /// Hits and lookups of `plugin` so far.
-fn lookup_counts(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> (u64, u64) {
+pub(crate) fn lookup_counts(lookups: &Family<ResultLabels, Counter>, plugin: &str) -> (u64, u64) {
     let hits = by_result(lookups, plugin, "hit");
     let all = hits + by_result(lookups, plugin, "absent") + by_result(lookups, plugin, "invalid");
     (hits, all)
-}
-
-/// One sample per plugin of the family `name`: `value` of each, as a
-/// counter or a gauge.
-fn per_plugin(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    projections: &[Arc<Projection>],
-    value: impl Fn(&Projection) -> u64,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-    for p in projections {
-        let labels = PluginLabel {
-            plugin: p.name().into(),
-        };
-        let sample = family.encode_family(&labels)?;
-        match kind {
-            MetricType::Gauge => ConstGauge::new(value(p) as i64).encode(sample)?,
-            _ => ConstCounter::new(value(p)).encode(sample)?,
-        }
-    }
-    Ok(())
-}
-
-/// Values the engine owns, read at scrape time.
-struct EngineCollector {
-    engine: Arc<Engine>,
-    feed: Feed,
-    fetcher: Option<Arc<Fetcher>>,
-    lookups: Family<ResultLabels, Counter>,
-}
-
-impl std::fmt::Debug for EngineCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EngineCollector")
-    }
-}
-
-impl Collector for EngineCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let projections = self.engine.projections();
-        event_outcomes(&mut encoder, &projections)?;
-        plugin_counts(&mut encoder, &projections)?;
-        self.commits(&mut encoder)?;
-        self.retry_queue(&mut encoder)?;
-        self.hit_ratios(&mut encoder, &projections)?;
-        self.lags(&mut encoder, &projections)?;
-        source_families(&mut encoder, &self.feed.metrics())?;
-        if let Some(fetcher) = self.fetcher.as_ref().filter(|f| !f.is_empty()) {
-            let stats = fetcher.stats();
-            fetch_counts(&mut encoder, &stats)?;
-            fetch_durations(&mut encoder, &stats)?;
-        }
-        Ok(())
-    }
-}
-
-impl EngineCollector {
-    /// `projector_commits`, `projector_committed_views` and
-    /// `projector_commit_seconds`: the store's commits since start.
-    fn commits(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let c = self.engine.commit_stats();
-        for (name, help, value) in [
-            (
-                "projector_commits",
-                "Atomic store commits",
-                c.commits as f64,
-            ),
-            (
-                "projector_committed_views",
-                "Views put or removed by store commits",
-                c.views as f64,
-            ),
-            (
-                "projector_commit_seconds",
-                "Time spent in store commits",
-                c.seconds,
-            ),
-        ] {
-            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value).encode(family)?;
-        }
-        Ok(())
-    }
-
-    /// `projector_retry_queue`: events waiting for their retry.
-    fn retry_queue(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let queued = self.engine.store().retry_count() as i64;
-        let family = encoder.encode_descriptor(
-            "projector_retry_queue",
-            "Events waiting for their retry",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(queued).encode(family)
-    }
-
-    /// `projector_hit_ratio`: per plugin that had a lookup.
-    fn hit_ratios(
-        &self,
-        encoder: &mut DescriptorEncoder,
-        projections: &[Arc<Projection>],
-    ) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
-            "projector_hit_ratio",
-            "Hits over lookups since start",
-            None,
-            MetricType::Gauge,
-        )?;
-        for p in projections {
-            let (hits, lookups) = lookup_counts(&self.lookups, p.name());
-            if let Some(ratio) = (lookups > 0).then(|| hits as f64 / lookups as f64) {
-                let labels = PluginLabel {
-                    plugin: p.name().into(),
-                };
-                ConstGauge::new(ratio).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `projector_lag_records`: per plugin and partition, when the views
-    /// follow a source.
-    fn lags(
-        &self,
-        encoder: &mut DescriptorEncoder,
-        projections: &[Arc<Projection>],
-    ) -> Result<(), std::fmt::Error> {
-        if self.feed.positions().is_empty() {
-            return Ok(());
-        }
-        let mut family = encoder.encode_descriptor(
-            "projector_lag_records",
-            "Records in the source not yet applied by the plugin",
-            None,
-            MetricType::Gauge,
-        )?;
-        for p in projections {
-            for lag in self.feed.lags(&self.engine, p.name()) {
-                let labels = LagLabels {
-                    plugin: p.name().into(),
-                    source: lag.source,
-                    partition: lag.partition.to_string(),
-                };
-                ConstGauge::new(lag.lag as i64).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `projector_events`: event deliveries per plugin, by outcome.
-fn event_outcomes(
-    encoder: &mut DescriptorEncoder,
-    projections: &[Arc<Projection>],
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        "projector_events",
-        "Event deliveries per plugin, by outcome",
-        None,
-        MetricType::Counter,
-    )?;
-    for p in projections {
-        let c = p.counters();
-        for (outcome, v) in [
-            ("received", c.received),
-            ("applied", c.applied),
-            ("skipped", c.skipped),
-            ("invalidated", c.invalidated),
-            ("dead_lettered", c.dead_lettered),
-        ] {
-            let labels = OutcomeLabels {
-                plugin: p.name().into(),
-                outcome: outcome.into(),
-            };
-            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
-        }
-    }
-    Ok(())
-}
-
-/// The families with one value per plugin: retries, the breaker, expiry.
-fn plugin_counts(
-    encoder: &mut DescriptorEncoder,
-    projections: &[Arc<Projection>],
-) -> Result<(), std::fmt::Error> {
-    per_plugin(
-        encoder,
-        "projector_retries",
-        "Events queued for a delayed retry after a transient failure",
-        MetricType::Counter,
-        projections,
-        |p| p.retried(),
-    )?;
-    per_plugin(
-        encoder,
-        "projector_breaker_open",
-        "1 while the plugin's breaker holds it paused (open or catching up)",
-        MetricType::Gauge,
-        projections,
-        |p| u64::from(p.breaker() != projector_core::breaker::BreakerState::Closed),
-    )?;
-    per_plugin(
-        encoder,
-        "projector_breaker_opened",
-        "Times the plugin's breaker opened",
-        MetricType::Counter,
-        projections,
-        |p| p.breaker_opened(),
-    )?;
-    per_plugin(
-        encoder,
-        "projector_views_expired",
-        "Expired views the sweep deleted",
-        MetricType::Counter,
-        projections,
-        |p| p.expired_swept(),
-    )?;
-    per_plugin(
-        encoder,
-        "projector_expired_reads",
-        "Reads that found their view past its time to live",
-        MetricType::Counter,
-        projections,
-        |p| p.expired_reads(),
-    )
-}
-
-/// The fetch counters per service (enrichment): fetches, cache hits,
-/// stale answers, errors, timeouts, requests.
-fn fetch_counts(
-    encoder: &mut DescriptorEncoder,
-    stats: &[(&str, Arc<ServiceStats>)],
-) -> Result<(), std::fmt::Error> {
-    use std::sync::atomic::Ordering::Relaxed;
-    type Read = fn(&ServiceStats) -> f64;
-    let families: [(&str, &str, Read); 6] = [
-        (
-            "projector_fetches",
-            "Fetches plugins asked of a service",
-            |s| s.fetches.load(Relaxed) as f64,
-        ),
-        (
-            "projector_fetch_cache_hits",
-            "Fetches answered from the cache within its TTL",
-            |s| s.cache_hits.load(Relaxed) as f64,
-        ),
-        (
-            "projector_fetch_stale",
-            "Fetches answered from the cache past its TTL while the service failed",
-            |s| s.stale_served.load(Relaxed) as f64,
-        ),
-        (
-            "projector_fetch_errors",
-            "Fetches that failed after their retries",
-            |s| s.errors.load(Relaxed) as f64,
-        ),
-        (
-            "projector_fetch_timeouts",
-            "Requests that ran past their timeout",
-            |s| s.timeouts.load(Relaxed) as f64,
-        ),
-        (
-            "projector_fetch_requests",
-            "HTTP requests sent to a service, retries included",
-            |s| s.requests.load(Relaxed) as f64,
-        ),
-    ];
-    for (name, help, read) in families {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (service, s) in stats {
-            let labels = ServiceLabel {
-                service: service.to_string(),
-            };
-            ConstCounter::new(read(s)).encode(family.encode_family(&labels)?)?;
-        }
-    }
-    Ok(())
-}
-
-/// `projector_fetch_request_seconds`: the durations of the requests to
-/// each service.
-fn fetch_durations(
-    encoder: &mut DescriptorEncoder,
-    stats: &[(&str, Arc<ServiceStats>)],
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        "projector_fetch_request_seconds",
-        "Duration of requests to a service",
-        None,
-        MetricType::Histogram,
-    )?;
-    for (service, s) in stats {
-        let labels = ServiceLabel {
-            service: service.to_string(),
-        };
-        let buckets = s.latency_buckets();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = s.request_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
-        family
-            .encode_family(&labels)?
-            .encode_histogram::<ServiceLabel>(sum, count, &buckets, None)?;
-    }
-    Ok(())
-}
-
-fn encode_value(
-    m: &SourceMetric,
-    encoder: prometheus_client::encoding::MetricEncoder,
-) -> Result<(), std::fmt::Error> {
-    match m.kind {
-        MetricKind::Counter => ConstCounter::new(m.value.max(0) as u64).encode(encoder),
-        MetricKind::Gauge => ConstGauge::new(m.value).encode(encoder),
-    }
-}
-
-/// The source's own metrics (e.g. Kafka's), read at scrape time: one
-/// family per name, in the order the source gives them.
-fn source_families(
-    encoder: &mut DescriptorEncoder,
-    metrics: &[SourceMetric],
-) -> Result<(), std::fmt::Error> {
-    let mut i = 0;
-    while i < metrics.len() {
-        let first = &metrics[i];
-        let same = metrics[i..]
-            .iter()
-            .take_while(|m| m.name == first.name)
-            .count();
-        let kind = match first.kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
-        };
-        let mut family = encoder.encode_descriptor(first.name, first.help, None, kind)?;
-        for m in &metrics[i..i + same] {
-            let sample = match (first.labels.is_empty(), same) {
-                (true, 1) => None,
-                _ => Some(family.encode_family(&m.labels)?),
-            };
-            let encoder = match sample {
-                Some(e) => e,
-                None => {
-                    encode_value(m, family)?;
-                    break;
-                }
-            };
-            encode_value(m, encoder)?;
-        }
-        i += same;
-    }
-    Ok(())
 }
