@@ -738,3 +738,88 @@ async fn applied_keys(api: &Api, keys: u64) -> u64 {
     }
     applied
 }
+
+/// The instances page of a fleet: two `projector run` instances on
+/// `projector kafka-dev`, one standby each; the console of one shows
+/// every partition with the owner and state `/v1/admin/instances` names,
+/// its lag, and the other instance standing by for it.
+#[test]
+fn the_instances_page_shows_each_partitions_owner_state_and_standby() {
+    use projector_tests::instances::{kafka_dev, table, Instance, PARTITIONS};
+    let Some(driver) = driver() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, kafka) = kafka_dev(dir.path());
+    kafka.produce(&projector_tests::inbox_events(InboxShape {
+        sites: 50,
+        users: 500,
+        events: 2_000,
+        seed: 6,
+    }));
+    let standby = "standby_replicas = 1";
+    let a = Instance::start_with(dir.path(), &kafka, 1, standby);
+    let b = Instance::start_with(dir.path(), &kafka, 2, standby);
+    // Settled: every partition owned and stood by for, as A sees it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let settled = loop {
+        let t = table(&a);
+        let parts = t["by_partition"].as_array().cloned().unwrap_or_default();
+        let done = parts.len() == PARTITIONS as usize
+            && parts.iter().all(|p| {
+                p["state"] == "owned"
+                    && p["standbys"].as_array().is_some_and(|s| s.len() == 1)
+                    && p["caught_up"] == true
+            });
+        if done {
+            break parts;
+        }
+        assert!(Instant::now() < deadline, "never settled: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let profile = dir.path().join("chromium");
+    let base = a.run.base.clone();
+    runtime.block_on(async {
+        let c = browser(&driver, &profile).await;
+        c.goto(&format!("{base}/console#/instances"))
+            .await
+            .expect("the instances page");
+        wait_for(&c, "#partitions tr[data-partition]").await;
+        let rows = c
+            .find_all(Locator::Css("#partitions tr[data-partition]"))
+            .await
+            .expect("rows");
+        assert_eq!(rows.len(), PARTITIONS as usize);
+        for p in &settled {
+            let css = format!("#partitions tr[data-partition=\"{}\"]", p["partition"]);
+            let row = wait_for(&c, &css).await;
+            let attr = async |name: &str| row.attr(name).await.ok().flatten().unwrap_or_default();
+            assert_eq!(attr("data-state").await, "owned", "{css}");
+            assert_eq!(attr("data-owner").await, p["owner"].as_str().unwrap_or(""));
+            // The standby is the other instance.
+            let standby = row
+                .find(Locator::Css("[data-standby]"))
+                .await
+                .expect("a standby")
+                .attr("data-standby")
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            assert_eq!(standby, p["standbys"][0]["instance"].as_str().unwrap_or(""));
+            assert_ne!(standby, p["owner"].as_str().unwrap_or(""), "{css}");
+        }
+        let members = c
+            .find_all(Locator::Css("#members tr[data-instance]"))
+            .await
+            .expect("members");
+        assert_eq!(members.len(), 2);
+        screenshot(&c, "9-instances").await;
+        let _ = c.close().await;
+    });
+    drop((a, b, broker));
+}

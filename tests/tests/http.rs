@@ -466,6 +466,23 @@ fn health_metrics_and_the_openapi_document_are_served() {
     read(&s, "alice:s1", &token, Some("compare-return-source"));
     read(&s, "alice:s1", &token, Some("compare-return-source"));
     read(&s, "carol:s1", &token, Some("projection"));
+    // Every partition applied: caught up, with its lag.
+    let (status, ready) = s.get("/readyz?require=caught_up");
+    assert_eq!(
+        (status, &ready["caught_up"]),
+        (200, &json!(true)),
+        "{ready}"
+    );
+    let parts = ready["partitions"].as_array().expect("partitions");
+    assert!(!parts.is_empty(), "{ready}");
+    for p in parts {
+        assert_eq!(
+            (&p["lag"], &p["caught_up"]),
+            (&json!(0), &json!(true)),
+            "{p}"
+        );
+    }
+    assert_eq!(s.get("/readyz?require=everything").0, 400);
     let _lost = legacy.send("s1", "c2", "bob", &["alice", "bob"]);
     read(&s, "alice:s1", &token, Some("compare-return-source"));
     legacy.set_down(true);

@@ -279,14 +279,19 @@ fn three_instances_one_killed_a_fourth_joins(dir: &Path, kafka: &Kafka, on: &str
     );
 }
 
-/// With `standby_replicas = 1`, each of two instances follows the other's
-/// partitions from their changelogs: a read that accepts a stale answer is
-/// served from the standby's views, marked, and when one instance dies the
-/// other serves its partitions at once, reading only the changelog's last
-/// records instead of restoring it whole.
+/// With `standby_replicas = 2`, each of three instances follows every
+/// partition the others own from their changelogs: a read that accepts a
+/// stale answer is served from a standby's views, marked, and when one
+/// instance dies, whichever survivor the group gives each of its
+/// partitions was standing by for it: the survivors serve them at once,
+/// reading only the changelogs' last records instead of restoring them
+/// whole. `INSTANCES_STANDBYS=1` runs it with one standby each (a
+/// takeover by the survivor that was not the standby restores), to
+/// compare.
 #[test]
 fn a_standby_takes_over_without_a_restore() {
     let total = knob("INSTANCES_STANDBY_EVENTS", 30_000) as usize;
+    let replicas = knob("INSTANCES_STANDBYS", 2);
     let dir = tempfile::tempdir().expect("tempdir");
     let (broker, kafka) = kafka_dev(dir.path());
     let events = inbox_events(InboxShape {
@@ -296,108 +301,137 @@ fn a_standby_takes_over_without_a_restore() {
         seed: 23,
     });
     kafka.produce(&events);
-    let standby = "standby_replicas = 1";
-    let a = Instance::start_with(dir.path(), &kafka, 1, standby);
-    let mut b = Instance::start_with(dir.path(), &kafka, 2, standby);
+    let standby = format!("standby_replicas = {replicas}");
+    let a = Instance::start_with(dir.path(), &kafka, 1, &standby);
+    let mut b = Instance::start_with(dir.path(), &kafka, 2, &standby);
+    let c = Instance::start_with(dir.path(), &kafka, 3, &standby);
     let model = fold_inbox(&events);
     let keys = sample(&model, model.len() / 100);
-    for i in [&a, &b] {
+    for i in [&a, &b, &c] {
         wait_views(i, &keys, Duration::from_secs(240));
     }
-    // A stands by for every partition B owns.
+    // Every partition owned, each with its standbys caught up.
     let b_id = table(&b)["instance"].as_str().expect("B's id").to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let b_owned = loop {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let b_owned: Vec<u64> = loop {
         let t = table(&a);
-        let members = t["members"].as_array().cloned().unwrap_or_default();
-        let of = |id: &str, what: &str| -> Vec<u64> {
-            members
-                .iter()
-                .find(|m| m["instance"] == id)
-                .and_then(|m| m[what].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|p| p.as_u64())
-                .collect()
+        let parts = t["by_partition"].as_array().cloned().unwrap_or_default();
+        let standing = |p: &serde_json::Value| {
+            let s = p["standbys"].as_array().cloned().unwrap_or_default();
+            s.len() == replicas as usize && s.iter().all(|s| s["caught_up"] == true)
         };
-        let (owned, standing) = (
-            of(&b_id, "owned"),
-            of(t["instance"].as_str().unwrap_or(""), "standby"),
-        );
-        if !owned.is_empty() && owned == standing {
-            break owned;
+        if parts.len() == PARTITIONS as usize
+            && parts.iter().all(|p| p["state"] == "owned" && standing(p))
+        {
+            break parts
+                .iter()
+                .filter(|p| p["owner"] == b_id.as_str())
+                .filter_map(|p| p["partition"].as_u64())
+                .collect();
         }
         assert!(
             Instant::now() < deadline,
-            "A never stood by for B's partitions: {t}"
+            "the standbys never caught up: {t}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    // A stale-accepting read of B's view through A: A's standby answers.
+    assert!(!b_owned.is_empty(), "B owns nothing");
+    // A stale-accepting read of B's view through A, when A stands by for
+    // it: A's standby answers.
+    let a_standby: Vec<u64> = table(&a)["by_partition"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            p["standbys"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["instance"] == table(&a)["instance"]))
+        })
+        .filter_map(|p| p["partition"].as_u64())
+        .collect();
     let b_key = model
         .keys()
-        .find(|k| b_owned.contains(&u64::from(partition_of(k))))
-        .expect("a view of B's")
-        .clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answer = a
-            .try_get(&format!("/v1/views/inbox-unread/{b_key}?stale=ok"))
-            .expect("a read");
-        let (status, headers, body) = (answer.status, &answer.headers, &answer.body);
-        // Absent until the standby has read the view's changes.
-        assert!(status == 200 || status == 404, "{status} {body}");
-        assert!(
-            headers.get("x-projector-instance").is_none(),
-            "forwarded: {body}"
-        );
-        if status == 200 {
-            assert_eq!(
-                headers
-                    .get("x-projector-standby")
-                    .and_then(|v| v.to_str().ok()),
-                Some("true")
+        .find(|k| {
+            let p = u64::from(partition_of(k));
+            b_owned.contains(&p) && a_standby.contains(&p)
+        })
+        .cloned();
+    if let Some(b_key) = &b_key {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = a
+                .try_get(&format!("/v1/views/inbox-unread/{b_key}?stale=ok"))
+                .expect("a read");
+            let (status, headers, body) = (answer.status, &answer.headers, &answer.body);
+            // Absent until the standby has read the view's changes.
+            assert!(status == 200 || status == 404, "{status} {body}");
+            assert!(
+                headers.get("x-projector-instance").is_none(),
+                "forwarded: {body}"
             );
-            if rendered(&body["answer"]) == shown(&model[&b_key]) {
-                break;
+            if status == 200 {
+                assert_eq!(
+                    headers
+                        .get("x-projector-standby")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("true")
+                );
+                if rendered(&body["answer"]) == shown(&model[b_key]) {
+                    break;
+                }
             }
+            assert!(
+                Instant::now() < deadline,
+                "the standby never caught up: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the standby never caught up: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
-    let records_before = a.metric("projector_kafka_restore_records");
+    let survivors = [&a, &c];
+    let restored = || -> f64 {
+        survivors
+            .iter()
+            .map(|i| i.metric("projector_kafka_restore_records"))
+            .sum()
+    };
+    let records_before = restored();
     b.kill();
     let killed = Instant::now();
-    // A takes B's partitions over: every view right through A.
-    wait_views(&a, &sample(&model, 1), Duration::from_secs(120));
-    let read = a.metric("projector_kafka_restore_records") - records_before;
-    let consumed = a.metric("projector_kafka_consumed");
+    // A and C take B's partitions over: every view right through both.
+    for i in survivors {
+        wait_views(i, &sample(&model, 1), Duration::from_secs(120));
+    }
+    let read = restored() - records_before;
+    let consumed: f64 = survivors
+        .iter()
+        .map(|i| i.metric("projector_kafka_consumed"))
+        .sum();
     println!(
-        "standby: A served B's {} partitions {:.1} s after the kill, reading {read} changelog records to take them over; {consumed} source records consumed of {total}",
+        "standby ({replicas} each): A and C served B's {} partitions {:.1} s after the kill, reading {read} changelog records to take them over; {consumed} source records consumed of {total}",
         b_owned.len(),
         killed.elapsed().as_secs_f64()
     );
     let t = table(&a);
-    let me = t["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["me"] == true).cloned())
-        .unwrap_or_default();
-    assert_eq!(
-        me["owned"].as_array().map(Vec::len),
-        Some(PARTITIONS as usize),
-        "A did not take B's partitions over: {t}"
-    );
+    let (a_id, c_id) = (table(&a)["instance"].clone(), table(&c)["instance"].clone());
+    let parts = t["by_partition"].as_array().cloned().unwrap_or_default();
     assert!(
-        read < 100.0,
-        "A read {read} changelog records to take over: a restore, not a standby's takeover"
+        parts.len() == PARTITIONS as usize
+            && parts
+                .iter()
+                .all(|p| p["owner"] == a_id || p["owner"] == c_id),
+        "A and C did not take B's partitions over: {t}"
     );
+    if replicas >= 2 {
+        assert!(
+            read < 100.0,
+            "A and C read {read} changelog records to take over: a restore, not a standby's takeover"
+        );
+    }
     assert!(
-        consumed < total as f64,
-        "A consumed {consumed} of {total}: a replay from offset 0"
+        consumed < 1.25 * total as f64,
+        "A and C consumed {consumed} of {total}: a replay from offset 0"
     );
-    drop(a);
+    drop((a, c));
     drop(broker);
 }

@@ -91,13 +91,20 @@ fn statics(on: &str) -> bool {
     on == "Apache Kafka" && std::env::var_os("REBALANCE_DYNAMIC").is_none()
 }
 
-/// Start instance `n` with one standby, a static member when `statics`.
+/// Start instance `n` with `REBALANCE_STANDBYS` standbys (1 unless
+/// set), a static member when `statics`.
 fn start(dir: &Path, kafka: &Kafka, n: usize, on: &str) -> Instance {
     let id = match statics(on) {
         false => String::new(),
         true => format!("instance_id = \"member-{n}\"\n"),
     };
-    Instance::start_with(dir, kafka, n, &format!("standby_replicas = 1\n{id}"))
+    let standbys = knob("REBALANCE_STANDBYS", 1);
+    Instance::start_with(
+        dir,
+        kafka,
+        n,
+        &format!("standby_replicas = {standbys}\n{id}"),
+    )
 }
 
 fn scenario(dir: &Path, kafka: &Kafka, on: &str) {
@@ -164,10 +171,16 @@ fn scenario(dir: &Path, kafka: &Kafka, on: &str) {
         });
         std::thread::sleep(Duration::from_secs(5));
         // B dies.
+        let restored = || counters(&[&a, &c], "projector_kafka_restore_records");
+        let restored_before = restored();
         seen.live.lock().recover().retain(|u| *u != b.base);
         b.kill();
         let kill_ms = ms();
         std::thread::sleep(Duration::from_secs(15));
+        println!(
+            "{on}: A and C read {} changelog records to take B's partitions over",
+            restored() - restored_before
+        );
         // D joins.
         let d = start(dir, kafka, 4, on);
         seen.live.lock().recover().push(d.base.clone());

@@ -506,6 +506,46 @@ function Plugin({ plugin, tab, viewKey }) {
   </main>`;
 }
 
+// ---------------------------------------------------------------- instances
+
+const STATE_WORDS = {
+  owned: 'owned', paused: 'paused (queue full)', restoring: 'restoring', unowned: 'no owner',
+};
+
+function Lag({ lag, caughtUp }) {
+  if (lag === null || lag === undefined) return html`<span class="note" data-lag="unknown">unknown</span>`;
+  return html`<span data-lag=${lag}>${fmt(lag)}</span> ${caughtUp ? html`<span class="badge" data-caught-up>caught up</span>` : html`<span class="badge bad">behind</span>`}`;
+}
+
+// The instances sharing the Kafka group and each partition's state.
+function Instances() {
+  const { data, error } = usePoll('/v1/admin/instances');
+  if (!data) return html`<main>${error ? html`<div class="error">${error}</div>` : html`<p class="note">Loading…</p>`}</main>`;
+  if (!data.members.length) return html`<main><h2>Instances</h2><p class="note" id="one-instance">${data.message || 'No other instance.'}</p></main>`;
+  const parts = data.by_partition || [];
+  const states = parts.reduce((n, p) => ({ ...n, [p.state]: (n[p.state] || 0) + 1 }), {});
+  return html`<main><h2>Instances</h2>
+    ${error ? html`<div class="error">Last refresh failed: ${error}</div>` : ''}
+    <p class="note">${data.members.length} live instances · ${data.partitions} partitions: ${Object.entries(states).map(([k, n]) => `${n} ${STATE_WORDS[k] || k}`).join(', ')} · seen from ${short(data.instance)}</p>
+    <table id="members"><thead><tr><th>instance</th><th>API</th><th class="num">owned</th><th>restoring</th><th class="num">standby for</th><th>last heard</th></tr></thead>
+      <tbody>${data.members.map((m) => html`<tr data-instance=${m.instance}>
+        <td class="mono">${m.instance}${m.me ? html` <span class="badge">this one</span>` : ''}</td>
+        <td>${m.url ? html`<a href=${`${m.url}/console#/instances`}>${m.url}</a>` : html`<span class="note">not listening yet</span>`}</td>
+        <td class="num">${m.owned.length}</td><td>${m.restoring.join(', ')}</td><td class="num">${m.standby.length}</td>
+        <td>${(m.seen_ms_ago / 1000).toFixed(1)} s ago</td></tr>`)}</tbody></table>
+    <h3>Partitions</h3>
+    <table id="partitions"><thead><tr><th class="num">partition</th><th>owner</th><th>state</th><th>lag, records</th><th>standbys (changelog records behind)</th></tr></thead>
+      <tbody>${parts.map((p) => html`<tr data-partition=${p.partition} data-state=${p.state} data-owner=${p.owner || ''}>
+        <td class="num">${p.partition}</td>
+        <td class="mono">${p.owner || '—'}</td>
+        <td><span class=${p.state === 'owned' ? 'badge' : 'badge bad'}>${STATE_WORDS[p.state] || p.state}</span>
+          ${p.restore ? html` <progress max=${p.restore.total} value=${p.restore.read}></progress> <span class="note">${fmt(p.restore.read)} of ${fmt(p.restore.total)}</span>` : ''}</td>
+        <td>${p.owner ? html`<${Lag} lag=${p.lag} caughtUp=${p.caught_up} />` : ''}</td>
+        <td>${p.standbys.length ? p.standbys.map((b) => html`<span class="mono" data-standby=${b.instance}>${short(b.instance)}</span> <${Lag} lag=${b.lag} caughtUp=${b.caught_up} /> `) : html`<span class="note">none</span>`}</td>
+      </tr>`)}</tbody></table>
+  </main>`;
+}
+
 // ---------------------------------------------------------------- sign-in and routes
 
 function Login({ reason, onIn }) {
@@ -530,6 +570,7 @@ function Login({ reason, onIn }) {
 
 function route() {
   const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  if (parts[0] === 'instances') return { page: 'instances' };
   return parts[0] === 'plugin' && parts[1] ? { page: 'plugin', plugin: parts[1], tab: parts[2], viewKey: parts[3] } : { page: 'overview' };
 }
 
@@ -547,11 +588,12 @@ function App() {
   }, []);
   const out = () => { forgetToken(); setAuth({ state: 'login', reason: 'Signed out.' }); };
   return html`<header class="top"><h1>projector</h1>
-      <nav><a href="#/">Plugins</a><a href="/metrics">Metrics</a><a href="/openapi.json">API</a></nav>
+      <nav><a href="#/">Plugins</a><a href="#/instances" id="nav-instances">Instances</a><a href="/metrics">Metrics</a><a href="/openapi.json">API</a></nav>
       <span class="status">${auth.state === 'in' && hasToken() ? html`<button id="sign-out" onClick=${out}>Sign out</button>` : ''}</span></header>
     ${auth.state === 'checking' ? html`<main><p class="note">Connecting…</p></main>` : ''}
     ${auth.state === 'login' ? html`<${Login} reason=${auth.reason} onIn=${() => setAuth({ state: 'in' })} />` : ''}
     ${auth.state === 'in' && where.page === 'overview' ? html`<${Overview} />` : ''}
+    ${auth.state === 'in' && where.page === 'instances' ? html`<${Instances} />` : ''}
     ${auth.state === 'in' && where.page === 'plugin' ? html`<${Plugin} plugin=${where.plugin} tab=${where.tab} viewKey=${where.viewKey} />` : ''}`;
 }
 

@@ -3,11 +3,13 @@
 
 use crate::error::ApiError;
 use crate::state::ServeState;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use projector_core::source::CAUGHT_UP_RECORDS;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -31,19 +33,85 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "live"}))
 }
 
-pub(crate) async fn readyz(State(s): State<Arc<ServeState>>) -> Response {
+/// `GET /readyz?require=caught_up`.
+#[derive(serde::Deserialize)]
+pub(crate) struct ReadyQuery {
+    require: Option<String>,
+}
+
+pub(crate) async fn readyz(
+    State(s): State<Arc<ServeState>>,
+    Query(q): Query<ReadyQuery>,
+) -> Result<Response, ApiError> {
+    let want_caught_up = match q.require.as_deref() {
+        None => false,
+        Some("caught_up") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("require: expected caught_up, got {other:?}"),
+            ))
+        }
+    };
     let plugins = s.plugin_names();
-    let restoring = s.feed.router().map(|r| r.restoring()).unwrap_or_default();
-    if s.ready.load(Ordering::Relaxed) {
-        // Ready: partitions being restored are answered 503 meanwhile.
-        Json(json!({"status": "ready", "plugins": plugins, "restoring": restoring})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "starting", "plugins": plugins})),
-        )
-            .into_response()
+    if !s.ready.load(Ordering::Relaxed) {
+        let body = json!({"status": "starting", "plugins": plugins});
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
     }
+    let restoring = s.feed.router().map(|r| r.restoring()).unwrap_or_default();
+    let partitions = partitions(&s);
+    let caught_up = restoring.is_empty() && partitions.iter().all(|p| p.caught_up);
+    // Ready: partitions being restored are answered 503 meanwhile.
+    let (code, status) = match (want_caught_up, caught_up) {
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "catching_up"),
+        _ => (StatusCode::OK, "ready"),
+    };
+    let body = json!({"status": status, "plugins": plugins, "restoring": restoring,
+                      "caught_up": caught_up, "partitions": partitions});
+    Ok((code, Json(body)).into_response())
+}
+
+/// One partition followed here, for `/readyz`.
+#[derive(serde::Serialize)]
+struct Partition {
+    source: String,
+    partition: u32,
+    /// The most records any plugin has not applied; `None` while the
+    /// partition's end is not known.
+    lag: Option<u64>,
+    caught_up: bool,
+}
+
+/// Each partition followed here with the most any plugin is behind.
+fn partitions(s: &ServeState) -> Vec<Partition> {
+    let mut out: BTreeMap<(String, u32), Option<u64>> = BTreeMap::new();
+    for (source, ends) in s.feed.positions() {
+        for (partition, _) in ends {
+            out.insert((source.clone(), partition), None);
+        }
+    }
+    let plugins = s.plugin_names();
+    if plugins.is_empty() {
+        // Nothing to apply: every partition whose end is known is caught up.
+        for most in out.values_mut() {
+            *most = Some(0);
+        }
+    }
+    for plugin in plugins {
+        for l in s.feed.lags(&s.engine, &plugin) {
+            let most = out.entry((l.source, l.partition)).or_default();
+            *most = Some(most.unwrap_or(0).max(l.lag));
+        }
+    }
+    out.into_iter()
+        .map(|((source, partition), lag)| Partition {
+            source,
+            partition,
+            lag,
+            caught_up: lag.is_some_and(|l| l <= CAUGHT_UP_RECORDS as u64),
+        })
+        .collect()
 }
 
 /// `/metrics`: Prometheus text 0.0.4, or OpenMetrics when `Accept` asks.

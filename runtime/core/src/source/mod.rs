@@ -19,6 +19,11 @@ use crate::Record;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A partition whose records not yet applied (or, for a standby, whose
+/// changelog records not yet read) are at most this many is caught up:
+/// `/readyz`, the instances table and the console say so.
+pub const CAUGHT_UP_RECORDS: i64 = 1_000;
+
 /// Records of one partition of one source, in offset order, as the
 /// pipeline takes them.
 #[derive(Debug, Default)]

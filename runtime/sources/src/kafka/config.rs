@@ -42,8 +42,10 @@ pub struct KafkaConfig {
     /// log). Views are placed by the same rule.
     #[serde(default)]
     pub partitioner: Partitioner,
-    /// Partitions of other instances each instance also follows from
-    /// their changelogs, ready to take over (0 or 1).
+    /// How many other instances follow each partition from its
+    /// changelogs, ready to take it over: the next ones after its owner
+    /// in the order of their ids. With one fewer than the instances,
+    /// every takeover is a standby's.
     #[serde(default)]
     pub standby_replicas: u32,
     /// This instance's static member id in the group (`group.instance.id`,
@@ -147,12 +149,6 @@ impl KafkaConfig {
             return Err(format!(
                 "changelog_topic: expected a name with {{plugin}} in it, got {:?}",
                 self.changelog_topic
-            ));
-        }
-        if self.standby_replicas > 1 {
-            return Err(format!(
-                "standby_replicas: expected 0 or 1, got {}",
-                self.standby_replicas
             ));
         }
         if let Some(s) = self.properties.get("partition.assignment.strategy") {

@@ -410,14 +410,19 @@ fn backpressure(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, high: usi
     let mut resume = TopicPartitionList::new();
     {
         let mut q = shared.lock();
+        let mut lags = shared.stats.partitions.lock().recover();
         for ((topic, partition), part) in q.parts.iter_mut() {
             let n = part.records.len();
-            if !part.paused && n >= high {
-                part.paused = true;
-                let _ = pause.add_partition(topic, *partition);
-            } else if part.paused && n <= low {
-                part.paused = false;
-                let _ = resume.add_partition(topic, *partition);
+            let flip = match part.paused {
+                false if n >= high => &mut pause,
+                true if n <= low => &mut resume,
+                _ => continue,
+            };
+            part.paused = !part.paused;
+            let _ = flip.add_partition(topic, *partition);
+            // What the instances table shows (source partitions only).
+            if let Some(l) = lags.get_mut(&(topic.clone(), *partition)) {
+                l.paused = part.paused;
             }
         }
     }

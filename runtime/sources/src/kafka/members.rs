@@ -13,6 +13,7 @@
 
 use super::config::KafkaConfig;
 use super::placement::Placement;
+use super::states::{self, PartitionState};
 use super::stats::KafkaStats;
 use projector_common::shutdown::Shutdown;
 use projector_common::sync::Recover;
@@ -48,6 +49,9 @@ pub(crate) struct Member {
     /// Its last record: it stopped.
     #[serde(default)]
     pub(crate) left: bool,
+    /// Each partition it owns, restores or stands by for, with its lag.
+    #[serde(default)]
+    pub(crate) states: BTreeMap<u32, PartitionState>,
 }
 
 /// The membership of the group, as this instance sees it.
@@ -60,8 +64,9 @@ pub(crate) struct Members {
     table: RwLock<BTreeMap<String, Member>>,
     /// Publish at once (set after a rebalance).
     pub(crate) dirty: AtomicBool,
-    /// Partitions followed as a standby (from their changelogs).
-    pub(crate) standby: Mutex<BTreeSet<u32>>,
+    /// Partitions followed as a standby (from their changelogs), with
+    /// the changelog records not read yet (`None` until first read).
+    pub(crate) standby: Mutex<BTreeMap<u32, Option<i64>>>,
     /// The members topic has been read up to where it ended at start:
     /// the table knows the others.
     pub(crate) loaded: AtomicBool,
@@ -108,26 +113,17 @@ impl Members {
 
     /// The partitions this instance stands by for (none without
     /// `standby_replicas`): those whose owner is followed by this instance
-    /// among the live instances ordered by id.
+    /// among the `standby_replicas` next live instances ordered by id.
     pub(crate) fn standby_for(&self) -> BTreeSet<u32> {
-        if self.config.standby_replicas == 0 {
-            return BTreeSet::new();
-        }
         let mut ids: Vec<String> = self.live().into_iter().map(|m| m.instance).collect();
         ids.sort();
-        if ids.len() < 2 {
-            return BTreeSet::new();
-        }
-        let owned = self.owned();
-        self.owners()
+        let owners = self
+            .owners()
             .into_iter()
-            .filter(|(p, owner)| {
-                let Some(i) = ids.iter().position(|id| *id == owner.instance) else {
-                    return false;
-                };
-                ids[(i + 1) % ids.len()] == self.me && !owned.contains(p)
-            })
-            .map(|(p, _)| p)
+            .map(|(p, owner)| (p, owner.instance));
+        standing(&ids, &self.me, self.config.standby_replicas, owners)
+            .difference(&self.owned().into_iter().collect())
+            .copied()
             .collect()
     }
 
@@ -166,14 +162,19 @@ impl Members {
     }
 
     fn me_now(&self, left: bool) -> Member {
+        let standby = self.standby.lock().recover().clone();
         Member {
             instance: self.me.clone(),
             url: self.url.get().cloned(),
             owned: if left { Vec::new() } else { self.owned() },
             restoring: self.restoring(),
-            standby: self.standby.lock().recover().iter().copied().collect(),
+            standby: standby.keys().copied().collect(),
             at_ms: now_ms(),
             left,
+            states: match left {
+                true => BTreeMap::new(),
+                false => states::local(&self.stats, &self.config.topics[0], &standby),
+            },
         }
     }
 
@@ -291,6 +292,71 @@ impl Members {
     }
 }
 
+impl Members {
+    /// Each partition as the fleet sees it: its owner and the owner's
+    /// state of it (lag, caught up, restore progress), and its standbys
+    /// with their changelog lag.
+    fn by_partition(&self) -> Vec<serde_json::Value> {
+        let live = self.live();
+        let owners = self.owners();
+        (0..self.placement.partitions)
+            .map(|p| {
+                let owner = owners.get(&p);
+                let at_owner = owner.and_then(|m| m.states.get(&p));
+                let standbys: Vec<_> = live
+                    .iter()
+                    .filter(|m| m.standby.contains(&p))
+                    .map(|m| {
+                        let s = m.states.get(&p);
+                        json!({
+                            "instance": m.instance,
+                            "lag": s.and_then(|s| s.lag),
+                            "caught_up": s.is_some_and(|s| s.caught_up),
+                        })
+                    })
+                    .collect();
+                let state = match (owner, at_owner) {
+                    (None, _) => json!("unowned"),
+                    (Some(m), None) if m.restoring.contains(&p) => json!("restoring"),
+                    (Some(_), None) => json!("owned"),
+                    (Some(_), Some(s)) => json!(s.state),
+                };
+                json!({
+                    "partition": p,
+                    "owner": owner.map(|m| &m.instance),
+                    "state": state,
+                    "lag": at_owner.and_then(|s| s.lag),
+                    "caught_up": at_owner.is_some_and(|s| s.caught_up),
+                    "restore": at_owner.and_then(|s| s.restore)
+                        .map(|(read, total)| json!({"read": read, "total": total})),
+                    "standbys": standbys,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Which of `owners`' partitions `me` stands by for: those whose owner is
+/// followed by `me` among the `replicas` next of `ids` (sorted, live,
+/// `me` among them) after it.
+fn standing(
+    ids: &[String],
+    me: &str,
+    replicas: u32,
+    owners: impl Iterator<Item = (u32, String)>,
+) -> BTreeSet<u32> {
+    let replicas = (replicas as usize).min(ids.len().saturating_sub(1));
+    owners
+        .filter(|(_, owner)| {
+            let Some(i) = ids.iter().position(|id| id == owner) else {
+                return false;
+            };
+            (1..=replicas).any(|j| ids[(i + j) % ids.len()] == me)
+        })
+        .map(|(p, _)| p)
+        .collect()
+}
+
 impl Router for Members {
     fn instance(&self) -> String {
         self.me.clone()
@@ -307,7 +373,7 @@ impl Router for Members {
         if self.owned().contains(&p) {
             return Owner::Local;
         }
-        if stale_ok && self.standby.lock().recover().contains(&p) {
+        if stale_ok && self.standby.lock().recover().contains_key(&p) {
             return Owner::Standby;
         }
         match self.owners().remove(&p) {
@@ -346,6 +412,7 @@ impl Router for Members {
                 })
             })
             .collect();
+        let by_partition = self.by_partition();
         let routes: BTreeMap<String, String> = self
             .owners()
             .into_iter()
@@ -356,6 +423,7 @@ impl Router for Members {
             "partitions": self.placement.partitions,
             "members": members,
             "routes": routes,
+            "by_partition": by_partition,
         })
     }
 
@@ -373,5 +441,33 @@ impl Router for Members {
         if self.url.set(url.to_string()).is_ok() {
             self.dirty.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::standing;
+
+    fn owners<'a>(of: &'a [(u32, &'a str)]) -> impl Iterator<Item = (u32, String)> + 'a {
+        of.iter().map(|(p, o)| (*p, o.to_string()))
+    }
+
+    #[test]
+    fn each_partition_is_stood_by_for_by_the_next_instances_after_its_owner() {
+        let ids: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        let of = [(0, "a"), (1, "b"), (2, "c"), (3, "a")];
+        // One standby: the next instance after the owner, around the ring.
+        assert_eq!(standing(&ids, "b", 1, owners(&of)), [0, 3].into());
+        assert_eq!(standing(&ids, "a", 1, owners(&of)), [2].into());
+        // Two of three: every instance stands by for every partition it
+        // does not own, so any takeover is a standby's.
+        assert_eq!(standing(&ids, "b", 2, owners(&of)), [0, 2, 3].into());
+        // More replicas than other instances: as many as there are.
+        assert_eq!(standing(&ids, "c", 5, owners(&of)), [0, 1, 3].into());
+        // None asked, or alone.
+        assert!(standing(&ids, "b", 0, owners(&of)).is_empty());
+        assert!(standing(&["a".into()], "a", 1, owners(&of)).is_empty());
+        // An owner not among the live instances has no standby by this rule.
+        assert!(standing(&ids, "a", 2, owners(&[(7, "gone")])).is_empty());
     }
 }

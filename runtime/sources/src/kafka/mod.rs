@@ -58,6 +58,7 @@ mod route;
 pub mod source;
 mod spool;
 mod standby;
+mod states;
 pub mod stats;
 
 pub use config::{header, source_id, KafkaConfig, KeyPart, Partitioner};

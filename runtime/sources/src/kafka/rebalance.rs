@@ -261,6 +261,7 @@ fn queue_one(
             end: None,
             seen: next,
             next,
+            paused: false,
         },
     );
 }

@@ -202,6 +202,8 @@ pub(crate) struct Follower {
     partition: i32,
     reader: Reader,
     fold: Fold,
+    /// The changelog's end when last read.
+    high: i64,
 }
 
 impl Follower {
@@ -215,6 +217,7 @@ impl Follower {
             partition,
             reader,
             fold: Fold::default(),
+            high: low,
         })
     }
 
@@ -222,6 +225,7 @@ impl Follower {
     /// store what offsets records closed; (records read, views put).
     pub(crate) fn step(&mut self, host: &dyn SourceHost, max: u64) -> anyhow::Result<(u64, u64)> {
         let (_, high) = self.reader.watermarks(self.partition);
+        self.high = self.high.max(high);
         let to: BTreeMap<i32, i64> = [(self.partition, high)].into();
         let fold = &mut self.fold;
         let mut records = 0;
@@ -241,6 +245,12 @@ impl Follower {
         }
         views += fold.flush(host, &self.plugin, self.partition)?;
         Ok((records, views))
+    }
+
+    /// Changelog records not read yet, as of the end last seen.
+    pub(crate) fn behind(&self) -> i64 {
+        let next = self.reader.next.get(&self.partition).copied();
+        (self.high - next.unwrap_or(self.high)).max(0)
     }
 }
 

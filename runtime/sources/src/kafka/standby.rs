@@ -12,7 +12,7 @@ use super::restore::{Follower, Followers};
 use projector_common::shutdown::Shutdown;
 use projector_common::sync::Recover;
 use projector_core::source::SourceHost;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Records a step reads of one changelog partition at most, so the
@@ -30,7 +30,15 @@ pub(crate) fn run_standby(
     let config = members.config();
     while !stop.is_stopped() {
         let want: BTreeSet<u32> = members.standby_for();
-        *members.standby.lock().recover() = want.clone();
+        // Each partition's changelog records not read yet, over every plugin.
+        let mut behind: BTreeMap<u32, Option<i64>> = want.iter().map(|p| (*p, None)).collect();
+        {
+            let mut standby = members.standby.lock().recover();
+            for (p, b) in behind.iter_mut() {
+                *b = standby.get(p).copied().flatten();
+            }
+            *standby = behind.clone();
+        }
         let plugins: Vec<String> = host.plugins();
         let mut read = 0;
         {
@@ -68,11 +76,25 @@ pub(crate) fn run_standby(
                 }
                 let follower = f.get_mut(&key).expect("inserted above");
                 match follower.step(host, STEP) {
-                    Ok((records, _)) => read += records,
+                    Ok((records, _)) => {
+                        read += records;
+                        let b = behind.entry(*p).or_default();
+                        *b = Some(b.unwrap_or(0).max(follower.behind()));
+                    }
                     Err(e) => {
                         tracing::warn!(plugin, partition = p, "standby: {e:#}");
                         f.remove(&key);
                     }
+                }
+            }
+        }
+        {
+            // Only partitions still stood by for (a restore may have
+            // taken one since `want` was read).
+            let mut standby = members.standby.lock().recover();
+            for (p, b) in behind {
+                if let Some(now) = standby.get_mut(&p) {
+                    *now = b;
                 }
             }
         }

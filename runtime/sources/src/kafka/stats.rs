@@ -73,6 +73,8 @@ pub struct PartitionLag {
     pub seen: i64,
     /// Next offset the engine applies from.
     pub next: i64,
+    /// Paused now because its queue is full (backpressure).
+    pub paused: bool,
 }
 
 impl PartitionLag {
@@ -364,6 +366,7 @@ mod tests {
             end: None,
             seen: 100,
             next: 100,
+            paused: false,
         };
         stats.partitions.lock().recover().insert(("t".into(), 0), l);
         // Freshly assigned: no lag, and counted as unknown.
