@@ -15,6 +15,10 @@ cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-v2.wasm
 cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features broken
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-broken.wasm
+for v in same drops; do
+  cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features "$v"
+  cp target/wasm32-wasip2/plugin/hostile_plugin.wasm "target/test-plugins/hostile-$v.wasm"
+done
 # The TypeScript plugins: the SDK's npm packages from the lock file (once
 # per lock-file change), then each plugin bundled and componentized.
 ./scripts/js-deps.sh

@@ -823,3 +823,114 @@ fn the_instances_page_shows_each_partitions_owner_state_and_standby() {
     });
     drop((a, b, broker));
 }
+
+/// A gated deploy through the console: a version with a planted defect
+/// (it does not count events of type `dropped`) uploaded with promotion
+/// `gated`; the shadow panel shows the gate holding it, the conditions
+/// that fail with their figures, and the history says so.
+#[test]
+fn the_console_shows_a_promotion_gate_holding_a_defective_shadow() {
+    let Some(driver) = driver() else {
+        return;
+    };
+    let truth = projector_tests::services::Services::start(&["truth"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = plugins_dir(dir.path(), &["hostile"]);
+    let config = dir.path().join("projector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nplugins_dir = {:?}\n[engine]\ncommit_interval_ms = 50\n\
+             [plugins.hostile]\ntruth = {{ url = \"http://{}/truth/{{key}}\" }}\n\
+             [plugins.hostile.promote]\nsample_keys = 20\nmin_keys = 20\nmin_follow_ms = 500\n\
+             min_events = 10\ncheck_ms = 200\n",
+            dir.path().join("data"),
+            plugins,
+            truth.get("truth").addr
+        ),
+    )
+    .expect("config");
+    let run = Projector::run(&config);
+    let base = run.base.clone();
+    // 20 keys, each counted 5 times, 2 of them `dropped`; the truth counts all.
+    let event = |i: u64, ty: &str| {
+        json!({"id": format!("e{i}"), "type": ty, "source": "t", "key": format!("k{}", i % 20),
+               "version": i + 1, "time": i, "payload": {}})
+        .to_string()
+    };
+    let events: Vec<String> = (0..100)
+        .map(|i| event(i, if i < 40 { "dropped" } else { "count" }))
+        .collect();
+    for k in 0..20 {
+        truth
+            .get("truth")
+            .set(&format!("k{k}"), vec![json!({"count": 5, "version": "1"})]);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let profile = dir.path().join("chromium");
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let ingest = |body: String| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("ingest");
+                assert!(r.status().is_success(), "ingest: {}", r.status());
+            }
+        };
+        ingest(events.join("\n")).await;
+        let c = browser(&driver, &profile).await;
+        c.goto(&format!("{base}/console#/plugin/hostile"))
+            .await
+            .expect("the plugin page");
+        let drops = plugin_wasm("hostile-drops");
+        type_into(&c, "#wasm-file", &drops.display().to_string()).await;
+        for (select, value) in [("#deploy-method", "rebuild"), ("#deploy-promote", "gated")] {
+            wait_for(&c, select)
+                .await
+                .select_by_value(value)
+                .await
+                .expect("select");
+        }
+        confirmed(&c, "#deploy-go").await;
+        // Live events keep flowing while the gate checks: the truth knows
+        // them (all `count`).
+        let mut i = 100;
+        let mut counts = [5u64; 20];
+        until("the gate to hold the shadow", async || {
+            ingest(event(i, "count")).await;
+            let k = (i % 20) as usize;
+            counts[k] += 1;
+            truth.get("truth").set(
+                &format!("k{k}"),
+                vec![json!({"count": counts[k], "version": "1"})],
+            );
+            i += 1;
+            c.find(Locator::Css("#gate[data-gate='held']")).await.ok()
+        })
+        .await;
+        let compared = wait_for(&c, "#gate tr[data-condition='compared']").await;
+        assert_eq!(
+            compared.attr("data-ok").await.ok().flatten().as_deref(),
+            Some("false")
+        );
+        let figures = compared.text().await.unwrap_or_default();
+        assert!(
+            figures.contains("differ from the live generation"),
+            "{figures}"
+        );
+        screenshot(&c, "12-gate-held").await;
+        // The history names the decision.
+        click(&c, "#tab-versions").await;
+        wait_for(&c, "#history tr[data-action='held']").await;
+        screenshot(&c, "13-gate-history").await;
+        let _ = c.close().await;
+    });
+}

@@ -122,6 +122,7 @@ function Upload({ plugin, onDone, adding }) {
   const [name, setName] = useState('');
   const [mode, setMode] = useState(adding ? 'replace' : 'shadow');
   const [method, setMethod] = useState('auto');
+  const [promote, setPromote] = useState('');
   const [ask, setAsk] = useState(null);
   const [msg, setMsg] = useState(null);
   const target = adding ? name.trim() : plugin;
@@ -136,6 +137,7 @@ function Upload({ plugin, onDone, adding }) {
       setMsg({ note: `Uploading ${f.name} (${fmt(f.size)} bytes)…` });
       const q = new URLSearchParams({ mode, from: f.name, replace: String(replace) });
       if (mode === 'shadow') q.set('method', method);
+      if (mode === 'shadow' && promote) q.set('promote', promote);
       try {
         const r = await api('POST', `/v1/admin/plugins/${enc(target)}?${q}`, await f.arrayBuffer(), 'application/wasm');
         setMsg({ ok: `Deployed ${short(r.id)}${r.phase ? `: ${r.phase}` : ''}.` });
@@ -160,7 +162,9 @@ function Upload({ plugin, onDone, adding }) {
       ${adding ? '' : html`<label>mode <select id="deploy-mode" value=${mode} onChange=${(e) => setMode(e.target.value)}>
         <option value="shadow">shadow (build beside, then promote)</option><option value="replace">replace now</option></select></label>`}
       ${mode === 'shadow' && !adding ? html`<label>method <select id="deploy-method" value=${method} onChange=${(e) => setMethod(e.target.value)}>
-        <option value="auto">auto</option><option value="rebuild">rebuild from the log</option><option value="migrate">migrate the views</option></select></label>` : ''}
+        <option value="auto">auto</option><option value="rebuild">rebuild from the log</option><option value="migrate">migrate the views</option></select></label>
+        <label>promotion <select id="deploy-promote" value=${promote} onChange=${(e) => setPromote(e.target.value)}>
+        <option value="">as configured</option><option value="manual">manual</option><option value="gated">gated (promotes itself)</option></select></label>` : ''}
       <button id="deploy-go" class="primary" onClick=${go}>${adding ? 'Add plugin' : 'Deploy'}</button>
     </div>
     <${Confirm} ask=${ask} onDone=${() => setAsk(null)} />
@@ -177,6 +181,28 @@ function Message({ msg }) {
 
 function AddPlugin() {
   return html`<h2>Add a plugin</h2><${Upload} adding=${true} onDone=${(n) => { location.hash = `#/plugin/${enc(n)}`; }} />`;
+}
+
+const GATE_WORDS = {
+  building: 'waiting for the build', checking: 'checking', held: 'held', watching: 'promoted, watching',
+  passed: 'passed its watch', rolled_back: 'rolled back by its watch', stopped: 'stopped: an operator acted',
+};
+
+// A gated deploy's promotion gate: its state and each condition's figures.
+function Gate({ gate }) {
+  if (!gate) return null;
+  const bad = gate.state === 'held' || gate.state === 'rolled_back';
+  const mark = (c) => (c.ok === null ? '–' : c.ok ? '✓' : c.pending ? '…' : '✗');
+  const cfg = gate.config;
+  return html`<div class="panel" id="gate" data-gate=${gate.state}>
+    <h3>Promotion gate <span class=${bad ? 'badge bad' : 'badge'} data-gate-state=${gate.state}>${GATE_WORDS[gate.state] || gate.state}</span></h3>
+    ${gate.conditions.length ? html`<table><thead><tr><th></th><th>condition</th><th>figures</th></tr></thead>
+      <tbody>${gate.conditions.map((c) => html`<tr data-condition=${c.name} data-ok=${String(c.ok)}>
+        <td title=${c.ok === false && c.pending ? 'gathering' : ''}>${mark(c)}</td><td>${c.name}</td><td>${c.detail}</td></tr>`)}</tbody></table>` : ''}
+    <p class="note">checked ${ago(gate.checked_ms)}, every ${duration(cfg.check_ms / 1000)} · promotes after ${duration(cfg.min_follow_ms / 1000)} and ${fmt(cfg.min_events)} events following, 
+      ${fmt(cfg.min_keys)} keys compared with at most ${pct(cfg.max_mismatch)} different, at most ${pct(cfg.max_truth_mismatch)} against the source of truth
+      · then watched ${duration(cfg.watch_ms / 1000)} and ${fmt(cfg.watch_events)} events</p>
+  </div>`;
 }
 
 function Shadow({ plugin, overview, refresh }) {
@@ -228,6 +254,7 @@ function Shadow({ plugin, overview, refresh }) {
   const named = (id) => `${role(id)} ${short(id)}`;
   return html`<div id="shadow">
     ${kept ? html`<p data-kept><span class="badge">kept for rollback</span> version <span class="mono" title=${kept}>${short(kept)}</span>: the version replaced by the promotion, kept current beside the serving one until you retire it.</p>` : ''}
+    ${st && st.gate ? html`<${Gate} gate=${st.gate} />` : ''}
     ${st && !kept ? html`<div class="panel"><${Progress} st=${st} />
       ${st.held ? html`<p class="held" data-held><strong>Promotion held:</strong> ${st.held}</p>` : ''}
       ${st.migrated !== null && st.migrated !== undefined ? html`<p class="note">${fmt(st.migrated)} views migrated, ${fmt(st.not_migrated)} left to populate.</p>` : ''}
@@ -267,6 +294,7 @@ function Shadow({ plugin, overview, refresh }) {
 const ACTS = {
   deploy: 'deploy', replace: 'replace', shadow: 'shadow build', promote: 'promote', rollback: 'rollback',
   runtime_rollback: 'rolled back by the runtime', retire: 'retire', remove: 'remove', redrive: 'redrive of dead letters',
+  reconfigure: 'reconfigure', held: 'held by the promotion gate', watched: 'passed the promotion watch',
 };
 
 // The registry's entry of `plugin` (`GET /v1/admin/plugins`), polled.

@@ -45,6 +45,10 @@ pub(crate) struct DeployParams {
     /// Settings over the config's for this version, a JSON object
     /// (URL-encoded), kept with it in the registry.
     settings: Option<String>,
+    /// For shadow: `manual` (an operator promotes) or `gated` (the
+    /// shadow promotes itself once the plugin's promotion gate holds);
+    /// default: as `[plugins.NAME.promote]` says.
+    promote: Option<projector_deploy::PromoteMode>,
 }
 
 /// The `settings` query parameter of a deploy: a JSON object.
@@ -165,6 +169,12 @@ pub(crate) async fn deploy(
     let from = params.from.unwrap_or_else(|| "api".into());
     let replace = params.replace.unwrap_or(false);
     let settings = deploy_settings(params.settings.as_deref())?;
+    if params.promote.is_some() && mode != "shadow" {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "promote: only a shadow deploy is promoted (mode=shadow)",
+        ));
+    }
     match mode {
         "replace" => {
             let done =
@@ -178,7 +188,8 @@ pub(crate) async fn deploy(
                 .unwrap_or(projector_deploy::ShadowMethod::Auto);
             let status = blocking(move || {
                 let settings = settings.as_ref();
-                d.deploy_shadow_with(&plugin, &body, &from, method, replace, settings)
+                let promote = params.promote;
+                d.deploy_shadow_with(&plugin, &body, &from, method, replace, settings, promote)
             })
             .await?;
             Ok(Json(serde_json::to_value(status).unwrap_or_default()))

@@ -24,6 +24,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    plugin: String,
+    decision: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
 }
@@ -65,6 +71,7 @@ pub(crate) struct EngineCollector {
     feed: Feed,
     fetcher: Option<Arc<Fetcher>>,
     lookups: Family<ResultLabels, Counter>,
+    deployer: Arc<std::sync::OnceLock<Arc<projector_deploy::Deployer>>>,
 }
 
 impl std::fmt::Debug for EngineCollector {
@@ -83,6 +90,7 @@ impl Collector for EngineCollector {
         self.hit_ratios(&mut encoder, &projections)?;
         self.lags(&mut encoder, &projections)?;
         source_families(&mut encoder, &self.feed.metrics())?;
+        self.gate_decisions(&mut encoder, &projections)?;
         if let Some(fetcher) = self.fetcher.as_ref().filter(|f| !f.is_empty()) {
             let stats = fetcher.stats();
             fetch_counts(&mut encoder, &stats)?;
@@ -98,13 +106,48 @@ impl EngineCollector {
         feed: Feed,
         fetcher: Option<Arc<Fetcher>>,
         lookups: Family<ResultLabels, Counter>,
+        deployer: Arc<std::sync::OnceLock<Arc<projector_deploy::Deployer>>>,
     ) -> Self {
         EngineCollector {
             engine,
             feed,
             fetcher,
             lookups,
+            deployer,
         }
+    }
+
+    /// `projector_promotion_decisions_total`: each loaded plugin's gate
+    /// decisions by kind, 0 for those not made.
+    fn gate_decisions(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        projections: &[Arc<Projection>],
+    ) -> Result<(), std::fmt::Error> {
+        let Some(deployer) = self.deployer.get() else {
+            return Ok(());
+        };
+        let made = deployer.gate_decisions();
+        let mut family = encoder.encode_descriptor(
+            "projector_promotion_decisions",
+            "Promotion gate decisions: held, promoted, passed (the watch window), rolled_back (by the watch)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in projections {
+            for d in projector_deploy::Decision::ALL {
+                let n = made
+                    .iter()
+                    .find(|(plugin, made, _)| plugin == p.name() && *made == d)
+                    .map_or(0, |m| m.2);
+                let labels = DecisionLabels {
+                    plugin: p.name().into(),
+                    decision: d.name().into(),
+                };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 
     /// `projector_commits`, `projector_committed_views` and

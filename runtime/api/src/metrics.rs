@@ -25,6 +25,7 @@
 //! | `projector_lag_records` | gauge | plugin, source, partition | records in the log not yet applied by the plugin |
 //! | `projector_retries_total` | counter | plugin | events queued for a delayed retry after a transient failure |
 //! | `projector_dead_letters_redriven_total` | counter | plugin | dead letters sent back through the plugin's serving version (a redrive) |
+//! | `projector_promotion_decisions_total` | counter | plugin, decision | promotion gate decisions: `held` (a condition failed, once per new reason), `promoted`, `passed` (the watch window ended), `rolled_back` (by the watch) |
 //! | `projector_breaker_open` | gauge | plugin | 1 while the plugin's breaker holds it paused (open or catching up), else 0 |
 //! | `projector_breaker_opened_total` | counter | plugin | times the plugin's breaker opened |
 //! | `projector_views_expired_total` | counter | plugin | expired views the sweep deleted (plugins with `ttl_ms`) |
@@ -170,6 +171,8 @@ pub struct Metrics {
     /// (`projector_dead_letters_redriven_total`).
     pub redriven: Family<PluginLabel, Counter>,
     registry: Arc<Registry>,
+    /// The deployer whose gate decisions are counted, once given.
+    pub(crate) deployer: Arc<std::sync::OnceLock<Arc<projector_deploy::Deployer>>>,
 }
 
 impl Metrics {
@@ -269,11 +272,13 @@ impl Metrics {
             "Requests answered 503 because [http] max_in_flight were being served",
             shed.clone(),
         );
+        let deployer = Arc::new(std::sync::OnceLock::new());
         registry.register_collector(Box::new(EngineCollector::new(
             engine,
             feed,
             fetcher,
             lookups.clone(),
+            deployer.clone(),
         )));
         Metrics {
             reads,
@@ -291,6 +296,7 @@ impl Metrics {
             shed,
             redriven,
             registry: Arc::new(registry),
+            deployer,
         }
     }
 

@@ -35,6 +35,13 @@ impl Serving {
             crate::backfill::resume(&state);
             crate::history::start(&state);
         }
+        // Promotion gates verify against sources of truth on this runtime.
+        if let Some(d) = &state.deployer {
+            d.set_verifier(Arc::new(crate::verify::TruthVerifier {
+                state: Arc::downgrade(&state),
+                runtime: runtime.handle().clone(),
+            }));
+        }
         let app = crate::router(state);
         // Answers are small and latency matters: no Nagle delay.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

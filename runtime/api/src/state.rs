@@ -350,6 +350,7 @@ impl ServeState {
 
     /// Deploy through `deployer` (the admin API's plugin routes).
     pub fn with_deployer(mut self, deployer: Arc<projector_deploy::Deployer>) -> Self {
+        let _ = self.metrics.deployer.set(deployer.clone());
         self.deployer = Some(deployer);
         self
     }

@@ -9,10 +9,12 @@ use crate::truth::TruthError;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
+use projector_core::engine::Projection;
+use projector_deploy::{Verified, Verifier};
 use projector_guest::rules::Status;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// Most keys one verification takes.
@@ -203,8 +205,23 @@ pub(crate) async fn verify(
     Ok(Json(report))
 }
 
-/// Compare the view of `key` with the source of truth's answer.
+/// Compare the serving view of `key` with the source of truth's answer.
 async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcome {
+    match s.engine.projection(plugin) {
+        Ok(generation) => check_in(s, generation, plugin, key, now).await,
+        Err(_) => Outcome::Failed("the plugin was unloaded".into()),
+    }
+}
+
+/// Compare `generation`'s view of `key` with the source of truth's
+/// answer, by that generation's comparison rule.
+async fn check_in(
+    s: &Arc<ServeState>,
+    generation: Arc<Projection>,
+    plugin: &str,
+    key: &str,
+    now: i64,
+) -> Outcome {
     let Ok(own) = s.plugin(plugin) else {
         return Outcome::Failed("the plugin was unloaded".into());
     };
@@ -216,9 +233,11 @@ async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcom
         Err(TruthError::NotFound { .. }) => None,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    let (engine, p, k) = (s.engine.clone(), plugin.to_string(), key.to_string());
+    let (engine, k) = (s.engine.clone(), key.to_string());
     let judged = tokio::task::spawn_blocking(move || -> Result<Outcome, String> {
-        let view = engine.read(&p, &k, now).map_err(|e| e.to_string())?;
+        let view = engine
+            .read_in(&generation, &k, now)
+            .map_err(|e| e.to_string())?;
         Ok(match (view, answer) {
             (None, Some(_)) => Outcome::MissingView,
             (None, None) => Outcome::AbsentBoth,
@@ -228,8 +247,7 @@ async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcom
                 let Some(body) = v.body else {
                     return Ok(Outcome::Invalid);
                 };
-                let projection = engine.projection(&p).map_err(|e| e.to_string())?;
-                let differences = projection
+                let differences = generation
                     .code()
                     .session()
                     .compare(&k, body.get(), &truth)
@@ -251,5 +269,56 @@ async fn check(s: &Arc<ServeState>, plugin: &str, key: &str, now: i64) -> Outcom
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => Outcome::Failed(e),
         Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Source-of-truth requests in flight at once for a promotion gate.
+const GATE_CONCURRENCY: usize = 8;
+
+/// The promotion gates' verifier: a sample of a generation's views
+/// against the plugin's source of truth, on the API's runtime.
+pub(crate) struct TruthVerifier {
+    pub(crate) state: Weak<ServeState>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Verifier for TruthVerifier {
+    fn verify(
+        &self,
+        plugin: &str,
+        generation: &Arc<Projection>,
+        sample: usize,
+    ) -> Option<anyhow::Result<Verified>> {
+        let s = self.state.upgrade()?;
+        s.plugin(plugin).ok()?.truth.as_ref()?;
+        let (generation, plugin) = (generation.clone(), plugin.to_string());
+        Some(self.runtime.block_on(async move {
+            s.engine.commit()?;
+            let keys = s.engine.store().sample_view_keys(generation.ns(), sample)?;
+            let now = projector_core::now_ms();
+            let mut out = Verified::default();
+            let mut running = tokio::task::JoinSet::new();
+            let mut keys = keys.into_iter();
+            loop {
+                while running.len() < GATE_CONCURRENCY {
+                    let Some(key) = keys.next() else { break };
+                    let (s, g, p) = (s.clone(), generation.clone(), plugin.clone());
+                    running.spawn(async move { check_in(&s, g, &p, &key, now).await });
+                }
+                let Some(done) = running.join_next().await else {
+                    break;
+                };
+                match done? {
+                    Outcome::Equal => out.checked += 1,
+                    Outcome::Mismatched(_) | Outcome::MissingView | Outcome::MissingInTruth => {
+                        out.checked += 1;
+                        out.mismatched += 1;
+                    }
+                    Outcome::Failed(_) => out.failed += 1,
+                    Outcome::AbsentBoth | Outcome::Invalid => {}
+                }
+            }
+            Ok(out)
+        }))
     }
 }

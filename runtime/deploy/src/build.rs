@@ -5,6 +5,7 @@
 //! reports it.
 
 use crate::compare::Comparison;
+use crate::gate::{Condition, GateStatus};
 use crate::shadow::ShadowMethod;
 use projector_common::sync::Recover;
 use projector_core::engine::Projection;
@@ -23,9 +24,37 @@ pub(crate) struct ShadowBuild {
     pub(crate) total: std::sync::atomic::AtomicU64,
     pub(crate) error: Mutex<Option<String>>,
     pub(crate) comparison: Mutex<Option<Comparison>>,
+    /// Its promotion gate, when the deploy is gated.
+    pub(crate) gate: Mutex<Option<GateStatus>>,
 }
 
 impl ShadowBuild {
+    /// Give it a gate.
+    pub(crate) fn set_gate(&self, status: GateStatus) {
+        *self.gate.lock().recover() = Some(status);
+    }
+
+    /// The gate's state and last check.
+    pub(crate) fn update_gate(&self, state: &'static str, conditions: Vec<Condition>) {
+        if let Some(g) = self.gate.lock().recover().as_mut() {
+            g.state = state;
+            g.conditions = conditions;
+            g.checked_ms = projector_core::now_ms();
+        }
+    }
+
+    /// The gate stopped: an operator acted (promoted, rolled back, retired).
+    pub(crate) fn stop_gate(&self) {
+        if let Some(g) = self.gate.lock().recover().as_mut() {
+            g.state = "stopped";
+        }
+    }
+
+    /// The gate's state, if gated.
+    pub(crate) fn gate_state(&self) -> Option<&'static str> {
+        self.gate.lock().recover().as_ref().map(|g| g.state)
+    }
+
     /// Where the build is: `building`, `following` or `failed: ...`.
     pub(crate) fn status(&self, name: &str) -> ShadowStatus {
         use std::sync::atomic::Ordering::Relaxed;
@@ -65,6 +94,7 @@ impl ShadowBuild {
             migrated: migrated.map(|m| m.0),
             not_migrated: migrated.map(|m| m.1),
             held: None,
+            gate: self.gate.lock().recover().clone(),
         }
     }
 
@@ -80,6 +110,7 @@ impl ShadowBuild {
             total: std::sync::atomic::AtomicU64::new(0),
             error: Mutex::new(None),
             comparison: Mutex::new(None),
+            gate: Mutex::new(None),
         }
     }
 }
@@ -120,6 +151,9 @@ pub struct ShadowStatus {
     /// Why a promotion is refused without `force`: the generation
     /// dead-letters a larger share of its deliveries than the serving one.
     pub held: Option<String>,
+    /// Its promotion gate (a gated deploy): the state and the last
+    /// check's conditions.
+    pub gate: Option<GateStatus>,
 }
 
 /// How many records a build applies at a time: as many as take about

@@ -75,6 +75,11 @@ pub struct Deployer {
     pub(crate) shutdown: Shutdown,
     /// The threads this deployer started, joined by [`Deployer::stop`].
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Verifies views against sources of truth, for promotion gates.
+    pub(crate) verifier: std::sync::OnceLock<Arc<dyn crate::gate::Verifier>>,
+    /// Gate decisions by plugin, since start.
+    pub(crate) decisions:
+        Mutex<std::collections::BTreeMap<(String, crate::gatekeeper::Decision), u64>>,
 }
 
 /// A generation taken up again at start: (plugin, its build, the
@@ -108,6 +113,8 @@ impl Deployer {
             busy: Mutex::new(()),
             shutdown: Shutdown::new(),
             threads: Mutex::default(),
+            verifier: std::sync::OnceLock::new(),
+            decisions: Mutex::default(),
         })
     }
 
@@ -135,6 +142,13 @@ impl Deployer {
                 tracing::error!("a deploy thread panicked");
             }
         }
+    }
+
+    /// How promotion gates verify views against sources of truth (the
+    /// HTTP layer, which knows them, gives it; without one a gate's truth
+    /// condition does not apply).
+    pub fn set_verifier(&self, verifier: Arc<dyn crate::gate::Verifier>) {
+        let _ = self.verifier.set(verifier);
     }
 
     /// The Wasm host versions are compiled and started with.
@@ -446,7 +460,7 @@ impl Deployer {
                 .projection(name)
                 .is_ok_and(|p| p.ns() == b.generation.ns());
             if promoted {
-                return self.demote(name, &b);
+                return self.demote(name, &b, Action::Rollback, None);
             }
         }
         let entry = self.registry.entry(name)?.unwrap_or_default();

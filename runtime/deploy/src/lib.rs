@@ -16,7 +16,9 @@
 //!
 //!
 //! Map: [`registry`] (versions by content id, the active one, history),
-//! [`deployer`] (load, replace, rollback), [`guard`] (what a deploy may
+//! [`deployer`] (load, replace, rollback), [`gate`] and `gatekeeper`
+//! (gated promotion: the conditions a shadow must meet before it
+//! promotes itself, and the watch after), [`guard`] (what a deploy may
 //! take without the operator's `replace`), `probation` (a replace deploy
 //! watched and rolled back by itself), [`shadow`] (generations rebuilt or
 //! migrated beside the live one, compared, promoted, retired), [`watch`]
@@ -31,6 +33,8 @@ mod add;
 mod build;
 mod compare;
 pub mod deployer;
+pub mod gate;
+mod gatekeeper;
 pub mod guard;
 mod probation;
 mod redrive;
@@ -43,6 +47,8 @@ pub use add::Removed;
 pub use build::ShadowStatus;
 pub use compare::Comparison;
 pub use deployer::{Deployed, Deployer};
+pub use gate::{GateStatus, PromoteConfig, PromoteMode, Verified, Verifier};
+pub use gatekeeper::Decision;
 pub use projector_core::source::Replay;
 pub use registry::{content_id, Action, Entry, Event, Registry, Settings, Version};
 pub use settings::{DeployConfig, DeploySettings, PluginSetup};

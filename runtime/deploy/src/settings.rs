@@ -40,6 +40,9 @@ pub struct PluginSetup {
     pub services: Vec<String>,
     /// Eager or lazy, when the config overrides the plugin's own choice.
     pub population: Option<Population>,
+    /// `[plugins.NAME.promote]`: who promotes its shadow deploys, and
+    /// the gate's conditions.
+    pub promote: crate::gate::PromoteConfig,
 }
 
 impl Default for PluginSetup {
@@ -49,6 +52,7 @@ impl Default for PluginSetup {
             settings: serde_json::json!({}),
             services: Vec::new(),
             population: None,
+            promote: crate::gate::PromoteConfig::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::build::{ShadowBuild, ShadowStatus, Slice};
 use crate::compare::Comparison;
+use crate::gate::{PromoteConfig, PromoteMode};
 use crate::registry::{content_id, Action};
 use crate::{Deployed, Deployer, Error, Replay, Result};
 use projector_common::sync::Recover;
@@ -41,11 +42,13 @@ impl Deployer {
         method: ShadowMethod,
         replace: bool,
     ) -> Result<ShadowStatus> {
-        self.deploy_shadow_with(name, bytes, from, method, replace, None)
+        self.deploy_shadow_with(name, bytes, from, method, replace, None, None)
     }
 
     /// [`Deployer::deploy_shadow`] with `settings` over the config's,
-    /// kept with the version in the registry.
+    /// kept with the version in the registry, and who promotes it
+    /// (`promote`; `None`: as `[plugins.NAME.promote]` says).
+    #[allow(clippy::too_many_arguments)]
     pub fn deploy_shadow_with(
         self: &Arc<Self>,
         name: &str,
@@ -54,6 +57,7 @@ impl Deployer {
         method: ShadowMethod,
         replace: bool,
         settings: Option<&crate::registry::Settings>,
+        promote: Option<PromoteMode>,
     ) -> Result<ShadowStatus> {
         let _one = self.busy.lock().recover();
         let reject = |reason: String| Error::Rejected {
@@ -111,6 +115,12 @@ impl Deployer {
         self.registry
             .record(name, Action::Shadow, &id, serving, None)?;
         let build = self.track(name, ShadowBuild::new(id.clone(), method, generation));
+        let gate = self.gate_config(name, promote);
+        self.registry
+            .set_gated(name, gate.mode == PromoteMode::Gated)?;
+        if gate.mode == PromoteMode::Gated {
+            self.keep_gate(name, build.clone(), gate);
+        }
         let (me, name_owned) = (self.clone(), name.to_string());
         self.spawn(format!("shadow-{name}"), move || {
             let built = match (method, log) {
@@ -196,6 +206,20 @@ impl Deployer {
             return;
         };
         for (name, build, g) in std::mem::take(&mut *self.resumes.lock().recover()) {
+            // An unpromoted gated shadow: its gate starts again.
+            let gated = self
+                .registry
+                .entry(&name)
+                .ok()
+                .flatten()
+                .is_some_and(|e| e.gated && !e.promoted);
+            if gated {
+                self.keep_gate(
+                    &name,
+                    build.clone(),
+                    self.gate_config(&name, Some(PromoteMode::Gated)),
+                );
+            }
             let me = self.clone();
             let log = log.clone();
             let spawned = self.spawn(format!("shadow-{name}"), move || {
@@ -420,6 +444,16 @@ impl Deployer {
         Ok(())
     }
 
+    /// The gate of a shadow deploy of `name`: the config's, with `mode`
+    /// (a deploy's) over it.
+    fn gate_config(&self, name: &str, mode: Option<PromoteMode>) -> PromoteConfig {
+        let mut cfg = self.settings.of(name).promote.clone();
+        if let Some(m) = mode {
+            cfg.mode = m;
+        }
+        cfg
+    }
+
     /// The shadow build of `name`, if any.
     pub fn shadow(&self, name: &str) -> Option<ShadowStatus> {
         let b = self.shadows.lock().recover().get(name)?.clone();
@@ -449,7 +483,16 @@ impl Deployer {
     /// generation serving reads and the other one, with the plugin's
     /// comparison rule.
     pub fn compare(&self, name: &str, sample: usize) -> Result<Comparison> {
-        let b = self.shadow_build(name)?;
+        self.compare_build(name, &self.shadow_build(name)?, sample)
+    }
+
+    /// [`Deployer::compare`] of build `b` of `name`.
+    pub(crate) fn compare_build(
+        &self,
+        name: &str,
+        b: &Arc<ShadowBuild>,
+        sample: usize,
+    ) -> Result<Comparison> {
         let active = self.engine.projection(name)?;
         let other = if active.ns() == b.generation.ns() {
             self.engine
@@ -512,8 +555,24 @@ impl Deployer {
     /// shadow that dead-letters more than the serving version is held
     /// ([`Error::Held`]) unless `force`.
     pub fn promote(&self, name: &str, force: bool) -> Result<ShadowStatus> {
+        self.promote_with(name, None, force, None)
+    }
+
+    /// [`Deployer::promote`] of build `only` when given (refused when it
+    /// is no longer the shadow build), with the reason written to the
+    /// history (the gate's figures).
+    pub(crate) fn promote_with(
+        &self,
+        name: &str,
+        only: Option<&Arc<ShadowBuild>>,
+        force: bool,
+        reason: Option<&str>,
+    ) -> Result<ShadowStatus> {
         let _one = self.busy.lock().recover();
         let b = self.shadow_build(name)?;
+        if only.is_some_and(|o| !Arc::ptr_eq(o, &b)) {
+            return Err(Error::NoShadow(name.into()));
+        }
         let old = self.engine.projection(name)?;
         if let (Some(reason), false) = (held(&old.counters(), &b.generation.counters()), force) {
             return Err(Error::Held {
@@ -529,14 +588,22 @@ impl Deployer {
         self.registry
             .set_shadow(name, Some((&old_id, &old_ns)), true)?;
         self.registry
-            .record(name, Action::Promote, &b.id, Some(&old_id), None)?;
+            .record(name, Action::Promote, &b.id, Some(&old_id), reason)?;
         tracing::info!(plugin = name, id = &b.id[..12], "promoted");
         drop(_one);
         Ok(self.shadow(name).expect("a shadow build"))
     }
 
-    /// Undo a promotion: the previous generation serves again.
-    pub(crate) fn demote(&self, name: &str, b: &ShadowBuild) -> Result<Deployed> {
+    /// Undo a promotion: the previous generation serves again; `action`
+    /// (an operator's rollback, or the runtime's) goes to the history
+    /// with `reason`.
+    pub(crate) fn demote(
+        &self,
+        name: &str,
+        b: &ShadowBuild,
+        action: Action,
+        reason: Option<&str>,
+    ) -> Result<Deployed> {
         let old = self
             .engine
             .shadows(name)
@@ -550,7 +617,7 @@ impl Deployer {
             .set_shadow(name, Some((&b.id, b.generation.ns())), false)?;
         let id = old.code().id();
         self.registry
-            .record(name, Action::Rollback, id, Some(&b.id), None)?;
+            .record(name, action, id, Some(&b.id), reason)?;
         tracing::info!(plugin = name, "promotion rolled back");
         Ok(Deployed {
             plugin: name.into(),

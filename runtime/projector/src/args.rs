@@ -226,8 +226,15 @@ pub enum PluginAction {
         /// when it parses as JSON, else a string.
         #[arg(long = "setting", value_name = "KEY=VALUE")]
         settings: Vec<String>,
+        /// For shadow: who promotes it, `manual` or `gated` (it promotes
+        /// itself once `[plugins.NAME.promote]`'s conditions hold, then is
+        /// watched and rolled back by itself on a spike); default: as that
+        /// table's `mode` says.
+        #[arg(long, value_name = "MODE")]
+        promote: Option<projector_deploy::PromoteMode>,
     },
-    /// Where a shadow deploy is: progress, rate, ETA, last comparison.
+    /// Where a shadow deploy is: progress, rate, ETA, last comparison,
+    /// and its promotion gate's conditions.
     Shadow {
         /// The plugin.
         name: String,

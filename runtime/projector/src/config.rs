@@ -319,6 +319,10 @@ pub struct PluginConfig {
     /// the part of a view key its events are keyed by, e.g. `{ separator =
     /// ":", field = 1 }` for the inbox's `user:site` (default: the whole key).
     pub partition_by: Option<KeyPart>,
+    /// `[plugins.NAME.promote]`: who promotes its shadow deploys
+    /// (`manual`, the default, or `gated`) and the gate's conditions.
+    #[serde(default)]
+    pub promote: projector_deploy::PromoteConfig,
 }
 
 /// `base` with the keys of `patch` set over it.
@@ -457,6 +461,9 @@ impl Config {
             if let Some(truth) = &p.truth {
                 Truth::new(truth).map_err(|e| bad(format!("plugins.{name}.truth.{e}")))?;
             }
+            p.promote
+                .check()
+                .map_err(|e| bad(format!("plugins.{name}.{e}")))?;
             if let Some(rollout) = &p.rollout {
                 rollout
                     .clone()
@@ -545,6 +552,11 @@ impl Config {
                 .map(|p| p.services.clone())
                 .unwrap_or_default(),
             population: self.plugins.get(name).and_then(|p| p.population),
+            promote: self
+                .plugins
+                .get(name)
+                .map(|p| p.promote.clone())
+                .unwrap_or_default(),
         };
         DeploySettings {
             deploy: self.deploy,

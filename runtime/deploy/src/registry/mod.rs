@@ -58,6 +58,11 @@ pub enum Action {
     Remove,
     /// Dead letters were sent back through the serving version.
     Redrive,
+    /// The promotion gate held a shadow back (the reason names the
+    /// conditions that failed, with their figures).
+    Held,
+    /// A version promoted by the gate passed its watch window.
+    Watched,
 }
 
 /// One act in a plugin's history.
@@ -124,6 +129,10 @@ pub struct Entry {
     /// directory holds, until it is deployed again.
     #[serde(default)]
     pub removed: bool,
+    /// The kept shadow is gated: it promotes itself once the gate's
+    /// conditions hold (its gate is taken up again at start).
+    #[serde(default)]
+    pub gated: bool,
 }
 
 fn entry_setting(name: &str) -> String {
@@ -223,6 +232,13 @@ impl Registry {
 
     /// Set the version kept beside the active one, where its views live,
     /// and whether the active one is a promoted shadow.
+    /// Whether the kept shadow of `name` is gated.
+    pub(crate) fn set_gated(&self, name: &str, gated: bool) -> Result<()> {
+        let mut entry = self.entry(name)?.unwrap_or_default();
+        entry.gated = gated;
+        self.put(name, &entry)
+    }
+
     pub(crate) fn set_shadow(
         &self,
         name: &str,
@@ -233,6 +249,9 @@ impl Registry {
         entry.shadow = shadow.map(|(id, _)| id.to_string());
         entry.shadow_ns = shadow.map(|(_, ns)| ns.to_string());
         entry.promoted = promoted && shadow.is_some();
+        if shadow.is_none() || promoted {
+            entry.gated = false;
+        }
         self.put(name, &entry)
     }
 

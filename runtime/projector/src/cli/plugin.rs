@@ -199,6 +199,7 @@ fn act(config: &Config, action: PluginAction, api: Option<String>) -> anyhow::Re
             method,
             replace,
             settings,
+            promote,
         } => {
             let name = match name {
                 Some(n) => n,
@@ -215,10 +216,15 @@ fn act(config: &Config, action: PluginAction, api: Option<String>) -> anyhow::Re
             )
             .collect();
             let settings = deploy_settings(&settings)?;
+            let promote = match promote {
+                Some(projector_deploy::PromoteMode::Gated) => "&promote=gated",
+                Some(projector_deploy::PromoteMode::Manual) => "&promote=manual",
+                None => "",
+            };
             let started = admin(
                 "POST",
                 &format!(
-                    "{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}&replace={replace}{settings}"
+                    "{base}/v1/admin/plugins/{name}?from={from}&mode={mode}&method={method}&replace={replace}{settings}{promote}"
                 ),
                 Some(&bytes),
             )?;
