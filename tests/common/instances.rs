@@ -43,6 +43,12 @@ impl Instance {
 
     /// Start instance `n` with more `[source.kafka]` settings.
     pub fn start_with(dir: &Path, kafka: &Kafka, n: usize, more: &str) -> Instance {
+        Instance::start_full(dir, kafka, n, more, "")
+    }
+
+    /// Start instance `n` with more `[source.kafka]` settings and more
+    /// `[plugins.inbox-unread]` ones.
+    pub fn start_full(dir: &Path, kafka: &Kafka, n: usize, more: &str, plugin: &str) -> Instance {
         let Kafka {
             bootstrap,
             topic,
@@ -55,7 +61,7 @@ impl Instance {
                 "data_dir = \"data-{n}\"\nplugins_dir = \"plugins\"\n\
                  [engine]\ncommit_interval_ms = 200\ncompile_cache_dir = \"compiled\"\nwatch_plugins = false\n\
                  [plugins.inbox-unread]\npopulation = \"eager\"\nsettings = {{ max_unread = 1000000 }}\n\
-                 partition_by = {{ separator = \":\", field = 1 }}\n\
+                 partition_by = {{ separator = \":\", field = 1 }}\n{plugin}\n\
                  [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\n\
                  changelog = true\npartitioner = \"fnv1a\"\n{more}\n\
                  properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n"

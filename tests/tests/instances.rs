@@ -435,3 +435,87 @@ fn a_standby_takes_over_without_a_restore() {
     drop((a, c));
     drop(broker);
 }
+
+/// A view's history travels with its changelog: instance A keeps the
+/// inbox's history through two rounds of events, then B (an empty
+/// store) joins and A is killed; B, which restored every partition from
+/// the changelog, answers `as_of` each round's time with exactly the
+/// independent fold of the events up to it.
+#[test]
+fn as_of_reads_survive_a_restore_from_the_changelog_on_another_instance() {
+    let total = knob("INSTANCES_HISTORY_EVENTS", 6_000) as usize;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, kafka) = kafka_dev(dir.path());
+    let events = inbox_events(InboxShape {
+        sites: 60,
+        users: 600,
+        events: total,
+        seed: 36,
+    });
+    let history = "history = { versions = 20, ms = 604800000 }";
+    let mut a = Instance::start_full(dir.path(), &kafka, 1, "", history);
+    let (first, second) = events.split_at(total / 2);
+    let mut marks = Vec::new();
+    for upto in [first.len(), total] {
+        let part = if upto == first.len() { first } else { second };
+        kafka.produce(part);
+        let model = fold_inbox(&events[..upto]);
+        wait_views(
+            &a,
+            &sample(&model, model.len() / 50),
+            Duration::from_secs(120),
+        );
+        // Committed (every 200 ms) before the mark.
+        std::thread::sleep(Duration::from_millis(800));
+        marks.push((projector_core::now_ms(), model));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b = Instance::start_full(dir.path(), &kafka, 2, "", history);
+    std::thread::sleep(Duration::from_secs(2));
+    a.kill();
+    // B owns every partition, restored from the changelog.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let t = table(&b);
+        let parts = t["by_partition"].as_array().cloned().unwrap_or_default();
+        let mine = t["instance"].clone();
+        if parts.len() == PARTITIONS as usize
+            && parts
+                .iter()
+                .all(|p| p["owner"] == mine && p["state"] == "owned")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never took every partition: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut checked = 0;
+    for (at, model) in &marks {
+        for (key, unread) in sample(model, model.len() / 80) {
+            let want = shown(unread);
+            if want.is_empty() {
+                continue;
+            }
+            let answer = b
+                .try_get(&format!("/v1/views/inbox-unread/{key}?as_of={at}"))
+                .expect("a read");
+            assert_eq!(answer.status, 200, "{key} as of {at}: {}", answer.body);
+            assert_eq!(
+                rendered(&answer.body["answer"]),
+                want,
+                "{key} as of {at}: {}",
+                answer.body
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} views checked");
+    println!(
+        "history: B answered {checked} as_of reads of A's history, restored from the changelog"
+    );
+    drop(b);
+    drop(broker);
+}

@@ -96,6 +96,9 @@ impl From<engine::Error> for ApiError {
                 format!("no plugin named {name:?} is loaded"),
             ),
             engine::Error::BadKey { .. } => ApiError::bad_request("bad_key", e.to_string()),
+            engine::Error::NoHistory(_) => {
+                ApiError::new(StatusCode::CONFLICT, "history_off", e.to_string())
+            }
             other => ApiError::internal(other),
         }
     }

@@ -37,6 +37,7 @@ mod history;
 mod ingest;
 pub mod metrics;
 mod overview;
+mod past;
 mod read;
 pub mod rollout;
 mod route;
@@ -129,6 +130,7 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         .route("/console/assets/{*file}", get(console::file))
         .route("/v1/plugins", get(health::list_plugins))
         .route("/v1/views/{plugin}/{key}", get(read::read_view))
+        .route("/v1/views/{plugin}/{key}/history", get(past::history))
         .route(
             "/v1/events",
             axum::routing::post(ingest::ingest)

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use projector_common::sync::Recover;
-use projector_core::engine::{self, ReadView, Snapshot};
+use projector_core::engine::{self, AsOf, ReadView, Snapshot};
 use projector_guest::rules::Status;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -40,6 +40,8 @@ pub(crate) struct ReadParams {
     at_ms: Option<i64>,
     /// `stale=ok`: with several instances, a standby's views may answer.
     stale_ok: bool,
+    /// `as_of=<ms>` or `as_of_position=<token>`: the view as it was then.
+    pub(crate) as_of: Option<AsOf>,
     /// Every other parameter, for the rollout rules.
     attributes: Vec<(String, String)>,
 }
@@ -60,6 +62,8 @@ impl ReadParams {
                 "token" => p.token = Some(v),
                 "wait_ms" => p.wait_ms = Some(number("wait_ms", &v)?),
                 "at_ms" => p.at_ms = Some(number("at_ms", &v)?),
+                "as_of" => p.as_of = Some(AsOf::Time(number("as_of", &v)?)),
+                "as_of_position" => p.as_of = Some(crate::past::position(&v)?),
                 "stale" => {
                     p.stale_ok = match v.as_str() {
                         "ok" | "true" => true,
@@ -85,7 +89,7 @@ impl ReadParams {
                 return Err(ApiError::bad_request(
                     "bad_query",
                     format!(
-                        "unknown parameter {k:?}: expected mode, token, wait_ms, at_ms, stale, or a query attribute a rollout rule matches on"
+                        "unknown parameter {k:?}: expected mode, token, wait_ms, at_ms, stale, as_of, as_of_position, or a query attribute a rollout rule matches on"
                     ),
                 ));
             }
@@ -121,7 +125,7 @@ fn status_name(status: &Status) -> &'static str {
     }
 }
 
-fn view_json(view: Option<&ReadView>) -> Value {
+pub(crate) fn view_json(view: Option<&ReadView>) -> Value {
     match view {
         Some(v) => {
             json!({"status": status_name(&v.status), "versions": v.versions.json(), "updated_ms": v.updated_ms})
@@ -418,6 +422,10 @@ pub(crate) async fn read_view(
             Routed::Standby => true,
             Routed::Answered(answer) => return Ok(answer),
         };
+    if let Some(at) = &params.as_of {
+        let now = params.at_ms.unwrap_or_else(projector_core::now_ms);
+        return crate::past::as_of(&s, &plugin, &key, at.clone(), now, standby).await;
+    }
     let token = position_token(&s, &plugin, &key, &params, &headers)?;
     let wait_ms = wait_ms(&params, &s.http)?;
     let (mode, rule) = choose_mode(&s, &plugin, &key, &own, &params, &headers)?;

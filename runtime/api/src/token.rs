@@ -50,6 +50,19 @@ impl Token {
     }
 }
 
+impl Token {
+    /// The position just past the token's records, for a read of a view
+    /// as of it: each named partition's next offset bound.
+    pub fn as_of(&self) -> projector_core::engine::AsOf {
+        projector_core::engine::AsOf::Position(
+            self.offsets
+                .iter()
+                .map(|(p, o)| (self.source.clone(), *p, o + 1))
+                .collect(),
+        )
+    }
+}
+
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@", self.source)?;

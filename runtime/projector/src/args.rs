@@ -64,6 +64,14 @@ pub enum Command {
         /// Read time in ms since the epoch (default: now).
         #[arg(long)]
         at_ms: Option<i64>,
+        /// The view as it was at this time, in ms since the epoch (a
+        /// plugin with `history`): the last change committed then.
+        #[arg(long, value_name = "MS", conflicts_with = "as_of_position")]
+        as_of: Option<i64>,
+        /// The view as of a position token (`log@0:15,3:44`): the last
+        /// change committed before any named partition passed its offset.
+        #[arg(long, value_name = "TOKEN")]
+        as_of_position: Option<String>,
         /// A running instance's API, used when it holds the store (default: `http.listen`).
         #[arg(long)]
         api: Option<String>,

@@ -323,6 +323,42 @@ pub struct PluginConfig {
     /// (`manual`, the default, or `gated`) and the gate's conditions.
     #[serde(default)]
     pub promote: projector_deploy::PromoteConfig,
+    /// How much of each view's past is kept for `as_of` reads and
+    /// `/history`: `{ versions = 50, ms = 604800000 }`, or "off" (the
+    /// default).
+    #[serde(default)]
+    pub history: HistorySetting,
+}
+
+/// `[plugins.NAME] history`: bounds, or "off".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum HistorySetting {
+    /// None kept (the default; also `history = "off"`).
+    #[default]
+    Off,
+    /// "off", by name.
+    Named(Off),
+    /// The bounds kept.
+    Kept(projector_core::engine::HistoryBounds),
+}
+
+/// The one word `history` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Off {
+    /// No history.
+    Off,
+}
+
+impl HistorySetting {
+    /// The bounds, when kept.
+    pub fn bounds(&self) -> Option<projector_core::engine::HistoryBounds> {
+        match self {
+            HistorySetting::Kept(b) => Some(*b),
+            _ => None,
+        }
+    }
 }
 
 /// `base` with the keys of `patch` set over it.
@@ -356,6 +392,7 @@ impl Config {
                 retry: self.retry,
                 breaker: self.breaker,
                 ttl_ms: None,
+                history: None,
             });
         };
         let retry =
@@ -370,10 +407,17 @@ impl Config {
                 "plugins.{name}.ttl_ms: expected at least 1 (leave it out for views that never expire)"
             ));
         }
+        let history = p.history.bounds();
+        if history.is_some_and(|h| h.versions == 0 || h.ms == 0) {
+            return Err(format!(
+                "plugins.{name}.history: versions and ms: expected at least 1 (history = \"off\" keeps none)"
+            ));
+        }
         Ok(Policy {
             retry,
             breaker,
             ttl_ms: p.ttl_ms,
+            history,
         })
     }
 }

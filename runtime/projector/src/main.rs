@@ -78,8 +78,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugin,
             key,
             at_ms,
+            as_of,
+            as_of_position,
             api,
-        } => return cli::view::get(config, &plugin, &key, at_ms, api),
+        } => {
+            return match (as_of, as_of_position) {
+                (None, None) => cli::view::get(config, &plugin, &key, at_ms, api),
+                (time, position) => {
+                    cli::view::get_as_of(config, &plugin, &key, time, position, at_ms, api)
+                }
+            }
+        }
         Command::Snapshot {
             plugin,
             key,

@@ -17,6 +17,8 @@ pub(crate) struct Held {
     pub(crate) offsets: BTreeMap<(String, u32), u64>,
     /// (plugin, key) → the restored view (`None`: deleted).
     pub(crate) views: BTreeMap<(String, String), Option<Vec<u8>>>,
+    /// (plugin, key, seq) → a restored history entry (`None`: pruned).
+    pub(crate) history: BTreeMap<(String, String, u64), Option<Vec<u8>>>,
     /// Calls of `restore_views`, with their sizes.
     pub(crate) restore_calls: Vec<usize>,
     /// (plugin, partition) → the offsets a restore recorded.
@@ -90,6 +92,17 @@ impl SourceHost for FakeHost {
         for (key, value) in views {
             held.views.insert(
                 (plugin.to_string(), key.to_string()),
+                value.map(<[u8]>::to_vec),
+            );
+        }
+        Ok(())
+    }
+
+    fn restore_history(&self, plugin: &str, entries: &[(&str, u64, Option<&[u8]>)]) -> Result<()> {
+        let mut held = self.held.lock().recover();
+        for (key, seq, value) in entries {
+            held.history.insert(
+                (plugin.to_string(), key.to_string(), *seq),
                 value.map(<[u8]>::to_vec),
             );
         }

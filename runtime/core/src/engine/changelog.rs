@@ -35,6 +35,21 @@ pub trait Changelog: Send + Sync {
         position: u64,
     ) -> Option<OutboxRecord>;
 
+    /// The record of one kept change of a view's history (`entry`: its
+    /// stored form; `None`: the sweep dropped it), so a restore brings the
+    /// history back too. `None`: no changelog, or none for histories.
+    fn history(
+        &self,
+        plugin: &str,
+        partition: u32,
+        key: &str,
+        seq: u64,
+        entry: Option<&[u8]>,
+    ) -> Option<OutboxRecord> {
+        let _ = (plugin, partition, key, seq, entry);
+        None
+    }
+
     /// The record that closes a commit's changes of `plugin`'s
     /// `partition`: the next source offset of each source there.
     fn offsets(
@@ -222,6 +237,25 @@ impl Engine {
                 rendered.bytes -= key.len() + state.len() + answer.get().len();
             }
         }
+        Ok(())
+    }
+
+    /// Put `plugin`'s history entries restored from its changelog into
+    /// the store (`None`: pruned), in one atomic commit.
+    pub fn restore_history(
+        &self,
+        plugin: &str,
+        entries: &[(&str, u64, Option<&[u8]>)],
+    ) -> Result<()> {
+        let p = self.projection(plugin)?;
+        let mut writer = self.store.writer();
+        for (key, seq, value) in entries {
+            match value {
+                Some(bytes) => writer.put_history_encoded(&p.ns, key, *seq, bytes),
+                None => writer.remove_history(&p.ns, key, *seq),
+            }
+        }
+        self.store.commit(writer)?;
         Ok(())
     }
 

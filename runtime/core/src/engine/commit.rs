@@ -43,6 +43,10 @@ impl Engine {
                     return Err(e);
                 }
             }
+            if let Err(e) = self.keep_history(&mut writer, pending, p, &dirty, &views) {
+                pending.failed = Some(e.to_string());
+                return Err(e);
+            }
             for key in dirty {
                 match views.get(&key) {
                     Some(Some(record)) => writer.put_view(&p.ns, &key, record),

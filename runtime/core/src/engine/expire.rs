@@ -136,8 +136,9 @@ pub struct SweepPace {
     pub between_steps: Duration,
 }
 
-/// Sweep expired views on a thread of their own until `stop`: a pass
-/// over every view with a time to live each `pace.every`, a page at a time.
+/// Sweep expired views, and prune view histories to their bounds, on a
+/// thread of their own until `stop`: a pass over every view with a time
+/// to live, and every history, each `pace.every`, a page at a time.
 pub fn spawn_sweep(
     engine: Arc<Engine>,
     pace: SweepPace,
@@ -148,13 +149,24 @@ pub fn spawn_sweep(
         .spawn(move || {
             let mut wait = pace.every;
             while !stop.wait(wait) {
-                wait = match engine.sweep_expired(now_ms(), pace.page) {
-                    Ok(Sweep { passed: true, .. }) => pace.every,
-                    Ok(_) => pace.between_steps,
+                let expired = match engine.sweep_expired(now_ms(), pace.page) {
+                    Ok(Sweep { passed, .. }) => passed,
                     Err(e) => {
                         tracing::warn!("sweep of expired views: {e}");
-                        pace.every
+                        true
                     }
+                };
+                // The views' histories, pruned to their bounds alike.
+                let pruned = match engine.sweep_history(now_ms(), pace.page) {
+                    Ok(p) => p.passed,
+                    Err(e) => {
+                        tracing::warn!("sweep of view histories: {e}");
+                        true
+                    }
+                };
+                wait = match expired && pruned {
+                    true => pace.every,
+                    false => pace.between_steps,
                 };
             }
         })

@@ -49,6 +49,7 @@ impl Engine {
             failures: AtomicU64::new(0),
             last_failure: Mutex::default(),
             expiry: Arc::new(Expiry::new(self.policy(&name).ttl_ms)),
+            keeping: Arc::new(super::Keeping::new(self.policy(&name).history)),
         });
         list.push(p.clone());
         Ok(p)

@@ -41,6 +41,7 @@ mod expire;
 mod fold;
 mod generation;
 mod group;
+mod history;
 mod pause;
 mod projection;
 mod read;
@@ -54,6 +55,8 @@ use expire::Expiry;
 pub use expire::{spawn_sweep, Sweep, SweepPace};
 pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
+use history::Keeping;
+pub use history::{AsOf, HistoryBounds, Past, Pruned};
 pub use projection::Projection;
 use projection::{RenderCache, ViewCache};
 pub use read::{ReadView, Snapshot};
@@ -71,6 +74,9 @@ pub enum Error {
     /// No loaded projection has this name.
     #[error("unknown plugin {0:?}")]
     UnknownPlugin(String),
+    /// The plugin keeps no history of its views (`history` is off).
+    #[error("plugin {0:?} keeps no history of its views; set [plugins.{0}] history = {{ versions = 50, ms = 604800000 }}")]
+    NoHistory(String),
     /// A projection with this namespace is already loaded.
     #[error("plugin {0:?} is already loaded")]
     Duplicate(String),
@@ -135,6 +141,8 @@ pub struct Engine {
     route: RwLock<Option<Arc<dyn FailureRoute>>>,
     changelog: RwLock<Option<Arc<dyn Changelog>>>,
     commits: Mutex<CommitStats>,
+    /// The seq of the last commit's history entries.
+    history_seq: AtomicU64,
 }
 
 /// One plugin's settings over the engine's defaults: failure handling
@@ -148,6 +156,8 @@ pub struct Policy {
     /// How long a view lives after its last applied event, in ms; `None`:
     /// for ever.
     pub ttl_ms: Option<u64>,
+    /// How much of each view's past is kept; `None`: none.
+    pub history: Option<HistoryBounds>,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -245,6 +255,7 @@ impl Engine {
             route: RwLock::new(None),
             changelog: RwLock::new(None),
             commits: Mutex::default(),
+            history_seq: AtomicU64::new(0),
         }
     }
 
@@ -291,6 +302,7 @@ impl Engine {
             failures: AtomicU64::new(0),
             last_failure: Mutex::default(),
             expiry: Arc::new(Expiry::new(policy.ttl_ms)),
+            keeping: Arc::new(Keeping::new(policy.history)),
         }));
         Ok(())
     }
@@ -327,6 +339,7 @@ impl Engine {
             failures: AtomicU64::new(old.failures.load(Ordering::Relaxed)),
             last_failure: Mutex::default(),
             expiry: old.expiry.clone(),
+            keeping: old.keeping.clone(),
         });
         list[i] = replacement;
         Ok(())

@@ -23,6 +23,7 @@ impl Engine {
             retry: self.retry,
             breaker: self.breaker,
             ttl_ms: None,
+            history: None,
         })
     }
 

@@ -39,6 +39,8 @@ pub struct Projection {
     pub(super) last_failure: Mutex<String>,
     /// How long its views live, and what expired (kept across a replace).
     pub(super) expiry: Arc<Expiry>,
+    /// The history kept of its views.
+    pub(super) keeping: Arc<super::Keeping>,
 }
 
 /// Rendered answers by key, each with the state it was rendered from: an
@@ -157,6 +159,32 @@ impl Projection {
                 }
             }
         }
+        let answer = self.render_uncached(key, state, now_ms)?;
+        if cacheable {
+            let mut cache = self.rendered.write().recover();
+            let size = key.len() + state.len() + answer.get().len();
+            if cache.bytes + size > RENDER_CACHE_BYTES {
+                *cache = RenderCache::default();
+            }
+            cache.bytes += size;
+            if let Some((old, a)) = cache
+                .entries
+                .insert(key.to_string(), (state.to_vec(), answer.clone()))
+            {
+                cache.bytes -= key.len() + old.len() + a.get().len();
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The plugin's answer for `state`, checked, rendered now and not
+    /// cached (a state of the past).
+    pub(super) fn render_uncached(
+        &self,
+        key: &str,
+        state: &[u8],
+        now_ms: i64,
+    ) -> Result<Arc<RawValue>> {
         let plugin = self.code.name();
         let text = self
             .code
@@ -177,27 +205,12 @@ impl Projection {
             }
             .into());
         }
-        let answer: Arc<RawValue> = RawValue::from_string(text)
+        Ok(RawValue::from_string(text)
             .map_err(|e| plugin::Error::BadOutput {
                 plugin: plugin.into(),
                 message: format!("render gave invalid JSON: {e}"),
             })?
-            .into();
-        if cacheable {
-            let mut cache = self.rendered.write().recover();
-            let size = key.len() + state.len() + answer.get().len();
-            if cache.bytes + size > RENDER_CACHE_BYTES {
-                *cache = RenderCache::default();
-            }
-            cache.bytes += size;
-            if let Some((old, a)) = cache
-                .entries
-                .insert(key.to_string(), (state.to_vec(), answer.clone()))
-            {
-                cache.bytes -= key.len() + old.len() + a.get().len();
-            }
-        }
-        Ok(answer)
+            .into())
     }
 
     /// The plugin's name.

@@ -38,6 +38,10 @@ pub trait SourceHost: Send + Sync {
     /// deleted).
     fn restore_views(&self, plugin: &str, views: &[(&str, Option<&[u8]>)]) -> Result<()>;
 
+    /// Put restored history entries of `plugin`'s views into the store:
+    /// (view key, seq, stored form; `None`: the entry was pruned).
+    fn restore_history(&self, plugin: &str, entries: &[(&str, u64, Option<&[u8]>)]) -> Result<()>;
+
     /// Record the offsets a restore brought `plugin`'s partitions to.
     fn restored(&self, plugin: &str, partitions: &[(u32, Vec<(String, u64)>)]) -> Result<()>;
 
@@ -80,6 +84,10 @@ impl SourceHost for Engine {
 
     fn restored(&self, plugin: &str, partitions: &[(u32, Vec<(String, u64)>)]) -> Result<()> {
         Engine::restored(self, plugin, partitions)
+    }
+
+    fn restore_history(&self, plugin: &str, entries: &[(&str, u64, Option<&[u8]>)]) -> Result<()> {
+        Engine::restore_history(self, plugin, entries)
     }
 
     fn spool(&self) -> Arc<dyn Spool> {

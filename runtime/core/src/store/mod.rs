@@ -18,15 +18,19 @@
 //! Keys in `state` (`ns` is a view namespace, e.g. a plugin name):
 //! `v 0 ns 0 key` view · `w 0 seq` views of a commit not yet applied ·
 //! `o 0 ns 0 source 0 partition` next offset · `c 0 ns` counters ·
-//! `d 0 seq` dead letter.
+//! `d 0 seq` dead letter · `h 0 ns 0 key 0 seq` a change of a view
+//! ([`history`]).
 
 mod close;
 mod form;
+mod history;
 mod key_states;
 mod unapplied;
 mod writer;
 
 pub use close::FLUSH_BOUND;
+pub(crate) use history::Kept;
+pub use history::{encode_history, HistoryEntry};
 
 pub use form::{changelog_value, changelog_view, CHANGELOG_ENCODING};
 pub(crate) use form::{decode_view, encode_view};
@@ -575,8 +579,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Delete everything of namespace `ns`: views, offsets, counters and
-    /// audit (a retired generation).
+    /// Delete everything of namespace `ns`: views, offsets, counters,
+    /// audit and history (a retired generation).
     pub(crate) fn delete_ns(&self, ns: &str) -> Result<()> {
         // No view of `ns` may wait to be applied (or be applied again after
         // a restart) once it is deleted.
@@ -584,7 +588,7 @@ impl Store {
         let _commits = shared.commit.lock().recover();
         shared.settle()?;
         let mut batch = sled::Batch::default();
-        for tag in [b'v', b'o', b'a'] {
+        for tag in [b'v', b'o', b'a', b'h'] {
             let mut prefix = key(tag, &[ns.as_bytes()]);
             prefix.push(0);
             for k in self.state.scan_prefix(prefix).keys() {

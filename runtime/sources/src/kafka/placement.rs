@@ -134,6 +134,27 @@ impl Changelog for Placement {
         })
     }
 
+    fn history(
+        &self,
+        plugin: &str,
+        partition: u32,
+        key: &str,
+        seq: u64,
+        entry: Option<&[u8]>,
+    ) -> Option<OutboxRecord> {
+        if !self.logged(plugin) {
+            return None;
+        }
+        Some(OutboxRecord {
+            seq: 0,
+            topic: self.config.changelog_topic(plugin),
+            partition: Some(partition as i32),
+            key: Some(history_key(key, seq)),
+            payload: entry.map(<[u8]>::to_vec),
+            headers: vec![(header::KIND.into(), "history".into())],
+        })
+    }
+
     fn offsets(
         &self,
         plugin: &str,
@@ -162,6 +183,29 @@ impl Changelog for Placement {
             ],
         })
     }
+}
+
+/// The changelog key of history entry `seq` of view `key`: the view key,
+/// a zero byte, the seq (8 bytes, big-endian); unique per entry, so
+/// compaction keeps every entry until the sweep's tombstone.
+pub(crate) fn history_key(key: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 9);
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The view key and seq of a history entry's changelog key.
+pub(crate) fn parse_history_key(k: &[u8]) -> Option<(&str, u64)> {
+    let (key, seq) = k.split_at_checked(k.len().checked_sub(9)?)?;
+    let (0, seq) = seq.split_first()? else {
+        return None;
+    };
+    Some((
+        std::str::from_utf8(key).ok()?,
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
 }
 
 /// The partition `key` goes to among `partitions` under `partitioner`.

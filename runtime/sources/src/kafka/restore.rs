@@ -44,6 +44,9 @@ struct Change {
 
 enum Kind {
     View(Option<Vec<u8>>),
+    /// A view's history entry (`None`: pruned); the change's key is the
+    /// entry's (`placement::history_key`).
+    History(Option<Vec<u8>>),
     Offsets(OffsetsValue),
     /// Not a record of this encoding: counted, skipped.
     Unknown,
@@ -69,6 +72,7 @@ fn change<M: Message>(m: &M) -> Change {
     }
     let kind = match kind {
         Some(b"view") => Kind::View(m.payload().map(<[u8]>::to_vec)),
+        Some(b"history") => Kind::History(m.payload().map(<[u8]>::to_vec)),
         Some(b"offsets") => m
             .payload()
             .and_then(|p| serde_json::from_slice::<OffsetsValue>(p).ok())
@@ -239,7 +243,7 @@ impl Follower {
         {
             let want = (max - records).min(CHUNK as u64);
             records += self.reader.read(&to, want, |_, c| fold.take(c))?;
-            if fold.ready.len() >= CHUNK {
+            if fold.ready.len() >= CHUNK || fold.history.len() >= CHUNK {
                 views += fold.flush(host, &self.plugin, self.partition)?;
             }
         }
@@ -429,6 +433,11 @@ fn restore_all(
             })?;
             read += n;
             *stats.restore_progress.lock().recover() = Some((read, total as u64));
+            if folds.values().map(|f| f.history.len()).sum::<usize>() >= HANDED {
+                for f in folds.values_mut() {
+                    f.put_history(host, plugin)?;
+                }
+            }
             if folds.values().map(|f| f.ready.len()).sum::<usize>() >= HANDED {
                 handed = hand_over(&mut folds, &mut counts);
                 if !handed {
@@ -459,6 +468,9 @@ fn restore_all(
         Ok(())
     })?;
     *stats.restore_progress.lock().recover() = None;
+    for f in folds.values_mut() {
+        f.put_history(host, plugin)?;
+    }
     let offsets: Vec<(u32, Vec<(String, u64)>)> = folds
         .iter_mut()
         .filter_map(|(p, f)| Some((*p as u32, f.unsaved_offsets()?)))
@@ -487,6 +499,9 @@ struct Fold {
     offsets: Option<(u64, OffsetsValue)>,
     /// The newest offsets record is not in the store yet.
     unsaved: bool,
+    /// History entries read, not yet in the store (each entry's own key;
+    /// `None`: pruned).
+    history: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Fold {
@@ -516,8 +531,27 @@ impl Fold {
                     self.unsaved = true;
                 }
             }
+            // Entries are written once and never change: each is taken
+            // as it comes (a pruned one's tombstone after it).
+            Kind::History(value) => self.history.push((c.key, value)),
             Kind::Unknown => {}
         }
+    }
+
+    /// Put the history entries read into the store.
+    fn put_history(&mut self, host: &dyn SourceHost, plugin: &str) -> anyhow::Result<()> {
+        for chunk in self.history.chunks(CHUNK) {
+            let entries: Vec<(&str, u64, Option<&[u8]>)> = chunk
+                .iter()
+                .filter_map(|(k, v)| {
+                    let (key, seq) = super::placement::parse_history_key(k)?;
+                    Some((key, seq, v.as_deref()))
+                })
+                .collect();
+            host.restore_history(plugin, &entries)?;
+        }
+        self.history.clear();
+        Ok(())
     }
 
     /// The newest offsets, when not in the store yet (marked saved).
@@ -538,6 +572,7 @@ impl Fold {
         partition: i32,
     ) -> anyhow::Result<u64> {
         let count = put_views(host, plugin, self.ready.drain())?;
+        self.put_history(host, plugin)?;
         if let Some(offsets) = self.unsaved_offsets() {
             host.restored(plugin, &[(partition as u32, offsets)])?;
         }
@@ -685,6 +720,34 @@ mod tests {
             Some(&vec![("kafka:t".to_string(), 10)]),
             "the offsets record, on the view partition"
         );
+    }
+
+    #[test]
+    fn history_entries_and_their_tombstones_go_into_the_host_as_read() {
+        use crate::kafka::placement::history_key;
+        let host = crate::fake::FakeHost::new(&["inbox"], &[]);
+        let mut f = Fold::default();
+        let entry = |key: &str, seq: u64, value: Option<&str>| Change {
+            key: history_key(key, seq),
+            position: 0,
+            kind: Kind::History(value.map(|v| v.as_bytes().to_vec())),
+        };
+        for c in [
+            entry("u:s", 1, Some("e1")),
+            entry("u:s", 2, Some("e2")),
+            // The sweep pruned the first.
+            entry("u:s", 1, None),
+        ] {
+            f.take(c);
+        }
+        f.flush(host.as_ref(), "inbox", 0).expect("flush");
+        let held = host.held.lock().recover();
+        let kept: Vec<(&str, u64, Option<&[u8]>)> = held
+            .history
+            .iter()
+            .map(|((_, k, seq), v)| (k.as_str(), *seq, v.as_deref()))
+            .collect();
+        assert_eq!(kept, [("u:s", 1, None), ("u:s", 2, Some(&b"e2"[..]))]);
     }
 
     #[test]

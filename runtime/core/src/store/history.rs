@@ -1,0 +1,199 @@
+//! A view's history: each committed change of a view, kept under
+//! `h 0 ns 0 key 0 seq` (the seq grows with time: microseconds since the
+//! epoch, strictly increasing), with when it was committed, the plugin
+//! version that made it, the namespace's offsets then, and the view as
+//! stored (none: deleted). Written in the commit's atomic batch beside the
+//! view itself; read newest first for an `as_of` read; pruned by the
+//! engine's sweep within the plugin's bounds.
+
+use super::*;
+
+/// One change of a view, as kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When the change was committed, in ms since the epoch.
+    pub at_ms: i64,
+    /// The content id of the plugin version that made it (its first 16
+    /// hex digits).
+    pub version: String,
+    /// The namespace's next offsets when it was committed: (source,
+    /// partition, next offset).
+    pub offsets: Vec<(String, u32, u64)>,
+    /// The view's stored form after the change (`encode_view`); `None`:
+    /// the view was deleted (or expired).
+    pub view: Option<Vec<u8>>,
+}
+
+impl HistoryEntry {
+    /// The view after the change, decoded.
+    pub fn record(&self) -> Result<Option<ViewRecord>> {
+        self.view.as_deref().map(decode_view).transpose()
+    }
+}
+
+/// A history entry as the pruning sweep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Where it is in the store.
+    pub(crate) store_key: Vec<u8>,
+    /// The view it is a change of.
+    pub(crate) key: String,
+    pub(crate) seq: u64,
+    /// When it was committed.
+    pub(crate) at_ms: i64,
+    /// It records the view's deletion.
+    pub(crate) deleted: bool,
+}
+
+/// `h 0 ns 0 key 0`: where the entries of one view start.
+fn key_prefix(ns: &str, view_key: &str) -> Vec<u8> {
+    let mut k = key(b'h', &[ns.as_bytes(), view_key.as_bytes()]);
+    k.push(0);
+    k
+}
+
+/// `h 0 ns 0`: where the entries of a namespace start.
+pub(super) fn ns_prefix(ns: &str) -> Vec<u8> {
+    let mut k = key(b'h', &[ns.as_bytes()]);
+    k.push(0);
+    k
+}
+
+/// The store key of `view_key`'s entry `seq` in `ns`.
+pub(super) fn history_key(ns: &str, view_key: &str, seq: u64) -> Vec<u8> {
+    let mut k = key_prefix(ns, view_key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// (view key, seq) of a store key under `ns_prefix` (`None`: not one).
+fn parse(ns_prefix: &[u8], k: &[u8]) -> Option<(String, u64)> {
+    let rest = k.strip_prefix(ns_prefix)?;
+    let (key, seq) = rest.split_at_checked(rest.len().checked_sub(9)?)?;
+    let (0, seq) = seq.split_first()? else {
+        return None;
+    };
+    let seq = u64::from_be_bytes(seq.try_into().ok()?);
+    Some((String::from_utf8_lossy(key).into_owned(), seq))
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<HistoryEntry> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+        what: "view history entry".into(),
+        reason: e.to_string(),
+    })
+}
+
+impl Writer {
+    /// Keep a history entry in its stored form (a restore from a changelog).
+    pub(crate) fn put_history_encoded(&mut self, ns: &str, view_key: &str, seq: u64, bytes: &[u8]) {
+        self.batch.insert(history_key(ns, view_key, seq), bytes);
+    }
+
+    /// Drop change `seq` of `view_key` in `ns`.
+    pub(crate) fn remove_history(&mut self, ns: &str, view_key: &str, seq: u64) {
+        self.batch.remove(history_key(ns, view_key, seq));
+    }
+}
+
+/// A history entry in its stored form, for the changelog.
+pub fn encode_history(entry: &HistoryEntry) -> Vec<u8> {
+    postcard::to_allocvec(entry).expect("postcard encodes a history entry")
+}
+
+impl Store {
+    /// The changes of `view_key` in `ns` kept now, oldest first, each with
+    /// its seq.
+    pub fn history(&self, ns: &str, view_key: &str) -> Result<Vec<(u64, HistoryEntry)>> {
+        let prefix = key_prefix(ns, view_key);
+        let mut out = Vec::new();
+        for item in self.state.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            // A longer key that starts like this one is another view's.
+            if k.len() != prefix.len() + 8 {
+                continue;
+            }
+            let seq = u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or([0; 8]));
+            out.push((seq, decode_entry(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The newest change of `view_key` in `ns` whose seq is at most `seq`
+    /// and that `fits`, if any.
+    pub fn history_at(
+        &self,
+        ns: &str,
+        view_key: &str,
+        seq: u64,
+        fits: impl Fn(&HistoryEntry) -> bool,
+    ) -> Result<Option<(u64, HistoryEntry)>> {
+        let prefix = key_prefix(ns, view_key);
+        let end = history_key(ns, view_key, seq);
+        for item in self.state.range(prefix.clone()..=end).rev() {
+            let (k, v) = item?;
+            if k.len() != prefix.len() + 8 {
+                continue;
+            }
+            let entry = decode_entry(&v)?;
+            if fits(&entry) {
+                let s = u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or([0; 8]));
+                return Ok(Some((s, entry)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` entries of `ns` after store key `after` (from the
+    /// start when `None`), in key order. For the pruning sweep.
+    pub(crate) fn history_page(
+        &self,
+        ns: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Kept>> {
+        let prefix = ns_prefix(ns);
+        let start = match after {
+            Some(k) => {
+                let mut k = k.to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut page = Vec::new();
+        for item in self.state.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || page.len() == limit {
+                break;
+            }
+            let Some((key, seq)) = parse(&prefix, &k) else {
+                continue;
+            };
+            let entry = decode_entry(&v)?;
+            page.push(Kept {
+                store_key: k.to_vec(),
+                key,
+                seq,
+                at_ms: entry.at_ms,
+                deleted: entry.view.is_none(),
+            });
+        }
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_key_names_its_view_and_seq() {
+        let k = history_key("inbox", "u1:s1", 42);
+        assert_eq!(parse(&ns_prefix("inbox"), &k), Some(("u1:s1".into(), 42)));
+        assert_eq!(parse(&ns_prefix("other"), &k), None);
+        // A view key holding NUL bytes parses whole.
+        let k = history_key("inbox", "a\0b", 7);
+        assert_eq!(parse(&ns_prefix("inbox"), &k), Some(("a\0b".into(), 7)));
+    }
+}
