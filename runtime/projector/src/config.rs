@@ -654,4 +654,42 @@ mod tests {
             .message
             .contains("both `truth` and its older name `source`"));
     }
+
+    #[test]
+    fn a_plugins_history_is_bounds_or_off() {
+        let kept = parse("[plugins.x]\nhistory = { versions = 5, ms = 1000 }\n").expect("parses");
+        let policy = kept.policy("x").expect("policy");
+        assert_eq!(
+            policy.history,
+            Some(projector_core::engine::HistoryBounds {
+                versions: 5,
+                ms: 1000
+            })
+        );
+        let off = parse("[plugins.x]\nhistory = \"off\"\n").expect("parses");
+        assert_eq!(off.policy("x").expect("policy").history, None);
+        assert_eq!(
+            parse("[plugins.x]\n")
+                .expect("parses")
+                .policy("x")
+                .expect("policy")
+                .history,
+            None
+        );
+        let zero =
+            parse("[plugins.x]\nhistory = { versions = 0, ms = 1000 }\n").expect_err("refused");
+        assert!(
+            zero.message.contains("plugins.x.history"),
+            "{}",
+            zero.message
+        );
+        assert!(parse("[plugins.x]\nhistory = \"sometimes\"\n").is_err());
+        // The gate's settings are checked too.
+        let gate = parse("[plugins.x.promote]\nmax_mismatch = 3.0\n").expect_err("refused");
+        assert!(
+            gate.message.contains("plugins.x.promote.max_mismatch"),
+            "{}",
+            gate.message
+        );
+    }
 }
