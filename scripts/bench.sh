@@ -16,11 +16,15 @@
 #   restore  about 1M views restored from a changelog against rebuilt by
 #          replaying the source, on the mock cluster (BENCH_EVENTS,
 #          BENCH_PARTITIONS);
+#   history  what a view history costs: the inbox stream with history off
+#          and on (events/s, commit time, entries and bytes, store size) and
+#          the latency of as_of reads (BENCH_EVENTS, BENCH_COMMIT_MS,
+#          BENCH_READS);
 #   peer   Kafka Streams beside projector on a real Kafka broker
 #          (scripts/kafka.sh): events/s, restore from the changelog, read
 #          latency, and a sample of views compared (BENCH_EVENTS,
 #          BENCH_PARTITIONS, BENCH_RPS, BENCH_SECONDS, BENCH_GUARANTEE).
-# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap|restore|peer]   (default: all)
+# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap|restore|history|peer]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
@@ -36,6 +40,7 @@ case "${1:-all}" in
   kafka) cargo bench -p projector-tests --bench kafka ;;
   swap) cargo bench -p projector-tests --bench swap ;;
   restore) cargo bench -p projector-tests --bench restore ;;
+  history) cargo bench -p projector-tests --bench history ;;
   peer) peer ;;
   all)
     cargo bench -p projector-tests --bench inbox
@@ -44,7 +49,8 @@ case "${1:-all}" in
     cargo bench -p projector-tests --bench kafka
     cargo bench -p projector-tests --bench swap
     cargo bench -p projector-tests --bench restore
+    cargo bench -p projector-tests --bench history
     peer
     ;;
-  *) echo "usage: $0 [inbox|read|enrich|kafka|swap|restore|peer]" >&2; exit 2 ;;
+  *) echo "usage: $0 [inbox|read|enrich|kafka|swap|restore|history|peer]" >&2; exit 2 ;;
 esac

@@ -85,14 +85,18 @@ fn decode_entry(bytes: &[u8]) -> Result<HistoryEntry> {
 }
 
 impl Writer {
-    /// Keep a history entry in its stored form (a restore from a changelog).
+    /// Keep a history entry in its stored form as change `seq` of
+    /// `view_key` in `ns`. Like the views, it goes in the commit's one
+    /// record, applied to its key by the materializer off the commit.
     pub(crate) fn put_history_encoded(&mut self, ns: &str, view_key: &str, seq: u64, bytes: &[u8]) {
-        self.batch.insert(history_key(ns, view_key, seq), bytes);
+        self.views
+            .put_encoded(&history_key(ns, view_key, seq), Some(bytes));
     }
 
     /// Drop change `seq` of `view_key` in `ns`.
     pub(crate) fn remove_history(&mut self, ns: &str, view_key: &str, seq: u64) {
-        self.batch.remove(history_key(ns, view_key, seq));
+        self.views
+            .put_encoded(&history_key(ns, view_key, seq), None);
     }
 }
 
@@ -105,6 +109,7 @@ impl Store {
     /// The changes of `view_key` in `ns` kept now, oldest first, each with
     /// its seq.
     pub fn history(&self, ns: &str, view_key: &str) -> Result<Vec<(u64, HistoryEntry)>> {
+        self.unapplied.settle()?;
         let prefix = key_prefix(ns, view_key);
         let mut out = Vec::new();
         for item in self.state.scan_prefix(&prefix) {
@@ -128,6 +133,7 @@ impl Store {
         seq: u64,
         fits: impl Fn(&HistoryEntry) -> bool,
     ) -> Result<Option<(u64, HistoryEntry)>> {
+        self.unapplied.settle()?;
         let prefix = key_prefix(ns, view_key);
         let end = history_key(ns, view_key, seq);
         for item in self.state.range(prefix.clone()..=end).rev() {
@@ -152,6 +158,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Kept>> {
+        self.unapplied.settle()?;
         let prefix = ns_prefix(ns);
         let start = match after {
             Some(k) => {
