@@ -231,7 +231,8 @@ fn the_console_signs_in_shows_the_numbers_deploys_looks_up_views_and_redrives_de
             "data_dir = {:?}\nplugins_dir = {:?}\n[log]\npartitions = 4\n\
              [engine]\ncommit_interval_ms = 50\n[http]\nadmin_token = {TOKEN:?}\n\
              [deploy]\nprobation_events = 20\n\
-             [plugins.inbox-unread]\npopulation = \"eager\"\n",
+             [plugins.inbox-unread]\npopulation = \"eager\"\n\
+             history = {{ versions = 50, ms = 604800000 }}\n",
             dir.path().join("data"),
             plugins
         ),
@@ -548,6 +549,32 @@ async fn look_up_a_view(c: &Client, api: &Api, base: &str) -> Result<(), String>
         )),
         "the lookup can be linked: {url}"
     );
+    // Its history: the changes kept, the newest the view shown, and the
+    // view as of now is the same.
+    let newest = wait_for(c, "#history-changes tbody tr").await;
+    let rows = c
+        .find_all(Locator::Css("#history-changes tbody tr"))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert!(!rows.is_empty(), "changes listed");
+    let _ = newest;
+    // A minute from now, set as a person picking it would.
+    c.execute(
+        "const d = new Date(Date.now() + 60000); d.setMilliseconds(0); \
+         const v = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); \
+         const el = document.getElementById('as-of'); el.value = v; \
+         el.dispatchEvent(new Event('input', { bubbles: true }));",
+        vec![],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    click(c, "#as-of-go").await;
+    let past = until("the view as of now", async || {
+        let shown = text(c, "#as-of-result pre").await?;
+        serde_json::from_str::<Value>(&shown).ok()
+    })
+    .await;
+    assert_eq!(past, stored["view"], "as of now: the view as stored");
     screenshot(c, "8-lookup").await;
 
     let field = wait_for(c, "#lookup-key").await;

@@ -464,9 +464,42 @@ function Lookup({ plugin, viewKey }) {
       <label>view key <input id="lookup-key" size="40" value=${typed} onInput=${(e) => setTyped(e.target.value)} /></label>
       <button id="lookup-go" class="primary" type="submit">Look up</button></form>
     ${viewKey ? html`<${StoredView} plugin=${plugin} viewKey=${viewKey} />
+      <${ViewHistory} plugin=${plugin} viewKey=${viewKey} />
       <h3>Dead letters of this key</h3><${DeadLetters} plugin=${plugin} viewKey=${viewKey} />`
     : html`<p class="note">The view stored under a key as it is (no read mode, fallback or population), with the versions it applied.</p>`}
     <${Audit} plugin=${plugin} />
+  </div>`;
+}
+
+// The view's changes kept by the plugin's history, newest first, and the
+// view as it was at a time the operator picks.
+function ViewHistory({ plugin, viewKey }) {
+  const path = `/v1/views/${enc(plugin)}/${enc(viewKey)}`;
+  const { data, error, code } = usePoll(`${path}/history`, 5000);
+  const [when, setWhen] = useState('');
+  const [past, setPast] = useState(null);
+  if (code === 'history_off') return html`<h3>History</h3><p class="note" id="history-off">${plugin} keeps no history of its views: set <code>[plugins.${plugin}] history = { versions = 50, ms = 604800000 }</code> to read views as they were.</p>`;
+  if (error && !data) return html`<div class="error">${error}</div>`;
+  if (!data) return null;
+  const asOf = async (e) => {
+    e.preventDefault();
+    const ms = new Date(when).getTime();
+    if (Number.isNaN(ms)) { setPast({ error: 'Pick a date and time first.' }); return; }
+    try { setPast({ ms, data: await get(`${path}?as_of=${ms}`) }); } catch (err) { setPast({ ms, error: err.message }); }
+  };
+  const changes = [...data.changes].reverse();
+  return html`<div id="view-history"><h3>History</h3>
+    <p class="note">${fmt(data.changes.length)} changes kept (at most ${fmt(data.kept.versions)}, none older than ${duration(data.kept.ms / 1000)})</p>
+    <form class="row" onSubmit=${asOf}><label>the view as of <input id="as-of" type="datetime-local" step="1" value=${when} onInput=${(e) => setWhen(e.target.value)} /></label>
+      <button id="as-of-go" type="submit">Show</button></form>
+    ${past && past.error ? html`<div class="error" id="as-of-result">${past.error}</div>` : ''}
+    ${past && past.data ? html`<div class="panel" id="as-of-result"><p>As of ${new Date(past.ms).toLocaleString()}: the change committed ${new Date(past.data.at_ms).toLocaleString()} by version <span class="mono">${short(past.data.version)}</span></p><pre>${pretty(past.data.answer)}</pre></div>` : ''}
+    <table id="history-changes"><thead><tr><th>committed</th><th>version</th><th>offsets then</th><th>the view after it</th></tr></thead>
+      <tbody>${changes.map((c) => html`<tr data-at=${c.at_ms}>
+        <td title=${new Date(c.at_ms).toISOString()}>${new Date(c.at_ms).toLocaleString()}</td>
+        <td class="mono">${short(c.version)}</td>
+        <td class="mono">${c.offsets.map((o) => `${o.source}/${o.partition}:${o.next}`).join(' ')}</td>
+        <td>${c.deleted ? html`<span class="badge bad">deleted</span>` : html`<details><summary>${c.view ? c.view.status : ''}</summary><pre>${pretty(c.answer)}</pre></details>`}</td></tr>`)}</tbody></table>
   </div>`;
 }
 
