@@ -4,8 +4,15 @@
 //! entities carried in the events. Prints events/s for both, the cache hit
 //! ratio and the mean fetch latency per service.
 //!
+//! Then the id-only events again with the services answering after
+//! `BENCH_SERVICE_MS` (1: about a data centre's round trip), on
+//! `BENCH_WORKERS` and on `BENCH_FETCH_WORKERS` workers (32: each worker
+//! folds its keys on its own instance, so that many fetches wait at once),
+//! with each run's ratio to the entity events, and the fetches coalesced.
+//!
 //! Knobs: `BENCH_ASSETS` (2000), `BENCH_EVENTS` (20000), `BENCH_WORKERS`
-//! (2). Run with `./scripts/bench.sh enrich`.
+//! (2), `BENCH_SERVICE_MS` (1), `BENCH_FETCH_WORKERS` (32). Run with
+//! `./scripts/bench.sh enrich`.
 
 use projector::app::App;
 use projector::config::Config;
@@ -64,7 +71,7 @@ fn run(
     services: &Services,
     events: &[Vec<u8>],
     workers: u64,
-) -> anyhow::Result<App> {
+) -> anyhow::Result<(App, f64)> {
     plugins_dir(dir, &["subscriptions"]);
     // Site data changes rarely: cached for a minute (seed 002's in-memory
     // cache of small sources). The others are asked every time.
@@ -85,12 +92,45 @@ fn run(
     }
     app.engine.commit()?;
     let elapsed = started.elapsed();
+    let rate = events.len() as f64 / elapsed.as_secs_f64();
     println!(
-        "{label}: {:.0} events/s ({} events, {applied} applied, {workers} workers, {elapsed:.2?})",
-        events.len() as f64 / elapsed.as_secs_f64(),
+        "{label}: {rate:.0} events/s ({} events, {applied} applied, {workers} workers, {elapsed:.2?})",
         events.len()
     );
-    Ok(app)
+    Ok((app, rate))
+}
+
+/// The id-only events again, the services answering after `ms`, on
+/// `workers`: their events/s against the entity events', and the fetches
+/// coalesced.
+fn with_latency(
+    services: &Services,
+    events: &[Vec<u8>],
+    ms: u64,
+    workers: u64,
+    entity_rate: f64,
+) -> anyhow::Result<()> {
+    for source in SOURCES {
+        services.get(source).set_delay_ms(ms);
+    }
+    let dir = tempfile::tempdir()?;
+    let label = format!("id-only, services after {ms} ms, {workers:>2} workers");
+    let (app, rate) = run(&label, dir.path(), services, events, workers)?;
+    let coalesced: u64 = app
+        .fetcher
+        .stats()
+        .iter()
+        .map(|(_, s)| s.coalesced.load(Relaxed))
+        .sum();
+    println!(
+        "  ÷ entity events: {:.2} (target ≥ 0.8 at 1 ms); {coalesced} fetches coalesced",
+        rate / entity_rate
+    );
+    drop(app);
+    for source in SOURCES {
+        services.get(source).set_delay_ms(0);
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,15 +165,16 @@ fn main() -> anyhow::Result<()> {
     // whose directory is gone cannot write its blobs, and sled 0.34's
     // flush then never finishes.
     let dir = tempfile::tempdir()?;
-    drop(run(
+    let (app, entity_rate) = run(
         "entity events (no fetch)",
         dir.path(),
         &services,
         &carrying,
         workers,
-    )?);
+    )?;
+    drop(app);
     let dir = tempfile::tempdir()?;
-    let app = run(
+    let (app, _) = run(
         "id-only events (fetch)  ",
         dir.path(),
         &services,
@@ -164,5 +205,16 @@ fn main() -> anyhow::Result<()> {
         "cache hit ratio {:.1}% over {fetches} fetches",
         100.0 * hits as f64 / fetches.max(1) as f64
     );
+    drop(app);
+    drop(dir);
+    let ms = knob("BENCH_SERVICE_MS", 1);
+    with_latency(&services, &by_id, ms, workers, entity_rate)?;
+    with_latency(
+        &services,
+        &by_id,
+        ms,
+        knob("BENCH_FETCH_WORKERS", 32),
+        entity_rate,
+    )?;
     Ok(())
 }

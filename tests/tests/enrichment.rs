@@ -531,3 +531,108 @@ fn the_recollect_command_reports_what_it_rebuilt() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("u1:a1: "));
 }
+
+/// One service down for 10 s while id-only events flow: its breaker
+/// opens (fetches refused at once, no request) and closes once it
+/// answers again; its events wait in the retry path meanwhile without
+/// using up their attempts (five attempts from 200 ms would be spent in
+/// about 6 s), so nothing is dead-lettered, and every row ends as the
+/// newest entities say.
+#[test]
+fn a_service_down_for_ten_seconds_opens_its_breaker_and_dead_letters_nothing() {
+    use std::time::{Duration, Instant};
+    const ASSETS: u64 = 40;
+    let services = Services::start(&SOURCES);
+    let set_all = |version: u64| {
+        for source in SOURCES {
+            for a in 0..ASSETS {
+                let asset = format!("a{a}");
+                services
+                    .get(source)
+                    .set(&asset, vec![entity(source, version, &asset)]);
+            }
+        }
+    };
+    set_all(1);
+    let s = projector_tests::Served::start(
+        &[PLUGIN],
+        &format!(
+            "{}[retry]\ndelay_ms = 200\n",
+            config(&services, &SOURCES, &[])
+        ),
+    );
+    let round = |version: u64| {
+        set_all(version);
+        let events: Vec<String> = (0..ASSETS)
+            .flat_map(|a| {
+                SOURCES.map(|source| {
+                    let (user, asset) = (format!("u{a}"), format!("a{a}"));
+                    String::from_utf8(ev(source, version, &user, &asset, None)).expect("utf-8")
+                })
+            })
+            .collect();
+        s.ingest(&events);
+    };
+    let started = Instant::now();
+    let mut version = 1;
+    let mut down = false;
+    let mut opened_seen = false;
+    while started.elapsed() < Duration::from_secs(15) {
+        let t = started.elapsed();
+        // Billing is down from 2 s to 12 s.
+        let should = t >= Duration::from_secs(2) && t < Duration::from_secs(12);
+        if should != down {
+            services.get("billing").set_down(should);
+            down = should;
+        }
+        round(version);
+        version += 1;
+        opened_seen |= s.metric("projector_fetch_breaker_open", "service=\"billing\"") == 1.0;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    services.get("billing").set_down(false);
+    let last = version - 1;
+    assert!(opened_seen, "the breaker was never seen open");
+    let refused = s.metric("projector_fetch_refused_total", "service=\"billing\"");
+    assert!(refused > 0.0, "no fetch refused while open");
+    // Converged: every row as the newest entities say, nothing dead-lettered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for a in 0..ASSETS {
+        let key = format!("u{a}:a{a}");
+        loop {
+            let (status, body) = s.get(&format!("/v1/views/{PLUGIN}/{key}"));
+            let want = json!({"cents": 100 * last, "currency": "EUR"});
+            if status == 200
+                && body["answer"]["amount"] == want
+                && body["answer"]["plan"] == format!("plan-v{last}")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key} never converged: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let dead = s.metric(
+        "projector_events_total",
+        &format!("plugin=\"{PLUGIN}\",outcome=\"dead_lettered\""),
+    );
+    assert_eq!(dead, 0.0, "an outage dead-lettered events");
+    assert_eq!(
+        s.metric("projector_fetch_breaker_open", "service=\"billing\""),
+        0.0
+    );
+    assert!(
+        s.metric(
+            "projector_fetch_breaker_opened_total",
+            "service=\"billing\""
+        ) >= 1.0
+    );
+    println!(
+        "billing down 10 s: breaker opened {} times, {refused} fetches refused, {} retries, 0 dead letters",
+        s.metric("projector_fetch_breaker_opened_total", "service=\"billing\""),
+        s.metric("projector_retries_total", &format!("plugin=\"{PLUGIN}\""))
+    );
+}

@@ -328,7 +328,7 @@ fn fetch_counts(
 ) -> Result<(), std::fmt::Error> {
     use std::sync::atomic::Ordering::Relaxed;
     type Read = fn(&ServiceStats) -> f64;
-    let families: [(&str, &str, Read); 6] = [
+    let families: [(&str, &str, Read); 9] = [
         (
             "projector_fetches",
             "Fetches plugins asked of a service",
@@ -359,6 +359,21 @@ fn fetch_counts(
             "HTTP requests sent to a service, retries included",
             |s| s.requests.load(Relaxed) as f64,
         ),
+        (
+            "projector_fetch_coalesced",
+            "Fetches that shared the answer of an identical one in flight",
+            |s| s.coalesced.load(Relaxed) as f64,
+        ),
+        (
+            "projector_fetch_refused",
+            "Fetches refused at once because the service's breaker was open",
+            |s| s.refused.load(Relaxed) as f64,
+        ),
+        (
+            "projector_fetch_breaker_opened",
+            "Times the service's breaker opened",
+            |s| s.breaker_opened.load(Relaxed) as f64,
+        ),
     ];
     for (name, help, read) in families {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -367,6 +382,28 @@ fn fetch_counts(
                 service: service.to_string(),
             };
             ConstCounter::new(read(s)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    type Now = fn(&ServiceStats) -> i64;
+    let gauges: [(&str, &str, Now); 2] = [
+        (
+            "projector_fetch_in_flight",
+            "Fetches waiting on the service now",
+            |s| s.in_flight.load(Relaxed),
+        ),
+        (
+            "projector_fetch_breaker_open",
+            "1 while the service's breaker refuses fetches, else 0",
+            |s| i64::from(s.breaker_open.load(Relaxed)),
+        ),
+    ];
+    for (name, help, read) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (service, s) in stats {
+            let labels = ServiceLabel {
+                service: service.to_string(),
+            };
+            ConstGauge::new(read(s)).encode(family.encode_family(&labels)?)?;
         }
     }
     Ok(())

@@ -37,6 +37,11 @@
 //! | `projector_fetch_errors_total` | counter | service | fetches that failed after their retries |
 //! | `projector_fetch_timeouts_total` | counter | service | requests that ran past their timeout |
 //! | `projector_fetch_requests_total` | counter | service | HTTP requests sent to a service, retries included |
+//! | `projector_fetch_coalesced_total` | counter | service | fetches that shared the answer of an identical one in flight |
+//! | `projector_fetch_refused_total` | counter | service | fetches refused at once because the service's breaker was open |
+//! | `projector_fetch_breaker_opened_total` | counter | service | times the service's breaker opened (fetches failed in a row) |
+//! | `projector_fetch_in_flight` | gauge | service | fetches waiting on the service now |
+//! | `projector_fetch_breaker_open` | gauge | service | 1 while the service's breaker refuses fetches, else 0 |
 //! | `projector_fetch_request_seconds` | histogram | service | duration of those requests |
 //!
 //! With a Kafka source, also (events/s: the rate of `projector_kafka_consumed_total`):

@@ -19,6 +19,8 @@
 //! max_response_bytes = 1048576
 //! cache_ttl_ms = 0       # 0: every fetch asks the service
 //! stale_ms = 0           # how long past its TTL an answer may stand in
+//! breaker_failures = 5   # fetches failed in a row that open its breaker (0: never)
+//! breaker_open_ms = 1000 # how long it stays open before one fetch probes it
 //!
 //! [plugins.subscriptions]
 //! services = ["billing", "domains"]   # the allow-list
@@ -26,6 +28,9 @@
 //!
 //! Calls are blocking (plugins run on the engine's threads); the time a
 //! guest spends waiting on a fetch does not count against its deadline.
+//! Identical fetches in flight at once go once ([`crate::coalesce`]); a
+//! service that keeps failing is not asked for a while
+//! ([`crate::service_breaker`]).
 //! A plugin that asks for a fresh answer (the one it got was older than
 //! the event announcing it, seed 002) bypasses the cache.
 //!
@@ -33,12 +38,14 @@
 //! types a plugin receives, one definition on both sides.
 
 use crate::backoff::Backoff;
+use crate::coalesce::Coalesce;
+use crate::service_breaker::{Allow, Breaker};
 use projector_common::sync::Recover;
 use projector_guest::{FetchError, Fetched};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +73,21 @@ pub struct ServiceConfig {
     /// How long past its TTL a cached answer may stand in while the service fails, in ms.
     #[serde(default)]
     pub stale_ms: u64,
+    /// Fetches failed in a row (after their retries) that open the
+    /// service's breaker (default 5; 0: never).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an opened breaker refuses fetches before one probes the
+    /// service, in ms (default 1000; doubled after a failed probe, up to 30 s).
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_ms() -> u64 {
+    1000
 }
 
 fn default_timeout_ms() -> u64 {
@@ -120,6 +142,16 @@ pub struct ServiceStats {
     /// Requests by duration: count per bucket of [`LATENCY_BUCKETS_MICROS`]
     /// (the last one: longer than every bound).
     pub latency: [AtomicU64; LATENCY_BUCKETS_MICROS.len() + 1],
+    /// Fetches waiting on the service now.
+    pub in_flight: AtomicI64,
+    /// Fetches that shared the answer of an identical one in flight.
+    pub coalesced: AtomicU64,
+    /// Fetches refused at once because the breaker was open.
+    pub refused: AtomicU64,
+    /// Times the breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Whether the breaker refuses fetches now.
+    pub breaker_open: AtomicBool,
 }
 
 /// Upper bounds of the request latency buckets, in microseconds.
@@ -188,6 +220,8 @@ struct Service {
     agent: ureq::Agent,
     cache: Mutex<HashMap<String, Cached>>,
     stats: Arc<ServiceStats>,
+    breaker: Mutex<Breaker>,
+    flights: Coalesce<Result<Fetched, FetchError>>,
 }
 
 /// Cached answers kept per service, at most (the cache starts over when
@@ -247,6 +281,11 @@ impl Fetcher {
                     agent,
                     cache: Mutex::new(HashMap::new()),
                     stats: Arc::default(),
+                    breaker: Mutex::new(Breaker::new(
+                        config.breaker_failures,
+                        config.breaker_open_ms,
+                    )),
+                    flights: Coalesce::default(),
                 },
             );
         }
@@ -256,6 +295,16 @@ impl Fetcher {
     /// Whether no service is configured.
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// Whether a service among `names` refuses fetches now (its breaker
+    /// is open): what fails meanwhile waits, its attempts kept.
+    pub fn any_open(&self, names: &[String]) -> bool {
+        names.iter().any(|n| {
+            self.services
+                .get(n)
+                .is_some_and(|s| s.stats.breaker_open.load(Ordering::Relaxed))
+        })
     }
 
     /// Counts per service.
@@ -294,7 +343,29 @@ impl Fetcher {
                 return Ok(c.fetched.clone());
             }
         }
-        match s.request(path) {
+        let refused = match s.breaker.lock().recover().allow(Instant::now()) {
+            Allow::Refuse(left) => Some(left),
+            Allow::Go | Allow::Probe => None,
+        };
+        let answer = match refused {
+            Some(left) => {
+                s.stats.refused.fetch_add(1, Ordering::Relaxed);
+                Err(FetchError::Unavailable(format!(
+                    "{service}: not asked for {} ms more: its breaker is open after fetches failed in a row",
+                    left.as_millis()
+                )))
+            }
+            // A fresh answer is asked for on its own; others share one.
+            None if fresh => s.ask(path),
+            None => {
+                let (answer, shared) = s.flights.run(path, || s.ask(path));
+                if shared {
+                    s.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                }
+                answer
+            }
+        };
+        match answer {
             Ok(fetched) => {
                 if !keep.is_zero() {
                     let mut cache = s.cache.lock().recover();
@@ -332,6 +403,33 @@ impl Fetcher {
 }
 
 impl Service {
+    /// Ask the service (retries included), counted in flight, and tell the
+    /// breaker how it went.
+    fn ask(&self, path: &str) -> Result<Fetched, FetchError> {
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let answer = self.request(path);
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut breaker = self.breaker.lock().recover();
+        match &answer {
+            Ok(_) | Err(FetchError::TooLarge(_)) => breaker.succeeded(),
+            Err(_) => {
+                let before = breaker.opened();
+                breaker.failed(Instant::now());
+                if breaker.opened() > before {
+                    self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        url = self.base,
+                        "service breaker opened: fetches failed in a row"
+                    );
+                }
+            }
+        }
+        self.stats
+            .breaker_open
+            .store(breaker.is_open(), Ordering::Relaxed);
+        answer
+    }
+
     /// Ask the service, with retries and backoff.
     fn request(&self, path: &str) -> Result<Fetched, FetchError> {
         let url = format!("{}{path}", self.base);
@@ -444,6 +542,50 @@ mod tests {
     }
 
     #[test]
+    fn a_service_failing_in_a_row_is_not_asked_while_its_breaker_is_open() {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "down".to_string(),
+            ServiceConfig {
+                // Nothing listens here: every request fails.
+                url: "http://127.0.0.1:9".into(),
+                timeout_ms: 100,
+                retries: 0,
+                backoff_ms: 1,
+                max_response_bytes: 10,
+                cache_ttl_ms: 0,
+                stale_ms: 0,
+                breaker_failures: 2,
+                breaker_open_ms: 60_000,
+            },
+        );
+        let f = Fetcher::new(&services).expect("valid");
+        let allowed = vec!["down".to_string()];
+        for _ in 0..2 {
+            assert!(matches!(
+                f.fetch(&allowed, "down", "/x", false),
+                Err(FetchError::Unavailable(_) | FetchError::Timeout)
+            ));
+        }
+        assert!(f.any_open(&allowed), "open after two in a row");
+        let stats = &f.stats()[0].1;
+        let requests = stats.requests.load(Ordering::Relaxed);
+        let refused = f.fetch(&allowed, "down", "/y", false);
+        assert!(
+            matches!(&refused, Err(FetchError::Unavailable(why)) if why.contains("breaker is open")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            stats.requests.load(Ordering::Relaxed),
+            requests,
+            "no request while open"
+        );
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.breaker_opened.load(Ordering::Relaxed), 1);
+        assert!(!f.any_open(&["other".to_string()]));
+    }
+
+    #[test]
     fn unlisted_services_are_refused_without_a_connection() {
         let mut services = BTreeMap::new();
         services.insert(
@@ -458,6 +600,8 @@ mod tests {
                 max_response_bytes: 10,
                 cache_ttl_ms: 0,
                 stale_ms: 0,
+                breaker_failures: 2,
+                breaker_open_ms: 60_000,
             },
         );
         let f = Fetcher::new(&services).expect("valid");

@@ -19,8 +19,10 @@
 #![deny(missing_docs)]
 
 pub mod backoff;
+mod coalesce;
 pub mod fetch;
 pub mod native;
+pub mod service_breaker;
 pub mod wasm;
 
 use projector_common::sync::Recover;
@@ -196,6 +198,12 @@ pub trait Code: Send + Sync {
     /// Its recent log lines.
     fn logs(&self) -> &PluginLogs {
         &self.meta().logs
+    }
+    /// Whether a service it may fetch from refuses fetches now (its
+    /// breaker is open): a transient failure meanwhile waits in the retry
+    /// path without using up an attempt.
+    fn services_down(&self) -> bool {
+        false
     }
 }
 

@@ -223,10 +223,18 @@ impl<'a> BatchCtx<'a> {
             }
             for (event, offset, error, transient) in r.failures {
                 self.projection.failed(&error);
-                if transient && self.attempt <= self.retry.attempts {
+                // A service it fetches from is down (its breaker open): the
+                // event waits without using up an attempt, so an outage
+                // dead-letters nothing.
+                let outage = transient && self.projection.code.services_down();
+                if transient && (self.attempt <= self.retry.attempts || outage) {
                     counters.dead_lettered -= 1;
                     self.projection.retried.fetch_add(1, Ordering::Relaxed);
                     let delay = self.retry.delay_ms(self.attempt);
+                    let attempt = match outage {
+                        true => self.attempt,
+                        false => self.attempt + 1,
+                    };
                     tracing::info!(
                         plugin = self.projection.name(),
                         offset,
@@ -242,7 +250,7 @@ impl<'a> BatchCtx<'a> {
                             seq: 0,
                             plugin: self.projection.name().into(),
                             key: r.key.to_string(),
-                            attempt: self.attempt + 1,
+                            attempt,
                             error: error.to_string(),
                             source: self.source.into(),
                             partition: self.partition,

@@ -252,6 +252,11 @@ impl Code for WasmPlugin {
     fn meta(&self) -> &Meta {
         &self.meta
     }
+    fn services_down(&self) -> bool {
+        self.services
+            .as_ref()
+            .is_some_and(|s| s.fetcher.any_open(&s.allowed))
+    }
     fn session(&self) -> Box<dyn Session + '_> {
         Box::new(WasmSession::new(self))
     }
