@@ -376,34 +376,45 @@ fn fetch_counts(
         ),
     ];
     for (name, help, read) in families {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (service, s) in stats {
-            let labels = ServiceLabel {
-                service: service.to_string(),
-            };
-            ConstCounter::new(read(s)).encode(family.encode_family(&labels)?)?;
-        }
+        per_service(encoder, name, help, MetricType::Counter, stats, read)?;
     }
-    type Now = fn(&ServiceStats) -> i64;
-    let gauges: [(&str, &str, Now); 2] = [
+    let gauges: [(&str, &str, Read); 2] = [
         (
             "projector_fetch_in_flight",
             "Fetches waiting on the service now",
-            |s| s.in_flight.load(Relaxed),
+            |s| s.in_flight.load(Relaxed) as f64,
         ),
         (
             "projector_fetch_breaker_open",
             "1 while the service's breaker refuses fetches, else 0",
-            |s| i64::from(s.breaker_open.load(Relaxed)),
+            |s| f64::from(u8::from(s.breaker_open.load(Relaxed))),
         ),
     ];
     for (name, help, read) in gauges {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (service, s) in stats {
-            let labels = ServiceLabel {
-                service: service.to_string(),
-            };
-            ConstGauge::new(read(s)).encode(family.encode_family(&labels)?)?;
+        per_service(encoder, name, help, MetricType::Gauge, stats, read)?;
+    }
+    Ok(())
+}
+
+/// One sample per service of the family `name`: `read` of each, as a
+/// counter or a gauge.
+fn per_service(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    stats: &[(&str, Arc<ServiceStats>)],
+    read: fn(&ServiceStats) -> f64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (service, s) in stats {
+        let labels = ServiceLabel {
+            service: service.to_string(),
+        };
+        let sample = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => ConstGauge::new(read(s) as i64).encode(sample)?,
+            _ => ConstCounter::new(read(s)).encode(sample)?,
         }
     }
     Ok(())

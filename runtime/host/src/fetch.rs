@@ -541,24 +541,26 @@ mod tests {
         }
     }
 
+    /// A service where nothing listens: every request fails at once; its
+    /// breaker opens after two in a row.
+    fn unreachable() -> ServiceConfig {
+        ServiceConfig {
+            url: "http://127.0.0.1:9".into(),
+            timeout_ms: 100,
+            retries: 0,
+            backoff_ms: 1,
+            max_response_bytes: 10,
+            cache_ttl_ms: 0,
+            stale_ms: 0,
+            breaker_failures: 2,
+            breaker_open_ms: 60_000,
+        }
+    }
+
     #[test]
     fn a_service_failing_in_a_row_is_not_asked_while_its_breaker_is_open() {
         let mut services = BTreeMap::new();
-        services.insert(
-            "down".to_string(),
-            ServiceConfig {
-                // Nothing listens here: every request fails.
-                url: "http://127.0.0.1:9".into(),
-                timeout_ms: 100,
-                retries: 0,
-                backoff_ms: 1,
-                max_response_bytes: 10,
-                cache_ttl_ms: 0,
-                stale_ms: 0,
-                breaker_failures: 2,
-                breaker_open_ms: 60_000,
-            },
-        );
+        services.insert("down".to_string(), unreachable());
         let f = Fetcher::new(&services).expect("valid");
         let allowed = vec!["down".to_string()];
         for _ in 0..2 {
@@ -590,19 +592,9 @@ mod tests {
         let mut services = BTreeMap::new();
         services.insert(
             "billing".to_string(),
-            ServiceConfig {
-                // Nothing listens here: any connection attempt would fail
-                // with `unavailable`, not `not-allowed`.
-                url: "http://127.0.0.1:9".into(),
-                timeout_ms: 100,
-                retries: 0,
-                backoff_ms: 1,
-                max_response_bytes: 10,
-                cache_ttl_ms: 0,
-                stale_ms: 0,
-                breaker_failures: 2,
-                breaker_open_ms: 60_000,
-            },
+            // Any connection attempt would fail with `unavailable`, not
+            // `not-allowed`.
+            unreachable(),
         );
         let f = Fetcher::new(&services).expect("valid");
         let allowed = vec!["domains".to_string()];
