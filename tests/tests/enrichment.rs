@@ -636,3 +636,101 @@ fn a_service_down_for_ten_seconds_opens_its_breaker_and_dead_letters_nothing() {
         s.metric("projector_retries_total", &format!("plugin=\"{PLUGIN}\""))
     );
 }
+
+/// A build of the plugin with another content id: the same component
+/// with a custom section appended (what a rebuilt, unchanged plugin is).
+fn another_build(bytes: &[u8]) -> Vec<u8> {
+    let name = b"projector-test";
+    let payload = b"another build";
+    let size = 1 + name.len() + payload.len();
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push(size as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A shadow rebuilt from the log with `record_fetches`: every fetch is
+/// answered from the live path's record (no request reaches a service)
+/// and its views equal the live ones, though a service has corrected its
+/// answers since; without the record, the rebuild asks the services again
+/// and differs from the live views where the answers changed.
+#[test]
+fn a_shadow_rebuild_takes_the_recorded_answers_and_sees_what_the_live_path_saw() {
+    use std::time::{Duration, Instant};
+    const ASSETS: u64 = 10;
+    let (bytes, _) = projector_tests::component(PLUGIN);
+    for recorded in [true, false] {
+        let services = Services::start(&SOURCES);
+        for source in SOURCES {
+            for a in 0..ASSETS {
+                let asset = format!("a{a}");
+                services
+                    .get(source)
+                    .set(&asset, vec![entity(source, 1, &asset)]);
+            }
+        }
+        let record = if recorded {
+            "record_fetches = true\n"
+        } else {
+            ""
+        };
+        let s = projector_tests::Served::start(
+            &[PLUGIN],
+            &format!("{}{record}", config(&services, &SOURCES, &[])),
+        );
+        let events: Vec<String> = (0..ASSETS)
+            .flat_map(|a| {
+                SOURCES.map(|source| {
+                    let (user, asset) = (format!("u{a}"), format!("a{a}"));
+                    String::from_utf8(ev(source, 1, &user, &asset, None)).expect("utf-8")
+                })
+            })
+            .collect();
+        let token = s.ingest(&events);
+        let (status, body) = s.get(&format!("/v1/views/{PLUGIN}/u0:a0?token={token}"));
+        assert_eq!(status, 200, "{body}");
+        // Billing corrects its amounts without an event.
+        for a in 0..ASSETS {
+            let mut corrected = entity("billing", 1, &format!("a{a}"));
+            corrected["amount_cents"] = json!(999);
+            services
+                .get("billing")
+                .set(&format!("a{a}"), vec![corrected]);
+        }
+        let requests = || -> u64 { SOURCES.iter().map(|n| services.get(n).requests()).sum() };
+        let before = requests();
+        let (status, body) = s.post(
+            &format!("/v1/admin/plugins/{PLUGIN}?mode=shadow&method=rebuild"),
+            another_build(&bytes),
+        );
+        assert_eq!(status, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.get(&format!("/v1/admin/plugins/{PLUGIN}/shadow")).1["phase"] != "following" {
+            assert!(Instant::now() < deadline, "the shadow never followed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let asked = requests() - before;
+        let (status, c) = s.post(
+            &format!("/v1/admin/plugins/{PLUGIN}/compare?sample=100"),
+            "",
+        );
+        assert_eq!(status, 200, "{c}");
+        let from_record = s.metric("projector_fetch_from_record_total", "service=\"billing\"");
+        println!(
+            "record_fetches = {recorded}: the rebuild sent {asked} requests, {from_record} billing fetches answered from the record; {} of {} keys differ from the live views",
+            c["mismatched"], c["compared"]
+        );
+        if recorded {
+            assert_eq!(asked, 0, "a rebuild with the record asks no service");
+            assert_eq!(c["mismatched"], 0, "{c}");
+            assert!(from_record >= ASSETS as f64);
+        } else {
+            assert!(asked >= ASSETS * 4, "the rebuild asks the services again");
+            assert_eq!(c["mismatched"], json!(ASSETS), "{c}");
+        }
+        assert_eq!(c["compared"], json!(ASSETS), "{c}");
+    }
+}

@@ -328,7 +328,7 @@ fn fetch_counts(
 ) -> Result<(), std::fmt::Error> {
     use std::sync::atomic::Ordering::Relaxed;
     type Read = fn(&ServiceStats) -> f64;
-    let families: [(&str, &str, Read); 9] = [
+    let families: [(&str, &str, Read); 11] = [
         (
             "projector_fetches",
             "Fetches plugins asked of a service",
@@ -373,6 +373,16 @@ fn fetch_counts(
             "projector_fetch_breaker_opened",
             "Times the service's breaker opened",
             |s| s.breaker_opened.load(Relaxed) as f64,
+        ),
+        (
+            "projector_fetch_recorded",
+            "Answers recorded for replay (plugins with record_fetches)",
+            |s| s.recorded.load(Relaxed) as f64,
+        ),
+        (
+            "projector_fetch_from_record",
+            "Fetches of a replay answered from the record, no request sent",
+            |s| s.from_record.load(Relaxed) as f64,
         ),
     ];
     for (name, help, read) in families {

@@ -211,9 +211,14 @@ impl Deployer {
                 reason: e.to_string(),
             })?;
         let allowed = self.settings.of(name).services.clone();
+        let record = self
+            .engine
+            .fetch_record(name)?
+            .map(|r| r as Arc<dyn projector_host::fetch_record::FetchRecord>);
         Ok(Arc::new(code.allow(Services {
             fetcher: self.fetcher.clone(),
             allowed,
+            record,
         })))
     }
 

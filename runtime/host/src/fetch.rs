@@ -152,6 +152,10 @@ pub struct ServiceStats {
     pub breaker_opened: AtomicU64,
     /// Whether the breaker refuses fetches now.
     pub breaker_open: AtomicBool,
+    /// Answers recorded for replay (plugins with `record_fetches`).
+    pub recorded: AtomicU64,
+    /// Fetches of a replay answered from the record, no request sent.
+    pub from_record: AtomicU64,
 }
 
 /// Upper bounds of the request latency buckets, in microseconds.
@@ -305,6 +309,21 @@ impl Fetcher {
                 .get(n)
                 .is_some_and(|s| s.stats.breaker_open.load(Ordering::Relaxed))
         })
+    }
+
+    /// Count an answer recorded for replay.
+    pub fn count_recorded(&self, service: &str) {
+        if let Some(s) = self.services.get(service) {
+            s.stats.recorded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Count a fetch of a replay answered from the record.
+    pub fn count_from_record(&self, service: &str) {
+        if let Some(s) = self.services.get(service) {
+            s.stats.fetches.fetch_add(1, Ordering::Relaxed);
+            s.stats.from_record.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts per service.

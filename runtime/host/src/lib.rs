@@ -21,6 +21,7 @@
 pub mod backoff;
 mod coalesce;
 pub mod fetch;
+pub mod fetch_record;
 pub mod native;
 pub mod service_breaker;
 pub mod wasm;
@@ -213,6 +214,11 @@ pub trait Session {
     /// The view keys each event touches, one result per event; `Err` when the
     /// call failed as a whole.
     fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error>;
+    /// Whether the events it is given are a replay (a generation being
+    /// rebuilt): its fetches then take recorded answers first.
+    fn replaying(&mut self, on: bool) {
+        let _ = on;
+    }
     /// Fold `events` into the `state` of `key` (`None`: no view yet); stops
     /// at the first failing event.
     fn apply(

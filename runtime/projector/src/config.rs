@@ -328,6 +328,37 @@ pub struct PluginConfig {
     /// default).
     #[serde(default)]
     pub history: HistorySetting,
+    /// Record the answers its fetches get, for replays: `true` (kept 7
+    /// days) or `{ ms = 604800000 }`; off by default.
+    #[serde(default)]
+    pub record_fetches: RecordSetting,
+}
+
+/// `[plugins.NAME] record_fetches`: off, on, or on with an age bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RecordSetting {
+    /// Not recorded (the default).
+    #[default]
+    Unset,
+    /// `true` (kept 7 days) or `false`.
+    On(bool),
+    /// Kept this long.
+    Bounded {
+        /// Age past which an answer is dropped, in ms.
+        ms: u64,
+    },
+}
+
+impl RecordSetting {
+    /// How long answers are kept, when recorded.
+    pub fn ms(&self) -> Option<u64> {
+        match self {
+            RecordSetting::On(true) => Some(7 * 24 * 3600 * 1000),
+            RecordSetting::Bounded { ms } => Some(*ms),
+            _ => None,
+        }
+    }
 }
 
 /// `[plugins.NAME] history`: bounds, or "off".
@@ -393,6 +424,7 @@ impl Config {
                 breaker: self.breaker,
                 ttl_ms: None,
                 history: None,
+                record_fetches_ms: None,
             });
         };
         let retry =
@@ -413,11 +445,18 @@ impl Config {
                 "plugins.{name}.history: versions and ms: expected at least 1 (history = \"off\" keeps none)"
             ));
         }
+        let record_fetches_ms = p.record_fetches.ms();
+        if record_fetches_ms == Some(0) {
+            return Err(format!(
+                "plugins.{name}.record_fetches.ms: expected at least 1 (record_fetches = false keeps none)"
+            ));
+        }
         Ok(Policy {
             retry,
             breaker,
             ttl_ms: p.ttl_ms,
             history,
+            record_fetches_ms,
         })
     }
 }

@@ -164,7 +164,15 @@ pub fn spawn_sweep(
                         true
                     }
                 };
-                wait = match expired && pruned {
+                // Fetched answers recorded past their age, alike.
+                let records = match engine.prune_fetch_records(now_ms(), pace.page) {
+                    Ok(passed) => passed,
+                    Err(e) => {
+                        tracing::warn!("sweep of recorded fetches: {e}");
+                        true
+                    }
+                };
+                wait = match expired && pruned && records {
                     true => pace.every,
                     false => pace.between_steps,
                 };

@@ -156,6 +156,10 @@ impl<'a> BatchCtx<'a> {
         let code = &self.projection.code;
         let mut counters = Counters::default();
         let mut session = code.session();
+        // A generation being built replays: its fetches take the live
+        // path's recorded answers first.
+        let replay = self.projection.is_building();
+        session.replaying(replay);
         let refs: Vec<&Event> = events.iter().map(|(_, e)| *e).collect();
         let batch = EventBatch::new(&refs);
         let routed = self.route(session.as_mut(), &batch);
@@ -195,7 +199,9 @@ impl<'a> BatchCtx<'a> {
                             let refs: Vec<&Event> = mine.iter().map(|(_, e)| *e).collect();
                             let batch = EventBatch::new(&refs);
                             let all = 0..local.len();
-                            self.fold_keys(code.session().as_mut(), &local, all, &mine, &batch)
+                            let mut session = code.session();
+                            session.replaying(replay);
+                            self.fold_keys(session.as_mut(), &local, all, &mine, &batch)
                         })
                     })
                     .collect();

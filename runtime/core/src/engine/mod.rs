@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 mod changelog;
 mod commit;
 mod expire;
+mod fetch_record;
 mod fold;
 mod generation;
 mod group;
@@ -53,6 +54,7 @@ pub use changelog::{position, Changelog};
 pub use commit::CommitStats;
 use expire::Expiry;
 pub use expire::{spawn_sweep, Sweep, SweepPace};
+pub use fetch_record::StoredRecord;
 pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
 use history::Keeping;
@@ -143,6 +145,8 @@ pub struct Engine {
     commits: Mutex<CommitStats>,
     /// The seq of the last commit's history entries.
     history_seq: AtomicU64,
+    /// Each plugin's record of fetched answers, and where its pruning is.
+    fetch_records: Mutex<HashMap<String, fetch_record::Pruning>>,
 }
 
 /// One plugin's settings over the engine's defaults: failure handling
@@ -158,6 +162,9 @@ pub struct Policy {
     pub ttl_ms: Option<u64>,
     /// How much of each view's past is kept; `None`: none.
     pub history: Option<HistoryBounds>,
+    /// How long fetched answers are recorded for replay, in ms; `None`:
+    /// not recorded.
+    pub record_fetches_ms: Option<u64>,
 }
 
 /// Work applied in memory but not yet committed to the store.
@@ -256,6 +263,7 @@ impl Engine {
             changelog: RwLock::new(None),
             commits: Mutex::default(),
             history_seq: AtomicU64::new(0),
+            fetch_records: Mutex::default(),
         }
     }
 

@@ -201,6 +201,8 @@ pub struct Services {
     pub fetcher: Arc<crate::fetch::Fetcher>,
     /// Names of the services this plugin may fetch from (its allow-list).
     pub allowed: Vec<String>,
+    /// Where its fetched answers are recorded for replay, if they are.
+    pub record: Option<Arc<dyn crate::fetch_record::FetchRecord>>,
 }
 
 /// Compiled, pre-instantiated plugin code.
@@ -279,6 +281,8 @@ pub struct HostState {
     /// Epoch ticks spent waiting on fetches in the current call: added to
     /// its deadline, which counts guest time only.
     waited_ticks: u64,
+    /// The events are a replay: fetches take recorded answers first.
+    replay: bool,
 }
 
 impl WasiView for HostState {
@@ -374,11 +378,29 @@ impl enrichment::Host for HostState {
         let Some(services) = self.services.clone() else {
             return Err(wit::FetchError::NotAllowed(service));
         };
+        // A replay takes what the live path saw, when it was recorded.
+        let record = services.record.as_ref();
+        if let (true, false, Some(r)) = (self.replay, fresh, record) {
+            if let Some(f) = r.recorded(&service, &path) {
+                services.fetcher.count_from_record(&service);
+                return Ok(wit::Fetched {
+                    status: f.status,
+                    body: f.body,
+                    stale: f.stale,
+                });
+            }
+        }
         let started = std::time::Instant::now();
         let answer = services
             .fetcher
             .fetch(&services.allowed, &service, &path, fresh);
         self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
+        if let (Ok(f), Some(r)) = (&answer, record) {
+            if !f.stale {
+                r.record(&service, &path, f);
+                services.fetcher.count_recorded(&service);
+            }
+        }
         use projector_guest::FetchError as E;
         match answer {
             Ok(f) => Ok(wit::Fetched {

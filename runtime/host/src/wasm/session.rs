@@ -8,6 +8,8 @@ use projector_common::sync::Recover;
 pub(super) struct WasmSession<'a> {
     plugin: &'a WasmPlugin,
     live: Option<Live>,
+    /// Its events are a replay (see `Session::replaying`).
+    replay: bool,
     /// The batch whose events the live instance holds, and its handle.
     open: Option<(u64, ResourceAny)>,
 }
@@ -17,10 +19,12 @@ impl<'a> WasmSession<'a> {
         let mut live = plugin.idle.lock().recover().pop();
         if let Some((store, _)) = live.as_mut() {
             store.data_mut().services = plugin.services.clone();
+            store.data_mut().replay = false;
         }
         WasmSession {
             plugin,
             live,
+            replay: false,
             open: None,
         }
     }
@@ -61,6 +65,7 @@ impl<'a> WasmSession<'a> {
             calls: 0,
             services: p.services.clone(),
             waited_ticks: 0,
+            replay: self.replay,
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -333,6 +338,13 @@ pub(super) fn classify(
 }
 
 impl Session for WasmSession<'_> {
+    fn replaying(&mut self, on: bool) {
+        self.replay = on;
+        if let Some((store, _)) = self.live.as_mut() {
+            store.data_mut().replay = on;
+        }
+    }
+
     fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error> {
         let list: Vec<wit::Event> = events.iter().map(|e| to_wit(e)).collect();
         let out = self.call(events.len(), |s, i| {
