@@ -593,6 +593,13 @@ fn a_service_down_for_ten_seconds_opens_its_breaker_and_dead_letters_nothing() {
     services.get("billing").set_down(false);
     let last = version - 1;
     assert!(opened_seen, "the breaker was never seen open");
+    // The operators' overview names it, with its openings.
+    let (_, overview) = s.get("/v1/admin/overview");
+    let billing = overview["services"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["service"] == "billing").cloned())
+        .expect("billing in the overview");
+    assert!(billing["breaker_opened"].as_u64() >= Some(1), "{billing}");
     let refused = s.metric("projector_fetch_refused_total", "service=\"billing\"");
     assert!(refused > 0.0, "no fetch refused while open");
     // Converged: every row as the newest entities say, nothing dead-lettered.

@@ -77,5 +77,34 @@ pub(crate) async fn overview(State(s): State<Arc<ServeState>>) -> ApiResult<Json
         "ready": s.ready.load(std::sync::atomic::Ordering::Relaxed),
         "retry_queue": s.engine.store().retry_count(),
         "plugins": plugins,
+        "services": services(&s),
     })))
+}
+
+/// Each enrichment service's counts since start, and its breaker now.
+fn services(s: &ServeState) -> Vec<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(fetcher) = &s.fetcher else {
+        return Vec::new();
+    };
+    fetcher
+        .stats()
+        .iter()
+        .map(|(name, st)| {
+            json!({
+                "service": name,
+                "fetches": st.fetches.load(Relaxed),
+                "requests": st.requests.load(Relaxed),
+                "errors": st.errors.load(Relaxed),
+                "cache_hits": st.cache_hits.load(Relaxed),
+                "in_flight": st.in_flight.load(Relaxed),
+                "coalesced": st.coalesced.load(Relaxed),
+                "from_record": st.from_record.load(Relaxed),
+                "refused": st.refused.load(Relaxed),
+                "breaker": if st.breaker_open.load(Relaxed) { "open" } else { "closed" },
+                "breaker_opened": st.breaker_opened.load(Relaxed),
+                "p99_micros": st.latency_quantile_micros(0.99),
+            })
+        })
+        .collect()
 }

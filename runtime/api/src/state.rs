@@ -231,6 +231,8 @@ pub struct ServeState {
     pub(crate) backfills: crate::backfill::Backfills,
     /// Operator numbers over the last minutes, per plugin.
     pub(crate) history: crate::history::History,
+    /// The enrichment services, for the operators' view of them.
+    pub(crate) fetcher: Option<Arc<projector_host::fetch::Fetcher>>,
 }
 
 pub(crate) fn rollout_setting(plugin: &str) -> String {
@@ -252,7 +254,7 @@ impl ServeState {
             let own = PluginServe::new(&name, config, &engine)?;
             plugins.insert(name, Arc::new(own));
         }
-        let metrics = Metrics::new(engine.clone(), feed.clone(), fetcher);
+        let metrics = Metrics::new(engine.clone(), feed.clone(), fetcher.clone());
         Ok(ServeState {
             engine,
             feed,
@@ -266,6 +268,7 @@ impl ServeState {
             in_flight: crate::shed::InFlight::new(config.http.max_in_flight),
             backfills: Default::default(),
             history: Default::default(),
+            fetcher,
         })
     }
 
