@@ -20,11 +20,14 @@
 #          and on (events/s, commit time, entries and bytes, store size) and
 #          the latency of as_of reads (BENCH_EVENTS, BENCH_COMMIT_MS,
 #          BENCH_READS);
+#   growth   cost as the data grows: `projector replay` of 1M events and of
+#          4M with four times the keys, events/s, cost per event, peak RSS,
+#          store size (BENCH_SCALE);
 #   peer   Kafka Streams beside projector on a real Kafka broker
 #          (scripts/kafka.sh): events/s, restore from the changelog, read
 #          latency, and a sample of views compared (BENCH_EVENTS,
 #          BENCH_PARTITIONS, BENCH_RPS, BENCH_SECONDS, BENCH_GUARANTEE).
-# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap|restore|history|peer]   (default: all)
+# Usage: ./scripts/bench.sh [inbox|read|enrich|kafka|swap|restore|history|growth|peer]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
@@ -32,6 +35,11 @@ cd "$(dirname "$0")/.."
 peer() {
   mvn -q -B -f benchmarks/kafka-streams-inbox/pom.xml package
   cargo bench -p projector-tests --bench peer
+}
+# The release binary it replays with, then the bench.
+growth() {
+  cargo build --release -p projector
+  cargo bench -p projector-tests --bench growth
 }
 case "${1:-all}" in
   inbox) cargo bench -p projector-tests --bench inbox ;;
@@ -41,6 +49,7 @@ case "${1:-all}" in
   swap) cargo bench -p projector-tests --bench swap ;;
   restore) cargo bench -p projector-tests --bench restore ;;
   history) cargo bench -p projector-tests --bench history ;;
+  growth) growth ;;
   peer) peer ;;
   all)
     cargo bench -p projector-tests --bench inbox
@@ -50,7 +59,8 @@ case "${1:-all}" in
     cargo bench -p projector-tests --bench swap
     cargo bench -p projector-tests --bench restore
     cargo bench -p projector-tests --bench history
+    growth
     peer
     ;;
-  *) echo "usage: $0 [inbox|read|enrich|kafka|swap|restore|history|peer]" >&2; exit 2 ;;
+  *) echo "usage: $0 [inbox|read|enrich|kafka|swap|restore|history|growth|peer]" >&2; exit 2 ;;
 esac
