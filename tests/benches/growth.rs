@@ -77,7 +77,10 @@ fn run(events: u64, sites: u64, users: u64) -> anyhow::Result<Run> {
     let pid = child.id();
     let stdout = child.stdout.take().expect("piped");
     let summary = std::thread::spawn(move || -> Vec<String> {
-        BufReader::new(stdout).lines().map_while(Result::ok).collect()
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect()
     });
     // Its peak, read until it exits (the kernel keeps the high-water mark).
     let mut peak = 0;

@@ -88,6 +88,7 @@ impl App {
         );
         engine.set_retry(config.retry);
         engine.set_breaker(config.breaker);
+        engine.set_view_cache(config.engine.view_cache_entries);
         for name in config.plugins.keys() {
             let policy = config
                 .policy(name)

@@ -198,6 +198,10 @@ pub struct EngineConfig {
     pub sweep_interval_ms: u64,
     /// Views the sweep looks at per step (default 1000).
     pub sweep_page: usize,
+    /// Views kept per generation of each plugin's view cache (default
+    /// 200000; two generations, so about twice that in memory): views
+    /// beyond it are read back from the store when their keys come again.
+    pub view_cache_entries: usize,
 }
 
 impl Default for EngineConfig {
@@ -210,6 +214,7 @@ impl Default for EngineConfig {
             watch_plugins: true,
             sweep_interval_ms: 10_000,
             sweep_page: 1000,
+            view_cache_entries: projector_core::engine::VIEW_CACHE_ENTRIES,
         }
     }
 }

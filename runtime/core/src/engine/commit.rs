@@ -67,7 +67,7 @@ impl Engine {
         }
         pending.since = None;
         for p in &projections {
-            let dropped = p.views.write().recover().turn_over();
+            let dropped = p.views.write().recover().turn_over(self.view_cache_entries);
             drop(dropped);
         }
         Ok(())

@@ -59,7 +59,7 @@ pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
 use history::Keeping;
 pub use history::{AsOf, HistoryBounds, Past, Pruned};
-pub use projection::Projection;
+pub use projection::{Projection, VIEW_CACHE_ENTRIES};
 use projection::{RenderCache, ViewCache};
 pub use read::{ReadView, Snapshot};
 pub use recollect::RecollectSummary;
@@ -145,6 +145,8 @@ pub struct Engine {
     commits: Mutex<CommitStats>,
     /// The seq of the last commit's history entries.
     history_seq: AtomicU64,
+    /// Views kept per generation of each projection's view cache.
+    view_cache_entries: usize,
     /// Each plugin's record of fetched answers, and where its pruning is.
     fetch_records: Mutex<HashMap<String, fetch_record::Pruning>>,
 }
@@ -263,8 +265,17 @@ impl Engine {
             changelog: RwLock::new(None),
             commits: Mutex::default(),
             history_seq: AtomicU64::new(0),
+            view_cache_entries: projection::VIEW_CACHE_ENTRIES,
             fetch_records: Mutex::default(),
         }
+    }
+
+    /// Keep up to `entries` views per generation of each projection's view
+    /// cache (two generations: about twice that in memory), before any batch.
+    /// More views cached: fewer reads from the store as the views outgrow
+    /// the cache, more memory.
+    pub fn set_view_cache(&mut self, entries: usize) {
+        self.view_cache_entries = entries.max(1);
     }
 
     /// The store views, offsets, counters and dead letters are committed to.

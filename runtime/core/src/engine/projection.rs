@@ -56,12 +56,14 @@ pub(super) struct RenderCache {
 /// cache starts over when full.
 pub(super) const RENDER_CACHE_BYTES: usize = 256 << 20;
 
-/// Views kept per generation of a projection's view cache, at most (the
-/// views changed since the last commit are kept whatever their number).
-pub(super) const VIEW_CACHE_ENTRIES: usize = 200_000;
+/// Views kept per generation of a projection's view cache by default, at
+/// most (the views changed since the last commit are kept whatever their
+/// number); `[engine] view_cache_entries`.
+pub const VIEW_CACHE_ENTRIES: usize = 200_000;
 
 /// A projection's views in memory, in two generations: `young` takes every
-/// view the engine writes; once it is past [`VIEW_CACHE_ENTRIES`] after a
+/// view the engine writes; once it is past its size (by default
+/// [`VIEW_CACHE_ENTRIES`]) after a
 /// commit (so nothing in it is dirty), it becomes `old` and the previous
 /// `old` is dropped. A lookup tries `young`, then `old`, so the views in
 /// use survive a turnover instead of all being read back from the store.
@@ -89,8 +91,8 @@ impl ViewCache {
     /// and reads wait for the lock). The new generation starts at the
     /// size of the last, so it does not grow by rehashing.
     #[must_use]
-    pub(super) fn turn_over(&mut self) -> Option<ViewMap> {
-        if self.young.len() <= VIEW_CACHE_ENTRIES {
+    pub(super) fn turn_over(&mut self, entries: usize) -> Option<ViewMap> {
+        if self.young.len() <= entries {
             return None;
         }
         let fresh = ViewMap::with_capacity_and_hasher(self.young.len(), Default::default());
