@@ -28,7 +28,9 @@
 //!
 //! Knobs: `BENCH_CONVERSATIONS` (100000), `BENCH_RPS` (10000),
 //! `BENCH_SECONDS` (10), `BENCH_ROUNDS` (3), `BENCH_WRITE_RATE` (events/s
-//! written in (c); 0, the default, writes as fast as the engine takes them). Run with
+//! written in (c); 0, the default, writes as fast as the engine takes them),
+//! `BENCH_PROCESSING_NICE` (the writer's nice value in (c), as `[engine]
+//! processing_nice` sets the pipeline's; 0). Run with
 //! `./scripts/bench.sh read`.
 
 use load::{drive, micros, percentile};
@@ -411,9 +413,15 @@ fn under_writes(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Events per second to write; 0: as fast as the engine takes them.
     let pace = knob("BENCH_WRITE_RATE", 0);
+    // The writer's nice value, as `[engine] processing_nice` sets the
+    // pipeline's (0: the default).
+    let nice = knob("BENCH_PROCESSING_NICE", 0) as i32;
     let writer = {
         let (engine, stop) = (engine.clone(), stop.clone());
         std::thread::spawn(move || -> anyhow::Result<(usize, Duration, u64)> {
+            if nice > 0 {
+                projector_common::priority::lower_this_thread(nice)?;
+            }
             let started = Instant::now();
             let commits = engine.commit_stats().commits;
             let first = engine.resume_offset("bench", 0)?;
@@ -458,7 +466,7 @@ fn under_writes(
         percentile(&busy.latencies, 0.99),
     );
     println!(
-        "(c) reads' p99 under writes ÷ without: {:.1} ({:.0} µs ÷ {:.0} µs) (target <= 2)",
+        "(c) reads' p99 under writes ÷ without: {:.1} ({:.0} µs ÷ {:.0} µs) (target <= 2; processing nice {nice})",
         b99.as_secs_f64() / q99.as_secs_f64().max(1e-9),
         micros(b99),
         micros(q99)

@@ -3,10 +3,12 @@
 //!
 //! Map: [`shutdown`] is the one stop signal every thread and task the
 //! runtime starts obeys; [`sync`] takes back a poisoned lock's guard, the
-//! one place poisoning is handled. It depends on no crate of the project
+//! one place poisoning is handled; [`priority`] lowers a processing
+//! thread's scheduling priority. It depends on no crate of the project
 //! and knows nothing of plugins, stores, sources or HTTP.
 
 #![deny(missing_docs)]
 
+pub mod priority;
 pub mod shutdown;
 pub mod sync;

@@ -194,9 +194,17 @@ impl App {
         }
         let engine = self.engine.clone();
         let options = Options::new(self.config.engine.batch_size, until);
+        let nice = self.config.engine.processing_nice;
         let pipeline = std::thread::Builder::new()
             .name("projector-pipeline".into())
             .spawn(move || {
+                // The fold's worker threads start from this one: they
+                // inherit its priority.
+                if nice > 0 {
+                    if let Err(e) = projector_common::priority::lower_this_thread(nice) {
+                        tracing::warn!("[engine] processing_nice = {nice}: {e}");
+                    }
+                }
                 let mut last_report = std::time::Instant::now();
                 driver::drive(&engine, &*source, &options, &stop, |p| {
                     if last_report.elapsed().as_secs() >= 5 {

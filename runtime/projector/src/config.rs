@@ -202,6 +202,10 @@ pub struct EngineConfig {
     /// 200000; two generations, so about twice that in memory): views
     /// beyond it are read back from the store when their keys come again.
     pub view_cache_entries: usize,
+    /// The nice value of the processing threads (0, the default, to 19):
+    /// above 0, on a machine with few cores, they yield the CPU to the
+    /// threads serving reads, so reads wait less behind batches.
+    pub processing_nice: i32,
 }
 
 impl Default for EngineConfig {
@@ -215,6 +219,7 @@ impl Default for EngineConfig {
             sweep_interval_ms: 10_000,
             sweep_page: 1000,
             view_cache_entries: projector_core::engine::VIEW_CACHE_ENTRIES,
+            processing_nice: 0,
         }
     }
 }
@@ -512,6 +517,17 @@ impl Config {
                 "engine.workers: expected 1 to 256, got {}",
                 c.engine.workers
             )));
+        }
+        if !(0..=19).contains(&c.engine.processing_nice) {
+            return Err(bad(format!(
+                "engine.processing_nice: expected 0 to 19, got {}",
+                c.engine.processing_nice
+            )));
+        }
+        if c.engine.view_cache_entries == 0 {
+            return Err(bad(
+                "engine.view_cache_entries: expected at least 1, got 0".into()
+            ));
         }
         if !(1..=4096).contains(&c.log.partitions) {
             return Err(bad(format!(
