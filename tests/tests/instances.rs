@@ -471,7 +471,47 @@ fn as_of_reads_survive_a_restore_from_the_changelog_on_another_instance() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let b = Instance::start_full(dir.path(), &kafka, 2, "", history);
-    std::thread::sleep(Duration::from_secs(2));
+    // Once both own partitions, a view's history asked of the instance
+    // that does not own it is answered by its owner.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let a_id = table(&a)["instance"].clone();
+    let a_owned: Vec<u64> = loop {
+        let t = table(&b);
+        let parts = t["by_partition"].as_array().cloned().unwrap_or_default();
+        let of = |who: &serde_json::Value| -> Vec<u64> {
+            parts
+                .iter()
+                .filter(|p| &p["owner"] == who && p["state"] == "owned")
+                .filter_map(|p| p["partition"].as_u64())
+                .collect()
+        };
+        let (mine, theirs) = (of(&t["instance"]), of(&a_id));
+        if !mine.is_empty() && !theirs.is_empty() {
+            break theirs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two never shared the partitions: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, model) = &marks[1];
+    let key = model
+        .iter()
+        .find(|(k, u)| a_owned.contains(&u64::from(partition_of(k))) && !shown(u).is_empty())
+        .map(|(k, _)| k.clone())
+        .expect("a view of A's");
+    let answer = b
+        .try_get(&format!("/v1/views/inbox-unread/{key}/history"))
+        .expect("a read");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.headers.get("x-projector-instance").is_some(),
+        "answered by the owner: {:?}",
+        answer.headers
+    );
+    let changes = answer.body["changes"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(changes >= 1, "{}", answer.body);
     a.kill();
     // B owns every partition, restored from the changelog.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -6,9 +6,11 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::read::view_json;
+use crate::route::{route, Routed};
 use crate::state::ServeState;
 use crate::token::Token;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use projector_core::engine::{self, AsOf, Past};
@@ -89,13 +91,18 @@ pub(crate) async fn as_of(
 }
 
 /// `GET /v1/views/{plugin}/{key}/history`: the view's changes kept,
-/// oldest first.
+/// oldest first; with several instances, asked of the view's owner.
 pub(crate) async fn history(
     State(s): State<Arc<ServeState>>,
     Path((plugin, key)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let code = s.engine.projection(&plugin)?;
     engine::check_key(&key, code.code().limits())?;
+    if let Routed::Answered(answer) = route(&s, &plugin, &key, false, &uri, &headers).await {
+        return Ok(answer);
+    }
     let bounds = code.history();
     let (engine, p, k) = (s.engine.clone(), plugin.clone(), key.clone());
     let now = projector_core::now_ms();
@@ -107,5 +114,6 @@ pub(crate) async fn history(
         "key": key,
         "kept": bounds.map(|b| json!({"versions": b.versions, "ms": b.ms})),
         "changes": changes.iter().map(past_json).collect::<Vec<_>>(),
-    })))
+    }))
+    .into_response())
 }
