@@ -830,3 +830,55 @@ fn plugin_deploy_of_the_running_version_with_new_settings_reconfigures_it() {
     assert_eq!(unread(&run), 1, "max_unread = 1");
     run.stop();
 }
+
+/// `projector get --as-of`: the view as it was then, from the plugin's
+/// history on the store; exit 1 before it existed.
+#[test]
+fn get_as_of_reads_a_view_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &["inbox-unread"],
+        &format!("{INBOX}history = {{ versions = 10, ms = 604800000 }}\n"),
+    );
+    let before = projector_core::now_ms() - 1;
+    let events = inbox_events(InboxShape {
+        sites: 5,
+        users: 20,
+        events: 200,
+        seed: 4,
+    });
+    write_ndjson(&dir.path().join("events.ndjson"), &events);
+    let o = projector(
+        dir.path(),
+        &["run", "--ingest", "events.ndjson", "--exit-when-idle"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let now = (projector_core::now_ms() + 1000).to_string();
+    let o = projector(dir.path(), &["get", "inbox-unread", "u0:s0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let current: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let o = projector(
+        dir.path(),
+        &["get", "inbox-unread", "u0:s0", "--as-of", &now],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let past: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(past["answer"], current["view"], "as of now: the view now");
+    assert!(
+        past["version"].as_str().is_some_and(|v| v.len() == 16),
+        "{past}"
+    );
+    let o = projector(
+        dir.path(),
+        &[
+            "get",
+            "inbox-unread",
+            "u0:s0",
+            "--as-of",
+            &before.to_string(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("then"), "{}", stderr(&o));
+}

@@ -111,6 +111,31 @@ impl Deployer {
             .collect()
     }
 
+    /// Verify `sample` of `generation`'s views against the source of truth
+    /// (when the plugin has one and a verifier is given) into `window`,
+    /// which keeps at least `keep` keys.
+    fn verify_into(
+        &self,
+        name: &str,
+        generation: &Arc<Projection>,
+        sample: usize,
+        window: &mut Option<Window>,
+        keep: u64,
+    ) {
+        let Some(v) = self.verifier.get() else {
+            return;
+        };
+        match v.verify(name, generation, sample) {
+            Some(Ok(r)) => {
+                window
+                    .get_or_insert_with(Window::default)
+                    .push(r.checked, r.mismatched, keep)
+            }
+            Some(Err(e)) => tracing::warn!(plugin = name, "promotion gate: verifying: {e:#}"),
+            None => {}
+        }
+    }
+
     /// Whether `build` is still `name`'s shadow build.
     fn current(&self, name: &str, build: &Arc<ShadowBuild>) -> bool {
         self.shadows
@@ -179,17 +204,7 @@ impl Deployer {
         let c = self.compare_build(name, build, cfg.sample_keys)?;
         b.compared
             .push(c.compared, c.mismatched + c.missing, cfg.min_keys);
-        if let Some(v) = self.verifier.get() {
-            match v.verify(name, shadow, cfg.sample_keys) {
-                Some(Ok(r)) => b.truth.get_or_insert_with(Window::default).push(
-                    r.checked,
-                    r.mismatched,
-                    cfg.min_keys,
-                ),
-                Some(Err(e)) => tracing::warn!(plugin = name, "promotion gate: verifying: {e:#}"),
-                None => {}
-            }
-        }
+        self.verify_into(name, shadow, cfg.sample_keys, &mut b.truth, cfg.min_keys);
         let figures = Figures {
             followed_ms: since.elapsed().as_millis() as u64,
             candidate: Deliveries::between(shadow0, snap(shadow)),
@@ -261,17 +276,8 @@ impl Deployer {
         let (since, new0, old0) = *a
             .promoted
             .get_or_insert_with(|| (Instant::now(), snap(new), snap(&old)));
-        if let Some(v) = self.verifier.get() {
-            match v.verify(name, new, cfg.sample_keys) {
-                Some(Ok(r)) => a.truth.get_or_insert_with(Window::default).push(
-                    r.checked,
-                    r.mismatched,
-                    cfg.sample_keys as u64,
-                ),
-                Some(Err(e)) => tracing::warn!(plugin = name, "promotion watch: verifying: {e:#}"),
-                None => {}
-            }
-        }
+        let keep = cfg.sample_keys as u64;
+        self.verify_into(name, new, cfg.sample_keys, &mut a.truth, keep);
         let figures = Figures {
             followed_ms: since.elapsed().as_millis() as u64,
             candidate: Deliveries::between(new0, snap(new)),

@@ -158,22 +158,9 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Kept>> {
-        self.unapplied.settle()?;
         let prefix = ns_prefix(ns);
-        let start = match after {
-            Some(k) => {
-                let mut k = k.to_vec();
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
         let mut page = Vec::new();
-        for item in self.state.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) || page.len() == limit {
-                break;
-            }
+        for (k, v) in self.page(&prefix, after.map(<[u8]>::to_vec), limit)? {
             let Some((key, seq)) = parse(&prefix, &k) else {
                 continue;
             };

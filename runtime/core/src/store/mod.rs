@@ -481,26 +481,43 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, ViewRecord)>> {
-        self.unapplied.settle()?;
         let prefix = view_prefix(ns);
         let skip = prefix.len();
+        let after = after.map(|key| view_key_of(ns, key));
+        self.page(&prefix, after, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key = String::from_utf8_lossy(&k[skip..]).into_owned();
+                Ok((key, decode_view(&v)?))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` entries of `state` under `prefix`, in key order,
+    /// after the store key `after` (from the start when `None`), once
+    /// every view committed so far is applied. For the sweeps' pages.
+    pub(crate) fn page(
+        &self,
+        prefix: &[u8],
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+        self.unapplied.settle()?;
         let start = match after {
-            Some(key) => {
-                let mut k = view_key_of(ns, key);
-                // The smallest key after `key`.
+            // The smallest key after it.
+            Some(mut k) => {
                 k.push(0);
                 k
             }
-            None => prefix.clone(),
+            None => prefix.to_vec(),
         };
         let mut page = Vec::new();
         for item in self.state.range(start..) {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) || page.len() == limit {
+            if !k.starts_with(prefix) || page.len() == limit {
                 break;
             }
-            let key = String::from_utf8_lossy(&k[skip..]).into_owned();
-            page.push((key, decode_view(&v)?));
+            page.push((k, v));
         }
         Ok(page)
     }

@@ -20,45 +20,38 @@ pub(crate) fn get(
     api: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let now = at_ms.unwrap_or_else(projector_core::now_ms);
-    let app = match App::open(config.clone()) {
-        Ok(app) => app,
+    let out = match App::open(config.clone()) {
+        Ok(app) => app.engine.read(plugin, key, now)?.map(|v| {
+            serde_json::json!({
+                "plugin": plugin, "key": key, "status": format!("{:?}", v.status).to_lowercase(),
+                "versions": v.versions.json(), "updated_ms": v.updated_ms, "view": v.json(),
+            })
+        }),
         Err(e) if held_elsewhere(&e) => {
             let path = format!("/v1/admin/plugins/{plugin}/views/{key}?at_ms={now}");
-            return match through_api(&config, api, &path, e)? {
-                Some(out) => {
-                    writeln!(
-                        std::io::stdout().lock(),
-                        "{}",
-                        serde_json::to_string_pretty(&out)?
-                    )?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!("no view for {key:?} in {plugin}");
-                    Ok(ExitCode::from(1))
-                }
-            };
+            through_api(&config, api, &path, e)?
         }
         Err(e) => return Err(e),
     };
-    match app.engine.read(plugin, key, now)? {
-        Some(v) => {
-            let out = serde_json::json!({
-                "plugin": plugin, "key": key, "status": format!("{:?}", v.status).to_lowercase(),
-                "versions": v.versions.json(), "updated_ms": v.updated_ms, "view": v.json(),
-            });
+    printed(out, &format!("no view for {key:?} in {plugin}"))
+}
+
+/// Print `out`, or say `absent` and exit 1 when there is none.
+fn printed(out: Option<serde_json::Value>, absent: &str) -> anyhow::Result<ExitCode> {
+    match out {
+        Some(out) => {
             writeln!(
                 std::io::stdout().lock(),
                 "{}",
                 serde_json::to_string_pretty(&out)?
             )?;
+            Ok(ExitCode::SUCCESS)
         }
         None => {
-            eprintln!("no view for {key:?} in {plugin}");
-            return Ok(std::process::ExitCode::from(1));
+            eprintln!("{absent}");
+            Ok(ExitCode::from(1))
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Print a view as it was at `time` or as of `position` (a token); exit 1
@@ -102,20 +95,7 @@ pub(crate) fn get_as_of(
         }
         Err(e) => return Err(e),
     };
-    match out {
-        Some(out) => {
-            writeln!(
-                std::io::stdout().lock(),
-                "{}",
-                serde_json::to_string_pretty(&out)?
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            eprintln!("no view for {key:?} in {plugin} then");
-            Ok(ExitCode::from(1))
-        }
-    }
+    printed(out, &format!("no view for {key:?} in {plugin} then"))
 }
 
 /// Store a view built from a source-of-truth answer.

@@ -118,20 +118,14 @@ impl Changelog for Placement {
         view: Option<&ViewRecord>,
         position: u64,
     ) -> Option<OutboxRecord> {
-        if !self.logged(plugin) {
-            return None;
-        }
-        Some(OutboxRecord {
-            seq: 0,
-            topic: self.config.changelog_topic(plugin),
-            partition: Some(partition as i32),
-            key: Some(key.as_bytes().to_vec()),
-            payload: view.map(changelog_value),
-            headers: vec![
-                (header::KIND.into(), "view".into()),
-                (header::POSITION.into(), position.to_string()),
-            ],
-        })
+        self.record(
+            plugin,
+            partition,
+            key.as_bytes().to_vec(),
+            view.map(changelog_value),
+            "view",
+            Some(position),
+        )
     }
 
     fn history(
@@ -142,17 +136,15 @@ impl Changelog for Placement {
         seq: u64,
         entry: Option<&[u8]>,
     ) -> Option<OutboxRecord> {
-        if !self.logged(plugin) {
-            return None;
-        }
-        Some(OutboxRecord {
-            seq: 0,
-            topic: self.config.changelog_topic(plugin),
-            partition: Some(partition as i32),
-            key: Some(history_key(key, seq)),
-            payload: entry.map(<[u8]>::to_vec),
-            headers: vec![(header::KIND.into(), "history".into())],
-        })
+        let payload = entry.map(<[u8]>::to_vec);
+        self.record(
+            plugin,
+            partition,
+            history_key(key, seq),
+            payload,
+            "history",
+            None,
+        )
     }
 
     fn offsets(
@@ -161,26 +153,49 @@ impl Changelog for Placement {
         partition: u32,
         offsets: &[(String, u64)],
     ) -> Option<OutboxRecord> {
-        if !self.logged(plugin) {
-            return None;
-        }
         let value = OffsetsValue {
             v: 1,
             offsets: offsets.iter().cloned().collect(),
         };
+        let payload = Some(serde_json::to_vec(&value).ok()?);
+        let position = projector_core::engine::position(offsets);
+        self.record(
+            plugin,
+            partition,
+            Vec::new(),
+            payload,
+            "offsets",
+            Some(position),
+        )
+    }
+}
+
+impl Placement {
+    /// A record of `plugin`'s changelog on `partition`, of `kind`, with its
+    /// position when it has one (`None` when the plugin has no changelog).
+    fn record(
+        &self,
+        plugin: &str,
+        partition: u32,
+        key: Vec<u8>,
+        payload: Option<Vec<u8>>,
+        kind: &str,
+        position: Option<u64>,
+    ) -> Option<OutboxRecord> {
+        if !self.logged(plugin) {
+            return None;
+        }
+        let mut headers = vec![(header::KIND.into(), kind.into())];
+        if let Some(p) = position {
+            headers.push((header::POSITION.into(), p.to_string()));
+        }
         Some(OutboxRecord {
             seq: 0,
             topic: self.config.changelog_topic(plugin),
             partition: Some(partition as i32),
-            key: Some(Vec::new()),
-            payload: Some(serde_json::to_vec(&value).ok()?),
-            headers: vec![
-                (header::KIND.into(), "offsets".into()),
-                (
-                    header::POSITION.into(),
-                    projector_core::engine::position(offsets).to_string(),
-                ),
-            ],
+            key: Some(key),
+            payload,
+            headers,
         })
     }
 }
