@@ -15,6 +15,10 @@ cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-v2.wasm
 cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features broken
 cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-broken.wasm
+# The fixture built against projector:plugin@0.2.0, as plugins made before
+# 0.2.1 (no `prefetch` export) were: they must still load.
+cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features projector-guest/wit-0-2-0
+cp target/wasm32-wasip2/plugin/hostile_plugin.wasm target/test-plugins/hostile-0.2.0.wasm
 for v in same drops; do
   cargo build --quiet --target wasm32-wasip2 --profile plugin -p hostile-plugin --features "$v"
   cp target/wasm32-wasip2/plugin/hostile_plugin.wasm "target/test-plugins/hostile-$v.wasm"

@@ -278,6 +278,16 @@ pub trait Projection: Sized + Send + Sync + 'static {
     /// Apply one event to a key's state.
     fn apply(&self, key: &str, state: &mut Self::State, event: &Event) -> Result<Change, Error>;
 
+    /// The answers `apply` will [`fetch`] for `event`, named ahead: the
+    /// host fetches a batch's needs at once (concurrently, or many in one
+    /// request to a service with a batch endpoint) before applying it, and
+    /// `apply`'s fetches of them are answered without waiting. Name what
+    /// `apply` asks first, not its [`fetch_fresh`] retries. The default
+    /// names none: every fetch waits in `apply`, one at a time.
+    fn needs(&self, _event: &Event) -> Vec<Need> {
+        Vec::new()
+    }
+
     /// The JSON a reader receives, computed at read time `now_ms`.
     fn render(&self, key: &str, state: &Self::State, now_ms: i64) -> Result<Json, Error>;
 
@@ -507,6 +517,26 @@ impl From<FetchError> for Error {
         Error {
             kind,
             message: format!("fetch: {e}"),
+        }
+    }
+}
+
+/// An answer a batch will need: a [`fetch`] of `path` from `service`,
+/// named ahead by [`Projection::needs`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Need {
+    /// The service, as [`fetch`] names it.
+    pub service: String,
+    /// The path, as [`fetch`] is given it.
+    pub path: String,
+}
+
+impl Need {
+    /// A need for `fetch(service, path)`.
+    pub fn new(service: impl Into<String>, path: impl Into<String>) -> Self {
+        Need {
+            service: service.into(),
+            path: path.into(),
         }
     }
 }

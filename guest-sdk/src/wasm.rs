@@ -8,10 +8,22 @@ use crate::{
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
+/// The world `prefetching-plugin` of `projector:plugin@0.2.1`; with the
+/// `wit-0-2-0` feature, the world `plugin` of 0.2.0 (no `prefetch`), to
+/// build a component as plugins built before 0.2.1 are.
 #[allow(unsafe_code, clippy::all)]
 pub mod bindings {
+    #[cfg(not(feature = "wit-0-2-0"))]
     wit_bindgen::generate!({
         path: "wit",
+        world: "prefetching-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "projector_guest::wasm::bindings",
+    });
+    #[cfg(feature = "wit-0-2-0")]
+    wit_bindgen::generate!({
+        path: "wit-0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
@@ -352,6 +364,29 @@ impl<P: Projection> comparison::Guest for Adapter<P> {
                     .collect(),
             )
         }
+    }
+}
+
+#[cfg(not(feature = "wit-0-2-0"))]
+impl<P: Projection> bindings::exports::projector::plugin::prefetch::Guest for Adapter<P> {
+    /// Each event's needs, each named once; none when the batch or the
+    /// plugin cannot be read (then `apply` says why).
+    fn needs(
+        events: wit::PackedEvents,
+    ) -> Vec<bindings::exports::projector::plugin::prefetch::Need> {
+        let (Ok(plugin), Ok(events)) = (Self::plugin(), unpack(events)) else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        events
+            .iter()
+            .flat_map(|e| plugin.needs(e))
+            .filter(|n| seen.insert(n.clone()))
+            .map(|n| bindings::exports::projector::plugin::prefetch::Need {
+                service: n.service,
+                path: n.path,
+            })
+            .collect()
     }
 }
 

@@ -544,3 +544,39 @@ fn a_replace_that_cannot_render_the_views_it_inherits_is_rolled_back() {
         "{reason}"
     );
 }
+
+/// `projector:plugin@0.2.1` added the optional `prefetch` export: a
+/// component built for 0.2.0 (the fixture built with the SDK's
+/// `wit-0-2-0` feature: its imports and exports are all `@0.2.0`) still
+/// deploys over a 0.2.1 one and folds, renders and compares as before.
+#[test]
+fn a_plugin_built_for_wit_0_2_0_still_loads_and_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(dir.path(), &["hostile"], "");
+    let (old_bytes, old) = component("hostile-0.2.0");
+    let text = String::from_utf8_lossy(&old_bytes);
+    assert!(
+        text.contains("projector:plugin/projection@0.2.0") && !text.contains("@0.2.1"),
+        "the fixture is a 0.2.0 component"
+    );
+    let records = |from: u64| {
+        let events = (from..from + 1000).map(|i| event(i).into_bytes()).collect();
+        projector_tests::records(from, events)
+    };
+    app.engine.process("test", 0, &records(0)).expect("batch");
+    app.deployer
+        .deploy("hostile", &old_bytes, "test", true)
+        .expect("a 0.2.0 component deploys");
+    let p = app.engine.projection("hostile").expect("loaded");
+    assert_eq!(p.code().id(), old);
+    let c = app
+        .engine
+        .process("test", 0, &records(1000))
+        .expect("batch");
+    assert_eq!(
+        c.total().applied,
+        1000,
+        "every event applied by the 0.2.0 build"
+    );
+    assert_eq!(count(&app, "k7"), (4, "1".to_string()));
+}

@@ -17,8 +17,8 @@
 // Versions, duplicates, stale events and population are the host's job,
 // done before `apply` is called: a plugin sees only the events it must fold.
 
-import { log as hostLog } from 'projector:plugin/host@0.2.0';
-import { fetch as hostFetch } from 'projector:plugin/enrichment@0.2.0';
+import { log as hostLog } from 'projector:plugin/host@0.2.1';
+import { fetch as hostFetch } from 'projector:plugin/enrichment@0.2.1';
 
 /** A JSON value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };

@@ -1,9 +1,9 @@
 // The host's imports, as componentize-js binds them (guest-sdk/wit/plugin.wit).
-declare module 'projector:plugin/host@0.2.0' {
+declare module 'projector:plugin/host@0.2.1' {
   export function log(level: 'trace' | 'debug' | 'info' | 'warn' | 'error', message: string): void;
 }
 
-declare module 'projector:plugin/enrichment@0.2.0' {
+declare module 'projector:plugin/enrichment@0.2.1' {
   /** Throws `{ payload: fetch-error }` when there is no answer. */
   export function fetch(service: string, path: string, fresh: boolean): { status: number; body: Uint8Array; stale: boolean };
 }

@@ -25,7 +25,7 @@
 //! rows from all four sources (after a source model changes, seed 002).
 
 use projector_guest::{
-    fetch, fetch_fresh, Change, Difference, Error, Event, Info, Json, Population, Projection,
+    fetch, fetch_fresh, Change, Difference, Error, Event, Info, Json, Need, Population, Projection,
     StalePolicy, RECOLLECT,
 };
 use serde::{Deserialize, Serialize};
@@ -104,6 +104,15 @@ struct Ids {
     asset_id: String,
     #[serde(default)]
     entity: Option<Json>,
+}
+
+/// What [`Projection::needs`] reads of an event: its asset, and whether it
+/// carries its entity (not parsed: only its presence matters here).
+#[derive(Deserialize)]
+struct Announced {
+    asset_id: String,
+    #[serde(default)]
+    entity: Option<serde::de::IgnoredAny>,
 }
 
 /// The source service of an event type.
@@ -262,6 +271,21 @@ impl Projection for Subscriptions {
         }
         let ids = event.parsed::<Ids>()?;
         Ok(vec![view_key(&ids.user_id, &ids.asset_id)?])
+    }
+
+    /// An id-only event fetches its entity: named ahead so a batch's
+    /// fetches go at once. An unreadable event names none (`apply` says
+    /// why it fails).
+    fn needs(&self, event: &Event) -> Vec<Need> {
+        let Some(source) = source_of(&event.event_type) else {
+            return Vec::new();
+        };
+        match event.payload::<Announced>() {
+            Ok(a) if a.entity.is_none() => {
+                vec![Need::new(source, format!("/{source}/{}", a.asset_id))]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn apply(&self, key: &str, row: &mut Row, event: &Event) -> Result<Change, Error> {

@@ -219,6 +219,7 @@ impl Deployer {
             fetcher: self.fetcher.clone(),
             allowed,
             record,
+            prefetch: self.settings.of(name).prefetch,
         })))
     }
 

@@ -38,6 +38,8 @@ pub struct PluginSetup {
     pub settings: serde_json::Value,
     /// The services it may fetch from.
     pub services: Vec<String>,
+    /// Whether the fetches it names ahead are fetched before each batch.
+    pub prefetch: bool,
     /// Eager or lazy, when the config overrides the plugin's own choice.
     pub population: Option<Population>,
     /// `[plugins.NAME.promote]`: who promotes its shadow deploys, and
@@ -51,6 +53,7 @@ impl Default for PluginSetup {
             limits: Limits::default(),
             settings: serde_json::json!({}),
             services: Vec::new(),
+            prefetch: true,
             population: None,
             promote: crate::gate::PromoteConfig::default(),
         }

@@ -219,6 +219,19 @@ pub trait Session {
     fn replaying(&mut self, on: bool) {
         let _ = on;
     }
+    /// Fetch ahead, all at once, what the plugin says `batch`'s events
+    /// will fetch (the WIT `prefetch`): this session's fetches, and those
+    /// of the sessions handed the answers with [`Session::fetched_ahead`],
+    /// are answered from them first. `None` when nothing was fetched ahead.
+    fn prefetch(&mut self, batch: &EventBatch) -> Option<Arc<fetch::Ahead>> {
+        let _ = batch;
+        None
+    }
+    /// Answer this session's fetches from `ahead` first (another session's
+    /// [`Session::prefetch`] of the batch its events come from).
+    fn fetched_ahead(&mut self, ahead: Option<Arc<fetch::Ahead>>) {
+        let _ = ahead;
+    }
     /// Fold `events` into the `state` of `key` (`None`: no view yet); stops
     /// at the first failing event.
     fn apply(

@@ -314,6 +314,10 @@ pub struct PluginConfig {
     /// The services this plugin may fetch from (its allow-list).
     #[serde(default)]
     pub services: Vec<String>,
+    /// Fetch ahead, before each batch, what the plugin names its events
+    /// will fetch (a plugin built with the `prefetch` export); default on.
+    #[serde(default = "yes")]
+    pub prefetch: bool,
     /// The read modes per request; changeable at runtime.
     pub rollout: Option<Rollout>,
     /// This plugin's retries, over `[retry]` (any of its keys).
@@ -342,6 +346,10 @@ pub struct PluginConfig {
     /// days) or `{ ms = 604800000 }`; off by default.
     #[serde(default)]
     pub record_fetches: RecordSetting,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[plugins.NAME] record_fetches`: off, on, or on with an age bound.
@@ -655,6 +663,7 @@ impl Config {
                 .get(name)
                 .map(|p| p.services.clone())
                 .unwrap_or_default(),
+            prefetch: self.plugins.get(name).is_none_or(|p| p.prefetch),
             population: self.plugins.get(name).and_then(|p| p.population),
             promote: self
                 .plugins

@@ -162,6 +162,8 @@ impl<'a> BatchCtx<'a> {
         session.replaying(replay);
         let refs: Vec<&Event> = events.iter().map(|(_, e)| *e).collect();
         let batch = EventBatch::new(&refs);
+        // What the plugin names ahead is fetched at once, for every worker.
+        let ahead = session.prefetch(&batch);
         let routed = self.route(session.as_mut(), &batch);
 
         // Group by key, keeping each key's events in offset order.
@@ -186,7 +188,7 @@ impl<'a> BatchCtx<'a> {
             // the batch already; each other worker hands its own session
             // only the events its keys need.
             let chunk = groups.len().div_ceil(workers);
-            let groups = &groups;
+            let (groups, ahead) = (&groups, &ahead);
             std::thread::scope(|scope| {
                 let handles: Vec<_> = (chunk..groups.len())
                     .step_by(chunk)
@@ -201,6 +203,7 @@ impl<'a> BatchCtx<'a> {
                             let all = 0..local.len();
                             let mut session = code.session();
                             session.replaying(replay);
+                            session.fetched_ahead(ahead.clone());
                             self.fold_keys(session.as_mut(), &local, all, &mine, &batch)
                         })
                     })

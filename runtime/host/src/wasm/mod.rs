@@ -29,7 +29,7 @@ use wasmtime_wasi::{
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../guest-sdk/wit",
-        world: "plugin",
+        world: "prefetching-plugin",
         // Arguments borrow from the host's data: lowering copies them into
         // the guest once, with no owned copy made first.
         ownership: Borrowing { duplicate_if_necessary: true },
@@ -37,8 +37,10 @@ mod bindings {
 }
 
 use bindings::projector::plugin::{enrichment, host, types as wit};
+use exports::PluginPre;
 use session::WasmSession;
 
+mod exports;
 mod pack;
 mod session;
 #[cfg(test)]
@@ -93,7 +95,10 @@ impl WasmHost {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::PrefetchingPlugin::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
         // The ticker lives as long as the engine: it holds only a weak handle.
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -155,7 +160,7 @@ impl WasmHost {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_error(format!("link: {e:#}")))?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| {
+        let pre = PluginPre::new(pre).map_err(|e| {
             load_error(format!(
                 "exports: {e:#} (a plugin built against another copy of the \
                      projector:plugin WIT: rebuild it with this projector-guest)"
@@ -203,6 +208,9 @@ pub struct Services {
     pub allowed: Vec<String>,
     /// Where its fetched answers are recorded for replay, if they are.
     pub record: Option<Arc<dyn crate::fetch_record::FetchRecord>>,
+    /// Whether the fetches it names ahead (the WIT `prefetch`) are
+    /// fetched before each batch (`[plugins.NAME] prefetch`, default on).
+    pub prefetch: bool,
 }
 
 /// Compiled, pre-instantiated plugin code.
@@ -210,7 +218,7 @@ pub struct WasmPlugin {
     meta: Meta,
     settings: String,
     services: Option<Arc<Services>>,
-    pre: bindings::PluginPre<HostState>,
+    pre: PluginPre,
     /// Healthy stores handed back by finished sessions, reused by the next
     /// ones so a batch does not pay for instantiation and fresh pages.
     idle: std::sync::Mutex<Vec<Live>>,
@@ -221,7 +229,7 @@ pub struct WasmPlugin {
 }
 
 /// A configured instance in its store.
-type Live = (Store<HostState>, bindings::Plugin);
+type Live = (Store<HostState>, exports::Plugin);
 
 /// A store is reused until its memory passes this share of the cap (the
 /// guest heap does not shrink) or it has served this many calls.
@@ -283,6 +291,8 @@ pub struct HostState {
     waited_ticks: u64,
     /// The events are a replay: fetches take recorded answers first.
     replay: bool,
+    /// Answers fetched ahead for the current batch.
+    ahead: Option<Arc<crate::fetch::Ahead>>,
 }
 
 impl WasiView for HostState {
@@ -390,11 +400,18 @@ impl enrichment::Host for HostState {
                 });
             }
         }
-        let started = std::time::Instant::now();
-        let answer = services
-            .fetcher
-            .fetch(&services.allowed, &service, &path, fresh);
-        self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
+        let ahead = self.ahead.as_ref().filter(|_| !fresh);
+        let answer = match ahead.and_then(|a| a.get(&service, &path)) {
+            Some(answer) => answer.clone(),
+            None => {
+                let started = std::time::Instant::now();
+                let answer = services
+                    .fetcher
+                    .fetch(&services.allowed, &service, &path, fresh);
+                self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
+                answer
+            }
+        };
         if let (Ok(f), Some(r)) = (&answer, record) {
             if !f.stale {
                 r.record(&service, &path, f);

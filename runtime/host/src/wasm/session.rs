@@ -10,6 +10,8 @@ pub(super) struct WasmSession<'a> {
     live: Option<Live>,
     /// Its events are a replay (see `Session::replaying`).
     replay: bool,
+    /// Answers fetched ahead for its batch (see `Session::prefetch`).
+    ahead: Option<Arc<crate::fetch::Ahead>>,
     /// The batch whose events the live instance holds, and its handle.
     open: Option<(u64, ResourceAny)>,
 }
@@ -20,11 +22,13 @@ impl<'a> WasmSession<'a> {
         if let Some((store, _)) = live.as_mut() {
             store.data_mut().services = plugin.services.clone();
             store.data_mut().replay = false;
+            store.data_mut().ahead = None;
         }
         WasmSession {
             plugin,
             live,
             replay: false,
+            ahead: None,
             open: None,
         }
     }
@@ -66,6 +70,7 @@ impl<'a> WasmSession<'a> {
             services: p.services.clone(),
             waited_ticks: 0,
             replay: self.replay,
+            ahead: self.ahead.clone(),
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -144,7 +149,7 @@ impl<'a> WasmSession<'a> {
     pub(super) fn call<R>(
         &mut self,
         events: usize,
-        mut f: impl FnMut(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+        mut f: impl FnMut(&mut Store<HostState>, &exports::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
         self.retrying(|session| session.call_once(events, &mut f))
     }
@@ -169,7 +174,7 @@ impl<'a> WasmSession<'a> {
     pub(super) fn call_once<R>(
         &mut self,
         events: usize,
-        f: &mut impl FnMut(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+        f: &mut impl FnMut(&mut Store<HostState>, &exports::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
         let deadline_ms = self.plugin.meta.limits.epoch_deadline_ms.max(1) * events.max(1) as u64;
         if self.live.is_none() {
@@ -237,6 +242,7 @@ impl Drop for WasmSession<'_> {
             return;
         };
         let state = live.0.data_mut();
+        state.ahead = None;
         drain_stdio(state);
         self.plugin
             .peak_memory
@@ -343,6 +349,51 @@ impl Session for WasmSession<'_> {
         if let Some((store, _)) = self.live.as_mut() {
             store.data_mut().replay = on;
         }
+    }
+
+    fn prefetch(&mut self, batch: &EventBatch) -> Option<Arc<crate::fetch::Ahead>> {
+        let services = self.plugin.services.clone()?;
+        if !services.prefetch || services.allowed.is_empty() || !self.plugin.pre.prefetches() {
+            return None;
+        }
+        let (text, list) = pack(batch.events()).ok()?;
+        let work = list.len().min(MAX_BATCH_DEADLINE_EVENTS);
+        let needs = self.call_once(work, &mut |s, i| {
+            let packed = wit::PackedEvents {
+                text: &text,
+                events: &list,
+            };
+            match i.projector_plugin_prefetch() {
+                Some(p) => p.call_needs(s, packed),
+                None => Ok(Vec::new()),
+            }
+        });
+        let needs = match needs {
+            Ok(needs) if !needs.is_empty() => needs,
+            Ok(_) => return None,
+            Err(e) => {
+                // `apply` fetches what it needs itself, and says why it fails.
+                tracing::debug!(plugin = self.plugin.meta.name, "prefetch: {e}");
+                return None;
+            }
+        };
+        // A replay takes recorded answers in `apply`: not fetched ahead.
+        let record = services.record.as_ref().filter(|_| self.replay);
+        let ahead = services.fetcher.prefetch(
+            &services.allowed,
+            needs.into_iter().map(|n| (n.service, n.path)),
+            |service, path| record.is_some_and(|r| r.recorded(service, path).is_some()),
+        );
+        let ahead = Arc::new(ahead);
+        self.fetched_ahead(Some(ahead.clone()));
+        Some(ahead)
+    }
+
+    fn fetched_ahead(&mut self, ahead: Option<Arc<crate::fetch::Ahead>>) {
+        if let Some((store, _)) = self.live.as_mut() {
+            store.data_mut().ahead = ahead.clone();
+        }
+        self.ahead = ahead;
     }
 
     fn keys(&mut self, events: &[&Event]) -> Result<Vec<Result<Vec<String>, GuestError>>, Error> {

@@ -21,6 +21,9 @@
 //! stale_ms = 0           # how long past its TTL an answer may stand in
 //! breaker_failures = 5   # fetches failed in a row that open its breaker (0: never)
 //! breaker_open_ms = 1000 # how long it stays open before one fetch probes it
+//! max_in_flight = 32     # requests fetched ahead at once
+//! batch_path = "/billing/batch"  # a batch endpoint, if it has one (see ahead)
+//! batch_max = 100        # paths per batch request
 //!
 //! [plugins.subscriptions]
 //! services = ["billing", "domains"]   # the allow-list
@@ -28,6 +31,8 @@
 //!
 //! Calls are blocking (plugins run on the engine's threads); the time a
 //! guest spends waiting on a fetch does not count against its deadline.
+//! A plugin that names its fetches ahead has a batch's answers fetched at
+//! once before the batch is applied ([`ahead`]).
 //! Identical fetches in flight at once go once ([`crate::coalesce`]); a
 //! service that keeps failing is not asked for a while
 //! ([`crate::service_breaker`]).
@@ -48,6 +53,9 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod ahead;
+pub use ahead::Ahead;
 
 /// `[services.NAME]`: a service plugins may fetch from.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +89,24 @@ pub struct ServiceConfig {
     /// service, in ms (default 1000; doubled after a failed probe, up to 30 s).
     #[serde(default = "default_breaker_open_ms")]
     pub breaker_open_ms: u64,
+    /// Requests to this service a batch's fetches named ahead may have in
+    /// flight at once (default 32).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// The service's batch endpoint, if it has one: fetches named ahead
+    /// go to it `batch_max` paths per request (see [`ahead`]).
+    #[serde(default)]
+    pub batch_path: Option<String>,
+    /// Paths per request to the batch endpoint (default 100).
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+}
+
+fn default_max_in_flight() -> usize {
+    32
+}
+fn default_batch_max() -> usize {
+    100
 }
 
 fn default_breaker_failures() -> u32 {
@@ -117,6 +143,15 @@ impl ServiceConfig {
         }
         if self.max_response_bytes == 0 {
             return Err("max_response_bytes: expected at least 1, got 0".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("max_in_flight: expected at least 1, got 0".into());
+        }
+        if self.batch_max == 0 {
+            return Err("batch_max: expected at least 1, got 0".into());
+        }
+        if let Some(path) = &self.batch_path {
+            check_path(path).map_err(|why| format!("batch_path: {why}"))?;
         }
         Ok(())
     }
@@ -156,6 +191,10 @@ pub struct ServiceStats {
     pub recorded: AtomicU64,
     /// Fetches of a replay answered from the record, no request sent.
     pub from_record: AtomicU64,
+    /// Answers fetched ahead of the batch that needed them.
+    pub prefetched: AtomicU64,
+    /// Answers that came many to a request, from the batch endpoint.
+    pub batched: AtomicU64,
 }
 
 /// Upper bounds of the request latency buckets, in microseconds.
@@ -354,7 +393,6 @@ impl Fetcher {
         check_path(path).map_err(|why| FetchError::NotAllowed(format!("{service}: {why}")))?;
         s.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let ttl = Duration::from_millis(s.config.cache_ttl_ms);
-        let keep = Duration::from_millis(s.config.cache_ttl_ms + s.config.stale_ms);
         if !ttl.is_zero() && !fresh {
             let cache = s.cache.lock().recover();
             if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < ttl) {
@@ -362,17 +400,10 @@ impl Fetcher {
                 return Ok(c.fetched.clone());
             }
         }
-        let refused = match s.breaker.lock().recover().allow(Instant::now()) {
-            Allow::Refuse(left) => Some(left),
-            Allow::Go | Allow::Probe => None,
-        };
-        let answer = match refused {
+        let answer = match s.refused_for() {
             Some(left) => {
                 s.stats.refused.fetch_add(1, Ordering::Relaxed);
-                Err(FetchError::Unavailable(format!(
-                    "{service}: not asked for {} ms more: its breaker is open after fetches failed in a row",
-                    left.as_millis()
-                )))
+                Err(s.refusal(left))
             }
             // A fresh answer is asked for on its own; others share one.
             None if fresh => s.ask(path),
@@ -386,51 +417,86 @@ impl Fetcher {
         };
         match answer {
             Ok(fetched) => {
-                if !keep.is_zero() {
-                    let mut cache = s.cache.lock().recover();
-                    if cache.len() >= CACHE_ENTRIES {
-                        cache.clear();
-                    }
-                    cache.insert(
-                        path.to_string(),
-                        Cached {
-                            at: Instant::now(),
-                            fetched: fetched.clone(),
-                        },
-                    );
-                }
+                s.keep(path, &fetched);
                 Ok(fetched)
             }
-            Err(e @ FetchError::TooLarge(_)) => {
-                s.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-            Err(e) => {
-                let cache = s.cache.lock().recover();
-                if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < keep) {
-                    s.stats.stale_served.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Fetched {
-                        stale: true,
-                        ..c.fetched.clone()
-                    });
-                }
-                s.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
+            Err(e) => s.stale_or(path, e),
         }
     }
 }
 
 impl Service {
+    /// How long past its TTL a cached answer may stand in.
+    fn kept_for(&self) -> Duration {
+        Duration::from_millis(self.config.cache_ttl_ms + self.config.stale_ms)
+    }
+
+    /// Cache `fetched` for `path`, when this service caches.
+    fn keep(&self, path: &str, fetched: &Fetched) {
+        if self.kept_for().is_zero() {
+            return;
+        }
+        let mut cache = self.cache.lock().recover();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        let cached = Cached {
+            at: Instant::now(),
+            fetched: fetched.clone(),
+        };
+        cache.insert(path.to_string(), cached);
+    }
+
+    /// A fetch of `path` failed with `e`: the cached answer, marked stale,
+    /// where it is young enough to stand in; else the error, counted.
+    fn stale_or(&self, path: &str, e: FetchError) -> Result<Fetched, FetchError> {
+        if !matches!(e, FetchError::TooLarge(_)) {
+            let cache = self.cache.lock().recover();
+            if let Some(c) = cache.get(path).filter(|c| c.at.elapsed() < self.kept_for()) {
+                self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                return Ok(Fetched {
+                    stale: true,
+                    ..c.fetched.clone()
+                });
+            }
+        }
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        Err(e)
+    }
+
+    /// Why the breaker refused a fetch, `left` before it lets one probe.
+    fn refusal(&self, left: Duration) -> FetchError {
+        FetchError::Unavailable(format!(
+            "{}: not asked for {} ms more: its breaker is open after fetches failed in a row",
+            self.base,
+            left.as_millis()
+        ))
+    }
+
     /// Ask the service (retries included), counted in flight, and tell the
     /// breaker how it went.
     fn ask(&self, path: &str) -> Result<Fetched, FetchError> {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let answer = self.request(path);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.tell_breaker(answer.as_ref().map(|_| ()));
+        answer
+    }
+
+    /// How long the breaker refuses requests still; `None`: go (or probe).
+    fn refused_for(&self) -> Option<Duration> {
+        match self.breaker.lock().recover().allow(Instant::now()) {
+            Allow::Refuse(left) => Some(left),
+            Allow::Go | Allow::Probe => None,
+        }
+    }
+
+    /// Tell the breaker how a request went (a too-large answer is the
+    /// service working).
+    fn tell_breaker(&self, answer: Result<(), &FetchError>) {
         let mut breaker = self.breaker.lock().recover();
-        match &answer {
-            Ok(_) | Err(FetchError::TooLarge(_)) => breaker.succeeded(),
+        match answer {
+            Ok(()) | Err(FetchError::TooLarge(_)) => breaker.succeeded(),
             Err(_) => {
                 let before = breaker.opened();
                 breaker.failed(Instant::now());
@@ -446,7 +512,16 @@ impl Service {
         self.stats
             .breaker_open
             .store(breaker.is_open(), Ordering::Relaxed);
-        answer
+    }
+
+    /// A failed transport: a timeout when it took the whole timeout.
+    fn transport_error(&self, url: &str, started: Instant, why: &str) -> FetchError {
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        if started.elapsed() + Duration::from_millis(5) >= timeout {
+            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            return FetchError::Timeout;
+        }
+        FetchError::Unavailable(format!("{url}: {why}"))
     }
 
     /// Ask the service, with retries and backoff.
@@ -471,7 +546,6 @@ impl Service {
         let started = Instant::now();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let result = self.agent.get(url).call();
-        let timeout = Duration::from_millis(self.config.timeout_ms);
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) if code < 500 => r,
@@ -481,11 +555,7 @@ impl Service {
             }
             Err(ureq::Error::Transport(t)) => {
                 self.took(started);
-                if started.elapsed() + Duration::from_millis(5) >= timeout {
-                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(FetchError::Timeout);
-                }
-                return Err(FetchError::Unavailable(format!("{url}: {t}")));
+                return Err(self.transport_error(url, started, &t.to_string()));
             }
         };
         let status = response.status();
@@ -497,11 +567,7 @@ impl Service {
             .read_to_end(&mut body);
         self.took(started);
         if let Err(e) = read {
-            if started.elapsed() + Duration::from_millis(5) >= timeout {
-                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(FetchError::Timeout);
-            }
-            return Err(FetchError::Unavailable(format!("{url}: reading: {e}")));
+            return Err(self.transport_error(url, started, &format!("reading: {e}")));
         }
         if body.len() as u64 > limit {
             return Err(FetchError::TooLarge(limit));
@@ -573,6 +639,9 @@ mod tests {
             stale_ms: 0,
             breaker_failures: 2,
             breaker_open_ms: 60_000,
+            max_in_flight: 4,
+            batch_path: None,
+            batch_max: 100,
         }
     }
 
