@@ -4,15 +4,17 @@
 //! entities carried in the events. Prints events/s for both, the cache hit
 //! ratio and the mean fetch latency per service.
 //!
-//! Then the id-only events again with the services answering after
-//! `BENCH_SERVICE_MS` (1: about a data centre's round trip), on
-//! `BENCH_WORKERS` and on `BENCH_FETCH_WORKERS` workers (32: each worker
-//! folds its keys on its own instance, so that many fetches wait at once),
-//! with each run's ratio to the entity events, and the fetches coalesced.
+//! Then the id-only events again: through the services' batch endpoint
+//! with the services answering at once; and with the services answering
+//! after `BENCH_SERVICE_MS` (1: about a data centre's round trip), each
+//! fetch waiting in `apply` (the plugin's `prefetch = false`: one request
+//! at a time per worker), fetched ahead (a batch's needs at once, up to
+//! `max_in_flight` per service), and fetched ahead through the batch
+//! endpoint. Each run's ratio to the entity events and its fetch counts
+//! (requests, fetched ahead, batched, coalesced).
 //!
 //! Knobs: `BENCH_ASSETS` (2000), `BENCH_EVENTS` (20000), `BENCH_WORKERS`
-//! (2), `BENCH_SERVICE_MS` (1), `BENCH_FETCH_WORKERS` (32). Run with
-//! `./scripts/bench.sh enrich`.
+//! (2), `BENCH_SERVICE_MS` (1). Run with `./scripts/bench.sh enrich`.
 
 use projector::app::App;
 use projector::config::Config;
@@ -63,6 +65,27 @@ fn event(source: &str, version: u64, asset: u64, entity: Option<Value>) -> Vec<u
     .into_bytes()
 }
 
+/// How one run fetches: ahead or not, and through the batch endpoint.
+#[derive(Clone, Copy, PartialEq)]
+enum Fetching {
+    /// Each fetch waits in `apply`, one at a time per worker.
+    InApply,
+    /// A batch's needs fetched ahead, up to `max_in_flight` at once.
+    Ahead,
+    /// Fetched ahead through the services' batch endpoint.
+    Batched,
+}
+
+impl Fetching {
+    fn name(self) -> &'static str {
+        match self {
+            Fetching::InApply => "fetch in apply",
+            Fetching::Ahead => "fetched ahead",
+            Fetching::Batched => "batch endpoint",
+        }
+    }
+}
+
 /// The runtime in `dir` after it processed `events`. The caller keeps
 /// `dir` until the app is dropped: its store closes into it.
 fn run(
@@ -71,13 +94,31 @@ fn run(
     services: &Services,
     events: &[Vec<u8>],
     workers: u64,
+    fetching: Fetching,
 ) -> anyhow::Result<(App, f64)> {
     plugins_dir(dir, &["subscriptions"]);
     // Site data changes rarely: cached for a minute (seed 002's in-memory
     // cache of small sources). The others are asked every time.
+    let batch = match fetching {
+        Fetching::Batched => "batch_path = \"/batch\"\n",
+        _ => "",
+    };
+    let extra: Vec<(&str, String)> = SOURCES
+        .iter()
+        .map(|s| {
+            let cache = if *s == "sites" {
+                "cache_ttl_ms = 60000\n"
+            } else {
+                ""
+            };
+            (*s, format!("{cache}{batch}"))
+        })
+        .collect();
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(s, e)| (*s, e.as_str())).collect();
     let text = format!(
-        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[engine]\nworkers = {workers}\n{}[plugins.subscriptions]\nservices = [\"subscriptions\", \"billing\", \"domains\", \"sites\"]\n",
-        services.config(&[("sites", "cache_ttl_ms = 60000")])
+        "data_dir = \"data\"\nplugins_dir = \"plugins\"\n[engine]\nworkers = {workers}\n{}[plugins.subscriptions]\nservices = [\"subscriptions\", \"billing\", \"domains\", \"sites\"]\nprefetch = {}\n",
+        services.config(&extra),
+        fetching != Fetching::InApply,
     );
     let app = App::open(Config::parse(&text, "bench.toml", dir)?)?;
     let started = Instant::now();
@@ -100,37 +141,49 @@ fn run(
     Ok((app, rate))
 }
 
-/// The id-only events again, the services answering after `ms`, on
-/// `workers`: their events/s against the entity events', and the fetches
-/// coalesced.
+/// The fetch counts of a run, summed over the services.
+fn counts(app: &App) -> String {
+    let sum = |f: fn(&projector_host::fetch::ServiceStats) -> u64| -> u64 {
+        app.fetcher.stats().iter().map(|(_, s)| f(s)).sum()
+    };
+    format!(
+        "requests {}, fetched ahead {}, batched {}, coalesced {}, cache hits {}, errors {}",
+        sum(|s| s.requests.load(Relaxed)),
+        sum(|s| s.prefetched.load(Relaxed)),
+        sum(|s| s.batched.load(Relaxed)),
+        sum(|s| s.coalesced.load(Relaxed)),
+        sum(|s| s.cache_hits.load(Relaxed)),
+        sum(|s| s.errors.load(Relaxed)),
+    )
+}
+
+/// The id-only events again, the services answering after `ms`, fetched
+/// as `fetching` says: their events/s against the entity events', and
+/// the fetch counts.
 fn with_latency(
     services: &Services,
     events: &[Vec<u8>],
     ms: u64,
     workers: u64,
+    fetching: Fetching,
     entity_rate: f64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     for source in SOURCES {
         services.get(source).set_delay_ms(ms);
     }
     let dir = tempfile::tempdir()?;
-    let label = format!("id-only, services after {ms} ms, {workers:>2} workers");
-    let (app, rate) = run(&label, dir.path(), services, events, workers)?;
-    let coalesced: u64 = app
-        .fetcher
-        .stats()
-        .iter()
-        .map(|(_, s)| s.coalesced.load(Relaxed))
-        .sum();
+    let label = format!("id-only, services after {ms} ms, {:<14}", fetching.name());
+    let (app, rate) = run(&label, dir.path(), services, events, workers, fetching)?;
     println!(
-        "  ÷ entity events: {:.2} (target ≥ 0.8 at 1 ms); {coalesced} fetches coalesced",
-        rate / entity_rate
+        "  ÷ entity events: {:.2}; {}",
+        rate / entity_rate,
+        counts(&app)
     );
     drop(app);
     for source in SOURCES {
         services.get(source).set_delay_ms(0);
     }
-    Ok(())
+    Ok(rate / entity_rate)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -171,6 +224,7 @@ fn main() -> anyhow::Result<()> {
         &services,
         &carrying,
         workers,
+        Fetching::Ahead,
     )?;
     drop(app);
     let dir = tempfile::tempdir()?;
@@ -180,6 +234,7 @@ fn main() -> anyhow::Result<()> {
         &services,
         &by_id,
         workers,
+        Fetching::Ahead,
     )?;
     let (mut fetches, mut hits) = (0, 0);
     for (service, s) in app.fetcher.stats() {
@@ -208,13 +263,19 @@ fn main() -> anyhow::Result<()> {
     drop(app);
     drop(dir);
     let ms = knob("BENCH_SERVICE_MS", 1);
-    with_latency(&services, &by_id, ms, workers, entity_rate)?;
-    with_latency(
-        &services,
-        &by_id,
-        ms,
-        knob("BENCH_FETCH_WORKERS", 32),
-        entity_rate,
-    )?;
+    let mut ratios = Vec::new();
+    for (delay, fetching) in [
+        (0, Fetching::Batched),
+        (ms, Fetching::InApply),
+        (ms, Fetching::Ahead),
+        (ms, Fetching::Batched),
+    ] {
+        let ratio = with_latency(&services, &by_id, delay, workers, fetching, entity_rate)?;
+        ratios.push((delay, fetching.name(), ratio));
+    }
+    println!("id-only events ÷ entity events (targets: ≥ 0.8 with services after 1 ms; ≥ 0.5 with a batch endpoint):");
+    for (delay, name, ratio) in ratios {
+        println!("  services after {delay} ms, {name:<14}: {ratio:.2}");
+    }
     Ok(())
 }

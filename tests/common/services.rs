@@ -1,12 +1,14 @@
 //! Source services for the enrichment tests: each a real HTTP server on
 //! `127.0.0.1:0` answering `GET /<service>/<asset>` with the entity it
-//! holds, and able to go down, answer slowly, or answer from a lagging
-//! replica (older versions first).
+//! holds, and `POST /batch` (`{"paths": [...]}`) with the answers of many
+//! (the batch endpoint of `[services.NAME] batch_path`), able to go down,
+//! answer slowly (once per request, however many paths it holds), or
+//! answer from a lagging replica (older versions first).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -32,26 +34,57 @@ pub struct Service {
     shared: Arc<Shared>,
 }
 
-async fn entity(
-    State(s): State<Arc<Shared>>,
-    Path((_, asset)): Path<(String, String)>,
-) -> Response {
+/// Count a request and wait out the delay; whether the service is up.
+async fn arrive(s: &Shared) -> bool {
     s.requests.fetch_add(1, Ordering::Relaxed);
     let delay = s.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    if s.down.load(Ordering::Relaxed) {
+    !s.down.load(Ordering::Relaxed)
+}
+
+/// `asset`'s current answer (the front one of a lagging replica's).
+fn answer(s: &Shared, asset: &str) -> Option<Value> {
+    let mut entities = s.entities.lock().expect("entities");
+    match entities.get_mut(asset) {
+        Some(answers) if answers.len() > 1 => answers.pop_front(),
+        Some(answers) => answers.front().cloned(),
+        None => None,
+    }
+}
+
+async fn entity(
+    State(s): State<Arc<Shared>>,
+    Path((_, asset)): Path<(String, String)>,
+) -> Response {
+    if !arrive(&s).await {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
-    let mut entities = s.entities.lock().expect("entities");
-    match entities.get_mut(&asset) {
-        Some(answers) if answers.len() > 1 => {
-            Json(answers.pop_front().expect("non-empty")).into_response()
-        }
-        Some(answers) if !answers.is_empty() => Json(answers[0].clone()).into_response(),
-        _ => (StatusCode::NOT_FOUND, "no such entity").into_response(),
+    match answer(&s, &asset) {
+        Some(entity) => Json(entity).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such entity").into_response(),
     }
+}
+
+/// The batch endpoint: `{"paths": ["/<service>/<asset>", ...]}` answered
+/// with `{"answers": [{"status", "body"}, ...]}` in order.
+async fn batch(State(s): State<Arc<Shared>>, Json(asked): Json<Value>) -> Response {
+    if !arrive(&s).await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    let paths = asked["paths"].as_array().cloned().unwrap_or_default();
+    let answers: Vec<Value> = paths
+        .iter()
+        .map(|p| {
+            let asset = p.as_str().and_then(|p| p.rsplit('/').next()).unwrap_or("");
+            match answer(&s, asset) {
+                Some(entity) => serde_json::json!({"status": 200, "body": entity}),
+                None => serde_json::json!({"status": 404}),
+            }
+        })
+        .collect();
+    Json(serde_json::json!({ "answers": answers })).into_response()
 }
 
 impl Service {
@@ -96,6 +129,7 @@ impl Services {
             let shared = Arc::new(Shared::default());
             let app = Router::new()
                 .route("/{service}/{asset}", get(entity))
+                .route("/batch", post(batch))
                 .with_state(shared.clone());
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -812,3 +812,68 @@ fn each_keys_events_apply_in_order_while_other_keys_fetches_are_in_flight() {
     );
     assert_eq!(outcome("dead_lettered"), 0.0);
 }
+
+/// Fetches named ahead go to a service's batch endpoint, `batch_max`
+/// paths a request, while the batch is folded: 60 id-only events for 30
+/// assets take two requests per service instead of 60 fetches in all; a
+/// lagging replica answered through the batch is still asked again
+/// (fresh, past the batch) until it is new enough; the rows are the
+/// newest entities, as a fold of the events with their entities gives.
+#[test]
+fn fetches_named_ahead_go_to_the_batch_endpoint_many_to_a_request() {
+    let services = Services::start(&SOURCES);
+    let assets: Vec<String> = (0..30).map(|i| format!("a{i}")).collect();
+    for source in ["billing", "domains"] {
+        for a in &assets {
+            services.get(source).set(a, vec![entity(source, 2, a)]);
+        }
+    }
+    // a0's billing: a replica one version behind answers first.
+    services.get("billing").set(
+        "a0",
+        vec![entity("billing", 1, "a0"), entity("billing", 2, "a0")],
+    );
+    let batched = "batch_path = \"/batch\"\nbatch_max = 16";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &[PLUGIN],
+        &config(
+            &services,
+            &SOURCES,
+            &[("billing", batched), ("domains", batched)],
+        ),
+    );
+    let mut batch = Vec::new();
+    for a in &assets {
+        batch.push(ev("billing", 2, "u1", a, None));
+        batch.push(ev("domains", 2, "u1", a, None));
+    }
+    let c = app
+        .engine
+        .process("t", 0, &records(0, batch))
+        .expect("batch")
+        .total();
+    assert_eq!((c.applied, c.dead_lettered), (60, 0), "{c:?}");
+    for a in &assets {
+        let r = row(&app, &format!("u1:{a}"), 0);
+        assert_eq!(r["amount"]["cents"], 200, "{a}: {r}");
+        assert_eq!(r["domain"], format!("{a}-v2.example.com"), "{a}: {r}");
+    }
+    assert_eq!(
+        services.get("domains").requests(),
+        2,
+        "30 paths, 16 per request"
+    );
+    assert_eq!(
+        services.get("billing").requests(),
+        3,
+        "two batches, and a0 asked again past its lagging answer"
+    );
+    let stats: std::collections::HashMap<&str, _> = app.fetcher.stats().into_iter().collect();
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&stats["domains"].batched), 30);
+    assert_eq!(load(&stats["domains"].prefetched), 30);
+    assert_eq!(load(&stats["billing"].batched), 30);
+    assert!(dead_letters(&app).is_empty());
+}

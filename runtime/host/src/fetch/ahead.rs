@@ -31,42 +31,73 @@ use super::{check_path, Fetcher, Service};
 use crate::backoff::Backoff;
 use projector_common::sync::Recover;
 use projector_guest::{FetchError, Fetched};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a fetch ahead got: an answer, or why there was none.
 pub type Answer = Result<Fetched, FetchError>;
 
-/// Answers fetched ahead for one batch, by service and path.
-#[derive(Debug, Default)]
+/// One need's answer: on its way, or come.
+enum Slot {
+    Pending,
+    Done(Answer),
+}
+
+/// Answers fetched ahead for one batch, by service and path. The fetches
+/// run while the batch is folded: a fetch of a path still on its way
+/// waits for that answer (and no other) instead of asking again.
+#[derive(Default)]
 pub struct Ahead {
-    answers: HashMap<String, HashMap<String, Answer>>,
+    slots: Mutex<HashMap<String, HashMap<String, Slot>>>,
+    came: Condvar,
+}
+
+impl std::fmt::Debug for Ahead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ahead").field("named", &self.len()).finish()
+    }
 }
 
 impl Ahead {
-    /// What the fetch ahead of `path` from `service` got, if it was made.
-    pub fn get(&self, service: &str, path: &str) -> Option<&Answer> {
-        self.answers.get(service)?.get(path)
+    /// What the fetch ahead of `path` from `service` got, waiting for it
+    /// while it is on its way; `None` when it was not fetched ahead.
+    pub fn get(&self, service: &str, path: &str) -> Option<Answer> {
+        let mut slots = self.slots.lock().recover();
+        loop {
+            match slots.get(service)?.get(path)? {
+                Slot::Done(answer) => return Some(answer.clone()),
+                Slot::Pending => slots = self.came.wait(slots).recover(),
+            }
+        }
     }
 
-    /// How many answers it holds.
+    /// How many needs it was given (come or on their way).
     pub fn len(&self) -> usize {
-        self.answers.values().map(HashMap::len).sum()
+        self.slots.lock().recover().values().map(HashMap::len).sum()
     }
 
-    /// Whether it holds none.
+    /// Whether it was given none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn put(&mut self, service: &str, path: String, fetched: Answer) {
-        self.answers
-            .entry(service.to_string())
-            .or_default()
-            .insert(path, fetched);
+    fn expect(&self, service: &str, path: &str) {
+        let mut slots = self.slots.lock().recover();
+        let of = slots.entry(service.to_string()).or_default();
+        of.insert(path.to_string(), Slot::Pending);
+    }
+
+    fn settle(&self, service: &str, answers: Vec<(String, Answer)>) {
+        let mut slots = self.slots.lock().recover();
+        let of = slots.entry(service.to_string()).or_default();
+        for (path, answer) in answers {
+            of.insert(path, Slot::Done(answer));
+        }
+        drop(slots);
+        self.came.notify_all();
     }
 }
 
@@ -76,20 +107,39 @@ enum Job {
     Many(Vec<String>),
 }
 
+impl Job {
+    fn paths(&self) -> &[String] {
+        match self {
+            Job::One(path) => std::slice::from_ref(path),
+            Job::Many(paths) => paths,
+        }
+    }
+}
+
+/// One service's requests ahead, taken in turn by its fetching threads.
+struct Plan {
+    service: String,
+    jobs: Vec<Job>,
+    next: AtomicUsize,
+}
+
 impl Fetcher {
-    /// Fetch `needs` (service, path) ahead for a plugin allowed `allowed`,
-    /// all at once. Left out: needs of services not allowed or whose
-    /// breaker is open, bad paths, answers the cache holds within their
-    /// time to live (`apply` reads them there), needs `skip` says are
-    /// answered elsewhere (a replay's recorded answers), and whatever
-    /// failed.
+    /// Start fetching `needs` (service, path) ahead for a plugin allowed
+    /// `allowed`, in the order named, and return at once: the answers
+    /// land in the [`Ahead`] as they come. Left out (fetched by `apply`
+    /// itself if it asks): needs of services not allowed or whose breaker
+    /// is open, bad paths, answers the cache holds within their time to
+    /// live, and needs `skip` says are answered elsewhere (a replay's
+    /// recorded answers).
     pub fn prefetch(
-        &self,
+        self: &Arc<Self>,
         allowed: &[String],
         needs: impl IntoIterator<Item = (String, String)>,
-        skip: impl Fn(&str, &str) -> bool + Sync,
-    ) -> Ahead {
+        skip: impl Fn(&str, &str) -> bool,
+    ) -> Arc<Ahead> {
+        let ahead = Arc::new(Ahead::default());
         let mut by_service: BTreeMap<&str, (&Service, Vec<String>)> = BTreeMap::new();
+        let mut seen = HashSet::new();
         for (service, path) in needs {
             let Some((name, s)) = self
                 .services
@@ -104,51 +154,70 @@ impl Fetcher {
             if s.cached_within_ttl(&path) || skip(name, &path) {
                 continue;
             }
-            let paths = &mut by_service.entry(name.as_str()).or_insert((s, Vec::new())).1;
-            paths.push(path);
+            if seen.insert((name.as_str(), path.clone())) {
+                ahead.expect(name, &path);
+                let paths = &mut by_service.entry(name.as_str()).or_insert((s, Vec::new())).1;
+                paths.push(path);
+            }
         }
-        // Each service's requests, and the next one to make.
-        let plans: Vec<(&str, &Service, Vec<Job>, AtomicUsize)> = by_service
-            .into_iter()
-            .map(|(name, (s, mut paths))| {
-                paths.sort_unstable();
-                paths.dedup();
-                let jobs = match &s.config.batch_path {
-                    Some(_) => paths
-                        .chunks(s.config.batch_max.max(1))
-                        .map(|c| Job::Many(c.to_vec()))
-                        .collect(),
-                    None => paths.into_iter().map(Job::One).collect(),
-                };
-                (name, s, jobs, AtomicUsize::new(0))
-            })
-            .collect();
-        let ahead = Mutex::new(Ahead::default());
-        std::thread::scope(|scope| {
-            for (name, s, jobs, next) in &plans {
-                let workers = s.config.max_in_flight.clamp(1, jobs.len().max(1));
-                for _ in 0..workers {
-                    let ahead = &ahead;
-                    scope.spawn(move || {
-                        while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            let answers = match job {
-                                Job::One(path) => {
-                                    vec![(path.clone(), self.fetch(allowed, name, path, false))]
-                                }
-                                Job::Many(paths) => s.ask_many(paths),
-                            };
-                            let got = answers.iter().filter(|(_, a)| a.is_ok()).count();
-                            s.stats.prefetched.fetch_add(got as u64, Ordering::Relaxed);
-                            let mut ahead = ahead.lock().recover();
-                            for (path, answer) in answers {
-                                ahead.put(name, path, answer);
-                            }
-                        }
-                    });
+        for (name, (s, paths)) in by_service {
+            let jobs: Vec<Job> = match &s.config.batch_path {
+                Some(_) => paths
+                    .chunks(s.config.batch_max.max(1))
+                    .map(|c| Job::Many(c.to_vec()))
+                    .collect(),
+                None => paths.into_iter().map(Job::One).collect(),
+            };
+            let workers = s.config.max_in_flight.clamp(1, jobs.len().max(1));
+            let plan = Arc::new(Plan {
+                service: name.to_string(),
+                jobs,
+                next: AtomicUsize::new(0),
+            });
+            for _ in 0..workers {
+                let (fetcher, mine, theirs) = (self.clone(), plan.clone(), ahead.clone());
+                let permitted = allowed.to_vec();
+                let spawned = std::thread::Builder::new()
+                    .name("projector-prefetch".into())
+                    .spawn(move || fetcher.work(&permitted, &mine, &theirs));
+                if let Err(e) = spawned {
+                    // Threads started take its jobs; with none, `apply`
+                    // must not wait for answers nobody fetches.
+                    tracing::warn!("prefetch thread: {e}");
+                    self.work(allowed, &plan, &ahead);
                 }
             }
-        });
-        ahead.into_inner().recover()
+        }
+        ahead
+    }
+
+    /// Take `plan`'s jobs in turn until none is left, settling each.
+    fn work(&self, allowed: &[String], plan: &Plan, ahead: &Ahead) {
+        let Some(s) = self.services.get(&plan.service) else {
+            return;
+        };
+        while let Some(job) = plan.jobs.get(plan.next.fetch_add(1, Ordering::Relaxed)) {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+                Job::One(path) => {
+                    vec![(
+                        path.clone(),
+                        self.fetch(allowed, &plan.service, path, false),
+                    )]
+                }
+                Job::Many(paths) => s.ask_many(paths),
+            }));
+            // A panic must not leave `apply` waiting for its answers.
+            let answers = run.unwrap_or_else(|_| {
+                let why = || FetchError::Unavailable("fetching ahead failed".into());
+                job.paths()
+                    .iter()
+                    .map(|p| (p.clone(), Err(why())))
+                    .collect()
+            });
+            let got = answers.iter().filter(|(_, a)| a.is_ok()).count();
+            s.stats.prefetched.fetch_add(got as u64, Ordering::Relaxed);
+            ahead.settle(&plan.service, answers);
+        }
     }
 }
 
@@ -161,8 +230,9 @@ struct BatchAnswer {
 #[derive(serde::Deserialize)]
 struct OneAnswer {
     status: u16,
+    /// Kept as the service wrote it: the plugin gets its bytes.
     #[serde(default)]
-    body: Option<serde_json::Value>,
+    body: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Service {
@@ -294,8 +364,8 @@ impl Service {
                     return (path.clone(), Err(e));
                 }
                 let body = match a.body {
-                    None | Some(serde_json::Value::Null) => Vec::new(),
-                    Some(v) => v.to_string().into_bytes(),
+                    Some(raw) if raw.get() != "null" => raw.get().as_bytes().to_vec(),
+                    _ => Vec::new(),
                 };
                 let fetched = Fetched {
                     status: a.status,
@@ -374,7 +444,7 @@ mod tests {
         let (url, requests) = batch_service();
         let mut services = BTreeMap::new();
         services.insert("billing".to_string(), config(url));
-        let f = Fetcher::new(&services).expect("valid");
+        let f = Arc::new(Fetcher::new(&services).expect("valid"));
         let allowed = vec!["billing".to_string()];
         let needs = ["/a", "/b", "/c", "/gone", "/a", "../x"]
             .iter()
@@ -386,7 +456,7 @@ mod tests {
             4,
             "a, b, c and gone; the bad path and the unlisted service left out"
         );
-        let answer = |path| ahead.get("billing", path).cloned().expect("fetched ahead");
+        let answer = |path| ahead.get("billing", path).expect("fetched ahead");
         assert_eq!(answer("/b").expect("ok").body, br#"{"path":"/b"}"#.to_vec());
         let gone = answer("/gone").expect("a 404 is an answer");
         assert_eq!((gone.status, gone.body.len()), (404, 0));

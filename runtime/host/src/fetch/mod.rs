@@ -313,7 +313,9 @@ impl Fetcher {
             let agent = ureq::AgentBuilder::new()
                 .timeout_connect(timeout)
                 .timeout(timeout)
-                .max_idle_connections_per_host(16)
+                // Connections kept for the requests made ahead at once.
+                .max_idle_connections(config.max_in_flight.max(16))
+                .max_idle_connections_per_host(config.max_in_flight.max(16))
                 .redirects(0)
                 .build();
             out.insert(

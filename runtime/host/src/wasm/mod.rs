@@ -400,18 +400,15 @@ impl enrichment::Host for HostState {
                 });
             }
         }
+        let started = std::time::Instant::now();
         let ahead = self.ahead.as_ref().filter(|_| !fresh);
         let answer = match ahead.and_then(|a| a.get(&service, &path)) {
-            Some(answer) => answer.clone(),
-            None => {
-                let started = std::time::Instant::now();
-                let answer = services
-                    .fetcher
-                    .fetch(&services.allowed, &service, &path, fresh);
-                self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
-                answer
-            }
+            Some(answer) => answer,
+            None => services
+                .fetcher
+                .fetch(&services.allowed, &service, &path, fresh),
         };
+        self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
         if let (Ok(f), Some(r)) = (&answer, record) {
             if !f.stale {
                 r.record(&service, &path, f);

@@ -384,7 +384,6 @@ impl Session for WasmSession<'_> {
             needs.into_iter().map(|n| (n.service, n.path)),
             |service, path| record.is_some_and(|r| r.recorded(service, path).is_some()),
         );
-        let ahead = Arc::new(ahead);
         self.fetched_ahead(Some(ahead.clone()));
         Some(ahead)
     }
