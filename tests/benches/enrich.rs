@@ -4,17 +4,20 @@
 //! entities carried in the events. Prints events/s for both, the cache hit
 //! ratio and the mean fetch latency per service.
 //!
-//! Then the id-only events again: through the services' batch endpoint
-//! with the services answering at once; and with the services answering
-//! after `BENCH_SERVICE_MS` (1: about a data centre's round trip), each
-//! fetch waiting in `apply` (the plugin's `prefetch = false`: one request
-//! at a time per worker), fetched ahead (a batch's needs at once, up to
-//! `max_in_flight` per service), and fetched ahead through the batch
-//! endpoint. Each run's ratio to the entity events and its fetch counts
-//! (requests, fetched ahead, batched, coalesced).
+//! The id-only events run three ways, each with the services answering
+//! at once and after `BENCH_SERVICE_MS` (1: about a data centre's round
+//! trip): each fetch waiting in `apply` (the plugin's `prefetch = false`:
+//! one request at a time per worker), fetched ahead (a batch's needs at
+//! once, up to `max_in_flight` per service), and fetched ahead through
+//! the services' batch endpoint. Each run's fetch counts (requests,
+//! fetched ahead, batched, coalesced) and per-service figures; at the end
+//! each way's rate after the delay ÷ at once (the latency hidden), and ÷
+//! the entity events.
 //!
 //! Knobs: `BENCH_ASSETS` (2000), `BENCH_EVENTS` (20000), `BENCH_WORKERS`
-//! (2), `BENCH_SERVICE_MS` (1). Run with `./scripts/bench.sh enrich`.
+//! (2), `BENCH_SERVICE_MS` (1), `BENCH_FETCHING` (`batch`, `fetched` or
+//! `fetch in`: only the runs of that way of fetching, for a profile).
+//! Run with `./scripts/bench.sh enrich`.
 
 use projector::app::App;
 use projector::config::Config;
@@ -158,8 +161,7 @@ fn counts(app: &App) -> String {
 }
 
 /// The id-only events again, the services answering after `ms`, fetched
-/// as `fetching` says: their events/s against the entity events', and
-/// the fetch counts.
+/// as `fetching` says: their events/s, and the fetch counts.
 fn with_latency(
     services: &Services,
     events: &[Vec<u8>],
@@ -179,11 +181,27 @@ fn with_latency(
         rate / entity_rate,
         counts(&app)
     );
+    for (service, s) in app.fetcher.stats() {
+        let requests = s.requests.load(Relaxed);
+        let bucket = |q| {
+            s.latency_quantile_micros(q)
+                .map_or("-".to_string(), |b| format!("<= {b} µs"))
+        };
+        println!(
+            "    {service:<13} fetches {:>6}, cache hits {:>6}, requests {:>6}, mean request {:.0} µs, p50 {}, p99 {}",
+            s.fetches.load(Relaxed),
+            s.cache_hits.load(Relaxed),
+            requests,
+            s.request_micros.load(Relaxed) as f64 / requests.max(1) as f64,
+            bucket(0.5),
+            bucket(0.99),
+        );
+    }
     drop(app);
     for source in SOURCES {
         services.get(source).set_delay_ms(0);
     }
-    Ok(rate / entity_rate)
+    Ok(rate)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -227,55 +245,25 @@ fn main() -> anyhow::Result<()> {
         Fetching::Ahead,
     )?;
     drop(app);
-    let dir = tempfile::tempdir()?;
-    let (app, _) = run(
-        "id-only events (fetch)  ",
-        dir.path(),
-        &services,
-        &by_id,
-        workers,
-        Fetching::Ahead,
-    )?;
-    let (mut fetches, mut hits) = (0, 0);
-    for (service, s) in app.fetcher.stats() {
-        let requests = s.requests.load(Relaxed);
-        fetches += s.fetches.load(Relaxed);
-        hits += s.cache_hits.load(Relaxed);
-        let bucket = |q| {
-            s.latency_quantile_micros(q)
-                .map_or("-".to_string(), |b| format!("<= {b} µs"))
-        };
-        println!(
-            "  {service:<13} fetches {:>6}, cache hits {:>6}, requests {:>6}, errors {}, mean request {:.0} µs, p50 {}, p99 {}",
-            s.fetches.load(Relaxed),
-            s.cache_hits.load(Relaxed),
-            requests,
-            s.errors.load(Relaxed),
-            s.request_micros.load(Relaxed) as f64 / requests.max(1) as f64,
-            bucket(0.5),
-            bucket(0.99),
-        );
-    }
-    println!(
-        "cache hit ratio {:.1}% over {fetches} fetches",
-        100.0 * hits as f64 / fetches.max(1) as f64
-    );
-    drop(app);
-    drop(dir);
+    let only = std::env::var("BENCH_FETCHING").unwrap_or_default();
     let ms = knob("BENCH_SERVICE_MS", 1);
-    let mut ratios = Vec::new();
-    for (delay, fetching) in [
-        (0, Fetching::Batched),
-        (ms, Fetching::InApply),
-        (ms, Fetching::Ahead),
-        (ms, Fetching::Batched),
-    ] {
-        let ratio = with_latency(&services, &by_id, delay, workers, fetching, entity_rate)?;
-        ratios.push((delay, fetching.name(), ratio));
+    let mut table = Vec::new();
+    for fetching in [Fetching::InApply, Fetching::Ahead, Fetching::Batched] {
+        if !only.is_empty() && !fetching.name().starts_with(only.as_str()) {
+            continue;
+        }
+        let at_once = with_latency(&services, &by_id, 0, workers, fetching, entity_rate)?;
+        let later = with_latency(&services, &by_id, ms, workers, fetching, entity_rate)?;
+        table.push((fetching.name(), at_once, later));
     }
-    println!("id-only events ÷ entity events (targets: ≥ 0.8 with services after 1 ms; ≥ 0.5 with a batch endpoint):");
-    for (delay, name, ratio) in ratios {
-        println!("  services after {delay} ms, {name:<14}: {ratio:.2}");
+    println!("id-only events/s, services answering at once and after {ms} ms (targets: after ÷ at once ≥ 0.8; batch endpoint ÷ entity events ≥ 0.5):");
+    for (name, at_once, later) in table {
+        println!(
+            "  {name:<14}: {at_once:>7.0} at once, {later:>7.0} after {ms} ms: ÷ {:.2}; ÷ entity events {:.2} and {:.2}",
+            later / at_once,
+            at_once / entity_rate,
+            later / entity_rate,
+        );
     }
     Ok(())
 }

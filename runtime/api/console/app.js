@@ -113,12 +113,12 @@ function Overview() {
     </table>
     ${data.services && data.services.length ? html`<h2>Services</h2>
     <table id="services"><thead><tr><th>service</th><th>breaker</th><th class="num">fetches</th><th class="num">requests</th><th class="num">in flight</th>
-      <th class="num">coalesced</th><th class="num">from the record</th><th class="num">refused (breaker)</th><th class="num">errors</th><th class="num">p99</th></tr></thead>
+      <th class="num">coalesced</th><th class="num">fetched ahead</th><th class="num">batched</th><th class="num">from the record</th><th class="num">refused (breaker)</th><th class="num">errors</th><th class="num">p99</th></tr></thead>
       <tbody>${data.services.map((v) => html`<tr data-service=${v.service}>
         <td>${v.service}</td>
         <td><span class=${v.breaker === 'open' ? 'badge bad' : 'badge'} data-breaker=${v.breaker}>${v.breaker}</span>${v.breaker_opened ? html` <span class="note">opened ${fmt(v.breaker_opened)}×</span>` : ''}</td>
         <td class="num">${fmt(v.fetches)}</td><td class="num">${fmt(v.requests)}</td><td class="num">${fmt(v.in_flight)}</td>
-        <td class="num">${fmt(v.coalesced)}</td><td class="num">${fmt(v.from_record)}</td><td class="num">${fmt(v.refused)}</td>
+        <td class="num">${fmt(v.coalesced)}</td><td class="num" data-metric="prefetched">${fmt(v.prefetched)}</td><td class="num" data-metric="batched">${fmt(v.batched)}</td><td class="num">${fmt(v.from_record)}</td><td class="num">${fmt(v.refused)}</td>
         <td class="num">${fmt(v.errors)}</td><td class="num">${v.p99_micros === null ? '–' : `≤ ${fmt(v.p99_micros)} µs`}</td></tr>`)}</tbody></table>` : ''}
     <${AddPlugin} />
   </main>`;

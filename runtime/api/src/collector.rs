@@ -328,7 +328,7 @@ fn fetch_counts(
 ) -> Result<(), std::fmt::Error> {
     use std::sync::atomic::Ordering::Relaxed;
     type Read = fn(&ServiceStats) -> f64;
-    let families: [(&str, &str, Read); 11] = [
+    let families: [(&str, &str, Read); 13] = [
         (
             "projector_fetches",
             "Fetches plugins asked of a service",
@@ -363,6 +363,16 @@ fn fetch_counts(
             "projector_fetch_coalesced",
             "Fetches that shared the answer of an identical one in flight",
             |s| s.coalesced.load(Relaxed) as f64,
+        ),
+        (
+            "projector_fetch_prefetched",
+            "Answers fetched ahead of the batch that needed them (plugins that name their fetches ahead)",
+            |s| s.prefetched.load(Relaxed) as f64,
+        ),
+        (
+            "projector_fetch_batched",
+            "Answers that came many to a request from the service's batch endpoint",
+            |s| s.batched.load(Relaxed) as f64,
         ),
         (
             "projector_fetch_refused",

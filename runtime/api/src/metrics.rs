@@ -38,6 +38,8 @@
 //! | `projector_fetch_timeouts_total` | counter | service | requests that ran past their timeout |
 //! | `projector_fetch_requests_total` | counter | service | HTTP requests sent to a service, retries included |
 //! | `projector_fetch_coalesced_total` | counter | service | fetches that shared the answer of an identical one in flight |
+//! | `projector_fetch_prefetched_total` | counter | service | answers fetched ahead of the batch that needed them (plugins that name their fetches ahead) |
+//! | `projector_fetch_batched_total` | counter | service | answers that came many to a request from the service's batch endpoint (`batch_path`) |
 //! | `projector_fetch_refused_total` | counter | service | fetches refused at once because the service's breaker was open |
 //! | `projector_fetch_breaker_opened_total` | counter | service | times the service's breaker opened (fetches failed in a row) |
 //! | `projector_fetch_recorded_total` | counter | service | answers recorded for replay (plugins with `record_fetches`) |

@@ -99,6 +99,8 @@ fn services(s: &ServeState) -> Vec<Value> {
                 "cache_hits": st.cache_hits.load(Relaxed),
                 "in_flight": st.in_flight.load(Relaxed),
                 "coalesced": st.coalesced.load(Relaxed),
+                "prefetched": st.prefetched.load(Relaxed),
+                "batched": st.batched.load(Relaxed),
                 "from_record": st.from_record.load(Relaxed),
                 "refused": st.refused.load(Relaxed),
                 "breaker": if st.breaker_open.load(Relaxed) { "open" } else { "closed" },
