@@ -105,7 +105,10 @@ impl Breaker {
                 }
             }
             State::Closed { failed } => State::Closed { failed: failed + 1 },
-            State::Probing { open } | State::Open { open, .. } => {
+            // A request sent before it opened (many go at once when
+            // fetched ahead): it neither extends nor counts an opening.
+            open @ State::Open { .. } => open,
+            State::Probing { open } => {
                 let open = (open * 2).min(MAX_OPEN);
                 self.opened += 1;
                 State::Open {
@@ -148,6 +151,12 @@ mod tests {
         b.failed(later);
         assert_eq!(b.allow(later), Allow::Refuse(Duration::from_secs(2)));
         assert_eq!(b.opened(), 2);
+        // Requests sent before it opened, failing now, change nothing.
+        for _ in 0..30 {
+            b.failed(later);
+        }
+        assert_eq!(b.allow(later), Allow::Refuse(Duration::from_secs(2)));
+        assert_eq!(b.opened(), 2);
         let again = later + Duration::from_secs(2);
         assert_eq!(b.allow(again), Allow::Probe);
         b.succeeded();
@@ -161,6 +170,9 @@ mod tests {
         let mut b = Breaker::new(1, 20_000);
         b.failed(t);
         assert_eq!(b.allow(t + Duration::from_secs(20)), Allow::Probe);
+        b.failed(t);
+        assert_eq!(b.allow(t), Allow::Refuse(Duration::from_secs(30)));
+        assert_eq!(b.allow(t + MAX_OPEN), Allow::Probe);
         b.failed(t);
         assert_eq!(b.allow(t), Allow::Refuse(MAX_OPEN));
         let mut off = Breaker::new(0, 1000);

@@ -48,7 +48,10 @@ enum Slot {
 
 /// Answers fetched ahead for one batch, by service and path. The fetches
 /// run while the batch is folded: a fetch of a path still on its way
-/// waits for that answer (and no other) instead of asking again.
+/// waits for that answer (and no other) instead of asking again. Each
+/// answer answers one fetch: a later fetch of the path (another event of
+/// the entity, or an `apply` tried again after a transient failure) asks
+/// the service as it would have, so a lagging replica is asked again.
 #[derive(Default)]
 pub struct Ahead {
     slots: Mutex<HashMap<String, HashMap<String, Slot>>>,
@@ -63,12 +66,17 @@ impl std::fmt::Debug for Ahead {
 
 impl Ahead {
     /// What the fetch ahead of `path` from `service` got, waiting for it
-    /// while it is on its way; `None` when it was not fetched ahead.
-    pub fn get(&self, service: &str, path: &str) -> Option<Answer> {
+    /// while it is on its way, taken: `None` when it was not fetched ahead
+    /// or another fetch took it.
+    pub fn take(&self, service: &str, path: &str) -> Option<Answer> {
         let mut slots = self.slots.lock().recover();
         loop {
-            match slots.get(service)?.get(path)? {
-                Slot::Done(answer) => return Some(answer.clone()),
+            let of = slots.get_mut(service)?;
+            match of.get(path)? {
+                Slot::Done(_) => match of.remove(path) {
+                    Some(Slot::Done(answer)) => return Some(answer),
+                    _ => return None,
+                },
                 Slot::Pending => slots = self.came.wait(slots).recover(),
             }
         }
@@ -177,12 +185,10 @@ impl Fetcher {
             for _ in 0..workers {
                 let (fetcher, mine, theirs) = (self.clone(), plan.clone(), ahead.clone());
                 let permitted = allowed.to_vec();
-                let spawned = std::thread::Builder::new()
-                    .name("projector-prefetch".into())
-                    .spawn(move || fetcher.work(&permitted, &mine, &theirs));
-                if let Err(e) = spawned {
-                    // Threads started take its jobs; with none, `apply`
-                    // must not wait for answers nobody fetches.
+                let task = Box::new(move || fetcher.work(&permitted, &mine, &theirs));
+                if let Err(e) = s.lanes.run(task) {
+                    // No lane runs: `apply` must not wait for answers
+                    // nobody fetches, so the jobs are done here.
                     tracing::warn!("prefetch thread: {e}");
                     self.work(allowed, &plan, &ahead);
                 }
@@ -260,7 +266,7 @@ impl Service {
                 Err(self.refusal(left))
             }
             None => {
-                self.stats.in_flight.fetch_add(n as i64, Ordering::Relaxed);
+                self.stats.entered(n as i64);
                 let answer = self.request_many(paths);
                 self.stats.in_flight.fetch_sub(n as i64, Ordering::Relaxed);
                 self.tell_breaker(answer.as_ref().map(|_| ()));
@@ -456,10 +462,16 @@ mod tests {
             4,
             "a, b, c and gone; the bad path and the unlisted service left out"
         );
-        let answer = |path| ahead.get("billing", path).expect("fetched ahead");
+        let answer = |path| ahead.take("billing", path).expect("fetched ahead");
         assert_eq!(answer("/b").expect("ok").body, br#"{"path":"/b"}"#.to_vec());
         let gone = answer("/gone").expect("a 404 is an answer");
         assert_eq!((gone.status, gone.body.len()), (404, 0));
+        assert_eq!(ahead.take("billing", "/x"), None, "not named");
+        assert_eq!(
+            ahead.take("billing", "/b"),
+            None,
+            "an answer answers one fetch"
+        );
         assert_eq!(
             requests.load(Ordering::Relaxed),
             2,

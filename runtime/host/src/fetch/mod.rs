@@ -55,6 +55,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod ahead;
+mod lanes;
 pub use ahead::Ahead;
 
 /// `[services.NAME]`: a service plugins may fetch from.
@@ -179,6 +180,8 @@ pub struct ServiceStats {
     pub latency: [AtomicU64; LATENCY_BUCKETS_MICROS.len() + 1],
     /// Fetches waiting on the service now.
     pub in_flight: AtomicI64,
+    /// The most fetches that waited on the service at once.
+    pub in_flight_peak: AtomicI64,
     /// Fetches that shared the answer of an identical one in flight.
     pub coalesced: AtomicU64,
     /// Fetches refused at once because the breaker was open.
@@ -204,6 +207,12 @@ pub const LATENCY_BUCKETS_MICROS: [u64; 14] = [
 ];
 
 impl ServiceStats {
+    /// `n` more fetches wait on the service.
+    fn entered(&self, n: i64) {
+        let now = self.in_flight.fetch_add(n, Ordering::Relaxed) + n;
+        self.in_flight_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
     fn record(&self, micros: u64) {
         self.request_micros.fetch_add(micros, Ordering::Relaxed);
         let i = LATENCY_BUCKETS_MICROS
@@ -265,6 +274,8 @@ struct Service {
     stats: Arc<ServiceStats>,
     breaker: Mutex<Breaker>,
     flights: Coalesce<Result<Fetched, FetchError>>,
+    /// Its threads for fetching ahead.
+    lanes: Arc<lanes::Lanes>,
 }
 
 /// Cached answers kept per service, at most (the cache starts over when
@@ -331,6 +342,7 @@ impl Fetcher {
                         config.breaker_open_ms,
                     )),
                     flights: Coalesce::default(),
+                    lanes: lanes::Lanes::new(config.max_in_flight),
                 },
             );
         }
@@ -478,7 +490,7 @@ impl Service {
     /// Ask the service (retries included), counted in flight, and tell the
     /// breaker how it went.
     fn ask(&self, path: &str) -> Result<Fetched, FetchError> {
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stats.entered(1);
         let answer = self.request(path);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.tell_breaker(answer.as_ref().map(|_| ()));

@@ -402,7 +402,7 @@ impl enrichment::Host for HostState {
         }
         let started = std::time::Instant::now();
         let ahead = self.ahead.as_ref().filter(|_| !fresh);
-        let answer = match ahead.and_then(|a| a.get(&service, &path)) {
+        let answer = match ahead.and_then(|a| a.take(&service, &path)) {
             Some(answer) => answer,
             None => services
                 .fetcher
