@@ -48,10 +48,9 @@ enum Slot {
 
 /// Answers fetched ahead for one batch, by service and path. The fetches
 /// run while the batch is folded: a fetch of a path still on its way
-/// waits for that answer (and no other) instead of asking again. Each
-/// answer answers one fetch: a later fetch of the path (another event of
-/// the entity, or an `apply` tried again after a transient failure) asks
-/// the service as it would have, so a lagging replica is asked again.
+/// waits for that answer (and no other) instead of asking again. An
+/// answer that led to a transient failure is forgotten, so the `apply`
+/// tried again asks the service (a lagging replica is asked again).
 #[derive(Default)]
 pub struct Ahead {
     slots: Mutex<HashMap<String, HashMap<String, Slot>>>,
@@ -66,19 +65,22 @@ impl std::fmt::Debug for Ahead {
 
 impl Ahead {
     /// What the fetch ahead of `path` from `service` got, waiting for it
-    /// while it is on its way, taken: `None` when it was not fetched ahead
-    /// or another fetch took it.
-    pub fn take(&self, service: &str, path: &str) -> Option<Answer> {
+    /// while it is on its way: `None` when it was not fetched ahead (or
+    /// was forgotten).
+    pub fn get(&self, service: &str, path: &str) -> Option<Answer> {
         let mut slots = self.slots.lock().recover();
         loop {
-            let of = slots.get_mut(service)?;
-            match of.get(path)? {
-                Slot::Done(_) => match of.remove(path) {
-                    Some(Slot::Done(answer)) => return Some(answer),
-                    _ => return None,
-                },
+            match slots.get(service)?.get(path)? {
+                Slot::Done(answer) => return Some(answer.clone()),
                 Slot::Pending => slots = self.came.wait(slots).recover(),
             }
+        }
+    }
+
+    /// Forget the answer of `path` from `service`: later fetches ask.
+    pub fn forget(&self, service: &str, path: &str) {
+        if let Some(of) = self.slots.lock().recover().get_mut(service) {
+            of.remove(path);
         }
     }
 
@@ -462,16 +464,17 @@ mod tests {
             4,
             "a, b, c and gone; the bad path and the unlisted service left out"
         );
-        let answer = |path| ahead.take("billing", path).expect("fetched ahead");
+        let answer = |path| ahead.get("billing", path).expect("fetched ahead");
         assert_eq!(answer("/b").expect("ok").body, br#"{"path":"/b"}"#.to_vec());
         let gone = answer("/gone").expect("a 404 is an answer");
         assert_eq!((gone.status, gone.body.len()), (404, 0));
-        assert_eq!(ahead.take("billing", "/x"), None, "not named");
-        assert_eq!(
-            ahead.take("billing", "/b"),
-            None,
-            "an answer answers one fetch"
+        assert_eq!(ahead.get("billing", "/x"), None, "not named");
+        assert!(
+            ahead.get("billing", "/b").is_some(),
+            "an answer serves each fetch"
         );
+        ahead.forget("billing", "/b");
+        assert_eq!(ahead.get("billing", "/b"), None, "forgotten");
         assert_eq!(
             requests.load(Ordering::Relaxed),
             2,

@@ -293,6 +293,8 @@ pub struct HostState {
     replay: bool,
     /// Answers fetched ahead for the current batch.
     ahead: Option<Arc<crate::fetch::Ahead>>,
+    /// The answers fetched ahead the current call used (service, path).
+    taken: Vec<(String, String)>,
 }
 
 impl WasiView for HostState {
@@ -402,8 +404,11 @@ impl enrichment::Host for HostState {
         }
         let started = std::time::Instant::now();
         let ahead = self.ahead.as_ref().filter(|_| !fresh);
-        let answer = match ahead.and_then(|a| a.take(&service, &path)) {
-            Some(answer) => answer,
+        let answer = match ahead.and_then(|a| a.get(&service, &path)) {
+            Some(answer) => {
+                self.taken.push((service.clone(), path.clone()));
+                answer
+            }
             None => services
                 .fetcher
                 .fetch(&services.allowed, &service, &path, fresh),

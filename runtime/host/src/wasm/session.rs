@@ -71,6 +71,7 @@ impl<'a> WasmSession<'a> {
             waited_ticks: 0,
             replay: self.replay,
             ahead: self.ahead.clone(),
+            taken: Vec::new(),
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -186,6 +187,7 @@ impl<'a> WasmSession<'a> {
         store.set_epoch_deadline(deadline_ms);
         store.data_mut().calls += 1;
         store.data_mut().waited_ticks = 0;
+        store.data_mut().taken.clear();
         let e = match f(store, instance) {
             Ok(r) => return Ok(r),
             Err(e) => classify(&self.plugin.meta.name, e, store, deadline_ms),
@@ -221,6 +223,27 @@ impl<'a> WasmSession<'a> {
         })?;
         self.open = Some((batch.id(), handle));
         Ok(handle)
+    }
+
+    /// After an `apply` call: when an event failed as transient, forget
+    /// the answers fetched ahead that the call used, so the `apply` tried
+    /// again asks the service (a lagging replica, a passing failure).
+    pub(super) fn forget_failed_answers(&mut self, results: &[wit::ApplyResult]) {
+        let transient = results.iter().any(|r| {
+            r.error
+                .as_ref()
+                .is_some_and(|e| matches!(e.kind, wit::ErrorKind::Transient))
+        });
+        let Some((store, _)) = self.live.as_mut() else {
+            return;
+        };
+        let state = store.data_mut();
+        let taken = std::mem::take(&mut state.taken);
+        if let (true, Some(ahead)) = (transient, &state.ahead) {
+            for (service, path) in &taken {
+                ahead.forget(service, path);
+            }
+        }
     }
 
     /// Let the plugin free the open batch's events.
@@ -415,6 +438,7 @@ impl Session for WasmSession<'_> {
             i.projector_plugin_projection()
                 .call_apply(s, key, state, &list)
         })?;
+        self.forget_failed_answers(std::slice::from_ref(&r));
         Ok(from_wit_result(r))
     }
 
@@ -471,6 +495,7 @@ impl Session for WasmSession<'_> {
                 .call_apply(s, handle, packed)
         })?;
         self.check_count("batch.apply", out.len(), runs.len())?;
+        self.forget_failed_answers(&out);
         Ok(out.into_iter().map(from_wit_result).collect())
     }
 
