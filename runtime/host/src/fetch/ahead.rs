@@ -28,11 +28,9 @@
 //! bad path, an open breaker) are fetched by `apply` itself.
 
 use super::{check_path, Fetcher, Service};
-use crate::backoff::Backoff;
 use projector_common::sync::Recover;
 use projector_guest::{FetchError, Fetched};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -299,19 +297,7 @@ impl Service {
         let route = self.config.batch_path.as_deref().unwrap_or_default();
         let url = format!("{}{route}", self.base);
         let body = serde_json::json!({ "paths": paths }).to_string();
-        let schedule = Backoff::new(self.config.retries, self.config.backoff_ms);
-        let mut last = FetchError::Unavailable(String::new());
-        for attempt in 1..=schedule.attempts() {
-            if let Some(pause) = schedule.pause_before(attempt) {
-                std::thread::sleep(pause);
-            }
-            match self.attempt_many(&url, &body, paths) {
-                Ok(answers) => return Ok(answers),
-                Err(e @ FetchError::TooLarge(_)) => return Err(e),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        self.retrying(|| self.attempt_many(&url, &body, paths))
     }
 
     fn attempt_many(
@@ -342,18 +328,7 @@ impl Service {
             .config
             .max_response_bytes
             .saturating_mul(paths.len() as u64);
-        let mut bytes = Vec::new();
-        let read = response
-            .into_reader()
-            .take(limit + 1)
-            .read_to_end(&mut bytes);
-        self.took(started);
-        if let Err(e) = read {
-            return Err(self.transport_error(url, started, &format!("reading: {e}")));
-        }
-        if bytes.len() as u64 > limit {
-            return Err(FetchError::TooLarge(limit));
-        }
+        let bytes = self.read_body(response, limit, url, started)?;
         let answer: BatchAnswer = serde_json::from_slice(&bytes)
             .map_err(|e| FetchError::Unavailable(format!("{url}: not a batch answer: {e}")))?;
         if answer.answers.len() != paths.len() {
@@ -390,7 +365,7 @@ impl Service {
 mod tests {
     use super::*;
     use crate::fetch::ServiceConfig;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
 
     /// A batch endpoint on loopback that answers each path with its name,

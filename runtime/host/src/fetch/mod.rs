@@ -50,13 +50,15 @@ use projector_guest::{FetchError, Fetched};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod ahead;
 mod lanes;
+mod stats;
 pub use ahead::Ahead;
+pub use stats::{ServiceStats, LATENCY_BUCKETS_MICROS};
 
 /// `[services.NAME]`: a service plugins may fetch from.
 #[derive(Debug, Clone, Deserialize)]
@@ -155,109 +157,6 @@ impl ServiceConfig {
             check_path(path).map_err(|why| format!("batch_path: {why}"))?;
         }
         Ok(())
-    }
-}
-
-/// Counts of one service, since start.
-#[derive(Debug, Default)]
-pub struct ServiceStats {
-    /// Fetches asked of this service by plugins.
-    pub fetches: AtomicU64,
-    /// Answered from the cache within its TTL.
-    pub cache_hits: AtomicU64,
-    /// Answered from the cache past its TTL because the service failed.
-    pub stale_served: AtomicU64,
-    /// HTTP requests sent (attempts, retries included).
-    pub requests: AtomicU64,
-    /// Fetches that failed after their retries.
-    pub errors: AtomicU64,
-    /// Attempts that ran past the timeout.
-    pub timeouts: AtomicU64,
-    /// Total time of the requests sent, in microseconds.
-    pub request_micros: AtomicU64,
-    /// Requests by duration: count per bucket of [`LATENCY_BUCKETS_MICROS`]
-    /// (the last one: longer than every bound).
-    pub latency: [AtomicU64; LATENCY_BUCKETS_MICROS.len() + 1],
-    /// Fetches waiting on the service now.
-    pub in_flight: AtomicI64,
-    /// The most fetches that waited on the service at once.
-    pub in_flight_peak: AtomicI64,
-    /// Fetches that shared the answer of an identical one in flight.
-    pub coalesced: AtomicU64,
-    /// Fetches refused at once because the breaker was open.
-    pub refused: AtomicU64,
-    /// Times the breaker opened.
-    pub breaker_opened: AtomicU64,
-    /// Whether the breaker refuses fetches now.
-    pub breaker_open: AtomicBool,
-    /// Answers recorded for replay (plugins with `record_fetches`).
-    pub recorded: AtomicU64,
-    /// Fetches of a replay answered from the record, no request sent.
-    pub from_record: AtomicU64,
-    /// Answers fetched ahead of the batch that needed them.
-    pub prefetched: AtomicU64,
-    /// Answers that came many to a request, from the batch endpoint.
-    pub batched: AtomicU64,
-}
-
-/// Upper bounds of the request latency buckets, in microseconds.
-pub const LATENCY_BUCKETS_MICROS: [u64; 14] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000,
-];
-
-impl ServiceStats {
-    /// `n` more fetches wait on the service.
-    fn entered(&self, n: i64) {
-        let now = self.in_flight.fetch_add(n, Ordering::Relaxed) + n;
-        self.in_flight_peak.fetch_max(now, Ordering::Relaxed);
-    }
-
-    fn record(&self, micros: u64) {
-        self.request_micros.fetch_add(micros, Ordering::Relaxed);
-        let i = LATENCY_BUCKETS_MICROS
-            .iter()
-            .position(|b| micros <= *b)
-            .unwrap_or(LATENCY_BUCKETS_MICROS.len());
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests per latency bucket: (upper bound in seconds, count), the
-    /// last bound `f64::MAX`.
-    pub fn latency_buckets(&self) -> Vec<(f64, u64)> {
-        self.latency
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let bound = LATENCY_BUCKETS_MICROS
-                    .get(i)
-                    .map_or(f64::MAX, |b| *b as f64 / 1e6);
-                (bound, n.load(Ordering::Relaxed))
-            })
-            .collect()
-    }
-
-    /// The bucket bound under which a share `q` of requests finished, in
-    /// microseconds (`None` before any request or past the last bound).
-    pub fn latency_quantile_micros(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .latency
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let want = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in counts.iter().enumerate() {
-            seen += n;
-            if seen >= want {
-                return LATENCY_BUCKETS_MICROS.get(i).copied();
-            }
-        }
-        None
     }
 }
 
@@ -541,19 +440,52 @@ impl Service {
     /// Ask the service, with retries and backoff.
     fn request(&self, path: &str) -> Result<Fetched, FetchError> {
         let url = format!("{}{path}", self.base);
+        self.retrying(|| self.attempt(&url))
+    }
+
+    /// `attempt` until it answers, with the service's retries and backoff;
+    /// a too-large answer is not asked for again.
+    fn retrying<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
         let schedule = Backoff::new(self.config.retries, self.config.backoff_ms);
         let mut last = FetchError::Unavailable(String::new());
-        for attempt in 1..=schedule.attempts() {
-            if let Some(pause) = schedule.pause_before(attempt) {
+        for n in 1..=schedule.attempts() {
+            if let Some(pause) = schedule.pause_before(n) {
                 std::thread::sleep(pause);
             }
-            match self.attempt(&url) {
-                Ok(f) => return Ok(f),
+            match attempt() {
+                Ok(answer) => return Ok(answer),
                 Err(e @ FetchError::TooLarge(_)) => return Err(e),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// The body of the answer to a request to `url` sent at `started`, at
+    /// most `limit` bytes; the request's time counted.
+    fn read_body(
+        &self,
+        response: ureq::Response,
+        limit: u64,
+        url: &str,
+        started: Instant,
+    ) -> Result<Vec<u8>, FetchError> {
+        let mut body = Vec::new();
+        let read = response
+            .into_reader()
+            .take(limit + 1)
+            .read_to_end(&mut body);
+        self.took(started);
+        if let Err(e) = read {
+            return Err(self.transport_error(url, started, &format!("reading: {e}")));
+        }
+        if body.len() as u64 > limit {
+            return Err(FetchError::TooLarge(limit));
+        }
+        Ok(body)
     }
 
     fn attempt(&self, url: &str) -> Result<Fetched, FetchError> {
@@ -573,19 +505,7 @@ impl Service {
             }
         };
         let status = response.status();
-        let limit = self.config.max_response_bytes;
-        let mut body = Vec::new();
-        let read = response
-            .into_reader()
-            .take(limit + 1)
-            .read_to_end(&mut body);
-        self.took(started);
-        if let Err(e) = read {
-            return Err(self.transport_error(url, started, &format!("reading: {e}")));
-        }
-        if body.len() as u64 > limit {
-            return Err(FetchError::TooLarge(limit));
-        }
+        let body = self.read_body(response, self.config.max_response_bytes, url, started)?;
         Ok(Fetched {
             status,
             body,
@@ -601,27 +521,6 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_durations_land_in_their_buckets() {
-        let stats = ServiceStats::default();
-        assert_eq!(stats.latency_quantile_micros(0.5), None);
-        for micros in [40, 90, 90, 300, 20_000, 5_000_000] {
-            stats.record(micros);
-        }
-        assert_eq!(stats.latency_quantile_micros(0.5), Some(100));
-        assert_eq!(stats.latency_quantile_micros(0.6), Some(500));
-        assert_eq!(stats.latency_quantile_micros(0.8), Some(25_000));
-        assert_eq!(
-            stats.latency_quantile_micros(1.0),
-            None,
-            "past the last bound"
-        );
-        let buckets = stats.latency_buckets();
-        assert_eq!(buckets[0], (0.000_05, 1));
-        assert_eq!(buckets.last(), Some(&(f64::MAX, 1)));
-        assert_eq!(stats.request_micros.load(Ordering::Relaxed), 5_020_520);
-    }
 
     #[test]
     fn paths_stay_inside_the_service() {
