@@ -877,3 +877,45 @@ fn fetches_named_ahead_go_to_the_batch_endpoint_many_to_a_request() {
     assert_eq!(load(&stats["billing"].batched), 30);
     assert!(dead_letters(&app).is_empty());
 }
+
+/// An answer fetched ahead that made an event fail as transient is not
+/// served again: the next event of the same entity in the batch asks the
+/// service. Billing's replica answers version 1 first (behind both
+/// events), then version 3; with no refetches, event v2 fails on the
+/// answer fetched ahead and waits for a retry, and event v3 of the same
+/// asset, in the same batch, gets version 3 from the service.
+#[test]
+fn an_answer_fetched_ahead_that_failed_an_event_is_not_served_again() {
+    let services = Services::start(&SOURCES);
+    services.get("billing").set(
+        "a1",
+        vec![entity("billing", 1, "a1"), entity("billing", 3, "a1")],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = open_app(
+        dir.path(),
+        &[PLUGIN],
+        &format!(
+            "{}settings = {{ refetches = 0 }}\n",
+            config(&services, &SOURCES, &[])
+        ),
+    );
+    let batch = vec![
+        ev("billing", 2, "u1", "a1", None),
+        ev("billing", 3, "u1", "a1", None),
+    ];
+    let c = app
+        .engine
+        .process("t", 0, &records(0, batch))
+        .expect("batch")
+        .total();
+    assert_eq!((c.applied, c.dead_lettered), (1, 0), "{c:?}");
+    assert_eq!(row(&app, "u1:a1", 0)["amount"]["cents"], 300);
+    assert_eq!(
+        services.get("billing").requests(),
+        2,
+        "fetched ahead once, asked again once"
+    );
+    app.engine.commit().expect("commit");
+    assert_eq!(app.engine.store().retry_count(), 1, "v2 waits for a retry");
+}
