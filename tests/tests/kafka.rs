@@ -592,3 +592,97 @@ fn records_the_broker_already_holds_are_not_sent_again_after_a_restart() {
     want.sort();
     assert_eq!(ids, want, "each dead letter once in its topic");
 }
+
+/// Answers recorded for replay travel with the changelog: instance A
+/// (`record_fetches`, changelogs on) applies id-only billing events of 20
+/// assets, fetching each entity once; its changelog then holds a `fetch`
+/// record per entity; B, an empty store in the same group once A
+/// stopped, restores both partitions and holds the same answers in its
+/// record, without a request to the service.
+#[test]
+fn recorded_answers_travel_with_the_changelog_to_the_instance_that_restores() {
+    use projector_host::fetch_record::FetchRecord;
+    use projector_tests::services::Services;
+    const TOPIC: &str = "billed";
+    let services = Services::start(&["billing"]);
+    let entity = |n: u64| {
+        json!({"version": 1, "payment_status": "paid", "next_charge_ms": 0,
+               "amount_cents": 100 + n, "currency": "EUR"})
+    };
+    for n in 0..20 {
+        services
+            .get("billing")
+            .set(&format!("a{n}"), vec![entity(n)]);
+    }
+    let c = cluster(TOPIC, 2);
+    let bootstrap = c.bootstrap_servers();
+    let kafka = projector_tests::broker::changelog_config(&bootstrap, "views", TOPIC);
+    let changelog = kafka.changelog_topic("subscriptions");
+    c.create_topic(&changelog, 2, 1).expect("changelog topic");
+    c.create_topic(&kafka.members_topic(), 1, 1)
+        .expect("members topic");
+    let events: Vec<String> = (0..20)
+        .map(|n| {
+            json!({"id": format!("b{n}"), "type": "BillingChanged", "source": "billing",
+                   "key": format!("a{n}"), "version": 1, "time": 0,
+                   "payload": {"user_id": "u1", "asset_id": format!("a{n}")}})
+            .to_string()
+        })
+        .collect();
+    produce(&bootstrap, TOPIC, 2, &events);
+    let config = format!(
+        "[engine]\ncommit_interval_ms = 100\n\
+         [plugins.subscriptions]\nservices = [\"billing\"]\nrecord_fetches = true\n\
+         partition_by = {{ separator = \":\", field = 1 }}\n{}\
+         [source.kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"views\"\n\
+         topics = [\"{TOPIC}\"]\nchangelog = true\npartitioner = \"fnv1a\"\n",
+        services.config(&[])
+    );
+    let run = |dir: &Path| {
+        let app = open_app(dir, &["subscriptions"], &config);
+        let stop = Shutdown::new();
+        let running = app.start_kafka(Some("off"), stop.clone()).expect("start");
+        wait_caught_up(
+            &app.engine,
+            TOPIC,
+            &ends(&bootstrap, TOPIC, 2),
+            Duration::from_secs(60),
+        );
+        (app, stop, running)
+    };
+    let answer_of = |app: &projector::app::App, n: u64| {
+        let record = app.engine.fetch_record("subscriptions").expect("record");
+        record
+            .expect("records fetches")
+            .recorded("billing", &format!("/billing/a{n}"))
+    };
+
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let (a, stop, running) = run(a_dir.path());
+    let asked = services.get("billing").requests();
+    assert_eq!(asked, 20, "one fetch per entity");
+    let kept = answer_of(&a, 7).expect("A recorded a7");
+    stop.stop();
+    running.wait().expect("A stops");
+    drop(a);
+    let fetched: std::collections::BTreeSet<String> = read_all(&bootstrap, &changelog, 2)
+        .into_iter()
+        .filter(|r| r.headers.get(header::KIND).map(String::as_str) == Some("fetch"))
+        .filter_map(|r| r.key)
+        .collect();
+    assert_eq!(fetched.len(), 20, "a fetch record per entity: {fetched:?}");
+
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let (b, stop, running) = run(b_dir.path());
+    for n in 0..20 {
+        assert!(answer_of(&b, n).is_some(), "B's record lacks a{n}");
+    }
+    assert_eq!(answer_of(&b, 7), Some(kept), "the answer A recorded");
+    assert_eq!(
+        services.get("billing").requests(),
+        asked,
+        "B asked the service nothing"
+    );
+    stop.stop();
+    running.wait().expect("B stops");
+}

@@ -19,6 +19,8 @@ pub(crate) struct Held {
     pub(crate) views: BTreeMap<(String, String), Option<Vec<u8>>>,
     /// (plugin, key, seq) → a restored history entry (`None`: pruned).
     pub(crate) history: BTreeMap<(String, String, u64), Option<Vec<u8>>>,
+    /// (plugin, service and path) → a restored recorded answer.
+    pub(crate) fetched: BTreeMap<(String, Vec<u8>), Vec<u8>>,
     /// Calls of `restore_views`, with their sizes.
     pub(crate) restore_calls: Vec<usize>,
     /// (plugin, partition) → the offsets a restore recorded.
@@ -94,6 +96,15 @@ impl SourceHost for FakeHost {
                 (plugin.to_string(), key.to_string()),
                 value.map(<[u8]>::to_vec),
             );
+        }
+        Ok(())
+    }
+
+    fn restore_fetched(&self, plugin: &str, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        let mut held = self.held.lock().recover();
+        for (key, value) in entries {
+            held.fetched
+                .insert((plugin.to_string(), key.to_vec()), value.to_vec());
         }
         Ok(())
     }

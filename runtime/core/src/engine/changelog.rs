@@ -50,6 +50,21 @@ pub trait Changelog: Send + Sync {
         None
     }
 
+    /// The record of an answer `plugin` recorded for replay (`key`: its
+    /// service and path; `kept`: its stored form) while events of
+    /// `partition` were applied, so the partition's restore brings it
+    /// back. `None`: no changelog, or none for recorded answers.
+    fn fetched(
+        &self,
+        plugin: &str,
+        partition: u32,
+        key: &[u8],
+        kept: &[u8],
+    ) -> Option<OutboxRecord> {
+        let _ = (plugin, partition, key, kept);
+        None
+    }
+
     /// The record that closes a commit's changes of `plugin`'s
     /// `partition`: the next source offset of each source there.
     fn offsets(

@@ -726,6 +726,7 @@ impl Engine {
                 // Its breaker opened: its offset stays before this batch.
                 None => return Ok(Counters::default()),
             }
+            self.spool_fetched(writer, p, partition)?;
         }
         if next > from {
             let first = from.max(b.records[0].offset);

@@ -182,6 +182,7 @@ impl Engine {
                 })?;
                 continue;
             };
+            self.spool_fetched(&mut writer, &p, entry.partition)?;
             let total = {
                 let mut c = p.counters.lock().recover();
                 c.add(&delta);

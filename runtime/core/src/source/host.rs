@@ -42,6 +42,10 @@ pub trait SourceHost: Send + Sync {
     /// (view key, seq, stored form; `None`: the entry was pruned).
     fn restore_history(&self, plugin: &str, entries: &[(&str, u64, Option<&[u8]>)]) -> Result<()>;
 
+    /// Put answers `plugin` recorded for replay, restored from its
+    /// changelog, into its record: (service and path, stored form).
+    fn restore_fetched(&self, plugin: &str, entries: &[(&[u8], &[u8])]) -> Result<()>;
+
     /// Record the offsets a restore brought `plugin`'s partitions to.
     fn restored(&self, plugin: &str, partitions: &[(u32, Vec<(String, u64)>)]) -> Result<()>;
 
@@ -88,6 +92,10 @@ impl SourceHost for Engine {
 
     fn restore_history(&self, plugin: &str, entries: &[(&str, u64, Option<&[u8]>)]) -> Result<()> {
         Engine::restore_history(self, plugin, entries)
+    }
+
+    fn restore_fetched(&self, plugin: &str, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        Engine::restore_fetched(self, plugin, entries)
     }
 
     fn spool(&self) -> Arc<dyn Spool> {

@@ -147,6 +147,17 @@ impl Changelog for Placement {
         )
     }
 
+    fn fetched(
+        &self,
+        plugin: &str,
+        partition: u32,
+        key: &[u8],
+        kept: &[u8],
+    ) -> Option<OutboxRecord> {
+        let payload = Some(kept.to_vec());
+        self.record(plugin, partition, fetched_key(key), payload, "fetch", None)
+    }
+
     fn offsets(
         &self,
         plugin: &str,
@@ -209,6 +220,24 @@ pub(crate) fn history_key(key: &str, seq: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The changelog key of a recorded answer (`key`: its service and path):
+/// a zero byte first, which no view key (nor history entry's) starts with,
+/// so compaction keeps one answer per path beside the views.
+pub(crate) fn fetched_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The service and path of a recorded answer's changelog key.
+pub(crate) fn parse_fetched_key(k: &[u8]) -> Option<&[u8]> {
+    match k.split_first() {
+        Some((0, key)) if !key.is_empty() => Some(key),
+        _ => None,
+    }
 }
 
 /// The view key and seq of a history entry's changelog key.

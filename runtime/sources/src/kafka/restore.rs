@@ -47,6 +47,9 @@ enum Kind {
     /// A view's history entry (`None`: pruned); the change's key is the
     /// entry's (`placement::history_key`).
     History(Option<Vec<u8>>),
+    /// An answer recorded for replay; the change's key is its
+    /// (`placement::fetched_key`).
+    Fetched(Vec<u8>),
     Offsets(OffsetsValue),
     /// Not a record of this encoding: counted, skipped.
     Unknown,
@@ -73,6 +76,9 @@ fn change<M: Message>(m: &M) -> Change {
     let kind = match kind {
         Some(b"view") => Kind::View(m.payload().map(<[u8]>::to_vec)),
         Some(b"history") => Kind::History(m.payload().map(<[u8]>::to_vec)),
+        Some(b"fetch") => m
+            .payload()
+            .map_or(Kind::Unknown, |p| Kind::Fetched(p.to_vec())),
         Some(b"offsets") => m
             .payload()
             .and_then(|p| serde_json::from_slice::<OffsetsValue>(p).ok())
@@ -243,7 +249,7 @@ impl Follower {
         {
             let want = (max - records).min(CHUNK as u64);
             records += self.reader.read(&to, want, |_, c| fold.take(c))?;
-            if fold.ready.len() >= CHUNK || fold.history.len() >= CHUNK {
+            if fold.ready.len() >= CHUNK || fold.kept() >= CHUNK {
                 views += fold.flush(host, &self.plugin, self.partition)?;
             }
         }
@@ -433,9 +439,9 @@ fn restore_all(
             })?;
             read += n;
             *stats.restore_progress.lock().recover() = Some((read, total as u64));
-            if folds.values().map(|f| f.history.len()).sum::<usize>() >= HANDED {
+            if folds.values().map(Fold::kept).sum::<usize>() >= HANDED {
                 for f in folds.values_mut() {
-                    f.put_history(host, plugin)?;
+                    f.put_kept(host, plugin)?;
                 }
             }
             if folds.values().map(|f| f.ready.len()).sum::<usize>() >= HANDED {
@@ -469,7 +475,7 @@ fn restore_all(
     })?;
     *stats.restore_progress.lock().recover() = None;
     for f in folds.values_mut() {
-        f.put_history(host, plugin)?;
+        f.put_kept(host, plugin)?;
     }
     let offsets: Vec<(u32, Vec<(String, u64)>)> = folds
         .iter_mut()
@@ -502,6 +508,8 @@ struct Fold {
     /// History entries read, not yet in the store (each entry's own key;
     /// `None`: pruned).
     history: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Recorded answers read, not yet in the store (each one's own key).
+    fetched: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Fold {
@@ -534,12 +542,19 @@ impl Fold {
             // Entries are written once and never change: each is taken
             // as it comes (a pruned one's tombstone after it).
             Kind::History(value) => self.history.push((c.key, value)),
+            // The restore keeps the newer of two answers for a path.
+            Kind::Fetched(value) => self.fetched.push((c.key, value)),
             Kind::Unknown => {}
         }
     }
 
-    /// Put the history entries read into the store.
-    fn put_history(&mut self, host: &dyn SourceHost, plugin: &str) -> anyhow::Result<()> {
+    /// History entries and recorded answers read, not yet in the store.
+    fn kept(&self) -> usize {
+        self.history.len() + self.fetched.len()
+    }
+
+    /// Put the history entries and recorded answers read into the store.
+    fn put_kept(&mut self, host: &dyn SourceHost, plugin: &str) -> anyhow::Result<()> {
         for chunk in self.history.chunks(CHUNK) {
             let entries: Vec<(&str, u64, Option<&[u8]>)> = chunk
                 .iter()
@@ -551,6 +566,14 @@ impl Fold {
             host.restore_history(plugin, &entries)?;
         }
         self.history.clear();
+        for chunk in self.fetched.chunks(CHUNK) {
+            let entries: Vec<(&[u8], &[u8])> = chunk
+                .iter()
+                .filter_map(|(k, v)| Some((super::placement::parse_fetched_key(k)?, v.as_slice())))
+                .collect();
+            host.restore_fetched(plugin, &entries)?;
+        }
+        self.fetched.clear();
         Ok(())
     }
 
@@ -572,7 +595,7 @@ impl Fold {
         partition: i32,
     ) -> anyhow::Result<u64> {
         let count = put_views(host, plugin, self.ready.drain())?;
-        self.put_history(host, plugin)?;
+        self.put_kept(host, plugin)?;
         if let Some(offsets) = self.unsaved_offsets() {
             host.restored(plugin, &[(partition as u32, offsets)])?;
         }
@@ -748,6 +771,42 @@ mod tests {
             .map(|((_, k, seq), v)| (k.as_str(), *seq, v.as_deref()))
             .collect();
         assert_eq!(kept, [("u:s", 1, None), ("u:s", 2, Some(&b"e2"[..]))]);
+    }
+
+    #[test]
+    fn recorded_answers_go_into_the_host_by_service_and_path() {
+        use crate::kafka::placement::fetched_key;
+        let host = crate::fake::FakeHost::new(&["subscriptions"], &[]);
+        let mut f = Fold::default();
+        let answer = |key: &[u8], value: &str| Change {
+            key: fetched_key(key),
+            position: 0,
+            kind: Kind::Fetched(value.as_bytes().to_vec()),
+        };
+        f.take(answer(b"billing\0/billing/a1", "v1"));
+        f.take(answer(b"domains\0/domains/a1", "v2"));
+        // A key that is not a recorded answer's is skipped.
+        f.take(Change {
+            key: b"u1:a1".to_vec(),
+            position: 0,
+            kind: Kind::Fetched(b"odd".to_vec()),
+        });
+        assert_eq!(f.kept(), 3);
+        f.flush(host.as_ref(), "subscriptions", 0).expect("flush");
+        assert_eq!(f.kept(), 0);
+        let held = host.held.lock().recover();
+        let kept: Vec<(&[u8], &[u8])> = held
+            .fetched
+            .iter()
+            .map(|((_, k), v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (&b"billing\0/billing/a1"[..], &b"v1"[..]),
+                (&b"domains\0/domains/a1"[..], &b"v2"[..])
+            ]
+        );
     }
 
     #[test]
