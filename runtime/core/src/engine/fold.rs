@@ -592,9 +592,7 @@ impl Engine {
             return Ok(BatchSummary::default());
         };
         let next = last.offset + 1;
-        self.live_waiting.fetch_add(1, Ordering::SeqCst);
         let mut pending = self.write.lock().recover();
-        self.live_waiting.fetch_sub(1, Ordering::SeqCst);
         let pending = &mut *pending;
         pending.healthy()?;
         let decoded: Vec<Result<Event, DecodeError>> =

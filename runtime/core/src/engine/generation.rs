@@ -56,9 +56,10 @@ impl Engine {
     }
 
     /// Apply `records` of (source, partition) to generation `p` only (a
-    /// rebuild); how many were applied. A live batch waiting for the
-    /// engine goes first: a build holds it up by one call at most, so a
-    /// caller keeps `records` to what it applies in a short while.
+    /// rebuild); how many were applied. Anyone else waiting for the
+    /// engine (a live batch, a commit, a retry) goes first: a build holds
+    /// it up by one call at most, so a caller keeps `records` to what it
+    /// applies in a short while.
     pub fn build(
         &self,
         p: &Arc<Projection>,
@@ -66,10 +67,7 @@ impl Engine {
         partition: u32,
         records: &[Record],
     ) -> Result<Counters> {
-        while self.live_waiting.load(Ordering::SeqCst) > 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let mut pending = self.write.lock().recover();
+        let mut pending = self.write.lock_last().recover();
         self.build_locked(&mut pending, p, source, partition, records)
     }
 

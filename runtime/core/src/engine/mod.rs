@@ -31,7 +31,7 @@ use projector_host::{self as plugin, EventBatch, Session, SharedCode};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,7 @@ mod read;
 mod recollect;
 mod redrive;
 mod retry;
+mod write_lock;
 
 pub use changelog::{position, Changelog};
 pub use commit::CommitStats;
@@ -123,11 +124,9 @@ pub struct Engine {
     commit_interval: Duration,
     projections: RwLock<Vec<Arc<Projection>>>,
     /// Serializes read-modify-write of views (batches and snapshots) and
-    /// holds what is not committed yet.
-    write: Mutex<Pending>,
-    /// Live batches waiting for `write`: a build ([`Engine::build`])
-    /// lets them go first, so a rebuild never holds up the live path.
-    live_waiting: AtomicUsize,
+    /// holds what is not committed yet. A build ([`Engine::build`]) takes
+    /// it last, so a rebuild never holds up the live path.
+    write: write_lock::WriteLock<Pending>,
     /// Next offset per (namespace, source, partition) applied in memory,
     /// for readers: kept apart from `write` so reads never wait on a batch.
     applied: RwLock<HashMap<(String, String, u32), u64>>,
@@ -253,8 +252,7 @@ impl Engine {
             workers: workers.max(1),
             commit_interval,
             projections: RwLock::new(Vec::new()),
-            write: Mutex::new(Pending::default()),
-            live_waiting: AtomicUsize::new(0),
+            write: write_lock::WriteLock::new(Pending::default()),
             applied: RwLock::new(HashMap::new()),
             progress: tokio::sync::watch::Sender::new(0),
             retry: RetryConfig::default(),
