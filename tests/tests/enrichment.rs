@@ -421,6 +421,12 @@ fn recollect_rebuilds_rows_from_the_sources() {
         .expect("recollect");
     assert_eq!((summary.keys, summary.rebuilt), (3, 3), "{summary:?}");
     assert_eq!(seen.last(), Some(&(3, 3)), "progress reaches the end");
+    // The plugin names a recollection's four fetches ahead: each source's
+    // answers for the three rows were fetched at once.
+    for (service, stats) in app.fetcher.stats() {
+        let ahead = stats.prefetched.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ahead, 3, "{service}: fetched ahead (a 404 is an answer)");
+    }
     let r = row(&app, "u1:a1", 0);
     assert_eq!(r["plan"], "plan-v9");
     assert_eq!(r["domain"], "a1-v9.example.com");

@@ -273,10 +273,20 @@ impl Projection for Subscriptions {
         Ok(vec![view_key(&ids.user_id, &ids.asset_id)?])
     }
 
-    /// An id-only event fetches its entity: named ahead so a batch's
-    /// fetches go at once. An unreadable event names none (`apply` says
-    /// why it fails).
+    /// An id-only event fetches its entity, a recollection all four
+    /// parts: named ahead so a batch's fetches go at once. An unreadable
+    /// event names none (`apply` says why it fails).
     fn needs(&self, event: &Event) -> Vec<Need> {
+        if event.event_type == RECOLLECT {
+            // A recollection asks all four sources of the row.
+            let Some((_, asset)) = event.key.split_once(':') else {
+                return Vec::new();
+            };
+            return ["subscriptions", "billing", "domains", "sites"]
+                .into_iter()
+                .map(|source| Need::new(source, format!("/{source}/{asset}")))
+                .collect();
+        }
         let Some(source) = source_of(&event.event_type) else {
             return Vec::new();
         };

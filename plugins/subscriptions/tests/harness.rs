@@ -190,3 +190,38 @@ fn compare_checks_facts_not_read_time_fields() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].path, "/plan");
 }
+
+#[test]
+fn id_only_events_and_recollections_name_their_fetches_ahead() {
+    use projector_guest::{Need, RECOLLECT};
+    let plugin: Subscriptions = projector_guest::configure(&json!({})).expect("configures");
+    let id_only = event("billing", "BillingChanged", 2, None);
+    assert_eq!(
+        plugin.needs(&id_only),
+        [Need::new("billing", "/billing/a1")]
+    );
+    let carrying = event("billing", "BillingChanged", 2, Some(json!({"version": 2})));
+    assert!(plugin.needs(&carrying).is_empty(), "the entity is carried");
+    let unknown = event("billing", "SomethingElse", 2, None);
+    assert!(plugin.needs(&unknown).is_empty());
+    let recollect = Event {
+        event_type: RECOLLECT.into(),
+        key: "u1:a1".into(),
+        payload: "{}".into(),
+        ..Default::default()
+    };
+    let paths: Vec<String> = plugin
+        .needs(&recollect)
+        .into_iter()
+        .map(|n| n.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/subscriptions/a1",
+            "/billing/a1",
+            "/domains/a1",
+            "/sites/a1"
+        ]
+    );
+}

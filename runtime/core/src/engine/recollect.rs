@@ -53,10 +53,10 @@ impl Engine {
         for (i, chunk) in keys.chunks(RECOLLECT_CHUNK).enumerate() {
             let mut pending = self.write.lock().recover();
             let mut session = p.code.session();
-            for key in chunk {
-                let before = p.view(&self.store, key)?;
-                let now = now_ms();
-                let event = Event {
+            let now = now_ms();
+            let events: Vec<Event> = chunk
+                .iter()
+                .map(|key| Event {
                     id: format!("recollect-{now}"),
                     event_type: projector_guest::RECOLLECT.into(),
                     source: "@recollect".into(),
@@ -65,9 +65,15 @@ impl Engine {
                     time_ms: now,
                     payload: "{}".into(),
                     ..Default::default()
-                };
+                })
+                .collect();
+            // What the plugin names ahead for the chunk is fetched at once.
+            let refs: Vec<&Event> = events.iter().collect();
+            session.prefetch(&EventBatch::new(&refs));
+            for (key, event) in chunk.iter().zip(&events) {
+                let before = p.view(&self.store, key)?;
                 let state = before.as_ref().and_then(|r| r.view.state.as_deref());
-                let result = session.apply(key, state, &[&event]);
+                let result = session.apply(key, state, &[event]);
                 let result = match result {
                     Ok(r) if r.error.is_none() => r,
                     Ok(r) => {
