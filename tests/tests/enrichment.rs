@@ -925,3 +925,102 @@ fn an_answer_fetched_ahead_that_failed_an_event_is_not_served_again() {
     app.engine.commit().expect("commit");
     assert_eq!(app.engine.store().retry_count(), 1, "v2 waits for a retry");
 }
+
+/// The first 16 hex digits of the SHA-256 of `entity` as the test
+/// services write it: how a view's history names an answer.
+fn digest(entity: &Value) -> String {
+    use sha2::Digest;
+    let body = serde_json::to_vec(entity).expect("json");
+    hex::encode(&sha2::Sha256::digest(&body)[..8])
+}
+
+/// With `record_fetches` and `history`, each change a view's history
+/// keeps names the fetched answers it was built from: its own key's
+/// (never another key's of the same batch), with the digest of the body
+/// the service answered then, so a change made after a service changed
+/// its answer names the new one.
+#[test]
+fn a_views_history_names_the_recorded_answers_each_change_was_built_from() {
+    const ASSETS: u64 = 6;
+    let services = Services::start(&SOURCES);
+    for source in SOURCES {
+        for a in 0..ASSETS {
+            let asset = format!("a{a}");
+            services
+                .get(source)
+                .set(&asset, vec![entity(source, 1, &asset)]);
+        }
+    }
+    let s = projector_tests::Served::start(
+        &[PLUGIN],
+        &format!(
+            "{}record_fetches = true\nhistory = {{ versions = 10, ms = 604800000 }}\n",
+            config(&services, &SOURCES, &[])
+        ),
+    );
+    let events: Vec<String> = (0..ASSETS)
+        .flat_map(|a| {
+            SOURCES.map(|source| {
+                let (user, asset) = (format!("u{a}"), format!("a{a}"));
+                String::from_utf8(ev(source, 1, &user, &asset, None)).expect("utf-8")
+            })
+        })
+        .collect();
+    let token = s.ingest(&events);
+    let (status, body) = s.get(&format!("/v1/views/{PLUGIN}/u0:a0?token={token}"));
+    assert_eq!(status, 200, "{body}");
+    // Billing's answer for a0 changes, then an event says so.
+    let newer = entity("billing", 2, "a0");
+    services.get("billing").set("a0", vec![newer.clone()]);
+    let event = String::from_utf8(ev("billing", 2, "u0", "a0", None)).expect("utf-8");
+    let token = s.ingest(&[event]);
+    let (status, body) = s.get(&format!("/v1/views/{PLUGIN}/u0:a0?token={token}"));
+    assert_eq!(status, 200, "{body}");
+
+    for a in 0..ASSETS {
+        let asset = format!("a{a}");
+        let (status, history) = s.get(&format!("/v1/views/{PLUGIN}/u{a}:{asset}/history"));
+        assert_eq!(status, 200, "{history}");
+        let changes = history["changes"].as_array().expect("changes").clone();
+        let fetched: Vec<Value> = changes
+            .iter()
+            .flat_map(|c| c["fetched"].as_array().cloned().unwrap_or_default())
+            .collect();
+        // Every source's answer for this asset, and nothing of another's.
+        for source in SOURCES {
+            let path = format!("/{source}/{asset}");
+            let first = fetched
+                .iter()
+                .find(|f| f["path"] == json!(path))
+                .unwrap_or_else(|| panic!("u{a}: no answer of {path} in {history}"));
+            assert_eq!(first["service"], json!(source), "{first}");
+            assert_eq!(first["status"], json!(200), "{first}");
+            assert_eq!(first["from_record"], json!(false), "{first}");
+            assert_eq!(
+                first["digest"],
+                json!(digest(&entity(source, 1, &asset))),
+                "{path}: the answer the service gave first"
+            );
+        }
+        for f in &fetched {
+            let path = f["path"].as_str().expect("path");
+            assert!(
+                path.ends_with(&format!("/{asset}")),
+                "u{a}'s history names another key's answer: {f}"
+            );
+        }
+        if a == 0 {
+            let last = changes.last().expect("a change");
+            let billing: Vec<&Value> = last["fetched"]
+                .as_array()
+                .map(|l| l.iter().filter(|f| f["service"] == "billing").collect())
+                .unwrap_or_default();
+            // (Both rounds may have been committed as one change.)
+            let used = billing
+                .last()
+                .expect("the last change used billing's answer");
+            assert_eq!(used["digest"], json!(digest(&newer)), "{last}");
+            assert_eq!(last["answer"]["amount"]["cents"], json!(200), "{last}");
+        }
+    }
+}

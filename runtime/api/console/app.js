@@ -497,17 +497,21 @@ function ViewHistory({ plugin, viewKey }) {
     try { setPast({ ms, data: await get(`${path}?as_of=${ms}`) }); } catch (err) { setPast({ ms, error: err.message }); }
   };
   const changes = [...data.changes].reverse();
+  // Plugins that record their fetches name the answers each change used.
+  const fetched = changes.some((c) => c.fetched);
+  const builtFrom = (c) => (c.fetched || []).map((f) => html`<div class="mono" title=${`status ${f.status}${f.from_record ? ', from the record' : ''}${f.stale ? ', stale' : ''}`}>${f.service} ${f.path} <span class="note">${f.digest}</span></div>`);
   return html`<div id="view-history"><h3>History</h3>
     <p class="note">${fmt(data.changes.length)} changes kept (at most ${fmt(data.kept.versions)}, none older than ${duration(data.kept.ms / 1000)})</p>
     <form class="row" onSubmit=${asOf}><label>the view as of <input id="as-of" type="datetime-local" step="1" value=${when} onInput=${(e) => setWhen(e.target.value)} /></label>
       <button id="as-of-go" type="submit">Show</button></form>
     ${past && past.error ? html`<div class="error" id="as-of-result">${past.error}</div>` : ''}
     ${past && past.data ? html`<div class="panel" id="as-of-result"><p>As of ${new Date(past.ms).toLocaleString()}: the change committed ${new Date(past.data.at_ms).toLocaleString()} by version <span class="mono">${short(past.data.version)}</span></p><pre>${pretty(past.data.answer)}</pre></div>` : ''}
-    <table id="history-changes"><thead><tr><th>committed</th><th>version</th><th>offsets then</th><th>the view after it</th></tr></thead>
+    <table id="history-changes"><thead><tr><th>committed</th><th>version</th><th>offsets then</th>${fetched ? html`<th>built from</th>` : ''}<th>the view after it</th></tr></thead>
       <tbody>${changes.map((c) => html`<tr data-at=${c.at_ms}>
         <td title=${new Date(c.at_ms).toISOString()}>${new Date(c.at_ms).toLocaleString()}</td>
         <td class="mono">${short(c.version)}</td>
         <td class="mono">${c.offsets.map((o) => `${o.source}/${o.partition}:${o.next}`).join(' ')}</td>
+        ${fetched ? html`<td class="fetched">${builtFrom(c)}</td>` : ''}
         <td>${c.deleted ? html`<span class="badge bad">deleted</span>` : html`<details><summary>${c.view ? c.view.status : ''}</summary><pre>${pretty(c.answer)}</pre></details>`}</td></tr>`)}</tbody></table>
   </div>`;
 }

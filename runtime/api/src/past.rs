@@ -25,7 +25,9 @@ pub(crate) fn position(text: &str) -> ApiResult<AsOf> {
 }
 
 /// One change as JSON: when, which version, the offsets, and the view
-/// then (`answer`: its rendered answer, null when deleted or Invalid).
+/// then (`answer`: its rendered answer, null when deleted or Invalid;
+/// `fetched`: the fetched answers it was built from, when the plugin
+/// records its fetches).
 fn past_json(p: &Past) -> Value {
     let offsets: Vec<Value> = p
         .offsets
@@ -38,14 +40,19 @@ fn past_json(p: &Past) -> Value {
         .and_then(|v| v.body.as_ref())
         .and_then(|b| serde_json::from_str::<Value>(b.get()).ok())
         .unwrap_or(Value::Null);
-    json!({
+    let mut out = json!({
         "at_ms": p.at_ms,
         "version": p.version,
         "offsets": offsets,
         "deleted": p.view.is_none(),
         "view": view_json(p.view.as_ref()),
         "answer": answer,
-    })
+    });
+    // Plugins that record their fetches: the answers the change used.
+    if !p.answers.is_empty() {
+        out["fetched"] = json!(p.answers);
+    }
+    out
 }
 
 /// Answer a read of `plugin`'s `key` as of `at` (rendered at `now`).

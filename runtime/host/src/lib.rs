@@ -206,6 +206,12 @@ pub trait Code: Send + Sync {
     fn services_down(&self) -> bool {
         false
     }
+    /// Whether it records the answers it fetches (`record_fetches`): its
+    /// sessions then tell which answers each call used
+    /// ([`Session::answers_used`]).
+    fn records_fetches(&self) -> bool {
+        false
+    }
 }
 
 /// Calls into one plugin for the length of a batch. A Wasm session keeps
@@ -226,6 +232,12 @@ pub trait Session {
     fn prefetch(&mut self, batch: &EventBatch) -> Option<Arc<fetch::Ahead>> {
         let _ = batch;
         None
+    }
+    /// The answers its calls used since this was last asked (only for
+    /// code that [records its fetches](Code::records_fetches)), in the
+    /// order they were used.
+    fn answers_used(&mut self) -> Vec<fetch_record::AnswerUsed> {
+        Vec::new()
     }
     /// Answer this session's fetches from `ahead` first (another session's
     /// [`Session::prefetch`] of the batch its events come from).

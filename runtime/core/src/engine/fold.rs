@@ -4,6 +4,7 @@
 
 use super::group::Groups;
 use super::*;
+use crate::store::AnswerUsed;
 use projector_common::sync::Recover;
 
 /// What one batch did.
@@ -69,6 +70,9 @@ pub(super) struct KeyResult<'e, 'k> {
     pub(super) change: Option<Option<ViewRecord>>,
     pub(super) counters: Counters,
     pub(super) failures: Vec<Failure<'e>>,
+    /// The fetched answers its calls used, when the projection keeps them
+    /// in its history ([`Projection::keeps_answers`]).
+    pub(super) answers: Vec<AnswerUsed>,
 }
 
 /// An event that failed for a key: (event, offset, error, transient).
@@ -228,6 +232,7 @@ impl<'a> BatchCtx<'a> {
         for r in results {
             counters.add(&r.counters);
             if let Some(change) = r.change {
+                self.projection.answers_used(r.key, r.answers);
                 self.projection.set_view(r.key, change);
             }
             for (event, offset, error, transient) in r.failures {
@@ -389,9 +394,19 @@ impl<'a> BatchCtx<'a> {
                     .filter(|r| at == 0 || !p.expiry.is_expired(r, at)))
             })
             .collect::<Result<_>>()?;
+        // The history of a plugin that records its fetches names the
+        // answers each change used: its keys go to the plugin one by one,
+        // so each call's answers are one key's.
+        let attribute = p.keeps_answers();
+        if attribute {
+            session.answers_used();
+        }
         let mut runs = Vec::new();
         let mut run_of = vec![None; range.len()];
         for (j, (n, before)) in range.clone().zip(&befores).enumerate() {
+            if attribute {
+                break;
+            }
             let indexes = groups.members(n);
             let first = rules::first_run(
                 before.as_ref().map(|r| &r.view),
@@ -426,7 +441,11 @@ impl<'a> BatchCtx<'a> {
             .map(|((n, before), run)| {
                 let first = run.and_then(|r| answers[r].take());
                 let (key, indexes) = (groups.key(n), groups.members(n));
-                self.fold(session, key, indexes, events, mine(n), before, first)
+                let mut r = self.fold(session, key, indexes, events, mine(n), before, first)?;
+                if attribute {
+                    r.answers = session.answers_used();
+                }
+                Ok(r)
             })
             .collect()
     }
@@ -452,6 +471,7 @@ impl<'a> BatchCtx<'a> {
                 change: None,
                 counters: Counters::default(),
                 failures: Vec::new(),
+                answers: Vec::new(),
             });
         }
         let existed = before.is_some();
@@ -484,6 +504,7 @@ impl<'a> BatchCtx<'a> {
             change,
             counters: tally.counters,
             failures: tally.failures,
+            answers: Vec::new(),
         })
     }
 

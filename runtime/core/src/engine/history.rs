@@ -8,7 +8,7 @@
 //! older than `ms`.
 
 use super::*;
-use crate::store::{HistoryEntry, Kept};
+use crate::store::{AnswerUsed, HistoryEntry, Kept};
 use projector_common::sync::Recover;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,9 @@ pub(super) struct Keeping {
     /// The last store key the sweep looked at (`None`: start over).
     cursor: Mutex<Option<Vec<u8>>>,
     pruned: AtomicU64,
+    /// Per view changed since the last commit, the fetched answers its
+    /// change used (plugins that record their fetches).
+    answers: Mutex<HashMap<String, Vec<AnswerUsed>>>,
 }
 
 impl Keeping {
@@ -37,6 +40,7 @@ impl Keeping {
             bounds,
             cursor: Mutex::default(),
             pruned: AtomicU64::new(0),
+            answers: Mutex::default(),
         }
     }
 }
@@ -62,12 +66,37 @@ pub struct Past {
     pub offsets: Vec<(String, u32, u64)>,
     /// The view then; `None`: it had been deleted (or had expired).
     pub view: Option<ReadView>,
+    /// The fetched answers the change was built from (plugins that record
+    /// their fetches).
+    pub answers: Vec<AnswerUsed>,
 }
 
 impl Projection {
     /// The history it keeps of its views (`None`: none).
     pub fn history(&self) -> Option<HistoryBounds> {
         self.keeping.bounds
+    }
+
+    /// Whether its history names the fetched answers each change used:
+    /// it keeps a history, records its fetches and serves (a generation
+    /// being built keeps no history).
+    pub(super) fn keeps_answers(&self) -> bool {
+        self.keeping.bounds.is_some() && self.code.records_fetches() && !self.is_building()
+    }
+
+    /// Add `answers` to those the next change of `key` is kept with (each
+    /// answer once).
+    pub(super) fn answers_used(&self, key: &str, answers: Vec<AnswerUsed>) {
+        if answers.is_empty() {
+            return;
+        }
+        let mut all = self.keeping.answers.lock().recover();
+        let kept = all.entry(key.to_string()).or_default();
+        for a in answers {
+            if !kept.contains(&a) {
+                kept.push(a);
+            }
+        }
     }
 
     /// History entries the sweep dropped since start.
@@ -116,6 +145,8 @@ impl Engine {
         dirty: &[CompactString],
         views: &ViewCache,
     ) -> Result<()> {
+        // Every change the answers were used for is committed now.
+        let mut answers = std::mem::take(&mut *p.keeping.answers.lock().recover());
         // A generation being built keeps none: its changes are the log's
         // replayed now, not what readers saw then.
         if p.keeping.bounds.is_none() || dirty.is_empty() || p.is_building() {
@@ -135,8 +166,10 @@ impl Engine {
             version: p.code.id().chars().take(16).collect(),
             offsets,
             view: None,
+            answers: Vec::new(),
         };
         for key in dirty {
+            entry.answers = answers.remove(key.as_str()).unwrap_or_default();
             entry.view = match views.get(key) {
                 Some(Some(record)) => Some(crate::store::encode_view(record, Vec::new())),
                 _ => None,
@@ -280,6 +313,7 @@ impl Engine {
             version: e.version,
             offsets: e.offsets,
             view,
+            answers: e.answers,
         })
     }
 

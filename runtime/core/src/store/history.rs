@@ -9,7 +9,7 @@
 use super::*;
 
 /// One change of a view, as kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
     /// When the change was committed, in ms since the epoch.
     pub at_ms: i64,
@@ -22,6 +22,20 @@ pub struct HistoryEntry {
     /// The view's stored form after the change (`encode_view`); `None`:
     /// the view was deleted (or expired).
     pub view: Option<Vec<u8>>,
+    /// The fetched answers the change was built from (plugins that record
+    /// their fetches; empty otherwise).
+    pub answers: Vec<AnswerUsed>,
+}
+
+/// The fields every entry has, in their stored order. The answers, when
+/// there are any, follow them: an entry written before answers were kept
+/// ends after `view`, and reads with none.
+#[derive(Serialize, Deserialize)]
+struct Head<S, O, V> {
+    at_ms: i64,
+    version: S,
+    offsets: O,
+    view: V,
 }
 
 impl HistoryEntry {
@@ -78,9 +92,23 @@ fn parse(ns_prefix: &[u8], k: &[u8]) -> Option<(String, u64)> {
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<HistoryEntry> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+    let corrupt = |e: postcard::Error| Error::Corrupt {
         what: "view history entry".into(),
         reason: e.to_string(),
+    };
+    let (head, rest) =
+        postcard::take_from_bytes::<Head<String, Vec<(String, u32, u64)>, Option<Vec<u8>>>>(bytes)
+            .map_err(corrupt)?;
+    let answers = match rest {
+        [] => Vec::new(),
+        rest => postcard::from_bytes(rest).map_err(corrupt)?,
+    };
+    Ok(HistoryEntry {
+        at_ms: head.at_ms,
+        version: head.version,
+        offsets: head.offsets,
+        view: head.view,
+        answers,
     })
 }
 
@@ -102,7 +130,17 @@ impl Writer {
 
 /// A history entry in its stored form, for the changelog.
 pub fn encode_history(entry: &HistoryEntry) -> Vec<u8> {
-    postcard::to_allocvec(entry).expect("postcard encodes a history entry")
+    let head = Head {
+        at_ms: entry.at_ms,
+        version: &entry.version,
+        offsets: &entry.offsets,
+        view: &entry.view,
+    };
+    let mut out = postcard::to_allocvec(&head).expect("postcard encodes a history entry");
+    if !entry.answers.is_empty() {
+        out.extend(postcard::to_allocvec(&entry.answers).expect("postcard encodes answers"));
+    }
+    out
 }
 
 impl Store {
@@ -189,5 +227,51 @@ mod tests {
         // A view key holding NUL bytes parses whole.
         let k = history_key("inbox", "a\0b", 7);
         assert_eq!(parse(&ns_prefix("inbox"), &k), Some(("a\0b".into(), 7)));
+    }
+
+    /// How an entry was stored before answers were kept (the form of
+    /// entries already on disk and in changelogs).
+    #[derive(Serialize)]
+    struct Before {
+        at_ms: i64,
+        version: String,
+        offsets: Vec<(String, u32, u64)>,
+        view: Option<Vec<u8>>,
+    }
+
+    #[test]
+    fn an_entry_keeps_its_answers_and_one_stored_before_reads_with_none() {
+        let mut entry = HistoryEntry {
+            at_ms: 1_700_000_000_123,
+            version: "0123456789abcdef".into(),
+            offsets: vec![("t".into(), 3, 42)],
+            view: Some(vec![1, 2, 3]),
+            answers: Vec::new(),
+        };
+        let before = Before {
+            at_ms: entry.at_ms,
+            version: entry.version.clone(),
+            offsets: entry.offsets.clone(),
+            view: entry.view.clone(),
+        };
+        let old = postcard::to_allocvec(&before).expect("encodes");
+        // Without answers an entry is stored as before, byte for byte.
+        assert_eq!(encode_history(&entry), old);
+        assert_eq!(decode_entry(&old).expect("decodes"), entry);
+        entry.answers = vec![AnswerUsed {
+            service: "billing".into(),
+            path: "/billing/a1".into(),
+            status: 200,
+            digest: "00112233aabbccdd".into(),
+            from_record: false,
+            stale: false,
+        }];
+        entry.view = None;
+        let new = encode_history(&entry);
+        assert_eq!(decode_entry(&new).expect("decodes"), entry);
+        assert!(
+            decode_entry(&new[..new.len() - 1]).is_err(),
+            "a cut entry is corrupt"
+        );
     }
 }

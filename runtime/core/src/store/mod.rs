@@ -31,6 +31,7 @@ mod writer;
 pub use close::FLUSH_BOUND;
 pub(crate) use history::Kept;
 pub use history::{encode_history, HistoryEntry};
+pub use projector_host::fetch_record::AnswerUsed;
 
 pub use form::{changelog_value, changelog_view, CHANGELOG_ENCODING};
 pub(crate) use form::{decode_view, encode_view};

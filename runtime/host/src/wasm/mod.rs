@@ -36,6 +36,7 @@ mod bindings {
     });
 }
 
+use crate::fetch_record::AnswerUsed;
 use bindings::projector::plugin::{enrichment, host, types as wit};
 use exports::PluginPre;
 use session::WasmSession;
@@ -267,6 +268,9 @@ impl Code for WasmPlugin {
             .as_ref()
             .is_some_and(|s| s.fetcher.any_open(&s.allowed))
     }
+    fn records_fetches(&self) -> bool {
+        self.services.as_ref().is_some_and(|s| s.record.is_some())
+    }
     fn session(&self) -> Box<dyn Session + '_> {
         Box::new(WasmSession::new(self))
     }
@@ -295,6 +299,9 @@ pub struct HostState {
     ahead: Option<Arc<crate::fetch::Ahead>>,
     /// The answers fetched ahead the current call used (service, path).
     taken: Vec<(String, String)>,
+    /// The answers used since [`Session::answers_used`] was last asked
+    /// (kept for plugins that record their fetches).
+    used: Vec<crate::fetch_record::AnswerUsed>,
 }
 
 impl WasiView for HostState {
@@ -395,6 +402,7 @@ impl enrichment::Host for HostState {
         if let (true, false, Some(r)) = (self.replay, fresh, record) {
             if let Some(f) = r.recorded(&service, &path) {
                 services.fetcher.count_from_record(&service);
+                self.used.push(AnswerUsed::of(&service, &path, &f, true));
                 return Ok(wit::Fetched {
                     status: f.status,
                     body: f.body,
@@ -415,6 +423,7 @@ impl enrichment::Host for HostState {
         };
         self.waited_ticks += started.elapsed().as_millis() as u64 + 1;
         if let (Ok(f), Some(r)) = (&answer, record) {
+            self.used.push(AnswerUsed::of(&service, &path, f, false));
             if !f.stale {
                 r.record(&service, &path, f);
                 services.fetcher.count_recorded(&service);

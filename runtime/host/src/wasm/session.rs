@@ -72,6 +72,7 @@ impl<'a> WasmSession<'a> {
             replay: self.replay,
             ahead: self.ahead.clone(),
             taken: Vec::new(),
+            used: Vec::new(),
         };
         let mut store = Store::new(p.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -266,6 +267,7 @@ impl Drop for WasmSession<'_> {
         };
         let state = live.0.data_mut();
         state.ahead = None;
+        state.used.clear();
         drain_stdio(state);
         self.plugin
             .peak_memory
@@ -409,6 +411,13 @@ impl Session for WasmSession<'_> {
         );
         self.fetched_ahead(Some(ahead.clone()));
         Some(ahead)
+    }
+
+    fn answers_used(&mut self) -> Vec<crate::fetch_record::AnswerUsed> {
+        match self.live.as_mut() {
+            Some((store, _)) => std::mem::take(&mut store.data_mut().used),
+            None => Vec::new(),
+        }
     }
 
     fn fetched_ahead(&mut self, ahead: Option<Arc<crate::fetch::Ahead>>) {
