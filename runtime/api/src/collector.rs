@@ -96,6 +96,21 @@ impl Collector for EngineCollector {
             fetch_counts(&mut encoder, &stats)?;
             fetch_durations(&mut encoder, &stats)?;
         }
+        let recording: Vec<_> = projections
+            .iter()
+            .filter(|p| self.engine.recorded_bytes(p.name()).is_some())
+            .cloned()
+            .collect();
+        if !recording.is_empty() {
+            per_plugin(
+                &mut encoder,
+                "projector_fetch_record_bytes",
+                "Size of the plugin's record of fetched answers (keys and answers)",
+                MetricType::Gauge,
+                &recording,
+                |p| self.engine.recorded_bytes(p.name()).unwrap_or(0),
+            )?;
+        }
         Ok(())
     }
 }

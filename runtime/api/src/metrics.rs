@@ -43,6 +43,7 @@
 //! | `projector_fetch_refused_total` | counter | service | fetches refused at once because the service's breaker was open |
 //! | `projector_fetch_breaker_opened_total` | counter | service | times the service's breaker opened (fetches failed in a row) |
 //! | `projector_fetch_recorded_total` | counter | service | answers recorded for replay (plugins with `record_fetches`) |
+//! | `projector_fetch_record_bytes` | gauge | plugin | size of the plugin's record of fetched answers, keys and answers (plugins with `record_fetches`; past its `mb` the oldest are dropped) |
 //! | `projector_fetch_from_record_total` | counter | service | fetches of a replay (a generation being built) answered from the record, no request sent |
 //! | `projector_fetch_in_flight` | gauge | service | fetches waiting on the service now |
 //! | `projector_fetch_breaker_open` | gauge | service | 1 while the service's breaker refuses fetches, else 0 |

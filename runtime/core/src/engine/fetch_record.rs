@@ -15,12 +15,26 @@ use super::*;
 use projector_guest::Fetched;
 use projector_host::fetch_record::FetchRecord;
 
+/// How much of a plugin's fetched answers is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordBounds {
+    /// Age past which an answer is neither used nor kept, in ms.
+    pub ms: u64,
+    /// Size (keys and stored answers) past which the oldest answers are
+    /// dropped, in bytes.
+    pub max_bytes: u64,
+}
+
 /// One plugin's recorded answers.
 #[derive(Debug)]
 pub struct StoredRecord {
     tree: sled::Tree,
     /// Age past which an answer is neither used nor kept, in ms.
     ms: u64,
+    /// Size past which the oldest answers are dropped, in bytes.
+    max_bytes: u64,
+    /// The size of what is kept now (keys and stored answers), in bytes.
+    bytes: AtomicU64,
     /// Answers recorded since the engine last took them for the changelog
     /// (key, stored form); at most [`RECENT`].
     recent: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
@@ -45,13 +59,75 @@ type Kept = (i64, u16, Vec<u8>);
 pub(super) type Pruning = (Arc<StoredRecord>, Option<Vec<u8>>);
 
 impl StoredRecord {
-    /// The record of `plugin` in `store`, answers kept `ms`.
-    pub(crate) fn open(store: &Store, plugin: &str, ms: u64) -> Result<Self> {
+    /// The record of `plugin` in `store`, answers kept within `bounds`.
+    pub(crate) fn open(store: &Store, plugin: &str, bounds: RecordBounds) -> Result<Self> {
+        let tree = store.tree(&format!("fetch-record/{plugin}"))?;
+        let mut bytes = 0;
+        for item in tree.iter() {
+            let (k, v) = item.map_err(crate::store::Error::from)?;
+            bytes += (k.len() + v.len()) as u64;
+        }
         Ok(StoredRecord {
-            tree: store.tree(&format!("fetch-record/{plugin}"))?,
-            ms,
+            tree,
+            ms: bounds.ms,
+            max_bytes: bounds.max_bytes,
+            bytes: AtomicU64::new(bytes),
             recent: Mutex::default(),
         })
+    }
+
+    /// Put `value` at `key`, counting the size kept.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let before = self
+            .tree
+            .insert(key, value)
+            .map_err(crate::store::Error::from)?;
+        let was = before.map_or(0, |b| (key.len() + b.len()) as u64);
+        self.bytes
+            .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(was, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drop the answer at `key`, counting the size kept.
+    fn drop_key(&self, key: &[u8]) -> Result<()> {
+        let before = self.tree.remove(key).map_err(crate::store::Error::from)?;
+        if let Some(b) = before {
+            self.bytes
+                .fetch_sub((key.len() + b.len()) as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The size of what is kept now (keys and stored answers), in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When the record is past its size, drop its oldest answers until it
+    /// is within nine tenths of it (so it is not done again at once);
+    /// how many were dropped. Reads the whole record.
+    pub(crate) fn shrink(&self) -> Result<u64> {
+        if self.bytes() <= self.max_bytes {
+            return Ok(0);
+        }
+        let mut kept = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(crate::store::Error::from)?;
+            let at = postcard::from_bytes::<Kept>(&v).map_or(i64::MIN, |k| k.0);
+            kept.push((at, k));
+        }
+        kept.sort_unstable_by_key(|(at, _)| *at);
+        let target = self.max_bytes / 10 * 9;
+        let mut dropped = 0;
+        for (_, key) in kept {
+            if self.bytes() <= target {
+                break;
+            }
+            self.drop_key(&key)?;
+            dropped += 1;
+        }
+        Ok(dropped)
     }
 
     /// The answers recorded since the last call: (key, stored form).
@@ -72,9 +148,7 @@ impl StoredRecord {
             if kept.is_some_and(|k| at(&k).is_some_and(|t| t >= when)) {
                 continue;
             }
-            self.tree
-                .insert(*key, *value)
-                .map_err(crate::store::Error::from)?;
+            self.put(key, value)?;
         }
         Ok(())
     }
@@ -111,7 +185,7 @@ impl StoredRecord {
             let stale =
                 postcard::from_bytes::<Kept>(&v).map_or(true, |(at, _, _)| self.old(at, now));
             if stale {
-                self.tree.remove(&k).map_err(crate::store::Error::from)?;
+                self.drop_key(&k)?;
                 dropped += 1;
             }
             last = Some(k.to_vec());
@@ -147,7 +221,7 @@ impl FetchRecord for StoredRecord {
             return;
         };
         let key = record_key(service, path);
-        if let Err(e) = self.tree.insert(&key, bytes.as_slice()) {
+        if let Err(e) = self.put(&key, &bytes) {
             tracing::warn!(service, path, "recording a fetched answer: {e}");
             return;
         }
@@ -163,14 +237,14 @@ impl Engine {
     /// policy asks (`record_fetches`); one per plugin, shared by its
     /// versions and generations.
     pub fn fetch_record(&self, plugin: &str) -> Result<Option<Arc<StoredRecord>>> {
-        let Some(ms) = self.policy(plugin).record_fetches_ms else {
+        let Some(bounds) = self.policy(plugin).record_fetches else {
             return Ok(None);
         };
         let mut records = self.fetch_records.lock().recover();
         if let Some(r) = records.get(plugin) {
             return Ok(Some(r.0.clone()));
         }
-        let r = Arc::new(StoredRecord::open(&self.store, plugin, ms)?);
+        let r = Arc::new(StoredRecord::open(&self.store, plugin, bounds)?);
         records.insert(plugin.to_string(), (r.clone(), None));
         Ok(Some(r))
     }
@@ -207,6 +281,13 @@ impl Engine {
         Ok(())
     }
 
+    /// The size of `plugin`'s record of fetched answers, in bytes (`None`:
+    /// it records none, or has not been loaded).
+    pub fn recorded_bytes(&self, plugin: &str) -> Option<u64> {
+        let records = self.fetch_records.lock().recover();
+        records.get(plugin).map(|r| r.0.bytes())
+    }
+
     /// Put `plugin`'s recorded answers restored from its changelog into
     /// its record (none when it records no answers).
     pub fn restore_fetched(&self, plugin: &str, entries: &[(&[u8], &[u8])]) -> Result<()> {
@@ -216,15 +297,34 @@ impl Engine {
         }
     }
 
-    /// One step of pruning every plugin's record of answers past its
-    /// bound; whether each reached its end.
+    /// One step of pruning every plugin's record: answers past its age,
+    /// and the oldest while it is past its size; whether each reached its
+    /// end. The records are pruned without holding their list, so commits
+    /// spooling answers meanwhile do not wait.
     pub(crate) fn prune_fetch_records(&self, now: i64, page: usize) -> Result<bool> {
+        let records: Vec<(String, Pruning)> = self
+            .fetch_records
+            .lock()
+            .recover()
+            .iter()
+            .map(|(name, r)| (name.clone(), r.clone()))
+            .collect();
         let mut passed = true;
-        let mut records = self.fetch_records.lock().recover();
-        for (record, cursor) in records.values_mut() {
+        for (name, (record, cursor)) in records {
             let (next, _) = record.prune(now, cursor.as_deref(), page)?;
+            let shrunk = record.shrink()?;
+            if shrunk > 0 {
+                tracing::info!(
+                    plugin = name,
+                    dropped = shrunk,
+                    bytes = record.bytes(),
+                    "fetch record past its size: oldest answers dropped"
+                );
+            }
             passed &= next.is_none();
-            *cursor = next;
+            if let Some(kept) = self.fetch_records.lock().recover().get_mut(&name) {
+                kept.1 = next;
+            }
         }
         Ok(passed)
     }
@@ -234,11 +334,57 @@ impl Engine {
 mod tests {
     use super::*;
 
+    fn bounds(ms: u64, max_bytes: u64) -> RecordBounds {
+        RecordBounds { ms, max_bytes }
+    }
+
+    #[test]
+    fn a_record_past_its_size_drops_its_oldest_answers_and_counts_what_it_keeps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let r = StoredRecord::open(&store, "p", bounds(3_600_000, 10_000)).expect("record");
+        let answer = Fetched {
+            status: 200,
+            body: vec![7; 900],
+            stale: false,
+        };
+        // 20 answers of about 930 bytes, recorded oldest first: past 10 000.
+        let now = now_ms();
+        for n in 0..20 {
+            let bytes =
+                postcard::to_allocvec(&(now - 20 + n as i64, 200u16, &answer.body)).expect("bytes");
+            let key = record_key("billing", &format!("/billing/a{n:02}"));
+            r.restore(&[(&key, &bytes)]).expect("put");
+        }
+        let size = r.bytes();
+        assert!(size > 10_000, "{size}");
+        // Rewriting a path replaces its size, it does not add to it.
+        r.record("billing", "/billing/a19", &answer);
+        assert_eq!(r.bytes(), size);
+        let dropped = r.shrink().expect("shrink");
+        assert!(r.bytes() <= 9_000, "{} kept", r.bytes());
+        assert_eq!(r.len() as u64, 20 - dropped);
+        // The oldest went, the newest stayed.
+        assert_eq!(r.recorded("billing", "/billing/a00"), None);
+        assert_eq!(r.recorded("billing", "/billing/a19"), Some(answer));
+        assert_eq!(
+            r.shrink().expect("shrink"),
+            0,
+            "within its size: nothing more"
+        );
+        // The count survives a reopen.
+        let kept = r.bytes();
+        drop(r);
+        let r = StoredRecord::open(&store, "p", bounds(3_600_000, 10_000)).expect("record");
+        assert_eq!(r.bytes(), kept);
+        store.close().expect("close");
+    }
+
     #[test]
     fn answers_are_kept_by_service_and_path_and_dropped_past_their_age() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
-        let r = StoredRecord::open(&store, "p", 60_000).expect("record");
+        let r = StoredRecord::open(&store, "p", bounds(60_000, 1 << 20)).expect("record");
         let answer = Fetched {
             status: 200,
             body: br#"{"version":3}"#.to_vec(),
@@ -259,7 +405,7 @@ mod tests {
     fn recorded_answers_are_held_for_the_changelog_and_a_restore_keeps_the_newer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
-        let r = StoredRecord::open(&store, "p", 60_000).expect("record");
+        let r = StoredRecord::open(&store, "p", bounds(60_000, 1 << 20)).expect("record");
         let answer = |v: u8| Fetched {
             status: 200,
             body: vec![v],

@@ -55,6 +55,7 @@ pub use changelog::{position, Changelog};
 pub use commit::CommitStats;
 use expire::Expiry;
 pub use expire::{spawn_sweep, Sweep, SweepPace};
+pub use fetch_record::RecordBounds;
 pub use fetch_record::StoredRecord;
 pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
@@ -163,9 +164,9 @@ pub struct Policy {
     pub ttl_ms: Option<u64>,
     /// How much of each view's past is kept; `None`: none.
     pub history: Option<HistoryBounds>,
-    /// How long fetched answers are recorded for replay, in ms; `None`:
-    /// not recorded.
-    pub record_fetches_ms: Option<u64>,
+    /// How long and how much of the fetched answers are recorded for
+    /// replay; `None`: not recorded.
+    pub record_fetches: Option<RecordBounds>,
 }
 
 /// Work applied in memory but not yet committed to the store.

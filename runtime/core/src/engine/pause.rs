@@ -24,7 +24,7 @@ impl Engine {
             breaker: self.breaker,
             ttl_ms: None,
             history: None,
-            record_fetches_ms: None,
+            record_fetches: None,
         })
     }
 

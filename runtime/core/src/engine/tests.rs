@@ -168,7 +168,7 @@ fn an_expired_view_is_absent_at_once_restarted_by_a_new_event_and_swept() {
         breaker: BreakerConfig::default(),
         ttl_ms: Some(60_000),
         history: None,
-        record_fetches_ms: None,
+        record_fetches: None,
     };
     let engine = open_with(dir.path(), Some(policy));
     let p = engine.projection("inbox").expect("loaded");
@@ -690,7 +690,7 @@ fn a_views_history_answers_as_of_a_time_and_a_position_and_is_restored() {
         retry: RetryConfig::default(),
         breaker: BreakerConfig::default(),
         ttl_ms: None,
-        record_fetches_ms: None,
+        record_fetches: None,
         history: Some(HistoryBounds {
             versions: 10,
             ms: 86_400_000,

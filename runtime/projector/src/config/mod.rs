@@ -588,4 +588,46 @@ mod tests {
             gate.message
         );
     }
+
+    #[test]
+    fn a_plugins_fetch_record_is_off_on_or_bounded_by_age_and_size() {
+        let record = |text: &str| {
+            parse(&format!("[plugins.x]\n{text}\n"))
+                .and_then(|c| {
+                    c.policy("x").map_err(|message| Error {
+                        file: "projector.toml".into(),
+                        message,
+                    })
+                })
+                .map(|p| p.record_fetches)
+        };
+        let week = 7 * 24 * 3600 * 1000;
+        let bounds = |ms, mb: u64| {
+            Some(projector_core::engine::RecordBounds {
+                ms,
+                max_bytes: mb << 20,
+            })
+        };
+        assert_eq!(record("").expect("parses"), None);
+        assert_eq!(record("record_fetches = false").expect("parses"), None);
+        assert_eq!(
+            record("record_fetches = true").expect("parses"),
+            bounds(week, 256)
+        );
+        assert_eq!(
+            record("record_fetches = { mb = 16 }").expect("parses"),
+            bounds(week, 16)
+        );
+        assert_eq!(
+            record("record_fetches = { ms = 1000, mb = 1 }").expect("parses"),
+            bounds(1000, 1)
+        );
+        let zero = record("record_fetches = { mb = 0 }").expect_err("refused");
+        assert!(
+            zero.message.contains("plugins.x.record_fetches"),
+            "{}",
+            zero.message
+        );
+        assert!(record("record_fetches = { gb = 1 }").is_err());
+    }
 }

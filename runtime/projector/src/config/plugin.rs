@@ -3,7 +3,7 @@
 //! runs with.
 
 use super::{Config, LimitsPatch, Rollout, TruthConfig};
-use projector_core::engine::Policy;
+use projector_core::engine::{Policy, RecordBounds};
 use projector_guest::Population;
 use projector_sources::kafka::KeyPart;
 use serde::Deserialize;
@@ -58,7 +58,8 @@ pub struct PluginConfig {
     #[serde(default)]
     pub history: HistorySetting,
     /// Record the answers its fetches get, for replays: `true` (kept 7
-    /// days) or `{ ms = 604800000 }`; off by default.
+    /// days, at most 256 MiB) or `{ ms = 604800000, mb = 256 }`; off by
+    /// default.
     #[serde(default)]
     pub record_fetches: RecordSetting,
 }
@@ -67,30 +68,56 @@ fn yes() -> bool {
     true
 }
 
-/// `[plugins.NAME] record_fetches`: off, on, or on with an age bound.
+/// `[plugins.NAME] record_fetches`: off, on, or on with bounds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum RecordSetting {
     /// Not recorded (the default).
     #[default]
     Unset,
-    /// `true` (kept 7 days) or `false`.
+    /// `true` (the default bounds) or `false`.
     On(bool),
-    /// Kept this long.
-    Bounded {
-        /// Age past which an answer is dropped, in ms.
-        ms: u64,
-    },
+    /// Kept within these bounds.
+    Bounded(RecordTable),
+}
+
+/// `record_fetches = { ms = 604800000, mb = 256 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordTable {
+    /// Age past which an answer is dropped, in ms (default 7 days).
+    #[serde(default = "RecordTable::week")]
+    pub ms: u64,
+    /// Size past which the oldest answers are dropped, in MiB (keys and
+    /// bodies; default 256).
+    #[serde(default = "RecordTable::default_mb")]
+    pub mb: u64,
+}
+
+impl RecordTable {
+    fn week() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    fn default_mb() -> u64 {
+        256
+    }
 }
 
 impl RecordSetting {
-    /// How long answers are kept, when recorded.
-    pub fn ms(&self) -> Option<u64> {
-        match self {
-            RecordSetting::On(true) => Some(7 * 24 * 3600 * 1000),
-            RecordSetting::Bounded { ms } => Some(*ms),
-            _ => None,
-        }
+    /// The bounds answers are kept within, when recorded.
+    pub fn bounds(&self) -> Option<RecordBounds> {
+        let table = match self {
+            RecordSetting::On(true) => RecordTable {
+                ms: RecordTable::week(),
+                mb: RecordTable::default_mb(),
+            },
+            RecordSetting::Bounded(t) => *t,
+            _ => return None,
+        };
+        Some(RecordBounds {
+            ms: table.ms,
+            max_bytes: table.mb.saturating_mul(1 << 20),
+        })
     }
 }
 
@@ -148,7 +175,7 @@ impl Config {
                 breaker: self.breaker,
                 ttl_ms: None,
                 history: None,
-                record_fetches_ms: None,
+                record_fetches: None,
             });
         };
         let retry =
@@ -169,10 +196,10 @@ impl Config {
                 "plugins.{name}.history: versions and ms: expected at least 1 (history = \"off\" keeps none)"
             ));
         }
-        let record_fetches_ms = p.record_fetches.ms();
-        if record_fetches_ms == Some(0) {
+        let record_fetches = p.record_fetches.bounds();
+        if record_fetches.is_some_and(|r| r.ms == 0 || r.max_bytes == 0) {
             return Err(format!(
-                "plugins.{name}.record_fetches.ms: expected at least 1 (record_fetches = false keeps none)"
+                "plugins.{name}.record_fetches: ms and mb: expected at least 1 (record_fetches = false keeps none)"
             ));
         }
         Ok(Policy {
@@ -180,7 +207,7 @@ impl Config {
             breaker,
             ttl_ms: p.ttl_ms,
             history,
-            record_fetches_ms,
+            record_fetches,
         })
     }
 }
