@@ -21,7 +21,7 @@
 //! stale_ms = 0           # how long past its TTL an answer may stand in
 //! breaker_failures = 5   # fetches failed in a row that open its breaker (0: never)
 //! breaker_open_ms = 1000 # how long it stays open before one fetch probes it
-//! max_in_flight = 32     # requests fetched ahead at once
+//! max_in_flight = 64     # requests fetched ahead at once
 //! batch_path = "/billing/batch"  # a batch endpoint, if it has one (see ahead)
 //! batch_max = 100        # paths per batch request
 //!
@@ -106,7 +106,7 @@ pub struct ServiceConfig {
 }
 
 fn default_max_in_flight() -> usize {
-    32
+    64
 }
 fn default_batch_max() -> usize {
     100
