@@ -448,11 +448,12 @@ fn every_bad_request_gets_a_4xx_that_names_the_problem() {
 #[test]
 fn health_metrics_and_the_openapi_document_are_served() {
     let legacy = Legacy::start();
-    // A service configured for enrichment, so its metrics show too.
+    // A service configured for enrichment, a record of fetched answers
+    // and a memory budget, so their metrics show too.
     let s = Served::start(
         &[PLUGIN],
         &format!(
-            "{}[services.legacy]\nurl = \"http://127.0.0.1:9\"\n",
+            "[engine]\nmemory_mb = 256\n{}[plugins.{PLUGIN}]\nrecord_fetches = true\n[services.legacy]\nurl = \"http://127.0.0.1:9\"\n",
             legacy.source_config()
         ),
     );

@@ -30,6 +30,11 @@ struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabel {
+    part: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
 }
@@ -86,6 +91,7 @@ impl Collector for EngineCollector {
         event_outcomes(&mut encoder, &projections)?;
         plugin_counts(&mut encoder, &projections)?;
         self.commits(&mut encoder)?;
+        self.memory(&mut encoder)?;
         self.retry_queue(&mut encoder)?;
         self.hit_ratios(&mut encoder, &projections)?;
         self.lags(&mut encoder, &projections)?;
@@ -161,6 +167,55 @@ impl EngineCollector {
                 };
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
+        }
+        Ok(())
+    }
+
+    /// `projector_resident_bytes`, `projector_memory_bytes{part}` and,
+    /// with a budget, `projector_memory_budget_bytes{part}`.
+    fn memory(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(rss) = projector_common::resident::resident_bytes() {
+            let family = encoder.encode_descriptor(
+                "projector_resident_bytes",
+                "Bytes of the process resident in memory",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(rss as i64).encode(family)?;
+        }
+        let used = self.engine.memory_use();
+        let mut family = encoder.encode_descriptor(
+            "projector_memory_bytes",
+            "Bytes each bounded part holds: view_caches, render_caches, unapplied",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (part, value) in [
+            ("view_caches", used.view_caches),
+            ("render_caches", used.render_caches),
+            ("unapplied", used.unapplied),
+        ] {
+            let labels = PartLabel { part: part.into() };
+            ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+        }
+        let Some(budget) = self.engine.memory_budget() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "projector_memory_budget_bytes",
+            "The memory budget ([engine] memory_mb) and each part's share",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (part, value) in [
+            ("total", budget.total),
+            ("store", budget.store()),
+            ("view_caches", budget.view_caches()),
+            ("render_caches", budget.render_caches()),
+            ("unapplied", budget.unapplied()),
+        ] {
+            let labels = PartLabel { part: part.into() };
+            ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -31,6 +31,9 @@
 //! | `projector_views_expired_total` | counter | plugin | expired views the sweep deleted (plugins with `ttl_ms`) |
 //! | `projector_expired_reads_total` | counter | plugin | reads that found their view past its time to live, answered as absent |
 //! | `projector_retry_queue` | gauge | | events waiting for their retry |
+//! | `projector_resident_bytes` | gauge | | bytes of the process resident in memory (`VmRSS`) |
+//! | `projector_memory_bytes` | gauge | part | bytes each bounded part holds: `view_caches` (views in memory, estimated by size), `render_caches`, `unapplied` (committed records waiting for the materializer) |
+//! | `projector_memory_budget_bytes` | gauge | part | with `[engine] memory_mb`: the budget (`total`) and each part's share (`store`: sled's page cache in memory, `view_caches`, `render_caches`, `unapplied`) |
 //! | `projector_fetches_total` | counter | service | fetches plugins asked of a service (enrichment) |
 //! | `projector_fetch_cache_hits_total` | counter | service | fetches answered from the cache within its TTL |
 //! | `projector_fetch_stale_total` | counter | service | fetches answered from the cache past its TTL while the service failed |

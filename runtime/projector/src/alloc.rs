@@ -29,6 +29,22 @@ pub fn tune() {
     set_purge_delay(PURGE_DELAY_MS);
 }
 
+/// How long freed memory is kept under a memory budget
+/// (`[engine] memory_mb`): none, so the process's resident memory follows
+/// what it holds (a replay under 128 MiB peaked 38 MB lower than keeping
+/// it 100 ms, at the same speed).
+pub const BUDGET_PURGE_DELAY_MS: i64 = 0;
+
+/// Under a memory budget: keep freed memory only
+/// [`BUDGET_PURGE_DELAY_MS`], unless the environment sets
+/// `MIMALLOC_PURGE_DELAY`.
+pub fn tune_for_budget() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    set_purge_delay(BUDGET_PURGE_DELAY_MS);
+}
+
 #[allow(unsafe_code)]
 fn set_purge_delay(ms: i64) {
     // SAFETY: mi_option_set only stores the value of a known option; the

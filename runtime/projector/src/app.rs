@@ -79,7 +79,14 @@ impl App {
     pub fn open(config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir)?;
+        let budget = config
+            .engine
+            .memory_mb
+            .map(projector_core::engine::MemoryBudget::mb);
+        let store = match budget {
+            Some(b) => Store::open_sized(&config.data_dir, b.store_cache())?,
+            None => Store::open(&config.data_dir)?,
+        };
         let mut engine = Engine::new(
             store,
             config.format,
@@ -89,6 +96,10 @@ impl App {
         engine.set_retry(config.retry);
         engine.set_breaker(config.breaker);
         engine.set_view_cache(config.engine.view_cache_entries);
+        if let Some(b) = budget {
+            engine.set_memory_budget(b);
+            crate::alloc::tune_for_budget();
+        }
         for name in config.plugins.keys() {
             let policy = config
                 .policy(name)

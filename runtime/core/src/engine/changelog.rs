@@ -242,8 +242,7 @@ impl Engine {
         {
             let mut cache = p.views.write().recover();
             for (key, _) in views {
-                cache.young.remove(*key);
-                cache.old.remove(*key);
+                cache.remove(key);
             }
         }
         let mut rendered = p.rendered.write().recover();

@@ -66,8 +66,14 @@ impl Engine {
             c.seconds += started.elapsed().as_secs_f64();
         }
         pending.since = None;
+        let bounds = self.cache_bounds(projections.len());
         for p in &projections {
-            let dropped = p.views.write().recover().turn_over(self.view_cache_entries);
+            let dropped = p
+                .views
+                .write()
+                .recover()
+                .turn_over(bounds.entries, bounds.view_bytes);
+            p.rendered.write().recover().limit = bounds.render_bytes;
             drop(dropped);
         }
         Ok(())

@@ -689,7 +689,14 @@ impl Engine {
             }
         }
         pending.writer = Some(writer);
-        summary.committed = self.commit_due(pending)?;
+        // Past the memory budget's share for views, commit now so the
+        // caches can turn over.
+        summary.committed = if self.caches_full() {
+            self.commit_locked(pending)?;
+            true
+        } else {
+            self.commit_due(pending)?
+        };
         {
             let mut applied = self.applied.write().recover();
             for p in self.all() {

@@ -43,6 +43,7 @@ mod fold;
 mod generation;
 mod group;
 mod history;
+mod memory;
 mod pause;
 mod projection;
 mod read;
@@ -61,6 +62,7 @@ pub use fold::BatchSummary;
 use fold::{BatchCtx, BatchIn};
 use history::Keeping;
 pub use history::{AsOf, HistoryBounds, Past, Pruned};
+pub use memory::{MemoryBudget, MemoryUse, MIN_MEMORY_MB};
 pub use projection::{Projection, VIEW_CACHE_ENTRIES};
 use projection::{RenderCache, ViewCache};
 pub use read::{ReadView, Snapshot};
@@ -147,6 +149,8 @@ pub struct Engine {
     history_seq: AtomicU64,
     /// Views kept per generation of each projection's view cache.
     view_cache_entries: usize,
+    /// The memory budget the caches share, if one is set.
+    memory: Option<MemoryBudget>,
     /// Each plugin's record of fetched answers, and where its pruning is.
     fetch_records: Mutex<HashMap<String, fetch_record::Pruning>>,
 }
@@ -265,6 +269,7 @@ impl Engine {
             commits: Mutex::default(),
             history_seq: AtomicU64::new(0),
             view_cache_entries: projection::VIEW_CACHE_ENTRIES,
+            memory: None,
             fetch_records: Mutex::default(),
         }
     }

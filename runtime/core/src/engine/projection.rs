@@ -46,10 +46,21 @@ pub struct Projection {
 /// Rendered answers by key, each with the state it was rendered from: an
 /// entry serves a read only while the view still holds that state, so a
 /// view change (or a render racing one) can never serve a stale answer.
-#[derive(Default)]
 pub(super) struct RenderCache {
     pub(super) entries: FxHashMap<String, (Vec<u8>, Arc<RawValue>)>,
     pub(super) bytes: usize,
+    /// Bytes kept at most; the cache starts over when full.
+    pub(super) limit: usize,
+}
+
+impl Default for RenderCache {
+    fn default() -> Self {
+        RenderCache {
+            entries: FxHashMap::default(),
+            bytes: 0,
+            limit: RENDER_CACHE_BYTES,
+        }
+    }
 }
 
 /// Bytes of rendered answers (and their states) kept per projection; the
@@ -72,8 +83,11 @@ pub const VIEW_CACHE_ENTRIES: usize = 200_000;
 /// so caching a view and marking it dirty allocate nothing for its key.
 #[derive(Default)]
 pub(super) struct ViewCache {
-    pub(super) young: ViewMap,
-    pub(super) old: ViewMap,
+    young: ViewMap,
+    old: ViewMap,
+    /// Each generation's size, estimated ([`super::memory::footprint`]).
+    pub(super) young_bytes: usize,
+    pub(super) old_bytes: usize,
 }
 
 /// One generation of a view cache (`None`: known absent). Views are
@@ -85,18 +99,56 @@ impl ViewCache {
         self.young.get(key).or_else(|| self.old.get(key))
     }
 
-    /// Start a new generation if `young` is full; only after a commit.
-    /// Returns the generation dropped, for the caller to free once it no
-    /// longer holds the cache's lock (freeing 200k views takes a while,
-    /// and reads wait for the lock). The new generation starts at the
-    /// size of the last, so it does not grow by rehashing.
+    /// Put `record` as the view of `key` in the young generation; the
+    /// view it replaces there, if any.
+    pub(super) fn put(
+        &mut self,
+        key: &str,
+        record: Option<Arc<ViewRecord>>,
+    ) -> Option<Option<Arc<ViewRecord>>> {
+        let size = super::memory::footprint(key, &record);
+        self.young_bytes += size;
+        let replaced = match self.young.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, record)),
+            None => {
+                self.young.insert(key.into(), record);
+                None
+            }
+        };
+        if let Some(r) = &replaced {
+            self.young_bytes = self
+                .young_bytes
+                .saturating_sub(super::memory::footprint(key, r));
+        }
+        replaced
+    }
+
+    /// Forget `key` in both generations.
+    pub(super) fn remove(&mut self, key: &str) {
+        if let Some(r) = self.young.remove(key) {
+            let size = super::memory::footprint(key, &r);
+            self.young_bytes = self.young_bytes.saturating_sub(size);
+        }
+        if let Some(r) = self.old.remove(key) {
+            let size = super::memory::footprint(key, &r);
+            self.old_bytes = self.old_bytes.saturating_sub(size);
+        }
+    }
+
+    /// Start a new generation if `young` holds more than `entries` views
+    /// or `bytes`; only after a commit. Returns the generation dropped,
+    /// for the caller to free once it no longer holds the cache's lock
+    /// (freeing 200k views takes a while, and reads wait for the lock).
+    /// The new generation starts at the size of the last, so it does not
+    /// grow by rehashing.
     #[must_use]
-    pub(super) fn turn_over(&mut self, entries: usize) -> Option<ViewMap> {
-        if self.young.len() <= entries {
+    pub(super) fn turn_over(&mut self, entries: usize, bytes: usize) -> Option<ViewMap> {
+        if self.young.len() <= entries && self.young_bytes <= bytes {
             return None;
         }
         let fresh = ViewMap::with_capacity_and_hasher(self.young.len(), Default::default());
         let young = std::mem::replace(&mut self.young, fresh);
+        self.old_bytes = std::mem::take(&mut self.young_bytes);
         Some(std::mem::replace(&mut self.old, young))
     }
 }
@@ -133,16 +185,7 @@ impl Projection {
     pub(super) fn set_view(&self, key: &str, record: Option<ViewRecord>) {
         let record = record.map(Arc::new);
         // The view replaced is freed after the lock is let go.
-        let _replaced = {
-            let mut views = self.views.write().recover();
-            match views.young.get_mut(key) {
-                Some(slot) => std::mem::replace(slot, record),
-                None => {
-                    views.young.insert(key.into(), record);
-                    None
-                }
-            }
-        };
+        let _replaced = self.views.write().recover().put(key, record);
         let mut dirty = self.dirty.lock().recover();
         if !dirty.contains(key) {
             dirty.insert(key.into());
@@ -165,8 +208,12 @@ impl Projection {
         if cacheable {
             let mut cache = self.rendered.write().recover();
             let size = key.len() + state.len() + answer.get().len();
-            if cache.bytes + size > RENDER_CACHE_BYTES {
-                *cache = RenderCache::default();
+            if cache.bytes + size > cache.limit {
+                let limit = cache.limit;
+                *cache = RenderCache {
+                    limit,
+                    ..RenderCache::default()
+                };
             }
             cache.bytes += size;
             if let Some((old, a)) = cache

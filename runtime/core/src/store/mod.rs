@@ -353,12 +353,23 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encodes every store type into a Vec")
 }
 
+/// sled's page cache by default, in bytes (`[engine] memory_mb` sets a
+/// share of the budget instead).
+pub const STORE_CACHE_BYTES: u64 = 256 << 20;
+
 impl Store {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir`, with sled's page cache at
+    /// [`STORE_CACHE_BYTES`].
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_sized(dir, STORE_CACHE_BYTES)
+    }
+
+    /// Open (or create) the store in `dir`, with sled's page cache at
+    /// `cache_bytes`.
+    pub fn open_sized(dir: &Path, cache_bytes: u64) -> Result<Self> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 << 20)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(Some(200))
             .open()
             .map_err(|source| match &source {
@@ -390,6 +401,16 @@ impl Store {
             last_record: Default::default(),
             open: Arc::new(open),
         })
+    }
+
+    /// Hold the store to a memory budget: at most `bytes` of committed
+    /// records wait for the materializer (past it a commit waits: the
+    /// pipeline slows down instead of memory growing; by default only the
+    /// count of views waiting bounds them), and the materializer writes
+    /// smaller batches, so sled holds fewer copies of its leaves at once.
+    pub fn bound_memory(&self, bytes: usize) {
+        self.unapplied.set_max_bytes(bytes);
+        self.unapplied.set_chunk(unapplied::BUDGET_CHUNK);
     }
 
     /// Close this handle and say whether what was committed is durable.

@@ -204,6 +204,13 @@ pub struct EngineConfig {
     /// 200000; two generations, so about twice that in memory): views
     /// beyond it are read back from the store when their keys come again.
     pub view_cache_entries: usize,
+    /// A memory budget in MiB (at least 64) that bounds, together, the
+    /// store's page cache, the view and render caches and the views
+    /// waiting for the materializer (each a share; see
+    /// `docs/operations.md`). Unset: each part's own default, and
+    /// `view_cache_entries` counts the views cached; set, the views are
+    /// cached by size within their share instead.
+    pub memory_mb: Option<u64>,
     /// The nice value of the processing threads (0, the default, to 19):
     /// above 0, on a machine with few cores, they yield the CPU to the
     /// threads serving reads, so reads wait less behind batches.
@@ -221,6 +228,7 @@ impl Default for EngineConfig {
             sweep_interval_ms: 10_000,
             sweep_page: 1000,
             view_cache_entries: projector_core::engine::VIEW_CACHE_ENTRIES,
+            memory_mb: None,
             processing_nice: 0,
         }
     }
@@ -357,6 +365,13 @@ impl Config {
             return Err(bad(format!(
                 "engine.processing_nice: expected 0 to 19, got {}",
                 c.engine.processing_nice
+            )));
+        }
+        let least = projector_core::engine::MIN_MEMORY_MB;
+        if c.engine.memory_mb.is_some_and(|mb| mb < least) {
+            return Err(bad(format!(
+                "engine.memory_mb: expected at least {least} (MiB), got {}",
+                c.engine.memory_mb.unwrap_or(0)
             )));
         }
         if c.engine.view_cache_entries == 0 {
@@ -629,5 +644,18 @@ mod tests {
             zero.message
         );
         assert!(record("record_fetches = { gb = 1 }").is_err());
+    }
+
+    #[test]
+    fn a_memory_budget_is_at_least_its_floor() {
+        assert_eq!(parse("").expect("parses").engine.memory_mb, None);
+        let set = parse("[engine]\nmemory_mb = 512\n").expect("parses");
+        assert_eq!(set.engine.memory_mb, Some(512));
+        let small = parse("[engine]\nmemory_mb = 8\n").expect_err("refused");
+        assert!(
+            small.message.contains("engine.memory_mb"),
+            "{}",
+            small.message
+        );
     }
 }
