@@ -4,8 +4,10 @@
 //! users) and four times that with four times the keys (4M, 4 000,
 //! 400 000). Prints, for each, events/s (from the replay's own summary),
 //! the cost per event against the first stream's, the peak RSS (the
-//! process's `VmHWM`) and the store's size on disk. `BENCH_SCALE` scales
-//! both streams (default 1). Run with `./scripts/bench.sh growth`, which
+//! process's `VmHWM`) and the store's size on disk; first with each
+//! part's default bounds, then under a memory budget (`[engine]
+//! memory_mb = BENCH_MEMORY_MB`, default 256). `BENCH_SCALE` scales both
+//! streams (default 1). Run with `./scripts/bench.sh growth`, which
 //! builds the release binary first.
 
 use projector_tests::{knob, plugins_dir, root};
@@ -27,21 +29,13 @@ fn size_on_disk(dir: &Path) -> u64 {
     total
 }
 
-/// A process's peak resident set (`VmHWM`), in bytes, while it lives.
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 struct Run {
     events_per_s: f64,
     peak: u64,
     store: u64,
 }
 
-fn run(events: u64, sites: u64, users: u64) -> anyhow::Result<Run> {
+fn run(events: u64, sites: u64, users: u64, memory_mb: Option<u64>) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("events.ndjson");
     let started = Instant::now();
@@ -57,9 +51,10 @@ fn run(events: u64, sites: u64, users: u64) -> anyhow::Result<Run> {
         &config,
         format!(
             "data_dir = \"data\"\nplugins_dir = \"plugins\"\n\
-             [engine]\ncompile_cache_dir = {:?}\n\
+             [engine]\ncompile_cache_dir = {:?}\n{}\
              [plugins.inbox-unread]\npopulation = \"eager\"\n",
-            root().join("target/bench-compile-cache")
+            root().join("target/bench-compile-cache"),
+            memory_mb.map_or(String::new(), |mb| format!("memory_mb = {mb}\n"))
         ),
     )?;
     let binary = root().join("target/release/projector");
@@ -85,7 +80,7 @@ fn run(events: u64, sites: u64, users: u64) -> anyhow::Result<Run> {
     // Its peak, read until it exits (the kernel keeps the high-water mark).
     let mut peak = 0;
     loop {
-        if let Some(p) = peak_rss(pid) {
+        if let Some(p) = projector_common::resident::peak_resident_bytes(pid) {
             peak = peak.max(p);
         }
         if child.try_wait()?.is_some() {
@@ -118,14 +113,29 @@ fn run(events: u64, sites: u64, users: u64) -> anyhow::Result<Run> {
 
 fn main() -> anyhow::Result<()> {
     let scale = knob("BENCH_SCALE", 1);
+    let budget = knob("BENCH_MEMORY_MB", 256);
     println!("growth: the inbox plugin alone, eager, `projector replay` from an empty store");
-    let small = run(1_000_000 * scale, 1_000 * scale, 100_000 * scale)?;
-    let large = run(4_000_000 * scale, 4_000 * scale, 400_000 * scale)?;
-    println!(
-        "4× the events and keys: cost per event {:.2}× (target ≤ 1.15×), peak RSS {:.2}×, store {:.2}×",
-        small.events_per_s / large.events_per_s,
-        large.peak as f64 / small.peak.max(1) as f64,
-        large.store as f64 / small.store.max(1) as f64
-    );
+    for memory_mb in [None, Some(budget)] {
+        match memory_mb {
+            None => println!("each part's default bounds:"),
+            Some(mb) => println!("under a memory budget of {mb} MiB ([engine] memory_mb):"),
+        }
+        let small = run(1_000_000 * scale, 1_000 * scale, 100_000 * scale, memory_mb)?;
+        let large = run(4_000_000 * scale, 4_000 * scale, 400_000 * scale, memory_mb)?;
+        println!(
+            "  4× the events and keys: cost per event {:.2}× (target ≤ 1.15×), peak RSS {:.2}×, store {:.2}×",
+            small.events_per_s / large.events_per_s,
+            large.peak as f64 / small.peak.max(1) as f64,
+            large.store as f64 / small.store.max(1) as f64
+        );
+        if let Some(mb) = memory_mb {
+            let budget = (mb << 20) as f64;
+            println!(
+                "  peak RSS ÷ budget: {:.2} and {:.2} (the process's code and threads included)",
+                small.peak as f64 / budget,
+                large.peak as f64 / budget
+            );
+        }
+    }
     Ok(())
 }
