@@ -25,6 +25,7 @@ mod close;
 mod form;
 mod history;
 mod key_states;
+mod spool;
 mod unapplied;
 mod writer;
 
@@ -277,6 +278,8 @@ pub struct Store {
     /// The size of the last commit's views record (bytes, views): the
     /// next writer starts at it instead of growing to it.
     last_record: Arc<(AtomicUsize, AtomicUsize)>,
+    /// What the broker acknowledged of spooled bundles not yet removed.
+    acked: Arc<spool::Acked>,
     /// Closes the database. Last: fields drop in order, and the database
     /// is released by the close alone once the others went.
     open: Arc<Open>,
@@ -399,6 +402,7 @@ impl Store {
             state,
             unapplied,
             last_record: Default::default(),
+            acked: Default::default(),
             open: Arc::new(open),
         })
     }
@@ -432,10 +436,11 @@ impl Store {
             state,
             unapplied,
             last_record,
+            acked,
             open,
         } = self;
         // Gone first, so that the close releases the database alone.
-        drop((db, state, unapplied, last_record));
+        drop((db, state, unapplied, last_record, acked));
         match Arc::try_unwrap(open) {
             Ok(open) => open.close(bound),
             Err(open) => open.flush_within("closing a handle", bound),
@@ -694,48 +699,6 @@ impl Store {
         self.state.scan_prefix(key(b'q', &[])).count()
     }
 
-    /// Spooled records, oldest first, after seq `after` (from the first
-    /// with `None`), skipping `skip`, at most `max`.
-    pub fn outbox(
-        &self,
-        after: Option<u64>,
-        skip: &std::collections::HashSet<u64>,
-        max: usize,
-    ) -> Result<Vec<OutboxRecord>> {
-        let mut out = Vec::new();
-        let start = match after {
-            Some(seq) => outbox_key(seq.saturating_add(1)),
-            None => key(b'x', &[]),
-        };
-        let end = key(b'y', &[]);
-        for item in self.state.range(start..end) {
-            let (_, v) = item?;
-            let record: OutboxRecord = decode("spooled record", &v)?;
-            if !skip.contains(&record.seq) {
-                out.push(record);
-                if out.len() == max {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Records in the spool.
-    pub fn outbox_count(&self) -> usize {
-        self.state.scan_prefix(key(b'x', &[])).count()
-    }
-
-    /// Remove acknowledged records from the spool.
-    pub fn remove_outbox(&self, seqs: &[u64]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for s in seqs {
-            batch.remove(outbox_key(*s));
-        }
-        self.state.apply_batch(batch)?;
-        Ok(())
-    }
-
     /// A new batch of changes.
     pub(crate) fn writer(&self) -> Writer {
         let (bytes, views) = &*self.last_record;
@@ -748,7 +711,8 @@ impl Store {
 
     /// Apply a batch atomically: its views as one record, the rest as
     /// they are. Waits first while too many views wait to be applied.
-    pub(crate) fn commit(&self, writer: Writer) -> Result<()> {
+    pub(crate) fn commit(&self, mut writer: Writer) -> Result<()> {
+        writer.bundle_spooled()?;
         let Writer {
             mut batch, views, ..
         } = writer;

@@ -13,7 +13,9 @@ pub(crate) struct Writer {
     pub(super) views: ViewRecordBuf,
     /// The store key being put, reused from view to view.
     key: Vec<u8>,
-    db: sled::Db,
+    pub(super) db: sled::Db,
+    /// Records spooled for a broker, put in bundles by the commit.
+    pub(super) spooled: Vec<OutboxRecord>,
 }
 
 impl Writer {
@@ -23,6 +25,7 @@ impl Writer {
             views,
             key: Vec::new(),
             db,
+            spooled: Vec::new(),
         }
     }
 
@@ -95,13 +98,6 @@ impl Writer {
             audit_key(ns, &run.source, run.partition, run.from),
             encode(run),
         );
-    }
-
-    /// Spool a record to produce; its `seq` is assigned here.
-    pub(crate) fn outbox(&mut self, mut record: OutboxRecord) -> Result<()> {
-        record.seq = self.db.generate_id()?;
-        self.batch.insert(outbox_key(record.seq), encode(&record));
-        Ok(())
     }
 
     /// Take a retry off the queue.
