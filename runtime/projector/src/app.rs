@@ -85,7 +85,7 @@ impl App {
             .map(projector_core::engine::MemoryBudget::mb);
         let store = match budget {
             Some(b) => Store::open_sized(&config.data_dir, b.store_cache())?,
-            None => Store::open(&config.data_dir)?,
+            None => Store::open_sized(&config.data_dir, config.engine.store_cache_mb << 20)?,
         };
         let mut engine = Engine::new(
             store,

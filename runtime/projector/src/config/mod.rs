@@ -211,6 +211,10 @@ pub struct EngineConfig {
     /// `view_cache_entries` counts the views cached; set, the views are
     /// cached by size within their share instead.
     pub memory_mb: Option<u64>,
+    /// sled's page cache in MiB, counted as sled counts it (by the pages'
+    /// size on disk; it holds about four times that in memory). Default
+    /// 256; a `memory_mb` budget sets it instead.
+    pub store_cache_mb: u64,
     /// The nice value of the processing threads (0, the default, to 19):
     /// above 0, on a machine with few cores, they yield the CPU to the
     /// threads serving reads, so reads wait less behind batches.
@@ -229,6 +233,7 @@ impl Default for EngineConfig {
             sweep_page: 1000,
             view_cache_entries: projector_core::engine::VIEW_CACHE_ENTRIES,
             memory_mb: None,
+            store_cache_mb: projector_core::store::STORE_CACHE_BYTES >> 20,
             processing_nice: 0,
         }
     }
@@ -373,6 +378,11 @@ impl Config {
                 "engine.memory_mb: expected at least {least} (MiB), got {}",
                 c.engine.memory_mb.unwrap_or(0)
             )));
+        }
+        if c.engine.store_cache_mb == 0 {
+            return Err(bad(
+                "engine.store_cache_mb: expected at least 1, got 0".into()
+            ));
         }
         if c.engine.view_cache_entries == 0 {
             return Err(bad(
@@ -656,6 +666,13 @@ mod tests {
             small.message.contains("engine.memory_mb"),
             "{}",
             small.message
+        );
+        assert_eq!(parse("").expect("parses").engine.store_cache_mb, 256);
+        let none = parse("[engine]\nstore_cache_mb = 0\n").expect_err("refused");
+        assert!(
+            none.message.contains("engine.store_cache_mb"),
+            "{}",
+            none.message
         );
     }
 }
