@@ -73,7 +73,9 @@ impl Engine {
                 .write()
                 .recover()
                 .turn_over(bounds.entries, bounds.view_bytes);
-            p.rendered.write().recover().limit = bounds.render_bytes;
+            if p.rendered.read().recover().limit != bounds.render_bytes {
+                p.rendered.write().recover().limit = bounds.render_bytes;
+            }
             drop(dropped);
         }
         Ok(())

@@ -1,6 +1,9 @@
 //! Fetched answers recorded for replay (`record_fetches`), kept in a tree
 //! of the store per plugin (`fetch-record/<plugin>`): by service and path,
-//! the newest answer the live path fetched, with when. A replay reads it
+//! the newest answer the live path fetched, with when; the newest by the
+//! entity's version where answers carry one (a top-level `version` number
+//! in the JSON body), so a lagging replica's older answer, fetched later,
+//! does not replace a newer one. A replay reads it
 //! first ([`projector_host::fetch_record`]); the sweep drops answers older
 //! than the plugin's bound.
 //!
@@ -54,6 +57,33 @@ fn record_key(service: &str, path: &str) -> Vec<u8> {
 
 /// (recorded at, status, body).
 type Kept = (i64, u16, Vec<u8>);
+
+/// The entity version an answer carries: the top-level `version` number
+/// of its JSON body, when it has one.
+fn entity_version(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: Option<u64>,
+    }
+    serde_json::from_slice::<Versioned>(body).ok()?.version
+}
+
+/// Whether the stored answer `new` should replace `kept` for its path:
+/// the entity's newer version where both answers carry one (a lagging
+/// replica's older answer, fetched later, does not replace it), else
+/// the one recorded later.
+fn replaces(new: &[u8], kept: &[u8]) -> bool {
+    let (Ok(new), Ok(kept)) = (
+        postcard::from_bytes::<Kept>(new),
+        postcard::from_bytes::<Kept>(kept),
+    ) else {
+        return true;
+    };
+    match (entity_version(&new.2), entity_version(&kept.2)) {
+        (Some(n), Some(k)) if n != k => n > k,
+        _ => new.0 >= kept.0,
+    }
+}
 
 /// A plugin's record, and the key its pruning goes on after.
 pub(super) type Pruning = (Arc<StoredRecord>, Option<Vec<u8>>);
@@ -136,16 +166,17 @@ impl StoredRecord {
     }
 
     /// Put answers restored from a changelog (key, stored form): each
-    /// unless one recorded later is kept, or it is past the bound.
+    /// unless the answer kept for its path is newer ([`replaces`]), or it
+    /// is past the bound.
     pub(crate) fn restore(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
         let now = now_ms();
         let at = |bytes: &[u8]| postcard::from_bytes::<Kept>(bytes).ok().map(|k| k.0);
         for (key, value) in entries {
-            let Some(when) = at(value).filter(|t| !self.old(*t, now)) else {
+            if at(value).is_none_or(|t| self.old(t, now)) {
                 continue;
-            };
+            }
             let kept = self.tree.get(key).map_err(crate::store::Error::from)?;
-            if kept.is_some_and(|k| at(&k).is_some_and(|t| t >= when)) {
+            if kept.is_some_and(|k| !replaces(value, &k)) {
                 continue;
             }
             self.put(key, value)?;
@@ -221,6 +252,15 @@ impl FetchRecord for StoredRecord {
             return;
         };
         let key = record_key(service, path);
+        // An answer that carries an older version of the entity than the
+        // one recorded (a lagging replica) does not replace it.
+        if entity_version(&answer.body).is_some() {
+            if let Ok(Some(k)) = self.tree.get(&key) {
+                if !replaces(&bytes, &k) {
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.put(&key, &bytes) {
             tracing::warn!(service, path, "recording a fetched answer: {e}");
             return;
@@ -428,6 +468,44 @@ mod tests {
         r.restore(&[(&other, &stale)]).expect("restore");
         assert_eq!(r.recorded("billing", "/b"), None);
         assert_eq!(r.len(), 1);
+        store.close().expect("close");
+    }
+
+    #[test]
+    fn an_answer_of_an_older_entity_version_does_not_replace_a_newer_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let r = StoredRecord::open(&store, "p", bounds(60_000, 1 << 20)).expect("record");
+        let answer = |v: u64| Fetched {
+            status: 200,
+            body: format!(r#"{{"version":{v},"amount":{}}}"#, v * 100).into_bytes(),
+            stale: false,
+        };
+        r.record("billing", "/billing/a1", &answer(3));
+        // A lagging replica answers version 2 afterwards: the record keeps 3.
+        r.record("billing", "/billing/a1", &answer(2));
+        assert_eq!(r.recorded("billing", "/billing/a1"), Some(answer(3)));
+        r.record("billing", "/billing/a1", &answer(4));
+        assert_eq!(r.recorded("billing", "/billing/a1"), Some(answer(4)));
+        // Answers without a version: the one recorded last.
+        let plain = |text: &str| Fetched {
+            status: 200,
+            body: text.as_bytes().to_vec(),
+            stale: false,
+        };
+        r.record("sites", "/sites/a1", &plain("first"));
+        r.record("sites", "/sites/a1", &plain("second"));
+        assert_eq!(r.recorded("sites", "/sites/a1"), Some(plain("second")));
+        // A restore goes by the version too, whatever the times.
+        let key = record_key("billing", "/billing/a1");
+        let kept =
+            |at: i64, v: u64| postcard::to_allocvec(&(at, 200u16, answer(v).body)).expect("bytes");
+        r.restore(&[(&key, &kept(now_ms() + 5_000, 1))])
+            .expect("restore");
+        assert_eq!(r.recorded("billing", "/billing/a1"), Some(answer(4)));
+        r.restore(&[(&key, &kept(now_ms() - 5_000, 9))])
+            .expect("restore");
+        assert_eq!(r.recorded("billing", "/billing/a1"), Some(answer(9)));
         store.close().expect("close");
     }
 }
