@@ -403,10 +403,8 @@ impl<'a> BatchCtx<'a> {
         }
         let mut runs = Vec::new();
         let mut run_of = vec![None; range.len()];
-        for (j, (n, before)) in range.clone().zip(&befores).enumerate() {
-            if attribute {
-                break;
-            }
+        let keys = range.clone().zip(&befores).enumerate();
+        for (j, (n, before)) in keys.filter(|_| !attribute) {
             let indexes = groups.members(n);
             let first = rules::first_run(
                 before.as_ref().map(|r| &r.view),
