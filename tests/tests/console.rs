@@ -648,8 +648,10 @@ async fn redrive_dead_letters(c: &Client, api: &Api, base: &str) -> Result<(), S
     assert!(failed.len() >= 3, "the broken version failed {failed:?}");
     let all_before = api.dead_letters("plugin=hostile").await.len();
 
-    // The dead letters tab, filtered by the broken version.
+    // The dead letters tab, filtered by the broken version (its option
+    // comes with the tab's first poll, after the select itself).
     click(c, "#tab-dead").await;
+    wait_for(c, &format!("#dead-version option[value='{broken}']")).await;
     wait_for(c, "#dead-version")
         .await
         .select_by_value(&broken)
