@@ -55,6 +55,34 @@ fn config(services: &Services, allowed: &[&str], extra: &[(&str, &str)]) -> Stri
     )
 }
 
+/// Services answering version 1 of every source's entity of assets
+/// `a0..a{assets}`.
+fn services_at_first_versions(assets: u64) -> Services {
+    let services = Services::start(&SOURCES);
+    for source in SOURCES {
+        for a in 0..assets {
+            let asset = format!("a{a}");
+            services
+                .get(source)
+                .set(&asset, vec![entity(source, 1, &asset)]);
+        }
+    }
+    services
+}
+
+/// Id-only events of version 1 of every source, for user `u{a}`'s asset
+/// `a{a}` of each asset below `assets`.
+fn first_versions(assets: u64) -> Vec<String> {
+    (0..assets)
+        .flat_map(|a| {
+            SOURCES.map(|source| {
+                let (user, asset) = (format!("u{a}"), format!("a{a}"));
+                String::from_utf8(ev(source, 1, &user, &asset, None)).expect("utf-8")
+            })
+        })
+        .collect()
+}
+
 fn row(app: &projector::app::App, key: &str, now: i64) -> Value {
     app.engine
         .read(PLUGIN, key, now)
@@ -676,15 +704,7 @@ fn a_shadow_rebuild_takes_the_recorded_answers_and_sees_what_the_live_path_saw()
     const ASSETS: u64 = 10;
     let (bytes, _) = projector_tests::component(PLUGIN);
     for recorded in [true, false] {
-        let services = Services::start(&SOURCES);
-        for source in SOURCES {
-            for a in 0..ASSETS {
-                let asset = format!("a{a}");
-                services
-                    .get(source)
-                    .set(&asset, vec![entity(source, 1, &asset)]);
-            }
-        }
+        let services = services_at_first_versions(ASSETS);
         let record = if recorded {
             "record_fetches = true\n"
         } else {
@@ -694,14 +714,7 @@ fn a_shadow_rebuild_takes_the_recorded_answers_and_sees_what_the_live_path_saw()
             &[PLUGIN],
             &format!("{}{record}", config(&services, &SOURCES, &[])),
         );
-        let events: Vec<String> = (0..ASSETS)
-            .flat_map(|a| {
-                SOURCES.map(|source| {
-                    let (user, asset) = (format!("u{a}"), format!("a{a}"));
-                    String::from_utf8(ev(source, 1, &user, &asset, None)).expect("utf-8")
-                })
-            })
-            .collect();
+        let events = first_versions(ASSETS);
         let token = s.ingest(&events);
         let (status, body) = s.get(&format!("/v1/views/{PLUGIN}/u0:a0?token={token}"));
         assert_eq!(status, 200, "{body}");
@@ -942,15 +955,7 @@ fn digest(entity: &Value) -> String {
 #[test]
 fn a_views_history_names_the_recorded_answers_each_change_was_built_from() {
     const ASSETS: u64 = 6;
-    let services = Services::start(&SOURCES);
-    for source in SOURCES {
-        for a in 0..ASSETS {
-            let asset = format!("a{a}");
-            services
-                .get(source)
-                .set(&asset, vec![entity(source, 1, &asset)]);
-        }
-    }
+    let services = services_at_first_versions(ASSETS);
     let s = projector_tests::Served::start(
         &[PLUGIN],
         &format!(
@@ -958,14 +963,7 @@ fn a_views_history_names_the_recorded_answers_each_change_was_built_from() {
             config(&services, &SOURCES, &[])
         ),
     );
-    let events: Vec<String> = (0..ASSETS)
-        .flat_map(|a| {
-            SOURCES.map(|source| {
-                let (user, asset) = (format!("u{a}"), format!("a{a}"));
-                String::from_utf8(ev(source, 1, &user, &asset, None)).expect("utf-8")
-            })
-        })
-        .collect();
+    let events = first_versions(ASSETS);
     let token = s.ingest(&events);
     let (status, body) = s.get(&format!("/v1/views/{PLUGIN}/u0:a0?token={token}"));
     assert_eq!(status, 200, "{body}");
