@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the reference plugins as wasm32-wasip2 components into
 # target/plugins/<name>.wasm, the test fixtures into target/test-plugins/,
-# and the TypeScript plugins into target/ts-plugins/. Idempotent.
+# and the TypeScript plugins into target/ts-plugins/ (plain and compiled
+# ahead of time). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -27,7 +28,16 @@ done
 # per lock-file change), then each plugin bundled and componentized.
 ./scripts/js-deps.sh
 mkdir -p target/ts-plugins
-if [ ! -s target/ts-plugins/inbox-unread-ts.wasm ] ||
-   [ -n "$(find guest-sdk/js guest-sdk/wit plugins/inbox-unread-ts package-lock.json -newer target/ts-plugins/inbox-unread-ts.wasm -not -path '*/node_modules/*' -print -quit)" ]; then
+# Each is built again when a source is newer than its component; the
+# second is the same plugin compiled ahead of time (weval, built once).
+stale() {
+  [ ! -s "$1" ] ||
+    [ -n "$(find guest-sdk/js guest-sdk/wit plugins/inbox-unread-ts package-lock.json -newer "$1" -not -path '*/node_modules/*' -print -quit)" ]
+}
+if stale target/ts-plugins/inbox-unread-ts.wasm; then
   (cd plugins/inbox-unread-ts && npm run --silent build)
+fi
+if stale target/ts-plugins/inbox-unread-ts-aot.wasm; then
+  weval=$(./scripts/weval.sh)
+  (cd plugins/inbox-unread-ts && WEVAL="$weval" npm run --silent build:aot)
 fi

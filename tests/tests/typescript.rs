@@ -1,7 +1,8 @@
 //! The TypeScript port of inbox-unread (`plugins/inbox-unread-ts`, built
 //! with the JavaScript SDK) against the Rust plugin: the same stream, with
 //! events out of order, duplicates and malformed payloads, gives the same
-//! views, statuses and dead letters under the same host and limits.
+//! views, statuses and dead letters under the same host and limits, and
+//! so does the same plugin compiled ahead of time (`--aot`, weval).
 
 use projector_tests::{inbox_events, open_app, projector_bin, records, stderr, InboxShape};
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::process::Command;
 
 const RUST: &str = "inbox-unread";
 const TS: &str = "inbox-unread-ts";
+const TS_AOT: &str = "inbox-unread-ts-aot";
 
 /// The inbox stream, disturbed: some neighbours swapped (a newer event
 /// first: the older one then invalidates its views), some events sent
@@ -43,12 +45,13 @@ fn disturbed(events: Vec<String>) -> Vec<String> {
 fn the_typescript_inbox_plugin_gives_the_rust_plugins_views() {
     let dir = tempfile::tempdir().expect("tempdir");
     let settings = "population = \"eager\"\nsettings = { max_unread = 25 }\n";
+    let limits = "limits = { max_memory_bytes = 134217728 }\n";
     let app = open_app(
         dir.path(),
-        &[RUST, TS],
+        &[RUST, TS, TS_AOT],
         &format!(
-            "[plugins.{RUST}]\n{settings}[plugins.{TS}]\n{settings}\
-             limits = {{ max_memory_bytes = 134217728 }}\n"
+            "[plugins.{RUST}]\n{settings}[plugins.{TS}]\n{settings}{limits}\
+             [plugins.{TS_AOT}]\n{settings}{limits}"
         ),
     );
     let events = disturbed(inbox_events(InboxShape {
@@ -82,14 +85,17 @@ fn the_typescript_inbox_plugin_gives_the_rust_plugins_views() {
             })
             .collect()
     };
-    let (rust, ts) = (views(RUST), views(TS));
+    let rust = views(RUST);
     assert!(rust.len() > 300, "a real stream: {} views", rust.len());
     let invalid = rust.values().filter(|(s, _)| s == "Invalid").count();
     assert!(invalid > 0, "the swaps invalidate some views");
-    for (key, want) in &rust {
-        assert_eq!(ts.get(key), Some(want), "view {key}");
+    for plugin in [TS, TS_AOT] {
+        let ts = views(plugin);
+        for (key, want) in &rust {
+            assert_eq!(ts.get(key), Some(want), "{plugin}: view {key}");
+        }
+        assert_eq!(rust.len(), ts.len(), "{plugin}: the same keys");
     }
-    assert_eq!(rust.len(), ts.len(), "the same keys");
 
     let counters = |plugin: &str| {
         let c = app.engine.projection(plugin).expect("plugin").counters();
@@ -101,12 +107,15 @@ fn the_typescript_inbox_plugin_gives_the_rust_plugins_views() {
             c.dead_lettered,
         )
     };
-    let (r, t) = (counters(RUST), counters(TS));
+    let r = counters(RUST);
     assert!(r.4 > 0, "the broken payloads are dead letters: {r:?}");
-    assert_eq!(
-        r, t,
-        "received, applied, skipped, invalidated, dead-lettered"
-    );
+    for plugin in [TS, TS_AOT] {
+        assert_eq!(
+            r,
+            counters(plugin),
+            "{plugin}: received, applied, skipped, invalidated, dead-lettered"
+        );
+    }
 }
 
 /// A plugin in plain JavaScript (no type-check) whose `apply` answers a
