@@ -27,6 +27,7 @@ mod history;
 mod key_states;
 mod spool;
 mod unapplied;
+mod waiting;
 mod writer;
 
 pub use close::FLUSH_BOUND;

@@ -16,13 +16,14 @@
 //! When too many views wait, a commit waits for the materializer (the
 //! pipeline slows down instead of memory growing).
 
+use super::waiting::Index;
 use super::{Error, Result, ViewRecord};
 use projector_common::sync::Recover;
 use rustc_hash::FxHashMap;
 use sled::IVec;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -167,22 +168,12 @@ pub(super) fn parse(record: &[u8]) -> Result<Vec<Slot>> {
     Ok(slots)
 }
 
-/// A view waiting to be applied: the commit it came from, and its value
-/// (a slice of that commit's record), `None` if removed.
-#[derive(Clone)]
-struct Waiting {
-    seq: u64,
-    value: Option<IVec>,
-}
-
 #[derive(Default)]
 struct Queue {
     /// Records written and not yet removed, oldest first.
     seqs: VecDeque<u64>,
     /// The next commit's seq.
     next: u64,
-    /// Views waiting (the index's size).
-    views: usize,
     /// Bytes of the records written and not yet removed, and each one's.
     bytes: usize,
     sizes: FxHashMap<u64, usize>,
@@ -214,7 +205,7 @@ pub struct MaterializerStats {
 /// materializer thread.
 pub(super) struct Unapplied {
     tree: sled::Tree,
-    index: RwLock<FxHashMap<Box<[u8]>, Waiting>>,
+    index: Index,
     queue: Mutex<Queue>,
     changed: Condvar,
     /// Serializes commits (a seq is taken and its record added in order).
@@ -234,11 +225,7 @@ impl Unapplied {
     /// The newest waiting value of `key`: `Some(None)` if it was removed,
     /// `None` if nothing waits for it.
     pub(super) fn get(&self, key: &[u8]) -> Option<Option<IVec>> {
-        self.index
-            .read()
-            .recover()
-            .get(key)
-            .map(|w| w.value.clone())
+        self.index.get(key)
     }
 
     /// Bound the bytes of records waiting (`usize::MAX`: no bound but
@@ -257,7 +244,9 @@ impl Unapplied {
     /// of records than the bound, wait.
     pub(super) fn wait_for_room(&self) -> Result<()> {
         let max_bytes = self.max_bytes.load(Ordering::Relaxed);
-        let full = |q: &Queue| q.views >= MAX_UNAPPLIED_VIEWS || q.bytes >= max_bytes;
+        // The index's size changes before the queue's lock is taken to
+        // tell of it, so a wait here does not miss the change.
+        let full = |q: &Queue| self.index.len() >= MAX_UNAPPLIED_VIEWS || q.bytes >= max_bytes;
         let mut q = self.queue.lock().recover();
         if full(&q) {
             self.stalls.fetch_add(1, Ordering::Relaxed);
@@ -281,21 +270,24 @@ impl Unapplied {
     /// Make the views of committed record `seq` visible and hand them to
     /// the materializer.
     pub(super) fn add(&self, seq: u64, record: &IVec, slots: &[Slot]) {
-        let mut index = self.index.write().recover();
-        for s in slots {
-            let key = &record[s.key.0..s.key.0 + s.key.1];
-            let value = s.value.map(|(at, len)| record.subslice(at, len));
-            index.insert(key.into(), Waiting { seq, value });
-        }
+        self.index.add(
+            seq,
+            slots.iter().map(|s| {
+                let key = &record[s.key.0..s.key.0 + s.key.1];
+                (
+                    key.into(),
+                    s.value.map(|(at, len)| record.subslice(at, len)),
+                )
+            }),
+        );
         self.put.fetch_add(slots.len() as u64, Ordering::Relaxed);
-        // The queue's count is set under the index's lock (index, then
-        // queue, everywhere), so it never goes back to a stale size.
+        // The seq is queued once all its views are in the index: the
+        // materializer applies a commit's views whole.
         let mut q = self.queue.lock().recover();
         q.seqs.push_back(seq);
         q.bytes += record.len();
         q.sizes.insert(seq, record.len());
-        q.views = index.len();
-        drop((q, index));
+        drop(q);
         self.changed.notify_all();
     }
 
@@ -318,7 +310,7 @@ impl Unapplied {
         let applied = self.applied.load(Ordering::Relaxed);
         let (waiting, waiting_bytes) = {
             let q = self.queue.lock().recover();
-            (q.views as u64, q.bytes as u64)
+            (self.index.len() as u64, q.bytes as u64)
         };
         MaterializerStats {
             applied,
@@ -382,30 +374,19 @@ impl Unapplied {
     /// Apply every view of records up to `through`, then remove them.
     fn round(&self, through: u64) -> Result<()> {
         let started = Instant::now();
-        let mut work: Vec<(Box<[u8]>, Option<IVec>)> = self
-            .index
-            .read()
-            .recover()
-            .iter()
-            .filter(|(_, w)| w.seq <= through)
-            .map(|(k, w)| (k.clone(), w.value.clone()))
-            .collect();
+        let mut work = self.index.through(through);
         // In key order: sled inserts neighbours cheaply.
         work.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for chunk in work.chunks(self.chunk.load(Ordering::Relaxed)) {
             apply(&self.tree, chunk.iter().map(|(k, v)| (&**k, v.as_ref())))?;
             // Applied: reads may go to the tree for these keys now, unless
             // a newer commit put them again meanwhile.
-            let mut index = self.index.write().recover();
-            for (k, _) in chunk {
-                if index.get(k).is_some_and(|w| w.seq <= through) {
-                    index.remove(k);
-                }
-            }
+            self.index.applied(chunk.iter().map(|(k, _)| &**k), through);
             self.applied
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            self.queue.lock().recover().views = index.len();
-            drop(index);
+            // Taken and let go so that a commit waiting for room sees the
+            // new size (it checks it under this lock).
+            drop(self.queue.lock().recover());
             self.changed.notify_all();
         }
         let mut q = self.queue.lock().recover();
@@ -523,7 +504,7 @@ impl Materializer {
         let next = recover(&tree)?;
         let shared = Arc::new(Unapplied {
             tree,
-            index: RwLock::default(),
+            index: Index::default(),
             queue: Mutex::new(Queue {
                 next,
                 ..Queue::default()
