@@ -44,6 +44,33 @@ impl Record {
         }
     }
 
+    /// A record of bytes as the transport gave them, decoded now as
+    /// `format` (on the transport's thread, off the pipeline's): held in
+    /// the stored form when it decodes, as the wire bytes when it does not
+    /// (the pipeline then dead-letters it with the bytes as they came).
+    pub fn decoded(
+        partition: u32,
+        offset: u64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        format: Format,
+    ) -> Self {
+        match envelope::decode(format, key, value) {
+            Ok(event) => {
+                let mut stored = Vec::with_capacity(stored::encoded_len(&event));
+                stored::encode(&event, &mut stored);
+                Record {
+                    partition,
+                    offset,
+                    key: key.map(<[u8]>::to_vec),
+                    value: stored,
+                    encoding: Encoding::Stored,
+                }
+            }
+            Err(_) => Record::wire(partition, offset, key.map(<[u8]>::to_vec), value.to_vec()),
+        }
+    }
+
     /// The event it carries: wire bytes decoded as `format`, stored ones
     /// read back without parsing.
     pub fn decode(&self, format: Format) -> Result<Event, DecodeError> {
@@ -95,5 +122,24 @@ mod tests {
         );
         let wire_record = Record::wire(0, 0, None, b"not json".to_vec());
         assert_eq!(wire_record.raw_text(), "not json");
+    }
+
+    #[test]
+    fn a_record_decoded_ahead_is_the_event_the_pipeline_would_decode_and_a_bad_one_stays_as_it_came() {
+        let wire = br#"{"specversion":"1.0","id":"e-2","type":"T","source":"s","subject":"k","time":"2026-01-01T00:00:00Z","data":{"n":1}}"#;
+        let ahead = Record::decoded(3, 9, Some(b"k"), wire, Format::Auto);
+        assert_eq!((ahead.partition, ahead.offset), (3, 9));
+        assert_eq!(ahead.encoding, Encoding::Stored);
+        let later = Record::wire(3, 9, Some(b"k".to_vec()), wire.to_vec());
+        assert_eq!(
+            ahead.decode(Format::Auto),
+            later.decode(Format::Auto),
+            "the same event either way"
+        );
+
+        let bad = Record::decoded(0, 1, None, b"{not json", Format::Auto);
+        assert_eq!(bad.encoding, Encoding::Wire);
+        assert!(bad.decode(Format::Auto).is_err(), "the pipeline dead-letters it");
+        assert_eq!(bad.raw_text(), "{not json", "with the bytes as they came");
     }
 }

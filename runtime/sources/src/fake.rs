@@ -132,6 +132,10 @@ impl SourceHost for FakeHost {
     fn spool(&self) -> Arc<dyn Spool> {
         self.spool.clone()
     }
+
+    fn format(&self) -> projector_core::envelope::Format {
+        projector_core::envelope::Format::Auto
+    }
 }
 
 /// A spool in a map.

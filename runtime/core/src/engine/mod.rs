@@ -287,6 +287,11 @@ impl Engine {
         &self.store
     }
 
+    /// The format wire records are decoded in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// Load a projection; `population` overrides what the plugin declares.
     pub fn add(&self, code: SharedCode, population: Option<Population>) -> Result<()> {
         let ns = code.name().to_string();

@@ -7,6 +7,7 @@
 
 use super::Spool;
 use crate::engine::{Engine, Result};
+use crate::envelope::Format;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,11 @@ pub trait SourceHost: Send + Sync {
     /// The store's spool of outgoing records (retries, dead letters,
     /// changelog records) that a source with a broker sends.
     fn spool(&self) -> Arc<dyn Spool>;
+
+    /// The format records are decoded in: a source with a thread of its
+    /// own decodes there ([`Record::decoded`](crate::Record::decoded)),
+    /// off the pipeline's.
+    fn format(&self) -> Format;
 }
 
 impl SourceHost for Engine {
@@ -100,5 +106,9 @@ impl SourceHost for Engine {
 
     fn spool(&self) -> Arc<dyn Spool> {
         Arc::new(self.store().clone())
+    }
+
+    fn format(&self) -> Format {
+        Engine::format(self)
     }
 }

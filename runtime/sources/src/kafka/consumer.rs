@@ -62,6 +62,8 @@ pub(crate) struct Queues {
 
 pub(crate) struct Shared {
     pub(crate) host: Arc<dyn SourceHost>,
+    /// The host's format: records are decoded on the consumer's thread.
+    pub(crate) format: projector_core::envelope::Format,
     pub(crate) config: KafkaConfig,
     pub(crate) retry_topics: HashSet<String>,
     pub(crate) queues: Mutex<Queues>,
@@ -201,6 +203,11 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         ("auto.offset.reset", "earliest"),
         ("partition.assignment.strategy", config.assignor()),
         ("queued.max.messages.kbytes", "16384"),
+        // Past that bound librdkafka postpones a partition's next fetch by
+        // this much (1 s by default): the pipeline then waited 0.7 s for
+        // records in the Kafka bench while this thread drained the queue
+        // in milliseconds.
+        ("fetch.queue.backoff.ms", "20"),
         ("statistics.interval.ms", "1000"),
         ("session.timeout.ms", "10000"),
     ];
@@ -225,7 +232,6 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         .commit_interval()
         .max(Duration::from_millis(100));
     let mut last_commit = Instant::now();
-    let mut last_ends = Instant::now();
     while !stop.is_stopped() {
         // Take what arrived, up to a burst, then look at the queues.
         let mut burst = 0;
@@ -272,10 +278,6 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         }
         backpressure(&consumer, &shared, high, low);
         finish_restores(&consumer, &shared);
-        if last_ends.elapsed() >= Duration::from_millis(200) {
-            last_ends = Instant::now();
-            learn_ends(&consumer, &shared);
-        }
         if last_commit.elapsed() >= commit_every {
             last_commit = Instant::now();
             commit_kafka(&consumer, &shared, CommitMode::Async);
@@ -340,6 +342,19 @@ fn enqueue<M: Message>(shared: &Shared, m: &M, k: &mut (String, i32)) -> usize {
     }
     k.1 = m.partition();
     let k = &*k;
+    // Decoded before the queues' lock is taken, which the pipeline takes
+    // for its batches.
+    let queued = if shared.retry_topics.contains(m.topic()) {
+        Queued::Retry(m.offset() as u64, Box::new(retry_entry(m)))
+    } else {
+        Queued::Event(Record::decoded(
+            m.partition() as u32,
+            m.offset() as u64,
+            m.key(),
+            m.payload().unwrap_or_default(),
+            shared.format,
+        ))
+    };
     let mut q = shared.lock();
     // A record of a partition no longer assigned is dropped: its owner
     // reads it again from its own offset.
@@ -353,17 +368,7 @@ fn enqueue<M: Message>(shared: &Shared, m: &M, k: &mut (String, i32)) -> usize {
     {
         return part.records.len();
     }
-    part.records
-        .push_back(if shared.retry_topics.contains(m.topic()) {
-            Queued::Retry(m.offset() as u64, Box::new(retry_entry(m)))
-        } else {
-            Queued::Event(Record::wire(
-                m.partition() as u32,
-                m.offset() as u64,
-                m.key().map(<[u8]>::to_vec),
-                m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            ))
-        });
+    part.records.push_back(queued);
     let len = part.records.len() as i64;
     shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
     shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
@@ -372,36 +377,6 @@ fn enqueue<M: Message>(shared: &Shared, m: &M, k: &mut (String, i32)) -> usize {
         l.saw(m.offset() + 1);
     }
     len as usize
-}
-
-/// Ask the broker where the partitions whose end is not known yet end
-/// (up to 8 every 200 ms, each within 500 ms), when its statistics have
-/// not said it: the lag is reported from then on.
-fn learn_ends(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
-    let unknown: Vec<(String, i32)> = {
-        let lags = shared.stats.partitions.lock().recover();
-        lags.iter()
-            .filter(|(_, l)| l.end.is_none())
-            .map(|(k, _)| k.clone())
-            .take(8)
-            .collect()
-    };
-    for (topic, partition) in unknown {
-        let Ok((_, high)) =
-            consumer.fetch_watermarks(&topic, partition, Duration::from_millis(500))
-        else {
-            continue;
-        };
-        if let Some(l) = shared
-            .stats
-            .partitions
-            .lock()
-            .recover()
-            .get_mut(&(topic, partition))
-        {
-            l.end = Some(l.end.map_or(high, |e| e.max(high)));
-        }
-    }
 }
 
 /// Pause partitions whose queue is full; resume those drained to `low`.

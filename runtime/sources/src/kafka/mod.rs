@@ -48,6 +48,7 @@ mod admin;
 pub mod config;
 mod consumer;
 mod delivered;
+mod ends;
 mod members;
 pub mod placement;
 mod rebalance;

@@ -5,6 +5,7 @@
 use super::admin::{create_failure_topics, create_topics, topic_partitions};
 use super::config::{source_id, KafkaConfig};
 use super::consumer::{consume, Queued, Queues, Shared};
+use super::ends::run_ends;
 use super::members::Members;
 use super::placement::Placement;
 use super::replay::KafkaRetained;
@@ -124,6 +125,7 @@ impl Source for KafkaSource {
             .collect();
         let shared = Arc::new(Shared {
             host: host.clone(),
+            format: host.format(),
             config: config.clone(),
             retry_topics,
             queues: Mutex::new(Queues::default()),
@@ -185,6 +187,16 @@ impl Source for KafkaSource {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        let (cfg, stats, stop) = (config.clone(), self.stats.clone(), self.stop.clone());
+        threads.push((
+            "ends",
+            std::thread::Builder::new()
+                .name("projector-ends".into())
+                .spawn(move || {
+                    run_ends(&cfg, &stats, &stop);
+                    Ok(())
+                })?,
+        ));
         let stop = self.stop.clone();
         threads.push((
             "consumer",
