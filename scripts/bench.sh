@@ -8,9 +8,10 @@
 #   enrich aggregation with enrichment from four local services: events/s,
 #          cache hit ratio, fetch latency (BENCH_ASSETS, BENCH_EVENTS,
 #          BENCH_WORKERS);
-#   kafka  mock Kafka cluster → Wasm inbox projection → sled against a raw
-#          rdkafka consume of the same topic, and the same projection from
-#          the embedded log (BENCH_EVENTS);
+#   kafka  Kafka (the mock cluster, then Apache Kafka) → Wasm inbox
+#          projection → sled against a raw rdkafka consume of the same
+#          topic, and the same projection from the embedded log, in
+#          alternating rounds (BENCH_EVENTS, BENCH_ROUNDS);
 #   swap   the largest stall of a replace deploy while events flow, against
 #          steady state (BENCH_EVENTS);
 #   restore  about 1M views restored from a changelog against rebuilt by
@@ -36,6 +37,14 @@ peer() {
   mvn -q -B -f benchmarks/kafka-streams-inbox/pom.xml package
   cargo bench -p projector-tests --bench peer
 }
+# The bench on the mock cluster, then on Apache Kafka (scripts/kafka.sh's
+# broker, started here when none runs, and stopped after).
+kafka() {
+  local started=
+  ./scripts/kafka.sh status >/dev/null || started=1
+  PROJECTOR_KAFKA_BOOTSTRAP=$(./scripts/kafka.sh start) cargo bench -p projector-tests --bench kafka
+  if [ -n "$started" ]; then ./scripts/kafka.sh stop >/dev/null; fi
+}
 # The release binary it replays with, then the bench.
 growth() {
   cargo build --release -p projector
@@ -45,7 +54,7 @@ case "${1:-all}" in
   inbox) cargo bench -p projector-tests --bench inbox ;;
   read) cargo bench -p projector-tests --bench read ;;
   enrich) cargo bench -p projector-tests --bench enrich ;;
-  kafka) cargo bench -p projector-tests --bench kafka ;;
+  kafka) kafka ;;
   swap) cargo bench -p projector-tests --bench swap ;;
   restore) cargo bench -p projector-tests --bench restore ;;
   history) cargo bench -p projector-tests --bench history ;;
@@ -55,7 +64,7 @@ case "${1:-all}" in
     cargo bench -p projector-tests --bench inbox
     cargo bench -p projector-tests --bench read
     cargo bench -p projector-tests --bench enrich
-    cargo bench -p projector-tests --bench kafka
+    kafka
     cargo bench -p projector-tests --bench swap
     cargo bench -p projector-tests --bench restore
     cargo bench -p projector-tests --bench history

@@ -11,6 +11,9 @@
 //! is not counted. The mock cluster keeps at most 5 MiB per partition,
 //! hence 16 partitions for the default 200 000 events (`BENCH_EVENTS`).
 //! `BENCH_WORKERS` sets the threads that fold a batch's keys (default 1).
+//! With `PROJECTOR_KAFKA_BOOTSTRAP` set (`./scripts/bench.sh kafka` starts
+//! `scripts/kafka.sh`'s broker and sets it), the same rounds run again on
+//! Apache Kafka, on a topic of their own.
 //! Each of `BENCH_ROUNDS` rounds (3) runs both paths, which one first
 //! alternating; the median round's ratio is the figure.
 //! Run with `./scripts/bench.sh kafka`.
@@ -39,7 +42,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const PARTITIONS: u32 = 16;
 
 /// Records/s of a plain consumer reading every partition from the start.
-fn raw_consume(bootstrap: &str, total: u64) -> anyhow::Result<f64> {
+fn raw_consume(bootstrap: &str, topic: &str, total: u64) -> anyhow::Result<f64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "raw")
@@ -47,7 +50,7 @@ fn raw_consume(bootstrap: &str, total: u64) -> anyhow::Result<f64> {
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS as i32 {
-        tpl.add_partition_offset("inbox", p, Offset::Beginning)?;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
     let mut n = 0u64;
@@ -80,21 +83,6 @@ fn main() -> anyhow::Result<()> {
         users: 50_000,
         seed: 3,
     });
-    let c = cluster("inbox", PARTITIONS as i32);
-    let bootstrap = c.bootstrap_servers();
-    let started = Instant::now();
-    produce(&bootstrap, "inbox", PARTITIONS, &events);
-    eprintln!("produced {n} events in {:.1?}", started.elapsed());
-    let end = ends(&bootstrap, "inbox", PARTITIONS);
-    let total: u64 = end.iter().sum();
-    let kept = kept(&bootstrap, "inbox", PARTITIONS);
-    anyhow::ensure!(
-        kept == n as u64,
-        "the mock cluster kept {kept} of {n} events (5 MiB per partition): lower BENCH_EVENTS"
-    );
-
-    let raw = raw_consume(&bootstrap, total)?;
-
     let host = WasmHost::new()?;
     let bytes = std::fs::read(plugin_wasm("inbox-unread"))?;
     let workers = projector_tests::knob("BENCH_WORKERS", 1) as usize;
@@ -107,7 +95,45 @@ fn main() -> anyhow::Result<()> {
         Ok(engine)
     };
 
+    let c = cluster("inbox", PARTITIONS as i32);
+    let mock = c.bootstrap_servers();
+    let started = Instant::now();
+    produce(&mock, "inbox", PARTITIONS, &events);
+    eprintln!("produced {n} events in {:.1?}", started.elapsed());
+    let kept = kept(&mock, "inbox", PARTITIONS);
+    anyhow::ensure!(
+        kept == n as u64,
+        "the mock cluster kept {kept} of {n} events (5 MiB per partition): lower BENCH_EVENTS"
+    );
     println!("kafka path, {n} events over {PARTITIONS} partitions of the mock cluster");
+    rounds(&new_engine, &mock, "inbox", &events)?;
+    drop(c);
+
+    // Apache Kafka, when a broker is named (`./scripts/bench.sh kafka`
+    // starts one): the same events on a topic of its own.
+    let Ok(apache) = std::env::var("PROJECTOR_KAFKA_BOOTSTRAP") else {
+        println!("(PROJECTOR_KAFKA_BOOTSTRAP is unset: no Apache Kafka run)");
+        return Ok(());
+    };
+    let topic = projector_tests::broker::fresh("bench-inbox");
+    projector_tests::broker::create_topic(&apache, &topic, PARTITIONS as i32);
+    produce(&apache, &topic, PARTITIONS, &events);
+    println!("kafka path, {n} events over {PARTITIONS} partitions of Apache Kafka at {apache}");
+    let run = rounds(&new_engine, &apache, &topic, &events);
+    projector_tests::broker::delete_topics(&apache, &[&topic]);
+    run
+}
+
+/// The rounds on the broker at `bootstrap`, whose `topic` holds `events`.
+fn rounds(
+    new_engine: &dyn Fn(Store) -> anyhow::Result<Engine>,
+    bootstrap: &str,
+    topic: &str,
+    events: &[String],
+) -> anyhow::Result<()> {
+    let end = ends(bootstrap, topic, PARTITIONS);
+    let total: u64 = end.iter().sum();
+    let raw = raw_consume(bootstrap, topic, total)?;
     println!("   raw rdkafka consume: {raw:>9.0} records/s");
     // Rounds alternate which path runs first: the first run of a process
     // pays for its fresh pages (the kernel zeroing them), which a later
@@ -116,8 +142,9 @@ fn main() -> anyhow::Result<()> {
     let rounds = projector_tests::knob("BENCH_ROUNDS", 3).max(1) as usize;
     let mut pairs = Vec::with_capacity(rounds);
     for round in 1..=rounds {
-        let kafka = || kafka_path(&new_engine, &bootstrap, &format!("bench-{round}"), &end);
-        let embedded = || embedded_path(&new_engine, &events, total);
+        let group = format!("{topic}-bench-{round}");
+        let kafka = || kafka_path(new_engine, bootstrap, topic, &group, &end);
+        let embedded = || embedded_path(new_engine, events, total);
         let ((projected, batches), embedded) = if round % 2 == 1 {
             let k = kafka()?;
             (k, embedded()?)
@@ -149,7 +176,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "median round: Kafka path {projected:.0}, embedded log {embedded:.0} records/s; \
          kafka path ÷ embedded log: {ratio:.2} (all rounds: {})  (target ≥ 0.9; the Kafka \
-         path's own cost, the in-process mock broker's included)",
+         path's own cost, the broker's included when it runs in this process)",
         all.join(", ")
     );
     Ok(())
@@ -160,20 +187,21 @@ fn main() -> anyhow::Result<()> {
 fn kafka_path(
     new_engine: &dyn Fn(Store) -> anyhow::Result<Engine>,
     bootstrap: &str,
+    topic: &str,
     group: &str,
     end: &[u64],
 ) -> anyhow::Result<(f64, u64)> {
     let total: u64 = end.iter().sum();
     let dir = tempfile::tempdir()?;
     let engine = Arc::new(new_engine(Store::open(dir.path())?)?);
-    let mut config = KafkaConfig::new(bootstrap, group, &["inbox"]);
+    let mut config = KafkaConfig::new(bootstrap, group, &[topic]);
     config.max_buffered_records = 32_768;
     let run = KafkaRun::start(engine.clone(), config, 4096)?;
     while run.stats.consumed.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
     let first = Instant::now();
-    wait_caught_up(&engine, "inbox", end, Duration::from_secs(600));
+    wait_caught_up(&engine, topic, end, Duration::from_secs(600));
     // Both paths are timed to their views applied to their keys: a run
     // shorter than the commit interval would otherwise leave the
     // materializer's work outside its window.

@@ -125,7 +125,8 @@ mod tests {
     }
 
     #[test]
-    fn a_record_decoded_ahead_is_the_event_the_pipeline_would_decode_and_a_bad_one_stays_as_it_came() {
+    fn a_record_decoded_ahead_is_the_event_the_pipeline_would_decode_and_a_bad_one_stays_as_it_came(
+    ) {
         let wire = br#"{"specversion":"1.0","id":"e-2","type":"T","source":"s","subject":"k","time":"2026-01-01T00:00:00Z","data":{"n":1}}"#;
         let ahead = Record::decoded(3, 9, Some(b"k"), wire, Format::Auto);
         assert_eq!((ahead.partition, ahead.offset), (3, 9));
@@ -139,7 +140,10 @@ mod tests {
 
         let bad = Record::decoded(0, 1, None, b"{not json", Format::Auto);
         assert_eq!(bad.encoding, Encoding::Wire);
-        assert!(bad.decode(Format::Auto).is_err(), "the pipeline dead-letters it");
+        assert!(
+            bad.decode(Format::Auto).is_err(),
+            "the pipeline dead-letters it"
+        );
         assert_eq!(bad.raw_text(), "{not json", "with the bytes as they came");
     }
 }
