@@ -113,6 +113,7 @@ pub(crate) fn changelog_consumer(config: &KafkaConfig) -> anyhow::Result<Arc<Bas
             ("auto.offset.reset", "earliest"),
             ("fetch.max.bytes", "52428800"),
             ("max.partition.fetch.bytes", "10485760"),
+            ("fetch.queue.backoff.ms", "20"),
         ])
         .create()?;
     Ok(Arc::new(consumer))
