@@ -203,19 +203,15 @@ pub(crate) fn consume(shared: Arc<Shared>, stop: &Shutdown) -> anyhow::Result<()
         ("auto.offset.reset", "earliest"),
         ("partition.assignment.strategy", config.assignor()),
         ("queued.max.messages.kbytes", "16384"),
-        // Past that bound librdkafka postpones a partition's next fetch by
-        // this much (1 s by default): the pipeline then waited 0.7 s for
-        // records in the Kafka bench while this thread drained the queue
-        // in milliseconds.
-        ("fetch.queue.backoff.ms", "20"),
         ("statistics.interval.ms", "1000"),
         ("session.timeout.ms", "10000"),
     ];
     if let Some(id) = &config.instance_id {
         settings.push(("group.instance.id", id.as_str()));
     }
-    let consumer: BaseConsumer<ConsumerCtx> =
-        config.client(&settings).create_with_context(ConsumerCtx {
+    let consumer: BaseConsumer<ConsumerCtx> = config
+        .consumer_client(&settings)
+        .create_with_context(ConsumerCtx {
             shared: shared.clone(),
         })?;
     // The group balances the source topics; the retry partitions follow

@@ -54,7 +54,7 @@ pub(crate) fn already_delivered(
         return Ok(Vec::new());
     }
     let consumer: BaseConsumer = config
-        .client(&[
+        .consumer_client(&[
             ("group.id", &format!("{}.spool", config.group_id)),
             ("enable.auto.commit", "false"),
         ])

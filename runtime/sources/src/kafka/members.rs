@@ -189,7 +189,7 @@ impl Members {
         let group = format!("{}.members.{}", self.config.group_id, self.me);
         let consumer: BaseConsumer = self
             .config
-            .client(&[
+            .consumer_client(&[
                 ("group.id", group.as_str()),
                 ("enable.auto.commit", "false"),
             ])

@@ -29,7 +29,7 @@ impl KafkaRetained {
             stats,
             consumer: Mutex::new(
                 config
-                    .client(&[("group.id", &group), ("enable.auto.commit", "false")])
+                    .consumer_client(&[("group.id", &group), ("enable.auto.commit", "false")])
                     .create()?,
             ),
         })

@@ -105,7 +105,7 @@ struct Reader {
 pub(crate) fn changelog_consumer(config: &KafkaConfig) -> anyhow::Result<Arc<BaseConsumer>> {
     let group = format!("{}.restore", config.group_id);
     let consumer: BaseConsumer = config
-        .client(&[
+        .consumer_client(&[
             ("group.id", group.as_str()),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "false"),
@@ -113,7 +113,6 @@ pub(crate) fn changelog_consumer(config: &KafkaConfig) -> anyhow::Result<Arc<Bas
             ("auto.offset.reset", "earliest"),
             ("fetch.max.bytes", "52428800"),
             ("max.partition.fetch.bytes", "10485760"),
-            ("fetch.queue.backoff.ms", "20"),
         ])
         .create()?;
     Ok(Arc::new(consumer))

@@ -22,7 +22,7 @@ impl RetryReader {
     pub(crate) fn new(config: &KafkaConfig) -> KafkaResult<Self> {
         let group = format!("{}.retry-reader", config.group_id);
         let consumer: BaseConsumer = config
-            .client(&[
+            .consumer_client(&[
                 ("group.id", group.as_str()),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
