@@ -6,7 +6,7 @@
 # API on 127.0.0.1:8080 until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/build-plugins.sh
+./scripts/build-plugins.sh --without-aot
 cargo build --quiet --release -p projector -p projector-tests
 mkdir -p target/demo
 [ -s target/demo/inbox-sample.ndjson ] || target/release/gen-inbox 20000 50 500 > target/demo/inbox-sample.ndjson
