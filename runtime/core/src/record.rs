@@ -55,19 +55,17 @@ impl Record {
         value: &[u8],
         format: Format,
     ) -> Self {
+        let key_bytes = key.map(<[u8]>::to_vec);
         match envelope::decode(format, key, value) {
             Ok(event) => {
                 let mut stored = Vec::with_capacity(stored::encoded_len(&event));
                 stored::encode(&event, &mut stored);
                 Record {
-                    partition,
-                    offset,
-                    key: key.map(<[u8]>::to_vec),
-                    value: stored,
                     encoding: Encoding::Stored,
+                    ..Record::wire(partition, offset, key_bytes, stored)
                 }
             }
-            Err(_) => Record::wire(partition, offset, key.map(<[u8]>::to_vec), value.to_vec()),
+            Err(_) => Record::wire(partition, offset, key_bytes, value.to_vec()),
         }
     }
 
