@@ -34,7 +34,7 @@ impl Engine {
         let changelog = self.changelog();
         let mut views_written = 0;
         for p in &projections {
-            let dirty: Vec<CompactString> = p.dirty.lock().recover().drain().collect();
+            let dirty = p.dirty.lock().recover().take();
             let views = p.views.read().recover();
             views_written += dirty.len() as u64;
             if let (Some(c), false) = (&changelog, p.is_shadow() || p.is_building()) {

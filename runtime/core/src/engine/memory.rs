@@ -6,7 +6,7 @@
 //! | store cache | 1/4 | sled's page cache: sled counts what it caches by its size on disk, and holds about four times that in memory (measured), so its `cache_capacity` is a sixteenth of the budget |
 //! | view caches | 1/4 | every generation's views in memory, by their size; a generation commits early and turns over when its share is full |
 //! | render caches | 1/32 | rendered answers kept per generation |
-//! | unapplied views | 1/16 | committed records waiting for the materializer; past it a commit waits |
+//! | unapplied views | 1/16 | committed records waiting for the materializer; past it a commit waits, and a commit's record is kept under it (the views changed since the last commit are committed early when they reach it) |
 //! | the rest | 13/32 | sled's writes in flight, Wasm instances, a batch at work, source queues, the allocator's slack |
 //!
 //! The budget is what the runtime adds to what the process takes at all
@@ -144,17 +144,27 @@ impl Engine {
         }
     }
 
-    /// Whether a generation's views changed since the last commit fill
-    /// its share of the budget: the pending work is committed then, so
-    /// the cache can turn over.
+    /// Whether the pending work is to be committed now, before its
+    /// interval, to stay within the budget: when a generation's young
+    /// views fill their share (the cache turns over only after a commit),
+    /// or when the views changed since the last commit would make a
+    /// record past the unapplied views' share (the record, its copy in
+    /// the store's log and its views waiting for the materializer all
+    /// take that much again).
     pub(super) fn caches_full(&self) -> bool {
-        if self.memory.is_none() {
+        let Some(budget) = self.memory else {
             return false;
-        }
+        };
         let all = self.all();
         let bounds = self.cache_bounds(all.len());
-        all.iter()
-            .any(|p| p.views.read().recover().young_bytes > bounds.view_bytes)
+        let mut changed = 0;
+        for p in &all {
+            if p.views.read().recover().young_bytes > bounds.view_bytes {
+                return true;
+            }
+            changed += p.dirty.lock().recover().bytes;
+        }
+        changed as u64 > budget.unapplied()
     }
 }
 

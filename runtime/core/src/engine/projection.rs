@@ -15,7 +15,7 @@ pub struct Projection {
     /// next commit (`None`: known absent), and kept after it as a cache.
     pub(super) views: Arc<RwLock<ViewCache>>,
     /// Keys changed since the last commit.
-    pub(super) dirty: Arc<Mutex<FxHashSet<CompactString>>>,
+    pub(super) dirty: Arc<Mutex<Dirty>>,
     /// Rendered answers, when the plugin's render ignores the read time.
     pub(super) rendered: RwLock<RenderCache>,
     /// Events queued for a delayed retry since start.
@@ -41,6 +41,23 @@ pub struct Projection {
     pub(super) expiry: Arc<Expiry>,
     /// The history kept of its views.
     pub(super) keeping: Arc<super::Keeping>,
+}
+
+/// The keys of a projection changed since the last commit, and the
+/// estimated size of their views ([`super::memory::footprint`]): what the
+/// next commit writes, which a memory budget bounds.
+#[derive(Default)]
+pub(super) struct Dirty {
+    pub(super) keys: FxHashSet<CompactString>,
+    pub(super) bytes: usize,
+}
+
+impl Dirty {
+    /// Take the keys for a commit; nothing is dirty after it.
+    pub(super) fn take(&mut self) -> Vec<CompactString> {
+        self.bytes = 0;
+        self.keys.drain().collect()
+    }
 }
 
 /// Rendered answers by key, each with the state it was rendered from: an
@@ -184,11 +201,17 @@ impl Projection {
     /// commit.
     pub(super) fn set_view(&self, key: &str, record: Option<ViewRecord>) {
         let record = record.map(Arc::new);
+        let size = super::memory::footprint(key, &record);
         // The view replaced is freed after the lock is let go.
-        let _replaced = self.views.write().recover().put(key, record);
+        let replaced = self.views.write().recover().put(key, record);
         let mut dirty = self.dirty.lock().recover();
-        if !dirty.contains(key) {
-            dirty.insert(key.into());
+        if !dirty.keys.contains(key) {
+            dirty.keys.insert(key.into());
+            dirty.bytes += size;
+        } else {
+            // Dirty, so in the young generation: `replaced` is its last size.
+            let was = replaced.map_or(0, |r| super::memory::footprint(key, &r));
+            dirty.bytes = (dirty.bytes + size).saturating_sub(was);
         }
     }
 

@@ -9,8 +9,13 @@ fn open(dir: &std::path::Path) -> Engine {
 
 /// An engine with its one plugin, "inbox", under `policy` if given.
 fn open_with(dir: &std::path::Path, policy: Option<Policy>) -> Engine {
+    open_committing(dir, policy, Duration::ZERO)
+}
+
+/// [`open_with`], committing at most every `interval`.
+fn open_committing(dir: &std::path::Path, policy: Option<Policy>, interval: Duration) -> Engine {
     let store = Store::open(dir).expect("store");
-    let mut engine = Engine::new(store, Format::Auto, 1, Duration::ZERO);
+    let mut engine = Engine::new(store, Format::Auto, 1, interval);
     if let Some(policy) = policy {
         engine.set_policy("inbox", policy);
     }
@@ -759,4 +764,34 @@ fn a_views_history_answers_as_of_a_time_and_a_position_and_is_restored() {
         .expect("as of")
         .expect("restored");
     assert_eq!(convs(&back).len(), 2);
+}
+
+#[test]
+fn under_a_budget_views_changed_since_a_commit_are_committed_before_they_pass_the_unapplied_share()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut engine = open_committing(dir.path(), None, Duration::from_secs(3600));
+    engine.set_memory_budget(memory::MemoryBudget::mb(memory::MIN_MEMORY_MB));
+    let share = engine.memory_budget().expect("a budget").unapplied() as usize;
+    let p = engine.all()[0].clone();
+    let (mut offset, mut most) = (0, 0);
+    // Every event a new view: past the share long before an hour's interval.
+    for _ in 0..100 {
+        let batch: Vec<Record> = (0..500)
+            .map(|_| {
+                offset += 1;
+                let to = format!("user-{offset}");
+                record(offset, &sent(&format!("e{offset}"), 1, "c1", "u0", &to))
+            })
+            .collect();
+        engine.process("log", 0, &batch).expect("process");
+        most = most.max(p.dirty.lock().recover().bytes);
+    }
+    let commits = engine.commit_stats().commits;
+    assert!(commits >= 2, "{commits} commits, {most} bytes");
+    assert!(
+        most <= share,
+        "{most} bytes of changed views left past {share}"
+    );
+    assert_eq!(unread(&engine, "user-50000:s1"), ["c1"]);
 }
