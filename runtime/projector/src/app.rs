@@ -77,6 +77,10 @@ impl Drop for App {
 impl App {
     /// Open the store and load every plugin.
     pub fn open(config: Config) -> anyhow::Result<Self> {
+        if config.engine.memory_mb.is_some() {
+            // Before the store and the plugins take their memory.
+            crate::alloc::tune_for_budget();
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let budget = config
@@ -98,7 +102,6 @@ impl App {
         engine.set_view_cache(config.engine.view_cache_entries);
         if let Some(b) = budget {
             engine.set_memory_budget(b);
-            crate::alloc::tune_for_budget();
         }
         for name in config.plugins.keys() {
             let policy = config
