@@ -35,7 +35,11 @@ fn sigkill_while_the_materializer_is_behind_loses_no_committed_view() {
 /// Records of commits whose views are not yet applied, read from sled
 /// itself (opening the store would apply them).
 fn records_waiting(data: &Path) -> usize {
-    let db = sled::open(data).expect("open the killed store");
+    let db = sled::Config::new()
+        .path(data)
+        .segment_size(projector_core::store::SEGMENT_BYTES)
+        .open()
+        .expect("open the killed store");
     let state = db.open_tree("state").expect("state");
     state.scan_prefix([b'w', 0]).count()
 }

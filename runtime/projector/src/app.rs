@@ -87,10 +87,12 @@ impl App {
             .engine
             .memory_mb
             .map(projector_core::engine::MemoryBudget::mb);
-        let store = match budget {
-            Some(b) => Store::open_sized(&config.data_dir, b.store_cache())?,
-            None => Store::open_sized(&config.data_dir, config.engine.store_cache_mb << 20)?,
+        let cache_bytes = match budget {
+            Some(b) => b.store_cache(),
+            None => config.engine.store_cache_mb << 20,
         };
+        let segment_bytes = (config.engine.store_segment_kb << 10) as usize;
+        let store = Store::open_tuned(&config.data_dir, cache_bytes, segment_bytes)?;
         let mut engine = Engine::new(
             store,
             config.format,

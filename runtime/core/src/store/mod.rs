@@ -361,6 +361,20 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// share of the budget instead).
 pub const STORE_CACHE_BYTES: u64 = 256 << 20;
 
+/// The size of sled's log segments (and of its write buffers) for a new
+/// store by default: sled's own, 512 KiB (`[engine] store_segment_kb`).
+pub const SEGMENT_BYTES: usize = 512 << 10;
+
+/// The log segment size the store in `dir` was created with, if there is
+/// one: sled refuses to open it with another.
+fn existing_segment_size(dir: &Path) -> Option<usize> {
+    // Lines of `key: value`, then a checksum (not text).
+    let conf = std::fs::read(dir.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse().ok())
+}
+
 impl Store {
     /// Open (or create) the store in `dir`, with sled's page cache at
     /// [`STORE_CACHE_BYTES`].
@@ -371,9 +385,30 @@ impl Store {
     /// Open (or create) the store in `dir`, with sled's page cache at
     /// `cache_bytes`.
     pub fn open_sized(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        Self::open_tuned(dir, cache_bytes, SEGMENT_BYTES)
+    }
+
+    /// Open (or create) the store in `dir`, with sled's page cache at
+    /// `cache_bytes` and, if it is created now, log segments of
+    /// `segment_bytes` (a power of two); a store that exists keeps the
+    /// segments it was created with.
+    pub fn open_tuned(dir: &Path, cache_bytes: u64, segment_bytes: usize) -> Result<Self> {
+        let segment_bytes = match existing_segment_size(dir) {
+            Some(own) if own != segment_bytes => {
+                tracing::info!(
+                    "store at {}: keeps the log segments of {} KiB it was created with ({} KiB apply to a new store)",
+                    dir.display(),
+                    own >> 10,
+                    segment_bytes >> 10
+                );
+                own
+            }
+            _ => segment_bytes,
+        };
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
+            .segment_size(segment_bytes)
             .flush_every_ms(Some(200))
             .open()
             .map_err(|source| match &source {

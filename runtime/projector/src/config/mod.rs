@@ -215,6 +215,11 @@ pub struct EngineConfig {
     /// size on disk; it holds about four times that in memory). Default
     /// 256; a `memory_mb` budget sets it instead.
     pub store_cache_mb: u64,
+    /// sled's log segments (and write buffers) in KiB for a store created
+    /// now: a power of two from 64 to 16384. Default 512 (sled's own); a
+    /// store that exists keeps the size it was created with. 4096 halves
+    /// the inbox replay's store on disk at 4M events (`docs/benchmarks.md`).
+    pub store_segment_kb: u64,
     /// The nice value of the processing threads (0, the default, to 19):
     /// above 0, on a machine with few cores, they yield the CPU to the
     /// threads serving reads, so reads wait less behind batches.
@@ -234,6 +239,7 @@ impl Default for EngineConfig {
             view_cache_entries: projector_core::engine::VIEW_CACHE_ENTRIES,
             memory_mb: None,
             store_cache_mb: projector_core::store::STORE_CACHE_BYTES >> 20,
+            store_segment_kb: (projector_core::store::SEGMENT_BYTES >> 10) as u64,
             processing_nice: 0,
         }
     }
@@ -383,6 +389,12 @@ impl Config {
             return Err(bad(
                 "engine.store_cache_mb: expected at least 1, got 0".into()
             ));
+        }
+        let segment = c.engine.store_segment_kb;
+        if !segment.is_power_of_two() || !(64..=16384).contains(&segment) {
+            return Err(bad(format!(
+                "engine.store_segment_kb: expected a power of two from 64 to 16384, got {segment}"
+            )));
         }
         if c.engine.view_cache_entries == 0 {
             return Err(bad(
@@ -674,5 +686,20 @@ mod tests {
             "{}",
             none.message
         );
+    }
+
+    #[test]
+    fn a_stores_log_segments_are_a_power_of_two_of_kib_in_sleds_range() {
+        assert_eq!(parse("").expect("parses").engine.store_segment_kb, 512);
+        let set = parse("[engine]\nstore_segment_kb = 4096\n").expect("parses");
+        assert_eq!(set.engine.store_segment_kb, 4096);
+        for bad in ["1000", "32", "32768", "0"] {
+            let e = parse(&format!("[engine]\nstore_segment_kb = {bad}\n")).expect_err(bad);
+            assert!(
+                e.message.contains("engine.store_segment_kb"),
+                "{}",
+                e.message
+            );
+        }
     }
 }
