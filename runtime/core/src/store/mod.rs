@@ -353,6 +353,44 @@ fn lock_holder(file: &Path) -> Option<u32> {
     })
 }
 
+/// How long an open waits for this process to let go of the store's lock:
+/// a store closed and opened again at once (a restart of the engine, a
+/// test) can find sled's last write of the closed one still holding the
+/// file for a moment.
+const OWN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Open sled's database in `dir`. Its lock held by another process fails
+/// at once ([`Error::Locked`], naming it); held by this one, the open
+/// waits up to [`OWN_LOCK_WAIT`] for it to be let go.
+fn open_db(dir: &Path, config: &sled::Config) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + OWN_LOCK_WAIT;
+    loop {
+        let source = match config.open() {
+            Ok(db) => return Ok(db),
+            Err(source) => source,
+        };
+        let locked = matches!(&source, sled::Error::Io(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                // sled says so in words: "could not acquire lock on ...".
+                || e.to_string().contains("could not acquire lock"));
+        if !locked {
+            return Err(Error::Open {
+                path: dir.display().to_string(),
+                source,
+            });
+        }
+        let holder = lock_holder(&dir.join("db"));
+        let ours = holder.is_none_or(|pid| pid == std::process::id());
+        if !ours || std::time::Instant::now() >= deadline {
+            return Err(Error::Locked {
+                path: dir.display().to_string(),
+                holder,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encodes every store type into a Vec")
 }
@@ -405,28 +443,12 @@ impl Store {
             }
             _ => segment_bytes,
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .segment_size(segment_bytes)
-            .flush_every_ms(Some(200))
-            .open()
-            .map_err(|source| match &source {
-                // sled says so in words: "could not acquire lock on ...".
-                sled::Error::Io(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock") =>
-                {
-                    Error::Locked {
-                        path: dir.display().to_string(),
-                        holder: lock_holder(&dir.join("db")),
-                    }
-                }
-                _ => Error::Open {
-                    path: dir.display().to_string(),
-                    source,
-                },
-            })?;
+            .flush_every_ms(Some(200));
+        let db = open_db(dir, &config)?;
         // From here on a failure closes the database within its bound.
         let mut open = Open::new(dir, db.clone());
         let state = db.open_tree("state")?;

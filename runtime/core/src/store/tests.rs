@@ -164,3 +164,17 @@ fn a_new_store_takes_the_log_segments_asked_and_one_that_exists_keeps_its_own() 
     let store = Store::open(fresh.path()).expect("reopens at the default");
     assert_eq!(store.view("p", "a").expect("read"), Some(record(1)));
 }
+
+#[test]
+fn a_store_this_process_is_still_letting_go_of_opens_once_it_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::Config::new().path(dir.path()).open().expect("sled");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(db);
+    });
+    let store = Store::open(dir.path()).expect("opens once the lock is let go");
+    release.join().expect("released");
+    commit_views(&store, "p", &[("a", Some(1))], 1);
+    assert_eq!(store.view("p", "a").expect("read"), Some(record(1)));
+}
