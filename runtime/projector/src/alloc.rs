@@ -45,7 +45,7 @@ pub const BUDGET_PURGE_DELAY_MS: i64 = 0;
 /// kernel in THP's `madvise` mode (Debian's default) then backs a touched
 /// 4 KiB with 2 MiB: resident memory grows by what the pages hold, not by
 /// what the process does. A replay of 4M inbox events under a 256 MiB
-/// budget peaked at 317–331 MiB with them and 262–270 MiB without. They
+/// budget peaked at 316–332 MiB with them and 262–271 MiB without. They
 /// are kept without a budget: the inbox benchmark (Wasm, alternating)
 /// ran 110 203 and 99 218 events/s with them against 92 109 and 94 684
 /// without (ten times fewer page faults).

@@ -221,11 +221,11 @@ mod tests {
             }))
         };
         let mut cache = projection::ViewCache::default();
-        assert!(cache.put("a", record(100)).is_none());
+        assert!(cache.put("a", record(100)).replaced.is_none());
         let one = cache.young_bytes;
         assert_eq!(one, footprint("a", &record(100)));
         // Replacing a view counts the new size, not both.
-        assert!(cache.put("a", record(1000)).is_some());
+        assert!(cache.put("a", record(1000)).replaced.is_some());
         assert_eq!(cache.young_bytes, footprint("a", &record(1000)));
         cache.put("b", record(1000));
         let two = cache.young_bytes;

@@ -107,6 +107,15 @@ pub(super) struct ViewCache {
     pub(super) old_bytes: usize,
 }
 
+/// What [`ViewCache::put`] did: the view it replaced in the young
+/// generation (`None`: there was none), and the estimated sizes of the
+/// view put and of the one replaced (0 without one).
+pub(super) struct Put {
+    pub(super) replaced: Option<Option<Arc<ViewRecord>>>,
+    pub(super) size: usize,
+    pub(super) replaced_size: usize,
+}
+
 /// One generation of a view cache (`None`: known absent). Views are
 /// shared: a fold or a read takes one without copying its state.
 pub(super) type ViewMap = FxHashMap<CompactString, Option<Arc<ViewRecord>>>;
@@ -116,13 +125,9 @@ impl ViewCache {
         self.young.get(key).or_else(|| self.old.get(key))
     }
 
-    /// Put `record` as the view of `key` in the young generation; the
-    /// view it replaces there, if any.
-    pub(super) fn put(
-        &mut self,
-        key: &str,
-        record: Option<Arc<ViewRecord>>,
-    ) -> Option<Option<Arc<ViewRecord>>> {
+    /// Put `record` as the view of `key` in the young generation: the
+    /// view it replaces there, if any, and both sizes.
+    pub(super) fn put(&mut self, key: &str, record: Option<Arc<ViewRecord>>) -> Put {
         let size = super::memory::footprint(key, &record);
         self.young_bytes += size;
         let replaced = match self.young.get_mut(key) {
@@ -132,12 +137,15 @@ impl ViewCache {
                 None
             }
         };
-        if let Some(r) = &replaced {
-            self.young_bytes = self
-                .young_bytes
-                .saturating_sub(super::memory::footprint(key, r));
+        let replaced_size = replaced
+            .as_ref()
+            .map_or(0, |r| super::memory::footprint(key, r));
+        self.young_bytes = self.young_bytes.saturating_sub(replaced_size);
+        Put {
+            replaced,
+            size,
+            replaced_size,
         }
-        replaced
     }
 
     /// Forget `key` in both generations.
@@ -201,17 +209,15 @@ impl Projection {
     /// commit.
     pub(super) fn set_view(&self, key: &str, record: Option<ViewRecord>) {
         let record = record.map(Arc::new);
-        let size = super::memory::footprint(key, &record);
         // The view replaced is freed after the lock is let go.
-        let replaced = self.views.write().recover().put(key, record);
+        let put = self.views.write().recover().put(key, record);
         let mut dirty = self.dirty.lock().recover();
         if !dirty.keys.contains(key) {
             dirty.keys.insert(key.into());
-            dirty.bytes += size;
+            dirty.bytes += put.size;
         } else {
-            // Dirty, so in the young generation: `replaced` is its last size.
-            let was = replaced.map_or(0, |r| super::memory::footprint(key, &r));
-            dirty.bytes = (dirty.bytes + size).saturating_sub(was);
+            // Dirty, so in the young generation: it replaced its last size.
+            dirty.bytes = (dirty.bytes + put.size).saturating_sub(put.replaced_size);
         }
     }
 

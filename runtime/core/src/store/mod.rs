@@ -25,6 +25,7 @@ mod close;
 mod form;
 mod history;
 mod key_states;
+mod open;
 mod spool;
 mod unapplied;
 mod waiting;
@@ -330,67 +331,6 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     })
 }
 
-/// The process holding a lock on `file`, from `/proc/locks` (Linux); `None`
-/// where the system does not say.
-#[cfg(not(unix))]
-fn lock_holder(_: &Path) -> Option<u32> {
-    None
-}
-
-/// The process holding a lock on `file`, from `/proc/locks` (Linux); `None`
-/// where the system does not say.
-#[cfg(unix)]
-fn lock_holder(file: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(file).ok()?.ino();
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|line| {
-        // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF"
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let at = fields.iter().position(|f| f.matches(':').count() == 2)?;
-        let ino: u64 = fields[at].rsplit(':').next()?.parse().ok()?;
-        (ino == inode).then(|| fields.get(at.checked_sub(1)?)?.parse().ok())?
-    })
-}
-
-/// How long an open waits for this process to let go of the store's lock:
-/// a store closed and opened again at once (a restart of the engine, a
-/// test) can find sled's last write of the closed one still holding the
-/// file for a moment.
-const OWN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Open sled's database in `dir`. Its lock held by another process fails
-/// at once ([`Error::Locked`], naming it); held by this one, the open
-/// waits up to [`OWN_LOCK_WAIT`] for it to be let go.
-fn open_db(dir: &Path, config: &sled::Config) -> Result<sled::Db> {
-    let deadline = std::time::Instant::now() + OWN_LOCK_WAIT;
-    loop {
-        let source = match config.open() {
-            Ok(db) => return Ok(db),
-            Err(source) => source,
-        };
-        let locked = matches!(&source, sled::Error::Io(e)
-            if e.kind() == std::io::ErrorKind::WouldBlock
-                // sled says so in words: "could not acquire lock on ...".
-                || e.to_string().contains("could not acquire lock"));
-        if !locked {
-            return Err(Error::Open {
-                path: dir.display().to_string(),
-                source,
-            });
-        }
-        let holder = lock_holder(&dir.join("db"));
-        let ours = holder.is_none_or(|pid| pid == std::process::id());
-        if !ours || std::time::Instant::now() >= deadline {
-            return Err(Error::Locked {
-                path: dir.display().to_string(),
-                holder,
-            });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encodes every store type into a Vec")
 }
@@ -402,16 +342,6 @@ pub const STORE_CACHE_BYTES: u64 = 256 << 20;
 /// The size of sled's log segments (and of its write buffers) for a new
 /// store by default: sled's own, 512 KiB (`[engine] store_segment_kb`).
 pub const SEGMENT_BYTES: usize = 512 << 10;
-
-/// The log segment size the store in `dir` was created with, if there is
-/// one: sled refuses to open it with another.
-fn existing_segment_size(dir: &Path) -> Option<usize> {
-    // Lines of `key: value`, then a checksum (not text).
-    let conf = std::fs::read(dir.join("conf")).ok()?;
-    String::from_utf8_lossy(&conf)
-        .lines()
-        .find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse().ok())
-}
 
 impl Store {
     /// Open (or create) the store in `dir`, with sled's page cache at
@@ -431,24 +361,7 @@ impl Store {
     /// `segment_bytes` (a power of two); a store that exists keeps the
     /// segments it was created with.
     pub fn open_tuned(dir: &Path, cache_bytes: u64, segment_bytes: usize) -> Result<Self> {
-        let segment_bytes = match existing_segment_size(dir) {
-            Some(own) if own != segment_bytes => {
-                tracing::info!(
-                    "store at {}: keeps the log segments of {} KiB it was created with ({} KiB apply to a new store)",
-                    dir.display(),
-                    own >> 10,
-                    segment_bytes >> 10
-                );
-                own
-            }
-            _ => segment_bytes,
-        };
-        let config = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .segment_size(segment_bytes)
-            .flush_every_ms(Some(200));
-        let db = open_db(dir, &config)?;
+        let db = open::open_db(dir, cache_bytes, segment_bytes)?;
         // From here on a failure closes the database within its bound.
         let mut open = Open::new(dir, db.clone());
         let state = db.open_tree("state")?;

@@ -146,21 +146,21 @@ fn a_new_store_takes_the_log_segments_asked_and_one_that_exists_keeps_its_own() 
             .expect("insert");
         db.flush().expect("flush");
     }
-    assert_eq!(existing_segment_size(older.path()), Some(512 << 10));
+    assert_eq!(open::existing_segment_size(older.path()), Some(512 << 10));
     let store = Store::open_tuned(older.path(), 1 << 20, 4 << 20).expect("opens with its own");
     assert_eq!(
         store.state.get(b"x").expect("get").as_deref(),
         Some(&b"1"[..])
     );
     drop(store);
-    assert_eq!(existing_segment_size(older.path()), Some(512 << 10));
+    assert_eq!(open::existing_segment_size(older.path()), Some(512 << 10));
 
     let fresh = tempfile::tempdir().expect("tempdir");
-    assert_eq!(existing_segment_size(fresh.path()), None);
+    assert_eq!(open::existing_segment_size(fresh.path()), None);
     let store = Store::open_tuned(fresh.path(), 1 << 20, 4 << 20).expect("store");
     commit_views(&store, "p", &[("a", Some(1))], 1);
     drop(store);
-    assert_eq!(existing_segment_size(fresh.path()), Some(4 << 20));
+    assert_eq!(open::existing_segment_size(fresh.path()), Some(4 << 20));
     let store = Store::open(fresh.path()).expect("reopens at the default");
     assert_eq!(store.view("p", "a").expect("read"), Some(record(1)));
 }
