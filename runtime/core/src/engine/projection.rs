@@ -209,16 +209,22 @@ impl Projection {
     /// commit.
     pub(super) fn set_view(&self, key: &str, record: Option<ViewRecord>) {
         let record = record.map(Arc::new);
-        // The view replaced is freed after the lock is let go.
-        let put = self.views.write().recover().put(key, record);
+        let Put {
+            replaced,
+            size,
+            replaced_size,
+        } = self.views.write().recover().put(key, record);
         let mut dirty = self.dirty.lock().recover();
         if !dirty.keys.contains(key) {
             dirty.keys.insert(key.into());
-            dirty.bytes += put.size;
+            dirty.bytes += size;
         } else {
             // Dirty, so in the young generation: it replaced its last size.
-            dirty.bytes = (dirty.bytes + put.size).saturating_sub(put.replaced_size);
+            dirty.bytes = (dirty.bytes + size).saturating_sub(replaced_size);
         }
+        drop(dirty);
+        // The view replaced is freed once no lock is held.
+        drop(replaced);
     }
 
     /// The plugin's answer for `state`, from the render cache when the
